@@ -1,0 +1,86 @@
+"""Every bound in chinwag, with its unit and the attack or accident it stops.
+
+Model: python-zeroconf's const.py. Change a bound here, nowhere else.
+"""
+
+# --- wire -------------------------------------------------------------------
+#: Bytes in one Noise message (handshake or transport), set by the Noise spec.
+#: The 2-byte length prefix cannot express more, so a peer cannot make us buffer more per frame.
+MAX_NOISE_MESSAGE = 65_535
+#: Bytes of AEAD tag added to each Noise transport message.
+NOISE_TAG = 16
+#: Bytes of plaintext in one application frame (one Noise transport message).
+MAX_FRAME = MAX_NOISE_MESSAGE - NOISE_TAG
+#: Bytes of handshake payload we accept; stops a peer from making us parse big blobs pre-auth.
+MAX_HANDSHAKE_PAYLOAD = 1_024
+
+# --- content ----------------------------------------------------------------
+#: Bytes (UTF-8) of one chat message text; refuses oversized messages at the sender.
+MAX_TEXT_BYTES = 4_096
+#: Characters in a nick; keeps the display and every frame small.
+MAX_NICK_CHARS = 32
+#: Characters in a room name.
+MAX_ROOM_CHARS = 64
+#: Capability strings in a hello, and characters in each; stops hello bloat.
+MAX_CAPS = 16
+MAX_CAP_CHARS = 32
+#: Seconds a message timestamp may lie in the future before we reject it (clock skew).
+MAX_CLOCK_SKEW_S = 24 * 3600.0
+
+# --- connections ------------------------------------------------------------
+#: Connected peers at once; stops a flood of identities from exhausting memory and fds.
+MAX_PEERS = 64
+#: Connections still in their handshake at once; stops a SYN/half-open flood from starving peers.
+MAX_PENDING_HANDSHAKES = 32
+#: Seconds a connection may take to finish its handshake; stops half-open connections.
+HANDSHAKE_TIMEOUT_S = 5.0
+#: Seconds of silence after which we send a ping.
+KEEPALIVE_INTERVAL_S = 3.0
+#: Seconds of silence after which a peer is declared dead (documented: detection within 10 s).
+DEAD_PEER_TIMEOUT_S = 10.0
+#: Bytes queued for one peer before our own sends wait for it to drain (back-pressure).
+SEND_HIGH_WATER = 1 << 20
+#: Bytes queued for one peer before it is disconnected as too slow; stops a
+#: reader that never reads from growing our memory without bound.
+MAX_PENDING_BYTES = 16 << 20
+#: Seconds our own send waits for a congested peer before giving up on it.
+SEND_DRAIN_TIMEOUT_S = 10.0
+#: Bytes of TCP read per call.
+READ_CHUNK = 256 * 1024
+
+# --- reconnects -------------------------------------------------------------
+#: Seconds of the first reconnect delay; doubles per failure.
+RECONNECT_BASE_S = 0.5
+#: Seconds of the longest reconnect delay.
+RECONNECT_CAP_S = 30.0
+#: Fraction of random jitter added to each reconnect delay (avoids thundering herds).
+RECONNECT_JITTER = 0.25
+#: Seconds the higher peer id waits before dialling a discovered peer itself
+#: (the lower id dials first; this only matters when one direction is blocked).
+DIAL_YIELD_S = 1.0
+
+# --- discovery --------------------------------------------------------------
+#: Default UDP port of discovery beacons.
+DISCOVERY_PORT = 47474
+#: Default TCP listen port (falls back to any free port if taken).
+DEFAULT_TCP_PORT = 47475
+#: Bytes of one beacon datagram we parse; larger datagrams are dropped unread.
+MAX_BEACON_BYTES = 512
+#: Seconds between periodic beacons, before jitter.
+BEACON_INTERVAL_S = 3.0
+#: Fraction of jitter on the beacon interval.
+BEACON_JITTER = 0.3
+#: Seconds between two immediate "answer" beacons; stops a beacon flood from making us flood.
+BEACON_ANSWER_MIN_GAP_S = 0.2
+#: Discovered-but-unconnected peers remembered; stops spoofed beacons from growing memory.
+MAX_DISCOVERED = 256
+
+# --- forwarding -------------------------------------------------------------
+#: Message ids remembered for dedup; stops unbounded growth while still catching loops.
+SEEN_IDS = 100_000
+
+# --- local API --------------------------------------------------------------
+#: Bytes of one JSON-lines command; a longer line is refused with an error.
+MAX_COMMAND_LINE = 64 * 1024
+#: Events buffered for a slow UI consumer before the node waits for it.
+EVENT_QUEUE = 10_000

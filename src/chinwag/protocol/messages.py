@@ -1,0 +1,178 @@
+"""Wire schemas of protocol version 1 and their codec (MessagePack via msgspec).
+
+Every transport frame is one MessagePack map tagged by its `t` field. Decoding
+validates types and bounds; a frame with an unknown tag is reported as
+`UnknownFrame` (ignored by the session), anything else malformed raises
+RemoteProtocolError. The encoding of each struct is documented in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+import msgspec
+
+from chinwag import limits
+from chinwag.errors import RemoteProtocolError
+
+PROTOCOL_NAME: Final = "chinwag"
+PROTOCOL_VERSION: Final = 1
+#: Bound into the Noise handshake hash: a peer of another version cannot complete it.
+PROLOGUE: Final = b"chinwag/1"
+#: Domain separation of the signature binding a Noise static key to an identity.
+STATIC_KEY_CONTEXT: Final = b"chinwag/1 noise-static-key\x00"
+#: Domain separation of chat message signatures.
+CHAT_CONTEXT: Final = b"chinwag/1 chat\x00"
+
+Nick = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_NICK_CHARS)]
+Room = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_ROOM_CHARS)]
+Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+Sig64 = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Cap = Annotated[str, msgspec.Meta(max_length=limits.MAX_CAP_CHARS)]
+
+
+# --- handshake payloads -----------------------------------------------------
+
+
+class Prelude(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """Payload of Noise message 1 (sent in clear, but hashed into the handshake)."""
+
+    proto: str
+    v: int
+
+
+class Hello(msgspec.Struct, frozen=True):
+    """Payload of Noise messages 2 and 3: who I am, proven by `sig`.
+
+    `sig` is the Ed25519 signature by `identity` of STATIC_KEY_CONTEXT + the
+    sender's Noise static public key, binding the channel to the identity.
+    """
+
+    identity: Key32
+    sig: Sig64
+    nick: Nick
+    port: Port
+    v: int
+    caps: Annotated[list[Cap], msgspec.Meta(max_length=limits.MAX_CAPS)] = []
+
+
+# --- transport frames -------------------------------------------------------
+
+
+class Chat(msgspec.Struct, frozen=True, tag_field="t", tag="chat"):
+    """A signed group message: `body` is an encoded ChatBody, `sig` its author's signature."""
+
+    body: Annotated[bytes, msgspec.Meta(max_length=limits.MAX_FRAME)]
+    sig: Sig64
+
+
+class Ping(msgspec.Struct, frozen=True, tag_field="t", tag="ping"):
+    """Keepalive probe; answered by a Pong with the same n."""
+
+    n: U64
+
+
+class Pong(msgspec.Struct, frozen=True, tag_field="t", tag="pong"):
+    """Keepalive answer."""
+
+    n: U64
+
+
+class NickChange(msgspec.Struct, frozen=True, tag_field="t", tag="nick"):
+    """The sender's new nick (authenticated by the channel)."""
+
+    nick: Nick
+
+
+class Bye(msgspec.Struct, frozen=True, tag_field="t", tag="bye"):
+    """The sender closes the connection; `reason` is a short code such as `quit`."""
+
+    reason: Annotated[str, msgspec.Meta(max_length=64)]
+
+
+Frame = Chat | Ping | Pong | NickChange | Bye
+KNOWN_TAGS: Final = frozenset({"chat", "ping", "pong", "nick", "bye"})
+
+
+class UnknownFrame(msgspec.Struct, frozen=True):
+    """A well-formed frame of a type this version does not know; ignored."""
+
+    tag: str
+
+
+class _TagOnly(msgspec.Struct):
+    t: str
+
+
+# --- signed chat body -------------------------------------------------------
+
+
+class ChatBody(msgspec.Struct, frozen=True, array_like=True):
+    """The signed content of a chat message; its id is SHA-256 over the encoded body.
+
+    `ts` is the author's clock in milliseconds since the Unix epoch; `seq`
+    numbers the author's messages (per room).
+    """
+
+    room: Room
+    author: Key32
+    nick: Nick
+    ts: U64
+    seq: U64
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_TEXT_BYTES)]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_frame_decoder = msgspec.msgpack.Decoder(Frame)
+_tag_decoder = msgspec.msgpack.Decoder(_TagOnly)
+_prelude_decoder = msgspec.msgpack.Decoder(Prelude)
+_hello_decoder = msgspec.msgpack.Decoder(Hello)
+_body_decoder = msgspec.msgpack.Decoder(ChatBody)
+
+
+def encode(obj: msgspec.Struct) -> bytes:
+    """Encode any wire struct to MessagePack."""
+    return _encoder.encode(obj)
+
+
+def decode_frame(data: bytes) -> Frame | UnknownFrame:
+    """Decode one transport frame; raise RemoteProtocolError if it is malformed."""
+    try:
+        return _frame_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        try:
+            tag = _tag_decoder.decode(data).t
+        except msgspec.DecodeError:
+            raise RemoteProtocolError(f"malformed frame: {exc}", "malformed_frame") from None
+        if tag not in KNOWN_TAGS:
+            return UnknownFrame(tag[:32])
+        raise RemoteProtocolError(f"malformed {tag!r} frame: {exc}", "malformed_frame") from None
+
+
+def decode_prelude(data: bytes) -> Prelude:
+    """Decode the message-1 payload; raise RemoteProtocolError if malformed."""
+    try:
+        return _prelude_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise RemoteProtocolError(f"malformed prelude: {exc}", "malformed_handshake") from None
+
+
+def decode_hello(data: bytes) -> Hello:
+    """Decode a hello payload; raise RemoteProtocolError if malformed."""
+    try:
+        return _hello_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise RemoteProtocolError(f"malformed hello: {exc}", "malformed_handshake") from None
+
+
+def decode_body(data: bytes) -> ChatBody:
+    """Decode a chat body; raise RemoteProtocolError if malformed."""
+    try:
+        body = _body_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise RemoteProtocolError(f"malformed chat body: {exc}", "malformed_frame") from None
+    if len(body.text.encode()) > limits.MAX_TEXT_BYTES:
+        raise RemoteProtocolError("chat text too long", "too_large")
+    return body

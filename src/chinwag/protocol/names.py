@@ -1,0 +1,48 @@
+"""Rules for user-chosen names and texts (nicks, rooms, message text)."""
+
+from __future__ import annotations
+
+import re
+
+from chinwag import limits
+from chinwag.errors import UsageError
+
+DEFAULT_ROOM = "general"
+_NAME_RE = re.compile(r"[\w.\-]+")
+
+
+def is_valid_name(name: str) -> bool:
+    """Return whether name uses only letters, digits, `_`, `.` and `-` (any length)."""
+    return _NAME_RE.fullmatch(name) is not None
+
+
+def validate_nick(nick: str) -> str:
+    """Return nick if it is 1-32 letters, digits, `_`, `.` or `-`; else raise UsageError."""
+    if not nick or len(nick) > limits.MAX_NICK_CHARS or not _NAME_RE.fullmatch(nick):
+        raise UsageError(
+            f"invalid nick {nick[:40]!r}: use 1-{limits.MAX_NICK_CHARS} letters, digits, '_', '.' or '-'"
+        )
+    return nick
+
+
+def validate_room(room: str) -> str:
+    """Return the canonical (lowercase) room name, or raise UsageError."""
+    if not room or len(room) > limits.MAX_ROOM_CHARS or not _NAME_RE.fullmatch(room):
+        raise UsageError(
+            f"invalid room {room[:40]!r}: use 1-{limits.MAX_ROOM_CHARS} letters, digits, '_', '.' or '-'"
+        )
+    return room.lower()
+
+
+def validate_text(text: str) -> str:
+    """Return text if it can be sent as a message, else raise UsageError."""
+    if not text or not text.strip():
+        raise UsageError("empty message")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limits.MAX_TEXT_BYTES:
+        raise UsageError(f"message too long: {size} bytes, at most {limits.MAX_TEXT_BYTES}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("message is not valid Unicode text") from None
+    return text

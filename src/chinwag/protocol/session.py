@@ -1,0 +1,336 @@
+"""One peer connection: Noise XX handshake, then authenticated frames and keepalive.
+
+Theory of operation
+-------------------
+Bytes on the wire are frames: a 2-byte big-endian length, then that many bytes
+of one Noise message. The first three frames are the Noise XX handshake:
+
+    1. initiator -> responder: e, payload Prelude{proto, v}   (clear, but hashed)
+    2. responder -> initiator: e, ee, s, es, payload Hello     (encrypted)
+    3. initiator -> responder: s, se, payload Hello            (encrypted)
+
+A Hello carries the sender's Ed25519 identity and a signature by it over the
+sender's Noise static key; a side accepts the other only if that signature
+verifies, so nobody can claim a peer id without its private key. After message
+3 every frame is one Noise transport message holding one MessagePack frame
+(see messages.py).
+
+States: HANDSHAKE -> OPEN -> CLOSED. Any protocol violation by the peer moves
+to CLOSED with a reason code (a Bye is sent if the channel is already secure)
+and yields one `Closed` event; the caller never sees the exception. Time only
+enters through `now` arguments; the session asks to be woken via get_timer().
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+
+from chinwag import limits
+from chinwag.crypto.identity import Identity, peer_id_from_public, verify
+from chinwag.crypto.noise import NoiseFailure, NoiseXX, static_public
+from chinwag.errors import LocalProtocolError, RemoteProtocolError
+from chinwag.protocol import messages as m
+from chinwag.protocol.names import is_valid_name
+
+_LEN = struct.Struct(">H")
+
+
+# --- events -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeComplete:
+    """The peer proved its identity; the connection is open for frames."""
+
+    peer_id: str
+    nick: str
+    listen_port: int
+    caps: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FrameReceived:
+    """The peer sent a frame for the layer above (chat or nick change)."""
+
+    frame: m.Chat | m.NickChange
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownFrameIgnored:
+    """The peer sent a frame type this version does not know; it was ignored."""
+
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The connection is finished; send what is pending, then close the socket.
+
+    `by_peer` is True when the peer said goodbye (or vanished) rather than us
+    or a protocol error ending it.
+    """
+
+    reason: str
+    code: str
+    by_peer: bool
+
+
+Event = HandshakeComplete | FrameReceived | UnknownFrameIgnored | Closed
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalInfo:
+    """What this node proves and announces in every handshake."""
+
+    identity: Identity
+    noise_static: bytes
+    nick: str
+    listen_port: int
+    caps: tuple[str, ...] = ()
+    binding_sig: bytes = field(default=b"")
+
+    @classmethod
+    def create(
+        cls, identity: Identity, noise_static: bytes, nick: str, listen_port: int,
+        caps: tuple[str, ...] = (),
+    ) -> LocalInfo:
+        """Build the info, signing the binding of noise_static to identity once."""
+        sig = identity.sign(m.STATIC_KEY_CONTEXT + static_public(noise_static))
+        return cls(identity, noise_static, nick, listen_port, caps, sig)
+
+    def hello(self) -> bytes:
+        return m.encode(
+            m.Hello(
+                identity=self.identity.public, sig=self.binding_sig, nick=self.nick,
+                port=self.listen_port, v=m.PROTOCOL_VERSION, caps=list(self.caps),
+            )
+        )
+
+
+class Session:
+    """The sans-IO state machine of one connection."""
+
+    def __init__(
+        self,
+        local: LocalInfo,
+        initiator: bool,
+        now: float,
+        expected_peer_id: str | None = None,
+        ephemeral_private: bytes | None = None,
+    ) -> None:
+        self.local = local
+        self.initiator = initiator
+        self.expected_peer_id = expected_peer_id
+        self.state = State.HANDSHAKE
+        self.peer_id: str | None = None
+        self.peer_nick: str | None = None
+        self.peer_port: int | None = None
+        self.rtt: float | None = None
+        self._noise = NoiseXX(initiator, local.noise_static, m.PROLOGUE, ephemeral_private)
+        self._inbuf = bytearray()
+        self._out: list[bytes] = []
+        self._events: deque[Event] = deque()
+        self._handshake_deadline = now + limits.HANDSHAKE_TIMEOUT_S
+        self._last_received = now
+        self._ping_n = 0
+        self._ping_sent_at: float | None = None
+        self._ping_due = now + limits.KEEPALIVE_INTERVAL_S
+        self._caps: tuple[str, ...] = ()
+        if initiator:
+            prelude = m.encode(m.Prelude(proto=m.PROTOCOL_NAME, v=m.PROTOCOL_VERSION))
+            self._write_frame(self._noise.write_handshake(prelude))
+
+    # --- inputs ---------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Feed bytes from the socket; b"" means the peer closed its side."""
+        if self.state is State.CLOSED:
+            return
+        if not data:
+            self._finish("connection closed by peer", "eof", by_peer=True)
+            return
+        self._last_received = now
+        self._inbuf += data
+        try:
+            while self.state is not State.CLOSED:
+                if len(self._inbuf) < 2:
+                    break
+                (size,) = _LEN.unpack_from(self._inbuf)
+                if len(self._inbuf) < 2 + size:
+                    break
+                frame = bytes(self._inbuf[2 : 2 + size])
+                del self._inbuf[: 2 + size]
+                self._handle_noise_message(frame)
+        except RemoteProtocolError as exc:
+            self._fail(str(exc), exc.code)
+
+    def handle_timer(self, now: float) -> None:
+        """Run time-based duties: handshake timeout, keepalive pings, dead-peer detection."""
+        if self.state is State.HANDSHAKE and now >= self._handshake_deadline:
+            self._finish("handshake timed out", "handshake_timeout", by_peer=True)
+        elif self.state is State.OPEN:
+            if now - self._last_received >= limits.DEAD_PEER_TIMEOUT_S:
+                self._finish("no sign of life from peer", "timeout", by_peer=True)
+            elif now >= self._ping_due:
+                self._ping_n += 1
+                self._ping_sent_at = now
+                self._ping_due = now + limits.KEEPALIVE_INTERVAL_S
+                self._send_frame(m.Ping(n=self._ping_n))
+
+    # --- commands -------------------------------------------------------
+
+    def send_frame(self, frame: m.Frame) -> None:
+        """Queue one frame; only legal while OPEN."""
+        if self.state is not State.OPEN:
+            raise LocalProtocolError(f"cannot send in state {self.state.value}")
+        self._send_frame(frame)
+
+    def send_encoded(self, plaintext: bytes) -> None:
+        """Queue an already encoded frame (lets a relay encode once for many peers)."""
+        if self.state is not State.OPEN:
+            raise LocalProtocolError(f"cannot send in state {self.state.value}")
+        self._write_frame(self._noise.encrypt(plaintext))
+
+    def close(self, reason: str = "quit") -> None:
+        """Say goodbye (if the channel is open) and finish."""
+        if self.state is State.OPEN:
+            self._send_frame(m.Bye(reason=reason[:64]))
+        self._finish(f"closed locally: {reason}", reason[:64], by_peer=False)
+
+    # --- outputs --------------------------------------------------------
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def get_timer(self) -> float | None:
+        """Return when handle_timer should next run, or None."""
+        if self.state is State.HANDSHAKE:
+            return self._handshake_deadline
+        if self.state is State.OPEN:
+            dead_at = self._last_received + limits.DEAD_PEER_TIMEOUT_S
+            ping_at = max(self._ping_due, self._last_received + limits.KEEPALIVE_INTERVAL_S)
+            return min(dead_at, ping_at)
+        return None
+
+    # --- internals ------------------------------------------------------
+
+    def _handle_noise_message(self, data: bytes) -> None:
+        if self.state is State.OPEN:
+            try:
+                plain = self._noise.decrypt(data)
+            except NoiseFailure as exc:
+                raise RemoteProtocolError(str(exc), "decrypt_failed") from None
+            self._handle_frame(m.decode_frame(plain))
+            return
+        try:
+            payload = self._noise.read_handshake(data)
+        except NoiseFailure as exc:
+            raise RemoteProtocolError(str(exc), "handshake_failed") from None
+        if len(payload) > limits.MAX_HANDSHAKE_PAYLOAD:
+            raise RemoteProtocolError("handshake payload too large", "malformed_handshake")
+        if self.initiator:
+            # Message 2 carries the responder's Hello; answer with message 3 and open.
+            self._accept_hello(payload)
+            self._write_frame(self._noise.write_handshake(self.local.hello()))
+            self._open()
+        elif self._noise.finished:
+            self._accept_hello(payload)
+            self._open()
+        else:
+            prelude = m.decode_prelude(payload)
+            if prelude.proto != m.PROTOCOL_NAME:
+                raise RemoteProtocolError(f"peer speaks {prelude.proto[:32]!r}", "not_chinwag")
+            if prelude.v != m.PROTOCOL_VERSION:
+                raise RemoteProtocolError(
+                    f"peer speaks protocol version {prelude.v}, we speak {m.PROTOCOL_VERSION}",
+                    "version_mismatch",
+                )
+            self._write_frame(self._noise.write_handshake(self.local.hello()))
+
+    def _accept_hello(self, payload: bytes) -> None:
+        hello = m.decode_hello(payload)
+        remote_static = self._noise.remote_static
+        if remote_static is None:  # cannot happen in XX after message 2
+            raise RemoteProtocolError("no static key in handshake", "handshake_failed")
+        if hello.v != m.PROTOCOL_VERSION:
+            raise RemoteProtocolError(
+                f"peer speaks protocol version {hello.v}, we speak {m.PROTOCOL_VERSION}",
+                "version_mismatch",
+            )
+        if not verify(hello.identity, m.STATIC_KEY_CONTEXT + remote_static, hello.sig):
+            raise RemoteProtocolError(
+                "peer's identity signature does not match its channel key", "bad_identity"
+            )
+        peer_id = peer_id_from_public(hello.identity)
+        if peer_id == self.local.identity.peer_id:
+            raise RemoteProtocolError("connected to ourselves", "self")
+        if self.expected_peer_id is not None and peer_id != self.expected_peer_id:
+            raise RemoteProtocolError(
+                f"expected peer {self.expected_peer_id[:8]}, got {peer_id[:8]}", "unexpected_peer"
+            )
+        if not is_valid_name(hello.nick):
+            raise RemoteProtocolError("invalid nick in hello", "malformed_handshake")
+        self.peer_id = peer_id
+        self.peer_nick = hello.nick
+        self.peer_port = hello.port
+        self._caps = tuple(hello.caps)
+
+    def _open(self) -> None:
+        assert self.peer_id is not None and self.peer_nick is not None
+        self.state = State.OPEN
+        self._events.append(
+            HandshakeComplete(self.peer_id, self.peer_nick, self.peer_port or 0, self._caps)
+        )
+
+    def _handle_frame(self, frame: m.Frame | m.UnknownFrame) -> None:
+        if isinstance(frame, m.Chat):
+            self._events.append(FrameReceived(frame))
+        elif isinstance(frame, m.Ping):
+            self._send_frame(m.Pong(n=frame.n))
+        elif isinstance(frame, m.Pong):
+            if frame.n == self._ping_n and self._ping_sent_at is not None:
+                self.rtt = self._last_received - self._ping_sent_at
+                self._ping_sent_at = None
+        elif isinstance(frame, m.NickChange):
+            if not is_valid_name(frame.nick):
+                raise RemoteProtocolError("invalid nick", "malformed_frame")
+            self.peer_nick = frame.nick
+            self._events.append(FrameReceived(frame))
+        elif isinstance(frame, m.Bye):
+            self._finish(f"peer said goodbye ({frame.reason})", "bye", by_peer=True)
+        else:
+            self._events.append(UnknownFrameIgnored(frame.tag))
+
+    def _send_frame(self, frame: m.Frame) -> None:
+        self._write_frame(self._noise.encrypt(m.encode(frame)))
+
+    def _write_frame(self, data: bytes) -> None:
+        self._out.append(_LEN.pack(len(data)))
+        self._out.append(data)
+
+    def _fail(self, reason: str, code: str) -> None:
+        if self.state is State.OPEN:
+            self._send_frame(m.Bye(reason=code))
+        self._finish(reason, code, by_peer=False)
+
+    def _finish(self, reason: str, code: str, by_peer: bool) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self._events.append(Closed(reason, code, by_peer))

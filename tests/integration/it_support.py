@@ -1,0 +1,73 @@
+"""Helpers shared by the integration tests (imported by the test modules and conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from driver import ChinwagProcess, Event  # noqa: E402
+
+#: Seconds to wait for anything that should happen "at once" on loopback.
+PROMPT_S = 10.0
+
+
+class NodeFactory(Protocol):
+    """Signature of the `node` fixture."""
+
+    def __call__(
+        self,
+        name: str,
+        *args: str,
+        nick: str | None = None,
+        discovery: bool = True,
+        data_dir: Path | None = None,
+    ) -> ChinwagProcess: ...
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def count(node: ChinwagProcess, name: str, **fields: Any) -> int:
+    """How many events of this name with these field values the node has printed."""
+    return sum(
+        1
+        for ev in node.events
+        if ev.get("event") == name and all(ev.get(k) == v for k, v in fields.items())
+    )
+
+
+def stderr_has_traceback(node: ChinwagProcess) -> bool:
+    """True if the node's stderr log contains a Python traceback."""
+    try:
+        return b"Traceback" in node.stderr_path.read_bytes()
+    except OSError:
+        return False
+
+
+async def connected(a: ChinwagProcess, b: ChinwagProcess, timeout: float = PROMPT_S) -> None:
+    """Wait until a and b each report the other as joined."""
+    await asyncio.gather(
+        a.wait_for_peers([b.peer_id], timeout=timeout),
+        b.wait_for_peers([a.peer_id], timeout=timeout),
+    )
+
+
+async def chat_works(sender: ChinwagProcess, *receivers: ChinwagProcess, text: str) -> Event:
+    """Send text from sender; wait until it is echoed (own) and delivered to every receiver."""
+    await sender.say(text)
+    own = await sender.wait_for("message", timeout=PROMPT_S, from_start=True, text=text)
+    assert own["own"] is True, own
+    for r in receivers:
+        got = await r.wait_for_message(text, timeout=PROMPT_S)
+        assert got["own"] is False, got
+        assert got["id"] == own["id"], (got, own)
+    return own

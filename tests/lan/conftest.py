@@ -1,0 +1,55 @@
+"""Fixtures for LAN tests: a namespace LAN, torn down whatever happens.
+
+LAN tests need root. Without it they skip with the reason; under `CI=true` a
+skipped LAN test is a failure instead, so CI cannot pass by not running them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))  # for `driver`
+
+from netlab import NetLab, unavailable_reason  # noqa: E402
+
+
+def in_ci() -> bool:
+    """Whether we run under CI (CI=true), where skipping LAN tests is not allowed."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+@pytest.fixture
+def lab() -> Iterator[NetLab]:
+    """A fresh, empty namespace LAN; every namespace is deleted at teardown."""
+    reason = unavailable_reason()
+    if reason is not None:
+        if in_ci():
+            pytest.fail(f"CI=true and LAN tests cannot run: {reason}", pytrace=False)
+        pytest.skip(reason)
+    netlab = NetLab()
+    try:
+        yield netlab
+    finally:
+        netlab.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under CI=true, turn a skipped LAN test (for any reason) into a failure."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    lan = item.get_closest_marker("lan") is not None
+    if report.skipped and lan and in_ci() and not hasattr(report, "wasxfail"):
+        if isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2]
+        else:
+            reason = str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: LAN test skipped, which counts as a failure: {reason}"
