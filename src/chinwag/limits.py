@@ -24,8 +24,6 @@ MAX_ROOM_CHARS = 64
 #: Capability strings in a hello, and characters in each; stops hello bloat.
 MAX_CAPS = 16
 MAX_CAP_CHARS = 32
-#: Seconds a message timestamp may lie in the future before we reject it (clock skew).
-MAX_CLOCK_SKEW_S = 24 * 3600.0
 
 # --- connections ------------------------------------------------------------
 #: Connected peers at once; stops a flood of identities from exhausting memory and fds.

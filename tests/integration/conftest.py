@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from it_support import ChinwagProcess, NodeFactory  # noqa: E402
+from it_support import ChinwagProcess, NodeFactory
 
 
 @pytest.fixture
@@ -57,4 +57,3 @@ async def node(tmp_path: Path, discovery_port: int) -> AsyncIterator[NodeFactory
             except Exception:
                 with contextlib.suppress(Exception):
                     await p.kill()
-

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from driver import ChinwagProcess, Event  # noqa: E402
+from driver import ChinwagProcess, Event
 
 #: Seconds to wait for anything that should happen "at once" on loopback.
 PROMPT_S = 10.0
@@ -53,11 +53,11 @@ def stderr_has_traceback(node: ChinwagProcess) -> bool:
         return False
 
 
-async def connected(a: ChinwagProcess, b: ChinwagProcess, timeout: float = PROMPT_S) -> None:
+async def connected(a: ChinwagProcess, b: ChinwagProcess, within: float = PROMPT_S) -> None:
     """Wait until a and b each report the other as joined."""
     await asyncio.gather(
-        a.wait_for_peers([b.peer_id], timeout=timeout),
-        b.wait_for_peers([a.peer_id], timeout=timeout),
+        a.wait_for_peers([b.peer_id], timeout=within),
+        b.wait_for_peers([a.peer_id], timeout=within),
     )
 
 

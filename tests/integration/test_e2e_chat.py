@@ -110,4 +110,3 @@ async def test_manual_peer_without_discovery(node: NodeFactory) -> None:
     got = await chat_works(a, b, text="and back")
     assert_message(await b.wait_for_message("and back"), text="and back", author=a, own=False)
     assert got["id"] != own["id"]
-

@@ -10,11 +10,14 @@ bridge itself), prints `ready` on stdout once capturing, and appends each frame
 to OUT_FILE as a 4-byte big-endian length followed by the frame. It stops when
 its stdin closes, on SIGTERM, or after MAX_SECONDS, then prints `done N`.
 
-Imported, it offers `read_frames` and `tcp_payloads` to analyse the file.
+Imported, it offers `BridgeCapture` (run the script from asyncio, inside a
+namespace) and `read_frames` / `tcp_payloads` to analyse the file.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import selectors
 import signal
@@ -32,6 +35,7 @@ ETH_P_IP = 0x0800
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
+SCRIPT = Path(__file__).resolve()
 MAX_FRAME = 65536  # bytes per recv; larger than any frame on a 1500-byte-MTU veth
 
 
@@ -127,6 +131,53 @@ def tcp_payloads(frames: Iterable[bytes]) -> list[TcpSegment]:
             )
         )
     return out
+
+
+class BridgeCapture:
+    """Run this script inside a namespace from asyncio: start, then stop, then read."""
+
+    def __init__(self, netns: str, ifname: str, out: Path, max_seconds: float = 120.0) -> None:
+        self.netns = netns
+        self.ifname = ifname
+        self.out = out
+        self.max_seconds = max_seconds
+        self.proc: asyncio.subprocess.Process | None = None
+        self.frame_count: int | None = None
+
+    async def start(self, within: float = 10.0) -> None:
+        """Start capturing; return once the socket is bound and capturing."""
+        argv = ["ip", "netns", "exec", self.netns, sys.executable, str(SCRIPT),
+                self.ifname, str(self.out), str(self.max_seconds)]  # fmt: skip
+        self.proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), within)
+        if line.strip() != b"ready":
+            await self.stop()
+            raise RuntimeError(f"capture on {self.netns}/{self.ifname} did not start: {line!r}")
+
+    async def stop(self, within: float = 10.0) -> None:
+        """Stop capturing (close its stdin) and wait until the file is complete."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        try:
+            rest = await asyncio.wait_for(self.proc.stdout.read(), within)
+            await asyncio.wait_for(self.proc.wait(), within)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+            raise
+        for word in rest.split(b"\n"):
+            if word.startswith(b"done "):
+                self.frame_count = int(word.split()[1])
+
+    def frames(self) -> list[bytes]:
+        """Every frame captured so far."""
+        return list(read_frames(self.out)) if self.out.exists() else []
 
 
 def main(argv: list[str]) -> int:

@@ -6,18 +6,18 @@ skipped LAN test is a failure instead, so CI cannot pass by not running them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-TESTS_DIR = Path(__file__).resolve().parents[1]
-if str(TESTS_DIR) not in sys.path:
-    sys.path.insert(0, str(TESTS_DIR))  # for `driver`
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from netlab import NetLab, unavailable_reason  # noqa: E402
+from lan_support import NODE_ARGS, ChinwagProcess, NodeFactory, stop
+from netlab import Host, NetLab, unavailable_reason
 
 
 def in_ci() -> bool:
@@ -40,6 +40,20 @@ def lab() -> Iterator[NetLab]:
         netlab.close()
 
 
+@pytest.fixture
+async def node(lab: NetLab, tmp_path: Path) -> AsyncIterator[NodeFactory]:
+    """Factory for chinwag nodes inside lab hosts; all are stopped before the lab goes."""
+    made: list[ChinwagProcess] = []
+
+    def make(host: Host, nick: str, *args: str) -> ChinwagProcess:
+        p = ChinwagProcess(tmp_path / nick, *NODE_ARGS, *args, netns=host.netns, nick=nick)
+        made.append(p)
+        return p
+
+    yield make
+    await asyncio.gather(*(stop(p) for p in made))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Under CI=true, turn a skipped LAN test (for any reason) into a failure."""
@@ -47,9 +61,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report: pytest.TestReport = outcome.get_result()
     lan = item.get_closest_marker("lan") is not None
     if report.skipped and lan and in_ci() and not hasattr(report, "wasxfail"):
-        if isinstance(report.longrepr, tuple):
-            reason = report.longrepr[2]
-        else:
-            reason = str(report.longrepr)
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
         report.outcome = "failed"
         report.longrepr = f"CI=true: LAN test skipped, which counts as a failure: {reason}"

@@ -18,6 +18,7 @@ and is safe to call more than once. Everything needs root.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -38,7 +39,8 @@ def ip(*args: str, netns: str | None = None) -> subprocess.CompletedProcess[str]
     try:
         return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30)
     except subprocess.CalledProcessError as exc:
-        raise RuntimeError(f"{' '.join(argv)} failed ({exc.returncode}): {exc.stderr.strip()}") from exc
+        msg = f"{' '.join(argv)} failed ({exc.returncode}): {exc.stderr.strip()}"
+        raise RuntimeError(msg) from exc
 
 
 @dataclass
@@ -171,10 +173,8 @@ class NetLab:
         errors: list[str] = []
         for ns in reversed(self._namespaces):
             for pid in _netns_pids(ns):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             try:
                 ip("netns", "del", ns)
             except RuntimeError as exc:

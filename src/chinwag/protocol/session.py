@@ -69,8 +69,9 @@ class UnknownFrameIgnored:
 class Closed:
     """The connection is finished; send what is pending, then close the socket.
 
-    `by_peer` is True when the peer said goodbye (or vanished) rather than us
-    or a protocol error ending it.
+    `by_peer` is True when the peer ended it (goodbye, end of stream, silence);
+    then `code` is the peer's goodbye reason (e.g. `quit`, `duplicate`) or
+    `eof` / `timeout`. Otherwise `code` is our own reason or an error code.
     """
 
     reason: str
@@ -313,7 +314,7 @@ class Session:
             self.peer_nick = frame.nick
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Bye):
-            self._finish(f"peer said goodbye ({frame.reason})", "bye", by_peer=True)
+            self._finish(f"peer said goodbye ({frame.reason})", frame.reason or "bye", by_peer=True)
         else:
             self._events.append(UnknownFrameIgnored(frame.tag))
 

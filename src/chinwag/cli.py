@@ -1,0 +1,149 @@
+"""Command line: `chinwag [options]` to chat, `chinwag id` to show who you are."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from chinwag import __version__, limits
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {value!r}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser (also used to generate the docs)."""
+    p = argparse.ArgumentParser(
+        prog="chinwag",
+        description="Serverless, encrypted peer-to-peer chat for the LAN. "
+        "Start it on two machines of one network and they find each other.",
+    )
+    p.add_argument("command", nargs="?", choices=["chat", "id"], default="chat",
+                   help="chat (default) or id: print your peer id and fingerprint")
+    p.add_argument("--version", action="version", version=f"chinwag {__version__}")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--json", action="store_true",
+                      help="JSON-lines API on stdin/stdout instead of the interactive prompt")
+    mode.add_argument("--plain", action="store_true", help="line mode (the default for now)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="where identity and settings live (default: the platform's user data dir)")
+    p.add_argument("--nick", help="your display name (saved in the data dir; default: login name)")
+    p.add_argument("--port", type=_port, default=None,
+                   help=f"TCP listen port, 0 = any free port (default {limits.DEFAULT_TCP_PORT}, "
+                   "or any free port if taken)")
+    p.add_argument("--bind", default="0.0.0.0",
+                   help="address to listen on; also limits discovery to that interface")
+    p.add_argument("--peer", type=_host_port, action="append", default=[], metavar="HOST:PORT",
+                   help="a peer to connect to directly (repeatable)")
+    p.add_argument("--no-discovery", action="store_true", help="do not send or hear UDP beacons")
+    p.add_argument("--discovery-port", type=_port, default=limits.DISCOVERY_PORT,
+                   help=f"UDP port of discovery beacons (default {limits.DISCOVERY_PORT})")
+    p.add_argument("--log-level", default=None,
+                   choices=["debug", "info", "warning", "error"], help="log verbosity (stderr)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run chinwag; return the process exit status."""
+    args = build_parser().parse_args(argv)
+    from chinwag.datadir import default_data_dir  # noqa: PLC0415 - keeps --version fast
+
+    data_dir: Path = args.data_dir or default_data_dir()
+    if args.command == "id":
+        return _print_id(data_dir)
+    level = args.log_level or ("info" if args.json else "warning")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return _run(args, data_dir)
+
+
+def _print_id(data_dir: Path) -> int:
+    from chinwag.crypto.identity import BadIdentity, fingerprint, load_or_create_identity  # noqa: PLC0415
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ident = load_or_create_identity(data_dir)
+    except (OSError, BadIdentity) as exc:
+        print(f"chinwag: {exc}", file=sys.stderr)
+        return 1
+    print(f"peer id:     {ident.peer_id}")
+    print(f"fingerprint: {fingerprint(ident.peer_id)}")
+    return 0
+
+
+def _run(args: argparse.Namespace, data_dir: Path) -> int:
+    from chinwag.errors import ChinwagError  # noqa: PLC0415
+    from chinwag.node import NodeConfig  # noqa: PLC0415
+
+    config = NodeConfig(
+        data_dir=data_dir,
+        nick=args.nick,
+        port=limits.DEFAULT_TCP_PORT if args.port is None else args.port,
+        port_fallback=args.port is None,
+        bind=args.bind,
+        peers=list(args.peer),
+        discovery=not args.no_discovery,
+        discovery_port=args.discovery_port,
+    )
+    try:
+        with _runner() as runner:
+            return runner.run(_session(config, args.json))
+    except ChinwagError as exc:
+        print(f"chinwag: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"chinwag: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _runner() -> asyncio.Runner:
+    try:
+        import uvloop  # noqa: PLC0415
+
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # not on every platform; asyncio's loop is fine, just slower
+        return asyncio.Runner()
+
+
+async def _session(config: object, json_mode: bool) -> int:
+    from chinwag.node import Node, NodeConfig  # noqa: PLC0415
+
+    assert isinstance(config, NodeConfig)
+    node = Node(config)
+    if json_mode:
+        from chinwag.ui.jsonl import JsonLinesUI  # noqa: PLC0415
+
+        ui: object = JsonLinesUI(node)
+    else:
+        from chinwag.ui.line import LineUI  # noqa: PLC0415
+
+        ui = LineUI(node)
+    await node.start()
+    loop = asyncio.get_running_loop()
+    ui_task = asyncio.ensure_future(ui.run())  # type: ignore[attr-defined]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, ui_task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await ui_task
+    await node.stop("quit")
+    return 0

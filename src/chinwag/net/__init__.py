@@ -1,0 +1,1 @@
+"""asyncio adapters: TCP connections, the connection manager and UDP discovery."""

@@ -1,0 +1,178 @@
+"""asyncio adapter for one Session: bytes in, events out, one timer.
+
+After any input it drains the session's events, writes its pending bytes and
+re-arms the session's single timer (the aioquic adapter pattern).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING, cast
+
+from chinwag import limits
+from chinwag.protocol import messages as m
+from chinwag.protocol.session import Closed, Session, State
+
+if TYPE_CHECKING:
+    from chinwag.net.manager import ConnectionManager
+
+log = logging.getLogger(__name__)
+
+
+class PeerConnection(asyncio.Protocol):
+    """One TCP connection driven by a sans-IO Session."""
+
+    def __init__(
+        self, manager: ConnectionManager, session: Session, dial_key: str | None = None
+    ) -> None:
+        self.manager = manager
+        self.session = session
+        self.dial_key = dial_key
+        self.transport: asyncio.Transport | None = None
+        self.address: tuple[str, int] = ("", 0)
+        self.connected_at = 0.0
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._closed = False
+
+    @property
+    def peer_id(self) -> str | None:
+        return self.session.peer_id
+
+    @property
+    def is_open(self) -> bool:
+        return self.session.state is State.OPEN and not self._closed
+
+    # --- asyncio.Protocol -----------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio's, so no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
+        transport = self.transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.address = (str(peer[0]), int(peer[1]))
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=limits.SEND_HIGH_WATER)
+        self.manager.connection_made(self)
+        self._process()
+
+    def data_received(self, data: bytes) -> None:
+        self.session.receive_data(data, self._loop.time())
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        self.session.receive_data(b"", self._loop.time())
+        self._process()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._drained.set()
+        if self.session.state is not State.CLOSED:
+            self.session.receive_data(b"", self._loop.time())
+        self._process()
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def pause_writing(self) -> None:
+        self._drained.clear()
+
+    def resume_writing(self) -> None:
+        self._drained.set()
+
+    # --- commands -------------------------------------------------------
+
+    def send_frame(self, frame: m.Frame) -> None:
+        if self.is_open:
+            self.session.send_frame(frame)
+            self._flush()
+
+    def send_encoded(self, plaintext: bytes) -> None:
+        """Send an encoded frame; no-op if the connection is not open."""
+        if self.is_open:
+            self.session.send_encoded(plaintext)
+            self._flush()
+
+    def close(self, reason: str) -> None:
+        """Say goodbye and close."""
+        if self.session.state is not State.CLOSED:
+            self.session.close(reason)
+        self._process()
+
+    async def wait_drained(self, timeout: float) -> bool:
+        """Wait until the send buffer is below its high-water mark; False on timeout."""
+        if self._drained.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def pending_bytes(self) -> int:
+        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+
+    # --- the adapter loop -----------------------------------------------
+
+    def _process(self) -> None:
+        closed: Closed | None = None
+        while (event := self.session.next_event()) is not None:
+            if isinstance(event, Closed):
+                closed = event
+            else:
+                self.manager.session_event(self, event)
+        self._flush()
+        if closed is not None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+            self._closed = True
+            self.manager.session_closed(self, closed)
+            return
+        self._arm_timer()
+
+    def _flush(self) -> None:
+        data = self.session.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            if (
+                self.transport.get_write_buffer_size() > limits.MAX_PENDING_BYTES
+                and self.session.state is State.OPEN
+            ):
+                log.warning("peer %s is not reading; disconnecting", self._label())
+                self.session.close("too_slow")
+                self._process()
+
+    def _arm_timer(self) -> None:
+        # Deadlines move later with every packet; an early wake-up is harmless
+        # (the session does nothing yet), so only re-arm when the deadline moved earlier.
+        when = self.session.get_timer()
+        if when is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.session.handle_timer(self._loop.time())
+        self._process()
+
+    def _label(self) -> str:
+        pid = self.session.peer_id
+        return f"{pid[:8] if pid else '?'}@{self.address[0]}:{self.address[1]}"

@@ -1,0 +1,290 @@
+"""Connection manager: listen, dial, one connection per peer, reconnects.
+
+It owns the TCP listener, every PeerConnection and the PeerTable (dial
+policy). It tells its listener (the Node) only about peers whose handshake
+has completed and who are not duplicates, and about frames from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from collections.abc import Callable
+from typing import Protocol
+
+from chinwag import limits
+from chinwag.protocol import messages as m
+from chinwag.protocol.peers import Dial, PeerTable
+from chinwag.protocol.session import (
+    Closed,
+    Event,
+    FrameReceived,
+    HandshakeComplete,
+    LocalInfo,
+    Session,
+    UnknownFrameIgnored,
+)
+from chinwag.net.connection import PeerConnection
+
+log = logging.getLogger(__name__)
+
+#: Seconds a TCP connect may take before the dial counts as failed.
+CONNECT_TIMEOUT_S = 3.0
+
+
+class ManagerListener(Protocol):
+    """What the manager reports upwards."""
+
+    def peer_joined(self, conn: PeerConnection) -> None: ...
+    def peer_left(self, conn: PeerConnection, closed: Closed) -> None: ...
+    def frame_received(self, conn: PeerConnection, frame: m.Chat | m.NickChange) -> None: ...
+
+
+class ConnectionManager:
+    """Owns every peer connection of a node."""
+
+    def __init__(
+        self,
+        local: Callable[[], LocalInfo],
+        listener: ManagerListener,
+        rng: random.Random,
+    ) -> None:
+        self._local = local
+        self._listener = listener
+        self.peers: dict[str, PeerConnection] = {}
+        self._pending: set[PeerConnection] = set()
+        self._all: set[PeerConnection] = set()
+        self._loop = asyncio.get_running_loop()
+        self.table = PeerTable(local().identity.peer_id, rng)
+        self._server: asyncio.Server | None = None
+        self._dial_timer: asyncio.TimerHandle | None = None
+        self._dial_tasks: set[asyncio.Task[None]] = set()
+        self._unknown_logged: set[str] = set()
+        self._closing = False
+        # Peers whose connection the other side closed as a duplicate: the
+        # connection it keeps should complete here within a handshake timeout.
+        self._limbo: dict[str, tuple[PeerConnection, Closed, asyncio.TimerHandle]] = {}
+        self.port = 0
+
+    @property
+    def own_id(self) -> str:
+        return self.table.own_peer_id
+
+    # --- lifecycle ------------------------------------------------------
+
+    async def listen(self, host: str, port: int, fallback_any: bool) -> int:
+        """Start the TCP listener; return the bound port."""
+        try:
+            sock = _listening_socket(host, port)
+        except OSError:
+            if not fallback_any:
+                raise
+            log.info("port %d is taken; listening on any free port", port)
+            sock = _listening_socket(host, 0)
+        self.port = int(sock.getsockname()[1])
+        self._server = await self._loop.create_server(
+            lambda: self._new_connection(initiator=False), sock=sock
+        )
+        return self.port
+
+    async def close(self, reason: str = "quit") -> None:
+        """Say goodbye to every peer and stop listening and dialling."""
+        self._closing = True
+        if self._dial_timer is not None:
+            self._dial_timer.cancel()
+        for _conn, _closed, timer in self._limbo.values():
+            timer.cancel()
+        for task in list(self._dial_tasks):
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+        conns = list(self._all)
+        for conn in conns:
+            conn.close(reason)
+        # Give the goodbyes a moment to leave (bounded, not a synchronisation sleep).
+        for conn in conns:
+            if conn.transport is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.wait_drained(0.5), 0.6)
+        if self._dial_tasks:
+            await asyncio.gather(*self._dial_tasks, return_exceptions=True)
+
+    # --- dialling -------------------------------------------------------
+
+    def add_manual_peer(self, host: str, port: int) -> None:
+        self.table.add_manual(host, port, self._loop.time())
+        self.schedule_dials()
+
+    def beacon_heard(self, peer_id: str, host: str, port: int) -> bool:
+        """Feed a discovery beacon; return True if it came from a peer we are not connected to."""
+        unknown = self.table.beacon(peer_id, host, port, self._loop.time())
+        if unknown:
+            self.schedule_dials()
+        return unknown
+
+    def schedule_dials(self) -> None:
+        """Start due dials and arm the timer for the next one."""
+        if self._closing:
+            return
+        now = self._loop.time()
+        for dial in self.table.due_dials(now):
+            task = self._loop.create_task(self._dial(dial))
+            self._dial_tasks.add(task)
+            task.add_done_callback(self._dial_tasks.discard)
+        if self._dial_timer is not None:
+            self._dial_timer.cancel()
+            self._dial_timer = None
+        when = self.table.get_timer()
+        if when is not None:
+            self._dial_timer = self._loop.call_at(max(when, now + 0.01), self.schedule_dials)
+
+    async def _dial(self, dial: Dial) -> None:
+        try:
+            await asyncio.wait_for(
+                self._loop.create_connection(
+                    lambda: self._new_connection(True, dial.key, dial.expected_peer_id),
+                    dial.host, dial.port,
+                ),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError) as exc:
+            log.debug("dial %s:%d failed: %s", dial.host, dial.port, exc)
+            self.table.dial_failed(dial.key, self._loop.time())
+            self.schedule_dials()
+
+    def _new_connection(
+        self, initiator: bool, dial_key: str | None = None, expected: str | None = None
+    ) -> PeerConnection:
+        session = Session(self._local(), initiator, self._loop.time(), expected)
+        return PeerConnection(self, session, dial_key)
+
+    # --- callbacks from PeerConnection ----------------------------------
+
+    def connection_made(self, conn: PeerConnection) -> None:
+        if self._closing or len(self._pending) >= limits.MAX_PENDING_HANDSHAKES:
+            log.warning("refusing connection from %s: too many pending handshakes", conn.address[0])
+            assert conn.transport is not None
+            conn.transport.abort()
+            return
+        self._pending.add(conn)
+        self._all.add(conn)
+
+    def session_event(self, conn: PeerConnection, event: Event) -> None:
+        if isinstance(event, HandshakeComplete):
+            self._handshake_complete(conn, event)
+        elif isinstance(event, FrameReceived):
+            if self.peers.get(event_peer(conn)) is conn:
+                self._listener.frame_received(conn, event.frame)
+        elif isinstance(event, UnknownFrameIgnored):
+            if event.tag not in self._unknown_logged and len(self._unknown_logged) < 64:
+                self._unknown_logged.add(event.tag)
+                log.info("ignoring unknown frame type %r (logged once)", event.tag)
+
+    def _handshake_complete(self, conn: PeerConnection, ev: HandshakeComplete) -> None:
+        self._pending.discard(conn)
+        now = self._loop.time()
+        if conn.dial_key is not None:
+            self.table.dial_done(conn.dial_key)
+        existing = self.peers.get(ev.peer_id)
+        if existing is not None and existing.is_open:
+            # Both sides keep the connection dialled by the lower peer id.
+            keeper = min(self.own_id, ev.peer_id)
+            new_initiator = self.own_id if conn.session.initiator else ev.peer_id
+            old_initiator = self.own_id if existing.session.initiator else ev.peer_id
+            if new_initiator == keeper and old_initiator != keeper:
+                log.debug("duplicate connection to %s: keeping the new one", ev.peer_id[:8])
+                self.peers[ev.peer_id] = conn
+                conn.connected_at = now
+                existing.close("duplicate")
+            else:
+                log.debug("duplicate connection to %s: keeping the old one", ev.peer_id[:8])
+                conn.close("duplicate")
+            return
+        limbo = self._limbo.pop(ev.peer_id, None)
+        if limbo is not None:
+            limbo[2].cancel()
+            self.peers[ev.peer_id] = conn
+            conn.connected_at = limbo[0].connected_at
+            log.debug("replacement connection to %s is up", ev.peer_id[:8])
+            return
+        if len(self.peers) >= limits.MAX_PEERS:
+            log.warning("refusing peer %s: already %d peers", ev.peer_id[:8], len(self.peers))
+            conn.close("too_many_peers")
+            return
+        self.peers[ev.peer_id] = conn
+        conn.connected_at = now
+        self.table.connected(ev.peer_id, conn.address[0], ev.listen_port, now, conn.dial_key)
+        log.info("connected to %s (%s) at %s:%d", ev.nick, ev.peer_id[:8], *conn.address)
+        self._listener.peer_joined(conn)
+
+    def session_closed(self, conn: PeerConnection, closed: Closed) -> None:
+        self._pending.discard(conn)
+        self._all.discard(conn)
+        now = self._loop.time()
+        peer_id = conn.session.peer_id
+        if peer_id is not None and self.peers.get(peer_id) is conn:
+            del self.peers[peer_id]
+            if closed.by_peer and closed.code == "duplicate" and not self._closing:
+                timer = self._loop.call_later(
+                    limits.HANDSHAKE_TIMEOUT_S, self._limbo_expired, peer_id
+                )
+                self._limbo[peer_id] = (conn, closed, timer)
+                return
+            self._peer_gone(conn, closed)
+            return
+        if closed.code not in ("duplicate", "quit") and not self._closing:
+            level = logging.WARNING if not closed.by_peer else logging.DEBUG
+            log.log(level, "connection with %s closed: %s", conn.address[0], closed.reason)
+        if conn.dial_key is not None and peer_id is None:
+            self.table.dial_failed(conn.dial_key, now)
+            self.schedule_dials()
+
+    def _limbo_expired(self, peer_id: str) -> None:
+        entry = self._limbo.pop(peer_id, None)
+        if entry is not None and peer_id not in self.peers:
+            self._peer_gone(entry[0], entry[1])
+
+    def _peer_gone(self, conn: PeerConnection, closed: Closed) -> None:
+        peer_id = conn.session.peer_id
+        assert peer_id is not None
+        log.info("disconnected from %s: %s", peer_id[:8], closed.reason)
+        goodbye = closed.by_peer and closed.code == "quit"
+        self.table.disconnected(peer_id, self._loop.time(), goodbye=goodbye)
+        self._listener.peer_left(conn, closed)
+        self.schedule_dials()
+
+    # --- sending --------------------------------------------------------
+
+    def broadcast(self, plaintext: bytes, exclude: frozenset[str] = frozenset()) -> None:
+        """Send an encoded frame to every connected peer not in exclude."""
+        for peer_id, conn in self.peers.items():
+            if peer_id not in exclude:
+                conn.send_encoded(plaintext)
+
+    async def wait_drained(self) -> None:
+        """Wait for congested peers to drain; disconnect those that stay stuck."""
+        for conn in list(self.peers.values()):
+            if not await conn.wait_drained(limits.SEND_DRAIN_TIMEOUT_S):
+                log.warning("peer %s did not drain its queue; disconnecting", conn.peer_id)
+                conn.close("too_slow")
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        # SO_REUSEADDR lets a restarted node take its port back from TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def event_peer(conn: PeerConnection) -> str:
+    return conn.session.peer_id or ""

@@ -1,0 +1,203 @@
+"""Whom to dial and when: the sans-IO peer table behind the connection manager.
+
+Theory of operation
+-------------------
+Addresses come from beacons (keyed by the peer id they claim), from
+`--peer HOST:PORT` (keyed by address until a handshake names the peer), and
+from inbound connections (the peer's address plus the listen port in its
+hello). The table turns these into dial decisions:
+
+- a peer heard in a beacon is dialled at once by the side with the lower peer
+  id; the other side waits DIAL_YIELD_S first, so a simultaneous dial is rare
+  (and harmless: the connection manager keeps one connection per pair);
+- failed or lost connections are retried after an exponential back-off with
+  jitter, capped at RECONNECT_CAP_S;
+- a peer that said goodbye is forgotten until it beacons again (manual
+  addresses keep being retried);
+- discovered peers not heard from for a while are forgotten, and the table
+  holds at most MAX_DISCOVERED of them.
+
+Randomness (jitter) comes from an injected `random.Random`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from chinwag import limits
+
+#: Seconds after which an unconnected discovered peer that stopped beaconing is forgotten.
+FORGET_AFTER_S = 10 * limits.BEACON_INTERVAL_S
+#: Seconds a connection must have lasted for its back-off to reset.
+STABLE_AFTER_S = 30.0
+
+
+@dataclass(slots=True)
+class Entry:
+    """One dialable address and its retry state."""
+
+    host: str
+    port: int
+    peer_id: str | None
+    manual: bool
+    next_attempt: float | None = None
+    failures: int = 0
+    dialing: bool = False
+    connected: bool = False
+    connected_since: float = 0.0
+    last_seen: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    """Dial host:port now; `key` is reported back to dial_failed/dial_done."""
+
+    key: str
+    host: str
+    port: int
+    expected_peer_id: str | None
+
+
+class PeerTable:
+    """Dial policy: who to dial, when, and when to give up for a while."""
+
+    def __init__(self, own_peer_id: str, rng: random.Random) -> None:
+        self.own_peer_id = own_peer_id
+        self._rng = rng
+        self._entries: dict[str, Entry] = {}
+
+    # --- inputs ---------------------------------------------------------
+
+    def add_manual(self, host: str, port: int, now: float) -> None:
+        """Add a `--peer` address, to be dialled now and kept for ever."""
+        key = f"{host}:{port}"
+        self._entries.setdefault(key, Entry(host, port, None, manual=True, next_attempt=now))
+
+    def beacon(self, peer_id: str, host: str, port: int, now: float) -> bool:
+        """Record a beacon; return True if the sender is not connected (worth answering)."""
+        if peer_id == self.own_peer_id:
+            return False
+        entry = self._entries.get(peer_id)
+        if entry is None:
+            if self._is_connected(peer_id):
+                return False
+            if self._discovered_count() >= limits.MAX_DISCOVERED:
+                self._forget_stale(now, force=True)
+                if self._discovered_count() >= limits.MAX_DISCOVERED:
+                    return False
+            entry = self._entries[peer_id] = Entry(host, port, peer_id, manual=False)
+        entry.last_seen = now
+        if not entry.connected and not entry.dialing:
+            entry.host, entry.port = host, port
+        if entry.connected:
+            return False
+        if entry.next_attempt is None:
+            first = peer_id > self.own_peer_id
+            entry.next_attempt = now if first else now + limits.DIAL_YIELD_S
+        return True
+
+    def dial_done(self, key: str) -> None:
+        """The dial for key reached a handshake result (connected() or dial_failed() follows)."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.dialing = False
+
+    def dial_failed(self, key: str, now: float) -> None:
+        """A dial for key failed: schedule a retry with back-off."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.dialing = False
+            self._back_off(entry, now)
+
+    def connected(self, peer_id: str, host: str, listen_port: int, now: float,
+                  dial_key: str | None = None) -> None:
+        """A connection to peer_id is open (dialled via dial_key, or inbound)."""
+        if dial_key is not None and dial_key in self._entries:
+            manual = self._entries[dial_key]
+            manual.peer_id = peer_id
+            manual.dialing = False
+        entry = self._entries.get(peer_id)
+        if entry is None:
+            entry = self._entries[peer_id] = Entry(host, listen_port, peer_id, manual=False)
+        if listen_port:
+            entry.host, entry.port = host, listen_port
+        entry.connected = True
+        entry.connected_since = now
+        entry.last_seen = now
+        entry.dialing = False
+        entry.next_attempt = None
+
+    def disconnected(self, peer_id: str, now: float, goodbye: bool) -> None:
+        """The last connection to peer_id closed; goodbye=True if it left on purpose."""
+        entry = self._entries.get(peer_id)
+        if entry is None:
+            return
+        entry.connected = False
+        entry.last_seen = now
+        if now - entry.connected_since >= STABLE_AFTER_S:
+            entry.failures = 0
+        if goodbye:
+            del self._entries[peer_id]
+            for other in self._entries.values():
+                if other.manual and other.peer_id == peer_id:
+                    self._back_off(other, now)
+            return
+        self._back_off(entry, now)
+
+    # --- outputs --------------------------------------------------------
+
+    def due_dials(self, now: float) -> list[Dial]:
+        """Return the dials to start now (each marked as in progress)."""
+        self._forget_stale(now)
+        dials = []
+        for key, entry in self._entries.items():
+            if entry.connected or entry.dialing or entry.next_attempt is None:
+                continue
+            if entry.next_attempt > now:
+                continue
+            if entry.peer_id is not None and self._is_connected(entry.peer_id):
+                entry.next_attempt = None
+                continue
+            entry.dialing = True
+            dials.append(Dial(key, entry.host, entry.port, entry.peer_id))
+        return dials
+
+    def get_timer(self) -> float | None:
+        """Return when due_dials next has something to do, or None."""
+        times = [
+            e.next_attempt for e in self._entries.values()
+            if e.next_attempt is not None and not e.dialing and not e.connected
+        ]
+        return min(times) if times else None
+
+    def address_of(self, peer_id: str) -> tuple[str, int] | None:
+        entry = self._entries.get(peer_id)
+        return None if entry is None else (entry.host, entry.port)
+
+    # --- internals ------------------------------------------------------
+
+    def _is_connected(self, peer_id: str) -> bool:
+        entry = self._entries.get(peer_id)
+        return entry is not None and entry.connected
+
+    def _discovered_count(self) -> int:
+        return sum(1 for e in self._entries.values() if not e.manual)
+
+    def _delay(self, failures: int) -> float:
+        base = min(limits.RECONNECT_CAP_S, limits.RECONNECT_BASE_S * (2**failures))
+        return base * (1 + limits.RECONNECT_JITTER * self._rng.random())
+
+    def _back_off(self, entry: Entry, now: float) -> None:
+        entry.next_attempt = now + self._delay(entry.failures)
+        entry.failures = min(entry.failures + 1, 16)
+
+    def _forget_stale(self, now: float, force: bool = False) -> None:
+        horizon = 0.0 if force else FORGET_AFTER_S
+        stale = [
+            key for key, e in self._entries.items()
+            if not e.manual and not e.connected and not e.dialing
+            and now - e.last_seen > horizon
+        ]
+        for key in stale:
+            del self._entries[key]

@@ -1,0 +1,1 @@
+"""User interfaces over the Node: JSON-lines API and line-mode CLI."""

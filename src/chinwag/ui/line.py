@@ -1,0 +1,171 @@
+"""The line-mode CLI: a prompt, coloured incoming messages, slash commands.
+
+In a terminal it uses prompt_toolkit (line editing, history, output printed
+above the prompt); otherwise it reads plain lines and prints plain text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+
+from chinwag import events as ev
+from chinwag.crypto.identity import fingerprint, short_id
+from chinwag.errors import ChinwagError
+from chinwag.node import Node
+from chinwag.ui.stdio import LineTooLong, stdin_lines
+
+log = logging.getLogger(__name__)
+
+_COLOURS = ["31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96"]
+_CONTROL = dict.fromkeys(i for i in range(32) if i not in (9, 10)) | {127: None}
+
+HELP = """commands:
+  /help            this help
+  /peers           connected peers (nick, short id, address, connected since)
+  /nick NAME       change your nick
+  /id              your peer id and fingerprint
+  /quit            leave (peers see you go at once)
+anything else is sent to the room"""
+
+
+def clean(text: str) -> str:
+    """Strip terminal control characters so a peer cannot drive our terminal."""
+    return text.translate(_CONTROL)
+
+
+def nick_colour(peer_id: str) -> str:
+    """Return a stable ANSI colour code for a peer."""
+    return _COLOURS[hashlib.sha256(peer_id.encode()).digest()[0] % len(_COLOURS)]
+
+
+class LineUI:
+    """Interactive line-mode chat over a Node."""
+
+    def __init__(self, node: Node, colour: bool | None = None) -> None:
+        self.node = node
+        self.interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        self.colour = self.interactive if colour is None else colour
+        self._print: Callable[[str], None] = self._plain_print
+        node.subscribe(self.on_event)
+        self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
+            "help": self._help, "peers": self._peers, "nick": self._nick,
+            "id": self._id, "quit": self._quit,
+        }
+
+    # --- output ---------------------------------------------------------
+
+    def _plain_print(self, line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def _paint(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.colour else text
+
+    def on_event(self, event: ev.NodeEvent) -> None:
+        if isinstance(event, ev.Message):
+            when = dt.datetime.fromtimestamp(event.ts).strftime("%H:%M:%S")
+            who = self._paint(nick_colour(event.peer_id), clean(event.nick))
+            sid = self._paint("2", short_id(event.peer_id))
+            room = "" if event.room == "general" else f"#{event.room} "
+            text = clean(event.text).replace("\n", "\n    ")
+            self._print(f"{self._paint('2', when)} {room}{who} {sid}: {text}")
+        elif isinstance(event, ev.PeerJoined):
+            self._info(f"{clean(event.nick)} ({short_id(event.peer_id)}) joined from {event.address}")
+        elif isinstance(event, ev.PeerLeft):
+            self._info(f"{clean(event.nick)} ({short_id(event.peer_id)}) left: {event.reason}")
+        elif isinstance(event, ev.NickChanged):
+            if event.own:
+                self._info(f"you are now known as {event.nick}")
+            else:
+                self._info(f"{clean(event.old)} ({short_id(event.peer_id)}) is now {clean(event.nick)}")
+        elif isinstance(event, ev.Error):
+            self._print(self._paint("31", f"error: {event.message}"))
+        elif isinstance(event, ev.Ready):
+            self._info(
+                f"you are {event.nick} ({short_id(event.peer_id)}), listening on port {event.port};"
+                " type /help for commands"
+            )
+
+    def _info(self, text: str) -> None:
+        self._print(self._paint("2", f"* {text}"))
+
+    # --- input ----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read and execute lines until /quit or end of input."""
+        if self.interactive:
+            await self._run_prompt()
+        else:
+            async for line in stdin_lines():
+                if isinstance(line, LineTooLong):
+                    self.node.error("line too long")
+                    continue
+                if not await self.handle(line.decode("utf-8", "replace")):
+                    return
+
+    async def _run_prompt(self) -> None:
+        from prompt_toolkit import PromptSession, print_formatted_text  # noqa: PLC0415
+        from prompt_toolkit.formatted_text import ANSI  # noqa: PLC0415
+        from prompt_toolkit.patch_stdout import patch_stdout  # noqa: PLC0415
+
+        session: PromptSession[str] = PromptSession()
+        self._print = lambda line: print_formatted_text(ANSI(line))
+        with patch_stdout(raw=True):
+            while True:
+                try:
+                    line = await session.prompt_async(f"{self.node.nick}> ")
+                except (EOFError, KeyboardInterrupt):
+                    return
+                if not await self.handle(line):
+                    return
+
+    async def handle(self, line: str) -> bool:
+        """Execute one input line; return False to quit."""
+        if not line.strip():
+            return True
+        try:
+            if line.startswith("/") and not line.startswith("//"):
+                name, _, arg = line[1:].partition(" ")
+                command = self._commands.get(name.lower())
+                if command is None:
+                    raise ChinwagError(f"unknown command /{name[:20]}; try /help")
+                return await command(arg.strip())
+            await self.node.send(line[1:] if line.startswith("//") else line)
+        except ChinwagError as exc:
+            self.node.error(str(exc))
+        return True
+
+    async def _help(self, _arg: str) -> bool:
+        self._print(HELP)
+        return True
+
+    async def _peers(self, _arg: str) -> bool:
+        peers = self.node.peers().peers
+        if not peers:
+            self._info("no peers connected")
+        for p in peers:
+            since = dt.datetime.fromtimestamp(p.since).strftime("%H:%M:%S")
+            rtt = "" if p.rtt_ms is None else f", rtt {p.rtt_ms:.1f} ms"
+            self._info(f"{clean(p.nick)} {short_id(p.peer_id)} {p.address} since {since}{rtt}")
+        return True
+
+    async def _nick(self, arg: str) -> bool:
+        if not arg:
+            raise ChinwagError("usage: /nick NAME")
+        self.node.set_nick(arg)
+        return True
+
+    async def _id(self, _arg: str) -> bool:
+        pid = self.node.identity.peer_id
+        self._info(f"peer id {pid}")
+        self._info(f"fingerprint {fingerprint(pid)}")
+        return True
+
+    async def _quit(self, _arg: str) -> bool:
+        return False
+
+

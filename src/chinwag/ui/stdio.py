@@ -1,0 +1,101 @@
+"""Reading stdin line by line without blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+from collections.abc import AsyncIterator
+
+from chinwag import limits
+
+
+class LineTooLong(Exception):
+    """A line exceeded MAX_COMMAND_LINE bytes; it was discarded."""
+
+
+async def stdin_lines(max_line: int = limits.MAX_COMMAND_LINE) -> AsyncIterator[bytes | LineTooLong]:
+    """Yield stdin lines (without newline); an over-long line yields LineTooLong instead."""
+    async for chunk in _stdin_chunks():
+        for item in _splitter.feed(chunk, max_line):
+            yield item
+    for item in _splitter.finish(max_line):
+        yield item
+
+
+class _Splitter:
+    """Split a byte stream into bounded lines."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.skipping = False
+
+    def feed(self, chunk: bytes, max_line: int) -> list[bytes | LineTooLong]:
+        out: list[bytes | LineTooLong] = []
+        self.buf += chunk
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl < 0:
+                if len(self.buf) > max_line:
+                    if not self.skipping:
+                        out.append(LineTooLong())
+                    self.skipping = True
+                    self.buf.clear()
+                return out
+            line = bytes(self.buf[:nl])
+            del self.buf[: nl + 1]
+            if self.skipping:
+                self.skipping = False
+                continue
+            if len(line) > max_line:
+                out.append(LineTooLong())
+            else:
+                out.append(line)
+
+    def finish(self, max_line: int) -> list[bytes | LineTooLong]:
+        if self.buf and not self.skipping:
+            line = bytes(self.buf)
+            self.buf.clear()
+            return [line if len(line) <= max_line else LineTooLong()]
+        return []
+
+
+_splitter = _Splitter()
+
+
+async def _stdin_chunks() -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**20)
+    try:
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer
+        )
+    except (ValueError, OSError, PermissionError):
+        # Regular files and some terminals cannot be watched by the loop: use a thread.
+        async for chunk in _threaded_chunks():
+            yield chunk
+        return
+    while chunk := await reader.read(2**16):
+        yield chunk
+
+
+async def _threaded_chunks() -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
+
+    def pump() -> None:
+        while True:
+            try:
+                chunk = sys.stdin.buffer.read1(2**16)
+            except (OSError, ValueError):
+                chunk = b""
+            fut = asyncio.run_coroutine_threadsafe(queue.put(chunk), loop)
+            with contextlib.suppress(Exception):
+                fut.result()
+            if not chunk:
+                return
+
+    threading.Thread(target=pump, name="stdin", daemon=True).start()
+    while chunk := await queue.get():
+        yield chunk
