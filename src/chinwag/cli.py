@@ -33,49 +33,83 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serverless, encrypted peer-to-peer chat for the LAN. "
         "Start it on two machines of one network and they find each other.",
     )
-    p.add_argument("command", nargs="?", choices=["chat", "id"], default="chat",
-                   help="chat (default) or id: print your peer id and fingerprint")
+    p.add_argument(
+        "command",
+        nargs="?",
+        choices=["chat", "id"],
+        default="chat",
+        help="chat (default) or id: print your peer id and fingerprint",
+    )
     p.add_argument("--version", action="version", version=f"chinwag {__version__}")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--json", action="store_true",
-                      help="JSON-lines API on stdin/stdout instead of the interactive prompt")
+    mode.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON-lines API on stdin/stdout instead of the interactive prompt",
+    )
     mode.add_argument("--plain", action="store_true", help="line mode (the default for now)")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="where identity and settings live (default: the platform's user data dir)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where identity and settings live (default: the platform's user data dir)",
+    )
     p.add_argument("--nick", help="your display name (saved in the data dir; default: login name)")
-    p.add_argument("--port", type=_port, default=None,
-                   help=f"TCP listen port, 0 = any free port (default {limits.DEFAULT_TCP_PORT}, "
-                   "or any free port if taken)")
-    p.add_argument("--bind", default="0.0.0.0",
-                   help="address to listen on; also limits discovery to that interface")
-    p.add_argument("--peer", type=_host_port, action="append", default=[], metavar="HOST:PORT",
-                   help="a peer to connect to directly (repeatable)")
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=None,
+        help=f"TCP listen port, 0 = any free port (default {limits.DEFAULT_TCP_PORT}, "
+        "or any free port if taken)",
+    )
+    p.add_argument(
+        "--bind",
+        default="0.0.0.0",
+        help="address to listen on; also limits discovery to that interface",
+    )
+    p.add_argument(
+        "--peer",
+        type=_host_port,
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a peer to connect to directly (repeatable)",
+    )
     p.add_argument("--no-discovery", action="store_true", help="do not send or hear UDP beacons")
-    p.add_argument("--discovery-port", type=_port, default=limits.DISCOVERY_PORT,
-                   help=f"UDP port of discovery beacons (default {limits.DISCOVERY_PORT})")
-    p.add_argument("--log-level", default=None,
-                   choices=["debug", "info", "warning", "error"], help="log verbosity (stderr)")
+    p.add_argument(
+        "--discovery-port",
+        type=_port,
+        default=limits.DISCOVERY_PORT,
+        help=f"UDP port of discovery beacons (default {limits.DISCOVERY_PORT})",
+    )
+    p.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (stderr)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run chinwag; return the process exit status."""
     args = build_parser().parse_args(argv)
-    from chinwag.datadir import default_data_dir  # noqa: PLC0415 - keeps --version fast
+    from chinwag.datadir import default_data_dir
 
     data_dir: Path = args.data_dir or default_data_dir()
     if args.command == "id":
         return _print_id(data_dir)
     level = args.log_level or ("info" if args.json else "warning")
     logging.basicConfig(
-        level=getattr(logging, level.upper()), stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return _run(args, data_dir)
 
 
 def _print_id(data_dir: Path) -> int:
-    from chinwag.crypto.identity import BadIdentity, fingerprint, load_or_create_identity  # noqa: PLC0415
+    from chinwag.crypto.identity import BadIdentity, fingerprint, load_or_create_identity
 
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -89,8 +123,8 @@ def _print_id(data_dir: Path) -> int:
 
 
 def _run(args: argparse.Namespace, data_dir: Path) -> int:
-    from chinwag.errors import ChinwagError  # noqa: PLC0415
-    from chinwag.node import NodeConfig  # noqa: PLC0415
+    from chinwag.errors import ChinwagError
+    from chinwag.node import NodeConfig
 
     config = NodeConfig(
         data_dir=data_dir,
@@ -117,7 +151,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
 
 def _runner() -> asyncio.Runner:
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         return asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # not on every platform; asyncio's loop is fine, just slower
@@ -125,16 +159,16 @@ def _runner() -> asyncio.Runner:
 
 
 async def _session(config: object, json_mode: bool) -> int:
-    from chinwag.node import Node, NodeConfig  # noqa: PLC0415
+    from chinwag.node import Node, NodeConfig
 
     assert isinstance(config, NodeConfig)
     node = Node(config)
     if json_mode:
-        from chinwag.ui.jsonl import JsonLinesUI  # noqa: PLC0415
+        from chinwag.ui.jsonl import JsonLinesUI
 
         ui: object = JsonLinesUI(node)
     else:
-        from chinwag.ui.line import LineUI  # noqa: PLC0415
+        from chinwag.ui.line import LineUI
 
         ui = LineUI(node)
     await node.start()

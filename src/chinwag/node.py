@@ -45,7 +45,7 @@ class NodeConfig:
     port: int = limits.DEFAULT_TCP_PORT
     #: Listen on any free port when `port` is taken (only for the default port).
     port_fallback: bool = True
-    bind: str = "0.0.0.0"  # noqa: S104 - a LAN chat listens on the LAN
+    bind: str = "0.0.0.0"
     peers: list[tuple[str, int]] = field(default_factory=list)
     discovery: bool = True
     discovery_port: int = limits.DISCOVERY_PORT
@@ -105,9 +105,12 @@ class Node:
             )
             if self.config.discovery:
                 self._discovery = Discovery(
-                    self.config.discovery_port, self.config.bind, self.identity.peer_id,
+                    self.config.discovery_port,
+                    self.config.bind,
+                    self.identity.peer_id,
                     lambda: encode_beacon(self.identity.peer_id, self.port, self.nick),
-                    self._manager.beacon_heard, self._rng,
+                    self._manager.beacon_heard,
+                    self._rng,
                 )
                 await self._discovery.start()
             for host, port in self.config.peers:
@@ -168,7 +171,9 @@ class Node:
         """Return the connected peers."""
         manager = self._require_manager()
         infos = []
-        for peer_id, conn in sorted(manager.peers.items(), key=lambda kv: kv[1].session.peer_nick or ""):
+        for peer_id, conn in sorted(
+            manager.peers.items(), key=lambda kv: kv[1].session.peer_nick or ""
+        ):
             rtt = conn.session.rtt
             infos.append(
                 ev.PeerInfo(
@@ -194,7 +199,8 @@ class Node:
         self._nicks[peer_id] = conn.session.peer_nick or "?"
         self._emit(
             ev.PeerJoined(
-                peer_id=peer_id, nick=conn.session.peer_nick or "?",
+                peer_id=peer_id,
+                nick=conn.session.peer_nick or "?",
                 address=f"{conn.address[0]}:{conn.address[1]}",
             )
         )
@@ -204,8 +210,9 @@ class Node:
         assert peer_id is not None
         self._since.pop(peer_id, None)
         self._nicks.pop(peer_id, None)
-        self._emit(ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?",
-                               reason=closed.reason))
+        self._emit(
+            ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
+        )
 
     def frame_received(self, conn: PeerConnection, frame: m.Chat | m.NickChange) -> None:
         if isinstance(frame, m.NickChange):
@@ -237,15 +244,19 @@ class Node:
         self._seen.add(msg.id)
         self._emit(self._message_event(msg, own=False))
         if relay:
-            manager.broadcast(
-                m.encode(frame), exclude=frozenset({from_id, msg.author_id})
-            )
+            manager.broadcast(m.encode(frame), exclude=frozenset({from_id, msg.author_id}))
 
     def _message_event(self, msg: ChatMessage, own: bool) -> ev.Message:
         b = msg.body
         return ev.Message(
-            id=msg.id, room=b.room, peer_id=msg.author_id, nick=b.nick, ts=b.ts / 1000,
-            text=b.text, own=own, seq=b.seq,
+            id=msg.id,
+            room=b.room,
+            peer_id=msg.author_id,
+            nick=b.nick,
+            ts=b.ts / 1000,
+            text=b.text,
+            own=own,
+            seq=b.seq,
         )
 
     def _local_info(self) -> LocalInfo:

@@ -1,1 +1,1 @@
-"""Identity keys, peer ids, signatures and the Noise handshake: thin wrappers over vetted libraries."""
+"""Identity keys, peer ids, signatures, Noise: thin wrappers over vetted libraries."""

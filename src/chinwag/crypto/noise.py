@@ -48,7 +48,10 @@ class NoiseXX:
     """One side of a Noise XX handshake, then its transport cipher states."""
 
     def __init__(
-        self, initiator: bool, static_private: bytes, prologue: bytes,
+        self,
+        initiator: bool,
+        static_private: bytes,
+        prologue: bytes,
         ephemeral_private: bytes | None = None,
     ) -> None:
         self._conn = NoiseConnection.from_name(PROTOCOL_NAME)

@@ -106,12 +106,12 @@ class PeerConnection(asyncio.Protocol):
             self.session.close(reason)
         self._process()
 
-    async def wait_drained(self, timeout: float) -> bool:
+    async def wait_drained(self, limit_s: float) -> bool:
         """Wait until the send buffer is below its high-water mark; False on timeout."""
         if self._drained.is_set():
             return True
         try:
-            await asyncio.wait_for(self._drained.wait(), timeout)
+            await asyncio.wait_for(self._drained.wait(), limit_s)
         except TimeoutError:
             return False
         return True

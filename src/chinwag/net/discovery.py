@@ -28,7 +28,7 @@ LIMITED_BROADCAST = "255.255.255.255"
 
 def broadcast_targets(bind: str | None) -> list[str]:
     """Return the broadcast addresses to send beacons to."""
-    bind_ip = None if bind in (None, "", "0.0.0.0") else ipaddress.ip_address(bind)  # noqa: S104
+    bind_ip = None if bind in (None, "", "0.0.0.0") else ipaddress.ip_address(bind)
     targets: list[str] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from chinwag import limits
+from chinwag.net.connection import PeerConnection
 from chinwag.protocol import messages as m
 from chinwag.protocol.peers import Dial, PeerTable
 from chinwag.protocol.session import (
@@ -27,7 +28,6 @@ from chinwag.protocol.session import (
     Session,
     UnknownFrameIgnored,
 )
-from chinwag.net.connection import PeerConnection
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,8 @@ class ConnectionManager:
             await asyncio.wait_for(
                 self._loop.create_connection(
                     lambda: self._new_connection(True, dial.key, dial.expected_peer_id),
-                    dial.host, dial.port,
+                    dial.host,
+                    dial.port,
                 ),
                 CONNECT_TIMEOUT_S,
             )
@@ -176,12 +177,13 @@ class ConnectionManager:
         if isinstance(event, HandshakeComplete):
             self._handshake_complete(conn, event)
         elif isinstance(event, FrameReceived):
-            if self.peers.get(event_peer(conn)) is conn:
+            # Frames from a duplicate connection that is being closed are dropped.
+            if self.peers.get(conn.session.peer_id or "") is conn:
                 self._listener.frame_received(conn, event.frame)
-        elif isinstance(event, UnknownFrameIgnored):
-            if event.tag not in self._unknown_logged and len(self._unknown_logged) < 64:
+        elif isinstance(event, UnknownFrameIgnored) and event.tag not in self._unknown_logged:
+            if len(self._unknown_logged) < 64:
                 self._unknown_logged.add(event.tag)
-                log.info("ignoring unknown frame type %r (logged once)", event.tag)
+            log.info("ignoring unknown frame type %r (logged once)", event.tag)
 
     def _handshake_complete(self, conn: PeerConnection, ev: HandshakeComplete) -> None:
         self._pending.discard(conn)
@@ -284,7 +286,3 @@ def _listening_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def event_peer(conn: PeerConnection) -> str:
-    return conn.session.peer_id or ""

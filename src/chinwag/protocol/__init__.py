@@ -1,1 +1,1 @@
-"""Sans-IO protocol core: bytes and `now` in, events and bytes out. No sockets, clocks or randomness."""
+"""Sans-IO protocol core: bytes and `now` in, events and bytes out; no sockets or clocks."""

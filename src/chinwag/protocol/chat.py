@@ -17,6 +17,7 @@ from chinwag.errors import RemoteProtocolError
 from chinwag.protocol.messages import CHAT_CONTEXT, ChatBody, decode_body, encode
 from chinwag.protocol.names import is_valid_name
 
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     """A verified (or authenticated) chat message and its wire form."""

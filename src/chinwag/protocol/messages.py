@@ -140,7 +140,8 @@ def encode(obj: msgspec.Struct) -> bytes:
 def decode_frame(data: bytes) -> Frame | UnknownFrame:
     """Decode one transport frame; raise RemoteProtocolError if it is malformed."""
     try:
-        return _frame_decoder.decode(data)
+        frame: Frame = _frame_decoder.decode(data)
+        return frame
     except msgspec.DecodeError as exc:
         try:
             tag = _tag_decoder.decode(data).t

@@ -9,6 +9,7 @@ from chinwag.errors import UsageError
 
 DEFAULT_ROOM = "general"
 _NAME_RE = re.compile(r"[\w.\-]+")
+_ALLOWED = "letters, digits, '_', '.' or '-'"
 
 
 def is_valid_name(name: str) -> bool:
@@ -19,18 +20,14 @@ def is_valid_name(name: str) -> bool:
 def validate_nick(nick: str) -> str:
     """Return nick if it is 1-32 letters, digits, `_`, `.` or `-`; else raise UsageError."""
     if not nick or len(nick) > limits.MAX_NICK_CHARS or not _NAME_RE.fullmatch(nick):
-        raise UsageError(
-            f"invalid nick {nick[:40]!r}: use 1-{limits.MAX_NICK_CHARS} letters, digits, '_', '.' or '-'"
-        )
+        raise UsageError(f"invalid nick {nick[:40]!r}: use 1-{limits.MAX_NICK_CHARS} {_ALLOWED}")
     return nick
 
 
 def validate_room(room: str) -> str:
     """Return the canonical (lowercase) room name, or raise UsageError."""
     if not room or len(room) > limits.MAX_ROOM_CHARS or not _NAME_RE.fullmatch(room):
-        raise UsageError(
-            f"invalid room {room[:40]!r}: use 1-{limits.MAX_ROOM_CHARS} letters, digits, '_', '.' or '-'"
-        )
+        raise UsageError(f"invalid room {room[:40]!r}: use 1-{limits.MAX_ROOM_CHARS} {_ALLOWED}")
     return room.lower()
 
 

@@ -110,8 +110,9 @@ class PeerTable:
             entry.dialing = False
             self._back_off(entry, now)
 
-    def connected(self, peer_id: str, host: str, listen_port: int, now: float,
-                  dial_key: str | None = None) -> None:
+    def connected(
+        self, peer_id: str, host: str, listen_port: int, now: float, dial_key: str | None = None
+    ) -> None:
         """A connection to peer_id is open (dialled via dial_key, or inbound)."""
         if dial_key is not None and dial_key in self._entries:
             manual = self._entries[dial_key]
@@ -166,7 +167,8 @@ class PeerTable:
     def get_timer(self) -> float | None:
         """Return when due_dials next has something to do, or None."""
         times = [
-            e.next_attempt for e in self._entries.values()
+            e.next_attempt
+            for e in self._entries.values()
             if e.next_attempt is not None and not e.dialing and not e.connected
         ]
         return min(times) if times else None
@@ -185,7 +187,7 @@ class PeerTable:
         return sum(1 for e in self._entries.values() if not e.manual)
 
     def _delay(self, failures: int) -> float:
-        base = min(limits.RECONNECT_CAP_S, limits.RECONNECT_BASE_S * (2**failures))
+        base = min(limits.RECONNECT_CAP_S, limits.RECONNECT_BASE_S * 2.0**failures)
         return base * (1 + limits.RECONNECT_JITTER * self._rng.random())
 
     def _back_off(self, entry: Entry, now: float) -> None:
@@ -195,9 +197,9 @@ class PeerTable:
     def _forget_stale(self, now: float, force: bool = False) -> None:
         horizon = 0.0 if force else FORGET_AFTER_S
         stale = [
-            key for key, e in self._entries.items()
-            if not e.manual and not e.connected and not e.dialing
-            and now - e.last_seen > horizon
+            key
+            for key, e in self._entries.items()
+            if not e.manual and not e.connected and not e.dialing and now - e.last_seen > horizon
         ]
         for key in stale:
             del self._entries[key]

@@ -101,7 +101,11 @@ class LocalInfo:
 
     @classmethod
     def create(
-        cls, identity: Identity, noise_static: bytes, nick: str, listen_port: int,
+        cls,
+        identity: Identity,
+        noise_static: bytes,
+        nick: str,
+        listen_port: int,
         caps: tuple[str, ...] = (),
     ) -> LocalInfo:
         """Build the info, signing the binding of noise_static to identity once."""
@@ -111,8 +115,12 @@ class LocalInfo:
     def hello(self) -> bytes:
         return m.encode(
             m.Hello(
-                identity=self.identity.public, sig=self.binding_sig, nick=self.nick,
-                port=self.listen_port, v=m.PROTOCOL_VERSION, caps=list(self.caps),
+                identity=self.identity.public,
+                sig=self.binding_sig,
+                nick=self.nick,
+                port=self.listen_port,
+                v=m.PROTOCOL_VERSION,
+                caps=list(self.caps),
             )
         )
 
@@ -150,6 +158,10 @@ class Session:
             prelude = m.encode(m.Prelude(proto=m.PROTOCOL_NAME, v=m.PROTOCOL_VERSION))
             self._write_frame(self._noise.write_handshake(prelude))
 
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
     # --- inputs ---------------------------------------------------------
 
     def receive_data(self, data: bytes, now: float) -> None:
@@ -162,7 +174,7 @@ class Session:
         self._last_received = now
         self._inbuf += data
         try:
-            while self.state is not State.CLOSED:
+            while not self.closed:
                 if len(self._inbuf) < 2:
                     break
                 (size,) = _LEN.unpack_from(self._inbuf)

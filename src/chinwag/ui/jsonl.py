@@ -51,7 +51,8 @@ _encoder = msgspec.json.Encoder()
 def parse_command(line: bytes) -> Command:
     """Decode one command line; raise ChinwagError with a readable message if invalid."""
     try:
-        return _decoder.decode(line)
+        cmd: Command = _decoder.decode(line)
+        return cmd
     except msgspec.ValidationError as exc:
         try:
             raw = _raw_decoder.decode(line)

@@ -52,8 +52,11 @@ class LineUI:
         self._print: Callable[[str], None] = self._plain_print
         node.subscribe(self.on_event)
         self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
-            "help": self._help, "peers": self._peers, "nick": self._nick,
-            "id": self._id, "quit": self._quit,
+            "help": self._help,
+            "peers": self._peers,
+            "nick": self._nick,
+            "id": self._id,
+            "quit": self._quit,
         }
 
     # --- output ---------------------------------------------------------
@@ -74,14 +77,18 @@ class LineUI:
             text = clean(event.text).replace("\n", "\n    ")
             self._print(f"{self._paint('2', when)} {room}{who} {sid}: {text}")
         elif isinstance(event, ev.PeerJoined):
-            self._info(f"{clean(event.nick)} ({short_id(event.peer_id)}) joined from {event.address}")
+            self._info(
+                f"{clean(event.nick)} ({short_id(event.peer_id)}) joined from {event.address}"
+            )
         elif isinstance(event, ev.PeerLeft):
             self._info(f"{clean(event.nick)} ({short_id(event.peer_id)}) left: {event.reason}")
         elif isinstance(event, ev.NickChanged):
             if event.own:
                 self._info(f"you are now known as {event.nick}")
             else:
-                self._info(f"{clean(event.old)} ({short_id(event.peer_id)}) is now {clean(event.nick)}")
+                self._info(
+                    f"{clean(event.old)} ({short_id(event.peer_id)}) is now {clean(event.nick)}"
+                )
         elif isinstance(event, ev.Error):
             self._print(self._paint("31", f"error: {event.message}"))
         elif isinstance(event, ev.Ready):
@@ -108,9 +115,9 @@ class LineUI:
                     return
 
     async def _run_prompt(self) -> None:
-        from prompt_toolkit import PromptSession, print_formatted_text  # noqa: PLC0415
-        from prompt_toolkit.formatted_text import ANSI  # noqa: PLC0415
-        from prompt_toolkit.patch_stdout import patch_stdout  # noqa: PLC0415
+        from prompt_toolkit import PromptSession, print_formatted_text
+        from prompt_toolkit.formatted_text import ANSI
+        from prompt_toolkit.patch_stdout import patch_stdout
 
         session: PromptSession[str] = PromptSession()
         self._print = lambda line: print_formatted_text(ANSI(line))
@@ -167,5 +174,3 @@ class LineUI:
 
     async def _quit(self, _arg: str) -> bool:
         return False
-
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -15,7 +16,9 @@ class LineTooLong(Exception):
     """A line exceeded MAX_COMMAND_LINE bytes; it was discarded."""
 
 
-async def stdin_lines(max_line: int = limits.MAX_COMMAND_LINE) -> AsyncIterator[bytes | LineTooLong]:
+async def stdin_lines(
+    max_line: int = limits.MAX_COMMAND_LINE,
+) -> AsyncIterator[bytes | LineTooLong]:
     """Yield stdin lines (without newline); an over-long line yields LineTooLong instead."""
     async for chunk in _stdin_chunks():
         for item in _splitter.feed(chunk, max_line):
@@ -68,9 +71,7 @@ async def _stdin_chunks() -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**20)
     try:
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer
-        )
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     except (ValueError, OSError, PermissionError):
         # Regular files and some terminals cannot be watched by the loop: use a thread.
         async for chunk in _threaded_chunks():
@@ -87,7 +88,7 @@ async def _threaded_chunks() -> AsyncIterator[bytes]:
     def pump() -> None:
         while True:
             try:
-                chunk = sys.stdin.buffer.read1(2**16)
+                chunk = os.read(sys.stdin.fileno(), 2**16)
             except (OSError, ValueError):
                 chunk = b""
             fut = asyncio.run_coroutine_threadsafe(queue.put(chunk), loop)
