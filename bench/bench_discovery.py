@@ -1,12 +1,12 @@
 """Benchmark LAN discovery: time from two nodes being ready until each has joined the other.
 
-Builds a two-host LAN of network namespaces (tests/lan/netlab.py), starts one
-`chinwag --json` per host at the same moment, and measures, per round, the
-time from the later of the two `ready` events until both have printed
-`peer_joined` for the other. Every round uses fresh data directories (cold
-discovery: no stored peers). Prints one line per round, then:
+Builds a LAN of network namespaces (tests/lan/netlab.py; two hosts by default,
+`--hosts N` for more), starts one `chinwag --json` per host at the same moment,
+and measures, per round, the time from the last `ready` event until every node
+has printed `peer_joined` for every other one. Every round uses fresh data
+directories (cold discovery: no stored peers). Prints one line per round, then:
 
-    discovery_ms median=<ms> worst=<ms> rounds=<n>
+    discovery_ms median=<ms> worst=<ms> rounds=<n> hosts=<N>
 
 Needs root; run it inside a fresh network namespace so nothing leaves the machine:
 
@@ -41,9 +41,9 @@ async def start_timed(node: ChinwagProcess) -> float:
     return time.monotonic()
 
 
-async def joined_timed(node: ChinwagProcess, other: ChinwagProcess) -> float:
-    """Wait until node has joined other; return the monotonic time that was seen."""
-    await node.wait_for_peers([other.peer_id], FIND_S)
+async def meshed_timed(node: ChinwagProcess, others: list[ChinwagProcess]) -> float:
+    """Wait until node has joined every other node; return the monotonic time that was seen."""
+    await node.wait_for_peers([o.peer_id for o in others], FIND_S)
     return time.monotonic()
 
 
@@ -57,30 +57,35 @@ async def stop(node: ChinwagProcess) -> None:
         await node.kill()
 
 
-async def one_round(hosts: list[Host], workdir: Path, n: int, extra: list[str]) -> float:
-    """Run one discovery round in fresh data dirs; return milliseconds."""
+async def one_round(
+    hosts: list[Host], workdir: Path, n: int, extra: list[str]
+) -> tuple[float, float]:
+    """Run one discovery round in fresh data dirs; return (discovery, ready skew) in ms."""
     args = ["--port", "0", "--log-level", "warning", *extra]
-    a, b = (
+    nodes = [
         ChinwagProcess(workdir / f"r{n}-{h.name}", *args, netns=h.netns, nick=f"{h.name}{n}")
         for h in hosts
-    )
+    ]
     try:
-        ready_at = await asyncio.gather(start_timed(a), start_timed(b))
-        joined_at = await asyncio.gather(joined_timed(a, b), joined_timed(b, a))
+        ready_at = await asyncio.gather(*(start_timed(p) for p in nodes))
+        joined_at = await asyncio.gather(
+            *(meshed_timed(p, [o for o in nodes if o is not p]) for p in nodes)
+        )
     finally:
-        await asyncio.gather(stop(a), stop(b))
-    return max(0.0, max(joined_at) - max(ready_at)) * 1000.0
+        await asyncio.gather(*(stop(p) for p in nodes))
+    discovery = max(0.0, max(joined_at) - max(ready_at))
+    return discovery * 1000.0, (max(ready_at) - min(ready_at)) * 1000.0
 
 
-async def bench(rounds: int, extra: list[str]) -> list[float]:
+async def bench(rounds: int, n_hosts: int, extra: list[str]) -> list[float]:
     """Build the lab, run the rounds, always tear the lab down."""
     with NetLab() as lab, tempfile.TemporaryDirectory(prefix="cw-bench-") as tmp:
-        hosts = [lab.add_host("a"), lab.add_host("b")]
+        hosts = [lab.add_host(f"h{i}") for i in range(1, n_hosts + 1)]
         results: list[float] = []
         for n in range(rounds):
-            ms = await one_round(hosts, Path(tmp), n, extra)
+            ms, skew = await one_round(hosts, Path(tmp), n, extra)
             results.append(ms)
-            print(f"round {n + 1:2d}: {ms:8.1f} ms", flush=True)
+            print(f"round {n + 1:2d}: {ms:8.1f} ms  (ready skew {skew:6.1f} ms)", flush=True)
         return results
 
 
@@ -88,6 +93,9 @@ def main() -> int:
     """Parse arguments, check we may build namespaces, run and report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10, help="rounds to run (default 10)")
+    parser.add_argument(
+        "--hosts", type=int, default=2, help="hosts on the bridge, one node each (default 2)"
+    )
     parser.add_argument(
         "node_args", nargs="*", help="extra chinwag arguments (after --), e.g. -- --log-level info"
     )
@@ -105,10 +113,10 @@ def main() -> int:
     if reason is not None:
         print(f"bench_discovery.py: {reason}; refusing to run.", file=sys.stderr)
         return 2
-    results = asyncio.run(bench(opts.rounds, opts.node_args))
+    results = asyncio.run(bench(opts.rounds, opts.hosts, opts.node_args))
     print(
         f"discovery_ms median={statistics.median(results):.1f} worst={max(results):.1f} "
-        f"rounds={len(results)}"
+        f"rounds={len(results)} hosts={opts.hosts}"
     )
     return 0
 

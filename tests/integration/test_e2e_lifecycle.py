@@ -136,7 +136,7 @@ async def test_id_command_matches_ready(node: NodeFactory, tmp_path: Path) -> No
     assert first.returncode == 0, first
     assert ready["peer_id"] in first.stdout, (ready, first.stdout)
     lines = [ln for ln in first.stdout.splitlines() if ln.strip()]
-    assert "fingerprint" in first.stdout.lower() or len(lines) >= 2, first.stdout
+    assert "fingerprint" in first.stdout.lower() and len(lines) >= 2, first.stdout
     second = await asyncio.to_thread(run_cli, "id", "--data-dir", data_dir)
     assert second.returncode == 0 and second.stdout == first.stdout
 
