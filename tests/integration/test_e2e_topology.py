@@ -9,6 +9,8 @@ from it_support import PROMPT_S, NodeFactory, chat_works, connected, count, free
 
 #: Seconds of continuous ping-pong during which a simultaneous-dial pair must not flap.
 NO_FLAP_S = 2.0
+#: Times the simultaneous dial is repeated (each start is a fresh race).
+DIAL_RACES = 8
 
 
 async def test_line_forwarding_exactly_once(node: NodeFactory) -> None:
@@ -42,28 +44,41 @@ async def test_line_forwarding_exactly_once(node: NodeFactory) -> None:
 
 
 async def test_simultaneous_dial_one_connection_no_flapping(node: NodeFactory) -> None:
-    """Two nodes given each other as --peer end with one connection each and stay connected."""
-    port_a, port_b = free_tcp_port(), free_tcp_port()
-    while port_b == port_a:
-        port_b = free_tcp_port()
-    a = node("alice", "--port", str(port_a), "--peer", f"127.0.0.1:{port_b}", discovery=False)
-    b = node("bob", "--port", str(port_b), "--peer", f"127.0.0.1:{port_a}", discovery=False)
-    await asyncio.gather(a.start(), b.start())
-    assert (a.port, b.port) == (port_a, port_b)
-    await connected(a, b)
+    """Two nodes given each other as --peer end with one connection each and stay connected.
 
-    # Ping-pong for a while instead of sleeping: any flap would show as peer_left.
-    start = time.monotonic()
-    rounds = 0
-    while time.monotonic() - start < NO_FLAP_S or rounds < 5:
-        rounds += 1
-        await chat_works(a, b, text=f"ping {rounds}")
-        await chat_works(b, a, text=f"pong {rounds}")
-    for n in (a, b):
-        assert count(n, "peer_joined") == 1, (n.nick, n.events)
-        assert count(n, "peer_left") == 0, (n.nick, n.events)
-        assert len(n.messages()) == 2 * rounds, n.messages()
-    for n, other in ((a, b), (b, a)):
-        await n.send({"cmd": "peers"})
-        ev = await n.wait_for("peers", timeout=PROMPT_S)
-        assert [p["peer_id"] for p in ev["peers"]] == [other.peer_id], ev
+    The dial race is timing-dependent, so it is run several times; the first message goes
+    out right after peer_joined, while the duplicate connection may still be resolved.
+    """
+    for race in range(DIAL_RACES):
+        port_a, port_b = free_tcp_port(), free_tcp_port()
+        while port_b == port_a:
+            port_b = free_tcp_port()
+        a = node(
+            f"alice{race}", "--port", str(port_a), "--peer", f"127.0.0.1:{port_b}", discovery=False
+        )
+        b = node(
+            f"bob{race}", "--port", str(port_b), "--peer", f"127.0.0.1:{port_a}", discovery=False
+        )
+        await asyncio.gather(a.start(), b.start())
+        assert (a.port, b.port) == (port_a, port_b)
+        await a.wait_for_peers([b.peer_id], timeout=PROMPT_S)
+        await a.say("first")  # at once: the duplicate connection may still be in flight
+        await connected(a, b)
+        await b.wait_for_message("first")
+
+        # Ping-pong (for a while in the last race) instead of sleeping: a flap shows as peer_left.
+        start = time.monotonic()
+        rounds = 0
+        while rounds < 1 or (race == DIAL_RACES - 1 and time.monotonic() - start < NO_FLAP_S):
+            rounds += 1
+            await chat_works(a, b, text=f"ping {rounds}")
+            await chat_works(b, a, text=f"pong {rounds}")
+        for n in (a, b):
+            assert count(n, "peer_joined") == 1, (race, n.nick, n.events)
+            assert count(n, "peer_left") == 0, (race, n.nick, n.events)
+            assert len(n.messages()) == 2 * rounds + 1, (race, n.messages())
+        for n, other in ((a, b), (b, a)):
+            await n.send({"cmd": "peers"})
+            ev = await n.wait_for("peers", timeout=PROMPT_S)
+            assert [p["peer_id"] for p in ev["peers"]] == [other.peer_id], (race, ev)
+        assert await a.quit() == 0 and await b.quit() == 0

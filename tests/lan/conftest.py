@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lan_support import NODE_ARGS, ChinwagProcess, NodeFactory, stop
+from lan_support import NODE_ARGS, NodeFactory, stop
 from netlab import Host, NetLab, unavailable_reason
+
+from driver import ChinwagProcess  # tests/ is on sys.path once lan_support is imported
 
 
 def in_ci() -> bool:
@@ -54,14 +56,16 @@ async def node(lab: NetLab, tmp_path: Path) -> AsyncIterator[NodeFactory]:
     await asyncio.gather(*(stop(p) for p in made))
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Under CI=true, turn a skipped LAN test (for any reason) into a failure."""
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
+    report = yield
     lan = item.get_closest_marker("lan") is not None
     if report.skipped and lan and in_ci() and not hasattr(report, "wasxfail"):
         longrepr = report.longrepr
         reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
         report.outcome = "failed"
         report.longrepr = f"CI=true: LAN test skipped, which counts as a failure: {reason}"
+    return report

@@ -100,9 +100,12 @@ class PeerConnection(asyncio.Protocol):
             self.session.send_encoded(plaintext)
             self._flush()
 
-    def close(self, reason: str) -> None:
-        """Say goodbye and close."""
-        if self.session.state is not State.CLOSED:
+    def close(self, reason: str, linger: bool = False) -> None:
+        """Say goodbye and close; with linger, still take the peer's frames for a while."""
+        if self.session.state is State.OPEN or self.session.state is State.HANDSHAKE:
+            until = self._loop.time() + limits.HANDSHAKE_TIMEOUT_S if linger else None
+            self.session.close(reason, linger_until=until)
+        elif self.session.state is State.LINGER and not linger:
             self.session.close(reason)
         self._process()
 

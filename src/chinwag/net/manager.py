@@ -177,8 +177,9 @@ class ConnectionManager:
         if isinstance(event, HandshakeComplete):
             self._handshake_complete(conn, event)
         elif isinstance(event, FrameReceived):
-            # Frames from a duplicate connection that is being closed are dropped.
-            if self.peers.get(conn.session.peer_id or "") is conn:
+            # Also frames from a duplicate connection being retired (LINGER):
+            # the peer may have sent them before it heard our goodbye.
+            if (conn.session.peer_id or "") in self.peers:
                 self._listener.frame_received(conn, event.frame)
         elif isinstance(event, UnknownFrameIgnored) and event.tag not in self._unknown_logged:
             if len(self._unknown_logged) < 64:
@@ -189,7 +190,7 @@ class ConnectionManager:
         self._pending.discard(conn)
         now = self._loop.time()
         if conn.dial_key is not None:
-            self.table.dial_done(conn.dial_key)
+            self.table.dial_reached(conn.dial_key, ev.peer_id)
         existing = self.peers.get(ev.peer_id)
         if existing is not None and existing.is_open:
             # Both sides keep the connection dialled by the lower peer id.
@@ -200,10 +201,10 @@ class ConnectionManager:
                 log.debug("duplicate connection to %s: keeping the new one", ev.peer_id[:8])
                 self.peers[ev.peer_id] = conn
                 conn.connected_at = now
-                existing.close("duplicate")
+                existing.close("duplicate", linger=True)
             else:
                 log.debug("duplicate connection to %s: keeping the old one", ev.peer_id[:8])
-                conn.close("duplicate")
+                conn.close("duplicate", linger=True)
             return
         limbo = self._limbo.pop(ev.peer_id, None)
         if limbo is not None:

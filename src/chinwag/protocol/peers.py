@@ -97,11 +97,13 @@ class PeerTable:
             entry.next_attempt = now if first else now + limits.DIAL_YIELD_S
         return True
 
-    def dial_done(self, key: str) -> None:
-        """The dial for key reached a handshake result (connected() or dial_failed() follows)."""
+    def dial_reached(self, key: str, peer_id: str) -> None:
+        """The dial for key completed a handshake with peer_id (maybe a duplicate connection)."""
         entry = self._entries.get(key)
         if entry is not None:
             entry.dialing = False
+            entry.peer_id = peer_id
+            entry.next_attempt = None
 
     def dial_failed(self, key: str, now: float) -> None:
         """A dial for key failed: schedule a retry with back-off."""
@@ -132,19 +134,23 @@ class PeerTable:
     def disconnected(self, peer_id: str, now: float, goodbye: bool) -> None:
         """The last connection to peer_id closed; goodbye=True if it left on purpose."""
         entry = self._entries.get(peer_id)
-        if entry is None:
-            return
-        entry.connected = False
-        entry.last_seen = now
-        if now - entry.connected_since >= STABLE_AFTER_S:
-            entry.failures = 0
-        if goodbye:
-            del self._entries[peer_id]
-            for other in self._entries.values():
-                if other.manual and other.peer_id == peer_id:
-                    self._back_off(other, now)
-            return
-        self._back_off(entry, now)
+        manual = [e for e in self._entries.values() if e.manual and e.peer_id == peer_id]
+        stable = entry is not None and now - entry.connected_since >= STABLE_AFTER_S
+        if entry is not None:
+            if goodbye or manual:
+                # A departed peer is dialled again when it beacons; a manual
+                # address is redialled through its own entry.
+                del self._entries[peer_id]
+            else:
+                entry.connected = False
+                entry.last_seen = now
+                if stable:
+                    entry.failures = 0
+                self._back_off(entry, now)
+        for other in manual:
+            if stable:
+                other.failures = 0
+            self._back_off(other, now)
 
     # --- outputs --------------------------------------------------------
 

@@ -15,8 +15,11 @@ verifies, so nobody can claim a peer id without its private key. After message
 3 every frame is one Noise transport message holding one MessagePack frame
 (see messages.py).
 
-States: HANDSHAKE -> OPEN -> CLOSED. Any protocol violation by the peer moves
-to CLOSED with a reason code (a Bye is sent if the channel is already secure)
+States: HANDSHAKE -> OPEN -> (LINGER ->) CLOSED. LINGER is a graceful close:
+we have said goodbye and send nothing more, but still accept the peer's frames
+until its own goodbye or end of stream, so nothing it sent before it heard us
+is lost (used when a duplicate connection is retired). Any protocol violation
+by the peer moves to CLOSED with a reason code (a Bye is sent if the channel is already secure)
 and yields one `Closed` event; the caller never sees the exception. Time only
 enters through `now` arguments; the session asks to be woken via get_timer().
 """
@@ -85,6 +88,7 @@ Event = HandshakeComplete | FrameReceived | UnknownFrameIgnored | Closed
 class State(enum.Enum):
     HANDSHAKE = "handshake"
     OPEN = "open"
+    LINGER = "linger"
     CLOSED = "closed"
 
 
@@ -154,6 +158,8 @@ class Session:
         self._ping_sent_at: float | None = None
         self._ping_due = now + limits.KEEPALIVE_INTERVAL_S
         self._caps: tuple[str, ...] = ()
+        self._linger_deadline = 0.0
+        self._linger_reason = ""
         if initiator:
             prelude = m.encode(m.Prelude(proto=m.PROTOCOL_NAME, v=m.PROTOCOL_VERSION))
             self._write_frame(self._noise.write_handshake(prelude))
@@ -190,6 +196,9 @@ class Session:
         """Run time-based duties: handshake timeout, keepalive pings, dead-peer detection."""
         if self.state is State.HANDSHAKE and now >= self._handshake_deadline:
             self._finish("handshake timed out", "handshake_timeout", by_peer=True)
+        elif self.state is State.LINGER:
+            if now >= self._linger_deadline:
+                self._finish(f"closed locally: {self._linger_reason}", self._linger_reason, False)
         elif self.state is State.OPEN:
             if now - self._last_received >= limits.DEAD_PEER_TIMEOUT_S:
                 self._finish("no sign of life from peer", "timeout", by_peer=True)
@@ -213,11 +222,21 @@ class Session:
             raise LocalProtocolError(f"cannot send in state {self.state.value}")
         self._write_frame(self._noise.encrypt(plaintext))
 
-    def close(self, reason: str = "quit") -> None:
-        """Say goodbye (if the channel is open) and finish."""
+    def close(self, reason: str = "quit", linger_until: float | None = None) -> None:
+        """Say goodbye (if the channel is open) and finish.
+
+        With linger_until, keep accepting the peer's frames until it closes its
+        side or that time passes (state LINGER); otherwise finish at once.
+        """
+        reason = reason[:64]
         if self.state is State.OPEN:
-            self._send_frame(m.Bye(reason=reason[:64]))
-        self._finish(f"closed locally: {reason}", reason[:64], by_peer=False)
+            self._send_frame(m.Bye(reason=reason))
+            if linger_until is not None:
+                self.state = State.LINGER
+                self._linger_deadline = linger_until
+                self._linger_reason = reason
+                return
+        self._finish(f"closed locally: {reason}", reason, by_peer=False)
 
     # --- outputs --------------------------------------------------------
 
@@ -235,6 +254,8 @@ class Session:
         """Return when handle_timer should next run, or None."""
         if self.state is State.HANDSHAKE:
             return self._handshake_deadline
+        if self.state is State.LINGER:
+            return self._linger_deadline
         if self.state is State.OPEN:
             dead_at = self._last_received + limits.DEAD_PEER_TIMEOUT_S
             ping_at = max(self._ping_due, self._last_received + limits.KEEPALIVE_INTERVAL_S)
@@ -244,7 +265,7 @@ class Session:
     # --- internals ------------------------------------------------------
 
     def _handle_noise_message(self, data: bytes) -> None:
-        if self.state is State.OPEN:
+        if self.state is State.OPEN or self.state is State.LINGER:
             try:
                 plain = self._noise.decrypt(data)
             except NoiseFailure as exc:
@@ -315,7 +336,8 @@ class Session:
         if isinstance(frame, m.Chat):
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Ping):
-            self._send_frame(m.Pong(n=frame.n))
+            if self.state is State.OPEN:
+                self._send_frame(m.Pong(n=frame.n))
         elif isinstance(frame, m.Pong):
             if frame.n == self._ping_n and self._ping_sent_at is not None:
                 self.rtt = self._last_received - self._ping_sent_at
