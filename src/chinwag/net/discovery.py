@@ -72,6 +72,7 @@ class Discovery(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_answer = -1e9
+        self._answer_pending: asyncio.TimerHandle | None = None
         self._send_errors_logged: set[str] = set()
         self._bad_logged = False
 
@@ -92,6 +93,8 @@ class Discovery(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._answer_pending is not None:
+            self._answer_pending.cancel()
         if self._transport is not None:
             self._transport.close()
 
@@ -111,10 +114,24 @@ class Discovery(asyncio.DatagramProtocol):
         host = str(addr[0])
         if self._on_beacon(beacon.peer_id, host, beacon.port):
             # An unknown peer: answer at once so it learns about us without waiting.
-            now = self._loop.time()
-            if now - self._last_answer >= limits.BEACON_ANSWER_MIN_GAP_S:
-                self._last_answer = now
-                self.send_beacon()
+            self._answer()
+
+    def _answer(self) -> None:
+        # Rate-limited, but a suppressed answer is postponed, not dropped:
+        # a peer that started just after another must still hear us at once.
+        if self._answer_pending is not None:
+            return
+        now = self._loop.time()
+        wait = self._last_answer + limits.BEACON_ANSWER_MIN_GAP_S - now
+        if wait <= 0:
+            self._send_answer()
+        else:
+            self._answer_pending = self._loop.call_later(wait, self._send_answer)
+
+    def _send_answer(self) -> None:
+        self._answer_pending = None
+        self._last_answer = self._loop.time()
+        self.send_beacon()
 
     def error_received(self, exc: Exception) -> None:
         log.debug("discovery socket error: %s", exc)

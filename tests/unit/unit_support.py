@@ -1,0 +1,167 @@
+"""Helpers for the unit tests: sessions wired back to back in memory, no sockets, no clocks.
+
+Model: aioquic's `client_and_server()` / `roundtrip()`. Time is a plain float
+passed in by the test; bytes are moved by `shuttle()` until both sides are quiet.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import msgspec
+from hypothesis import HealthCheck, settings
+
+from chinwag.crypto.identity import Identity
+from chinwag.crypto.noise import generate_static_private
+from chinwag.protocol import messages as m
+from chinwag.protocol.chat import make_message
+from chinwag.protocol.session import (
+    Closed,
+    Event,
+    FrameReceived,
+    HandshakeComplete,
+    LocalInfo,
+    Session,
+    UnknownFrameIgnored,
+)
+
+#: Hypothesis settings for every property here: modest, deterministic, no example database.
+FUZZ = settings(
+    max_examples=250,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+LEN = struct.Struct(">H")
+
+
+def frame(noise_message: bytes) -> bytes:
+    """Return one wire frame: the 2-byte length prefix, then the Noise message."""
+    return LEN.pack(len(noise_message)) + noise_message
+
+
+def make_info(
+    nick: str = "alice",
+    port: int = 4000,
+    caps: tuple[str, ...] = (),
+    identity: Identity | None = None,
+) -> LocalInfo:
+    """A LocalInfo with a fresh Noise static key (and a fresh identity unless given)."""
+    return LocalInfo.create(
+        identity or Identity.generate(), generate_static_private(), nick, port, caps
+    )
+
+
+def drain(session: Session) -> list[Event]:
+    """Return every pending event of session."""
+    out: list[Event] = []
+    while (event := session.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def summary(events: Iterable[Event]) -> list[tuple[object, ...]]:
+    """Events as comparable tuples (Closed without its human-readable reason)."""
+    out: list[tuple[object, ...]] = []
+    for e in events:
+        if isinstance(e, HandshakeComplete):
+            out.append(("complete", e.peer_id, e.nick, e.listen_port, e.caps))
+        elif isinstance(e, FrameReceived):
+            out.append(("frame", e.frame))
+        elif isinstance(e, UnknownFrameIgnored):
+            out.append(("unknown", e.tag))
+        elif isinstance(e, Closed):
+            out.append(("closed", e.code, e.by_peer))
+        else:  # pragma: no cover - a new event type must be added here
+            raise AssertionError(f"unexpected event {e!r}")
+    return out
+
+
+def whole(data: bytes) -> list[bytes]:
+    return [data]
+
+
+def byte_by_byte(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+Chunker = Callable[[bytes], list[bytes]]
+
+
+def deliver(session: Session, data: bytes, now: float, chunker: Chunker = whole) -> None:
+    """Feed data to session in the chunks chunker makes; never feeds b"" (that means EOF)."""
+    for chunk in chunker(data):
+        assert chunk, "an empty chunk would mean end of stream"
+        session.receive_data(chunk, now)
+
+
+@dataclass
+class Pair:
+    """Two sessions back to back, with every event each has produced so far."""
+
+    a: Session
+    b: Session
+    a_events: list[Event]
+    b_events: list[Event]
+
+    def shuttle(self, now: float, chunker: Chunker = whole, max_rounds: int = 100) -> None:
+        """Move bytes both ways until neither side has anything to send."""
+        for _ in range(max_rounds):
+            moved = False
+            for src, dst in ((self.a, self.b), (self.b, self.a)):
+                data = src.data_to_send()
+                if data:
+                    moved = True
+                    deliver(dst, data, now, chunker)
+            self.a_events += drain(self.a)
+            self.b_events += drain(self.b)
+            if not moved:
+                return
+        raise AssertionError("sessions never went quiet")
+
+    def take(self) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+        """Return and forget the events collected so far, as summaries."""
+        out = summary(self.a_events), summary(self.b_events)
+        self.a_events.clear()
+        self.b_events.clear()
+        return out
+
+
+def pair(
+    a_info: LocalInfo,
+    b_info: LocalInfo,
+    now: float = 0.0,
+    expected_peer_id: str | None = None,
+    chunker: Chunker = whole,
+    handshake: bool = True,
+) -> Pair:
+    """Initiator a and responder b; with handshake=True, shuttle until quiet."""
+    p = Pair(
+        Session(a_info, initiator=True, now=now, expected_peer_id=expected_peer_id),
+        Session(b_info, initiator=False, now=now),
+        [],
+        [],
+    )
+    if handshake:
+        p.shuttle(now, chunker)
+    return p
+
+
+def complete(info: LocalInfo) -> tuple[object, ...]:
+    """The summary of the HandshakeComplete that announces info."""
+    return ("complete", info.identity.peer_id, info.nick, info.listen_port, info.caps)
+
+
+def encode_raw(obj: object) -> bytes:
+    """MessagePack of any plain value (for frames this version would never send)."""
+    return msgspec.msgpack.encode(obj)
+
+
+def chat_frame(identity: Identity, text: str = "hello", seq: int = 1) -> m.Chat:
+    """A signed chat frame by identity in room general."""
+    msg = make_message(identity, "general", "alice", 1_700_000_000_000, seq, text)
+    return m.Chat(body=msg.raw_body, sig=msg.sig)
