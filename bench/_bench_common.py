@@ -12,7 +12,7 @@ import statistics
 import struct
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,13 @@ __all__ = [
     "Event",
     "TimedProcess",
     "emit",
+    "median",
+    "node_args",
+    "note",
     "percentile",
     "require_isolated_netns",
     "run",
+    "stop",
 ]
 
 _SIOCGIFFLAGS = 0x8913
@@ -118,7 +122,7 @@ def note(text: str) -> None:
     print(f"# {text}", file=sys.stderr, flush=True)
 
 
-def run(main: Callable[[], Awaitable[Any]]) -> None:
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Check the namespace, then run an async main on uvloop when available."""
     require_isolated_netns()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -116,8 +116,13 @@ class ChinwagProcess:
             cmd["room"] = room
         await self.send(cmd)
 
-    def _matches(self, ev: Event, name: str | None, pred: Callable[[Event], bool] | None,
-                 match: dict[str, Any]) -> bool:
+    def _matches(
+        self,
+        ev: Event,
+        name: str | None,
+        pred: Callable[[Event], bool] | None,
+        match: dict[str, Any],
+    ) -> bool:
         if name is not None and ev.get("event") != name:
             return False
         if any(ev.get(k) != v for k, v in match.items()):

@@ -43,8 +43,8 @@ SEND_HIGH_WATER = 1 << 20
 MAX_PENDING_BYTES = 16 << 20
 #: Seconds our own send waits for a congested peer before giving up on it.
 SEND_DRAIN_TIMEOUT_S = 10.0
-#: Bytes of TCP read per call.
-READ_CHUNK = 256 * 1024
+#: Seconds a TCP connect may take before the dial counts as failed.
+CONNECT_TIMEOUT_S = 3.0
 
 # --- reconnects -------------------------------------------------------------
 #: Seconds of the first reconnect delay; doubles per failure.
@@ -53,6 +53,10 @@ RECONNECT_BASE_S = 0.5
 RECONNECT_CAP_S = 30.0
 #: Fraction of random jitter added to each reconnect delay (avoids thundering herds).
 RECONNECT_JITTER = 0.25
+#: Failures counted for back-off; beyond this the delay stays at the cap.
+MAX_BACKOFF_STEPS = 16
+#: Seconds a connection must have lasted for its back-off to reset.
+STABLE_CONNECTION_S = 30.0
 #: Seconds the higher peer id waits before dialling a discovered peer itself
 #: (the lower id dials first; this only matters when one direction is blocked).
 DIAL_YIELD_S = 1.0
@@ -72,13 +76,15 @@ BEACON_JITTER = 0.3
 BEACON_ANSWER_MIN_GAP_S = 0.2
 #: Discovered-but-unconnected peers remembered; stops spoofed beacons from growing memory.
 MAX_DISCOVERED = 256
+#: Seconds after which an unconnected discovered peer that stopped beaconing is forgotten.
+FORGET_DISCOVERED_S = 30.0
 
 # --- forwarding -------------------------------------------------------------
 #: Message ids remembered for dedup; stops unbounded growth while still catching loops.
 SEEN_IDS = 100_000
+#: Distinct unknown frame types logged at info level; later ones go to debug (stops log floods).
+MAX_UNKNOWN_TAGS_LOGGED = 64
 
 # --- local API --------------------------------------------------------------
 #: Bytes of one JSON-lines command; a longer line is refused with an error.
 MAX_COMMAND_LINE = 64 * 1024
-#: Events buffered for a slow UI consumer before the node waits for it.
-EVENT_QUEUE = 10_000

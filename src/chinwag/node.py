@@ -79,12 +79,15 @@ class Node:
         self.nick = ""
         self.port = 0
         self.stopped = asyncio.Event()
+        self._held: list[ev.NodeEvent] | None = None
 
     # --- lifecycle ------------------------------------------------------
 
     async def start(self) -> ev.Ready:
         """Lock the data dir, load the identity, listen, discover; emit and return Ready."""
         self.datadir.open()
+        # Hold events until `ready` is out, so it is always the first event.
+        self._held = []
         try:
             self.identity = load_or_create_identity(self.config.data_dir)
             settings = self.datadir.load_settings()
@@ -120,7 +123,10 @@ class Node:
             raise
         ready = ev.Ready(peer_id=self.identity.peer_id, nick=self.nick, port=self.port)
         log.info("ready: %s (%s) listening on port %d", self.nick, self.identity.peer_id, self.port)
+        held, self._held = self._held, None
         self._emit(ready)
+        for event in held or []:
+            self._emit(event)
         return ready
 
     async def stop(self, reason: str = "quit") -> None:
@@ -269,6 +275,9 @@ class Node:
         return self._manager
 
     def _emit(self, event: ev.NodeEvent) -> None:
+        if self._held is not None:
+            self._held.append(event)
+            return
         for callback in self._subscribers:
             try:
                 callback(event)

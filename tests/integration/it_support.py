@@ -12,6 +12,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from driver import ChinwagProcess, Event
 
+__all__ = [
+    "PROMPT_S",
+    "ChinwagProcess",
+    "Event",
+    "NodeFactory",
+    "chat_works",
+    "connected",
+    "count",
+    "free_tcp_port",
+    "stderr_has_traceback",
+]
+
 #: Seconds to wait for anything that should happen "at once" on loopback.
 PROMPT_S = 10.0
 

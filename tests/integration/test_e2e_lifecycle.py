@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +58,24 @@ async def test_sigkill_peer_left_then_rejoin_same_id(node: NodeFactory, tmp_path
     assert count(a, "peer_joined", peer_id=old_id) == 2
     await chat_works(c2, a, b, text="carol is back")
     await chat_works(a, b, c2, text="welcome back")
+
+
+async def test_frozen_peer_detected_by_keepalive_then_recovers(node: NodeFactory) -> None:
+    """A SIGSTOPped peer (sockets open, silent) is declared gone by keepalive, then rejoins."""
+    a, b = node("alice"), node("bob")
+    await asyncio.gather(a.start(), b.start())
+    await connected(a, b)
+    assert b.proc is not None
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        await a.wait_for("peer_left", timeout=DEAD_PEER_S, peer_id=b.peer_id)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            b.proc.send_signal(signal.SIGCONT)
+    await a.wait_for("peer_joined", timeout=DEAD_PEER_S, peer_id=b.peer_id)
+    await connected(a, b, within=DEAD_PEER_S)
+    await chat_works(b, a, text="back from the freeze")
+    await chat_works(a, b, text="welcome back, bob")
 
 
 async def test_quit_command_exits_zero_and_says_goodbye(node: NodeFactory) -> None:

@@ -45,7 +45,7 @@ def broadcast_targets(bind: str | None) -> list[str]:
             addr = str(net.broadcast_address)
             if addr not in targets:
                 targets.append(addr)
-    if bind_ip is None or not bind_ip.is_loopback:
+    if bind_ip is None:
         targets.append(LIMITED_BROADCAST)
     return targets
 

@@ -31,9 +31,6 @@ from chinwag.protocol.session import (
 
 log = logging.getLogger(__name__)
 
-#: Seconds a TCP connect may take before the dial counts as failed.
-CONNECT_TIMEOUT_S = 3.0
-
 
 class ManagerListener(Protocol):
     """What the manager reports upwards."""
@@ -149,7 +146,7 @@ class ConnectionManager:
                     dial.host,
                     dial.port,
                 ),
-                CONNECT_TIMEOUT_S,
+                limits.CONNECT_TIMEOUT_S,
             )
         except (OSError, TimeoutError) as exc:
             log.debug("dial %s:%d failed: %s", dial.host, dial.port, exc)
@@ -181,10 +178,13 @@ class ConnectionManager:
             # the peer may have sent them before it heard our goodbye.
             if (conn.session.peer_id or "") in self.peers:
                 self._listener.frame_received(conn, event.frame)
-        elif isinstance(event, UnknownFrameIgnored) and event.tag not in self._unknown_logged:
-            if len(self._unknown_logged) < 64:
+        elif isinstance(event, UnknownFrameIgnored):
+            first = event.tag not in self._unknown_logged
+            if first and len(self._unknown_logged) < limits.MAX_UNKNOWN_TAGS_LOGGED:
                 self._unknown_logged.add(event.tag)
-            log.info("ignoring unknown frame type %r (logged once)", event.tag)
+                log.info("ignoring unknown frame type %r (logged once)", event.tag)
+            else:
+                log.debug("ignoring unknown frame type %r", event.tag)
 
     def _handshake_complete(self, conn: PeerConnection, ev: HandshakeComplete) -> None:
         self._pending.discard(conn)
@@ -193,11 +193,7 @@ class ConnectionManager:
             self.table.dial_reached(conn.dial_key, ev.peer_id)
         existing = self.peers.get(ev.peer_id)
         if existing is not None and existing.is_open:
-            # Both sides keep the connection dialled by the lower peer id.
-            keeper = min(self.own_id, ev.peer_id)
-            new_initiator = self.own_id if conn.session.initiator else ev.peer_id
-            old_initiator = self.own_id if existing.session.initiator else ev.peer_id
-            if new_initiator == keeper and old_initiator != keeper:
+            if self._tie_rank(conn) < self._tie_rank(existing):
                 log.debug("duplicate connection to %s: keeping the new one", ev.peer_id[:8])
                 self.peers[ev.peer_id] = conn
                 conn.connected_at = now
@@ -222,6 +218,16 @@ class ConnectionManager:
         self.table.connected(ev.peer_id, conn.address[0], ev.listen_port, now, conn.dial_key)
         log.info("connected to %s (%s) at %s:%d", ev.nick, ev.peer_id[:8], *conn.address)
         self._listener.peer_joined(conn)
+
+    def _tie_rank(self, conn: PeerConnection) -> tuple[bool, bytes]:
+        """Rank a connection for the one-per-pair rule; both sides compute the same ranks.
+
+        The connection dialled by the lower peer id wins; between two dialled by
+        the same side, the one with the lower Noise handshake hash.
+        """
+        peer_id = conn.session.peer_id or ""
+        initiator = self.own_id if conn.session.initiator else peer_id
+        return (initiator != min(self.own_id, peer_id), conn.session.handshake_hash)
 
     def session_closed(self, conn: PeerConnection, closed: Closed) -> None:
         self._pending.discard(conn)

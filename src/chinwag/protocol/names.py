@@ -26,9 +26,10 @@ def validate_nick(nick: str) -> str:
 
 def validate_room(room: str) -> str:
     """Return the canonical (lowercase) room name, or raise UsageError."""
-    if not room or len(room) > limits.MAX_ROOM_CHARS or not _NAME_RE.fullmatch(room):
+    canonical = room.lower()
+    if not canonical or len(canonical) > limits.MAX_ROOM_CHARS or not _NAME_RE.fullmatch(canonical):
         raise UsageError(f"invalid room {room[:40]!r}: use 1-{limits.MAX_ROOM_CHARS} {_ALLOWED}")
-    return room.lower()
+    return canonical
 
 
 def validate_text(text: str) -> str:

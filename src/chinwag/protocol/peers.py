@@ -27,11 +27,6 @@ from dataclasses import dataclass
 
 from chinwag import limits
 
-#: Seconds after which an unconnected discovered peer that stopped beaconing is forgotten.
-FORGET_AFTER_S = 10 * limits.BEACON_INTERVAL_S
-#: Seconds a connection must have lasted for its back-off to reset.
-STABLE_AFTER_S = 30.0
-
 
 @dataclass(slots=True)
 class Entry:
@@ -135,7 +130,7 @@ class PeerTable:
         """The last connection to peer_id closed; goodbye=True if it left on purpose."""
         entry = self._entries.get(peer_id)
         manual = [e for e in self._entries.values() if e.manual and e.peer_id == peer_id]
-        stable = entry is not None and now - entry.connected_since >= STABLE_AFTER_S
+        stable = entry is not None and now - entry.connected_since >= limits.STABLE_CONNECTION_S
         if entry is not None:
             if goodbye or manual:
                 # A departed peer is dialled again when it beacons; a manual
@@ -193,15 +188,16 @@ class PeerTable:
         return sum(1 for e in self._entries.values() if not e.manual)
 
     def _delay(self, failures: int) -> float:
-        base = min(limits.RECONNECT_CAP_S, limits.RECONNECT_BASE_S * 2.0**failures)
-        return base * (1 + limits.RECONNECT_JITTER * self._rng.random())
+        delay = limits.RECONNECT_BASE_S * 2.0**failures
+        delay *= 1 + limits.RECONNECT_JITTER * self._rng.random()
+        return min(limits.RECONNECT_CAP_S, delay)
 
     def _back_off(self, entry: Entry, now: float) -> None:
         entry.next_attempt = now + self._delay(entry.failures)
-        entry.failures = min(entry.failures + 1, 16)
+        entry.failures = min(entry.failures + 1, limits.MAX_BACKOFF_STEPS)
 
     def _forget_stale(self, now: float, force: bool = False) -> None:
-        horizon = 0.0 if force else FORGET_AFTER_S
+        horizon = 0.0 if force else limits.FORGET_DISCOVERED_S
         stale = [
             key
             for key, e in self._entries.items()

@@ -159,6 +159,8 @@ class Session:
         self._ping_due = now + limits.KEEPALIVE_INTERVAL_S
         self._caps: tuple[str, ...] = ()
         self._linger_deadline = 0.0
+        #: Identical on both sides once OPEN; used to break ties between duplicate connections.
+        self.handshake_hash = b""
         self._linger_reason = ""
         if initiator:
             prelude = m.encode(m.Prelude(proto=m.PROTOCOL_NAME, v=m.PROTOCOL_VERSION))
@@ -202,7 +204,7 @@ class Session:
         elif self.state is State.OPEN:
             if now - self._last_received >= limits.DEAD_PEER_TIMEOUT_S:
                 self._finish("no sign of life from peer", "timeout", by_peer=True)
-            elif now >= self._ping_due:
+            elif now >= max(self._ping_due, self._last_received + limits.KEEPALIVE_INTERVAL_S):
                 self._ping_n += 1
                 self._ping_sent_at = now
                 self._ping_due = now + limits.KEEPALIVE_INTERVAL_S
@@ -328,6 +330,7 @@ class Session:
     def _open(self) -> None:
         assert self.peer_id is not None and self.peer_nick is not None
         self.state = State.OPEN
+        self.handshake_hash = self._noise.handshake_hash
         self._events.append(
             HandshakeComplete(self.peer_id, self.peer_nick, self.peer_port or 0, self._caps)
         )

@@ -60,7 +60,7 @@ def parse_command(line: bytes) -> Command:
             raw = None
         if not isinstance(raw, dict) or "cmd" not in raw:
             raise ChinwagError('a command is a JSON object with a "cmd" field') from None
-        if raw["cmd"] not in COMMANDS:
+        if not isinstance(raw["cmd"], str) or raw["cmd"] not in COMMANDS:
             raise ChinwagError(
                 f"unknown command {str(raw['cmd'])[:40]!r}; known: {', '.join(sorted(COMMANDS))}"
             ) from None
@@ -100,6 +100,9 @@ class JsonLinesUI:
                 await self.handle(cmd)
             except ChinwagError as exc:
                 self.node.error(str(exc))
+            except Exception as exc:  # a bug: report it, keep the node running
+                log.exception("command failed")
+                self.node.error(f"internal error: {type(exc).__name__}")
 
     async def handle(self, cmd: Command) -> None:
         if isinstance(cmd, Send):

@@ -1,0 +1,298 @@
+"""protocol/peers.py: the dial policy, driven with a seeded random.Random and a float clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from chinwag import limits
+from chinwag.crypto.identity import Identity
+from chinwag.protocol.peers import FORGET_AFTER_S, STABLE_AFTER_S, Dial, PeerTable
+
+LOW, MID, HIGH = sorted(Identity.from_seed(bytes([i]) * 32).peer_id for i in (1, 2, 3))
+SEED = 1234
+
+
+def table(own: str) -> PeerTable:
+    return PeerTable(own, random.Random(SEED))
+
+
+def expected_delays(n: int) -> list[float]:
+    """The back-off delays a table seeded with SEED draws, computed independently."""
+    rng = random.Random(SEED)
+    out = []
+    for failures in range(n):
+        base = min(limits.RECONNECT_CAP_S, limits.RECONNECT_BASE_S * 2.0 ** min(failures, 16))
+        out.append(base * (1 + limits.RECONNECT_JITTER * rng.random()))
+    return out
+
+
+def dial_of(peer_id: str, port: int = 5000) -> Dial:
+    return Dial(peer_id, "10.0.0.9", port, peer_id)
+
+
+# --- who dials first --------------------------------------------------------------
+
+
+def test_lower_peer_id_dials_a_beaconed_peer_at_once() -> None:
+    t = table(LOW)
+    assert t.beacon(HIGH, "10.0.0.9", 5000, now=10.0) is True
+    assert t.get_timer() == 10.0
+    assert t.due_dials(10.0) == [dial_of(HIGH)]
+    assert t.due_dials(10.0) == []  # in progress: not dialled twice
+    assert t.get_timer() is None
+
+
+def test_higher_peer_id_waits_dial_yield() -> None:
+    t = table(HIGH)
+    assert t.beacon(LOW, "10.0.0.9", 5000, now=10.0) is True
+    assert t.due_dials(10.0) == []
+    assert t.get_timer() == 10.0 + limits.DIAL_YIELD_S
+    assert t.due_dials(10.0 + limits.DIAL_YIELD_S - 0.001) == []
+    assert t.due_dials(10.0 + limits.DIAL_YIELD_S) == [dial_of(LOW)]
+
+
+def test_own_beacon_is_ignored() -> None:
+    t = table(MID)
+    assert t.beacon(MID, "10.0.0.9", 5000, now=0.0) is False
+    assert t.due_dials(0.0) == [] and t.get_timer() is None
+    assert t.address_of(MID) is None
+
+
+def test_repeated_beacons_do_not_reschedule() -> None:
+    t = table(HIGH)
+    t.beacon(LOW, "10.0.0.9", 5000, now=0.0)
+    t.beacon(LOW, "10.0.0.9", 5000, now=0.5)
+    assert t.get_timer() == limits.DIAL_YIELD_S  # still from the first beacon
+
+
+def test_beacon_updates_the_address_unless_dialling() -> None:
+    t = table(LOW)
+    t.beacon(HIGH, "10.0.0.9", 5000, now=0.0)
+    t.beacon(HIGH, "10.0.0.7", 6000, now=0.0)
+    assert t.address_of(HIGH) == ("10.0.0.7", 6000)
+    assert t.due_dials(0.0) == [Dial(HIGH, "10.0.0.7", 6000, HIGH)]
+    t.beacon(HIGH, "10.0.0.8", 7000, now=0.1)  # mid-dial: keep what we are dialling
+    assert t.address_of(HIGH) == ("10.0.0.7", 6000)
+
+
+# --- back-off -----------------------------------------------------------------------
+
+
+def test_failed_dials_back_off_exponentially_with_jitter_and_a_cap() -> None:
+    t = table(LOW)
+    t.beacon(HIGH, "10.0.0.9", 5000, now=0.0)
+    now = 0.0
+    delays = []
+    for _ in range(12):
+        [d] = t.due_dials(now)
+        t.dial_failed(d.key, now)
+        timer = t.get_timer()
+        assert timer is not None
+        delays.append(timer - now)
+        t.beacon(HIGH, "10.0.0.9", 5000, now=timer - 0.001)  # still beaconing: not stale
+        assert t.due_dials(timer - 0.001) == []
+        now = timer
+    assert delays == pytest.approx(expected_delays(12))
+    for i, delay in enumerate(delays):
+        base = min(limits.RECONNECT_CAP_S, limits.RECONNECT_BASE_S * 2**i)
+        assert base <= delay <= base * (1 + limits.RECONNECT_JITTER)
+    assert delays[:5] == sorted(delays[:5])  # doubling outruns the jitter
+    assert min(delays[-4:]) >= limits.RECONNECT_CAP_S
+
+
+def test_same_seed_same_schedule() -> None:
+    def schedule() -> list[float | None]:
+        t = table(LOW)
+        out = []
+        for i in range(5):
+            t.beacon(HIGH, "h", 1, now=100.0 * i)
+            [d] = t.due_dials(100.0 * i)
+            t.dial_failed(d.key, 100.0 * i)
+            out.append(t.get_timer())
+        return out
+
+    assert schedule() == schedule()
+
+
+def test_lost_connection_is_redialled_after_back_off() -> None:
+    t = table(LOW)
+    t.beacon(HIGH, "10.0.0.9", 5000, now=0.0)
+    [d] = t.due_dials(0.0)
+    t.dial_reached(d.key, HIGH)
+    t.connected(HIGH, "10.0.0.9", 5000, now=0.1, dial_key=d.key)
+    t.disconnected(HIGH, now=5.0, goodbye=False)
+    [delay] = expected_delays(1)
+    assert t.get_timer() == pytest.approx(5.0 + delay)
+    assert t.due_dials(5.0 + delay) == [dial_of(HIGH)]
+
+
+def test_stable_connection_resets_the_back_off() -> None:
+    t = table(LOW)
+    t.beacon(HIGH, "10.0.0.9", 5000, now=0.0)
+    now = 0.0
+    for _ in range(5):  # five failures: the next delay would be 16 s
+        [d] = t.due_dials(now)
+        t.dial_failed(d.key, now)
+        now = t.get_timer() or 0.0
+        t.beacon(HIGH, "10.0.0.9", 5000, now=now)
+    [d] = t.due_dials(now)
+    t.connected(HIGH, "10.0.0.9", 5000, now=now, dial_key=d.key)
+    t.disconnected(HIGH, now=now + STABLE_AFTER_S, goodbye=False)
+    timer = t.get_timer()
+    assert timer is not None
+    assert timer - (now + STABLE_AFTER_S) <= limits.RECONNECT_BASE_S * (1 + limits.RECONNECT_JITTER)
+
+
+# --- connected, goodbye, manual, stale, bounds ---------------------------------------
+
+
+def test_connected_peers_are_not_dialled() -> None:
+    t = table(LOW)
+    t.connected(HIGH, "10.0.0.9", 5000, now=0.0)  # inbound
+    assert t.beacon(HIGH, "10.0.0.9", 5000, now=1.0) is False  # no need to answer
+    assert t.due_dials(100.0) == []
+    assert t.get_timer() is None
+
+
+def test_beacon_of_a_peer_being_dialled_is_not_dialled_twice() -> None:
+    t = table(LOW)
+    t.beacon(HIGH, "10.0.0.9", 5000, now=0.0)
+    assert len(t.due_dials(0.0)) == 1
+    assert t.beacon(HIGH, "10.0.0.9", 5000, now=0.5) is True
+    assert t.due_dials(0.5) == []
+
+
+def test_inbound_connection_cancels_a_pending_dial() -> None:
+    t = table(HIGH)
+    t.beacon(LOW, "10.0.0.9", 5000, now=0.0)  # we would dial after DIAL_YIELD_S...
+    t.connected(LOW, "10.0.0.9", 5000, now=0.5)  # ...but LOW dialled us first
+    assert t.due_dials(10.0) == []
+
+
+def test_goodbye_forgets_a_discovered_peer_until_it_beacons_again() -> None:
+    t = table(LOW)
+    t.beacon(HIGH, "10.0.0.9", 5000, now=0.0)
+    [d] = t.due_dials(0.0)
+    t.connected(HIGH, "10.0.0.9", 5000, now=0.1, dial_key=d.key)
+    t.disconnected(HIGH, now=1.0, goodbye=True)
+    assert t.address_of(HIGH) is None
+    assert t.get_timer() is None
+    assert t.due_dials(1000.0) == []
+    assert t.beacon(HIGH, "10.0.0.9", 5000, now=2000.0) is True
+    assert t.due_dials(2000.0) == [dial_of(HIGH)]
+
+
+def test_manual_peer_is_dialled_at_once_and_retried_for_ever() -> None:
+    t = table(LOW)
+    t.add_manual("192.0.2.1", 47475, now=0.0)
+    now = 0.0
+    for _ in range(40):  # far beyond FORGET_AFTER_S: manual peers are never forgotten
+        assert t.due_dials(now) == [Dial("192.0.2.1:47475", "192.0.2.1", 47475, None)]
+        t.dial_failed("192.0.2.1:47475", now)
+        timer = t.get_timer()
+        assert timer is not None and timer > now
+        now = timer
+    assert now > 10 * FORGET_AFTER_S
+
+
+def test_adding_a_manual_peer_twice_keeps_one_entry() -> None:
+    t = table(LOW)
+    t.add_manual("192.0.2.1", 47475, now=0.0)
+    t.add_manual("192.0.2.1", 47475, now=0.0)
+    assert len(t.due_dials(0.0)) == 1
+
+
+@pytest.mark.parametrize("goodbye", [True, False])
+def test_manual_peer_is_redialled_after_disconnect(goodbye: bool) -> None:
+    t = table(LOW)
+    t.add_manual("192.0.2.1", 47475, now=0.0)
+    [d] = t.due_dials(0.0)
+    t.dial_reached(d.key, HIGH)
+    t.connected(HIGH, "192.0.2.1", 47475, now=0.1, dial_key=d.key)
+    assert t.due_dials(50.0) == []  # connected: nothing to do
+    t.disconnected(HIGH, now=60.0, goodbye=goodbye)
+    now = 60.0
+    for _ in range(30):  # the peer stays down for a long time
+        timer = t.get_timer()
+        assert timer is not None, "a manual peer must never be given up"
+        now = timer
+        dials = t.due_dials(now)
+        assert dials == [Dial("192.0.2.1:47475", "192.0.2.1", 47475, HIGH)]
+        t.dial_failed(dials[0].key, now)
+    assert now > 60.0 + 10 * FORGET_AFTER_S
+
+
+def test_manual_dial_reaching_a_known_peer_is_not_repeated() -> None:
+    t = table(LOW)
+    t.add_manual("192.0.2.1", 47475, now=0.0)
+    t.beacon(HIGH, "192.0.2.1", 47475, now=0.0)
+    dials = t.due_dials(0.0)
+    assert {d.key for d in dials} == {"192.0.2.1:47475", HIGH}
+    manual = next(d for d in dials if d.key != HIGH)
+    t.dial_reached(manual.key, HIGH)
+    t.connected(HIGH, "192.0.2.1", 47475, now=0.1, dial_key=manual.key)
+    t.dial_failed(HIGH, now=0.2)  # the other dial lost the duplicate race
+    assert t.due_dials(1000.0) == []
+
+
+def test_stale_discovered_peers_are_forgotten() -> None:
+    t = table(LOW)
+    t.beacon(MID, "10.0.0.8", 5000, now=0.0)
+    t.beacon(HIGH, "10.0.0.9", 5000, now=0.0)
+    for d in t.due_dials(0.0):  # both unreachable: backing off
+        t.dial_failed(d.key, 0.0)
+    t.beacon(MID, "10.0.0.8", 5000, now=FORGET_AFTER_S)  # MID is still around
+    t.due_dials(FORGET_AFTER_S + 0.001)
+    assert t.address_of(HIGH) is None
+    assert t.address_of(MID) == ("10.0.0.8", 5000)
+
+
+def test_dialling_peer_is_not_forgotten_while_the_dial_runs() -> None:
+    t = table(LOW)
+    t.beacon(HIGH, "10.0.0.9", 5000, now=0.0)
+    [d] = t.due_dials(0.0)
+    t.due_dials(10 * FORGET_AFTER_S)  # the dial hangs for a long time
+    assert t.address_of(HIGH) == ("10.0.0.9", 5000)
+    t.dial_failed(d.key, 10 * FORGET_AFTER_S)
+    t.due_dials(10 * FORGET_AFTER_S + 0.001)
+    assert t.address_of(HIGH) is None  # silent for long: forgotten after the failure
+
+
+def peer_ids(n: int) -> list[str]:
+    # Distinct, sortable stand-ins; the table does not parse peer ids.
+    return [f"{i:052d}" for i in range(n)]
+
+
+def test_max_discovered_bounds_the_table() -> None:
+    t = table("z" * 52)  # every stand-in id is lower than ours
+    ids = peer_ids(limits.MAX_DISCOVERED + 1)
+    for pid in ids[:-1]:
+        assert t.beacon(pid, "10.0.0.9", 5000, now=0.0) is True
+    # Full, and everyone was heard just now: the newcomer is refused.
+    assert t.beacon(ids[-1], "10.0.0.9", 5000, now=0.0) is False
+    assert t.address_of(ids[-1]) is None
+    # Later, idle entries make room.
+    assert t.beacon(ids[-1], "10.0.0.9", 5000, now=1.0) is True
+    assert t.address_of(ids[-1]) is not None
+    known = sum(t.address_of(pid) is not None for pid in ids)
+    assert known <= limits.MAX_DISCOVERED
+
+
+def test_connected_peers_survive_a_full_table() -> None:
+    t = table("z" * 52)
+    ids = peer_ids(limits.MAX_DISCOVERED + 1)
+    t.connected(ids[0], "10.0.0.1", 5000, now=0.0)
+    for pid in ids[1:-1]:
+        t.beacon(pid, "10.0.0.9", 5000, now=0.0)
+    assert t.beacon(ids[-1], "10.0.0.9", 5000, now=1.0) is True
+    assert t.address_of(ids[0]) == ("10.0.0.1", 5000)
+    assert t.beacon(ids[0], "10.0.0.1", 5000, now=1.0) is False  # still connected
+
+
+def test_spoofed_beacon_flood_keeps_the_table_bounded() -> None:
+    t = table("z" * 52)
+    for i, pid in enumerate(peer_ids(5 * limits.MAX_DISCOVERED)):
+        t.beacon(pid, "10.0.0.9", 5000, now=i * 0.01)
+    assert len(t.due_dials(10_000.0)) <= limits.MAX_DISCOVERED

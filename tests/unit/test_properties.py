@@ -1,0 +1,268 @@
+"""Hypothesis properties: hostile input yields events or a protocol error, never another exception.
+
+Model: h11's fuzz invariant "parse or RemoteProtocolError, nothing else".
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from unit_support import FUZZ, chat_frame, drain, encode_raw, make_info, pair
+
+from chinwag.crypto.identity import Identity
+from chinwag.errors import ChinwagError, RemoteProtocolError
+from chinwag.protocol import messages as m
+from chinwag.protocol.discovery import MAGIC, Beacon, encode_beacon, parse_beacon
+from chinwag.protocol.session import (
+    Closed,
+    Event,
+    FrameReceived,
+    HandshakeComplete,
+    Session,
+    State,
+    UnknownFrameIgnored,
+)
+from chinwag.ui.jsonl import NickCmd, PeersCmd, Quit, Send, parse_command
+
+ALICE = make_info("alice", 4001)
+BOB = make_info("bob", 4002)
+LEN = struct.Struct(">H")
+
+
+@pytest.fixture(autouse=True)
+def _no_warnings_as_errors() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def check_events(events: list[Event], session: Session) -> None:
+    """Every event is a known type; at most one Closed, and it is last and matches the state."""
+    known = (HandshakeComplete, FrameReceived, UnknownFrameIgnored, Closed)
+    assert all(isinstance(e, known) for e in events)
+    closes = [i for i, e in enumerate(events) if isinstance(e, Closed)]
+    assert len(closes) <= 1
+    if closes:
+        assert closes[0] == len(events) - 1
+        assert session.state is State.CLOSED
+    completes = [e for e in events if isinstance(e, HandshakeComplete)]
+    assert len(completes) <= 1
+
+
+def framed(messages: list[bytes]) -> bytes:
+    return b"".join(LEN.pack(len(x)) + x for x in messages)
+
+
+chunks = st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=6)
+framed_messages = st.lists(st.binary(max_size=300), min_size=1, max_size=4).map(framed)
+prelude = st.one_of(
+    st.just(encode_raw({"proto": "chinwag", "v": 1})),
+    st.builds(
+        lambda proto, v: encode_raw({"proto": proto, "v": v}),
+        st.sampled_from(["chinwag", "other", ""]),
+        st.integers(-(2**63), 2**64 - 1),
+    ),
+    st.binary(max_size=64),
+)
+# Message 1 with a random ephemeral key and a (mostly) plausible prelude, then anything.
+plausible_start = st.builds(
+    lambda e, p, rest: framed([e + p]) + rest,
+    st.binary(min_size=32, max_size=32),
+    prelude,
+    st.binary(max_size=200),
+)
+
+
+def _small_order(point: bytes) -> bool:
+    """Whether an X25519 public key gives an all-zero shared secret (cryptography refuses it)."""
+    try:
+        X25519PrivateKey.from_private_bytes(bytes(range(32))).exchange(
+            X25519PublicKey.from_public_bytes(point)
+        )
+    except ValueError:
+        return True
+    return False
+
+
+def _first_ephemeral(data: bytes) -> bytes | None:
+    if len(data) < 2:
+        return None
+    (size,) = LEN.unpack_from(data)
+    return data[2:34] if 32 <= size <= len(data) - 2 else None
+
+
+@FUZZ
+@given(st.one_of(chunks, framed_messages.map(lambda d: [d]), plausible_start.map(lambda d: [d])))
+def test_random_bytes_into_a_fresh_responder(data: list[bytes]) -> None:
+    # A small-order ephemeral key is a known src bug (an exception escapes); it has
+    # its own strict-xfail regression test in test_session.py. Keep fuzzing the rest.
+    e = _first_ephemeral(b"".join(data))
+    assume(e is None or not _small_order(e))
+    b = Session(BOB, initiator=False, now=0.0)
+    events: list[Event] = []
+    for chunk in data:
+        b.receive_data(chunk, 1.0)
+        events += drain(b)
+    b.data_to_send()
+    b.handle_timer(100.0)
+    events += drain(b)
+    check_events(events, b)
+    assert not any(isinstance(e, HandshakeComplete) for e in events)
+    assert b.state is State.CLOSED  # by error or, at the latest, by handshake timeout
+
+
+@FUZZ
+@given(st.one_of(chunks, framed_messages.map(lambda d: [d])))
+def test_random_bytes_into_a_fresh_initiator(data: list[bytes]) -> None:
+    a = Session(ALICE, initiator=True, now=0.0)
+    a.data_to_send()
+    events: list[Event] = []
+    for chunk in data:
+        a.receive_data(chunk, 1.0)
+        events += drain(a)
+    check_events(events, a)
+    assert not any(isinstance(e, HandshakeComplete) for e in events)
+
+
+@FUZZ
+@given(st.one_of(chunks, framed_messages.map(lambda d: [d])))
+def test_random_bytes_into_an_open_session(data: list[bytes]) -> None:
+    p = pair(ALICE, BOB)
+    p.take()
+    for chunk in data:
+        p.b.receive_data(chunk, 1.0)
+    events = drain(p.b)
+    check_events(events, p.b)
+    assert not any(isinstance(e, FrameReceived) for e in events)  # nothing forged gets in
+
+
+_field_names = st.sampled_from(["t", "n", "nick", "body", "sig", "reason", "x"])
+_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.floats(allow_nan=True),
+        st.text(max_size=40),
+        st.binary(max_size=80),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+frame_like = st.one_of(
+    st.builds(
+        lambda t, rest: encode_raw({"t": t, **rest}),
+        st.sampled_from(["chat", "ping", "pong", "nick", "bye", "future", ""]),
+        st.dictionaries(_field_names, _values, max_size=4),
+    ),
+    _values.map(encode_raw),
+    st.binary(max_size=200),
+)
+
+
+@FUZZ
+@given(st.lists(frame_like, min_size=1, max_size=5))
+def test_random_authenticated_frames_into_an_open_session(plaintexts: list[bytes]) -> None:
+    """The peer is authenticated but hostile: whatever it encrypts, no exception."""
+    p = pair(ALICE, BOB)
+    p.take()
+    for plain in plaintexts:
+        p.a.send_encoded(plain)
+    p.b.receive_data(p.a.data_to_send(), 1.0)
+    events = drain(p.b)
+    check_events(events, p.b)
+    if p.b.state is State.OPEN:
+        p.b.data_to_send()  # pongs
+        p.b.send_frame(chat_frame(BOB.identity))  # still usable
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=300), frame_like))
+def test_decode_frame_returns_a_frame_or_raises_remote_protocol_error(data: bytes) -> None:
+    try:
+        result = m.decode_frame(data)
+    except RemoteProtocolError as exc:
+        assert exc.code == "malformed_frame"
+    else:
+        assert isinstance(result, m.Chat | m.Ping | m.Pong | m.NickChange | m.Bye | m.UnknownFrame)
+        if isinstance(result, m.UnknownFrame):
+            assert result.tag not in m.KNOWN_TAGS
+            assert len(result.tag) <= 32
+
+
+@FUZZ
+@given(st.sampled_from([m.Ping(n=0), m.Pong(n=2**63 - 1), m.Bye(reason="quit")]))
+def test_decode_frame_round_trip(frame: m.Frame) -> None:
+    assert m.decode_frame(m.encode(frame)) == frame
+
+
+_ID = Identity.from_seed(bytes(range(32))).peer_id
+beacon_like = st.one_of(
+    st.binary(max_size=600),
+    st.binary(max_size=200).map(lambda d: MAGIC + d),
+    st.builds(
+        lambda v, pid, port, nick: MAGIC + encode_raw([v, pid, port, nick]),
+        st.one_of(st.just(1), st.integers(-(2**63), 2**64 - 1)),
+        st.one_of(st.just(_ID), st.text(min_size=52, max_size=52), st.binary(max_size=52)),
+        st.one_of(st.integers(-10, 70000), st.text(max_size=5)),
+        st.one_of(st.text(max_size=40), st.just("bob")),
+    ),
+    _values.map(lambda v: MAGIC + encode_raw(v)),
+)
+
+
+@FUZZ
+@given(beacon_like)
+def test_parse_beacon_returns_none_or_a_beacon(data: bytes) -> None:
+    result = parse_beacon(data)
+    assert result is None or isinstance(result, Beacon)
+    if result is not None:
+        assert parse_beacon(encode_beacon(result.peer_id, result.port, result.nick)) == result
+
+
+json_command_like = st.one_of(
+    st.binary(max_size=200),
+    st.text(max_size=100).map(str.encode),
+    st.builds(
+        lambda cmd, rest: msgspec.json.encode({"cmd": cmd, **rest}),
+        # Scalars only: an unhashable cmd ([] or {}) is a known src bug, see
+        # test_ui_parsing.py::test_unhashable_command_name_is_a_chinwag_error.
+        st.one_of(
+            st.sampled_from(["send", "peers", "nick", "quit", "Send", ""]),
+            st.text(max_size=10),
+            st.integers(),
+            st.none(),
+            st.booleans(),
+        ),
+        st.dictionaries(
+            st.sampled_from(["text", "room", "nick", "x"]),
+            st.one_of(st.none(), st.text(max_size=20), st.integers(), st.lists(st.integers())),
+            max_size=3,
+        ),
+    ),
+    st.recursive(
+        st.one_of(st.none(), st.integers(), st.text(max_size=10)),
+        lambda inner: st.lists(inner, max_size=3),
+        max_leaves=5,
+    ).map(msgspec.json.encode),
+)
+
+
+@FUZZ
+@given(json_command_like)
+def test_parse_command_returns_a_command_or_raises_chinwag_error(line: bytes) -> None:
+    try:
+        cmd = parse_command(line)
+    except ChinwagError as exc:
+        assert str(exc)
+    else:
+        assert isinstance(cmd, Send | PeersCmd | NickCmd | Quit)
