@@ -155,9 +155,10 @@ class Node:
         self._seq[room] = seq
         msg = make_message(self.identity, room, self.nick, int(time.time() * 1000), seq, text)
         self._seen.add(msg.id)
+        # Put it on the wire before echoing it locally: the peers' latency matters more.
+        manager.broadcast(m.encode(m.Chat(body=msg.raw_body, sig=msg.sig)))
         event = self._message_event(msg, own=True)
         self._emit(event)
-        manager.broadcast(m.encode(m.Chat(body=msg.raw_body, sig=msg.sig)))
         await manager.wait_drained()
         return event
 

@@ -239,15 +239,13 @@ def test_default_room_is_valid_and_canonical() -> None:
     assert validate_room(DEFAULT_ROOM) == DEFAULT_ROOM
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: validate_room() checks length and characters before lower(); "
-    "'İ'.lower() is 'i' + U+0307 (a combining mark, not \\w), so the result is 2x longer "
-    "and invalid, and every peer refuses the message as malformed_frame",
-)
-@pytest.mark.parametrize("room", ["İ" * limits.MAX_ROOM_CHARS, "İstanbul"])
+@pytest.mark.parametrize("room", ["İ" * limits.MAX_ROOM_CHARS, "İstanbul", "ǅ", "K"])
 def test_a_validated_room_is_one_peers_accept(room: str) -> None:
-    canonical = validate_room(room)
+    """Lowercasing can change length and characters ('İ' -> 'i' + U+0307): check after it."""
+    try:
+        canonical = validate_room(room)
+    except UsageError:
+        return  # refusing is fine; returning a name peers refuse is not
     assert len(canonical) <= limits.MAX_ROOM_CHARS
     assert is_valid_name(canonical)
     msg = make_message(ALICE, canonical, "alice", TS, 1, "hello")

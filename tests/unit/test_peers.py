@@ -8,7 +8,7 @@ import pytest
 
 from chinwag import limits
 from chinwag.crypto.identity import Identity
-from chinwag.protocol.peers import FORGET_AFTER_S, STABLE_AFTER_S, Dial, PeerTable
+from chinwag.protocol.peers import Dial, PeerTable
 
 LOW, MID, HIGH = sorted(Identity.from_seed(bytes([i]) * 32).peer_id for i in (1, 2, 3))
 SEED = 1234
@@ -23,8 +23,10 @@ def expected_delays(n: int) -> list[float]:
     rng = random.Random(SEED)
     out = []
     for failures in range(n):
-        base = min(limits.RECONNECT_CAP_S, limits.RECONNECT_BASE_S * 2.0 ** min(failures, 16))
-        out.append(base * (1 + limits.RECONNECT_JITTER * rng.random()))
+        delay = limits.RECONNECT_BASE_S * 2.0 ** min(failures, limits.MAX_BACKOFF_STEPS)
+        out.append(
+            min(limits.RECONNECT_CAP_S, delay * (1 + limits.RECONNECT_JITTER * rng.random()))
+        )
     return out
 
 
@@ -96,10 +98,11 @@ def test_failed_dials_back_off_exponentially_with_jitter_and_a_cap() -> None:
         now = timer
     assert delays == pytest.approx(expected_delays(12))
     for i, delay in enumerate(delays):
-        base = min(limits.RECONNECT_CAP_S, limits.RECONNECT_BASE_S * 2**i)
-        assert base <= delay <= base * (1 + limits.RECONNECT_JITTER)
-    assert delays[:5] == sorted(delays[:5])  # doubling outruns the jitter
-    assert min(delays[-4:]) >= limits.RECONNECT_CAP_S
+        base = limits.RECONNECT_BASE_S * 2**i
+        assert min(base, limits.RECONNECT_CAP_S) <= delay <= base * (1 + limits.RECONNECT_JITTER)
+        assert delay <= limits.RECONNECT_CAP_S  # the cap holds, jitter included
+    assert delays[:7] == sorted(delays[:7])  # doubling outruns the jitter
+    assert delays[-4:] == [limits.RECONNECT_CAP_S] * 4
 
 
 def test_same_seed_same_schedule() -> None:
@@ -139,10 +142,12 @@ def test_stable_connection_resets_the_back_off() -> None:
         t.beacon(HIGH, "10.0.0.9", 5000, now=now)
     [d] = t.due_dials(now)
     t.connected(HIGH, "10.0.0.9", 5000, now=now, dial_key=d.key)
-    t.disconnected(HIGH, now=now + STABLE_AFTER_S, goodbye=False)
+    t.disconnected(HIGH, now=now + limits.STABLE_CONNECTION_S, goodbye=False)
     timer = t.get_timer()
     assert timer is not None
-    assert timer - (now + STABLE_AFTER_S) <= limits.RECONNECT_BASE_S * (1 + limits.RECONNECT_JITTER)
+    assert timer - (now + limits.STABLE_CONNECTION_S) <= limits.RECONNECT_BASE_S * (
+        1 + limits.RECONNECT_JITTER
+    )
 
 
 # --- connected, goodbye, manual, stale, bounds ---------------------------------------
@@ -188,13 +193,13 @@ def test_manual_peer_is_dialled_at_once_and_retried_for_ever() -> None:
     t = table(LOW)
     t.add_manual("192.0.2.1", 47475, now=0.0)
     now = 0.0
-    for _ in range(40):  # far beyond FORGET_AFTER_S: manual peers are never forgotten
+    for _ in range(40):  # far beyond limits.FORGET_DISCOVERED_S: manual peers are never forgotten
         assert t.due_dials(now) == [Dial("192.0.2.1:47475", "192.0.2.1", 47475, None)]
         t.dial_failed("192.0.2.1:47475", now)
         timer = t.get_timer()
         assert timer is not None and timer > now
         now = timer
-    assert now > 10 * FORGET_AFTER_S
+    assert now > 10 * limits.FORGET_DISCOVERED_S
 
 
 def test_adding_a_manual_peer_twice_keeps_one_entry() -> None:
@@ -221,7 +226,7 @@ def test_manual_peer_is_redialled_after_disconnect(goodbye: bool) -> None:
         dials = t.due_dials(now)
         assert dials == [Dial("192.0.2.1:47475", "192.0.2.1", 47475, HIGH)]
         t.dial_failed(dials[0].key, now)
-    assert now > 60.0 + 10 * FORGET_AFTER_S
+    assert now > 60.0 + 10 * limits.FORGET_DISCOVERED_S
 
 
 def test_manual_dial_reaching_a_known_peer_is_not_repeated() -> None:
@@ -243,8 +248,8 @@ def test_stale_discovered_peers_are_forgotten() -> None:
     t.beacon(HIGH, "10.0.0.9", 5000, now=0.0)
     for d in t.due_dials(0.0):  # both unreachable: backing off
         t.dial_failed(d.key, 0.0)
-    t.beacon(MID, "10.0.0.8", 5000, now=FORGET_AFTER_S)  # MID is still around
-    t.due_dials(FORGET_AFTER_S + 0.001)
+    t.beacon(MID, "10.0.0.8", 5000, now=limits.FORGET_DISCOVERED_S)  # MID is still around
+    t.due_dials(limits.FORGET_DISCOVERED_S + 0.001)
     assert t.address_of(HIGH) is None
     assert t.address_of(MID) == ("10.0.0.8", 5000)
 
@@ -253,10 +258,10 @@ def test_dialling_peer_is_not_forgotten_while_the_dial_runs() -> None:
     t = table(LOW)
     t.beacon(HIGH, "10.0.0.9", 5000, now=0.0)
     [d] = t.due_dials(0.0)
-    t.due_dials(10 * FORGET_AFTER_S)  # the dial hangs for a long time
+    t.due_dials(10 * limits.FORGET_DISCOVERED_S)  # the dial hangs for a long time
     assert t.address_of(HIGH) == ("10.0.0.9", 5000)
-    t.dial_failed(d.key, 10 * FORGET_AFTER_S)
-    t.due_dials(10 * FORGET_AFTER_S + 0.001)
+    t.dial_failed(d.key, 10 * limits.FORGET_DISCOVERED_S)
+    t.due_dials(10 * limits.FORGET_DISCOVERED_S + 0.001)
     assert t.address_of(HIGH) is None  # silent for long: forgotten after the failure
 
 

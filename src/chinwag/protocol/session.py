@@ -283,7 +283,7 @@ class Session:
         if self.initiator:
             # Message 2 carries the responder's Hello; answer with message 3 and open.
             self._accept_hello(payload)
-            self._write_frame(self._noise.write_handshake(self.local.hello()))
+            self._write_handshake(self.local.hello())
             self._open()
         elif self._noise.finished:
             self._accept_hello(payload)
@@ -297,7 +297,15 @@ class Session:
                     f"peer speaks protocol version {prelude.v}, we speak {m.PROTOCOL_VERSION}",
                     "version_mismatch",
                 )
-            self._write_frame(self._noise.write_handshake(self.local.hello()))
+            self._write_handshake(self.local.hello())
+
+    def _write_handshake(self, payload: bytes) -> None:
+        # Writing can fail on the peer's input too (a low-order ephemeral key
+        # makes the DH fail), so it is the peer's error, not ours.
+        try:
+            self._write_frame(self._noise.write_handshake(payload))
+        except NoiseFailure as exc:
+            raise RemoteProtocolError(str(exc), "handshake_failed") from None
 
     def _accept_hello(self, payload: bytes) -> None:
         hello = m.decode_hello(payload)
