@@ -33,8 +33,12 @@ class PeerLeft(msgspec.Struct, frozen=True, tag_field="event", tag="peer_left"):
     reason: str = ""
 
 
-class Message(msgspec.Struct, frozen=True, tag_field="event", tag="message"):
-    """A chat message, received or our own (`own`); `ts` is the author's Unix time in seconds."""
+class Message(msgspec.Struct, frozen=True, tag_field="event", tag="message", omit_defaults=True):
+    """A chat message, received or our own (`own`); `ts` is the author's Unix time in seconds.
+
+    `seq` is the author's number for it in the room; `late` (only present when
+    true) marks a message that sorts before messages already shown.
+    """
 
     id: str
     room: str
@@ -43,7 +47,8 @@ class Message(msgspec.Struct, frozen=True, tag_field="event", tag="message"):
     ts: float
     text: str
     own: bool
-    seq: int = 0
+    seq: int
+    late: bool = False
 
 
 class PeerInfo(msgspec.Struct, frozen=True):
@@ -71,10 +76,71 @@ class NickChanged(msgspec.Struct, frozen=True, tag_field="event", tag="nick"):
     own: bool = False
 
 
+class History(msgspec.Struct, frozen=True, tag_field="event", tag="history"):
+    """The last messages of a room in display order, answering a `history` command."""
+
+    room: str
+    messages: list[Message]
+
+
+class Delivered(msgspec.Struct, frozen=True, tag_field="event", tag="delivered"):
+    """`count` of the `of` peers known in the message's room now hold our message `id`."""
+
+    id: str
+    count: int
+    of: int
+
+
+class Gap(msgspec.Struct, frozen=True, tag_field="event", tag="gap"):
+    """Messages `missing` = [from, to] of author `peer_id` in `room` are missing; repair started."""
+
+    room: str
+    peer_id: str
+    missing: list[int]
+
+
+class GapFilled(msgspec.Struct, frozen=True, tag_field="event", tag="gap_filled"):
+    """The gap reported earlier for (room, peer_id) is repaired."""
+
+    room: str
+    peer_id: str
+
+
+class Info(msgspec.Struct, frozen=True, tag_field="event", tag="info"):
+    """Who holds a message, answering an `info` command."""
+
+    id: str
+    room: str
+    peer_id: str
+    seq: int
+    holders: list[PeerInfo]
+
+
+class SearchResult(msgspec.Struct, frozen=True, tag_field="event", tag="search"):
+    """Messages containing a text, answering a `search` command (oldest first)."""
+
+    text: str
+    messages: list[Message]
+
+
 class Error(msgspec.Struct, frozen=True, tag_field="event", tag="error"):
     """A command failed or input was refused; the node keeps running."""
 
     message: str
 
 
-NodeEvent = Ready | PeerJoined | PeerLeft | Message | Peers | NickChanged | Error
+NodeEvent = (
+    Ready
+    | PeerJoined
+    | PeerLeft
+    | Message
+    | Peers
+    | NickChanged
+    | Error
+    | History
+    | Delivered
+    | Gap
+    | GapFilled
+    | Info
+    | SearchResult
+)

@@ -82,6 +82,32 @@ FORGET_DISCOVERED_S = 30.0
 # --- forwarding -------------------------------------------------------------
 #: Message ids remembered for dedup; stops unbounded growth while still catching loops.
 SEEN_IDS = 100_000
+# --- history and sync -------------------------------------------------------
+#: Authors in one vector frame; stops a peer from making us hold a huge map.
+MAX_VECTOR_AUTHORS = 4_096
+#: Messages of one author (per room) offered to a peer that lacks them: a new
+#: node on a busy network gets the recent past, not everything (documented default).
+HISTORY_OFFER = 10_000
+#: Messages read from the store and sent per batch of a sync push (then we wait for the socket).
+SYNC_BATCH = 500
+#: Seqs one Want may ask for; larger ranges are clipped.
+MAX_WANT_RANGE = 10_000
+#: Sync requests (vectors + wants) a peer may send per second, sustained, and in a burst;
+#: a peer that exceeds them is disconnected (stops sync-request floods).
+SYNC_REQUESTS_PER_S = 50.0
+SYNC_REQUESTS_BURST = 500.0
+#: Seconds between periodic vector exchanges with each peer (anti-entropy safety net).
+SYNC_INTERVAL_S = 15.0
+#: Seconds new messages are batched before our updated vector (receipt) goes out.
+VECTOR_DELAY_S = 0.1
+#: Seconds a gap may stay before we ask peers to fill it (a sync push may be filling it).
+GAP_REPAIR_DELAY_S = 0.5
+#: Held-but-not-contiguous seqs tracked per author; beyond it, the oldest are forgotten
+#: and fetched again (stops memory growth from a peer sending sparse seqs).
+MAX_ABOVE_PER_AUTHOR = 100_000
+#: Messages returned by one history or search command.
+MAX_HISTORY = 10_000
+
 #: Distinct unknown frame types logged at info level; later ones go to debug (stops log floods).
 MAX_UNKNOWN_TAGS_LOGGED = 64
 

@@ -21,15 +21,17 @@ from chinwag import limits
 from chinwag.crypto.identity import load_or_create_identity
 from chinwag.crypto.noise import generate_static_private
 from chinwag.datadir import DataDir
-from chinwag.errors import RemoteProtocolError, UsageError
+from chinwag.errors import UsageError
+from chinwag.history import History
 from chinwag.net.connection import PeerConnection
 from chinwag.net.discovery import Discovery
 from chinwag.net.manager import ConnectionManager
 from chinwag.protocol import messages as m
-from chinwag.protocol.chat import ChatMessage, SeenSet, make_message, open_message
+from chinwag.protocol.chat import make_message
 from chinwag.protocol.discovery import encode_beacon
 from chinwag.protocol.names import DEFAULT_ROOM, validate_nick, validate_room, validate_text
 from chinwag.protocol.session import Closed, LocalInfo
+from chinwag.store.db import Row, Store
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,8 @@ class Node:
         self.config = config
         self.datadir = DataDir(config.data_dir)
         self._subscribers: list[Callable[[ev.NodeEvent], None]] = []
-        self._seen = SeenSet()
-        self._seq: dict[str, int] = {}
+        self._history: History | None = None
+        self._store: Store | None = None
         self._rng = random.Random()
         self._manager: ConnectionManager | None = None
         self._discovery: Discovery | None = None
@@ -99,7 +101,10 @@ class Node:
             self._local = LocalInfo.create(
                 self.identity, self._noise_static, self.nick, 0, CAPABILITIES
             )
+            self._store = Store(self.config.data_dir / "chinwag.db")
             self._manager = ConnectionManager(lambda: self._local_info(), self, self._rng)
+            self._history = History(self._store, self.identity, self._manager, self._emit)
+            self._history.load()
             self.port = await self._manager.listen(
                 self.config.bind, self.config.port, self.config.port_fallback
             )
@@ -119,6 +124,12 @@ class Node:
             for host, port in self.config.peers:
                 self._manager.add_manual_peer(host, port)
         except BaseException:
+            if self._manager is not None:
+                await self._manager.close("error")
+            if self._history is not None:
+                await self._history.close()
+            if self._store is not None:
+                self._store.close()
             self.datadir.close()
             raise
         ready = ev.Ready(peer_id=self.identity.peer_id, nick=self.nick, port=self.port)
@@ -135,8 +146,12 @@ class Node:
             return
         if self._discovery is not None:
             self._discovery.close()
+        if self._history is not None:
+            await self._history.close()
         if self._manager is not None:
             await self._manager.close(reason)
+        if self._store is not None:
+            self._store.close()
         self.datadir.close()
         self.stopped.set()
 
@@ -146,21 +161,61 @@ class Node:
 
     # --- commands -------------------------------------------------------
 
-    async def send(self, text: str, room: str | None = None) -> ev.Message:
-        """Sign and send a message to every peer; emit and return it as an own message."""
+    def post(self, text: str, room: str | None = None) -> asyncio.Future[ev.Message]:
+        """Sign and queue a message; the future resolves once it is stored and sent.
+
+        Raises UsageError at once for invalid text or room. Messages posted in
+        one event-loop turn share one commit.
+        """
         text = validate_text(text)
         room = validate_room(room) if room is not None else DEFAULT_ROOM
-        manager = self._require_manager()
-        seq = self._seq.get(room, 0) + 1
-        self._seq[room] = seq
+        history = self._require_history()
+        seq = history.next_seq(room)
         msg = make_message(self.identity, room, self.nick, int(time.time() * 1000), seq, text)
-        self._seen.add(msg.id)
-        # Put it on the wire before echoing it locally: the peers' latency matters more.
-        manager.broadcast(m.encode(m.Chat(body=msg.raw_body, sig=msg.sig)))
-        event = self._message_event(msg, own=True)
-        self._emit(event)
-        await manager.wait_drained()
+        return history.submit_own(msg)
+
+    async def send(self, text: str, room: str | None = None) -> ev.Message:
+        """Post a message and wait until it is stored and sent (and congested peers drained)."""
+        event = await self.post(text, room)
+        await self._require_manager().wait_drained()
         return event
+
+    def congested(self) -> bool:
+        """Return True if a peer is slow to take what we send (callers should wait_drained)."""
+        return self._require_manager().congested()
+
+    async def wait_drained(self) -> None:
+        await self._require_manager().wait_drained()
+
+    def history(self, room: str | None = None, limit: int = 100) -> ev.History:
+        """Return the last `limit` messages of a room in display order."""
+        room = validate_room(room) if room is not None else DEFAULT_ROOM
+        if limit < 1:
+            raise UsageError("limit must be at least 1")
+        return self._require_history().history(room, limit)
+
+    def search(self, text: str, limit: int = 50) -> ev.SearchResult:
+        """Return messages containing text."""
+        if not text.strip():
+            raise UsageError("search for what?")
+        return self._require_history().search(text, limit)
+
+    def info(self, msg_id: str) -> ev.Info:
+        """Return who holds a message (by id or unique id prefix)."""
+        history = self._require_history()
+        row = history.find(msg_id.strip().lower())
+        if row is None:
+            raise UsageError(f"no message with id {msg_id[:40]!r}")
+        nicks = self._require_store().peer_nicks()
+        holders = [
+            ev.PeerInfo(peer_id=p, nick=nicks.get(p, "?"), address="")
+            for p in sorted(history.holders(row))
+        ]
+        return ev.Info(id=row.id, room=row.room, peer_id=row.author, seq=row.seq, holders=holders)
+
+    def delivery(self, row: Row) -> tuple[int, int]:
+        """Return (peers holding, peers known) for one of our messages."""
+        return self._require_history().delivery(row.room, row.seq)
 
     def set_nick(self, nick: str) -> None:
         """Change our nick, save it and tell every peer."""
@@ -204,6 +259,10 @@ class Node:
         assert peer_id is not None
         self._since[peer_id] = time.time()
         self._nicks[peer_id] = conn.session.peer_nick or "?"
+        self._require_store().save_peer(
+            peer_id, self._nicks[peer_id], f"{conn.address[0]}:{conn.address[1]}"
+        )
+        self._require_history().peer_joined(conn)
         self._emit(
             ev.PeerJoined(
                 peer_id=peer_id,
@@ -217,58 +276,41 @@ class Node:
         assert peer_id is not None
         self._since.pop(peer_id, None)
         self._nicks.pop(peer_id, None)
+        if self._history is not None:
+            self._history.peer_left(peer_id)
         self._emit(
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )
 
-    def frame_received(self, conn: PeerConnection, frame: m.Chat | m.NickChange) -> None:
+    def frame_received(
+        self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame
+    ) -> None:
         if isinstance(frame, m.NickChange):
             peer_id = conn.session.peer_id or ""
             old = self._nicks.get(peer_id, "?")
             self._nicks[peer_id] = frame.nick
             self._emit(ev.NickChanged(peer_id=peer_id, nick=frame.nick, old=old))
             return
-        self._chat_received(conn, frame)
+        if isinstance(frame, m.Chat):
+            self._require_history().chat_received(conn, frame)
+        else:
+            self._require_history().sync_frame(conn, frame)
 
     # --- internals ------------------------------------------------------
-
-    def _chat_received(self, conn: PeerConnection, frame: m.Chat) -> None:
-        manager = self._require_manager()
-        from_id = conn.session.peer_id or ""
-        try:
-            msg = open_message(frame.body, frame.sig, check_signature=False)
-            if msg.id in self._seen:
-                return
-            # A message straight from its author is authenticated by the channel;
-            # verify the rest, and anything we pass on, so we never relay a forgery.
-            relay = len(manager.peers) > 1
-            if msg.author_id != from_id or relay:
-                msg = open_message(frame.body, frame.sig, check_signature=True)
-        except RemoteProtocolError as exc:
-            log.warning("disconnecting %s: %s", from_id[:8], exc)
-            conn.close(exc.code)
-            return
-        self._seen.add(msg.id)
-        self._emit(self._message_event(msg, own=False))
-        if relay:
-            manager.broadcast(m.encode(frame), exclude=frozenset({from_id, msg.author_id}))
-
-    def _message_event(self, msg: ChatMessage, own: bool) -> ev.Message:
-        b = msg.body
-        return ev.Message(
-            id=msg.id,
-            room=b.room,
-            peer_id=msg.author_id,
-            nick=b.nick,
-            ts=b.ts / 1000,
-            text=b.text,
-            own=own,
-            seq=b.seq,
-        )
 
     def _local_info(self) -> LocalInfo:
         assert self._local is not None
         return self._local
+
+    def _require_history(self) -> History:
+        if self._history is None:
+            raise UsageError("the node is not started")
+        return self._history
+
+    def _require_store(self) -> Store:
+        if self._store is None:
+            raise UsageError("the node is not started")
+        return self._store
 
     def _require_manager(self) -> ConnectionManager:
         if self._manager is None:

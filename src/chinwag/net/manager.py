@@ -37,7 +37,9 @@ class ManagerListener(Protocol):
 
     def peer_joined(self, conn: PeerConnection) -> None: ...
     def peer_left(self, conn: PeerConnection, closed: Closed) -> None: ...
-    def frame_received(self, conn: PeerConnection, frame: m.Chat | m.NickChange) -> None: ...
+    def frame_received(
+        self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame
+    ) -> None: ...
 
 
 class ConnectionManager:
@@ -272,6 +274,14 @@ class ConnectionManager:
         for peer_id, conn in self.peers.items():
             if peer_id not in exclude:
                 conn.send_encoded(plaintext)
+
+    def broadcast_frame(self, frame: m.Frame) -> None:
+        """Send one frame to every connected peer."""
+        self.broadcast(m.encode(frame))
+
+    def congested(self) -> bool:
+        """Return True if some peer's send buffer is above its high-water mark."""
+        return any(conn.pending_bytes > limits.SEND_HIGH_WATER for conn in self.peers.values())
 
     async def wait_drained(self) -> None:
         """Wait for congested peers to drain; disconnect those that stay stuck."""

@@ -31,6 +31,7 @@ Sig64 = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Cap = Annotated[str, msgspec.Meta(max_length=limits.MAX_CAP_CHARS)]
+PeerIdStr = Annotated[str, msgspec.Meta(min_length=52, max_length=52)]
 
 
 # --- handshake payloads -----------------------------------------------------
@@ -61,11 +62,16 @@ class Hello(msgspec.Struct, frozen=True):
 # --- transport frames -------------------------------------------------------
 
 
-class Chat(msgspec.Struct, frozen=True, tag_field="t", tag="chat"):
-    """A signed group message: `body` is an encoded ChatBody, `sig` its author's signature."""
+class Chat(msgspec.Struct, frozen=True, tag_field="t", tag="chat", omit_defaults=True):
+    """A signed group message: `body` is an encoded ChatBody, `sig` its author's signature.
+
+    `hist` marks a message sent by history sync rather than live: it is stored
+    and shown but not relayed (peers get history from their own sync).
+    """
 
     body: Annotated[bytes, msgspec.Meta(max_length=limits.MAX_FRAME)]
     sig: Sig64
+    hist: bool = False
 
 
 class Ping(msgspec.Struct, frozen=True, tag_field="t", tag="ping"):
@@ -92,8 +98,37 @@ class Bye(msgspec.Struct, frozen=True, tag_field="t", tag="bye"):
     reason: Annotated[str, msgspec.Meta(max_length=64)]
 
 
-Frame = Chat | Ping | Pong | NickChange | Bye
-KNOWN_TAGS: Final = frozenset({"chat", "ping", "pong", "nick", "bye"})
+class Vector(msgspec.Struct, frozen=True, tag_field="t", tag="vec"):
+    """What the sender holds of a room: author peer id -> highest contiguous seq.
+
+    Sent when a connection opens, after new messages were stored (batched) and
+    periodically; it is both the anti-entropy summary and the delivery receipt.
+    """
+
+    room: Room
+    have: Annotated[dict[PeerIdStr, U64], msgspec.Meta(max_length=limits.MAX_VECTOR_AUTHORS)]
+
+
+class Want(msgspec.Struct, frozen=True, tag_field="t", tag="want"):
+    """Ask for the messages lo..hi (inclusive) of one author in a room (gap repair)."""
+
+    room: Room
+    author: PeerIdStr
+    lo: U64
+    hi: U64
+
+
+class Floor(msgspec.Struct, frozen=True, tag_field="t", tag="floor"):
+    """The sender offers no history of this author below seq: do not wait for it."""
+
+    room: Room
+    author: PeerIdStr
+    seq: U64
+
+
+Frame = Chat | Ping | Pong | NickChange | Bye | Vector | Want | Floor
+SyncFrame = Vector | Want | Floor
+KNOWN_TAGS: Final = frozenset({"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor"})
 
 
 class UnknownFrame(msgspec.Struct, frozen=True):

@@ -56,9 +56,9 @@ class HandshakeComplete:
 
 @dataclass(frozen=True, slots=True)
 class FrameReceived:
-    """The peer sent a frame for the layer above (chat or nick change)."""
+    """The peer sent a frame for the layer above (chat, nick change, sync)."""
 
-    frame: m.Chat | m.NickChange
+    frame: m.Chat | m.NickChange | m.SyncFrame
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +344,7 @@ class Session:
         )
 
     def _handle_frame(self, frame: m.Frame | m.UnknownFrame) -> None:
-        if isinstance(frame, m.Chat):
+        if isinstance(frame, m.Chat | m.Vector | m.Want | m.Floor):
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Ping):
             if self.state is State.OPEN:

@@ -7,13 +7,16 @@ the node keeps running.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
-from typing import BinaryIO
+from collections import deque
+from typing import Annotated, BinaryIO
 
 import msgspec
 
 from chinwag import events as ev
+from chinwag import limits
 from chinwag.errors import ChinwagError
 from chinwag.node import Node
 from chinwag.ui.stdio import LineTooLong, stdin_lines
@@ -40,8 +43,24 @@ class Quit(msgspec.Struct, frozen=True, tag_field="cmd", tag="quit"):
     pass
 
 
-Command = Send | PeersCmd | NickCmd | Quit
-COMMANDS = frozenset({"send", "peers", "nick", "quit"})
+class HistoryCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="history"):
+    room: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=limits.MAX_HISTORY)] = 100
+
+
+class SearchCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="search"):
+    text: str
+    limit: Annotated[int, msgspec.Meta(ge=1, le=limits.MAX_HISTORY)] = 50
+
+
+class InfoCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="info"):
+    id: str
+
+
+Command = Send | PeersCmd | NickCmd | Quit | HistoryCmd | SearchCmd | InfoCmd
+COMMANDS = frozenset({"send", "peers", "nick", "quit", "history", "search", "info"})
+#: Sends accepted but not yet committed before we stop reading stdin (back-pressure).
+MAX_IN_FLIGHT = 2_000
 
 _decoder = msgspec.json.Decoder(Command)
 _raw_decoder = msgspec.json.Decoder()
@@ -75,6 +94,7 @@ class JsonLinesUI:
     def __init__(self, node: Node, out: BinaryIO | None = None) -> None:
         self.node = node
         self.out = out if out is not None else sys.stdout.buffer
+        self._in_flight: deque[asyncio.Future[ev.Message]] = deque()
         node.subscribe(self.write_event)
 
     def write_event(self, event: ev.NodeEvent) -> None:
@@ -86,7 +106,18 @@ class JsonLinesUI:
             pass
 
     async def run(self) -> None:
-        """Process commands until quit or end of input."""
+        """Process commands until quit or end of input; every accepted send is stored first."""
+        try:
+            await self._run()
+        finally:
+            # Quit only after everything accepted is committed and sent.
+            for fut in self._in_flight:
+                try:
+                    await fut
+                except Exception as exc:  # already reported as an error event
+                    log.debug("send failed: %s", exc)
+
+    async def _run(self) -> None:
         async for line in stdin_lines():
             if isinstance(line, LineTooLong):
                 self.node.error("command line too long")
@@ -106,7 +137,22 @@ class JsonLinesUI:
 
     async def handle(self, cmd: Command) -> None:
         if isinstance(cmd, Send):
-            await self.node.send(cmd.text, cmd.room)
+            # Not awaited one by one: sends of one loop turn share one commit.
+            self._in_flight.append(self.node.post(cmd.text, cmd.room))
+            while self._in_flight and self._in_flight[0].done():
+                done = self._in_flight.popleft()
+                if not done.cancelled():
+                    done.exception()  # failures were reported as error events
+            if len(self._in_flight) > MAX_IN_FLIGHT:
+                await self._in_flight.popleft()
+            if self.node.congested():
+                await self.node.wait_drained()
+        elif isinstance(cmd, HistoryCmd):
+            self.write_event(self.node.history(cmd.room, cmd.limit))
+        elif isinstance(cmd, SearchCmd):
+            self.write_event(self.node.search(cmd.text, cmd.limit))
+        elif isinstance(cmd, InfoCmd):
+            self.write_event(self.node.info(cmd.id))
         elif isinstance(cmd, PeersCmd):
             self.write_event(self.node.peers())
         elif isinstance(cmd, NickCmd):

@@ -1,0 +1,1 @@
+"""SQLite persistence: messages, floors, peers and their vectors."""

@@ -1,0 +1,367 @@
+"""The message store: one SQLite database (WAL) in the data directory.
+
+Contract: a message is committed here before it is shown, relayed or
+receipted. Writes are grouped: the node collects what arrived in one event
+loop turn and commits it in one transaction (insert_messages).
+synchronous=NORMAL in WAL mode survives a killed process (kill -9), which is
+the promise we make; a power cut may lose the last transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from chinwag.errors import ChinwagError
+
+#: Marks the file as ours ("chwg"); a database without it is refused.
+APPLICATION_ID = 0x63687767
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE messages(
+    id TEXT PRIMARY KEY,
+    room TEXT NOT NULL,
+    author TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    nick TEXT NOT NULL,
+    text TEXT NOT NULL,
+    body BLOB NOT NULL,
+    sig BLOB NOT NULL,
+    received INTEGER NOT NULL,
+    late INTEGER NOT NULL DEFAULT 0,
+    verified INTEGER NOT NULL DEFAULT 0,
+    UNIQUE(room, author, seq)
+);
+CREATE INDEX messages_display ON messages(room, ts, author, seq);
+CREATE TABLE floors(
+    room TEXT NOT NULL, author TEXT NOT NULL, base INTEGER NOT NULL,
+    PRIMARY KEY(room, author)
+) WITHOUT ROWID;
+CREATE TABLE peers(
+    peer_id TEXT PRIMARY KEY, nick TEXT NOT NULL, address TEXT NOT NULL,
+    last_seen INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE peer_vectors(
+    peer_id TEXT NOT NULL, room TEXT NOT NULL, author TEXT NOT NULL, have INTEGER NOT NULL,
+    PRIMARY KEY(room, author, peer_id)
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = "id, room, author, seq, ts, nick, text, late"
+
+
+class StoreError(ChinwagError):
+    """The database cannot be used (corrupt, foreign, or unwritable)."""
+
+
+class Insert(Enum):
+    """Outcome of storing one message."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    #: Same (room, author, seq) as a stored message, different content.
+    EQUIVOCATION = "equivocation"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One stored message, as shown to users."""
+
+    id: str
+    room: str
+    author: str
+    seq: int
+    ts: int
+    nick: str
+    text: str
+    late: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """What insert_messages needs to store one message."""
+
+    id: str
+    room: str
+    author: str
+    seq: int
+    ts: int
+    nick: str
+    text: str
+    body: bytes
+    sig: bytes
+    late: bool
+    verified: bool
+
+
+class Store:
+    """The node's SQLite database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{path} is not a usable chinwag database ({exc}); move it away to start afresh"
+            ) from None
+
+    def _open(self) -> None:
+        db = self.db
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables == 0 and app_id == 0:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("BEGIN")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        elif app_id != APPLICATION_ID:
+            raise StoreError(f"{self.path} is not a chinwag database; refusing to touch it")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}; this chinwag reads {SCHEMA_VERSION}"
+            )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=OFF")
+        # Touch every table so a damaged file fails now, with a clear error, not later.
+        for table in ("messages", "floors", "peers", "peer_vectors"):
+            db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- writing --------------------------------------------------------
+
+    def insert_messages(self, msgs: list[NewMessage]) -> list[Insert]:
+        """Store msgs in one transaction; return the outcome of each, in order."""
+        results: list[Insert] = []
+        now = int(time.time() * 1000)
+        db = self.db
+        with self._transaction():
+            for msg in msgs:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO messages(id, room, author, seq, ts, nick, text, body,"
+                    " sig, received, late, verified) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        msg.id,
+                        msg.room,
+                        msg.author,
+                        msg.seq,
+                        msg.ts,
+                        msg.nick,
+                        msg.text,
+                        msg.body,
+                        msg.sig,
+                        now,
+                        int(msg.late),
+                        int(msg.verified),
+                    ),
+                )
+                if cur.rowcount == 1:
+                    results.append(Insert.NEW)
+                    continue
+                row = db.execute(
+                    "SELECT id FROM messages WHERE room=? AND author=? AND seq=?",
+                    (msg.room, msg.author, msg.seq),
+                ).fetchone()
+                if row is not None and row[0] != msg.id:
+                    results.append(Insert.EQUIVOCATION)
+                else:
+                    results.append(Insert.DUPLICATE)
+        return results
+
+    def set_floor(self, room: str, author: str, base: int) -> None:
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO floors(room, author, base) VALUES (?,?,?) "
+                "ON CONFLICT(room, author) DO UPDATE SET base=excluded.base",
+                (room, author, base),
+            )
+
+    def set_peer_vector(self, peer_id: str, room: str, have: dict[str, int]) -> None:
+        with self._transaction():
+            self.db.executemany(
+                "INSERT INTO peer_vectors(peer_id, room, author, have) VALUES (?,?,?,?) "
+                "ON CONFLICT(room, author, peer_id) DO UPDATE SET have=excluded.have",
+                [(peer_id, room, a, h) for a, h in have.items()],
+            )
+
+    def save_peer(self, peer_id: str, nick: str, address: str) -> None:
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO peers(peer_id, nick, address, last_seen) VALUES (?,?,?,?) "
+                "ON CONFLICT(peer_id) DO UPDATE SET nick=excluded.nick, "
+                "address=excluded.address, last_seen=excluded.last_seen",
+                (peer_id, nick, address, int(time.time() * 1000)),
+            )
+
+    def mark_verified(self, ids: Iterable[str]) -> None:
+        with self._transaction():
+            self.db.executemany("UPDATE messages SET verified=1 WHERE id=?", [(i,) for i in ids])
+
+    def delete(self, ids: Iterable[str]) -> None:
+        with self._transaction():
+            self.db.executemany("DELETE FROM messages WHERE id=?", [(i,) for i in ids])
+
+    # --- reading --------------------------------------------------------
+
+    def author_stats(self) -> list[tuple[str, str, int, int, int]]:
+        """Return (room, author, min seq, max seq, count) for every author of every room."""
+        return self.db.execute(
+            "SELECT room, author, min(seq), max(seq), count(*) FROM messages GROUP BY room, author"
+        ).fetchall()
+
+    def seqs(self, room: str, author: str, from_seq: int) -> list[int]:
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT seq FROM messages WHERE room=? AND author=? AND seq>=? ORDER BY seq",
+                (room, author, from_seq),
+            )
+        ]
+
+    def floors(self) -> dict[tuple[str, str], int]:
+        return {(r, a): b for r, a, b in self.db.execute("SELECT room, author, base FROM floors")}
+
+    def rooms(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT room FROM messages ORDER BY room")]
+
+    def last_key(self, room: str) -> tuple[int, str, int] | None:
+        """Return the display-order key (ts, author, seq) of the room's last message."""
+        row = self.db.execute(
+            "SELECT ts, author, seq FROM messages WHERE room=? "
+            "ORDER BY ts DESC, author DESC, seq DESC LIMIT 1",
+            (room,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def history(self, room: str, limit: int) -> list[Row]:
+        """Return the room's last `limit` messages in display order (oldest first)."""
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE room=? "
+            "ORDER BY ts DESC, author DESC, seq DESC LIMIT ?",
+            (room, limit),
+        ).fetchall()
+        return [_row(r) for r in reversed(rows)]
+
+    def search(self, text: str, limit: int) -> list[Row]:
+        """Return up to `limit` newest messages containing text (case-insensitive), oldest first."""
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE text LIKE ? ESCAPE '\\' "
+            "ORDER BY ts DESC, author DESC, seq DESC LIMIT ?",
+            (pattern, limit),
+        ).fetchall()
+        return [_row(r) for r in reversed(rows)]
+
+    def get(self, msg_id: str) -> Row | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM messages WHERE id=?", (msg_id,)).fetchone()
+        return None if row is None else _row(row)
+
+    def find_ids(self, prefix: str) -> list[str]:
+        """Return ids starting with prefix (for short ids typed by users)."""
+        lo = prefix.lower()
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT id FROM messages WHERE id >= ? AND id < ? LIMIT 5", (lo, lo + "g")
+            )
+        ]
+
+    def ids_in_range(self, room: str, author: str, lo: int, hi: int) -> list[tuple[int, str]]:
+        return self.db.execute(
+            "SELECT seq, id FROM messages WHERE room=? AND author=? AND seq BETWEEN ? AND ? "
+            "ORDER BY seq",
+            (room, author, lo, hi),
+        ).fetchall()
+
+    def push_batch(
+        self,
+        room: str,
+        ranges: list[tuple[str, int, int]],
+        after: tuple[int, str, int],
+        limit: int,
+    ) -> list[tuple[str, int, str, int, bytes, bytes, int]]:
+        """Return the next messages of room within the (author, lo, hi) ranges, oldest first.
+
+        Rows are (id, ts, author, seq, body, sig, verified), after the display key `after`.
+        """
+        if not ranges:
+            return []
+        cond = " OR ".join("(author=? AND seq BETWEEN ? AND ?)" for _ in ranges)
+        params: list[object] = [room, *after]
+        for author, lo, hi in ranges:
+            params += [author, lo, hi]
+        params.append(limit)
+        return self.db.execute(
+            "SELECT id, ts, author, seq, body, sig, verified FROM messages "
+            f"WHERE room=? AND (ts, author, seq) > (?, ?, ?) AND ({cond}) "
+            "ORDER BY ts, author, seq LIMIT ?",
+            params,
+        ).fetchall()
+
+    def peer_vectors(self, room: str) -> dict[str, dict[str, int]]:
+        """Return peer id -> vector for every peer known to hold part of room."""
+        out: dict[str, dict[str, int]] = {}
+        for peer_id, author, have in self.db.execute(
+            "SELECT peer_id, author, have FROM peer_vectors WHERE room=?", (room,)
+        ):
+            out.setdefault(peer_id, {})[author] = have
+        return out
+
+    def holders(self, room: str, author: str, seq: int) -> list[str]:
+        """Return the peers whose vector says they hold (room, author, seq)."""
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT peer_id FROM peer_vectors WHERE room=? AND author=? AND have>=?",
+                (room, author, seq),
+            )
+        ]
+
+    def peer_nicks(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT peer_id, nick FROM peers").fetchall())
+
+    # --- internals ------------------------------------------------------
+
+    def _transaction(self) -> _Tx:
+        return _Tx(self.db)
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error; maps errors to StoreError."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error as err:
+                self.db.execute("ROLLBACK")
+                raise StoreError(f"cannot write the message store: {err}") from None
+        else:
+            self.db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot write the message store: {exc}") from None
+
+
+def _row(r: tuple[str, str, str, int, int, str, str, int]) -> Row:
+    return Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
