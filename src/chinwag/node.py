@@ -31,7 +31,7 @@ from chinwag.protocol.chat import make_message
 from chinwag.protocol.discovery import encode_beacon
 from chinwag.protocol.names import DEFAULT_ROOM, validate_nick, validate_room, validate_text
 from chinwag.protocol.session import Closed, LocalInfo
-from chinwag.store.db import Row, Store
+from chinwag.store.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +213,9 @@ class Node:
         ]
         return ev.Info(id=row.id, room=row.room, peer_id=row.author, seq=row.seq, holders=holders)
 
-    def delivery(self, row: Row) -> tuple[int, int]:
-        """Return (peers holding, peers known) for one of our messages."""
-        return self._require_history().delivery(row.room, row.seq)
+    def delivery_of(self, room: str, seq: int) -> tuple[int, int]:
+        """Return (peers holding, peers known in the room) for our message seq in room."""
+        return self._require_history().delivery(room, seq)
 
     def set_nick(self, nick: str) -> None:
         """Change our nick, save it and tell every peer."""

@@ -6,6 +6,7 @@ above the prompt); otherwise it reads plain lines and prints plain text.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import logging
@@ -28,6 +29,9 @@ HELP = """commands:
   /peers           connected peers (nick, short id, address, connected since)
   /nick NAME       change your nick
   /id              your peer id and fingerprint
+  /history [N]     the last N messages of the room (default 20)
+  /search TEXT     messages containing TEXT
+  /info MSGID      who holds a message (ids are shown as [abcd1234] after yours)
   /quit            leave (peers see you go at once)
 anything else is sent to the room"""
 
@@ -50,6 +54,7 @@ class LineUI:
         self.interactive = sys.stdin.isatty() and sys.stdout.isatty()
         self.colour = self.interactive if colour is None else colour
         self._print: Callable[[str], None] = self._plain_print
+        self._delivered: list[ev.Delivered] = []
         node.subscribe(self.on_event)
         self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
             "help": self._help,
@@ -57,6 +62,9 @@ class LineUI:
             "nick": self._nick,
             "id": self._id,
             "quit": self._quit,
+            "history": self._history,
+            "search": self._search,
+            "info": self._info_cmd,
         }
 
     # --- output ---------------------------------------------------------
@@ -68,14 +76,32 @@ class LineUI:
     def _paint(self, code: str, text: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.colour else text
 
+    def format_message(self, event: ev.Message, mark: str = "") -> str:
+        """Return one message as a display line: time, room, nick, short id, text, marks."""
+        stamp = dt.datetime.fromtimestamp(event.ts)
+        when = stamp.strftime("%H:%M:%S" if stamp.date() == dt.date.today() else "%m-%d %H:%M")
+        who = self._paint(nick_colour(event.peer_id), clean(event.nick))
+        sid = self._paint("2", short_id(event.peer_id))
+        room = "" if event.room == "general" else f"#{event.room} "
+        text = clean(event.text).replace("\n", "\n    ")
+        late = self._paint("33", " (late)") if event.late else ""
+        tail = self._paint("2", f"  [{event.id[:8]}{mark}]") if event.own or mark else ""
+        return f"{self._paint('2', when)} {room}{who} {sid}: {text}{late}{tail}"
+
     def on_event(self, event: ev.NodeEvent) -> None:
         if isinstance(event, ev.Message):
-            when = dt.datetime.fromtimestamp(event.ts).strftime("%H:%M:%S")
-            who = self._paint(nick_colour(event.peer_id), clean(event.nick))
-            sid = self._paint("2", short_id(event.peer_id))
-            room = "" if event.room == "general" else f"#{event.room} "
-            text = clean(event.text).replace("\n", "\n    ")
-            self._print(f"{self._paint('2', when)} {room}{who} {sid}: {text}")
+            self._print(self.format_message(event))
+        elif isinstance(event, ev.Delivered):
+            # Receipts arrive in batches; one summary line per batch, not one per message.
+            self._delivered.append(event)
+            if len(self._delivered) == 1:
+                asyncio.get_running_loop().call_later(0.3, self._flush_delivered)
+        elif isinstance(event, ev.Gap):
+            lo, hi = event.missing
+            what = f"{lo}" if lo == hi else f"{lo}-{hi}"
+            self._info(f"missing {what} from {short_id(event.peer_id)} in #{event.room}; repairing")
+        elif isinstance(event, ev.GapFilled):
+            self._info(f"gap from {short_id(event.peer_id)} in #{event.room} repaired")
         elif isinstance(event, ev.PeerJoined):
             self._info(
                 f"{clean(event.nick)} ({short_id(event.peer_id)}) joined from {event.address}"
@@ -92,10 +118,20 @@ class LineUI:
         elif isinstance(event, ev.Error):
             self._print(self._paint("31", f"error: {event.message}"))
         elif isinstance(event, ev.Ready):
+            self.show_history(20)
             self._info(
                 f"you are {event.nick} ({short_id(event.peer_id)}), listening on port {event.port};"
                 " type /help for commands"
             )
+
+    def _flush_delivered(self) -> None:
+        batch, self._delivered = self._delivered, []
+        if not batch:
+            return
+        last = batch[-1]
+        ids = ", ".join(d.id[:8] for d in batch[-3:])
+        more = f" and {len(batch) - 3} more" if len(batch) > 3 else ""
+        self._info(f"\u2713 {ids}{more} held by {last.count}/{last.of} peers")
 
     def _info(self, text: str) -> None:
         self._print(self._paint("2", f"* {text}"))
@@ -174,3 +210,39 @@ class LineUI:
 
     async def _quit(self, _arg: str) -> bool:
         return False
+
+    async def _history(self, arg: str) -> bool:
+        if arg and not arg.isdigit():
+            raise ChinwagError("usage: /history [N]")
+        self.show_history(int(arg) if arg else 20)
+        return True
+
+    def show_history(self, limit: int) -> None:
+        """Print the last messages of the room, with delivery marks on our own."""
+        for msg in self.node.history(None, limit).messages:
+            self._print(self.format_message(msg, self._mark(msg)))
+
+    def _mark(self, msg: ev.Message) -> str:
+        if not msg.own:
+            return ""
+        count, of = self.node.delivery_of(msg.room, msg.seq)
+        return f" \u2713 {count}/{of}" if of else " (not delivered yet)"
+
+    async def _search(self, arg: str) -> bool:
+        result = self.node.search(arg)
+        if not result.messages:
+            self._info(f"nothing contains {arg!r}")
+        for msg in result.messages:
+            self._print(self.format_message(msg, self._mark(msg)))
+        return True
+
+    async def _info_cmd(self, arg: str) -> bool:
+        if not arg:
+            raise ChinwagError("usage: /info MSGID")
+        info = self.node.info(arg)
+        who = ", ".join(f"{clean(h.nick)} {short_id(h.peer_id)}" for h in info.holders)
+        self._info(
+            f"{info.id} by {short_id(info.peer_id)} #{info.room} seq {info.seq}: "
+            f"held by {len(info.holders)} peer(s){': ' + who if who else ''}"
+        )
+        return True
