@@ -9,8 +9,12 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from chinwag import __version__, limits
+
+if TYPE_CHECKING:
+    from chinwag.node import NodeConfig
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -158,26 +162,32 @@ def _runner() -> asyncio.Runner:
         return asyncio.Runner()
 
 
-async def _session(config: object, json_mode: bool) -> int:
-    from chinwag.node import Node, NodeConfig
+class _UI(Protocol):
+    async def run(self) -> None: ...
+    def flush(self) -> None: ...
 
-    assert isinstance(config, NodeConfig)
+
+async def _session(config: NodeConfig, json_mode: bool) -> int:
+    from chinwag.node import Node
+
     node = Node(config)
+    ui: _UI
     if json_mode:
         from chinwag.ui.jsonl import JsonLinesUI
 
-        ui: object = JsonLinesUI(node)
+        ui = JsonLinesUI(node)
     else:
         from chinwag.ui.line import LineUI
 
         ui = LineUI(node)
     await node.start()
     loop = asyncio.get_running_loop()
-    ui_task = asyncio.ensure_future(ui.run())  # type: ignore[attr-defined]
+    ui_task = asyncio.ensure_future(ui.run())
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, ui_task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await ui_task
     await node.stop("quit")
+    ui.flush()
     return 0

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -103,9 +103,14 @@ class History:
         self._buckets: dict[str, _Bucket] = {}
         self._jobs: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._rerun: dict[tuple[str, str], list[PushRange]] = {}
-        self._pushed: dict[tuple[str, str, str], int] = {}
+        # (peer, room, author) -> seq up to which this connection has carried the
+        # author's messages to the peer without a hole (live or pushed), so a
+        # push does not resend what is still in flight.
+        self._sent: dict[tuple[str, str, str], int] = {}
         self._gaps: dict[tuple[str, str], tuple[int, int]] = {}
         self._want_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._unsaved: dict[tuple[str, str], dict[str, int]] = {}
+        self._save_handle: asyncio.TimerHandle | None = None
         self._closed = False
 
     # --- lifecycle ------------------------------------------------------
@@ -130,9 +135,15 @@ class History:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush()
-        for handle in (self._vector_handle, self._periodic, *self._want_timers.values()):
+        for handle in (
+            self._vector_handle,
+            self._periodic,
+            self._save_handle,
+            *self._want_timers.values(),
+        ):
             if handle is not None:
                 handle.cancel()
+        self._save_vectors()
         for task in list(self._jobs.values()):
             task.cancel()
         if self._jobs:
@@ -221,8 +232,8 @@ class History:
         for key in [k for k in self._jobs if k[0] == peer_id]:
             self._jobs.pop(key).cancel()
             self._rerun.pop(key, None)
-        for pushed in [k for k in self._pushed if k[0] == peer_id]:
-            del self._pushed[pushed]
+        for pushed in [k for k in self._sent if k[0] == peer_id]:
+            del self._sent[pushed]
 
     # --- queries --------------------------------------------------------
 
@@ -327,12 +338,26 @@ class History:
         if item.conn is None:
             # Ours: on the wire first, then echoed locally (peers' latency matters more).
             self.manager.broadcast(plaintext)
+            self._note_sent(self.manager.peers, row.room, row.author, row.seq)
             self._emit(self._message_event(msg, own=True, late=False))
             return
         self._emit(self._message_event(msg, own=False, late=row.late))
         if item.live and len(self.manager.peers) > 1:
-            from_id = item.conn.session.peer_id or ""
-            self.manager.broadcast(plaintext, exclude=frozenset({from_id, row.author}))
+            exclude = frozenset({item.conn.session.peer_id or "", row.author})
+            self.manager.broadcast(plaintext, exclude=exclude)
+            targets = [p for p in self.manager.peers if p not in exclude]
+            self._note_sent(targets, row.room, row.author, row.seq)
+
+    def _note_sent(self, peer_ids: Iterable[str], room: str, author: str, seq: int) -> None:
+        """Record that seq went live to these peers, if it extends what they hold without a hole."""
+        vectors = self._room_vectors(room)
+        for peer_id in peer_ids:
+            key = (peer_id, room, author)
+            prev = self._sent.get(key)
+            if prev is None:
+                prev = vectors.get(peer_id, {}).get(author, 0)
+            if seq == prev + 1:
+                self._sent[key] = seq
 
     # --- vectors, receipts, gaps ----------------------------------------
 
@@ -372,13 +397,25 @@ class History:
         first = peer_id not in vectors
         vectors[peer_id] = dict(frame.have)
         if changed or first:
-            self.store.set_peer_vector(peer_id, room, changed or {self.me: 0})
+            # Receipts are kept in memory at once and saved in batches: a lost
+            # update only costs a re-sent vector after a restart.
+            self._unsaved.setdefault((peer_id, room), {}).update(changed or {self.me: 0})
+            if self._save_handle is None and not self._closed:
+                self._save_handle = self._loop.call_later(
+                    limits.RECEIPT_SAVE_DELAY_S, self._save_vectors
+                )
         before, after = old.get(self.me, 0), frame.have.get(self.me, 0)
         if after > before:
             self._report_delivered(room, before + 1, after)
         plan = self.sync.push_plan(room, frame.have)
         if plan:
             self._start_push(conn, room, plan)
+
+    def _save_vectors(self) -> None:
+        self._save_handle = None
+        unsaved, self._unsaved = self._unsaved, {}
+        for (peer_id, room), have in unsaved.items():
+            self.store.set_peer_vector(peer_id, room, have)
 
     def _report_delivered(self, room: str, lo: int, hi: int) -> None:
         vectors = self._room_vectors(room)
@@ -450,7 +487,7 @@ class History:
             if r.floor is not None:
                 conn.send_frame(m.Floor(room=room, author=r.author, seq=r.floor))
             # Within one connection, do not resend what an earlier push already sent.
-            lo = max(r.lo, self._pushed.get((peer_id, room, r.author), 0) + 1)
+            lo = max(r.lo, self._sent.get((peer_id, room, r.author), 0) + 1)
             if lo <= r.hi:
                 ranges.append((r.author, lo, r.hi))
         after: Key = (-1, "", -1)
@@ -464,7 +501,7 @@ class History:
                     continue
                 conn.send_encoded(m.encode(m.Chat(body=body, sig=sig, hist=True)))
                 pkey = (peer_id, room, author)
-                self._pushed[pkey] = max(self._pushed.get(pkey, 0), seq)
+                self._sent[pkey] = max(self._sent.get(pkey, 0), seq)
                 after = (ts, author, seq)
             if len(rows) < limits.SYNC_BATCH:
                 break

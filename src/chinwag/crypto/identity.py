@@ -10,6 +10,7 @@ to compare.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ class BadIdentity(ChinwagError):
     """A peer id or key is malformed, or a key file is corrupt."""
 
 
+@functools.lru_cache(maxsize=4096)
 def peer_id_from_public(public: bytes) -> str:
-    """Return the peer id of a 32-byte Ed25519 public key."""
+    """Return the peer id of a 32-byte Ed25519 public key (cached: it is on the hot path)."""
     if len(public) != PUBLIC_KEY_BYTES:
         raise BadIdentity("an Ed25519 public key has 32 bytes")
     return base64.b32encode(public).decode("ascii").rstrip("=").lower()

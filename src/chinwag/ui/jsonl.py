@@ -95,12 +95,24 @@ class JsonLinesUI:
         self.node = node
         self.out = out if out is not None else sys.stdout.buffer
         self._in_flight: deque[asyncio.Future[ev.Message]] = deque()
+        self._buffer = bytearray()
+        self._flush_scheduled = False
         node.subscribe(self.write_event)
 
     def write_event(self, event: ev.NodeEvent) -> None:
-        """Write one event line (blocking if the reader is slow: that is back-pressure)."""
+        """Queue one event line; all lines of one loop turn are written together."""
+        self._buffer += _encoder.encode(event)
+        self._buffer += b"\n"
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write queued event lines (blocking if the reader is slow: that is back-pressure)."""
+        self._flush_scheduled = False
+        data, self._buffer = bytes(self._buffer), bytearray()
         try:
-            self.out.write(_encoder.encode(event) + b"\n")
+            self.out.write(data)
             self.out.flush()
         except (BrokenPipeError, ValueError):
             pass
@@ -116,6 +128,7 @@ class JsonLinesUI:
                     await fut
                 except Exception as exc:  # already reported as an error event
                     log.debug("send failed: %s", exc)
+            self.flush()
 
     async def _run(self) -> None:
         async for line in stdin_lines():

@@ -133,6 +133,10 @@ class LineUI:
         more = f" and {len(batch) - 3} more" if len(batch) > 3 else ""
         self._info(f"\u2713 {ids}{more} held by {last.count}/{last.of} peers")
 
+    def flush(self) -> None:
+        """Print anything still pending (receipt summaries)."""
+        self._flush_delivered()
+
     def _info(self, text: str) -> None:
         self._print(self._paint("2", f"* {text}"))
 
