@@ -100,6 +100,8 @@ SYNC_REQUESTS_BURST = 500.0
 SYNC_INTERVAL_S = 15.0
 #: Seconds new messages are batched before our updated vector (receipt) goes out.
 VECTOR_DELAY_S = 0.1
+#: Seconds between WAL checkpoints (done in a background thread).
+CHECKPOINT_INTERVAL_S = 1.0
 #: Seconds peers' vectors (receipts) are kept in memory before being saved, in one batch.
 RECEIPT_SAVE_DELAY_S = 2.0
 #: Seconds a gap may stay before we ask peers to fill it (a sync push may be filling it).

@@ -102,6 +102,7 @@ class Node:
                 self.identity, self._noise_static, self.nick, 0, CAPABILITIES
             )
             self._store = Store(self.config.data_dir / "chinwag.db")
+            self._store.start_checkpointer()
             self._manager = ConnectionManager(lambda: self._local_info(), self, self._rng)
             self._history = History(self._store, self.identity, self._manager, self._emit)
             self._history.load()
