@@ -110,6 +110,7 @@ class History:
         self._gaps: dict[tuple[str, str], tuple[int, int]] = {}
         self._want_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._unsaved: dict[tuple[str, str], dict[str, int]] = {}
+        self._vector_sent: dict[tuple[str, str], float] = {}
         self._save_handle: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -224,11 +225,15 @@ class History:
 
     def peer_joined(self, conn: PeerConnection) -> None:
         """Send our vectors to a newly connected peer."""
+        now = self._loop.time()
         for room in self._rooms():
-            conn.send_frame(m.Vector(room=room, have=self.sync.vector(room)))
+            conn.send_frame(m.Vector(room=room, have=self._capped_vector(room)))
+            self._vector_sent[(conn.session.peer_id or "", room)] = now
 
     def peer_left(self, peer_id: str) -> None:
         self._buckets.pop(peer_id, None)
+        for sent in [k for k in self._vector_sent if k[0] == peer_id]:
+            del self._vector_sent[sent]
         for key in [k for k in self._jobs if k[0] == peer_id]:
             self._jobs.pop(key).cancel()
             self._rerun.pop(key, None)
@@ -371,8 +376,11 @@ class History:
     def _send_vectors(self) -> None:
         self._vector_handle = None
         rooms, self._dirty_rooms = self._dirty_rooms, set()
+        now = self._loop.time()
         for room in sorted(rooms):
             self.manager.broadcast_frame(m.Vector(room=room, have=self._capped_vector(room)))
+            for peer_id in self.manager.peers:
+                self._vector_sent[(peer_id, room)] = now
 
     def _periodic_sync(self) -> None:
         self._dirty_rooms.update(self._rooms())
@@ -410,6 +418,16 @@ class History:
         plan = self.sync.push_plan(room, frame.have)
         if plan:
             self._start_push(conn, room, plan)
+        mine = self.sync.rooms.get(room, {})
+        behind = any(h > (mine[a].have if a in mine else 0) for a, h in frame.have.items())
+        now = self._loop.time()
+        if (
+            behind
+            and now - self._vector_sent.get((peer_id, room), -1e9) >= limits.VECTOR_REPLY_GAP_S
+        ):
+            # The peer holds what we lack but only pushes on seeing our vector.
+            self._vector_sent[(peer_id, room)] = now
+            conn.send_frame(m.Vector(room=room, have=self._capped_vector(room)))
 
     def _save_vectors(self) -> None:
         self._save_handle = None

@@ -104,6 +104,8 @@ VECTOR_DELAY_S = 0.1
 CHECKPOINT_INTERVAL_S = 1.0
 #: Seconds peers' vectors (receipts) are kept in memory before being saved, in one batch.
 RECEIPT_SAVE_DELAY_S = 2.0
+#: Seconds between two vectors sent to a peer in reply to one showing it is ahead of us.
+VECTOR_REPLY_GAP_S = 1.0
 #: Seconds a gap may stay before we ask peers to fill it (a sync push may be filling it).
 GAP_REPAIR_DELAY_S = 0.5
 #: Held-but-not-contiguous seqs tracked per author; beyond it, the oldest are forgotten

@@ -92,3 +92,47 @@ async def delivered(sender: ChinwagProcess, text: str, *receivers: ChinwagProces
         assert got["peer_id"] == sender.peer_id, got
         assert got["id"] == own["id"], (got, own)
     return own
+
+
+async def history(
+    node: ChinwagProcess, limit: int = 10_000, room: str | None = None
+) -> list[Event]:
+    """Ask a node for a room's history (the `history` command); return its messages in order."""
+    before = sum(1 for ev in node.events if ev.get("event") == "history")
+    cmd: Event = {"cmd": "history", "limit": limit}
+    if room is not None:
+        cmd["room"] = room
+    await node.send(cmd)
+    count = 0
+
+    def answer(_ev: Event) -> bool:
+        # wait_for passes each history event to the predicate once, in order.
+        nonlocal count
+        count += 1
+        return count > before
+
+    reply = await node.wait_for("history", answer, timeout=PROMPT_S, from_start=True)
+    return list(reply["messages"])
+
+
+def message_events(node: ChinwagProcess, author: ChinwagProcess | None = None) -> list[Event]:
+    """The message events a node printed (optionally only those written by author)."""
+    return [ev for ev in node.messages() if author is None or ev.get("peer_id") == author.peer_id]
+
+
+async def wait_texts(node: ChinwagProcess, texts: Iterable[str], within: float) -> None:
+    """Wait until node printed a message event for every text (from any time), within seconds."""
+    wanted = list(texts)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    for text in wanted:
+        remaining = deadline - loop.time()
+        try:
+            await node.wait_for_message(text, max(remaining, 0.001))
+        except TimeoutError as exc:
+            shown = {ev.get("text") for ev in node.messages()}
+            missing = [t for t in wanted if t not in shown]
+            raise TimeoutError(
+                f"{node.nick} lacks {len(missing)} messages {within}s later "
+                f"(first: {missing[:3]}): {exc}"
+            ) from exc

@@ -369,7 +369,7 @@ class _Checkpointer(threading.Thread):
     def __init__(self, path: Path) -> None:
         super().__init__(name="chinwag-checkpoint", daemon=True)
         self.path = path
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         try:
@@ -377,14 +377,14 @@ class _Checkpointer(threading.Thread):
         except sqlite3.Error:
             return
         try:
-            while not self._stop.wait(limits.CHECKPOINT_INTERVAL_S):
+            while not self._halt.wait(limits.CHECKPOINT_INTERVAL_S):
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         finally:
             db.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
 
 
