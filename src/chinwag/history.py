@@ -259,7 +259,9 @@ class History:
         return row
 
     def holders(self, row: Row) -> list[str]:
-        return self.store.holders(row.room, row.author, row.seq)
+        """Return the peers whose latest vector says they hold this message."""
+        vectors = self._room_vectors(row.room)
+        return [p for p, v in vectors.items() if v.get(row.author, 0) >= row.seq]
 
     def delivery(self, room: str, seq: int) -> tuple[int, int]:
         """Return (peers holding our message seq in room, peers known in room)."""
@@ -282,10 +284,13 @@ class History:
         if not batch:
             return
         rows = []
+        keys: list[Key] = []
+        running: dict[str, Key | None] = {}
         for item in batch:
             b = item.msg.body
             key = (b.ts, item.msg.author_id, b.seq)
-            last = self._room_last_key(b.room)
+            keys.append(key)
+            last = running[b.room] if b.room in running else self._room_last_key(b.room)
             rows.append(
                 NewMessage(
                     id=item.msg.id,
@@ -302,21 +307,25 @@ class History:
                 )
             )
             if last is None or key > last:
-                self._last_key[b.room] = key
+                running[b.room] = key
+            else:
+                running[b.room] = last
         try:
             results = self.store.insert_messages(rows)
         except Exception as exc:
             # Nothing was committed: tell the typist, drop the rest (peers resend on sync).
             log.error("cannot store messages: %s", exc)
             self._emit(ev.Error(message=f"cannot store messages: {exc}"))
-            self._last_key.clear()
             for item in batch:
                 if item.done is not None and not item.done.done():
                     item.done.set_exception(exc)
             return
         touched: set[tuple[str, str]] = set()
-        for item, row, result in zip(batch, rows, results, strict=True):
+        for item, row, key, result in zip(batch, rows, keys, results, strict=True):
             if result is Insert.NEW:
+                last = self._last_key.get(row.room)
+                if last is None or key > last:
+                    self._last_key[row.room] = key
                 self._accepted(item, row)
                 touched.add((row.room, row.author))
             elif result is Insert.DUPLICATE:

@@ -38,6 +38,7 @@ class PeerConnection(asyncio.Protocol):
         self._drained = asyncio.Event()
         self._drained.set()
         self._closed = False
+        self._processing = False
 
     @property
     def peer_id(self) -> str | None:
@@ -126,11 +127,23 @@ class PeerConnection(asyncio.Protocol):
     # --- the adapter loop -----------------------------------------------
 
     def _process(self) -> None:
+        # A handler may close this connection while we dispatch its events; the
+        # outer call then finishes the work instead of recursing.
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            self._drain()
+        finally:
+            self._processing = False
+
+    def _drain(self) -> None:
         closed: Closed | None = None
         while (event := self.session.next_event()) is not None:
             if isinstance(event, Closed):
                 closed = event
-            else:
+            elif self.session.state is not State.CLOSED:
+                # Frames queued behind one that got the peer disconnected are dropped.
                 self.manager.session_event(self, event)
         self._flush()
         if closed is not None:
