@@ -51,6 +51,68 @@ class Message(msgspec.Struct, frozen=True, tag_field="event", tag="message", omi
     late: bool = False
 
 
+class DirectMessage(
+    msgspec.Struct, frozen=True, tag_field="event", tag="dm", omit_defaults=True
+):
+    """A private message; `peer_id` is its author, `to` its recipient, `own` if we wrote it."""
+
+    id: str
+    peer_id: str
+    nick: str
+    ts: float
+    text: str
+    own: bool
+    to: str
+    seq: int
+    late: bool = False
+
+
+class Joined(msgspec.Struct, frozen=True, tag_field="event", tag="joined"):
+    """We joined a room (its history is being fetched from peers)."""
+
+    room: str
+    private: bool
+
+
+class Left(msgspec.Struct, frozen=True, tag_field="event", tag="left"):
+    """We left a room: its messages are no longer stored or shown."""
+
+    room: str
+
+
+class RoomInfo(msgspec.Struct, frozen=True):
+    """One room: `members` counts connected peers in it, plus us if `joined`."""
+
+    name: str
+    members: int
+    joined: bool
+
+
+class RoomList(msgspec.Struct, frozen=True, tag_field="event", tag="rooms"):
+    """Rooms known on the network, answering a `rooms` command."""
+
+    rooms: list[RoomInfo]
+
+
+class Whois(msgspec.Struct, frozen=True, tag_field="event", tag="whois"):
+    """Who a peer is: full id, fingerprint, whether we verified it, and its safety number."""
+
+    peer_id: str
+    nick: str
+    fingerprint: str
+    verified: bool
+    safety_number: str
+    blocked: bool = False
+    online: bool = False
+
+
+class Alert(msgspec.Struct, frozen=True, tag_field="event", tag="warning"):
+    """Something the user must notice (e.g. a verified nick now used by another key)."""
+
+    message: str
+    peer_id: str = ""
+
+
 class PeerInfo(msgspec.Struct, frozen=True):
     """One connected peer; `since` is the Unix time the connection opened."""
 

@@ -30,7 +30,7 @@ from chinwag.crypto.identity import Identity, public_from_peer_id, verify
 from chinwag.errors import RemoteProtocolError
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, SeenSet, open_message
-from chinwag.protocol.names import DEFAULT_ROOM
+from chinwag.rooms import DM, RoomBook
 from chinwag.protocol.sync import PushRange, SyncState
 from chinwag.store.db import Insert, NewMessage, Row, Store
 
@@ -51,7 +51,9 @@ class _Pending:
     conn: PeerConnection | None  # None: our own
     live: bool
     verified: bool
-    done: asyncio.Future[ev.Message] | None
+    done: asyncio.Future[ev.NodeEvent] | None
+    #: The readable text (decrypted for private rooms and conversations).
+    text: str
 
 
 class _Bucket:
@@ -82,7 +84,9 @@ class History:
         identity: Identity,
         manager: ConnectionManager,
         emit: Callable[[ev.NodeEvent], None],
+        book: RoomBook,
     ) -> None:
+        self.book = book
         self.store = store
         self.identity = identity
         self.me = identity.peer_id
@@ -158,10 +162,10 @@ class History:
         self._next_seq[room] = seq
         return seq
 
-    def submit_own(self, msg: ChatMessage) -> asyncio.Future[ev.Message]:
-        """Queue our new message; the future resolves once it is committed and sent."""
-        done: asyncio.Future[ev.Message] = self._loop.create_future()
-        self._queue(_Pending(msg, None, True, True, done))
+    def submit_own(self, msg: ChatMessage, text: str) -> asyncio.Future[ev.NodeEvent]:
+        """Queue our new message (readable text: text); resolves once committed and sent."""
+        done: asyncio.Future[ev.NodeEvent] = self._loop.create_future()
+        self._queue(_Pending(msg, None, True, True, done, text))
         return done
 
     # --- frames from peers ----------------------------------------------
@@ -184,18 +188,34 @@ class History:
                     f"equivocation: {author[:8]} #{body.seq} in {body.room} has two contents",
                     "equivocation",
                 )
+            if author in self.book.blocked:
+                self._seen.add(msg.id)
+                return
+            room = self.book.holds(body.room, author)
             # Straight from its author the channel already proves it; verify the
-            # rest, and whatever we will relay, so we never pass on a forgery.
+            # rest, private messages, and whatever we will relay, so we never
+            # pass on a forgery.
             relay = not frame.hist and len(self.manager.peers) > 1
             verified = False
-            if author != from_id or relay:
+            if author != from_id or relay or body.enc:
                 msg = open_message(frame.body, frame.sig, check_signature=True)
                 verified = True
         except RemoteProtocolError as exc:
             log.warning("disconnecting %s: %s", from_id[:8], exc)
             conn.close(exc.code)
             return
-        self._queue(_Pending(msg, conn, not frame.hist, verified, None))
+        if room is None:
+            # Not ours to store or show; pass live traffic on for those who hold it.
+            self._seen.add(msg.id)
+            if relay:
+                exclude = frozenset({from_id, author})
+                self.manager.broadcast(m.encode(m.Chat(body=msg.raw_body, sig=msg.sig)), exclude)
+            return
+        text = self.book.plaintext(room, msg)
+        if text is None:
+            self._seen.add(msg.id)
+            return
+        self._queue(_Pending(msg, conn, not frame.hist, verified, None, text))
 
     def sync_frame(self, conn: PeerConnection, frame: m.SyncFrame) -> None:
         """Handle a vector, want or floor from a peer."""
@@ -207,10 +227,14 @@ class History:
                 conn.close("sync_flood")
                 return
         try:
-            if isinstance(frame, m.Vector):
+            if isinstance(frame, m.Rooms):
+                self.book.set_announced(peer_id, frame)
+            elif isinstance(frame, m.Vector):
                 self._vector_received(conn, peer_id, frame)
             elif isinstance(frame, m.Want):
                 public_from_peer_id(frame.author)
+                if not self.book.holds_vector(frame.room, peer_id):
+                    return
                 plan = self.sync.want_plan(frame.room, frame.author, frame.lo, frame.hi)
                 if plan is not None:
                     self._start_push(conn, frame.room, [plan])
@@ -224,13 +248,15 @@ class History:
             conn.close("malformed_frame")
 
     def peer_joined(self, conn: PeerConnection) -> None:
-        """Send our vectors to a newly connected peer."""
+        """Send our rooms and vectors to a newly connected peer."""
+        conn.send_frame(self.book.announcement())
         now = self._loop.time()
         for room in self._rooms():
             conn.send_frame(m.Vector(room=room, have=self._capped_vector(room)))
             self._vector_sent[(conn.session.peer_id or "", room)] = now
 
     def peer_left(self, peer_id: str) -> None:
+        self.book.forget_peer(peer_id)
         self._buckets.pop(peer_id, None)
         for sent in [k for k in self._vector_sent if k[0] == peer_id]:
             del self._vector_sent[sent]
@@ -242,9 +268,15 @@ class History:
 
     # --- queries --------------------------------------------------------
 
-    def history(self, room: str, limit: int) -> ev.History:
-        rows = self.store.history(room, min(limit, limits.MAX_HISTORY))
-        return ev.History(room=room, messages=[self._row_event(r) for r in rows])
+    def history(self, wire: str, limit: int) -> ev.History:
+        rows = self.store.history(wire, min(limit, limits.MAX_HISTORY))
+        return ev.History(room=self.book.display(wire), messages=[self._row_event(r) for r in rows])
+
+    def room_changed(self, wire: str) -> None:
+        """Announce our rooms to every peer; after a join, ask them for the room's history."""
+        self.manager.broadcast_frame(self.book.announcement())
+        if wire in self.book.joined:
+            self.manager.broadcast_frame(m.Vector(room=wire, have=self._capped_vector(wire)))
 
     def search(self, text: str, limit: int) -> ev.SearchResult:
         rows = self.store.search(text, min(limit, limits.MAX_HISTORY))
@@ -299,7 +331,7 @@ class History:
                     seq=b.seq,
                     ts=b.ts,
                     nick=b.nick,
-                    text=b.text,
+                    text=item.text,
                     body=item.msg.raw_body,
                     sig=item.msg.sig,
                     late=last is not None and key < last,
@@ -340,7 +372,7 @@ class History:
                 )
                 item.conn.close("equivocation")
             if item.done is not None and not item.done.done():
-                item.done.set_result(self._message_event(item.msg, own=True, late=False))
+                item.done.set_result(self._message_event(item.msg, item.text, own=True, late=False))
         if touched:
             self._after_change(touched)
 
@@ -353,9 +385,9 @@ class History:
             # Ours: on the wire first, then echoed locally (peers' latency matters more).
             self.manager.broadcast(plaintext)
             self._note_sent(self.manager.peers, row.room, row.author, row.seq)
-            self._emit(self._message_event(msg, own=True, late=False))
+            self._emit(self._message_event(msg, item.text, own=True, late=False))
             return
-        self._emit(self._message_event(msg, own=False, late=row.late))
+        self._emit(self._message_event(msg, item.text, own=False, late=row.late))
         if item.live and len(self.manager.peers) > 1:
             exclude = frozenset({item.conn.session.peer_id or "", row.author})
             self.manager.broadcast(plaintext, exclude=exclude)
@@ -408,6 +440,8 @@ class History:
         room = frame.room
         for author in frame.have:
             public_from_peer_id(author)
+        if not self.book.holds_vector(room, peer_id):
+            return
         vectors = self._room_vectors(room)
         old = vectors.get(peer_id, {})
         changed = {a: h for a, h in frame.have.items() if old.get(a) != h}
@@ -560,7 +594,7 @@ class History:
     # --- helpers --------------------------------------------------------
 
     def _rooms(self) -> list[str]:
-        return sorted(set(self.sync.rooms) | {DEFAULT_ROOM})
+        return self.book.wires()
 
     def _room_vectors(self, room: str) -> dict[str, dict[str, int]]:
         vectors = self._peer_vectors.get(room)
@@ -573,29 +607,50 @@ class History:
             self._last_key[room] = self.store.last_key(room)
         return self._last_key[room]
 
-    def _message_event(self, msg: ChatMessage, own: bool, late: bool) -> ev.Message:
+    def _message_event(
+        self, msg: ChatMessage, text: str, own: bool, late: bool
+    ) -> ev.Message | ev.DirectMessage:
         b = msg.body
-        return ev.Message(
-            id=msg.id,
-            room=b.room,
-            peer_id=msg.author_id,
-            nick=b.nick,
-            ts=b.ts / 1000,
-            text=b.text,
-            own=own,
-            seq=b.seq,
-            late=late,
+        return self._event(msg.id, b.room, msg.author_id, b.nick, b.ts, text, own, b.seq, late)
+
+    def _row_event(self, r: Row) -> ev.Message | ev.DirectMessage:
+        return self._event(
+            r.id, r.room, r.author, r.nick, r.ts, r.text, r.author == self.me, r.seq, r.late
         )
 
-    def _row_event(self, r: Row) -> ev.Message:
+    def _event(
+        self,
+        msg_id: str,
+        wire: str,
+        author: str,
+        nick: str,
+        ts: int,
+        text: str,
+        own: bool,
+        seq: int,
+        late: bool,
+    ) -> ev.Message | ev.DirectMessage:
+        room = self.book.joined.get(wire)
+        if room is not None and room.kind == DM:
+            return ev.DirectMessage(
+                id=msg_id,
+                peer_id=author,
+                nick=nick,
+                ts=ts / 1000,
+                text=text,
+                own=own,
+                to=(room.peer if own else self.me) or "",
+                seq=seq,
+                late=late,
+            )
         return ev.Message(
-            id=r.id,
-            room=r.room,
-            peer_id=r.author,
-            nick=r.nick,
-            ts=r.ts / 1000,
-            text=r.text,
-            own=r.author == self.me,
-            seq=r.seq,
-            late=r.late,
+            id=msg_id,
+            room=self.book.display(wire),
+            peer_id=author,
+            nick=nick,
+            ts=ts / 1000,
+            text=text,
+            own=own,
+            seq=seq,
+            late=late,
         )

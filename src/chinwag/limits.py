@@ -82,6 +82,15 @@ FORGET_DISCOVERED_S = 30.0
 # --- forwarding -------------------------------------------------------------
 #: Message ids remembered for dedup; stops unbounded growth while still catching loops.
 SEEN_IDS = 100_000
+# --- rooms and private messages ---------------------------------------------
+#: Rooms one node may join (and announce); stops announcement bloat.
+MAX_ROOMS = 256
+#: Bytes of ciphertext in one private message or private room message
+#: (two sealed copies of a MAX_TEXT_BYTES text plus overhead).
+MAX_ENC_BYTES = 2 * MAX_TEXT_BYTES + 256
+#: Characters of a passphrase.
+MAX_PASSPHRASE_CHARS = 1_024
+
 # --- history and sync -------------------------------------------------------
 #: Authors in one vector frame; stops a peer from making us hold a huge map.
 MAX_VECTOR_AUTHORS = 4_096

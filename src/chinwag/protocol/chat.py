@@ -38,10 +38,12 @@ def message_id(raw_body: bytes) -> str:
 
 
 def make_message(
-    identity: Identity, room: str, nick: str, ts_ms: int, seq: int, text: str
+    identity: Identity, room: str, nick: str, ts_ms: int, seq: int, text: str, enc: bytes = b""
 ) -> ChatMessage:
     """Build and sign a new message by identity (inputs must be valid)."""
-    body = ChatBody(room=room, author=identity.public, nick=nick, ts=ts_ms, seq=seq, text=text)
+    body = ChatBody(
+        room=room, author=identity.public, nick=nick, ts=ts_ms, seq=seq, text=text, enc=enc
+    )
     raw = encode(body)
     return ChatMessage(message_id(raw), body, raw, identity.sign(CHAT_CONTEXT + raw))
 

@@ -126,9 +126,24 @@ class Floor(msgspec.Struct, frozen=True, tag_field="t", tag="floor"):
     seq: U64
 
 
-Frame = Chat | Ping | Pong | NickChange | Bye | Vector | Want | Floor
-SyncFrame = Vector | Want | Floor
-KNOWN_TAGS: Final = frozenset({"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor"})
+class RoomAnnounce(msgspec.Struct, frozen=True, array_like=True):
+    """One room the sender has joined; `kcv` is the key check value of a private room."""
+
+    room: Room
+    kcv: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+
+
+class Rooms(msgspec.Struct, frozen=True, tag_field="t", tag="rooms"):
+    """Every room the sender has joined (sent on connect and after each join or leave)."""
+
+    joined: Annotated[list[RoomAnnounce], msgspec.Meta(max_length=limits.MAX_ROOMS)]
+
+
+Frame = Chat | Ping | Pong | NickChange | Bye | Vector | Want | Floor | Rooms
+SyncFrame = Vector | Want | Floor | Rooms
+KNOWN_TAGS: Final = frozenset(
+    {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms"}
+)
 
 
 class UnknownFrame(msgspec.Struct, frozen=True):
@@ -144,11 +159,12 @@ class _TagOnly(msgspec.Struct):
 # --- signed chat body -------------------------------------------------------
 
 
-class ChatBody(msgspec.Struct, frozen=True, array_like=True):
+class ChatBody(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
     """The signed content of a chat message; its id is SHA-256 over the encoded body.
 
     `ts` is the author's clock in milliseconds since the Unix epoch; `seq`
-    numbers the author's messages (per room).
+    numbers the author's messages (per room). In a private conversation or a
+    private room `text` is empty and `enc` holds the ciphertext (crypto/box.py).
     """
 
     room: Room
@@ -156,7 +172,8 @@ class ChatBody(msgspec.Struct, frozen=True, array_like=True):
     nick: Nick
     ts: U64
     seq: U64
-    text: Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_TEXT_BYTES)]
+    text: Annotated[str, msgspec.Meta(max_length=limits.MAX_TEXT_BYTES)]
+    enc: Annotated[bytes, msgspec.Meta(max_length=limits.MAX_ENC_BYTES)] = b""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -211,4 +228,6 @@ def decode_body(data: bytes) -> ChatBody:
         raise RemoteProtocolError(f"malformed chat body: {exc}", "malformed_frame") from None
     if len(body.text.encode()) > limits.MAX_TEXT_BYTES:
         raise RemoteProtocolError("chat text too long", "too_large")
+    if not body.text and not body.enc:
+        raise RemoteProtocolError("empty chat message", "malformed_frame")
     return body

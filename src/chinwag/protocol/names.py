@@ -8,6 +8,8 @@ from chinwag import limits
 from chinwag.errors import UsageError
 
 DEFAULT_ROOM = "general"
+#: Wire names of private conversations ("dm.") and private rooms ("p.").
+RESERVED_PREFIXES = ("dm.", "p.")
 _NAME_RE = re.compile(r"[\w.\-]+")
 _ALLOWED = "letters, digits, '_', '.' or '-'"
 
@@ -27,6 +29,8 @@ def validate_nick(nick: str) -> str:
 def validate_room(room: str) -> str:
     """Return the canonical (lowercase) room name, or raise UsageError."""
     canonical = room.lower()
+    if canonical.startswith(RESERVED_PREFIXES):
+        raise UsageError(f"room names may not start with {' or '.join(RESERVED_PREFIXES)}")
     if not canonical or len(canonical) > limits.MAX_ROOM_CHARS or not _NAME_RE.fullmatch(canonical):
         raise UsageError(f"invalid room {room[:40]!r}: use 1-{limits.MAX_ROOM_CHARS} {_ALLOWED}")
     return canonical

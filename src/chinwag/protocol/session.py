@@ -344,7 +344,7 @@ class Session:
         )
 
     def _handle_frame(self, frame: m.Frame | m.UnknownFrame) -> None:
-        if isinstance(frame, m.Chat | m.Vector | m.Want | m.Floor):
+        if isinstance(frame, m.Chat | m.Vector | m.Want | m.Floor | m.Rooms):
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Ping):
             if self.state is State.OPEN:

@@ -56,6 +56,19 @@ CREATE TABLE peer_vectors(
 ) WITHOUT ROWID;
 """
 
+# Tables added after the first schema; created when missing so older stores open.
+_SCHEMA_ADDITIONS = """
+CREATE TABLE IF NOT EXISTS rooms(
+    room TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL,
+    key BLOB, peer TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS left_rooms(room TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocked(peer_id TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS verified(
+    peer_id TEXT PRIMARY KEY, nick TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
 _COLUMNS = "id, room, author, seq, ts, nick, text, late"
 
 
@@ -143,8 +156,11 @@ class Store:
         # Checkpoints (the only fsyncs in WAL/NORMAL) run in a background thread,
         # so they never stall a commit on the event loop.
         db.execute("PRAGMA wal_autocheckpoint=0")
+        for statement in _SCHEMA_ADDITIONS.split(";"):
+            if statement.strip():
+                db.execute(statement)
         # Touch every table so a damaged file fails now, with a clear error, not later.
-        for table in ("messages", "floors", "peers", "peer_vectors"):
+        for table in ("messages", "floors", "peers", "peer_vectors", "rooms", "blocked"):
             db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
 
     def start_checkpointer(self) -> None:
@@ -350,6 +366,47 @@ class Store:
                 (room, author, seq),
             )
         ]
+
+    def rooms_joined(self) -> list[tuple[str, str, str, bytes | None, str | None]]:
+        """Return (room, name, kind, key, peer) of every joined room."""
+        return self.db.execute("SELECT room, name, kind, key, peer FROM rooms").fetchall()
+
+    def rooms_left(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT room FROM left_rooms")}
+
+    def join_room(
+        self, room: str, name: str, kind: str, key: bytes | None, peer: str | None
+    ) -> None:
+        with self._transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO rooms(room, name, kind, key, peer) VALUES (?,?,?,?,?)",
+                (room, name, kind, key, peer),
+            )
+            self.db.execute("DELETE FROM left_rooms WHERE room=?", (room,))
+
+    def leave_room(self, room: str) -> None:
+        with self._transaction():
+            self.db.execute("DELETE FROM rooms WHERE room=?", (room,))
+            self.db.execute("INSERT OR IGNORE INTO left_rooms(room) VALUES (?)", (room,))
+
+    def blocked(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT peer_id FROM blocked")}
+
+    def set_blocked(self, peer_id: str, blocked: bool) -> None:
+        with self._transaction():
+            if blocked:
+                self.db.execute("INSERT OR IGNORE INTO blocked(peer_id) VALUES (?)", (peer_id,))
+            else:
+                self.db.execute("DELETE FROM blocked WHERE peer_id=?", (peer_id,))
+
+    def verified(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT peer_id, nick FROM verified").fetchall())
+
+    def set_verified(self, peer_id: str, nick: str) -> None:
+        with self._transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO verified(peer_id, nick) VALUES (?,?)", (peer_id, nick)
+            )
 
     def peer_nicks(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT peer_id, nick FROM peers").fetchall())

@@ -1,0 +1,221 @@
+"""Rooms a node holds: public rooms, private rooms (passphrase) and private conversations.
+
+A room has a wire name (what messages and vectors carry) and a display name.
+Public rooms: both are the validated, lowercase name. Private rooms: the wire
+name is `p.` + a hash of the name (crypto/box.py), so peers without the
+passphrase never see the name, and the key comes from the passphrase.
+Private conversations: the wire name is `dm.` + a hash of both peer ids; a
+node holds the ones it takes part in.
+
+The book also tracks which rooms connected peers announced (for `/rooms` and
+for telling a wrong passphrase), and which peers are blocked or verified.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from chinwag.crypto import box
+from chinwag.crypto.identity import Identity, public_from_peer_id
+from chinwag.errors import UsageError
+from chinwag.protocol import messages as m
+from chinwag.protocol.chat import ChatMessage
+from chinwag.protocol.names import DEFAULT_ROOM
+from chinwag.store.db import Store
+
+log = logging.getLogger(__name__)
+
+PUBLIC, PRIVATE, DM = "public", "private", "dm"
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """A room this node holds."""
+
+    wire: str
+    name: str
+    kind: str
+    key: bytes | None = None
+    #: The other party of a private conversation.
+    peer: str | None = None
+
+    @property
+    def kcv(self) -> bytes:
+        return box.key_check(self.key) if self.key is not None else b""
+
+
+class RoomBook:
+    """Joined rooms, peers' announcements, blocked and verified peers."""
+
+    def __init__(self, store: Store, identity: Identity) -> None:
+        self.store = store
+        self.identity = identity
+        self.me = identity.peer_id
+        self.joined: dict[str, Room] = {}
+        self.announced: dict[str, dict[str, bytes]] = {}
+        self.blocked: set[str] = set()
+        self.verified: dict[str, str] = {}
+        self._undecryptable_logged: set[str] = set()
+
+    def load(self) -> None:
+        for wire, name, kind, key, peer in self.store.rooms_joined():
+            self.joined[wire] = Room(wire, name, kind, key, peer)
+        if DEFAULT_ROOM not in self.joined and DEFAULT_ROOM not in self.store.rooms_left():
+            self.join_public(DEFAULT_ROOM)
+        self.blocked = self.store.blocked()
+        self.verified = self.store.verified()
+
+    # --- joining --------------------------------------------------------
+
+    def join_public(self, name: str) -> Room:
+        room = Room(name, name, PUBLIC)
+        self._save(room)
+        return room
+
+    def join_private(self, name: str, key: bytes) -> Room:
+        """Join a private room; raise UsageError if peers hold it under another passphrase."""
+        wire = box.private_room_id(name)
+        existing = self.joined.get(wire)
+        if existing is not None and existing.key != key:
+            raise UsageError(f"wrong passphrase for private room {name!r}")
+        kcv = box.key_check(key)
+        for peer_id, rooms in self.announced.items():
+            theirs = rooms.get(wire)
+            if theirs is not None and theirs != kcv:
+                raise UsageError(
+                    f"wrong passphrase for private room {name!r} "
+                    f"(peer {peer_id[:8]} is in it with another one)"
+                )
+        room = Room(wire, name, PRIVATE, key)
+        self._save(room)
+        return room
+
+    def join_dm(self, peer_id: str) -> Room:
+        wire = box.dm_room(self.me, peer_id)
+        room = self.joined.get(wire)
+        if room is None:
+            room = Room(wire, "@" + peer_id[:8], DM, None, peer_id)
+            self._save(room)
+        return room
+
+    def leave(self, name: str) -> Room:
+        room = self.find(name)
+        if room is None:
+            raise UsageError(f"you are not in room {name!r}")
+        del self.joined[room.wire]
+        self.store.leave_room(room.wire)
+        return room
+
+    def _save(self, room: Room) -> None:
+        self.joined[room.wire] = room
+        self.store.join_room(room.wire, room.name, room.kind, room.key, room.peer)
+
+    # --- lookups --------------------------------------------------------
+
+    def find(self, name: str) -> Room | None:
+        """Return the joined room with this display or wire name."""
+        lowered = name.lower().lstrip("#")
+        for room in self.joined.values():
+            if room.wire == name or room.name == lowered:
+                return room
+        return None
+
+    def holds(self, wire: str, author: str) -> Room | None:
+        """Return the room if we store and show messages of wire (joining our DMs on sight)."""
+        room = self.joined.get(wire)
+        if room is not None:
+            return room
+        if wire.startswith("dm.") and author != self.me and box.dm_room(self.me, author) == wire:
+            return self.join_dm(author)
+        return None
+
+    def holds_vector(self, wire: str, peer_id: str) -> bool:
+        """Return whether to sync room wire with peer_id."""
+        return self.holds(wire, peer_id) is not None
+
+    def display(self, wire: str) -> str:
+        room = self.joined.get(wire)
+        return room.name if room is not None else wire
+
+    def wires(self) -> list[str]:
+        return sorted(self.joined)
+
+    def announcement(self) -> m.Rooms:
+        """Return the rooms frame we send: public and private rooms, not conversations."""
+        return m.Rooms(
+            joined=[
+                m.RoomAnnounce(room=r.wire, kcv=r.kcv) for r in self.joined.values() if r.kind != DM
+            ]
+        )
+
+    def set_announced(self, peer_id: str, frame: m.Rooms) -> None:
+        self.announced[peer_id] = {a.room: a.kcv for a in frame.joined}
+
+    def forget_peer(self, peer_id: str) -> None:
+        self.announced.pop(peer_id, None)
+
+    def listing(self) -> list[tuple[str, int, bool]]:
+        """Return (display name, members online including us, joined) of every known room."""
+        counts: dict[str, int] = {}
+        for rooms in self.announced.values():
+            for wire in rooms:
+                counts[wire] = counts.get(wire, 0) + 1
+        out = []
+        for wire in sorted(set(counts) | {w for w, r in self.joined.items() if r.kind != DM}):
+            joined = wire in self.joined
+            name = (
+                self.joined[wire].name
+                if joined
+                else ("(private)" if wire.startswith("p.") else wire)
+            )
+            out.append((name, counts.get(wire, 0) + int(joined), joined))
+        return out
+
+    # --- content --------------------------------------------------------
+
+    def plaintext(self, room: Room, msg: ChatMessage) -> str | None:
+        """Return the readable text of a message of a room we hold, or None (logged once)."""
+        body = msg.body
+        if room.kind == PUBLIC:
+            return body.text if not body.enc else None
+        try:
+            if room.kind == DM:
+                return box.open_dm(self.identity, body.enc, msg.author_id == self.me)
+            assert room.key is not None
+            return box.open_room(room.key, body.enc)
+        except box.BadCiphertext as exc:
+            if room.wire not in self._undecryptable_logged:
+                self._undecryptable_logged.add(room.wire)
+                log.warning("dropping a message in %s that does not decrypt: %s", room.name, exc)
+            return None
+
+    def seal(self, room: Room, text: str) -> tuple[str, bytes]:
+        """Return (clear text field, ciphertext) for a new message in room."""
+        if room.kind == PUBLIC:
+            return text, b""
+        if room.kind == DM:
+            assert room.peer is not None
+            return "", box.seal_dm(self.identity, public_from_peer_id(room.peer), text)
+        assert room.key is not None
+        return "", box.seal_room(room.key, text)
+
+    # --- blocking and verification ---------------------------------------
+
+    def set_blocked(self, peer_id: str, blocked: bool) -> None:
+        self.store.set_blocked(peer_id, blocked)
+        if blocked:
+            self.blocked.add(peer_id)
+        else:
+            self.blocked.discard(peer_id)
+
+    def set_verified(self, peer_id: str, nick: str) -> None:
+        self.store.set_verified(peer_id, nick)
+        self.verified[peer_id] = nick
+
+    def impostor_of(self, peer_id: str, nick: str) -> str | None:
+        """Return the verified peer id that used to have this nick, if peer_id is another key."""
+        for verified_id, verified_nick in self.verified.items():
+            if verified_nick == nick and verified_id != peer_id:
+                return verified_id
+        return None
