@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import sys
@@ -22,6 +23,13 @@ def _host_port(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IP address, got {value!r}") from None
 
 
 def _port(value: str) -> int:
@@ -69,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bind",
         default="0.0.0.0",
+        type=_ip,
         help="address to listen on; also limits discovery to that interface",
     )
     p.add_argument(

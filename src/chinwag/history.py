@@ -32,7 +32,7 @@ from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, SeenSet, open_message
 from chinwag.rooms import DM, RoomBook
 from chinwag.protocol.sync import PushRange, SyncState
-from chinwag.store.db import Insert, NewMessage, Row, Store
+from chinwag.store.db import Insert, NewMessage, Row, Store, StoreError
 
 if TYPE_CHECKING:
     from chinwag.net.connection import PeerConnection
@@ -125,7 +125,7 @@ class History:
         floors = self.store.floors()
         for room, author, lo, hi, count in self.store.author_stats():
             base = floors.get((room, author), 1)
-            if lo <= base and count == hi - lo + 1:
+            if lo <= base <= hi + 1 and count == hi - lo + 1:
                 self.sync.load_contiguous(room, author, base, hi)
             else:
                 self.sync.load(room, author, base, self.store.seqs(room, author, base))
@@ -176,9 +176,11 @@ class History:
         try:
             msg = open_message(frame.body, frame.sig, check_signature=False)
             body = msg.body
-            if msg.id in self._seen or msg.id in self._pending_ids:
+            if msg.id in self._pending_ids:
                 return
             author = msg.author_id
+            if msg.id in self._seen and self.sync.holds(body.room, author, body.seq):
+                return
             if self.sync.holds(body.room, author, body.seq):
                 stored = self.store.ids_in_range(body.room, author, body.seq, body.seq)
                 if not stored or stored[0][1] == msg.id:
@@ -220,12 +222,11 @@ class History:
     def sync_frame(self, conn: PeerConnection, frame: m.SyncFrame) -> None:
         """Handle a vector, want or floor from a peer."""
         peer_id = conn.session.peer_id or ""
-        if not isinstance(frame, m.Floor):
-            bucket = self._buckets.setdefault(peer_id, _Bucket(self._loop.time()))
-            if not bucket.take(self._loop.time()):
-                log.warning("disconnecting %s: too many sync requests", peer_id[:8])
-                conn.close("sync_flood")
-                return
+        bucket = self._buckets.setdefault(peer_id, _Bucket(self._loop.time()))
+        if not bucket.take(self._loop.time()):
+            log.warning("disconnecting %s: too many sync requests", peer_id[:8])
+            conn.close("sync_flood")
+            return
         try:
             if isinstance(frame, m.Rooms):
                 self.book.set_announced(peer_id, frame)
@@ -240,6 +241,12 @@ class History:
                     self._start_push(conn, frame.room, [plan])
             else:
                 public_from_peer_id(frame.author)
+                # Only a floor the sender can back: at most what its vector says
+                # it holds of that author, and never for our own messages.
+                backed = self._room_vectors(frame.room).get(peer_id, {}).get(frame.author, 0)
+                if frame.author == self.me or frame.seq > backed:
+                    log.info("ignoring an unbacked floor from %s", peer_id[:8])
+                    return
                 if self.sync.set_floor(frame.room, frame.author, frame.seq):
                     self.store.set_floor(frame.room, frame.author, frame.seq)
                     self._after_change({(frame.room, frame.author)})
@@ -361,8 +368,18 @@ class History:
                 self._accepted(item, row)
                 touched.add((row.room, row.author))
             elif result is Insert.DUPLICATE:
+                # Stored already, but maybe forgotten by the bounded gap tracking.
                 self._seen.add(row.id)
-            elif item.conn is not None:  # equivocation: nothing was stored
+                if not self.sync.holds(row.room, row.author, row.seq):
+                    self.sync.accept(row.room, row.author, row.seq)
+                    touched.add((row.room, row.author))
+            elif item.conn is None:  # our own message clashed with a stored one
+                log.error("own message %s #%d not stored: %s", row.room, row.seq, result.value)
+                self._emit(ev.Error(message=f"message not sent: seq {row.seq} already used"))
+                if item.done is not None and not item.done.done():
+                    item.done.set_exception(StoreError(f"seq {row.seq} already used"))
+                continue
+            else:  # equivocation: nothing was stored
                 log.warning(
                     "disconnecting %s: equivocation by %s (#%d in %s)",
                     (item.conn.session.peer_id or "")[:8],
@@ -387,12 +404,21 @@ class History:
             self._note_sent(self.manager.peers, row.room, row.author, row.seq)
             self._emit(self._message_event(msg, item.text, own=True, late=False))
             return
-        self._emit(self._message_event(msg, item.text, own=False, late=row.late))
-        if item.live and len(self.manager.peers) > 1:
+        self._emit(self._message_event(msg, item.text, own=row.author == self.me, late=row.late))
+        if item.live and len(self.manager.peers) > 1 and self._relayable(item, row):
             exclude = frozenset({item.conn.session.peer_id or "", row.author})
             self.manager.broadcast(plaintext, exclude=exclude)
             targets = [p for p in self.manager.peers if p not in exclude]
             self._note_sent(targets, row.room, row.author, row.seq)
+
+    def _relayable(self, item: _Pending, row: NewMessage) -> bool:
+        """Return whether a stored message may be relayed: only with a verified signature."""
+        if not item.verified:
+            # A peer connected since it arrived: check now, never relay a forgery.
+            item.verified = verify(item.msg.body.author, m.CHAT_CONTEXT + row.body, row.sig)
+            if item.verified:
+                self.store.mark_verified([row.id])
+        return item.verified
 
     def _note_sent(self, peer_ids: Iterable[str], room: str, author: str, seq: int) -> None:
         """Record that seq went live to these peers, if it extends what they hold without a hole."""
@@ -424,9 +450,9 @@ class History:
                 self._vector_sent[(peer_id, room)] = now
 
     def _periodic_sync(self) -> None:
+        self._periodic = self._loop.call_later(limits.SYNC_INTERVAL_S, self._periodic_sync)
         self._dirty_rooms.update(self._rooms())
         self._send_vectors()
-        self._periodic = self._loop.call_later(limits.SYNC_INTERVAL_S, self._periodic_sync)
 
     def _capped_vector(self, room: str) -> dict[str, int]:
         vector = self.sync.vector(room)
@@ -547,8 +573,9 @@ class History:
         for r in plan:
             if r.floor is not None:
                 conn.send_frame(m.Floor(room=room, author=r.author, seq=r.floor))
-            # Within one connection, do not resend what an earlier push already sent.
-            lo = max(r.lo, self._sent.get((peer_id, room, r.author), 0) + 1)
+            # Within one connection, do not resend what was already sent, unless asked.
+            sent = self._sent.get((peer_id, room, r.author), 0)
+            lo = r.lo if r.resend else max(r.lo, sent + 1)
             if lo <= r.hi:
                 ranges.append((r.author, lo, r.hi))
         after: Key = (-1, "", -1)

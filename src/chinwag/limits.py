@@ -92,8 +92,9 @@ MAX_ENC_BYTES = 2 * MAX_TEXT_BYTES + 256
 MAX_PASSPHRASE_CHARS = 1_024
 
 # --- history and sync -------------------------------------------------------
-#: Authors in one vector frame; stops a peer from making us hold a huge map.
-MAX_VECTOR_AUTHORS = 4_096
+#: Authors in one vector frame (about 63 bytes each: must fit in MAX_FRAME); stops a
+#: peer from making us hold a huge map.
+MAX_VECTOR_AUTHORS = 1_000
 #: Messages of one author (per room) offered to a peer that lacks them: a new
 #: node on a busy network gets the recent past, not everything (documented default).
 HISTORY_OFFER = 10_000
@@ -103,8 +104,8 @@ SYNC_BATCH = 500
 MAX_WANT_RANGE = 10_000
 #: Sync requests (vectors + wants) a peer may send per second, sustained, and in a burst;
 #: a peer that exceeds them is disconnected (stops sync-request floods).
-SYNC_REQUESTS_PER_S = 50.0
-SYNC_REQUESTS_BURST = 500.0
+SYNC_REQUESTS_PER_S = 200.0
+SYNC_REQUESTS_BURST = 2_000.0
 #: Seconds between periodic vector exchanges with each peer (anti-entropy safety net).
 SYNC_INTERVAL_S = 15.0
 #: Seconds new messages are batched before our updated vector (receipt) goes out.
@@ -117,8 +118,8 @@ RECEIPT_SAVE_DELAY_S = 2.0
 VECTOR_REPLY_GAP_S = 1.0
 #: Seconds a gap may stay before we ask peers to fill it (a sync push may be filling it).
 GAP_REPAIR_DELAY_S = 0.5
-#: Held-but-not-contiguous seqs tracked per author; beyond it, the oldest are forgotten
-#: and fetched again (stops memory growth from a peer sending sparse seqs).
+#: Held-but-not-contiguous seqs tracked per author; beyond it, the highest are forgotten
+#: (still stored; counted again when re-sent) (stops memory growth from sparse seqs).
 MAX_ABOVE_PER_AUTHOR = 100_000
 #: Messages returned by one history or search command.
 MAX_HISTORY = 10_000

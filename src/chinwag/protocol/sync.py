@@ -54,6 +54,8 @@ class PushRange:
     lo: int
     hi: int
     floor: int | None = None
+    #: Send even what this connection already carried (the peer asked for it).
+    resend: bool = False
 
 
 class SyncState:
@@ -135,10 +137,8 @@ class SyncState:
         offer_from = max(state.base, top - limits.HISTORY_OFFER + 1)
         lo2 = max(lo, offer_from)
         hi2 = min(hi, top, lo2 + limits.MAX_WANT_RANGE - 1)
+        floor = offer_from if lo < offer_from else None
         if hi2 < lo2:
-            return (
-                PushRange(author, offer_from, offer_from - 1, offer_from)
-                if lo < offer_from
-                else None
-            )
-        return PushRange(author, lo2, hi2, offer_from if lo < offer_from else None)
+            # Nothing to send; still tell the asker not to wait for what we do not offer.
+            return None if floor is None else PushRange(author, floor, floor - 1, floor)
+        return PushRange(author, lo2, hi2, floor, resend=True)

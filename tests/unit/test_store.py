@@ -1,0 +1,507 @@
+"""store/db.py: the SQLite message store, on a real database file in tmp_path.
+
+The last section drives history.py's History (store + SyncState) with fake
+connections, for bugs found while testing protocol/sync.py that live in how
+history.py uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chinwag import limits
+from chinwag.crypto.identity import Identity
+from chinwag.events import NodeEvent
+from chinwag.history import History
+from chinwag.protocol import messages as m
+from chinwag.protocol.chat import ChatMessage, make_message
+from chinwag.store.db import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    Insert,
+    NewMessage,
+    Row,
+    Store,
+    StoreError,
+)
+
+ALICE = Identity.from_seed(b"a" * 32)
+BOB = Identity.from_seed(b"b" * 32)
+CAROL = Identity.from_seed(b"c" * 32)
+ME = Identity.from_seed(b"z" * 32)
+MALLORY = Identity.from_seed(b"m" * 32)
+TS = 1_700_000_000_000
+ROOM = "general"
+
+
+def chat(
+    who: Identity, seq: int, text: str = "hello", room: str = ROOM, ts: int = TS
+) -> ChatMessage:
+    return make_message(who, room, "nick", ts, seq, text)
+
+
+def new(
+    who: Identity,
+    seq: int,
+    text: str = "hello",
+    room: str = ROOM,
+    ts: int = TS,
+    late: bool = False,
+    verified: bool = True,
+) -> NewMessage:
+    msg = chat(who, seq, text, room, ts)
+    return NewMessage(
+        id=msg.id,
+        room=room,
+        author=who.peer_id,
+        seq=seq,
+        ts=ts,
+        nick=msg.body.nick,
+        text=text,
+        body=msg.raw_body,
+        sig=msg.sig,
+        late=late,
+        verified=verified,
+    )
+
+
+def key(r: Row) -> tuple[int, str, int]:
+    return (r.ts, r.author, r.seq)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "chinwag.db")
+    yield s
+    s.close()
+
+
+# --- schema ----------------------------------------------------------------
+
+
+def test_schema_created_with_wal(tmp_path: Path) -> None:
+    path = tmp_path / "chinwag.db"
+    s = Store(path)
+    try:
+        db = s.db
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        assert {"messages", "floors", "peers", "peer_vectors", "messages_display"} <= names
+    finally:
+        s.close()
+    # A second connection sees the marks on disk.
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        raw.close()
+
+
+def test_checkpointer_starts_and_stops(store: Store) -> None:
+    store.start_checkpointer()
+    assert store.insert_messages([new(ALICE, 1)]) == [Insert.NEW]
+    store.close()  # stops the thread; the fixture's second close must be harmless too
+
+
+# --- insert_messages -------------------------------------------------------
+
+
+def test_insert_outcomes_within_one_batch(store: Store) -> None:
+    a1 = new(ALICE, 1, "first")
+    a1_other = new(ALICE, 1, "second")  # same (room, author, seq), other content
+    a2 = new(ALICE, 2)
+    b1 = new(BOB, 1)  # same seq, another author
+    a1_dev = new(ALICE, 1, room="dev")  # same seq, another room
+    assert a1.id != a1_other.id
+    results = store.insert_messages([a1, a1, a1_other, a2, b1, a1_dev, a2])
+    assert results == [
+        Insert.NEW,
+        Insert.DUPLICATE,
+        Insert.EQUIVOCATION,
+        Insert.NEW,
+        Insert.NEW,
+        Insert.NEW,
+        Insert.DUPLICATE,
+    ]
+    assert store.get(a1_other.id) is None  # the equivocating copy is not stored
+    row = store.get(a1.id)
+    assert row is not None and row.text == "first"
+
+
+def test_insert_outcomes_across_batches(store: Store) -> None:
+    a1, a2 = new(ALICE, 1, "first"), new(ALICE, 2)
+    assert store.insert_messages([a1]) == [Insert.NEW]  # the single-message path
+    assert store.insert_messages([a1]) == [Insert.DUPLICATE]
+    assert store.insert_messages([new(ALICE, 1, "liar")]) == [Insert.EQUIVOCATION]
+    assert store.insert_messages([a2, a1, new(ALICE, 2, "liar")]) == [
+        Insert.NEW,
+        Insert.DUPLICATE,
+        Insert.EQUIVOCATION,
+    ]
+    assert store.insert_messages([]) == []
+    assert store.author_stats() == [(ROOM, ALICE.peer_id, 1, 2, 2)]
+
+
+def test_insert_keeps_the_flags(store: Store) -> None:
+    msg = new(ALICE, 1, late=True, verified=False)
+    store.insert_messages([msg])
+    row = store.get(msg.id)
+    assert row == Row(msg.id, ROOM, ALICE.peer_id, 1, TS, "nick", "hello", True)
+    assert store.db.execute("SELECT verified FROM messages").fetchone()[0] == 0
+    store.mark_verified([msg.id])
+    assert store.db.execute("SELECT verified FROM messages").fetchone()[0] == 1
+    store.delete([msg.id])
+    assert store.get(msg.id) is None
+
+
+# --- reading ---------------------------------------------------------------
+
+
+def test_history_in_display_order_with_limit(store: Store) -> None:
+    # Ties on ts are broken by author, then seq; another room never shows up.
+    msgs = [
+        new(ALICE, 1, ts=TS + 5),
+        new(ALICE, 2, ts=TS + 5),
+        new(BOB, 1, ts=TS + 5),
+        new(BOB, 2, ts=TS + 1),  # an earlier clock: shown earlier, though seq 2
+        new(CAROL, 1, ts=TS + 9),
+        new(CAROL, 2, ts=TS),
+        new(ALICE, 3, ts=TS + 9),
+        new(ALICE, 1, room="dev", ts=TS),
+    ]
+    shuffled = msgs[:]
+    random.Random(3).shuffle(shuffled)
+    store.insert_messages(shuffled)
+    expected = sorted(
+        ((x.ts, x.author, x.seq) for x in msgs if x.room == ROOM),
+    )
+    rows = store.history(ROOM, 100)
+    assert [key(r) for r in rows] == expected
+    assert all(r.room == ROOM for r in rows)
+    assert [key(r) for r in store.history(ROOM, 3)] == expected[-3:]
+    assert [key(r) for r in store.history(ROOM, 1)] == expected[-1:]
+    assert store.history("nowhere", 10) == []
+    assert store.last_key(ROOM) == expected[-1]
+    assert store.last_key("nowhere") is None
+    assert store.rooms() == ["dev", ROOM]
+
+
+def test_search_escapes_like_wildcards_and_ignores_case(store: Store) -> None:
+    texts = ["50% off", "fifty percent", "a_b", "axb", "back\\slash", "Hello World", "plain"]
+    msgs = [new(ALICE, i + 1, t, ts=TS + i) for i, t in enumerate(texts)]
+    msgs.append(new(BOB, 1, "HELLO from dev", room="dev", ts=TS + 100))
+    store.insert_messages(msgs)
+
+    def found(text: str, limit: int = 100) -> list[str]:
+        return [r.text for r in store.search(text, limit)]
+
+    assert found("%") == ["50% off"]
+    assert found("0%") == ["50% off"]
+    assert found("_") == ["a_b"]
+    assert found("a_b") == ["a_b"]
+    assert found("\\") == ["back\\slash"]
+    assert found("hello") == ["Hello World", "HELLO from dev"]  # any room, oldest first
+    assert found("WORLD") == ["Hello World"]
+    assert found("nothing like it") == []
+    assert found("l", limit=2) == ["plain", "HELLO from dev"]  # the newest two
+
+
+def test_get_and_find_ids(store: Store) -> None:
+    msgs = [new(ALICE, i) for i in range(1, 40)]
+    store.insert_messages(msgs)
+    target = msgs[7]
+    row = store.get(target.id)
+    assert row is not None and (row.author, row.seq) == (ALICE.peer_id, 8)
+    assert store.get("0" * 32) is None
+    assert target.id in store.find_ids(target.id[:6])
+    assert store.find_ids(target.id[:6].upper()) == store.find_ids(target.id[:6])
+    assert store.find_ids(target.id) == [target.id]
+    ids = {x.id for x in msgs}
+    for prefix_len in (1, 2):
+        prefix = target.id[:prefix_len]
+        got = store.find_ids(prefix)
+        assert got and len(got) <= 5
+        assert all(i.startswith(prefix) for i in got)
+    assert len(store.find_ids("")) == 5  # capped
+    assert set(store.find_ids("")) <= ids
+    assert store.find_ids("zz") == []
+
+
+def test_seqs_and_ids_in_range(store: Store) -> None:
+    store.insert_messages([new(ALICE, s) for s in (1, 2, 3, 7, 9)])
+    assert store.seqs(ROOM, ALICE.peer_id, 3) == [3, 7, 9]
+    assert [s for s, _ in store.ids_in_range(ROOM, ALICE.peer_id, 2, 7)] == [2, 3, 7]
+    assert store.ids_in_range(ROOM, BOB.peer_id, 1, 9) == []
+
+
+def test_floors_round_trip(store: Store) -> None:
+    assert store.floors() == {}
+    store.set_floor(ROOM, ALICE.peer_id, 16)
+    store.set_floor("dev", ALICE.peer_id, 3)
+    store.set_floor(ROOM, ALICE.peer_id, 20)  # replaces
+    assert store.floors() == {(ROOM, ALICE.peer_id): 20, ("dev", ALICE.peer_id): 3}
+
+
+def test_peer_vectors_round_trip(store: Store) -> None:
+    a, b = ALICE.peer_id, BOB.peer_id
+    store.set_peer_vector("p1", ROOM, {a: 5, b: 2})
+    store.set_peer_vector("p2", ROOM, {a: 7})
+    store.set_peer_vector("p1", "dev", {a: 1})
+    store.set_peer_vector("p1", ROOM, {a: 6})  # updates one author, keeps the other
+    assert store.peer_vectors(ROOM) == {"p1": {a: 6, b: 2}, "p2": {a: 7}}
+    assert store.peer_vectors("dev") == {"p1": {a: 1}}
+    assert store.peer_vectors("nowhere") == {}
+    assert sorted(store.holders(ROOM, a, 6)) == ["p1", "p2"]
+    assert store.holders(ROOM, a, 7) == ["p2"]
+    assert store.holders(ROOM, b, 3) == []
+    store.save_peer("p1", "alice", "10.0.0.1:4000")
+    store.save_peer("p1", "alice2", "10.0.0.1:4001")
+    assert store.peer_nicks() == {"p1": "alice2"}
+
+
+# --- push_batch --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 100])
+def test_push_batch_pages_each_message_once_oldest_first(store: Store, limit: int) -> None:
+    rng = random.Random(limit)
+    msgs = []
+    for who in (ALICE, BOB, CAROL):
+        for seq in range(1, 11):
+            # Few distinct timestamps: many ties between authors, and clocks that go back.
+            msgs.append(new(who, seq, ts=TS + rng.randrange(4)))
+    msgs += [new(ALICE, s, room="dev") for s in range(1, 11)]  # another room: never sent
+    rng.shuffle(msgs)
+    store.insert_messages(msgs)
+    ranges = [(ALICE.peer_id, 2, 7), (BOB.peer_id, 1, 10), (CAROL.peer_id, 5, 5)]
+    expected = sorted(
+        (x.ts, x.author, x.seq)
+        for x in msgs
+        if x.room == ROOM and any(x.author == a and lo <= x.seq <= hi for a, lo, hi in ranges)
+    )
+    got: list[tuple[int, str, int]] = []
+    after = (-1, "", -1)  # as history.py starts
+    for _ in range(100):
+        rows = store.push_batch(ROOM, ranges, after, limit)
+        assert len(rows) <= limit
+        got += [(ts, author, seq) for _id, ts, author, seq, _b, _s, _v in rows]
+        if len(rows) < limit:
+            break
+        after = (rows[-1][1], rows[-1][2], rows[-1][3])
+    assert got == expected  # each exactly once, in display order
+    assert len(set(got)) == len(got) == 6 + 10 + 1
+
+
+def test_push_batch_rows_are_the_signed_originals(store: Store) -> None:
+    msg = chat(ALICE, 1)
+    store.insert_messages([new(ALICE, 1)])
+    rows = store.push_batch(ROOM, [(ALICE.peer_id, 1, 1)], (-1, "", -1), 10)
+    assert rows == [(msg.id, TS, ALICE.peer_id, 1, msg.raw_body, msg.sig, 1)]
+    assert store.push_batch(ROOM, [], (-1, "", -1), 10) == []
+
+
+# --- files that are not ours ---------------------------------------------------
+
+
+def make_sqlite(path: Path, app_id: int, user_version: int = 0, table: bool = True) -> None:
+    db = sqlite3.connect(path)
+    if table:
+        db.execute("CREATE TABLE accounts(name TEXT, balance INTEGER)")
+        db.execute("INSERT INTO accounts VALUES ('x', 1)")
+    db.execute(f"PRAGMA application_id={app_id}")
+    db.execute(f"PRAGMA user_version={user_version}")
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("app_id", "table", "user_version", "message"),
+    [
+        (0, True, 0, "is not a chinwag database"),
+        (0x12345678, True, 0, "is not a chinwag database"),
+        (0x12345678, False, 0, "is not a chinwag database"),
+        (APPLICATION_ID, True, SCHEMA_VERSION + 1, "schema version"),
+    ],
+    ids=["other-table-app-id-0", "other-app-id", "other-app-id-empty", "newer-schema"],
+)
+def test_foreign_sqlite_database_is_refused_untouched(
+    tmp_path: Path, app_id: int, table: bool, user_version: int, message: str
+) -> None:
+    path = tmp_path / "other.db"
+    make_sqlite(path, app_id, user_version, table)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=message) as exc:
+        Store(path)
+    assert str(path) in str(exc.value)
+    assert path.read_bytes() == before
+    if table:
+        db = sqlite3.connect(path)
+        assert db.execute("SELECT * FROM accounts").fetchall() == [("x", 1)]
+        db.close()
+
+
+def test_not_sqlite_at_all_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "noise.db"
+    path.write_bytes(random.Random(7).randbytes(8192))
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="not a usable chinwag database"):
+        Store(path)
+    assert path.read_bytes() == before
+
+
+def test_reopen_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "chinwag.db"
+    msgs = [new(ALICE, s, f"t{s}", ts=TS + s) for s in range(1, 6)] + [new(BOB, 1, room="dev")]
+    s = Store(path)
+    s.start_checkpointer()
+    s.insert_messages(msgs)
+    s.set_floor(ROOM, BOB.peer_id, 4)
+    s.set_peer_vector("p1", ROOM, {ALICE.peer_id: 5})
+    s.save_peer("p1", "alice", "10.0.0.1:4000")
+    history, stats = s.history(ROOM, 10), sorted(s.author_stats())
+    s.close()
+    s = Store(path)
+    try:
+        assert s.history(ROOM, 10) == history
+        assert sorted(s.author_stats()) == stats
+        assert s.floors() == {(ROOM, BOB.peer_id): 4}
+        assert s.peer_vectors(ROOM) == {"p1": {ALICE.peer_id: 5}}
+        assert s.peer_nicks() == {"p1": "alice"}
+        assert s.insert_messages([msgs[0]]) == [Insert.DUPLICATE]
+        assert s.insert_messages([new(ALICE, 1, "other")]) == [Insert.EQUIVOCATION]
+    finally:
+        s.close()
+
+
+# --- history.py on a real store: bugs found while testing sync ------------------
+
+
+@dataclass
+class FakeSession:
+    peer_id: str
+
+
+@dataclass
+class FakeConn:
+    """The part of PeerConnection that History uses."""
+
+    peer_id: str
+    sent: list[object] = field(default_factory=list)
+    closed: str | None = None
+
+    @property
+    def session(self) -> FakeSession:
+        return FakeSession(self.peer_id)
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed is None
+
+    def send_frame(self, frame: m.Frame) -> None:
+        self.sent.append(frame)
+
+    def send_encoded(self, plaintext: bytes) -> None:
+        self.sent.append(plaintext)
+
+    def close(self, reason: str, linger: bool = False) -> None:
+        self.closed = reason
+
+    async def wait_drained(self, limit_s: float) -> bool:
+        return True
+
+
+@dataclass
+class FakeManager:
+    """The part of ConnectionManager that History uses: no peers, sends go nowhere."""
+
+    peers: dict[str, FakeConn] = field(default_factory=dict)
+    frames: list[m.Frame] = field(default_factory=list)
+
+    def broadcast(self, plaintext: bytes, exclude: frozenset[str] = frozenset()) -> None:
+        pass
+
+    def broadcast_frame(self, frame: m.Frame) -> None:
+        self.frames.append(frame)
+
+
+def make_history(store: Store) -> tuple[History, list[NodeEvent]]:
+    """A loaded History of ME over store, with no peers connected."""
+    events: list[NodeEvent] = []
+    manager: Any = FakeManager()
+    history = History(store, ME, manager, events.append)
+    history.load()
+    return history, events
+
+
+async def turn() -> None:
+    """Let History's call_soon group commit run."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_history_recovers_seqs_forgotten_by_the_above_bound(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "MAX_ABOVE_PER_AUTHOR", 2)
+    history, _events = make_history(store)
+    conn: Any = FakeConn(ALICE.peer_id)  # straight from the author
+    msgs = [chat(ALICE, s) for s in range(1, 6)]
+
+    def send(seq: int) -> None:
+        msg = msgs[seq - 1]
+        history.chat_received(conn, m.Chat(body=msg.raw_body, sig=msg.sig, hist=True))
+
+    try:
+        for seq in (2, 3, 4):  # 4 overflows `above` and is forgotten (but stored)
+            send(seq)
+            await turn()
+        send(1)
+        await turn()
+        assert history.sync.author(ROOM, ALICE.peer_id).have == 3
+        for seq in (4, 5):  # the refetch of 4 (a Want or the next push), then 5
+            send(seq)
+            await turn()
+        assert conn.closed is None
+        assert [r.seq for r in store.history(ROOM, 10)] == [1, 2, 3, 4, 5]
+        assert history.sync.vector(ROOM) == {ALICE.peer_id: 5}
+    finally:
+        await history.close()
+
+
+@pytest.mark.parametrize("whose", ["own", "other"])
+async def test_history_ignores_a_floor_nobody_backs(store: Store, whose: str) -> None:
+    store.insert_messages([new(ME, s) for s in (1, 2)] + [new(ALICE, s) for s in (1, 2)])
+    history, _events = make_history(store)
+    author = ME.peer_id if whose == "own" else ALICE.peer_id
+    mallory: Any = FakeConn(MALLORY.peer_id)  # sent no vector: claims to hold nothing
+    try:
+        history.sync_frame(mallory, m.Floor(room=ROOM, author=author, seq=10**12))
+        await turn()
+        assert history.sync.vector(ROOM) == {ME.peer_id: 2, ALICE.peer_id: 2}
+        assert store.floors() == {}
+        assert history.next_seq(ROOM) == 3
+    finally:
+        await history.close()
+
+
+async def test_history_load_with_a_floor_above_what_is_stored(store: Store) -> None:
+    # We held 1..10 of alice, then a peer's Floor at 16 arrived and we stopped before
+    # its messages did.
+    store.insert_messages([new(ALICE, s) for s in range(1, 11)])
+    store.set_floor(ROOM, ALICE.peer_id, 16)
+    history, _events = make_history(store)
+    try:
+        assert history.sync.vector(ROOM) == {ALICE.peer_id: 15}
+    finally:
+        await history.close()
