@@ -51,9 +51,7 @@ class Message(msgspec.Struct, frozen=True, tag_field="event", tag="message", omi
     late: bool = False
 
 
-class DirectMessage(
-    msgspec.Struct, frozen=True, tag_field="event", tag="dm", omit_defaults=True
-):
+class DirectMessage(msgspec.Struct, frozen=True, tag_field="event", tag="dm", omit_defaults=True):
     """A private message; `peer_id` is its author, `to` its recipient, `own` if we wrote it."""
 
     id: str
@@ -142,7 +140,7 @@ class History(msgspec.Struct, frozen=True, tag_field="event", tag="history"):
     """The last messages of a room in display order, answering a `history` command."""
 
     room: str
-    messages: list[Message]
+    messages: list[Message | DirectMessage]
 
 
 class Delivered(msgspec.Struct, frozen=True, tag_field="event", tag="delivered"):
@@ -182,7 +180,7 @@ class SearchResult(msgspec.Struct, frozen=True, tag_field="event", tag="search")
     """Messages containing a text, answering a `search` command (oldest first)."""
 
     text: str
-    messages: list[Message]
+    messages: list[Message | DirectMessage]
 
 
 class Error(msgspec.Struct, frozen=True, tag_field="event", tag="error"):
@@ -205,4 +203,10 @@ NodeEvent = (
     | GapFilled
     | Info
     | SearchResult
+    | DirectMessage
+    | Joined
+    | Left
+    | RoomList
+    | Whois
+    | Alert
 )

@@ -30,8 +30,8 @@ from chinwag.crypto.identity import Identity, public_from_peer_id, verify
 from chinwag.errors import RemoteProtocolError
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, SeenSet, open_message
-from chinwag.rooms import DM, RoomBook
 from chinwag.protocol.sync import PushRange, SyncState
+from chinwag.rooms import DM, RoomBook
 from chinwag.store.db import Insert, NewMessage, Row, Store, StoreError
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ class History:
         self._want_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._unsaved: dict[tuple[str, str], dict[str, int]] = {}
         self._vector_sent: dict[tuple[str, str], float] = {}
+        self._author_nicks: dict[str, str] = store.peer_nicks()
         self._save_handle: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -395,6 +396,9 @@ class History:
 
     def _accepted(self, item: _Pending, row: NewMessage) -> None:
         msg = item.msg
+        if self._author_nicks.get(row.author) != row.nick:
+            self._author_nicks[row.author] = row.nick
+            self.store.note_author(row.author, row.nick)
         self._seen.add(msg.id)
         self.sync.accept(row.room, row.author, row.seq)
         plaintext = m.encode(m.Chat(body=msg.raw_body, sig=msg.sig))

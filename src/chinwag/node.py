@@ -8,6 +8,7 @@ public.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import logging
 import random
@@ -18,7 +19,14 @@ from pathlib import Path
 
 from chinwag import events as ev
 from chinwag import limits
-from chinwag.crypto.identity import load_or_create_identity
+from chinwag.crypto import box
+from chinwag.crypto.identity import (
+    BadIdentity,
+    fingerprint,
+    load_or_create_identity,
+    public_from_peer_id,
+    short_id,
+)
 from chinwag.crypto.noise import generate_static_private
 from chinwag.datadir import DataDir
 from chinwag.errors import UsageError
@@ -31,6 +39,7 @@ from chinwag.protocol.chat import make_message
 from chinwag.protocol.discovery import encode_beacon
 from chinwag.protocol.names import DEFAULT_ROOM, validate_nick, validate_room, validate_text
 from chinwag.protocol.session import Closed, LocalInfo
+from chinwag.rooms import PRIVATE, Room, RoomBook
 from chinwag.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -71,6 +80,7 @@ class Node:
         self.datadir = DataDir(config.data_dir)
         self._subscribers: list[Callable[[ev.NodeEvent], None]] = []
         self._history: History | None = None
+        self._book: RoomBook | None = None
         self._store: Store | None = None
         self._rng = random.Random()
         self._manager: ConnectionManager | None = None
@@ -104,7 +114,11 @@ class Node:
             self._store = Store(self.config.data_dir / "chinwag.db")
             self._store.start_checkpointer()
             self._manager = ConnectionManager(lambda: self._local_info(), self, self._rng)
-            self._history = History(self._store, self.identity, self._manager, self._emit)
+            self._book = RoomBook(self._store, self.identity)
+            self._book.load()
+            self._history = History(
+                self._store, self.identity, self._manager, self._emit, self._book
+            )
             self._history.load()
             self.port = await self._manager.listen(
                 self.config.bind, self.config.port, self.config.port_fallback
@@ -162,20 +176,141 @@ class Node:
 
     # --- commands -------------------------------------------------------
 
-    def post(self, text: str, room: str | None = None) -> asyncio.Future[ev.Message]:
-        """Sign and queue a message; the future resolves once it is stored and sent.
+    def post(self, text: str, room: str | None = None) -> asyncio.Future[ev.NodeEvent]:
+        """Sign and queue a message to a joined room; resolves once it is stored and sent.
 
-        Raises UsageError at once for invalid text or room. Messages posted in
-        one event-loop turn share one commit.
+        Raises UsageError at once for invalid text or a room we are not in.
+        Messages posted in one event-loop turn share one commit.
         """
-        text = validate_text(text)
-        room = validate_room(room) if room is not None else DEFAULT_ROOM
-        history = self._require_history()
-        seq = history.next_seq(room)
-        msg = make_message(self.identity, room, self.nick, int(time.time() * 1000), seq, text)
-        return history.submit_own(msg)
+        return self._post(self._joined_room(room), validate_text(text))
 
-    async def send(self, text: str, room: str | None = None) -> ev.Message:
+    def dm(self, who: str, text: str) -> asyncio.Future[ev.NodeEvent]:
+        """Send a private message (end-to-end encrypted) to a peer named by nick or id."""
+        text = validate_text(text)
+        peer_id = self.resolve_peer(who)
+        if peer_id == self.identity.peer_id:
+            raise UsageError("that is you")
+        return self._post(self._require_book().join_dm(peer_id), text)
+
+    def _post(self, room: Room, text: str) -> asyncio.Future[ev.NodeEvent]:
+        history = self._require_history()
+        clear, enc = self._require_book().seal(room, text)
+        seq = history.next_seq(room.wire)
+        msg = make_message(
+            self.identity, room.wire, self.nick, int(time.time() * 1000), seq, clear, enc
+        )
+        return history.submit_own(msg, text)
+
+    def _joined_room(self, name: str | None) -> Room:
+        book = self._require_book()
+        room = book.find(name if name is not None else DEFAULT_ROOM)
+        if room is None:
+            if name is not None:
+                validate_room(name)
+            raise UsageError(f"you are not in room {name or DEFAULT_ROOM!r}; /join it first")
+        return room
+
+    async def join(self, name: str, passphrase: str | None = None) -> ev.Joined:
+        """Join a room (private with a passphrase) and fetch its history from peers."""
+        book = self._require_book()
+        if passphrase is not None:
+            if not passphrase or len(passphrase) > limits.MAX_PASSPHRASE_CHARS:
+                raise UsageError(f"a passphrase has 1-{limits.MAX_PASSPHRASE_CHARS} characters")
+            canonical = validate_room(name)
+            # Argon2id takes about 0.1 s and 64 MiB: keep it off the event loop.
+            key = await asyncio.to_thread(box.derive_room_key, canonical, passphrase)
+            room = book.join_private(canonical, key)
+        else:
+            canonical = validate_room(name)
+            existing = book.find(canonical)
+            if existing is not None and existing.kind == PRIVATE:
+                raise UsageError(f"{canonical!r} is a private room: join it with its passphrase")
+            if len(book.joined) >= limits.MAX_ROOMS:
+                raise UsageError(f"you are in {limits.MAX_ROOMS} rooms already")
+            room = book.join_public(canonical)
+        self._require_history().room_changed(room.wire)
+        event = ev.Joined(room=room.name, private=room.kind == PRIVATE)
+        self._emit(event)
+        return event
+
+    def leave(self, name: str) -> ev.Left:
+        """Leave a room: its messages are no longer stored, shown or synced."""
+        room = self._require_book().leave(name)
+        self._require_history().room_changed(room.wire)
+        event = ev.Left(room=room.name)
+        self._emit(event)
+        return event
+
+    def rooms(self) -> ev.RoomList:
+        """Return the rooms known on the network with their online member counts."""
+        return ev.RoomList(
+            rooms=[
+                ev.RoomInfo(name=name, members=members, joined=joined)
+                for name, members, joined in self._require_book().listing()
+            ]
+        )
+
+    def resolve_peer(self, who: str) -> str:
+        """Return the peer id named by a nick, a full id or an id prefix (8+ chars).
+
+        Raises UsageError if nobody or several peers match (listing them by short id).
+        """
+        who = who.strip().lstrip("@")
+        known = self._known_nicks()
+        if who in known:
+            return who
+        with contextlib.suppress(BadIdentity):
+            public_from_peer_id(who)
+            return who  # a full peer id we have not met yet: fine, it is its own key
+        if len(who) >= 8:
+            by_prefix = [p for p in known if p.startswith(who.lower())]
+            if len(by_prefix) == 1:
+                return by_prefix[0]
+        by_nick = sorted(p for p, nick in known.items() if nick == who)
+        if len(by_nick) == 1:
+            return by_nick[0]
+        if by_nick:
+            candidates = ", ".join(short_id(p) for p in by_nick)
+            raise UsageError(f"several peers are called {who!r}: {candidates}; use an id")
+        raise UsageError(f"no known peer {who[:40]!r}")
+
+    def _known_nicks(self) -> dict[str, str]:
+        known = self._require_store().peer_nicks()
+        known.update(self._nicks)
+        known[self.identity.peer_id] = self.nick
+        return known
+
+    def whois(self, who: str) -> ev.Whois:
+        """Return who a peer is: id, fingerprint, verified, safety number."""
+        peer_id = self.resolve_peer(who)
+        book = self._require_book()
+        return ev.Whois(
+            peer_id=peer_id,
+            nick=self._known_nicks().get(peer_id, "?"),
+            fingerprint=fingerprint(peer_id),
+            verified=peer_id in book.verified,
+            safety_number=box.safety_number(self.identity.public, public_from_peer_id(peer_id)),
+            blocked=peer_id in book.blocked,
+            online=peer_id in self._nicks,
+        )
+
+    def verify(self, who: str, confirm: bool) -> ev.Whois:
+        """Show the safety number for a peer; with confirm, mark the peer verified."""
+        info = self.whois(who)
+        if confirm:
+            self._require_book().set_verified(info.peer_id, info.nick)
+            info = self.whois(info.peer_id)
+        return info
+
+    def block(self, who: str, blocked: bool = True) -> ev.Whois:
+        """Block (or unblock) a peer: its messages are neither stored nor shown."""
+        peer_id = self.resolve_peer(who)
+        if peer_id == self.identity.peer_id:
+            raise UsageError("you cannot block yourself")
+        self._require_book().set_blocked(peer_id, blocked)
+        return self.whois(peer_id)
+
+    async def send(self, text: str, room: str | None = None) -> ev.NodeEvent:
         """Post a message and wait until it is stored and sent (and congested peers drained)."""
         event = await self.post(text, room)
         await self._require_manager().wait_drained()
@@ -189,11 +324,14 @@ class Node:
         await self._require_manager().wait_drained()
 
     def history(self, room: str | None = None, limit: int = 100) -> ev.History:
-        """Return the last `limit` messages of a room in display order."""
-        room = validate_room(room) if room is not None else DEFAULT_ROOM
+        """Return the last `limit` messages of a room (or `@peer` conversation), oldest first."""
         if limit < 1:
             raise UsageError("limit must be at least 1")
-        return self._require_history().history(room, limit)
+        if room is not None and room.startswith("@"):
+            wire = self._require_book().join_dm(self.resolve_peer(room)).wire
+        else:
+            wire = self._joined_room(room).wire
+        return self._require_history().history(wire, limit)
 
     def search(self, text: str, limit: int = 50) -> ev.SearchResult:
         """Return messages containing text."""
@@ -214,9 +352,17 @@ class Node:
         ]
         return ev.Info(id=row.id, room=row.room, peer_id=row.author, seq=row.seq, holders=holders)
 
-    def delivery_of(self, room: str, seq: int) -> tuple[int, int]:
-        """Return (peers holding, peers known in the room) for our message seq in room."""
-        return self._require_history().delivery(room, seq)
+    def delivery_of(self, msg: ev.Message | ev.DirectMessage) -> tuple[int, int]:
+        """Return (peers holding, peers known in the room) for one of our messages."""
+        book = self._require_book()
+        if isinstance(msg, ev.DirectMessage):
+            wire = book.join_dm(msg.to).wire
+        else:
+            room = book.find(msg.room)
+            if room is None:
+                return 0, 0
+            wire = room.wire
+        return self._require_history().delivery(wire, msg.seq)
 
     def set_nick(self, nick: str) -> None:
         """Change our nick, save it and tell every peer."""
@@ -264,6 +410,15 @@ class Node:
             peer_id, self._nicks[peer_id], f"{conn.address[0]}:{conn.address[1]}"
         )
         self._require_history().peer_joined(conn)
+        impostor = self._require_book().impostor_of(peer_id, self._nicks[peer_id])
+        if impostor is not None:
+            self._emit(
+                ev.Alert(
+                    message=f"{self._nicks[peer_id]!r} is now a different key "
+                    f"({short_id(peer_id)}) than the one you verified ({short_id(impostor)})",
+                    peer_id=peer_id,
+                )
+            )
         self._emit(
             ev.PeerJoined(
                 peer_id=peer_id,
@@ -307,6 +462,11 @@ class Node:
         if self._history is None:
             raise UsageError("the node is not started")
         return self._history
+
+    def _require_book(self) -> RoomBook:
+        if self._book is None:
+            raise UsageError("the node is not started")
+        return self._book
 
     def _require_store(self) -> Store:
         if self._store is None:

@@ -33,6 +33,7 @@ def body_bytes(**changes: object) -> bytes:
         "ts": TS,
         "seq": 1,
         "text": "hello",
+        "enc": b"",
     }
     fields.update(changes)
     return msgspec.msgpack.encode(list(fields.values()))

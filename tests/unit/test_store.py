@@ -21,6 +21,7 @@ from chinwag import limits
 from chinwag.crypto.identity import Identity
 from chinwag.events import NodeEvent
 from chinwag.history import History
+from chinwag.rooms import RoomBook
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.store.db import (
@@ -439,7 +440,9 @@ def make_history(store: Store) -> tuple[History, list[NodeEvent]]:
     """A loaded History of ME over store, with no peers connected."""
     events: list[NodeEvent] = []
     manager: Any = FakeManager()
-    history = History(store, ME, manager, events.append)
+    book = RoomBook(store, ME)
+    book.load()
+    history = History(store, ME, manager, events.append, book)
     history.load()
     return history, events
 

@@ -145,7 +145,7 @@ def error_of(line: bytes) -> str:
 def test_unknown_command(line: bytes) -> None:
     message = error_of(line)
     assert "unknown command" in message
-    assert "history, info, nick, peers, quit, search, send" in message
+    assert "history, info, join, leave, nick, peers, quit, rooms, search, send" in message
 
 
 def test_unknown_command_name_is_truncated_in_the_error() -> None:

@@ -159,7 +159,7 @@ class _TagOnly(msgspec.Struct):
 # --- signed chat body -------------------------------------------------------
 
 
-class ChatBody(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+class ChatBody(msgspec.Struct, frozen=True, array_like=True):
     """The signed content of a chat message; its id is SHA-256 over the encoded body.
 
     `ts` is the author's clock in milliseconds since the Unix epoch; `seq`

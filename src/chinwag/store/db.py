@@ -408,6 +408,14 @@ class Store:
                 "INSERT OR REPLACE INTO verified(peer_id, nick) VALUES (?,?)", (peer_id, nick)
             )
 
+    def note_author(self, peer_id: str, nick: str) -> None:
+        """Remember the nick an author signs with (peers we never met directly too)."""
+        self.db.execute(
+            "INSERT INTO peers(peer_id, nick, address, last_seen) VALUES (?,?,'',0) "
+            "ON CONFLICT(peer_id) DO UPDATE SET nick=excluded.nick",
+            (peer_id, nick),
+        )
+
     def peer_nicks(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT peer_id, nick FROM peers").fetchall())
 

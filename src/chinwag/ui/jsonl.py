@@ -57,8 +57,77 @@ class InfoCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="info"):
     id: str
 
 
-Command = Send | PeersCmd | NickCmd | Quit | HistoryCmd | SearchCmd | InfoCmd
-COMMANDS = frozenset({"send", "peers", "nick", "quit", "history", "search", "info"})
+class JoinCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="join"):
+    room: str
+    passphrase: str | None = None
+
+
+class LeaveCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="leave"):
+    room: str
+
+
+class RoomsCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="rooms"):
+    pass
+
+
+class DmCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="dm"):
+    to: str
+    text: str
+
+
+class WhoisCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="whois"):
+    who: str
+
+
+class VerifyCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="verify"):
+    who: str
+    confirm: bool = False
+
+
+class BlockCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="block"):
+    who: str
+
+
+class UnblockCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="unblock"):
+    who: str
+
+
+Command = (
+    Send
+    | PeersCmd
+    | NickCmd
+    | Quit
+    | HistoryCmd
+    | SearchCmd
+    | InfoCmd
+    | JoinCmd
+    | LeaveCmd
+    | RoomsCmd
+    | DmCmd
+    | WhoisCmd
+    | VerifyCmd
+    | BlockCmd
+    | UnblockCmd
+)
+COMMANDS = frozenset(
+    {
+        "send",
+        "peers",
+        "nick",
+        "quit",
+        "history",
+        "search",
+        "info",
+        "join",
+        "leave",
+        "rooms",
+        "dm",
+        "whois",
+        "verify",
+        "block",
+        "unblock",
+    }
+)
 #: Sends accepted but not yet committed before we stop reading stdin (back-pressure).
 MAX_IN_FLIGHT = 2_000
 
@@ -94,7 +163,7 @@ class JsonLinesUI:
     def __init__(self, node: Node, out: BinaryIO | None = None) -> None:
         self.node = node
         self.out = out if out is not None else sys.stdout.buffer
-        self._in_flight: deque[asyncio.Future[ev.Message]] = deque()
+        self._in_flight: deque[asyncio.Future[ev.NodeEvent]] = deque()
         self._buffer = bytearray()
         self._flush_scheduled = False
         node.subscribe(self.write_event)
@@ -149,9 +218,12 @@ class JsonLinesUI:
                 self.node.error(f"internal error: {type(exc).__name__}")
 
     async def handle(self, cmd: Command) -> None:
-        if isinstance(cmd, Send):
+        if isinstance(cmd, Send | DmCmd):
             # Not awaited one by one: sends of one loop turn share one commit.
-            self._in_flight.append(self.node.post(cmd.text, cmd.room))
+            if isinstance(cmd, Send):
+                self._in_flight.append(self.node.post(cmd.text, cmd.room))
+            else:
+                self._in_flight.append(self.node.dm(cmd.to, cmd.text))
             while self._in_flight and self._in_flight[0].done():
                 done = self._in_flight.popleft()
                 if not done.cancelled():
@@ -166,6 +238,18 @@ class JsonLinesUI:
             self.write_event(self.node.search(cmd.text, cmd.limit))
         elif isinstance(cmd, InfoCmd):
             self.write_event(self.node.info(cmd.id))
+        elif isinstance(cmd, JoinCmd):
+            await self.node.join(cmd.room, cmd.passphrase)
+        elif isinstance(cmd, LeaveCmd):
+            self.node.leave(cmd.room)
+        elif isinstance(cmd, RoomsCmd):
+            self.write_event(self.node.rooms())
+        elif isinstance(cmd, WhoisCmd):
+            self.write_event(self.node.whois(cmd.who))
+        elif isinstance(cmd, VerifyCmd):
+            self.write_event(self.node.verify(cmd.who, cmd.confirm))
+        elif isinstance(cmd, BlockCmd | UnblockCmd):
+            self.write_event(self.node.block(cmd.who, isinstance(cmd, BlockCmd)))
         elif isinstance(cmd, PeersCmd):
             self.write_event(self.node.peers())
         elif isinstance(cmd, NickCmd):

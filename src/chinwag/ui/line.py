@@ -29,6 +29,15 @@ HELP = """commands:
   /peers           connected peers (nick, short id, address, connected since)
   /nick NAME       change your nick
   /id              your peer id and fingerprint
+  /join ROOM [--passphrase [PASS]]
+                   join (or create) a room; with a passphrase, a private room
+  /leave ROOM      leave a room
+  /rooms           rooms on the network, with members online
+  /switch ROOM     send what you type to another joined room
+  /msg WHO TEXT    private message (end-to-end encrypted) to a nick or peer id
+  /whois WHO       full peer id, fingerprint, verified or not
+  /verify WHO [yes]  safety number to compare aloud; "yes" marks the peer verified
+  /block WHO, /unblock WHO   hide (and do not store) a peer's messages
   /history [N]     the last N messages of the room (default 20)
   /search TEXT     messages containing TEXT
   /info MSGID      who holds a message (ids are shown as [abcd1234] after yours)
@@ -55,6 +64,8 @@ class LineUI:
         self.colour = self.interactive if colour is None else colour
         self._print: Callable[[str], None] = self._plain_print
         self._delivered: list[ev.Delivered] = []
+        #: Where typed lines go.
+        self.room = "general"
         node.subscribe(self.on_event)
         self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
             "help": self._help,
@@ -65,6 +76,15 @@ class LineUI:
             "history": self._history,
             "search": self._search,
             "info": self._info_cmd,
+            "join": self._join,
+            "leave": self._leave,
+            "rooms": self._rooms,
+            "switch": self._switch,
+            "msg": self._msg,
+            "whois": self._whois,
+            "verify": self._verify,
+            "block": self._block,
+            "unblock": self._unblock,
         }
 
     # --- output ---------------------------------------------------------
@@ -76,21 +96,36 @@ class LineUI:
     def _paint(self, code: str, text: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.colour else text
 
-    def format_message(self, event: ev.Message, mark: str = "") -> str:
+    def format_message(self, event: ev.Message | ev.DirectMessage, mark: str = "") -> str:
         """Return one message as a display line: time, room, nick, short id, text, marks."""
         stamp = dt.datetime.fromtimestamp(event.ts)
         when = stamp.strftime("%H:%M:%S" if stamp.date() == dt.date.today() else "%m-%d %H:%M")
         who = self._paint(nick_colour(event.peer_id), clean(event.nick))
         sid = self._paint("2", short_id(event.peer_id))
-        room = "" if event.room == "general" else f"#{event.room} "
+        if isinstance(event, ev.DirectMessage):
+            room = self._paint(
+                "35", f"[private to {short_id(event.to)}] " if event.own else "[private] "
+            )
+        else:
+            room = "" if event.room == self.room else f"#{event.room} "
         text = clean(event.text).replace("\n", "\n    ")
         late = self._paint("33", " (late)") if event.late else ""
         tail = self._paint("2", f"  [{event.id[:8]}{mark}]") if event.own or mark else ""
         return f"{self._paint('2', when)} {room}{who} {sid}: {text}{late}{tail}"
 
     def on_event(self, event: ev.NodeEvent) -> None:
-        if isinstance(event, ev.Message):
+        if isinstance(event, ev.Message | ev.DirectMessage):
             self._print(self.format_message(event))
+        elif isinstance(event, ev.Alert):
+            self._print(self._paint("1;31", f"!!! WARNING: {event.message}"))
+        elif isinstance(event, ev.Joined):
+            self.room = event.room
+            what = "private room" if event.private else "room"
+            self._info(f"joined {what} #{event.room}; messages you type now go there")
+        elif isinstance(event, ev.Left):
+            if self.room == event.room:
+                self.room = "general"
+            self._info(f"left #{event.room}")
         elif isinstance(event, ev.Delivered):
             # Receipts arrive in batches; one summary line per batch, not one per message.
             self._delivered.append(event)
@@ -164,7 +199,7 @@ class LineUI:
         with patch_stdout(raw=True):
             while True:
                 try:
-                    line = await session.prompt_async(f"{self.node.nick}> ")
+                    line = await session.prompt_async(f"{self.node.nick} #{self.room}> ")
                 except (EOFError, KeyboardInterrupt):
                     return
                 if not await self.handle(line):
@@ -181,7 +216,7 @@ class LineUI:
                 if command is None:
                     raise ChinwagError(f"unknown command /{name[:20]}; try /help")
                 return await command(arg.strip())
-            await self.node.send(line[1:] if line.startswith("//") else line)
+            await self.node.send(line[1:] if line.startswith("//") else line, self.room)
         except ChinwagError as exc:
             self.node.error(str(exc))
         return True
@@ -223,13 +258,13 @@ class LineUI:
 
     def show_history(self, limit: int) -> None:
         """Print the last messages of the room, with delivery marks on our own."""
-        for msg in self.node.history(None, limit).messages:
+        for msg in self.node.history(self.room, limit).messages:
             self._print(self.format_message(msg, self._mark(msg)))
 
-    def _mark(self, msg: ev.Message) -> str:
+    def _mark(self, msg: ev.Message | ev.DirectMessage) -> str:
         if not msg.own:
             return ""
-        count, of = self.node.delivery_of(msg.room, msg.seq)
+        count, of = self.node.delivery_of(msg)
         return f" \u2713 {count}/{of}" if of else " (not delivered yet)"
 
     async def _search(self, arg: str) -> bool:
@@ -238,6 +273,95 @@ class LineUI:
             self._info(f"nothing contains {arg!r}")
         for msg in result.messages:
             self._print(self.format_message(msg, self._mark(msg)))
+        return True
+
+    async def _join(self, arg: str) -> bool:
+        name, _, rest = arg.partition(" ")
+        if not name:
+            raise ChinwagError("usage: /join ROOM [--passphrase [PASS]]")
+        rest = rest.strip()
+        passphrase: str | None = None
+        if rest.startswith("--passphrase"):
+            passphrase = rest[len("--passphrase") :].strip() or await self._ask_secret(
+                f"passphrase for #{name}: "
+            )
+        elif rest:
+            raise ChinwagError("usage: /join ROOM [--passphrase [PASS]]")
+        await self.node.join(name, passphrase)
+        self.show_history(20)
+        return True
+
+    async def _ask_secret(self, prompt: str) -> str:
+        if not self.interactive:
+            raise ChinwagError("give the passphrase on the line: /join ROOM --passphrase PASS")
+        from prompt_toolkit import PromptSession
+
+        session: PromptSession[str] = PromptSession()
+        return await session.prompt_async(prompt, is_password=True)
+
+    async def _leave(self, arg: str) -> bool:
+        self.node.leave(arg or self.room)
+        return True
+
+    async def _rooms(self, _arg: str) -> bool:
+        for room in self.node.rooms().rooms:
+            mark = "*" if room.name == self.room else (" " if room.joined else "-")
+            self._info(f"{mark} #{room.name}  {room.members} online")
+        return True
+
+    async def _switch(self, arg: str) -> bool:
+        name = arg.lstrip("#").lower()
+        if not any(r.name == name and r.joined for r in self.node.rooms().rooms):
+            raise ChinwagError(f"you are not in #{name}; /join it first")
+        self.room = name
+        self._info(f"now typing in #{name}")
+        return True
+
+    async def _msg(self, arg: str) -> bool:
+        who, _, text = arg.partition(" ")
+        if not who or not text.strip():
+            raise ChinwagError("usage: /msg NICK|PEERID TEXT")
+        await self.node.dm(who, text)
+        return True
+
+    async def _whois(self, arg: str) -> bool:
+        if not arg:
+            raise ChinwagError("usage: /whois NICK|PEERID")
+        self._print_whois(self.node.whois(arg))
+        return True
+
+    def _print_whois(self, w: ev.Whois) -> None:
+        state = "verified" if w.verified else "not verified"
+        extra = ", blocked" if w.blocked else ""
+        self._info(
+            f"{clean(w.nick)}: {w.peer_id} ({state}{extra}, {'online' if w.online else 'offline'})"
+        )
+        self._info(f"fingerprint {w.fingerprint}")
+
+    async def _verify(self, arg: str) -> bool:
+        who, _, confirm = arg.partition(" ")
+        if not who:
+            raise ChinwagError("usage: /verify NICK|PEERID [yes]")
+        w = self.node.verify(who, confirm.strip().lower() in ("yes", "y", "confirm"))
+        self._info(f"safety number with {clean(w.nick)}: {w.safety_number}")
+        if w.verified:
+            self._info(f"{clean(w.nick)} ({short_id(w.peer_id)}) is verified")
+        else:
+            self._info(f"compare it aloud; if it matches, type /verify {who} yes")
+        return True
+
+    async def _block(self, arg: str) -> bool:
+        if not arg:
+            raise ChinwagError("usage: /block NICK|PEERID")
+        w = self.node.block(arg, True)
+        self._info(f"blocked {clean(w.nick)} ({short_id(w.peer_id)})")
+        return True
+
+    async def _unblock(self, arg: str) -> bool:
+        if not arg:
+            raise ChinwagError("usage: /unblock NICK|PEERID")
+        w = self.node.block(arg, False)
+        self._info(f"unblocked {clean(w.nick)} ({short_id(w.peer_id)})")
         return True
 
     async def _info_cmd(self, arg: str) -> bool:
