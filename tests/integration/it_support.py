@@ -83,3 +83,26 @@ async def chat_works(sender: ChinwagProcess, *receivers: ChinwagProcess, text: s
         assert got["own"] is False, got
         assert got["id"] == own["id"], (got, own)
     return own
+
+
+async def start_fails(data_dir: Path) -> str:
+    """Start a node on data_dir expecting it to exit nonzero before `ready`; return its stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "chinwag", "--json", "--data-dir", str(data_dir)],
+        *["--no-discovery", "--bind", "127.0.0.1", "--port", "0"],
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), PROMPT_S)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode not in (0, None), (proc.returncode, out, err)
+    assert b'"ready"' not in out, out
+    text = err.decode(errors="replace")
+    assert "traceback" not in text.lower(), text
+    assert 0 < len(text.strip().splitlines()) <= 5, f"expected a short message, not a dump: {text}"
+    return text

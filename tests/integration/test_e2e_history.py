@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -27,6 +26,7 @@ from it_support import (
     chat_works,
     connected,
     count,
+    start_fails,
     stderr_has_traceback,
 )
 
@@ -135,29 +135,6 @@ async def pair(node: NodeFactory) -> tuple[ChinwagProcess, ChinwagProcess]:
     await b.start()
     await connected(a, b)
     return a, b
-
-
-async def start_fails(data_dir: Path) -> str:
-    """Start a node on data_dir expecting it to exit nonzero before `ready`; return its stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "chinwag", "--json", "--data-dir", str(data_dir)],
-        *["--no-discovery", "--bind", "127.0.0.1", "--port", "0"],
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), PROMPT_S)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode not in (0, None), (proc.returncode, out, err)
-    assert b'"ready"' not in out, out
-    text = err.decode(errors="replace")
-    assert "traceback" not in text.lower(), text
-    assert 0 < len(text.strip().splitlines()) <= 5, f"expected a short message, not a dump: {text}"
-    return text
 
 
 # --- restart, outbox, catch-up ----------------------------------------------
