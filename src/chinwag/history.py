@@ -218,6 +218,7 @@ class History:
         if text is None:
             self._seen.add(msg.id)
             return
+        self.book.remember(room)
         self._queue(_Pending(msg, conn, not frame.hist, verified, None, text))
 
     def sync_frame(self, conn: PeerConnection, frame: m.SyncFrame) -> None:

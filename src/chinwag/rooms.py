@@ -122,17 +122,37 @@ class RoomBook:
         return None
 
     def holds(self, wire: str, author: str) -> Room | None:
-        """Return the room if we store and show messages of wire (joining our DMs on sight)."""
+        """Return the room if we store and show messages of wire by author.
+
+        A conversation only takes messages from its two participants. One with
+        a peer we never talked to is returned unsaved: the caller saves it
+        (remember()) once a message has verified and decrypted.
+        """
         room = self.joined.get(wire)
         if room is not None:
+            if room.kind == DM and author not in (self.me, room.peer):
+                return None
             return room
         if wire.startswith("dm.") and author != self.me and box.dm_room(self.me, author) == wire:
-            return self.join_dm(author)
+            return Room(wire, "@" + author[:8], DM, None, author)
         return None
 
+    def remember(self, room: Room) -> None:
+        """Save a conversation returned unsaved by holds()."""
+        if room.wire not in self.joined:
+            self._save(room)
+
     def holds_vector(self, wire: str, peer_id: str) -> bool:
-        """Return whether to sync room wire with peer_id."""
-        return self.holds(wire, peer_id) is not None
+        """Return whether to sync room wire with peer_id (conversations: only the other party)."""
+        room = self.holds(wire, peer_id)
+        if room is None:
+            return False
+        if room.kind == DM:
+            if room.peer != peer_id:
+                return False
+            # The other party has messages of our conversation: hold it to receive them.
+            self.remember(room)
+        return True
 
     def display(self, wire: str) -> str:
         room = self.joined.get(wire)

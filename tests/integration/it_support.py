@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,11 +20,14 @@ __all__ = [
     "ChinwagProcess",
     "Event",
     "NodeFactory",
+    "ask",
+    "ask_until",
     "chat_works",
     "connected",
     "count",
     "free_tcp_port",
     "stderr_has_traceback",
+    "store_leaks",
 ]
 
 #: Seconds to wait for anything that should happen "at once" on loopback.
@@ -106,3 +112,60 @@ async def start_fails(data_dir: Path) -> str:
     assert "traceback" not in text.lower(), text
     assert 0 < len(text.strip().splitlines()) <= 5, f"expected a short message, not a dump: {text}"
     return text
+
+
+async def ask(node: ChinwagProcess, cmd: Event, answer: str, timeout: float = PROMPT_S) -> Event:
+    """Send a command and return the first `answer` event printed after it."""
+    before = {id(ev) for ev in node.events}
+    await node.send(cmd)
+    return await node.wait_for(
+        answer, pred=lambda ev: id(ev) not in before, timeout=timeout, from_start=True
+    )
+
+
+async def ask_until(
+    node: ChinwagProcess,
+    cmd: Event,
+    answer: str,
+    cond: Callable[[Event], bool],
+    timeout: float = PROMPT_S,
+) -> Event:
+    """Repeat a query command until its answer satisfies cond; return that answer.
+
+    For state that no event announces (e.g. which rooms peers announced): the
+    node is polled, each answer awaited, with a short pause between queries.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        reply = await ask(node, cmd, answer, timeout=max(deadline - loop.time(), 0.1))
+        if cond(reply):
+            return reply
+        if loop.time() >= deadline:
+            raise TimeoutError(f"{node.nick}: {cmd} never answered as expected; last: {reply}")
+        await asyncio.sleep(0.05)
+
+
+def store_leaks(data_dir: Path, needle: str) -> list[str]:
+    """Where a stopped node's store holds needle: every table's cells and the raw files.
+
+    Reads each table of chinwag.db with sqlite3 (text and blobs), then the raw
+    bytes of chinwag.db and of its -wal and -shm files if present.
+    """
+    raw = needle.encode()
+    found: list[str] = []
+    db = data_dir / "chinwag.db"
+    assert db.is_file(), f"no store at {db}"
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        assert "messages" in tables, tables
+        for table in tables:
+            for row in conn.execute(f'SELECT * FROM "{table}"'):
+                for cell in row:
+                    data = cell.encode() if isinstance(cell, str) else cell
+                    if isinstance(data, bytes) and raw in data:
+                        found.append(f"table {table}: {row!r}"[:300])
+    for path in sorted(data_dir.glob("chinwag.db*")):
+        if raw in path.read_bytes():
+            found.append(f"file {path.name}")
+    return found

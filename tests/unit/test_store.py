@@ -21,9 +21,9 @@ from chinwag import limits
 from chinwag.crypto.identity import Identity
 from chinwag.events import NodeEvent
 from chinwag.history import History
-from chinwag.rooms import RoomBook
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, make_message
+from chinwag.rooms import RoomBook
 from chinwag.store.db import (
     APPLICATION_ID,
     SCHEMA_VERSION,

@@ -1,0 +1,637 @@
+"""rooms.py's RoomBook, and history.py's handling of rooms and private messages.
+
+No sockets: a real Store in tmp_path, History driven through fake connections
+and a fake manager that records what would be broadcast. Messages are real,
+signed and (for private rooms and conversations) sealed by the sender's own
+RoomBook, as node.py builds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chinwag import events as ev
+from chinwag.crypto import box
+from chinwag.crypto.identity import Identity
+from chinwag.errors import UsageError
+from chinwag.events import NodeEvent
+from chinwag.history import History
+from chinwag.protocol import messages as m
+from chinwag.protocol.chat import ChatMessage, make_message
+from chinwag.protocol.names import DEFAULT_ROOM, validate_room
+from chinwag.rooms import DM, PRIVATE, PUBLIC, Room, RoomBook
+from chinwag.store.db import Store
+
+ME = Identity.from_seed(b"z" * 32)
+ALICE = Identity.from_seed(b"a" * 32)
+BOB = Identity.from_seed(b"b" * 32)
+CAROL = Identity.from_seed(b"c" * 32)
+MALLORY = Identity.from_seed(b"m" * 32)
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+TS = 1_700_000_000_000
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "me.db")
+    yield s
+    s.close()
+
+
+def load_book(store: Store, identity: Identity = ME) -> RoomBook:
+    book = RoomBook(store, identity)
+    book.load()
+    return book
+
+
+def reload(store: Store) -> tuple[Store, RoomBook]:
+    """Close the store and open it again, as a restart does."""
+    store.close()
+    again = Store(store.path)
+    return again, load_book(again)
+
+
+# --- RoomBook: joining and persistence -------------------------------------------
+
+
+def test_general_is_joined_on_first_load(store: Store) -> None:
+    book = load_book(store)
+    assert book.wires() == [DEFAULT_ROOM]
+    assert book.joined[DEFAULT_ROOM] == Room(DEFAULT_ROOM, DEFAULT_ROOM, PUBLIC)
+    assert [r[0] for r in store.rooms_joined()] == [DEFAULT_ROOM]
+
+
+def test_leaving_general_persists_across_a_reload(store: Store) -> None:
+    book = load_book(store)
+    left = book.leave("general")
+    assert left.wire == DEFAULT_ROOM
+    assert book.wires() == []
+    store, book = reload(store)
+    try:
+        assert book.wires() == []  # not joined again by default
+        assert book.find("general") is None
+        with pytest.raises(UsageError):
+            book.leave("general")
+        book.join_public("general")  # joining again is remembered too
+        store, book = reload(store)
+        assert book.wires() == [DEFAULT_ROOM]
+    finally:
+        store.close()
+
+
+def test_joins_persist_across_a_reload_with_keys(store: Store) -> None:
+    book = load_book(store)
+    dev = book.join_public("dev")
+    secret = book.join_private("secret", KEY)
+    dm = book.join_dm(ALICE.peer_id)
+    assert secret == Room(box.private_room_id("secret"), "secret", PRIVATE, KEY)
+    assert dm == Room(
+        box.dm_room(ME.peer_id, ALICE.peer_id), "@" + ALICE.peer_id[:8], DM, None, ALICE.peer_id
+    )
+    assert book.join_dm(ALICE.peer_id) is dm  # already held: the same room
+    before = dict(book.joined)
+    store, book = reload(store)
+    try:
+        assert book.joined == before
+        assert book.joined[secret.wire].key == KEY
+        assert book.joined[secret.wire].kcv == box.key_check(KEY)
+        assert book.joined[dm.wire].peer == ALICE.peer_id
+        assert book.find("dev") == dev
+    finally:
+        store.close()
+
+
+def test_blocked_and_verified_persist_across_a_reload(store: Store) -> None:
+    book = load_book(store)
+    book.set_blocked(MALLORY.peer_id, True)
+    book.set_blocked(BOB.peer_id, True)
+    book.set_blocked(BOB.peer_id, False)
+    book.set_verified(ALICE.peer_id, "alice")
+    store, book = reload(store)
+    try:
+        assert book.blocked == {MALLORY.peer_id}
+        assert book.verified == {ALICE.peer_id: "alice"}
+        assert book.impostor_of(MALLORY.peer_id, "alice") == ALICE.peer_id
+        assert book.impostor_of(ALICE.peer_id, "alice") is None
+    finally:
+        store.close()
+
+
+def test_find_by_display_name_and_by_wire_name(store: Store) -> None:
+    book = load_book(store)
+    dev = book.join_public("dev")
+    secret = book.join_private("secret", KEY)
+    dm = book.join_dm(ALICE.peer_id)
+    for name in ("dev", "#dev", "DEV", "#Dev"):
+        assert book.find(name) == dev
+    for name in ("secret", "#secret", "Secret", secret.wire):
+        assert book.find(name) == secret
+    for name in ("@" + ALICE.peer_id[:8], dm.wire):
+        assert book.find(name) == dm
+    assert book.find("general") == book.joined[DEFAULT_ROOM]
+    for name in ("nowhere", "p.secret", box.private_room_id("other"), ALICE.peer_id):
+        assert book.find(name) is None
+    assert book.display(secret.wire) == "secret"
+    assert book.display("p.unknown") == "p.unknown"
+
+
+# --- RoomBook: announcements and listing ---------------------------------------
+
+
+def test_announcement_lists_public_and_private_rooms_but_no_conversations(store: Store) -> None:
+    book = load_book(store)
+    book.join_public("dev")
+    secret = book.join_private("secret", KEY)
+    dm = book.join_dm(ALICE.peer_id)
+    frame = book.announcement()
+    assert sorted((a.room, a.kcv) for a in frame.joined) == sorted(
+        [("general", b""), ("dev", b""), (secret.wire, box.key_check(KEY))]
+    )
+    assert all(a.room != dm.wire for a in frame.joined)
+    assert "secret" not in m.encode(frame).decode("latin-1")  # only the opaque id
+    # It is a valid frame on the wire.
+    assert m.decode_frame(m.encode(frame)) == frame
+
+
+def test_listing_counts_members_from_two_peers(store: Store) -> None:
+    book = load_book(store)
+    secret = book.join_private("secret", KEY)
+    book.join_dm(ALICE.peer_id)  # conversations are never listed
+    hidden = box.private_room_id("hidden")
+    book.set_announced(
+        ALICE.peer_id,
+        m.Rooms(
+            joined=[
+                m.RoomAnnounce("general"),
+                m.RoomAnnounce("dev"),
+                m.RoomAnnounce(secret.wire, box.key_check(KEY)),
+                m.RoomAnnounce(hidden, b"12345678"),
+            ]
+        ),
+    )
+    book.set_announced(
+        BOB.peer_id, m.Rooms(joined=[m.RoomAnnounce("general"), m.RoomAnnounce("dev")])
+    )
+    assert sorted(book.listing()) == sorted(
+        [
+            ("general", 3, True),  # alice, bob and us
+            ("dev", 2, False),
+            ("secret", 2, True),  # by its name: we joined it
+            ("(private)", 1, False),  # not ours: no name
+        ]
+    )
+    # An announcement replaces the previous one; a peer that leaves is forgotten.
+    book.set_announced(BOB.peer_id, m.Rooms(joined=[m.RoomAnnounce("general")]))
+    book.forget_peer(ALICE.peer_id)
+    assert sorted(book.listing()) == sorted([("general", 2, True), ("secret", 1, True)])
+
+
+def test_join_private_refuses_a_passphrase_peers_do_not_share(store: Store) -> None:
+    book = load_book(store)
+    wire = box.private_room_id("secret")
+    book.set_announced(ALICE.peer_id, m.Rooms(joined=[m.RoomAnnounce(wire, box.key_check(KEY))]))
+    with pytest.raises(UsageError, match="wrong passphrase"):
+        book.join_private("secret", OTHER_KEY)
+    # Nothing was joined or saved.
+    assert wire not in book.joined
+    assert wire not in [r[0] for r in store.rooms_joined()]
+    # The right key joins; joining again with another key is refused too.
+    assert book.join_private("secret", KEY).wire == wire
+    book.forget_peer(ALICE.peer_id)
+    with pytest.raises(UsageError, match="wrong passphrase"):
+        book.join_private("secret", OTHER_KEY)
+    assert book.joined[wire].key == KEY
+
+
+@pytest.mark.parametrize("name", ["dm.x", "p.secret", "DM.abc", "P.x", "dm.", "p."])
+def test_validate_room_refuses_reserved_prefixes(name: str) -> None:
+    with pytest.raises(UsageError, match="may not start with"):
+        validate_room(name)
+
+
+@pytest.mark.parametrize("name", ["dm", "p", "pp.x", "dmx", "x.dm.y", "General"])
+def test_validate_room_accepts_names_near_the_reserved_prefixes(name: str) -> None:
+    assert validate_room(name) == name.lower()
+
+
+# --- History: fakes ------------------------------------------------------------
+
+
+@dataclass
+class FakeSession:
+    peer_id: str
+
+
+@dataclass
+class FakeConn:
+    """The part of PeerConnection that History uses."""
+
+    peer_id: str
+    sent: list[object] = field(default_factory=list)
+    closed: str | None = None
+
+    @property
+    def session(self) -> FakeSession:
+        return FakeSession(self.peer_id)
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed is None
+
+    def send_frame(self, frame: m.Frame) -> None:
+        self.sent.append(frame)
+
+    def send_encoded(self, plaintext: bytes) -> None:
+        self.sent.append(plaintext)
+
+    def close(self, reason: str, linger: bool = False) -> None:
+        self.closed = reason
+
+    async def wait_drained(self, limit_s: float) -> bool:
+        return True
+
+
+@dataclass
+class FakeManager:
+    """The part of ConnectionManager that History uses; records every broadcast."""
+
+    peers: dict[str, FakeConn] = field(default_factory=dict)
+    broadcasts: list[tuple[bytes, frozenset[str]]] = field(default_factory=list)
+    frames: list[m.Frame] = field(default_factory=list)
+
+    def broadcast(self, plaintext: bytes, exclude: frozenset[str] = frozenset()) -> None:
+        self.broadcasts.append((plaintext, exclude))
+
+    def broadcast_frame(self, frame: m.Frame) -> None:
+        self.frames.append(frame)
+
+    def chats(self) -> list[tuple[m.Chat, frozenset[str]]]:
+        out = []
+        for plaintext, exclude in self.broadcasts:
+            frame = m.decode_frame(plaintext)
+            assert isinstance(frame, m.Chat)
+            out.append((frame, exclude))
+        return out
+
+
+@dataclass
+class Node:
+    """History of ME over a real store, with fake peers."""
+
+    history: History
+    book: RoomBook
+    manager: FakeManager
+    events: list[NodeEvent]
+    conns: dict[str, FakeConn]
+
+    def receive(self, sender: Identity, msg: ChatMessage, hist: bool = False) -> FakeConn:
+        conn = self.conns[sender.peer_id]
+        self.history.chat_received(
+            conn,  # type: ignore[arg-type]
+            m.Chat(body=msg.raw_body, sig=msg.sig, hist=hist),
+        )
+        return conn
+
+
+@pytest.fixture
+async def make_node(store: Store) -> Any:
+    made: list[History] = []
+
+    def make(*peers: Identity) -> Node:
+        conns = {p.peer_id: FakeConn(p.peer_id) for p in (*peers, MALLORY)}
+        manager = FakeManager(peers={p.peer_id: conns[p.peer_id] for p in peers})
+        events: list[NodeEvent] = []
+        book = load_book(store)
+        history = History(store, ME, manager, events.append, book)  # type: ignore[arg-type]
+        history.load()
+        made.append(history)
+        return Node(history, book, manager, events, conns)
+
+    yield make
+    for history in made:
+        await history.close()
+
+
+async def turn() -> None:
+    """Let History's call_soon group commit run."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+class Sender:
+    """Another peer's side: its own RoomBook seals what it sends, as node.py does."""
+
+    def __init__(self, tmp_path: Path, identity: Identity, nick: str) -> None:
+        self.identity = identity
+        self.nick = nick
+        self.store = Store(tmp_path / f"sender-{nick}.db")
+        self.book = load_book(self.store, identity)
+        self.seq: dict[str, int] = {}
+
+    def post(self, room: Room, text: str) -> ChatMessage:
+        clear, enc = self.book.seal(room, text)
+        seq = self.seq[room.wire] = self.seq.get(room.wire, 0) + 1
+        return make_message(self.identity, room.wire, self.nick, TS + seq, seq, clear, enc)
+
+    def dm(self, peer: Identity, text: str) -> ChatMessage:
+        return self.post(self.book.join_dm(peer.peer_id), text)
+
+
+@pytest.fixture
+def sender(tmp_path: Path) -> Iterator[Any]:
+    made: list[Sender] = []
+
+    def make(identity: Identity, nick: str) -> Sender:
+        s = Sender(tmp_path, identity, nick)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.store.close()
+
+
+def message_count(store: Store) -> int:
+    count: int = store.db.execute("SELECT count(*) FROM messages").fetchone()[0]
+    return count
+
+
+def database_bytes(store: Store) -> bytes:
+    """Every byte of the database on disk, write-ahead log included."""
+    path = store.path
+    return b"".join(
+        p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists()
+    )
+
+
+# --- History: rooms we do not hold --------------------------------------------------
+
+
+async def test_message_in_a_room_we_have_not_joined_is_relayed_not_stored(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    node = make_node(ALICE, BOB)
+    alice = sender(ALICE, "alice")
+    msg = alice.post(alice.book.join_public("dev"), "in dev")
+    conn = node.receive(ALICE, msg)
+    await turn()
+    assert conn.closed is None
+    assert message_count(store) == 0
+    assert node.events == []
+    assert "dev" not in node.book.joined
+    # Passed on live, unchanged, to everyone but its sender and author.
+    [(frame, exclude)] = node.manager.chats()
+    assert (frame.body, frame.sig, frame.hist) == (msg.raw_body, msg.sig, False)
+    assert exclude == {ALICE.peer_id}
+    # The same message again is neither stored nor relayed twice.
+    node.receive(ALICE, msg)
+    await turn()
+    assert message_count(store) == 0
+    assert node.events == []
+
+
+async def test_message_in_a_room_we_have_not_joined_is_not_relayed_to_nobody_or_from_history(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    alice = sender(ALICE, "alice")
+    dev = alice.book.join_public("dev")
+    lonely = make_node(ALICE)  # nobody else to pass it to
+    lonely.receive(ALICE, alice.post(dev, "one"))
+    await turn()
+    assert lonely.manager.broadcasts == []
+    crowded = make_node(ALICE, BOB)  # history sync is never relayed
+    crowded.receive(ALICE, alice.post(dev, "two"), hist=True)
+    await turn()
+    assert crowded.manager.broadcasts == []
+    assert message_count(store) == 0
+    assert lonely.events == crowded.events == []
+
+
+# --- History: private conversations ---------------------------------------------------
+
+
+async def test_dm_to_us_is_stored_in_clear_and_shown(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    node = make_node(ALICE)
+    alice = sender(ALICE, "alice")
+    text = "psst, only for you"
+    msg = alice.dm(ME, text)
+    wire = box.dm_room(ME.peer_id, ALICE.peer_id)
+    assert msg.body.room == wire and msg.body.text == "" and msg.body.enc
+    conn = node.receive(ALICE, msg)
+    await turn()
+    assert conn.closed is None
+    [event] = node.events
+    assert event == ev.DirectMessage(
+        id=msg.id,
+        peer_id=ALICE.peer_id,
+        nick="alice",
+        ts=msg.body.ts / 1000,
+        text=text,
+        own=False,
+        to=ME.peer_id,
+        seq=1,
+    )
+    [row] = store.history(wire, 10)
+    assert (row.id, row.author, row.text) == (msg.id, ALICE.peer_id, text)
+    # The conversation was joined on sight, and is remembered.
+    assert node.book.joined[wire].kind == DM
+    assert node.book.joined[wire].peer == ALICE.peer_id
+    assert wire in [r[0] for r in store.rooms_joined()]
+    # History shows it as a private message too.
+    assert node.history.history(wire, 10).messages == [event]
+
+
+async def test_our_own_dm_coming_back_from_a_peer_opens_with_our_copy(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    node = make_node(ALICE)
+    me = sender(ME, "me")
+    msg = me.dm(ALICE, "sent from my other session")
+    node.book.join_dm(ALICE.peer_id)
+    node.receive(ALICE, msg, hist=True)  # history sync gives it back
+    await turn()
+    [event] = node.events
+    assert isinstance(event, ev.DirectMessage)
+    assert (event.text, event.own, event.to) == ("sent from my other session", True, ALICE.peer_id)
+    [row] = store.history(msg.body.room, 10)
+    assert row.text == "sent from my other session"
+
+
+async def test_dm_between_two_other_peers_is_relayed_never_stored_or_shown(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    node = make_node(BOB, CAROL)
+    bob = sender(BOB, "bob")
+    text = "carol, this stays between us"
+    msg = bob.dm(CAROL, text)
+    wire = box.dm_room(BOB.peer_id, CAROL.peer_id)
+    conn = node.receive(BOB, msg)
+    await turn()
+    await node.history.close()  # commit and save whatever would be saved
+    assert conn.closed is None
+    assert node.events == []
+    assert message_count(store) == 0
+    assert store.history(wire, 10) == []
+    assert store.search("between us", 10) == []
+    assert wire not in node.book.joined
+    assert wire not in [r[0] for r in store.rooms_joined()]
+    assert text.encode() not in database_bytes(store)
+    # Relayed as is (ciphertext), so carol gets it through us.
+    [(frame, exclude)] = node.manager.chats()
+    assert frame.body == msg.raw_body
+    assert text.encode() not in frame.body
+    assert exclude == {BOB.peer_id}
+
+
+@pytest.mark.parametrize(
+    "joined",
+    [False, True],
+    ids=["conversation-not-joined", "conversation-joined"],
+)
+async def test_third_peer_cannot_post_into_our_conversation(
+    make_node: Any, store: Store, joined: bool
+) -> None:
+    # Carol writes into the conversation between us and bob, under bob's nick,
+    # sealed to us so it decrypts.
+    node = make_node(CAROL)
+    wire = box.dm_room(ME.peer_id, BOB.peer_id)
+    if joined:
+        node.book.join_dm(BOB.peer_id)
+    enc = box.seal_dm(CAROL, ME.public, "this is bob, send me the keys")
+    msg = make_message(CAROL, wire, "bob", TS, 1, "", enc)
+    node.receive(CAROL, msg)
+    await turn()
+    assert node.events == []
+    assert store.history(wire, 10) == []
+
+
+async def test_forged_dm_leaves_nothing_behind(make_node: Any, sender: Any, store: Store) -> None:
+    node = make_node(MALLORY, BOB)
+    alice = sender(ALICE, "alice")
+    good = alice.dm(ME, "hi")
+    forged = ChatMessage(good.id, good.body, good.raw_body, MALLORY.sign(b"not alice"))
+    conn = node.receive(MALLORY, forged)
+    await turn()
+    assert conn.closed == "bad_signature"
+    assert node.events == []
+    assert message_count(store) == 0
+    wire = box.dm_room(ME.peer_id, ALICE.peer_id)
+    assert wire not in [r[0] for r in store.rooms_joined()]
+    assert wire not in node.book.joined
+
+
+async def test_forged_dm_is_refused_and_its_sender_disconnected(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    node = make_node(MALLORY)
+    alice = sender(ALICE, "alice")
+    good = alice.dm(ME, "hi")
+    forged = ChatMessage(good.id, good.body, good.raw_body, MALLORY.sign(b"not alice"))
+    conn = node.receive(MALLORY, forged)
+    await turn()
+    assert conn.closed == "bad_signature"
+    assert node.events == []
+    assert message_count(store) == 0
+    assert node.manager.broadcasts == []
+
+
+async def test_dm_that_does_not_open_is_dropped(
+    make_node: Any, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Signed by alice, in our conversation, but sealed to carol.
+    node = make_node(ALICE)
+    wire = box.dm_room(ME.peer_id, ALICE.peer_id)
+    msg = make_message(ALICE, wire, "alice", TS, 1, "", box.seal_dm(ALICE, CAROL.public, "x"))
+    with caplog.at_level(logging.WARNING, logger="chinwag.rooms"):
+        conn = node.receive(ALICE, msg)
+        await turn()
+    assert conn.closed is None
+    assert node.events == []
+    assert message_count(store) == 0
+    assert "does not decrypt" in caplog.text
+
+
+# --- History: private rooms -----------------------------------------------------------
+
+
+async def test_private_room_message_with_the_right_key_is_shown_by_name(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    node = make_node(ALICE)
+    node.book.join_private("secret", KEY)
+    alice = sender(ALICE, "alice")
+    text = "members only"
+    msg = alice.post(alice.book.join_private("secret", KEY), text)
+    wire = box.private_room_id("secret")
+    assert msg.body.room == wire and msg.body.text == ""
+    node.receive(ALICE, msg)
+    await turn()
+    [event] = node.events
+    assert isinstance(event, ev.Message)
+    assert (event.room, event.text, event.peer_id, event.own) == (
+        "secret",
+        text,
+        ALICE.peer_id,
+        False,
+    )
+    [row] = store.history(wire, 10)
+    assert row.text == text
+    assert node.history.history(wire, 10).room == "secret"
+
+
+async def test_private_room_message_with_a_wrong_key_is_dropped_and_logged_once(
+    make_node: Any, sender: Any, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = make_node(ALICE)
+    node.book.join_private("secret", KEY)
+    alice = sender(ALICE, "alice")
+    room = alice.book.join_private("secret", OTHER_KEY)  # another passphrase
+    with caplog.at_level(logging.WARNING):
+        conns = [node.receive(ALICE, alice.post(room, f"attempt {i}")) for i in range(3)]
+        await turn()
+    assert all(c.closed is None for c in conns)
+    assert node.events == []
+    assert message_count(store) == 0
+    warnings = [r for r in caplog.records if "does not decrypt" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "secret" in warnings[0].getMessage()
+
+
+# --- History: blocked authors ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["public", "dm"])
+async def test_blocked_author_is_neither_stored_nor_shown(
+    make_node: Any, sender: Any, store: Store, kind: str
+) -> None:
+    node = make_node(ALICE, BOB)
+    node.book.set_blocked(ALICE.peer_id, True)
+    alice = sender(ALICE, "alice")
+    general = alice.book.joined[DEFAULT_ROOM]
+    msg = alice.post(general, "let me in") if kind == "public" else alice.dm(ME, "let me in")
+    conn = node.receive(ALICE, msg)
+    # Relayed by someone else: dropped too.
+    relayed = alice.post(general, "via bob") if kind == "public" else alice.dm(ME, "via bob")
+    node.receive(BOB, relayed)
+    await turn()
+    assert conn.closed is None
+    assert node.events == []
+    assert message_count(store) == 0
+    assert node.manager.broadcasts == []  # not relayed by us either
+    # Unblocked, the next message is shown.
+    node.book.set_blocked(ALICE.peer_id, False)
+    later = alice.post(general, "sorry") if kind == "public" else alice.dm(ME, "sorry")
+    node.receive(ALICE, later)
+    await turn()
+    shown = [e for e in node.events if isinstance(e, ev.Message | ev.DirectMessage)]
+    assert [e.text for e in shown] == ["sorry"]
