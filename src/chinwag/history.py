@@ -429,6 +429,8 @@ class History:
         """Record that seq went live to these peers, if it extends what they hold without a hole."""
         vectors = self._room_vectors(room)
         for peer_id in peer_ids:
+            if not self.book.peer_in(peer_id, room):
+                continue  # it drops what it does not hold: nothing was carried
             key = (peer_id, room, author)
             prev = self._sent.get(key)
             if prev is None:

@@ -169,6 +169,13 @@ class RoomBook:
             ]
         )
 
+    def peer_in(self, peer_id: str, wire: str) -> bool:
+        """Return whether a connected peer holds room wire (announced it, or is our DM party)."""
+        room = self.joined.get(wire)
+        if room is not None and room.kind == DM:
+            return room.peer == peer_id
+        return wire in self.announced.get(peer_id, {})
+
     def set_announced(self, peer_id: str, frame: m.Rooms) -> None:
         self.announced[peer_id] = {a.room: a.kcv for a in frame.joined}
 
