@@ -26,6 +26,7 @@ __all__ = [
     "connected",
     "count",
     "free_tcp_port",
+    "private_rooms_stored",
     "stderr_has_traceback",
     "store_leaks",
 ]
@@ -149,13 +150,18 @@ async def ask_until(
 def store_leaks(data_dir: Path, needle: str) -> list[str]:
     """Where a stopped node's store holds needle: every table's cells and the raw files.
 
-    Reads each table of chinwag.db with sqlite3 (text and blobs), then the raw
-    bytes of chinwag.db and of its -wal and -shm files if present.
+    Reads the raw bytes of chinwag.db and of its -wal and -shm files if present,
+    then every cell (text or blob) of every table of chinwag.db with sqlite3.
     """
     raw = needle.encode()
-    found: list[str] = []
     db = data_dir / "chinwag.db"
     assert db.is_file(), f"no store at {db}"
+    # The raw files first: opening the database may checkpoint or remove the -wal.
+    found = [
+        f"file {path.name}"
+        for path in sorted(data_dir.glob("chinwag.db*"))
+        if raw in path.read_bytes()
+    ]
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         assert "messages" in tables, tables
@@ -165,7 +171,12 @@ def store_leaks(data_dir: Path, needle: str) -> list[str]:
                     data = cell.encode() if isinstance(cell, str) else cell
                     if isinstance(data, bytes) and raw in data:
                         found.append(f"table {table}: {row!r}"[:300])
-    for path in sorted(data_dir.glob("chinwag.db*")):
-        if raw in path.read_bytes():
-            found.append(f"file {path.name}")
     return found
+
+
+def private_rooms_stored(data_dir: Path) -> set[str]:
+    """The private rooms (`p.`) and conversations (`dm.`) a stopped node stores messages of."""
+    db = data_dir / "chinwag.db"
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        rooms = {r[0] for r in conn.execute("SELECT DISTINCT room FROM messages")}
+    return {r for r in rooms if r.startswith(("p.", "dm."))}

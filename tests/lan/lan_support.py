@@ -10,7 +10,11 @@ from pathlib import Path
 from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# For the store inspection helpers, shared with the integration tests.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "integration"))
 
+from it_support import private_rooms_stored as private_rooms_stored
+from it_support import store_leaks as store_leaks
 from netlab import Host
 
 from driver import ChinwagProcess, Event
