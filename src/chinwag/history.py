@@ -18,6 +18,7 @@ gaps, push plans); `store/db.py` persists; this module runs them:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterable
@@ -195,6 +196,8 @@ class History:
                 self._seen.add(msg.id)
                 return
             room = self.book.holds(body.room, author)
+            if room is None and msg.id in self._seen:
+                return  # relayed once already: never again (no storms)
             # Straight from its author the channel already proves it; verify the
             # rest, private messages, and whatever we will relay, so we never
             # pass on a forgery.
@@ -215,10 +218,9 @@ class History:
                 self.manager.broadcast(m.encode(m.Chat(body=msg.raw_body, sig=msg.sig)), exclude)
             return
         text = self.book.plaintext(room, msg)
-        if text is None:
+        if text is None or not self.book.remember(room):
             self._seen.add(msg.id)
             return
-        self.book.remember(room)
         self._queue(_Pending(msg, conn, not frame.hist, verified, None, text))
 
     def sync_frame(self, conn: PeerConnection, frame: m.SyncFrame) -> None:
@@ -231,7 +233,15 @@ class History:
             return
         try:
             if isinstance(frame, m.Rooms):
-                self.book.set_announced(peer_id, frame)
+                for name in self.book.set_announced(peer_id, frame):
+                    self._emit(
+                        ev.Alert(
+                            message=f"peer {peer_id[:8]} is in private room {name!r} with "
+                            "another passphrase: you cannot read each other; "
+                            f"/leave {name} and join again with the right one",
+                            peer_id=peer_id,
+                        )
+                    )
             elif isinstance(frame, m.Vector):
                 self._vector_received(conn, peer_id, frame)
             elif isinstance(frame, m.Want):
@@ -243,10 +253,18 @@ class History:
                     self._start_push(conn, frame.room, [plan])
             else:
                 public_from_peer_id(frame.author)
+                if not self.book.holds_vector(frame.room, peer_id):
+                    return
                 # Only a floor the sender can back: at most what its vector says
-                # it holds of that author, and never for our own messages.
+                # it holds of that author, never for our own messages, and no
+                # new author beyond the per-room bound.
                 backed = self._room_vectors(frame.room).get(peer_id, {}).get(frame.author, 0)
-                if frame.author == self.me or frame.seq > backed:
+                tracked = self.sync.rooms.get(frame.room, {})
+                if (
+                    frame.author == self.me
+                    or frame.seq > backed
+                    or (frame.author not in tracked and len(tracked) >= limits.MAX_AUTHORS_PER_ROOM)
+                ):
                     log.info("ignoring an unbacked floor from %s", peer_id[:8])
                     return
                 if self.sync.set_floor(frame.room, frame.author, frame.seq):
@@ -260,9 +278,13 @@ class History:
         """Send our rooms and vectors to a newly connected peer."""
         conn.send_frame(self.book.announcement())
         now = self._loop.time()
+        peer_id = conn.session.peer_id or ""
         for room in self._rooms():
+            joined = self.book.joined[room]
+            if joined.kind == DM and joined.peer != peer_id:
+                continue
             conn.send_frame(m.Vector(room=room, have=self._capped_vector(room)))
-            self._vector_sent[(conn.session.peer_id or "", room)] = now
+            self._vector_sent[(peer_id, room)] = now
 
     def peer_left(self, peer_id: str) -> None:
         self.book.forget_peer(peer_id)
@@ -285,7 +307,7 @@ class History:
         """Announce our rooms to every peer; after a join, ask them for the room's history."""
         self.manager.broadcast_frame(self.book.announcement())
         if wire in self.book.joined:
-            self.manager.broadcast_frame(m.Vector(room=wire, have=self._capped_vector(wire)))
+            self._send_room_frame(wire, m.Vector(room=wire, have=self._capped_vector(wire)))
 
     def search(self, text: str, limit: int) -> ev.SearchResult:
         rows = self.store.search(text, min(limit, limits.MAX_HISTORY))
@@ -358,6 +380,10 @@ class History:
             log.error("cannot store messages: %s", exc)
             self._emit(ev.Error(message=f"cannot store messages: {exc}"))
             for item in batch:
+                if item.conn is None:
+                    # Give the seq back, or every later message would sit beyond a hole.
+                    room, seq = item.msg.body.room, item.msg.body.seq
+                    self._next_seq[room] = min(self._next_seq.get(room, seq), seq - 1)
                 if item.done is not None and not item.done.done():
                     item.done.set_exception(exc)
             return
@@ -399,7 +425,10 @@ class History:
         msg = item.msg
         if self._author_nicks.get(row.author) != row.nick:
             self._author_nicks[row.author] = row.nick
-            self.store.note_author(row.author, row.nick)
+            try:
+                self.store.note_author(row.author, row.nick)
+            except Exception as exc:  # only a convenience for resolving nicks
+                log.warning("cannot note %s's nick: %s", row.author[:8], exc)
         self._seen.add(msg.id)
         self.sync.accept(row.room, row.author, row.seq)
         plaintext = m.encode(m.Chat(body=msg.raw_body, sig=msg.sig))
@@ -422,7 +451,8 @@ class History:
             # A peer connected since it arrived: check now, never relay a forgery.
             item.verified = verify(item.msg.body.author, m.CHAT_CONTEXT + row.body, row.sig)
             if item.verified:
-                self.store.mark_verified([row.id])
+                with contextlib.suppress(StoreError):  # only saves re-verifying later
+                    self.store.mark_verified([row.id])
         return item.verified
 
     def _note_sent(self, peer_ids: Iterable[str], room: str, author: str, seq: int) -> None:
@@ -452,9 +482,26 @@ class History:
         rooms, self._dirty_rooms = self._dirty_rooms, set()
         now = self._loop.time()
         for room in sorted(rooms):
-            self.manager.broadcast_frame(m.Vector(room=room, have=self._capped_vector(room)))
-            for peer_id in self.manager.peers:
+            for peer_id in self._send_room_frame(
+                room, m.Vector(room=room, have=self._capped_vector(room))
+            ):
                 self._vector_sent[(peer_id, room)] = now
+
+    def _send_room_frame(self, wire: str, frame: m.Frame) -> list[str]:
+        """Send a sync frame about a room to the peers that may hear it; return them.
+
+        A conversation's frames go only to its other party: others must not
+        learn who talks to whom, or how much.
+        """
+        room = self.book.joined.get(wire)
+        if room is not None and room.kind == DM:
+            conn = self.manager.peers.get(room.peer or "")
+            if conn is None:
+                return []
+            conn.send_frame(frame)
+            return [conn.session.peer_id or ""]
+        self.manager.broadcast_frame(frame)
+        return list(self.manager.peers)
 
     def _periodic_sync(self) -> None:
         self._periodic = self._loop.call_later(limits.SYNC_INTERVAL_S, self._periodic_sync)
@@ -477,7 +524,14 @@ class History:
             return
         vectors = self._room_vectors(room)
         old = vectors.get(peer_id, {})
-        changed = {a: h for a, h in frame.have.items() if old.get(a) != h}
+        # In memory the latest vector replaces the last (bounded by MAX_VECTOR_AUTHORS);
+        # saved are only authors we track, so peer-chosen keys cannot grow the store.
+        tracked = self.sync.rooms.get(room, {})
+        changed = {
+            a: h
+            for a, h in frame.have.items()
+            if (a in tracked or a == self.me) and old.get(a) != h
+        }
         first = peer_id not in vectors
         vectors[peer_id] = dict(frame.have)
         if changed or first:
@@ -544,7 +598,10 @@ class History:
         if gap is None or self._closed:
             return
         room, author = key
-        self.manager.broadcast_frame(m.Want(room=room, author=author, lo=gap[0], hi=gap[1]))
+        if room not in self.book.joined:
+            self._gaps.pop(key, None)  # we left the room: stop asking
+            return
+        self._send_room_frame(room, m.Want(room=room, author=author, lo=gap[0], hi=gap[1]))
         # Ask again later if nobody could fill it yet.
         self._want_timers[key] = self._loop.call_later(
             limits.SYNC_INTERVAL_S, self._ask_for_gap, key

@@ -102,6 +102,11 @@ HISTORY_OFFER = 10_000
 SYNC_BATCH = 500
 #: Seqs one Want may ask for; larger ranges are clipped.
 MAX_WANT_RANGE = 10_000
+#: Authors tracked per room; a floor may not add authors beyond it (stops fake-author growth).
+MAX_AUTHORS_PER_ROOM = 10_000
+#: Private conversations a node keeps; beyond it, messages opening a new one are dropped
+#: (stops strangers from growing our rooms and the vectors we send on every connect).
+MAX_CONVERSATIONS = 1_000
 #: Sync requests (vectors + wants) a peer may send per second, sustained, and in a burst;
 #: a peer that exceeds them is disconnected (stops sync-request floods).
 SYNC_REQUESTS_PER_S = 200.0

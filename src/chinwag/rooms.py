@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from chinwag import limits
 from chinwag.crypto import box
 from chinwag.crypto.identity import Identity, public_from_peer_id
 from chinwag.errors import UsageError
@@ -76,9 +77,13 @@ class RoomBook:
     def join_private(self, name: str, key: bytes) -> Room:
         """Join a private room; raise UsageError if peers hold it under another passphrase."""
         wire = box.private_room_id(name)
+        if any(r.name == name and r.kind != PRIVATE for r in self.joined.values()):
+            raise UsageError(f"you are in the public room {name!r}: /leave it first")
         existing = self.joined.get(wire)
         if existing is not None and existing.key != key:
-            raise UsageError(f"wrong passphrase for private room {name!r}")
+            raise UsageError(
+                f"wrong passphrase for private room {name!r} (to change it: /leave {name} first)"
+            )
         kcv = box.key_check(key)
         for peer_id, rooms in self.announced.items():
             theirs = rooms.get(wire)
@@ -137,10 +142,16 @@ class RoomBook:
             return Room(wire, "@" + author[:8], DM, None, author)
         return None
 
-    def remember(self, room: Room) -> None:
-        """Save a conversation returned unsaved by holds()."""
-        if room.wire not in self.joined:
-            self._save(room)
+    def remember(self, room: Room) -> bool:
+        """Save a conversation returned unsaved by holds(); False if we keep too many."""
+        if room.wire in self.joined:
+            return True
+        conversations = sum(1 for r in self.joined.values() if r.kind == DM)
+        if room.kind == DM and conversations >= limits.MAX_CONVERSATIONS:
+            log.warning("not opening a new conversation: %d kept already", conversations)
+            return False
+        self._save(room)
+        return True
 
     def holds_vector(self, wire: str, peer_id: str) -> bool:
         """Return whether to sync room wire with peer_id (conversations: only the other party)."""
@@ -148,10 +159,8 @@ class RoomBook:
         if room is None:
             return False
         if room.kind == DM:
-            if room.peer != peer_id:
-                return False
             # The other party has messages of our conversation: hold it to receive them.
-            self.remember(room)
+            return room.peer == peer_id and self.remember(room)
         return True
 
     def display(self, wire: str) -> str:
@@ -176,8 +185,14 @@ class RoomBook:
             return room.peer == peer_id
         return wire in self.announced.get(peer_id, {})
 
-    def set_announced(self, peer_id: str, frame: m.Rooms) -> None:
+    def set_announced(self, peer_id: str, frame: m.Rooms) -> list[str]:
+        """Record a peer's rooms; return our private rooms it holds under another passphrase."""
         self.announced[peer_id] = {a.room: a.kcv for a in frame.joined}
+        return [
+            r.name
+            for r in self.joined.values()
+            if r.kind == PRIVATE and self.announced[peer_id].get(r.wire, r.kcv) != r.kcv
+        ]
 
     def forget_peer(self, peer_id: str) -> None:
         self.announced.pop(peer_id, None)

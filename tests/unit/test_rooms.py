@@ -635,3 +635,62 @@ async def test_blocked_author_is_neither_stored_nor_shown(
     await turn()
     shown = [e for e in node.events if isinstance(e, ev.Message | ev.DirectMessage)]
     assert [e.text for e in shown] == ["sorry"]
+
+
+# --- regressions found in review --------------------------------------------
+
+
+async def test_a_relayed_message_is_relayed_once_whoever_brings_it_again(
+    make_node: Any, sender: Any
+) -> None:
+    # In a mesh every copy comes back from another peer; relaying each copy
+    # again is an endless storm.
+    node = make_node(ALICE, BOB, CAROL)
+    alice = sender(ALICE, "alice")
+    msg = alice.post(alice.book.join_public("dev"), "in dev")
+    for via in (ALICE, BOB, CAROL, BOB):
+        node.receive(via, msg)
+    await turn()
+    assert len(node.manager.chats()) == 1
+
+
+async def test_conversation_frames_go_only_to_the_other_party(make_node: Any, sender: Any) -> None:
+    node = make_node(ALICE, BOB)
+    alice = sender(ALICE, "alice")
+    node.receive(ALICE, alice.dm(ME, "hi"))
+    await turn()
+    wire = box.dm_room(ME.peer_id, ALICE.peer_id)
+    node.history.room_changed(wire)
+    assert not any(getattr(f, "room", None) == wire for f in node.manager.frames)
+    assert any(getattr(f, "room", None) == wire for f in node.conns[ALICE.peer_id].sent)
+    assert not any(getattr(f, "room", None) == wire for f in node.conns[BOB.peer_id].sent)
+
+
+def test_private_room_may_not_share_a_public_rooms_name(store: Store) -> None:
+    # Otherwise text meant for the private room could go out in the public one.
+    book = load_book(store)
+    book.join_public("foo")
+    with pytest.raises(UsageError, match="public room"):
+        book.join_private("foo", KEY)
+
+
+async def test_a_failed_commit_gives_its_seq_back(
+    make_node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = make_node(ALICE)
+    room = node.book.joined[DEFAULT_ROOM]
+    first = node.history.next_seq(room.wire)
+    ok = make_message(ME, room.wire, "me", TS, first, "one")
+    await node.history.submit_own(ok, "one")
+
+    def disk_full(*args: Any) -> Any:
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(node.history.store, "insert_messages", disk_full)
+        seq = node.history.next_seq(room.wire)
+        lost = node.history.submit_own(make_message(ME, room.wire, "me", TS, seq, "two"), "two")
+        with pytest.raises(OSError):
+            await lost
+    again = node.history.next_seq(room.wire)
+    assert again == seq  # no hole: the next message takes the failed one's number
