@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -104,8 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _reopen_closed_std_fds() -> None:
+    # A closed stdin/stdout/stderr would be reused by the event loop's own fds
+    # (and uvloop aborts when it later closes "fd 0"): park them on /dev/null.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run chinwag; return the process exit status."""
+    _reopen_closed_std_fds()
     args = build_parser().parse_args(argv)
     from chinwag.datadir import default_data_dir
 

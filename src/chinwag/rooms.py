@@ -22,7 +22,7 @@ from chinwag.crypto.identity import Identity, public_from_peer_id
 from chinwag.errors import UsageError
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage
-from chinwag.protocol.names import DEFAULT_ROOM
+from chinwag.protocol.names import DEFAULT_ROOM, is_valid_name
 from chinwag.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class RoomBook:
 
     def set_announced(self, peer_id: str, frame: m.Rooms) -> list[str]:
         """Record a peer's rooms; return our private rooms it holds under another passphrase."""
-        self.announced[peer_id] = {a.room: a.kcv for a in frame.joined}
+        self.announced[peer_id] = {a.room: a.kcv for a in frame.joined if is_valid_name(a.room)}
         return [
             r.name
             for r in self.joined.values()

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Seconds a closing connection may take to flush its goodbye before it is aborted.
+_ABORT_AFTER_S = 1.0
+
 
 class PeerConnection(asyncio.Protocol):
     """One TCP connection driven by a sans-IO Session."""
@@ -139,19 +142,27 @@ class PeerConnection(asyncio.Protocol):
 
     def _drain(self) -> None:
         closed: Closed | None = None
-        while (event := self.session.next_event()) is not None:
-            if isinstance(event, Closed):
-                closed = event
-            elif self.session.state is not State.CLOSED:
-                # Frames queued behind one that got the peer disconnected are dropped.
-                self.manager.session_event(self, event)
-        self._flush()
+        # Flushing can itself close the session (a peer that stopped reading), so
+        # loop until a flush leaves no new event behind.
+        while True:
+            while (event := self.session.next_event()) is not None:
+                if isinstance(event, Closed):
+                    closed = event
+                elif self.session.state is not State.CLOSED:
+                    # Frames queued behind one that got the peer disconnected are dropped.
+                    self.manager.session_event(self, event)
+            self._flush()
+            if not self.session.has_events():
+                break
         if closed is not None:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.close()
+                # close() waits for the send buffer to drain, which a peer that
+                # does not read never lets happen: give the goodbye a second.
+                self._loop.call_later(_ABORT_AFTER_S, self.transport.abort)
             self._closed = True
             self.manager.session_closed(self, closed)
             return

@@ -150,8 +150,10 @@ class ConnectionManager:
                 ),
                 limits.CONNECT_TIMEOUT_S,
             )
-        except (OSError, TimeoutError) as exc:
-            log.debug("dial %s:%d failed: %s", dial.host, dial.port, exc)
+        except (OSError, TimeoutError, UnicodeError, ValueError) as exc:
+            # Manual peers are the user's typing: say why they fail, once per try.
+            level = logging.INFO if dial.expected_peer_id is None else logging.DEBUG
+            log.log(level, "dial %s:%d failed: %s", dial.host, dial.port, exc)
             self.table.dial_failed(dial.key, self._loop.time())
             self.schedule_dials()
 
@@ -164,7 +166,14 @@ class ConnectionManager:
     # --- callbacks from PeerConnection ----------------------------------
 
     def connection_made(self, conn: PeerConnection) -> None:
-        if self._closing or len(self._pending) >= limits.MAX_PENDING_HANDSHAKES:
+        # Only inbound handshakes count against the limit: our own dials must
+        # get through even while strangers hold half-open connections.
+        inbound = not conn.session.initiator
+        if self._closing or (
+            inbound
+            and sum(1 for c in self._pending if not c.session.initiator)
+            >= limits.MAX_PENDING_HANDSHAKES
+        ):
             log.warning("refusing connection from %s: too many pending handshakes", conn.address[0])
             assert conn.transport is not None
             conn.transport.abort()

@@ -242,6 +242,9 @@ class Session:
 
     # --- outputs --------------------------------------------------------
 
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
@@ -359,7 +362,9 @@ class Session:
             self.peer_nick = frame.nick
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Bye):
-            self._finish(f"peer said goodbye ({frame.reason})", frame.reason or "bye", by_peer=True)
+            # The reason is the peer's text: keep it only if it is a plain code.
+            reason = frame.reason if is_valid_name(frame.reason) else "bye"
+            self._finish(f"peer said goodbye ({reason})", reason, by_peer=True)
         else:
             self._events.append(UnknownFrameIgnored(frame.tag))
 

@@ -10,7 +10,9 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
+import os
 import sys
+import unicodedata
 from collections.abc import Awaitable, Callable
 
 from chinwag import events as ev
@@ -22,7 +24,12 @@ from chinwag.ui.stdio import LineTooLong, stdin_lines
 log = logging.getLogger(__name__)
 
 _COLOURS = ["31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96"]
-_CONTROL = dict.fromkeys(i for i in range(32) if i not in (9, 10)) | {127: None}
+
+
+def _is_control(char: str) -> bool:
+    # Cc, Cf (bidi overrides), Co, Cs, Cn: nothing a peer may use to drive our terminal.
+    return char not in "\t\n" and unicodedata.category(char)[0] == "C"
+
 
 HELP = """commands:
   /help            this help
@@ -47,7 +54,9 @@ anything else is sent to the room"""
 
 def clean(text: str) -> str:
     """Strip terminal control characters so a peer cannot drive our terminal."""
-    return text.translate(_CONTROL)
+    if text.isprintable():  # the common case: nothing to strip
+        return text
+    return "".join(c for c in text if not _is_control(c))
 
 
 def nick_colour(peer_id: str) -> str:
@@ -60,7 +69,7 @@ class LineUI:
 
     def __init__(self, node: Node, colour: bool | None = None) -> None:
         self.node = node
-        self.interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        self.interactive = os.isatty(0) and os.isatty(1)
         self.colour = self.interactive if colour is None else colour
         self._print: Callable[[str], None] = self._plain_print
         self._delivered: list[ev.Delivered] = []
@@ -142,7 +151,9 @@ class LineUI:
                 f"{clean(event.nick)} ({short_id(event.peer_id)}) joined from {event.address}"
             )
         elif isinstance(event, ev.PeerLeft):
-            self._info(f"{clean(event.nick)} ({short_id(event.peer_id)}) left: {event.reason}")
+            self._info(
+                f"{clean(event.nick)} ({short_id(event.peer_id)}) left: {clean(event.reason)}"
+            )
         elif isinstance(event, ev.NickChanged):
             if event.own:
                 self._info(f"you are now known as {event.nick}")
@@ -306,7 +317,7 @@ class LineUI:
     async def _rooms(self, _arg: str) -> bool:
         for room in self.node.rooms().rooms:
             mark = "*" if room.name == self.room else (" " if room.joined else "-")
-            self._info(f"{mark} #{room.name}  {room.members} online")
+            self._info(f"{mark} #{clean(room.name)}  {room.members} online")
         return True
 
     async def _switch(self, arg: str) -> bool:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
+import stat
 import threading
 from collections.abc import AsyncIterator
+from typing import BinaryIO
 
 from chinwag import limits
 
@@ -67,16 +68,34 @@ class _Splitter:
 _splitter = _Splitter()
 
 
-async def _stdin_chunks() -> AsyncIterator[bytes]:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**20)
+def _stdin_kind() -> str:
+    """Return "pipe" (FIFO or socket), "other" (file, tty, device) or "closed"."""
     try:
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-    except (ValueError, OSError, PermissionError):
-        # Regular files and some terminals cannot be watched by the loop: use a thread.
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return "closed"
+    return "pipe" if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else "other"
+
+
+def _stdin_file() -> BinaryIO:
+    """Return fd 0 as a file the loop may watch (and close) without closing fd 0."""
+    return open(0, "rb", buffering=0, closefd=False)
+
+
+async def _stdin_chunks() -> AsyncIterator[bytes]:
+    kind = _stdin_kind()
+    if kind == "closed":
+        return
+    if kind == "other":
+        # The loop can watch only pipes and sockets (uvloop even aborts on files
+        # and /dev/null): read everything else from a thread.
         async for chunk in _threaded_chunks():
             yield chunk
         return
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**20)
+    pipe = _stdin_file()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
     while chunk := await reader.read(2**16):
         yield chunk
 
@@ -88,7 +107,7 @@ async def _threaded_chunks() -> AsyncIterator[bytes]:
     def pump() -> None:
         while True:
             try:
-                chunk = os.read(sys.stdin.fileno(), 2**16)
+                chunk = os.read(0, 2**16)
             except (OSError, ValueError):
                 chunk = b""
             fut = asyncio.run_coroutine_threadsafe(queue.put(chunk), loop)
