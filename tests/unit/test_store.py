@@ -263,9 +263,6 @@ def test_peer_vectors_round_trip(store: Store) -> None:
     assert store.peer_vectors(ROOM) == {"p1": {a: 6, b: 2}, "p2": {a: 7}}
     assert store.peer_vectors("dev") == {"p1": {a: 1}}
     assert store.peer_vectors("nowhere") == {}
-    assert sorted(store.holders(ROOM, a, 6)) == ["p1", "p2"]
-    assert store.holders(ROOM, a, 7) == ["p2"]
-    assert store.holders(ROOM, b, 3) == []
     store.save_peer("p1", "alice", "10.0.0.1:4000")
     store.save_peer("p1", "alice2", "10.0.0.1:4001")
     assert store.peer_nicks() == {"p1": "alice2"}

@@ -357,16 +357,6 @@ class Store:
             out.setdefault(peer_id, {})[author] = have
         return out
 
-    def holders(self, room: str, author: str, seq: int) -> list[str]:
-        """Return the peers whose vector says they hold (room, author, seq)."""
-        return [
-            r[0]
-            for r in self.db.execute(
-                "SELECT peer_id FROM peer_vectors WHERE room=? AND author=? AND have>=?",
-                (room, author, seq),
-            )
-        ]
-
     def rooms_joined(self) -> list[tuple[str, str, str, bytes | None, str | None]]:
         """Return (room, name, kind, key, peer) of every joined room."""
         return self.db.execute("SELECT room, name, kind, key, peer FROM rooms").fetchall()
