@@ -1,8 +1,8 @@
-"""The Node facade: wires identity, protocol, connections and discovery.
+"""The Node facade: wires identity, connections, discovery, the store, history and rooms.
 
-UIs call its async commands (start, send, set_nick, peers, stop) and receive
-its events (chinwag.events) through subscribe(). Nothing else of the node is
-public.
+UIs call its commands (start, post/send, dm, join, leave, history, search,
+info, whois, verify, block, set_nick, peers, stop) and receive its events
+(chinwag.events) through subscribe(). Nothing else of the node is public.
 """
 
 from __future__ import annotations
