@@ -11,11 +11,11 @@ import asyncio
 import random
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from unit_support import FakeConn, FakeManager
 
 from chinwag import limits
 from chinwag.crypto.identity import Identity
@@ -383,54 +383,6 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
 
 
 # --- history.py on a real store: bugs found while testing sync ------------------
-
-
-@dataclass
-class FakeSession:
-    peer_id: str
-
-
-@dataclass
-class FakeConn:
-    """The part of PeerConnection that History uses."""
-
-    peer_id: str
-    sent: list[object] = field(default_factory=list)
-    closed: str | None = None
-
-    @property
-    def session(self) -> FakeSession:
-        return FakeSession(self.peer_id)
-
-    @property
-    def is_open(self) -> bool:
-        return self.closed is None
-
-    def send_frame(self, frame: m.Frame) -> None:
-        self.sent.append(frame)
-
-    def send_encoded(self, plaintext: bytes) -> None:
-        self.sent.append(plaintext)
-
-    def close(self, reason: str, linger: bool = False) -> None:
-        self.closed = reason
-
-    async def wait_drained(self, limit_s: float) -> bool:
-        return True
-
-
-@dataclass
-class FakeManager:
-    """The part of ConnectionManager that History uses: no peers, sends go nowhere."""
-
-    peers: dict[str, FakeConn] = field(default_factory=dict)
-    frames: list[m.Frame] = field(default_factory=list)
-
-    def broadcast(self, plaintext: bytes, exclude: frozenset[str] = frozenset()) -> None:
-        pass
-
-    def broadcast_frame(self, frame: m.Frame) -> None:
-        self.frames.append(frame)
 
 
 def make_history(store: Store) -> tuple[History, list[NodeEvent]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 from hypothesis import HealthCheck, settings
@@ -165,3 +165,63 @@ def chat_frame(identity: Identity, text: str = "hello", seq: int = 1) -> m.Chat:
     """A signed chat frame by identity in room general."""
     msg = make_message(identity, "general", "alice", 1_700_000_000_000, seq, text)
     return m.Chat(body=msg.raw_body, sig=msg.sig)
+
+
+# --- fakes for driving History without sockets -------------------------------
+
+
+@dataclass
+class FakeSession:
+    peer_id: str
+
+
+@dataclass
+class FakeConn:
+    """The part of PeerConnection that History uses."""
+
+    peer_id: str
+    sent: list[object] = field(default_factory=list)
+    closed: str | None = None
+
+    @property
+    def session(self) -> FakeSession:
+        return FakeSession(self.peer_id)
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed is None
+
+    def send_frame(self, frame: m.Frame) -> None:
+        self.sent.append(frame)
+
+    def send_encoded(self, plaintext: bytes) -> None:
+        self.sent.append(plaintext)
+
+    def close(self, reason: str, linger: bool = False) -> None:
+        self.closed = reason
+
+    async def wait_drained(self, limit_s: float) -> bool:
+        return True
+
+
+@dataclass
+class FakeManager:
+    """The part of ConnectionManager that History uses; records every broadcast."""
+
+    peers: dict[str, FakeConn] = field(default_factory=dict)
+    broadcasts: list[tuple[bytes, frozenset[str]]] = field(default_factory=list)
+    frames: list[m.Frame] = field(default_factory=list)
+
+    def broadcast(self, plaintext: bytes, exclude: frozenset[str] = frozenset()) -> None:
+        self.broadcasts.append((plaintext, exclude))
+
+    def broadcast_frame(self, frame: m.Frame) -> None:
+        self.frames.append(frame)
+
+    def chats(self) -> list[tuple[m.Chat, frozenset[str]]]:
+        out = []
+        for plaintext, exclude in self.broadcasts:
+            frame = m.decode_frame(plaintext)
+            assert isinstance(frame, m.Chat)
+            out.append((frame, exclude))
+        return out
