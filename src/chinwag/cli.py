@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_id(data_dir: Path) -> int:
-    from chinwag.crypto.identity import BadIdentity, fingerprint, load_or_create_identity
+    from chinwag.crypto.identity import BadIdentity, fingerprint
+    from chinwag.datadir import load_or_create_identity
 
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

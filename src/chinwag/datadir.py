@@ -11,9 +11,11 @@ from typing import Any
 
 import platformdirs
 
+from chinwag.crypto.identity import BadIdentity, Identity
 from chinwag.errors import ChinwagError, DataDirLocked
 
 _SETTINGS = "settings.json"
+_KEY_FILE = "identity.key"
 _LOCK = "lock"
 
 
@@ -73,3 +75,24 @@ class DataDir:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f)
         os.replace(tmp, self.path / _SETTINGS)
+
+
+def load_or_create_identity(data_dir: Path) -> Identity:
+    """Load the identity key from data_dir, creating it (mode 0600) on first start."""
+    path = data_dir / _KEY_FILE
+    try:
+        seed = path.read_bytes()
+    except FileNotFoundError:
+        ident = Identity.generate()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, bytes(ident.signing_key))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        return ident
+    if len(seed) != 32:
+        raise BadIdentity(f"{path} is not a chinwag identity key ({len(seed)} bytes, expected 32)")
+    return Identity.from_seed(seed)

@@ -23,12 +23,11 @@ from chinwag.crypto import box
 from chinwag.crypto.identity import (
     BadIdentity,
     fingerprint,
-    load_or_create_identity,
     public_from_peer_id,
     short_id,
 )
 from chinwag.crypto.noise import generate_static_private
-from chinwag.datadir import DataDir
+from chinwag.datadir import DataDir, load_or_create_identity
 from chinwag.errors import UsageError
 from chinwag.history import History
 from chinwag.net.connection import PeerConnection

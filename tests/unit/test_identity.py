@@ -20,12 +20,12 @@ from chinwag.crypto.identity import (
     BadIdentity,
     Identity,
     fingerprint,
-    load_or_create_identity,
     peer_id_from_public,
     public_from_peer_id,
     short_id,
     verify,
 )
+from chinwag.datadir import load_or_create_identity
 from chinwag.errors import ChinwagError
 
 SEED = bytes(range(32))

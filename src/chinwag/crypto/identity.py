@@ -12,9 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import nacl.exceptions
 import nacl.signing
@@ -25,7 +23,6 @@ PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 PEER_ID_CHARS = 52
 SHORT_ID_CHARS = 8
-_KEY_FILE = "identity.key"
 
 
 class BadIdentity(ChinwagError):
@@ -102,24 +99,3 @@ class Identity:
     def sign(self, message: bytes) -> bytes:
         """Return the 64-byte Ed25519 signature of message."""
         return self.signing_key.sign(message).signature
-
-
-def load_or_create_identity(data_dir: Path) -> Identity:
-    """Load the identity key from data_dir, creating it (mode 0600) on first start."""
-    path = data_dir / _KEY_FILE
-    try:
-        seed = path.read_bytes()
-    except FileNotFoundError:
-        ident = Identity.generate()
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, bytes(ident.signing_key))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        return ident
-    if len(seed) != 32:
-        raise BadIdentity(f"{path} is not a chinwag identity key ({len(seed)} bytes, expected 32)")
-    return Identity.from_seed(seed)
