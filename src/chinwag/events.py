@@ -189,6 +189,80 @@ class Error(msgspec.Struct, frozen=True, tag_field="event", tag="error"):
     message: str
 
 
+class FileOffer(msgspec.Struct, frozen=True, tag_field="event", tag="file_offer"):
+    """A file offered to us (or to a room we are in): answer with accept_file or reject_file.
+
+    `id` is the transfer id (a unique prefix of 8+ characters is accepted by commands);
+    `room` is empty for a file offered to us alone; `own` marks our own offers.
+    """
+
+    id: str
+    peer_id: str
+    nick: str
+    name: str
+    size: int
+    sha256: str
+    room: str = ""
+    own: bool = False
+
+
+class FileProgress(msgspec.Struct, frozen=True, tag_field="event", tag="file_progress"):
+    """`bytes` of `total` of transfer `id` are verified; `rate` in bytes/s (a few per second)."""
+
+    id: str
+    bytes: int
+    total: int
+    rate: float = 0.0
+    sources: int = 0
+
+
+class FileDone(msgspec.Struct, frozen=True, tag_field="event", tag="file_done"):
+    """Transfer `id` is complete: the whole file matched `sha256` and was saved at `path`."""
+
+    id: str
+    path: str
+    sha256: str
+
+
+class FileFailed(msgspec.Struct, frozen=True, tag_field="event", tag="file_failed"):
+    """Transfer `id` stopped for good (cancelled, rejected, disk full, ...); `reason` says why."""
+
+    id: str
+    reason: str
+
+
+class FileStalled(msgspec.Struct, frozen=True, tag_field="event", tag="file_stalled"):
+    """Transfer `id` has had no reachable source for a while; it resumes when one appears."""
+
+    id: str
+    reason: str
+
+
+class FileInfo(msgspec.Struct, frozen=True):
+    """One offer or transfer: `direction` is "in" or "out"; `state` one of offered,
+    transferring, stalled, done, failed, rejected, cancelled, sharing."""
+
+    id: str
+    name: str
+    size: int
+    sha256: str
+    peer_id: str
+    nick: str
+    direction: str
+    state: str
+    bytes: int = 0
+    room: str = ""
+    path: str = ""
+    sources: int = 0
+    rate: float = 0.0
+
+
+class FileList(msgspec.Struct, frozen=True, tag_field="event", tag="files"):
+    """Every known offer and transfer, newest first, answering a `files` command."""
+
+    files: list[FileInfo]
+
+
 NodeEvent = (
     Ready
     | PeerJoined
@@ -209,4 +283,10 @@ NodeEvent = (
     | RoomList
     | Whois
     | Alert
+    | FileOffer
+    | FileProgress
+    | FileDone
+    | FileFailed
+    | FileStalled
+    | FileList
 )
