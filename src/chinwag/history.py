@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.crypto.identity import Identity, public_from_peer_id, verify
-from chinwag.errors import RemoteProtocolError
+from chinwag.errors import RemoteProtocolError, UsageError
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, SeenSet, open_message
 from chinwag.protocol.sync import PushRange, SyncState
@@ -299,8 +299,15 @@ class History:
 
     # --- queries --------------------------------------------------------
 
-    def history(self, wire: str, limit: int) -> ev.History:
-        rows = self.store.history(wire, min(limit, limits.MAX_HISTORY))
+    def history(self, wire: str, limit: int, before: str | None = None) -> ev.History:
+        """Return the last messages of a room; with `before` (a message id), those older than it."""
+        key = None
+        if before is not None:
+            row = self.find(before)
+            if row is None or row.room != wire:
+                raise UsageError(f"no message {before[:40]!r} in this room")
+            key = (row.ts, row.author, row.seq)
+        rows = self.store.history(wire, min(limit, limits.MAX_HISTORY), key)
         return ev.History(room=self.book.display(wire), messages=[self._row_event(r) for r in rows])
 
     def room_changed(self, wire: str) -> None:

@@ -38,7 +38,7 @@ from chinwag.protocol.chat import make_message
 from chinwag.protocol.discovery import encode_beacon
 from chinwag.protocol.names import DEFAULT_ROOM, validate_nick, validate_room, validate_text
 from chinwag.protocol.session import Closed, LocalInfo
-from chinwag.rooms import PRIVATE, Room, RoomBook
+from chinwag.rooms import DM, PRIVATE, Room, RoomBook
 from chinwag.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -322,15 +322,26 @@ class Node:
     async def wait_drained(self) -> None:
         await self._require_manager().wait_drained()
 
-    def history(self, room: str | None = None, limit: int = 100) -> ev.History:
-        """Return the last `limit` messages of a room (or `@peer` conversation), oldest first."""
+    def history(
+        self, room: str | None = None, limit: int = 100, before: str | None = None
+    ) -> ev.History:
+        """Return the last `limit` messages of a room (or `@peer` conversation), oldest first.
+
+        With `before` (a message id of that room), only messages older than it.
+        """
         if limit < 1:
             raise UsageError("limit must be at least 1")
         if room is not None and room.startswith("@"):
             wire = self._require_book().join_dm(self.resolve_peer(room)).wire
         else:
             wire = self._joined_room(room).wire
-        return self._require_history().history(wire, limit)
+        return self._require_history().history(wire, limit, before)
+
+    def conversations(self) -> list[tuple[str, str]]:
+        """Return (display name, peer id) of every private conversation we hold."""
+        return sorted(
+            (r.name, r.peer or "") for r in self._require_book().joined.values() if r.kind == DM
+        )
 
     def search(self, text: str, limit: int = 50) -> ev.SearchResult:
         """Return messages containing text."""

@@ -198,6 +198,32 @@ def test_history_in_display_order_with_limit(store: Store) -> None:
     assert store.rooms() == ["dev", ROOM]
 
 
+def test_history_before_pages_back_through_the_room(store: Store) -> None:
+    # Paging with `before` = the oldest key shown walks the room without gaps or repeats.
+    msgs = [new(ALICE, i, ts=TS + i // 3) for i in range(1, 31)]
+    msgs += [new(BOB, i, ts=TS + i // 2) for i in range(1, 21)]
+    msgs.append(new(ALICE, 1, room="dev", ts=TS))
+    store.insert_messages(msgs)
+    expected = sorted((x.ts, x.author, x.seq) for x in msgs if x.room == ROOM)
+    pages: list[tuple[int, str, int]] = []
+    page = store.history(ROOM, 7)
+    while page:
+        pages[:0] = [key(r) for r in page]
+        page = store.history(ROOM, 7, before=key(page[0]))
+    assert pages == expected
+    assert store.history(ROOM, 5, before=expected[0]) == []
+
+
+def test_history_before_uses_the_display_index(store: Store) -> None:
+    plan = store.db.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE room=? AND (ts, author, seq) < (?, ?, ?) "
+        "ORDER BY ts DESC, author DESC, seq DESC LIMIT ?",
+        (ROOM, TS, ALICE.peer_id, 1, 10),
+    ).fetchall()
+    text = " ".join(str(row[-1]) for row in plan)
+    assert "messages_display" in text and "TEMP B-TREE" not in text
+
+
 def test_search_escapes_like_wildcards_and_ignores_case(store: Store) -> None:
     texts = ["50% off", "fifty percent", "a_b", "axb", "back\\slash", "Hello World", "plain"]
     msgs = [new(ALICE, i + 1, t, ts=TS + i) for i, t in enumerate(texts)]

@@ -283,13 +283,26 @@ class Store:
         ).fetchone()
         return None if row is None else (row[0], row[1], row[2])
 
-    def history(self, room: str, limit: int) -> list[Row]:
-        """Return the room's last `limit` messages in display order (oldest first)."""
-        rows = self.db.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE room=? "
-            "ORDER BY ts DESC, author DESC, seq DESC LIMIT ?",
-            (room, limit),
-        ).fetchall()
+    def history(
+        self, room: str, limit: int, before: tuple[int, str, int] | None = None
+    ) -> list[Row]:
+        """Return the room's last `limit` messages in display order (oldest first).
+
+        With `before` = (ts, author, seq), only messages that sort before that key
+        (a range scan of the messages_display index, fast in any room size).
+        """
+        if before is None:
+            rows = self.db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE room=? "
+                "ORDER BY ts DESC, author DESC, seq DESC LIMIT ?",
+                (room, limit),
+            ).fetchall()
+        else:
+            rows = self.db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE room=? AND (ts, author, seq) < (?, ?, ?) "
+                "ORDER BY ts DESC, author DESC, seq DESC LIMIT ?",
+                (room, *before, limit),
+            ).fetchall()
         return [_row(r) for r in reversed(rows)]
 
     def search(self, text: str, limit: int) -> list[Row]:
