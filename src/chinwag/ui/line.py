@@ -67,15 +67,23 @@ def nick_colour(peer_id: str) -> str:
 class LineUI:
     """Interactive line-mode chat over a Node."""
 
-    def __init__(self, node: Node, colour: bool | None = None) -> None:
+    def __init__(
+        self,
+        node: Node,
+        colour: bool | None = None,
+        sink: Callable[[str], None] | None = None,
+    ) -> None:
+        """With a `sink`, output lines go to it (uncoloured) and node events are not followed:
+        the caller (the TUI) shows events itself and only runs commands through handle()."""
         self.node = node
-        self.interactive = os.isatty(0) and os.isatty(1)
+        self.interactive = sink is None and os.isatty(0) and os.isatty(1)
         self.colour = self.interactive if colour is None else colour
-        self._print: Callable[[str], None] = self._plain_print
+        self._print: Callable[[str], None] = sink or self._plain_print
         self._delivered: list[ev.Delivered] = []
         #: Where typed lines go.
         self.room = "general"
-        node.subscribe(self.on_event)
+        if sink is None:
+            node.subscribe(self.on_event)
         self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
             "help": self._help,
             "peers": self._peers,
