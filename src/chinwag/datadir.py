@@ -24,6 +24,11 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("chinwag", appauthor=False))
 
 
+def default_downloads_dir() -> Path:
+    """Return the platform's downloads directory (where accepted files are saved)."""
+    return Path(platformdirs.user_downloads_dir())
+
+
 class DataDir:
     """An opened data directory, locked against a second process."""
 

@@ -129,6 +129,37 @@ MAX_ABOVE_PER_AUTHOR = 100_000
 #: Messages returned by one history or search command.
 MAX_HISTORY = 10_000
 
+# --- file sharing -----------------------------------------------------------
+#: Bytes of one chunk: the unit of hashing, requesting, resuming and re-fetching.
+FILE_CHUNK = 1 << 20
+#: Bytes of file data in one frame (a chunk travels as pieces that fit MAX_FRAME).
+FILE_PIECE = 64_000
+#: Chunk hashes (32 bytes each) in one hash-list frame.
+FILE_HASHES_PER_FRAME = 1_900
+#: Chunks requested from one source and not yet received: bounds the receiver's
+#: in-flight data (and so memory) per source whatever the file size.
+FILE_WINDOW = 8
+#: Sources one download fetches from at once.
+FILE_MAX_SOURCES = 8
+#: Chunk requests queued by one peer at our side; more are refused ("busy").
+FILE_MAX_QUEUED = 64
+#: Chunks failing their hash from one source before it is dropped as a source.
+FILE_MAX_BAD_CHUNKS = 3
+#: Seconds a requested chunk may take before it is asked of another source.
+FILE_REQUEST_TIMEOUT_S = 20.0
+#: Seconds between asks for sources while a download has fewer than it could use.
+FILE_ASK_INTERVAL_S = 3.0
+#: Seconds with no source before a download is reported stalled (it keeps trying).
+FILE_STALL_S = 30.0
+#: Seconds between two progress events of one transfer.
+FILE_PROGRESS_INTERVAL_S = 0.25
+#: Bytes of a file offer (largest file we offer or accept): 1 TiB.
+FILE_MAX_SIZE = 1 << 40
+#: Characters of an offered file name after sanitising.
+FILE_MAX_NAME_CHARS = 200
+#: Transfers (offers included) remembered; the oldest finished ones are forgotten beyond it.
+FILE_MAX_KNOWN = 10_000
+
 #: Distinct unknown frame types logged at info level; later ones go to debug (stops log floods).
 MAX_UNKNOWN_TAGS_LOGGED = 64
 

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.crypto import box
@@ -27,8 +29,9 @@ from chinwag.crypto.identity import (
     short_id,
 )
 from chinwag.crypto.noise import generate_static_private
-from chinwag.datadir import DataDir, load_or_create_identity
+from chinwag.datadir import DataDir, default_downloads_dir, load_or_create_identity
 from chinwag.errors import UsageError
+from chinwag.files import FileShare
 from chinwag.history import History
 from chinwag.net.connection import PeerConnection
 from chinwag.net.discovery import Discovery
@@ -38,6 +41,7 @@ from chinwag.protocol.chat import make_message
 from chinwag.protocol.discovery import encode_beacon
 from chinwag.protocol.names import DEFAULT_ROOM, validate_nick, validate_room, validate_text
 from chinwag.protocol.session import Closed, LocalInfo
+from chinwag.protocol.transfer import OFFER_MARK, encode_offer
 from chinwag.rooms import DM, PRIVATE, Room, RoomBook
 from chinwag.store.db import Store
 
@@ -59,6 +63,10 @@ class NodeConfig:
     peers: list[tuple[str, int]] = field(default_factory=list)
     discovery: bool = True
     discovery_port: int = limits.DISCOVERY_PORT
+    #: Where accepted files are saved (default: the platform's downloads directory).
+    downloads: Path | None = None
+    #: Files up to this many bytes from verified peers are accepted without asking (0: never).
+    auto_accept: int = 0
 
 
 def default_nick() -> str:
@@ -81,6 +89,7 @@ class Node:
         self._history: History | None = None
         self._book: RoomBook | None = None
         self._store: Store | None = None
+        self._files: FileShare | None = None
         self._rng = random.Random()
         self._manager: ConnectionManager | None = None
         self._discovery: Discovery | None = None
@@ -119,6 +128,16 @@ class Node:
                 self._store, self.identity, self._manager, self._emit, self._book
             )
             self._history.load()
+            self._files = FileShare(
+                self._store,
+                self.identity.peer_id,
+                self._manager,
+                self._emit,
+                self.config.downloads or default_downloads_dir(),
+                self.config.auto_accept,
+                lambda peer_id: peer_id in self._require_book().verified,
+            )
+            self._files.load()
             self.port = await self._manager.listen(
                 self.config.bind, self.config.port, self.config.port_fallback
             )
@@ -138,6 +157,8 @@ class Node:
             for host, port in self.config.peers:
                 self._manager.add_manual_peer(host, port)
         except BaseException:
+            if self._files is not None:
+                await self._files.close()
             if self._manager is not None:
                 await self._manager.close("error")
             if self._history is not None:
@@ -160,6 +181,8 @@ class Node:
             return
         if self._discovery is not None:
             self._discovery.close()
+        if self._files is not None:
+            await self._files.close()
         if self._history is not None:
             await self._history.close()
         if self._manager is not None:
@@ -181,11 +204,11 @@ class Node:
         Raises UsageError at once for invalid text or a room we are not in.
         Messages posted in one event-loop turn share one commit.
         """
-        return self._post(self._joined_room(room), validate_text(text))
+        return self._post(self._joined_room(room), _chat_text(text))
 
     def dm(self, who: str, text: str) -> asyncio.Future[ev.NodeEvent]:
         """Send a private message (end-to-end encrypted) to a peer named by nick or id."""
-        text = validate_text(text)
+        text = _chat_text(text)
         peer_id = self.resolve_peer(who)
         if peer_id == self.identity.peer_id:
             raise UsageError("that is you")
@@ -309,6 +332,58 @@ class Node:
         self._require_book().set_blocked(peer_id, blocked)
         return self.whois(peer_id)
 
+    # --- files ----------------------------------------------------------
+
+    async def send_file(self, to: str, path: str) -> ev.FileOffer:
+        """Offer a file to a peer (nick or id) or to a joined room (`#room`).
+
+        The file is hashed first (in a worker thread); the offer then goes out as a
+        message, so peers who are away get it later. Raises UsageError for a path
+        that does not exist or cannot be read.
+        """
+        files = self._require_files()
+        if to.startswith("#"):
+            room = self._joined_room(to[1:])
+            label = room.name
+        else:
+            peer_id = self.resolve_peer(to)
+            if peer_id == self.identity.peer_id:
+                raise UsageError("that is you")
+            room = self._require_book().join_dm(peer_id)
+            label = "@" + peer_id
+        offer = await files.prepare(path, label, self.nick)
+        try:
+            await self._post(room, encode_offer(offer))
+        except BaseException:
+            files.forget(offer.fid)
+            raise
+        return ev.FileOffer(
+            id=offer.fid,
+            peer_id=self.identity.peer_id,
+            nick=self.nick,
+            name=offer.name,
+            size=offer.size,
+            sha256=offer.sha256,
+            room="" if label.startswith("@") else label,
+            own=True,
+        )
+
+    def accept_file(self, ident: str, directory: str | None = None) -> ev.FileInfo:
+        """Fetch an offered file (by id or unique id prefix) into directory or the downloads."""
+        return self._require_files().accept(ident, directory)
+
+    def reject_file(self, ident: str) -> ev.FileInfo:
+        """Decline an offered file."""
+        return self._require_files().reject(ident)
+
+    def cancel_file(self, ident: str, keep: bool = False) -> ev.FileInfo:
+        """Stop a transfer (partial data removed unless keep) or withdraw our own offer."""
+        return self._require_files().cancel(ident, keep)
+
+    def files(self) -> ev.FileList:
+        """Return every file offer and transfer, newest first."""
+        return self._require_files().listing()
+
     async def send(self, text: str, room: str | None = None) -> ev.NodeEvent:
         """Post a message and wait until it is stored and sent (and congested peers drained)."""
         event = await self.post(text, room)
@@ -335,7 +410,8 @@ class Node:
             wire = self._require_book().join_dm(self.resolve_peer(room)).wire
         else:
             wire = self._joined_room(room).wire
-        return self._require_history().history(wire, limit, before)
+        result = self._require_history().history(wire, limit, before)
+        return ev.History(room=result.room, messages=self._render(result.messages))
 
     def conversations(self) -> list[tuple[str, str]]:
         """Return (display name, peer id) of every private conversation we hold."""
@@ -347,7 +423,8 @@ class Node:
         """Return messages containing text."""
         if not text.strip():
             raise UsageError("search for what?")
-        return self._require_history().search(text, limit)
+        result = self._require_history().search(text, limit)
+        return ev.SearchResult(text=result.text, messages=self._render(result.messages))
 
     def info(self, msg_id: str) -> ev.Info:
         """Return who holds a message (by id or unique id prefix)."""
@@ -420,6 +497,7 @@ class Node:
             peer_id, self._nicks[peer_id], f"{conn.address[0]}:{conn.address[1]}"
         )
         self._require_history().peer_joined(conn)
+        self._require_files().peer_joined(conn)
         impostor = self._require_book().impostor_of(peer_id, self._nicks[peer_id])
         if impostor is not None:
             self._emit(
@@ -444,13 +522,18 @@ class Node:
         self._nicks.pop(peer_id, None)
         if self._history is not None:
             self._history.peer_left(peer_id)
+        if self._files is not None:
+            self._files.peer_left(peer_id)
         self._emit(
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )
 
     def frame_received(
-        self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame
+        self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
     ) -> None:
+        if isinstance(frame, m.FileFrame):
+            self._require_files().frame(conn, frame)
+            return
         if isinstance(frame, m.NickChange):
             peer_id = conn.session.peer_id or ""
             old = self._nicks.get(peer_id, "?")
@@ -478,6 +561,11 @@ class Node:
             raise UsageError("the node is not started")
         return self._book
 
+    def _require_files(self) -> FileShare:
+        if self._files is None:
+            raise UsageError("the node is not started")
+        return self._files
+
     def _require_store(self) -> Store:
         if self._store is None:
             raise UsageError("the node is not started")
@@ -489,6 +577,33 @@ class Node:
         return self._manager
 
     def _emit(self, event: ev.NodeEvent) -> None:
+        if (
+            isinstance(event, ev.Message | ev.DirectMessage)
+            and event.text.startswith(OFFER_MARK)
+            and self._files is not None
+        ):
+            offer = self._files.offer_message(event, _offer_room(event))
+            self._deliver(msgspec.structs.replace(event, text=self._files.render(event.text)))
+            if offer is not None:
+                self._deliver(offer)
+            return
+        self._deliver(event)
+
+    def _render(
+        self, msgs: list[ev.Message | ev.DirectMessage]
+    ) -> list[ev.Message | ev.DirectMessage]:
+        """Return messages with file offers shown as readable lines."""
+        files = self._files
+        if files is None:
+            return msgs
+        return [
+            msgspec.structs.replace(msg, text=files.render(msg.text))
+            if msg.text.startswith(OFFER_MARK)
+            else msg
+            for msg in msgs
+        ]
+
+    def _deliver(self, event: ev.NodeEvent) -> None:
         if self._held is not None:
             self._held.append(event)
             return
@@ -497,3 +612,18 @@ class Node:
                 callback(event)
             except Exception:
                 log.exception("event subscriber failed")
+
+
+def _chat_text(text: str) -> str:
+    """Return text if it can be sent as a chat message (file offers are made by send_file)."""
+    text = validate_text(text)
+    if text.startswith(OFFER_MARK):
+        raise UsageError("a message may not start with that control character")
+    return text
+
+
+def _offer_room(event: ev.Message | ev.DirectMessage) -> str:
+    """Return where an offer was made: a room name, or `@peer_id` of the other party."""
+    if isinstance(event, ev.DirectMessage):
+        return "@" + (event.to if event.own else event.peer_id)
+    return event.room

@@ -139,10 +139,95 @@ class Rooms(msgspec.Struct, frozen=True, tag_field="t", tag="rooms"):
     joined: Annotated[list[RoomAnnounce], msgspec.Meta(max_length=limits.MAX_ROOMS)]
 
 
-Frame = Chat | Ping | Pong | NickChange | Bye | Vector | Want | Floor | Rooms
+# --- file transfer (docs/files.md) --------------------------------------------
+
+Fid = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+Reason = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class FileWho(msgspec.Struct, frozen=True, tag_field="t", tag="fwho"):
+    """Who holds file `fid` whole? Holders answer FileHave."""
+
+    fid: Fid
+
+
+class FileHave(msgspec.Struct, frozen=True, tag_field="t", tag="fhave"):
+    """The sender holds file `fid` whole and will serve its chunks to us."""
+
+    fid: Fid
+
+
+class FileHashesReq(msgspec.Struct, frozen=True, tag_field="t", tag="fhreq"):
+    """Send the chunk hashes of `fid` starting at chunk `lo`."""
+
+    fid: Fid
+    lo: U64
+
+
+class FileHashes(msgspec.Struct, frozen=True, tag_field="t", tag="fhash"):
+    """SHA-256 digests of chunks lo, lo+1, ... of `fid`, concatenated."""
+
+    fid: Fid
+    lo: U64
+    hashes: Annotated[bytes, msgspec.Meta(max_length=32 * limits.FILE_HASHES_PER_FRAME)]
+
+
+class FileGet(msgspec.Struct, frozen=True, tag_field="t", tag="fget"):
+    """Send chunk `idx` of `fid` (answered by FileData pieces in order, or FileNak)."""
+
+    fid: Fid
+    idx: U64
+
+
+class FileData(msgspec.Struct, frozen=True, tag_field="t", tag="fdata"):
+    """Bytes of chunk `idx` of `fid` starting `off` bytes into the chunk."""
+
+    fid: Fid
+    idx: U64
+    off: U64
+    data: Annotated[bytes, msgspec.Meta(max_length=limits.FILE_PIECE)]
+
+
+class FileNak(msgspec.Struct, frozen=True, tag_field="t", tag="fnak"):
+    """Chunk `idx` of `fid` will not come from the sender; `reason` is a short code."""
+
+    fid: Fid
+    idx: U64
+    reason: Reason
+
+
+class FileEnd(msgspec.Struct, frozen=True, tag_field="t", tag="fend"):
+    """The sender stops this transfer: `done`, `cancelled`, `rejected` or `withdrawn`."""
+
+    fid: Fid
+    reason: Reason
+
+
+FileFrame = FileWho | FileHave | FileHashesReq | FileHashes | FileGet | FileData | FileNak | FileEnd
+
+Frame = (
+    Chat
+    | Ping
+    | Pong
+    | NickChange
+    | Bye
+    | Vector
+    | Want
+    | Floor
+    | Rooms
+    | FileWho
+    | FileHave
+    | FileHashesReq
+    | FileHashes
+    | FileGet
+    | FileData
+    | FileNak
+    | FileEnd
+)
 SyncFrame = Vector | Want | Floor | Rooms
 KNOWN_TAGS: Final = frozenset(
     {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms"}
+    | {"fwho", "fhave", "fhreq", "fhash", "fget", "fdata", "fnak", "fend"}
 )
 
 

@@ -48,3 +48,36 @@ def validate_text(text: str) -> str:
     except UnicodeEncodeError:
         raise UsageError("message is not valid Unicode text") from None
     return text
+
+
+_DEVICE_NAMES = frozenset(
+    {"con", "prn", "aux", "nul", "clock$"}
+    | {f"com{i}" for i in range(10)}
+    | {f"lpt{i}" for i in range(10)}
+)
+_FORBIDDEN_CHARS = frozenset('<>:"|?*')
+#: Bytes (UTF-8) of a saved file name: below every common filesystem's 255.
+_MAX_NAME_BYTES = 240
+
+
+def safe_filename(offered: str) -> str:
+    """Return an offered file name made safe to create in the downloads directory.
+
+    No directories (only the last component survives), no `..`, no hidden or
+    device names, no control or reserved characters, length-limited; never empty.
+    """
+    name = offered.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable() and c not in _FORBIDDEN_CHARS)
+    name = name.strip().lstrip(".").rstrip(". ")
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    if stem.lower() in _DEVICE_NAMES or name.lower() in _DEVICE_NAMES:
+        stem = "_" + stem
+    ext = ext[:16]
+    limit = limits.FILE_MAX_NAME_CHARS - len(ext) - 1
+    stem = stem[:limit]
+    while len(f"{stem}.{ext}".encode()) > _MAX_NAME_BYTES and stem:
+        stem = stem[:-1]
+    name = f"{stem}.{ext}" if ext else stem
+    return name if name.strip(". ") else "file"

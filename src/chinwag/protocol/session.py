@@ -56,9 +56,9 @@ class HandshakeComplete:
 
 @dataclass(frozen=True, slots=True)
 class FrameReceived:
-    """The peer sent a frame for the layer above (chat, nick change, sync)."""
+    """The peer sent a frame for the layer above (chat, nick change, sync, files)."""
 
-    frame: m.Chat | m.NickChange | m.SyncFrame
+    frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,18 +181,24 @@ class Session:
             return
         self._last_received = now
         self._inbuf += data
+        # Frames are cut by position and the buffer shortened once: deleting each
+        # frame from the front would move the rest of the buffer every time.
+        pos = 0
+        inbuf = self._inbuf
         try:
             while not self.closed:
-                if len(self._inbuf) < 2:
+                if len(inbuf) - pos < 2:
                     break
-                (size,) = _LEN.unpack_from(self._inbuf)
-                if len(self._inbuf) < 2 + size:
+                (size,) = _LEN.unpack_from(inbuf, pos)
+                if len(inbuf) - pos < 2 + size:
                     break
-                frame = bytes(self._inbuf[2 : 2 + size])
-                del self._inbuf[: 2 + size]
+                frame = bytes(inbuf[pos + 2 : pos + 2 + size])
+                pos += 2 + size
                 self._handle_noise_message(frame)
         except RemoteProtocolError as exc:
             self._fail(str(exc), exc.code)
+        finally:
+            del inbuf[:pos]
 
     def handle_timer(self, now: float) -> None:
         """Run time-based duties: handshake timeout, keepalive pings, dead-peer detection."""
@@ -347,7 +353,7 @@ class Session:
         )
 
     def _handle_frame(self, frame: m.Frame | m.UnknownFrame) -> None:
-        if isinstance(frame, m.Chat | m.Vector | m.Want | m.Floor | m.Rooms):
+        if isinstance(frame, m.Chat | m.Vector | m.Want | m.Floor | m.Rooms | m.FileFrame):
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Ping):
             if self.state is State.OPEN:

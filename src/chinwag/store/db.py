@@ -67,6 +67,13 @@ CREATE TABLE IF NOT EXISTS blocked(peer_id TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS verified(
     peer_id TEXT PRIMARY KEY, nick TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files(
+    fid TEXT PRIMARY KEY, direction TEXT NOT NULL, state TEXT NOT NULL,
+    room TEXT NOT NULL, author TEXT NOT NULL, nick TEXT NOT NULL, offer TEXT NOT NULL,
+    path TEXT NOT NULL DEFAULT '', dir TEXT NOT NULL DEFAULT '',
+    digests BLOB, mtime_ns INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL, reason TEXT NOT NULL DEFAULT ''
+);
 """
 
 _COLUMNS = "id, room, author, seq, ts, nick, text, late"
@@ -114,6 +121,29 @@ class NewMessage:
     sig: bytes
     late: bool
     verified: bool
+
+
+@dataclass(slots=True)
+class FileRow:
+    """One file offer or transfer (ours or a peer's); `offer` is the offer's JSON."""
+
+    fid: str
+    direction: str
+    state: str
+    room: str
+    author: str
+    nick: str
+    offer: str
+    path: str = ""
+    dir: str = ""
+    digests: bytes | None = None
+    mtime_ns: int = 0
+    created: float = 0.0
+    reason: str = ""
+
+
+_FILE_COLUMNS = "fid, direction, state, room, author, nick, offer, path, dir, digests, "
+_FILE_COLUMNS += "mtime_ns, created, reason"
 
 
 class Store:
@@ -421,6 +451,39 @@ class Store:
 
     def peer_nicks(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT peer_id, nick FROM peers").fetchall())
+
+    # --- files --------------------------------------------------------
+
+    def save_file(self, row: FileRow) -> None:
+        """Insert or replace a file row."""
+        with self._transaction():
+            self.db.execute(
+                f"INSERT OR REPLACE INTO files({_FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    row.fid,
+                    row.direction,
+                    row.state,
+                    row.room,
+                    row.author,
+                    row.nick,
+                    row.offer,
+                    row.path,
+                    row.dir,
+                    row.digests,
+                    row.mtime_ns,
+                    row.created,
+                    row.reason,
+                ),
+            )
+
+    def file_rows(self) -> list[FileRow]:
+        """Return every file row, oldest first."""
+        rows = self.db.execute(f"SELECT {_FILE_COLUMNS} FROM files ORDER BY created").fetchall()
+        return [FileRow(*r) for r in rows]
+
+    def delete_files(self, fids: Iterable[str]) -> None:
+        with self._transaction():
+            self.db.executemany("DELETE FROM files WHERE fid=?", [(f,) for f in fids])
 
     # --- internals ------------------------------------------------------
 

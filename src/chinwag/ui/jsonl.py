@@ -11,7 +11,8 @@ import asyncio
 import logging
 import sys
 from collections import deque
-from typing import Annotated, BinaryIO
+from collections.abc import Coroutine
+from typing import Annotated, Any, BinaryIO
 
 import msgspec
 
@@ -92,6 +93,29 @@ class UnblockCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="unblock"):
     who: str
 
 
+class SendFileCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="send_file"):
+    to: str
+    path: str
+
+
+class AcceptFileCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="accept_file"):
+    id: str
+    dir: str | None = None
+
+
+class RejectFileCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="reject_file"):
+    id: str
+
+
+class CancelFileCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="cancel_file"):
+    id: str
+    keep: bool = False
+
+
+class FilesCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="files"):
+    pass
+
+
 Command = (
     Send
     | PeersCmd
@@ -108,6 +132,11 @@ Command = (
     | VerifyCmd
     | BlockCmd
     | UnblockCmd
+    | SendFileCmd
+    | AcceptFileCmd
+    | RejectFileCmd
+    | CancelFileCmd
+    | FilesCmd
 )
 COMMANDS = frozenset(
     {
@@ -126,6 +155,11 @@ COMMANDS = frozenset(
         "verify",
         "block",
         "unblock",
+        "send_file",
+        "accept_file",
+        "reject_file",
+        "cancel_file",
+        "files",
     }
 )
 #: Sends accepted but not yet committed before we stop reading stdin (back-pressure).
@@ -166,6 +200,7 @@ class JsonLinesUI:
         self._in_flight: deque[asyncio.Future[ev.NodeEvent]] = deque()
         self._buffer = bytearray()
         self._flush_scheduled = False
+        self._background: set[asyncio.Future[None]] = set()
         node.subscribe(self.write_event)
 
     def write_event(self, event: ev.NodeEvent) -> None:
@@ -197,6 +232,8 @@ class JsonLinesUI:
                     await fut
                 except Exception as exc:  # already reported as an error event
                     log.debug("send failed: %s", exc)
+            if self._background:
+                await asyncio.gather(*self._background, return_exceptions=True)
             self.flush()
 
     async def _run(self) -> None:
@@ -254,3 +291,30 @@ class JsonLinesUI:
             self.write_event(self.node.peers())
         elif isinstance(cmd, NickCmd):
             self.node.set_nick(cmd.nick)
+        elif isinstance(cmd, SendFileCmd):
+            # Hashing a big file takes a while: do not hold up the commands behind it.
+            self._spawn(self.node.send_file(cmd.to, cmd.path))
+        elif isinstance(cmd, AcceptFileCmd):
+            self.node.accept_file(cmd.id, cmd.dir)
+        elif isinstance(cmd, RejectFileCmd):
+            self.node.reject_file(cmd.id)
+        elif isinstance(cmd, CancelFileCmd):
+            self.node.cancel_file(cmd.id, cmd.keep)
+        elif isinstance(cmd, FilesCmd):
+            self.write_event(self.node.files())
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        """Run a slow command in the background; its failure becomes an error event."""
+
+        async def run() -> None:
+            try:
+                await coro
+            except ChinwagError as exc:
+                self.node.error(str(exc))
+            except Exception as exc:  # a bug: report it, keep the node running
+                log.exception("command failed")
+                self.node.error(f"internal error: {type(exc).__name__}")
+
+        task = asyncio.ensure_future(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -1,0 +1,1021 @@
+"""File sharing: offers, downloads, and serving chunks to peers (docs/files.md).
+
+An offer is a chat message (protocol/transfer.py), so it is signed, stored and
+delivered like any message, also to peers who were away. This module keeps a
+row per offer or transfer in the store and runs them:
+
+- a download asks connected peers who holds the file whole (`fwho`/`fhave`),
+  fetches the chunk digests, then chunks from up to FILE_MAX_SOURCES sources
+  at once, each within a window (so memory stays bounded), writing verified
+  data into a hidden partial file next to its final place; the partial file
+  is renamed only once the whole-file SHA-256 matches, to a name that never
+  overwrites anything;
+- after a restart or a lost connection the download goes on from the chunks
+  in the partial file that still match their digests, without asking again;
+- serving reads chunks in a worker thread, checks them against their digests
+  (a file changed since it was offered is not sent), and writes file data only
+  while the connection's send buffer is below its high-water mark, so chat
+  frames never queue behind more than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import msgspec
+
+from chinwag import events as ev
+from chinwag import limits
+from chinwag.errors import UsageError
+from chinwag.protocol import messages as m
+from chinwag.protocol.names import safe_filename
+from chinwag.protocol.transfer import (
+    OFFER_MARK,
+    Download,
+    Offer,
+    decode_offer,
+    digest_root,
+)
+from chinwag.store.db import FileRow, Store, StoreError
+
+if TYPE_CHECKING:
+    from chinwag.net.connection import PeerConnection
+    from chinwag.net.manager import ConnectionManager
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+IN, OUT = "in", "out"
+#: States of a row. Incoming: offered -> transferring <-> stalled -> done | failed |
+#: cancelled | rejected. Outgoing: sharing -> done (a private offer fetched) | cancelled | failed.
+OFFERED, TRANSFERRING, STALLED, DONE = "offered", "transferring", "stalled", "done"
+FAILED, CANCELLED, REJECTED, SHARING = "failed", "cancelled", "rejected", "sharing"
+_ACTIVE = (TRANSFERRING, STALLED)
+_TICK_S = 1.0
+_HASH_REQUEST_TIMEOUT_S = 10.0
+_offer_encoder = msgspec.json.Encoder()
+
+
+def _part_path(directory: Path, fid: str) -> Path:
+    return directory / f".chinwag-{fid[:16]}.part"
+
+
+def hash_file(path: Path, chunk: int = limits.FILE_CHUNK) -> tuple[int, str, bytes, int]:
+    """Return (size, whole-file SHA-256 hex, concatenated chunk digests, mtime_ns) of a file."""
+    whole = hashlib.sha256()
+    digests = bytearray()
+    with path.open("rb") as f:
+        st = os.fstat(f.fileno())
+        size = 0
+        while block := f.read(chunk):
+            whole.update(block)
+            digests += hashlib.sha256(block).digest()
+            size += len(block)
+    return size, whole.hexdigest(), bytes(digests), st.st_mtime_ns
+
+
+def _hash_source(path: str) -> tuple[Path, tuple[int, str, bytes, int]]:
+    """Check that path names a readable regular file; return it resolved, with hash_file()."""
+    source = Path(path).expanduser()
+    try:
+        source = source.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise UsageError(f"no such file: {path}") from None
+    if source.is_dir():
+        raise UsageError(f"{path} is a directory; send files one by one")
+    if not source.is_file():
+        raise UsageError(f"{path} is not a regular file")
+    if not os.access(source, os.R_OK):
+        raise UsageError(f"{path} is not readable")
+    return source, hash_file(source)
+
+
+def unique_path(directory: Path, name: str) -> Path:
+    """Create and return a new empty file `name` in directory, `name (1).ext` if taken, etc."""
+    stem, suffix = Path(name).stem, Path(name).suffix
+    for n in range(10_000):
+        candidate = directory / (name if n == 0 else f"{stem} ({n}){suffix}")
+        try:
+            fd = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise OSError(f"too many files called {name!r} in {directory}")
+
+
+def human_size(n: float) -> str:
+    """Return a byte count as a short human-readable string (1.5 MB)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+class _Writer:
+    """Checks and writes the chunks of one download in a thread of its own, in arrival order.
+
+    A second thread keeps the SHA-256 of the chunks written in order from the
+    start of the file, so the final whole-file check re-reads only what arrived
+    out of order, and the two hashes of each byte run on two cores.
+    """
+
+    def __init__(self, fd: int, offer: Offer) -> None:
+        self.fd = fd
+        self.offer = offer
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-file")
+        self._whole = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-sha")
+        self._prefix = hashlib.sha256()
+        #: Chunks [0, _prefix_n) are handed to the whole-file hash (used in the io thread).
+        self._prefix_n = 0
+
+    def submit(self, fn: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
+        """Run fn(*args) in the io thread, after everything submitted before."""
+        return asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    def close(self) -> None:
+        self._io.shutdown(wait=False, cancel_futures=True)
+        self._whole.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    def _extend(self, idx: int, data: bytes | bytearray) -> None:
+        if idx == self._prefix_n:
+            self._prefix_n += 1
+            self._whole.submit(self._prefix.update, data)
+
+    def check_and_write(self, idx: int, data: bytearray, digest: bytes) -> bool:
+        """Write chunk idx if it matches digest; return whether it did."""
+        if hashlib.sha256(data).digest() != digest:
+            return False
+        os.pwrite(self.fd, data, idx * self.offer.chunk)
+        self._extend(idx, data)
+        return True
+
+    def scan(self, digests: list[bytes]) -> list[int]:
+        """Return the chunks of the partial file that match their digests."""
+        good: list[int] = []
+        size = os.fstat(self.fd).st_size
+        chunk = self.offer.chunk
+        for idx, digest in enumerate(digests):
+            length = min(chunk, self.offer.size - idx * chunk)
+            if idx * chunk + length > size:
+                break
+            data = os.pread(self.fd, length, idx * chunk)
+            if hashlib.sha256(data).digest() == digest:
+                good.append(idx)
+                self._extend(idx, data)
+        return good
+
+    def whole_digest(self) -> str:
+        """Return the SHA-256 (hex) of the whole file as written (call in the io thread)."""
+        whole = self._whole.submit(self._prefix.copy).result()
+        pos = self._prefix_n * self.offer.chunk
+        while pos < self.offer.size:
+            block = os.pread(self.fd, min(limits.FILE_CHUNK, self.offer.size - pos), pos)
+            if not block:
+                break
+            whole.update(block)
+            pos += len(block)
+        return whole.hexdigest()
+
+
+@dataclass
+class _Transfer:
+    """Runtime state of one row."""
+
+    row: FileRow
+    offer: Offer
+    dl: Download | None = None
+    writer: _Writer | None = None
+    part: Path | None = None
+    #: Bytes counted for the progress rate and when.
+    rate: float = 0.0
+    rate_mark: tuple[float, int] = (0.0, 0)
+    progress_at: float = 0.0
+    asked_at: float = -1e9
+    no_source_since: float | None = None
+    hashes_asked: tuple[str, float] | None = None
+    served: int = 0
+    finishing: bool = False
+    #: Background work of this transfer (checking a partial file, the final check).
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def fid(self) -> str:
+        return self.row.fid
+
+
+class FileShare:
+    """Every file offer and transfer of a node."""
+
+    def __init__(
+        self,
+        store: Store,
+        me: str,
+        manager: ConnectionManager,
+        emit: Callable[[ev.NodeEvent], None],
+        downloads: Path,
+        auto_accept: int,
+        is_verified: Callable[[str], bool],
+    ) -> None:
+        self.store = store
+        self.me = me
+        self.manager = manager
+        self._emit = emit
+        self.downloads = downloads
+        self.auto_accept = auto_accept
+        self._is_verified = is_verified
+        self._loop = asyncio.get_running_loop()
+        self.transfers: dict[str, _Transfer] = {}
+        self._serve_queues: dict[str, deque[tuple[str, int]]] = {}
+        self._serve_tasks: dict[str, asyncio.Task[None]] = {}
+        self._read_fds: dict[str, int] = {}
+        self._tick: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # --- lifecycle ------------------------------------------------------
+
+    def load(self) -> None:
+        """Load rows from the store and resume downloads that were under way."""
+        for row in self.store.file_rows():
+            offer = decode_offer(OFFER_MARK + row.offer)
+            if offer is None:
+                log.warning("dropping unreadable file row %s", row.fid[:8])
+                continue
+            self.transfers[row.fid] = _Transfer(row, offer)
+        for t in list(self.transfers.values()):
+            if t.row.direction == IN and t.row.state in _ACTIVE:
+                self._start_download(t)
+
+    async def close(self) -> None:
+        """Stop every transfer task and close files; rows stay as they are for the next start."""
+        self._closing = True
+        if self._tick is not None:
+            self._tick.cancel()
+        tasks = [*self._serve_tasks.values(), *self._tasks]
+        for t in self.transfers.values():
+            tasks.extend(t.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for t in self.transfers.values():
+            self._close_part(t)
+        for fd in self._read_fds.values():
+            os.close(fd)
+        self._read_fds.clear()
+
+    # --- commands -------------------------------------------------------
+
+    async def prepare(self, path: str, room: str, nick: str) -> Offer:
+        """Hash a local file and record our offer of it to `room` (a room name or `@peer_id`)."""
+        try:
+            source, (size, sha, digests, mtime_ns) = await asyncio.to_thread(_hash_source, path)
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if size > limits.FILE_MAX_SIZE:
+            raise UsageError(f"{path} is larger than {human_size(limits.FILE_MAX_SIZE)}")
+        offer = Offer(
+            fid=os.urandom(16).hex(),
+            name=source.name[: limits.FILE_MAX_NAME_CHARS],
+            size=size,
+            sha256=sha,
+            chunk=limits.FILE_CHUNK,
+            root=digest_root(digests),
+        )
+        row = FileRow(
+            fid=offer.fid,
+            direction=OUT,
+            state=SHARING,
+            room=room,
+            author=self.me,
+            nick=nick,
+            offer=self._offer_json(offer),
+            path=str(source),
+            digests=digests,
+            mtime_ns=mtime_ns,
+            created=time.time(),
+        )
+        self.store.save_file(row)
+        self.transfers[offer.fid] = _Transfer(row, offer)
+        return offer
+
+    def forget(self, fid: str) -> None:
+        """Drop an offer we prepared but could not post."""
+        if self.transfers.pop(fid, None) is not None:
+            with contextlib.suppress(StoreError):
+                self.store.delete_files([fid])
+
+    def accept(self, ident: str, directory: str | None = None) -> ev.FileInfo:
+        """Start (or restart) fetching an offered file into directory (default: downloads)."""
+        t = self._find(ident)
+        if t.row.direction != IN:
+            raise UsageError("that is your own offer")
+        if t.row.state in _ACTIVE:
+            raise UsageError(f"{t.offer.name!r} is being fetched already")
+        if t.row.state == DONE:
+            raise UsageError(f"{t.offer.name!r} is saved already at {t.row.path}")
+        target = Path(directory).expanduser() if directory else self.downloads
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot use {target}: {exc.strerror or exc}") from None
+        if not target.is_dir() or not os.access(target, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write to {target}")
+        part = _part_path(target, t.fid)
+        have = part.stat().st_size if part.exists() else 0
+        free = shutil.disk_usage(target).free
+        if t.offer.size - have > free:
+            raise UsageError(
+                f"not enough space in {target}: {human_size(t.offer.size)} needed, "
+                f"{human_size(free)} free"
+            )
+        t.row.dir = str(target.resolve())
+        t.row.reason = ""
+        self._set_state(t, TRANSFERRING)
+        self._start_download(t)
+        return self.info(t)
+
+    def reject(self, ident: str) -> ev.FileInfo:
+        """Decline an offer: nothing is fetched; the sender of a private offer is told."""
+        t = self._find(ident)
+        if t.row.direction != IN or t.row.state != OFFERED:
+            raise UsageError(f"{t.offer.name!r} is not waiting for an answer")
+        self._set_state(t, REJECTED)
+        self._tell_author(t, "rejected")
+        self._emit(ev.FileFailed(id=t.fid, reason="rejected"))
+        return self.info(t)
+
+    def cancel(self, ident: str, keep: bool = False) -> ev.FileInfo:
+        """Stop a transfer or withdraw our offer; partial data is removed unless `keep`."""
+        t = self._find(ident)
+        if t.row.direction == OUT:
+            if t.row.state != SHARING:
+                raise UsageError(f"{t.offer.name!r} is not being shared")
+            self._set_state(t, CANCELLED, "cancelled")
+            self.manager.broadcast(
+                m.encode(m.FileEnd(fid=bytes.fromhex(t.fid), reason="withdrawn"))
+            )
+            self._emit(ev.FileFailed(id=t.fid, reason="cancelled"))
+            return self.info(t)
+        if t.row.state not in (*_ACTIVE, OFFERED):
+            raise UsageError(f"{t.offer.name!r} is not under way")
+        self._stop_download(t, "cancelled", remove=not keep)
+        self._set_state(t, CANCELLED, "cancelled")
+        self._emit(ev.FileFailed(id=t.fid, reason="cancelled"))
+        return self.info(t)
+
+    def listing(self) -> ev.FileList:
+        """Return every offer and transfer, newest first."""
+        rows = sorted(self.transfers.values(), key=lambda t: t.row.created, reverse=True)
+        return ev.FileList(files=[self.info(t) for t in rows])
+
+    def info(self, t: _Transfer) -> ev.FileInfo:
+        """Return the public view of one transfer."""
+        dl = t.dl
+        done = t.row.state == DONE or t.row.direction == OUT
+        room = t.row.room
+        return ev.FileInfo(
+            id=t.fid,
+            name=t.offer.name,
+            size=t.offer.size,
+            sha256=t.offer.sha256,
+            peer_id=t.row.author if t.row.direction == IN else room[1:] if room[:1] == "@" else "",
+            nick=t.row.nick,
+            direction=t.row.direction,
+            state=t.row.state,
+            bytes=t.offer.size if done else dl.verified_bytes if dl is not None else 0,
+            room="" if room.startswith("@") else room,
+            path=t.row.path,
+            sources=len(dl.sources) if dl is not None else 0,
+            rate=round(t.rate, 1),
+        )
+
+    # --- offers arriving as messages ---------------------------------------
+
+    def render(self, text: str) -> str:
+        """Return the readable form of a message text (offers become one line)."""
+        offer = decode_offer(text)
+        if offer is None:
+            return text
+        return f"offers file {offer.name!r} ({human_size(offer.size)}) [file {offer.fid[:8]}]"
+
+    def offer_message(self, event: ev.Message | ev.DirectMessage, room: str) -> ev.FileOffer | None:
+        """Record an offer carried by a stored message; return its event (None if not new)."""
+        offer = decode_offer(event.text)
+        if offer is None:
+            return None
+        known = self.transfers.get(offer.fid)
+        if known is not None:
+            if not event.own or known.row.direction != OUT:
+                return None
+        elif event.own:
+            return None  # an offer of ours from an earlier data dir: nothing to serve
+        else:
+            if len(self.transfers) >= limits.FILE_MAX_KNOWN:
+                self._forget_oldest()
+            row = FileRow(
+                fid=offer.fid,
+                direction=IN,
+                state=OFFERED,
+                room=room,
+                author=event.peer_id,
+                nick=event.nick,
+                offer=self._offer_json(offer),
+                created=time.time(),
+            )
+            try:
+                self.store.save_file(row)
+            except StoreError as exc:
+                log.warning("cannot record offer %s: %s", offer.fid[:8], exc)
+                return None
+            known = _Transfer(row, offer)
+            self.transfers[offer.fid] = known
+        result = ev.FileOffer(
+            id=offer.fid,
+            peer_id=event.peer_id,
+            nick=event.nick,
+            name=offer.name,
+            size=offer.size,
+            sha256=offer.sha256,
+            room="" if room.startswith("@") else room,
+            own=event.own,
+        )
+        if (
+            not event.own
+            and self.auto_accept
+            and offer.size <= self.auto_accept
+            and self._is_verified(event.peer_id)
+        ):
+            self._loop.call_soon(self._auto_accept, offer.fid)
+        return result
+
+    def _auto_accept(self, fid: str) -> None:
+        try:
+            self.accept(fid)
+        except UsageError as exc:
+            self._emit(ev.Error(message=f"cannot auto-accept file {fid[:8]}: {exc}"))
+
+    # --- peers ----------------------------------------------------------
+
+    def peer_joined(self, conn: PeerConnection) -> None:
+        """Ask a new peer for the files we are fetching."""
+        peer_id = conn.session.peer_id or ""
+        for t in self.transfers.values():
+            if t.dl is not None and self._may_source(t, peer_id):
+                conn.send_frame(m.FileWho(fid=bytes.fromhex(t.fid)))
+
+    def peer_left(self, peer_id: str) -> None:
+        """Forget what a departed peer was sending us or asking of us."""
+        self._serve_queues.pop(peer_id, None)
+        task = self._serve_tasks.pop(peer_id, None)
+        if task is not None:
+            task.cancel()
+        for t in self.transfers.values():
+            if t.dl is not None and peer_id in t.dl.sources:
+                t.dl.drop(peer_id)
+                self._pump(t)
+
+    # --- frames ---------------------------------------------------------
+
+    def frame(self, conn: PeerConnection, frame: m.FileFrame) -> None:
+        """Handle one file frame from a peer."""
+        peer_id = conn.session.peer_id or ""
+        fid = frame.fid.hex()
+        t = self.transfers.get(fid)
+        if t is None:
+            if isinstance(frame, m.FileGet):
+                conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason="unknown"))
+            return
+        if isinstance(frame, m.FileData):
+            self._data(t, peer_id, frame)
+        elif isinstance(frame, m.FileGet):
+            self._queue_serve(conn, t, peer_id, frame)
+        elif isinstance(frame, m.FileWho):
+            if self._serves(t, peer_id):
+                conn.send_frame(m.FileHave(fid=frame.fid))
+        elif isinstance(frame, m.FileHave):
+            if t.dl is not None and self._may_source(t, peer_id):
+                t.dl.add_source(peer_id, self._loop.time())
+                self._pump(t)
+        elif isinstance(frame, m.FileHashesReq):
+            if self._serves(t, peer_id) and t.row.digests is not None:
+                lo = frame.lo * 32
+                page = t.row.digests[lo : lo + 32 * limits.FILE_HASHES_PER_FRAME]
+                conn.send_frame(m.FileHashes(fid=frame.fid, lo=frame.lo, hashes=page))
+        elif isinstance(frame, m.FileHashes):
+            self._hashes(t, peer_id, frame)
+        elif isinstance(frame, m.FileNak):
+            if t.dl is not None:
+                log.info("%s will not send %s: %s", peer_id[:8], t.offer.name, frame.reason)
+                t.dl.nak(peer_id, frame.idx)
+                self._pump(t)
+        elif isinstance(frame, m.FileEnd):
+            self._end(t, peer_id, frame.reason)
+
+    def _serves(self, t: _Transfer, peer_id: str) -> bool:
+        """Return whether we hold t whole and may give it to peer_id."""
+        row = t.row
+        if row.direction == OUT:
+            return row.state in (SHARING, DONE) and (
+                not row.room.startswith("@") or row.room[1:] == peer_id
+            )
+        # A file fetched from a room is shared on with the room; a private one is not.
+        return row.state == DONE and not row.room.startswith("@")
+
+    def _may_source(self, t: _Transfer, peer_id: str) -> bool:
+        return not t.row.room.startswith("@") or peer_id == t.row.author
+
+    def _end(self, t: _Transfer, peer_id: str, reason: str) -> None:
+        row = t.row
+        if row.direction == OUT and row.room.startswith("@") and peer_id == row.room[1:]:
+            # The one recipient of a private offer tells us how it went.
+            who = t.row.room[1:9]
+            if reason == "done" and row.state == SHARING:
+                self._set_state(t, DONE)
+                self._emit(ev.FileDone(id=t.fid, path=row.path, sha256=t.offer.sha256))
+            elif reason in ("rejected", "cancelled") and row.state == SHARING:
+                self._emit(ev.FileFailed(id=t.fid, reason=f"{reason} by {who}"))
+            self._drop_queued(peer_id, t.fid)
+        elif row.direction == OUT:
+            self._drop_queued(peer_id, t.fid)
+        elif peer_id == row.author and reason == "withdrawn" and row.state in (*_ACTIVE, OFFERED):
+            if t.dl is not None:
+                self._stop_download(t, "withdrawn", remove=True)
+            self._set_state(t, FAILED, "withdrawn by the sender")
+            self._emit(ev.FileFailed(id=t.fid, reason="withdrawn by the sender"))
+
+    # --- downloading ----------------------------------------------------
+
+    def _start_download(self, t: _Transfer) -> None:
+        directory = Path(t.row.dir or self.downloads)
+        t.part = _part_path(directory, t.fid)
+        t.dl = Download(t.offer)
+        t.no_source_since = self._loop.time()
+        t.asked_at = -1e9
+        if t.offer.chunks == 0:
+            t.dl.digests = []
+        elif (
+            t.row.digests is not None
+            and len(t.row.digests) == 32 * t.offer.chunks
+            and digest_root(t.row.digests) == t.offer.root
+        ):
+            t.dl.digests = [t.row.digests[i : i + 32] for i in range(0, len(t.row.digests), 32)]
+        try:
+            fd = os.open(t.part, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            self._fail(t, f"cannot write {directory}: {exc.strerror or exc}")
+            return
+        t.writer = _Writer(fd, t.offer)
+        if t.dl.digests and os.fstat(fd).st_size > 0:
+            t.finishing = True  # no data until the partial file is checked
+            self._spawn(t, self._resume(t))
+        else:
+            self._ask(t)
+            self._pump(t)
+        self._arm_tick()
+
+    async def _resume(self, t: _Transfer) -> None:
+        dl, writer = t.dl, t.writer
+        assert dl is not None and writer is not None and dl.digests is not None
+        good = await writer.submit(writer.scan, dl.digests)
+        if t.dl is not dl:
+            return
+        dl.restore(good)
+        t.finishing = False
+        log.info("resuming %s: %d of %d chunks already here", t.offer.name, len(good), dl.n)
+        self._progress(t, force=True)
+        if dl.complete:
+            self._finish(t)
+            return
+        self._ask(t)
+        self._pump(t)
+
+    def _ask(self, t: _Transfer) -> None:
+        """Ask connected peers who may hold the file whole."""
+        t.asked_at = self._loop.time()
+        frame = m.encode(m.FileWho(fid=bytes.fromhex(t.fid)))
+        for peer_id, conn in self.manager.peers.items():
+            if self._may_source(t, peer_id) and (t.dl is None or peer_id not in t.dl.sources):
+                conn.send_encoded(frame)
+
+    def _pump(self, t: _Transfer) -> None:
+        """Send the requests the download wants now."""
+        dl = t.dl
+        if dl is None or t.finishing:
+            return
+        now = self._loop.time()
+        if dl.sources:
+            t.no_source_since = None
+            if t.row.state == STALLED:
+                self._set_state(t, TRANSFERRING)
+        elif t.no_source_since is None:
+            t.no_source_since = now
+        fid = bytes.fromhex(t.fid)
+        lo = dl.hashes_wanted()
+        if lo is not None:
+            if dl.sources and (t.hashes_asked is None or t.hashes_asked[0] not in dl.sources):
+                peer_id = next(iter(dl.sources))
+                conn = self.manager.peers.get(peer_id)
+                if conn is not None:
+                    t.hashes_asked = (peer_id, now)
+                    conn.send_frame(m.FileHashesReq(fid=fid, lo=lo))
+            return
+        for peer_id, idx in dl.requests(now):
+            conn = self.manager.peers.get(peer_id)
+            if conn is None:
+                dl.drop(peer_id)
+                continue
+            conn.send_frame(m.FileGet(fid=fid, idx=idx))
+
+    def _hashes(self, t: _Transfer, peer_id: str, frame: m.FileHashes) -> None:
+        dl = t.dl
+        if dl is None or dl.digests is not None:
+            return
+        ok = dl.hashes_received(peer_id, frame.lo, frame.hashes)
+        t.hashes_asked = None
+        if not ok:
+            log.warning("%s sent a wrong chunk list for %s; not a source", peer_id[:8], t.fid[:8])
+        elif dl.digests is not None:
+            t.row.digests = b"".join(dl.digests)
+            with contextlib.suppress(StoreError):
+                self.store.save_file(t.row)
+        self._pump(t)
+
+    def _data(self, t: _Transfer, peer_id: str, frame: m.FileData) -> None:
+        dl, writer = t.dl, t.writer
+        if dl is None or writer is None or t.finishing:
+            return
+        out = dl.piece(peer_id, frame.idx, frame.off, frame.data, self._loop.time())
+        if out.dropped:
+            log.warning("dropping %s as a source of %s: bad data", peer_id[:8], t.offer.name)
+            self._pump(t)
+        if out.chunk is None:
+            return
+        fut = writer.submit(writer.check_and_write, frame.idx, out.chunk, out.digest)
+        fut.add_done_callback(functools.partial(self._checked, t, dl, peer_id, frame.idx))
+        self._pump(t)
+
+    def _checked(
+        self, t: _Transfer, dl: Download, peer_id: str, idx: int, fut: asyncio.Future[bool]
+    ) -> None:
+        if t.dl is not dl or fut.cancelled():
+            return  # stopped meanwhile
+        exc = fut.exception()
+        if exc is not None:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._fail(t, f"cannot write {t.row.dir}: {reason}")
+            return
+        out = dl.checked(peer_id, idx, fut.result())
+        if out.corrupt is not None:
+            log.warning("chunk %d of %s from %s is corrupt", idx, t.fid[:8], peer_id[:8])
+        if out.dropped:
+            log.warning("dropping %s as a source of %s: corrupt data", peer_id[:8], t.offer.name)
+        if dl.complete:
+            self._finish(t)
+            return
+        self._progress(t)
+        self._pump(t)
+
+    def _progress(self, t: _Transfer, force: bool = False) -> None:
+        now = self._loop.time()
+        if not force and now - t.progress_at < limits.FILE_PROGRESS_INTERVAL_S:
+            return
+        dl = t.dl
+        done = dl.verified_bytes if dl is not None else t.offer.size
+        mark_at, mark_bytes = t.rate_mark
+        if now - mark_at >= 1.0 or mark_at == 0.0:
+            if mark_at:
+                current = (done - mark_bytes) / (now - mark_at)
+                t.rate = current if t.rate == 0 else 0.5 * t.rate + 0.5 * current
+            t.rate_mark = (now, done)
+        t.progress_at = now
+        self._emit(
+            ev.FileProgress(
+                id=t.fid,
+                bytes=done,
+                total=t.offer.size,
+                rate=round(t.rate, 1),
+                sources=len(dl.sources) if dl is not None else 0,
+            )
+        )
+
+    def _finish(self, t: _Transfer) -> None:
+        t.finishing = True
+        self._spawn(t, self._finalise(t))
+
+    async def _finalise(self, t: _Transfer) -> None:
+        dl, writer, part = t.dl, t.writer, t.part
+        assert dl is not None and writer is not None and part is not None
+        directory = Path(t.row.dir or self.downloads)
+
+        def check_and_place() -> Path | None:
+            if writer.whole_digest() != dl.offer.sha256:
+                return None
+            os.ftruncate(writer.fd, dl.offer.size)
+            # No fsync: like the message store, we survive a killed process, and a
+            # power cut may lose the last writes (docs/files.md).
+            final = unique_path(directory, safe_filename(dl.offer.name))
+            os.replace(part, final)
+            return final
+
+        try:
+            final = await writer.submit(check_and_place)
+        except OSError as exc:
+            self._fail(t, f"cannot save {t.offer.name!r} in {directory}: {exc.strerror or exc}")
+            return
+        if final is None:
+            self._fail(t, "the file does not match its SHA-256: the offer is wrong")
+            return
+        sources = list(dl.sources)
+        self._close_part(t)
+        t.dl = None
+        t.finishing = False
+        t.row.path = str(final)
+        with contextlib.suppress(OSError):
+            t.row.mtime_ns = final.stat().st_mtime_ns
+        self._progress(t, force=True)
+        self._set_state(t, DONE)
+        for peer_id in sources:
+            conn = self.manager.peers.get(peer_id)
+            if conn is not None:
+                conn.send_frame(m.FileEnd(fid=bytes.fromhex(t.fid), reason="done"))
+        if t.row.author not in sources:
+            self._tell_author(t, "done")
+        log.info("saved %s (%d bytes) at %s", t.offer.name, t.offer.size, final)
+        self._emit(ev.FileDone(id=t.fid, path=str(final), sha256=t.offer.sha256))
+
+    def _fail(self, t: _Transfer, reason: str) -> None:
+        self._stop_download(t, "cancelled", remove=True)
+        self._set_state(t, FAILED, reason)
+        self._emit(ev.FileFailed(id=t.fid, reason=reason))
+
+    def _stop_download(self, t: _Transfer, tell: str, remove: bool) -> None:
+        dl = t.dl
+        if dl is not None:
+            for peer_id in dl.sources:
+                conn = self.manager.peers.get(peer_id)
+                if conn is not None:
+                    conn.send_frame(m.FileEnd(fid=bytes.fromhex(t.fid), reason=tell))
+        for task in t.tasks:
+            task.cancel()
+        part = t.part
+        self._close_part(t)
+        t.dl = None
+        t.finishing = False
+        if remove and part is not None:
+            with contextlib.suppress(OSError):
+                part.unlink()
+        if tell == "cancelled" and (dl is None or t.row.author not in dl.sources):
+            self._tell_author(t, tell)
+
+    def _close_part(self, t: _Transfer) -> None:
+        if t.writer is not None:
+            t.writer.close()
+            t.writer = None
+
+    def _tell_author(self, t: _Transfer, reason: str) -> None:
+        """Tell the sender of a private offer how it went (if connected)."""
+        if t.row.room.startswith("@"):
+            conn = self.manager.peers.get(t.row.author)
+            if conn is not None:
+                conn.send_frame(m.FileEnd(fid=bytes.fromhex(t.fid), reason=reason))
+
+    # --- the periodic check ---------------------------------------------
+
+    def _arm_tick(self) -> None:
+        if self._tick is None and not self._closing:
+            self._tick = self._loop.call_later(_TICK_S, self._on_tick)
+
+    def _on_tick(self) -> None:
+        self._tick = None
+        now = self._loop.time()
+        active = False
+        for t in list(self.transfers.values()):
+            dl = t.dl
+            if dl is None:
+                continue
+            active = True
+            if t.finishing:
+                continue
+            for peer_id in dl.expired(now):
+                log.info("%s stopped sending %s; asking others", peer_id[:8], t.offer.name)
+                dl.drop(peer_id)
+            if t.hashes_asked is not None and now - t.hashes_asked[1] > _HASH_REQUEST_TIMEOUT_S:
+                dl.drop(t.hashes_asked[0])
+                t.hashes_asked = None
+            if len(dl.sources) < limits.FILE_MAX_SOURCES and (
+                now - t.asked_at >= limits.FILE_ASK_INTERVAL_S
+            ):
+                self._ask(t)
+            self._pump(t)
+            if (
+                not dl.sources
+                and t.no_source_since is not None
+                and now - t.no_source_since >= limits.FILE_STALL_S
+                and t.row.state != STALLED
+            ):
+                self._set_state(t, STALLED)
+                self._emit(
+                    ev.FileStalled(
+                        id=t.fid,
+                        reason=f"no peer holding {t.offer.name!r} has been reachable for "
+                        f"{limits.FILE_STALL_S:.0f} s; still trying",
+                    )
+                )
+            elif dl.sources:
+                self._progress(t)
+        if active:
+            self._arm_tick()
+
+    # --- serving --------------------------------------------------------
+
+    def _queue_serve(
+        self, conn: PeerConnection, t: _Transfer, peer_id: str, frame: m.FileGet
+    ) -> None:
+        if not self._serves(t, peer_id) or frame.idx >= t.offer.chunks:
+            conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason="unavailable"))
+            return
+        queue = self._serve_queues.setdefault(peer_id, deque())
+        if len(queue) >= limits.FILE_MAX_QUEUED:
+            conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason="busy"))
+            return
+        queue.append((t.fid, frame.idx))
+        if peer_id not in self._serve_tasks:
+            task = self._loop.create_task(self._serve(conn, peer_id, queue))
+            self._serve_tasks[peer_id] = task
+            task.add_done_callback(functools.partial(self._serve_done, peer_id))
+
+    def _serve_done(self, peer_id: str, task: asyncio.Task[None]) -> None:
+        if self._serve_tasks.get(peer_id) is task:
+            del self._serve_tasks[peer_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("serving %s failed", peer_id[:8], exc_info=task.exception())
+
+    def _drop_queued(self, peer_id: str, fid: str) -> None:
+        queue = self._serve_queues.get(peer_id)
+        if queue:
+            kept = [item for item in queue if item[0] != fid]
+            queue.clear()
+            queue.extend(kept)
+
+    async def _serve(
+        self, conn: PeerConnection, peer_id: str, queue: deque[tuple[str, int]]
+    ) -> None:
+        """Send the chunks a peer asked for, in order, one read ahead."""
+        ahead: asyncio.Future[bytes | str] | None = None
+        ahead_item: tuple[str, int] | None = None
+        while conn.is_open:
+            if ahead is None:
+                if not queue:
+                    return
+                ahead_item = queue.popleft()
+                ahead = self._read_chunk(*ahead_item)
+            assert ahead_item is not None
+            data = await ahead
+            fid, idx = ahead_item
+            ahead = None
+            if queue:
+                ahead_item = queue.popleft()
+                ahead = self._read_chunk(*ahead_item)
+            t = self.transfers.get(fid)
+            if t is None:
+                continue
+            raw_fid = bytes.fromhex(fid)
+            if isinstance(data, str):
+                conn.send_frame(m.FileNak(fid=raw_fid, idx=idx, reason=data))
+                continue
+            view = memoryview(data)
+            for off in range(0, len(data), limits.FILE_PIECE):
+                if not await conn.wait_drained(limits.SEND_DRAIN_TIMEOUT_S) or not conn.is_open:
+                    return
+                if not self._serves(t, peer_id):
+                    break
+                # msgspec encodes a memoryview as bytes: no copy of the piece.
+                piece_data: bytes = view[off : off + limits.FILE_PIECE]  # type: ignore[assignment]
+                piece = m.FileData(fid=raw_fid, idx=idx, off=off, data=piece_data)
+                conn.send_encoded(m.encode(piece))
+            t.served += len(data)
+        if ahead is not None:
+            ahead.cancel()
+
+    def _read_chunk(self, fid: str, idx: int) -> asyncio.Future[bytes | str]:
+        """Read one chunk in a worker thread; resolve to its bytes or a refusal code."""
+        t = self.transfers.get(fid)
+        if t is None or t.row.digests is None:
+            fut: asyncio.Future[bytes | str] = self._loop.create_future()
+            fut.set_result("unavailable")
+            return fut
+        fd = self._read_fds.get(fid)
+        if fd is None:
+            try:
+                fd = os.open(t.row.path, os.O_RDONLY)
+            except OSError as exc:
+                self._source_gone(t, f"cannot read {t.row.path}: {exc.strerror or exc}")
+                fut = self._loop.create_future()
+                fut.set_result("unavailable")
+                return fut
+            self._read_fds[fid] = fd
+        chunk = t.offer.chunk
+        length = min(chunk, t.offer.size - idx * chunk)
+        size, mtime_ns = t.offer.size, t.row.mtime_ns
+
+        def read() -> bytes | str:
+            # A changed size or modification time means the file is no longer the
+            # one offered (receivers check every chunk's digest anyway).
+            st = os.fstat(fd)
+            if st.st_size != size or st.st_mtime_ns != mtime_ns:
+                return "changed"
+            data = os.pread(fd, length, idx * chunk)
+            return data if len(data) == length else "changed"
+
+        async def run() -> bytes | str:
+            try:
+                result = await asyncio.to_thread(read)
+            except OSError as exc:
+                self._source_gone(t, f"cannot read {t.row.path}: {exc.strerror or exc}")
+                return "unavailable"
+            if result == "changed":
+                self._source_gone(t, f"{t.row.path} changed since it was offered")
+            return result
+
+        return asyncio.ensure_future(run())
+
+    def _source_gone(self, t: _Transfer, reason: str) -> None:
+        """Stop sharing a file we can no longer serve as offered."""
+        fd = self._read_fds.pop(t.fid, None)
+        if fd is not None:
+            os.close(fd)
+        if t.row.direction == OUT and t.row.state == SHARING:
+            log.warning("stop sharing %s: %s", t.offer.name, reason)
+            self._set_state(t, FAILED, reason)
+            self._emit(ev.FileFailed(id=t.fid, reason=reason))
+        elif t.row.direction == IN and t.row.state == DONE:
+            log.warning("no longer sharing %s: %s", t.offer.name, reason)
+            t.row.state = FAILED
+            t.row.reason = reason
+            with contextlib.suppress(StoreError):
+                self.store.save_file(t.row)
+
+    # --- internals ------------------------------------------------------
+
+    def _find(self, ident: str) -> _Transfer:
+        key = ident.strip().lower()
+        if len(key) < 4:
+            raise UsageError("give at least 4 characters of the file id (see /files)")
+        matches = [t for fid, t in self.transfers.items() if fid.startswith(key)]
+        if not matches:
+            raise UsageError(f"no file with id {ident[:40]!r} (see /files)")
+        if len(matches) > 1:
+            raise UsageError(f"several files match {ident[:40]!r}; give more of the id")
+        return matches[0]
+
+    def _set_state(self, t: _Transfer, state: str, reason: str = "") -> None:
+        t.row.state = state
+        t.row.reason = reason
+        try:
+            self.store.save_file(t.row)
+        except StoreError as exc:
+            log.warning("cannot save the state of %s: %s", t.fid[:8], exc)
+
+    def _forget_oldest(self) -> None:
+        finished = [
+            t for t in self.transfers.values() if t.row.state not in (*_ACTIVE, SHARING, OFFERED)
+        ]
+        finished.sort(key=lambda t: t.row.created)
+        drop = [t.fid for t in finished[: max(1, len(finished) // 10)]]
+        for fid in drop:
+            del self.transfers[fid]
+        with contextlib.suppress(StoreError):
+            self.store.delete_files(drop)
+
+    def _spawn(self, t: _Transfer, coro: object) -> None:
+        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
+        t.tasks.add(task)
+        task.add_done_callback(t.tasks.discard)
+        task.add_done_callback(_log_failure)
+
+    @staticmethod
+    def _offer_json(offer: Offer) -> str:
+        return _offer_encoder.encode(offer).decode()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("file task failed", exc_info=task.exception())

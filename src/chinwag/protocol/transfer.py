@@ -1,0 +1,303 @@
+"""File offers and the receiver's bookkeeping of one download, without I/O.
+
+A file travels in chunks of `chunk` bytes. Its offer (a chat message, so it is
+signed, stored and synced like any other) carries the SHA-256 of the whole
+file and `root`, the SHA-256 of the concatenated chunk digests. A Download
+fetches the digest list in pages and checks it against `root`, then asks its
+sources for chunks within a window per source, assembles each chunk from its
+pieces and hands it to the I/O layer to check against its digest and write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Annotated, Final
+
+import msgspec
+
+from chinwag import limits
+
+#: Starts the text of a chat message that offers a file (cannot be typed: a control char).
+OFFER_MARK: Final = "\x1ffile:"
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+EMPTY_ROOT: Final = hashlib.sha256(b"").hexdigest()
+
+
+class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """What a file offer says: id, name, size, whole-file SHA-256, chunk size, digest-list root."""
+
+    fid: str
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    size: Annotated[int, msgspec.Meta(ge=0, le=limits.FILE_MAX_SIZE)]
+    sha256: str
+    chunk: Annotated[int, msgspec.Meta(ge=4096, le=64 << 20)]
+    root: str
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.size // self.chunk)
+
+
+_offer_decoder = msgspec.json.Decoder(Offer)
+_encoder = msgspec.json.Encoder()
+
+
+def encode_offer(offer: Offer) -> str:
+    """Return the message text that carries an offer."""
+    return OFFER_MARK + _encoder.encode(offer).decode()
+
+
+def decode_offer(text: str) -> Offer | None:
+    """Return the offer carried by a message text, or None if it carries none (or a bad one)."""
+    if not text.startswith(OFFER_MARK):
+        return None
+    try:
+        offer = _offer_decoder.decode(text[len(OFFER_MARK) :])
+    except msgspec.DecodeError:
+        return None
+    ok = (
+        _HEX32.fullmatch(offer.fid)
+        and _HEX64.fullmatch(offer.sha256)
+        and _HEX64.fullmatch(offer.root)
+    )
+    return offer if ok else None
+
+
+def digest_root(digests: bytes) -> str:
+    """Return the root over concatenated chunk digests (hex)."""
+    return hashlib.sha256(digests).hexdigest()
+
+
+# --- the receiver's state machine ---------------------------------------------
+
+
+@dataclass(slots=True)
+class Source:
+    """One peer we fetch from: its chunks in flight (served in request order) and faults."""
+
+    peer_id: str
+    inflight: deque[int] = field(default_factory=deque)
+    bad: int = 0
+    received: int = 0
+    last_progress: float = 0.0
+
+
+@dataclass(slots=True)
+class _Partial:
+    source: str
+    data: bytearray = field(default_factory=bytearray)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a piece or a chunk check means for the I/O layer."""
+
+    #: A whole chunk arrived: check it against `digest` and write it (then call checked()).
+    chunk: bytearray | None = None
+    digest: bytes = b""
+    verified: int | None = None
+    corrupt: int | None = None
+    #: The source was dropped (broke the protocol or sent too many corrupt chunks).
+    dropped: bool = False
+
+
+class Download:
+    """Which chunks of one file we have, want, and expect from whom."""
+
+    def __init__(self, offer: Offer, window: int = limits.FILE_WINDOW) -> None:
+        self.offer = offer
+        self.window = window
+        self.n = offer.chunks
+        self.digests: list[bytes] | None = [] if self.n == 0 else None
+        self._pages: dict[int, bytes] = {}
+        self._page_from: set[str] = set()
+        self.have = bytearray(self.n)
+        self.verified_count = 0
+        self.verified_bytes = 0
+        self.sources: dict[str, Source] = {}
+        #: Peers dropped for corrupt data or protocol faults: never asked again.
+        self.banned: set[str] = set()
+        self._partial: dict[int, _Partial] = {}
+        #: Chunks received whole and being checked by the I/O layer.
+        self._checking: set[int] = set()
+        self._next_missing = 0
+
+    # --- chunks ----------------------------------------------------------
+
+    def chunk_len(self, idx: int) -> int:
+        """Return the length in bytes of chunk idx."""
+        return min(self.offer.chunk, self.offer.size - idx * self.offer.chunk)
+
+    @property
+    def complete(self) -> bool:
+        return self.digests is not None and self.verified_count == self.n
+
+    def restore(self, verified: list[int]) -> None:
+        """Mark chunks found intact in a partial file (after a restart)."""
+        for idx in verified:
+            if 0 <= idx < self.n and not self.have[idx]:
+                self.have[idx] = 1
+                self.verified_count += 1
+                self.verified_bytes += self.chunk_len(idx)
+
+    # --- the digest list -------------------------------------------------
+
+    def hashes_wanted(self) -> int | None:
+        """Return the first chunk whose digest we still need, or None if we have them all."""
+        if self.digests is not None:
+            return None
+        lo = 0
+        while lo in self._pages:
+            lo += len(self._pages[lo]) // 32
+        return lo
+
+    def hashes_received(self, peer_id: str, lo: int, data: bytes) -> bool:
+        """Take a page of digests; return False (and drop the peer) if it is bad."""
+        if self.digests is not None or lo != self.hashes_wanted():
+            return True  # a late or repeated page: harmless
+        count = len(data) // 32
+        if len(data) % 32 or count == 0 or lo + count > self.n:
+            self.drop(peer_id, ban=True)
+            return False
+        self._pages[lo] = data
+        self._page_from.add(peer_id)
+        if lo + count < self.n:
+            return True
+        joined = b"".join(self._pages[k] for k in sorted(self._pages))
+        if digest_root(joined) != self.offer.root:
+            # The list does not match the signed offer: whoever sent it lied.
+            for peer in list(self._page_from):
+                self.drop(peer, ban=True)
+            self._pages.clear()
+            self._page_from.clear()
+            return False
+        self.digests = [joined[i : i + 32] for i in range(0, len(joined), 32)]
+        return True
+
+    # --- sources ---------------------------------------------------------
+
+    def add_source(self, peer_id: str, now: float) -> bool:
+        """Add a peer that holds the file; return False if it is banned or already a source."""
+        if peer_id in self.banned or peer_id in self.sources:
+            return False
+        if len(self.sources) >= limits.FILE_MAX_SOURCES:
+            return False
+        self.sources[peer_id] = Source(peer_id, last_progress=now)
+        return True
+
+    def drop(self, peer_id: str, ban: bool = False) -> None:
+        """Stop using a source; its chunks in flight are wanted again."""
+        if ban:
+            self.banned.add(peer_id)
+        source = self.sources.pop(peer_id, None)
+        if source is None:
+            return
+        for idx in source.inflight:
+            self._partial.pop(idx, None)
+            self._next_missing = min(self._next_missing, idx)
+
+    def requests(self, now: float) -> list[tuple[str, int]]:
+        """Return (peer, chunk) requests that fill every source's window, lowest chunks first."""
+        if self.digests is None or not self.sources or len(self._checking) >= self.window:
+            return []  # (waiting for checks bounds the chunks held in memory)
+        out: list[tuple[str, int]] = []
+        # Round-robin, one chunk per source per pass, so parallel sources share the work.
+        progress = True
+        while progress:
+            progress = False
+            for source in self.sources.values():
+                if len(source.inflight) >= self.window:
+                    continue
+                idx = self._take_missing()
+                if idx is None:
+                    return out
+                if not source.inflight:
+                    source.last_progress = now
+                source.inflight.append(idx)
+                self._partial[idx] = _Partial(source.peer_id)
+                out.append((source.peer_id, idx))
+                progress = True
+        return out
+
+    def _take_missing(self) -> int | None:
+        i = self._next_missing
+        while i < self.n and (self.have[i] or i in self._partial or i in self._checking):
+            i += 1
+        if i >= self.n:
+            self._next_missing = self.n
+            return None
+        self._next_missing = i + 1
+        return i
+
+    def expired(self, now: float) -> list[str]:
+        """Return sources that owe us chunks and sent nothing for FILE_REQUEST_TIMEOUT_S."""
+        return [
+            s.peer_id
+            for s in self.sources.values()
+            if s.inflight and now - s.last_progress > limits.FILE_REQUEST_TIMEOUT_S
+        ]
+
+    # --- data ------------------------------------------------------------
+
+    def piece(self, peer_id: str, idx: int, off: int, data: bytes, now: float) -> Outcome:
+        """Take a piece of a chunk from a source; return the whole chunk once it is complete.
+
+        The I/O layer checks the chunk against `Outcome.digest` (off the event
+        loop), writes it if it matches, and reports with checked().
+        """
+        part = self._partial.get(idx)
+        source = self.sources.get(peer_id)
+        if source is None or part is None or part.source != peer_id:
+            return Outcome()  # not asked of this peer (any more): ignore
+        length = self.chunk_len(idx)
+        if off != len(part.data) or not data or off + len(data) > length:
+            self.drop(peer_id, ban=True)
+            return Outcome(dropped=True)
+        part.data += data
+        source.last_progress = now
+        if len(part.data) < length:
+            return Outcome()
+        del self._partial[idx]
+        with_removed(source.inflight, idx)
+        self._checking.add(idx)
+        assert self.digests is not None
+        return Outcome(chunk=part.data, digest=self.digests[idx])
+
+    def checked(self, peer_id: str, idx: int, ok: bool) -> Outcome:
+        """Record the check of a chunk from peer_id: verified, or corrupt (asked again)."""
+        self._checking.discard(idx)
+        source = self.sources.get(peer_id)
+        if ok:
+            if not self.have[idx]:
+                self.have[idx] = 1
+                self.verified_count += 1
+                self.verified_bytes += self.chunk_len(idx)
+                if source is not None:
+                    source.received += self.chunk_len(idx)
+            return Outcome(verified=idx)
+        self._next_missing = min(self._next_missing, idx)
+        if source is None:
+            return Outcome(corrupt=idx)
+        source.bad += 1
+        if source.bad >= limits.FILE_MAX_BAD_CHUNKS:
+            self.drop(peer_id, ban=True)
+            return Outcome(corrupt=idx, dropped=True)
+        return Outcome(corrupt=idx)
+
+    def nak(self, peer_id: str, idx: int) -> None:
+        """The source will not send chunk idx: stop using it for this file."""
+        source = self.sources.get(peer_id)
+        if source is not None and idx in source.inflight:
+            self.drop(peer_id)
+
+
+def with_removed(items: deque[int], value: int) -> None:
+    """Remove value from items if present (the common case: it is the first)."""
+    if items and items[0] == value:
+        items.popleft()
+    elif value in items:
+        items.remove(value)
