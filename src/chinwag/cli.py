@@ -58,9 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--json",
         action="store_true",
-        help="JSON-lines API on stdin/stdout instead of the interactive prompt",
+        help="JSON-lines API on stdin/stdout instead of the terminal UI",
     )
-    mode.add_argument("--plain", action="store_true", help="line mode (the default for now)")
+    mode.add_argument(
+        "--plain",
+        action="store_true",
+        help="line mode instead of the full-screen terminal UI "
+        "(chosen by itself when stdin or stdout is not a terminal)",
+    )
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -100,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=None,
         choices=["debug", "info", "warning", "error"],
-        help="log verbosity (stderr)",
+        help="log verbosity (stderr; in the terminal UI, chinwag.log in the data dir)",
     )
     return p
 
@@ -127,13 +132,39 @@ def main(argv: list[str] | None = None) -> int:
     data_dir: Path = args.data_dir or default_data_dir()
     if args.command == "id":
         return _print_id(data_dir)
-    level = args.log_level or ("info" if args.json else "warning")
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return _run(args, data_dir)
+    mode = choose_mode(args.json, args.plain)
+    level = args.log_level or ("info" if mode != "line" else "warning")
+    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if mode == "tui":
+        # The screen is the TUI's: logs (and tracebacks) go to a file in the data dir.
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            print(f"chinwag: {exc}", file=sys.stderr)
+            return 1
+        logging.basicConfig(
+            level=getattr(logging, level.upper()),
+            filename=data_dir / LOG_FILE,
+            format=log_format,
+        )
+    else:
+        logging.basicConfig(
+            level=getattr(logging, level.upper()), stream=sys.stderr, format=log_format
+        )
+    return _run(args, data_dir, mode)
+
+
+#: The terminal UI's log file, in the data directory.
+LOG_FILE = "chinwag.log"
+
+
+def choose_mode(json_mode: bool, plain: bool) -> str:
+    """Return "json", "line" or "tui": the TUI only when stdin and stdout are terminals."""
+    if json_mode:
+        return "json"
+    if plain or os.environ.get("TERM", "") == "dumb":
+        return "line"
+    return "tui" if os.isatty(0) and os.isatty(1) else "line"
 
 
 def _print_id(data_dir: Path) -> int:
@@ -151,7 +182,7 @@ def _print_id(data_dir: Path) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, data_dir: Path) -> int:
+def _run(args: argparse.Namespace, data_dir: Path, mode: str) -> int:
     from chinwag.errors import ChinwagError
     from chinwag.node import NodeConfig
 
@@ -167,7 +198,9 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
     )
     try:
         with _runner() as runner:
-            return runner.run(_session(config, args.json))
+            if mode == "tui":
+                return runner.run(_tui_session(config, data_dir / LOG_FILE))
+            return runner.run(_session(config, mode == "json"))
     except ChinwagError as exc:
         print(f"chinwag: {exc}", file=sys.stderr)
         return 1
@@ -216,3 +249,22 @@ async def _session(config: NodeConfig, json_mode: bool) -> int:
     await node.stop("quit")
     ui.flush()
     return 0
+
+
+async def _tui_session(config: NodeConfig, log_path: Path) -> int:
+    from chinwag.node import Node
+    from chinwag.ui.tui import ChinwagApp
+
+    node = Node(config)
+    app = ChinwagApp(node, log_path=log_path)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, app.exit)
+    try:
+        await app.run_async()
+    finally:
+        await node.stop("quit")
+    if app.start_error:
+        print(f"chinwag: {app.start_error}", file=sys.stderr)
+        return 1
+    return app.return_code or 0

@@ -1,0 +1,28 @@
+"""Fixtures for the TUI tests: real Nodes on temporary data dirs, loopback only, no discovery."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tui_support import make_node
+
+from chinwag.ui.tui import ChinwagApp
+
+AppFactory = Callable[..., ChinwagApp]
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> AppFactory:
+    """Return a factory of apps over fresh nodes (the app starts and stops its node)."""
+
+    def make(nick: str = "me", bell: bool | None = False, **kw: object) -> ChinwagApp:
+        node = make_node(tmp_path / nick, nick, **kw)
+        return ChinwagApp(node, bell=bell, log_path=tmp_path / nick / "chinwag.log")
+
+    return make
