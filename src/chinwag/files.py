@@ -698,7 +698,10 @@ class FileShare:
         if not force and now - t.progress_at < limits.FILE_PROGRESS_INTERVAL_S:
             return
         dl = t.dl
-        done = dl.verified_bytes if dl is not None else t.offer.size
+        if t.row.direction == OUT:
+            done = min(t.served, t.offer.size)
+        else:
+            done = dl.verified_bytes if dl is not None else t.offer.size
         mark_at, mark_bytes = t.rate_mark
         if now - mark_at >= 1.0 or mark_at == 0.0:
             if mark_at:
@@ -912,6 +915,8 @@ class FileShare:
                 piece = m.FileData(fid=raw_fid, idx=idx, off=off, data=piece_data)
                 conn.send_encoded(m.encode(piece))
             t.served += len(data)
+            if t.row.room.startswith("@"):
+                self._progress(t)  # a private offer has one recipient: show how far it got
         if ahead is not None:
             ahead.cancel()
 

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from chinwag import events as ev
 from chinwag.crypto.identity import fingerprint, short_id
 from chinwag.errors import ChinwagError
+from chinwag.files import human_size
 from chinwag.node import Node
 from chinwag.ui.stdio import LineTooLong, stdin_lines
 
@@ -48,6 +49,11 @@ HELP = """commands:
   /history [N]     the last N messages of the room (default 20)
   /search TEXT     messages containing TEXT
   /info MSGID      who holds a message (ids are shown as [abcd1234] after yours)
+  /send WHO|#ROOM PATH   offer a file to a peer or to a room
+  /accept ID [DIR] fetch an offered file (into DIR, default your downloads folder)
+  /reject ID       decline an offered file
+  /files           offers and transfers with their state
+  /cancel ID [--keep]   stop a transfer (--keep keeps the partial data) or withdraw your offer
   /quit            leave (peers see you go at once)
 anything else is sent to the room"""
 
@@ -102,7 +108,16 @@ class LineUI:
             "verify": self._verify,
             "block": self._block,
             "unblock": self._unblock,
+            "send": self._send_file,
+            "accept": self._accept,
+            "reject": self._reject,
+            "files": self._files,
+            "cancel": self._cancel,
         }
+        #: Transfers under way: id -> latest progress, shown in the toolbar.
+        self._transfers: dict[str, ev.FileProgress] = {}
+        self._file_names: dict[str, str] = {}
+        self._progress_printed: dict[str, float] = {}
 
     # --- output ---------------------------------------------------------
 
@@ -169,6 +184,13 @@ class LineUI:
                 self._info(
                     f"{clean(event.old)} ({short_id(event.peer_id)}) is now {clean(event.nick)}"
                 )
+        elif isinstance(event, ev.FileOffer | ev.FileProgress | ev.FileDone):
+            self._file_event(event)
+        elif isinstance(event, ev.FileFailed):
+            self._transfers.pop(event.id, None)
+            self._print(self._paint("31", f"* file {event.id[:8]}: {clean(event.reason)}"))
+        elif isinstance(event, ev.FileStalled):
+            self._info(f"file {event.id[:8]} stalled: {clean(event.reason)}")
         elif isinstance(event, ev.Error):
             self._print(self._paint("31", f"error: {event.message}"))
         elif isinstance(event, ev.Ready):
@@ -177,6 +199,46 @@ class LineUI:
                 f"you are {event.nick} ({short_id(event.peer_id)}), listening on port {event.port};"
                 " type /help for commands"
             )
+
+    def _file_event(self, event: ev.FileOffer | ev.FileProgress | ev.FileDone) -> None:
+        if isinstance(event, ev.FileOffer):
+            self._file_names[event.id] = clean(event.name)
+            if event.own:
+                self._info(f"offered {clean(event.name)!r} [file {event.id[:8]}]; /files shows it")
+                return
+            where = f" in #{event.room}" if event.room else ""
+            self._print(
+                self._paint(
+                    "1;36",
+                    f"* {clean(event.nick)} ({short_id(event.peer_id)}) offers "
+                    f"{clean(event.name)!r}{where}: {human_size(event.size)}, "
+                    f"sha256 {event.sha256[:16]}...",
+                )
+            )
+            self._info(f"/accept {event.id[:8]} to fetch it, /reject {event.id[:8]} to decline")
+        elif isinstance(event, ev.FileProgress):
+            name = self._file_names.get(event.id, "file " + event.id[:8])
+            if event.bytes >= event.total:
+                self._transfers.pop(event.id, None)
+            else:
+                self._transfers[event.id] = event
+            if not self.interactive:
+                # Without a toolbar, a line now and then (not one per event).
+                now = asyncio.get_running_loop().time()
+                if now - self._progress_printed.get(event.id, -1e9) >= 2.0:
+                    self._progress_printed[event.id] = now
+                    self._info(progress_line(name, event))
+        else:
+            self._transfers.pop(event.id, None)
+            self._progress_printed.pop(event.id, None)
+            self._info(f"saved file {event.id[:8]} at {clean(event.path)} (sha256 verified)")
+
+    def toolbar(self) -> str:
+        """Return the status line of transfers under way (empty when there are none)."""
+        return "  ".join(
+            progress_line(self._file_names.get(fid, fid[:8]), p)
+            for fid, p in self._transfers.items()
+        )
 
     def _flush_delivered(self) -> None:
         batch, self._delivered = self._delivered, []
@@ -213,7 +275,9 @@ class LineUI:
         from prompt_toolkit.formatted_text import ANSI
         from prompt_toolkit.patch_stdout import patch_stdout
 
-        session: PromptSession[str] = PromptSession()
+        session: PromptSession[str] = PromptSession(
+            bottom_toolbar=lambda: self.toolbar() or None, refresh_interval=0.5
+        )
         self._print = lambda line: print_formatted_text(ANSI(line))
         with patch_stdout(raw=True):
             while True:
@@ -393,3 +457,64 @@ class LineUI:
             f"held by {len(info.holders)} peer(s){': ' + who if who else ''}"
         )
         return True
+
+    # --- files ----------------------------------------------------------
+
+    async def _send_file(self, arg: str) -> bool:
+        who, _, path = arg.partition(" ")
+        if not who or not path.strip():
+            raise ChinwagError("usage: /send NICK|PEERID|#ROOM PATH")
+        self._info(f"hashing {path.strip()} ...")
+        await self.node.send_file(who, path.strip())
+        return True
+
+    async def _accept(self, arg: str) -> bool:
+        ident, _, directory = arg.partition(" ")
+        if not ident:
+            raise ChinwagError("usage: /accept ID [DIR]")
+        info = self.node.accept_file(ident, directory.strip() or None)
+        self._file_names[info.id] = clean(info.name)
+        self._info(f"fetching {clean(info.name)!r} ({human_size(info.size)})")
+        return True
+
+    async def _reject(self, arg: str) -> bool:
+        if not arg:
+            raise ChinwagError("usage: /reject ID")
+        info = self.node.reject_file(arg)
+        self._info(f"declined {clean(info.name)!r}")
+        return True
+
+    async def _cancel(self, arg: str) -> bool:
+        ident, _, flag = arg.partition(" ")
+        if not ident or flag.strip() not in ("", "--keep"):
+            raise ChinwagError("usage: /cancel ID [--keep]")
+        self.node.cancel_file(ident, keep=flag.strip() == "--keep")
+        return True
+
+    async def _files(self, _arg: str) -> bool:
+        files = self.node.files().files
+        if not files:
+            self._info("no file offers yet; /send WHO PATH offers one")
+        for f in files:
+            arrow = "\u2191" if f.direction == "out" else "\u2193"
+            who = f"#{f.room}" if f.room else clean(f.nick)
+            done = f" {100 * f.bytes // f.size}%" if f.size and f.state != "done" else ""
+            where = f" -> {clean(f.path)}" if f.path and f.direction == "in" else ""
+            self._info(
+                f"{arrow} [{f.id[:8]}] {clean(f.name)!r} {human_size(f.size)} {who}: "
+                f"{f.state}{done}{where}"
+            )
+        return True
+
+
+def progress_line(name: str, p: ev.FileProgress) -> str:
+    """Return `name 45% 12.0/26.7 MB 110.2 MB/s 0:00:05 left` for a transfer."""
+    percent = 100 * p.bytes // p.total if p.total else 100
+    left = ""
+    if p.rate > 0 and p.total > p.bytes:
+        seconds = int((p.total - p.bytes) / p.rate)
+        left = f" {seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d} left"
+    return (
+        f"{clean(name)} {percent}% {human_size(p.bytes)}/{human_size(p.total)} "
+        f"{human_size(p.rate)}/s{left}"
+    )
