@@ -91,10 +91,10 @@ async def test_tab_completes_commands_rooms_and_nicks(app: AppFactory) -> None:
         await pilot.press(*"hi @ca", "tab")
         assert box.value == "hi @carol "
         box.value = ""
-        await pilot.press(*"/s", "tab")  # /search and /switch: Tab again cycles
+        await pilot.press(*"/se", "tab")  # /search and /send: Tab again cycles
         assert box.value == "/search"
         await pilot.press("tab")
-        assert box.value == "/switch"
+        assert box.value == "/send"
         await pilot.press("tab")
         assert box.value == "/search"
 

@@ -33,6 +33,7 @@ def make_node(
         bind="127.0.0.1",
         peers=peers or [],
         discovery=False,
+        downloads=data_dir / "downloads",
     )
     return Node(config)
 

@@ -160,7 +160,6 @@ class MessageView(ScrollView, can_focus=True):
         new = list(entries)
         if not new:
             return
-        old_total = self._cum[-1]
         was_y = self.scroll_y
         last_day: dt.date | None = None
         for entry in new:
@@ -174,9 +173,8 @@ class MessageView(ScrollView, can_focus=True):
         if first_old < len(self.entries) and self._fix_sep(first_old):
             self._build(self.entries[first_old])
         self._relayout()
-        self.scroll_to(
-            y=was_y + self._cum[-1] - old_total, animate=False, immediate=True, force=True
-        )
+        # Keep the old first entry where it was on screen.
+        self.scroll_to(y=was_y + self._cum[first_old], animate=False, immediate=True, force=True)
         self.refresh()
 
     def _drop_oldest(self) -> None:
