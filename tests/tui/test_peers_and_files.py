@@ -50,7 +50,7 @@ async def test_chat_with_a_real_peer(app: AppFactory, tmp_path: Path, bob: list[
         # The peer list says how bob is reached; the status line counts him.
         await until(pilot, lambda: a.peers[pid].rtt_ms is not None, timeout=10)
         peers = str(a._w_peers.render())
-        assert "bob" in peers and "direct 127.0.0.1:" in peers
+        assert "bob" in peers and "ms\n  127.0.0.1:" in peers
         assert "· 1 peer ·" in str(a._w_status.render())
         # A private message from bob opens a conversation, counted as a mention.
         await b.dm(a.node.identity.peer_id, "just for you")

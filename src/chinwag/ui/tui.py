@@ -234,6 +234,11 @@ class ChinwagApp(App[int]):
 
     # --- node events --------------------------------------------------------
 
+    async def on_unmount(self) -> None:
+        """Stop the node however the app ends (quit, signal, test harness)."""
+        if self.started:
+            await self.node.stop("quit")
+
     def _on_node_event(self, event: ev.NodeEvent) -> None:
         self._pending.append(event)
         if not self._events_armed:
@@ -458,12 +463,11 @@ class ChinwagApp(App[int]):
                 text.append(" ✓", style="green")
             if len(self._nick_ids.get(peer.nick, ())) > 1:
                 text.append(f" {short_id(peer.peer_id)}", style="dim")
+            if peer.online and peer.rtt_ms is not None:
+                text.append(f" {peer.rtt_ms:.0f}ms", style="dim")
             text.append("\n")
-            if peer.online:
-                rtt = "" if peer.rtt_ms is None else f" {peer.rtt_ms:.0f}ms"
-                text.append(f"  direct {peer.address}{rtt}\n", style="dim")
-            else:
-                text.append("  offline\n", style="dim")
+            # Every connected peer is reached directly; the node does not relay connections.
+            text.append(f"  {peer.address}\n" if peer.online else "  offline\n", style="dim")
         self._w_peers.update(text)
 
     def _draw_status(self) -> None:
@@ -562,7 +566,7 @@ class ChinwagApp(App[int]):
         try:
             msgs = self.node.history(self._history_name(view.room), PAGE).messages
         except ChinwagError as exc:
-            self.note_error(f"error: {exc}")
+            log.warning("no history for %s: %s", view.room, exc)
             return
         entries = []
         for msg in msgs:
