@@ -234,6 +234,14 @@ class ChinwagApp(App[int]):
 
     # --- node events --------------------------------------------------------
 
+    def _handle_exception(self, error: Exception) -> None:
+        """A bug escaped a handler: log its traceback to the file, show one line on exit."""
+        log.error("unexpected error in the terminal UI", exc_info=error)
+        super()._handle_exception(error)
+        if not self.is_headless:
+            where = f"; details in {self.log_path}" if self.log_path else ""
+            self._exit_renderables[:] = [Text(f"chinwag: unexpected error{where}")]
+
     async def on_unmount(self) -> None:
         """Stop the node however the app ends (quit, signal, test harness)."""
         if self.started:
@@ -467,7 +475,8 @@ class ChinwagApp(App[int]):
                 text.append(f" {peer.rtt_ms:.0f}ms", style="dim")
             text.append("\n")
             # Every connected peer is reached directly; the node does not relay connections.
-            text.append(f"  {peer.address}\n" if peer.online else "  offline\n", style="dim")
+            how = ("direct " if self.size.width >= 120 else "") + peer.address
+            text.append(f"  {how}\n" if peer.online else "  offline\n", style="dim")
         self._w_peers.update(text)
 
     def _draw_status(self) -> None:
