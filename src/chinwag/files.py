@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import logging
@@ -142,13 +143,26 @@ class _Writer:
         self._prefix = hashlib.sha256()
         #: Chunks [0, _prefix_n) are handed to the whole-file hash (used in the io thread).
         self._prefix_n = 0
+        #: Set by close(): work still queued in the io thread skips the file.
+        self._closed = False
 
     def submit(self, fn: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
         """Run fn(*args) in the io thread, after everything submitted before."""
         return asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     def close(self) -> None:
-        self._io.shutdown(wait=False, cancel_futures=True)
+        """Stop writing; the file is closed in the io thread, after any write under way.
+
+        (Closing it here could let a write still running land in whatever file
+        is opened next under the same descriptor number.)
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._io.submit(self._release)
+        self._io.shutdown(wait=False)
+
+    def _release(self) -> None:
         self._whole.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(OSError):
             os.close(self.fd)
@@ -158,9 +172,22 @@ class _Writer:
             self._prefix_n += 1
             self._whole.submit(self._prefix.update, data)
 
+    def reserve(self) -> None:
+        """Allocate the whole file on disk at once: a full disk shows now, not half-way,
+        and writes into allocated space are cheaper than growing the file."""
+        if os.fstat(self.fd).st_size >= self.offer.size or self.offer.size == 0:
+            return
+        try:
+            os.posix_fallocate(self.fd, 0, self.offer.size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            # Not supported by this filesystem: the file grows as chunks arrive.
+            log.debug("no preallocation for %s: %s", self.offer.name, exc)
+
     def check_and_write(self, idx: int, data: bytearray, digest: bytes) -> bool:
         """Write chunk idx if it matches digest; return whether it did."""
-        if hashlib.sha256(data).digest() != digest:
+        if self._closed or hashlib.sha256(data).digest() != digest:
             return False
         os.pwrite(self.fd, data, idx * self.offer.chunk)
         self._extend(idx, data)
@@ -173,7 +200,7 @@ class _Writer:
         chunk = self.offer.chunk
         for idx, digest in enumerate(digests):
             length = min(chunk, self.offer.size - idx * chunk)
-            if idx * chunk + length > size:
+            if self._closed or idx * chunk + length > size:
                 break
             data = os.pread(self.fd, length, idx * chunk)
             if hashlib.sha256(data).digest() == digest:
@@ -583,13 +610,23 @@ class FileShare:
             self._fail(t, f"cannot write {directory}: {exc.strerror or exc}")
             return
         t.writer = _Writer(fd, t.offer)
-        if t.dl.digests and os.fstat(fd).st_size > 0:
+        resumed = os.fstat(fd).st_size > 0
+        t.writer.submit(t.writer.reserve).add_done_callback(
+            functools.partial(self._reserved, t, t.dl)
+        )
+        if t.dl.digests and resumed:
             t.finishing = True  # no data until the partial file is checked
             self._spawn(t, self._resume(t))
         else:
             self._ask(t)
             self._pump(t)
         self._arm_tick()
+
+    def _reserved(self, t: _Transfer, dl: Download, fut: asyncio.Future[None]) -> None:
+        if t.dl is not dl or fut.cancelled() or fut.exception() is None:
+            return
+        directory = t.row.dir or str(self.downloads)
+        self._fail(t, f"not enough space in {directory} for {human_size(t.offer.size)}")
 
     async def _resume(self, t: _Transfer) -> None:
         dl, writer = t.dl, t.writer
@@ -860,7 +897,9 @@ class FileShare:
             conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason="busy"))
             return
         queue.append((t.fid, frame.idx))
-        if peer_id not in self._serve_tasks:
+        task = self._serve_tasks.get(peer_id)
+        # A task that has just returned may not have run its done callback yet.
+        if task is None or task.done():
             task = self._loop.create_task(self._serve(conn, peer_id, queue))
             self._serve_tasks[peer_id] = task
             task.add_done_callback(functools.partial(self._serve_done, peer_id))
@@ -910,9 +949,9 @@ class FileShare:
                     return
                 if not self._serves(t, peer_id):
                     break
-                # msgspec encodes a memoryview as bytes: no copy of the piece.
-                piece_data: bytes = view[off : off + limits.FILE_PIECE]  # type: ignore[assignment]
-                piece = m.FileData(fid=raw_fid, idx=idx, off=off, data=piece_data)
+                piece = m.FileData(
+                    fid=raw_fid, idx=idx, off=off, data=view[off : off + limits.FILE_PIECE]
+                )
                 conn.send_encoded(m.encode(piece))
             t.served += len(data)
             if t.row.room.startswith("@"):

@@ -137,8 +137,12 @@ FILE_PIECE = 64_000
 #: Chunk hashes (32 bytes each) in one hash-list frame.
 FILE_HASHES_PER_FRAME = 1_900
 #: Chunks requested from one source and not yet received: bounds the receiver's
-#: in-flight data (and so memory) per source whatever the file size.
-FILE_WINDOW = 8
+#: in-flight data (and so memory) per source whatever the file size, and how much
+#: file data a chat message can queue behind (2 MiB: about 6 ms at 350 MB/s).
+FILE_WINDOW = 2
+#: Chunks received and waiting for their check and write: bounds memory when the
+#: disk is slower than the network (new requests wait).
+FILE_MAX_CHECKING = 4
 #: Sources one download fetches from at once.
 FILE_MAX_SOURCES = 8
 #: Chunk requests queued by one peer at our side; more are refused ("busy").

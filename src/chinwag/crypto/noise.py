@@ -113,7 +113,7 @@ class NoiseXX:
         """Encrypt one transport message (nonces are counted by the cipher state)."""
         return bytes(self._encrypt.encrypt_with_ad(None, plaintext))
 
-    def decrypt(self, ciphertext: bytes) -> bytes:
+    def decrypt(self, ciphertext: bytes | memoryview) -> bytes:
         """Decrypt one transport message; raise NoiseFailure if it does not authenticate."""
         try:
             return bytes(self._decrypt.decrypt_with_ad(None, ciphertext))

@@ -185,7 +185,8 @@ class FileData(msgspec.Struct, frozen=True, tag_field="t", tag="fdata"):
     fid: Fid
     idx: U64
     off: U64
-    data: Annotated[bytes, msgspec.Meta(max_length=limits.FILE_PIECE)]
+    #: A view into the decrypted frame (no copy); msgspec encodes it as bytes.
+    data: Annotated[memoryview, msgspec.Meta(max_length=limits.FILE_PIECE)]
 
 
 class FileNak(msgspec.Struct, frozen=True, tag_field="t", tag="fnak"):

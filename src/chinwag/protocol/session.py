@@ -183,18 +183,22 @@ class Session:
         self._inbuf += data
         # Frames are cut by position and the buffer shortened once: deleting each
         # frame from the front would move the rest of the buffer every time.
+        # Messages are handed on as views (decryption copies them anyway); the view
+        # is released before the buffer is resized.
         pos = 0
         inbuf = self._inbuf
+        end = len(inbuf)
         try:
-            while not self.closed:
-                if len(inbuf) - pos < 2:
-                    break
-                (size,) = _LEN.unpack_from(inbuf, pos)
-                if len(inbuf) - pos < 2 + size:
-                    break
-                frame = bytes(inbuf[pos + 2 : pos + 2 + size])
-                pos += 2 + size
-                self._handle_noise_message(frame)
+            with memoryview(inbuf) as view:
+                while not self.closed:
+                    if end - pos < 2:
+                        break
+                    (size,) = _LEN.unpack_from(inbuf, pos)
+                    if end - pos < 2 + size:
+                        break
+                    with view[pos + 2 : pos + 2 + size] as frame:
+                        pos += 2 + size
+                        self._handle_noise_message(frame)
         except RemoteProtocolError as exc:
             self._fail(str(exc), exc.code)
         finally:
@@ -275,7 +279,7 @@ class Session:
 
     # --- internals ------------------------------------------------------
 
-    def _handle_noise_message(self, data: bytes) -> None:
+    def _handle_noise_message(self, data: memoryview) -> None:
         if self.state is State.OPEN or self.state is State.LINGER:
             try:
                 plain = self._noise.decrypt(data)
@@ -284,7 +288,7 @@ class Session:
             self._handle_frame(m.decode_frame(plain))
             return
         try:
-            payload = self._noise.read_handshake(data)
+            payload = self._noise.read_handshake(bytes(data))
         except NoiseFailure as exc:
             raise RemoteProtocolError(str(exc), "handshake_failed") from None
         if len(payload) > limits.MAX_HANDSHAKE_PAYLOAD:

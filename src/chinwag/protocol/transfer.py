@@ -159,6 +159,8 @@ class Download:
         """Take a page of digests; return False (and drop the peer) if it is bad."""
         if self.digests is not None or lo != self.hashes_wanted():
             return True  # a late or repeated page: harmless
+        if peer_id not in self.sources:
+            return True  # not asked (or banned): its page could get honest sources banned
         count = len(data) // 32
         if len(data) % 32 or count == 0 or lo + count > self.n:
             self.drop(peer_id, ban=True)
@@ -202,7 +204,11 @@ class Download:
 
     def requests(self, now: float) -> list[tuple[str, int]]:
         """Return (peer, chunk) requests that fill every source's window, lowest chunks first."""
-        if self.digests is None or not self.sources or len(self._checking) >= self.window:
+        if (
+            self.digests is None
+            or not self.sources
+            or len(self._checking) >= limits.FILE_MAX_CHECKING
+        ):
             return []  # (waiting for checks bounds the chunks held in memory)
         out: list[tuple[str, int]] = []
         # Round-robin, one chunk per source per pass, so parallel sources share the work.
@@ -243,7 +249,9 @@ class Download:
 
     # --- data ------------------------------------------------------------
 
-    def piece(self, peer_id: str, idx: int, off: int, data: bytes, now: float) -> Outcome:
+    def piece(
+        self, peer_id: str, idx: int, off: int, data: bytes | memoryview, now: float
+    ) -> Outcome:
         """Take a piece of a chunk from a source; return the whole chunk once it is complete.
 
         The I/O layer checks the chunk against `Outcome.digest` (off the event
