@@ -102,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"UDP port of discovery beacons (default {limits.DISCOVERY_PORT})",
     )
     p.add_argument(
+        "--downloads",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where accepted files are saved (default: the platform's downloads folder)",
+    )
+    p.add_argument(
+        "--auto-accept-mb",
+        type=float,
+        default=0.0,
+        metavar="MB",
+        help="accept files up to MB megabytes from verified peers without asking (default: off)",
+    )
+    p.add_argument(
         "--log-level",
         default=None,
         choices=["debug", "info", "warning", "error"],
@@ -195,6 +209,8 @@ def _run(args: argparse.Namespace, data_dir: Path, mode: str) -> int:
         peers=list(args.peer),
         discovery=not args.no_discovery,
         discovery_port=args.discovery_port,
+        downloads=args.downloads,
+        auto_accept=max(0, int(args.auto_accept_mb * 1_000_000)),
     )
     try:
         with _runner() as runner:

@@ -122,6 +122,7 @@ class Download:
         #: Peers dropped for corrupt data or protocol faults: never asked again.
         self.banned: set[str] = set()
         self._partial: dict[int, _Partial] = {}
+        self._bad: dict[str, int] = {}
         #: Chunks received whole and being checked by the I/O layer.
         self._checking: set[int] = set()
         self._next_missing = 0
@@ -290,7 +291,9 @@ class Download:
         self._next_missing = min(self._next_missing, idx)
         if source is None:
             return Outcome(corrupt=idx)
-        source.bad += 1
+        # Counted per download, not per Source: a drop (nak, timeout) and re-add
+        # must not reset it.
+        self._bad[peer_id] = source.bad = self._bad.get(peer_id, 0) + 1
         if source.bad >= limits.FILE_MAX_BAD_CHUNKS:
             self.drop(peer_id, ban=True)
             return Outcome(corrupt=idx, dropped=True)
