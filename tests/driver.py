@@ -35,8 +35,11 @@ class ChinwagProcess:
         netns: str | None = None,
         nick: str | None = None,
         env: dict[str, str] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir)
+        #: argv prefix the node runs under (e.g. `unshare -m sh -c ...`), inside any netns.
+        self.wrapper = list(wrapper)
         self.args = list(args)
         self.netns = netns
         self.nick = nick
@@ -55,6 +58,7 @@ class ChinwagProcess:
         if self.nick is not None:
             argv += ["--nick", self.nick]
         argv += self.args
+        argv = [*self.wrapper, *argv]
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         return argv

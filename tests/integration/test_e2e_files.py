@@ -1,0 +1,578 @@
+"""File sharing between real processes on loopback (issue #5).
+
+Every node runs with discovery off; topologies are built with --peer, and every
+node saves accepted files into a `--downloads` directory of its own. File
+contents are random bytes, compared by SHA-256 with what arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hostile_peer import HostilePeer
+from it_support import (
+    PROMPT_S,
+    ChinwagProcess,
+    Event,
+    NodeFactory,
+    chat_works,
+    connected,
+    free_tcp_port,
+    stderr_has_traceback,
+)
+
+from chinwag import limits
+from chinwag.protocol import messages as m
+from chinwag.protocol.transfer import Offer, digest_root, encode_offer
+
+MB = 1_000_000
+#: Seconds for hashing, sending and checking a file of up to 300 MB on 2 busy cores.
+TRANSFER_S = 60.0
+#: Size of the shared file for the tests that act mid-transfer: progress events come
+#: every 0.25 s and loopback runs at ~200 MB/s, so this leaves several events of room.
+BIG = 300 * MB
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A BIG-byte random file and its SHA-256, shared by the tests of this module."""
+    directory = tmp_path_factory.mktemp("files")
+    path = directory / "big.bin"
+    sha = random_file(path, BIG)
+    yield path, sha
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def remove_big_files(tmp_path: Path) -> Iterator[None]:
+    """Delete what a test transferred once its nodes are stopped (pytest keeps tmp dirs)."""
+    yield
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size > MB:
+            path.unlink()
+
+
+# --- helpers ----------------------------------------------------------------
+
+
+def random_file(path: Path, size: int) -> str:
+    """Write size random bytes to path; return their SHA-256 (hex)."""
+    whole = hashlib.sha256()
+    with path.open("wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(left, 16 << 20))
+            f.write(block)
+            whole.update(block)
+            left -= len(block)
+    return whole.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    whole = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(16 << 20):
+            whole.update(block)
+    return whole.hexdigest()
+
+
+def downloads(node: ChinwagProcess) -> Path:
+    """The node's --downloads directory (see start())."""
+    return node.data_dir.with_name(node.data_dir.name + "-downloads")
+
+
+def node_args(name: str, tmp: Path, *args: str) -> tuple[str, ...]:
+    return ("--downloads", str(tmp / f"{name}-downloads"), *args)
+
+
+async def start(
+    node: NodeFactory, tmp: Path, name: str, *args: str, data_dir: Path | None = None
+) -> ChinwagProcess:
+    """Start a node (discovery off) saving files into <tmp>/<name>-downloads."""
+    p = node(name, *node_args(name, tmp, *args), discovery=False, data_dir=data_dir)
+    await p.start()
+    return p
+
+
+async def start_pair(node: NodeFactory, tmp: Path) -> tuple[ChinwagProcess, ChinwagProcess]:
+    """alice listening on a fixed port, bob dialling her with --peer."""
+    a = await start(node, tmp, "alice")
+    b = await start(node, tmp, "bob", "--peer", f"127.0.0.1:{a.port}")
+    await connected(a, b)
+    return a, b
+
+
+def file_events(node: ChinwagProcess, name: str, fid: str) -> list[Event]:
+    return [ev for ev in node.events if ev.get("event") == name and ev.get("id") == fid]
+
+
+async def offer(sender: ChinwagProcess, to: str, path: Path, *receivers: ChinwagProcess) -> str:
+    """Offer path from sender; wait for its own file_offer and each receiver's; return the id."""
+    before = {id(ev) for ev in sender.events}
+    await sender.send({"cmd": "send_file", "to": to, "path": str(path)})
+    own = await sender.wait_for(
+        "file_offer",
+        pred=lambda ev: id(ev) not in before and ev.get("own") is True,
+        timeout=TRANSFER_S,
+        from_start=True,
+    )
+    fid = str(own["id"])
+    for r in receivers:
+        got = await r.wait_for("file_offer", timeout=PROMPT_S, from_start=True, id=fid)
+        assert got["own"] is False and got["peer_id"] == sender.peer_id, got
+        assert got["name"] == own["name"] and got["size"] == own["size"], (got, own)
+        assert got["sha256"] == own["sha256"], (got, own)
+    return fid
+
+
+async def accept(node: ChinwagProcess, fid: str, **extra: object) -> None:
+    await node.send({"cmd": "accept_file", "id": fid, **extra})
+
+
+async def done(node: ChinwagProcess, fid: str, timeout: float = TRANSFER_S) -> Event:
+    """Wait for the file_done of fid (failing at once on a file_failed)."""
+    ev = await node.wait_for(
+        pred=lambda e: e.get("id") == fid and e.get("event") in ("file_done", "file_failed"),
+        timeout=timeout,
+        from_start=True,
+    )
+    assert ev["event"] == "file_done", ev
+    return ev
+
+
+async def progress_at_least(node: ChinwagProcess, fid: str, nbytes: int) -> Event:
+    """Wait for a file_progress of fid with at least nbytes verified."""
+    return await node.wait_for(
+        "file_progress",
+        pred=lambda e: e["bytes"] >= nbytes,
+        timeout=TRANSFER_S,
+        from_start=True,
+        id=fid,
+    )
+
+
+def check_progress(node: ChinwagProcess, fid: str, total: int) -> list[Event]:
+    """fid's progress events are monotonic and within total; return them."""
+    events = file_events(node, "file_progress", fid)
+    seen = [ev["bytes"] for ev in events]
+    assert seen == sorted(seen), f"progress not monotonic: {seen}"
+    assert all(ev["total"] == total for ev in events), events[:3]
+    assert all(0 <= b <= total for b in seen), seen
+    return events
+
+
+async def listing(node: ChinwagProcess) -> list[Event]:
+    before = {id(ev) for ev in node.events}
+    await node.send({"cmd": "files"})
+    reply = await node.wait_for(
+        "files", pred=lambda ev: id(ev) not in before, timeout=PROMPT_S, from_start=True
+    )
+    return list(reply["files"])
+
+
+def entries(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+# --- tests ------------------------------------------------------------------
+
+
+async def test_200mb_file_arrives_identical(node: NodeFactory, tmp_path: Path) -> None:
+    """A 200 MB file offered by nick: nothing written before accept; then identical, in place."""
+    a, b = await start_pair(node, tmp_path)
+    src = tmp_path / "big.bin"
+    sha = random_file(src, 200 * MB)
+    fid = await offer(a, "bob", src, b)
+    assert entries(downloads(b)) == [], "data written before accept"
+    assert not file_events(b, "file_progress", fid)
+
+    await accept(b, fid)
+    got = await done(b, fid)
+    path = Path(got["path"])
+    assert got["sha256"] == sha
+    assert path.parent == downloads(b).resolve(), path
+    assert path.name == "big.bin"
+    assert sha256_of(path) == sha
+    events = check_progress(b, fid, 200 * MB)
+    assert events and events[-1]["bytes"] == 200 * MB, events[-3:]
+    assert entries(downloads(b)) == ["big.bin"], "leftover partial files"
+    # The sender of a private offer hears that it arrived.
+    sent = await a.wait_for("file_done", timeout=PROMPT_S, from_start=True, id=fid)
+    assert sent["sha256"] == sha
+
+
+async def test_hostile_names_land_inside_downloads(node: NodeFactory, tmp_path: Path) -> None:
+    """Offers named `../../evil.sh`, `.hidden`, `CON`, with escapes: saved safely, no overwrite."""
+    b = await start(node, tmp_path, "bob")
+    dl = downloads(b)
+    dl.mkdir()
+    (dl / "evil.sh").write_bytes(b"the original\n")
+    peer = HostilePeer()
+    await peer.connect(b.port)
+    names = [
+        "../../evil.sh",
+        "..\\..\\evil.sh",
+        "/etc/evil.sh",
+        ".hidden",
+        "..",
+        "CON",
+        "con.txt",
+        "a\x1b[31mred\x07\nb\r.txt",
+        "\u202etxt.exe",
+    ]
+    contents = {name: os.urandom(5000 + i) for i, name in enumerate(names)}
+    offers = {name: hostile_offer(name, data) for name, data in contents.items()}
+    server = asyncio.create_task(serve_files(peer, {o.fid: contents[n] for n, o in offers.items()}))
+    try:
+        for seq, o in enumerate(offers.values(), start=1):
+            peer.send_chat(peer.message(seq, encode_offer(o)))
+        for name, o in offers.items():
+            got = await b.wait_for("file_offer", timeout=PROMPT_S, from_start=True, id=o.fid)
+            assert got["name"] == name, got
+        for o in offers.values():
+            await accept(b, o.fid[:8])
+        paths = {name: Path((await done(b, o.fid))["path"]) for name, o in offers.items()}
+    finally:
+        server.cancel()
+        await peer.close()
+
+    for name, path in paths.items():
+        assert path.parent == dl.resolve(), (name, path)
+        assert path.read_bytes() == contents[name], name
+        assert not path.name.startswith("."), (name, path)
+        assert path.name.isprintable(), (name, path)
+        assert path.name.lower() not in ("con", "con.txt"), (name, path)
+    assert (dl / "evil.sh").read_bytes() == b"the original\n"
+    evil = sorted(paths[n].name for n in ("../../evil.sh", "..\\..\\evil.sh", "/etc/evil.sh"))
+    assert evil == ["evil (1).sh", "evil (2).sh", "evil (3).sh"], evil
+    assert not (tmp_path / "evil.sh").exists() and not (tmp_path.parent / "evil.sh").exists()
+    assert sorted(p.name for p in dl.iterdir()) == sorted(
+        ["evil.sh", *(p.name for p in paths.values())]
+    )
+    assert b.returncode is None and not stderr_has_traceback(b), b.stderr_tail()
+
+
+async def test_sender_killed_mid_transfer_resumes(
+    node: NodeFactory, tmp_path: Path, big_file: tuple[Path, str]
+) -> None:
+    """The sender is SIGKILLed half-way and restarted: the download completes, no new accept."""
+    src, sha = big_file
+    port = free_tcp_port()
+    a = await start(node, tmp_path, "alice", "--port", str(port))
+    b = await start(node, tmp_path, "bob", "--peer", f"127.0.0.1:{port}")
+    await connected(a, b)
+    fid = await offer(a, "bob", src, b)
+    await accept(b, fid)
+    await progress_at_least(b, fid, BIG * 2 // 5)
+    await a.kill()
+    await b.wait_for("peer_left", timeout=PROMPT_S, from_start=True, peer_id=a.peer_id)
+    before = file_events(b, "file_progress", fid)[-1]["bytes"]
+    assert before < BIG, "the transfer ended before the sender was killed"
+    assert not file_events(b, "file_done", fid)
+
+    a2 = await start(node, tmp_path, "alice", "--port", str(port), data_dir=a.data_dir)
+    assert a2.peer_id == a.peer_id
+    got = await done(b, fid)
+    assert sha256_of(Path(got["path"])) == sha
+    check_progress(b, fid, BIG)
+    assert not file_events(b, "file_failed", fid)
+    assert entries(downloads(b)) == ["big.bin"]
+
+
+async def test_receiver_killed_mid_transfer_resumes(
+    node: NodeFactory, tmp_path: Path, big_file: tuple[Path, str]
+) -> None:
+    """The receiver is SIGKILLed half-way and restarted: it goes on from where it was."""
+    src, sha = big_file
+    a, b = await start_pair(node, tmp_path)
+    fid = await offer(a, "bob", src, b)
+    await accept(b, fid)
+    await progress_at_least(b, fid, BIG * 2 // 5)
+    await b.kill()
+    earlier = file_events(b, "file_progress", fid)[-1]["bytes"]
+    assert not file_events(b, "file_done", fid), "the transfer ended before the kill"
+
+    b2 = await start(node, tmp_path, "bob", "--peer", f"127.0.0.1:{a.port}", data_dir=b.data_dir)
+    first = await b2.wait_for("file_progress", timeout=PROMPT_S, from_start=True, id=fid)
+    assert earlier <= first["bytes"] < BIG, (earlier, first)
+    got = await done(b2, fid)
+    assert sha256_of(Path(got["path"])) == sha
+    check_progress(b2, fid, BIG)
+    assert not [ev for ev in b2.events if ev.get("event") == "file_offer" and ev["id"] == fid]
+    assert entries(downloads(b)) == ["big.bin"]
+
+
+async def test_room_file_from_two_sources(
+    node: NodeFactory, tmp_path: Path, big_file: tuple[Path, str]
+) -> None:
+    """A offers to #general, B fetches it; C then fetches from A and B at once."""
+    src, sha = big_file
+    a = await start(node, tmp_path, "alice")
+    b = await start(node, tmp_path, "bob", "--peer", f"127.0.0.1:{a.port}")
+    c = await start(
+        node, tmp_path, "carol", "--peer", f"127.0.0.1:{a.port}", "--peer", f"127.0.0.1:{b.port}"
+    )
+    await asyncio.gather(connected(a, b), connected(a, c), connected(b, c))
+    fid = await offer(a, "#general", src, b, c)
+    assert (await b.wait_for("file_offer", from_start=True, id=fid))["room"] == "general"
+    await accept(b, fid)
+    got_b = await done(b, fid)
+    assert sha256_of(Path(got_b["path"])) == sha
+
+    await accept(c, fid)
+    two = None
+    while two is None:
+        ev = await c.wait_for(
+            pred=lambda e: e.get("id") == fid and e.get("event") != "file_offer",
+            timeout=TRANSFER_S,
+        )
+        if ev["event"] == "file_progress" and ev["sources"] == 2:
+            two = ev
+        elif ev["event"] != "file_progress":
+            break
+        else:
+            listed = [f for f in await listing(c) if f["id"] == fid]
+            if listed and listed[0]["sources"] == 2:
+                two = listed[0]
+    got_c = await done(c, fid)
+    sources = [ev["sources"] for ev in file_events(c, "file_progress", fid)]
+    assert two is not None, f"never two sources at once: {sources}"
+    assert sha256_of(Path(got_c["path"])) == sha
+    check_progress(c, fid, BIG)
+
+
+async def test_reject_and_cancel(
+    node: NodeFactory, tmp_path: Path, big_file: tuple[Path, str]
+) -> None:
+    """Reject tells the sender; cancel removes (or keeps) the partial file; withdraw stops B."""
+    src, _ = big_file
+    a, b = await start_pair(node, tmp_path)
+    dl = downloads(b)
+
+    fid = await offer(a, "bob", src, b)
+    await b.send({"cmd": "reject_file", "id": fid})
+    told = await a.wait_for("file_failed", timeout=PROMPT_S, from_start=True, id=fid)
+    assert "rejected" in told["reason"], told
+    assert "rejected" in (await b.wait_for("file_failed", from_start=True, id=fid))["reason"]
+    assert entries(dl) == []
+
+    for keep in (False, True):
+        fid = await offer(a, "bob", src, b)
+        await accept(b, fid)
+        await progress_at_least(b, fid, BIG // 10)
+        await b.send({"cmd": "cancel_file", "id": fid, "keep": keep})
+        failed = await b.wait_for("file_failed", timeout=PROMPT_S, from_start=True, id=fid)
+        assert failed["reason"] == "cancelled", failed
+        told = await a.wait_for("file_failed", timeout=PROMPT_S, from_start=True, id=fid)
+        assert "cancelled" in told["reason"], told
+        assert not file_events(b, "file_done", fid), "the transfer ended before the cancel"
+        parts = [p for p in dl.iterdir() if p.name.startswith(".chinwag-") and fid[:16] in p.name]
+        if keep:
+            assert len(parts) == 1 and parts[0].stat().st_size > 0, entries(dl)
+        else:
+            assert parts == [], entries(dl)
+        state = next(f for f in await listing(b) if f["id"] == fid)
+        assert state["state"] == "cancelled", state
+
+    fid = await offer(a, "bob", src, b)
+    await accept(b, fid)
+    await progress_at_least(b, fid, BIG // 10)
+    await a.send({"cmd": "cancel_file", "id": fid})
+    failed = await b.wait_for("file_failed", timeout=PROMPT_S, from_start=True, id=fid)
+    assert "withdrawn" in failed["reason"], failed
+    assert not file_events(b, "file_done", fid), "the transfer ended before the withdrawal"
+    assert not [p for p in dl.iterdir() if fid[:16] in p.name], entries(dl)
+    assert [p.name for p in dl.iterdir() if not p.name.startswith(".")] == []
+    for n in (a, b):
+        assert n.returncode is None and not stderr_has_traceback(n), n.stderr_tail()
+
+
+async def test_bad_input(node: NodeFactory, tmp_path: Path) -> None:
+    """Missing paths, directories and unknown ids give clear errors; the node keeps running."""
+    a, b = await start_pair(node, tmp_path)
+    cases = [
+        ({"cmd": "send_file", "to": "bob", "path": str(tmp_path / "nope.bin")}, "no such file"),
+        ({"cmd": "send_file", "to": "bob", "path": str(tmp_path)}, "directory"),
+        ({"cmd": "send_file", "to": "nobody", "path": __file__}, "nobody"),
+        ({"cmd": "accept_file", "id": "0123456789abcdef"}, "no file"),
+        ({"cmd": "accept_file", "id": "01"}, "4 characters"),
+        ({"cmd": "reject_file", "id": "fedcba98"}, "no file"),
+        ({"cmd": "cancel_file", "id": "fedcba98"}, "no file"),
+    ]
+    for cmd, expect in cases:
+        err = await ask_error(a, cmd)
+        assert expect in err["message"], (cmd, err)
+    fid = await offer(a, "bob", Path(__file__), b)
+    err = await ask_error(a, {"cmd": "accept_file", "id": fid})
+    assert "your own" in err["message"], err
+    await accept(b, fid)
+    await done(b, fid)
+    err = await ask_error(b, {"cmd": "accept_file", "id": fid})
+    assert "saved already" in err["message"], err
+    await chat_works(a, b, text="still here")
+    for n in (a, b):
+        assert n.returncode is None and not stderr_has_traceback(n), n.stderr_tail()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+async def test_unreadable_file(node: NodeFactory, tmp_path: Path) -> None:
+    a, _ = await start_pair(node, tmp_path)
+    path = tmp_path / "secret.bin"
+    path.write_bytes(b"x")
+    path.chmod(0)
+    err = await ask_error(a, {"cmd": "send_file", "to": "bob", "path": str(path)})
+    assert "not readable" in err["message"] or "cannot read" in err["message"], err
+
+
+async def test_full_disk(node: NodeFactory, tmp_path: Path) -> None:
+    """Downloads on an 8 MB tmpfs: a 20 MB file is refused; overcommitted ones fail cleanly."""
+    a = await start(node, tmp_path, "alice")
+    dl = tmp_path / "small-disk"
+    dl.mkdir()
+    mount = 'mount -t tmpfs -o size=8m tmpfs "$0" && exec "$@"'
+    b = ChinwagProcess(
+        tmp_path / "bob",
+        *("--bind", "127.0.0.1", "--port", "0", "--no-discovery"),
+        *("--downloads", str(dl), "--peer", f"127.0.0.1:{a.port}"),
+        nick="bob",
+        wrapper=["unshare", "-m", "sh", "-c", mount, str(dl)],
+    )
+    try:
+        await b.start()
+        await connected(a, b)
+        big = tmp_path / "twenty.bin"
+        random_file(big, 20 * MB)
+        fid = await offer(a, "bob", big, b)
+        err = await ask_error(b, {"cmd": "accept_file", "id": fid})
+        assert "not enough space" in err["message"], err
+        assert await entries_in(b, dl) == []
+
+        # Two 5 MB files accepted at once: both fit alone, not together.
+        shas = {}
+        fids = []
+        for name in ("one.bin", "two.bin"):
+            shas[name] = random_file(tmp_path / name, 5 * MB)
+            fids.append(await offer(a, "bob", tmp_path / name, b))
+        for fid in fids:
+            await accept(b, fid)
+        ends = [
+            await b.wait_for(
+                pred=lambda e, fid=fid: (
+                    e.get("id") == fid and e.get("event") in ("file_done", "file_failed")
+                ),
+                timeout=TRANSFER_S,
+                from_start=True,
+            )
+            for fid in fids
+        ]
+        failed = [ev for ev in ends if ev["event"] == "file_failed"]
+        assert failed, f"10 MB fitted on an 8 MB disk: {ends}"
+        for ev in failed:
+            assert "No space left" in ev["reason"] or "space" in ev["reason"], ev
+        listed = await entries_in(b, dl)
+        names = {Path(ev["path"]).name for ev in ends if ev["event"] == "file_done"}
+        assert sorted(listed) == sorted(names), listed
+        for ev in ends:
+            if ev["event"] == "file_done":
+                assert Path(ev["path"]).parent == dl, ev
+        assert b.returncode is None and not stderr_has_traceback(b), b.stderr_tail()
+        await chat_works(a, b, text="disk full, chat fine")
+    finally:
+        if b.proc is not None and b.returncode is None:
+            try:
+                await b.quit(timeout=5)
+            except Exception:
+                await b.kill()
+
+
+async def test_chat_flows_during_transfer(
+    node: NodeFactory, tmp_path: Path, big_file: tuple[Path, str]
+) -> None:
+    """Messages both ways during a big transfer arrive within 2 s each."""
+    src, sha = big_file
+    a, b = await start_pair(node, tmp_path)
+    fid = await offer(a, "bob", src, b)
+    await accept(b, fid)
+    await progress_at_least(b, fid, 1)
+    loop = asyncio.get_running_loop()
+    during = 0
+    for i in range(3):
+        for sender, receiver in ((a, b), (b, a)):
+            text = f"during transfer {i} from {sender.nick}"
+            sent_at = loop.time()
+            await sender.say(text)
+            await receiver.wait_for_message(text, timeout=2.0)
+            took = loop.time() - sent_at
+            assert took < 2.0, (text, took)
+            during += not file_events(b, "file_done", fid)
+    assert during >= 2, "the transfer was over before chat could be tested alongside it"
+    got = await done(b, fid)
+    assert sha256_of(Path(got["path"])) == sha
+
+
+# --- more helpers -------------------------------------------------------------
+
+
+async def ask_error(node: ChinwagProcess, cmd: Event) -> Event:
+    """Send a command expected to fail; return the error event it caused."""
+    before = {id(ev) for ev in node.events}
+    await node.send(cmd)
+    return await node.wait_for(
+        "error", pred=lambda ev: id(ev) not in before, timeout=PROMPT_S, from_start=True
+    )
+
+
+async def entries_in(node: ChinwagProcess, directory: Path) -> list[str]:
+    """Names in directory as the node sees it (inside its mount namespace)."""
+    assert node.proc is not None
+    proc = await asyncio.create_subprocess_exec(
+        *("nsenter", "-t", str(node.proc.pid), "-m", "ls", "-A", str(directory)),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    return out.decode().split()
+
+
+def hostile_offer(name: str, data: bytes) -> Offer:
+    """An offer of data (one chunk) under any name, as a hostile peer may make it."""
+    return Offer(
+        fid=os.urandom(16).hex(),
+        name=name,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        chunk=limits.FILE_CHUNK,
+        root=digest_root(hashlib.sha256(data).digest()),
+    )
+
+
+async def serve_files(peer: HostilePeer, files: dict[str, bytes]) -> None:
+    """Answer a node's requests for one-chunk files (fid -> contents) until cancelled."""
+    seen = 0
+    while True:
+        while seen < len(peer.frames):
+            frame: object = peer.frames[seen]
+            seen += 1
+            if not isinstance(frame, m.FileWho | m.FileHashesReq | m.FileGet):
+                continue
+            data = files.get(frame.fid.hex())
+            if data is None:
+                continue
+            if isinstance(frame, m.FileWho):
+                peer.send_frames([m.FileHave(fid=frame.fid)])
+            elif isinstance(frame, m.FileHashesReq):
+                digest = hashlib.sha256(data).digest()
+                peer.send_frames([m.FileHashes(fid=frame.fid, lo=0, hashes=digest)])
+            else:
+                peer.send_frames(
+                    m.FileData(fid=frame.fid, idx=0, off=off, data=data[off : off + 60_000])
+                    for off in range(0, len(data), 60_000)
+                )
+        peer._changed.clear()
+        await peer._changed.wait()
