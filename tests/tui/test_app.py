@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from textual import events
 from tui_support import (
     BOB,
@@ -10,6 +12,7 @@ from tui_support import (
     dm,
     enter,
     feed,
+    make_node,
     message,
     shown,
     started,
@@ -207,3 +210,31 @@ async def test_resizing_keeps_working(app: AppFactory) -> None:
         view = a.views["general"]
         assert view.scroll_y == view.max_scroll_y  # still following the newest line
         assert len(texts(a)) >= 51
+
+
+async def test_unread_while_scrolled_up_clears_at_the_bottom(app: AppFactory) -> None:
+    a = app()
+    async with a.run_test(size=(80, 24)) as pilot:
+        await started(pilot)
+        feed(a, *(message(f"old {i}") for i in range(60)))
+        await until(pilot, lambda: shown(a, "old 59"))
+        await pilot.press("pageup")
+        feed(a, message("while you were away"))
+        await until(pilot, lambda: a.rooms["general"].unread == 1)
+        await pilot.press("pagedown", "pagedown")
+        await until(pilot, lambda: a.rooms["general"].unread == 0)
+
+
+async def test_a_locked_data_dir_ends_the_app_with_a_reason(
+    app: AppFactory, tmp_path: Path
+) -> None:
+    first = make_node(tmp_path / "me", "me")
+    await first.start()
+    try:
+        a = app()
+        async with a.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: a.start_error)
+        assert a.return_code == 1
+        assert "is in use by another chinwag" in a.start_error
+    finally:
+        await first.stop()

@@ -205,7 +205,7 @@ class ChinwagApp(App[int]):
             ready = await self.node.start()
         except (ChinwagError, OSError) as exc:
             self.start_error = str(exc)
-            self.exit(1)
+            self.exit(return_code=1)
             return
         self.started = True
         settings = self.node.datadir.load_settings()
@@ -609,6 +609,13 @@ class ChinwagApp(App[int]):
         finally:
             view.loading = False
 
+    def on_message_view_at_bottom(self, message: MessageView.AtBottom) -> None:
+        """Reading the newest line of the current room clears its unread count."""
+        row = self.rooms.get(message.view.room)
+        if row is not None and message.view.room == self.current and (row.unread or row.mentions):
+            row.unread = row.mentions = 0
+            self._redraw_side()
+
     async def _drop_view(self, name: str) -> None:
         view = self.views.pop(name, None)
         self.rooms.pop(name, None)
@@ -688,7 +695,7 @@ class ChinwagApp(App[int]):
         """Leave: say goodbye to peers, then close the screen."""
         if self.started:
             await self.node.stop("quit")
-        self.exit(0)
+        self.exit(return_code=0)
 
     # --- files --------------------------------------------------------------
 

@@ -97,6 +97,13 @@ class MessageView(ScrollView, can_focus=True):
             super().__init__()
             self.view = view
 
+    class AtBottom(Message):
+        """The view was scrolled back to its newest line."""
+
+        def __init__(self, view: MessageView) -> None:
+            super().__init__()
+            self.view = view
+
     def __init__(
         self, name: str, render_entry: Callable[[Entry], Text], *, id: str | None = None
     ) -> None:
@@ -221,6 +228,8 @@ class MessageView(ScrollView, can_focus=True):
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
+        if new_value >= self.max_scroll_y - 1 > old_value:
+            self.post_message(self.AtBottom(self))
         if new_value < LOAD_MARGIN and self.has_older and not self.loading:
             self.loading = True
             self.post_message(self.NeedOlder(self))
