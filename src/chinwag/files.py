@@ -1003,9 +1003,8 @@ class FileShare:
 
     def _source_gone(self, t: _Transfer, reason: str) -> None:
         """Stop sharing a file we can no longer serve as offered."""
-        fd = self._read_fds.pop(t.fid, None)
-        if fd is not None:
-            os.close(fd)
+        # Its read fd stays open until close(): a read ahead may still be using it,
+        # and a closed fd number could be reused by another file meanwhile.
         if t.row.direction == OUT and t.row.state == SHARING:
             log.warning("stop sharing %s: %s", t.offer.name, reason)
             self._set_state(t, FAILED, reason)

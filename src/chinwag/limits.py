@@ -144,7 +144,7 @@ FILE_WINDOW = 2
 #: disk is slower than the network (new requests wait).
 FILE_MAX_CHECKING = 4
 #: Sources one download fetches from at once.
-FILE_MAX_SOURCES = 8
+FILE_MAX_SOURCES = 4
 #: Chunk requests queued by one peer at our side; more are refused ("busy").
 FILE_MAX_QUEUED = 64
 #: Chunks failing their hash from one source before it is dropped as a source.
