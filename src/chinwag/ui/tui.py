@@ -81,6 +81,13 @@ TUI_HELP = """in this terminal UI also:
   /switch @NICK    open the private conversation with NICK"""
 
 
+def set_if_changed(widget: Static, content: Text | str) -> None:
+    """Update a Static only if its content changed (an update costs a layout pass)."""
+    if getattr(widget, "_chinwag_shown", None) != content:
+        widget._chinwag_shown = content  # type: ignore[attr-defined]
+        widget.update(content)
+
+
 def nick_style(peer_id: str) -> Style:
     """Return the stable colour of a peer's nick."""
     digest = hashlib.sha256(peer_id.encode()).digest()
@@ -477,7 +484,7 @@ class ChinwagApp(App[int]):
             # Every connected peer is reached directly; the node does not relay connections.
             how = ("direct " if self.size.width >= 120 else "") + peer.address
             text.append(f"  {how}\n" if peer.online else "  offline\n", style="dim")
-        self._w_peers.update(text)
+        set_if_changed(self._w_peers, text)
 
     def _draw_status(self) -> None:
         node = self.node
@@ -492,7 +499,7 @@ class ChinwagApp(App[int]):
         if not self.bell_on:
             text.append(" · bell off", style="dim")
         text.append("  F1 keys", style="dim")
-        self._w_status.update(text)
+        set_if_changed(self._w_status, text)
 
     def _draw_files(self) -> None:
         lines: list[str] = []
@@ -518,7 +525,7 @@ class ChinwagApp(App[int]):
                 lines.append(f"{arrow} {name} {bar} {pct}% {tail}")
         files = self._w_files
         files.display = bool(lines)
-        files.update("\n".join(lines[-6:]))
+        set_if_changed(files, "\n".join(lines[-6:]))
 
     def _room_note(self, room: str, kind: str, note: str) -> None:
         view = self.views.get(room) or self.views.get(self.current)

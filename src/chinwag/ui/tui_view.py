@@ -212,7 +212,19 @@ class MessageView(ScrollView, can_focus=True):
         self._resized()
 
     def _resized(self) -> None:
-        self.virtual_size = Size(self._width, self._cum[-1])
+        size = Size(self._width, self._cum[-1])
+        old = self.virtual_size
+        if size == old:
+            return
+        view = self.scrollable_content_region.height
+        if (size.height > view) == (old.height > view) and size.width == old.width:
+            # Only the length changed, not whether a scrollbar is needed: no layout pass
+            # of the whole screen (it would cost ~20 ms per batch of incoming messages).
+            self.set_reactive(MessageView.virtual_size, size)
+            self._scroll_update(size)
+            self.refresh()
+        else:
+            self.virtual_size = size
 
     # --- textual ------------------------------------------------------------
 

@@ -152,6 +152,7 @@ class RoomList(Static):
     def __init__(self, **kw: str) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self.rows: list[str] = []
+        self._shown = Text()
 
     def show(self, rows: list[RoomRow], current: str, labels: dict[str, str]) -> None:
         """Draw the list; `labels` gives the shown name of a conversation (its nick)."""
@@ -168,7 +169,9 @@ class RoomList(Static):
             text.append_text(line)
             text.append("\n")
             self.rows.append(row.name)
-        self.update(text)
+        if text != self._shown:
+            self._shown = text
+            self.update(text)
 
     def on_click(self, event: events.Click) -> None:
         if 0 <= event.y < len(self.rows):
