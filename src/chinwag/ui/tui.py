@@ -614,7 +614,7 @@ class ChinwagApp(App[int]):
             view.has_older = False
             self.note_error(f"error: {exc}")
         finally:
-            view.loading = False
+            view.fetching = False
 
     def on_message_view_at_bottom(self, message: MessageView.AtBottom) -> None:
         """Reading the newest line of the current room clears its unread count."""

@@ -54,6 +54,9 @@ class Entry:
     key: int = field(default_factory=lambda: next(_ids))
     text: Text | None = None
     lens: list[int] = field(default_factory=list)
+    #: Height in rows at width `_at` (a cache; -1: not computed).
+    rows: int = -1
+    at: int = 0
 
     @property
     def day(self) -> dt.date | None:
@@ -116,17 +119,26 @@ class MessageView(ScrollView, can_focus=True):
         self._strips: dict[int, list[Strip]] = {}
         #: Older history may exist in the store beyond the first entry.
         self.has_older = False
-        self.loading = False
+        self.fetching = False
 
     # --- content ------------------------------------------------------------
 
     def _build(self, entry: Entry) -> None:
         entry.text = self._render_entry(entry)
         entry.lens = [cell_len(part) for part in entry.text.plain.split("\n")]
+        entry.rows = -1
         self._strips.pop(entry.key, None)
 
     def _height(self, entry: Entry) -> int:
-        return sum(rows_of(n, self._width) for n in entry.lens)
+        if entry.rows < 0 or entry.at != self._width:
+            entry.at = self._width
+            lens = entry.lens
+            entry.rows = (
+                rows_of(lens[0], self._width)
+                if len(lens) == 1
+                else sum(rows_of(n, self._width) for n in lens)
+            )
+        return entry.rows
 
     def _fix_sep(self, index: int) -> bool:
         """Recompute whether entry `index` starts a new day; return True if it changed."""
@@ -242,8 +254,8 @@ class MessageView(ScrollView, can_focus=True):
         super().watch_scroll_y(old_value, new_value)
         if new_value >= self.max_scroll_y - 1 > old_value:
             self.post_message(self.AtBottom(self))
-        if new_value < LOAD_MARGIN and self.has_older and not self.loading:
-            self.loading = True
+        if new_value < LOAD_MARGIN and self.has_older and not self.fetching:
+            self.fetching = True
             self.post_message(self.NeedOlder(self))
 
     def _entry_strips(self, entry: Entry) -> list[Strip]:
