@@ -135,10 +135,16 @@ async def accept(node: ChinwagProcess, fid: str, **extra: object) -> None:
     await node.send({"cmd": "accept_file", "id": fid, **extra})
 
 
-async def done(node: ChinwagProcess, fid: str, timeout: float = TRANSFER_S) -> Event:
-    """Wait for the file_done of fid (failing at once on a file_failed)."""
+async def done(node: ChinwagProcess, fid: str, timeout: float = TRANSFER_S, skip: int = 0) -> Event:
+    """Wait for the file_done of fid (failing at once on a file_failed), past the first skip
+    events of the node."""
+    old = {id(ev) for ev in node.events[:skip]}
     ev = await node.wait_for(
-        pred=lambda e: e.get("id") == fid and e.get("event") in ("file_done", "file_failed"),
+        pred=lambda e: (
+            e.get("id") == fid
+            and e.get("event") in ("file_done", "file_failed")
+            and id(e) not in old
+        ),
         timeout=timeout,
         from_start=True,
     )
@@ -350,8 +356,8 @@ async def test_room_file_from_two_sources(
 async def test_reject_and_cancel(
     node: NodeFactory, tmp_path: Path, big_file: tuple[Path, str]
 ) -> None:
-    """Reject tells the sender; cancel removes (or keeps) the partial file; withdraw stops B."""
-    src, _ = big_file
+    """Reject tells the sender; cancel drops (or keeps, to resume) the partial; withdraw stops B."""
+    src, sha = big_file
     a, b = await start_pair(node, tmp_path)
     dl = downloads(b)
 
@@ -380,6 +386,17 @@ async def test_reject_and_cancel(
         state = next(f for f in await listing(b) if f["id"] == fid)
         assert state["state"] == "cancelled", state
 
+    # Accepted again, the kept download goes on from its partial file.
+    kept = file_events(b, "file_progress", fid)[-1]["bytes"]
+    seen = len(file_events(b, "file_progress", fid))
+    skip = len(b.events)
+    await accept(b, fid)
+    got = await done(b, fid, skip=skip)
+    assert sha256_of(Path(got["path"])) == sha
+    again = [ev["bytes"] for ev in file_events(b, "file_progress", fid)[seen:]]
+    assert again and again[0] >= kept, (kept, again)
+    assert not [p for p in dl.iterdir() if p.name.startswith(".chinwag-")], entries(dl)
+
     fid = await offer(a, "bob", src, b)
     await accept(b, fid)
     await progress_at_least(b, fid, BIG // 10)
@@ -388,7 +405,7 @@ async def test_reject_and_cancel(
     assert "withdrawn" in failed["reason"], failed
     assert not file_events(b, "file_done", fid), "the transfer ended before the withdrawal"
     assert not [p for p in dl.iterdir() if fid[:16] in p.name], entries(dl)
-    assert [p.name for p in dl.iterdir() if not p.name.startswith(".")] == []
+    assert entries(dl) == ["big.bin"], "only the file accepted again is saved"
     for n in (a, b):
         assert n.returncode is None and not stderr_has_traceback(n), n.stderr_tail()
 
