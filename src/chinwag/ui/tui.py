@@ -458,14 +458,18 @@ class ChinwagApp(App[int]):
         order = sorted(n for n in self.rooms if not n.startswith("@")) + sorted(
             n for n in self.rooms if n.startswith("@")
         )
-        labels = {}
-        for name, peer_id in self.dm_peer.items():
-            peer = self.peers.get(peer_id)
-            labels[name] = "@" + clean(peer.nick) if peer else name
+        labels = {name: self._label(name) for name in self.dm_peer}
         self._w_rooms.show([self.rooms[n] for n in order], self.current, labels)
         self._draw_peers()
         self._draw_status()
         self._draw_files()
+
+    def _label(self, name: str) -> str:
+        """Return how a room (#name) or a conversation (@nick once known) is shown."""
+        if not name.startswith("@"):
+            return "#" + name
+        peer = self.peers.get(self.dm_peer.get(name, ""))
+        return "@" + clean(peer.nick) if peer else name
 
     def _draw_peers(self) -> None:
         text = Text()
@@ -494,7 +498,7 @@ class ChinwagApp(App[int]):
         text.append(f" ({short_id(node.identity.peer_id)})")
         text.append(f" · {node.config.bind}:{node.port}")
         text.append(f" · {online} peer{'s' if online != 1 else ''}")
-        where = self.current if self.current.startswith("@") else "#" + self.current
+        where = self._label(self.current)
         text.append(f" · {where}")
         if not self.bell_on:
             text.append(" · bell off", style="dim")
