@@ -211,6 +211,7 @@ async def test_200mb_file_arrives_identical(node: NodeFactory, tmp_path: Path) -
     # The sender of a private offer hears that it arrived.
     sent = await a.wait_for("file_done", timeout=PROMPT_S, from_start=True, id=fid)
     assert sent["sha256"] == sha
+    no_tracebacks(a, b)
 
 
 async def test_hostile_names_land_inside_downloads(node: NodeFactory, tmp_path: Path) -> None:
@@ -289,6 +290,7 @@ async def test_sender_killed_mid_transfer_resumes(
     check_progress(b, fid, BIG)
     assert not file_events(b, "file_failed", fid)
     assert entries(downloads(b)) == ["big.bin"]
+    no_tracebacks(a2, b)
 
 
 async def test_receiver_killed_mid_transfer_resumes(
@@ -312,6 +314,7 @@ async def test_receiver_killed_mid_transfer_resumes(
     check_progress(b2, fid, BIG)
     assert not [ev for ev in b2.events if ev.get("event") == "file_offer" and ev["id"] == fid]
     assert entries(downloads(b)) == ["big.bin"]
+    no_tracebacks(a, b2)
 
 
 async def test_room_file_from_two_sources(
@@ -351,6 +354,7 @@ async def test_room_file_from_two_sources(
     assert two is not None, f"never two sources at once: {sources}"
     assert sha256_of(Path(got_c["path"])) == sha
     check_progress(c, fid, BIG)
+    no_tracebacks(a, b, c)
 
 
 async def test_reject_and_cancel(
@@ -543,9 +547,15 @@ async def test_chat_flows_during_transfer(
     assert during >= 2, "the transfer was over before chat could be tested alongside it"
     got = await done(b, fid)
     assert sha256_of(Path(got["path"])) == sha
+    no_tracebacks(a, b)
 
 
 # --- more helpers -------------------------------------------------------------
+
+
+def no_tracebacks(*nodes: ChinwagProcess) -> None:
+    for n in nodes:
+        assert not stderr_has_traceback(n), f"{n.nick}: {n.stderr_tail()}"
 
 
 async def ask_error(node: ChinwagProcess, cmd: Event) -> Event:
