@@ -27,6 +27,7 @@ from chinwag.rooms import RoomBook
 from chinwag.store.db import (
     APPLICATION_ID,
     SCHEMA_VERSION,
+    FileRow,
     Insert,
     NewMessage,
     Row,
@@ -404,6 +405,78 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
         assert s.peer_nicks() == {"p1": "alice"}
         assert s.insert_messages([msgs[0]]) == [Insert.DUPLICATE]
         assert s.insert_messages([new(ALICE, 1, "other")]) == [Insert.EQUIVOCATION]
+    finally:
+        s.close()
+
+
+# --- files -------------------------------------------------------------------
+
+
+def file_row(fid: str, created: float, **fields: Any) -> FileRow:
+    base: dict[str, Any] = {
+        "direction": "in",
+        "state": "offered",
+        "room": ROOM,
+        "author": ALICE.peer_id,
+        "nick": "alice",
+        "offer": f'{{"fid":"{fid}"}}',
+        "created": created,
+    }
+    return FileRow(fid, **{**base, **fields})
+
+
+def test_files_round_trip_oldest_first(store: Store) -> None:
+    assert store.file_rows() == []
+    full = file_row(
+        "b" * 32,
+        2.5,
+        direction="out",
+        state="sharing",
+        room="@" + BOB.peer_id,
+        path="/home/me/report.pdf",
+        dir="/home/me",
+        digests=bytes(range(64)),
+        mtime_ns=1_700_000_000_123_456_789,
+        reason="",
+    )
+    bare = file_row("a" * 32, 1.0)
+    later = file_row("c" * 32, 3.0, state="failed", reason="withdrawn by the sender")
+    for row in (full, later, bare):
+        store.save_file(row)
+    assert store.file_rows() == [bare, full, later]
+    got = store.file_rows()[1]
+    assert got.digests == bytes(range(64)) and isinstance(got.digests, bytes)
+    assert store.file_rows()[0].digests is None
+
+
+def test_save_file_replaces_by_fid(store: Store) -> None:
+    row = file_row("a" * 32, 1.0)
+    store.save_file(row)
+    row.state, row.digests, row.path = "transferring", b"\x01" * 32, "/tmp/x"
+    store.save_file(row)
+    assert store.file_rows() == [row]
+
+
+def test_delete_files(store: Store) -> None:
+    rows = [file_row(c * 32, float(i)) for i, c in enumerate("abcd")]
+    for row in rows:
+        store.save_file(row)
+    store.delete_files(["b" * 32, "d" * 32, "z" * 32])  # an unknown fid is harmless
+    assert store.file_rows() == [rows[0], rows[2]]
+    store.delete_files([])
+    store.delete_files(iter(["a" * 32]))
+    assert store.file_rows() == [rows[2]]
+
+
+def test_files_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "chinwag.db"
+    row = file_row("f" * 32, 4.0, digests=b"\x00" * 96, mtime_ns=5)
+    s = Store(path)
+    s.save_file(row)
+    s.close()
+    s = Store(path)
+    try:
+        assert s.file_rows() == [row]
     finally:
         s.close()
 

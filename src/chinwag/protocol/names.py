@@ -72,12 +72,14 @@ def safe_filename(offered: str) -> str:
     stem, dot, ext = name.rpartition(".")
     if not dot:
         stem, ext = name, ""
-    if stem.lower() in _DEVICE_NAMES or name.lower() in _DEVICE_NAMES:
-        stem = "_" + stem
     ext = ext[:16]
-    limit = limits.FILE_MAX_NAME_CHARS - len(ext) - 1
+    limit = limits.FILE_MAX_NAME_CHARS - len(ext) - 2  # room for "." and a "_" below
     stem = stem[:limit]
-    while len(f"{stem}.{ext}".encode()) > _MAX_NAME_BYTES and stem:
+    while len(f"_{stem}.{ext}".encode()) > _MAX_NAME_BYTES and stem:
         stem = stem[:-1]
-    name = f"{stem}.{ext}" if ext else stem
+    # (Cutting may have left a trailing dot or space.)
+    name = (f"{stem}.{ext}" if ext else stem).rstrip(". ")
+    # Windows takes NUL.txt, NUL.tar.gz and "NUL .txt" all for the device NUL.
+    if name.split(".", 1)[0].rstrip(" ").lower() in _DEVICE_NAMES:
+        name = "_" + name
     return name if name.strip(". ") else "file"

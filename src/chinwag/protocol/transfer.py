@@ -289,12 +289,12 @@ class Download:
                     source.received += self.chunk_len(idx)
             return Outcome(verified=idx)
         self._next_missing = min(self._next_missing, idx)
-        if source is None:
-            return Outcome(corrupt=idx)
         # Counted per download, not per Source: a drop (nak, timeout) and re-add
-        # must not reset it.
-        self._bad[peer_id] = source.bad = self._bad.get(peer_id, 0) + 1
-        if source.bad >= limits.FILE_MAX_BAD_CHUNKS:
+        # must not reset it, nor a drop before the check came back.
+        bad = self._bad[peer_id] = self._bad.get(peer_id, 0) + 1
+        if source is not None:
+            source.bad = bad
+        if bad >= limits.FILE_MAX_BAD_CHUNKS and peer_id not in self.banned:
             self.drop(peer_id, ban=True)
             return Outcome(corrupt=idx, dropped=True)
         return Outcome(corrupt=idx)
