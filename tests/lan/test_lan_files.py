@@ -119,3 +119,5 @@ async def test_transfer_survives_a_cut_cable(
     assert not events_of(b, "file_failed", fid)
     assert sorted(p.name for p in dl.iterdir()) == [saved.name], "leftover partial files"
     await a.wait_for("file_done", timeout=PROMPT_S, from_start=True, id=fid)
+    for n in (a, b):
+        assert b"Traceback" not in n.stderr_path.read_bytes(), n.stderr_tail()
