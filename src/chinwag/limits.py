@@ -159,6 +159,8 @@ FILE_STALL_S = 30.0
 FILE_PROGRESS_INTERVAL_S = 0.25
 #: Bytes of a file offer (largest file we offer or accept): 1 TiB.
 FILE_MAX_SIZE = 1 << 40
+#: Chunks of one offered file; an offer with more (a tiny chunk size) is not an offer.
+FILE_MAX_CHUNKS = 1 << 20
 #: Characters of an offered file name after sanitising.
 FILE_MAX_NAME_CHARS = 200
 #: Transfers (offers included) remembered; the oldest finished ones are forgotten beyond it.

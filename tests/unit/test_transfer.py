@@ -213,10 +213,20 @@ def test_offer_that_is_not_an_object_is_no_offer(body: str) -> None:
 
 def test_offer_size_bounds_are_inclusive() -> None:
     fields = good_fields()
+    fields["chunk"] = limits.FILE_CHUNK
     for size in (0, limits.FILE_MAX_SIZE):
         fields["size"] = size
         offer = decode_offer(OFFER_MARK + msgspec.json.encode(fields).decode())
         assert offer is not None and offer.size == size
+
+
+def test_offer_with_too_many_chunks_is_refused() -> None:
+    fields = good_fields()
+    fields["chunk"] = 4096
+    fields["size"] = 4096 * limits.FILE_MAX_CHUNKS
+    assert decode_offer(OFFER_MARK + msgspec.json.encode(fields).decode()) is not None
+    fields["size"] += 1
+    assert decode_offer(OFFER_MARK + msgspec.json.encode(fields).decode()) is None
 
 
 @pytest.mark.parametrize(
@@ -281,7 +291,7 @@ def test_single_page_hash_list() -> None:
     assert not dl.complete
 
 
-def test_hash_list_in_several_pages_from_several_sources() -> None:
+def test_hash_list_in_several_pages_from_one_source() -> None:
     n = 2 * PER_PAGE + 5
     digests = fake_digests(n)
     dl = Download(listed_offer(n, digests))
@@ -295,39 +305,53 @@ def test_hash_list_in_several_pages_from_several_sources() -> None:
     assert dl.hashes_received(B, 0, digests[: 32 * PER_PAGE])
     assert dl.hashes_received(B, 7, digests[32 * 7 : 32 * 8])
     assert dl.hashes_wanted() == PER_PAGE
-    assert dl.hashes_received(B, PER_PAGE, digests[32 * PER_PAGE : 64 * PER_PAGE])
+    assert dl.hashes_received(A, PER_PAGE, digests[32 * PER_PAGE : 64 * PER_PAGE])
     assert dl.hashes_wanted() == 2 * PER_PAGE
     # Pages need not be full: the last five in two short pages.
     assert dl.hashes_received(A, 2 * PER_PAGE, digests[64 * PER_PAGE : 32 * (2 * PER_PAGE + 2)])
     assert dl.digests is None
     assert dl.hashes_received(A, 2 * PER_PAGE + 2, digests[32 * (2 * PER_PAGE + 2) :])
     assert dl.hashes_wanted() is None
+
+
+def test_a_page_from_another_source_starts_the_list_again() -> None:
+    n = 2 * PER_PAGE + 5
+    digests = fake_digests(n)
+    dl = Download(listed_offer(n, digests))
+    for peer in (A, B):
+        dl.add_source(peer, 0.0)
+    assert dl.hashes_received(A, 0, digests[: 32 * PER_PAGE])
+    # A mid-list page from B (A was dropped, say) does not mix with A's pages.
+    assert dl.hashes_received(B, PER_PAGE, digests[32 * PER_PAGE : 64 * PER_PAGE])
+    assert dl.hashes_wanted() == 0
+    feed_hashes(dl, B, digests)
+    assert dl.digests is not None and b"".join(dl.digests) == digests
     assert dl.digests is not None and b"".join(dl.digests) == digests
     assert len(dl.digests) == n and not dl.banned
     assert dl.hashes_received(B, 0, fake_digests(PER_PAGE, seed=9))  # after the end: ignored
     assert b"".join(dl.digests) == digests and not dl.banned
 
 
-def test_wrong_root_bans_every_page_supplier_and_starts_over() -> None:
+def test_wrong_root_bans_the_list_supplier_and_starts_over() -> None:
     n = 2 * PER_PAGE + 1
     digests = fake_digests(n)
     dl = Download(listed_offer(n, digests))
     for peer in (A, B, C):
         dl.add_source(peer, 0.0)
     assert dl.hashes_received(A, 0, digests[: 32 * PER_PAGE])
-    assert dl.hashes_received(B, PER_PAGE, digests[32 * PER_PAGE : 64 * PER_PAGE])
+    assert dl.hashes_received(A, PER_PAGE, digests[32 * PER_PAGE : 64 * PER_PAGE])
     forged = bytearray(digests[64 * PER_PAGE :])
     forged[0] ^= 1
     assert not dl.hashes_received(A, 2 * PER_PAGE, bytes(forged))
-    # Nobody can tell which page lied: everyone who sent one is out.
-    assert dl.banned == {A, B}
-    assert set(dl.sources) == {C}
+    # The whole list came from A: only A is out.
+    assert dl.banned == {A}
+    assert set(dl.sources) == {B, C}
     assert dl.digests is None and dl.hashes_wanted() == 0
     assert not dl.add_source(A, 1.0)
     # C sends the true list and the download goes on.
     feed_hashes(dl, C, digests)
     assert dl.digests is not None and b"".join(dl.digests) == digests
-    assert dl.banned == {A, B}
+    assert dl.banned == {A}
 
 
 def test_wrong_single_page_bans_its_sender() -> None:
@@ -359,10 +383,9 @@ def test_second_page_that_overruns_bans() -> None:
     dl.add_source(A, 0.0)
     dl.add_source(B, 0.0)
     assert dl.hashes_received(A, 0, digests[: 32 * PER_PAGE])
-    assert not dl.hashes_received(B, PER_PAGE, fake_digests(3))
-    assert dl.banned == {B} and set(dl.sources) == {A}
-    assert dl.hashes_wanted() == PER_PAGE  # the good page is kept
-    assert dl.hashes_received(A, PER_PAGE, digests[32 * PER_PAGE :])
+    assert not dl.hashes_received(A, PER_PAGE, fake_digests(3))
+    assert dl.banned == {A} and set(dl.sources) == {B}
+    feed_hashes(dl, B, digests)
     assert dl.digests is not None and b"".join(dl.digests) == digests
 
 

@@ -63,6 +63,8 @@ def decode_offer(text: str) -> Offer | None:
         _HEX32.fullmatch(offer.fid)
         and _HEX64.fullmatch(offer.sha256)
         and _HEX64.fullmatch(offer.root)
+        # Bounds the receiver's chunk bookkeeping and digest list (32 MiB at most).
+        and offer.chunks <= limits.FILE_MAX_CHUNKS
     )
     return offer if ok else None
 
@@ -162,6 +164,13 @@ class Download:
             return True  # a late or repeated page: harmless
         if peer_id not in self.sources:
             return True  # not asked (or banned): its page could get honest sources banned
+        if self._page_from and peer_id not in self._page_from:
+            # The whole list comes from one source, so a mismatch bans only the liar;
+            # a new source starts the list again (this page is then a late one).
+            self._pages.clear()
+            self._page_from.clear()
+            if lo != 0:
+                return True
         count = len(data) // 32
         if len(data) % 32 or count == 0 or lo + count > self.n:
             self.drop(peer_id, ban=True)
