@@ -145,7 +145,9 @@ def error_of(line: bytes) -> str:
 def test_unknown_command(line: bytes) -> None:
     message = error_of(line)
     assert "unknown command" in message
-    assert "history, info, join, leave, nick, peers, quit, reject_file, rooms, search, send" in message
+    assert (
+        "history, info, join, leave, nick, peers, quit, reject_file, rooms, search, send" in message
+    )
 
 
 def test_unknown_command_name_is_truncated_in_the_error() -> None:
