@@ -167,6 +167,26 @@ async def test_restart_keeps_history_and_seq(node: NodeFactory, tmp_path: Path) 
     assert_clean(a, a2)
 
 
+async def test_history_pages_back_with_before(node: NodeFactory) -> None:
+    """`history` with `before` returns the messages older than a given one (API paging)."""
+    a = node("alice", discovery=False)
+    await a.start()
+    texts = [f"page {i}" for i in range(1, 8)]
+    for t in texts:
+        await a.say(t)
+    sent = await wait_own(a, texts)
+    last = await ask(a, {"cmd": "history", "limit": 3}, "history")
+    assert [ev["text"] for ev in last["messages"]] == texts[4:]
+    first_id = last["messages"][0]["id"]
+    older = await ask(a, {"cmd": "history", "limit": 3, "before": first_id[:12]}, "history")
+    assert [ev["text"] for ev in older["messages"]] == texts[1:4]
+    oldest = await ask(a, {"cmd": "history", "limit": 10, "before": sent[1]["id"]}, "history")
+    assert [ev["text"] for ev in oldest["messages"]] == texts[:1]
+    bad = await ask(a, {"cmd": "history", "before": "ffffffffffff"}, "error")
+    assert "no message" in bad["message"]
+    assert not stderr_has_traceback(a)
+
+
 async def test_outbox_delivered_when_a_peer_appears(node: NodeFactory) -> None:
     """Messages typed alone reach a later peer with their original ts, seq and order."""
     a = node("alice", discovery=False)

@@ -47,6 +47,7 @@ class Quit(msgspec.Struct, frozen=True, tag_field="cmd", tag="quit"):
 class HistoryCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="history"):
     room: str | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=limits.MAX_HISTORY)] = 100
+    before: str | None = None
 
 
 class SearchCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="search"):
@@ -270,7 +271,7 @@ class JsonLinesUI:
             if self.node.congested():
                 await self.node.wait_drained()
         elif isinstance(cmd, HistoryCmd):
-            self.write_event(self.node.history(cmd.room, cmd.limit))
+            self.write_event(self.node.history(cmd.room, cmd.limit, cmd.before))
         elif isinstance(cmd, SearchCmd):
             self.write_event(self.node.search(cmd.text, cmd.limit))
         elif isinstance(cmd, InfoCmd):
