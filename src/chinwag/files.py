@@ -30,7 +30,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,7 @@ from chinwag.protocol.transfer import (
     OFFER_MARK,
     Download,
     Offer,
+    Piece,
     decode_offer,
     digest_root,
 )
@@ -167,10 +168,14 @@ class _Writer:
         with contextlib.suppress(OSError):
             os.close(self.fd)
 
-    def _extend(self, idx: int, data: bytes | bytearray) -> None:
+    def _extend(self, idx: int, pieces: Sequence[Piece | bytearray]) -> None:
         if idx == self._prefix_n:
             self._prefix_n += 1
-            self._whole.submit(self._prefix.update, data)
+            self._whole.submit(self._hash_more, pieces)
+
+    def _hash_more(self, pieces: Sequence[Piece | bytearray]) -> None:
+        for piece in pieces:
+            self._prefix.update(piece)
 
     def reserve(self) -> None:
         """Allocate the whole file on disk at once: a full disk shows now, not half-way,
@@ -185,12 +190,25 @@ class _Writer:
             # Not supported by this filesystem: the file grows as chunks arrive.
             log.debug("no preallocation for %s: %s", self.offer.name, exc)
 
-    def check_and_write(self, idx: int, data: bytearray, digest: bytes) -> bool:
-        """Write chunk idx if it matches digest; return whether it did."""
-        if self._closed or hashlib.sha256(data).digest() != digest:
+    def check_and_write(
+        self, idx: int, data: Sequence[Piece] | bytearray | bytes, digest: bytes
+    ) -> bool:
+        """Write chunk idx (one buffer, or its pieces in order) if it matches digest.
+
+        Return whether it did.
+        """
+        if self._closed:
             return False
-        os.pwrite(self.fd, data, idx * self.offer.chunk)
-        self._extend(idx, data)
+        pieces = data if isinstance(data, list | tuple) else (data,)
+        hasher = hashlib.sha256()
+        for piece in pieces:
+            hasher.update(piece)
+        if hasher.digest() != digest:
+            return False
+        size = sum(len(piece) for piece in pieces)
+        if os.pwritev(self.fd, pieces, idx * self.offer.chunk) != size:
+            raise OSError(errno.EIO, "short write")
+        self._extend(idx, pieces)
         return True
 
     def scan(self, digests: list[bytes]) -> list[int]:
@@ -205,7 +223,7 @@ class _Writer:
             data = os.pread(self.fd, length, idx * chunk)
             if hashlib.sha256(data).digest() == digest:
                 good.append(idx)
-                self._extend(idx, data)
+                self._extend(idx, (data,))
         return good
 
     def whole_digest(self) -> str:
@@ -703,9 +721,9 @@ class FileShare:
         if out.dropped:
             log.warning("dropping %s as a source of %s: bad data", peer_id[:8], t.offer.name)
             self._pump(t)
-        if out.chunk is None:
+        if not out.pieces:
             return
-        fut = writer.submit(writer.check_and_write, frame.idx, out.chunk, out.digest)
+        fut = writer.submit(writer.check_and_write, frame.idx, out.pieces, out.digest)
         fut.add_done_callback(functools.partial(self._checked, t, dl, peer_id, frame.idx))
         self._pump(t)
 

@@ -1219,7 +1219,7 @@ class Sim:
     def send(self, peer: str, size: int, corrupt: bool, bad_offset: bool) -> None:
         idx = self.queues[peer][0]
         part = self.dl._partial[idx]
-        off = len(part.data)
+        off = part.got
         body = chunk_of(self.data, idx)[off : off + size]
         if peer == EVIL and corrupt:
             body = bytes([body[0] ^ 1]) + body[1:]

@@ -76,6 +76,9 @@ def digest_root(digests: bytes) -> str:
 
 # --- the receiver's state machine ---------------------------------------------
 
+#: One piece of a chunk as received: a view into its decrypted frame, or bytes.
+Piece = bytes | memoryview
+
 
 @dataclass(slots=True)
 class Source:
@@ -91,20 +94,27 @@ class Source:
 @dataclass(slots=True)
 class _Partial:
     source: str
-    data: bytearray = field(default_factory=bytearray)
+    pieces: list[Piece] = field(default_factory=list)
+    got: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What a piece or a chunk check means for the I/O layer."""
 
-    #: A whole chunk arrived: check it against `digest` and write it (then call checked()).
-    chunk: bytearray | None = None
+    #: A whole chunk arrived, as its pieces in order (not copied into one buffer):
+    #: check them against `digest` and write them, then call checked().
+    pieces: tuple[Piece, ...] = ()
     digest: bytes = b""
     verified: int | None = None
     corrupt: int | None = None
     #: The source was dropped (broke the protocol or sent too many corrupt chunks).
     dropped: bool = False
+
+    @property
+    def chunk(self) -> bytearray | None:
+        """The whole chunk in one buffer (a copy), or None if no chunk completed."""
+        return bytearray(b"".join(self.pieces)) if self.pieces else None
 
 
 class Download:
@@ -272,18 +282,19 @@ class Download:
         if source is None or part is None or part.source != peer_id:
             return Outcome()  # not asked of this peer (any more): ignore
         length = self.chunk_len(idx)
-        if off != len(part.data) or not data or off + len(data) > length:
+        if off != part.got or not data or off + len(data) > length:
             self.drop(peer_id, ban=True)
             return Outcome(dropped=True)
-        part.data += data
+        part.pieces.append(data)
+        part.got += len(data)
         source.last_progress = now
-        if len(part.data) < length:
+        if part.got < length:
             return Outcome()
         del self._partial[idx]
         with_removed(source.inflight, idx)
         self._checking.add(idx)
         assert self.digests is not None
-        return Outcome(chunk=part.data, digest=self.digests[idx])
+        return Outcome(pieces=tuple(part.pieces), digest=self.digests[idx])
 
     def checked(self, peer_id: str, idx: int, ok: bool) -> Outcome:
         """Record the check of a chunk from peer_id: verified, or corrupt (asked again)."""
