@@ -121,10 +121,20 @@ class PeerInfo(msgspec.Struct, frozen=True):
     rtt_ms: float | None = None
 
 
+class RelayedPeer(msgspec.Struct, frozen=True):
+    """A peer we are not connected to whose messages reach us through `via` (a peer id)."""
+
+    peer_id: str
+    nick: str
+    via: str
+    seen: float
+
+
 class Peers(msgspec.Struct, frozen=True, tag_field="event", tag="peers"):
-    """The connected peers, answering a `peers` command."""
+    """The connected peers, answering a `peers` command; `relayed`: peers heard through them."""
 
     peers: list[PeerInfo]
+    relayed: list[RelayedPeer] = []
 
 
 class NickChanged(msgspec.Struct, frozen=True, tag_field="event", tag="nick"):

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -117,6 +118,8 @@ class History:
         self._unsaved: dict[tuple[str, str], dict[str, int]] = {}
         self._vector_sent: dict[tuple[str, str], float] = {}
         self._author_nicks: dict[str, str] = store.peer_nicks()
+        #: Authors heard live through another peer: author -> (that peer, time.time()).
+        self.relayed: dict[str, tuple[str, float]] = {}
         self._save_handle: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -446,11 +449,20 @@ class History:
             self._emit(self._message_event(msg, item.text, own=True, late=False))
             return
         self._emit(self._message_event(msg, item.text, own=row.author == self.me, late=row.late))
+        via = item.conn.session.peer_id or ""
+        if item.live and row.author not in (via, self.me):
+            self._note_relayed(row.author, via)
         if item.live and len(self.manager.peers) > 1 and self._relayable(item, row):
             exclude = frozenset({item.conn.session.peer_id or "", row.author})
             self.manager.broadcast(plaintext, exclude=exclude)
             targets = [p for p in self.manager.peers if p not in exclude]
             self._note_sent(targets, row.room, row.author, row.seq)
+
+    def _note_relayed(self, author: str, via: str) -> None:
+        self.relayed.pop(author, None)  # re-insert: the dict stays in order of last news
+        self.relayed[author] = (via, time.time())
+        if len(self.relayed) > limits.MAX_RELAYED_REMEMBERED:
+            del self.relayed[next(iter(self.relayed))]
 
     def _relayable(self, item: _Pending, row: NewMessage) -> bool:
         """Return whether a stored message may be relayed: only with a verified signature."""

@@ -82,6 +82,10 @@ FORGET_DISCOVERED_S = 30.0
 # --- forwarding -------------------------------------------------------------
 #: Message ids remembered for dedup; stops unbounded growth while still catching loops.
 SEEN_IDS = 100_000
+#: Authors remembered as heard through another peer (the terminal UI's peer list).
+MAX_RELAYED_REMEMBERED = 1_000
+#: Seconds after its last relayed message an author stops being listed as reachable.
+RELAYED_FRESH_S = 600.0
 # --- rooms and private messages ---------------------------------------------
 #: Rooms one node may join (and announce); stops announcement bloat.
 MAX_ROOMS = 256

@@ -480,7 +480,19 @@ class Node:
                     rtt_ms=None if rtt is None else round(rtt * 1000, 3),
                 )
             )
-        return ev.Peers(peers=infos)
+        return ev.Peers(peers=infos, relayed=self.relayed_peers())
+
+    def relayed_peers(self) -> list[ev.RelayedPeer]:
+        """Return peers we hear only through others, lately (`via`: the peer that relayed)."""
+        history = self._require_history()
+        manager = self._require_manager()
+        nicks = self._known_nicks()
+        fresh = time.time() - limits.RELAYED_FRESH_S
+        return [
+            ev.RelayedPeer(peer_id=author, nick=nicks.get(author, "?"), via=via, seen=seen)
+            for author, (via, seen) in reversed(history.relayed.items())
+            if seen >= fresh and author not in manager.peers
+        ]
 
     def error(self, message: str) -> None:
         """Report an error event to the UIs."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from it_support import PROMPT_S, NodeFactory, chat_works, connected, count, free_tcp_port
+from it_support import PROMPT_S, NodeFactory, ask, chat_works, connected, count, free_tcp_port
 
 #: Seconds of continuous ping-pong during which a simultaneous-dial pair must not flap.
 NO_FLAP_S = 2.0
@@ -28,6 +28,13 @@ async def test_line_forwarding_exactly_once(node: NodeFactory) -> None:
     assert got["id"] == own["id"]
     # Forwarded, not sent directly: A and C have no connection of their own.
     assert a.peer_id not in c.connected_peers() and c.peer_id not in a.connected_peers()
+
+    # C lists A as reached through B.
+    listing = await ask(c, {"cmd": "peers"}, "peers")
+    assert [p["peer_id"] for p in listing["peers"]] == [b.peer_id], listing
+    assert [(r["peer_id"], r["nick"], r["via"]) for r in listing["relayed"]] == [
+        (a.peer_id, "alice", b.peer_id)
+    ], listing
 
     back = await chat_works(c, b, a, text="c to a via b")
     assert (await a.wait_for_message("c to a via b"))["peer_id"] == c.peer_id
