@@ -72,7 +72,8 @@ _offer_encoder = msgspec.json.Encoder()
 
 
 def _part_path(directory: Path, fid: str) -> Path:
-    return directory / f".chinwag-{fid[:16]}.part"
+    # The whole fid: a peer may offer a fid sharing any prefix with another offer's.
+    return directory / f".chinwag-{fid}.part"
 
 
 def hash_file(path: Path, chunk: int = limits.FILE_CHUNK) -> tuple[int, str, bytes, int]:
@@ -414,9 +415,14 @@ class FileShare:
             if t.row.state != SHARING:
                 raise UsageError(f"{t.offer.name!r} is not being shared")
             self._set_state(t, CANCELLED, "cancelled")
-            self.manager.broadcast(
-                m.encode(m.FileEnd(fid=bytes.fromhex(t.fid), reason="withdrawn"))
-            )
+            withdrawn = m.encode(m.FileEnd(fid=bytes.fromhex(t.fid), reason="withdrawn"))
+            if t.row.room.startswith("@"):
+                # A private offer's id is told to its recipient only.
+                conn = self.manager.peers.get(t.row.room[1:])
+                if conn is not None:
+                    conn.send_encoded(withdrawn)
+            else:
+                self.manager.broadcast(withdrawn)
             self._emit(ev.FileFailed(id=t.fid, reason="cancelled"))
             return self.info(t)
         if t.row.state not in (*_ACTIVE, OFFERED):
@@ -635,6 +641,8 @@ class FileShare:
         if t.dl.digests and resumed:
             t.finishing = True  # no data until the partial file is checked
             self._spawn(t, self._resume(t))
+        elif t.dl.complete:
+            self._finish(t)  # an empty file: nothing to fetch
         else:
             self._ask(t)
             self._pump(t)
@@ -790,7 +798,12 @@ class FileShare:
             # No fsync: like the message store, we survive a killed process, and a
             # power cut may lose the last writes (docs/files.md).
             final = unique_path(directory, safe_filename(dl.offer.name))
-            os.replace(part, final)
+            try:
+                os.replace(part, final)
+            except OSError:
+                # (e.g. the partial file was removed): no empty file under the final name.
+                final.unlink(missing_ok=True)
+                raise
             return final
 
         try:
@@ -1059,6 +1072,9 @@ class FileShare:
         finished = [
             t for t in self.transfers.values() if t.row.state not in (*_ACTIVE, SHARING, OFFERED)
         ]
+        if not finished:
+            # A flood of offers nobody answers must not grow this without bound either.
+            finished = [t for t in self.transfers.values() if t.row.state == OFFERED]
         finished.sort(key=lambda t: t.row.created)
         drop = [t.fid for t in finished[: max(1, len(finished) // 10)]]
         for fid in drop:

@@ -167,7 +167,8 @@ FILE_MAX_SIZE = 1 << 40
 FILE_MAX_CHUNKS = 1 << 20
 #: Characters of an offered file name after sanitising.
 FILE_MAX_NAME_CHARS = 200
-#: Transfers (offers included) remembered; the oldest finished ones are forgotten beyond it.
+#: Transfers (offers included) remembered; the oldest finished ones are forgotten beyond it
+#: (the oldest unanswered offers when none is finished).
 FILE_MAX_KNOWN = 10_000
 
 #: Distinct unknown frame types logged at info level; later ones go to debug (stops log floods).

@@ -1,0 +1,69 @@
+"""FileShare's bookkeeping of offers under hostile input, on a real store, with no network.
+
+The node's connection manager is replaced by an object with no peers; offers
+arrive as the message events the node would hand to FileShare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from chinwag import events as ev
+from chinwag import limits
+from chinwag.files import FileShare
+from chinwag.protocol.transfer import Offer, digest_root, encode_offer
+from chinwag.store.db import Store
+
+MALLORY = "m" * 52
+
+
+def offer_event(seq: int) -> ev.Message:
+    data = seq.to_bytes(8, "big")
+    offer = Offer(
+        fid=os.urandom(16).hex(),
+        name=f"spam{seq}.bin",
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        chunk=limits.FILE_CHUNK,
+        root=digest_root(hashlib.sha256(data).digest()),
+    )
+    return ev.Message(
+        id=os.urandom(16).hex(),
+        room="general",
+        peer_id=MALLORY,
+        nick="mallory",
+        ts=0.0,
+        text=encode_offer(offer),
+        own=False,
+        seq=seq,
+    )
+
+
+async def test_a_flood_of_unanswered_offers_stays_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offers nobody answers are forgotten oldest first beyond FILE_MAX_KNOWN."""
+    monkeypatch.setattr(limits, "FILE_MAX_KNOWN", 50)
+    store = Store(tmp_path / "chinwag.db")
+    emitted: list[Any] = []
+    manager: Any = SimpleNamespace(peers={})
+    share = FileShare(
+        store, "me" * 26, manager, emitted.append, tmp_path / "dl", 0, lambda _: False
+    )
+    try:
+        events = [offer_event(seq) for seq in range(1, 201)]
+        for event in events:
+            assert share.offer_message(event, "general") is not None
+        assert len(share.transfers) <= 50
+        assert len(store.file_rows()) <= 50
+        newest = share.listing().files[0]
+        assert newest.name == "spam200.bin" and newest.state == "offered"
+    finally:
+        await share.close()
+        store.close()
