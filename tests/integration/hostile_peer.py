@@ -28,7 +28,21 @@ from chinwag.protocol.session import (
     Session,
 )
 
-F = TypeVar("F", m.Chat, m.Vector, m.Want, m.Floor)
+F = TypeVar(
+    "F",
+    m.Chat,
+    m.Vector,
+    m.Want,
+    m.Floor,
+    m.FileWho,
+    m.FileHave,
+    m.FileHashesReq,
+    m.FileHashes,
+    m.FileGet,
+    m.FileData,
+    m.FileNak,
+    m.FileEnd,
+)
 
 #: Capabilities announced in our hello (the node's own).
 CAPS = ("chat/1",)
@@ -45,7 +59,7 @@ class HostilePeer:
         self.session: Session | None = None
         self.handshake: HandshakeComplete | None = None
         #: Frames received from the node, in order (pings are answered by the session).
-        self.frames: list[m.Chat | m.NickChange | m.SyncFrame] = []
+        self.frames: list[m.Chat | m.NickChange | m.SyncFrame | m.FileFrame] = []
         #: How the connection ended: the node's goodbye, or eof / reset.
         self.closed: Closed | None = None
         #: True if the socket failed (e.g. reset) rather than ending cleanly.
@@ -176,6 +190,11 @@ class HostilePeer:
             while not cond():
                 self._changed.clear()
                 await self._changed.wait()
+
+    async def changed(self) -> None:
+        """Wait until the next frame arrives or the connection ends (check state first)."""
+        self._changed.clear()
+        await self._changed.wait()
 
     async def wait_closed(self, timeout: float = 10.0) -> Closed:
         """Wait until the node ends the connection; return how it ended."""
