@@ -39,7 +39,7 @@ from chinwag.crypto.identity import short_id
 from chinwag.errors import ChinwagError
 from chinwag.node import Node
 from chinwag.ui.line import HELP, LineUI, clean
-from chinwag.ui.tui_view import Entry, MessageView, sep_text
+from chinwag.ui.tui_view import Entry, MessageView
 from chinwag.ui.tui_widgets import (
     KEYS,
     ChatInput,
@@ -423,18 +423,16 @@ class ChinwagApp(App[int]):
 
     # --- rendering ----------------------------------------------------------
 
-    def render_entry(self, entry: Entry) -> Text:
-        """Return the display text of one entry (peer text cleaned, never markup)."""
+    def render_entry(self, entry: Entry) -> tuple[Text, int]:
+        """Return the display text of one entry (peer text cleaned, never markup) and the
+        indent of its wrapped and later lines (under the message text; the view wraps)."""
         msg = entry.msg
         if msg is None:
             style = {"error": "bold red", "gap": "yellow", "info": "dim"}.get(entry.kind, "")
             prefix = "* " if entry.kind in ("info", "gap") else ""
-            return Text(prefix + clean(entry.note), style=style)
+            return Text(prefix + clean(entry.note), style=style), 2
         text = Text()
         stamp = dt.datetime.fromtimestamp(msg.ts)
-        if entry.sep:
-            text.append_text(sep_text(stamp.date()))
-            text.append("\n")
         text.append(stamp.strftime("%H:%M "), style="dim")
         if isinstance(msg, ev.DirectMessage):
             text.append("→ " if msg.own else "← ", style="magenta")
@@ -444,13 +442,13 @@ class ChinwagApp(App[int]):
         if len(self._nick_ids.get(msg.nick, ())) > 1:
             text.append(f" {short_id(msg.peer_id)}", style="dim")
         text.append(": ")
-        body = clean(msg.text).replace("\n", "\n    ")
-        text.append(body, style="bold" if entry.highlight else "")
+        hang = text.cell_len
+        text.append(clean(msg.text), style="bold" if entry.highlight else "")
         if msg.late:
             text.append(" (late)", style="italic yellow")
         if msg.own:
             text.append(entry.mark or " …", style="green" if entry.mark else "dim")
-        return text
+        return text, hang
 
     def _redraw_side(self) -> None:
         if not self.started:

@@ -1,12 +1,17 @@
 """The TUI's message view: a virtualised scroll view that renders only visible lines.
 
 Theory of operation: a view holds a list of entries (messages and notices),
-each with its display text built once (rich Text) and the cell length of each
-of its logical lines. The height of an entry at a width is then arithmetic
-(lines are folded at the width, never word-wrapped), so a resize of a view of
-10,000 entries costs a pass over integers. A prefix sum of heights maps a
-screen line to an entry by bisection; only entries on screen are folded into
-strips, and those strips are cached until the width or the entry changes.
+each with its display text built once (rich Text), the cell length of each of
+its logical lines and its hanging indent (the width of "HH:MM nick: ").
+Lines are wrapped at word boundaries (a word longer than a row is broken);
+wrapped rows and the later lines of a multi-line message are indented under
+the message text. An entry's height at a width is computed when the layout
+first needs it and cached with that width: a line that fits (nearly all of
+them) costs a comparison, only longer ones are wrapped, so a resize of a view
+of 10,000 entries stays a pass over integers plus the long messages. A prefix
+sum of heights maps a screen line to an entry by bisection; only entries on
+screen are laid out into strips, and those strips are cached until the width
+or the entry changes.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import itertools
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import rich.cells
 from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
@@ -34,6 +41,11 @@ MAX_VIEW_ENTRIES = 20_000
 DROP_CHUNK = 5_000
 #: Within this many lines of the top, a view asks for older history.
 LOAD_MARGIN = 3
+#: Wrapped rows keep at least this many cells for text: a hanging indent is cut to leave them.
+MIN_TEXT = 16
+
+#: What an entry's renderer returns: its text and its hanging indent in cells.
+Rendered = tuple[Text, int]
 
 _ids = itertools.count()
 
@@ -53,8 +65,11 @@ class Entry:
     sep: bool = False
     key: int = field(default_factory=lambda: next(_ids))
     text: Text | None = None
+    #: Cell length of each logical line of `text`.
     lens: list[int] = field(default_factory=list)
-    #: Height in rows at width `_at` (a cache; -1: not computed).
+    #: Wrapped rows and later lines are indented by this many cells (under the message text).
+    hang: int = 0
+    #: Height in rows at width `at` (a cache; -1: not computed).
     rows: int = -1
     at: int = 0
 
@@ -64,33 +79,125 @@ class Entry:
         return None if self.msg is None else dt.datetime.fromtimestamp(self.msg.ts).date()
 
 
-def fold_offsets(plain: str, width: int) -> list[int]:
-    """Return the character offsets where a line of text is folded at `width` cells."""
-    if width < 1:
-        width = 1
-    if plain.isascii():
-        return list(range(width, len(plain), width))
-    offsets: list[int] = []
-    used = 0
-    for i, char in enumerate(plain):
-        w = cell_len(char)
-        if used + w > width and used:
-            offsets.append(i)
+_WORD = re.compile(r"\S+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _graphemes(text: str) -> list[tuple[int, int, int]]:
+    """Return (start, end, cells) of each grapheme of text (each character on an older rich)."""
+    split = getattr(rich.cells, "split_graphemes", None)
+    if split is not None:
+        spans: list[tuple[int, int, int]] = split(text)[0]
+        return spans
+    return [(i, i + 1, cell_len(char)) for i, char in enumerate(text)]
+
+
+def _wrap_plain(plain: str, first: int, rest: int) -> list[tuple[int, int]]:
+    """wrap_spans for printable ASCII (one cell a character, words split by spaces only):
+    jumps a row at a time with C-level string searches instead of walking every word."""
+    n = len(plain)
+    if not plain.strip(" "):
+        return [(0, n)]  # no words: one row (the spaces beyond the width are cut)
+    rows: list[tuple[int, int]] = []
+    pos = 0
+    width = first
+    while n - pos > width:
+        cut = plain.rfind(" ", pos, pos + width + 1)
+        end = cut
+        if cut > pos and plain[cut - 1] == " ":
+            end = len(plain[pos:cut].rstrip(" ")) + pos
+        if end > pos:
+            # Wrap at the last space that fits; the spaces there are dropped.
+            rows.append((pos, end))
+            pos = cut + 1
+            while pos < n and plain[pos] == " ":
+                pos += 1
+            if pos == n:  # only spaces were left: they stay at the end of the row
+                rows[-1] = (rows[-1][0], n)
+                return rows
+        else:
+            # No space after a word within the row: break the word.
+            rows.append((pos, pos + width))
+            pos += width
+        width = rest
+    rows.append((pos, n))
+    return rows
+
+
+def wrap_spans(plain: str, first: int, rest: int) -> list[tuple[int, int]]:
+    """Return the (start, end) character ranges of the rows of a line wrapped at word boundaries.
+
+    The first row is `first` cells wide, the others `rest`. The spaces where the line is
+    wrapped are dropped; a word wider than a row is broken (between graphemes). Widths
+    are cells: wide characters (CJK, emoji) count 2.
+    """
+    first = max(1, first)
+    rest = max(1, rest)
+    narrow = plain.isascii()
+    if narrow and _CONTROL.search(plain) is None:
+        return _wrap_plain(plain, first, rest)
+    rows: list[tuple[int, int]] = []
+    width = first
+    start = 0  # where the current row starts
+    end = 0  # the end of what is placed on the current row
+    used = 0  # cells from start to end
+    for match in _WORD.finditer(plain):
+        word_start, word_end = match.span()
+        if narrow:
+            gap = word_start - end
+            cells = word_end - word_start
+        else:
+            gap = cell_len(plain[end:word_start])
+            cells = cell_len(plain[word_start:word_end])
+        if used + gap + cells <= width:
+            used += gap + cells
+            end = word_end
+            continue
+        if end > start:
+            # The row has words: wrap before this one (dropping the spaces between).
+            rows.append((start, end))
+            width = rest
+            start = end = word_start
             used = 0
-        used += w
-    return offsets
-
-
-def rows_of(length: int, width: int) -> int:
-    """Return how many rows a line of `length` cells takes when folded at `width`."""
-    return max(1, -(-length // max(1, width)))
+            if cells <= width:
+                used = cells
+                end = word_end
+                continue
+        # Break the word (with the spaces before it, at the start of a line) across rows.
+        if narrow:
+            pos = end
+            while pos < word_end:
+                if used >= width:
+                    rows.append((start, pos))
+                    width = rest
+                    start = pos
+                    used = 0
+                take = min(width - used, word_end - pos)
+                pos += take
+                used += take
+        else:
+            for g_start, _g_end, g_cells in _graphemes(plain[end:word_end]):
+                if used + g_cells > width and used:
+                    rows.append((start, end + g_start))
+                    width = rest
+                    start = end + g_start
+                    used = 0
+                used += g_cells
+        end = word_end
+    rows.append((start, len(plain)))
+    return rows
 
 
 class MessageView(ScrollView, can_focus=True):
     """A scrollable list of entries; renders only what is on screen."""
 
     DEFAULT_CSS = """
-    MessageView { height: 1fr; }
+    MessageView {
+        height: 1fr;
+        overflow-x: hidden;
+        /* The wrap width must not change when the scrollbar comes and goes. */
+        scrollbar-gutter: stable;
+    }
     """
 
     class NeedOlder(Message):
@@ -108,7 +215,7 @@ class MessageView(ScrollView, can_focus=True):
             self.view = view
 
     def __init__(
-        self, name: str, render_entry: Callable[[Entry], Text], *, id: str | None = None
+        self, name: str, render_entry: Callable[[Entry], Rendered], *, id: str | None = None
     ) -> None:
         super().__init__(id=id)
         self.room = name
@@ -124,21 +231,44 @@ class MessageView(ScrollView, can_focus=True):
     # --- content ------------------------------------------------------------
 
     def _build(self, entry: Entry) -> None:
-        entry.text = self._render_entry(entry)
-        entry.lens = [cell_len(part) for part in entry.text.plain.split("\n")]
+        text, entry.hang = self._render_entry(entry)
+        if "\t" in text.plain:
+            text.expand_tabs(4)
+        entry.text = text
+        entry.lens = [cell_len(part) for part in text.plain.split("\n")]
         entry.rows = -1
         self._strips.pop(entry.key, None)
 
+    def _indent(self, entry: Entry) -> int:
+        """Return the hanging indent of an entry at the current width."""
+        return max(0, min(entry.hang, self._width - MIN_TEXT))
+
     def _height(self, entry: Entry) -> int:
-        if entry.rows < 0 or entry.at != self._width:
-            entry.at = self._width
-            lens = entry.lens
-            entry.rows = (
-                rows_of(lens[0], self._width)
-                if len(lens) == 1
-                else sum(rows_of(n, self._width) for n in lens)
-            )
-        return entry.rows
+        """Return the rows of an entry at the current width (cached with the width)."""
+        if entry.rows >= 0 and entry.at == self._width:
+            return entry.rows
+        width = self._width
+        lens = entry.lens
+        rows = 1 if entry.sep else 0
+        if width <= 0:
+            rows += len(lens)  # not laid out yet: measured again at the first resize
+        elif len(lens) == 1 and lens[0] <= width:
+            rows += 1  # the common case: one line that fits
+        else:
+            indent = self._indent(entry)
+            lines: list[str] | None = None
+            for i, length in enumerate(lens):
+                if length <= (width if i == 0 else width - indent):
+                    rows += 1
+                    continue
+                if lines is None:
+                    assert entry.text is not None
+                    lines = entry.text.plain.split("\n")
+                first = width if i == 0 else width - indent
+                rows += len(wrap_spans(lines[i], first, width - indent))
+        entry.at = width
+        entry.rows = rows
+        return rows
 
     def _fix_sep(self, index: int) -> bool:
         """Recompute whether entry `index` starts a new day; return True if it changed."""
@@ -242,13 +372,25 @@ class MessageView(ScrollView, can_focus=True):
 
     def on_resize(self) -> None:
         width = max(1, self.scrollable_content_region.width)
-        if width != self._width:
-            at_bottom = self.scroll_y >= self.max_scroll_y - 1
-            self._width = width
-            self._strips.clear()
-            self._relayout()
-            if at_bottom:
-                self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True, force=True)
+        if width == self._width:
+            return
+        at_bottom = self.scroll_y >= self.max_scroll_y - 1
+        # Keep the line at the top of the screen at the top: same entry, same row if it has it.
+        anchor: tuple[int, int] | None = None
+        if not at_bottom and self.entries and self._width > 0:
+            top = round(self.scroll_y)
+            index = bisect.bisect_right(self._cum, top) - 1
+            if 0 <= index < len(self.entries):
+                anchor = (index, top - self._cum[index])
+        self._width = width
+        self._strips.clear()
+        self._relayout()
+        if at_bottom:
+            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True, force=True)
+        elif anchor is not None:
+            index, row = anchor
+            row = min(row, self._height(self.entries[index]) - 1)
+            self.scroll_to(y=self._cum[index] + row, animate=False, immediate=True, force=True)
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
@@ -266,13 +408,28 @@ class MessageView(ScrollView, can_focus=True):
             self._build(entry)
         assert entry.text is not None
         console = self.app.console
+        width = max(1, self._width)
+        indent = self._indent(entry)
+        pad = [Segment(" " * indent)] if indent else []
+
+        def strip(part: Text, indented: bool) -> Strip:
+            segments = list(part.render(console, end=""))
+            if indented and pad:
+                return Strip(pad + segments, indent + part.cell_len)
+            return Strip(segments, part.cell_len)
+
         strips = []
-        for line in entry.text.split("\n", allow_blank=True):
-            offsets = fold_offsets(line.plain, self._width)
-            parts = line.divide(offsets) if offsets else [line]
-            for part in parts:
-                segments = list(part.render(console, end=""))
-                strips.append(Strip(segments, part.cell_len))
+        day = entry.day
+        if entry.sep and day is not None:
+            strips.append(strip(sep_text(day), False))
+        lines = entry.text.split("\n", allow_blank=True)
+        for i, line in enumerate(lines):
+            first = width if i == 0 else width - indent
+            if entry.lens[i] <= first:
+                strips.append(strip(line, i > 0))
+                continue
+            for row, (start, end) in enumerate(wrap_spans(line.plain, first, width - indent)):
+                strips.append(strip(line[start:end], i > 0 or row > 0))
         if len(self._strips) > 2_000:
             self._strips.clear()
         self._strips[entry.key] = strips
@@ -295,6 +452,11 @@ class MessageView(ScrollView, can_focus=True):
     def plain_lines(self) -> list[str]:
         """Return every entry's text (for tests and the tmux check)."""
         return [e.text.plain if e.text is not None else "" for e in self.entries]
+
+    def screen_lines(self) -> list[str]:
+        """Return the text of the rows on screen, as drawn (for tests)."""
+        height = self.scrollable_content_region.height
+        return [self.render_line(y).text.rstrip() for y in range(height)]
 
 
 def sep_text(day: dt.date) -> Text:
