@@ -68,6 +68,30 @@ async def test_chat_with_a_real_peer(app: AppFactory, tmp_path: Path, bob: list[
         await until(pilot, lambda: any(t.startswith("* bob (") and " left" in t for t in texts(a)))
 
 
+async def test_peer_reached_through_another_is_listed_via_it(
+    app: AppFactory, tmp_path: Path, bob: list[Node]
+) -> None:
+    """In me - bob - carol, carol's messages reach me through bob: the list says so."""
+    a = app()
+    async with a.run_test(size=(100, 30)) as pilot:
+        await started(pilot)
+        b, _ = await start_bob(a, tmp_path, bob)
+        await until(pilot, lambda: b.identity.peer_id in a.peers)
+        carol = make_node(tmp_path / "carol", "carol", peers=[("127.0.0.1", b.port)])
+        carol_saw: list[ev.NodeEvent] = []
+        carol.subscribe(carol_saw.append)
+        bob.append(carol)
+        await carol.start()
+        cid = carol.identity.peer_id
+        await until(pilot, lambda: any(isinstance(e, ev.PeerJoined) for e in carol_saw))
+        await carol.send("hello via bob")
+        await until(pilot, lambda: shown(a, "carol: hello via bob"))
+        await until(pilot, lambda: cid in a.peers and a.peers[cid].via, timeout=10)
+        assert not a.peers[cid].online
+        peers = str(a._w_peers.render())
+        assert "carol\n  via bob\n" in peers, peers
+
+
 async def test_file_offer_accept_and_progress(
     app: AppFactory, tmp_path: Path, bob: list[Node]
 ) -> None:

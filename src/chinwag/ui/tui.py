@@ -131,6 +131,8 @@ class Peer:
     address: str = ""
     rtt_ms: float | None = None
     verified: bool = False
+    #: Not connected, but its messages reach us through this peer (a peer id).
+    via: str = ""
 
 
 @dataclass
@@ -473,8 +475,13 @@ class ChinwagApp(App[int]):
         text = Text()
         online = sum(1 for p in self.peers.values() if p.online)
         text.append(f"peers {online}/{len(self.peers)}\n", style="bold")
-        for peer in sorted(self.peers.values(), key=lambda p: (not p.online, p.nick, p.peer_id)):
-            text.append("● " if peer.online else "○ ", style="green" if peer.online else "dim")
+        for peer in sorted(
+            self.peers.values(), key=lambda p: (not p.online, not p.via, p.nick, p.peer_id)
+        ):
+            if peer.online:
+                text.append("● ", style="green")
+            else:
+                text.append("◐ " if peer.via else "○ ", style="yellow" if peer.via else "dim")
             text.append(clean(peer.nick), style=nick_style(peer.peer_id))
             if peer.verified:
                 text.append(" ✓", style="green")
@@ -483,9 +490,14 @@ class ChinwagApp(App[int]):
             if peer.online and peer.rtt_ms is not None:
                 text.append(f" {peer.rtt_ms:.0f}ms", style="dim")
             text.append("\n")
-            # Every connected peer is reached directly; the node does not relay connections.
-            how = ("direct " if self.size.width >= 120 else "") + peer.address
-            text.append(f"  {how}\n" if peer.online else "  offline\n", style="dim")
+            if peer.online:
+                how = ("direct " if self.size.width >= 120 else "") + peer.address
+            elif peer.via:
+                relay = self.peers.get(peer.via)
+                how = "via " + (clean(relay.nick) if relay else short_id(peer.via))
+            else:
+                how = "offline"
+            text.append(f"  {how}\n", style="dim")
         set_if_changed(self._w_peers, text)
 
     def _draw_status(self) -> None:
@@ -557,9 +569,18 @@ class ChinwagApp(App[int]):
 
     def _refresh_peers(self) -> None:
         with contextlib.suppress(ChinwagError):
-            for info in self.node.peers().peers:
+            listing = self.node.peers()
+            for info in listing.peers:
                 peer = self._peer(info.peer_id, info.nick)
                 peer.online, peer.address, peer.rtt_ms = True, info.address, info.rtt_ms
+                peer.via = ""
+            relayed = {r.peer_id: r for r in listing.relayed}
+            for peer in self.peers.values():
+                if not peer.online:
+                    peer.via = relayed[peer.peer_id].via if peer.peer_id in relayed else ""
+            for r in listing.relayed:
+                if r.peer_id not in self.peers:
+                    self._peer(r.peer_id, r.nick).via = r.via
         self._redraw_side()
 
     # --- rooms --------------------------------------------------------------
