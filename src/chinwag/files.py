@@ -40,6 +40,7 @@ import msgspec
 
 from chinwag import events as ev
 from chinwag import limits
+from chinwag.crypto.identity import BadIdentity, public_from_peer_id
 from chinwag.errors import UsageError
 from chinwag.protocol import messages as m
 from chinwag.protocol.names import safe_filename
@@ -50,6 +51,8 @@ from chinwag.protocol.transfer import (
     Piece,
     decode_offer,
     digest_root,
+    file_id,
+    new_offer,
 )
 from chinwag.store.db import FileRow, Store, StoreError
 
@@ -278,6 +281,7 @@ class FileShare:
         downloads: Path,
         auto_accept: int,
         is_verified: Callable[[str], bool],
+        in_room: Callable[[str, str], bool],
     ) -> None:
         self.store = store
         self.me = me
@@ -286,6 +290,8 @@ class FileShare:
         self.downloads = downloads
         self.auto_accept = auto_accept
         self._is_verified = is_verified
+        #: in_room(peer_id, room): is that connected peer in our joined room?
+        self._in_room = in_room
         self._loop = asyncio.get_running_loop()
         self.transfers: dict[str, _Transfer] = {}
         self._serve_queues: dict[str, deque[tuple[str, int]]] = {}
@@ -337,13 +343,12 @@ class FileShare:
             raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
         if size > limits.FILE_MAX_SIZE:
             raise UsageError(f"{path} is larger than {human_size(limits.FILE_MAX_SIZE)}")
-        offer = Offer(
-            fid=os.urandom(16).hex(),
-            name=source.name[: limits.FILE_MAX_NAME_CHARS],
-            size=size,
-            sha256=sha,
-            chunk=limits.FILE_CHUNK,
-            root=digest_root(digests),
+        offer = new_offer(
+            public_from_peer_id(self.me),
+            source.name[: limits.FILE_MAX_NAME_CHARS],
+            size,
+            sha,
+            digest_root(digests),
         )
         row = FileRow(
             fid=offer.fid,
@@ -472,6 +477,14 @@ class FileShare:
         offer = decode_offer(event.text)
         if offer is None:
             return None
+        try:
+            author = public_from_peer_id(event.peer_id)
+        except BadIdentity:
+            return None
+        if offer.fid != file_id(author, offer.salt):
+            # Only its author can make an offer with this id: anyone else's is a forgery.
+            log.warning("ignoring an offer by %s with a file id not its own", event.peer_id[:8])
+            return None
         known = self.transfers.get(offer.fid)
         if known is not None:
             if not event.own or known.row.direction != OUT:
@@ -583,15 +596,18 @@ class FileShare:
     def _serves(self, t: _Transfer, peer_id: str) -> bool:
         """Return whether we hold t whole and may give it to peer_id."""
         row = t.row
-        if row.direction == OUT:
-            return row.state in (SHARING, DONE) and (
-                not row.room.startswith("@") or row.room[1:] == peer_id
-            )
-        # A file fetched from a room is shared on with the room; a private one is not.
-        return row.state == DONE and not row.room.startswith("@")
+        if row.room.startswith("@"):
+            # A private offer's file goes to its recipient only, from its sender only.
+            return row.direction == OUT and row.state in (SHARING, DONE) and row.room[1:] == peer_id
+        # A room's file goes to the room's members, from its sender and whoever fetched it.
+        held = row.state in (SHARING, DONE) if row.direction == OUT else row.state == DONE
+        return held and self._in_room(peer_id, row.room)
 
     def _may_source(self, t: _Transfer, peer_id: str) -> bool:
-        return not t.row.room.startswith("@") or peer_id == t.row.author
+        """Return whether we may ask peer_id for t (and so tell it the file id)."""
+        if t.row.room.startswith("@"):
+            return peer_id == t.row.author
+        return self._in_room(peer_id, t.row.room)
 
     def _end(self, t: _Transfer, peer_id: str, reason: str) -> None:
         row = t.row

@@ -136,6 +136,7 @@ class Node:
                 self.config.downloads or default_downloads_dir(),
                 self.config.auto_accept,
                 lambda peer_id: peer_id in self._require_book().verified,
+                lambda peer_id, room: self._require_book().shares_room(peer_id, room),
             )
             self._files.load()
             self.port = await self._manager.listen(

@@ -185,6 +185,23 @@ class RoomBook:
             return room.peer == peer_id
         return wire in self.announced.get(peer_id, {})
 
+    def shares_room(self, peer_id: str, name: str) -> bool:
+        """Return whether a connected peer is in our joined room `name` (display or wire name).
+
+        For a private room the peer must have announced the same key check value.
+        (A peer can replay another's announcement: this keeps honest non-members
+        out, it does not prove membership; the room's messages stay encrypted.)
+        """
+        room = self.find(name)
+        if room is None:
+            return False
+        if room.kind == DM:
+            return room.peer == peer_id
+        announced = self.announced.get(peer_id, {})
+        if room.wire not in announced:
+            return False
+        return room.kind != PRIVATE or announced[room.wire] == room.kcv
+
     def set_announced(self, peer_id: str, frame: m.Rooms) -> list[str]:
         """Record a peer's rooms; return our private rooms it holds under another passphrase."""
         self.announced[peer_id] = {a.room: a.kcv for a in frame.joined if is_valid_name(a.room)}

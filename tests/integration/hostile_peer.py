@@ -51,7 +51,14 @@ CAPS = ("chat/1",)
 class HostilePeer:
     """One scripted connection to a node; every frame it sends is chosen by the test."""
 
-    def __init__(self, identity: Identity | None = None, nick: str = "mallory") -> None:
+    def __init__(
+        self,
+        identity: Identity | None = None,
+        nick: str = "mallory",
+        rooms: tuple[str, ...] = ("general",),
+    ) -> None:
+        #: Rooms announced right after the handshake.
+        self.rooms = rooms
         self.identity = identity or Identity.generate()
         self.nick = nick
         # listen port 0: the node has no address to dial us back on.
@@ -85,6 +92,9 @@ class HostilePeer:
         await self._wait(lambda: self.handshake is not None or self.closed is not None, timeout)
         if self.handshake is None:
             raise AssertionError(f"handshake failed: {self.closed}")
+        # Like a real node: say which rooms we are in (file sharing asks room members only).
+        if self.rooms:
+            self.send_frames([m.Rooms(joined=[m.RoomAnnounce(room=r) for r in self.rooms])])
 
     async def _read(self) -> None:
         assert self._reader is not None and self.session is not None

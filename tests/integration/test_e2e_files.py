@@ -27,9 +27,8 @@ from it_support import (
     stderr_has_traceback,
 )
 
-from chinwag import limits
 from chinwag.protocol import messages as m
-from chinwag.protocol.transfer import Offer, digest_root, encode_offer
+from chinwag.protocol.transfer import Offer, digest_root, encode_offer, new_offer
 
 MB = 1_000_000
 #: Seconds for hashing, sending and checking a file of up to 300 MB on 2 busy cores.
@@ -234,7 +233,7 @@ async def test_hostile_names_land_inside_downloads(node: NodeFactory, tmp_path: 
         "\u202etxt.exe",
     ]
     contents = {name: os.urandom(5000 + i) for i, name in enumerate(names)}
-    offers = {name: hostile_offer(name, data) for name, data in contents.items()}
+    offers = {name: hostile_offer(peer, name, data) for name, data in contents.items()}
     server = asyncio.create_task(serve_files(peer, {o.fid: contents[n] for n, o in offers.items()}))
     try:
         for seq, o in enumerate(offers.values(), start=1):
@@ -441,6 +440,31 @@ async def test_bad_input(node: NodeFactory, tmp_path: Path) -> None:
         assert n.returncode is None and not stderr_has_traceback(n), n.stderr_tail()
 
 
+async def test_auto_accept_from_verified_peers_only(node: NodeFactory, tmp_path: Path) -> None:
+    """--auto-accept-mb fetches small files from verified peers without asking; others wait."""
+    a = await start(node, tmp_path, "alice", "--auto-accept-mb", "1")
+    b = await start(node, tmp_path, "bob", "--peer", f"127.0.0.1:{a.port}")
+    await connected(a, b)
+    small = tmp_path / "small.txt"
+    small.write_bytes(os.urandom(50_000))
+    # Not verified yet: the offer waits for an answer.
+    first = await offer(b, "alice", small, a)
+    await a.send({"cmd": "verify", "who": b.peer_id, "confirm": True})
+    await a.wait_for("whois", timeout=PROMPT_S, verified=True)
+    second = await offer(b, "alice", small, a)
+    got = await done(a, second)
+    assert sha256_of(Path(got["path"])) == sha256_of(small)
+    # Too big for the limit: asked, not fetched.
+    big = tmp_path / "big.bin"
+    random_file(big, 2 * MB)
+    third = await offer(b, "alice", big, a)
+    await chat_works(b, a, text="after the offers")
+    states = {f["id"]: f["state"] for f in await listing(a)}
+    assert states[first] == "offered" and states[third] == "offered", states
+    assert states[second] == "done", states
+    no_tracebacks(a, b)
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 async def test_unreadable_file(node: NodeFactory, tmp_path: Path) -> None:
     a, _ = await start_pair(node, tmp_path)
@@ -583,15 +607,14 @@ async def entries_in(node: ChinwagProcess, directory: Path) -> list[str]:
     return (await in_mounts_of(node, "ls", "-A", str(directory))).split()
 
 
-def hostile_offer(name: str, data: bytes) -> Offer:
+def hostile_offer(peer: HostilePeer, name: str, data: bytes) -> Offer:
     """An offer of data (one chunk) under any name, as a hostile peer may make it."""
-    return Offer(
-        fid=os.urandom(16).hex(),
-        name=name,
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        chunk=limits.FILE_CHUNK,
-        root=digest_root(hashlib.sha256(data).digest()),
+    return new_offer(
+        peer.identity.public,
+        name,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        digest_root(hashlib.sha256(data).digest()),
     )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from hostile_peer import HostilePeer
 from it_support import (
     PROMPT_S,
@@ -31,8 +32,9 @@ from it_support import (
 )
 
 from chinwag import limits
+from chinwag.crypto.identity import Identity
 from chinwag.protocol import messages as m
-from chinwag.protocol.transfer import Offer, digest_root, encode_offer
+from chinwag.protocol.transfer import Offer, digest_root, encode_offer, new_offer
 
 #: Chunk size of the hostile offers: two pieces per chunk (FILE_PIECE is 64,000 bytes).
 CHUNK = 64 * 1024
@@ -47,15 +49,16 @@ def chunks_of(data: bytes) -> list[bytes]:
     return [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
 
 
-def make_offer(data: bytes, name: str, fid: str | None = None) -> Offer:
-    """An offer of data in CHUNK-byte chunks, as any peer may make it."""
-    return Offer(
-        fid=fid or os.urandom(16).hex(),
-        name=name,
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
+def make_offer(data: bytes, name: str, author: HostilePeer | Identity) -> Offer:
+    """An offer of data in CHUNK-byte chunks by author, as any peer may make it."""
+    identity = author.identity if isinstance(author, HostilePeer) else author
+    return new_offer(
+        identity.public,
+        name,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        digest_root(b"".join(hashlib.sha256(c).digest() for c in chunks_of(data))),
         chunk=CHUNK,
-        root=digest_root(b"".join(hashlib.sha256(c).digest() for c in chunks_of(data))),
     )
 
 
@@ -260,7 +263,7 @@ async def test_corrupt_source_is_banned_and_an_honest_holder_finishes(
     b = await start(node, "bob")
     mallory = await hostile(b)
     data = os.urandom(8 * CHUNK + 1234)
-    offer = make_offer(data, "corrupt.bin")
+    offer = make_offer(data, "corrupt.bin", mallory)
     liar = FileServer(mallory, {offer.fid: data}, answer=corrupt)
     await offered(b, mallory, 1, offer)
     await accept(b, offer.fid)
@@ -292,7 +295,7 @@ async def test_unrequested_unknown_and_out_of_order_data(node: NodeFactory) -> N
     b = await start(node, "bob")
     mallory = await hostile(b)
     data = os.urandom(4 * CHUNK)
-    offer = make_offer(data, "order.bin")
+    offer = make_offer(data, "order.bin", mallory)
     raw = bytes.fromhex(offer.fid)
     stranger = os.urandom(16)
     server = FileServer(mallory, {offer.fid: data})
@@ -480,31 +483,32 @@ async def test_private_file_is_not_served_to_a_third_peer(
     await eve_b.close()
 
 
-async def test_offers_sharing_a_fid_prefix_do_not_share_a_partial_file(
+async def test_offers_with_a_file_id_not_their_authors_are_ignored(
     node: NodeFactory,
 ) -> None:
-    """A peer may offer a fid that shares its first half with another offer's: both
-    arrive intact under their own names (the partial files must not collide)."""
+    """A peer cannot stand in for another's file: an offer whose id is bound to another
+    author (or is half of another offer's id) is ignored; the real offer arrives intact."""
     b = await start(node, "bob")
     mallory = await hostile(b)
-    x_data, y_data = os.urandom(3 * CHUNK), os.urandom(3 * CHUNK)
-    x = make_offer(x_data, "x.bin")
-    y = make_offer(y_data, "y.bin", fid=x.fid[:16] + os.urandom(8).hex())
-    server = FileServer(mallory, {x.fid: x_data, y.fid: y_data})
-    server.hold |= {bytes.fromhex(x.fid), bytes.fromhex(y.fid)}
+    x_data = os.urandom(3 * CHUNK)
+    x = make_offer(x_data, "x.bin", mallory)
+    stolen = make_offer(os.urandom(CHUNK), "y.bin", Identity.generate())
+    half = msgspec.structs.replace(
+        make_offer(os.urandom(CHUNK), "z.bin", mallory), fid=x.fid[:16] + os.urandom(8).hex()
+    )
+    server = FileServer(mallory, {x.fid: x_data})
     await offered(b, mallory, 1, x)
-    await offered(b, mallory, 2, y)
+    mallory.send_chat(mallory.message(2, encode_offer(stolen)))
+    mallory.send_chat(mallory.message(3, encode_offer(half)))
+    await b.wait_for(
+        "message", pred=lambda ev: "'z.bin'" in ev["text"], timeout=PROMPT_S, from_start=True
+    )
+    offers = [ev["id"] for ev in b.events if ev.get("event") == "file_offer"]
+    assert offers == [x.fid], offers
     await accept(b, x.fid)
-    await peer_until(mallory, lambda: server.asked(x.fid) > 0, "x asked")
-    await accept(b, y.fid)
-    await peer_until(mallory, lambda: server.asked(y.fid) > 0, "y asked")
-    server.release(y.fid)
-    y_path = await done(b, y.fid)
-    server.release(x.fid)
     x_path = await done(b, x.fid)
-    assert y_path.read_bytes() == y_data, "y.bin was overwritten after it was saved"
     assert x_path.read_bytes() == x_data
-    assert entries(downloads(b)) == ["x.bin", "y.bin"]
+    assert entries(downloads(b)) == ["x.bin"]
     healthy(b)
     await server.close()
 
@@ -515,7 +519,7 @@ async def test_partial_file_removed_before_the_end(node: NodeFactory) -> None:
     b = await start(node, "bob")
     mallory = await hostile(b)
     data = os.urandom(2 * CHUNK)
-    offer = make_offer(data, "gone.bin")
+    offer = make_offer(data, "gone.bin", mallory)
     server = FileServer(mallory, {offer.fid: data})
     server.hold.add(bytes.fromhex(offer.fid))
     await offered(b, mallory, 1, offer)
@@ -538,7 +542,7 @@ async def test_empty_file_offer_completes(node: NodeFactory) -> None:
     """An offer of an empty file needs no data: accepting it saves an empty file."""
     b = await start(node, "bob")
     mallory = await hostile(b)
-    offer = make_offer(b"", "empty.txt")
+    offer = make_offer(b"", "empty.txt", mallory)
     await offered(b, mallory, 1, offer)
     await accept(b, offer.fid)
     path = await done(b, offer.fid)

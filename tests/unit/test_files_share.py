@@ -16,27 +16,27 @@ import pytest
 
 from chinwag import events as ev
 from chinwag import limits
+from chinwag.crypto.identity import Identity
 from chinwag.files import FileShare
-from chinwag.protocol.transfer import Offer, digest_root, encode_offer
+from chinwag.protocol.transfer import digest_root, encode_offer, new_offer
 from chinwag.store.db import Store
 
-MALLORY = "m" * 52
+MALLORY = Identity.generate()
 
 
 def offer_event(seq: int) -> ev.Message:
     data = seq.to_bytes(8, "big")
-    offer = Offer(
-        fid=os.urandom(16).hex(),
-        name=f"spam{seq}.bin",
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        chunk=limits.FILE_CHUNK,
-        root=digest_root(hashlib.sha256(data).digest()),
+    offer = new_offer(
+        MALLORY.public,
+        f"spam{seq}.bin",
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        digest_root(hashlib.sha256(data).digest()),
     )
     return ev.Message(
         id=os.urandom(16).hex(),
         room="general",
-        peer_id=MALLORY,
+        peer_id=MALLORY.peer_id,
         nick="mallory",
         ts=0.0,
         text=encode_offer(offer),
@@ -54,7 +54,14 @@ async def test_a_flood_of_unanswered_offers_stays_bounded(
     emitted: list[Any] = []
     manager: Any = SimpleNamespace(peers={})
     share = FileShare(
-        store, "me" * 26, manager, emitted.append, tmp_path / "dl", 0, lambda _: False
+        store,
+        "me" * 26,
+        manager,
+        emitted.append,
+        tmp_path / "dl",
+        0,
+        lambda _: False,
+        lambda _peer, _room: False,
     )
     try:
         events = [offer_event(seq) for seq in range(1, 201)]

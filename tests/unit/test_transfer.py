@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from unit_support import FUZZ
 
 from chinwag import limits
+from chinwag.crypto.identity import Identity
 from chinwag.errors import RemoteProtocolError
 from chinwag.files import _Writer, hash_file, human_size, unique_path
 from chinwag.protocol import messages as m
@@ -37,6 +38,8 @@ from chinwag.protocol.transfer import (
     decode_offer,
     digest_root,
     encode_offer,
+    file_id,
+    new_offer,
 )
 
 CHUNK = 4096
@@ -65,6 +68,7 @@ def make_offer(data: bytes, chunk: int = CHUNK, name: str = "report.pdf") -> Off
         sha256=hashlib.sha256(data).hexdigest(),
         chunk=chunk,
         root=digest_root(b"".join(chunk_digests(data, chunk))),
+        salt="5a" * 16,
     )
 
 
@@ -218,6 +222,23 @@ def test_offer_size_bounds_are_inclusive() -> None:
         fields["size"] = size
         offer = decode_offer(OFFER_MARK + msgspec.json.encode(fields).decode())
         assert offer is not None and offer.size == size
+
+
+def test_offer_with_chunks_above_the_chunk_size_is_refused() -> None:
+    fields = good_fields()
+    fields["chunk"] = limits.FILE_CHUNK + 1
+    assert decode_offer(OFFER_MARK + msgspec.json.encode(fields).decode()) is None
+
+
+def test_file_id_is_bound_to_its_author() -> None:
+    alice, mallory = Identity.generate(), Identity.generate()
+    offer = new_offer(alice.public, "a.txt", 3, "ab" * 32, EMPTY_ROOT)
+    assert offer.fid == file_id(alice.public, offer.salt)
+    assert offer.fid != file_id(mallory.public, offer.salt)
+    again = new_offer(alice.public, "a.txt", 3, "ab" * 32, EMPTY_ROOT)
+    assert again.fid != offer.fid and again.salt != offer.salt
+    decoded = decode_offer(encode_offer(offer))
+    assert decoded == offer
 
 
 def test_offer_with_too_many_chunks_is_refused() -> None:

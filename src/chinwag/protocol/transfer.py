@@ -11,6 +11,7 @@ pieces and hands it to the I/O layer to check against its digest and write.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,17 +26,24 @@ OFFER_MARK: Final = "\x1ffile:"
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 EMPTY_ROOT: Final = hashlib.sha256(b"").hexdigest()
+#: Domain separation of file ids.
+FILE_ID_CONTEXT: Final = b"chinwag/1 file-id\x00"
 
 
 class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
-    """What a file offer says: id, name, size, whole-file SHA-256, chunk size, digest-list root."""
+    """What a file offer says: id, name, size, whole-file SHA-256, chunk size, digest-list root.
+
+    `fid` is bound to the offer's author: file_id(author, salt). Another peer
+    cannot make an offer with the same id, so it cannot stand in for the author's file.
+    """
 
     fid: str
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
     size: Annotated[int, msgspec.Meta(ge=0, le=limits.FILE_MAX_SIZE)]
     sha256: str
-    chunk: Annotated[int, msgspec.Meta(ge=4096, le=64 << 20)]
+    chunk: Annotated[int, msgspec.Meta(ge=4096, le=limits.FILE_CHUNK)]
     root: str
+    salt: str = ""
 
     @property
     def chunks(self) -> int:
@@ -61,12 +69,34 @@ def decode_offer(text: str) -> Offer | None:
         return None
     ok = (
         _HEX32.fullmatch(offer.fid)
+        and _HEX32.fullmatch(offer.salt)
         and _HEX64.fullmatch(offer.sha256)
         and _HEX64.fullmatch(offer.root)
         # Bounds the receiver's chunk bookkeeping and digest list (32 MiB at most).
         and offer.chunks <= limits.FILE_MAX_CHUNKS
     )
     return offer if ok else None
+
+
+def file_id(author: bytes, salt: str) -> str:
+    """Return the file id of an offer by `author` (public key) with `salt` (32 hex digits)."""
+    return hashlib.sha256(FILE_ID_CONTEXT + author + bytes.fromhex(salt)).hexdigest()[:32]
+
+
+def new_offer(
+    author: bytes, name: str, size: int, sha256: str, root: str, chunk: int = limits.FILE_CHUNK
+) -> Offer:
+    """Return a new offer by `author` (public key): a fresh salt, and the id bound to both."""
+    salt = os.urandom(16).hex()
+    return Offer(
+        fid=file_id(author, salt),
+        name=name,
+        size=size,
+        sha256=sha256,
+        chunk=chunk,
+        root=root,
+        salt=salt,
+    )
 
 
 def digest_root(digests: bytes) -> str:
