@@ -297,6 +297,8 @@ class FileShare:
         self._serve_queues: dict[str, deque[tuple[str, int]]] = {}
         self._serve_tasks: dict[str, asyncio.Task[None]] = {}
         self._read_fds: dict[str, int] = {}
+        #: Reads under way per open fd: an fd is only closed when none is.
+        self._reading: dict[int, int] = {}
         self._tick: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -417,7 +419,7 @@ class FileShare:
         """Stop a transfer or withdraw our offer; partial data is removed unless `keep`."""
         t = self._find(ident)
         if t.row.direction == OUT:
-            if t.row.state != SHARING:
+            if t.row.state not in (SHARING, DONE):
                 raise UsageError(f"{t.offer.name!r} is not being shared")
             self._set_state(t, CANCELLED, "cancelled")
             withdrawn = m.encode(m.FileEnd(fid=bytes.fromhex(t.fid), reason="withdrawn"))
@@ -427,11 +429,15 @@ class FileShare:
                 if conn is not None:
                     conn.send_encoded(withdrawn)
             else:
-                self.manager.broadcast(withdrawn)
+                for peer_id, conn in self.manager.peers.items():
+                    if self._in_room(peer_id, t.row.room):
+                        conn.send_encoded(withdrawn)
             self._emit(ev.FileFailed(id=t.fid, reason="cancelled"))
             return self.info(t)
         if t.row.state not in (*_ACTIVE, OFFERED):
             raise UsageError(f"{t.offer.name!r} is not under way")
+        if t.finishing and t.dl is not None and t.dl.complete:
+            raise UsageError(f"{t.offer.name!r} is complete and being saved")
         self._stop_download(t, "cancelled", remove=not keep)
         self._set_state(t, CANCELLED, "cancelled")
         self._emit(ev.FileFailed(id=t.fid, reason="cancelled"))
@@ -1013,8 +1019,12 @@ class FileShare:
             fut: asyncio.Future[bytes | str] = self._loop.create_future()
             fut.set_result("unavailable")
             return fut
-        fd = self._read_fds.get(fid)
+        fd = self._read_fds.pop(fid, None)
         if fd is None:
+            if not self._close_idle_read_fd():
+                fut = self._loop.create_future()
+                fut.set_result("busy")
+                return fut
             try:
                 fd = os.open(t.row.path, os.O_RDONLY)
             except OSError as exc:
@@ -1022,7 +1032,7 @@ class FileShare:
                 fut = self._loop.create_future()
                 fut.set_result("unavailable")
                 return fut
-            self._read_fds[fid] = fd
+        self._read_fds[fid] = fd  # (re-inserted: the dict is in order of last use)
         chunk = t.offer.chunk
         length = min(chunk, t.offer.size - idx * chunk)
         size, mtime_ns = t.offer.size, t.row.mtime_ns
@@ -1046,7 +1056,28 @@ class FileShare:
                 self._source_gone(t, f"{t.row.path} changed since it was offered")
             return result
 
-        return asyncio.ensure_future(run())
+        # Counted from now (not when the task starts) until it ends, even cancelled
+        # before it started: the fd must not be closed meanwhile.
+        self._reading[fd] = self._reading.get(fd, 0) + 1
+        task = asyncio.ensure_future(run())
+        task.add_done_callback(lambda _task: self._read_done(fd))
+        return task
+
+    def _read_done(self, fd: int) -> None:
+        self._reading[fd] -= 1
+        if not self._reading[fd]:
+            del self._reading[fd]
+
+    def _close_idle_read_fd(self) -> bool:
+        """Make room for one more open file to serve; False if every open one is being read."""
+        if len(self._read_fds) < limits.FILE_MAX_OPEN:
+            return True
+        for fid, fd in self._read_fds.items():  # least recently used first
+            if fd not in self._reading:
+                del self._read_fds[fid]
+                os.close(fd)
+                return True
+        return False
 
     def _source_gone(self, t: _Transfer, reason: str) -> None:
         """Stop sharing a file we can no longer serve as offered."""

@@ -163,6 +163,9 @@ FILE_STALL_S = 30.0
 FILE_PROGRESS_INTERVAL_S = 0.25
 #: Bytes of a file offer (largest file we offer or accept): 1 TiB.
 FILE_MAX_SIZE = 1 << 40
+#: Files we serve that are open at once; the least recently read idle one is closed
+#: to open another (stops a peer asking for many files from exhausting our fds).
+FILE_MAX_OPEN = 32
 #: Chunks of one offered file; an offer with more (a tiny chunk size) is not an offer.
 FILE_MAX_CHUNKS = 1 << 20
 #: Characters of an offered file name after sanitising.
