@@ -12,26 +12,25 @@ row per offer or transfer in the store and runs them:
   overwrites anything;
 - after a restart or a lost connection the download goes on from the chunks
   in the partial file that still match their digests, without asking again;
-- serving reads chunks in a worker thread, checks them against their digests
-  (a file changed since it was offered is not sent), and writes file data only
-  while the connection's send buffer is below its high-water mark, so chat
+- serving reads chunks in a worker thread (a file whose size or modification
+  time changed since it was offered is no longer served), and writes file data
+  only while the connection's send buffer is below its high-water mark, so chat
   frames never queue behind more than that.
+
+Disk work (hashing, checking and writing chunks, naming) is in store/filedata.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
-import hashlib
 import logging
 import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -48,13 +47,13 @@ from chinwag.protocol.transfer import (
     OFFER_MARK,
     Download,
     Offer,
-    Piece,
     decode_offer,
     digest_root,
     file_id,
     new_offer,
 )
 from chinwag.store.db import FileRow, Store, StoreError
+from chinwag.store.filedata import ChunkWriter, hash_source, part_path, unique_path
 
 if TYPE_CHECKING:
     from chinwag.net.connection import PeerConnection
@@ -74,55 +73,6 @@ _HASH_REQUEST_TIMEOUT_S = 10.0
 _offer_encoder = msgspec.json.Encoder()
 
 
-def _part_path(directory: Path, fid: str) -> Path:
-    # The whole fid: a peer may offer a fid sharing any prefix with another offer's.
-    return directory / f".chinwag-{fid}.part"
-
-
-def hash_file(path: Path, chunk: int = limits.FILE_CHUNK) -> tuple[int, str, bytes, int]:
-    """Return (size, whole-file SHA-256 hex, concatenated chunk digests, mtime_ns) of a file."""
-    whole = hashlib.sha256()
-    digests = bytearray()
-    with path.open("rb") as f:
-        st = os.fstat(f.fileno())
-        size = 0
-        while block := f.read(chunk):
-            whole.update(block)
-            digests += hashlib.sha256(block).digest()
-            size += len(block)
-    return size, whole.hexdigest(), bytes(digests), st.st_mtime_ns
-
-
-def _hash_source(path: str) -> tuple[Path, tuple[int, str, bytes, int]]:
-    """Check that path names a readable regular file; return it resolved, with hash_file()."""
-    source = Path(path).expanduser()
-    try:
-        source = source.resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise UsageError(f"no such file: {path}") from None
-    if source.is_dir():
-        raise UsageError(f"{path} is a directory; send files one by one")
-    if not source.is_file():
-        raise UsageError(f"{path} is not a regular file")
-    if not os.access(source, os.R_OK):
-        raise UsageError(f"{path} is not readable")
-    return source, hash_file(source)
-
-
-def unique_path(directory: Path, name: str) -> Path:
-    """Create and return a new empty file `name` in directory, `name (1).ext` if taken, etc."""
-    stem, suffix = Path(name).stem, Path(name).suffix
-    for n in range(10_000):
-        candidate = directory / (name if n == 0 else f"{stem} ({n}){suffix}")
-        try:
-            fd = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return candidate
-    raise OSError(f"too many files called {name!r} in {directory}")
-
-
 def human_size(n: float) -> str:
     """Return a byte count as a short human-readable string (1.5 MB)."""
     for unit in ("B", "kB", "MB", "GB", "TB"):
@@ -132,117 +82,6 @@ def human_size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-class _Writer:
-    """Checks and writes the chunks of one download in a thread of its own, in arrival order.
-
-    A second thread keeps the SHA-256 of the chunks written in order from the
-    start of the file, so the final whole-file check re-reads only what arrived
-    out of order, and the two hashes of each byte run on two cores.
-    """
-
-    def __init__(self, fd: int, offer: Offer) -> None:
-        self.fd = fd
-        self.offer = offer
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-file")
-        self._whole = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-sha")
-        self._prefix = hashlib.sha256()
-        #: Chunks [0, _prefix_n) are handed to the whole-file hash (used in the io thread).
-        self._prefix_n = 0
-        #: Set by close(): work still queued in the io thread skips the file.
-        self._closed = False
-
-    def submit(self, fn: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
-        """Run fn(*args) in the io thread, after everything submitted before."""
-        return asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
-
-    def close(self) -> None:
-        """Stop writing; the file is closed in the io thread, after any write under way.
-
-        (Closing it here could let a write still running land in whatever file
-        is opened next under the same descriptor number.)
-        """
-        if self._closed:
-            return
-        self._closed = True
-        self._io.submit(self._release)
-        self._io.shutdown(wait=False)
-
-    def _release(self) -> None:
-        self._whole.shutdown(wait=False, cancel_futures=True)
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-    def _extend(self, idx: int, pieces: Sequence[Piece | bytearray]) -> None:
-        if idx == self._prefix_n:
-            self._prefix_n += 1
-            self._whole.submit(self._hash_more, pieces)
-
-    def _hash_more(self, pieces: Sequence[Piece | bytearray]) -> None:
-        for piece in pieces:
-            self._prefix.update(piece)
-
-    def reserve(self) -> None:
-        """Allocate the whole file on disk at once: a full disk shows now, not half-way,
-        and writes into allocated space are cheaper than growing the file."""
-        if os.fstat(self.fd).st_size >= self.offer.size or self.offer.size == 0:
-            return
-        try:
-            os.posix_fallocate(self.fd, 0, self.offer.size)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise
-            # Not supported by this filesystem: the file grows as chunks arrive.
-            log.debug("no preallocation for %s: %s", self.offer.name, exc)
-
-    def check_and_write(
-        self, idx: int, data: Sequence[Piece] | bytearray | bytes, digest: bytes
-    ) -> bool:
-        """Write chunk idx (one buffer, or its pieces in order) if it matches digest.
-
-        Return whether it did.
-        """
-        if self._closed:
-            return False
-        pieces = data if isinstance(data, list | tuple) else (data,)
-        hasher = hashlib.sha256()
-        for piece in pieces:
-            hasher.update(piece)
-        if hasher.digest() != digest:
-            return False
-        size = sum(len(piece) for piece in pieces)
-        if os.pwritev(self.fd, pieces, idx * self.offer.chunk) != size:
-            raise OSError(errno.EIO, "short write")
-        self._extend(idx, pieces)
-        return True
-
-    def scan(self, digests: list[bytes]) -> list[int]:
-        """Return the chunks of the partial file that match their digests."""
-        good: list[int] = []
-        size = os.fstat(self.fd).st_size
-        chunk = self.offer.chunk
-        for idx, digest in enumerate(digests):
-            length = min(chunk, self.offer.size - idx * chunk)
-            if self._closed or idx * chunk + length > size:
-                break
-            data = os.pread(self.fd, length, idx * chunk)
-            if hashlib.sha256(data).digest() == digest:
-                good.append(idx)
-                self._extend(idx, (data,))
-        return good
-
-    def whole_digest(self) -> str:
-        """Return the SHA-256 (hex) of the whole file as written (call in the io thread)."""
-        whole = self._whole.submit(self._prefix.copy).result()
-        pos = self._prefix_n * self.offer.chunk
-        while pos < self.offer.size:
-            block = os.pread(self.fd, min(limits.FILE_CHUNK, self.offer.size - pos), pos)
-            if not block:
-                break
-            whole.update(block)
-            pos += len(block)
-        return whole.hexdigest()
-
-
 @dataclass
 class _Transfer:
     """Runtime state of one row."""
@@ -250,7 +89,7 @@ class _Transfer:
     row: FileRow
     offer: Offer
     dl: Download | None = None
-    writer: _Writer | None = None
+    writer: ChunkWriter | None = None
     part: Path | None = None
     #: Bytes counted for the progress rate and when.
     rate: float = 0.0
@@ -340,7 +179,7 @@ class FileShare:
     async def prepare(self, path: str, room: str, nick: str) -> Offer:
         """Hash a local file and record our offer of it to `room` (a room name or `@peer_id`)."""
         try:
-            source, (size, sha, digests, mtime_ns) = await asyncio.to_thread(_hash_source, path)
+            source, (size, sha, digests, mtime_ns) = await asyncio.to_thread(hash_source, path)
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
         if size > limits.FILE_MAX_SIZE:
@@ -391,7 +230,7 @@ class FileShare:
             raise UsageError(f"cannot use {target}: {exc.strerror or exc}") from None
         if not target.is_dir() or not os.access(target, os.W_OK | os.X_OK):
             raise UsageError(f"cannot write to {target}")
-        part = _part_path(target, t.fid)
+        part = part_path(target, t.fid)
         have = part.stat().st_size if part.exists() else 0
         free = shutil.disk_usage(target).free
         if t.offer.size - have > free:
@@ -638,7 +477,7 @@ class FileShare:
 
     def _start_download(self, t: _Transfer) -> None:
         directory = Path(t.row.dir or self.downloads)
-        t.part = _part_path(directory, t.fid)
+        t.part = part_path(directory, t.fid)
         t.dl = Download(t.offer)
         t.no_source_since = self._loop.time()
         t.asked_at = -1e9
@@ -655,7 +494,7 @@ class FileShare:
         except OSError as exc:
             self._fail(t, f"cannot write {directory}: {exc.strerror or exc}")
             return
-        t.writer = _Writer(fd, t.offer)
+        t.writer = ChunkWriter(fd, t.offer)
         resumed = os.fstat(fd).st_size > 0
         t.writer.submit(t.writer.reserve).add_done_callback(
             functools.partial(self._reserved, t, t.dl)

@@ -2,7 +2,7 @@
 
 protocol/transfer.py is driven call by call with an explicit clock and small
 chunks (4096 bytes, the least an offer allows), so whole downloads run in
-memory in microseconds. The I/O helpers of files.py (_Writer, unique_path,
+memory in microseconds. The I/O helpers of files.py (ChunkWriter, unique_path,
 hash_file) run on real files in tmp_path; no sockets, no event loop, no sleeps.
 The last section is a hypothesis property: random piece/corruption/drop
 schedules always end with the right bytes, and only the bad source banned.
@@ -26,7 +26,7 @@ from unit_support import FUZZ
 from chinwag import limits
 from chinwag.crypto.identity import Identity
 from chinwag.errors import RemoteProtocolError
-from chinwag.files import _Writer, hash_file, human_size, unique_path
+from chinwag.files import human_size
 from chinwag.protocol import messages as m
 from chinwag.protocol.names import safe_filename
 from chinwag.protocol.transfer import (
@@ -41,6 +41,7 @@ from chinwag.protocol.transfer import (
     file_id,
     new_offer,
 )
+from chinwag.store.filedata import ChunkWriter, hash_file, unique_path
 
 CHUNK = 4096
 PER_PAGE = limits.FILE_HASHES_PER_FRAME
@@ -1040,8 +1041,8 @@ def part(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     yield path, fd
 
 
-def writer_for(fd: int, data: bytes) -> _Writer:
-    return _Writer(fd, make_offer(data))
+def writer_for(fd: int, data: bytes) -> ChunkWriter:
+    return ChunkWriter(fd, make_offer(data))
 
 
 def test_writer_rejects_a_bad_digest_and_writes_nothing(part: tuple[Path, int]) -> None:
