@@ -30,10 +30,10 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
     from chinwag.net.manager import ConnectionManager
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 IN, OUT = "in", "out"
 #: States of a row. Incoming: offered -> transferring <-> stalled -> done | failed |
@@ -139,7 +138,6 @@ class FileShare:
         #: Reads under way per open fd: an fd is only closed when none is.
         self._reading: dict[int, int] = {}
         self._tick: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # --- lifecycle ------------------------------------------------------
@@ -161,7 +159,7 @@ class FileShare:
         self._closing = True
         if self._tick is not None:
             self._tick.cancel()
-        tasks = [*self._serve_tasks.values(), *self._tasks]
+        tasks = list(self._serve_tasks.values())
         for t in self.transfers.values():
             tasks.extend(t.tasks)
         for task in tasks:
@@ -968,8 +966,8 @@ class FileShare:
         with contextlib.suppress(StoreError):
             self.store.delete_files(drop)
 
-    def _spawn(self, t: _Transfer, coro: object) -> None:
-        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, t: _Transfer, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
         t.tasks.add(task)
         task.add_done_callback(t.tasks.discard)
         task.add_done_callback(_log_failure)
