@@ -184,6 +184,7 @@ class FileShare:
             raise UsageError(f"{path} is larger than {human_size(limits.FILE_MAX_SIZE)}")
         offer = new_offer(
             public_from_peer_id(self.me),
+            os.urandom(16),
             source.name[: limits.FILE_MAX_NAME_CHARS],
             size,
             sha,

@@ -611,6 +611,7 @@ def hostile_offer(peer: HostilePeer, name: str, data: bytes) -> Offer:
     """An offer of data (one chunk) under any name, as a hostile peer may make it."""
     return new_offer(
         peer.identity.public,
+        os.urandom(16),
         name,
         len(data),
         hashlib.sha256(data).hexdigest(),

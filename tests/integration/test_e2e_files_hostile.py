@@ -54,6 +54,7 @@ def make_offer(data: bytes, name: str, author: HostilePeer | Identity) -> Offer:
     identity = author.identity if isinstance(author, HostilePeer) else author
     return new_offer(
         identity.public,
+        os.urandom(16),
         name,
         len(data),
         hashlib.sha256(data).hexdigest(),

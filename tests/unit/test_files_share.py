@@ -28,6 +28,7 @@ def offer_event(seq: int) -> ev.Message:
     data = seq.to_bytes(8, "big")
     offer = new_offer(
         MALLORY.public,
+        os.urandom(16),
         f"spam{seq}.bin",
         len(data),
         hashlib.sha256(data).hexdigest(),

@@ -233,10 +233,10 @@ def test_offer_with_chunks_above_the_chunk_size_is_refused() -> None:
 
 def test_file_id_is_bound_to_its_author() -> None:
     alice, mallory = Identity.generate(), Identity.generate()
-    offer = new_offer(alice.public, "a.txt", 3, "ab" * 32, EMPTY_ROOT)
+    offer = new_offer(alice.public, os.urandom(16), "a.txt", 3, "ab" * 32, EMPTY_ROOT)
     assert offer.fid == file_id(alice.public, offer.salt)
     assert offer.fid != file_id(mallory.public, offer.salt)
-    again = new_offer(alice.public, "a.txt", 3, "ab" * 32, EMPTY_ROOT)
+    again = new_offer(alice.public, os.urandom(16), "a.txt", 3, "ab" * 32, EMPTY_ROOT)
     assert again.fid != offer.fid and again.salt != offer.salt
     decoded = decode_offer(encode_offer(offer))
     assert decoded == offer
@@ -1340,3 +1340,20 @@ def test_random_schedules_end_with_the_right_bytes(
     assert (EVIL in dl.banned) == (
         sim.evil_bad >= limits.FILE_MAX_BAD_CHUNKS or sim.evil_bad_offset
     )
+
+
+@given(st.text(max_size=300))
+def test_decode_offer_never_raises_on_any_text(text: str) -> None:
+    """Any message text is an offer or not one: never an exception."""
+    for candidate in (text, OFFER_MARK + text):
+        result = decode_offer(candidate)
+        assert result is None or isinstance(result, Offer)
+
+
+@given(st.binary(max_size=400))
+def test_decode_offer_never_raises_on_garbled_json(noise: bytes) -> None:
+    """A valid offer with bytes changed or cut stays an offer or becomes None."""
+    good = encode_offer(make_offer(file_data(9000)))
+    cut = len(noise) % len(good)
+    garbled = good[:cut] + noise.decode("latin-1") + good[cut:]
+    assert decode_offer(garbled) is None or isinstance(decode_offer(garbled), Offer)

@@ -11,7 +11,6 @@ pieces and hands it to the I/O layer to check against its digest and write.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -84,18 +83,28 @@ def file_id(author: bytes, salt: str) -> str:
 
 
 def new_offer(
-    author: bytes, name: str, size: int, sha256: str, root: str, chunk: int = limits.FILE_CHUNK
+    author: bytes,
+    salt: bytes,
+    name: str,
+    size: int,
+    sha256: str,
+    root: str,
+    chunk: int = limits.FILE_CHUNK,
 ) -> Offer:
-    """Return a new offer by `author` (public key): a fresh salt, and the id bound to both."""
-    salt = os.urandom(16).hex()
+    """Return a new offer by `author` (public key) with a fresh 16-byte `salt`.
+
+    Its id is bound to both (file_id); the caller brings the randomness.
+    """
+    if len(salt) != 16:
+        raise ValueError("the salt is 16 bytes")
     return Offer(
-        fid=file_id(author, salt),
+        fid=file_id(author, salt.hex()),
         name=name,
         size=size,
         sha256=sha256,
         chunk=chunk,
         root=root,
-        salt=salt,
+        salt=salt.hex(),
     )
 
 
