@@ -478,6 +478,7 @@ class FileShare:
         directory = Path(t.row.dir or self.downloads)
         t.part = part_path(directory, t.fid)
         t.dl = Download(t.offer)
+        t.rate, t.rate_mark = 0.0, (self._loop.time(), 0)
         t.no_source_since = self._loop.time()
         t.asked_at = -1e9
         if t.offer.chunks == 0:
@@ -521,6 +522,7 @@ class FileShare:
         if t.dl is not dl:
             return
         dl.restore(good)
+        t.rate_mark = (self._loop.time(), dl.verified_bytes)  # the rate counts new data only
         t.finishing = False
         log.info("resuming %s: %d of %d chunks already here", t.offer.name, len(good), dl.n)
         self._progress(t, force=True)
@@ -626,10 +628,12 @@ class FileShare:
         else:
             done = dl.verified_bytes if dl is not None else t.offer.size
         mark_at, mark_bytes = t.rate_mark
-        if now - mark_at >= 1.0 or mark_at == 0.0:
-            if mark_at:
-                current = (done - mark_bytes) / (now - mark_at)
-                t.rate = current if t.rate == 0 else 0.5 * t.rate + 0.5 * current
+        # The rate over the last half second or more, smoothed; marked from the start.
+        if mark_at == 0.0:
+            t.rate_mark = (now, done)
+        elif now - mark_at >= 0.5:
+            current = (done - mark_bytes) / (now - mark_at)
+            t.rate = current if t.rate == 0 else 0.5 * t.rate + 0.5 * current
             t.rate_mark = (now, done)
         t.progress_at = now
         self._emit(

@@ -210,3 +210,13 @@ def test_every_truncation_of_a_command_is_an_error_never_a_crash() -> None:
 @pytest.mark.parametrize("garbage", [b"x", b"{}", b'{"cmd": "quit"}', b"\x00"])
 def test_trailing_garbage_is_invalid_json(garbage: bytes) -> None:
     assert error_of(b'{"cmd": "quit"}' + garbage) == "invalid JSON"
+
+
+def test_progress_line_shows_bytes_rate_and_time_left() -> None:
+    from chinwag import events as ev
+    from chinwag.ui.line import progress_line
+
+    p = ev.FileProgress(id="ab" * 16, bytes=250_000_000, total=1_000_000_000, rate=50_000_000.0)
+    assert progress_line("big.iso", p) == "big.iso 25% 250.0 MB/1.0 GB 50.0 MB/s 0:00:15 left"
+    start = ev.FileProgress(id="ab" * 16, bytes=0, total=10, rate=0.0)
+    assert progress_line("x\x1b[2J", start) == "x[2J 0% 0 B/10 B"

@@ -514,7 +514,5 @@ def progress_line(name: str, p: ev.FileProgress) -> str:
     if p.rate > 0 and p.total > p.bytes:
         seconds = int((p.total - p.bytes) / p.rate)
         left = f" {seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d} left"
-    return (
-        f"{clean(name)} {percent}% {human_size(p.bytes)}/{human_size(p.total)} "
-        f"{human_size(p.rate)}/s{left}"
-    )
+    rate = f" {human_size(p.rate)}/s" if p.rate > 0 else ""
+    return f"{clean(name)} {percent}% {human_size(p.bytes)}/{human_size(p.total)}{rate}{left}"
