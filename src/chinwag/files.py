@@ -758,6 +758,10 @@ class FileShare:
             if len(dl.sources) < limits.FILE_MAX_SOURCES and (
                 now - t.asked_at >= limits.FILE_ASK_INTERVAL_S
             ):
+                if not dl.sources:
+                    # Nobody to fetch from: dial the offer's author if we know where it is,
+                    # rather than wait for the reconnect back-off.
+                    self.manager.want(t.row.author)
                 self._ask(t)
             self._pump(t)
             if (

@@ -301,3 +301,39 @@ def test_spoofed_beacon_flood_keeps_the_table_bounded() -> None:
     for i, pid in enumerate(peer_ids(5 * limits.MAX_DISCOVERED)):
         t.beacon(pid, "10.0.0.9", 5000, now=i * 0.01)
     assert len(t.due_dials(10_000.0)) <= limits.MAX_DISCOVERED
+
+
+# --- dialling on demand -----------------------------------------------------------
+
+
+def test_a_wanted_peer_is_dialled_without_waiting_for_its_back_off() -> None:
+    t = table(LOW)
+    t.connected(HIGH, "10.0.0.9", 5000, now=0.0)
+    for _ in range(4):  # a few failures: the back-off has grown
+        t.disconnected(HIGH, now=1.0, goodbye=False)
+        assert t.due_dials(1.0) == []
+    timer = t.get_timer()
+    assert timer is not None and timer > 1.5  # the back-off has grown past now
+    assert t.wanted(HIGH, now=1.5) is True
+    assert t.due_dials(1.5) == [dial_of(HIGH)]
+    assert t.wanted(HIGH, now=1.6) is False  # already dialling
+
+
+def test_a_wanted_peer_of_a_manual_address_is_dialled_there() -> None:
+    t = table(LOW)
+    t.add_manual("10.0.0.5", 7000, now=0.0)
+    [dial] = t.due_dials(0.0)
+    t.dial_reached(dial.key, HIGH)
+    t.connected(HIGH, "10.0.0.5", 7000, now=0.0, dial_key=dial.key)
+    t.disconnected(HIGH, now=2.0, goodbye=True)
+    assert t.due_dials(2.0) == []
+    assert t.wanted(HIGH, now=2.1) is True
+    assert [(d.host, d.port) for d in t.due_dials(2.1)] == [("10.0.0.5", 7000)]
+
+
+def test_an_unknown_or_connected_peer_is_not_dialled_on_demand() -> None:
+    t = table(LOW)
+    assert t.wanted(HIGH, now=0.0) is False
+    t.connected(HIGH, "10.0.0.9", 5000, now=0.0)
+    assert t.wanted(HIGH, now=0.1) is False
+    assert t.due_dials(0.1) == []

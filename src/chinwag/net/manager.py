@@ -117,6 +117,11 @@ class ConnectionManager:
         self.table.add_manual(host, port, self._loop.time())
         self.schedule_dials()
 
+    def want(self, peer_id: str) -> None:
+        """Dial peer_id now if its address is known and it is not connected (on demand)."""
+        if peer_id not in self.peers and self.table.wanted(peer_id, self._loop.time()):
+            self.schedule_dials()
+
     def beacon_heard(self, peer_id: str, host: str, port: int) -> bool:
         """Feed a discovery beacon; return True if it came from a peer we are not connected to."""
         unknown = self.table.beacon(peer_id, host, port, self._loop.time())

@@ -147,6 +147,17 @@ class PeerTable:
                 other.failures = 0
             self._back_off(other, now)
 
+    def wanted(self, peer_id: str, now: float) -> bool:
+        """We need peer_id now (it holds a file we fetch): dial it without waiting for its
+        back-off. Return True if a dial is due now (an address is known, not in progress)."""
+        due = False
+        for entry in self._entries.values():
+            if entry.peer_id != peer_id or entry.connected or entry.dialing:
+                continue
+            entry.next_attempt = now
+            due = True
+        return due
+
     # --- outputs --------------------------------------------------------
 
     def due_dials(self, now: float) -> list[Dial]:
