@@ -382,11 +382,11 @@ class FileShare:
 
     # --- peers ----------------------------------------------------------
 
-    def peer_joined(self, conn: PeerConnection) -> None:
-        """Ask a new peer for the files we are fetching."""
+    def ask_peer(self, conn: PeerConnection) -> None:
+        """Ask a peer that just connected, or announced its rooms, for the files we fetch."""
         peer_id = conn.session.peer_id or ""
         for t in self.transfers.values():
-            if t.dl is not None and self._may_source(t, peer_id):
+            if t.dl is not None and peer_id not in t.dl.sources and self._may_source(t, peer_id):
                 conn.send_frame(m.FileWho(fid=bytes.fromhex(t.fid)))
 
     def peer_left(self, peer_id: str) -> None:

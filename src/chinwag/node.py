@@ -510,7 +510,7 @@ class Node:
             peer_id, self._nicks[peer_id], f"{conn.address[0]}:{conn.address[1]}"
         )
         self._require_history().peer_joined(conn)
-        self._require_files().peer_joined(conn)
+        self._require_files().ask_peer(conn)
         impostor = self._require_book().impostor_of(peer_id, self._nicks[peer_id])
         if impostor is not None:
             self._emit(
@@ -557,6 +557,9 @@ class Node:
             self._require_history().chat_received(conn, frame)
         else:
             self._require_history().sync_frame(conn, frame)
+            if isinstance(frame, m.Rooms):
+                # Room files are asked of room members: this peer may be one now.
+                self._require_files().ask_peer(conn)
 
     # --- internals ------------------------------------------------------
 
