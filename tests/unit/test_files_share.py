@@ -75,3 +75,42 @@ async def test_a_flood_of_unanswered_offers_stays_bounded(
     finally:
         await share.close()
         store.close()
+
+
+async def test_a_download_with_no_source_is_reported_stalled_and_keeps_trying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No holder reachable for FILE_STALL_S: one file_stalled, state stalled, the author
+    is dialled on demand and asked again; the partial file stays for later."""
+    monkeypatch.setattr(limits, "FILE_STALL_S", 0.0)
+    monkeypatch.setattr(limits, "FILE_ASK_INTERVAL_S", 0.0)
+    store = Store(tmp_path / "chinwag.db")
+    emitted: list[Any] = []
+    wanted: list[str] = []
+    manager: Any = SimpleNamespace(peers={}, want=wanted.append)
+    share = FileShare(
+        store,
+        "me" * 26,
+        manager,
+        emitted.append,
+        tmp_path / "dl",
+        0,
+        lambda _: False,
+        lambda _peer, _room: True,
+    )
+    try:
+        event = offer_event(1)
+        offer = share.offer_message(event, "general")
+        assert offer is not None
+        share.accept(offer.id)
+        share._on_tick()
+        share._on_tick()
+        stalled = [e for e in emitted if isinstance(e, ev.FileStalled)]
+        assert [e.id for e in stalled] == [offer.id], emitted
+        assert "still trying" in stalled[0].reason
+        assert share.listing().files[0].state == "stalled"
+        assert wanted and set(wanted) == {MALLORY.peer_id}
+        assert (tmp_path / "dl" / f".chinwag-{offer.id}.part").exists()
+    finally:
+        await share.close()
+        store.close()
