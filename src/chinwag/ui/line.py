@@ -117,6 +117,7 @@ class LineUI:
         #: Transfers under way: id -> latest progress, shown in the toolbar.
         self._transfers: dict[str, ev.FileProgress] = {}
         self._file_names: dict[str, str] = {}
+        self._own_files: set[str] = set()
         self._progress_printed: dict[str, float] = {}
 
     # --- output ---------------------------------------------------------
@@ -204,6 +205,7 @@ class LineUI:
         if isinstance(event, ev.FileOffer):
             self._file_names[event.id] = clean(event.name)
             if event.own:
+                self._own_files.add(event.id)
                 self._info(f"offered {clean(event.name)!r} [file {event.id[:8]}]; /files shows it")
                 return
             where = f" in #{event.room}" if event.room else ""
@@ -231,7 +233,11 @@ class LineUI:
         else:
             self._transfers.pop(event.id, None)
             self._progress_printed.pop(event.id, None)
-            self._info(f"saved file {event.id[:8]} at {clean(event.path)} (sha256 verified)")
+            if event.id in self._own_files:
+                name = self._file_names.get(event.id, event.id[:8])
+                self._info(f"{name!r} [file {event.id[:8]}] was received whole")
+            else:
+                self._info(f"saved file {event.id[:8]} at {clean(event.path)} (sha256 verified)")
 
     def toolbar(self) -> str:
         """Return the status line of transfers under way (empty when there are none)."""
