@@ -26,8 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.cells import cell_len, set_cell_size
 from rich.style import Style
 from rich.text import Text
+from textual import events
+from textual.actions import SkipAction
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical
@@ -103,6 +106,12 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def fit(text: str, cells: int) -> str:
+    """Return text cut to at most `cells` cells (at least 4), with … where it was cut."""
+    cells = max(4, cells)
+    return text if cell_len(text) <= cells else set_cell_size(text, cells - 1) + "…"
+
+
 def progress_bar(done: int, total: int, width: int = 12) -> str:
     """Return a text progress bar."""
     filled = 0 if total <= 0 else min(width, done * width // total)
@@ -153,6 +162,8 @@ class ChinwagApp(App[int]):
     #: Below 70 columns the peer list is hidden (Screen.-narrow); from 120 it is wider.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (70, "-normal"), (120, "-wide")]
     CSS_PATH = "tui.tcss"
+    #: Ctrl+P is "previous room"; Textual's command palette would take it over a modal screen.
+    ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", priority=True),
         Binding("f1", "keys", "Keys"),
@@ -250,6 +261,10 @@ class ChinwagApp(App[int]):
         if not self.is_headless:
             where = f"; details in {self.log_path}" if self.log_path else ""
             self._exit_renderables[:] = [Text(f"chinwag: unexpected error{where}")]
+
+    def on_resize(self, _event: events.Resize) -> None:
+        """The side lists and the files panel fit their rows to their width: redraw them."""
+        self.call_after_refresh(self._redraw_side)
 
     async def on_unmount(self) -> None:
         """Stop the node however the app ends (quit, signal, test harness)."""
@@ -377,8 +392,7 @@ class ChinwagApp(App[int]):
         return entry.highlight
 
     def _at_bottom(self, name: str) -> bool:
-        view = self.views[name]
-        return view.scroll_y >= view.max_scroll_y - 1
+        return self.views[name].following
 
     def _room_of(self, msg: ev.Message | ev.DirectMessage) -> str:
         if isinstance(msg, ev.DirectMessage):
@@ -516,30 +530,42 @@ class ChinwagApp(App[int]):
         set_if_changed(self._w_status, text)
 
     def _draw_files(self) -> None:
+        # Each offer or transfer is one row at any width (a wrapped row would push the
+        # [reject] action or the time left onto a row of its own): the name is cut to fit.
+        width = self._w_files.content_region.width or 44
         lines: list[str] = []
         for fid, t in self.transfers.items():
-            name = markup_escape(clean(t.offer.name))
+            name = clean(t.offer.name)
             size = human_size(t.offer.size)
-            who = markup_escape(clean(t.offer.nick))
             arrow = "⇧" if t.offer.own else "⇩"
             if t.state == "offered" and not t.offer.own:
-                lines.append(
-                    f"{arrow} {name} ({size}) from {who}  "
-                    f"[@click=app.accept_file('{fid}')][b]\\[accept][/b][/]  "
+                actions = (
+                    f"[@click=app.accept_file('{fid}')][b]\\[accept][/b][/] "
                     f"[@click=app.reject_file('{fid}')]\\[reject][/]"
+                )
+                rest = f" ({size}) from {clean(t.offer.nick)}  "
+                if width - cell_len(rest) - 19 < 8:
+                    rest = f" ({size}) "
+                room = width - cell_len(rest) - 19  # arrow, space, "[accept] [reject]"
+                lines.append(
+                    f"{arrow} {markup_escape(fit(name, room))}{markup_escape(rest)}{actions}"
                 )
             elif t.state in ("transferring", "stalled", "accepted"):
                 pct = 0 if t.offer.size <= 0 else t.done * 100 // t.offer.size
-                bar = progress_bar(t.done, t.offer.size)
                 tail = (
                     f"{human_size(t.rate)}/s, {eta(t.offer.size - t.done, t.rate)} left"
                     if t.state == "transferring"
-                    else t.state + (f": {markup_escape(clean(t.note))}" if t.note else "")
+                    else t.state + (f": {clean(t.note)}" if t.note else "")
                 )
-                lines.append(f"{arrow} {name} {bar} {pct}% {tail}")
+                # The bar keeps its width while the rate and time left change length.
+                fixed = 2 + 1 + len(" 100% ") + max(cell_len(tail), len("999.9 MB/s, 9:59 left"))
+                bar_width = max(4, min(12, width - fixed - 12))
+                bar = progress_bar(t.done, t.offer.size, bar_width)
+                room = width - fixed - bar_width
+                lines.append(markup_escape(f"{arrow} {fit(name, room)} {bar} {pct}% {tail}"))
         files = self._w_files
         files.display = bool(lines)
-        set_if_changed(files, "\n".join(lines[-6:]))
+        set_if_changed(files, "\n".join(lines[-5:]))  # the border takes one of 6 rows
 
     def _room_note(self, room: str, kind: str, note: str) -> None:
         view = self.views.get(room) or self.views.get(self.current)
@@ -581,6 +607,13 @@ class ChinwagApp(App[int]):
             for r in listing.relayed:
                 if r.peer_id not in self.peers:
                     self._peer(r.peer_id, r.nick).via = r.via
+        self._redraw_side()
+
+    def _refresh_verified(self) -> None:
+        """Read again which peers are verified (after /verify) and redraw the peer list."""
+        for peer in self.peers.values():
+            with contextlib.suppress(ChinwagError):
+                peer.verified = self.node.whois(peer.peer_id).verified
         self._redraw_side()
 
     # --- rooms --------------------------------------------------------------
@@ -676,8 +709,15 @@ class ChinwagApp(App[int]):
             n for n in self.rooms if n.startswith("@")
         )
 
+    def _main_screen_only(self) -> None:
+        """Let a key bound here go to a screen shown over the main one (the key screen
+        scrolls with PageUp/PageDown; rooms do not change behind it)."""
+        if len(self.screen_stack) > 1:
+            raise SkipAction()
+
     async def action_cycle_room(self, step: int) -> None:
         """Switch to the next (1) or previous (-1) room."""
+        self._main_screen_only()
         order = self._ordered_rooms()
         if order:
             at = order.index(self.current) if self.current in order else 0
@@ -685,6 +725,7 @@ class ChinwagApp(App[int]):
 
     async def action_goto_mention(self) -> None:
         """Switch to a room with unread mentions or private messages."""
+        self._main_screen_only()
         for name in self._ordered_rooms():
             if self.rooms[name].mentions:
                 await self._switch(name)
@@ -695,6 +736,7 @@ class ChinwagApp(App[int]):
 
     def action_page(self, step: int) -> None:
         """Scroll the current view a page up (-1) or down (1)."""
+        self._main_screen_only()
         view = self.views.get(self.current)
         if view is not None:
             height = max(1, view.scrollable_content_region.height - 1)
@@ -733,10 +775,13 @@ class ChinwagApp(App[int]):
         self, event: ev.FileOffer | ev.FileProgress | ev.FileDone | ev.FileFailed | ev.FileStalled
     ) -> bool:
         if isinstance(event, ev.FileOffer):
+            known = event.id in self.transfers
             t = self.transfers.setdefault(event.id, Transfer(event))
             t.offer = event
             if event.own:
                 t.state = "sharing"
+                if not known:
+                    self.note(f"offered {clean(event.name)} [file {event.id[:8]}]; /files shows it")
                 return False
             where = event.room or "@" + event.peer_id[:8]
             if where.startswith("@"):
@@ -758,10 +803,17 @@ class ChinwagApp(App[int]):
             t.state, t.note = "stalled", event.reason
         elif isinstance(event, ev.FileDone):
             t.state = "done"
-            self.note(f"{clean(t.offer.name)} received: {clean(event.path)}")
+            if t.offer.own:  # our private offer: the recipient has it
+                self.note(f"{clean(t.offer.name)} delivered: the recipient has it")
+            else:
+                self.note(f"{clean(t.offer.name)} received: {clean(event.path)}")
         elif isinstance(event, ev.FileFailed):
-            t.state = "failed"
-            self.note_error(f"{clean(t.offer.name)}: transfer failed: {clean(event.reason)}")
+            was, t.state = t.state, "failed"
+            if event.reason in ("rejected", "cancelled"):  # our own doing: not an error
+                if not (was == "rejected" and event.reason == "rejected"):  # already said
+                    self.note(f"{clean(t.offer.name)}: {event.reason}")
+            else:
+                self.note_error(f"{clean(t.offer.name)}: transfer failed: {clean(event.reason)}")
         return False
 
     def _oldest_offer(self) -> str | None:
@@ -865,6 +917,8 @@ class ChinwagApp(App[int]):
             self.line.room = self.current
             if not await self.line.handle(line):
                 await self.action_quit()
+            elif name.lower() == "verify":
+                self._refresh_verified()
             return
         await self._send(line[1:] if line.startswith("//") else line)
 

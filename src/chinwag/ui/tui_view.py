@@ -227,6 +227,9 @@ class MessageView(ScrollView, can_focus=True):
         #: Older history may exist in the store beyond the first entry.
         self.has_older = False
         self.fetching = False
+        #: The view shows its newest line and keeps doing so when content is added or the
+        #: view's height changes (a resize, the files panel coming and going).
+        self.following = True
 
     # --- content ------------------------------------------------------------
 
@@ -287,7 +290,7 @@ class MessageView(ScrollView, can_focus=True):
         new = list(entries)
         if not new:
             return
-        follow = self.scroll_y >= self.max_scroll_y - 1
+        follow = self.following or self.scroll_y >= self.max_scroll_y - 1
         last_day = next((e.day for e in reversed(self.entries) if e.msg is not None), None)
         for entry in new:
             if entry.msg is not None:
@@ -372,9 +375,13 @@ class MessageView(ScrollView, can_focus=True):
 
     def on_resize(self) -> None:
         width = max(1, self.scrollable_content_region.width)
+        # The height may have changed already: whether the view was at its bottom is
+        # what it was following before, not where scroll_y is now.
+        at_bottom = self.following
         if width == self._width:
+            if at_bottom:
+                self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True, force=True)
             return
-        at_bottom = self.scroll_y >= self.max_scroll_y - 1
         # Keep the line at the top of the screen at the top: same entry, same row if it has it.
         anchor: tuple[int, int] | None = None
         if not at_bottom and self.entries and self._width > 0:
@@ -394,6 +401,7 @@ class MessageView(ScrollView, can_focus=True):
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
+        self.following = new_value >= self.max_scroll_y - 1
         if new_value >= self.max_scroll_y - 1 > old_value:
             self.post_message(self.AtBottom(self))
         if new_value < LOAD_MARGIN and self.has_older and not self.fetching:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rich.cells import cell_len, set_cell_size
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
@@ -101,10 +102,10 @@ class ChatInput(Input):
         self._cycle = (start, cands, self.cursor_position, self.value) if len(cands) > 1 else None
 
     def _on_paste(self, event: events.Paste) -> None:
-        text = event.text
+        # Terminals send the line breaks of a paste as CR (what Enter sends), some as CRLF.
+        text = event.text.replace("\r\n", "\n").replace("\r", "\n")
         if "\n" not in text.rstrip("\n"):
-            super()._on_paste(event)
-            return
+            return  # one line: Input._on_paste (called after this one) inserts it
         event.stop()
         event.prevent_default()
         self.post_message(self.Pasted(self.value + text.rstrip("\n")))
@@ -156,17 +157,22 @@ class RoomList(Static):
 
     def show(self, rows: list[RoomRow], current: str, labels: dict[str, str]) -> None:
         """Draw the list; `labels` gives the shown name of a conversation (its nick)."""
-        text = Text()
+        # One row per room, never wrapped (a click maps a row to a room): a long name is
+        # cut to leave room for the mark and the unread count.
+        width = self.content_region.width or 13
+        text = Text(no_wrap=True, overflow="crop")
         self.rows = []
         for row in rows:
             label = labels.get(row.name, row.name if row.name.startswith("@") else "#" + row.name)
-            line = Text(no_wrap=True, overflow="ellipsis")
+            count = f" {row.unread}" if row.unread else ""
+            room = max(2, width - 1 - len(count))
+            if cell_len(label) > room:
+                label = set_cell_size(label, room - 1) + "…"
             mark = "!" if row.mentions else " "
-            line.append(mark, style="bold red" if row.mentions else "")
-            line.append(label, style="reverse bold" if row.name == current else "")
-            if row.unread:
-                line.append(f" {row.unread}", style="bold")
-            text.append_text(line)
+            text.append(mark, style="bold red" if row.mentions else "")
+            text.append(label, style="reverse bold" if row.name == current else "")
+            if count:
+                text.append(count, style="bold")
             text.append("\n")
             self.rows.append(row.name)
         if text != self._shown:
