@@ -197,6 +197,15 @@ async def test_quit_stops_the_node(app: AppFactory) -> None:
     assert a.return_code == 0
 
 
+async def test_ctrl_c_quits_and_stops_the_node(app: AppFactory) -> None:
+    a = app()
+    async with a.run_test(size=(80, 24)) as pilot:
+        await started(pilot)
+        await pilot.press("ctrl+c")
+        await until(pilot, lambda: a.node.stopped.is_set())
+    assert a.return_code == 0
+
+
 async def test_resizing_keeps_working(app: AppFactory) -> None:
     a = app()
     async with a.run_test(size=(80, 24)) as pilot:

@@ -166,6 +166,8 @@ class ChinwagApp(App[int]):
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", priority=True),
+        # Like every other terminal chat: Ctrl+C leaves (peers see the goodbye).
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
         Binding("f1", "keys", "Keys"),
         Binding("f2", "toggle_theme", "Light/dark"),
         Binding("ctrl+n", "cycle_room(1)", "Next room", priority=True),

@@ -31,7 +31,7 @@ KEYS = """keys:
   F2               dark / light colours
   F6 / F7          accept / reject the oldest file offer
   Ctrl+B           bell on or off
-  Ctrl+Q, /quit    quit
+  Ctrl+Q, Ctrl+C, /quit   quit
 mouse (optional): click a room to switch to it, wheel to scroll, click [accept] or [reject]"""
 
 
