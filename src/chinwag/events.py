@@ -202,7 +202,7 @@ class Error(msgspec.Struct, frozen=True, tag_field="event", tag="error"):
 class FileOffer(msgspec.Struct, frozen=True, tag_field="event", tag="file_offer"):
     """A file offered to us (or to a room we are in): answer with accept_file or reject_file.
 
-    `id` is the transfer id (a unique prefix of 8+ characters is accepted by commands);
+    `id` is the transfer id (a unique prefix of 4+ characters is accepted by commands);
     `room` is empty for a file offered to us alone; `own` marks our own offers.
     """
 

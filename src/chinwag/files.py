@@ -90,7 +90,7 @@ class _Transfer:
     dl: Download | None = None
     writer: ChunkWriter | None = None
     part: Path | None = None
-    #: Bytes counted for the progress rate and when.
+    #: The smoothed rate in bytes/s, and (time, bytes) where its current window started.
     rate: float = 0.0
     rate_mark: tuple[float, int] = (0.0, 0)
     progress_at: float = 0.0
