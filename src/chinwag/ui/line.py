@@ -120,6 +120,11 @@ class LineUI:
         self._own_files: set[str] = set()
         self._progress_printed: dict[str, float] = {}
 
+    @property
+    def command_names(self) -> list[str]:
+        """Return the names of the slash commands this UI runs (without the slash)."""
+        return list(self._commands)
+
     # --- output ---------------------------------------------------------
 
     def _plain_print(self, line: str) -> None:
@@ -514,7 +519,7 @@ class LineUI:
 
 
 def progress_line(name: str, p: ev.FileProgress) -> str:
-    """Return `name 45% 12.0/26.7 MB 110.2 MB/s 0:00:05 left` for a transfer."""
+    """Return `name 45% 12.0 MB/26.7 MB 110.2 MB/s 0:00:05 left` for a transfer."""
     percent = 100 * p.bytes // p.total if p.total else 100
     left = ""
     if p.rate > 0 and p.total > p.bytes:

@@ -17,14 +17,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-import inspect
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.cells import cell_len, set_cell_size
 from rich.style import Style
@@ -40,6 +38,7 @@ from textual.widgets import Input, Static
 from chinwag import events as ev
 from chinwag.crypto.identity import short_id
 from chinwag.errors import ChinwagError
+from chinwag.files import human_size
 from chinwag.node import Node
 from chinwag.ui.line import HELP, LineUI, clean
 from chinwag.ui.tui_view import Entry, MessageView
@@ -95,15 +94,6 @@ def nick_style(peer_id: str) -> Style:
     """Return the stable colour of a peer's nick."""
     digest = hashlib.sha256(peer_id.encode()).digest()
     return Style(color=NICK_COLOURS[digest[0] % len(NICK_COLOURS)], bold=True)
-
-
-def human_size(n: float) -> str:
-    """Return a byte count for people (1.2 MB)."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def fit(text: str, cells: int) -> str:
@@ -842,27 +832,22 @@ class ChinwagApp(App[int]):
 
     async def action_accept_file(self, fid: str) -> None:
         """Accept a file offer (saved to the node's download directory)."""
-        if await self._file_call("accept_file", "accept", fid):
+        if self._file_call(self.node.accept_file, "accept", fid):
             self.transfers[fid].state = "accepted"
         self._redraw_side()
 
     async def action_reject_file(self, fid: str) -> None:
         """Reject a file offer."""
-        if await self._file_call("reject_file", "reject", fid):
+        if self._file_call(self.node.reject_file, "reject", fid):
             self.transfers[fid].state = "rejected"
         self._redraw_side()
 
-    async def _file_call(self, method: str, command: str, fid: str) -> bool:
+    def _file_call(self, call: Callable[[str], ev.FileInfo], command: str, fid: str) -> bool:
+        """Run a node's accept_file or reject_file on a known offer; say how it went."""
         if fid not in self.transfers:
             return False
-        call: Callable[[str], Any] | None = getattr(self.node, method, None)
         try:
-            if call is None:  # the node has no file sharing: the line command says so
-                await self.line.handle(f"/{command} {fid}")
-                return False
-            result = call(fid)
-            if inspect.isawaitable(result):
-                await result
+            call(fid)
         except ChinwagError as exc:
             self.note_error(f"error: {exc}")
             return False
@@ -1009,7 +994,7 @@ class ChinwagApp(App[int]):
         first = value.split(" ", 1)[0].lower()
         rooms = sorted(n for n in self.rooms if not n.startswith("@"))
         if start == 0 and word.startswith("/"):
-            commands = set(self.line._commands) | {"bell", "keys"}
+            commands = set(self.line.command_names) | {"bell", "keys"}
             return 0, sorted("/" + c for c in commands if c.startswith(word[1:].lower()))
         if word.startswith("#"):
             return start, ["#" + r for r in rooms if r.startswith(word[1:].lower())]

@@ -292,12 +292,8 @@ class MessageView(ScrollView, can_focus=True):
             return
         follow = self.following or self.scroll_y >= self.max_scroll_y - 1
         last_day = next((e.day for e in reversed(self.entries) if e.msg is not None), None)
+        self._build_run(new, last_day)
         for entry in new:
-            if entry.msg is not None:
-                day = entry.day
-                entry.sep = day != last_day
-                last_day = day
-            self._build(entry)
             self.entries.append(entry)
             self._cum.append(self._cum[-1] + self._height(entry))
         if len(self.entries) > MAX_VIEW_ENTRIES:
@@ -307,19 +303,22 @@ class MessageView(ScrollView, can_focus=True):
             self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True, force=True)
         self.refresh()
 
+    def _build_run(self, entries: list[Entry], last_day: dt.date | None) -> None:
+        """Build consecutive entries; a message starting a day after `last_day` gets a separator."""
+        for entry in entries:
+            if entry.msg is not None:
+                day = entry.day
+                entry.sep = day != last_day
+                last_day = day
+            self._build(entry)
+
     def prepend(self, entries: Iterable[Entry]) -> None:
         """Add older entries at the top without moving what is on screen."""
         new = list(entries)
         if not new:
             return
         was_y = self.scroll_y
-        last_day: dt.date | None = None
-        for entry in new:
-            if entry.msg is not None:
-                day = entry.day
-                entry.sep = day != last_day
-                last_day = day
-            self._build(entry)
+        self._build_run(new, None)
         self.entries[:0] = new
         first_old = len(new)
         if first_old < len(self.entries) and self._fix_sep(first_old):
