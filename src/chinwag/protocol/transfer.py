@@ -46,6 +46,7 @@ class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
 
     @property
     def chunks(self) -> int:
+        """The number of chunks of the file (the last one may be short)."""
         return -(-self.size // self.chunk)
 
 
@@ -186,6 +187,7 @@ class Download:
 
     @property
     def complete(self) -> bool:
+        """Whether the digest list is known and every chunk is verified."""
         return self.digests is not None and self.verified_count == self.n
 
     def restore(self, verified: list[int]) -> None:
