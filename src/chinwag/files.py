@@ -455,6 +455,9 @@ class FileShare:
 
     def _end(self, t: _Transfer, peer_id: str, reason: str) -> None:
         row = t.row
+        if reason != "withdrawn":
+            # A downloader is done with us (also when we serve a room file we fetched).
+            self._drop_queued(peer_id, t.fid)
         if row.direction == OUT and row.room.startswith("@") and peer_id == row.room[1:]:
             # The one recipient of a private offer tells us how it went.
             who = t.row.room[1:9]
@@ -463,12 +466,14 @@ class FileShare:
                 self._emit(ev.FileDone(id=t.fid, path=row.path, sha256=t.offer.sha256))
             elif reason in ("rejected", "cancelled") and row.state == SHARING:
                 self._emit(ev.FileFailed(id=t.fid, reason=f"{reason} by {who}"))
-            self._drop_queued(peer_id, t.fid)
-        elif row.direction == OUT:
-            self._drop_queued(peer_id, t.fid)
-        elif peer_id == row.author and reason == "withdrawn" and row.state in (*_ACTIVE, OFFERED):
+        elif (
+            row.direction == IN
+            and peer_id == row.author
+            and reason == "withdrawn"
+            and row.state in (*_ACTIVE, OFFERED)
+        ):
             if t.dl is not None:
-                self._stop_download(t, "withdrawn", remove=True)
+                self._stop_download(t, "cancelled", remove=True)
             self._set_state(t, FAILED, "withdrawn by the sender")
             self._emit(ev.FileFailed(id=t.fid, reason="withdrawn by the sender"))
 

@@ -508,7 +508,12 @@ class LineUI:
             self._info("no file offers yet; /send WHO PATH offers one")
         for f in files:
             arrow = "\u2191" if f.direction == "out" else "\u2193"
-            who = f"#{f.room}" if f.room else clean(f.nick)
+            if f.room:
+                who = f"#{f.room}"
+            elif f.direction == "out":  # our private offer: name its recipient
+                who = "to " + clean(self.node.whois(f.peer_id).nick)
+            else:
+                who = "from " + clean(f.nick)
             done = f" {100 * f.bytes // f.size}%" if f.size and f.state != "done" else ""
             where = f" -> {clean(f.path)}" if f.path and f.direction == "in" else ""
             self._info(
