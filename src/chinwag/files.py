@@ -54,6 +54,7 @@ from chinwag.protocol.transfer import (
 )
 from chinwag.store.db import FileRow, Store, StoreError
 from chinwag.store.filedata import ChunkWriter, hash_source, part_path, unique_path
+from chinwag.units import human_size
 
 if TYPE_CHECKING:
     from chinwag.net.connection import PeerConnection
@@ -70,15 +71,6 @@ _ACTIVE = (TRANSFERRING, STALLED)
 _TICK_S = 1.0
 _HASH_REQUEST_TIMEOUT_S = 10.0
 _offer_encoder = msgspec.json.Encoder()
-
-
-def human_size(n: float) -> str:
-    """Return a byte count as a short human-readable string (1.5 MB)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 @dataclass

@@ -26,7 +26,6 @@ from unit_support import FUZZ
 from chinwag import limits
 from chinwag.crypto.identity import Identity
 from chinwag.errors import RemoteProtocolError
-from chinwag.files import human_size
 from chinwag.protocol import messages as m
 from chinwag.protocol.names import safe_filename
 from chinwag.protocol.transfer import (
@@ -42,6 +41,7 @@ from chinwag.protocol.transfer import (
     new_offer,
 )
 from chinwag.store.filedata import ChunkWriter, hash_file, unique_path
+from chinwag.units import human_size
 
 CHUNK = 4096
 PER_PAGE = limits.FILE_HASHES_PER_FRAME

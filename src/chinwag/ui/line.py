@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 from chinwag import events as ev
 from chinwag.crypto.identity import fingerprint, short_id
 from chinwag.errors import ChinwagError
-from chinwag.files import human_size
 from chinwag.node import Node
 from chinwag.ui.stdio import LineTooLong, stdin_lines
+from chinwag.units import human_size
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,6 @@ from textual.widgets import Input, Static
 from chinwag import events as ev
 from chinwag.crypto.identity import short_id
 from chinwag.errors import ChinwagError
-from chinwag.files import human_size
 from chinwag.node import Node
 from chinwag.ui.line import HELP, LineUI, clean
 from chinwag.ui.tui_view import Entry, MessageView
@@ -51,6 +50,7 @@ from chinwag.ui.tui_widgets import (
     SecretScreen,
     paste_refusal,
 )
+from chinwag.units import human_size
 
 log = logging.getLogger(__name__)
 
