@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tui_support import make_node
+from tui_support import AppFactory, make_node
 
 from chinwag.ui.tui import ChinwagApp
-
-AppFactory = Callable[..., ChinwagApp]
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from tui_support import (
     BOB,
     CAROL,
     CAROL2,
+    AppFactory,
     dm,
     enter,
     feed,
@@ -21,7 +22,6 @@ from tui_support import (
 )
 
 from chinwag.ui.tui_widgets import ChatInput, HelpScreen, RoomList, SecretScreen
-from conftest import AppFactory
 
 
 async def test_typing_sends_a_message_to_the_room(app: AppFactory) -> None:

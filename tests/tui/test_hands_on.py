@@ -8,13 +8,23 @@ from pathlib import Path
 import pytest
 from textual import events
 from textual.containers import VerticalScroll
-from tui_support import BOB, enter, feed, make_node, message, shown, started, texts, until
+from tui_support import (
+    BOB,
+    AppFactory,
+    enter,
+    feed,
+    make_node,
+    message,
+    shown,
+    started,
+    texts,
+    until,
+)
 
 from chinwag import events as ev
 from chinwag.node import Node
 from chinwag.ui.tui import ChinwagApp
 from chinwag.ui.tui_widgets import ChatInput, HelpScreen
-from conftest import AppFactory
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tui_support import BOB, feed, make_node, shown, started, texts, until
+from tui_support import BOB, AppFactory, feed, make_node, shown, started, texts, until
 
 from chinwag import events as ev
 from chinwag.node import Node
 from chinwag.ui.tui import ChinwagApp
-from conftest import AppFactory
 
 
 @pytest.fixture

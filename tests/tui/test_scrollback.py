@@ -6,13 +6,12 @@ import asyncio
 import time
 from pathlib import Path
 
-from tui_support import BOB, CAROL, feed, message, started, until
+from tui_support import BOB, CAROL, AppFactory, feed, message, started, until
 
 from chinwag.store.db import NewMessage, Store
 from chinwag.ui.tui import PAGE
 from chinwag.ui.tui_view import MessageView
 from chinwag.ui.tui_widgets import ChatInput
-from conftest import AppFactory
 
 T0 = 1_790_000_000_000
 

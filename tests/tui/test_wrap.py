@@ -7,12 +7,11 @@ from pathlib import Path
 
 from rich.cells import cell_len
 from textual.pilot import Pilot
-from tui_support import BOB, CAROL, feed, message, started, until
+from tui_support import BOB, CAROL, AppFactory, feed, message, started, until
 
 from chinwag.store.db import NewMessage, Store
 from chinwag.ui.tui import PAGE, ChinwagApp
 from chinwag.ui.tui_view import MessageView, wrap_spans
-from conftest import AppFactory
 
 T0 = 1_790_000_000_000
 #: 75 distinct words: a 600-character message.

@@ -15,6 +15,9 @@ from chinwag.crypto.identity import Identity
 from chinwag.node import Node, NodeConfig
 from chinwag.ui.tui import ChinwagApp
 
+#: The `app` fixture: builds an app over a fresh node (see conftest.py).
+AppFactory = Callable[..., ChinwagApp]
+
 BOB = Identity.from_seed(b"b" * 32).peer_id
 CAROL = Identity.from_seed(b"c" * 32).peer_id
 #: A second "carol": same nick, another key (a nick collision).
