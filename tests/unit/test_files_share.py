@@ -46,15 +46,11 @@ def offer_event(seq: int) -> ev.Message:
     )
 
 
-async def test_a_flood_of_unanswered_offers_stays_bounded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Offers nobody answers are forgotten oldest first beyond FILE_MAX_KNOWN."""
-    monkeypatch.setattr(limits, "FILE_MAX_KNOWN", 50)
-    store = Store(tmp_path / "chinwag.db")
-    emitted: list[Any] = []
-    manager: Any = SimpleNamespace(peers={})
-    share = FileShare(
+def make_share(
+    store: Store, tmp_path: Path, emitted: list[Any], manager: Any, in_room: bool
+) -> FileShare:
+    """A FileShare over a real store with a stand-in manager; nobody is verified."""
+    return FileShare(
         store,
         "me" * 26,
         manager,
@@ -62,8 +58,18 @@ async def test_a_flood_of_unanswered_offers_stays_bounded(
         tmp_path / "dl",
         0,
         lambda _: False,
-        lambda _peer, _room: False,
+        lambda _peer, _room: in_room,
     )
+
+
+async def test_a_flood_of_unanswered_offers_stays_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offers nobody answers are forgotten oldest first beyond FILE_MAX_KNOWN."""
+    monkeypatch.setattr(limits, "FILE_MAX_KNOWN", 50)
+    store = Store(tmp_path / "chinwag.db")
+    emitted: list[Any] = []
+    share = make_share(store, tmp_path, emitted, SimpleNamespace(peers={}), in_room=False)
     try:
         events = [offer_event(seq) for seq in range(1, 201)]
         for event in events:
@@ -87,17 +93,8 @@ async def test_a_download_with_no_source_is_reported_stalled_and_keeps_trying(
     store = Store(tmp_path / "chinwag.db")
     emitted: list[Any] = []
     wanted: list[str] = []
-    manager: Any = SimpleNamespace(peers={}, want=wanted.append)
-    share = FileShare(
-        store,
-        "me" * 26,
-        manager,
-        emitted.append,
-        tmp_path / "dl",
-        0,
-        lambda _: False,
-        lambda _peer, _room: True,
-    )
+    manager = SimpleNamespace(peers={}, want=wanted.append)
+    share = make_share(store, tmp_path, emitted, manager, in_room=True)
     try:
         event = offer_event(1)
         offer = share.offer_message(event, "general")
