@@ -68,8 +68,6 @@ IN, OUT = "in", "out"
 OFFERED, TRANSFERRING, STALLED, DONE = "offered", "transferring", "stalled", "done"
 FAILED, CANCELLED, REJECTED, SHARING = "failed", "cancelled", "rejected", "sharing"
 _ACTIVE = (TRANSFERRING, STALLED)
-_TICK_S = 1.0
-_HASH_REQUEST_TIMEOUT_S = 10.0
 _offer_encoder = msgspec.json.Encoder()
 
 
@@ -628,7 +626,7 @@ class FileShare:
         # The rate over the last half second or more, smoothed; marked from the start.
         if mark_at == 0.0:
             t.rate_mark = (now, done)
-        elif now - mark_at >= 0.5:
+        elif now - mark_at >= limits.FILE_RATE_WINDOW_S:
             current = (done - mark_bytes) / (now - mark_at)
             t.rate = current if t.rate == 0 else 0.5 * t.rate + 0.5 * current
             t.rate_mark = (now, done)
@@ -733,7 +731,7 @@ class FileShare:
 
     def _arm_tick(self) -> None:
         if self._tick is None and not self._closing:
-            self._tick = self._loop.call_later(_TICK_S, self._on_tick)
+            self._tick = self._loop.call_later(limits.FILE_TICK_S, self._on_tick)
 
     def _on_tick(self) -> None:
         self._tick = None
@@ -749,7 +747,10 @@ class FileShare:
             for peer_id in dl.expired(now):
                 log.info("%s stopped sending %s; asking others", peer_id[:8], t.offer.name)
                 dl.drop(peer_id)
-            if t.hashes_asked is not None and now - t.hashes_asked[1] > _HASH_REQUEST_TIMEOUT_S:
+            if (
+                t.hashes_asked is not None
+                and now - t.hashes_asked[1] > limits.FILE_HASHES_TIMEOUT_S
+            ):
                 dl.drop(t.hashes_asked[0])
                 t.hashes_asked = None
             if len(dl.sources) < limits.FILE_MAX_SOURCES and (

@@ -159,6 +159,12 @@ FILE_REQUEST_TIMEOUT_S = 20.0
 FILE_ASK_INTERVAL_S = 3.0
 #: Seconds with no source before a download is reported stalled (it keeps trying).
 FILE_STALL_S = 30.0
+#: Seconds between two checks of the downloads under way (timeouts, asks, stalls).
+FILE_TICK_S = 1.0
+#: Seconds a requested page of chunk digests may take before another source is asked.
+FILE_HASHES_TIMEOUT_S = 10.0
+#: Seconds (at least) over which a transfer's rate is measured before smoothing.
+FILE_RATE_WINDOW_S = 0.5
 #: Seconds between two progress events of one transfer.
 FILE_PROGRESS_INTERVAL_S = 0.25
 #: Bytes of a file offer (largest file we offer or accept): 1 TiB.

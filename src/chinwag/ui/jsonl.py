@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import typing
 from collections import deque
 from collections.abc import Coroutine
 from typing import Annotated, Any, BinaryIO
@@ -139,29 +140,9 @@ Command = (
     | CancelFileCmd
     | FilesCmd
 )
-COMMANDS = frozenset(
-    {
-        "send",
-        "peers",
-        "nick",
-        "quit",
-        "history",
-        "search",
-        "info",
-        "join",
-        "leave",
-        "rooms",
-        "dm",
-        "whois",
-        "verify",
-        "block",
-        "unblock",
-        "send_file",
-        "accept_file",
-        "reject_file",
-        "cancel_file",
-        "files",
-    }
+#: The command names, read off the command structs' tags (one place to add a command).
+COMMANDS: frozenset[str] = frozenset(
+    str(cmd.__struct_config__.tag) for cmd in typing.get_args(Command)
 )
 #: Sends accepted but not yet committed before we stop reading stdin (back-pressure).
 MAX_IN_FLIGHT = 2_000

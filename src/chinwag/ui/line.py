@@ -24,6 +24,8 @@ from chinwag.units import human_size
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two progress lines of a transfer when the output is not a terminal.
+_PIPED_PROGRESS_EVERY_S = 2.0
 _COLOURS = ["31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96"]
 
 
@@ -232,7 +234,7 @@ class LineUI:
             if not self.interactive:
                 # Without a toolbar, a line now and then (not one per event).
                 now = asyncio.get_running_loop().time()
-                if now - self._progress_printed.get(event.id, -1e9) >= 2.0:
+                if now - self._progress_printed.get(event.id, -1e9) >= _PIPED_PROGRESS_EVERY_S:
                     self._progress_printed[event.id] = now
                     self._info(progress_line(name, event))
         else:
