@@ -4,7 +4,7 @@ Every wrapper is checked against something it did not compute itself:
 libsodium's published Argon2id outputs, argon2-cffi (the reference Argon2
 implementation, not libsodium), the `cryptography` library's X25519 and the
 Montgomery/Edwards map written out by hand, hashlib for the wire names, key
-check values and safety numbers documented in docs/rooms.md.
+check values and safety numbers documented in docs/protocol.md (sections 2, 16).
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def test_argon2id_kdf_matches_libsodium_phc_strings(password: bytes, phc: str) -
 
 
 def room_salt(name: str) -> bytes:
-    """The salt docs/rooms.md specifies, computed here independently."""
+    """The salt docs/protocol.md (section 16.3) specifies, computed here independently."""
     return hashlib.sha256(b"chinwag/1 private room salt\x00" + name.encode()).digest()[:16]
 
 
@@ -167,7 +167,7 @@ def test_derive_room_key_matches_reference_argon2id(name: str, passphrase: str) 
 
 
 def test_derive_room_key_uses_the_documented_limits() -> None:
-    # docs/rooms.md promises opslimit 2 and 64 MiB: a change would split every room.
+    # docs/protocol.md (16.3) promises opslimit 2 and 64 MiB: a change would split every room.
     assert argon2id.OPSLIMIT_INTERACTIVE == 2
     assert argon2id.MEMLIMIT_INTERACTIVE == 64 * 1024 * 1024
 
