@@ -97,6 +97,11 @@ def identity(v: Vector) -> Vector:
     # The peer id as section 2 describes it.
     assert pid == base64.b32encode(ident.public).decode().rstrip("=").lower()
     curve_private = ident.signing_key.to_curve25519_private_key()
+    # Section 16.1: SHA-512 of the seed, first half, clamped.
+    clamped = bytearray(hashlib.sha512(h(v["seed"])).digest()[:32])
+    clamped[0] &= 248
+    clamped[31] = (clamped[31] & 127) | 64
+    assert bytes(curve_private) == bytes(clamped)
     return {
         "public": ident.public.hex(),
         "peer_id": pid,
