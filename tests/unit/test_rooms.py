@@ -19,6 +19,7 @@ import pytest
 from unit_support import FakeConn, FakeManager
 
 from chinwag import events as ev
+from chinwag import limits
 from chinwag.crypto import box
 from chinwag.crypto.identity import Identity
 from chinwag.errors import UsageError
@@ -210,6 +211,91 @@ def test_join_private_refuses_a_passphrase_peers_do_not_share(store: Store) -> N
     with pytest.raises(UsageError, match="wrong passphrase"):
         book.join_private("secret", OTHER_KEY)
     assert book.joined[wire].key == KEY
+
+
+def test_announcements_report_our_private_rooms_under_another_passphrase(store: Store) -> None:
+    book = load_book(store)
+    secret = book.join_private("secret", KEY)
+    book.join_public("dev")
+    other_kcv = box.key_check(OTHER_KEY)
+    frame = m.Rooms(
+        joined=[
+            m.RoomAnnounce(secret.wire, other_kcv),
+            m.RoomAnnounce("dev"),
+            m.RoomAnnounce("a b"),
+        ]
+    )
+    assert book.set_announced(ALICE.peer_id, frame) == ["secret"]
+    # The same key check value, or not announcing the room at all, is no conflict.
+    same = m.Rooms(joined=[m.RoomAnnounce(secret.wire, box.key_check(KEY))])
+    assert book.set_announced(BOB.peer_id, same) == []
+    assert book.set_announced(CAROL.peer_id, m.Rooms(joined=[m.RoomAnnounce("dev")])) == []
+    # An entry that is not a valid room name is ignored, not listed.
+    assert "a b" not in [name for name, _, _ in book.listing()]
+
+
+def test_a_private_rooms_files_are_shared_only_with_peers_of_the_same_key(store: Store) -> None:
+    book = load_book(store)
+    secret = book.join_private("secret", KEY)
+    book.join_public("dev")
+    dm = book.join_dm(ALICE.peer_id)
+    book.set_announced(
+        BOB.peer_id,
+        m.Rooms(
+            joined=[m.RoomAnnounce(secret.wire, box.key_check(OTHER_KEY)), m.RoomAnnounce("dev")]
+        ),
+    )
+    book.set_announced(
+        CAROL.peer_id, m.Rooms(joined=[m.RoomAnnounce(secret.wire, box.key_check(KEY))])
+    )
+    assert not book.shares_room(BOB.peer_id, "secret")  # another passphrase
+    assert book.shares_room(CAROL.peer_id, "secret")
+    assert book.shares_room(BOB.peer_id, "dev") and not book.shares_room(CAROL.peer_id, "dev")
+    assert book.shares_room(ALICE.peer_id, dm.wire) and not book.shares_room(BOB.peer_id, dm.wire)
+    assert not book.shares_room(BOB.peer_id, "nowhere")
+
+
+def test_a_conversation_is_shared_only_with_its_other_party(store: Store) -> None:
+    book = load_book(store)
+    dm = book.join_dm(ALICE.peer_id)
+    # Bob cannot make himself a member by announcing the conversation's wire name.
+    book.set_announced(BOB.peer_id, m.Rooms(joined=[m.RoomAnnounce(dm.wire)]))
+    assert book.peer_in(ALICE.peer_id, dm.wire)
+    assert not book.peer_in(BOB.peer_id, dm.wire)
+    assert book.holds_vector(dm.wire, ALICE.peer_id)
+    assert not book.holds_vector(dm.wire, BOB.peer_id)
+    # A conversation we do not have yet: only its other party's vector opens it.
+    with_carol = box.dm_room(ME.peer_id, CAROL.peer_id)
+    assert not book.holds_vector(with_carol, BOB.peer_id)
+    assert with_carol not in book.joined
+    assert book.holds_vector(with_carol, CAROL.peer_id)
+    assert with_carol in book.joined
+
+
+def test_no_conversation_is_opened_beyond_the_limit(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "MAX_CONVERSATIONS", 2)
+    book = load_book(store)
+    book.join_dm(ALICE.peer_id)
+    book.join_dm(BOB.peer_id)
+    new = book.holds(box.dm_room(ME.peer_id, CAROL.peer_id), CAROL.peer_id)
+    assert new is not None and new.kind == DM
+    assert not book.remember(new)
+    assert new.wire not in book.joined
+    # The conversations we have go on; rooms are not conversations.
+    alice = book.holds(box.dm_room(ME.peer_id, ALICE.peer_id), ALICE.peer_id)
+    assert alice is not None and book.remember(alice)
+    assert book.remember(book.join_public("dev"))
+
+
+def test_a_public_room_message_with_a_ciphertext_has_no_text(store: Store) -> None:
+    book = load_book(store)
+    general = book.joined[DEFAULT_ROOM]
+    clear = make_message(ALICE, DEFAULT_ROOM, "alice", TS, 1, "hi")
+    assert book.plaintext(general, clear) == "hi"
+    sealed = make_message(ALICE, DEFAULT_ROOM, "alice", TS, 2, "hi", enc=b"x" * 40)
+    assert book.plaintext(general, sealed) is None
 
 
 @pytest.mark.parametrize("name", ["dm.x", "p.secret", "DM.abc", "P.x", "dm.", "p."])
