@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from unit_support import FUZZ, chat_frame, drain, encode_raw, make_info, pair
 
+from chinwag import limits
 from chinwag.crypto.identity import Identity
 from chinwag.errors import ChinwagError, RemoteProtocolError
 from chinwag.protocol import messages as m
@@ -204,6 +205,16 @@ def test_parse_beacon_returns_none_or_a_beacon(data: bytes) -> None:
     assert result is None or isinstance(result, Beacon)
     if result is not None:
         assert parse_beacon(encode_beacon(result.peer_id, result.port, result.nick)) == result
+
+
+def test_a_beacon_with_extra_elements_is_accepted_within_the_size_bound() -> None:
+    """Later versions may append beacon elements; the datagram size bound still holds."""
+    pid = Identity.from_seed(b"a" * 32).peer_id
+    small = MAGIC + encode_raw([1, pid, 47475, "alice", "x"])
+    assert parse_beacon(small) == Beacon(1, pid, 47475, "alice")
+    big = MAGIC + encode_raw([1, pid, 47475, "alice", "x" * limits.MAX_BEACON_BYTES])
+    assert len(big) > limits.MAX_BEACON_BYTES
+    assert parse_beacon(big) is None
 
 
 json_command_like = st.one_of(
