@@ -1,10 +1,13 @@
-"""Scrollback on demand and responsiveness: big rooms, bursts, rendering only what is visible."""
+"""Scrollback on demand and responsiveness: big rooms, bursts, rendering only what is visible.
+
+These tests check behaviour, not speed: how long a page takes and how long the
+event loop stalls are measured by bench/bench_tui_scrollback.py (a threshold
+here would fail on a loaded machine without anything being wrong).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import time
 from pathlib import Path
 
 from tui_support import BOB, CAROL, AppFactory, feed, message, started, until
@@ -64,10 +67,8 @@ async def test_scrolling_up_loads_older_history_in_pages(app: AppFactory, tmp_pa
         assert view.scroll_y == view.max_scroll_y
         for pages in range(2, 6):
             top_entry = view.entries[0]
-            started_at = time.monotonic()
             view.scroll_to(y=0, animate=False, force=True)
             await until(pilot, lambda n=pages: len(message_texts(view)) == n * PAGE)
-            assert time.monotonic() - started_at < 1.0
             # What was at the top is still on screen: the view did not jump.
             index = view.entries.index(top_entry)
             assert view._cum[index] == view.scroll_y
@@ -99,28 +100,22 @@ async def test_ten_thousand_messages_render_only_what_is_visible(app: AppFactory
         view = a.views["general"]
         await until(pilot, lambda: len(view.entries) > 10_000)
         await pilot.pause()
-        started_at = time.monotonic()
         for _ in range(40):
             await pilot.press("pageup")
-        elapsed = time.monotonic() - started_at
         assert view.scroll_y < view.max_scroll_y - 40 * 10
         # Only entries that were on screen were ever folded into lines.
         assert len(view._strips) < 40 * 24
-        assert elapsed < 10.0, elapsed
 
 
-async def test_a_burst_of_incoming_messages_does_not_freeze_typing(app: AppFactory) -> None:
+async def test_typing_during_a_burst_of_incoming_messages_loses_nothing(app: AppFactory) -> None:
+    """Keys typed while 1,000 messages arrive all land, and every message is shown.
+
+    (The event-loop stall during such a burst is a bench figure:
+    tui_burst_loop_stall_ms_max in bench/bench_tui_scrollback.py.)
+    """
     a = app()
     async with a.run_test(size=(80, 24)) as pilot:
         await started(pilot)
-        lags: list[float] = []
-        done = asyncio.Event()
-
-        async def watch_loop() -> None:
-            while not done.is_set():
-                before = time.monotonic()
-                await asyncio.sleep(0.005)
-                lags.append(time.monotonic() - before - 0.005)
 
         async def burst() -> None:
             # 1,000 messages in one second, in 10 ms slices.
@@ -128,17 +123,12 @@ async def test_a_burst_of_incoming_messages_does_not_freeze_typing(app: AppFacto
                 feed(a, *(message(f"fast {tick * 10 + i}", peer_id=BOB) for i in range(10)))
                 await asyncio.sleep(0.01)
 
-        # Objects left by earlier tests in this process must not be what a full
-        # collection stalls on during the measurement.
-        gc.collect()
-        watcher = asyncio.create_task(watch_loop())
         sender = asyncio.create_task(burst())
         await pilot.press(*"typing along")
         await sender
         view = a.views["general"]
         await until(pilot, lambda: any("fast 999" in t for t in view.plain_lines()))
-        done.set()
-        await watcher
         assert a.query_one(ChatInput).value == "typing along"
-        assert sum(1 for t in view.plain_lines() if "fast " in t) == 1000
-        assert max(lags) < 0.25, max(lags)
+        # Every message once, in the order it arrived.
+        shown = [t.rsplit("fast ", 1)[1] for t in view.plain_lines() if "fast " in t]
+        assert shown == [str(i) for i in range(1000)]
