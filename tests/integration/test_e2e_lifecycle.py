@@ -12,11 +12,14 @@ from pathlib import Path
 from it_support import PROMPT_S, NodeFactory, chat_works, connected, count, start_fails
 
 import chinwag
+from chinwag.crypto.identity import fingerprint
 
 #: Seconds within which a SIGKILLed peer must be reported gone (keepalive bound is 10 s).
 DEAD_PEER_S = 15.0
 #: Seconds within which a clean leaver must be reported gone (goodbye, not keepalive).
 GOODBYE_S = 5.0
+#: The peer_left reason of a peer that said goodbye on quitting (docs/api.md).
+QUIT_REASON = "peer said goodbye (quit)"
 
 
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -86,6 +89,8 @@ async def test_quit_command_exits_zero_and_says_goodbye(node: NodeFactory) -> No
     assert await b.quit(timeout=GOODBYE_S) == 0, b.stderr_tail()
     ev = await a.wait_for("peer_left", timeout=GOODBYE_S, peer_id=b.peer_id)
     assert ev["nick"] == "bob", ev
+    # A goodbye, not a dropped connection (which would also end it at once).
+    assert ev["reason"] == QUIT_REASON, ev
     assert not [e for e in b.events if e.get("event") == "error"], b.events
 
 
@@ -97,7 +102,8 @@ async def test_end_of_stdin_quits_cleanly(node: NodeFactory) -> None:
     assert b.proc is not None and b.proc.stdin is not None
     b.proc.stdin.close()
     assert await b.wait_exit(timeout=GOODBYE_S) == 0, b.stderr_tail()
-    await a.wait_for("peer_left", timeout=GOODBYE_S, peer_id=b.peer_id)
+    ev = await a.wait_for("peer_left", timeout=GOODBYE_S, peer_id=b.peer_id)
+    assert ev["reason"] == QUIT_REASON, ev
 
 
 async def test_quit_while_alone_exits_zero(node: NodeFactory) -> None:
@@ -139,6 +145,7 @@ async def test_id_command_matches_ready(node: NodeFactory, tmp_path: Path) -> No
     assert ready["peer_id"] in first.stdout, (ready, first.stdout)
     lines = [ln for ln in first.stdout.splitlines() if ln.strip()]
     assert "fingerprint" in first.stdout.lower() and len(lines) >= 2, first.stdout
+    assert fingerprint(ready["peer_id"]) in first.stdout, first.stdout
     second = await asyncio.to_thread(run_cli, "id", "--data-dir", data_dir)
     assert second.returncode == 0 and second.stdout == first.stdout
 
