@@ -108,6 +108,10 @@ async def test_nick_change_and_invalid_nicks(node: NodeFactory) -> None:
     before = await chat_works(a, b, text="as alice")
     assert before["nick"] == "alice"
     await a.send({"cmd": "nick", "nick": "newname"})
+    # The directly connected peer hears of it at once (a `nick` frame), not only from
+    # later messages.
+    told = await b.wait_for("nick", timeout=PROMPT_S, peer_id=a.peer_id)
+    assert (told["nick"], told["old"]) == ("newname", "alice"), told
     own = await chat_works(a, b, text="as newname")
     assert own["nick"] == "newname", own
     assert (await b.wait_for_message("as newname"))["nick"] == "newname"
