@@ -157,6 +157,12 @@ async def test_private_messages_and_mentions_are_counted_and_ring(app: AppFactor
         assert a.current == name
         assert shown(a, "bob: psst")
         # In the conversation, what we type is a private message to bob.
+        await enter(pilot, "just between us")
+        await until(pilot, lambda: shown(a, "me: just between us", name))
+        sent = a.node.history("@" + BOB).messages
+        assert [(m.text, m.to) for m in sent if m.own] == [("just between us", BOB)]
+        assert not shown(a, "just between us", "general")
+        assert not shown(a, "just between us", "dev")
         await enter(pilot, "/bell off")
         await until(pilot, lambda: not a.bell_on)
         a._last_bell = 0.0
