@@ -127,6 +127,7 @@ def test_zeroed_signature_is_bad_signature() -> None:
         (body_bytes(text="é" * 2049), "too_large"),  # 2049 chars, 4098 bytes
         (body_bytes(text="x" * (limits.MAX_TEXT_BYTES + 1)), "malformed_frame"),
         (body_bytes() + b"\x00", "malformed_frame"),  # trailing garbage
+        (body_bytes(text="", enc=b"x" * (limits.MAX_ENC_BYTES + 1)), "malformed_frame"),
     ],
 )
 def test_malformed_bodies_are_refused_with_a_code(raw: bytes, code: str) -> None:
@@ -141,6 +142,13 @@ def test_every_truncation_of_a_body_is_refused() -> None:
     for i in range(len(msg.raw_body)):
         with pytest.raises(RemoteProtocolError):
             open_message(msg.raw_body[:i], msg.sig, check_signature=False)
+
+
+def test_ciphertext_of_exactly_the_limit_is_accepted() -> None:
+    raw = body_bytes(text="", enc=b"x" * limits.MAX_ENC_BYTES)
+    assert open_message(raw, bytes(64), check_signature=False).body.enc == b"x" * (
+        limits.MAX_ENC_BYTES
+    )
 
 
 def test_text_of_exactly_the_limit_is_accepted() -> None:

@@ -597,6 +597,23 @@ def test_unknown_frame_type_is_ignored_and_the_session_stays_open() -> None:
     assert p.b.state is State.OPEN
 
 
+def test_an_unknown_tag_is_reported_cut_to_32_characters() -> None:
+    p = opened()
+    p.a.send_encoded(encode_raw({"t": "y" * 1000}))
+    p.shuttle(1.0)
+    assert p.take() == ([], [("unknown", "y" * 32)])
+
+
+def test_unknown_fields_of_a_known_frame_are_ignored() -> None:
+    """How fields are added compatibly (docs/protocol.md, section 3)."""
+    p = opened()
+    chat = chat_frame(ALICE.identity)
+    p.a.send_encoded(encode_raw({"t": "chat", "body": chat.body, "sig": chat.sig, "new": [1]}))
+    p.a.send_encoded(encode_raw({"t": "nick", "nick": "al", "colour": "red"}))
+    p.shuttle(1.0)
+    assert p.take() == ([], [("frame", chat), ("frame", m.NickChange(nick="al"))])
+
+
 @pytest.mark.parametrize(
     "plaintext",
     [
@@ -612,6 +629,10 @@ def test_unknown_frame_type_is_ignored_and_the_session_stays_open() -> None:
         b"",
         b"\xc1",
         encode_raw({"t": "chat", "body": b"x", "sig": bytes(64)}) + b"trailing",
+        # Known types are checked, also the newer ones (`rooms`): never ignored as unknown.
+        encode_raw({"t": "rooms", "joined": 5}),
+        encode_raw({"t": "rooms", "joined": [["dev", b"x" * 17]]}),  # kcv over 16 bytes
+        encode_raw({"t": "rooms", "joined": [["r", b""]] * (limits.MAX_ROOMS + 1)}),
     ],
 )
 def test_malformed_frame_closes_with_malformed_frame(plaintext: bytes) -> None:
