@@ -30,6 +30,7 @@ import nacl.secret
 import pytest
 from argon2.low_level import Type, hash_secret_raw
 
+from chinwag import limits
 from chinwag.crypto import box
 from chinwag.crypto.identity import Identity, fingerprint, short_id
 from chinwag.crypto.noise import static_public
@@ -402,6 +403,25 @@ def test_room_lowercase_rule_examples() -> None:
     for room in v["not_canonical"].split(","):
         assert room != room.lower(), room
     assert "ΑΣ".lower() == "ας" and not is_valid_name("İ".lower())
+
+
+def test_the_limits_table_has_the_values_of_limits_py() -> None:
+    """Section 14 of the document lists the bounds of src/chinwag/limits.py with their values."""
+    text = DOC.read_text(encoding="utf-8")
+    table = text[text.index("## 14. Limits") : text.index("## 15. Worked examples")]
+    checked = []
+    for line in table.splitlines():
+        row = re.match(r"\| ((?:`[A-Z_0-9]+`(?:, )?)+) \| ([^|]+) \|", line)
+        if row is None:
+            continue
+        names = re.findall(r"`([A-Z_0-9]+)`", row.group(1))
+        values = row.group(2).split(",") if len(names) > 1 else [row.group(2)]
+        for name, value in zip(names, values, strict=True):
+            number = value.strip().split(" (")[0].replace(" ", "")
+            expected = 2 ** int(number[2:]) if number.startswith("2^") else float(number)
+            assert getattr(limits, name) == expected, (name, value)
+            checked.append(name)
+    assert len(checked) > 50 and "MAX_FRAME" in checked and "MAX_ROOMS" in checked
 
 
 def main(path: Path = DOC) -> None:
