@@ -311,6 +311,44 @@ def test_chat_frame_arrives_as_frame_received() -> None:
     assert p.take() == ([], [("frame", chat)])
 
 
+_PEER = ALICE.identity.peer_id
+_FID = bytes(range(16))
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        m.Vector(room="general", have={_PEER: 3}),
+        m.Want(room="general", author=_PEER, lo=41, hi=43),
+        m.Floor(room="general", author=_PEER, seq=9),
+        m.Rooms(joined=[m.RoomAnnounce("general"), m.RoomAnnounce("p.x", b"12345678")]),
+        m.FileWho(fid=_FID),
+        m.FileHave(fid=_FID),
+        m.FileHashesReq(fid=_FID, lo=0),
+        m.FileHashes(fid=_FID, lo=0, hashes=bytes(64)),
+        m.FileGet(fid=_FID, idx=1),
+        m.FileNak(fid=_FID, idx=1, reason="busy"),
+        m.FileEnd(fid=_FID, reason="done"),
+    ],
+    ids=lambda f: type(f).__name__,
+)
+def test_sync_rooms_and_file_frames_arrive_as_frame_received(frame: m.Frame) -> None:
+    p = opened()
+    p.a.send_frame(frame)
+    p.shuttle(1.0)
+    assert p.take() == ([], [("frame", frame)])
+
+
+def test_file_data_arrives_as_frame_received() -> None:
+    # Its data is a view into the decrypted frame: compare the fields.
+    p = opened()
+    p.a.send_frame(m.FileData(fid=_FID, idx=2, off=64, data=memoryview(b"piece")))
+    p.shuttle(1.0)
+    [(kind, got)] = p.take()[1]
+    assert kind == "frame" and isinstance(got, m.FileData)
+    assert (got.fid, got.idx, got.off, bytes(got.data)) == (_FID, 2, 64, b"piece")
+
+
 def test_frames_both_ways_in_order() -> None:
     p = opened()
     sent_a = [chat_frame(ALICE.identity, f"a{i}", i + 1) for i in range(5)]
