@@ -1,4 +1,4 @@
-"""The known-answer vectors of docs/protocol.md (section 17), recomputed with the code.
+"""The known-answer vectors of docs/protocol.md (section 19), recomputed with the code.
 
 Every fenced block of docs/protocol.md whose info string is `kat NAME` is a
 vector: `key = value` lines (a line that starts with a space continues the
