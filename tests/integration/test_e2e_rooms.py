@@ -230,8 +230,14 @@ async def test_join_fetches_history_sent_while_connected(node: NodeFactory) -> N
     a, b = await start_pair(node)
     await join(a, "ops")
     sent = await say_in(a, "ops", [marker(f"ops-{i}") for i in range(3)])
-    # B has not joined: it was sent the messages live, and dropped them.
-    await chat_works(a, b, text=marker("flush"))
+    # B has not joined: it was sent the messages live, and dropped them, and then A's
+    # vector for the room (VECTOR_DELAY_S after they were stored), which it ignores.
+    # That vector must be behind B before B joins, or it (not the join) would fetch the
+    # history: once A holds B's receipt for a later message, A's vector timer has fired,
+    # and what A sends after that reaches B behind the vector on the same connection.
+    flush = await chat_works(a, b, text=marker("flush"))
+    await a.wait_for("delivered", timeout=PROMPT_S, from_start=True, id=flush["id"])
+    await chat_works(a, b, text=marker("after-the-vector"))
     await joiner_catches_up(a, b, sent)
 
 
