@@ -420,6 +420,13 @@ async def test_whois_verify_warning_and_block(node: NodeFactory) -> None:
     assert re.fullmatch(r"\d{5}( \d{5}){11}", wa["safety_number"]), wa
     assert wa["safety_number"] == wb["safety_number"], (wa, wb)
 
+    # Oneself is no peer to write to privately or to block.
+    to_self = await ask(a, {"cmd": "dm", "to": a.peer_id, "text": "me?"}, "error")
+    assert "that is you" in to_self["message"], to_self
+    block_self = await ask(a, {"cmd": "block", "who": "alice"}, "error")
+    assert "cannot block yourself" in block_self["message"], block_self
+    assert count(a, "dm") == 0
+
     shown = await ask(a, {"cmd": "verify", "who": "bob"}, "whois")
     assert shown == wa, (shown, wa)
     confirmed = await ask(a, {"cmd": "verify", "who": "bob", "confirm": True}, "whois")
@@ -462,5 +469,6 @@ async def test_whois_verify_warning_and_block(node: NodeFactory) -> None:
     unblocked = await ask(a, {"cmd": "unblock", "who": b2.peer_id}, "whois")
     assert unblocked["blocked"] is False, unblocked
     await chat_works(b2, a, text=marker("after-unblock"))
-    assert errors(a) == errors(b) == errors(b2) == []
+    assert errors(a) == [to_self["message"], block_self["message"]], errors(a)
+    assert errors(b) == errors(b2) == []
     assert_no_traceback(a, b, b2)
