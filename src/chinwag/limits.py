@@ -133,6 +133,26 @@ MAX_ABOVE_PER_AUTHOR = 100_000
 #: Messages returned by one history or search command.
 MAX_HISTORY = 10_000
 
+# --- sync hardening against hostile peers -------------------------------------
+#: Orphan authors (of whom we hold nothing contiguous, only seqs across a hole) per room;
+#: a message that would add one beyond it is refused (not stored, not relayed): stops fresh
+#: keys with made-up seqs from filling every node with gaps no one can repair (want storms).
+MAX_ORPHAN_AUTHORS_PER_ROOM = 256
+#: Orphan authors one sending peer may introduce into one room (see above); a peer cannot
+#: use up the room's whole allowance alone.
+MAX_ORPHAN_AUTHORS_PER_PEER = 64
+#: Wants we send one peer per second, sustained, and in a burst: a tenth of what the peer
+#: tolerates of all sync frames (SYNC_REQUESTS_*), so our gap repair never gets us cut off.
+WANTS_PER_S = 20.0
+WANTS_BURST = 200.0
+#: Times one gap (an unchanged first missing range) is asked for before we give up on it:
+#: stops endless wants for holes no peer can fill (a new message of the author asks anew).
+GAP_MAX_ASKS = 3
+#: Seconds before a want that no peer had budget for is tried again.
+WANT_RETRY_S = 1.0
+#: Authors remembered as equivocating (each warned about once); stops alert floods.
+MAX_EQUIVOCATORS = 1_000
+
 # --- file sharing -----------------------------------------------------------
 #: Bytes of one chunk: the unit of hashing, requesting, resuming and re-fetching.
 FILE_CHUNK = 1 << 20

@@ -547,12 +547,19 @@ async def test_history_ignores_a_floor_nobody_backs(store: Store, whose: str) ->
 
 
 async def test_history_load_with_a_floor_above_what_is_stored(store: Store) -> None:
-    # We held 1..10 of alice, then a peer's Floor at 16 arrived and we stopped before
-    # its messages did.
+    # We held 1..10 of alice and an older chinwag saved a peer's Floor at 16 before any
+    # message from 16 on arrived: that floor is only a claim, it must not make us claim 15.
     store.insert_messages([new(ALICE, s) for s in range(1, 11)])
     store.set_floor(ROOM, ALICE.peer_id, 16)
     history, _events = make_history(store)
     try:
-        assert history.sync.vector(ROOM) == {ALICE.peer_id: 15}
+        assert history.sync.vector(ROOM) == {ALICE.peer_id: 10}
+    finally:
+        await history.close()
+    # Once the message at the floor is stored, the floor holds (also across a restart).
+    store.insert_messages([new(ALICE, s) for s in (16, 17)])
+    history, _events = make_history(store)
+    try:
+        assert history.sync.vector(ROOM) == {ALICE.peer_id: 17}
     finally:
         await history.close()
