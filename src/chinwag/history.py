@@ -238,6 +238,10 @@ class History:
                 exclude = frozenset({from_id, author})
                 self.manager.broadcast(m.encode(m.Chat(body=msg.raw_body, sig=msg.sig)), exclude)
             return
+        text = self.book.plaintext(room, msg)
+        if text is None or not self.book.remember(room):
+            self._seen.add(msg.id)
+            return
         if not self.sync.admits(body.room, author, body.seq, from_id):
             # Not stored, not relayed, not marked seen: sync brings it again once its
             # author's earlier messages are here.
@@ -248,10 +252,6 @@ class History:
                 body.room,
                 from_id[:8],
             )
-            return
-        text = self.book.plaintext(room, msg)
-        if text is None or not self.book.remember(room):
-            self._seen.add(msg.id)
             return
         self._queue(_Pending(msg, conn, not frame.hist, verified, None, text))
 

@@ -151,11 +151,13 @@ class SyncState:
         beyond MAX_ORPHAN_AUTHORS_PER_ROOM, or beyond MAX_ORPHAN_AUTHORS_PER_PEER
         introduced by this source. Admitting a new orphan records it.
         """
+        if author in self.orphans.get(room, {}):
+            return True  # admitted as an orphan already
         authors = self.rooms.get(room, {})
         state = authors.get(author)
         if state is None and len(authors) >= limits.MAX_AUTHORS_PER_ROOM:
             return False
-        if state is not None and (state.have >= state.base or author in self.orphans.get(room, {})):
+        if state is not None and state.have >= state.base:
             return True  # known, and not a new orphan
         base = 1 if state is None else state.base
         if seq <= base or (state is not None and seq in state.claims.values()):
