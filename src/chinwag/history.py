@@ -131,6 +131,7 @@ class History:
         #: Authors heard live through another peer: author -> (that peer, time.time()).
         self.relayed: dict[str, tuple[str, float]] = {}
         self._save_handle: asyncio.TimerHandle | None = None
+        self._store_problem: str | None = None
         self._closed = False
 
     # --- lifecycle ------------------------------------------------------
@@ -587,6 +588,10 @@ class History:
 
     def _periodic_sync(self) -> None:
         self._periodic = self._loop.call_later(limits.SYNC_INTERVAL_S, self._periodic_sync)
+        problem = self.store.check_checkpointer()
+        if problem is not None and self._store_problem is None:  # once per episode
+            self._emit(ev.Error(message=f"the message store's log is not being saved: {problem}"))
+        self._store_problem = problem
         self._dirty_rooms.update(self._rooms())
         self._send_vectors()
 

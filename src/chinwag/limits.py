@@ -152,6 +152,9 @@ GAP_MAX_ASKS = 3
 WANT_RETRY_S = 1.0
 #: Authors remembered as equivocating (each warned about once); stops alert floods.
 MAX_EQUIVOCATORS = 1_000
+#: Failed WAL checkpoints in a row after which the failure is reported to the user (and
+#: logged again): a checkpointer that silently stops lets the WAL grow without bound.
+CHECKPOINT_FAILURES_REPORTED = 60
 
 # --- file sharing -----------------------------------------------------------
 #: Bytes of one chunk: the unit of hashing, requesting, resuming and re-fetching.

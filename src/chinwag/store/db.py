@@ -10,6 +10,7 @@ the promise we make; a power cut may lose the last transaction.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from chinwag import limits
 from chinwag.errors import ChinwagError
+
+log = logging.getLogger(__name__)
 
 #: Marks the file as ours ("chwg"); a database without it is refused.
 APPLICATION_ID = 0x63687767
@@ -197,6 +200,24 @@ class Store:
         """Checkpoint the WAL every CHECKPOINT_INTERVAL_S from a thread of its own."""
         self._checkpointer = _Checkpointer(self.path)
         self._checkpointer.start()
+
+    def check_checkpointer(self) -> str | None:
+        """Restart a checkpointer thread that died; return what is wrong with it, or None.
+
+        A WAL that is never checkpointed grows without bound: the caller surfaces
+        the answer to the user.
+        """
+        cp = self._checkpointer
+        if cp is None:
+            return None
+        if not cp.is_alive():
+            log.error("the WAL checkpointer stopped (%s); restarting it", cp.last_error)
+            self._checkpointer = _Checkpointer(self.path)
+            self._checkpointer.start()
+            return f"checkpointer stopped ({cp.last_error}); restarted"
+        if cp.failures >= limits.CHECKPOINT_FAILURES_REPORTED:
+            return f"{cp.failures} checkpoints failed in a row ({cp.last_error})"
+        return None
 
     def close(self) -> None:
         if self._checkpointer is not None:
@@ -501,18 +522,48 @@ class _Checkpointer(threading.Thread):
         super().__init__(name="chinwag-checkpoint", daemon=True)
         self.path = path
         self._halt = threading.Event()
+        self._db: sqlite3.Connection | None = None
+        #: Checkpoints that failed in a row, and the last error (read by Store.check_checkpointer).
+        self.failures = 0
+        self.last_error = ""
+        #: Checkpoints done.
+        self.done = 0
 
     def run(self) -> None:
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error:
-            return
-        try:
             while not self._halt.wait(limits.CHECKPOINT_INTERVAL_S):
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                try:
+                    self._checkpoint()
+                except Exception as exc:  # keep going: a stopped checkpointer lets the WAL grow
+                    self._failed(exc)
+                else:
+                    if self.failures:
+                        log.info("WAL checkpoints work again after %d failures", self.failures)
+                    self.failures = 0
+                    self.done += 1
+        except BaseException as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
-            db.close()
+            self._close()
+
+    def _checkpoint(self) -> None:
+        if self._db is None:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.failures == 1 or self.failures % limits.CHECKPOINT_FAILURES_REPORTED == 0:
+            log.warning("WAL checkpoint failed (%d in a row): %s", self.failures, self.last_error)
+        self._close()  # reconnect on the next try
+
+    def _close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
 
     def stop(self) -> None:
         self._halt.set()
