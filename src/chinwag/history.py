@@ -72,13 +72,15 @@ class _Bucket:
         self.rate = rate
         self.tokens = burst
         self.stamp = now
+        #: Takes refused so far (to log the first only).
+        self.refused = 0
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, cost: float = 1.0) -> bool:
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens < 1:
+        if self.tokens < cost:
             return False
-        self.tokens -= 1
+        self.tokens -= cost
         return True
 
 
@@ -128,6 +130,10 @@ class History:
         self._unsaved: dict[tuple[str, str], dict[str, int]] = {}
         self._vector_sent: dict[tuple[str, str], float] = {}
         self._author_nicks: dict[str, str] = store.peer_nicks()
+        #: Peers met in an earlier run or verified: a larger store budget (known before we start,
+        #: so a fresh identity cannot make itself known by connecting).
+        self._known = store.known_peers()
+        self._store_budget: dict[str, _Bucket] = {}
         #: Authors heard live through another peer: author -> (that peer, time.time()).
         self.relayed: dict[str, tuple[str, float]] = {}
         self._save_handle: asyncio.TimerHandle | None = None
@@ -243,6 +249,8 @@ class History:
         if text is None or not self.book.remember(room):
             self._seen.add(msg.id)
             return
+        if not self._store_budget_allows(from_id, len(frame.body) + len(frame.sig)):
+            return  # not marked seen: sync fetches it again once the budget refills
         if not self.sync.admits(body.room, author, body.seq, from_id):
             # Not stored, not relayed, not marked seen: sync brings it again once its
             # author's earlier messages are here.
@@ -255,6 +263,23 @@ class History:
             )
             return
         self._queue(_Pending(msg, conn, not frame.hist, verified, None, text))
+
+    def _store_budget_allows(self, peer_id: str, size: int) -> bool:
+        """Take size bytes from the peer's store budget; False (and a log line) if spent."""
+        budget = self._store_budget.get(peer_id)
+        if budget is None:
+            factor = limits.KNOWN_PEER_STORE_FACTOR if peer_id in self._known else 1
+            budget = self._store_budget[peer_id] = _Bucket(
+                self._loop.time(),
+                limits.STORE_BYTES_BURST * factor,
+                limits.STORE_BYTES_PER_S * factor,
+            )
+        if budget.take(self._loop.time(), size):
+            return True
+        if budget.refused == 0:
+            log.warning("refusing messages from %s: over its store budget", peer_id[:8])
+        budget.refused += 1
+        return False
 
     def sync_frame(self, conn: PeerConnection, frame: m.SyncFrame) -> None:
         """Handle a vector, want or floor from a peer."""
@@ -326,7 +351,15 @@ class History:
         self.book.forget_peer(peer_id)
         self._buckets.pop(peer_id, None)
         self._want_budget.pop(peer_id, None)
+        self._store_budget.pop(peer_id, None)
         self.sync.forget_source(peer_id)
+        # Keep only the part of its receipts we save (authors we track, and us): the rest
+        # of its last vectors (up to MAX_VECTOR_AUTHORS each) is of no use while it is away.
+        for room, vectors in self._peer_vectors.items():
+            have = vectors.get(peer_id)
+            if have is not None:
+                tracked = self.sync.rooms.get(room, {})
+                vectors[peer_id] = {a: h for a, h in have.items() if a in tracked or a == self.me}
         for sent in [k for k in self._vector_sent if k[0] == peer_id]:
             del self._vector_sent[sent]
         for key in [k for k in self._jobs if k[0] == peer_id]:
@@ -620,6 +653,9 @@ class History:
             if (a in tracked or a == self.me) and old.get(a) != h
         }
         first = peer_id not in vectors
+        if first and len(vectors) >= limits.MAX_RECEIPT_PEERS_PER_ROOM:
+            self._forget_receipts(room, vectors)
+        vectors.pop(peer_id, None)  # re-insert: the dict stays in order of last vector
         vectors[peer_id] = dict(frame.have)
         if changed or first:
             # Receipts are kept in memory at once and saved in batches: a lost
@@ -645,6 +681,18 @@ class History:
             # The peer holds what we lack but only pushes on seeing our vector.
             self._vector_sent[(peer_id, room)] = now
             conn.send_frame(m.Vector(room=room, have=self._capped_vector(room)))
+
+    def _forget_receipts(self, room: str, vectors: dict[str, dict[str, int]]) -> None:
+        """Forget the receipts of the least recently heard peer of room that is not connected."""
+        for peer_id in vectors:
+            if peer_id not in self.manager.peers:
+                del vectors[peer_id]
+                self._unsaved.pop((peer_id, room), None)
+                try:
+                    self.store.delete_peer_vectors(peer_id, room)
+                except StoreError as exc:
+                    log.warning("cannot forget receipts: %s", exc)
+                return
 
     def _save_vectors(self) -> None:
         self._save_handle = None

@@ -155,6 +155,19 @@ MAX_EQUIVOCATORS = 1_000
 #: Failed WAL checkpoints in a row after which the failure is reported to the user (and
 #: logged again): a checkpointer that silently stops lets the WAL grow without bound.
 CHECKPOINT_FAILURES_REPORTED = 60
+#: Peers whose receipts (vectors) we keep per room, in memory and in the store; beyond it the
+#: least recently heard peer that is not connected is forgotten (stops fresh identities that
+#: each send a vector from growing memory and the store without bound).
+MAX_RECEIPT_PEERS_PER_ROOM = 256
+#: Bytes of chat messages (body + signature) one connected peer may make us store per second,
+#: sustained, and in a burst; beyond it its messages are refused (not stored, not relayed) until
+#: the budget refills, and sync fetches them again later. Stops one peer from filling the disk
+#: at line rate. Honest traffic stays far below it (the benchmarks: ~5 MB/s, 2.5 MB catch-up).
+STORE_BYTES_PER_S = 8 << 20
+STORE_BYTES_BURST = 256 << 20
+#: How many times the store budget above a known peer gets (one we met directly in an earlier
+#: run, or whose identity the user verified): strangers are refused first.
+KNOWN_PEER_STORE_FACTOR = 4
 
 # --- file sharing -----------------------------------------------------------
 #: Bytes of one chunk: the unit of hashing, requesting, resuming and re-fetching.

@@ -293,3 +293,65 @@ async def test_a_deleted_forgery_is_no_longer_claimed(node: Node) -> None:
     await turn()
     assert [r.text for r in node.store.history(ROOM, 10)] == ["genuine"]
     assert bob.closed is None and alice.closed is None
+
+
+# --- 7. what a peer can make us keep --------------------------------------------
+
+
+async def test_a_departed_peers_vector_shrinks_to_what_we_save(node: Node) -> None:
+    node.store.insert_messages([new(ALICE, 1)])
+    node.history.load()
+    mallory = node.peer(MALLORY)
+    made_up = {Identity.generate().peer_id: 7 for _ in range(limits.MAX_VECTOR_AUTHORS - 2)}
+    have = made_up | {ALICE.peer_id: 1, ME.peer_id: 0}
+    node.history.sync_frame(mallory, m.Vector(room=ROOM, have=have))
+    assert len(node.history._peer_vectors[ROOM][MALLORY.peer_id]) == len(have)
+    node.history.peer_left(MALLORY.peer_id)
+    assert node.history._peer_vectors[ROOM][MALLORY.peer_id] == {ALICE.peer_id: 1, ME.peer_id: 0}
+
+
+async def test_receipts_of_departed_peers_are_bounded(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "MAX_RECEIPT_PEERS_PER_ROOM", 3)
+    bob = node.peer(BOB)
+    node.history.sync_frame(bob, m.Vector(room=ROOM, have={}))
+    passing = [Identity.generate() for _ in range(6)]
+    for who in passing:
+        conn = node.peer(who)
+        node.history.sync_frame(conn, m.Vector(room=ROOM, have={ME.peer_id: 1}))
+        del node.manager.peers[who.peer_id]
+        node.history.peer_left(who.peer_id)
+    node.history._save_vectors()
+    kept = node.history._peer_vectors[ROOM]
+    assert len(kept) == 3
+    assert BOB.peer_id in kept  # connected peers are never forgotten
+    assert set(kept) == {BOB.peer_id, passing[-2].peer_id, passing[-1].peer_id}
+    assert set(node.store.peer_vectors(ROOM)) <= set(kept)
+
+
+@pytest.mark.parametrize("known", [False, True])
+async def test_a_peer_cannot_make_us_store_beyond_its_budget(
+    store: Store, monkeypatch: pytest.MonkeyPatch, known: bool
+) -> None:
+    size = len(chat(MALLORY, 1, "x" * 100).raw_body) + 64
+    monkeypatch.setattr(limits, "STORE_BYTES_BURST", 3 * size)
+    monkeypatch.setattr(limits, "STORE_BYTES_PER_S", 0)
+    if known:  # met in an earlier run: favoured
+        store.save_peer(MALLORY.peer_id, "mallory", "127.0.0.1:1")
+    n = Node(store)
+    try:
+        mallory = n.peer(MALLORY)
+        for seq in range(1, 21):
+            n.history.chat_received(mallory, frame(chat(MALLORY, seq, "x" * 100)))
+        await turn()
+        expect = 3 * (limits.KNOWN_PEER_STORE_FACTOR if known else 1)
+        assert len(n.store.history(ROOM, 100)) == expect
+        assert mallory.closed is None
+        # Another peer's budget is its own.
+        bob = n.peer(BOB)
+        n.history.chat_received(bob, frame(chat(BOB, 1, "hi")))
+        await turn()
+        assert len(n.store.history(ROOM, 100)) == expect + 1
+    finally:
+        await n.history.close()

@@ -470,6 +470,15 @@ class Store:
             (peer_id, nick),
         )
 
+    def known_peers(self) -> set[str]:
+        """Return the peers met directly (in any earlier run) or verified by the user."""
+        met = {r[0] for r in self.db.execute("SELECT peer_id FROM peers WHERE last_seen > 0")}
+        return met | {r[0] for r in self.db.execute("SELECT peer_id FROM verified")}
+
+    def delete_peer_vectors(self, peer_id: str, room: str) -> None:
+        with self._transaction():
+            self.db.execute("DELETE FROM peer_vectors WHERE room=? AND peer_id=?", (room, peer_id))
+
     def peer_nicks(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT peer_id, nick FROM peers").fetchall())
 
