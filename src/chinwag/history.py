@@ -84,6 +84,18 @@ class _Bucket:
         return True
 
 
+def _chain(outer: asyncio.Future[ev.NodeEvent], inner: asyncio.Future[ev.NodeEvent]) -> None:
+    """Resolve outer like inner."""
+    if outer.done():
+        return
+    if inner.cancelled():
+        outer.cancel()
+    elif (exc := inner.exception()) is not None:
+        outer.set_exception(exc)
+    else:
+        outer.set_result(inner.result())
+
+
 class History:
     """Persistence, anti-entropy, gaps and receipts for one node."""
 
@@ -138,6 +150,16 @@ class History:
         self.relayed: dict[str, tuple[str, float]] = {}
         self._save_handle: asyncio.TimerHandle | None = None
         self._store_problem: str | None = None
+        # While our own numbering may be behind what we sent before (see set_unsure): the
+        # loop time we stop waiting, the rooms already settled, the highest own seq each
+        # room's peers showed us, and the own messages waiting to be numbered.
+        self._unsure_until: float | None = None
+        self._unsure_timer: asyncio.TimerHandle | None = None
+        self._settled: set[str] = set()
+        self._own_claims: dict[str, int] = {}
+        self._held_own: list[
+            tuple[str, Callable[[int], ChatMessage], str, asyncio.Future[ev.NodeEvent]]
+        ] = []
         self._closed = False
 
     # --- lifecycle ------------------------------------------------------
@@ -167,17 +189,78 @@ class History:
             self._vector_handle,
             self._periodic,
             self._save_handle,
+            self._unsure_timer,
             *self._want_timers.values(),
         ):
             if handle is not None:
                 handle.cancel()
         self._save_vectors()
+        for _room, _make, _text, done in self._held_own:
+            if not done.done():
+                done.set_exception(UsageError("not sent: chinwag stopped before peers answered"))
+        self._held_own = []
         for task in list(self._jobs.values()):
             task.cancel()
         if self._jobs:
             await asyncio.gather(*self._jobs.values(), return_exceptions=True)
 
     # --- our own messages -----------------------------------------------
+
+    def set_unsure(self, why: str) -> None:
+        """Hold our new messages until peers gave back those we may have lost (or a timeout).
+
+        After a power cut (the last commits may be gone) or with a new store but an old
+        identity, our store may lack messages we sent: numbering from it would reuse
+        their seqs. A room is settled once a peer's vector for it arrived and we hold
+        all of our own messages that every vector so far showed; its held messages are
+        then numbered after them. After UNSURE_MAX_WAIT_S we number anyway (a peer
+        claiming more of ours than it gives back cannot stop us from talking).
+        """
+        log.info("own messages wait for peers to give back what we sent: %s", why)
+        self._unsure_until = self._loop.time() + limits.UNSURE_MAX_WAIT_S
+        self._unsure_timer = self._loop.call_later(limits.UNSURE_MAX_WAIT_S, self._stop_waiting)
+
+    def post_own(
+        self, room: str, make: Callable[[int], ChatMessage], text: str
+    ) -> asyncio.Future[ev.NodeEvent]:
+        """Number (make(seq) signs it) and queue our new message, or hold it while unsure."""
+        if self._unsure_until is None or room in self._settled:
+            return self.submit_own(make(self.next_seq(room)), text)
+        if len(self._held_own) >= limits.MAX_HELD_OWN:
+            raise UsageError("too many messages waiting for peers; try again in a few seconds")
+        done: asyncio.Future[ev.NodeEvent] = self._loop.create_future()
+        self._held_own.append((room, make, text, done))
+        return done
+
+    def _stop_waiting(self) -> None:
+        self._unsure_timer = None
+        self._unsure_until = None
+        self._release_held()
+
+    def _maybe_settle(self, room: str) -> None:
+        if self._unsure_until is None or room in self._settled:
+            return
+        claim = self._own_claims.get(room)
+        if claim is not None and self.sync.author(room, self.me).have >= claim:
+            log.info("own messages in %s: got back what peers hold (up to #%d)", room, claim)
+            self._settled.add(room)
+            self._release_held()
+
+    def _release_held(self) -> None:
+        keep = []
+        for room, make, text, done in self._held_own:
+            if done.done():
+                continue
+            if self._unsure_until is not None and room not in self._settled:
+                keep.append((room, make, text, done))
+                continue
+            try:
+                inner = self.submit_own(make(self.next_seq(room)), text)
+            except Exception as exc:  # e.g. the room was left meanwhile
+                done.set_exception(exc)
+                continue
+            inner.add_done_callback(functools.partial(_chain, done))
+        self._held_own = keep
 
     def next_seq(self, room: str) -> int:
         """Reserve the next seq of our own messages in room."""
@@ -520,6 +603,8 @@ class History:
             self._emit(self._message_event(msg, item.text, own=True, late=False))
             return
         self._emit(self._message_event(msg, item.text, own=row.author == self.me, late=row.late))
+        if row.author == self.me:
+            self._maybe_settle(row.room)  # a peer gave back one of ours
         via = item.conn.session.peer_id or ""
         if item.live and row.author not in (via, self.me):
             self._note_relayed(row.author, via)
@@ -668,6 +753,9 @@ class History:
         before, after = old.get(self.me, 0), frame.have.get(self.me, 0)
         if after > before:
             self._report_delivered(room, before + 1, after)
+        if self._unsure_until is not None:
+            self._own_claims[room] = max(self._own_claims.get(room, 0), after)
+            self._maybe_settle(room)
         plan = self.sync.push_plan(room, frame.have)
         if plan:
             self._start_push(conn, room, plan)

@@ -168,6 +168,13 @@ STORE_BYTES_BURST = 256 << 20
 #: How many times the store budget above a known peer gets (one we met directly in an earlier
 #: run, or whose identity the user verified): strangers are refused first.
 KNOWN_PEER_STORE_FACTOR = 4
+#: Seconds at most that our own new messages wait, after a start that may have lost some of
+#: our sent messages (power cut, deleted store), for peers to give them back, so that we never
+#: number a new message with a seq we already used (peers would refuse it as equivocation).
+UNSURE_MAX_WAIT_S = 10.0
+#: Own messages held while we wait (above); more are refused with an error (stops a script
+#: that sends in a loop from growing memory while no peer is around).
+MAX_HELD_OWN = 10_000
 
 # --- file sharing -----------------------------------------------------------
 #: Bytes of one chunk: the unit of hashing, requesting, resuming and re-fetching.

@@ -13,6 +13,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hostile_peer import HostilePeer
@@ -175,3 +176,35 @@ async def test_a_relayed_equivocation_cuts_the_author_not_the_relay(node: NodeFa
         assert not stderr_has_traceback(n), n.stderr_tail()
     await relay.close()
     await author.close()
+
+
+async def test_a_node_whose_store_was_deleted_never_reuses_a_seq(
+    node: NodeFactory, tmp_path: Path
+) -> None:
+    """chinwag.db deleted, identity kept: the next message waits for its old ones and gets seq 4."""
+    a = node("alice", discovery=False)
+    await a.start()
+    b = node("bob", "--peer", f"127.0.0.1:{a.port}", discovery=False)
+    await b.start()
+    await connected(a, b)
+    old = [await chat_works(a, b, text=f"before {i}") for i in (1, 2, 3)]
+    await a.wait_for("delivered", timeout=PROMPT_S, from_start=True, id=old[-1]["id"], count=1)
+    assert await a.quit() == 0
+    for f in (tmp_path / "alice").glob("chinwag.db*"):
+        f.unlink()
+
+    a2 = node(
+        "alice", "--peer", f"127.0.0.1:{b.port}", discovery=False, data_dir=tmp_path / "alice"
+    )
+    await a2.start()
+    await a2.say("after the store was lost")  # before any peer is even connected
+    own = await a2.wait_for("message", timeout=PROMPT_S, own=True, text="after the store was lost")
+    assert own["seq"] == 4, own
+    got = await b.wait_for_message("after the store was lost", timeout=PROMPT_S)
+    assert got["id"] == own["id"] and got["seq"] == 4
+    mine = [ev for ev in await stored(a2) if ev["peer_id"] == a.peer_id]
+    assert [ev["seq"] for ev in mine] == [1, 2, 3, 4], mine
+    assert [ev["id"] for ev in mine[:3]] == [ev["id"] for ev in old]
+    for n in (a2, b):
+        assert not [ev for ev in n.events if "equivocation" in str(ev.get("reason", ""))]
+        assert not stderr_has_traceback(n), n.stderr_tail()

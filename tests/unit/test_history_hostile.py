@@ -355,3 +355,47 @@ async def test_a_peer_cannot_make_us_store_beyond_its_budget(
         assert len(n.store.history(ROOM, 100)) == expect + 1
     finally:
         await n.history.close()
+
+
+# --- 8. never number a message with a seq we already used -----------------------
+
+
+async def test_unsure_numbering_waits_for_peers_to_give_back_our_messages(node: Node) -> None:
+    # As after a power cut or a deleted store: we sent 1..2 but no longer hold them.
+    node.history.set_unsure("test")
+    fut = node.history.post_own(ROOM, lambda seq: chat(ME, seq, "new"), "new")
+    await turn()
+    assert not fut.done() and node.store.history(ROOM, 10) == []
+    bob = node.peer(BOB)
+    node.history.sync_frame(bob, m.Vector(room=ROOM, have={ME.peer_id: 2}))
+    for seq in (1, 2):  # bob's push gives them back
+        node.history.chat_received(bob, frame(chat(ME, seq, f"old {seq}"), hist=True))
+    await until(fut.done)
+    stored = [(r.seq, r.text) for r in node.store.history(ROOM, 10)]
+    assert stored == [(1, "old 1"), (2, "old 2"), (3, "new")]
+    assert bob.closed is None
+    # Settled: later messages are numbered at once.
+    fut2 = node.history.post_own(ROOM, lambda seq: chat(ME, seq, "next"), "next")
+    await until(fut2.done)
+    assert node.store.history(ROOM, 10)[-1].seq == 4
+
+
+async def test_unsure_numbering_gives_up_waiting_after_a_while(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "UNSURE_MAX_WAIT_S", 0.05)
+    node.history.set_unsure("test")
+    mallory = node.peer(MALLORY)  # claims far more of ours than it gives back
+    node.history.sync_frame(mallory, m.Vector(room=ROOM, have={ME.peer_id: 10**9}))
+    fut = node.history.post_own(ROOM, lambda seq: chat(ME, seq, "alone"), "alone")
+    await until(fut.done)
+    assert [(r.seq, r.text) for r in node.store.history(ROOM, 10)] == [(1, "alone")]
+
+
+async def test_held_messages_fail_cleanly_when_we_stop(store: Store) -> None:
+    n = Node(store)
+    n.history.set_unsure("test")
+    fut = n.history.post_own(ROOM, lambda seq: chat(ME, seq, "never"), "never")
+    await n.history.close()
+    assert fut.done() and isinstance(fut.exception(), Exception)
+    assert store.history(ROOM, 10) == []

@@ -26,6 +26,7 @@ from chinwag.history import History
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.rooms import RoomBook
+from chinwag.store import db as db_module
 from chinwag.store.db import (
     APPLICATION_ID,
     SCHEMA_VERSION,
@@ -177,6 +178,26 @@ def test_a_dead_checkpointer_is_restarted_and_reported(
     assert problem is not None and "restarted" in problem
     assert store._checkpointer is not dead and store._checkpointer.is_alive()
     wait_checkpointed(store, "checkpoint-me-3")
+
+
+def test_a_run_cut_short_by_a_machine_restart_is_noticed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "chinwag.db"
+    monkeypatch.setattr(db_module, "boot_id", lambda: "boot-1")
+    first = Store(path)
+    assert first.created and not first.tail_may_be_lost
+    first.db.close()  # the process dies: the store is never closed
+    same_boot = Store(path)  # a killed process loses nothing (WAL, synchronous=NORMAL)
+    assert not same_boot.created and not same_boot.tail_may_be_lost
+    same_boot.db.close()
+    monkeypatch.setattr(db_module, "boot_id", lambda: "boot-2")
+    after_power_cut = Store(path)
+    assert after_power_cut.tail_may_be_lost
+    after_power_cut.close()  # a clean close
+    clean = Store(path)
+    assert not clean.tail_may_be_lost and not clean.created
+    clean.close()
 
 
 # --- insert_messages -------------------------------------------------------

@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS blocked(peer_id TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS verified(
     peer_id TEXT PRIMARY KEY, nick TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files(
     fid TEXT PRIMARY KEY, direction TEXT NOT NULL, state TEXT NOT NULL,
     room TEXT NOT NULL, author TEXT NOT NULL, nick TEXT NOT NULL, offer TEXT NOT NULL,
@@ -149,12 +150,25 @@ _FILE_COLUMNS = "fid, direction, state, room, author, nick, offer, path, dir, di
 _FILE_COLUMNS += "mtime_ns, created, reason"
 
 
+def boot_id() -> str:
+    """Return an id of this boot of the machine ("" if unknown): it changes after a power cut."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 class Store:
     """The node's SQLite database."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._checkpointer: _Checkpointer | None = None
+        #: True if this open created the database (a first start, or chinwag.db was deleted).
+        self.created = False
+        #: True if the last run did not close the store and the machine restarted since (or
+        #: we cannot tell): its last commits (synchronous=NORMAL) may be lost.
+        self.tail_may_be_lost = False
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._open()
@@ -168,6 +182,7 @@ class Store:
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
         tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if tables == 0 and app_id == 0:
+            self.created = True
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("BEGIN")
             for statement in _SCHEMA.split(";"):
@@ -195,6 +210,26 @@ class Store:
         # Touch every table so a damaged file fails now, with a clear error, not later.
         for table in ("messages", "floors", "peers", "peer_vectors", "rooms", "blocked"):
             db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
+        self._mark_open()
+
+    def _mark_open(self) -> None:
+        """Note (durably: one fsync per start) that a run on this boot has the store open.
+
+        close() removes the mark. Found at the next open with another boot id, it means
+        the machine went down under a running chinwag: a power cut or an OS crash, which
+        may have taken the last commits (a killed process loses nothing: same boot).
+        """
+        row = self.db.execute("SELECT value FROM meta WHERE key='open_boot'").fetchone()
+        now = boot_id()
+        self.tail_may_be_lost = row is not None and (row[0] != now or not now)
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            with self._transaction():
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('open_boot', ?)", (now,)
+                )
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
 
     def start_checkpointer(self) -> None:
         """Checkpoint the WAL every CHECKPOINT_INTERVAL_S from a thread of its own."""
@@ -224,6 +259,7 @@ class Store:
             self._checkpointer.stop()
             self._checkpointer = None
         with contextlib.suppress(sqlite3.Error):
+            self.db.execute("DELETE FROM meta WHERE key='open_boot'")
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
 
