@@ -835,15 +835,17 @@ class History:
         if asks >= limits.GAP_MAX_ASKS:
             log.info("giving up on %s #%d-%d in %s: no peer fills it", author[:8], *gap, room)
             return
-        sent = self._send_want(room, m.Want(room=room, author=author, lo=gap[0], hi=gap[1]))
+        sent, targets = self._send_want(
+            room, m.Want(room=room, author=author, lo=gap[0], hi=gap[1])
+        )
         if sent:
             self._asks[key] = asks + 1
-        # Ask again later if nobody could fill it yet (soon if no peer had budget).
-        delay = limits.SYNC_INTERVAL_S if sent else limits.WANT_RETRY_S
+        # Ask again later if nobody could fill it yet (soon if peers only lacked budget).
+        delay = limits.WANT_RETRY_S if targets and not sent else limits.SYNC_INTERVAL_S
         self._want_timers[key] = self._loop.call_later(delay, self._ask_for_gap, key)
 
-    def _send_want(self, wire: str, frame: m.Want) -> int:
-        """Send a want to the peers in the room that have want budget left; return how many.
+    def _send_want(self, wire: str, frame: m.Want) -> tuple[int, int]:
+        """Send a want to the peers in the room with want budget left; return (sent, peers).
 
         Each peer's budget (WANTS_*) stays far below the sync rate it tolerates,
         so however many gaps we have, gap repair never gets us disconnected.
@@ -866,7 +868,7 @@ class History:
             if budget.take(now):
                 conn.send_frame(frame)
                 sent += 1
-        return sent
+        return sent, len(targets)
 
     # --- pushing history to a peer --------------------------------------
 

@@ -740,3 +740,12 @@ def test_sim_a_hostile_floor_writes_off_nothing() -> None:
         net.write(1, ROOM, f"t{k}")
     net.settle([(0, 1)])
     assert_converged(net)
+
+
+def test_admits_no_new_author_beyond_the_room_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_AUTHORS_PER_ROOM", 2)
+    s = accepted(1, author=A)
+    s.accept(ROOM, B, 1)
+    assert not s.admits(ROOM, "c" * 64, 1, "peer")  # a third author, even from seq 1
+    assert s.admits(ROOM, A, 2, "peer") and s.admits(ROOM, "c" * 64, 1, "peer") is False
+    assert s.admits("dev", "c" * 64, 1, "peer")  # another room has its own bound
