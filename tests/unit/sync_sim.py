@@ -86,6 +86,8 @@ class SimNode:
             elif self.accept_duplicates:
                 self.sync.accept(*item.key)
             return False
+        if not self.sync.admits(*item.key, source):
+            return False  # refused (too many orphan authors): sync brings it again later
         self.store[item.key] = item.content
         self.sync.accept(*item.key)
         return True

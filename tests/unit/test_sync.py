@@ -452,6 +452,44 @@ def test_sim_any_schedule_then_settle_converges(
 
 
 @SIM
+@given(st.integers(2, 5), SCHEDULE, st.data())
+def test_sim_with_tight_orphan_bounds_refused_messages_come_back(
+    n: int, steps: list[tuple[str, int, int, int]], data: st.DataObject
+) -> None:
+    # Messages refused because they would add an orphan author (one held only across a
+    # hole) are not lost: sync brings them again, contiguously, and all converge.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(limits, "MAX_ORPHAN_AUTHORS_PER_PEER", 1)
+        mp.setattr(limits, "MAX_ORPHAN_AUTHORS_PER_ROOM", 1)
+        net = SimNet.create(n)
+        run_schedule(net, steps)
+        for node in net.nodes:
+            for room in node.sync.orphans:
+                assert len(node.sync.orphans[room]) <= 1
+        net.settle(spanning_edges(data, n))
+    assert_converged(net)
+
+
+def test_sim_a_refused_orphan_comes_back_through_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_ORPHAN_AUTHORS_PER_ROOM", 1)
+    net = SimNet.create(3)
+    net.connect(0, 1)
+    net.connect(0, 2)
+    for writer in (1, 2):
+        for k in range(3):
+            net.write(writer, ROOM, f"w{writer}/{k}")
+    # node0 gets each writer's last message first: node1's makes an orphan, node2's is refused.
+    net.deliver((1, 0), 2)
+    net.deliver((2, 0), 2)
+    assert set(net.nodes[0].sync.orphans[ROOM]) == {"node1"}
+    assert (ROOM, "node2", 3) not in net.nodes[0].store
+    net.flush((1, 0))
+    assert net.nodes[0].sync.orphans[ROOM] == {}  # node1 is contiguous now
+    net.settle([(0, 1), (0, 2)])
+    assert_converged(net)
+
+
+@SIM
 @given(SCHEDULE, st.data())
 def test_sim_settle_over_a_line_needs_at_most_n_passes(
     steps: list[tuple[str, int, int, int]], data: st.DataObject
