@@ -129,11 +129,11 @@ def wait_checkpointed(store: Store, needle: str, timeout: float = 10.0) -> None:
 
 def test_checkpointer_starts_and_stops(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "CHECKPOINT_INTERVAL_S", 0.01)
+    assert store.insert_messages([new(ALICE, 1, "checkpoint-me-1")]) == [Insert.NEW]
+    assert not in_main_file(store, "checkpoint-me-1")  # only in the WAL so far
     store.start_checkpointer()
     thread = store._checkpointer
     assert thread is not None and thread.is_alive()
-    assert store.insert_messages([new(ALICE, 1, "checkpoint-me-1")]) == [Insert.NEW]
-    assert not in_main_file(store, "checkpoint-me-1")  # only in the WAL so far
     wait_checkpointed(store, "checkpoint-me-1")  # while the store is open: the thread did it
     assert store.check_checkpointer() is None
     store.close()  # stops the thread; the fixture's second close must be harmless too
