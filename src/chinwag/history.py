@@ -11,8 +11,9 @@ gaps, push plans); `store/db.py` persists; this module runs them:
   batches) and serves as its delivery receipt;
 - a gap (a held seq above a missing one) is reported and, if a push does not
   fill it soon, asked for with a Want;
-- bad input (a forged signature, equivocation, a sync-request flood) closes
-  that peer's connection and stores nothing of it.
+- bad input (a forged signature, a sync-request flood, an author's own
+  equivocation) closes that peer's connection and stores nothing of it; a
+  relayed second version of a message is dropped and its author flagged.
 """
 
 from __future__ import annotations
@@ -59,22 +60,40 @@ class _Pending:
 
 
 class _Bucket:
-    """Token bucket limiting one peer's sync requests."""
+    """Token bucket limiting one peer's sync requests (or our wants to one peer)."""
 
-    def __init__(self, now: float) -> None:
-        self.tokens = limits.SYNC_REQUESTS_BURST
+    def __init__(
+        self,
+        now: float,
+        burst: float = limits.SYNC_REQUESTS_BURST,
+        rate: float = limits.SYNC_REQUESTS_PER_S,
+    ) -> None:
+        self.burst = burst
+        self.rate = rate
+        self.tokens = burst
         self.stamp = now
+        #: Takes refused so far (to log the first only).
+        self.refused = 0
 
-    def take(self, now: float) -> bool:
-        self.tokens = min(
-            limits.SYNC_REQUESTS_BURST,
-            self.tokens + (now - self.stamp) * limits.SYNC_REQUESTS_PER_S,
-        )
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens < 1:
+        if self.tokens < cost:
             return False
-        self.tokens -= 1
+        self.tokens -= cost
         return True
+
+
+def _chain(outer: asyncio.Future[ev.NodeEvent], inner: asyncio.Future[ev.NodeEvent]) -> None:
+    """Resolve outer like inner."""
+    if outer.done():
+        return
+    if inner.cancelled():
+        outer.cancel()
+    elif (exc := inner.exception()) is not None:
+        outer.set_exception(exc)
+    else:
+        outer.set_result(inner.result())
 
 
 class History:
@@ -114,13 +133,33 @@ class History:
         # push does not resend what is still in flight.
         self._sent: dict[tuple[str, str, str], int] = {}
         self._gaps: dict[tuple[str, str], tuple[int, int]] = {}
+        # Times the current gap of (room, author) was asked for (we give up at GAP_MAX_ASKS).
+        self._asks: dict[tuple[str, str], int] = {}
+        self._want_budget: dict[str, _Bucket] = {}
+        #: Authors seen signing two messages with one seq (flagged once each).
+        self.equivocators: set[str] = set()
         self._want_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._unsaved: dict[tuple[str, str], dict[str, int]] = {}
         self._vector_sent: dict[tuple[str, str], float] = {}
         self._author_nicks: dict[str, str] = store.peer_nicks()
+        #: Peers met in an earlier run or verified: a larger store budget (known before we start,
+        #: so a fresh identity cannot make itself known by connecting).
+        self._known = store.known_peers()
+        self._store_budget: dict[str, _Bucket] = {}
         #: Authors heard live through another peer: author -> (that peer, time.time()).
         self.relayed: dict[str, tuple[str, float]] = {}
         self._save_handle: asyncio.TimerHandle | None = None
+        self._store_problem: str | None = None
+        # While our own numbering may be behind what we sent before (see set_unsure): the
+        # loop time we stop waiting, the rooms already settled, the highest own seq each
+        # room's peers showed us, and the own messages waiting to be numbered.
+        self._unsure_until: float | None = None
+        self._unsure_timer: asyncio.TimerHandle | None = None
+        self._settled: set[str] = set()
+        self._own_claims: dict[str, int] = {}
+        self._held_own: list[
+            tuple[str, Callable[[int], ChatMessage], str, asyncio.Future[ev.NodeEvent]]
+        ] = []
         self._closed = False
 
     # --- lifecycle ------------------------------------------------------
@@ -130,13 +169,14 @@ class History:
         floors = self.store.floors()
         for room, author, lo, hi, count in self.store.author_stats():
             base = floors.get((room, author), 1)
+            if base > 1 and not self.store.ids_in_range(room, author, base, base):
+                # A floor takes effect only at a message we hold (older stores saved
+                # peers' claims as they came): never claim what the store lacks.
+                base = 1
             if lo <= base <= hi + 1 and count == hi - lo + 1:
                 self.sync.load_contiguous(room, author, base, hi)
             else:
                 self.sync.load(room, author, base, self.store.seqs(room, author, base))
-        for (room, author), base in floors.items():
-            if author not in self.sync.rooms.get(room, {}):
-                self.sync.load(room, author, base, [])
         self._periodic = self._loop.call_later(limits.SYNC_INTERVAL_S, self._periodic_sync)
 
     async def close(self) -> None:
@@ -149,17 +189,78 @@ class History:
             self._vector_handle,
             self._periodic,
             self._save_handle,
+            self._unsure_timer,
             *self._want_timers.values(),
         ):
             if handle is not None:
                 handle.cancel()
         self._save_vectors()
+        for _room, _make, _text, done in self._held_own:
+            if not done.done():
+                done.set_exception(UsageError("not sent: chinwag stopped before peers answered"))
+        self._held_own = []
         for task in list(self._jobs.values()):
             task.cancel()
         if self._jobs:
             await asyncio.gather(*self._jobs.values(), return_exceptions=True)
 
     # --- our own messages -----------------------------------------------
+
+    def set_unsure(self, why: str) -> None:
+        """Hold our new messages until peers gave back those we may have lost (or a timeout).
+
+        After a power cut (the last commits may be gone) or with a new store but an old
+        identity, our store may lack messages we sent: numbering from it would reuse
+        their seqs. A room is settled once a peer's vector for it arrived and we hold
+        all of our own messages that every vector so far showed; its held messages are
+        then numbered after them. After UNSURE_MAX_WAIT_S we number anyway (a peer
+        claiming more of ours than it gives back cannot stop us from talking).
+        """
+        log.info("own messages wait for peers to give back what we sent: %s", why)
+        self._unsure_until = self._loop.time() + limits.UNSURE_MAX_WAIT_S
+        self._unsure_timer = self._loop.call_later(limits.UNSURE_MAX_WAIT_S, self._stop_waiting)
+
+    def post_own(
+        self, room: str, make: Callable[[int], ChatMessage], text: str
+    ) -> asyncio.Future[ev.NodeEvent]:
+        """Number (make(seq) signs it) and queue our new message, or hold it while unsure."""
+        if self._unsure_until is None or room in self._settled:
+            return self.submit_own(make(self.next_seq(room)), text)
+        if len(self._held_own) >= limits.MAX_HELD_OWN:
+            raise UsageError("too many messages waiting for peers; try again in a few seconds")
+        done: asyncio.Future[ev.NodeEvent] = self._loop.create_future()
+        self._held_own.append((room, make, text, done))
+        return done
+
+    def _stop_waiting(self) -> None:
+        self._unsure_timer = None
+        self._unsure_until = None
+        self._release_held()
+
+    def _maybe_settle(self, room: str) -> None:
+        if self._unsure_until is None or room in self._settled:
+            return
+        claim = self._own_claims.get(room)
+        if claim is not None and self.sync.author(room, self.me).have >= claim:
+            log.info("own messages in %s: got back what peers hold (up to #%d)", room, claim)
+            self._settled.add(room)
+            self._release_held()
+
+    def _release_held(self) -> None:
+        keep = []
+        for room, make, text, done in self._held_own:
+            if done.done():
+                continue
+            if self._unsure_until is not None and room not in self._settled:
+                keep.append((room, make, text, done))
+                continue
+            try:
+                inner = self.submit_own(make(self.next_seq(room)), text)
+            except Exception as exc:  # e.g. the room was left meanwhile
+                done.set_exception(exc)
+                continue
+            inner.add_done_callback(functools.partial(_chain, done))
+        self._held_own = keep
 
     def next_seq(self, room: str) -> int:
         """Reserve the next seq of our own messages in room."""
@@ -191,10 +292,17 @@ class History:
                 if not stored or stored[0][1] == msg.id:
                     self._seen.add(msg.id)
                     return
-                raise RemoteProtocolError(
-                    f"equivocation: {author[:8]} #{body.seq} in {body.room} has two contents",
-                    "equivocation",
-                )
+                if author == from_id:
+                    raise RemoteProtocolError(
+                        f"equivocation: {author[:8]} #{body.seq} in {body.room} has two contents",
+                        "equivocation",
+                    )
+                # A relay passes on what the author signed: check that the author did
+                # sign it (else the relay forged it), then blame the author alone.
+                msg = open_message(frame.body, frame.sig, check_signature=True)
+                self._seen.add(msg.id)
+                self._equivocated(author, body.room, body.seq)
+                return
             if author in self.book.blocked:
                 self._seen.add(msg.id)
                 return
@@ -224,7 +332,37 @@ class History:
         if text is None or not self.book.remember(room):
             self._seen.add(msg.id)
             return
+        if not self._store_budget_allows(from_id, len(frame.body) + len(frame.sig)):
+            return  # not marked seen: sync fetches it again once the budget refills
+        if not self.sync.admits(body.room, author, body.seq, from_id):
+            # Not stored, not relayed, not marked seen: sync brings it again once its
+            # author's earlier messages are here.
+            log.info(
+                "refusing %s #%d in %s from %s: too many authors with holes",
+                author[:8],
+                body.seq,
+                body.room,
+                from_id[:8],
+            )
+            return
         self._queue(_Pending(msg, conn, not frame.hist, verified, None, text))
+
+    def _store_budget_allows(self, peer_id: str, size: int) -> bool:
+        """Take size bytes from the peer's store budget; False (and a log line) if spent."""
+        budget = self._store_budget.get(peer_id)
+        if budget is None:
+            factor = limits.KNOWN_PEER_STORE_FACTOR if peer_id in self._known else 1
+            budget = self._store_budget[peer_id] = _Bucket(
+                self._loop.time(),
+                limits.STORE_BYTES_BURST * factor,
+                limits.STORE_BYTES_PER_S * factor,
+            )
+        if budget.take(self._loop.time(), size):
+            return True
+        if budget.refused == 0:
+            log.warning("refusing messages from %s: over its store budget", peer_id[:8])
+        budget.refused += 1
+        return False
 
     def sync_frame(self, conn: PeerConnection, frame: m.SyncFrame) -> None:
         """Handle a vector, want or floor from a peer."""
@@ -270,8 +408,11 @@ class History:
                 ):
                     log.info("ignoring an unbacked floor from %s", peer_id[:8])
                     return
-                if self.sync.set_floor(frame.room, frame.author, frame.seq):
-                    self.store.set_floor(frame.room, frame.author, frame.seq)
+                # The sender chose its vector: a floor takes effect only at a message
+                # of that author we hold (now, or when its push brings it).
+                applied = self.sync.offer_floor(frame.room, frame.author, frame.seq, peer_id)
+                if applied is not None:
+                    self.store.set_floor(frame.room, frame.author, applied)
                     self._after_change({(frame.room, frame.author)})
         except Exception as exc:  # a malformed peer id in a sync frame
             log.warning("disconnecting %s: bad sync frame (%s)", peer_id[:8], exc)
@@ -292,6 +433,16 @@ class History:
     def peer_left(self, peer_id: str) -> None:
         self.book.forget_peer(peer_id)
         self._buckets.pop(peer_id, None)
+        self._want_budget.pop(peer_id, None)
+        self._store_budget.pop(peer_id, None)
+        self.sync.forget_source(peer_id)
+        # Keep only the part of its receipts we save (authors we track, and us): the rest
+        # of its last vectors (up to MAX_VECTOR_AUTHORS each) is of no use while it is away.
+        for room, vectors in self._peer_vectors.items():
+            have = vectors.get(peer_id)
+            if have is not None:
+                tracked = self.sync.rooms.get(room, {})
+                vectors[peer_id] = {a: h for a, h in have.items() if a in tracked or a == self.me}
         for sent in [k for k in self._vector_sent if k[0] == peer_id]:
             del self._vector_sent[sent]
         for key in [k for k in self._jobs if k[0] == peer_id]:
@@ -409,7 +560,7 @@ class History:
                 # Stored already, but maybe forgotten by the bounded gap tracking.
                 self._seen.add(row.id)
                 if not self.sync.holds(row.room, row.author, row.seq):
-                    self.sync.accept(row.room, row.author, row.seq)
+                    self._accept(row.room, row.author, row.seq)
                     touched.add((row.room, row.author))
             elif item.conn is None:  # our own message clashed with a stored one
                 log.error("own message %s #%d not stored: %s", row.room, row.seq, result.value)
@@ -417,15 +568,18 @@ class History:
                 if item.done is not None and not item.done.done():
                     item.done.set_exception(StoreError(f"seq {row.seq} already used"))
                 continue
-            else:  # equivocation: nothing was stored
+            elif (item.conn.session.peer_id or "") == row.author:
+                # Equivocation by the author itself: nothing was stored.
                 log.warning(
-                    "disconnecting %s: equivocation by %s (#%d in %s)",
-                    (item.conn.session.peer_id or "")[:8],
+                    "disconnecting %s: equivocation (#%d in %s)",
                     row.author[:8],
                     row.seq,
                     row.room,
                 )
                 item.conn.close("equivocation")
+            else:
+                # A relay brought the second version (verified: not from its author).
+                self._equivocated(row.author, row.room, row.seq)
             if item.done is not None and not item.done.done():
                 item.done.set_result(self._message_event(item.msg, item.text, own=True, late=False))
         if touched:
@@ -440,7 +594,7 @@ class History:
             except Exception as exc:  # only a convenience for resolving nicks
                 log.warning("cannot note %s's nick: %s", row.author[:8], exc)
         self._seen.add(msg.id)
-        self.sync.accept(row.room, row.author, row.seq)
+        self._accept(row.room, row.author, row.seq)
         plaintext = m.encode(m.Chat(body=msg.raw_body, sig=msg.sig))
         if item.conn is None:
             # Ours: on the wire first, then echoed locally (peers' latency matters more).
@@ -449,6 +603,8 @@ class History:
             self._emit(self._message_event(msg, item.text, own=True, late=False))
             return
         self._emit(self._message_event(msg, item.text, own=row.author == self.me, late=row.late))
+        if row.author == self.me:
+            self._maybe_settle(row.room)  # a peer gave back one of ours
         via = item.conn.session.peer_id or ""
         if item.live and row.author not in (via, self.me):
             self._note_relayed(row.author, via)
@@ -457,6 +613,32 @@ class History:
             self.manager.broadcast(plaintext, exclude=exclude)
             targets = [p for p in self.manager.peers if p not in exclude]
             self._note_sent(targets, row.room, row.author, row.seq)
+
+    def _accept(self, room: str, author: str, seq: int) -> None:
+        """Tell the sync state seq is stored; save a peer's floor that this made take effect."""
+        floor = self.sync.accept(room, author, seq)
+        if floor is not None:
+            try:
+                self.store.set_floor(room, author, floor)
+            except StoreError as exc:  # only costs a refetch after a restart
+                log.warning("cannot save a floor: %s", exc)
+
+    def _equivocated(self, author: str, room: str, seq: int) -> None:
+        """An author signed two messages with one seq: flag it, cut only its own connection."""
+        log.warning("equivocation by %s (#%d in %s): second version dropped", author[:8], seq, room)
+        conn = self.manager.peers.get(author)
+        if conn is not None:
+            conn.close("equivocation")
+        if author in self.equivocators or len(self.equivocators) >= limits.MAX_EQUIVOCATORS:
+            return
+        self.equivocators.add(author)
+        self._emit(
+            ev.Alert(
+                message=f"{author[:8]} signed two different messages #{seq} in "
+                f"{self.book.display(room)!r}; the first one stays",
+                peer_id=author,
+            )
+        )
 
     def _note_relayed(self, author: str, via: str) -> None:
         self.relayed.pop(author, None)  # re-insert: the dict stays in order of last news
@@ -524,6 +706,10 @@ class History:
 
     def _periodic_sync(self) -> None:
         self._periodic = self._loop.call_later(limits.SYNC_INTERVAL_S, self._periodic_sync)
+        problem = self.store.check_checkpointer()
+        if problem is not None and self._store_problem is None:  # once per episode
+            self._emit(ev.Error(message=f"the message store's log is not being saved: {problem}"))
+        self._store_problem = problem
         self._dirty_rooms.update(self._rooms())
         self._send_vectors()
 
@@ -552,6 +738,9 @@ class History:
             if (a in tracked or a == self.me) and old.get(a) != h
         }
         first = peer_id not in vectors
+        if first and len(vectors) >= limits.MAX_RECEIPT_PEERS_PER_ROOM:
+            self._forget_receipts(room, vectors)
+        vectors.pop(peer_id, None)  # re-insert: the dict stays in order of last vector
         vectors[peer_id] = dict(frame.have)
         if changed or first:
             # Receipts are kept in memory at once and saved in batches: a lost
@@ -564,6 +753,9 @@ class History:
         before, after = old.get(self.me, 0), frame.have.get(self.me, 0)
         if after > before:
             self._report_delivered(room, before + 1, after)
+        if self._unsure_until is not None:
+            self._own_claims[room] = max(self._own_claims.get(room, 0), after)
+            self._maybe_settle(room)
         plan = self.sync.push_plan(room, frame.have)
         if plan:
             self._start_push(conn, room, plan)
@@ -577,6 +769,18 @@ class History:
             # The peer holds what we lack but only pushes on seeing our vector.
             self._vector_sent[(peer_id, room)] = now
             conn.send_frame(m.Vector(room=room, have=self._capped_vector(room)))
+
+    def _forget_receipts(self, room: str, vectors: dict[str, dict[str, int]]) -> None:
+        """Forget the receipts of the least recently heard peer of room that is not connected."""
+        for peer_id in vectors:
+            if peer_id not in self.manager.peers:
+                del vectors[peer_id]
+                self._unsaved.pop((peer_id, room), None)
+                try:
+                    self.store.delete_peer_vectors(peer_id, room)
+                except StoreError as exc:
+                    log.warning("cannot forget receipts: %s", exc)
+                return
 
     def _save_vectors(self) -> None:
         self._save_handle = None
@@ -598,6 +802,7 @@ class History:
         if gap is None:
             if reported is not None:
                 del self._gaps[key]
+                self._asks.pop(key, None)
                 timer = self._want_timers.pop(key, None)
                 if timer is not None:
                     timer.cancel()
@@ -605,8 +810,13 @@ class History:
             return
         if gap != reported:
             self._gaps[key] = gap
+            self._asks[key] = 0  # a new hole: worth asking for again
             self._emit(ev.Gap(room=room, peer_id=author, missing=[gap[0], gap[1]]))
-        if key not in self._want_timers and not self._closed:
+        if (
+            key not in self._want_timers
+            and self._asks.get(key, 0) < limits.GAP_MAX_ASKS
+            and not self._closed
+        ):
             self._want_timers[key] = self._loop.call_later(
                 limits.GAP_REPAIR_DELAY_S, self._ask_for_gap, key
             )
@@ -619,12 +829,46 @@ class History:
         room, author = key
         if room not in self.book.joined:
             self._gaps.pop(key, None)  # we left the room: stop asking
+            self._asks.pop(key, None)
             return
-        self._send_room_frame(room, m.Want(room=room, author=author, lo=gap[0], hi=gap[1]))
-        # Ask again later if nobody could fill it yet.
-        self._want_timers[key] = self._loop.call_later(
-            limits.SYNC_INTERVAL_S, self._ask_for_gap, key
+        asks = self._asks.get(key, 0)
+        if asks >= limits.GAP_MAX_ASKS:
+            log.info("giving up on %s #%d-%d in %s: no peer fills it", author[:8], *gap, room)
+            return
+        sent, targets = self._send_want(
+            room, m.Want(room=room, author=author, lo=gap[0], hi=gap[1])
         )
+        if sent:
+            self._asks[key] = asks + 1
+        # Ask again later if nobody could fill it yet (soon if peers only lacked budget).
+        delay = limits.WANT_RETRY_S if targets and not sent else limits.SYNC_INTERVAL_S
+        self._want_timers[key] = self._loop.call_later(delay, self._ask_for_gap, key)
+
+    def _send_want(self, wire: str, frame: m.Want) -> tuple[int, int]:
+        """Send a want to the peers in the room with want budget left; return (sent, peers).
+
+        Each peer's budget (WANTS_*) stays far below the sync rate it tolerates,
+        so however many gaps we have, gap repair never gets us disconnected.
+        """
+        room = self.book.joined.get(wire)
+        if room is not None and room.kind == DM:
+            conn = self.manager.peers.get(room.peer or "")
+            targets = [] if conn is None else [conn]
+        else:
+            targets = [c for p, c in self.manager.peers.items() if self.book.peer_in(p, wire)]
+        now = self._loop.time()
+        sent = 0
+        for conn in targets:
+            peer_id = conn.session.peer_id or ""
+            budget = self._want_budget.get(peer_id)
+            if budget is None:
+                budget = self._want_budget[peer_id] = _Bucket(
+                    now, limits.WANTS_BURST, limits.WANTS_PER_S
+                )
+            if budget.take(now):
+                conn.send_frame(frame)
+                sent += 1
+        return sent, len(targets)
 
     # --- pushing history to a peer --------------------------------------
 
@@ -666,7 +910,7 @@ class History:
             rows = self.store.push_batch(room, ranges, after, limits.SYNC_BATCH)
             if not rows:
                 break
-            bad = self._verify_unverified(rows)
+            bad = self._verify_unverified(room, rows)
             for msg_id, ts, author, seq, body, sig, _verified in rows:
                 if msg_id in bad:
                     continue
@@ -683,7 +927,7 @@ class History:
             await asyncio.sleep(0)  # let live traffic and other peers through
 
     def _verify_unverified(
-        self, rows: list[tuple[str, int, str, int, bytes, bytes, int]]
+        self, room: str, rows: list[tuple[str, int, str, int, bytes, bytes, int]]
     ) -> set[str]:
         """Verify stored messages we accepted unverified; drop forgeries. Return bad ids."""
         good, bad = [], set()
@@ -699,6 +943,13 @@ class History:
         if bad:
             log.warning("dropping %d stored messages whose signature does not verify", len(bad))
             self.store.delete(bad)
+            # No longer held: the sync state must not claim them (they are asked for again).
+            touched = set()
+            for msg_id, _ts, author, seq, _body, _sig, _verified in rows:
+                if msg_id in bad:
+                    self.sync.forget(room, author, seq)
+                    touched.add((room, author))
+            self._after_change(touched)
         return bad
 
     # --- helpers --------------------------------------------------------

@@ -133,6 +133,49 @@ MAX_ABOVE_PER_AUTHOR = 100_000
 #: Messages returned by one history or search command.
 MAX_HISTORY = 10_000
 
+# --- sync hardening against hostile peers -------------------------------------
+#: Orphan authors (of whom we hold nothing contiguous, only seqs across a hole) per room;
+#: a message that would add one beyond it is refused (not stored, not relayed): stops fresh
+#: keys with made-up seqs from filling every node with gaps no one can repair (want storms).
+MAX_ORPHAN_AUTHORS_PER_ROOM = 256
+#: Orphan authors one sending peer may introduce into one room (see above); a peer cannot
+#: use up the room's whole allowance alone.
+MAX_ORPHAN_AUTHORS_PER_PEER = 64
+#: Wants we send one peer per second, sustained, and in a burst: a tenth of what the peer
+#: tolerates of all sync frames (SYNC_REQUESTS_*), so our gap repair never gets us cut off.
+WANTS_PER_S = 20.0
+WANTS_BURST = 200.0
+#: Times one gap (an unchanged first missing range) is asked for before we give up on it:
+#: stops endless wants for holes no peer can fill (a new message of the author asks anew).
+GAP_MAX_ASKS = 3
+#: Seconds before a want that no peer had budget for is tried again.
+WANT_RETRY_S = 1.0
+#: Authors remembered as equivocating (each warned about once); stops alert floods.
+MAX_EQUIVOCATORS = 1_000
+#: Failed WAL checkpoints in a row after which the failure is reported to the user (and
+#: logged again): a checkpointer that silently stops lets the WAL grow without bound.
+CHECKPOINT_FAILURES_REPORTED = 60
+#: Peers whose receipts (vectors) we keep per room, in memory and in the store; beyond it the
+#: least recently heard peer that is not connected is forgotten (stops fresh identities that
+#: each send a vector from growing memory and the store without bound).
+MAX_RECEIPT_PEERS_PER_ROOM = 256
+#: Bytes of chat messages (body + signature) one connected peer may make us store per second,
+#: sustained, and in a burst; beyond it its messages are refused (not stored, not relayed) until
+#: the budget refills, and sync fetches them again later. Stops one peer from filling the disk
+#: at line rate. Honest traffic stays far below it (the benchmarks: ~5 MB/s, 2.5 MB catch-up).
+STORE_BYTES_PER_S = 8 << 20
+STORE_BYTES_BURST = 256 << 20
+#: How many times the store budget above a known peer gets (one we met directly in an earlier
+#: run, or whose identity the user verified): strangers are refused first.
+KNOWN_PEER_STORE_FACTOR = 4
+#: Seconds at most that our own new messages wait, after a start that may have lost some of
+#: our sent messages (power cut, deleted store), for peers to give them back, so that we never
+#: number a new message with a seq we already used (peers would refuse it as equivocation).
+UNSURE_MAX_WAIT_S = 10.0
+#: Own messages held while we wait (above); more are refused with an error (stops a script
+#: that sends in a loop from growing memory while no peer is around).
+MAX_HELD_OWN = 10_000
+
 # --- file sharing -----------------------------------------------------------
 #: Bytes of one chunk: the unit of hashing, requesting, resuming and re-fetching.
 FILE_CHUNK = 1 << 20

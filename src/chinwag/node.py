@@ -37,7 +37,7 @@ from chinwag.net.connection import PeerConnection
 from chinwag.net.discovery import Discovery
 from chinwag.net.manager import ConnectionManager
 from chinwag.protocol import messages as m
-from chinwag.protocol.chat import make_message
+from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.protocol.discovery import encode_beacon
 from chinwag.protocol.names import DEFAULT_ROOM, validate_nick, validate_room, validate_text
 from chinwag.protocol.session import Closed, LocalInfo
@@ -109,6 +109,7 @@ class Node:
         # Hold events until `ready` is out, so it is always the first event.
         self._held = []
         try:
+            had_identity = (self.config.data_dir / "identity.key").exists()
             self.identity = load_or_create_identity(self.config.data_dir)
             settings = self.datadir.load_settings()
             nick = self.config.nick or settings.get("nick") or default_nick()
@@ -128,6 +129,10 @@ class Node:
                 self._store, self.identity, self._manager, self._emit, self._book
             )
             self._history.load()
+            if self._store.created and had_identity:
+                self._history.set_unsure("the message store is new, the identity is not")
+            elif self._store.tail_may_be_lost:
+                self._history.set_unsure("the machine went down while chinwag ran")
             self._files = FileShare(
                 self._store,
                 self.identity.peer_id,
@@ -218,11 +223,13 @@ class Node:
     def _post(self, room: Room, text: str) -> asyncio.Future[ev.NodeEvent]:
         history = self._require_history()
         clear, enc = self._require_book().seal(room, text)
-        seq = history.next_seq(room.wire)
-        msg = make_message(
-            self.identity, room.wire, self.nick, int(time.time() * 1000), seq, clear, enc
-        )
-        return history.submit_own(msg, text)
+        identity, nick = self.identity, self.nick
+
+        def make(seq: int) -> ChatMessage:
+            # Signed when numbered (later, if we wait for peers to give back lost seqs).
+            return make_message(identity, room.wire, nick, int(time.time() * 1000), seq, clear, enc)
+
+        return history.post_own(room.wire, make, text)
 
     def _joined_room(self, name: str | None) -> Room:
         book = self._require_book()

@@ -74,10 +74,10 @@ class SimNode:
         self.sync.accept(room, self.name, seq)
         return Msg(key, content, hist=False)
 
-    def receive(self, item: Item) -> bool:
-        """Apply one delivered item; return True if it stored a new message."""
+    def receive(self, item: Item, source: str = "peer") -> bool:
+        """Apply one delivered item (from peer `source`); return True if it stored a new message."""
         if isinstance(item, FloorItem):
-            self.sync.set_floor(item.room, item.author, item.seq)
+            self.sync.offer_floor(item.room, item.author, item.seq, source)
             return False
         old = self.store.get(item.key)
         if old is not None:
@@ -86,6 +86,8 @@ class SimNode:
             elif self.accept_duplicates:
                 self.sync.accept(*item.key)
             return False
+        if not self.sync.admits(*item.key, source):
+            return False  # refused (too many orphan authors): sync brings it again later
         self.store[item.key] = item.content
         self.sync.accept(*item.key)
         return True
@@ -115,6 +117,8 @@ class SimNode:
             for author, state in authors.items():
                 assert state.base >= 1
                 assert state.have >= state.base - 1
+                # A floor takes effect only at a held seq: never a claim of unseen messages.
+                assert state.base == 1 or state.have >= state.base, (self.name, room, author)
                 assert all(s > state.have + 1 for s in state.above)
                 for seq in range(state.base, state.have + 1):
                     assert (room, author, seq) in self.store, (self.name, room, author, seq)
@@ -182,7 +186,7 @@ class SimNet:
         src, dst = link
         items = self.links[link]
         item = items[index] if keep else items.pop(index)
-        new = self.nodes[dst].receive(item)
+        new = self.nodes[dst].receive(item, self.nodes[src].name)
         if new and isinstance(item, Msg) and not item.hist:
             # Relay live messages, as history.py does, except back to the sender or author.
             author = item.key[1]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from chinwag.history import History
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.rooms import RoomBook
+from chinwag.store import db as db_module
 from chinwag.store.db import (
     APPLICATION_ID,
     SCHEMA_VERSION,
@@ -33,6 +36,7 @@ from chinwag.store.db import (
     Row,
     Store,
     StoreError,
+    _Checkpointer,
 )
 
 ALICE = Identity.from_seed(b"a" * 32)
@@ -110,10 +114,90 @@ def test_schema_created_with_wal(tmp_path: Path) -> None:
         raw.close()
 
 
-def test_checkpointer_starts_and_stops(store: Store) -> None:
+def in_main_file(store: Store, needle: str) -> bool:
+    """Whether the database file itself (not its WAL) holds needle: a checkpoint copied it."""
+    return needle.encode() in store.path.read_bytes()
+
+
+def wait_checkpointed(store: Store, needle: str, timeout: float = 10.0) -> None:
+    """Block until needle reached the database file (the checkpointer runs in a thread)."""
+    deadline = time.monotonic() + timeout
+    while not in_main_file(store, needle):
+        assert time.monotonic() < deadline, f"{needle!r} never checkpointed"
+        threading.Event().wait(0.01)
+
+
+def test_checkpointer_starts_and_stops(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "CHECKPOINT_INTERVAL_S", 0.01)
+    assert store.insert_messages([new(ALICE, 1, "checkpoint-me-1")]) == [Insert.NEW]
+    assert not in_main_file(store, "checkpoint-me-1")  # only in the WAL so far
     store.start_checkpointer()
-    assert store.insert_messages([new(ALICE, 1)]) == [Insert.NEW]
+    thread = store._checkpointer
+    assert thread is not None and thread.is_alive()
+    wait_checkpointed(store, "checkpoint-me-1")  # while the store is open: the thread did it
+    assert store.check_checkpointer() is None
     store.close()  # stops the thread; the fixture's second close must be harmless too
+    assert not thread.is_alive()
+    wal = store.path.with_name(store.path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_checkpointer_logs_failures_and_keeps_going(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(limits, "CHECKPOINT_INTERVAL_S", 0.01)
+    monkeypatch.setattr(limits, "CHECKPOINT_FAILURES_REPORTED", 2)
+    real = _Checkpointer._checkpoint
+    calls = []
+
+    def flaky(self: _Checkpointer) -> None:
+        calls.append(1)
+        if len(calls) <= 3:
+            raise sqlite3.OperationalError("disk I/O error")
+        real(self)
+
+    monkeypatch.setattr(_Checkpointer, "_checkpoint", flaky)
+    caplog.set_level("WARNING", logger="chinwag.store.db")
+    store.start_checkpointer()
+    store.insert_messages([new(ALICE, 1, "checkpoint-me-2")])
+    wait_checkpointed(store, "checkpoint-me-2")
+    assert "WAL checkpoint failed (1 in a row): OperationalError: disk I/O error" in caplog.text
+    assert "(2 in a row)" in caplog.text
+
+
+def test_a_dead_checkpointer_is_restarted_and_reported(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "CHECKPOINT_INTERVAL_S", 0.01)
+    store.start_checkpointer()
+    dead = store._checkpointer
+    assert dead is not None
+    dead.stop()  # as if the thread had died
+    store.insert_messages([new(ALICE, 1, "checkpoint-me-3")])
+    problem = store.check_checkpointer()
+    assert problem is not None and "restarted" in problem
+    assert store._checkpointer is not dead and store._checkpointer.is_alive()
+    wait_checkpointed(store, "checkpoint-me-3")
+
+
+def test_a_run_cut_short_by_a_machine_restart_is_noticed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "chinwag.db"
+    monkeypatch.setattr(db_module, "boot_id", lambda: "boot-1")
+    first = Store(path)
+    assert first.created and not first.tail_may_be_lost
+    first.db.close()  # the process dies: the store is never closed
+    same_boot = Store(path)  # a killed process loses nothing (WAL, synchronous=NORMAL)
+    assert not same_boot.created and not same_boot.tail_may_be_lost
+    same_boot.db.close()
+    monkeypatch.setattr(db_module, "boot_id", lambda: "boot-2")
+    after_power_cut = Store(path)
+    assert after_power_cut.tail_may_be_lost
+    after_power_cut.close()  # a clean close
+    clean = Store(path)
+    assert not clean.tail_may_be_lost and not clean.created
+    clean.close()
 
 
 # --- insert_messages -------------------------------------------------------
@@ -547,12 +631,19 @@ async def test_history_ignores_a_floor_nobody_backs(store: Store, whose: str) ->
 
 
 async def test_history_load_with_a_floor_above_what_is_stored(store: Store) -> None:
-    # We held 1..10 of alice, then a peer's Floor at 16 arrived and we stopped before
-    # its messages did.
+    # We held 1..10 of alice and an older chinwag saved a peer's Floor at 16 before any
+    # message from 16 on arrived: that floor is only a claim, it must not make us claim 15.
     store.insert_messages([new(ALICE, s) for s in range(1, 11)])
     store.set_floor(ROOM, ALICE.peer_id, 16)
     history, _events = make_history(store)
     try:
-        assert history.sync.vector(ROOM) == {ALICE.peer_id: 15}
+        assert history.sync.vector(ROOM) == {ALICE.peer_id: 10}
+    finally:
+        await history.close()
+    # Once the message at the floor is stored, the floor holds (also across a restart).
+    store.insert_messages([new(ALICE, s) for s in (16, 17)])
+    history, _events = make_history(store)
+    try:
+        assert history.sync.vector(ROOM) == {ALICE.peer_id: 17}
     finally:
         await history.close()

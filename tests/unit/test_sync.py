@@ -452,6 +452,44 @@ def test_sim_any_schedule_then_settle_converges(
 
 
 @SIM
+@given(st.integers(2, 5), SCHEDULE, st.data())
+def test_sim_with_tight_orphan_bounds_refused_messages_come_back(
+    n: int, steps: list[tuple[str, int, int, int]], data: st.DataObject
+) -> None:
+    # Messages refused because they would add an orphan author (one held only across a
+    # hole) are not lost: sync brings them again, contiguously, and all converge.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(limits, "MAX_ORPHAN_AUTHORS_PER_PEER", 1)
+        mp.setattr(limits, "MAX_ORPHAN_AUTHORS_PER_ROOM", 1)
+        net = SimNet.create(n)
+        run_schedule(net, steps)
+        for node in net.nodes:
+            for room in node.sync.orphans:
+                assert len(node.sync.orphans[room]) <= 1
+        net.settle(spanning_edges(data, n))
+    assert_converged(net)
+
+
+def test_sim_a_refused_orphan_comes_back_through_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_ORPHAN_AUTHORS_PER_ROOM", 1)
+    net = SimNet.create(3)
+    net.connect(0, 1)
+    net.connect(0, 2)
+    for writer in (1, 2):
+        for k in range(3):
+            net.write(writer, ROOM, f"w{writer}/{k}")
+    # node0 gets each writer's last message first: node1's makes an orphan, node2's is refused.
+    net.deliver((1, 0), 2)
+    net.deliver((2, 0), 2)
+    assert set(net.nodes[0].sync.orphans[ROOM]) == {"node1"}
+    assert (ROOM, "node2", 3) not in net.nodes[0].store
+    net.flush((1, 0))
+    assert net.nodes[0].sync.orphans[ROOM] == {}  # node1 is contiguous now
+    net.settle([(0, 1), (0, 2)])
+    assert_converged(net)
+
+
+@SIM
 @given(SCHEDULE, st.data())
 def test_sim_settle_over_a_line_needs_at_most_n_passes(
     steps: list[tuple[str, int, int, int]], data: st.DataObject
@@ -661,3 +699,91 @@ def test_sim_above_bound_recovers_when_refetched_seqs_are_accepted(
     monkeypatch.setattr(limits, "MAX_ABOVE_PER_AUTHOR", 2)
     net = sparse_then_settle(accept_duplicates=True)
     assert_converged(net)
+
+
+# --- hostile peers: floors are claims, orphans are bounded, forgeries are forgotten ---
+
+
+@pytest.mark.parametrize("floor", [2**63 - 1, 6, 4])
+def test_offer_floor_never_claims_unheld_seqs(floor: int) -> None:
+    s = accepted(1, 2)
+    assert s.offer_floor(ROOM, A, floor, "mallory") is None
+    assert state(s) == (1, 2, set())
+    assert s.vector(ROOM) == {A: 2}
+    s.accept(ROOM, A, 3)  # the author's next message still counts
+    assert state(s) == (1, 3, set())
+
+
+def test_offer_floor_takes_effect_at_a_held_seq() -> None:
+    s = accepted(1, 2, 9, 10)
+    assert s.offer_floor(ROOM, A, 9, "bob") == 9  # held: applied at once
+    assert state(s) == (9, 10, set())
+    t = accepted(1, 2)
+    assert t.offer_floor(ROOM, A, 9, "bob") is None  # a claim until 9 arrives
+    assert t.accept(ROOM, A, 10) is None
+    assert state(t) == (1, 2, {10})
+    assert t.accept(ROOM, A, 9) == 9
+    assert state(t) == (9, 10, set())
+
+
+def test_floor_claims_are_per_source_and_forgotten_with_it() -> None:
+    s = accepted(1)
+    s.offer_floor(ROOM, A, 50, "mallory")
+    s.offer_floor(ROOM, A, 2**40, "mallory")  # replaces mallory's own claim
+    s.offer_floor(ROOM, A, 8, "bob")
+    assert s.author(ROOM, A).claims == {"mallory": 2**40, "bob": 8}
+    s.forget_source("mallory")
+    assert s.author(ROOM, A).claims == {"bob": 8}
+    assert s.accept(ROOM, A, 8) == 8
+    assert s.author(ROOM, A).claims == {}
+
+
+def test_admits_bounds_orphan_authors_per_source_and_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "MAX_ORPHAN_AUTHORS_PER_PEER", 2)
+    monkeypatch.setattr(limits, "MAX_ORPHAN_AUTHORS_PER_ROOM", 3)
+    s = SyncState()
+    fresh = [f"{i}" * 64 for i in range(6)]
+    assert [s.admits(ROOM, a, 2, "m") for a in fresh[:3]] == [True, True, False]
+    assert s.admits(ROOM, fresh[0], 7, "m")  # an admitted orphan stays admitted
+    assert [s.admits(ROOM, a, 2, "n") for a in fresh[3:5]] == [True, False]  # room full
+    assert s.admits(ROOM, fresh[5], 1, "m")  # from its first message: no orphan
+    s.accept(ROOM, fresh[0], 2)
+    s.accept(ROOM, fresh[0], 1)  # no longer an orphan: frees a slot of "m" and the room
+    assert s.admits(ROOM, fresh[2], 2, "m")
+
+
+def test_forget_a_deleted_seq() -> None:
+    s = accepted(1, 2, 3, 4, 6)
+    s.forget(ROOM, A, 2)
+    assert state(s) == (1, 1, {3, 4, 6})
+    s.forget(ROOM, A, 6)
+    assert state(s) == (1, 1, {3, 4})
+    s.accept(ROOM, A, 2)
+    assert state(s) == (1, 4, set())
+
+
+def test_sim_a_hostile_floor_writes_off_nothing() -> None:
+    net = SimNet.create(2)
+    for k in range(3):
+        net.write(1, ROOM, f"t{k}")
+    net.connect(0, 1)
+    net.flush((1, 0))
+    # A third peer floors node1's history at node0: a claim, never applied.
+    for floor in (2**63 - 1, 5):
+        net.nodes[0].receive(FloorItem(ROOM, "node1", floor), "mallory")
+        net.nodes[0].check_invariants()
+    for k in range(3, 6):
+        net.write(1, ROOM, f"t{k}")
+    net.settle([(0, 1)])
+    assert_converged(net)
+
+
+def test_admits_no_new_author_beyond_the_room_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_AUTHORS_PER_ROOM", 2)
+    s = accepted(1, author=A)
+    s.accept(ROOM, B, 1)
+    assert not s.admits(ROOM, "c" * 64, 1, "peer")  # a third author, even from seq 1
+    assert s.admits(ROOM, A, 2, "peer") and s.admits(ROOM, "c" * 64, 1, "peer") is False
+    assert s.admits("dev", "c" * 64, 1, "peer")  # another room has its own bound

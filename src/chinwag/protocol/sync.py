@@ -15,6 +15,16 @@ peer lacks, the push starts with a Floor so the peer stops waiting for older
 messages. A hole between `have` and the lowest seq in `above` is a gap; the
 node asks peers for it with a Want.
 
+A Floor from a peer is only that peer's claim. It takes effect only at a seq
+of that author we actually hold (at once if we hold it, else when it arrives,
+as the floor's push brings it next), so a peer can never make us believe we
+hold more of another author than we have seen, nor write off messages above
+the last one we hold. Until then the claim is remembered per sending peer.
+
+An author we hold nothing contiguous of (only seqs across a hole) is an
+orphan: such authors are admitted up to a bound per room and per sending peer,
+so fresh keys with made-up seqs cannot fill us with gaps no one can repair.
+
 Pure bookkeeping: no I/O. The node stores messages, then tells this object.
 """
 
@@ -32,6 +42,8 @@ class AuthorState:
     base: int = 1
     have: int = 0
     above: set[int] = field(default_factory=set)
+    #: Floors peers announced that we do not hold a message at yet: source -> seq.
+    claims: dict[str, int] = field(default_factory=dict)
 
     def absorb(self) -> None:
         """Advance `have` over held seqs that became contiguous."""
@@ -63,6 +75,12 @@ class SyncState:
 
     def __init__(self) -> None:
         self.rooms: dict[str, dict[str, AuthorState]] = {}
+        #: room -> orphan author -> the source (sending peer) that introduced it.
+        self.orphans: dict[str, dict[str, str]] = {}
+        #: (source, room) -> orphan authors that source introduced and that are still orphans.
+        self._orphans_by: dict[tuple[str, str], int] = {}
+        #: source -> (room, author) it holds a floor claim for (to forget it when it leaves).
+        self._claims_by: dict[str, set[tuple[str, str]]] = {}
 
     def author(self, room: str, author: str) -> AuthorState:
         return self.rooms.setdefault(room, {}).setdefault(author, AuthorState())
@@ -86,30 +104,141 @@ class SyncState:
             return False
         return state.base <= seq <= state.have or seq in state.above
 
-    def accept(self, room: str, author: str, seq: int) -> None:
-        """Record that (room, author, seq) is now stored."""
+    def accept(self, room: str, author: str, seq: int) -> int | None:
+        """Record that (room, author, seq) is now stored; return a floor this applied, or None.
+
+        A remembered floor claim at exactly seq takes effect now that we hold seq.
+        """
         state = self.author(room, author)
+        applied = None
+        if state.claims and seq in state.claims.values():
+            if seq > state.have + 1:
+                self._apply_floor(state, seq)
+                applied = seq
+            self._drop_claims(room, author, state, seq)
         if seq <= state.have:
-            return
-        if seq == state.have + 1 and seq >= state.base:
+            pass
+        elif seq == state.have + 1 and seq >= state.base:
             state.have = seq
             state.absorb()
         elif seq >= state.base:
             state.above.add(seq)
             if len(state.above) > limits.MAX_ABOVE_PER_AUTHOR:
                 state.above.discard(max(state.above))
+        if state.have >= state.base:
+            self._unorphan(room, author)
+        return applied
+
+    def forget(self, room: str, author: str, seq: int) -> None:
+        """Record that (room, author, seq) is no longer stored (a forgery was deleted)."""
+        state = self.rooms.get(room, {}).get(author)
+        if state is None:
+            return
+        if seq in state.above:
+            state.above.discard(seq)
+        elif state.base <= seq <= state.have:
+            # What lay above the deleted seq is now held across a hole (bounded like any above).
+            room_left = max(0, limits.MAX_ABOVE_PER_AUTHOR - len(state.above))
+            top = min(state.have, seq + room_left)
+            state.above.update(range(seq + 1, top + 1))
+            state.have = seq - 1
+
+    def admits(self, room: str, author: str, seq: int, source: str) -> bool:
+        """Return whether a message (room, author, seq) from source may be stored.
+
+        Refused: a new author once the room tracks MAX_AUTHORS_PER_ROOM, and a
+        message that would make its author a new orphan (nothing contiguous held)
+        beyond MAX_ORPHAN_AUTHORS_PER_ROOM, or beyond MAX_ORPHAN_AUTHORS_PER_PEER
+        introduced by this source. Admitting a new orphan records it.
+        """
+        if author in self.orphans.get(room, {}):
+            return True  # admitted as an orphan already
+        authors = self.rooms.get(room, {})
+        state = authors.get(author)
+        if state is None and len(authors) >= limits.MAX_AUTHORS_PER_ROOM:
+            return False
+        if state is not None and state.have >= state.base:
+            return True  # known, and not a new orphan
+        base = 1 if state is None else state.base
+        if seq <= base or (state is not None and seq in state.claims.values()):
+            return True  # contiguous from the base (or where a floor takes effect)
+        orphans = self.orphans.setdefault(room, {})
+        if len(orphans) >= limits.MAX_ORPHAN_AUTHORS_PER_ROOM:
+            return False
+        if self._orphans_by.get((source, room), 0) >= limits.MAX_ORPHAN_AUTHORS_PER_PEER:
+            return False
+        orphans[author] = source
+        self._orphans_by[(source, room)] = self._orphans_by.get((source, room), 0) + 1
+        return True
+
+    def is_orphan(self, room: str, author: str) -> bool:
+        return author in self.orphans.get(room, {})
+
+    def _unorphan(self, room: str, author: str) -> None:
+        orphans = self.orphans.get(room)
+        if orphans is None or author not in orphans:
+            return
+        source = orphans.pop(author)
+        left = self._orphans_by.get((source, room), 1) - 1
+        if left > 0:
+            self._orphans_by[(source, room)] = left
+        else:
+            self._orphans_by.pop((source, room), None)
 
     def set_floor(self, room: str, author: str, floor: int) -> bool:
-        """Accept that history below floor is not offered; return True if `have` moved."""
+        """Accept that history below floor is not offered; return True if `have` moved.
+
+        Trusted input only (our own store); a peer's floor goes through offer_floor.
+        """
         state = self.author(room, author)
         if floor <= state.have + 1:
             return False
+        self._apply_floor(state, floor)
+        if state.have >= state.base:
+            self._unorphan(room, author)
+        return True
+
+    def offer_floor(self, room: str, author: str, floor: int, source: str) -> int | None:
+        """Take a peer's floor: apply it if we hold seq `floor`, else remember it.
+
+        Return the floor applied (to be saved), or None. A floor never makes us
+        claim a seq we have not stored: it takes effect only at a held seq.
+        """
+        state = self.author(room, author)
+        if floor <= state.have + 1:
+            return None
+        if floor in state.above:
+            self._apply_floor(state, floor)
+            self._drop_claims(room, author, state, floor)
+            self._unorphan(room, author)
+            return floor
+        # One claim per source: a peer can only replace its own claim.
+        state.claims[source] = floor
+        self._claims_by.setdefault(source, set()).add((room, author))
+        return None
+
+    def forget_source(self, source: str) -> None:
+        """Drop the floor claims of a source (a peer that left)."""
+        for room, author in self._claims_by.pop(source, set()):
+            state = self.rooms.get(room, {}).get(author)
+            if state is not None:
+                state.claims.pop(source, None)
+
+    def _apply_floor(self, state: AuthorState, floor: int) -> None:
         # Everything below floor is written off; what we hold from floor on counts.
         state.base = floor
         state.have = floor - 1
         state.above = {s for s in state.above if s >= floor}
         state.absorb()
-        return True
+
+    def _drop_claims(self, room: str, author: str, state: AuthorState, upto: int) -> None:
+        """Forget claims at or below upto (they can no longer move anything)."""
+        for source, seq in list(state.claims.items()):
+            if seq <= upto:
+                del state.claims[source]
+                sources = self._claims_by.get(source)
+                if sources is not None:
+                    sources.discard((room, author))
 
     def vector(self, room: str) -> dict[str, int]:
         """Return our vector for room."""

@@ -10,6 +10,7 @@ the promise we make; a power cut may lose the last transaction.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from chinwag import limits
 from chinwag.errors import ChinwagError
+
+log = logging.getLogger(__name__)
 
 #: Marks the file as ours ("chwg"); a database without it is refused.
 APPLICATION_ID = 0x63687767
@@ -67,6 +70,7 @@ CREATE TABLE IF NOT EXISTS blocked(peer_id TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS verified(
     peer_id TEXT PRIMARY KEY, nick TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files(
     fid TEXT PRIMARY KEY, direction TEXT NOT NULL, state TEXT NOT NULL,
     room TEXT NOT NULL, author TEXT NOT NULL, nick TEXT NOT NULL, offer TEXT NOT NULL,
@@ -146,12 +150,25 @@ _FILE_COLUMNS = "fid, direction, state, room, author, nick, offer, path, dir, di
 _FILE_COLUMNS += "mtime_ns, created, reason"
 
 
+def boot_id() -> str:
+    """Return an id of this boot of the machine ("" if unknown): it changes after a power cut."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 class Store:
     """The node's SQLite database."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._checkpointer: _Checkpointer | None = None
+        #: True if this open created the database (a first start, or chinwag.db was deleted).
+        self.created = False
+        #: True if the last run did not close the store and the machine restarted since (or
+        #: we cannot tell): its last commits (synchronous=NORMAL) may be lost.
+        self.tail_may_be_lost = False
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._open()
@@ -165,6 +182,7 @@ class Store:
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
         tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if tables == 0 and app_id == 0:
+            self.created = True
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("BEGIN")
             for statement in _SCHEMA.split(";"):
@@ -192,17 +210,56 @@ class Store:
         # Touch every table so a damaged file fails now, with a clear error, not later.
         for table in ("messages", "floors", "peers", "peer_vectors", "rooms", "blocked"):
             db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
+        self._mark_open()
+
+    def _mark_open(self) -> None:
+        """Note (durably: one fsync per start) that a run on this boot has the store open.
+
+        close() removes the mark. Found at the next open with another boot id, it means
+        the machine went down under a running chinwag: a power cut or an OS crash, which
+        may have taken the last commits (a killed process loses nothing: same boot).
+        """
+        row = self.db.execute("SELECT value FROM meta WHERE key='open_boot'").fetchone()
+        now = boot_id()
+        self.tail_may_be_lost = row is not None and (row[0] != now or not now)
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            with self._transaction():
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('open_boot', ?)", (now,)
+                )
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
 
     def start_checkpointer(self) -> None:
         """Checkpoint the WAL every CHECKPOINT_INTERVAL_S from a thread of its own."""
         self._checkpointer = _Checkpointer(self.path)
         self._checkpointer.start()
 
+    def check_checkpointer(self) -> str | None:
+        """Restart a checkpointer thread that died; return what is wrong with it, or None.
+
+        A WAL that is never checkpointed grows without bound: the caller surfaces
+        the answer to the user.
+        """
+        cp = self._checkpointer
+        if cp is None:
+            return None
+        if not cp.is_alive():
+            log.error("the WAL checkpointer stopped (%s); restarting it", cp.last_error)
+            self._checkpointer = _Checkpointer(self.path)
+            self._checkpointer.start()
+            return f"checkpointer stopped ({cp.last_error}); restarted"
+        if cp.failures >= limits.CHECKPOINT_FAILURES_REPORTED:
+            return f"{cp.failures} checkpoints failed in a row ({cp.last_error})"
+        return None
+
     def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
         with contextlib.suppress(sqlite3.Error):
+            self.db.execute("DELETE FROM meta WHERE key='open_boot'")
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
 
@@ -449,6 +506,15 @@ class Store:
             (peer_id, nick),
         )
 
+    def known_peers(self) -> set[str]:
+        """Return the peers met directly (in any earlier run) or verified by the user."""
+        met = {r[0] for r in self.db.execute("SELECT peer_id FROM peers WHERE last_seen > 0")}
+        return met | {r[0] for r in self.db.execute("SELECT peer_id FROM verified")}
+
+    def delete_peer_vectors(self, peer_id: str, room: str) -> None:
+        with self._transaction():
+            self.db.execute("DELETE FROM peer_vectors WHERE room=? AND peer_id=?", (room, peer_id))
+
     def peer_nicks(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT peer_id, nick FROM peers").fetchall())
 
@@ -501,18 +567,48 @@ class _Checkpointer(threading.Thread):
         super().__init__(name="chinwag-checkpoint", daemon=True)
         self.path = path
         self._halt = threading.Event()
+        self._db: sqlite3.Connection | None = None
+        #: Checkpoints that failed in a row, and the last error (read by Store.check_checkpointer).
+        self.failures = 0
+        self.last_error = ""
+        #: Checkpoints done.
+        self.done = 0
 
     def run(self) -> None:
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error:
-            return
-        try:
             while not self._halt.wait(limits.CHECKPOINT_INTERVAL_S):
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                try:
+                    self._checkpoint()
+                except Exception as exc:  # keep going: a stopped checkpointer lets the WAL grow
+                    self._failed(exc)
+                else:
+                    if self.failures:
+                        log.info("WAL checkpoints work again after %d failures", self.failures)
+                    self.failures = 0
+                    self.done += 1
+        except BaseException as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
-            db.close()
+            self._close()
+
+    def _checkpoint(self) -> None:
+        if self._db is None:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.failures == 1 or self.failures % limits.CHECKPOINT_FAILURES_REPORTED == 0:
+            log.warning("WAL checkpoint failed (%d in a row): %s", self.failures, self.last_error)
+        self._close()  # reconnect on the next try
+
+    def _close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
 
     def stop(self) -> None:
         self._halt.set()
