@@ -59,6 +59,7 @@ def make_share(
         0,
         lambda _: False,
         lambda _peer, _room: in_room,
+        lambda _room: False,
     )
 
 
