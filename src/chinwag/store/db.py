@@ -10,6 +10,7 @@ the promise we make; a power cut may lose the last transaction.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -146,12 +147,36 @@ _FILE_COLUMNS = "fid, direction, state, room, author, nick, offer, path, dir, di
 _FILE_COLUMNS += "mtime_ns, created, reason"
 
 
+def _make_private(path: Path) -> None:
+    """Create the database file owner-only (0600); make it and its -wal, -shm so if looser.
+
+    The messages of private rooms and conversations are readable in it, and the
+    keys of private rooms. SQLite creates -wal and -shm with the database file's
+    mode, so that one is set first.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            if side.lstat().st_mode & 0o077:
+                os.chmod(side, 0o600, follow_symlinks=False)
+
+
 class Store:
     """The node's SQLite database."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._checkpointer: _Checkpointer | None = None
+        try:
+            _make_private(path)
+        except OSError as exc:
+            raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from None
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._open()
