@@ -21,6 +21,7 @@ from it_support import (
     ChinwagProcess,
     Event,
     NodeFactory,
+    ask,
     chat_works,
     connected,
     free_tcp_port,
@@ -294,13 +295,18 @@ async def test_sender_killed_mid_transfer_resumes(
     no_tracebacks(a2, b)
 
 
+@pytest.mark.parametrize("to", ["bob", "#secret"])
 async def test_receiver_killed_mid_transfer_resumes(
-    node: NodeFactory, tmp_path: Path, big_file: tuple[Path, str]
+    node: NodeFactory, tmp_path: Path, big_file: tuple[Path, str], to: str
 ) -> None:
-    """The receiver is SIGKILLed half-way and restarted: it goes on from where it was."""
+    """The receiver is SIGKILLed half-way and restarted: it goes on from where it was.
+    Also for a private room's file, whose chunks travel sealed (the partial file holds
+    plaintext, checked at restart against the digests of the sealed chunks)."""
     src, sha = big_file
     a, b = await start_pair(node, tmp_path)
-    fid = await offer(a, "bob", src, b)
+    if to.startswith("#"):
+        await join_private(to[1:], a, b)
+    fid = await offer(a, to, src, b)
     await accept(b, fid)
     await progress_at_least(b, fid, BIG // 5)
     await b.kill()
@@ -576,7 +582,40 @@ async def test_chat_flows_during_transfer(
     no_tracebacks(a, b)
 
 
+async def test_private_room_file_from_a_member_who_fetched_it(
+    node: NodeFactory, tmp_path: Path
+) -> None:
+    """A offers a file to a private room; B fetches it; A quits; C (a member) fetches it
+    from B alone: every holder seals a chunk to the same bytes, so B's match the digests
+    of A's offer."""
+    a = await start(node, tmp_path, "alice")
+    b = await start(node, tmp_path, "bob", "--peer", f"127.0.0.1:{a.port}")
+    c = await start(node, tmp_path, "carol", "--peer", f"127.0.0.1:{b.port}")
+    await asyncio.gather(connected(a, b), connected(b, c))
+    await join_private("secret", a, b, c)
+    src = tmp_path / "plans.bin"
+    sha = random_file(src, 3 * MB + 12345)
+    fid = await offer(a, "#secret", src, b)
+    await accept(b, fid)
+    got_b = await done(b, fid)
+    assert sha256_of(Path(got_b["path"])) == sha
+    await a.quit()
+    await c.wait_for("file_offer", timeout=PROMPT_S, from_start=True, id=fid)
+    await accept(c, fid)
+    got_c = await done(c, fid)
+    assert got_c["sha256"] == sha and sha256_of(Path(got_c["path"])) == sha
+    no_tracebacks(b, c)
+
+
 # --- more helpers -------------------------------------------------------------
+
+
+async def join_private(room: str, *nodes: ChinwagProcess) -> None:
+    """Join the private room on every node, with one passphrase."""
+    for n in nodes:
+        cmd = {"cmd": "join", "room": room, "passphrase": "correct horse"}
+        joined = await ask(n, cmd, "joined")
+        assert joined["private"] is True, joined
 
 
 def no_tracebacks(*nodes: ChinwagProcess) -> None:
