@@ -245,7 +245,10 @@ class FileShare:
         if not target.is_dir() or not os.access(target, os.W_OK | os.X_OK):
             raise UsageError(f"cannot write to {target}")
         part = part_path(target, t.fid)
-        have = part.stat().st_size if part.exists() else 0
+        try:
+            have = part.lstat().st_size  # (a symlink planted there is not followed)
+        except OSError:
+            have = 0
         free = shutil.disk_usage(target).free
         if t.offer.size - have > free:
             raise UsageError(
