@@ -562,7 +562,9 @@ async def test_chat_flows_during_transfer(
     """Messages both ways during a big transfer arrive while it is under way.
 
     How fast is for bench/bench_files.py (chat p50/p99 during a transfer); here
-    the only bound is PROMPT_S, which a loaded machine cannot break.
+    the only bound is PROMPT_S, which a loaded machine cannot break. What keeps
+    chat fast, file data written only below the send buffer's high-water mark,
+    is tested without timing in tests/unit/test_files_share.py.
     """
     src, sha = big_file
     a, b = await start_pair(node, tmp_path)

@@ -6,12 +6,13 @@ arrive as the message events the node would hand to FileShare.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -20,6 +21,7 @@ from chinwag import limits
 from chinwag.crypto import box
 from chinwag.crypto.identity import Identity
 from chinwag.files import FileShare
+from chinwag.protocol import messages as m
 from chinwag.protocol.transfer import digest_root, encode_offer, new_offer
 from chinwag.store.db import Store
 
@@ -215,5 +217,79 @@ async def test_a_partial_file_path_planted_is_not_followed(
         assert share.listing().files[0].state == "failed"
         await share.close()  # (the writer thread, had one been started, is done)
         assert victim.read_bytes() == b"precious"
+    finally:
+        await share.close()
+
+
+class StallingConnection:
+    """A connection whose peer reads nothing until release(): every byte written stays in
+    its send buffer. Its wait_drained is the real one's contract (below the high-water mark)."""
+
+    def __init__(self) -> None:
+        self.is_open = True
+        self.frames: list[m.FileData] = []
+        self.buffered = 0
+        self.reading = False
+        self.stalled = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    def send_encoded(self, plaintext: bytes) -> None:
+        frame = m.decode_frame(plaintext)
+        assert isinstance(frame, m.FileData), frame
+        self.frames.append(frame)
+        self.buffered += len(plaintext)
+        if self.buffered >= limits.SEND_HIGH_WATER and not self.reading:
+            self._drained.clear()
+
+    def send_frame(self, frame: m.Frame) -> None:
+        self.send_encoded(m.encode(frame))
+
+    async def wait_drained(self, limit_s: float) -> bool:
+        if not self._drained.is_set():
+            self.stalled.set()
+        async with asyncio.timeout(limit_s):
+            await self._drained.wait()
+        return True
+
+    def release(self) -> None:
+        """The peer reads everything, from now on."""
+        self.reading = True
+        self.buffered = 0
+        self._drained.set()
+
+
+async def test_file_data_is_written_only_while_the_connection_drains(
+    tmp_path: Path, store: Store
+) -> None:
+    """A peer that asked for 3 chunks and reads nothing gets at most the high-water mark
+    (1 MiB) and one piece written for it, not 3 MiB: a chat frame sent meanwhile waits
+    behind that much file data at most. Once it reads, the rest follows, in order."""
+    share = make_share(store, tmp_path, [], SimpleNamespace(peers={}), True)
+    try:
+        path = tmp_path / "three.bin"
+        data = os.urandom(3 * limits.FILE_CHUNK)
+        path.write_bytes(data)
+        offer = await share.prepare(str(path), "general", "me")
+        conn = StallingConnection()
+        t = share.transfers[offer.fid]
+        for idx in range(3):
+            get = m.FileGet(fid=bytes.fromhex(offer.fid), idx=idx)
+            share._queue_serve(cast(Any, conn), t, MALLORY.peer_id, get)
+        serving = share._serve_tasks[MALLORY.peer_id]
+        stalled = asyncio.ensure_future(conn.stalled.wait())
+        async with asyncio.timeout(10):
+            await asyncio.wait([stalled, serving], return_when=asyncio.FIRST_COMPLETED)
+        written = sum(len(f.data) for f in conn.frames)
+        assert written <= limits.SEND_HIGH_WATER + limits.FILE_PIECE, written
+        assert not serving.done()
+        conn.release()
+        async with asyncio.timeout(10):
+            await serving
+        got = b"".join(bytes(f.data) for f in conn.frames)
+        assert got == data
+        assert [(f.idx, f.off) for f in conn.frames] == [
+            (idx, off) for idx in range(3) for off in range(0, limits.FILE_CHUNK, limits.FILE_PIECE)
+        ]
     finally:
         await share.close()
