@@ -37,11 +37,20 @@ class DataDir:
         self._lock_fd: int | None = None
 
     def open(self) -> None:
-        """Create (mode 0700) and lock the directory; raise DataDirLocked if in use."""
+        """Create (mode 0700) and lock the directory; raise DataDirLocked if in use.
+
+        A directory that exists with a looser mode is made 0700: it holds the
+        identity key and the database (private messages, private room keys).
+        """
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise ChinwagError(f"cannot create data directory {self.path}: {exc}") from exc
+        try:
+            if self.path.stat().st_mode & 0o077:
+                os.chmod(self.path, 0o700)
+        except OSError as exc:
+            raise ChinwagError(f"cannot make data directory {self.path} private: {exc}") from exc
         fd = os.open(self.path / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -25,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import shutil
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -39,6 +41,7 @@ import msgspec
 
 from chinwag import events as ev
 from chinwag import limits
+from chinwag.crypto.box import FILE_KEY_BYTES
 from chinwag.crypto.identity import BadIdentity, public_from_peer_id
 from chinwag.errors import UsageError
 from chinwag.protocol import messages as m
@@ -53,7 +56,13 @@ from chinwag.protocol.transfer import (
     new_offer,
 )
 from chinwag.store.db import FileRow, Store, StoreError
-from chinwag.store.filedata import ChunkWriter, hash_source, part_path, unique_path
+from chinwag.store.filedata import (
+    ChunkWriter,
+    hash_source,
+    part_path,
+    sealer,
+    unique_path,
+)
 from chinwag.units import human_size
 
 if TYPE_CHECKING:
@@ -110,6 +119,7 @@ class FileShare:
         auto_accept: int,
         is_verified: Callable[[str], bool],
         in_room: Callable[[str, str], bool],
+        is_private_room: Callable[[str], bool],
     ) -> None:
         self.store = store
         self.me = me
@@ -120,6 +130,8 @@ class FileShare:
         self._is_verified = is_verified
         #: in_room(peer_id, room): is that connected peer in our joined room?
         self._in_room = in_room
+        #: is_private_room(room): is our joined room `room` (display name) a private one?
+        self._is_private_room = is_private_room
         self._loop = asyncio.get_running_loop()
         self.transfers: dict[str, _Transfer] = {}
         self._serve_queues: dict[str, deque[tuple[str, int]]] = {}
@@ -165,20 +177,33 @@ class FileShare:
     # --- commands -------------------------------------------------------
 
     async def prepare(self, path: str, room: str, nick: str) -> Offer:
-        """Hash a local file and record our offer of it to `room` (a room name or `@peer_id`)."""
+        """Hash a local file and record our offer of it to `room` (a room name or `@peer_id`).
+
+        An offer to a private room gets a fresh file key: its chunks are served
+        sealed with it, and only the room's members can read the offer that carries it.
+        """
+        me = public_from_peer_id(self.me)
+        salt = os.urandom(16)
+        private = not room.startswith("@") and self._is_private_room(room)
+        key = os.urandom(FILE_KEY_BYTES) if private else b""
+        # The digests of a sealed offer are over the sealed chunks, which need the id.
+        seal = sealer(key.hex(), file_id(me, salt.hex()))
         try:
-            source, (size, sha, digests, mtime_ns) = await asyncio.to_thread(hash_source, path)
+            source, (size, sha, digests, mtime_ns) = await asyncio.to_thread(
+                hash_source, path, limits.FILE_CHUNK, seal
+            )
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
         if size > limits.FILE_MAX_SIZE:
             raise UsageError(f"{path} is larger than {human_size(limits.FILE_MAX_SIZE)}")
         offer = new_offer(
-            public_from_peer_id(self.me),
-            os.urandom(16),
+            me,
+            salt,
             source.name[: limits.FILE_MAX_NAME_CHARS],
             size,
             sha,
             digest_root(digests),
+            key=key,
         )
         row = FileRow(
             fid=offer.fid,
@@ -220,7 +245,10 @@ class FileShare:
         if not target.is_dir() or not os.access(target, os.W_OK | os.X_OK):
             raise UsageError(f"cannot write to {target}")
         part = part_path(target, t.fid)
-        have = part.stat().st_size if part.exists() else 0
+        try:
+            have = part.lstat().st_size  # (a symlink planted there is not followed)
+        except OSError:
+            have = 0
         free = shutil.disk_usage(target).free
         if t.offer.size - have > free:
             raise UsageError(
@@ -318,6 +346,11 @@ class FileShare:
         if offer.fid != file_id(author, offer.salt):
             # Only its author can make an offer with this id: anyone else's is a forgery.
             log.warning("ignoring an offer by %s with a file id not its own", event.peer_id[:8])
+            return None
+        if not offer.sealed and not room.startswith("@") and self._is_private_room(room):
+            # Its chunks would travel in clear to anyone replaying a member's room
+            # announcement: a private room's file must be sealed (an older or hostile author).
+            log.warning("ignoring an unsealed file offer in private room by %s", event.peer_id[:8])
             return None
         known = self.transfers.get(offer.fid)
         if known is not None:
@@ -435,6 +468,9 @@ class FileShare:
             return row.direction == OUT and row.state in (SHARING, DONE) and row.room[1:] == peer_id
         # A room's file goes to the room's members, from its sender and whoever fetched it.
         held = row.state in (SHARING, DONE) if row.direction == OUT else row.state == DONE
+        if held and not t.offer.sealed and self._is_private_room(row.room):
+            # (a row from before files were sealed): membership cannot be proven, so never.
+            return False
         return held and self._in_room(peer_id, row.room)
 
     def _may_source(self, t: _Transfer, peer_id: str) -> bool:
@@ -485,9 +521,15 @@ class FileShare:
         ):
             t.dl.digests = [t.row.digests[i : i + 32] for i in range(0, len(t.row.digests), 32)]
         try:
-            fd = os.open(t.part, os.O_RDWR | os.O_CREAT, 0o600)
+            # O_NOFOLLOW: a symlink planted at the partial file's name must not lead
+            # our writes (and the final rename) to a file elsewhere.
+            fd = os.open(t.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
-            self._fail(t, f"cannot write {directory}: {exc.strerror or exc}")
+            self._fail(t, f"cannot write {t.part}: {exc.strerror or exc}")
+            return
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            self._fail(t, f"cannot write {t.part}: not a regular file")
             return
         t.writer = ChunkWriter(fd, t.offer)
         resumed = os.fstat(fd).st_size > 0
@@ -850,7 +892,7 @@ class FileShare:
                     fid=raw_fid, idx=idx, off=off, data=view[off : off + limits.FILE_PIECE]
                 )
                 conn.send_encoded(m.encode(piece))
-            t.served += len(data)
+            t.served += len(data) - t.offer.overhead
             if t.row.room.startswith("@"):
                 self._progress(t)  # a private offer has one recipient: show how far it got
         if ahead is not None:
@@ -880,6 +922,8 @@ class FileShare:
         chunk = t.offer.chunk
         length = min(chunk, t.offer.size - idx * chunk)
         size, mtime_ns = t.offer.size, t.row.mtime_ns
+        seal = sealer(t.offer.key, fid)
+        digest = t.row.digests[32 * idx : 32 * idx + 32]
 
         def read() -> bytes | str:
             # A changed size or modification time means the file is no longer the
@@ -888,7 +932,14 @@ class FileShare:
             if st.st_size != size or st.st_mtime_ns != mtime_ns:
                 return "changed"
             data = os.pread(fd, length, idx * chunk)
-            return data if len(data) == length else "changed"
+            if len(data) != length:
+                return "changed"
+            if seal is None:
+                return data
+            sealed = seal(idx, data)
+            # Sealing is deterministic (the nonce is the chunk index): a chunk that no
+            # longer matches its digest would reuse a nonce on another plaintext.
+            return sealed if hashlib.sha256(sealed).digest() == digest else "changed"
 
         async def run() -> bytes | str:
             try:

@@ -142,6 +142,7 @@ class Node:
                 self.config.auto_accept,
                 lambda peer_id: peer_id in self._require_book().verified,
                 lambda peer_id, room: self._require_book().shares_room(peer_id, room),
+                self._is_private_room,
             )
             self._files.load()
             self.port = await self._manager.listen(
@@ -588,6 +589,11 @@ class Node:
         if self._files is None:
             raise UsageError("the node is not started")
         return self._files
+
+    def _is_private_room(self, name: str) -> bool:
+        """Return whether our joined room `name` (display name) is a private room."""
+        room = self._require_book().find(name)
+        return room is not None and room.kind == PRIVATE
 
     def _require_store(self) -> Store:
         if self._store is None:

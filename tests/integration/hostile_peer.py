@@ -34,6 +34,7 @@ F = TypeVar(
     m.Vector,
     m.Want,
     m.Floor,
+    m.Rooms,
     m.FileWho,
     m.FileHave,
     m.FileHashesReq,

@@ -21,6 +21,7 @@ from it_support import (
     ChinwagProcess,
     Event,
     NodeFactory,
+    ask,
     chat_works,
     connected,
     free_tcp_port,
@@ -34,7 +35,9 @@ MB = 1_000_000
 #: Seconds for hashing, sending and checking a file of up to 300 MB on 2 busy cores.
 TRANSFER_S = 60.0
 #: Size of the shared file for the tests that act mid-transfer: progress events come
-#: every 0.25 s and loopback runs at ~200 MB/s, so this leaves several events of room.
+#: every 0.25 s and loopback runs at 200-500 MB/s; they act at a fifth of it or less,
+#: so the rest (240 MB or more, about half a second at least) is the margin for acting
+#: before the transfer ends. (A loaded machine slows the nodes too, not only the test.)
 BIG = 300 * MB
 
 
@@ -275,7 +278,7 @@ async def test_sender_killed_mid_transfer_resumes(
     await connected(a, b)
     fid = await offer(a, "bob", src, b)
     await accept(b, fid)
-    await progress_at_least(b, fid, BIG * 2 // 5)
+    await progress_at_least(b, fid, BIG // 5)
     await a.kill()
     await b.wait_for("peer_left", timeout=PROMPT_S, from_start=True, peer_id=a.peer_id)
     before = file_events(b, "file_progress", fid)[-1]["bytes"]
@@ -292,15 +295,20 @@ async def test_sender_killed_mid_transfer_resumes(
     no_tracebacks(a2, b)
 
 
+@pytest.mark.parametrize("to", ["bob", "#secret"])
 async def test_receiver_killed_mid_transfer_resumes(
-    node: NodeFactory, tmp_path: Path, big_file: tuple[Path, str]
+    node: NodeFactory, tmp_path: Path, big_file: tuple[Path, str], to: str
 ) -> None:
-    """The receiver is SIGKILLed half-way and restarted: it goes on from where it was."""
+    """The receiver is SIGKILLed half-way and restarted: it goes on from where it was.
+    Also for a private room's file, whose chunks travel sealed (the partial file holds
+    plaintext, checked at restart against the digests of the sealed chunks)."""
     src, sha = big_file
     a, b = await start_pair(node, tmp_path)
-    fid = await offer(a, "bob", src, b)
+    if to.startswith("#"):
+        await join_private(to[1:], a, b)
+    fid = await offer(a, to, src, b)
     await accept(b, fid)
-    await progress_at_least(b, fid, BIG * 2 // 5)
+    await progress_at_least(b, fid, BIG // 5)
     await b.kill()
     earlier = file_events(b, "file_progress", fid)[-1]["bytes"]
     assert not file_events(b, "file_done", fid), "the transfer ended before the kill"
@@ -551,22 +559,24 @@ async def test_full_disk(node: NodeFactory, tmp_path: Path) -> None:
 async def test_chat_flows_during_transfer(
     node: NodeFactory, tmp_path: Path, big_file: tuple[Path, str]
 ) -> None:
-    """Messages both ways during a big transfer arrive within 2 s each."""
+    """Messages both ways during a big transfer arrive while it is under way.
+
+    How fast is for bench/bench_files.py (chat p50/p99 during a transfer); here
+    the only bound is PROMPT_S, which a loaded machine cannot break. What keeps
+    chat fast, file data written only below the send buffer's high-water mark,
+    is tested without timing in tests/unit/test_files_share.py.
+    """
     src, sha = big_file
     a, b = await start_pair(node, tmp_path)
     fid = await offer(a, "bob", src, b)
     await accept(b, fid)
     await progress_at_least(b, fid, 1)
-    loop = asyncio.get_running_loop()
     during = 0
     for i in range(3):
         for sender, receiver in ((a, b), (b, a)):
             text = f"during transfer {i} from {sender.nick}"
-            sent_at = loop.time()
             await sender.say(text)
-            await receiver.wait_for_message(text, timeout=2.0)
-            took = loop.time() - sent_at
-            assert took < 2.0, (text, took)
+            await receiver.wait_for_message(text, timeout=PROMPT_S)
             during += not file_events(b, "file_done", fid)
     assert during >= 2, "the transfer was over before chat could be tested alongside it"
     got = await done(b, fid)
@@ -574,7 +584,40 @@ async def test_chat_flows_during_transfer(
     no_tracebacks(a, b)
 
 
+async def test_private_room_file_from_a_member_who_fetched_it(
+    node: NodeFactory, tmp_path: Path
+) -> None:
+    """A offers a file to a private room; B fetches it; A quits; C (a member) fetches it
+    from B alone: every holder seals a chunk to the same bytes, so B's match the digests
+    of A's offer."""
+    a = await start(node, tmp_path, "alice")
+    b = await start(node, tmp_path, "bob", "--peer", f"127.0.0.1:{a.port}")
+    c = await start(node, tmp_path, "carol", "--peer", f"127.0.0.1:{b.port}")
+    await asyncio.gather(connected(a, b), connected(b, c))
+    await join_private("secret", a, b, c)
+    src = tmp_path / "plans.bin"
+    sha = random_file(src, 3 * MB + 12345)
+    fid = await offer(a, "#secret", src, b)
+    await accept(b, fid)
+    got_b = await done(b, fid)
+    assert sha256_of(Path(got_b["path"])) == sha
+    await a.quit()
+    await c.wait_for("file_offer", timeout=PROMPT_S, from_start=True, id=fid)
+    await accept(c, fid)
+    got_c = await done(c, fid)
+    assert got_c["sha256"] == sha and sha256_of(Path(got_c["path"])) == sha
+    no_tracebacks(b, c)
+
+
 # --- more helpers -------------------------------------------------------------
+
+
+async def join_private(room: str, *nodes: ChinwagProcess) -> None:
+    """Join the private room on every node, with one passphrase."""
+    for n in nodes:
+        cmd = {"cmd": "join", "room": room, "passphrase": "correct horse"}
+        joined = await ask(n, cmd, "joined")
+        assert joined["private"] is True, joined
 
 
 def no_tracebacks(*nodes: ChinwagProcess) -> None:

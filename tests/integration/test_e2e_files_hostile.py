@@ -33,7 +33,9 @@ from it_support import (
 
 from chinwag import limits
 from chinwag.crypto.identity import Identity
+from chinwag.crypto.noise import generate_static_private, static_public
 from chinwag.protocol import messages as m
+from chinwag.protocol.session import LocalInfo
 from chinwag.protocol.transfer import Offer, digest_root, encode_offer, new_offer
 
 #: Chunk size of the hostile offers: two pieces per chunk (FILE_PIECE is 64,000 bytes).
@@ -559,3 +561,125 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+async def test_private_room_file_is_sealed_for_a_replayed_announcement(
+    node: NodeFactory, tmp_path: Path
+) -> None:
+    """alice and bob share a private room; mallory lacks its passphrase but replays alice's
+    room announcement (room id and key check value) to both. She learns the file id from
+    bob's `fwho` and passes alice's membership check, yet gets only sealed chunks: no byte
+    of the file, no plaintext digest. bob, a member, gets the file intact."""
+    a, b = await start_pair(node)
+    for n in (a, b):
+        await ask(n, {"cmd": "join", "room": "secret", "passphrase": "open sesame"}, "joined")
+    mallory = HostilePeer(rooms=())
+    await mallory.connect(a.port)
+    announced = await mallory.wait_frame(
+        m.Rooms, lambda f: any(r.room.startswith("p.") for r in f.joined)
+    )
+    [secret] = [r for r in announced.joined if r.room.startswith("p.")]
+    assert secret.kcv, announced
+    replayed = m.Rooms(joined=[secret])
+    mallory.send_frames([replayed])
+    mallory_b = HostilePeer(identity=mallory.identity, rooms=())
+    await mallory_b.connect(b.port)
+    mallory_b.send_frames([replayed])
+
+    path = tmp_path / "plans.bin"
+    plain = os.urandom(3 * limits.FILE_CHUNK // 2)
+    path.write_bytes(plain)
+    await a.send({"cmd": "send_file", "to": "#secret", "path": str(path)})
+    own = await a.wait_for("file_offer", timeout=PROMPT_S, from_start=True, own=True)
+    fid = own["id"]
+    await b.wait_for("file_offer", timeout=PROMPT_S, from_start=True, id=fid)
+    await accept(b, fid)
+    # bob asks every peer that announced the room: mallory learns the file id.
+    who = await mallory_b.wait_frame(m.FileWho)
+    assert who.fid.hex() == fid
+    assert (await done(b, fid)).read_bytes() == plain
+
+    raw = who.fid
+    mallory.send_frames(
+        [
+            m.FileWho(fid=raw),
+            m.FileHashesReq(fid=raw, lo=0),
+            m.FileGet(fid=raw, idx=0),
+            m.FileGet(fid=raw, idx=1),
+        ]
+    )
+    sizes = (limits.FILE_CHUNK, len(plain) - limits.FILE_CHUNK)
+
+    def got(idx: int) -> bytes:
+        return b"".join(bytes(f.data) for f in frames_for(mallory, m.FileData, raw) if f.idx == idx)
+
+    def served() -> bool:
+        naks = frames_for(mallory, m.FileNak, raw)
+        return bool(naks) or all(len(got(i)) >= sizes[i] for i in (0, 1))
+
+    await peer_until(mallory, served, "alice answered the chunk requests")
+    assert frames_for(mallory, m.FileHave, raw), "the replayed announcement was not accepted"
+    chunks = [got(0), got(1)]
+    # Sealed: each chunk 16 bytes (the tag) longer, and none of the file in clear.
+    assert [len(c) for c in chunks] == [sizes[0] + 16, sizes[1] + 16]
+    for i, chunk in enumerate(chunks):
+        start = i * limits.FILE_CHUNK
+        for off in range(0, sizes[i], 64 * 1024):
+            assert plain[start + off : start + off + 32] not in chunk, (i, off)
+    [hashes] = frames_for(mallory, m.FileHashes, raw)
+    for i in (0, 1):
+        part = plain[i * limits.FILE_CHUNK : i * limits.FILE_CHUNK + sizes[i]]
+        assert hashlib.sha256(part).digest() not in hashes.hashes
+    assert [hashlib.sha256(c).digest() for c in chunks] == [
+        hashes.hashes[:32],
+        hashes.hashes[32:64],
+    ]
+    healthy(a, b)
+    await mallory.close()
+    await mallory_b.close()
+
+
+async def test_private_offer_is_not_served_over_a_replayed_identity(
+    node: NodeFactory, tmp_path: Path
+) -> None:
+    """mallory claims bob's identity with bob's binding signature over a channel key she
+    does not hold (as if captured off the wire): alice refuses the handshake
+    (`bad_identity`), so a file offered privately to bob never reaches her."""
+    a, b = await start_pair(node)
+    path = tmp_path / "for-bob.bin"
+    secret = os.urandom(100_000)
+    path.write_bytes(secret)
+    await a.send({"cmd": "send_file", "to": "bob", "path": str(path)})
+    own = await a.wait_for("file_offer", timeout=PROMPT_S, from_start=True, own=True)
+    fid = own["id"]
+    await b.wait_for("file_offer", timeout=PROMPT_S, from_start=True, id=fid)
+
+    bob_identity = Identity.from_seed((b.data_dir / "identity.key").read_bytes())
+    assert bob_identity.peer_id == b.peer_id
+    bobs_channel_key = generate_static_private()  # bob's; mallory never holds it
+    binding = bob_identity.sign(m.STATIC_KEY_CONTEXT + static_public(bobs_channel_key))
+    mallory = HostilePeer(nick="bob", rooms=())
+    mallory.local = LocalInfo(
+        identity=bob_identity,  # only its public half goes on the wire
+        noise_static=generate_static_private(),
+        nick="bob",
+        listen_port=0,
+        caps=mallory.local.caps,
+        binding_sig=binding,
+    )
+    # As the initiator she sends her hello last, so her side completes: she asks at once.
+    await mallory.connect(a.port)
+    raw = bytes.fromhex(fid)
+    mallory.send_frames(
+        [m.FileWho(fid=raw), m.FileHashesReq(fid=raw, lo=0), m.FileGet(fid=raw, idx=0)]
+    )
+    closed = await mallory.wait_closed()
+    assert closed.by_peer, closed
+    assert "identity signature does not match its channel key" in log_of(a)
+    assert mallory.frames == [], mallory.frames
+    await mallory.close()
+
+    # bob himself still fetches it.
+    await accept(b, fid)
+    assert (await done(b, fid)).read_bytes() == secret
+    healthy(a, b)

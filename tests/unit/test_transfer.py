@@ -19,11 +19,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from unit_support import FUZZ
 
 from chinwag import limits
+from chinwag.crypto import box
 from chinwag.crypto.identity import Identity
 from chinwag.errors import RemoteProtocolError
 from chinwag.protocol import messages as m
@@ -40,7 +42,7 @@ from chinwag.protocol.transfer import (
     file_id,
     new_offer,
 )
-from chinwag.store.filedata import ChunkWriter, hash_file, unique_path
+from chinwag.store.filedata import ChunkWriter, hash_file, sealer, unique_path
 from chinwag.units import human_size
 
 CHUNK = 4096
@@ -1155,6 +1157,161 @@ def test_writer_scan_of_an_empty_or_full_file(part: tuple[Path, int]) -> None:
         assert w.whole_digest() == hashlib.sha256(data).hexdigest()
     finally:
         w.close()
+
+
+# --- sealed chunks (files of private rooms) ---------------------------------
+
+KEY = bytes(range(32))
+MALLORY_KEY = Identity.generate().public
+
+
+def sealed_offer(data: bytes, key: bytes = KEY, chunk: int = CHUNK) -> tuple[Offer, list[bytes]]:
+    """A sealed offer of data, and the sealed chunks that travel (its digests cover them)."""
+    raw_fid = bytes.fromhex(FID)
+    sealed = [
+        box.seal_chunk(key, raw_fid, i, data[i * chunk : (i + 1) * chunk])
+        for i in range(-(-len(data) // chunk))
+    ]
+    offer = Offer(
+        fid=FID,
+        name="plans.pdf",
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        chunk=chunk,
+        root=digest_root(b"".join(hashlib.sha256(c).digest() for c in sealed)),
+        salt="5a" * 16,
+        key=key.hex(),
+    )
+    return offer, sealed
+
+
+def test_seal_chunk_is_deterministic_and_authenticated() -> None:
+    fid = bytes.fromhex(FID)
+    data = file_data(CHUNK)
+    sealed = box.seal_chunk(KEY, fid, 3, data)
+    assert len(sealed) == len(data) + box.CHUNK_TAG_BYTES
+    assert sealed == box.seal_chunk(KEY, fid, 3, memoryview(data))  # every holder alike
+    assert data[:64] not in sealed
+    assert box.open_chunk(KEY, fid, 3, sealed) == data
+    other_fid = bytes.fromhex("f" * 32)
+    tampered = bytes([sealed[0] ^ 1]) + sealed[1:]
+    for key, f, idx, blob in [
+        (bytes(32), fid, 3, sealed),  # another key
+        (KEY, fid, 4, sealed),  # another chunk's place
+        (KEY, other_fid, 3, sealed),  # another file
+        (KEY, fid, 3, tampered),
+        (KEY, fid, 3, sealed[:-1]),
+        (KEY, fid, 3, b""),
+    ]:
+        with pytest.raises(box.BadCiphertext):
+            box.open_chunk(key, f, idx, blob)
+    assert box.seal_chunk(KEY, fid, 4, data) != sealed  # the nonce is the chunk index
+
+
+def test_seal_chunk_nonce_is_the_index_big_endian() -> None:
+    # The byte layout documented in docs/files.md: AES-256-GCM, nonce = idx as 12
+    # bytes big-endian, associated data = "chinwag/1 file chunk\0" || fid.
+    fid = bytes.fromhex(FID)
+    data = b"x" * 100
+    expected = AESGCM(KEY).encrypt(
+        (2**40 + 7).to_bytes(12, "big"), data, b"chinwag/1 file chunk\x00" + fid
+    )
+    assert box.seal_chunk(KEY, fid, 2**40 + 7, data) == expected
+
+
+def test_sealed_offer_round_trip_and_key_bounds() -> None:
+    offer, _ = sealed_offer(file_data(CHUNK))
+    text = encode_offer(offer)
+    assert f'"key":"{KEY.hex()}"' in text
+    assert decode_offer(text) == offer and offer.sealed and offer.overhead == 16
+    plain = make_offer(file_data(CHUNK))
+    assert '"key"' not in encode_offer(plain)  # an unsealed offer is as before
+    assert not plain.sealed and plain.overhead == 0
+    for bad in ("ab" * 31, "AB" * 32, "zz" * 32, "ab" * 33):
+        assert decode_offer(encode_offer(msgspec.structs.replace(offer, key=bad))) is None
+    with pytest.raises(ValueError, match="32 bytes"):
+        new_offer(
+            Identity.generate().public, os.urandom(16), "x", 0, "0" * 64, EMPTY_ROOT, key=b"k"
+        )
+
+
+def test_sealed_download_takes_chunks_as_they_travel(part: tuple[Path, int]) -> None:
+    """Pieces of a sealed chunk are 16 bytes longer; the writer checks them sealed and
+    writes them opened; a piece beyond the sealed length bans."""
+    path, fd = part
+    data = file_data(2 * CHUNK + 100)
+    offer, sealed = sealed_offer(data)
+    dl = Download(offer, window=8)
+    dl.add_source(A, 0.0)
+    dl.add_source(EVIL, 0.0)
+    feed_hashes(dl, A, b"".join(hashlib.sha256(c).digest() for c in sealed))
+    assert dl.wire_len(0) == CHUNK + 16 and dl.wire_len(2) == 100 + 16
+    w = ChunkWriter(fd, offer)
+    try:
+        asked = dict((idx, peer) for peer, idx in dl.requests(0.0))
+        assert sorted(asked) == [0, 1, 2]
+        for idx, peer in asked.items():
+            blob = sealed[idx]
+            if peer == EVIL:
+                assert dl.piece(EVIL, idx, 0, blob + b"!", 0.0).dropped
+                continue
+            out = Outcome()
+            for off in range(0, len(blob), 1000):
+                out = dl.piece(A, idx, off, blob[off : off + 1000], 0.0)
+            assert out.pieces
+            ok = w.check_and_write(idx, out.pieces, out.digest)
+            assert dl.checked(A, idx, ok).verified == idx
+        for peer, idx in dl.requests(0.0):
+            out = dl.piece(peer, idx, 0, sealed[idx], 0.0)
+            ok = w.check_and_write(idx, out.pieces, out.digest)
+            assert dl.checked(peer, idx, ok).verified == idx
+        assert dl.complete and dl.verified_bytes == len(data)
+        assert w.whole_digest() == offer.sha256
+        assert path.read_bytes() == data  # the file on disk holds the plaintext
+    finally:
+        w.close()
+
+
+def test_sealed_chunk_that_does_not_open_is_corrupt(part: tuple[Path, int]) -> None:
+    """A chunk matching its digest that does not open (a bad offer) is not written."""
+    path, fd = part
+    data = file_data(CHUNK)
+    offer, sealed = sealed_offer(data)
+    other, _ = sealed_offer(data, key=bytes(32))  # same digests, another key
+    w = ChunkWriter(fd, msgspec.structs.replace(offer, key=other.key))
+    try:
+        assert not w.check_and_write(0, sealed[0], hashlib.sha256(sealed[0]).digest())
+        assert path.stat().st_size == 0
+    finally:
+        w.close()
+
+
+def test_sealed_resume_scans_the_plaintext_against_the_sealed_digests(
+    part: tuple[Path, int],
+) -> None:
+    path, fd = part
+    data = file_data(4 * CHUNK + 10)
+    offer, sealed = sealed_offer(data)
+    damaged = bytearray(data)
+    damaged[CHUNK + 5] ^= 1  # chunk 1 corrupt; chunk 4 missing
+    path.write_bytes(damaged[: 4 * CHUNK])
+    w = ChunkWriter(fd, offer)
+    try:
+        assert w.scan([hashlib.sha256(c).digest() for c in sealed]) == [0, 2, 3]
+    finally:
+        w.close()
+
+
+def test_hash_file_with_a_sealer_lists_the_sealed_digests(tmp_path: Path) -> None:
+    data = file_data(3 * CHUNK + 1)
+    offer, sealed = sealed_offer(data)
+    path = tmp_path / "plans.pdf"
+    path.write_bytes(data)
+    size, sha, digests, _ = hash_file(path, CHUNK, sealer(offer.key, offer.fid))
+    assert (size, sha) == (len(data), offer.sha256)
+    assert digests == b"".join(hashlib.sha256(c).digest() for c in sealed)
+    assert digest_root(digests) == offer.root
+    assert sealer("", offer.fid) is None
 
 
 # --- frames ----------------------------------------------------------------

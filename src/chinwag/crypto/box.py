@@ -9,6 +9,10 @@
   libsodium's "interactive" limits), salted by the room name; its messages are
   sealed with crypto_secretbox. A key check value (BLAKE2b keyed by the room
   key) lets members tell a wrong passphrase from an empty room.
+- A file offered to a private room has a random key of its own, carried in the
+  (room-encrypted) offer; its chunks travel sealed with AES-256-GCM under it
+  (via `cryptography`), so a peer that replays a member's room announcement
+  gets only ciphertext (docs/files.md).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import nacl.public
 import nacl.pwhash
 import nacl.secret
 import nacl.signing
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from chinwag.crypto.identity import Identity
 from chinwag.errors import ChinwagError
@@ -123,3 +129,38 @@ def safety_number(peer_a_public: bytes, peer_b_public: bytes) -> str:
         f"{int.from_bytes(digest[i : i + 5], 'big') % 100000:05d}" for i in range(0, 60, 5)
     )
     return " ".join(digits[i : i + 5] for i in range(0, 60, 5))
+
+
+# --- private-room files ------------------------------------------------------
+
+#: Bytes of a file key (AES-256-GCM), carried only inside a private room's encrypted offer.
+FILE_KEY_BYTES = 32
+#: Bytes the AEAD adds to each sealed chunk (the GCM tag).
+CHUNK_TAG_BYTES = 16
+_CHUNK_CONTEXT = b"chinwag/1 file chunk\x00"
+
+
+def seal_chunk(key: bytes, fid: bytes, idx: int, data: bytes | bytearray | memoryview) -> bytes:
+    """Return chunk idx of file fid sealed with AES-256-GCM under the file's key.
+
+    Deterministic: nonce = idx as 12 bytes big-endian, additional data =
+    context || fid, so every holder of the file seals a chunk to the same bytes
+    (their SHA-256 is in the offer's digest list). A (key, idx) pair must only
+    ever seal the one chunk the digest list names: callers check the sealed
+    chunk's digest before sending it, so a nonce is never used for two texts.
+    """
+    return AESGCM(key).encrypt(_chunk_nonce(idx), data, _CHUNK_CONTEXT + fid)
+
+
+def open_chunk(key: bytes, fid: bytes, idx: int, sealed: bytes | bytearray | memoryview) -> bytes:
+    """Return the plaintext of a chunk sealed by seal_chunk; raise BadCiphertext if it is not."""
+    try:
+        return AESGCM(key).decrypt(_chunk_nonce(idx), sealed, _CHUNK_CONTEXT + fid)
+    except (InvalidTag, ValueError) as exc:
+        raise BadCiphertext(f"file chunk does not decrypt ({type(exc).__name__})") from None
+
+
+def _chunk_nonce(idx: int) -> bytes:
+    if not 0 <= idx < 1 << 64:
+        raise ValueError("chunk index out of range")
+    return idx.to_bytes(12, "big")

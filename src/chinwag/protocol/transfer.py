@@ -6,6 +6,8 @@ file and `root`, the SHA-256 of the concatenated chunk digests. A Download
 fetches the digest list in pages and checks it against `root`, then asks its
 sources for chunks within a window per source, assembles each chunk from its
 pieces and hands it to the I/O layer to check against its digest and write.
+An offer to a private room carries a file key: its chunks travel sealed (16
+bytes longer each) and the digests are those of the sealed chunks.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Annotated, Final
 import msgspec
 
 from chinwag import limits
+from chinwag.crypto.box import CHUNK_TAG_BYTES, FILE_KEY_BYTES
 
 #: Starts the text of a chat message that offers a file (cannot be typed: a control char).
 OFFER_MARK: Final = "\x1ffile:"
@@ -29,11 +32,13 @@ EMPTY_ROOT: Final = hashlib.sha256(b"").hexdigest()
 FILE_ID_CONTEXT: Final = b"chinwag/1 file-id\x00"
 
 
-class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_defaults=True):
     """What a file offer says: id, name, size, whole-file SHA-256, chunk size, digest-list root.
 
     `fid` is bound to the offer's author: file_id(author, salt). Another peer
     cannot make an offer with the same id, so it cannot stand in for the author's file.
+    `key` (hex, only in offers to a private room) is the file key: chunks travel
+    sealed with it (crypto/box.py: seal_chunk) and `root` covers the sealed chunks.
     """
 
     fid: str
@@ -43,11 +48,22 @@ class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     chunk: Annotated[int, msgspec.Meta(ge=4096, le=limits.FILE_CHUNK)]
     root: str
     salt: str = ""
+    key: str = ""
 
     @property
     def chunks(self) -> int:
         """The number of chunks of the file (the last one may be short)."""
         return -(-self.size // self.chunk)
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the chunks travel sealed with the offer's file key."""
+        return bool(self.key)
+
+    @property
+    def overhead(self) -> int:
+        """Bytes a chunk on the wire has beyond its plaintext (the AEAD tag, if sealed)."""
+        return CHUNK_TAG_BYTES if self.key else 0
 
 
 _offer_decoder = msgspec.json.Decoder(Offer)
@@ -72,6 +88,7 @@ def decode_offer(text: str) -> Offer | None:
         and _HEX32.fullmatch(offer.salt)
         and _HEX64.fullmatch(offer.sha256)
         and _HEX64.fullmatch(offer.root)
+        and (not offer.key or _HEX64.fullmatch(offer.key))
         # Bounds the receiver's chunk bookkeeping and digest list (32 MiB at most).
         and offer.chunks <= limits.FILE_MAX_CHUNKS
     )
@@ -91,13 +108,18 @@ def new_offer(
     sha256: str,
     root: str,
     chunk: int = limits.FILE_CHUNK,
+    key: bytes = b"",
 ) -> Offer:
     """Return a new offer by `author` (public key) with a fresh 16-byte `salt`.
 
-    Its id is bound to both (file_id); the caller brings the randomness.
+    Its id is bound to both (file_id); the caller brings the randomness, also
+    for `key` (a fresh file key for a private room's offer; empty otherwise),
+    and for a sealed offer computes `root` over the sealed chunks.
     """
     if len(salt) != 16:
         raise ValueError("the salt is 16 bytes")
+    if key and len(key) != FILE_KEY_BYTES:
+        raise ValueError(f"a file key is {FILE_KEY_BYTES} bytes")
     return Offer(
         fid=file_id(author, salt.hex()),
         name=name,
@@ -106,6 +128,7 @@ def new_offer(
         chunk=chunk,
         root=root,
         salt=salt.hex(),
+        key=key.hex(),
     )
 
 
@@ -182,8 +205,12 @@ class Download:
     # --- chunks ----------------------------------------------------------
 
     def chunk_len(self, idx: int) -> int:
-        """Return the length in bytes of chunk idx."""
+        """Return the length in bytes of chunk idx (of the file, so unsealed)."""
         return min(self.offer.chunk, self.offer.size - idx * self.offer.chunk)
+
+    def wire_len(self, idx: int) -> int:
+        """Return the length in bytes of chunk idx as it travels (sealed, if the offer is)."""
+        return self.chunk_len(idx) + self.offer.overhead
 
     @property
     def complete(self) -> bool:
@@ -322,7 +349,7 @@ class Download:
         source = self.sources.get(peer_id)
         if source is None or part is None or part.source != peer_id:
             return Outcome()  # not asked of this peer (any more): ignore
-        length = self.chunk_len(idx)
+        length = self.wire_len(idx)
         if off != part.got or not data or off + len(data) > length:
             self.drop(peer_id, ban=True)
             return Outcome(dropped=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -158,6 +159,26 @@ def boot_id() -> str:
         return ""
 
 
+def _make_private(path: Path) -> None:
+    """Create the database file owner-only (0600); make it and its -wal, -shm so if looser.
+
+    The messages of private rooms and conversations are readable in it, and the
+    keys of private rooms. SQLite creates -wal and -shm with the database file's
+    mode, so that one is set first.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            if side.lstat().st_mode & 0o077:
+                os.chmod(side, 0o600, follow_symlinks=False)
+
+
 class Store:
     """The node's SQLite database."""
 
@@ -169,6 +190,10 @@ class Store:
         #: True if the last run did not close the store and the machine restarted since (or
         #: we cannot tell): its last commits (synchronous=NORMAL) may be lost.
         self.tail_may_be_lost = False
+        try:
+            _make_private(path)
+        except OSError as exc:
+            raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from None
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._open()

@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from chinwag import limits
+from chinwag.crypto.box import BadCiphertext, open_chunk, seal_chunk
 from chinwag.errors import UsageError
 from chinwag.protocol.transfer import Offer, Piece
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+#: Seals chunk idx of a file as it travels (seal_chunk with the file's key and id).
+Sealer = Callable[[int, bytes], bytes]
 
 
 def part_path(directory: Path, fid: str) -> Path:
@@ -30,21 +33,39 @@ def part_path(directory: Path, fid: str) -> Path:
     return directory / f".chinwag-{fid}.part"
 
 
-def hash_file(path: Path, chunk: int = limits.FILE_CHUNK) -> tuple[int, str, bytes, int]:
-    """Return (size, whole-file SHA-256 hex, concatenated chunk digests, mtime_ns) of a file."""
+def sealer(key: str, fid: str) -> Sealer | None:
+    """Return how the chunks of file fid (hex) are sealed on the wire with its key (hex),
+    or None if there is no key: they travel as they are."""
+    if not key:
+        return None
+    raw_key, raw_fid = bytes.fromhex(key), bytes.fromhex(fid)
+    return lambda idx, data: seal_chunk(raw_key, raw_fid, idx, data)
+
+
+def hash_file(
+    path: Path, chunk: int = limits.FILE_CHUNK, seal: Sealer | None = None
+) -> tuple[int, str, bytes, int]:
+    """Return (size, whole-file SHA-256 hex, concatenated chunk digests, mtime_ns) of a file.
+
+    With `seal`, the chunk digests are those of the sealed chunks (what travels).
+    """
     whole = hashlib.sha256()
     digests = bytearray()
     with path.open("rb") as f:
         st = os.fstat(f.fileno())
         size = 0
+        idx = 0
         while block := f.read(chunk):
             whole.update(block)
-            digests += hashlib.sha256(block).digest()
+            digests += hashlib.sha256(block if seal is None else seal(idx, block)).digest()
             size += len(block)
+            idx += 1
     return size, whole.hexdigest(), bytes(digests), st.st_mtime_ns
 
 
-def hash_source(path: str) -> tuple[Path, tuple[int, str, bytes, int]]:
+def hash_source(
+    path: str, chunk: int = limits.FILE_CHUNK, seal: Sealer | None = None
+) -> tuple[Path, tuple[int, str, bytes, int]]:
     """Check that path names a readable regular file; return it resolved, with hash_file()."""
     source = Path(path).expanduser()
     try:
@@ -57,7 +78,7 @@ def hash_source(path: str) -> tuple[Path, tuple[int, str, bytes, int]]:
         raise UsageError(f"{path} is not a regular file")
     if not os.access(source, os.R_OK):
         raise UsageError(f"{path} is not readable")
-    return source, hash_file(source)
+    return source, hash_file(source, chunk, seal)
 
 
 def unique_path(directory: Path, name: str) -> Path:
@@ -85,6 +106,10 @@ class ChunkWriter:
     def __init__(self, fd: int, offer: Offer) -> None:
         self.fd = fd
         self.offer = offer
+        #: A sealed offer's chunks arrive sealed; the file on disk holds them opened.
+        self._key = bytes.fromhex(offer.key) if offer.sealed else b""
+        self._fid = bytes.fromhex(offer.fid)
+        self._seal = sealer(offer.key, offer.fid)
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-file")
         self._whole = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-sha")
         self._prefix = hashlib.sha256()
@@ -141,7 +166,8 @@ class ChunkWriter:
     ) -> bool:
         """Write chunk idx (one buffer, or its pieces in order) if it matches digest.
 
-        Return whether it did.
+        A sealed offer's chunk is checked as it travelled, then opened, and its
+        plaintext written. Return whether it was written.
         """
         if self._closed:
             return False
@@ -151,6 +177,13 @@ class ChunkWriter:
             hasher.update(piece)
         if hasher.digest() != digest:
             return False
+        if self._key:
+            try:
+                pieces = (open_chunk(self._key, self._fid, idx, b"".join(pieces)),)
+            except BadCiphertext:
+                # Only the author could seal a chunk with the right digest that does not
+                # open (a bad offer): corrupt, like a wrong digest.
+                return False
         size = sum(len(piece) for piece in pieces)
         if os.pwritev(self.fd, pieces, idx * self.offer.chunk) != size:
             raise OSError(errno.EIO, "short write")
@@ -167,7 +200,8 @@ class ChunkWriter:
             if self._closed or idx * chunk + length > size:
                 break
             data = os.pread(self.fd, length, idx * chunk)
-            if hashlib.sha256(data).digest() == digest:
+            travelled = data if self._seal is None else self._seal(idx, data)
+            if hashlib.sha256(travelled).digest() == digest:
                 good.append(idx)
                 self._extend(idx, (data,))
         return good
