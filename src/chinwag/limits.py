@@ -186,3 +186,17 @@ MAX_UNKNOWN_TAGS_LOGGED = 64
 # --- local API --------------------------------------------------------------
 #: Bytes of one JSON-lines command; a longer line is refused with an error.
 MAX_COMMAND_LINE = 64 * 1024
+
+# --- hardening: timestamps, discovery, peers, conversations, warnings ---------
+#: Milliseconds since the epoch: the earliest chat `ts` accepted (2000-01-01T00:00:00Z);
+#: an older stamp is malformed (stops messages pinned above all history on every peer).
+MIN_TS_MS = 946_684_800_000
+#: Milliseconds since the epoch: chat `ts` must be below this (2100-01-01T00:00:00Z); stops a
+#: stamp past year 9999 from making every date rendering raise (a TUI that died at each start).
+MAX_TS_MS = 4_102_444_800_000
+#: Milliseconds a chat `ts` may be ahead of the receiver's clock; a message dated later is not
+#: accepted yet (stops a message pinned below all others for decades).
+MAX_TS_AHEAD_MS = 86_400_000
+#: Keys (peer and kind of fault) remembered as already warned about; repeats go to debug
+#: (stops a peer from flooding the log by repeating what caused a warning).
+MAX_WARNED_KEYS = 1_024

@@ -30,9 +30,10 @@ from chinwag.crypto.identity import (
 )
 from chinwag.crypto.noise import generate_static_private
 from chinwag.datadir import DataDir, default_downloads_dir, load_or_create_identity
-from chinwag.errors import UsageError
+from chinwag.errors import RemoteProtocolError, UsageError
 from chinwag.files import FileShare
 from chinwag.history import History
+from chinwag.logonce import WarnOnce
 from chinwag.net.connection import PeerConnection
 from chinwag.net.discovery import Discovery
 from chinwag.net.manager import ConnectionManager
@@ -100,6 +101,7 @@ class Node:
         self.port = 0
         self.stopped = asyncio.Event()
         self._held: list[ev.NodeEvent] | None = None
+        self._warn = WarnOnce(log)
 
     # --- lifecycle ------------------------------------------------------
 
@@ -554,6 +556,8 @@ class Node:
             self._emit(ev.NickChanged(peer_id=peer_id, nick=frame.nick, old=old))
             return
         if isinstance(frame, m.Chat):
+            if self._from_the_future(conn, frame):
+                return
             self._require_history().chat_received(conn, frame)
         else:
             self._require_history().sync_frame(conn, frame)
@@ -562,6 +566,27 @@ class Node:
                 self._require_files().ask_peer(conn)
 
     # --- internals ------------------------------------------------------
+
+    def _from_the_future(self, conn: PeerConnection, frame: m.Chat) -> bool:
+        """Return True if a chat is dated too far ahead of our clock to accept yet.
+
+        Dropped without closing the connection: the sender may be an honest relay whose
+        clock differs; sync offers the message again, and it is taken once it is due.
+        """
+        try:
+            ts = m.decode_body(frame.body).ts
+        except RemoteProtocolError:
+            return False  # malformed: history refuses it and closes the connection
+        if not m.ts_ahead(ts, int(time.time() * 1000)):
+            return False
+        sender = conn.session.peer_id or "?"
+        self._warn(
+            ("future", sender),
+            "not accepting yet a message from %s dated %d ms ahead of our clock",
+            sender[:8],
+            ts - int(time.time() * 1000),
+        )
+        return True
 
     def _local_info(self) -> LocalInfo:
         assert self._local is not None
@@ -593,6 +618,8 @@ class Node:
         return self._manager
 
     def _emit(self, event: ev.NodeEvent) -> None:
+        if isinstance(event, ev.Message | ev.DirectMessage):
+            event = _sane_ts(event)
         if (
             isinstance(event, ev.Message | ev.DirectMessage)
             and event.text.startswith(OFFER_MARK)
@@ -609,6 +636,7 @@ class Node:
         self, msgs: list[ev.Message | ev.DirectMessage]
     ) -> list[ev.Message | ev.DirectMessage]:
         """Return messages with file offers shown as readable lines."""
+        msgs = [_sane_ts(msg) for msg in msgs]
         files = self._files
         if files is None:
             return msgs
@@ -636,6 +664,16 @@ def _chat_text(text: str) -> str:
     if text.startswith(OFFER_MARK):
         raise UsageError("a message may not start with that control character")
     return text
+
+
+def _sane_ts(msg: ev.Message | ev.DirectMessage) -> ev.Message | ev.DirectMessage:
+    """Return msg with its time clamped into the range accepted on receipt.
+
+    Messages stored before that check existed may carry any time; no UI (nor a JSON
+    client) should get one it cannot turn into a date.
+    """
+    ts = m.clamp_ts_s(msg.ts)
+    return msg if ts == msg.ts else msgspec.structs.replace(msg, ts=ts)
 
 
 def _offer_room(event: ev.Message | ev.DirectMessage) -> str:

@@ -12,6 +12,7 @@ import socket
 import time
 from pathlib import Path
 
+from hostile_peer import HostilePeer
 from it_support import (
     PROMPT_S,
     ChinwagProcess,
@@ -186,3 +187,27 @@ async def test_garbage_datagrams_on_discovery_port(node: NodeFactory, discovery_
     for n in (a, b, c):
         assert not stderr_has_traceback(n), n.stderr_tail()
     assert count(a, "peer_joined") == 2 and count(b, "peer_joined") == 2
+
+
+async def test_impossible_and_future_timestamps(node: NodeFactory) -> None:
+    """A chat dated past the accepted range closes the connection (`bad_timestamp`); one dated
+    more than a day ahead is not accepted yet, without closing; neither is ever shown."""
+    a, b = await pair(node)
+    h = HostilePeer()
+    await h.connect(a.port, timeout=PROMPT_S)
+    await a.wait_for_peers([h.peer_id], timeout=PROMPT_S)
+    await a.send({"cmd": "join", "room": "dev"})
+    await a.wait_for("joined", timeout=PROMPT_S, room="dev")
+    now = int(time.time() * 1000)
+    h.send_chat(h.message(1, "dated in two days", ts_ms=now + 2 * 86_400_000))
+    h.send_chat(h.message(1, "on time", room="dev"))  # the same connection, later
+    await a.wait_for_message("on time", timeout=PROMPT_S)
+    assert h.closed is None
+    assert count(a, "message", text="dated in two days") == 0
+
+    h.send_chat(h.message(2, "in year 146140482", room="dev", ts_ms=2**62))
+    closed = await h.wait_closed(PROMPT_S)
+    assert h.reset or closed.code == "bad_timestamp", closed
+    await h.close()
+    assert count(a, "message", text="in year 146140482") == 0
+    await assert_healthy(a, b, "after impossible timestamps")

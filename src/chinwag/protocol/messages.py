@@ -8,6 +8,7 @@ RemoteProtocolError. The encoding of each struct is documented in docs/protocol.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Final
 
 import msgspec
@@ -316,4 +317,24 @@ def decode_body(data: bytes) -> ChatBody:
         raise RemoteProtocolError("chat text too long", "too_large")
     if not body.text and not body.enc:
         raise RemoteProtocolError("empty chat message", "malformed_frame")
+    # Hardening: an absolute range, the same on every peer (so no honest peer ever stores,
+    # relays or offers a message another one refuses); the receiver's clock is checked
+    # separately (ts_ahead below), since clocks differ between peers.
+    if not limits.MIN_TS_MS <= body.ts < limits.MAX_TS_MS:
+        raise RemoteProtocolError(f"chat timestamp out of range: {body.ts}", "bad_timestamp")
     return body
+
+
+def ts_ahead(ts_ms: int, now_ms: int) -> bool:
+    """Return True if a chat `ts` is too far ahead of the receiver's clock to accept yet."""
+    return ts_ms - now_ms > limits.MAX_TS_AHEAD_MS
+
+
+def clamp_ts_s(ts: float) -> float:
+    """Return a time in seconds (as events carry it) clamped into the accepted range (NaN: min).
+
+    For times stored before the range was checked on receipt: shown, never raising.
+    """
+    if math.isnan(ts):
+        return limits.MIN_TS_MS / 1000
+    return min(max(ts, limits.MIN_TS_MS / 1000), limits.MAX_TS_MS / 1000)

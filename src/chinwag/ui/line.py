@@ -19,6 +19,7 @@ from chinwag import events as ev
 from chinwag.crypto.identity import fingerprint, short_id
 from chinwag.errors import ChinwagError
 from chinwag.node import Node
+from chinwag.ui.clock import local_datetime
 from chinwag.ui.stdio import LineTooLong, stdin_lines
 from chinwag.units import human_size
 
@@ -138,7 +139,7 @@ class LineUI:
 
     def format_message(self, event: ev.Message | ev.DirectMessage, mark: str = "") -> str:
         """Return one message as a display line: time, room, nick, short id, text, marks."""
-        stamp = dt.datetime.fromtimestamp(event.ts)
+        stamp = local_datetime(event.ts)
         when = stamp.strftime("%H:%M:%S" if stamp.date() == dt.date.today() else "%m-%d %H:%M")
         who = self._paint(nick_colour(event.peer_id), clean(event.nick))
         sid = self._paint("2", short_id(event.peer_id))
@@ -326,7 +327,7 @@ class LineUI:
         if not peers:
             self._info("no peers connected")
         for p in peers:
-            since = dt.datetime.fromtimestamp(p.since).strftime("%H:%M:%S")
+            since = local_datetime(p.since).strftime("%H:%M:%S")
             rtt = "" if p.rtt_ms is None else f", rtt {p.rtt_ms:.1f} ms"
             self._info(f"{clean(p.nick)} {short_id(p.peer_id)} {p.address} since {since}{rtt}")
         return True
