@@ -200,3 +200,13 @@ MAX_TS_AHEAD_MS = 86_400_000
 #: Keys (peer and kind of fault) remembered as already warned about; repeats go to debug
 #: (stops a peer from flooding the log by repeating what caused a warning).
 MAX_WARNED_KEYS = 1_024
+#: Strangers (peers only heard in beacons) one source address may claim; stops one host
+#: from filling the discovered-peer table with throwaway ids.
+MAX_IDS_PER_HOST = 16
+#: Seconds without a beacon after which a stranger may be evicted for a newcomer when the
+#: table is full (a live peer beacons every 2.1-3.9 s); stops a flood evicting live peers.
+DISCOVERED_IDLE_S = 5.0
+#: First dials of strangers per second, sustained, and in a burst; later ones wait
+#: (stops a beacon flood from making us dial anyone, fast).
+NEW_DIALS_PER_S = 4.0
+NEW_DIALS_BURST = 8.0

@@ -270,37 +270,133 @@ def peer_ids(n: int) -> list[str]:
     return [f"{i:052d}" for i in range(n)]
 
 
+def host_of(i: int) -> str:
+    """A distinct source address per index (one host may claim few ids)."""
+    return f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}"
+
+
+def held(t: PeerTable, ids: list[str]) -> int:
+    """How many of ids the table holds now (address_of forgets nothing)."""
+    return sum(t.address_of(pid) is not None for pid in ids)
+
+
 def test_max_discovered_bounds_the_table() -> None:
     t = table("z" * 52)  # every stand-in id is lower than ours
     ids = peer_ids(limits.MAX_DISCOVERED + 1)
-    for pid in ids[:-1]:
-        assert t.beacon(pid, "10.0.0.9", 5000, now=0.0) is True
-    # Full, and everyone was heard just now: the newcomer is refused.
-    assert t.beacon(ids[-1], "10.0.0.9", 5000, now=0.0) is False
-    assert t.address_of(ids[-1]) is None
-    # Later, idle entries make room.
-    assert t.beacon(ids[-1], "10.0.0.9", 5000, now=1.0) is True
-    assert t.address_of(ids[-1]) is not None
-    known = sum(t.address_of(pid) is not None for pid in ids)
-    assert known <= limits.MAX_DISCOVERED
+    for i, pid in enumerate(ids[:-1]):
+        assert t.beacon(pid, host_of(i), 5000, now=i * 0.001) is True
+    # Full, and everyone was heard lately: the newcomer is refused.
+    newcomer = ids[-1]
+    assert t.beacon(newcomer, "10.9.9.9", 5000, now=1.0) is False
+    assert t.address_of(newcomer) is None
+    # Once strangers have been silent for DISCOVERED_IDLE_S, the one heard longest ago
+    # (and only it) makes room.
+    late = limits.DISCOVERED_IDLE_S + 0.0005
+    assert t.beacon(newcomer, "10.9.9.9", 5000, now=late) is True
+    assert t.address_of(newcomer) is not None
+    assert t.address_of(ids[0]) is None
+    assert held(t, ids[1:-1]) == limits.MAX_DISCOVERED - 1
+    assert len(t) == limits.MAX_DISCOVERED
 
 
 def test_connected_peers_survive_a_full_table() -> None:
     t = table("z" * 52)
     ids = peer_ids(limits.MAX_DISCOVERED + 1)
     t.connected(ids[0], "10.0.0.1", 5000, now=0.0)
-    for pid in ids[1:-1]:
-        t.beacon(pid, "10.0.0.9", 5000, now=0.0)
-    assert t.beacon(ids[-1], "10.0.0.9", 5000, now=1.0) is True
+    for i, pid in enumerate(ids[1:-1], start=1):
+        t.beacon(pid, host_of(i), 5000, now=0.0)
+    assert t.beacon(ids[-1], "10.9.9.9", 5000, now=limits.DISCOVERED_IDLE_S) is True
     assert t.address_of(ids[0]) == ("10.0.0.1", 5000)
     assert t.beacon(ids[0], "10.0.0.1", 5000, now=1.0) is False  # still connected
 
 
 def test_spoofed_beacon_flood_keeps_the_table_bounded() -> None:
+    # Counted as the flood goes (due_dials would forget stale entries first and hide growth).
     t = table("z" * 52)
     for i, pid in enumerate(peer_ids(5 * limits.MAX_DISCOVERED)):
-        t.beacon(pid, "10.0.0.9", 5000, now=i * 0.01)
-    assert len(t.due_dials(10_000.0)) <= limits.MAX_DISCOVERED
+        t.beacon(pid, host_of(i), 5000, now=i * 0.1)
+        assert len(t) <= limits.MAX_DISCOVERED
+
+
+def test_a_beacon_flood_never_evicts_a_known_peer_or_its_pending_redial() -> None:
+    t = table(LOW)
+    t.connected(HIGH, "10.1.1.1", 5000, now=0.0)
+    t.disconnected(HIGH, now=1.0, goodbye=False)  # lost: a redial is pending
+    redial_at = t.get_timer()
+    assert redial_at is not None
+    flood = [f"a{i:051d}" for i in range(5 * limits.MAX_DISCOVERED)]  # all above LOW
+    for i, pid in enumerate(flood):
+        t.beacon(pid, host_of(i), 5000, now=1.0 + i * 0.05)
+        assert t.address_of(HIGH) == ("10.1.1.1", 5000)
+    assert redial_at in [e.next_attempt for e in t._entries.values() if e.peer_id == HIGH]
+
+
+def test_a_beacon_flood_does_not_evict_a_stranger_that_keeps_beaconing() -> None:
+    t = table("z" * 52)
+    live = "y" * 52
+    now = 0.0
+    for i, pid in enumerate(peer_ids(5 * limits.MAX_DISCOVERED)):
+        now = i * 0.05
+        if i % 60 == 0:  # every 3 s, like a real peer
+            t.beacon(live, "10.200.0.1", 5000, now=now)
+        t.beacon(pid, host_of(i), 5000, now=now)
+        assert t.address_of(live) is not None
+
+
+def test_one_source_address_claims_few_ids() -> None:
+    t = table("z" * 52)
+    ids = peer_ids(limits.MAX_IDS_PER_HOST + 5)
+    accepted = [t.beacon(pid, "10.0.0.66", 5000, now=0.0) for pid in ids]
+    assert accepted == [True] * limits.MAX_IDS_PER_HOST + [False] * 5
+    assert t.beacon("y" * 52, "10.0.0.67", 5000, now=0.0) is True  # another host still can
+    # A known peer at that address is no stranger: it does not count.
+    t.connected("x" * 52, "10.0.0.66", 6000, now=0.0)
+    assert t.beacon("x" * 52, "10.0.0.66", 6000, now=0.1) is False
+
+
+def test_first_dials_of_strangers_are_paced() -> None:
+    t = table("-" * 52)  # lower than every stand-in: dials at once
+    for i, pid in enumerate(peer_ids(100)):
+        t.beacon(pid, host_of(i), 5000, now=0.0)
+    burst = int(limits.NEW_DIALS_BURST)
+    assert len(t.due_dials(0.0)) == burst
+    assert t.due_dials(0.0) == []
+    timer = t.get_timer()
+    assert timer == pytest.approx(1.0 / limits.NEW_DIALS_PER_S)  # not a busy loop
+    dialled = burst
+    now = 0.0
+    while now < 10.0:
+        now = t.get_timer() or 10.0
+        dialled += len(t.due_dials(now))
+    assert dialled <= burst + limits.NEW_DIALS_PER_S * 10.0 + 1
+
+
+def test_redials_of_known_peers_and_manual_addresses_are_not_paced() -> None:
+    t = table("-" * 52)  # lower than every stand-in: dials at once
+    for i, pid in enumerate(peer_ids(50)):
+        t.beacon(pid, host_of(i), 5000, now=0.0)
+    t.due_dials(0.0)  # the burst is spent on strangers
+    t.add_manual("192.0.2.1", 47475, now=0.0)
+    t.connected("y" * 52, "10.1.1.1", 5000, now=0.0)
+    t.disconnected("y" * 52, now=0.0, goodbye=False)
+    assert t.wanted("y" * 52, now=0.0) is True
+    keys = {d.key for d in t.due_dials(0.0)}
+    assert keys == {"192.0.2.1:47475", "y" * 52}
+
+
+def test_a_beacon_does_not_move_a_proven_address_until_a_dial_there_fails() -> None:
+    t = table(LOW)
+    t.connected(HIGH, "10.1.1.1", 5000, now=0.0)  # a handshake proved this address
+    t.beacon(HIGH, "10.6.6.6", 6666, now=0.5)  # spoofed while connected
+    assert t.address_of(HIGH) == ("10.1.1.1", 5000)
+    t.disconnected(HIGH, now=1.0, goodbye=False)
+    t.beacon(HIGH, "10.6.6.6", 6666, now=1.1)  # spoofed while we plan to redial
+    assert t.address_of(HIGH) == ("10.1.1.1", 5000)
+    [dial] = t.due_dials(10.0)
+    assert (dial.host, dial.port) == ("10.1.1.1", 5000)
+    t.dial_failed(dial.key, now=10.0)  # the peer moved: now a beacon may say where
+    t.beacon(HIGH, "10.1.1.2", 5000, now=10.1)
+    assert t.address_of(HIGH) == ("10.1.1.2", 5000)
 
 
 # --- dialling on demand -----------------------------------------------------------

@@ -17,6 +17,15 @@ hello). The table turns these into dial decisions:
 - discovered peers not heard from for a while are forgotten, and the table
   holds at most MAX_DISCOVERED of them.
 
+Beacons are unauthenticated, so the table defends itself against spoofed ones
+(hardening): a source address may claim at most MAX_IDS_PER_HOST strangers; when
+the table is full a newcomer may only replace the stranger heard longest ago, and
+only one silent for DISCOVERED_IDLE_S (peers we have been connected to, manual
+addresses, connected peers and dials in progress are never evicted by a beacon);
+first dials of strangers are paced by a token bucket (NEW_DIALS_PER_S); and a
+beacon never moves the address of a peer that is connected, being dialled, or
+whose address a handshake proved (until a dial there fails).
+
 Randomness (jitter) comes from an injected `random.Random`.
 """
 
@@ -42,6 +51,10 @@ class Entry:
     connected: bool = False
     connected_since: float = 0.0
     last_seen: float = 0.0
+    #: We have been connected to this peer: not a stranger, never evicted by a beacon.
+    known: bool = False
+    #: A handshake proved host:port belongs to this peer; beacons do not move it.
+    proven: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +74,9 @@ class PeerTable:
         self.own_peer_id = own_peer_id
         self._rng = rng
         self._entries: dict[str, Entry] = {}
+        #: Token bucket pacing first dials of strangers (beacon floods make us dial anyone).
+        self._dial_tokens = limits.NEW_DIALS_BURST
+        self._dial_stamp: float | None = None
 
     # --- inputs ---------------------------------------------------------
 
@@ -75,15 +91,15 @@ class PeerTable:
             return False
         entry = self._entries.get(peer_id)
         if entry is None:
-            if self._is_connected(peer_id):
+            if self._strangers_at(host) >= limits.MAX_IDS_PER_HOST:
                 return False
-            if self._discovered_count() >= limits.MAX_DISCOVERED:
-                self._forget_stale(now, force=True)
-                if self._discovered_count() >= limits.MAX_DISCOVERED:
-                    return False
+            if self._discovered_count() >= limits.MAX_DISCOVERED and not self._evict_stranger(
+                now
+            ):
+                return False
             entry = self._entries[peer_id] = Entry(host, port, peer_id, manual=False)
         entry.last_seen = now
-        if not entry.connected and not entry.dialing:
+        if not entry.connected and not entry.dialing and not entry.proven:
             entry.host, entry.port = host, port
         if entry.connected:
             return False
@@ -99,12 +115,16 @@ class PeerTable:
             entry.dialing = False
             entry.peer_id = peer_id
             entry.next_attempt = None
+            if not entry.manual and peer_id == key:
+                entry.known = entry.proven = True
 
     def dial_failed(self, key: str, now: float) -> None:
         """A dial for key failed: schedule a retry with back-off."""
         entry = self._entries.get(key)
         if entry is not None:
             entry.dialing = False
+            # The proven address failed: a beacon may tell us where the peer went.
+            entry.proven = False
             self._back_off(entry, now)
 
     def connected(
@@ -120,6 +140,8 @@ class PeerTable:
             entry = self._entries[peer_id] = Entry(host, listen_port, peer_id, manual=False)
         if listen_port:
             entry.host, entry.port = host, listen_port
+            entry.proven = True
+        entry.known = True
         entry.connected = True
         entry.connected_since = now
         entry.last_seen = now
@@ -163,6 +185,7 @@ class PeerTable:
     def due_dials(self, now: float) -> list[Dial]:
         """Return the dials to start now (each marked as in progress)."""
         self._forget_stale(now)
+        self._refill(now)
         dials = []
         for key, entry in self._entries.items():
             if entry.connected or entry.dialing or entry.next_attempt is None:
@@ -172,18 +195,30 @@ class PeerTable:
             if entry.peer_id is not None and self._is_connected(entry.peer_id):
                 entry.next_attempt = None
                 continue
+            if self._is_stranger(entry):
+                if self._dial_tokens < 1.0:
+                    continue  # paced: dialled when a token is back (get_timer)
+                self._dial_tokens -= 1.0
             entry.dialing = True
             dials.append(Dial(key, entry.host, entry.port, entry.peer_id))
         return dials
 
     def get_timer(self) -> float | None:
         """Return when due_dials next has something to do, or None."""
-        times = [
-            e.next_attempt
-            for e in self._entries.values()
-            if e.next_attempt is not None and not e.dialing and not e.connected
-        ]
+        times = []
+        token_at = self._next_token_at()
+        for e in self._entries.values():
+            if e.next_attempt is None or e.dialing or e.connected:
+                continue
+            if self._is_stranger(e) and token_at is not None:
+                times.append(max(e.next_attempt, token_at))
+            else:
+                times.append(e.next_attempt)
         return min(times) if times else None
+
+    def __len__(self) -> int:
+        """Return the number of entries (addresses and peers) held."""
+        return len(self._entries)
 
     def address_of(self, peer_id: str) -> tuple[str, int] | None:
         entry = self._entries.get(peer_id)
@@ -198,6 +233,42 @@ class PeerTable:
     def _discovered_count(self) -> int:
         return sum(1 for e in self._entries.values() if not e.manual)
 
+    @staticmethod
+    def _is_stranger(entry: Entry) -> bool:
+        """A peer only heard in beacons: never connected, not a manual address."""
+        return not entry.manual and not entry.known and not entry.connected
+
+    def _strangers_at(self, host: str) -> int:
+        return sum(1 for e in self._entries.values() if e.host == host and self._is_stranger(e))
+
+    def _evict_stranger(self, now: float) -> bool:
+        """Forget the idle stranger heard longest ago to make room; False if there is none."""
+        idle = [
+            (e.last_seen, key)
+            for key, e in self._entries.items()
+            if self._is_stranger(e)
+            and not e.dialing
+            and now - e.last_seen >= limits.DISCOVERED_IDLE_S
+        ]
+        if not idle:
+            return False
+        del self._entries[min(idle)[1]]
+        return True
+
+    def _refill(self, now: float) -> None:
+        if self._dial_stamp is not None:
+            self._dial_tokens = min(
+                limits.NEW_DIALS_BURST,
+                self._dial_tokens + (now - self._dial_stamp) * limits.NEW_DIALS_PER_S,
+            )
+        self._dial_stamp = now
+
+    def _next_token_at(self) -> float | None:
+        """Return when the next first dial of a stranger may start (None: one may now)."""
+        if self._dial_tokens >= 1.0 or self._dial_stamp is None:
+            return None
+        return self._dial_stamp + (1.0 - self._dial_tokens) / limits.NEW_DIALS_PER_S
+
     def _delay(self, failures: int) -> float:
         delay = limits.RECONNECT_BASE_S * 2.0**failures
         delay *= 1 + limits.RECONNECT_JITTER * self._rng.random()
@@ -207,8 +278,8 @@ class PeerTable:
         entry.next_attempt = now + self._delay(entry.failures)
         entry.failures = min(entry.failures + 1, limits.MAX_BACKOFF_STEPS)
 
-    def _forget_stale(self, now: float, force: bool = False) -> None:
-        horizon = 0.0 if force else limits.FORGET_DISCOVERED_S
+    def _forget_stale(self, now: float) -> None:
+        horizon = limits.FORGET_DISCOVERED_S
         stale = [
             key
             for key, e in self._entries.items()
