@@ -93,9 +93,7 @@ class PeerTable:
         if entry is None:
             if self._strangers_at(host) >= limits.MAX_IDS_PER_HOST:
                 return False
-            if self._discovered_count() >= limits.MAX_DISCOVERED and not self._evict_stranger(
-                now
-            ):
+            if self._discovered_count() >= limits.MAX_DISCOVERED and not self._evict_stranger(now):
                 return False
             entry = self._entries[peer_id] = Entry(host, port, peer_id, manual=False)
         entry.last_seen = now
