@@ -210,3 +210,16 @@ DISCOVERED_IDLE_S = 5.0
 #: (stops a beacon flood from making us dial anyone, fast).
 NEW_DIALS_PER_S = 4.0
 NEW_DIALS_BURST = 8.0
+#: Seconds without an application frame (chat, sync, file) after which a connected stranger
+#: may be replaced by a new stranger at the peer limit (stops 64 throwaway ids from holding
+#: every slot for good).
+PEER_IDLE_EVICT_S = 60.0
+#: Inbound connections in their handshake from one source address; stops one host from
+#: holding every handshake slot with silent sockets.
+MAX_PENDING_PER_HOST = 8
+#: Inbound handshakes one source address may start per second, sustained, and in a burst;
+#: stops a host from making us do Noise and Ed25519 work for throwaway identities at will.
+HANDSHAKES_PER_HOST_PER_S = 10.0
+HANDSHAKES_PER_HOST_BURST = 30.0
+#: Source addresses whose handshake rate is tracked; the least recently seen is forgotten.
+MAX_TRACKED_HOSTS = 1_024

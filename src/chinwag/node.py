@@ -41,6 +41,7 @@ from chinwag.protocol import messages as m
 from chinwag.protocol.chat import make_message
 from chinwag.protocol.discovery import encode_beacon
 from chinwag.protocol.names import DEFAULT_ROOM, validate_nick, validate_room, validate_text
+from chinwag.protocol.peers import SEEN, STRANGER, VERIFIED
 from chinwag.protocol.session import Closed, LocalInfo
 from chinwag.protocol.transfer import OFFER_MARK, encode_offer
 from chinwag.rooms import DM, PRIVATE, Room, RoomBook
@@ -102,6 +103,9 @@ class Node:
         self.stopped = asyncio.Event()
         self._held: list[ev.NodeEvent] | None = None
         self._warn = WarnOnce(log)
+        #: Peers we had been connected to before (earlier runs, or connections that ended):
+        #: kept before strangers at the peer limit.
+        self._seen_peers: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------
 
@@ -123,7 +127,10 @@ class Node:
             )
             self._store = Store(self.config.data_dir / "chinwag.db")
             self._store.start_checkpointer()
-            self._manager = ConnectionManager(lambda: self._local_info(), self, self._rng)
+            self._seen_peers = set(self._store.peer_nicks())
+            self._manager = ConnectionManager(
+                lambda: self._local_info(), self, self._rng, self._peer_rank
+            )
             self._book = RoomBook(self._store, self.identity)
             self._book.load()
             self._history = History(
@@ -535,6 +542,8 @@ class Node:
         assert peer_id is not None
         self._since.pop(peer_id, None)
         self._nicks.pop(peer_id, None)
+        # Seen before from now on (not while connected: it ranks as it did when it came).
+        self._seen_peers.add(peer_id)
         if self._history is not None:
             self._history.peer_left(peer_id)
         if self._files is not None:
@@ -566,6 +575,12 @@ class Node:
                 self._require_files().ask_peer(conn)
 
     # --- internals ------------------------------------------------------
+
+    def _peer_rank(self, peer_id: str) -> int:
+        """Return whom the peer limit keeps first: verified, then seen before, then strangers."""
+        if self._book is not None and peer_id in self._book.verified:
+            return VERIFIED
+        return SEEN if peer_id in self._seen_peers else STRANGER
 
     def _from_the_future(self, conn: PeerConnection, frame: m.Chat) -> bool:
         """Return True if a chat is dated too far ahead of our clock to accept yet.

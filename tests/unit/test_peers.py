@@ -8,7 +8,16 @@ import pytest
 
 from chinwag import limits
 from chinwag.crypto.identity import Identity
-from chinwag.protocol.peers import Dial, PeerTable
+from chinwag.protocol.peers import (
+    SEEN,
+    STRANGER,
+    VERIFIED,
+    Candidate,
+    Dial,
+    HandshakeGate,
+    PeerTable,
+    eviction_victim,
+)
 
 LOW, MID, HIGH = sorted(Identity.from_seed(bytes([i]) * 32).peer_id for i in (1, 2, 3))
 SEED = 1234
@@ -433,3 +442,85 @@ def test_an_unknown_or_connected_peer_is_not_dialled_on_demand() -> None:
     t.connected(HIGH, "10.0.0.9", 5000, now=0.0)
     assert t.wanted(HIGH, now=0.1) is False
     assert t.due_dials(0.1) == []
+
+
+def test_a_peer_without_a_listen_port_is_not_redialled() -> None:
+    t = table(LOW)
+    t.connected(HIGH, "10.0.0.9", 0, now=0.0)  # it only dials (a listen port of 0)
+    t.disconnected(HIGH, now=1.0, goodbye=False)
+    assert t.get_timer() is None and t.due_dials(100.0) == []
+
+
+# --- the peer limit: who may replace whom ----------------------------------------------
+
+
+def cand(peer_id: str, rank: int, last_active: float) -> Candidate:
+    return Candidate(peer_id, rank, last_active)
+
+
+def test_a_newcomer_replaces_only_a_lower_ranked_peer_lowest_and_idlest_first() -> None:
+    peers = [
+        cand("v", VERIFIED, 0.0),
+        cand("s1", SEEN, 5.0),
+        cand("x1", STRANGER, 9.0),
+        cand("x2", STRANGER, 3.0),
+    ]
+    assert eviction_victim(peers, VERIFIED, now=10.0) == "x2"
+    assert eviction_victim(peers, SEEN, now=10.0) == "x2"
+    assert eviction_victim(peers[:2], VERIFIED, now=10.0) == "s1"
+    # Rank for rank, only an idle one; a verified peer never.
+    assert eviction_victim(peers, STRANGER, now=10.0) is None
+    idle = 3.0 + limits.PEER_IDLE_EVICT_S
+    assert eviction_victim(peers, STRANGER, now=idle) == "x2"
+    assert eviction_victim(peers[:2], SEEN, now=100 * idle) == "s1"
+    assert eviction_victim(peers[:1], VERIFIED, now=100 * idle) is None
+
+
+def test_64_throwaway_identities_give_way_to_known_peers() -> None:
+    # They connected in the last second: none is idle.
+    throwaways = [cand(f"t{i}", STRANGER, 100.0 + i / 100) for i in range(limits.MAX_PEERS)]
+    assert eviction_victim(throwaways, STRANGER, now=101.0) is None
+    assert eviction_victim(throwaways, SEEN, now=101.0) == "t0"
+    assert eviction_victim(throwaways, VERIFIED, now=101.0) == "t0"
+
+
+# --- handshake slots --------------------------------------------------------------------
+
+
+def test_one_source_address_holds_few_handshake_slots() -> None:
+    gate = HandshakeGate()
+    n = limits.MAX_PENDING_PER_HOST
+    got = [gate.admit(("a", i), "10.0.0.66", now=0.0) for i in range(n + 3)]
+    assert got == [(True, None)] * n + [(False, None)] * 3
+    assert gate.admit("good", "10.0.0.7", now=0.0) == (True, None)
+    gate.done(("a", 0))  # a handshake ended (completed, failed or timed out): a slot is free
+    assert gate.admit(("a", 99), "10.0.0.66", now=0.0) == (True, None)
+
+
+def test_full_handshake_slots_are_shared_fairly_between_sources() -> None:
+    gate = HandshakeGate()
+    per_host = limits.MAX_PENDING_PER_HOST
+    hosts = [f"10.0.0.{i}" for i in range(limits.MAX_PENDING_HANDSHAKES // per_host)]
+    for h in hosts:
+        for i in range(per_host):
+            assert gate.admit((h, i), h, now=0.0) == (True, None)
+    assert len(gate) == limits.MAX_PENDING_HANDSHAKES
+    # Full: a new source takes the oldest slot of a source holding more than its share.
+    assert gate.admit("good", "10.0.1.1", now=0.0) == (True, (hosts[0], 0))
+    assert len(gate) == limits.MAX_PENDING_HANDSHAKES
+    # A source already holding its share gets nothing more while all are even.
+    assert gate.admit((hosts[1], 99), hosts[1], now=0.0) == (False, None)
+
+
+def test_handshakes_per_source_address_are_rate_limited() -> None:
+    gate = HandshakeGate()
+    burst = int(limits.HANDSHAKES_PER_HOST_BURST)
+    started = 0
+    for i in range(burst + 10):
+        ok, _ = gate.admit(i, "10.0.0.66", now=0.0)
+        if ok:
+            started += 1
+            gate.done(i)  # each handshake ends at once: only the rate limits
+    assert started == burst
+    assert gate.admit("later", "10.0.0.66", now=1.0)[0] is True  # refilled
+    assert gate.admit("other", "10.0.0.7", now=0.0)[0] is True  # another source is not limited

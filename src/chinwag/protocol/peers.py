@@ -152,7 +152,8 @@ class PeerTable:
         manual = [e for e in self._entries.values() if e.manual and e.peer_id == peer_id]
         stable = entry is not None and now - entry.connected_since >= limits.STABLE_CONNECTION_S
         if entry is not None:
-            if goodbye or manual:
+            if goodbye or manual or not entry.port:
+                # (No port: the peer listens nowhere, e.g. it only dials; nothing to redial.)
                 # A departed peer is dialled again when it beacons; a manual
                 # address is redialled through its own entry.
                 del self._entries[peer_id]
@@ -217,6 +218,11 @@ class PeerTable:
     def __len__(self) -> int:
         """Return the number of entries (addresses and peers) held."""
         return len(self._entries)
+
+    def is_manual(self, key: str) -> bool:
+        """Return whether key is a `--peer` address (the user asked for it)."""
+        entry = self._entries.get(key)
+        return entry is not None and entry.manual
 
     def address_of(self, peer_id: str) -> tuple[str, int] | None:
         entry = self._entries.get(peer_id)
@@ -285,3 +291,94 @@ class PeerTable:
         ]
         for key in stale:
             del self._entries[key]
+
+
+# --- admission of connections (hardening) -------------------------------------------
+#
+# Throwaway identities and silent sockets are free for an attacker; peers we know are
+# what users care about. So at the peer limit a newcomer may replace a connected peer
+# ranked lower than itself (verified > seen before or dialled by hand > stranger), or
+# one of its own rank idle for PEER_IDLE_EVICT_S; and inbound handshakes are
+# bounded per source address, in number and rate, with a fair share of the global slots.
+
+#: Ranks of peers, higher is kept first.
+STRANGER, SEEN, VERIFIED = 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A connected peer as the peer limit sees it."""
+
+    peer_id: str
+    rank: int
+    #: When it last sent us an application frame (chat, sync, file), or connected.
+    last_active: float
+
+
+def eviction_victim(peers: list[Candidate], new_rank: int, now: float) -> str | None:
+    """Return the connected peer to drop for a newcomer of new_rank at the peer limit.
+
+    None means the newcomer is refused. The victim is ranked lower than the newcomer,
+    or ranked the same (below VERIFIED) and idle for PEER_IDLE_EVICT_S; the lowest
+    ranked first, then the one idle longest. Verified peers are never replaced.
+    """
+    eligible = [
+        p
+        for p in peers
+        if p.rank < new_rank
+        or (p.rank == new_rank < VERIFIED and now - p.last_active >= limits.PEER_IDLE_EVICT_S)
+    ]
+    if not eligible:
+        return None
+    return min(eligible, key=lambda p: (p.rank, p.last_active, p.peer_id)).peer_id
+
+
+class HandshakeGate:
+    """Which inbound connections may start a handshake (keys are the caller's connections)."""
+
+    def __init__(self) -> None:
+        #: Pending inbound handshakes: key -> source address (insertion order: oldest first).
+        self._pending: dict[object, str] = {}
+        #: Per source address: (tokens, stamp) of its handshake-rate bucket; oldest first.
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def admit(self, key: object, host: str, now: float) -> tuple[bool, object | None]:
+        """Decide on a new inbound connection from host.
+
+        Return (admitted, key of a pending connection to abort to make room, or None).
+        """
+        tokens, stamp = self._buckets.pop(host, (limits.HANDSHAKES_PER_HOST_BURST, now))
+        tokens = min(
+            limits.HANDSHAKES_PER_HOST_BURST,
+            tokens + (now - stamp) * limits.HANDSHAKES_PER_HOST_PER_S,
+        )
+        self._buckets[host] = (tokens, now)  # re-inserted: most recently used last
+        if len(self._buckets) > limits.MAX_TRACKED_HOSTS:
+            del self._buckets[next(iter(self._buckets))]
+        if tokens < 1.0:
+            return False, None
+        counts: dict[str, int] = {}
+        for h in self._pending.values():
+            counts[h] = counts.get(h, 0) + 1
+        mine = counts.get(host, 0)
+        if mine >= limits.MAX_PENDING_PER_HOST:
+            return False, None
+        victim: object | None = None
+        if len(self._pending) >= limits.MAX_PENDING_HANDSHAKES:
+            # Full: take a slot from the source holding the most, if it holds more than
+            # this one would (a fair share), its oldest first; else refuse.
+            greedy = max(counts, key=lambda h: counts[h])
+            if counts[greedy] <= mine + 1:
+                return False, None
+            victim = next(k for k, h in self._pending.items() if h == greedy)
+            del self._pending[victim]
+        self._buckets[host] = (tokens - 1.0, now)
+        self._pending[key] = host
+        return True, victim
+
+    def done(self, key: object) -> None:
+        """The connection's handshake ended (completed, failed or aborted)."""
+        self._pending.pop(key, None)
