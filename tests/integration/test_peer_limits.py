@@ -133,3 +133,20 @@ async def test_a_manual_peer_refused_at_our_own_peer_limit_is_retried(
     # Once the place is free, the --peer address is dialled again (with back-off) and gets in.
     await v.close()
     await until(lambda: connected(b) == {a.identity.peer_id}, "bob retried alice")
+
+
+async def test_silent_sockets_from_one_address_leave_handshake_slots_to_others(
+    make_node: NodeMaker,
+) -> None:
+    a = make_node("alice")
+    await a.start()
+    silent = []
+    for _ in range(limits.MAX_PENDING_HANDSHAKES + 8):  # more than every slot, one source
+        silent.append(await asyncio.open_connection("127.0.0.1", a.port))
+    # A peer from another address completes its handshake at once (not after a timeout).
+    h = HostilePeer()
+    await h.connect(a.port, timeout=limits.HANDSHAKE_TIMEOUT_S / 2, local_host="127.0.0.2")
+    await until(lambda: connected(a) == {h.peer_id}, "the good peer is in")
+    await h.close()
+    for _, writer in silent:
+        writer.close()
