@@ -226,7 +226,9 @@ class Node:
 
     def _post(self, room: Room, text: str) -> asyncio.Future[ev.NodeEvent]:
         history = self._require_history()
-        clear, enc = self._require_book().seal(room, text)
+        book = self._require_book()
+        clear, enc = book.seal(room, text)
+        book.wrote_in(room)
         seq = history.next_seq(room.wire)
         msg = make_message(
             self.identity, room.wire, self.nick, int(time.time() * 1000), seq, clear, enc
