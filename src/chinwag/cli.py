@@ -138,7 +138,21 @@ def _reopen_closed_std_fds() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run chinwag; return the process exit status."""
+    """Run chinwag; return the process exit status (a reader that went away is no error)."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # inside the try: the last lines may only now meet a closed pipe
+    except BrokenPipeError:
+        # `chinwag id | head -1`: the reader left. Point stdout at /dev/null so the
+        # interpreter's own flush at exit does not raise again, and end quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+    return status
+
+
+def _main(argv: list[str] | None) -> int:
     _reopen_closed_std_fds()
     args = build_parser().parse_args(argv)
     from chinwag.datadir import default_data_dir
