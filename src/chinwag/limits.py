@@ -223,3 +223,6 @@ HANDSHAKES_PER_HOST_PER_S = 10.0
 HANDSHAKES_PER_HOST_BURST = 30.0
 #: Source addresses whose handshake rate is tracked; the least recently seen is forgotten.
 MAX_TRACKED_HOSTS = 1_024
+#: Seconds between two nick-change notices of one peer; changes in between are shown as
+#: one at the end of the gap (stops a peer from flooding the UI with nick changes).
+NICK_CHANGE_MIN_GAP_S = 10.0

@@ -103,6 +103,10 @@ class Node:
         self.stopped = asyncio.Event()
         self._held: list[ev.NodeEvent] | None = None
         self._warn = WarnOnce(log)
+        #: Per connected peer: when its last nick change was shown, and the nick shown.
+        self._nick_shown: dict[str, tuple[float, str]] = {}
+        #: Per connected peer: the timer showing its latest nick at the end of the gap.
+        self._nick_pending: dict[str, asyncio.TimerHandle] = {}
         #: Peers we had been connected to before (earlier runs, or connections that ended):
         #: kept before strangers at the peer limit.
         self._seen_peers: set[str] = set()
@@ -191,6 +195,8 @@ class Node:
             return
         if self._discovery is not None:
             self._discovery.close()
+        for pending in self._nick_pending.values():
+            pending.cancel()
         if self._files is not None:
             await self._files.close()
         if self._history is not None:
@@ -522,15 +528,7 @@ class Node:
         )
         self._require_history().peer_joined(conn)
         self._require_files().ask_peer(conn)
-        impostor = self._require_book().impostor_of(peer_id, self._nicks[peer_id])
-        if impostor is not None:
-            self._emit(
-                ev.Alert(
-                    message=f"{self._nicks[peer_id]!r} is now a different key "
-                    f"({short_id(peer_id)}) than the one you verified ({short_id(impostor)})",
-                    peer_id=peer_id,
-                )
-            )
+        self._check_impostor(peer_id, self._nicks[peer_id])
         self._emit(
             ev.PeerJoined(
                 peer_id=peer_id,
@@ -544,6 +542,10 @@ class Node:
         assert peer_id is not None
         self._since.pop(peer_id, None)
         self._nicks.pop(peer_id, None)
+        self._nick_shown.pop(peer_id, None)
+        pending = self._nick_pending.pop(peer_id, None)
+        if pending is not None:
+            pending.cancel()
         # Seen before from now on (not while connected: it ranks as it did when it came).
         self._seen_peers.add(peer_id)
         if self._history is not None:
@@ -561,10 +563,7 @@ class Node:
             self._require_files().frame(conn, frame)
             return
         if isinstance(frame, m.NickChange):
-            peer_id = conn.session.peer_id or ""
-            old = self._nicks.get(peer_id, "?")
-            self._nicks[peer_id] = frame.nick
-            self._emit(ev.NickChanged(peer_id=peer_id, nick=frame.nick, old=old))
+            self._nick_changed(conn.session.peer_id or "", frame.nick)
             return
         if isinstance(frame, m.Chat):
             if self._from_the_future(conn, frame):
@@ -577,6 +576,56 @@ class Node:
                 self._require_files().ask_peer(conn)
 
     # --- internals ------------------------------------------------------
+
+    def _nick_changed(self, peer_id: str, nick: str) -> None:
+        """A peer changed its nick: show it, at most once per NICK_CHANGE_MIN_GAP_S.
+
+        Changes within the gap are shown as one at its end (the latest nick); the nick
+        itself is current at once (peer list, /msg).
+        """
+        old = self._nicks.get(peer_id, "?")
+        self._nicks[peer_id] = nick
+        if nick == old:
+            return
+        self._check_impostor(peer_id, nick)
+        if peer_id in self._nick_pending:
+            log.debug("nick change of %s to %r shown later (rate-limited)", peer_id[:8], nick)
+            return
+        loop = asyncio.get_running_loop()
+        last, shown = self._nick_shown.get(peer_id, (-1e18, old))
+        wait = last + limits.NICK_CHANGE_MIN_GAP_S - loop.time()
+        if wait <= 0:
+            self._show_nick(peer_id, shown)
+        else:
+            self._nick_pending[peer_id] = loop.call_later(wait, self._show_nick, peer_id, shown)
+
+    def _show_nick(self, peer_id: str, old: str) -> None:
+        self._nick_pending.pop(peer_id, None)
+        nick = self._nicks.get(peer_id)
+        if nick is None or nick == old:
+            return  # gone, or back to the nick last shown
+        self._nick_shown[peer_id] = (asyncio.get_running_loop().time(), nick)
+        self._emit(ev.NickChanged(peer_id=peer_id, nick=nick, old=old))
+
+    def _check_impostor(self, peer_id: str, nick: str) -> None:
+        """Alert (once per peer and nick) if peer_id uses the nick of a peer we verified."""
+        impostor = self._require_book().impostor_of(peer_id, nick)
+        if impostor is None:
+            return
+        if self._warn(
+            ("impostor", peer_id, nick),
+            "%s uses the nick %r of verified peer %s",
+            peer_id[:8],
+            nick,
+            impostor[:8],
+        ):
+            self._emit(
+                ev.Alert(
+                    message=f"{nick!r} is now a different key "
+                    f"({short_id(peer_id)}) than the one you verified ({short_id(impostor)})",
+                    peer_id=peer_id,
+                )
+            )
 
     def _peer_rank(self, peer_id: str) -> int:
         """Return whom the peer limit keeps first: verified, then seen before, then strangers."""

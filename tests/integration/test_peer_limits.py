@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 from hostile_peer import HostilePeer
 
+from chinwag import events as ev
 from chinwag import limits
+from chinwag.crypto.identity import Identity
 from chinwag.node import Node, NodeConfig
+from chinwag.protocol import messages as m
 
 #: Seconds to wait for anything on loopback.
 WAIT_S = 10.0
@@ -150,3 +153,29 @@ async def test_silent_sockets_from_one_address_leave_handshake_slots_to_others(
     await h.close()
     for _, writer in silent:
         writer.close()
+
+
+async def test_nick_changes_and_impostor_alerts_are_rate_limited(
+    make_node: NodeMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "NICK_CHANGE_MIN_GAP_S", 0.5)
+    a = make_node("alice")
+    await a.start()
+    got: list[ev.NodeEvent] = []
+    a.subscribe(lambda e: got.append(e) if isinstance(e, ev.NickChanged | ev.Alert) else None)
+    bob = Identity.generate()
+    a._require_book().set_verified(bob.peer_id, "bob")  # alice verified the real bob
+    h = HostilePeer()
+    await h.connect(a.port, timeout=WAIT_S)
+    await until(lambda: h.peer_id in connected(a), "mallory in")
+    # A flood of nick changes, passing through bob's (verified) nick again and again.
+    h.send_frames([m.NickChange(nick=n) for _ in range(50) for n in ("bob", "m1", "m2")])
+    await until(lambda: [e for e in got if isinstance(e, ev.NickChanged)], "a nick change shown")
+    await until(
+        lambda: [e.nick for e in got if isinstance(e, ev.NickChanged)] == ["bob", "m2"],
+        "the flood shown as two changes: the first, then the latest at the end of the gap",
+    )
+    alerts = [e for e in got if isinstance(e, ev.Alert)]
+    assert len(alerts) == 1 and "bob" in alerts[0].message, alerts
+    assert {p.nick for p in a.peers().peers} == {"m2"}
+    await h.close()
