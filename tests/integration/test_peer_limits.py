@@ -133,6 +133,10 @@ async def test_a_manual_peer_refused_at_our_own_peer_limit_is_retried(
     b._require_manager().add_manual_peer("127.0.0.1", a.port)
     await until(lambda: refusals() >= 1, "bob's dial reached alice and was refused")
     assert connected(b) == {v.peer_id}
+    # Retried with back-off while refused; the warning is logged once, then at debug level.
+    await until(lambda: refusals() >= 2, "bob retried alice while full")
+    warned = [r for r in caplog.records if "refusing peer" in r.getMessage()]
+    assert [r.levelno for r in warned].count(logging.WARNING) == 1
     # Once the place is free, the --peer address is dialled again (with back-off) and gets in.
     await v.close()
     await until(lambda: connected(b) == {a.identity.peer_id}, "bob retried alice")

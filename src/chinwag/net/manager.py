@@ -254,7 +254,7 @@ class ConnectionManager:
             return
         if len(self.peers) >= limits.MAX_PEERS and not self._make_room(conn, ev.peer_id, now):
             self._warn(
-                ("too_many_peers", ev.peer_id),
+                "too_many_peers",  # one key: throwaway identities are many
                 "refusing peer %s: already %d peers",
                 ev.peer_id[:8],
                 len(self.peers),
@@ -314,8 +314,15 @@ class ConnectionManager:
             self._peer_gone(conn, closed)
             return
         if closed.code not in ("duplicate", "quit") and not self._closing:
-            level = logging.WARNING if not closed.by_peer else logging.DEBUG
-            log.log(level, "connection with %s closed: %s", conn.address[0], closed.reason)
+            if closed.by_peer:
+                log.debug("connection with %s closed: %s", conn.address[0], closed.reason)
+            else:  # a peer can cause these again and again
+                self._warn(
+                    ("closed", closed.code, conn.address[0]),
+                    "connection with %s closed: %s",
+                    conn.address[0],
+                    closed.reason,
+                )
         # A dial that never became the peer's connection failed, also when its handshake
         # completed but the connection was refused (the peer limit): retry it with back-off.
         if (
