@@ -25,6 +25,7 @@ from chinwag.crypto import box
 from chinwag.crypto.identity import (
     BadIdentity,
     fingerprint,
+    peer_id_from_public,
     public_from_peer_id,
     short_id,
 )
@@ -566,7 +567,7 @@ class Node:
             self._nick_changed(conn.session.peer_id or "", frame.nick)
             return
         if isinstance(frame, m.Chat):
-            if self._from_the_future(conn, frame):
+            if self._untimely(conn, frame):
                 return
             self._require_history().chat_received(conn, frame)
         else:
@@ -633,25 +634,40 @@ class Node:
             return VERIFIED
         return SEEN if peer_id in self._seen_peers else STRANGER
 
-    def _from_the_future(self, conn: PeerConnection, frame: m.Chat) -> bool:
-        """Return True if a chat is dated too far ahead of our clock to accept yet.
+    def _untimely(self, conn: PeerConnection, frame: m.Chat) -> bool:
+        """Return True if a chat's time is not acceptable (docs/protocol.md, section 7.1).
 
-        Dropped without closing the connection: the sender may be an honest relay whose
-        clock differs; sync offers the message again, and it is taken once it is due.
+        Outside the fixed range: its author (if it sent it itself) is disconnected with
+        `bad_timestamp`; a relay or a sync push of it (an older peer may hold one) is only
+        dropped, so two honest peers never disconnect each other over it. More than a day
+        ahead of our clock: dropped without closing; sync offers it again once it is due.
         """
         try:
-            ts = m.decode_body(frame.body).ts
+            body = m.decode_body(frame.body)
         except RemoteProtocolError:
             return False  # malformed: history refuses it and closes the connection
-        if not m.ts_ahead(ts, int(time.time() * 1000)):
+        now_ms = int(time.time() * 1000)
+        verdict = m.ts_verdict(body.ts, now_ms)
+        if verdict is None:
             return False
         sender = conn.session.peer_id or "?"
-        self._warn(
-            ("future", sender),
-            "not accepting yet a message from %s dated %d ms ahead of our clock",
-            sender[:8],
-            ts - int(time.time() * 1000),
-        )
+        if verdict == m.BAD_TIMESTAMP and peer_id_from_public(body.author) == sender:
+            log.warning("disconnecting %s: its message is dated %d (ms)", sender[:8], body.ts)
+            conn.close(m.BAD_TIMESTAMP)
+        elif verdict == m.BAD_TIMESTAMP:
+            self._warn(
+                ("bad_ts", sender),
+                "dropping a message from %s dated %d (ms), out of range",
+                sender[:8],
+                body.ts,
+            )
+        else:
+            self._warn(
+                ("ts_ahead", sender),
+                "not accepting yet a message from %s dated %d ms ahead of our clock",
+                sender[:8],
+                body.ts - now_ms,
+            )
         return True
 
     def _local_info(self) -> LocalInfo:

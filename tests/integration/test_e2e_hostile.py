@@ -23,6 +23,8 @@ from it_support import (
     stderr_has_traceback,
 )
 
+from chinwag.crypto.identity import Identity
+
 #: Seconds within which the node must drop a connection that never completes a handshake
 #: (the node's handshake timeout is 5 s; the rest is slack for a loaded machine).
 DROP_S = 12.0
@@ -190,8 +192,9 @@ async def test_garbage_datagrams_on_discovery_port(node: NodeFactory, discovery_
 
 
 async def test_impossible_and_future_timestamps(node: NodeFactory) -> None:
-    """A chat dated past the accepted range closes the connection (`bad_timestamp`); one dated
-    more than a day ahead is not accepted yet, without closing; neither is ever shown."""
+    """A chat dated outside the accepted range closes its author's connection
+    (`bad_timestamp`) and is dropped when relayed; one dated more than a day ahead is not
+    accepted yet, without closing; none is ever shown."""
     a, b = await pair(node)
     h = HostilePeer()
     await h.connect(a.port, timeout=PROMPT_S)
@@ -205,9 +208,17 @@ async def test_impossible_and_future_timestamps(node: NodeFactory) -> None:
     assert h.closed is None
     assert count(a, "message", text="dated in two days") == 0
 
-    h.send_chat(h.message(2, "in year 146140482", room="dev", ts_ms=2**62))
+    # Out of range, relayed (or pushed by an older peer that stored it): dropped, no close.
+    victim = Identity.generate()
+    h.send_chat(h.message(1, "relayed from year 146140482", ts_ms=2**62, author=victim))
+    h.send_chat(h.message(2, "still on time", room="dev"))
+    await a.wait_for_message("still on time", timeout=PROMPT_S)
+    assert h.closed is None
+    # Out of range from its author: the author is disconnected.
+    h.send_chat(h.message(3, "in year 146140482", room="dev", ts_ms=2**62))
     closed = await h.wait_closed(PROMPT_S)
     assert h.reset or closed.code == "bad_timestamp", closed
     await h.close()
     assert count(a, "message", text="in year 146140482") == 0
+    assert count(a, "message", text="relayed from year 146140482") == 0
     await assert_healthy(a, b, "after impossible timestamps")

@@ -342,7 +342,10 @@ class ConnectionManager:
         peer_id = conn.session.peer_id
         assert peer_id is not None
         log.info("disconnected from %s: %s", peer_id[:8], closed.reason)
-        goodbye = closed.by_peer and closed.code == "quit"
+        # A peer we evicted for lack of room is not redialled either, until it beacons again.
+        goodbye = (closed.by_peer and closed.code == "quit") or (
+            not closed.by_peer and closed.code == "evicted"
+        )
         self.table.disconnected(peer_id, self._loop.time(), goodbye=goodbye)
         self._listener.peer_left(conn, closed)
         self.schedule_dials()

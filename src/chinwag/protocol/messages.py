@@ -317,17 +317,28 @@ def decode_body(data: bytes) -> ChatBody:
         raise RemoteProtocolError("chat text too long", "too_large")
     if not body.text and not body.enc:
         raise RemoteProtocolError("empty chat message", "malformed_frame")
-    # Hardening: an absolute range, the same on every peer (so no honest peer ever stores,
-    # relays or offers a message another one refuses); the receiver's clock is checked
-    # separately (ts_ahead below), since clocks differ between peers.
-    if not limits.MIN_TS_MS <= body.ts < limits.MAX_TS_MS:
-        raise RemoteProtocolError(f"chat timestamp out of range: {body.ts}", "bad_timestamp")
     return body
 
 
-def ts_ahead(ts_ms: int, now_ms: int) -> bool:
-    """Return True if a chat `ts` is too far ahead of the receiver's clock to accept yet."""
-    return ts_ms - now_ms > limits.MAX_TS_AHEAD_MS
+# --- timestamps on receipt (hardening) ----------------------------------------
+
+#: ts_verdict: outside the fixed range, the same on every peer (never accepted).
+BAD_TIMESTAMP: Final = "bad_timestamp"
+#: ts_verdict: more than MAX_TS_AHEAD_MS ahead of the receiver's clock (not accepted yet).
+TS_AHEAD: Final = "ts_ahead"
+
+
+def ts_verdict(ts_ms: int, now_ms: int) -> str | None:
+    """Return why a received chat's `ts` is not acceptable (BAD_TIMESTAMP, TS_AHEAD) or None.
+
+    The fixed range is the same on every peer, so no compatible peer stores, relays or
+    offers a message another refuses; the receiver's clock only defers a message.
+    """
+    if not limits.MIN_TS_MS <= ts_ms < limits.MAX_TS_MS:
+        return BAD_TIMESTAMP
+    if ts_ms - now_ms > limits.MAX_TS_AHEAD_MS:
+        return TS_AHEAD
+    return None
 
 
 def clamp_ts_s(ts: float) -> float:
