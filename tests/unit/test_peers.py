@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import random
+from unittest import mock
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from unit_support import FUZZ
 
 from chinwag import limits
 from chinwag.crypto.identity import Identity
@@ -524,3 +528,57 @@ def test_handshakes_per_source_address_are_rate_limited() -> None:
     assert started == burst
     assert gate.admit("later", "10.0.0.66", now=1.0)[0] is True  # refilled
     assert gate.admit("other", "10.0.0.7", now=0.0)[0] is True  # another source is not limited
+
+
+# --- properties ---------------------------------------------------------------------------
+
+beacon_op = st.tuples(st.just("beacon"), st.integers(0, 40), st.integers(0, 5))
+op = st.one_of(
+    beacon_op,
+    beacon_op,
+    beacon_op,  # mostly beacons, so that the bounds are reached
+    st.tuples(st.just("fail"), st.integers(0, 40), st.just(0)),
+    st.tuples(st.just("connect"), st.integers(0, 40), st.integers(0, 5)),
+    st.tuples(st.just("lose"), st.integers(0, 40), st.just(0)),
+    st.tuples(st.just("wait"), st.integers(0, 800), st.just(0)),
+)
+
+
+@FUZZ
+@given(st.lists(op, min_size=20, max_size=200))
+def test_any_sequence_keeps_the_table_bounded_and_never_spins(
+    ops: list[tuple[str, int, int]],
+) -> None:
+    with (
+        mock.patch.object(limits, "MAX_DISCOVERED", 8),  # small bounds, so they are reached
+        mock.patch.object(limits, "MAX_IDS_PER_HOST", 3),
+    ):
+        run_table_ops(ops)
+
+
+def run_table_ops(ops: list[tuple[str, int, int]]) -> None:
+    ids = [f"{i:052d}" for i in range(41)]
+    t = table(f"{20:052d}5")  # between stand-ins 20 and 21: some dial at once, some yield
+    now = 0.0
+    for kind, i, h in ops:
+        pid, host = ids[min(i, 40)], f"10.0.0.{h}"
+        if kind == "beacon":
+            t.beacon(pid, host, 5000, now)
+        elif kind == "fail":
+            t.dial_failed(pid, now)
+        elif kind == "connect":
+            t.connected(pid, host, 5000, now)
+        elif kind == "lose":
+            if t._is_connected(pid):
+                t.disconnected(pid, now, goodbye=False)
+        else:
+            now += i / 100
+        # Beacons alone add strangers; peers we were connected to came through the peer
+        # limit and are forgotten like the rest once silent.
+        strangers = [e for e in t._entries.values() if t._is_stranger(e)]
+        assert len(strangers) <= limits.MAX_DISCOVERED
+        for host_ in {e.host for e in strangers}:
+            assert sum(e.host == host_ for e in strangers) <= limits.MAX_IDS_PER_HOST
+        t.due_dials(now)
+        timer = t.get_timer()
+        assert timer is None or timer > now  # due_dials did everything due: no busy loop

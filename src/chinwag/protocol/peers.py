@@ -97,7 +97,11 @@ class PeerTable:
                 return False
             entry = self._entries[peer_id] = Entry(host, port, peer_id, manual=False)
         entry.last_seen = now
-        if not entry.connected and not entry.dialing and not entry.proven:
+        movable = not entry.connected and not entry.dialing and not entry.proven
+        if movable and host != entry.host and self._is_stranger(entry):
+            # Moving would let one host claim more than its share of strangers.
+            movable = self._strangers_at(host) < limits.MAX_IDS_PER_HOST
+        if movable:
             entry.host, entry.port = host, port
         if entry.connected:
             return False
