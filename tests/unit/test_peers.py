@@ -582,3 +582,16 @@ def run_table_ops(ops: list[tuple[str, int, int]]) -> None:
         t.due_dials(now)
         timer = t.get_timer()
         assert timer is None or timer > now  # due_dials did everything due: no busy loop
+
+
+def test_a_peer_known_from_an_earlier_run_gets_in_and_is_dialled_at_once_during_a_flood() -> None:
+    old_friend = "y" * 52
+    t = PeerTable("-" * 52, random.Random(SEED), known=lambda pid: pid == old_friend)
+    flood = peer_ids(limits.MAX_DISCOVERED)
+    for i, pid in enumerate(flood):
+        t.beacon(pid, host_of(i), 5000, now=0.0)  # fresh: none is idle yet
+    t.due_dials(0.0)  # the flood spends the dial burst
+    assert t.beacon("x" * 52, "10.9.9.8", 5000, now=0.0) is False  # a stranger: no room
+    assert t.beacon(old_friend, host_of(0), 5000, now=0.0) is True  # host cap does not apply
+    assert len(t) == limits.MAX_DISCOVERED
+    assert [d.key for d in t.due_dials(0.0)] == [old_friend]  # not paced behind the flood

@@ -71,7 +71,9 @@ class ConnectionManager:
         self._pending: set[PeerConnection] = set()
         self._all: set[PeerConnection] = set()
         self._loop = asyncio.get_running_loop()
-        self.table = PeerTable(local().identity.peer_id, rng)
+        self.table = PeerTable(
+            local().identity.peer_id, rng, lambda peer_id: self._rank(peer_id) > STRANGER
+        )
         self._server: asyncio.Server | None = None
         self._dial_timer: asyncio.TimerHandle | None = None
         self._dial_tasks: set[asyncio.Task[None]] = set()

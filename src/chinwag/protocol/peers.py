@@ -20,7 +20,8 @@ hello). The table turns these into dial decisions:
 Beacons are unauthenticated, so the table defends itself against spoofed ones
 (hardening): a source address may claim at most MAX_IDS_PER_HOST strangers; when
 the table is full a newcomer may only replace the stranger heard longest ago, and
-only one silent for DISCOVERED_IDLE_S (peers we have been connected to, manual
+only one silent for DISCOVERED_IDLE_S (a peer we have been connected to, in this
+run or an earlier one, may take any stranger's place; such peers, manual
 addresses, connected peers and dials in progress are never evicted by a beacon);
 first dials of strangers are paced by a token bucket (NEW_DIALS_PER_S); and a
 beacon never moves the address of a peer that is connected, being dialled, or
@@ -32,6 +33,7 @@ Randomness (jitter) comes from an injected `random.Random`.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from chinwag import limits
@@ -70,9 +72,17 @@ class Dial:
 class PeerTable:
     """Dial policy: who to dial, when, and when to give up for a while."""
 
-    def __init__(self, own_peer_id: str, rng: random.Random) -> None:
+    def __init__(
+        self,
+        own_peer_id: str,
+        rng: random.Random,
+        known: Callable[[str], bool] | None = None,
+    ) -> None:
+        """`known(peer_id)`: a peer we were connected to before (in an earlier run too);
+        a beacon naming it is no stranger's."""
         self.own_peer_id = own_peer_id
         self._rng = rng
+        self._known = known or (lambda _peer_id: False)
         self._entries: dict[str, Entry] = {}
         #: Token bucket pacing first dials of strangers (beacon floods make us dial anyone).
         self._dial_tokens = limits.NEW_DIALS_BURST
@@ -91,11 +101,14 @@ class PeerTable:
             return False
         entry = self._entries.get(peer_id)
         if entry is None:
-            if self._strangers_at(host) >= limits.MAX_IDS_PER_HOST:
+            known = self._known(peer_id)
+            if not known and self._strangers_at(host) >= limits.MAX_IDS_PER_HOST:
                 return False
-            if self._discovered_count() >= limits.MAX_DISCOVERED and not self._evict_stranger(now):
-                return False
-            entry = self._entries[peer_id] = Entry(host, port, peer_id, manual=False)
+            if self._discovered_count() >= limits.MAX_DISCOVERED:
+                idle_s = 0.0 if known else limits.DISCOVERED_IDLE_S
+                if not self._evict_stranger(now, idle_s):
+                    return False
+            entry = self._entries[peer_id] = Entry(host, port, peer_id, manual=False, known=known)
         entry.last_seen = now
         movable = not entry.connected and not entry.dialing and not entry.proven
         if movable and host != entry.host and self._is_stranger(entry):
@@ -249,14 +262,13 @@ class PeerTable:
     def _strangers_at(self, host: str) -> int:
         return sum(1 for e in self._entries.values() if e.host == host and self._is_stranger(e))
 
-    def _evict_stranger(self, now: float) -> bool:
-        """Forget the idle stranger heard longest ago to make room; False if there is none."""
+    def _evict_stranger(self, now: float, idle_s: float) -> bool:
+        """Forget the stranger heard longest ago, if silent for idle_s, to make room;
+        False if there is none."""
         idle = [
             (e.last_seen, key)
             for key, e in self._entries.items()
-            if self._is_stranger(e)
-            and not e.dialing
-            and now - e.last_seen >= limits.DISCOVERED_IDLE_S
+            if self._is_stranger(e) and not e.dialing and now - e.last_seen >= idle_s
         ]
         if not idle:
             return False
