@@ -222,3 +222,53 @@ async def test_impossible_and_future_timestamps(node: NodeFactory) -> None:
     assert count(a, "message", text="in year 146140482") == 0
     assert count(a, "message", text="relayed from year 146140482") == 0
     await assert_healthy(a, b, "after impossible timestamps")
+
+
+def dial_first_id(node_id: str) -> Identity:
+    """An identity the node dials at once when it hears it (a higher peer id than the node's)."""
+    while True:
+        ident = Identity.generate()
+        if ident.peer_id > node_id:
+            return ident
+
+
+async def test_beacons_not_from_the_discovery_port_make_no_dial(
+    node: NodeFactory, discovery_port: int
+) -> None:
+    """A beacon sent from another UDP port is spoofed: the node dials nobody for it."""
+    from chinwag.protocol.discovery import encode_beacon
+
+    a = node("alice")
+    await a.start()
+    spoof_target = socket.create_server(("127.0.0.1", 0))
+    real_target = socket.create_server(("127.0.0.1", 0))
+    spoof_target.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        spoofed = encode_beacon(
+            dial_first_id(a.peer_id).peer_id, spoof_target.getsockname()[1], "x"
+        )
+        genuine = encode_beacon(dial_first_id(a.peer_id).peer_id, real_target.getsockname()[1], "y")
+        # Broadcast, as nodes do (a unicast to a shared port may reach only one socket).
+        target = ("127.255.255.255", discovery_port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other_port:
+            other_port.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            other_port.sendto(spoofed, target)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as same_port:
+            same_port.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            same_port.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            same_port.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            same_port.bind(("", discovery_port))
+            same_port.sendto(genuine, target)
+        # The genuine beacon, sent after the spoofed one, is dialled: a barrier.
+        real_target.setblocking(False)
+        conn, _ = await asyncio.wait_for(loop.sock_accept(real_target), PROMPT_S)
+        conn.close()
+        # A dial for the spoofed beacon would have connected before that one.
+        with contextlib.suppress(BlockingIOError):
+            spoof_target.accept()
+            raise AssertionError("the node dialled the address of a spoofed beacon")
+    finally:
+        spoof_target.close()
+        real_target.close()
+    assert not stderr_has_traceback(a), a.stderr_tail()
