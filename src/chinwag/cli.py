@@ -143,11 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         status = _main(argv)
         sys.stdout.flush()  # inside the try: the last lines may only now meet a closed pipe
     except BrokenPipeError:
-        # `chinwag id | head -1`: the reader left. Point stdout at /dev/null so the
-        # interpreter's own flush at exit does not raise again, and end quietly.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        # `chinwag id | head -1`: the reader left; end quietly.
+        from chinwag.ui.stdio import silence_stdout
+
+        silence_stdout()
         return 0
     return status
 

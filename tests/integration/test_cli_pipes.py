@@ -23,3 +23,22 @@ def test_id_into_a_closed_pipe_ends_without_a_traceback(tmp_path: Path) -> None:
         os.close(write_end)
     assert b"Traceback" not in proc.stderr and b"BrokenPipe" not in proc.stderr, proc.stderr
     assert proc.returncode == 0
+
+
+def test_line_mode_into_a_closed_pipe_runs_on_without_tracebacks(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    args = ["--data-dir", str(tmp_path / "d"), "--plain", "--no-discovery", "--bind", "127.0.0.1"]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "chinwag", *args, "--port", "0"],
+            input=b"hello\n/peers\nsecond\n/quit\n",
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert b"Traceback" not in proc.stderr and b"BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0

@@ -20,7 +20,7 @@ from chinwag.crypto.identity import fingerprint, short_id
 from chinwag.errors import ChinwagError
 from chinwag.node import Node
 from chinwag.ui.clock import local_datetime
-from chinwag.ui.stdio import LineTooLong, stdin_lines
+from chinwag.ui.stdio import LineTooLong, silence_stdout, stdin_lines
 from chinwag.units import human_size
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class LineUI:
         self.interactive = sink is None and os.isatty(0) and os.isatty(1)
         self.colour = self.interactive if colour is None else colour
         self._print: Callable[[str], None] = sink or self._plain_print
+        self._stdout_gone = False
         self._delivered: list[ev.Delivered] = []
         #: Where typed lines go.
         self.room = "general"
@@ -131,8 +132,17 @@ class LineUI:
     # --- output ---------------------------------------------------------
 
     def _plain_print(self, line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        if self._stdout_gone:
+            return
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            # The reader went away (`chinwag --plain | head -1`): carry on without output,
+            # like the JSON-lines API, rather than a traceback per line.
+            self._stdout_gone = True
+            log.debug("standard output is gone; printing nothing more")
+            silence_stdout()
 
     def _paint(self, code: str, text: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.colour else text
