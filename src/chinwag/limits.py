@@ -189,7 +189,7 @@ MAX_COMMAND_LINE = 64 * 1024
 
 # --- hardening: timestamps, discovery, peers, conversations, warnings ---------
 #: Milliseconds since the epoch: the earliest chat `ts` accepted (2000-01-01T00:00:00Z);
-#: an older stamp is malformed (stops messages pinned above all history on every peer).
+#: an older one is never accepted (stops messages pinned above all history on every peer).
 MIN_TS_MS = 946_684_800_000
 #: Milliseconds since the epoch: chat `ts` must be below this (2100-01-01T00:00:00Z); stops a
 #: stamp past year 9999 from making every date rendering raise (a TUI that died at each start).
@@ -210,9 +210,9 @@ DISCOVERED_IDLE_S = 5.0
 #: (stops a beacon flood from making us dial anyone, fast).
 NEW_DIALS_PER_S = 4.0
 NEW_DIALS_BURST = 8.0
-#: Seconds without an application frame (chat, sync, file) after which a connected stranger
-#: may be replaced by a new stranger at the peer limit (stops 64 throwaway ids from holding
-#: every slot for good).
+#: Seconds without a chat or file frame after which a connected peer (not verified) may be
+#: replaced at the peer limit by a newcomer of its own rank (stops 64 throwaway ids from
+#: holding every slot for good).
 PEER_IDLE_EVICT_S = 60.0
 #: Inbound connections in their handshake from one source address; stops one host from
 #: holding every handshake slot with silent sockets.
@@ -221,7 +221,8 @@ MAX_PENDING_PER_HOST = 8
 #: stops a host from making us do Noise and Ed25519 work for throwaway identities at will.
 HANDSHAKES_PER_HOST_PER_S = 10.0
 HANDSHAKES_PER_HOST_BURST = 30.0
-#: Source addresses whose handshake rate is tracked; the least recently seen is forgotten.
+#: Source addresses whose handshake rate is tracked; the least recently seen is forgotten
+#: (bounds the memory a flood of source addresses can take).
 MAX_TRACKED_HOSTS = 1_024
 #: Seconds between two nick-change notices of one peer; changes in between are shown as
 #: one at the end of the gap (stops a peer from flooding the UI with nick changes).
