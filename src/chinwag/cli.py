@@ -138,7 +138,20 @@ def _reopen_closed_std_fds() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run chinwag; return the process exit status."""
+    """Run chinwag; return the process exit status (a reader that went away is no error)."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # inside the try: the last lines may only now meet a closed pipe
+    except BrokenPipeError:
+        # `chinwag id | head -1`: the reader left; end quietly.
+        from chinwag.ui.stdio import silence_stdout
+
+        silence_stdout()
+        return 0
+    return status
+
+
+def _main(argv: list[str] | None) -> int:
     _reopen_closed_std_fds()
     args = build_parser().parse_args(argv)
     from chinwag.datadir import default_data_dir

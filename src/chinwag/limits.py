@@ -229,3 +229,44 @@ MAX_UNKNOWN_TAGS_LOGGED = 64
 # --- local API --------------------------------------------------------------
 #: Bytes of one JSON-lines command; a longer line is refused with an error.
 MAX_COMMAND_LINE = 64 * 1024
+
+# --- hardening: timestamps, discovery, peers, conversations, warnings ---------
+#: Milliseconds since the epoch: the earliest chat `ts` accepted (2000-01-01T00:00:00Z);
+#: an older one is never accepted (stops messages pinned above all history on every peer).
+MIN_TS_MS = 946_684_800_000
+#: Milliseconds since the epoch: chat `ts` must be below this (2100-01-01T00:00:00Z); stops a
+#: stamp past year 9999 from making every date rendering raise (a TUI that died at each start).
+MAX_TS_MS = 4_102_444_800_000
+#: Milliseconds a chat `ts` may be ahead of the receiver's clock; a message dated later is not
+#: accepted yet (stops a message pinned below all others for decades).
+MAX_TS_AHEAD_MS = 86_400_000
+#: Keys (peer and kind of fault) remembered as already warned about; repeats go to debug
+#: (stops a peer from flooding the log by repeating what caused a warning).
+MAX_WARNED_KEYS = 1_024
+#: Strangers (peers only heard in beacons) one source address may claim; stops one host
+#: from filling the discovered-peer table with throwaway ids.
+MAX_IDS_PER_HOST = 16
+#: Seconds without a beacon after which a stranger may be evicted for a newcomer when the
+#: table is full (a live peer beacons every 2.1-3.9 s); stops a flood evicting live peers.
+DISCOVERED_IDLE_S = 5.0
+#: First dials of strangers per second, sustained, and in a burst; later ones wait
+#: (stops a beacon flood from making us dial anyone, fast).
+NEW_DIALS_PER_S = 4.0
+NEW_DIALS_BURST = 8.0
+#: Seconds without a chat or file frame after which a connected peer (not verified) may be
+#: replaced at the peer limit by a newcomer of its own rank (stops 64 throwaway ids from
+#: holding every slot for good).
+PEER_IDLE_EVICT_S = 60.0
+#: Inbound connections in their handshake from one source address; stops one host from
+#: holding every handshake slot with silent sockets.
+MAX_PENDING_PER_HOST = 8
+#: Inbound handshakes one source address may start per second, sustained, and in a burst;
+#: stops a host from making us do Noise and Ed25519 work for throwaway identities at will.
+HANDSHAKES_PER_HOST_PER_S = 10.0
+HANDSHAKES_PER_HOST_BURST = 30.0
+#: Source addresses whose handshake rate is tracked; the least recently seen is forgotten
+#: (bounds the memory a flood of source addresses can take).
+MAX_TRACKED_HOSTS = 1_024
+#: Seconds between two nick-change notices of one peer; changes in between are shown as
+#: one at the end of the gap (stops a peer from flooding the UI with nick changes).
+NICK_CHANGE_MIN_GAP_S = 10.0

@@ -25,14 +25,16 @@ from chinwag.crypto import box
 from chinwag.crypto.identity import (
     BadIdentity,
     fingerprint,
+    peer_id_from_public,
     public_from_peer_id,
     short_id,
 )
 from chinwag.crypto.noise import generate_static_private
 from chinwag.datadir import DataDir, default_downloads_dir, load_or_create_identity
-from chinwag.errors import UsageError
+from chinwag.errors import RemoteProtocolError, UsageError
 from chinwag.files import FileShare
 from chinwag.history import History
+from chinwag.logonce import WarnOnce
 from chinwag.net.connection import PeerConnection
 from chinwag.net.discovery import Discovery
 from chinwag.net.manager import ConnectionManager
@@ -40,6 +42,7 @@ from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.protocol.discovery import encode_beacon
 from chinwag.protocol.names import DEFAULT_ROOM, validate_nick, validate_room, validate_text
+from chinwag.protocol.peers import SEEN, STRANGER, VERIFIED
 from chinwag.protocol.session import Closed, LocalInfo
 from chinwag.protocol.transfer import OFFER_MARK, encode_offer
 from chinwag.rooms import DM, PRIVATE, Room, RoomBook
@@ -100,6 +103,14 @@ class Node:
         self.port = 0
         self.stopped = asyncio.Event()
         self._held: list[ev.NodeEvent] | None = None
+        self._warn = WarnOnce(log)
+        #: Per connected peer: when its last nick change was shown, and the nick shown.
+        self._nick_shown: dict[str, tuple[float, str]] = {}
+        #: Per connected peer: the timer showing its latest nick at the end of the gap.
+        self._nick_pending: dict[str, asyncio.TimerHandle] = {}
+        #: Peers we had been connected to before (earlier runs, or connections that ended):
+        #: kept before strangers at the peer limit.
+        self._seen_peers: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------
 
@@ -122,7 +133,10 @@ class Node:
             )
             self._store = Store(self.config.data_dir / "chinwag.db")
             self._store.start_checkpointer()
-            self._manager = ConnectionManager(lambda: self._local_info(), self, self._rng)
+            self._seen_peers = set(self._store.peer_nicks())
+            self._manager = ConnectionManager(
+                lambda: self._local_info(), self, self._rng, self._peer_rank
+            )
             self._book = RoomBook(self._store, self.identity)
             self._book.load()
             self._history = History(
@@ -188,6 +202,8 @@ class Node:
             return
         if self._discovery is not None:
             self._discovery.close()
+        for pending in self._nick_pending.values():
+            pending.cancel()
         if self._files is not None:
             await self._files.close()
         if self._history is not None:
@@ -223,7 +239,9 @@ class Node:
 
     def _post(self, room: Room, text: str) -> asyncio.Future[ev.NodeEvent]:
         history = self._require_history()
-        clear, enc = self._require_book().seal(room, text)
+        book = self._require_book()
+        clear, enc = book.seal(room, text)
+        book.wrote_in(room)
         identity, nick = self.identity, self.nick
 
         def make(seq: int) -> ChatMessage:
@@ -519,15 +537,7 @@ class Node:
         )
         self._require_history().peer_joined(conn)
         self._require_files().ask_peer(conn)
-        impostor = self._require_book().impostor_of(peer_id, self._nicks[peer_id])
-        if impostor is not None:
-            self._emit(
-                ev.Alert(
-                    message=f"{self._nicks[peer_id]!r} is now a different key "
-                    f"({short_id(peer_id)}) than the one you verified ({short_id(impostor)})",
-                    peer_id=peer_id,
-                )
-            )
+        self._check_impostor(peer_id, self._nicks[peer_id])
         self._emit(
             ev.PeerJoined(
                 peer_id=peer_id,
@@ -541,6 +551,12 @@ class Node:
         assert peer_id is not None
         self._since.pop(peer_id, None)
         self._nicks.pop(peer_id, None)
+        self._nick_shown.pop(peer_id, None)
+        pending = self._nick_pending.pop(peer_id, None)
+        if pending is not None:
+            pending.cancel()
+        # Seen before from now on (not while connected: it ranks as it did when it came).
+        self._seen_peers.add(peer_id)
         if self._history is not None:
             self._history.peer_left(peer_id)
         if self._files is not None:
@@ -556,12 +572,11 @@ class Node:
             self._require_files().frame(conn, frame)
             return
         if isinstance(frame, m.NickChange):
-            peer_id = conn.session.peer_id or ""
-            old = self._nicks.get(peer_id, "?")
-            self._nicks[peer_id] = frame.nick
-            self._emit(ev.NickChanged(peer_id=peer_id, nick=frame.nick, old=old))
+            self._nick_changed(conn.session.peer_id or "", frame.nick)
             return
         if isinstance(frame, m.Chat):
+            if self._untimely(conn, frame):
+                return
             self._require_history().chat_received(conn, frame)
         else:
             self._require_history().sync_frame(conn, frame)
@@ -570,6 +585,98 @@ class Node:
                 self._require_files().ask_peer(conn)
 
     # --- internals ------------------------------------------------------
+
+    def _nick_changed(self, peer_id: str, nick: str) -> None:
+        """A peer changed its nick: show it, at most once per NICK_CHANGE_MIN_GAP_S.
+
+        Changes within the gap are shown as one at its end (the latest nick); the nick
+        itself is current at once (peer list, /msg).
+        """
+        old = self._nicks.get(peer_id, "?")
+        self._nicks[peer_id] = nick
+        if nick == old:
+            return
+        self._check_impostor(peer_id, nick)
+        if peer_id in self._nick_pending:
+            log.debug("nick change of %s to %r shown later (rate-limited)", peer_id[:8], nick)
+            return
+        loop = asyncio.get_running_loop()
+        last, shown = self._nick_shown.get(peer_id, (-1e18, old))
+        wait = last + limits.NICK_CHANGE_MIN_GAP_S - loop.time()
+        if wait <= 0:
+            self._show_nick(peer_id, shown)
+        else:
+            self._nick_pending[peer_id] = loop.call_later(wait, self._show_nick, peer_id, shown)
+
+    def _show_nick(self, peer_id: str, old: str) -> None:
+        self._nick_pending.pop(peer_id, None)
+        nick = self._nicks.get(peer_id)
+        if nick is None or nick == old:
+            return  # gone, or back to the nick last shown
+        self._nick_shown[peer_id] = (asyncio.get_running_loop().time(), nick)
+        self._emit(ev.NickChanged(peer_id=peer_id, nick=nick, old=old))
+
+    def _check_impostor(self, peer_id: str, nick: str) -> None:
+        """Alert (once per peer and nick) if peer_id uses the nick of a peer we verified."""
+        impostor = self._require_book().impostor_of(peer_id, nick)
+        if impostor is None:
+            return
+        if self._warn(
+            ("impostor", peer_id, nick),
+            "%s uses the nick %r of verified peer %s",
+            peer_id[:8],
+            nick,
+            impostor[:8],
+        ):
+            self._emit(
+                ev.Alert(
+                    message=f"{nick!r} is now a different key "
+                    f"({short_id(peer_id)}) than the one you verified ({short_id(impostor)})",
+                    peer_id=peer_id,
+                )
+            )
+
+    def _peer_rank(self, peer_id: str) -> int:
+        """Return whom the peer limit keeps first: verified, then seen before, then strangers."""
+        if self._book is not None and peer_id in self._book.verified:
+            return VERIFIED
+        return SEEN if peer_id in self._seen_peers else STRANGER
+
+    def _untimely(self, conn: PeerConnection, frame: m.Chat) -> bool:
+        """Return True if a chat's time is not acceptable (docs/protocol.md, section 7.1).
+
+        Outside the fixed range: its author (if it sent it itself) is disconnected with
+        `bad_timestamp`; a relay or a sync push of it (an older peer may hold one) is only
+        dropped, so two honest peers never disconnect each other over it. More than a day
+        ahead of our clock: dropped without closing; sync offers it again once it is due.
+        """
+        try:
+            body = m.decode_body(frame.body)
+        except RemoteProtocolError:
+            return False  # malformed: history refuses it and closes the connection
+        now_ms = int(time.time() * 1000)
+        verdict = m.ts_verdict(body.ts, now_ms)
+        if verdict is None:
+            return False
+        sender = conn.session.peer_id or "?"
+        if verdict == m.BAD_TIMESTAMP and peer_id_from_public(body.author) == sender:
+            log.warning("disconnecting %s: its message is dated %d (ms)", sender[:8], body.ts)
+            conn.close(m.BAD_TIMESTAMP)
+        elif verdict == m.BAD_TIMESTAMP:
+            self._warn(
+                ("bad_ts", sender),
+                "dropping a message from %s dated %d (ms), out of range",
+                sender[:8],
+                body.ts,
+            )
+        else:
+            self._warn(
+                ("ts_ahead", sender),
+                "not accepting yet a message from %s dated %d ms ahead of our clock",
+                sender[:8],
+                body.ts - now_ms,
+            )
+        return True
 
     def _local_info(self) -> LocalInfo:
         assert self._local is not None
@@ -606,6 +713,8 @@ class Node:
         return self._manager
 
     def _emit(self, event: ev.NodeEvent) -> None:
+        if isinstance(event, ev.Message | ev.DirectMessage):
+            event = _sane_ts(event)
         if (
             isinstance(event, ev.Message | ev.DirectMessage)
             and event.text.startswith(OFFER_MARK)
@@ -622,6 +731,7 @@ class Node:
         self, msgs: list[ev.Message | ev.DirectMessage]
     ) -> list[ev.Message | ev.DirectMessage]:
         """Return messages with file offers shown as readable lines."""
+        msgs = [_sane_ts(msg) for msg in msgs]
         files = self._files
         if files is None:
             return msgs
@@ -649,6 +759,16 @@ def _chat_text(text: str) -> str:
     if text.startswith(OFFER_MARK):
         raise UsageError("a message may not start with that control character")
     return text
+
+
+def _sane_ts(msg: ev.Message | ev.DirectMessage) -> ev.Message | ev.DirectMessage:
+    """Return msg with its time clamped into the range accepted on receipt.
+
+    Messages stored before that check existed may carry any time; no UI (nor a JSON
+    client) should get one it cannot turn into a date.
+    """
+    ts = m.clamp_ts_s(msg.ts)
+    return msg if ts == msg.ts else msgspec.structs.replace(msg, ts=ts)
 
 
 def _offer_room(event: ev.Message | ev.DirectMessage) -> str:

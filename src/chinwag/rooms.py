@@ -9,6 +9,12 @@ node holds the ones it takes part in.
 
 The book also tracks which rooms connected peers announced (for `/rooms` and
 for telling a wrong passphrase), and which peers are blocked or verified.
+
+At MAX_CONVERSATIONS, a message opening a new conversation replaces the
+stranger's conversation least recently active (hardening: a thousand throwaway
+keys sending one message each must not shut real people out for good). A
+conversation is never replaced if its peer is verified or if we wrote in it;
+if only such ones are kept, the new one is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from chinwag import limits
 from chinwag.crypto import box
 from chinwag.crypto.identity import Identity, public_from_peer_id
 from chinwag.errors import UsageError
+from chinwag.logonce import WarnOnce
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage
 from chinwag.protocol.names import DEFAULT_ROOM, is_valid_name
@@ -58,10 +65,24 @@ class RoomBook:
         self.blocked: set[str] = set()
         self.verified: dict[str, str] = {}
         self._undecryptable_logged: set[str] = set()
+        #: Conversations we wrote in: never replaced by a stranger's.
+        self._ours: set[str] = set()
+        #: Conversation wires, least recently active first.
+        self._dm_activity: dict[str, None] = {}
+        #: (peer, room) pairs whose wrong passphrase was reported already.
+        self._kcv_reported = WarnOnce(log)
+        self._warn = WarnOnce(log)
 
     def load(self) -> None:
         for wire, name, kind, key, peer in self.store.rooms_joined():
             self.joined[wire] = Room(wire, name, kind, key, peer)
+            if kind == DM:
+                self._dm_activity[wire] = None
+        self._ours = {
+            room
+            for room, author, *_ in self.store.author_stats()
+            if author == self.me and room in self._dm_activity
+        }
         if DEFAULT_ROOM not in self.joined and DEFAULT_ROOM not in self.store.rooms_left():
             self.join_public(DEFAULT_ROOM)
         self.blocked = self.store.blocked()
@@ -104,16 +125,25 @@ class RoomBook:
             self._save(room)
         return room
 
+    def wrote_in(self, room: Room) -> None:
+        """We sent a message in room: a conversation of ours is never replaced by a stranger's."""
+        if room.kind == DM:
+            self._ours.add(room.wire)
+
     def leave(self, name: str) -> Room:
         room = self.find(name)
         if room is None:
             raise UsageError(f"you are not in room {name!r}")
         del self.joined[room.wire]
+        self._dm_activity.pop(room.wire, None)
+        self._ours.discard(room.wire)
         self.store.leave_room(room.wire)
         return room
 
     def _save(self, room: Room) -> None:
         self.joined[room.wire] = room
+        if room.kind == DM:
+            self._dm_activity[room.wire] = None
         self.store.join_room(room.wire, room.name, room.kind, room.key, room.peer)
 
     # --- lookups --------------------------------------------------------
@@ -143,15 +173,37 @@ class RoomBook:
         return None
 
     def remember(self, room: Room) -> bool:
-        """Save a conversation returned unsaved by holds(); False if we keep too many."""
+        """Save a conversation returned unsaved by holds() (and note it active).
+
+        At MAX_CONVERSATIONS a stranger's conversation least recently active makes room;
+        False if none may (the message is then dropped).
+        """
         if room.wire in self.joined:
+            if room.wire in self._dm_activity:  # most recently active last
+                del self._dm_activity[room.wire]
+                self._dm_activity[room.wire] = None
             return True
-        conversations = sum(1 for r in self.joined.values() if r.kind == DM)
-        if room.kind == DM and conversations >= limits.MAX_CONVERSATIONS:
-            log.warning("not opening a new conversation: %d kept already", conversations)
-            return False
+        if room.kind == DM and len(self._dm_activity) >= limits.MAX_CONVERSATIONS:
+            victim = self._stranger_conversation()
+            if victim is None:
+                self._warn(
+                    "conversations",
+                    "not opening a new conversation: %d kept already, none with a stranger",
+                    len(self._dm_activity),
+                )
+                return False
+            log.debug("replacing the idle conversation %s with a new one", victim.name)
+            self.leave(victim.wire)
         self._save(room)
         return True
+
+    def _stranger_conversation(self) -> Room | None:
+        """Return the least recently active conversation we may drop, if any."""
+        for wire in self._dm_activity:
+            room = self.joined[wire]
+            if wire not in self._ours and room.peer not in self.verified:
+                return room
+        return None
 
     def holds_vector(self, wire: str, peer_id: str) -> bool:
         """Return whether to sync room wire with peer_id (conversations: only the other party)."""
@@ -203,12 +255,23 @@ class RoomBook:
         return room.kind != PRIVATE or announced[room.wire] == room.kcv
 
     def set_announced(self, peer_id: str, frame: m.Rooms) -> list[str]:
-        """Record a peer's rooms; return our private rooms it holds under another passphrase."""
+        """Record a peer's rooms; return our private rooms it holds under another passphrase.
+
+        Each (peer, room) is returned once only (later repeats are logged at debug level):
+        a peer announcing again and again must not flood the user with the same alert.
+        """
         self.announced[peer_id] = {a.room: a.kcv for a in frame.joined if is_valid_name(a.room)}
         return [
             r.name
             for r in self.joined.values()
-            if r.kind == PRIVATE and self.announced[peer_id].get(r.wire, r.kcv) != r.kcv
+            if r.kind == PRIVATE
+            and self.announced[peer_id].get(r.wire, r.kcv) != r.kcv
+            and self._kcv_reported(
+                (peer_id, r.wire),
+                "peer %s holds private room %s under another passphrase",
+                peer_id[:8],
+                r.name,
+            )
         ]
 
     def forget_peer(self, peer_id: str) -> None:

@@ -83,10 +83,18 @@ class HostilePeer:
 
     # --- connection -----------------------------------------------------
 
-    async def connect(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
-        """Dial the node and complete the handshake (raise if it fails or takes too long)."""
+    async def connect(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        timeout: float = 10.0,
+        local_host: str | None = None,
+    ) -> None:
+        """Dial the node (from local_host if given) and complete the handshake (raise if it
+        fails or takes too long)."""
         loop = asyncio.get_running_loop()
-        self._reader, self._writer = await asyncio.open_connection(host, port)
+        local = None if local_host is None else (local_host, 0)
+        self._reader, self._writer = await asyncio.open_connection(host, port, local_addr=local)
         self.session = Session(self.local, initiator=True, now=loop.time())
         self._flush()
         self._task = asyncio.create_task(self._read())

@@ -12,6 +12,7 @@ import socket
 import time
 from pathlib import Path
 
+from hostile_peer import HostilePeer
 from it_support import (
     PROMPT_S,
     ChinwagProcess,
@@ -21,6 +22,8 @@ from it_support import (
     count,
     stderr_has_traceback,
 )
+
+from chinwag.crypto.identity import Identity
 
 #: Seconds within which the node must drop a connection that never completes a handshake
 #: (the node's handshake timeout is 5 s; the rest is slack for a loaded machine).
@@ -190,3 +193,86 @@ async def test_garbage_datagrams_on_discovery_port(node: NodeFactory, discovery_
     for n in (a, b, c):
         assert not stderr_has_traceback(n), n.stderr_tail()
     assert count(a, "peer_joined") == 2 and count(b, "peer_joined") == 2
+
+
+async def test_impossible_and_future_timestamps(node: NodeFactory) -> None:
+    """A chat dated outside the accepted range closes its author's connection
+    (`bad_timestamp`) and is dropped when relayed; one dated more than a day ahead is not
+    accepted yet, without closing; none is ever shown."""
+    a, b = await pair(node)
+    h = HostilePeer()
+    await h.connect(a.port, timeout=PROMPT_S)
+    await a.wait_for_peers([h.peer_id], timeout=PROMPT_S)
+    await a.send({"cmd": "join", "room": "dev"})
+    await a.wait_for("joined", timeout=PROMPT_S, room="dev")
+    now = int(time.time() * 1000)
+    h.send_chat(h.message(1, "dated in two days", ts_ms=now + 2 * 86_400_000))
+    h.send_chat(h.message(1, "on time", room="dev"))  # the same connection, later
+    await a.wait_for_message("on time", timeout=PROMPT_S)
+    assert h.closed is None
+    assert count(a, "message", text="dated in two days") == 0
+
+    # Out of range, relayed (or pushed by an older peer that stored it): dropped, no close.
+    victim = Identity.generate()
+    h.send_chat(h.message(1, "relayed from year 146140482", ts_ms=2**62, author=victim))
+    h.send_chat(h.message(2, "still on time", room="dev"))
+    await a.wait_for_message("still on time", timeout=PROMPT_S)
+    assert h.closed is None
+    # Out of range from its author: the author is disconnected.
+    h.send_chat(h.message(3, "in year 146140482", room="dev", ts_ms=2**62))
+    closed = await h.wait_closed(PROMPT_S)
+    assert h.reset or closed.code == "bad_timestamp", closed
+    await h.close()
+    assert count(a, "message", text="in year 146140482") == 0
+    assert count(a, "message", text="relayed from year 146140482") == 0
+    await assert_healthy(a, b, "after impossible timestamps")
+
+
+def dial_first_id(node_id: str) -> Identity:
+    """An identity the node dials at once when it hears it (a higher peer id than the node's)."""
+    while True:
+        ident = Identity.generate()
+        if ident.peer_id > node_id:
+            return ident
+
+
+async def test_beacons_not_from_the_discovery_port_make_no_dial(
+    node: NodeFactory, discovery_port: int
+) -> None:
+    """A beacon sent from another UDP port is spoofed: the node dials nobody for it."""
+    from chinwag.protocol.discovery import encode_beacon
+
+    a = node("alice")
+    await a.start()
+    spoof_target = socket.create_server(("127.0.0.1", 0))
+    real_target = socket.create_server(("127.0.0.1", 0))
+    spoof_target.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        spoofed = encode_beacon(
+            dial_first_id(a.peer_id).peer_id, spoof_target.getsockname()[1], "x"
+        )
+        genuine = encode_beacon(dial_first_id(a.peer_id).peer_id, real_target.getsockname()[1], "y")
+        # Broadcast, as nodes do (a unicast to a shared port may reach only one socket).
+        target = ("127.255.255.255", discovery_port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other_port:
+            other_port.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            other_port.sendto(spoofed, target)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as same_port:
+            same_port.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            same_port.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            same_port.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            same_port.bind(("", discovery_port))
+            same_port.sendto(genuine, target)
+        # The genuine beacon, sent after the spoofed one, is dialled: a barrier.
+        real_target.setblocking(False)
+        conn, _ = await asyncio.wait_for(loop.sock_accept(real_target), PROMPT_S)
+        conn.close()
+        # A dial for the spoofed beacon would have connected before that one.
+        with contextlib.suppress(BlockingIOError):
+            spoof_target.accept()
+            raise AssertionError("the node dialled the address of a spoofed beacon")
+    finally:
+        spoof_target.close()
+        real_target.close()
+    assert not stderr_has_traceback(a), a.stderr_tail()

@@ -253,3 +253,57 @@ async def test_a_locked_data_dir_ends_the_app_with_a_reason(
         assert "is in use by another chinwag" in a.start_error
     finally:
         await first.stop()
+
+
+# --- hardening: impossible timestamps ---------------------------------------------------
+
+
+def store_message_dated(data_dir: Path, ts_ms: int, text: str) -> None:
+    """Store a signed message by bob with any ts, as a node before the receipt check did."""
+    from chinwag.crypto.identity import Identity
+    from chinwag.protocol.chat import make_message
+    from chinwag.store.db import NewMessage, Store
+
+    bob = Identity.from_seed(b"b" * 32)
+    msg = make_message(bob, "general", "bob", ts_ms, 1, text)
+    store = Store(data_dir / "chinwag.db")
+    try:
+        store.insert_messages(
+            [
+                NewMessage(
+                    msg.id,
+                    "general",
+                    bob.peer_id,
+                    1,
+                    ts_ms,
+                    "bob",
+                    text,
+                    msg.raw_body,
+                    msg.sig,
+                    False,
+                    True,
+                )
+            ]
+        )
+    finally:
+        store.close()
+
+
+async def test_a_stored_message_dated_past_year_9999_does_not_kill_the_app(
+    app: AppFactory, tmp_path: Path
+) -> None:
+    # Stored by an older version: the app died rendering its date, at every start.
+    (tmp_path / "me").mkdir()
+    store_message_dated(tmp_path / "me", 2**62, "from the far future")
+    a = app()
+    async with a.run_test(size=(80, 24)) as pilot:
+        await started(pilot)
+        await until(pilot, lambda: shown(a, "bob: from the far future"))
+        # A live one too (a buggy peer, or a UI fed by something else).
+        feed(a, message("also far", ts=1e18), message("before time", ts=-1e18))
+        feed(a, message("not a number", ts=float("nan")))
+        await until(pilot, lambda: shown(a, "bob: not a number"))
+        assert shown(a, "bob: also far") and shown(a, "bob: before time")
+        await pilot.press(*"still alive", "enter")
+        await until(pilot, lambda: shown(a, "me: still alive"))
+    assert a.return_code in (None, 0)

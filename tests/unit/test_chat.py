@@ -157,6 +157,42 @@ def test_text_of_exactly_the_limit_is_accepted() -> None:
     assert open_message(msg.raw_body, msg.sig, check_signature=True).body.text == text
 
 
+# --- timestamps (hardening) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [0, limits.MIN_TS_MS - 1, limits.MAX_TS_MS, 253_402_300_800_000, 2**63 - 1],
+    ids=["epoch", "just-before-2000", "2100", "year-10000", "u64-max"],
+)
+def test_impossible_timestamps_are_refused_on_receipt(ts: int) -> None:
+    # Byte level: a body whose ts is past year 9999 made every date rendering raise.
+    body = m.decode_body(body_bytes(ts=ts))
+    assert m.ts_verdict(body.ts, now_ms=TS) == m.BAD_TIMESTAMP
+    # Whatever the receiver's clock says.
+    assert m.ts_verdict(body.ts, now_ms=ts) == m.BAD_TIMESTAMP
+
+
+@pytest.mark.parametrize("ts", [limits.MIN_TS_MS, limits.MAX_TS_MS - 1])
+def test_timestamps_at_the_edges_of_the_range_are_accepted(ts: int) -> None:
+    assert m.ts_verdict(m.decode_body(body_bytes(ts=ts)).ts, now_ms=ts) is None
+
+
+def test_a_timestamp_more_than_a_day_ahead_is_not_accepted_yet() -> None:
+    assert m.ts_verdict(TS + limits.MAX_TS_AHEAD_MS, TS) is None
+    assert m.ts_verdict(TS + limits.MAX_TS_AHEAD_MS + 1, TS) == m.TS_AHEAD
+    assert m.ts_verdict(TS - 10**9, TS) is None  # the past is fine
+
+
+@pytest.mark.parametrize("ts", [0, 2**62, TS, 10**15])
+def test_clamped_times_are_in_range_and_renderable(ts: int) -> None:
+    import datetime as dt
+
+    clamped = m.clamp_ts_s(ts / 1000)
+    assert limits.MIN_TS_MS / 1000 <= clamped <= limits.MAX_TS_MS / 1000
+    dt.datetime.fromtimestamp(clamped)  # does not raise
+
+
 # --- dedup ----------------------------------------------------------------------
 
 

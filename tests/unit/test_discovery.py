@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
+import random
+
 import msgspec
 import pytest
 
 from chinwag import limits
 from chinwag.crypto.identity import Identity
-from chinwag.protocol.discovery import MAGIC, Beacon, encode_beacon, parse_beacon
+from chinwag.net.discovery import Discovery
+from chinwag.protocol.discovery import (
+    MAGIC,
+    Beacon,
+    encode_beacon,
+    parse_beacon,
+    source_allowed,
+)
 from chinwag.protocol.messages import PROTOCOL_VERSION
 
 PEER = Identity.from_seed(bytes(range(32))).peer_id
@@ -118,3 +128,45 @@ def test_byte_by_byte_equals_whole() -> None:
     results = [parse_beacon(data[: i + 1]) for i in range(len(data))]
     assert results[:-1] == [None] * (len(data) - 1)
     assert results[-1] == parse_beacon(data)
+
+
+# --- where beacons may come from (hardening) --------------------------------------
+
+LAN = [ipaddress.IPv4Network("10.1.0.0/24"), ipaddress.IPv4Network("127.0.0.0/8")]
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "ok"),
+    [
+        ("10.1.0.7", 47474, True),
+        ("127.0.0.1", 47474, True),  # loopback for loopback (nodes on one machine)
+        ("10.1.1.7", 47474, False),  # another subnet: routed from afar or spoofed
+        ("192.0.2.1", 47474, False),
+        ("10.1.0.7", 47475, False),  # not sent from the discovery port
+        ("10.1.0.7", 0, False),
+        ("::1", 47474, False),
+        ("not an address", 47474, False),
+    ],
+)
+def test_beacons_are_believed_only_from_the_discovery_port_of_attached_subnets(
+    host: str, port: int, ok: bool
+) -> None:
+    assert source_allowed(host, port, 47474, LAN) is ok
+
+
+async def test_discovery_hands_on_only_beacons_from_attached_subnets() -> None:
+    heard: list[tuple[str, str, int]] = []
+
+    def on_beacon(peer_id: str, host: str, port: int) -> bool:
+        heard.append((peer_id, host, port))
+        return False
+
+    own = Identity.from_seed(b"o" * 32).peer_id
+    d = Discovery(47474, None, own, lambda: b"", on_beacon, random.Random(1))
+    d.networks = LAN
+    data = encode_beacon(PEER, 5000, "bob")
+    d.datagram_received(data, ("192.0.2.1", 47474))
+    d.datagram_received(data, ("10.1.0.9", 40000))
+    assert heard == []
+    d.datagram_received(data, ("10.1.0.9", 47474))
+    assert heard == [(PEER, "10.1.0.9", 5000)]

@@ -724,3 +724,91 @@ async def test_a_failed_commit_gives_its_seq_back(
             await lost
     again = node.history.next_seq(room.wire)
     assert again == seq  # no hole: the next message takes the failed one's number
+
+
+# --- RoomBook: the conversation limit (hardening) -----------------------------------------
+
+
+def stranger_dm(book: RoomBook, who: Identity) -> Room:
+    """The unsaved conversation a first message from who opens (as history.py gets it)."""
+    room = book.holds(box.dm_room(ME.peer_id, who.peer_id), who.peer_id)
+    assert room is not None and room.wire not in book.joined
+    return room
+
+
+def dm_count(book: RoomBook) -> int:
+    return sum(1 for r in book.joined.values() if r.kind == DM)
+
+
+def test_throwaway_keys_cannot_fill_the_conversation_limit_for_good(store: Store) -> None:
+    book = load_book(store)
+    throwaways = [Identity.generate() for _ in range(limits.MAX_CONVERSATIONS)]
+    for t in throwaways:
+        assert book.remember(stranger_dm(book, t)) is True
+    assert dm_count(book) == limits.MAX_CONVERSATIONS
+    # A real person still gets through: the least recently active stranger's one goes.
+    assert book.remember(stranger_dm(book, ALICE)) is True
+    assert dm_count(book) == limits.MAX_CONVERSATIONS
+    assert box.dm_room(ME.peer_id, ALICE.peer_id) in book.joined
+    assert box.dm_room(ME.peer_id, throwaways[0].peer_id) not in book.joined
+
+
+def test_conversations_we_wrote_in_or_with_verified_peers_are_never_replaced(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "MAX_CONVERSATIONS", 3)
+    book = load_book(store)
+    ours = book.join_dm(BOB.peer_id)
+    book.wrote_in(ours)
+    book.set_verified(CAROL.peer_id, "carol")
+    assert book.remember(stranger_dm(book, CAROL))
+    assert book.remember(stranger_dm(book, ALICE))
+    # ALICE's is the only stranger's; active again, it is still the one replaced.
+    assert book.remember(book.holds(box.dm_room(ME.peer_id, ALICE.peer_id), ALICE.peer_id))  # type: ignore[arg-type]
+    newcomers = [Identity.generate() for _ in range(5)]
+    for n in newcomers:
+        assert book.remember(stranger_dm(book, n)) is True
+        assert {r.peer for r in book.joined.values() if r.kind == DM} == {
+            BOB.peer_id,
+            CAROL.peer_id,
+            n.peer_id,
+        }
+    # Only ours and verified ones kept: a new stranger is refused.
+    book.wrote_in(book.joined[box.dm_room(ME.peer_id, newcomers[-1].peer_id)])
+    assert book.remember(stranger_dm(book, MALLORY)) is False
+
+
+def test_a_conversation_we_wrote_in_stays_ours_after_a_restart(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chinwag.store.db import NewMessage
+
+    monkeypatch.setattr(limits, "MAX_CONVERSATIONS", 1)
+    book = load_book(store)
+    room = book.join_dm(BOB.peer_id)
+    msg = make_message(ME, room.wire, "me", TS, 1, "", b"x")
+    store.insert_messages(
+        [
+            NewMessage(
+                msg.id, room.wire, ME.peer_id, 1, TS, "me", "hi", msg.raw_body, msg.sig, False, True
+            )
+        ]
+    )
+    store, book = reload(store)
+    try:
+        assert book.remember(stranger_dm(book, MALLORY)) is False
+        assert room.wire in book.joined
+    finally:
+        store.close()
+
+
+def test_a_wrong_passphrase_is_reported_once_per_peer_and_room(store: Store) -> None:
+    book = load_book(store)
+    book.join_private("team", KEY)
+    wrong = m.Rooms(
+        joined=[m.RoomAnnounce(room=box.private_room_id("team"), kcv=box.key_check(OTHER_KEY))]
+    )
+    assert book.set_announced(ALICE.peer_id, wrong) == ["team"]
+    for _ in range(100):  # a peer announcing again and again
+        assert book.set_announced(ALICE.peer_id, wrong) == []
+    assert book.set_announced(BOB.peer_id, wrong) == ["team"]

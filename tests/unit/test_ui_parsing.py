@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -220,3 +222,34 @@ def test_progress_line_shows_bytes_rate_and_time_left() -> None:
     assert progress_line("big.iso", p) == "big.iso 25% 250.0 MB/1.0 GB 50.0 MB/s 0:00:15 left"
     start = ev.FileProgress(id="ab" * 16, bytes=0, total=10, rate=0.0)
     assert progress_line("x\x1b[2J", start) == "x[2J 0% 0 B/10 B"
+
+
+# --- impossible message times (hardening) -----------------------------------------
+
+
+@pytest.mark.parametrize("ts", [1e18, -1e18, float("nan"), float("inf"), 253_402_300_800.0])
+def test_line_mode_and_json_clients_get_a_time_they_can_render(ts: float, tmp_path: Path) -> None:
+    from chinwag import events as ev
+    from chinwag.node import Node, NodeConfig
+    from chinwag.ui.line import LineUI
+
+    node = Node(NodeConfig(data_dir=tmp_path, discovery=False))
+    got: list[ev.NodeEvent] = []
+    node.subscribe(got.append)
+    msg = ev.Message(
+        id="0" * 32,
+        room="general",
+        peer_id="b" * 52,
+        nick="bob",
+        ts=ts,
+        text="hi",
+        own=False,
+        seq=1,
+    )
+    node._emit(msg)  # what the JSON-lines API and every UI receive
+    [out] = got
+    assert isinstance(out, ev.Message)
+    assert limits.MIN_TS_MS / 1000 <= out.ts <= limits.MAX_TS_MS / 1000
+    # Line mode renders even an unclamped time.
+    line = LineUI(node, sink=lambda _line: None).format_message(msg)
+    assert "bob" in line and "hi" in line

@@ -36,6 +36,9 @@ class PeerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.address: tuple[str, int] = ("", 0)
         self.connected_at = 0.0
+        #: When the peer last sent a chat or file frame (or connected): the peer limit
+        #: replaces idle strangers first.
+        self.last_active = 0.0
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._drained = asyncio.Event()

@@ -19,11 +19,27 @@ from typing import cast
 import ifaddr
 
 from chinwag import limits
-from chinwag.protocol.discovery import parse_beacon
+from chinwag.protocol.discovery import parse_beacon, source_allowed
 
 log = logging.getLogger(__name__)
 
 LIMITED_BROADCAST = "255.255.255.255"
+
+
+def attached_networks() -> list[ipaddress.IPv4Network]:
+    """Return the IPv4 networks of every interface (loopback's included)."""
+    nets: list[ipaddress.IPv4Network] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if not isinstance(ip.ip, str):
+                continue  # IPv6
+            try:
+                net = ipaddress.IPv4Network(f"{ip.ip}/{ip.network_prefix}", strict=False)
+            except ValueError:
+                continue
+            if net not in nets:
+                nets.append(net)
+    return nets
 
 
 def broadcast_targets(bind: str | None) -> list[str]:
@@ -75,6 +91,9 @@ class Discovery(asyncio.DatagramProtocol):
         self._answer_pending: asyncio.TimerHandle | None = None
         self._send_errors_logged: set[str] = set()
         self._bad_logged = False
+        self._foreign_logged = False
+        #: Refreshed with every periodic beacon (interfaces come and go).
+        self.networks: list[ipaddress.IPv4Network] = []
 
     async def start(self) -> None:
         """Bind the discovery port and send the first beacon."""
@@ -87,6 +106,7 @@ class Discovery(asyncio.DatagramProtocol):
         sock.bind(("", self.port))
         sock.setblocking(False)
         await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self.networks = attached_networks()
         self.send_beacon()
         self._schedule()
 
@@ -112,6 +132,16 @@ class Discovery(asyncio.DatagramProtocol):
         if beacon.peer_id == self.own_peer_id:
             return
         host = str(addr[0])
+        if not source_allowed(host, addr[1], self.port, self.networks):
+            if not self._foreign_logged:
+                self._foreign_logged = True
+                log.info(
+                    "ignoring a beacon from %s:%d: not from the discovery port of an "
+                    "attached subnet (logged once)",
+                    host,
+                    addr[1],
+                )
+            return
         if self._on_beacon(beacon.peer_id, host, beacon.port):
             # An unknown peer: answer at once so it learns about us without waiting.
             self._answer()
@@ -154,5 +184,6 @@ class Discovery(asyncio.DatagramProtocol):
         self._timer = self._loop.call_later(limits.BEACON_INTERVAL_S * jitter, self._tick)
 
     def _tick(self) -> None:
+        self.networks = attached_networks()
         self.send_beacon()
         self._schedule()

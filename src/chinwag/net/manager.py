@@ -16,9 +16,18 @@ from collections.abc import Callable
 from typing import Protocol
 
 from chinwag import limits
+from chinwag.logonce import WarnOnce
 from chinwag.net.connection import PeerConnection
 from chinwag.protocol import messages as m
-from chinwag.protocol.peers import Dial, PeerTable
+from chinwag.protocol.peers import (
+    SEEN,
+    STRANGER,
+    Candidate,
+    Dial,
+    HandshakeGate,
+    PeerTable,
+    eviction_victim,
+)
 from chinwag.protocol.session import (
     Closed,
     Event,
@@ -50,14 +59,21 @@ class ConnectionManager:
         local: Callable[[], LocalInfo],
         listener: ManagerListener,
         rng: random.Random,
+        rank: Callable[[str], int] | None = None,
     ) -> None:
+        """`rank(peer_id)` says whom the peer limit keeps first (protocol/peers.py ranks)."""
         self._local = local
         self._listener = listener
+        self._rank = rank or (lambda _peer_id: STRANGER)
+        self._gate = HandshakeGate()
+        self._warn = WarnOnce(log)
         self.peers: dict[str, PeerConnection] = {}
         self._pending: set[PeerConnection] = set()
         self._all: set[PeerConnection] = set()
         self._loop = asyncio.get_running_loop()
-        self.table = PeerTable(local().identity.peer_id, rng)
+        self.table = PeerTable(
+            local().identity.peer_id, rng, lambda peer_id: self._rank(peer_id) > STRANGER
+        )
         self._server: asyncio.Server | None = None
         self._dial_timer: asyncio.TimerHandle | None = None
         self._dial_tasks: set[asyncio.Task[None]] = set()
@@ -171,18 +187,27 @@ class ConnectionManager:
     # --- callbacks from PeerConnection ----------------------------------
 
     def connection_made(self, conn: PeerConnection) -> None:
-        # Only inbound handshakes count against the limit: our own dials must
+        # Only inbound handshakes count against the limits: our own dials must
         # get through even while strangers hold half-open connections.
-        inbound = not conn.session.initiator
-        if self._closing or (
-            inbound
-            and sum(1 for c in self._pending if not c.session.initiator)
-            >= limits.MAX_PENDING_HANDSHAKES
-        ):
-            log.warning("refusing connection from %s: too many pending handshakes", conn.address[0])
-            assert conn.transport is not None
+        assert conn.transport is not None
+        if self._closing:
             conn.transport.abort()
             return
+        if not conn.session.initiator:
+            host = conn.address[0]
+            admitted, victim = self._gate.admit(conn, host, self._loop.time())
+            if not admitted:
+                self._warn(
+                    ("pending", host),
+                    "refusing connection from %s: too many handshakes from it, or in all",
+                    host,
+                )
+                conn.transport.abort()
+                return
+            if isinstance(victim, PeerConnection) and victim.transport is not None:
+                # Its source holds more than its share of the handshake slots.
+                log.debug("dropping a pending handshake from %s to make room", victim.address[0])
+                victim.transport.abort()
         self._pending.add(conn)
         self._all.add(conn)
 
@@ -190,6 +215,9 @@ class ConnectionManager:
         if isinstance(event, HandshakeComplete):
             self._handshake_complete(conn, event)
         elif isinstance(event, FrameReceived):
+            if isinstance(event.frame, m.Chat | m.FileFrame):
+                # Not sync frames: every peer sends vectors periodically, idle or not.
+                conn.last_active = self._loop.time()
             # Also frames from a duplicate connection being retired (LINGER):
             # the peer may have sent them before it heard our goodbye.
             if (conn.session.peer_id or "") in self.peers:
@@ -204,6 +232,7 @@ class ConnectionManager:
 
     def _handshake_complete(self, conn: PeerConnection, ev: HandshakeComplete) -> None:
         self._pending.discard(conn)
+        self._gate.done(conn)
         now = self._loop.time()
         if conn.dial_key is not None:
             self.table.dial_reached(conn.dial_key, ev.peer_id)
@@ -225,15 +254,40 @@ class ConnectionManager:
             conn.connected_at = limbo[0].connected_at
             log.debug("replacement connection to %s is up", ev.peer_id[:8])
             return
-        if len(self.peers) >= limits.MAX_PEERS:
-            log.warning("refusing peer %s: already %d peers", ev.peer_id[:8], len(self.peers))
+        if len(self.peers) >= limits.MAX_PEERS and not self._make_room(conn, ev.peer_id, now):
+            self._warn(
+                "too_many_peers",  # one key: throwaway identities are many
+                "refusing peer %s: already %d peers",
+                ev.peer_id[:8],
+                len(self.peers),
+            )
             conn.close("too_many_peers")
             return
         self.peers[ev.peer_id] = conn
-        conn.connected_at = now
+        conn.connected_at = conn.last_active = now
         self.table.connected(ev.peer_id, conn.address[0], ev.listen_port, now, conn.dial_key)
         log.info("connected to %s (%s) at %s:%d", ev.nick, ev.peer_id[:8], *conn.address)
         self._listener.peer_joined(conn)
+
+    def _make_room(self, conn: PeerConnection, peer_id: str, now: float) -> bool:
+        """At the peer limit: close a peer ranked below the newcomer; False if none may go."""
+        candidates = [
+            Candidate(pid, self._rank_of(pid, c), c.last_active) for pid, c in self.peers.items()
+        ]
+        victim = eviction_victim(candidates, self._rank_of(peer_id, conn), now)
+        if victim is None:
+            return False
+        log.info("evicting peer %s to make room for %s", victim[:8], peer_id[:8])
+        # Closing reports it gone at once (session_closed), freeing its place.
+        self.peers[victim].close("evicted")
+        return len(self.peers) < limits.MAX_PEERS
+
+    def _rank_of(self, peer_id: str, conn: PeerConnection) -> int:
+        """Return how much the peer limit wants to keep peer_id (a `--peer` counts as seen)."""
+        rank = self._rank(peer_id)
+        if conn.dial_key is not None and self.table.is_manual(conn.dial_key):
+            rank = max(rank, SEEN)
+        return rank
 
     def _tie_rank(self, conn: PeerConnection) -> tuple[bool, bytes]:
         """Rank a connection for the one-per-pair rule; both sides compute the same ranks.
@@ -247,6 +301,7 @@ class ConnectionManager:
 
     def session_closed(self, conn: PeerConnection, closed: Closed) -> None:
         self._pending.discard(conn)
+        self._gate.done(conn)
         self._all.discard(conn)
         now = self._loop.time()
         peer_id = conn.session.peer_id
@@ -261,9 +316,22 @@ class ConnectionManager:
             self._peer_gone(conn, closed)
             return
         if closed.code not in ("duplicate", "quit") and not self._closing:
-            level = logging.WARNING if not closed.by_peer else logging.DEBUG
-            log.log(level, "connection with %s closed: %s", conn.address[0], closed.reason)
-        if conn.dial_key is not None and peer_id is None:
+            if closed.by_peer:
+                log.debug("connection with %s closed: %s", conn.address[0], closed.reason)
+            else:  # a peer can cause these again and again
+                self._warn(
+                    ("closed", closed.code, conn.address[0]),
+                    "connection with %s closed: %s",
+                    conn.address[0],
+                    closed.reason,
+                )
+        # A dial that never became the peer's connection failed, also when its handshake
+        # completed but the connection was refused (the peer limit): retry it with back-off.
+        if (
+            conn.dial_key is not None
+            and closed.code != "duplicate"
+            and (peer_id is None or peer_id not in self.peers)
+        ):
             self.table.dial_failed(conn.dial_key, now)
             self.schedule_dials()
 
@@ -276,7 +344,10 @@ class ConnectionManager:
         peer_id = conn.session.peer_id
         assert peer_id is not None
         log.info("disconnected from %s: %s", peer_id[:8], closed.reason)
-        goodbye = closed.by_peer and closed.code == "quit"
+        # A peer we evicted for lack of room is not redialled either, until it beacons again.
+        goodbye = (closed.by_peer and closed.code == "quit") or (
+            not closed.by_peer and closed.code == "evicted"
+        )
         self.table.disconnected(peer_id, self._loop.time(), goodbye=goodbye)
         self._listener.peer_left(conn, closed)
         self.schedule_dials()

@@ -7,6 +7,8 @@ by the handshake. Anything that is not a well-formed beacon is dropped.
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
 from typing import Annotated, Final
 
 import msgspec
@@ -49,3 +51,21 @@ def parse_beacon(data: bytes) -> Beacon | None:
     if beacon.v != PROTOCOL_VERSION or beacon.port == 0 or not is_valid_name(beacon.nick):
         return None
     return beacon
+
+
+def source_allowed(
+    host: str, src_port: int, discovery_port: int, networks: Iterable[ipaddress.IPv4Network]
+) -> bool:
+    """Return whether a beacon from host:src_port may be believed at all.
+
+    Real beacons are broadcast from the discovery port to the subnets we are attached
+    to, so one from another port or from outside those subnets (loopback for
+    loopback) is spoofed or routed from afar: it must not make us dial anyone.
+    """
+    if src_port != discovery_port:
+        return False
+    try:
+        ip = ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)

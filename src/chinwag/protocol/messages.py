@@ -8,6 +8,7 @@ RemoteProtocolError. The encoding of each struct is documented in docs/protocol.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Final
 
 import msgspec
@@ -317,3 +318,34 @@ def decode_body(data: bytes) -> ChatBody:
     if not body.text and not body.enc:
         raise RemoteProtocolError("empty chat message", "malformed_frame")
     return body
+
+
+# --- timestamps on receipt (hardening) ----------------------------------------
+
+#: ts_verdict: outside the fixed range, the same on every peer (never accepted).
+BAD_TIMESTAMP: Final = "bad_timestamp"
+#: ts_verdict: more than MAX_TS_AHEAD_MS ahead of the receiver's clock (not accepted yet).
+TS_AHEAD: Final = "ts_ahead"
+
+
+def ts_verdict(ts_ms: int, now_ms: int) -> str | None:
+    """Return why a received chat's `ts` is not acceptable (BAD_TIMESTAMP, TS_AHEAD) or None.
+
+    The fixed range is the same on every peer, so no compatible peer stores, relays or
+    offers a message another refuses; the receiver's clock only defers a message.
+    """
+    if not limits.MIN_TS_MS <= ts_ms < limits.MAX_TS_MS:
+        return BAD_TIMESTAMP
+    if ts_ms - now_ms > limits.MAX_TS_AHEAD_MS:
+        return TS_AHEAD
+    return None
+
+
+def clamp_ts_s(ts: float) -> float:
+    """Return a time in seconds (as events carry it) clamped into the accepted range (NaN: min).
+
+    For times stored before the range was checked on receipt: shown, never raising.
+    """
+    if math.isnan(ts):
+        return limits.MIN_TS_MS / 1000
+    return min(max(ts, limits.MIN_TS_MS / 1000), limits.MAX_TS_MS / 1000)

@@ -19,7 +19,8 @@ from chinwag import events as ev
 from chinwag.crypto.identity import fingerprint, short_id
 from chinwag.errors import ChinwagError
 from chinwag.node import Node
-from chinwag.ui.stdio import LineTooLong, stdin_lines
+from chinwag.ui.clock import local_datetime
+from chinwag.ui.stdio import LineTooLong, silence_stdout, stdin_lines
 from chinwag.units import human_size
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class LineUI:
         self.interactive = sink is None and os.isatty(0) and os.isatty(1)
         self.colour = self.interactive if colour is None else colour
         self._print: Callable[[str], None] = sink or self._plain_print
+        self._stdout_gone = False
         self._delivered: list[ev.Delivered] = []
         #: Where typed lines go.
         self.room = "general"
@@ -130,15 +132,24 @@ class LineUI:
     # --- output ---------------------------------------------------------
 
     def _plain_print(self, line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        if self._stdout_gone:
+            return
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            # The reader went away (`chinwag --plain | head -1`): carry on without output,
+            # like the JSON-lines API, rather than a traceback per line.
+            self._stdout_gone = True
+            log.debug("standard output is gone; printing nothing more")
+            silence_stdout()
 
     def _paint(self, code: str, text: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.colour else text
 
     def format_message(self, event: ev.Message | ev.DirectMessage, mark: str = "") -> str:
         """Return one message as a display line: time, room, nick, short id, text, marks."""
-        stamp = dt.datetime.fromtimestamp(event.ts)
+        stamp = local_datetime(event.ts)
         when = stamp.strftime("%H:%M:%S" if stamp.date() == dt.date.today() else "%m-%d %H:%M")
         who = self._paint(nick_colour(event.peer_id), clean(event.nick))
         sid = self._paint("2", short_id(event.peer_id))
@@ -326,7 +337,7 @@ class LineUI:
         if not peers:
             self._info("no peers connected")
         for p in peers:
-            since = dt.datetime.fromtimestamp(p.since).strftime("%H:%M:%S")
+            since = local_datetime(p.since).strftime("%H:%M:%S")
             rtt = "" if p.rtt_ms is None else f", rtt {p.rtt_ms:.1f} ms"
             self._info(f"{clean(p.nick)} {short_id(p.peer_id)} {p.address} since {since}{rtt}")
         return True

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import stat
+import sys
 import threading
 from collections.abc import AsyncIterator
 from typing import BinaryIO
@@ -119,3 +120,18 @@ async def _threaded_chunks() -> AsyncIterator[bytes]:
     threading.Thread(target=pump, name="stdin", daemon=True).start()
     while chunk := await queue.get():
         yield chunk
+
+
+def silence_stdout() -> None:
+    """Point standard output at /dev/null (its reader went away), so that later writes and
+    the interpreter's flush at exit do not raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)

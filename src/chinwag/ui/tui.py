@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import hashlib
 import logging
 import re
@@ -39,6 +38,7 @@ from chinwag import events as ev
 from chinwag.crypto.identity import short_id
 from chinwag.errors import ChinwagError
 from chinwag.node import Node
+from chinwag.ui.clock import local_datetime
 from chinwag.ui.line import HELP, LineUI, clean
 from chinwag.ui.tui_view import Entry, MessageView
 from chinwag.ui.tui_widgets import (
@@ -433,14 +433,25 @@ class ChinwagApp(App[int]):
 
     def render_entry(self, entry: Entry) -> tuple[Text, int]:
         """Return the display text of one entry (peer text cleaned, never markup) and the
-        indent of its wrapped and later lines (under the message text; the view wraps)."""
+        indent of its wrapped and later lines (under the message text; the view wraps).
+
+        Never raises: what a peer sent is stored and shown again at every start, so a
+        message this code cannot render must not end the app (it is shown as a note).
+        """
+        try:
+            return self._render_entry(entry)
+        except Exception:
+            log.exception("cannot render an entry")
+            return Text("* (this message cannot be shown; see the log)", style="dim"), 2
+
+    def _render_entry(self, entry: Entry) -> tuple[Text, int]:
         msg = entry.msg
         if msg is None:
             style = {"error": "bold red", "gap": "yellow", "info": "dim"}.get(entry.kind, "")
             prefix = "* " if entry.kind in ("info", "gap") else ""
             return Text(prefix + clean(entry.note), style=style), 2
         text = Text()
-        stamp = dt.datetime.fromtimestamp(msg.ts)
+        stamp = local_datetime(msg.ts)
         text.append(stamp.strftime("%H:%M "), style="dim")
         if isinstance(msg, ev.DirectMessage):
             text.append("→ " if msg.own else "← ", style="magenta")

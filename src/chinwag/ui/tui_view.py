@@ -34,6 +34,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from chinwag import events as ev
+from chinwag.ui.clock import local_datetime
 
 #: Entries kept in memory per view; beyond it the oldest are dropped (and reload on scroll).
 MAX_VIEW_ENTRIES = 20_000
@@ -76,7 +77,7 @@ class Entry:
     @property
     def day(self) -> dt.date | None:
         """Local date of a message entry."""
-        return None if self.msg is None else dt.datetime.fromtimestamp(self.msg.ts).date()
+        return None if self.msg is None else local_datetime(self.msg.ts).date()
 
 
 _WORD = re.compile(r"\S+")
