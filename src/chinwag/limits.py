@@ -186,3 +186,33 @@ MAX_UNKNOWN_TAGS_LOGGED = 64
 # --- local API --------------------------------------------------------------
 #: Bytes of one JSON-lines command; a longer line is refused with an error.
 MAX_COMMAND_LINE = 64 * 1024
+
+# --- web UI (ui/web) ----------------------------------------------------------
+#: Default TCP port of the local web UI (`--web-port`), on 127.0.0.1 unless `--web-bind`.
+WEB_DEFAULT_PORT = 47480
+#: Bytes of randomness in the web token (256 bits): guessing it is hopeless.
+WEB_TOKEN_BYTES = 32
+#: Browser sessions (cookies) remembered at once; the oldest is forgotten beyond it
+#: (stops a token holder, or a loop of logins, from growing the session table without end).
+WEB_MAX_SESSIONS = 64
+#: Seconds a browser session stays valid after its login (then open the printed link again).
+WEB_SESSION_TTL_S = 30 * 24 * 3600.0
+#: WebSocket clients (tabs) connected at once; more are refused (stops fd/memory exhaustion).
+WEB_MAX_CLIENTS = 16
+#: Bytes of one WebSocket message from the page; a bigger one closes that socket (1009).
+WEB_MAX_WS_MESSAGE = MAX_COMMAND_LINE
+#: Events kept for replay to a reconnecting page; an older `since` gets `resync` instead.
+WEB_REPLAY_EVENTS = 5_000
+#: Event frames queued for one tab; a tab that falls this far behind gets `resync`
+#: (and is closed if it is still stuck) so a slow or dead tab never holds the node's memory.
+WEB_CLIENT_QUEUE = 10_000
+#: Seconds between WebSocket pings; a tab silent for twice this is closed (dead peers).
+WEB_HEARTBEAT_S = 20.0
+#: Bytes of one file uploaded by drag and drop (stops a page filling the disk in one go).
+WEB_MAX_UPLOAD = 16 * (1 << 30)
+#: Uploads running at once (each holds a file descriptor and disk bandwidth).
+WEB_MAX_UPLOADS = 4
+#: Bytes of an HTTP request body read into memory (small JSON bodies such as /open-folder).
+WEB_MAX_BODY = 64 * 1024
+#: Commands from one tab not yet finished (sends being committed); reading pauses beyond it.
+WEB_MAX_IN_FLIGHT = 2_000
