@@ -161,9 +161,7 @@ class WebServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = int(runner.addresses[0][1])
         self.hosts = auth.allowed_hosts(self.bind, self.port, local_addresses())
         return self.url
 
