@@ -128,8 +128,11 @@ class Bridge:
         self.clients.add(client)
 
     def reply(self, client: Client, event: msgspec.Struct | dict[str, Any]) -> None:
-        """Send an answer to one tab only; it carries the current seq (no new number)."""
-        client.push(encode_event(event, self.seq))
+        """Send an answer to one tab only; it carries the current seq (no new number).
+
+        Before the tab's `resume` it carries 0: the tab has seen none of the events yet.
+        """
+        client.push(encode_event(event, self.seq if client.resumed else 0))
 
     async def close(self) -> None:
         """Close every tab's socket (the server is stopping)."""
@@ -156,7 +159,7 @@ class Client:
         self._in_flight: deque[asyncio.Future[ev.NodeEvent]] = deque()
         self._background: set[asyncio.Future[None]] = set()
         self.line = LineUI(self.node, sink=self._line_output)
-        self._resumed = False
+        self.resumed = False
 
     # --- out --------------------------------------------------------------
 
@@ -229,9 +232,9 @@ class Client:
         try:
             cmd = parse_web_command(data)
             if isinstance(cmd, ResumeCmd):
-                if self._resumed:
+                if self.resumed:
                     raise ChinwagError("resume is sent once, first")
-                self._resumed = True
+                self.resumed = True
                 self.bridge.resume(self, cmd.since, cmd.server_run)
                 return
             await self.handle(cmd)
