@@ -176,3 +176,43 @@ def test_sessions_are_bounded_and_expire() -> None:
         sessions.new()
     assert len(sessions) <= 64
     assert not sessions.valid(first)
+
+
+HOSTILE = "<img src=x onerror=alert(1)><script>alert(2)</script>"
+
+
+async def test_no_response_reflects_request_input_as_html(web: WebServer) -> None:
+    http = await login(web)
+    async with http:
+        for path, params in [
+            ("/", {"token": HOSTILE}),
+            (f"/static/{HOSTILE}", {}),
+            ("/nothing", {"x": HOSTILE}),
+        ]:
+            async with (
+                aiohttp.ClientSession() as anon,
+                anon.get(f"{base(web)}{path}", params=params, allow_redirects=False) as r,
+            ):
+                assert "<img" not in await r.text() and "<script>" not in await r.text()
+            async with http.get(f"{base(web)}{path}", params=params) as r:
+                assert "<img" not in await r.text() and "<script>" not in await r.text()
+        async with http.post(
+            f"{base(web)}/upload",
+            params={"to": HOSTILE, "name": HOSTILE},
+            data=b"x",
+            headers={"Origin": base(web)},
+        ) as r:
+            assert r.headers["Content-Type"].startswith("application/json")
+            assert r.status == 400
+
+
+async def test_hostile_peer_text_travels_as_json_text_never_markup(web: WebServer) -> None:
+    # The server passes peer text through as JSON strings; the page inserts it as text
+    # (browser tests). Here: what the WebSocket carries is exactly the text, nothing added.
+    http = await login(web)
+    async with http:
+        tab = await open_tab(http, web)
+        await tab.send({"cmd": "send", "text": HOSTILE})
+        got = await tab.wait_for("message", lambda e: e["text"] == HOSTILE)
+        assert got["text"] == HOSTILE
+        await tab.close()
