@@ -352,3 +352,31 @@ def test_a_bridge_renames_the_authors_seq_and_numbers_the_stream() -> None:
     frames = [json.loads(f) for _, f in bridge._ring]
     assert frames[0]["seq"] == 1 and frames[0]["author_seq"] == 7
     assert frames[1] == {"event": "error", "message": "e", "seq": 2}
+
+
+async def test_a_file_offered_by_a_peer_is_accepted_from_the_tab_with_progress_to_done(
+    pair: tuple[WebServer, Node], tmp_path: Path
+) -> None:
+    web, bob = pair
+    src = tmp_path / "from_bob.bin"
+    src.write_bytes(bytes(range(256)) * 8192)  # 2 MiB: a few chunks
+    http = await login(web)
+    async with http:
+        tab = await open_tab(http, web)
+        offer = await bob.send_file("me", str(src))
+        got = await tab.wait_for("file_offer", lambda e: e["id"] == offer.id)
+        assert got["own"] is False and got["name"] == "from_bob.bin"
+        await tab.send({"cmd": "accept_file", "id": offer.id[:6]})
+        done = await tab.wait_for("file_done", lambda e: e["id"] == offer.id)
+        with open(done["path"], "rb") as saved:
+            assert saved.read() == src.read_bytes()
+        progress = [e for e in of(tab, "file_progress") if e["id"] == offer.id]
+        assert progress and progress[-1]["total"] == src.stat().st_size
+        await tab.send({"cmd": "files"})
+        listing = await tab.wait_for("files")
+        assert any(f["id"] == offer.id and f["state"] == "done" for f in listing["files"])
+        async with http.post(
+            f"{base(web)}/open-folder", json={"id": offer.id}, headers={"Origin": base(web)}
+        ) as r:
+            assert (await r.json())["path"] == done["path"]
+        await tab.close()
