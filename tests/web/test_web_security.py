@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yarl
 from test_web_server_support import (
     base,
     login,
@@ -216,3 +217,13 @@ async def test_hostile_peer_text_travels_as_json_text_never_markup(web: WebServe
         got = await tab.wait_for("message", lambda e: e["text"] == HOSTILE)
         assert got["text"] == HOSTILE
         await tab.close()
+
+
+@pytest.mark.parametrize(
+    "path", ["/static/..%2fauth.py", "/static/%2e%2e/auth.py", "/static/../auth.py"]
+)
+async def test_static_files_never_escape_the_static_folder(web: WebServer, path: str) -> None:
+    http = await login(web)
+    async with http, http.get(yarl.URL(f"{base(web)}{path}", encoded=True)) as r:
+        assert r.status in (403, 404)
+        assert "load_or_create_token" not in await r.text()
