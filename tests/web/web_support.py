@@ -57,9 +57,7 @@ def chromium_missing() -> str | None:
 
 def launch_chromium(playwright: Any) -> Any:
     """Launch the distribution's headless Chromium."""
-    return playwright.chromium.launch(
-        executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-    )
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 
 class WebNode:
@@ -188,3 +186,29 @@ def two_nodes(base: Path, a: str = "alice", b: str = "bob") -> Iterator[tuple[We
         if second is not None:
             second.stop()
         first.stop()
+
+
+def open_page(context: Any, node: WebNode, errors: list[str] | None = None) -> Any:
+    """Open a node's page through its login URL; return it once it is live.
+
+    Live: the WebSocket is connected and the first history page of the open room is
+    shown. Page errors (uncaught exceptions) are appended to `errors`.
+    """
+    page = context.new_page()
+    if errors is not None:
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(node.url)
+    page.wait_for_selector("[data-testid=status][data-state=online]", timeout=PROMPT_S * 1000)
+    page.wait_for_function(
+        "() => { const r = window.chinwag.state.rooms.get(window.chinwag.state.current);"
+        " return r && r.loaded; }",
+        timeout=PROMPT_S * 1000,
+    )
+    return page
+
+
+def message(page: Any, text: str) -> Any:
+    """The locator of the message whose text is exactly `text`."""
+    return page.locator("[data-testid=message]").filter(
+        has=page.locator("[data-testid=message-text]", has_text=text)
+    )

@@ -35,6 +35,10 @@ const state = {
   started: false,
 };
 
+/** Delivery marks seen, kept for messages shown later (history answers carry none). */
+const marks = new Map();
+const MAX_MARKS = 5000;
+
 const conn = new Connection(onEvent, onConnState);
 window.chinwag = { state, conn }; // for tests and curious people; holds no secret
 
@@ -122,7 +126,10 @@ const handlers = {
     const room = state.rooms.get(key);
     if (!room) return;
     const items = e.messages.map((m) => toItem(m, true, state.me.peer_id));
-    for (const item of items) noteNick(item.peer_id, item.nick);
+    for (const item of items) {
+      noteNick(item.peer_id, item.nick);
+      if (item.own) item.mark = marks.get(item.id) || "";
+    }
     room.loading = false;
     room.loaded = true;
     if (items.length < (req ? req.limit : PAGE)) room.complete = true;
@@ -134,6 +141,8 @@ const handlers = {
     }
   },
   delivered(e) {
+    marks.set(e.id, `✓ ${e.count}/${e.of}`);
+    if (marks.size > MAX_MARKS) marks.delete(marks.keys().next().value);
     for (const room of state.rooms.values()) {
       if (!room.ids.has(e.id)) continue;
       const item = room.items.find((it) => it.id === e.id);
@@ -311,7 +320,29 @@ const handlers = {
   },
 };
 
+/**
+ * Events the server replays on the page's first connection (since=0) that the page's
+ * own fetch (rooms, peers, files, history) already covers: skipped, so that opening the
+ * page does not re-render a ring of thousands of old events. A reconnect processes its
+ * replay in full (that is how it catches up).
+ */
+const COVERED_BY_FETCH = new Set([
+  "message", "peer_joined", "peer_left", "nick", "joined", "left", "gap", "gap_filled",
+  "warning", "error",
+]);
+/** Answers to our own commands: they come after the replay, so the first one ends it. */
+const REPLIES = new Set(["rooms", "peers", "files", "history", "search", "info", "whois", "line"]);
+let replayUntil = -1;
+
 function onEvent(e) {
+  if (e.event === "hello" && !state.started) replayUntil = e.seq;
+  else if (replayUntil >= 0 && typeof e.seq === "number" && e.seq <= replayUntil &&
+      (COVERED_BY_FETCH.has(e.event) || e.event === "dm")) {
+    if (e.event === "dm") ensureRoom(keyOf(toItem(e, false, state.me.peer_id), state.me.peer_id));
+    return;
+  } else if ((typeof e.seq === "number" && e.seq > replayUntil) || REPLIES.has(e.event)) {
+    replayUntil = -1; // the replay is over: a new event, or the answer to our first command
+  }
   const handler = handlers[e.event];
   if (!handler) return; // forward compatible: unknown events are ignored
   try {
