@@ -852,9 +852,9 @@ async function openFolder(f) {
       credentials: "same-origin",
     });
     const answer = await resp.json().catch(() => ({}));
-    if (answer.ok && answer.opened !== false) toast("opened the folder");
-    else if (answer.path) toast(`saved in ${answer.path}`);
-    else toast(answer.error || `saved at ${f.path}`, answer.error ? "error" : "info");
+    if (answer.ok && answer.opened) toast(`opened the folder of ${f.name}`);
+    else if (answer.ok) toast(`saved at ${answer.path || f.path}`);
+    else toast(`${answer.error || "could not open the folder"} — saved at ${answer.path || f.path}`, "error");
   } catch {
     toast(`saved at ${f.path}`);
   }
