@@ -424,16 +424,14 @@ def _web_options(args: argparse.Namespace, data_dir: Path) -> WebOptions:
 
 async def _start_web(node: Node, web: WebOptions) -> WebServer:
     """Start the web UI on the node's loop (on any free port if the default one is taken)."""
+    from chinwag.errors import ChinwagError
     from chinwag.ui.web.server import WebServer
 
-    server = WebServer(node, web.token, web.bind, web.port)
+    server = WebServer(node, web.token, web.bind, web.port, port_fallback=web.port_fallback)
     try:
         await server.start()
-    except OSError:
-        if not web.port_fallback:
-            raise
-        server = WebServer(node, web.token, web.bind, 0)
-        await server.start()
+    except OSError as exc:
+        raise ChinwagError(f"web UI: cannot listen on {web.bind}:{web.port}: {exc}") from exc
     return server
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import stat
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from test_web_server_support import require_isolation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from chinwag import limits
 from chinwag.ui.web.auth import TOKEN_FILE
 from driver import ChinwagProcess
 
@@ -95,3 +97,27 @@ async def test_chinwag_web_runs_headless_prints_the_url_and_stops_on_sigterm(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+async def test_a_taken_default_port_falls_back_and_a_taken_explicit_port_fails(
+    tmp_path: Path,
+) -> None:
+    require_isolation()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", limits.WEB_DEFAULT_PORT))
+        taken.listen()
+        node = ChinwagProcess(tmp_path / "a", *ARGS[:-2], nick="a")  # default --web-port
+        await node.start()
+        try:
+            url = (await node.wait_for("web", from_start=True))["url"]
+            assert f":{limits.WEB_DEFAULT_PORT}/" not in url
+            assert await logs_in(url) == 302
+        finally:
+            assert await node.quit() == 0
+        explicit = ChinwagProcess(
+            tmp_path / "b", *ARGS[:-1], str(limits.WEB_DEFAULT_PORT), nick="b"
+        )
+        await explicit.start()
+        assert await explicit.wait_exit() == 1
+        assert "web UI: cannot listen" in explicit.stderr_tail()
+        assert not [e for e in explicit.events if e["event"] == "web"]

@@ -225,8 +225,7 @@ class Client:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
                 await writer
-            for task in tuple(self._background):
-                task.cancel()
+            # Background commands (a file being hashed for its offer) finish without the tab.
 
     async def _command(self, data: str) -> None:
         try:

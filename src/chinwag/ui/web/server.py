@@ -124,11 +124,14 @@ class WebServer:
         bind: str = "127.0.0.1",
         port: int = limits.WEB_DEFAULT_PORT,
         opener: Opener | None = None,
+        port_fallback: bool = False,
     ) -> None:
+        """With `port_fallback`, a taken `port` is replaced by any free one."""
         self.node = node
         self.token = token
         self.bind = bind
         self.port = port
+        self.port_fallback = port_fallback
         self.opener: Opener = opener or open_in_file_manager
         self.sessions = auth.Sessions()
         self.bridge = Bridge(node)
@@ -154,9 +157,13 @@ class WebServer:
         """Listen; return the login URL `http://HOST:PORT/?token=...`."""
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.bind, self.port, reuse_address=True)
         try:
-            await site.start()
+            try:
+                await web.TCPSite(runner, self.bind, self.port, reuse_address=True).start()
+            except OSError:
+                if not self.port_fallback or self.port == 0:
+                    raise
+                await web.TCPSite(runner, self.bind, 0, reuse_address=True).start()
         except BaseException:
             await runner.cleanup()
             raise
