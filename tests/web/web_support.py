@@ -71,6 +71,8 @@ class WebNode:
         self.url = ""
         self.ready: Event = {}
         self._cond = threading.Condition()
+        #: Called (in the reader thread) with each event as it is read, before it is stored.
+        self.on_event: Callable[[Event], object] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_path = data_dir.with_name(data_dir.name + ".stderr.log")
 
@@ -99,6 +101,9 @@ class WebNode:
                 event = json.loads(line)
             except ValueError:
                 event = {"event": "_unparsable", "line": line.decode(errors="replace")}
+            hook = self.on_event
+            if hook is not None:
+                hook(event)
             with self._cond:
                 self.events.append(event)
                 self._cond.notify_all()

@@ -47,6 +47,7 @@ window.chinwag = { state, conn }; // for tests and curious people; holds no secr
 const dirty = { rooms: false, peers: false, files: false, full: false, header: false };
 let pendingAppend = [];
 let frameAsked = false;
+let readyMarked = false;
 
 function schedule(what) {
   dirty[what] = true;
@@ -74,6 +75,11 @@ function flush() {
   if (dirty.header) { dirty.header = false; renderHeader(); }
   if (dirty.peers) { dirty.peers = false; renderPeers(); }
   if (dirty.files) { dirty.files = false; renderFiles(); }
+  if (!readyMarked && state.rooms.get(state.current)?.loaded) {
+    // The open room's last screen is shown and the composer takes input (bench_web.py).
+    readyMarked = true;
+    performance.mark("chinwag-ready");
+  }
 }
 
 // --- connection -----------------------------------------------------------------
@@ -129,6 +135,7 @@ const handlers = {
     for (const item of items) {
       noteNick(item.peer_id, item.nick);
       if (item.own) item.mark = marks.get(item.id) || "";
+      item.mention = isMention(item);
     }
     room.loading = false;
     room.loaded = true;
@@ -403,7 +410,7 @@ function incoming(e) {
   const key = keyOf(item, state.me.peer_id);
   const room = ensureRoom(key);
   if (room.ids.has(item.id)) return; // a replayed or already fetched message
-  item.mention = !item.own && (item.dm || (state.mention !== null && state.mention.test(item.text)));
+  item.mention = isMention(item);
   const how = room.add([item]);
   if (key === state.current) {
     if (how === "append") {
@@ -422,6 +429,11 @@ function incoming(e) {
     schedule("rooms");
   }
   if (item.mention && document.hidden) notify(item, key);
+}
+
+/** A message that calls for attention: private and not ours, or naming our nick. */
+function isMention(item) {
+  return !item.own && (item.dm || (state.mention !== null && state.mention.test(item.text)));
 }
 
 function note(text, level = "info") {
@@ -1187,7 +1199,12 @@ function start() {
   });
   trackViewport();
   renderNotifyButton();
-  setInterval(() => { if (conn.open) send({ cmd: "peers" }); }, PEERS_EVERY_MS);
+  setInterval(() => {
+    if (conn.open) {
+      send({ cmd: "peers" });
+      send({ cmd: "rooms" });
+    }
+  }, PEERS_EVERY_MS);
   ensureRoom("general");
   schedule("header");
   conn.connect();
