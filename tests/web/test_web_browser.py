@@ -8,6 +8,7 @@ or node events with timeouts, never sleeps.
 from __future__ import annotations
 
 import hashlib
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -433,5 +434,37 @@ def test_reconnects_and_catches_up_without_duplicates(
     for i in range(5):
         assert message(page, f"while away {i}").count() == 1
     assert message(page, "before the drop").count() == 1
+    assert_unique_messages(page)
+    ctx.close()
+
+
+def test_server_restart_logs_out_then_resyncs(
+    browser: Any, tmp_path: Path, nodes: list[WebNode]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        web_port = s.getsockname()[1]
+    a = WebNode(tmp_path / "alice", "alice", "--web-port", str(web_port))
+    nodes.append(a)
+    a.start()
+    a.send(cmd="send", text="before the restart")
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = open_page(ctx, a)
+    message(page, "before the restart").wait_for(timeout=MS)
+    a.stop()
+    page.wait_for_selector("[data-testid=status][data-state=offline]", timeout=MS)
+    again = WebNode(tmp_path / "alice", "alice", "--web-port", str(web_port))
+    nodes.append(again)
+    again.start()
+    again.send(cmd="send", text="after the restart")
+    again.wait_for(lambda e: e.get("event") == "message" and e.get("text") == "after the restart")
+    # Sessions live in the server's memory: the old cookie no longer works, and the page
+    # says what to do instead of spinning.
+    page.wait_for_selector("[data-testid=status][data-state=loggedout]", timeout=3 * MS)
+    # Logging in again (in another tab) brings the first tab back: it resyncs.
+    open_page(ctx, again).close()
+    page.wait_for_selector("[data-testid=status][data-state=online]", timeout=3 * MS)
+    message(page, "after the restart").wait_for(timeout=MS)
+    assert message(page, "before the restart").count() == 1
     assert_unique_messages(page)
     ctx.close()

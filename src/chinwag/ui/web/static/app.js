@@ -87,8 +87,12 @@ function flush() {
 function onConnState(s) {
   const status = $("status");
   status.dataset.state = s;
-  status.textContent =
-    s === "online" ? "● connected" : s === "connecting" ? "connecting…" : "offline — reconnecting…";
+  status.textContent = {
+    online: "● connected",
+    connecting: "connecting…",
+    offline: "offline — reconnecting…",
+    loggedout: "logged out: open the link chinwag printed in its terminal",
+  }[s];
 }
 
 function send(cmd) {
@@ -626,6 +630,8 @@ function renderRooms() {
   }
   const unread = [...state.rooms.values()].reduce((n, r) => n + r.unread, 0);
   $("open-rooms").dataset.unread = unread ? String(unread) : "";
+  const title = `chinwag — ${state.me.nick}`;
+  document.title = unread ? `(${unread}) ${title}` : title;
 }
 
 function renderHeader() {

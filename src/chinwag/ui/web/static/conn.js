@@ -21,10 +21,11 @@ export class Connection {
     this.retryMs = RETRY_MIN_MS;
     this.queue = []; // commands typed while offline, sent after the resume
     this.open = false;
+    this.loggedOut = false;
   }
 
   connect() {
-    this.onState("connecting");
+    this.onState(this.loggedOut ? "loggedout" : "connecting");
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(`${scheme}//${location.host}/ws`);
     this.ws = ws;
@@ -33,6 +34,7 @@ export class Connection {
       if (this.serverRun) resume.server_run = this.serverRun;
       ws.send(JSON.stringify(resume));
       this.open = true;
+      this.loggedOut = false;
       this.retryMs = RETRY_MIN_MS;
       const queued = this.queue.splice(0);
       for (const cmd of queued) ws.send(JSON.stringify(cmd));
@@ -58,11 +60,27 @@ export class Connection {
     ws.addEventListener("close", () => {
       if (this.ws !== ws) return;
       this.open = false;
-      this.onState("offline");
+      this.onState(this.loggedOut ? "loggedout" : "offline");
+      this.checkSession();
       const wait = this.retryMs * (0.75 + Math.random() * 0.5);
       this.retryMs = Math.min(this.retryMs * 2, RETRY_MAX_MS);
       setTimeout(() => this.connect(), wait);
     });
+  }
+
+  /**
+   * A WebSocket refused for want of a session looks like any closed socket: ask the
+   * page itself. 401 means chinwag restarted (sessions live in its memory) or the token
+   * was rotated: the page says to open the printed link, and keeps retrying, so logging
+   * in again in another tab brings this one back.
+   */
+  checkSession() {
+    fetch("/", { method: "GET", credentials: "same-origin", cache: "no-store" })
+      .then((resp) => {
+        this.loggedOut = resp.status === 401;
+        if (this.loggedOut && !this.open) this.onState("loggedout");
+      })
+      .catch(() => { /* the server is down: "offline" says it */ });
   }
 
   /** Send one command object; while offline it waits for the next connection. */
