@@ -178,6 +178,15 @@ def test_private_room_with_passphrase(browser: Any, tmp_path: Path, nodes: list[
     # Leaving takes the room off the list and goes back to #general.
     page_b.click("[data-testid=leave-button]")
     page_b.wait_for_function("() => window.chinwag.state.current === 'general'", timeout=MS)
+    page_b.locator("[data-testid=room][data-room='hideout']").wait_for(state="detached", timeout=MS)
+    b.wait_for(lambda e: e.get("event") == "left" and e.get("room") == "hideout")
+    # A `rooms` answer asked for before the leave, arriving after it, does not bring it back.
+    page_b.evaluate(
+        """() => { window.chinwag.conn.onEvent({event: 'rooms', seq: 0, rooms: [
+          {name: 'general', members: 2, joined: true}, {name: 'hideout', members: 2,
+          joined: true}]});
+          return new Promise(r => requestAnimationFrame(() => r())); }"""
+    )
     assert page_b.locator("[data-testid=room][data-room='hideout']").count() == 0
     ctx_a.close()
     ctx_b.close()

@@ -29,6 +29,7 @@ const state = {
   asked: new Set(), // peer ids whose whois we asked for in the background
   files: new Map(),
   netRooms: [],
+  left: new Set(), // rooms left since the page opened (until joined again)
   pendingHistory: [],
   wantWhois: null, // {who, then: "show" | "verify"} while the user waits for a whois
   following: true,
@@ -169,7 +170,7 @@ const handlers = {
     const joined = new Set();
     state.netRooms = [];
     for (const r of e.rooms) {
-      if (r.joined) {
+      if (r.joined && !state.left.has(r.name)) {
         joined.add(r.name);
         const room = ensureRoom(r.name);
         room.members = r.members;
@@ -187,6 +188,7 @@ const handlers = {
     schedule("rooms");
   },
   joined(e) {
+    state.left.delete(e.room);
     const room = ensureRoom(e.room);
     room.private = e.private;
     note(`joined ${e.private ? "private room" : "room"} #${e.room}`);
@@ -194,6 +196,8 @@ const handlers = {
     send({ cmd: "rooms" });
   },
   left(e) {
+    // A `rooms` answer asked for before we left may still come: it must not bring it back.
+    state.left.add(e.room);
     state.rooms.delete(e.room);
     if (state.current === e.room) switchTo(state.rooms.has("general") ? "general" : [...state.rooms.keys()][0]);
     note(`left #${e.room}`);
