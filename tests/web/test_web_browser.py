@@ -157,12 +157,29 @@ def test_private_message(browser: Any, tmp_path: Path, nodes: list[WebNode]) -> 
     ctx_b.close()
 
 
+#: Ask for `rooms` now, and hand its answer to the page only after the given event
+#: (as a slow answer would come), to check that a stale list does not undo a join or leave.
+HOLD_ROOMS_ANSWER = """name => { const c = window.chinwag.conn; const on = c.onEvent;
+  let held = null; window.__released = false;
+  c.onEvent = (e) => {
+    if (e.event === 'rooms' && !held && !window.__released) { held = e; return; }
+    on(e);
+    if (e.event === name && held) {
+      on(held); held = null; window.__released = true;
+      window.__roomsAfter = [...window.chinwag.state.rooms.keys()];
+      window.__currentAfter = window.chinwag.state.current; } };
+  c.send({cmd: 'rooms'}); window.chinwag.state.roomsAsked += 1; }"""
+
+
 def test_private_room_with_passphrase(browser: Any, tmp_path: Path, nodes: list[WebNode]) -> None:
     a, b = pair(tmp_path, nodes)
     ctx_a = browser.new_context(viewport=DESKTOP)
     ctx_b = browser.new_context(viewport=DESKTOP)
     page_a = open_page(ctx_a, a)
     page_b = open_page(ctx_b, b)
+    # alice's page gets the answer to a `rooms` asked for before her join only after the
+    # `joined` event (as a slow answer would come): it must not drop the room again.
+    page_a.evaluate(HOLD_ROOMS_ANSWER, "joined")
     for page in (page_a, page_b):
         page.click("[data-testid=join-button]")
         page.fill("[data-testid=dialog-input-room]", "hideout")
@@ -171,22 +188,23 @@ def test_private_room_with_passphrase(browser: Any, tmp_path: Path, nodes: list[
         page.locator("[data-testid=room][data-room='hideout']").wait_for(timeout=MS)
         page.wait_for_function("() => window.chinwag.state.current === 'hideout'", timeout=MS)
     a.wait_for(lambda e: e.get("event") == "joined" and e.get("private") is True)
+    page_a.wait_for_function("() => window.__released === true", timeout=MS)
+    assert "hideout" in page_a.evaluate("window.__roomsAfter")
+    assert page_a.evaluate("window.__currentAfter") == "hideout"
     type_and_send(page_a, "the eagle has landed")
     message(page_b, "the eagle has landed").wait_for(timeout=3 * MS)
     ev = b.wait_for(lambda e: e.get("event") == "message" and e.get("room") == "hideout")
     assert ev["text"] == "the eagle has landed"
     # Leaving takes the room off the list and goes back to #general.
+    page_b.evaluate(HOLD_ROOMS_ANSWER, "left")
     page_b.click("[data-testid=leave-button]")
     page_b.wait_for_function("() => window.chinwag.state.current === 'general'", timeout=MS)
     page_b.locator("[data-testid=room][data-room='hideout']").wait_for(state="detached", timeout=MS)
     b.wait_for(lambda e: e.get("event") == "left" and e.get("room") == "hideout")
-    # A `rooms` answer asked for before the leave, arriving after it, does not bring it back.
-    page_b.evaluate(
-        """() => { window.chinwag.conn.onEvent({event: 'rooms', seq: 0, rooms: [
-          {name: 'general', members: 2, joined: true}, {name: 'hideout', members: 2,
-          joined: true}]});
-          return new Promise(r => requestAnimationFrame(() => r())); }"""
-    )
+    # Likewise on bob's page an answer asked for before his leave, arriving after it,
+    # does not bring the room back.
+    page_b.wait_for_function("() => window.__released === true", timeout=MS)
+    assert "hideout" not in page_b.evaluate("window.__roomsAfter")
     assert page_b.locator("[data-testid=room][data-room='hideout']").count() == 0
     ctx_a.close()
     ctx_b.close()

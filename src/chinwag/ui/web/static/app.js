@@ -29,7 +29,9 @@ const state = {
   asked: new Set(), // peer ids whose whois we asked for in the background
   files: new Map(),
   netRooms: [],
-  left: new Set(), // rooms left since the page opened (until joined again)
+  roomsAsked: 0, // `rooms` commands sent
+  roomsAnswered: 0, // `rooms` answers received
+  changed: new Map(), // room joined or left -> `rooms` commands sent before that
   pendingHistory: [],
   wantWhois: null, // {who, then: "show" | "verify"} while the user waits for a whois
   following: true,
@@ -96,7 +98,12 @@ function onConnState(s) {
   }[s];
 }
 
+/** Queries asked again anyway after a reconnect: not queued while offline. */
+const QUERIES = new Set(["rooms", "peers", "files"]);
+
 function send(cmd) {
+  if (!conn.open && QUERIES.has(cmd.cmd)) return;
+  if (cmd.cmd === "rooms") state.roomsAsked += 1;
   conn.send(cmd);
 }
 
@@ -118,6 +125,9 @@ function refetch() {
 const handlers = {
   hello(e) {
     setMe(e.peer_id, e.nick);
+    // A new socket: answers to queries sent on the old one will never come.
+    state.roomsAsked = state.roomsAnswered = 0;
+    state.changed.clear();
     if (!state.started) {
       state.started = true;
       refetch();
@@ -167,10 +177,18 @@ const handlers = {
     }
   },
   rooms(e) {
+    // Answers come in the order they were asked for; one asked for before a join or a
+    // leave of ours does not know of it, so it must neither drop nor bring back that room.
+    state.roomsAnswered += 1;
+    const asked = new Set();
+    for (const [name, n] of state.changed) {
+      if (state.roomsAnswered <= n) asked.add(name);
+      else state.changed.delete(name);
+    }
     const joined = new Set();
     state.netRooms = [];
     for (const r of e.rooms) {
-      if (r.joined && !state.left.has(r.name)) {
+      if (r.joined && !(asked.has(r.name) && !state.rooms.has(r.name))) {
         joined.add(r.name);
         const room = ensureRoom(r.name);
         room.members = r.members;
@@ -179,7 +197,7 @@ const handlers = {
       }
     }
     for (const key of [...state.rooms.keys()]) {
-      if (!key.startsWith("@") && !joined.has(key)) state.rooms.delete(key);
+      if (!key.startsWith("@") && !joined.has(key) && !asked.has(key)) state.rooms.delete(key);
     }
     if (!state.rooms.has(state.current)) {
       state.current = state.rooms.has("general") ? "general" : [...state.rooms.keys()][0] ?? "general";
@@ -188,7 +206,7 @@ const handlers = {
     schedule("rooms");
   },
   joined(e) {
-    state.left.delete(e.room);
+    state.changed.set(e.room, state.roomsAsked);
     const room = ensureRoom(e.room);
     room.private = e.private;
     note(`joined ${e.private ? "private room" : "room"} #${e.room}`);
@@ -196,8 +214,7 @@ const handlers = {
     send({ cmd: "rooms" });
   },
   left(e) {
-    // A `rooms` answer asked for before we left may still come: it must not bring it back.
-    state.left.add(e.room);
+    state.changed.set(e.room, state.roomsAsked);
     state.rooms.delete(e.room);
     if (state.current === e.room) switchTo(state.rooms.has("general") ? "general" : [...state.rooms.keys()][0]);
     note(`left #${e.room}`);
