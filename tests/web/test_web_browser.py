@@ -495,3 +495,45 @@ def test_server_restart_logs_out_then_resyncs(
     assert message(page, "before the restart").count() == 1
     assert_unique_messages(page)
     ctx.close()
+
+
+def test_verify_search_info_and_block(browser: Any, tmp_path: Path, nodes: list[WebNode]) -> None:
+    a, b = pair(tmp_path, nodes)
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = open_page(ctx, a)
+    # Verify: the page shows the same safety number bob's node computes.
+    b.send(cmd="verify", who=a.peer_id)
+    number = b.wait_for(lambda e: e.get("event") == "whois")["safety_number"]
+    page.click(f"[data-testid=peer][data-peer='{b.peer_id}']")
+    page.click("[data-testid=peer-verify]")
+    assert page.locator("[data-testid=safety-number]").inner_text() == number
+    page.click("[data-testid=verify-confirm]")
+    page.locator(f"[data-peer='{b.peer_id}'] [data-testid=verified-mark]").wait_for(timeout=MS)
+    a.send(cmd="whois", who=b.peer_id)
+    assert a.wait_for(lambda e: e.get("event") == "whois")["verified"] is True
+    # Message info: click our own message once bob holds it.
+    type_and_send(page, "who has this?")
+    wait_text(page, "[data-testid=message]:has-text('who has this?') [data-testid=delivery]", "1/1")
+    message(page, "who has this?").click()
+    info = page.locator("[data-testid=message-info]")
+    info.wait_for(timeout=MS)
+    assert "bob" in info.inner_text()
+    page.keyboard.press("Escape")
+    # Search.
+    b.send(cmd="send", text="the quarterly numbers are in")
+    message(page, "quarterly numbers").wait_for(timeout=MS)
+    page.click("[data-testid=search-button]")
+    page.fill("[data-testid=dialog-input-text]", "QUARTERLY")
+    page.click("[data-testid=dialog-submit]")
+    result = page.locator("[data-testid=search-result]")
+    result.wait_for(timeout=MS)
+    assert result.count() == 1
+    assert "the quarterly numbers are in" in result.inner_text()
+    page.keyboard.press("Escape")
+    # Block from the whois card.
+    page.click(f"[data-testid=peer][data-peer='{b.peer_id}']")
+    page.click("[data-testid=peer-whois]")
+    page.click("[data-testid=block-toggle]")
+    a.send(cmd="whois", who=b.peer_id)
+    a.wait_for(lambda e: e.get("event") == "whois" and e.get("blocked") is True)
+    ctx.close()

@@ -774,7 +774,7 @@ function showWhois(e, then) {
       state.verified.set(e.peer_id, true);
       schedule("peers");
       toast(`${e.nick} is verified`);
-    }]);
+    }, "primary"]);
   }
   actions.push([e.blocked ? "Unblock" : "Block", "block-toggle", () => {
     closeDialog();
@@ -1006,8 +1006,8 @@ function closeDialog() {
 }
 
 function actionRow(actions) {
-  return el("div", { class: "actions" }, ...actions.map(([text, testid, fn]) =>
-    el("button", { type: "button", testid, onclick: fn }, text)));
+  return el("div", { class: "actions" }, ...actions.map(([text, testid, fn, cls]) =>
+    el("button", { type: "button", testid, onclick: fn, class: cls }, text)));
 }
 
 /** A small form; resolves with {name: value} on submit. */
