@@ -206,8 +206,11 @@ WEB_REPLAY_EVENTS = 5_000
 #: Event frames queued for one tab; a tab that falls this far behind gets `resync`
 #: (and is closed if it is still stuck) so a slow or dead tab never holds the node's memory.
 WEB_CLIENT_QUEUE = 10_000
-#: Seconds between WebSocket pings; a tab silent for twice this is closed (dead peers).
+#: Seconds between WebSocket pings; a tab that does not answer one in time is closed.
 WEB_HEARTBEAT_S = 20.0
+#: Seconds a tab's socket may take to close cleanly before it is cut (a dead or stuck
+#: tab would otherwise hold the close, and the server's stop, for ever).
+WEB_CLOSE_TIMEOUT_S = 2.0
 #: Bytes of one file uploaded by drag and drop (stops a page filling the disk in one go).
 WEB_MAX_UPLOAD = 16 * (1 << 30)
 #: Uploads running at once (each holds a file descriptor and disk bandwidth).

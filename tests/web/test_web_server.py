@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -380,3 +381,77 @@ async def test_a_file_offered_by_a_peer_is_accepted_from_the_tab_with_progress_t
         ) as r:
             assert (await r.json())["path"] == done["path"]
         await tab.close()
+
+
+def _masked_text_frame(text: str) -> bytes:
+    """One client-to-server WebSocket text frame (clients must mask; the mask may be zero)."""
+    data = text.encode()
+    assert len(data) < 126
+    return bytes([0x81, 0x80 | len(data)]) + b"\0\0\0\0" + data
+
+
+async def _stuck_tab(web: WebServer) -> asyncio.StreamWriter:
+    """Open /ws with a tiny receive buffer, resume, and never read again."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", web.port)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer.write(
+        (
+            "GET /ws HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{web.port}\r\n"
+            f"Authorization: Bearer {web.token}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        + _masked_text_frame('{"cmd":"resume","since":0}')
+    )
+    await writer.drain()
+    assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+    await _until(lambda: len(web.bridge.clients) == 1)
+    return writer
+
+
+async def test_a_tab_that_stopped_reading_is_dropped_while_the_node_keeps_going(
+    web: WebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "WEB_CLIENT_QUEUE", 20)
+    writer = await _stuck_tab(web)
+    # From now on this "tab" reads nothing: its socket buffers fill, then its queue.
+    text = "y" * 4000
+    posted = 0
+    loop = asyncio.get_running_loop()
+    slowest = 0.0
+    while web.bridge.clients and posted < 5_000:
+        start = loop.time()
+        await web.node.post(f"{posted} {text}")
+        slowest = max(slowest, loop.time() - start)
+        posted += 1
+    assert not web.bridge.clients, f"a tab that reads nothing still served after {posted} posts"
+    assert slowest < 1.0  # never held up by the tab
+    writer.close()
+
+
+async def test_stopping_the_server_does_not_wait_for_ever_on_a_stuck_tab(
+    tmp_path: Path,
+) -> None:
+    require_isolation()
+    web = await start_web(tmp_path / "me")
+    try:
+        writer = await _stuck_tab(web)
+        client = next(iter(web.bridge.clients))
+        for i in range(3000):  # enough to fill the socket buffers, not the tab's queue
+            await web.node.post(f"{i} " + "z" * 4000)
+            if client._queue:
+                break
+        assert client._queue, "the socket buffers never filled"
+        await asyncio.wait_for(web.stop(), limits.WEB_CLOSE_TIMEOUT_S + 5)
+        writer.close()
+    finally:
+        await web.node.stop()
+
+
+async def _until(cond: Callable[[], object], timeout: float = PROMPT_S) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met"
+        await asyncio.sleep(0.01)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import secrets
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import msgspec
@@ -148,10 +148,17 @@ RESYNC = '{"event":"resync"}'
 class Client:
     """One tab: its socket, its bounded send queue, its command layer."""
 
-    def __init__(self, bridge: Bridge, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self,
+        bridge: Bridge,
+        ws: web.WebSocketResponse,
+        abort: Callable[[], None] | None = None,
+    ) -> None:
+        """`abort` cuts the connection at once (for a tab that does not close in time)."""
         self.bridge = bridge
         self.node = bridge.node
         self.ws = ws
+        self._abort = abort
         self._queue: deque[str] = deque()
         self._wake = asyncio.Event()
         self._resync_queued = False
@@ -187,10 +194,17 @@ class Client:
         self._spawn(self.close(code, message))
 
     async def close(self, code: int, message: str) -> None:
+        """Close the socket; cut it if the tab does not take the close within a bound."""
         self.closed = True
         self._wake.set()
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=code, message=message.encode())
+        try:
+            await asyncio.wait_for(
+                self.ws.close(code=code, message=message.encode()), limits.WEB_CLOSE_TIMEOUT_S
+            )
+        except Exception as exc:  # timed out or already broken: cut it
+            log.debug("web: cutting a tab's socket: %r", exc)
+            if self._abort is not None:
+                self._abort()
 
     async def _writer(self) -> None:
         while not self.closed:

@@ -266,7 +266,8 @@ class WebServer:
             max_msg_size=limits.WEB_MAX_WS_MESSAGE, heartbeat=limits.WEB_HEARTBEAT_S
         )
         await ws.prepare(request)
-        await Client(self.bridge, ws).run()
+        transport = request.transport
+        await Client(self.bridge, ws, transport.abort if transport is not None else None).run()
         return ws
 
     # --- files ----------------------------------------------------------------------
