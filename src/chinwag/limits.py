@@ -208,8 +208,8 @@ WEB_REPLAY_EVENTS = 5_000
 WEB_CLIENT_QUEUE = 10_000
 #: Seconds between WebSocket pings; a tab that does not answer one in time is closed.
 WEB_HEARTBEAT_S = 20.0
-#: Seconds a tab's socket may take to close cleanly before it is cut (a dead or stuck
-#: tab would otherwise hold the close, and the server's stop, for ever).
+#: Seconds a tab's socket (or a request under way, such as an upload) may take to finish
+#: when closing before it is cut (a dead or stuck tab would otherwise hold the stop for ever).
 WEB_CLOSE_TIMEOUT_S = 2.0
 #: Bytes of one file uploaded by drag and drop (stops a page filling the disk in one go).
 WEB_MAX_UPLOAD = 16 * (1 << 30)

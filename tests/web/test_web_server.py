@@ -455,3 +455,38 @@ async def _until(cond: Callable[[], object], timeout: float = PROMPT_S) -> None:
     while not cond():
         assert asyncio.get_running_loop().time() < deadline, "condition not met"
         await asyncio.sleep(0.01)
+
+
+async def _partial_upload(web: WebServer) -> asyncio.StreamWriter:
+    """Start an upload of 1 MB, send 1,000 bytes of it and stall."""
+    _, writer = await asyncio.open_connection("127.0.0.1", web.port)
+    writer.write(
+        (
+            "POST /upload?to=%23general&name=partial.bin HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{web.port}\r\n"
+            f"Authorization: Bearer {web.token}\r\n"
+            "Content-Length: 1000000\r\n\r\n"
+        ).encode()
+        + b"p" * 1000
+    )
+    await writer.drain()
+    await _until(lambda: any((web.node.config.data_dir / "uploads").glob("*/partial.bin")))
+    return writer
+
+
+async def test_an_upload_cut_off_or_stalled_at_stop_leaves_no_partial_file(
+    tmp_path: Path,
+) -> None:
+    require_isolation()
+    web = await start_web(tmp_path / "me")
+    uploads = web.node.config.data_dir / "uploads"
+    try:
+        cut = await _partial_upload(web)
+        cut.transport.abort()  # the tab is closed mid-upload
+        await _until(lambda: not any(uploads.iterdir()))
+        stalled = await _partial_upload(web)
+        await asyncio.wait_for(web.stop(), limits.WEB_CLOSE_TIMEOUT_S + 5)
+        assert not any(uploads.iterdir())
+        stalled.close()
+    finally:
+        await web.node.stop()

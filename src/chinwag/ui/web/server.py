@@ -155,7 +155,12 @@ class WebServer:
 
     async def start(self) -> str:
         """Listen; return the login URL `http://HOST:PORT/?token=...`."""
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=limits.WEB_CLOSE_TIMEOUT_S,
+        )
         await runner.setup()
         try:
             try:
@@ -290,10 +295,13 @@ class WebServer:
             except _TooLarge:
                 shutil.rmtree(folder, ignore_errors=True)
                 return _json({"ok": False, "error": "file too large"}, 413)
-            except (OSError, ConnectionError) as exc:
+            except Exception as exc:  # the tab went away mid-body, the disk is full, ...
                 shutil.rmtree(folder, ignore_errors=True)
-                log.info("web: upload failed: %s", exc)
+                log.info("web: upload failed: %r", exc)
                 return _json({"ok": False, "error": "upload failed"}, 400)
+            except BaseException:  # cancelled (the server stops): leave no partial file
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
             try:
                 offer = await self.node.send_file(to, str(path))
             except ChinwagError as exc:
