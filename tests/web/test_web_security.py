@@ -107,7 +107,11 @@ async def test_loopback_host_names_with_our_port_are_served(web: WebServer, host
         assert r.status == 200
 
 
-@pytest.mark.parametrize("origin", ["http://evil.example", "null", "https://127.0.0.1:{port}"])
+@pytest.mark.parametrize(
+    "origin",
+    # 127.0.0.1:1 is same-SITE (SameSite cookies go there) but not same-origin: refused.
+    ["http://evil.example", "null", "https://127.0.0.1:{port}", "http://127.0.0.1:1"],
+)
 async def test_a_cross_origin_websocket_upgrade_is_refused(web: WebServer, origin: str) -> None:
     http = await login(web)
     async with http:
@@ -131,9 +135,10 @@ async def test_a_websocket_upgrade_without_origin_needs_the_bearer_token(web: We
 async def test_a_cross_origin_post_is_refused(web: WebServer, path: str) -> None:
     http = await login(web)
     async with http:
-        headers = {"Origin": "http://evil.example"}
-        async with http.post(f"{base(web)}{path}", data=b"{}", headers=headers) as r:
-            assert r.status == 403
+        for origin in ("http://evil.example", "http://127.0.0.1:1"):
+            headers = {"Origin": origin}
+            async with http.post(f"{base(web)}{path}", data=b"{}", headers=headers) as r:
+                assert r.status == 403
         async with http.post(f"{base(web)}{path}", data=b"{}") as r:  # no Origin, cookie only
             assert r.status == 403
     uploads = web.node.config.data_dir / "uploads"
