@@ -203,9 +203,15 @@ WEB_MAX_CLIENTS = 16
 WEB_MAX_WS_MESSAGE = MAX_COMMAND_LINE
 #: Events kept for replay to a reconnecting page; an older `since` gets `resync` instead.
 WEB_REPLAY_EVENTS = 5_000
+#: Characters of JSON (about bytes) the replay ring holds at most (4 KiB messages add up).
+WEB_REPLAY_CHARS = 4 * (1 << 20)
 #: Event frames queued for one tab; a tab that falls this far behind gets `resync`
 #: (and is closed if it is still stuck) so a slow or dead tab never holds the node's memory.
 WEB_CLIENT_QUEUE = 10_000
+#: Characters of JSON (about bytes) queued for one tab, the same rule in size (a frame
+#: bigger than this still goes out when the queue is empty: a long history answer).
+#: At least WEB_REPLAY_CHARS, so a full replay always fits.
+WEB_CLIENT_QUEUE_CHARS = 8 * (1 << 20)
 #: Seconds between WebSocket pings; a tab that does not answer one in time is closed.
 WEB_HEARTBEAT_S = 20.0
 #: Seconds a tab's socket (or a request under way, such as an upload) may take to finish

@@ -490,3 +490,24 @@ async def test_an_upload_cut_off_or_stalled_at_stop_leaves_no_partial_file(
         stalled.close()
     finally:
         await web.node.stop()
+
+
+async def test_the_ring_and_a_tabs_queue_are_bounded_in_size_too(
+    web: WebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "WEB_REPLAY_CHARS", 2500)
+    monkeypatch.setattr(limits, "WEB_CLIENT_QUEUE_CHARS", 2500)
+    sock = _StuckSocket()
+    client = Client(web.bridge, sock)  # type: ignore[arg-type]
+    writer = asyncio.ensure_future(client._writer())
+    client.resumed = True
+    web.bridge.resume(client, web.bridge.seq, None)
+    await asyncio.sleep(0)  # the writer takes hello and blocks on it
+    for i in range(2):
+        await web.node.post(f"{i} " + "q" * 1000)
+    assert len(client._queue) == 2 and not client._resync_queued
+    await web.node.post("2 " + "q" * 1000)  # a third would pass 2,500 characters
+    assert list(client._queue) == [RESYNC]
+    assert sum(len(f) for _, f in web.bridge._ring) <= 2500
+    assert len(web.bridge._ring) == 2  # the oldest of three was dropped for size
+    writer.cancel()

@@ -93,7 +93,8 @@ class Bridge:
         self.seq = 0
         #: Identifies this server run: a seq from another run means nothing here.
         self.server_run = secrets.token_hex(8)
-        self._ring: deque[tuple[int, str]] = deque(maxlen=limits.WEB_REPLAY_EVENTS)
+        self._ring: deque[tuple[int, str]] = deque()
+        self._ring_chars = 0
         self.clients: set[Client] = set()
         node.subscribe(self._on_event)
 
@@ -101,6 +102,11 @@ class Bridge:
         self.seq += 1
         frame = encode_event(event, self.seq)
         self._ring.append((self.seq, frame))
+        self._ring_chars += len(frame)
+        while len(self._ring) > 1 and (
+            len(self._ring) > limits.WEB_REPLAY_EVENTS or self._ring_chars > limits.WEB_REPLAY_CHARS
+        ):
+            self._ring_chars -= len(self._ring.popleft()[1])
         for client in tuple(self.clients):
             client.push(frame)
 
@@ -160,6 +166,7 @@ class Client:
         self.ws = ws
         self._abort = abort
         self._queue: deque[str] = deque()
+        self._queued_chars = 0
         self._wake = asyncio.Event()
         self._resync_queued = False
         self.closed = False
@@ -171,24 +178,29 @@ class Client:
     # --- out --------------------------------------------------------------
 
     def push(self, frame: str) -> None:
-        """Queue a frame; a tab that fell WEB_CLIENT_QUEUE behind gets resync, then closed."""
+        """Queue a frame; a tab that fell too far behind gets resync, then is closed."""
         if self.closed:
             return
-        if len(self._queue) >= limits.WEB_CLIENT_QUEUE:
+        full = len(self._queue) >= limits.WEB_CLIENT_QUEUE or (
+            self._queue and self._queued_chars + len(frame) > limits.WEB_CLIENT_QUEUE_CHARS
+        )
+        if full:
             if self._resync_queued:
                 log.info("web: a tab is stuck; closing it")
                 self._close_soon(WSCloseCode.TRY_AGAIN_LATER, "too slow")
                 return
             self._queue.clear()
-            self._queue.append(RESYNC)
+            frame = RESYNC
+            self._queued_chars = 0
             self._resync_queued = True
-        else:
-            self._queue.append(frame)
+        self._queue.append(frame)
+        self._queued_chars += len(frame)
         self._wake.set()
 
     def _close_soon(self, code: int, message: str) -> None:
         self.closed = True
         self._queue.clear()
+        self._queued_chars = 0
         self._wake.set()
         self.bridge.clients.discard(self)
         self._spawn(self.close(code, message))
@@ -212,6 +224,7 @@ class Client:
             self._wake.clear()
             while self._queue and not self.closed:
                 frame = self._queue.popleft()
+                self._queued_chars -= len(frame)
                 if frame is RESYNC:
                     self._resync_queued = False
                 await self.ws.send_str(frame)
