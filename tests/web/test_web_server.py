@@ -511,3 +511,21 @@ async def test_the_ring_and_a_tabs_queue_are_bounded_in_size_too(
     assert sum(len(f) for _, f in web.bridge._ring) <= 2500
     assert len(web.bridge._ring) == 2  # the oldest of three was dropped for size
     writer.cancel()
+
+
+async def test_a_fresh_page_gets_no_replay_but_a_reconnecting_one_from_zero_does(
+    web: WebServer,
+) -> None:
+    for text in ("old one", "old two"):
+        await web.node.post(text)
+    http = await login(web)
+    async with http:
+        fresh = await open_tab(http, web)  # since 0, no server_run: a page just opened
+        await fresh.send({"cmd": "rooms"})
+        await fresh.wait_for("rooms")
+        assert not of(fresh, "message") and not of(fresh, "resync")
+        back = await open_tab(http, web, since=0, server_run=web.bridge.server_run)
+        await back.wait_for("message", lambda e: e["text"] == "old two")
+        assert [e["text"] for e in of(back, "message")] == ["old one", "old two"]
+        await fresh.close()
+        await back.close()

@@ -111,7 +111,10 @@ class Bridge:
             client.push(frame)
 
     def resume(self, client: Client, since: int, server_run: str | None) -> None:
-        """Queue hello, then the events after `since` (or resync), then go live; no gaps."""
+        """Queue hello, then the events after `since` (or resync), then go live; no gaps.
+
+        A first connection (since 0, no server_run) gets no replay: it fetches its state.
+        """
         client.push(
             _encoder.encode(
                 {
@@ -125,7 +128,11 @@ class Bridge:
         )
         oldest = self._ring[0][0] if self._ring else self.seq + 1
         same_run = server_run in (None, self.server_run)
-        if same_run and oldest - 1 <= since <= self.seq:
+        if since == 0 and server_run is None:
+            # A fresh page fetches its state (rooms, history, ...) after hello: replaying
+            # old events to it would show them as new (unread counts, notifications).
+            pass
+        elif same_run and oldest - 1 <= since <= self.seq:
             for seq, frame in self._ring:
                 if seq > since:
                     client.push(frame)
