@@ -1202,6 +1202,9 @@ function start() {
   $("open-rooms").addEventListener("click", () => toggleDrawer("rooms"));
   $("open-peers").addEventListener("click", () => toggleDrawer("peers"));
   $("backdrop").addEventListener("click", () => document.body.classList.remove("rooms-open", "peers-open"));
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") document.body.classList.remove("rooms-open", "peers-open");
+  });
   $("attach-button").addEventListener("click", () => $("file-input").click());
   $("file-input").addEventListener("change", (e) => {
     for (const f of e.target.files) upload(f);
