@@ -239,6 +239,7 @@ def test_file_offered_from_the_page_arrives_with_progress(
     assert "saved at" in done.locator("[data-testid=file-status]").inner_text()
     assert page_b.evaluate("window.__progress.length") > 0
     ev = b.wait_for(lambda e: e.get("event") == "file_done")
+    assert Path(ev["path"]).parent == b.data_dir / "downloads"
     assert hashlib.sha256(Path(ev["path"]).read_bytes()).digest() == hashlib.sha256(data).digest()
     assert done.locator("[data-testid=open-folder]").count() == 1
 

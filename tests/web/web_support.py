@@ -82,7 +82,8 @@ class WebNode:
         argv = [
             sys.executable, "-m", "chinwag", "--json", "--web", "--web-port", "0",
             "--no-browser", "--no-discovery", "--bind", "127.0.0.1", "--port", "0",
-            "--data-dir", str(self.data_dir), "--nick", self.nick, *self.args,
+            "--data-dir", str(self.data_dir), "--nick", self.nick,
+            "--downloads", str(self.data_dir / "downloads"), *self.args,
         ]  # fmt: skip
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.stderr_path, "ab") as err:
