@@ -50,30 +50,27 @@ def main() -> int:
             nodes[nick].send(cmd="send", text=text)
             alice.wait_for(lambda e, t=text: e.get("event") == "message" and e.get("text") == t)
         nodes["carol"].send(cmd="send", room="lunch", text="table for 3 booked")
-        nodes["bob"].send(cmd="dm", to=alice.peer_id, text="can you review my PR today?")
         report = base / "q3-report.pdf"
         report.write_bytes(b"%PDF-1.4\n" + bytes(3_400_000))
         nodes["carol"].send(cmd="send_file", to="#general", path=str(report))
         alice.wait_for(lambda e: e.get("event") == "file_offer")
         with sync_playwright() as p:
             browser = launch_chromium(p)
-            for scheme in ("light", "dark"):
-                ctx = browser.new_context(
-                    viewport={"width": 1280, "height": 800}, color_scheme=scheme
-                )
-                page = open_page(ctx, alice)
-                message(page, "bring the slides").wait_for(timeout=10_000)
-                page.locator("[data-testid=offer]").first.wait_for(timeout=10_000)
-                page.locator("[data-testid=room][data-room^='@']").wait_for(timeout=10_000)
-                page.locator("[data-testid=peer]").nth(1).wait_for(timeout=10_000)
-                suffix = "" if scheme == "light" else "-dark"
-                page.screenshot(path=str(ROOT / "docs" / f"web-desktop{suffix}.png"))
-                ctx.close()
-            ctx = browser.new_context(
-                viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True
-            )
+            ctx = browser.new_context(viewport={"width": 1280, "height": 800})
             page = open_page(ctx, alice)
             message(page, "bring the slides").wait_for(timeout=10_000)
+            page.locator("[data-testid=offer]").first.wait_for(timeout=10_000)
+            page.locator("[data-testid=peer]").nth(1).wait_for(timeout=10_000)
+            # A private message while the page is open: its conversation shows unread.
+            nodes["bob"].send(cmd="dm", to=alice.peer_id, text="can you review my PR today?")
+            page.locator("[data-testid=room][data-room^='@'] [data-testid=unread-count]").wait_for(
+                timeout=10_000
+            )
+            page.screenshot(path=str(ROOT / "docs" / "web-desktop.png"))
+            page.emulate_media(color_scheme="dark")
+            page.screenshot(path=str(ROOT / "docs" / "web-desktop-dark.png"))
+            page.emulate_media(color_scheme="light")
+            page.set_viewport_size({"width": 360, "height": 740})
             page.locator("[data-testid=files] [data-testid=dismiss]").first.click()
             page.screenshot(path=str(ROOT / "docs" / "web-phone.png"))
             page.click("[data-testid=drawer-rooms-button]")
@@ -81,6 +78,7 @@ def main() -> int:
                 "() => document.querySelector('[data-testid=rooms-drawer]')"
                 ".getBoundingClientRect().x >= 0"
             )
+            page.wait_for_timeout(300)  # the drawer's slide-in transition, for the picture
             page.screenshot(path=str(ROOT / "docs" / "web-phone-drawer.png"))
             ctx.close()
             browser.close()

@@ -128,6 +128,12 @@ const handlers = {
     // A new socket: answers to queries sent on the old one will never come.
     state.roomsAsked = state.roomsAnswered = 0;
     state.changed.clear();
+    // Private conversations the node holds, if the server lists them (a list of peer ids,
+    // or of [name, peer id] pairs); the page also remembers the ones it saw.
+    for (const c of Array.isArray(e.conversations) ? e.conversations : []) {
+      const peerId = typeof c === "string" ? c : Array.isArray(c) ? c[1] : c && c.peer_id;
+      if (typeof peerId === "string" && peerId) ensureRoom(dmKey(peerId));
+    }
     if (!state.started) {
       state.started = true;
       refetch();
@@ -139,9 +145,10 @@ const handlers = {
   message: (e) => incoming(e),
   dm: (e) => incoming(e),
   history(e) {
-    const i = state.pendingHistory.findIndex((p) => p.key === e.room) >= 0
-      ? state.pendingHistory.findIndex((p) => p.key === e.room)
-      : state.pendingHistory.findIndex((p) => p.key.startsWith("@"));
+    // A conversation's answer names it "@" + the peer id's first characters.
+    let i = state.pendingHistory.findIndex((p) => p.key === e.room);
+    if (i < 0 && e.room.startsWith("@")) i = state.pendingHistory.findIndex((p) => p.key.startsWith(e.room));
+    if (i < 0) i = state.pendingHistory.findIndex((p) => p.key.startsWith("@"));
     const req = i >= 0 ? state.pendingHistory.splice(i, 1)[0] : null;
     const key = req ? req.key : e.room;
     const room = state.rooms.get(key);
@@ -204,6 +211,7 @@ const handlers = {
     }
     openRoom(state.current);
     schedule("rooms");
+    schedule("header");
   },
   joined(e) {
     state.changed.set(e.room, state.roomsAsked);
@@ -229,6 +237,7 @@ const handlers = {
     }
     schedule("peers");
     schedule("rooms");
+    schedule("header");
   },
   peer_joined(e) {
     state.peers.set(e.peer_id, { peer_id: e.peer_id, nick: e.nick, address: e.address, rtt_ms: null });
@@ -352,29 +361,7 @@ const handlers = {
   },
 };
 
-/**
- * Events the server replays on the page's first connection (since=0) that the page's
- * own fetch (rooms, peers, files, history) already covers: skipped, so that opening the
- * page does not re-render a ring of thousands of old events. A reconnect processes its
- * replay in full (that is how it catches up).
- */
-const COVERED_BY_FETCH = new Set([
-  "message", "peer_joined", "peer_left", "nick", "joined", "left", "gap", "gap_filled",
-  "warning", "error",
-]);
-/** Answers to our own commands: they come after the replay, so the first one ends it. */
-const REPLIES = new Set(["rooms", "peers", "files", "history", "search", "info", "whois", "line"]);
-let replayUntil = -1;
-
 function onEvent(e) {
-  if (e.event === "hello" && !state.started) replayUntil = e.seq;
-  else if (replayUntil >= 0 && typeof e.seq === "number" && e.seq <= replayUntil &&
-      (COVERED_BY_FETCH.has(e.event) || e.event === "dm")) {
-    if (e.event === "dm") ensureRoom(keyOf(toItem(e, false, state.me.peer_id), state.me.peer_id));
-    return;
-  } else if ((typeof e.seq === "number" && e.seq > replayUntil) || REPLIES.has(e.event)) {
-    replayUntil = -1; // the replay is over: a new event, or the answer to our first command
-  }
   const handler = handlers[e.event];
   if (!handler) return; // forward compatible: unknown events are ignored
   try {
@@ -436,6 +423,7 @@ function incoming(e) {
   const room = ensureRoom(key);
   if (room.ids.has(item.id)) return; // a replayed or already fetched message
   item.mention = isMention(item);
+  item.live = true;
   const how = room.add([item]);
   if (key === state.current) {
     if (how === "append") {
@@ -502,7 +490,8 @@ function messageNode(item, prev) {
       el("div", { class: "text", testid: "message-text", text: item.text }),
     ),
     el("span", { class: "hover-time", text: clock(item.ts), title: fullTime(item.ts) }),
-    item.own ? el("span", { class: item.mark ? "mark done" : "mark", testid: "delivery", text: item.mark || "…" }) : null,
+    // "…" only for what we sent while the page was open: older messages' marks are not known.
+    item.own ? el("span", { class: item.mark ? "mark done" : "mark", testid: "delivery", text: item.mark || (item.live ? "…" : "") }) : null,
   );
   return node;
 }
@@ -664,7 +653,8 @@ function renderHeader() {
     const p = state.peers.get(room.peerId);
     sub = `private, end-to-end encrypted · ${p ? "online" : "offline"} · ${shortId(room.peerId)}`;
   } else {
-    sub = `${room.private ? "private room · " : ""}${room.members ?? 1} online`;
+    sub = room.members ? `${room.private ? "private room · " : ""}${room.members} online`
+      : room.private ? "private room" : "";
   }
   $("room-sub").textContent = sub;
   $("composer").placeholder = `Message ${label(room)}`;
