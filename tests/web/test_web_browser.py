@@ -301,6 +301,14 @@ def test_phone_layout(browser: Any, tmp_path: Path, nodes: list[WebNode]) -> Non
     page.click("[data-testid=drawer-rooms-button]")
     page.click("[data-testid=room][data-room='general']")
     page.wait_for_function("() => !document.body.classList.contains('rooms-open')", timeout=MS)
+    # The on-screen keyboard takes the lower half: the composer stays on screen above it.
+    page.focus("[data-testid=composer]")
+    page.set_viewport_size({"width": 360, "height": 400})
+    page.wait_for_function(
+        "() => { const r = document.querySelector('[data-testid=composer]')"
+        ".getBoundingClientRect(); return r.bottom <= 400 && r.top > 200; }",
+        timeout=MS,
+    )
     type_and_send(page, "from my phone")
     b.wait_for(lambda e: e.get("event") == "message" and e.get("text") == "from my phone")
     ctx.close()
@@ -530,7 +538,8 @@ def test_verify_search_info_and_block(browser: Any, tmp_path: Path, nodes: list[
     result.wait_for(timeout=MS)
     assert result.count() == 1
     assert "the quarterly numbers are in" in result.inner_text()
-    page.keyboard.press("Escape")
+    result.click()  # shows the message in its room
+    page.locator("[data-testid=message].flash", has_text="quarterly numbers").wait_for(timeout=MS)
     # Block from the whois card.
     page.click(f"[data-testid=peer][data-peer='{b.peer_id}']")
     page.click("[data-testid=peer-whois]")

@@ -35,6 +35,7 @@ const state = {
   pendingHistory: [],
   wantWhois: null, // {who, then: "show" | "verify"} while the user waits for a whois
   following: true,
+  focusMsg: null, // a message to show once its room is rendered (search results)
   started: false,
 };
 
@@ -521,6 +522,17 @@ function renderMessages() {
   if (!room) return;
   list.append(buildNodes(room.items, null));
   lastRendered = room.items[room.items.length - 1] || null;
+  if (state.focusMsg) {
+    // Coming from a search result: show that message, if this page of history holds it.
+    const node = list.querySelector(`[data-msgid="${CSS.escape(state.focusMsg)}"]`);
+    state.focusMsg = null;
+    if (node) {
+      state.following = false;
+      node.scrollIntoView({ block: "center" });
+      node.classList.add("flash");
+      return;
+    }
+  }
   if (state.following) scrollToBottom();
   maybeLoadOlder();
 }
@@ -1055,7 +1067,12 @@ function showSearch(e) {
     const where = key.startsWith("@") ? `@${state.nicks.get(key.slice(1)) || shortId(key.slice(1))}` : `#${key}`;
     return el("li", {}, el("button", {
       class: "result", testid: "search-result", data: { msgid: item.id },
-      onclick: () => { closeDialog(); if (state.rooms.has(key)) switchTo(key); },
+      onclick: () => {
+        closeDialog();
+        if (!state.rooms.has(key)) return;
+        state.focusMsg = item.id;
+        switchTo(key);
+      },
     }, el("small", { text: `${where} · ${item.nick} · ${fullTime(item.ts)}` }), el("span", { text: item.text })));
   });
   dialog(`Search: ${e.text}`, [
