@@ -7,7 +7,7 @@ import { Connection } from "./conn.js";
 import {
   clear, clock, dayKey, dayLabel, el, eta, fullTime, hue, humanSize, icon, shortId,
 } from "./dom.js";
-import { PAGE, Room, compareItems, dmKey, keyOf, mentionRe, toItem } from "./store.js";
+import { PAGE, Room, dmKey, keyOf, mentionRe, toItem } from "./store.js";
 
 const $ = (id) => document.getElementById(id);
 /** Seconds between two `peers` refreshes (round-trip times change). */
