@@ -64,7 +64,7 @@ def assert_unique_messages(page: Any) -> None:
 def test_two_pages_chat_both_ways(browser: Any, tmp_path: Path, nodes: list[WebNode]) -> None:
     a, b = pair(tmp_path, nodes)
     ctx_a = browser.new_context(viewport=DESKTOP)
-    ctx_b = browser.new_context(viewport=DESKTOP)
+    ctx_b = browser.new_context(viewport=DESKTOP, color_scheme="dark")
     errors: list[str] = []
     page_a = open_page(ctx_a, a, errors)
     page_b = open_page(ctx_b, b, errors)
@@ -86,6 +86,9 @@ def test_two_pages_chat_both_ways(browser: Any, tmp_path: Path, nodes: list[WebN
     b.wait_for(lambda e: e.get("event") == "message" and e.get("text") == "hello bob")
     a.wait_for(lambda e: e.get("event") == "message" and e.get("text") == "hi alice\nsecond line")
     assert page_b.locator("[data-testid=day-separator]").count() == 1
+    # The theme follows the system's: bob's browser prefers dark.
+    background = "getComputedStyle(document.body).backgroundColor"
+    assert page_a.evaluate(background) != page_b.evaluate(background)
     assert_unique_messages(page_a)
     assert_unique_messages(page_b)
     assert errors == []
@@ -340,6 +343,19 @@ def test_notification_when_tab_hidden(browser: Any, tmp_path: Path, nodes: list[
     notes = page.evaluate("window.__notes")
     assert [n["body"] for n in notes] == ["psst, private", "hey @alice, look"]
     assert "bob" in notes[0]["title"]
+    ctx.close()
+    # A visible tab shows the message and raises no notification.
+    ctx = browser.new_context(viewport=DESKTOP)
+    ctx.grant_permissions(["notifications"], origin=a.origin)
+    ctx.add_init_script(
+        "window.__notes = []; const R = window.Notification; window.Notification = class "
+        "extends R { constructor(t, o) { super(t, o); window.__notes.push(t); } };"
+    )
+    page = open_page(ctx, a)
+    b.send(cmd="dm", to=a.peer_id, text="are you there?")
+    page.locator(f"[data-testid=room][data-room='@{b.peer_id}']").wait_for(timeout=MS)
+    assert page.evaluate("document.hidden") is False
+    assert page.evaluate("window.__notes") == []
     ctx.close()
 
 
