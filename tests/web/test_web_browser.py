@@ -259,6 +259,20 @@ def test_file_offered_from_the_page_arrives_with_progress(
     page_b.locator("[data-testid=offer][data-state=failed]", has_text="dropped.txt").wait_for(
         timeout=MS
     )
+    # In a private conversation the file is offered to that peer alone.
+    page_a.click(f"[data-testid=peer][data-peer='{b.peer_id}']")
+    page_a.click("[data-testid=peer-dm]")
+    shown(page_a, "@bob")
+    note = tmp_path / "for-bob.txt"
+    note.write_text("only for you")
+    page_a.set_input_files("[data-testid=file-input]", str(note))
+    private = page_b.locator("[data-testid=offer]", has_text="for-bob.txt")
+    private.wait_for(timeout=3 * MS)
+    assert "private, to you" in private.inner_text()
+    offer_ev = b.wait_for(
+        lambda e: e.get("event") == "file_offer" and e.get("name") == "for-bob.txt"
+    )
+    assert offer_ev["room"] == ""
     ctx_a.close()
     ctx_b.close()
 
