@@ -1211,6 +1211,15 @@ function start() {
   $("backdrop").addEventListener("click", () => document.body.classList.remove("rooms-open", "peers-open"));
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape") document.body.classList.remove("rooms-open", "peers-open");
+    // Alt+Up / Alt+Down: the previous or next room or conversation, as in the TUI's list.
+    if (e.altKey && (e.key === "ArrowUp" || e.key === "ArrowDown")) {
+      e.preventDefault();
+      const order = [...document.querySelectorAll("#room-list [data-room], #dm-list [data-room]")]
+        .map((b) => b.dataset.room);
+      const i = order.indexOf(state.current);
+      const next = order[(i + (e.key === "ArrowUp" ? -1 : 1) + order.length) % order.length];
+      if (next) switchTo(next);
+    }
   });
   $("attach-button").addEventListener("click", () => $("file-input").click());
   $("file-input").addEventListener("change", (e) => {
