@@ -229,6 +229,11 @@ def test_file_offered_from_the_page_arrives_with_progress(
     page_a.set_input_files("[data-testid=file-input]", str(src))
     offer = page_b.locator("[data-testid=offer]", has_text="report.bin")
     offer.wait_for(timeout=3 * MS)
+    # The offer's message carries a chip that brings its card back once hidden.
+    offer.locator("[data-testid=dismiss]").click()
+    offer.wait_for(state="detached", timeout=MS)
+    page_b.locator("[data-testid=file-chip]", has_text="report.bin").click()
+    offer.wait_for(timeout=MS)
     # Record every progress value bob's page shows, however fast the transfer is.
     page_b.evaluate(
         """() => { window.__progress = [];

@@ -489,12 +489,43 @@ function messageNode(item, prev) {
         el("span", { class: "time", title: fullTime(item.ts), text: clock(item.ts) }),
         item.late ? el("span", { class: "late", text: "late", title: "arrived after newer messages" }) : null),
       el("div", { class: "text", testid: "message-text", text: item.text }),
+      fileChip(item),
     ),
     el("span", { class: "hover-time", text: clock(item.ts), title: fullTime(item.ts) }),
     // "…" only for what we sent while the page was open: older messages' marks are not known.
     item.own ? el("span", { class: item.mark ? "mark done" : "mark", testid: "delivery", text: item.mark || (item.live ? "…" : "") }) : null,
   );
   return node;
+}
+
+/** The text the node gives a file offer's message (docs/files.md). */
+const OFFER_TEXT = /^offers file '(.*)' \([^)]*\) \[file ([0-9a-f]{4,})\]$/s;
+
+/** A chip under a file offer's message that shows the offer's card in the files tray. */
+function fileChip(item) {
+  const m = OFFER_TEXT.exec(item.text);
+  if (!m) return null;
+  return el("button", {
+    type: "button", class: "file-chip", testid: "file-chip", data: { file: m[2] },
+    title: "show this file", onclick: (e) => { e.stopPropagation(); showFileCard(m[2], item.peer_id); },
+  }, icon("file", 16), el("span", { text: m[1] }));
+}
+
+function showFileCard(prefix, author) {
+  const f = [...state.files.values()].find((x) => x.id.startsWith(prefix) && x.peer_id === author);
+  if (!f) {
+    toast("this offer is no longer listed (see /files)");
+    return;
+  }
+  f.dismissed = false;
+  renderFiles();
+  const card = fileCards.get(f.id);
+  if (card) {
+    card.scrollIntoView({ block: "nearest" });
+    card.classList.remove("flash");
+    void card.offsetWidth; // restart the animation
+    card.classList.add("flash");
+  }
 }
 
 function daySeparator(ts) {
