@@ -102,6 +102,12 @@ def test_unread_counts_and_slash_commands(
     a, b = pair(tmp_path, nodes)
     ctx = browser.new_context(viewport=DESKTOP)
     page = open_page(ctx, a)
+    # Tab completes commands and nicks, as in the terminal UI.
+    page.fill("[data-testid=composer]", "/jo")
+    page.keyboard.press("Tab")
+    page.keyboard.type("lunch, hi @b")
+    page.keyboard.press("Tab")
+    assert page.input_value("[data-testid=composer]") == "/join lunch, hi @bob "
     # A composer line starting with '/' runs through the line UI's command layer.
     type_and_send(page, "/join lunch")
     page.locator("[data-testid=room][data-room='lunch']").wait_for(timeout=MS)

@@ -1135,6 +1135,48 @@ function submitComposer() {
   state.following = true;
 }
 
+/** The line UI's slash commands (ui/line.py), for Tab completion. */
+const COMMANDS = [
+  "help", "peers", "nick", "id", "history", "search", "info", "join", "leave", "rooms",
+  "switch", "msg", "whois", "verify", "block", "unblock", "send", "accept", "reject", "files",
+  "cancel",
+];
+
+/** Tab completes a slash command at the start, or a nick anywhere (as the TUI does). */
+function complete(box) {
+  const end = box.selectionStart;
+  if (end !== box.selectionEnd) return false;
+  const before = box.value.slice(0, end);
+  const word = /(\S*)$/.exec(before)[1];
+  if (!word) return false;
+  let options;
+  let stem = word;
+  let prefix = "";
+  if (word.startsWith("/") && before.length === word.length) {
+    options = COMMANDS.map((c) => `/${c}`);
+  } else {
+    if (word.startsWith("@")) { prefix = "@"; stem = word.slice(1); }
+    const nicks = new Set([...state.peers.values()].map((p) => p.nick));
+    for (const nick of state.nicks.values()) nicks.add(nick);
+    nicks.delete(state.me.nick);
+    options = [...nicks].map((n) => prefix + n);
+  }
+  const lower = word.toLowerCase();
+  const found = options.filter((o) => o.toLowerCase().startsWith(lower) && o !== word).sort();
+  if (!found.length || !stem) return false;
+  // The longest common prefix of all matches; a single match gets a space after it.
+  let common = found[0];
+  for (const o of found) while (!o.toLowerCase().startsWith(common.toLowerCase())) common = common.slice(0, -1);
+  const insert = found.length === 1 ? `${found[0]} ` : common.length > word.length ? common : null;
+  if (insert === null) {
+    toast(found.slice(0, 8).join("  "));
+    return true;
+  }
+  box.setRangeText(insert, end - word.length, end, "end");
+  autosize();
+  return true;
+}
+
 function autosize() {
   const box = $("composer");
   box.style.height = "auto";
@@ -1218,6 +1260,8 @@ function start() {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       submitComposer();
+    } else if (e.key === "Tab" && !e.shiftKey && !e.altKey && !e.ctrlKey && complete(box)) {
+      e.preventDefault(); // otherwise Tab moves the focus on, as everywhere
     }
   });
   box.addEventListener("input", autosize);
