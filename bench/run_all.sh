@@ -29,7 +29,7 @@ ip link set lo up 2>/dev/null || true
 
 cd "$root"
 status=0
-for bench in throughput latency connect startup discovery catchup history_open tui_scrollback files; do
+for bench in throughput latency connect startup discovery catchup history_open tui_scrollback files web; do
     script="$here/bench_$bench.py"
     [[ -f "$script" ]] || continue
     echo "# bench_$bench" >&2

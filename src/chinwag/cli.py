@@ -6,17 +6,20 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from chinwag import __version__, limits
 
 if TYPE_CHECKING:
-    from chinwag.node import NodeConfig
+    from chinwag.node import Node, NodeConfig
+    from chinwag.ui.web.server import WebServer
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -49,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "command",
         nargs="?",
-        choices=["chat", "id"],
+        choices=["chat", "id", "web"],
         default="chat",
-        help="chat (default) or id: print your peer id and fingerprint",
+        help="chat (default); id: print your peer id and fingerprint; "
+        "web: run the node with the web UI in the browser (no terminal UI)",
     )
     p.add_argument("--version", action="version", version=f"chinwag {__version__}")
     mode = p.add_mutually_exclusive_group()
@@ -115,6 +119,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MB",
         help="accept files up to MB megabytes from verified peers without asking (default: off)",
     )
+    web = p.add_argument_group("web UI (see docs/web.md)")
+    web.add_argument(
+        "--web",
+        action="store_true",
+        help="also serve the web UI (with any mode, --json included); `chinwag web` implies it",
+    )
+    web.add_argument(
+        "--web-port",
+        type=_port,
+        default=None,
+        help=f"web UI port, 0 = any free port (default {limits.WEB_DEFAULT_PORT}, "
+        "or any free port if taken)",
+    )
+    web.add_argument(
+        "--web-bind",
+        type=_ip,
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address the web UI listens on (default 127.0.0.1: this machine only); "
+        "0.0.0.0 serves phones on the LAN over plain HTTP (read docs/web.md first)",
+    )
+    web.add_argument(
+        "--no-browser", action="store_true", help="do not open a browser (`chinwag web`)"
+    )
+    web.add_argument(
+        "--new-token",
+        action="store_true",
+        help="make a new web token: old links and browser sessions stop working",
+    )
     p.add_argument(
         "--log-level",
         default=None,
@@ -159,7 +192,14 @@ def _main(argv: list[str] | None) -> int:
     data_dir: Path = args.data_dir or default_data_dir()
     if args.command == "id":
         return _print_id(data_dir)
-    mode = choose_mode(args.json, args.plain)
+    if args.command == "web":
+        args.web = True
+    if args.new_token and not args.web:
+        build_parser().error("--new-token goes with `chinwag web` or --web")
+    if args.command == "web" and not (args.json or args.plain):
+        mode = "headless"
+    else:
+        mode = choose_mode(args.json, args.plain)
     level = args.log_level or ("info" if mode != "line" else "warning")
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     if mode == "tui":
@@ -225,11 +265,15 @@ def _run(args: argparse.Namespace, data_dir: Path, mode: str) -> int:
         downloads=args.downloads,
         auto_accept=max(0, int(args.auto_accept_mb * 1_000_000)),
     )
+    web = _web_options(args, data_dir) if args.web else None
     try:
         with _runner() as runner:
             if mode == "tui":
-                return runner.run(_tui_session(config, data_dir / LOG_FILE))
-            return runner.run(_session(config, mode == "json"))
+                return runner.run(_tui_session(config, data_dir / LOG_FILE, web))
+            if mode == "headless":
+                assert web is not None
+                return runner.run(_headless_session(config, web))
+            return runner.run(_session(config, mode == "json", web))
     except ChinwagError as exc:
         print(f"chinwag: {exc}", file=sys.stderr)
         return 1
@@ -254,7 +298,7 @@ class _UI(Protocol):
     def flush(self) -> None: ...
 
 
-async def _session(config: NodeConfig, json_mode: bool) -> int:
+async def _session(config: NodeConfig, json_mode: bool, web: WebOptions | None = None) -> int:
     from chinwag.node import Node
 
     node = Node(config)
@@ -262,12 +306,26 @@ async def _session(config: NodeConfig, json_mode: bool) -> int:
     if json_mode:
         from chinwag.ui.jsonl import JsonLinesUI
 
-        ui = JsonLinesUI(node)
+        ui = jsonl_ui = JsonLinesUI(node)
     else:
         from chinwag.ui.line import LineUI
 
         ui = LineUI(node)
     await node.start()
+    server = None
+    if web is not None:
+        try:
+            server = await _start_web(node, web)
+        except BaseException:
+            await node.stop("error")
+            raise
+        if json_mode:
+            # After `ready` (flushed first), so `ready` stays the first event.
+            jsonl_ui.flush()
+            line = json.dumps({"event": "web", "url": server.url}, separators=(",", ":"))
+            jsonl_ui.out.write(line.encode() + b"\n")
+            jsonl_ui.out.flush()
+        _announce(server, web, to_stderr=not json_mode)
     loop = asyncio.get_running_loop()
     ui_task = asyncio.ensure_future(ui.run())
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -275,12 +333,41 @@ async def _session(config: NodeConfig, json_mode: bool) -> int:
             loop.add_signal_handler(sig, ui_task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await ui_task
+    if server is not None:
+        await server.stop()
     await node.stop("quit")
     ui.flush()
     return 0
 
 
-async def _tui_session(config: NodeConfig, log_path: Path) -> int:
+async def _headless_session(config: NodeConfig, web: WebOptions) -> int:
+    """`chinwag web`: the node and its web UI, no terminal UI; stops on SIGINT or SIGTERM."""
+    from chinwag.node import Node
+
+    node = Node(config)
+    await node.start()
+    try:
+        server = await _start_web(node, web)
+    except BaseException:
+        await node.stop("error")
+        raise
+    _announce(server, web, to_stderr=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        await node.stop("quit")
+    return 0
+
+
+async def _tui_session(config: NodeConfig, log_path: Path, web: WebOptions | None = None) -> int:
+    from chinwag import events as ev
+    from chinwag.errors import ChinwagError
     from chinwag.node import Node
     from chinwag.ui.tui import ChinwagApp
 
@@ -289,11 +376,90 @@ async def _tui_session(config: NodeConfig, log_path: Path) -> int:
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGTERM, app.exit)
+    servers: list[WebServer] = []
+    if web is not None:
+        # The TUI starts the node itself: start the web UI once the node is ready.
+        async def start_web() -> None:
+            try:
+                servers.append(await _start_web(node, web))
+            except (OSError, ChinwagError) as exc:
+                app.note_error(f"error: web UI not started: {exc}")
+                return
+            app.note(f"web UI: {servers[0].url}")
+
+        def on_event(event: ev.NodeEvent) -> None:
+            if isinstance(event, ev.Ready):
+                task = loop.create_task(start_web())
+                servers_tasks.add(task)
+                task.add_done_callback(servers_tasks.discard)
+
+        servers_tasks: set[asyncio.Task[None]] = set()
+        node.subscribe(on_event)
     try:
         await app.run_async()
     finally:
+        for server in servers:
+            await server.stop()
         await node.stop("quit")
     if app.start_error:
         print(f"chinwag: {app.start_error}", file=sys.stderr)
         return 1
     return app.return_code or 0
+
+
+# --- the web UI -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebOptions:
+    """How to serve the web UI: token, address, port, whether to open a browser."""
+
+    token: str
+    bind: str
+    port: int
+    port_fallback: bool
+    open_browser: bool
+    data_dir: Path
+
+
+def _web_options(args: argparse.Namespace, data_dir: Path) -> WebOptions:
+    from chinwag.ui.web.auth import load_or_create_token
+
+    return WebOptions(
+        token=load_or_create_token(data_dir, rotate=args.new_token),
+        bind=args.web_bind,
+        port=limits.WEB_DEFAULT_PORT if args.web_port is None else args.web_port,
+        port_fallback=args.web_port is None,
+        open_browser=args.command == "web" and not args.no_browser,
+        data_dir=data_dir,
+    )
+
+
+async def _start_web(node: Node, web: WebOptions) -> WebServer:
+    """Start the web UI on the node's loop (on any free port if the default one is taken)."""
+    from chinwag.errors import ChinwagError
+    from chinwag.ui.web.server import WebServer
+
+    server = WebServer(node, web.token, web.bind, web.port, port_fallback=web.port_fallback)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise ChinwagError(f"web UI: cannot listen on {web.bind}:{web.port}: {exc}") from exc
+    return server
+
+
+def _announce(server: WebServer, web: WebOptions, to_stderr: bool) -> None:
+    """Print the login URL (and a QR code for a LAN address); open the browser if asked."""
+    from chinwag.ui.web.launch import open_browser, print_qr
+
+    if to_stderr:
+        print(f"chinwag web UI: open {server.url}", file=sys.stderr, flush=True)
+    if not server.loopback:
+        print(
+            "chinwag web UI: served to the LAN over plain HTTP: anyone on this network can read "
+            "it and copy your login (see docs/web.md)",
+            file=sys.stderr,
+        )
+        print_qr(server.url, sys.stderr)
+    if web.open_browser:
+        open_browser(server.url, web.data_dir)

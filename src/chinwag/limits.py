@@ -270,3 +270,42 @@ MAX_TRACKED_HOSTS = 1_024
 #: Seconds between two nick-change notices of one peer; changes in between are shown as
 #: one at the end of the gap (stops a peer from flooding the UI with nick changes).
 NICK_CHANGE_MIN_GAP_S = 10.0
+
+# --- web UI (ui/web) ----------------------------------------------------------
+#: Default TCP port of the local web UI (`--web-port`), on 127.0.0.1 unless `--web-bind`.
+WEB_DEFAULT_PORT = 47480
+#: Bytes of randomness in the web token (256 bits): guessing it is hopeless.
+WEB_TOKEN_BYTES = 32
+#: Browser sessions (cookies) remembered at once; the oldest is forgotten beyond it
+#: (stops a token holder, or a loop of logins, from growing the session table without end).
+WEB_MAX_SESSIONS = 64
+#: Seconds a browser session stays valid after its login (then open the printed link again).
+WEB_SESSION_TTL_S = 30 * 24 * 3600.0
+#: WebSocket clients (tabs) connected at once; more are refused (stops fd/memory exhaustion).
+WEB_MAX_CLIENTS = 16
+#: Bytes of one WebSocket message from the page; a bigger one closes that socket (1009).
+WEB_MAX_WS_MESSAGE = MAX_COMMAND_LINE
+#: Events kept for replay to a reconnecting page; an older `since` gets `resync` instead.
+WEB_REPLAY_EVENTS = 5_000
+#: Characters of JSON (about bytes) the replay ring holds at most (4 KiB messages add up).
+WEB_REPLAY_CHARS = 4 * (1 << 20)
+#: Event frames queued for one tab; a tab that falls this far behind gets `resync`
+#: (and is closed if it is still stuck) so a slow or dead tab never holds the node's memory.
+WEB_CLIENT_QUEUE = 10_000
+#: Characters of JSON (about bytes) queued for one tab, the same rule in size (a frame
+#: bigger than this still goes out when the queue is empty: a long history answer).
+#: At least WEB_REPLAY_CHARS, so a full replay always fits.
+WEB_CLIENT_QUEUE_CHARS = 8 * (1 << 20)
+#: Seconds between WebSocket pings; a tab that does not answer one in time is closed.
+WEB_HEARTBEAT_S = 20.0
+#: Seconds a tab's socket (or a request under way, such as an upload) may take to finish
+#: when closing before it is cut (a dead or stuck tab would otherwise hold the stop for ever).
+WEB_CLOSE_TIMEOUT_S = 2.0
+#: Bytes of one file uploaded by drag and drop (stops a page filling the disk in one go).
+WEB_MAX_UPLOAD = 16 * (1 << 30)
+#: Uploads running at once (each holds a file descriptor and disk bandwidth).
+WEB_MAX_UPLOADS = 4
+#: Bytes of an HTTP request body read into memory (small JSON bodies such as /open-folder).
+WEB_MAX_BODY = 64 * 1024
+#: Commands from one tab not yet finished (sends being committed); reading pauses beyond it.
+WEB_MAX_IN_FLIGHT = 2_000
