@@ -277,8 +277,9 @@ def test_no_conversation_is_opened_beyond_the_limit(
 ) -> None:
     monkeypatch.setattr(limits, "MAX_CONVERSATIONS", 2)
     book = load_book(store)
-    book.join_dm(ALICE.peer_id)
-    book.join_dm(BOB.peer_id)
+    # Conversations we wrote in are never replaced by a stranger's (hardening #7).
+    book.wrote_in(book.join_dm(ALICE.peer_id))
+    book.wrote_in(book.join_dm(BOB.peer_id))
     new = book.holds(box.dm_room(ME.peer_id, CAROL.peer_id), CAROL.peer_id)
     assert new is not None and new.kind == DM
     assert not book.remember(new)

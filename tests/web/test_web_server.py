@@ -149,6 +149,22 @@ async def test_two_people_chat_and_a_private_message_reaches_the_tab(
         await tab.close()
 
 
+async def test_hello_lists_a_conversation_that_began_while_no_page_was_open(
+    pair: tuple[WebServer, Node],
+) -> None:
+    web, bob = pair
+    got = asyncio.Event()
+    web.node.subscribe(lambda e: got.set() if isinstance(e, ev.DirectMessage) else None)
+    await bob.dm("me", "while you were away")
+    await asyncio.wait_for(got.wait(), PROMPT_S)
+    http = await login(web)
+    async with http:
+        tab = await open_tab(http, web)
+        hello = of(tab, "hello")[0]
+        assert [c["peer_id"] for c in hello["conversations"]] == [bob.identity.peer_id]
+        await tab.close()
+
+
 async def test_resume_replays_what_a_tab_missed_without_duplicates(web: WebServer) -> None:
     http = await login(web)
     async with http:

@@ -123,6 +123,12 @@ class Bridge:
                     "peer_id": self.node.identity.peer_id,
                     "nick": self.node.nick,
                     "server_run": self.server_run,
+                    # The API has no other list of private conversations: a fresh page
+                    # needs it to show one that began while no page was open.
+                    "conversations": [
+                        {"name": name, "peer_id": peer_id}
+                        for name, peer_id in self.node.conversations()
+                    ],
                 }
             ).decode()
         )
