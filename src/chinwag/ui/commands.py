@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import typing
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, ClassVar
 
 import msgspec
 
 from chinwag import events as ev
 from chinwag import limits
-from chinwag.errors import ChinwagError
+from chinwag.errors import ChinwagError, UsageError
 from chinwag.node import Node
 
 # --- the JSON-lines API's commands (docs/api.md, section 3) ---------------------
@@ -264,3 +264,202 @@ async def execute(node: Node, cmd: Command, session: Session) -> msgspec.Struct 
     else:  # pragma: no cover - mypy checks that every command has its branch
         typing.assert_never(cmd)
     return None
+
+
+# --- slash commands (line mode, the TUI, the web page's composer) --------------------
+
+
+class HelpCmd(msgspec.Struct, frozen=True):
+    """`/help`: the interface prints HELP."""
+
+
+class IdCmd(msgspec.Struct, frozen=True):
+    """`/id`: the interface prints our peer id and fingerprint."""
+
+
+class SwitchCmd(msgspec.Struct, frozen=True):
+    """`/switch ROOM`: where typed lines go, an interface's own state (`room` as typed)."""
+
+    room: str
+
+
+class BellCmd(msgspec.Struct, frozen=True):
+    """`/bell [on|off]` (TUI only): None toggles."""
+
+    on: bool | None
+
+
+class KeysCmd(msgspec.Struct, frozen=True):
+    """`/keys` (TUI only): the key-binding screen."""
+
+
+#: Commands that only an interface can run (they touch its own state or print help).
+LocalCommand = HelpCmd | IdCmd | SwitchCmd | BellCmd | KeysCmd
+SlashCommand = Command | LocalCommand
+
+
+def _usage(text: str) -> UsageError:
+    return UsageError(f"usage: {text}")
+
+
+def _nick(arg: str, _room: str) -> NickCmd:
+    if not arg:
+        raise _usage("/nick NAME")
+    return NickCmd(nick=arg)
+
+
+def _history(arg: str, room: str) -> HistoryCmd:
+    if arg and not arg.isdigit():
+        raise _usage("/history [N]")
+    return HistoryCmd(room=room, limit=int(arg) if arg else 20)
+
+
+def _info(arg: str, _room: str) -> InfoCmd:
+    if not arg:
+        raise _usage("/info MSGID")
+    return InfoCmd(id=arg)
+
+
+def _join(arg: str, _room: str) -> JoinCmd:
+    name, _, rest = arg.partition(" ")
+    rest = rest.strip()
+    if not name or (rest and not rest.startswith("--passphrase")):
+        raise _usage("/join ROOM [--passphrase [PASS]]")
+    # `--passphrase` alone gives "": the interface asks for it.
+    return JoinCmd(room=name, passphrase=rest[len("--passphrase") :].strip() if rest else None)
+
+
+def _msg(arg: str, _room: str) -> DmCmd:
+    who, _, text = arg.partition(" ")
+    if not who or not text.strip():
+        raise _usage("/msg NICK|PEERID TEXT")
+    return DmCmd(to=who, text=text)
+
+
+def _who(usage: str, make: Callable[[str], WhoisCmd | BlockCmd | UnblockCmd]) -> _Parser:
+    def parse(arg: str, _room: str) -> SlashCommand:
+        if not arg:
+            raise _usage(usage)
+        return make(arg)
+
+    return parse
+
+
+def _verify(arg: str, _room: str) -> VerifyCmd:
+    who, _, confirm = arg.partition(" ")
+    if not who:
+        raise _usage("/verify NICK|PEERID [yes]")
+    return VerifyCmd(who=who, confirm=confirm.strip().lower() in ("yes", "y", "confirm"))
+
+
+def _send_file(arg: str, _room: str) -> SendFileCmd:
+    who, _, path = arg.partition(" ")
+    if not who or not path.strip():
+        raise _usage("/send NICK|PEERID|#ROOM PATH")
+    return SendFileCmd(to=who, path=path.strip())
+
+
+def _accept(arg: str, _room: str) -> AcceptFileCmd:
+    ident, _, directory = arg.partition(" ")
+    if not ident:
+        raise _usage("/accept ID [DIR]")
+    return AcceptFileCmd(id=ident, dir=directory.strip() or None)
+
+
+def _reject(arg: str, _room: str) -> RejectFileCmd:
+    if not arg:
+        raise _usage("/reject ID")
+    return RejectFileCmd(id=arg)
+
+
+def _cancel(arg: str, _room: str) -> CancelFileCmd:
+    ident, _, flag = arg.partition(" ")
+    if not ident or flag.strip() not in ("", "--keep"):
+        raise _usage("/cancel ID [--keep]")
+    return CancelFileCmd(id=ident, keep=flag.strip() == "--keep")
+
+
+def _bell(arg: str, _room: str) -> BellCmd:
+    if arg not in ("", "on", "off"):
+        raise _usage("/bell [on|off]")
+    return BellCmd(on=None if not arg else arg == "on")
+
+
+#: A slash command's parser: (its argument, stripped; the room typed in) -> its struct.
+_Parser = Callable[[str, str], SlashCommand]
+
+#: Every slash command, in help order: name -> parser.
+SLASH: dict[str, _Parser] = {
+    "help": lambda _arg, _room: HelpCmd(),
+    "peers": lambda _arg, _room: PeersCmd(),
+    "nick": _nick,
+    "id": lambda _arg, _room: IdCmd(),
+    "quit": lambda _arg, _room: Quit(),
+    "history": _history,
+    "search": lambda arg, _room: SearchCmd(text=arg),
+    "info": _info,
+    "join": _join,
+    "leave": lambda arg, room: LeaveCmd(room=arg or room),
+    "rooms": lambda _arg, _room: RoomsCmd(),
+    "switch": lambda arg, _room: SwitchCmd(room=arg),
+    "msg": _msg,
+    "whois": _who("/whois NICK|PEERID", lambda who: WhoisCmd(who=who)),
+    "verify": _verify,
+    "block": _who("/block NICK|PEERID", lambda who: BlockCmd(who=who)),
+    "unblock": _who("/unblock NICK|PEERID", lambda who: UnblockCmd(who=who)),
+    "send": _send_file,
+    "accept": _accept,
+    "reject": _reject,
+    "files": lambda _arg, _room: FilesCmd(),
+    "cancel": _cancel,
+}
+#: Slash commands of the terminal UI only (they drive its screen).
+TUI_SLASH: dict[str, _Parser] = {
+    "bell": _bell,
+    "keys": lambda _arg, _room: KeysCmd(),
+}
+
+
+def slash_names(tui: bool = False) -> list[str]:
+    """Return the slash command names (without the slash) of line mode, or of the TUI."""
+    return list(SLASH) + (list(TUI_SLASH) if tui else [])
+
+
+def parse_slash(line: str, room: str, tui: bool = False) -> SlashCommand:
+    """Parse one `/command args` line typed in `room`; raise ChinwagError (usage) if invalid."""
+    name, _, arg = line[1:].partition(" ")
+    parse = SLASH.get(name.lower()) or (TUI_SLASH.get(name.lower()) if tui else None)
+    if parse is None:
+        raise ChinwagError(f"unknown command /{name[:20]}; try /help")
+    return parse(arg.strip(), room)
+
+
+HELP = """commands:
+  /help            this help
+  /peers           connected peers (nick, short id, address, connected since)
+  /nick NAME       change your nick
+  /id              your peer id and fingerprint
+  /join ROOM [--passphrase [PASS]]
+                   join (or create) a room; with a passphrase, a private room
+  /leave ROOM      leave a room
+  /rooms           rooms on the network, with members online
+  /switch ROOM     send what you type to another joined room
+  /msg WHO TEXT    private message (end-to-end encrypted) to a nick or peer id
+  /whois WHO       full peer id, fingerprint, verified or not
+  /verify WHO [yes]  safety number to compare aloud; "yes" marks the peer verified
+  /block WHO, /unblock WHO   hide (and do not store) a peer's messages
+  /history [N]     the last N messages of the room (default 20)
+  /search TEXT     messages containing TEXT
+  /info MSGID      who holds a message (ids are shown as [abcd1234] after yours)
+  /send WHO|#ROOM PATH   offer a file to a peer or to a room
+  /accept ID [DIR] fetch an offered file (into DIR, default your downloads folder)
+  /reject ID       decline an offered file
+  /files           offers and transfers with their state
+  /cancel ID [--keep]   stop a transfer (--keep keeps the partial data) or withdraw your offer
+  /quit            leave (peers see you go at once)
+anything else is sent to the room"""
+
+TUI_HELP = """in this terminal UI also:
+  /bell [on|off]   ring the terminal bell on private messages and mentions
+  /keys            the key bindings (also F1)
+  /switch @NICK    open the private conversation with NICK"""
