@@ -314,9 +314,9 @@ class Client(commands.Session):
             return
         body = text[1:] if text.startswith("//") else text
         if cmd.room and cmd.room.startswith("@"):
-            self._track(self.node.dm(cmd.room[1:], body))
+            await commands.execute(self.node, commands.DmCmd(to=cmd.room[1:], text=body), self)
         else:
-            self._track(self.node.post(body, cmd.room))
+            await commands.execute(self.node, commands.Send(text=body, room=cmd.room), self)
 
     def _track(self, fut: asyncio.Future[ev.NodeEvent]) -> None:
         """Remember a send until it is committed; its failure becomes an error to this tab."""
