@@ -202,6 +202,17 @@ def nick_changed_line(event: ev.NickChanged) -> str:
     return f"{clean(event.old)} ({short_id(event.peer_id)}) is now {clean(event.nick)}"
 
 
+def joined_line(event: ev.Joined) -> str:
+    """Return the line shown when we join a room."""
+    what = "private room" if event.private else "room"
+    return f"joined {what} #{event.room}; messages you type now go there"
+
+
+def left_line(event: ev.Left) -> str:
+    """Return the line shown when we leave a room."""
+    return f"left #{event.room}"
+
+
 def gap_range(event: ev.Gap) -> str:
     """Return the missing numbers of a gap: `41` or `41-43`."""
     lo, hi = event.missing

@@ -95,12 +95,11 @@ class LineUI(c.Session):
             self._print(self._paint("1;31", f"!!! WARNING: {event.message}"))
         elif isinstance(event, ev.Joined):
             self.room = event.room
-            what = "private room" if event.private else "room"
-            self._info(f"joined {what} #{event.room}; messages you type now go there")
+            self._info(fmt.joined_line(event))
         elif isinstance(event, ev.Left):
             if self.room == event.room:
                 self.room = "general"
-            self._info(f"left #{event.room}")
+            self._info(fmt.left_line(event))
         elif isinstance(event, ev.Delivered):
             # Receipts arrive in batches; one summary line per batch, not one per message.
             self._delivered.append(event)

@@ -315,7 +315,7 @@ class ChinwagApp(App[int]):
             await self._ensure_view(event.room)
         elif isinstance(event, ev.Left):
             await self._drop_view(event.room)
-            self.note(f"left #{event.room}")
+            self.note(fmt.left_line(event))
         elif isinstance(event, ev.Gap):
             what = fmt.gap_range(event)
             self._room_note(
@@ -980,8 +980,7 @@ class ChinwagApp(App[int]):
             return
         await self._ensure_view(joined.room)
         await self._switch(joined.room)
-        what = "private room" if joined.private else "room"
-        self.note(f"joined {what} #{joined.room}; messages you type now go there")
+        self.note(fmt.joined_line(joined))
 
     # --- completion ---------------------------------------------------------
 
