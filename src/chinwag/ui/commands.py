@@ -213,7 +213,12 @@ class Session:
         return ""
 
 
-async def execute(node: Node, cmd: Command, session: Session) -> msgspec.Struct | None:
+#: What a command returns: an event (the API's answer when `answered`), or the file
+#: an accept or reject acted on (shown by the text interfaces only).
+Answer = ev.NodeEvent | ev.FileInfo
+
+
+async def execute(node: Node, cmd: Command, session: Session) -> Answer | None:
     """Run one command; return what the node answered (written to JSON clients when
     `cmd.answered`), or None. Raises ChinwagError for what the user got wrong; `Quit`
     is the caller's to handle and is refused here."""

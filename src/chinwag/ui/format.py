@@ -12,8 +12,6 @@ import hashlib
 import unicodedata
 from collections.abc import Callable
 
-import msgspec
-
 from chinwag import events as ev
 from chinwag.crypto.identity import fingerprint, short_id
 from chinwag.node import Node
@@ -92,7 +90,7 @@ def id_lines(peer_id: str) -> list[str]:
     return [f"peer id {peer_id}", f"fingerprint {fingerprint(peer_id)}"]
 
 
-def answer_lines(cmd: c.Command, answer: msgspec.Struct | None, node: Node, room: str) -> list[str]:
+def answer_lines(cmd: c.Command, answer: c.Answer | None, node: Node, room: str) -> list[str]:
     """Return the information lines that show a command's answer (`room`: the room typed in).
 
     Messages (history, search) are not among them: they are message lines.

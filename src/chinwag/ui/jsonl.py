@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import typing
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any, BinaryIO
@@ -130,8 +129,8 @@ class JsonLinesUI(Session):
     async def handle(self, cmd: Command) -> None:
         """Run one command through the command layer; write its answer, if it has one."""
         answer = await execute(self.node, cmd, self)
-        if answer is not None and cmd.answered:
-            self.write_event(typing.cast(ev.NodeEvent, answer))
+        if cmd.answered and answer is not None and not isinstance(answer, ev.FileInfo):
+            self.write_event(answer)
 
     async def sent(self, fut: asyncio.Future[ev.NodeEvent], to_room: bool) -> None:
         """Not awaited one by one: sends of one loop turn share one commit."""
