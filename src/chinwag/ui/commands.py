@@ -5,7 +5,8 @@ mode, the TUI and the web page's composer parse slash commands (`parse_slash`) i
 the same structs. `execute` runs any of them against the Node; what differs between
 interfaces (whether a send is awaited, whether slow work runs in the background, how
 a passphrase is asked) is a `Session` method each interface may override. Adding a
-command: its struct, its slash parser in `SLASH`, its branch in `execute`, its `HELP` line.
+command: its struct, its slash parser in `SLASH`, its branch in `execute`, its `HELP` line
+(tests/unit/test_ui_commands.py checks HELP and the web page's completion list against SLASH).
 """
 
 from __future__ import annotations
