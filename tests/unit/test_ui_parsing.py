@@ -216,7 +216,7 @@ def test_trailing_garbage_is_invalid_json(garbage: bytes) -> None:
 
 def test_progress_line_shows_bytes_rate_and_time_left() -> None:
     from chinwag import events as ev
-    from chinwag.ui.line import progress_line
+    from chinwag.ui.format import progress_line
 
     p = ev.FileProgress(id="ab" * 16, bytes=250_000_000, total=1_000_000_000, rate=50_000_000.0)
     assert progress_line("big.iso", p) == "big.iso 25% 250.0 MB/1.0 GB 50.0 MB/s 0:00:15 left"

@@ -7,19 +7,19 @@ above the prompt); otherwise it reads plain lines and prints plain text.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import hashlib
 import logging
 import os
 import sys
-import unicodedata
 from collections.abc import Awaitable, Callable
 
 from chinwag import events as ev
-from chinwag.crypto.identity import fingerprint, short_id
+from chinwag.crypto.identity import short_id
 from chinwag.errors import ChinwagError
 from chinwag.node import Node
-from chinwag.ui.clock import local_datetime
+from chinwag.ui import commands as c
+from chinwag.ui import format as fmt
+from chinwag.ui.commands import HELP
+from chinwag.ui.format import clean, nick_colour, progress_line
 from chinwag.ui.stdio import LineTooLong, silence_stdout, stdin_lines
 from chinwag.units import human_size
 
@@ -27,53 +27,11 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two progress lines of a transfer when the output is not a terminal.
 _PIPED_PROGRESS_EVERY_S = 2.0
-_COLOURS = ["31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96"]
+#: Kept importable from here (they moved to ui/commands.py and ui/format.py).
+__all__ = ["HELP", "LineUI", "clean", "nick_colour", "progress_line"]
 
 
-def _is_control(char: str) -> bool:
-    # Cc, Cf (bidi overrides), Co, Cs, Cn: nothing a peer may use to drive our terminal.
-    return char not in "\t\n" and unicodedata.category(char)[0] == "C"
-
-
-HELP = """commands:
-  /help            this help
-  /peers           connected peers (nick, short id, address, connected since)
-  /nick NAME       change your nick
-  /id              your peer id and fingerprint
-  /join ROOM [--passphrase [PASS]]
-                   join (or create) a room; with a passphrase, a private room
-  /leave ROOM      leave a room
-  /rooms           rooms on the network, with members online
-  /switch ROOM     send what you type to another joined room
-  /msg WHO TEXT    private message (end-to-end encrypted) to a nick or peer id
-  /whois WHO       full peer id, fingerprint, verified or not
-  /verify WHO [yes]  safety number to compare aloud; "yes" marks the peer verified
-  /block WHO, /unblock WHO   hide (and do not store) a peer's messages
-  /history [N]     the last N messages of the room (default 20)
-  /search TEXT     messages containing TEXT
-  /info MSGID      who holds a message (ids are shown as [abcd1234] after yours)
-  /send WHO|#ROOM PATH   offer a file to a peer or to a room
-  /accept ID [DIR] fetch an offered file (into DIR, default your downloads folder)
-  /reject ID       decline an offered file
-  /files           offers and transfers with their state
-  /cancel ID [--keep]   stop a transfer (--keep keeps the partial data) or withdraw your offer
-  /quit            leave (peers see you go at once)
-anything else is sent to the room"""
-
-
-def clean(text: str) -> str:
-    """Strip terminal control characters so a peer cannot drive our terminal."""
-    if text.isprintable():  # the common case: nothing to strip
-        return text
-    return "".join(c for c in text if not _is_control(c))
-
-
-def nick_colour(peer_id: str) -> str:
-    """Return a stable ANSI colour code for a peer."""
-    return _COLOURS[hashlib.sha256(peer_id.encode()).digest()[0] % len(_COLOURS)]
-
-
-class LineUI:
+class LineUI(c.Session):
     """Interactive line-mode chat over a Node."""
 
     def __init__(
@@ -81,10 +39,13 @@ class LineUI:
         node: Node,
         colour: bool | None = None,
         sink: Callable[[str], None] | None = None,
+        ask_secret: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         """With a `sink`, output lines go to it (uncoloured) and node events are not followed:
-        the caller (the TUI) shows events itself and only runs commands through handle()."""
-        self.node = node
+        the caller (the TUI) shows events itself and only runs commands through handle().
+        `ask_secret(room)` asks for a passphrase (the TUI's own dialog)."""
+        super().__init__(node)
+        self._ask = ask_secret
         self.interactive = sink is None and os.isatty(0) and os.isatty(1)
         self.colour = self.interactive if colour is None else colour
         self._print: Callable[[str], None] = sink or self._plain_print
@@ -94,30 +55,6 @@ class LineUI:
         self.room = "general"
         if sink is None:
             node.subscribe(self.on_event)
-        self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
-            "help": self._help,
-            "peers": self._peers,
-            "nick": self._nick,
-            "id": self._id,
-            "quit": self._quit,
-            "history": self._history,
-            "search": self._search,
-            "info": self._info_cmd,
-            "join": self._join,
-            "leave": self._leave,
-            "rooms": self._rooms,
-            "switch": self._switch,
-            "msg": self._msg,
-            "whois": self._whois,
-            "verify": self._verify,
-            "block": self._block,
-            "unblock": self._unblock,
-            "send": self._send_file,
-            "accept": self._accept,
-            "reject": self._reject,
-            "files": self._files,
-            "cancel": self._cancel,
-        }
         #: Transfers under way: id -> latest progress, shown in the toolbar.
         self._transfers: dict[str, ev.FileProgress] = {}
         self._file_names: dict[str, str] = {}
@@ -127,7 +64,7 @@ class LineUI:
     @property
     def command_names(self) -> list[str]:
         """Return the names of the slash commands this UI runs (without the slash)."""
-        return list(self._commands)
+        return c.slash_names()
 
     # --- output ---------------------------------------------------------
 
@@ -149,20 +86,7 @@ class LineUI:
 
     def format_message(self, event: ev.Message | ev.DirectMessage, mark: str = "") -> str:
         """Return one message as a display line: time, room, nick, short id, text, marks."""
-        stamp = local_datetime(event.ts)
-        when = stamp.strftime("%H:%M:%S" if stamp.date() == dt.date.today() else "%m-%d %H:%M")
-        who = self._paint(nick_colour(event.peer_id), clean(event.nick))
-        sid = self._paint("2", short_id(event.peer_id))
-        if isinstance(event, ev.DirectMessage):
-            room = self._paint(
-                "35", f"[private to {short_id(event.to)}] " if event.own else "[private] "
-            )
-        else:
-            room = "" if event.room == self.room else f"#{event.room} "
-        text = clean(event.text).replace("\n", "\n    ")
-        late = self._paint("33", " (late)") if event.late else ""
-        tail = self._paint("2", f"  [{event.id[:8]}{mark}]") if event.own or mark else ""
-        return f"{self._paint('2', when)} {room}{who} {sid}: {text}{late}{tail}"
+        return fmt.message_line(event, self.room, self._paint, mark)
 
     def on_event(self, event: ev.NodeEvent) -> None:
         if isinstance(event, ev.Message | ev.DirectMessage):
@@ -171,38 +95,27 @@ class LineUI:
             self._print(self._paint("1;31", f"!!! WARNING: {event.message}"))
         elif isinstance(event, ev.Joined):
             self.room = event.room
-            what = "private room" if event.private else "room"
-            self._info(f"joined {what} #{event.room}; messages you type now go there")
+            self._info(fmt.joined_line(event))
         elif isinstance(event, ev.Left):
             if self.room == event.room:
                 self.room = "general"
-            self._info(f"left #{event.room}")
+            self._info(fmt.left_line(event))
         elif isinstance(event, ev.Delivered):
             # Receipts arrive in batches; one summary line per batch, not one per message.
             self._delivered.append(event)
             if len(self._delivered) == 1:
                 asyncio.get_running_loop().call_later(0.3, self._flush_delivered)
         elif isinstance(event, ev.Gap):
-            lo, hi = event.missing
-            what = f"{lo}" if lo == hi else f"{lo}-{hi}"
+            what = fmt.gap_range(event)
             self._info(f"missing {what} from {short_id(event.peer_id)} in #{event.room}; repairing")
         elif isinstance(event, ev.GapFilled):
             self._info(f"gap from {short_id(event.peer_id)} in #{event.room} repaired")
         elif isinstance(event, ev.PeerJoined):
-            self._info(
-                f"{clean(event.nick)} ({short_id(event.peer_id)}) joined from {event.address}"
-            )
+            self._info(fmt.peer_joined_line(event))
         elif isinstance(event, ev.PeerLeft):
-            self._info(
-                f"{clean(event.nick)} ({short_id(event.peer_id)}) left: {clean(event.reason)}"
-            )
+            self._info(fmt.peer_left_line(event))
         elif isinstance(event, ev.NickChanged):
-            if event.own:
-                self._info(f"you are now known as {event.nick}")
-            else:
-                self._info(
-                    f"{clean(event.old)} ({short_id(event.peer_id)}) is now {clean(event.nick)}"
-                )
+            self._info(fmt.nick_changed_line(event))
         elif isinstance(event, ev.FileOffer | ev.FileProgress | ev.FileDone):
             self._file_event(event)
         elif isinstance(event, ev.FileFailed):
@@ -318,230 +231,64 @@ class LineUI:
             return True
         try:
             if line.startswith("/") and not line.startswith("//"):
-                name, _, arg = line[1:].partition(" ")
-                command = self._commands.get(name.lower())
-                if command is None:
-                    raise ChinwagError(f"unknown command /{name[:20]}; try /help")
-                return await command(arg.strip())
-            await self.node.send(line[1:] if line.startswith("//") else line, self.room)
+                return await self.run_command(c.parse_slash(line, self.room))
+            text = line[1:] if line.startswith("//") else line
+            await c.execute(self.node, c.Send(text=text, room=self.room), self)
         except ChinwagError as exc:
             self.node.error(str(exc))
         return True
 
-    async def _help(self, _arg: str) -> bool:
-        self._print(HELP)
-        return True
+    async def run_command(self, cmd: c.SlashCommand) -> bool:
+        """Run one parsed slash command and print what it answers; return False to quit.
 
-    async def _peers(self, _arg: str) -> bool:
-        peers = self.node.peers().peers
-        if not peers:
-            self._info("no peers connected")
-        for p in peers:
-            since = local_datetime(p.since).strftime("%H:%M:%S")
-            rtt = "" if p.rtt_ms is None else f", rtt {p.rtt_ms:.1f} ms"
-            self._info(f"{clean(p.nick)} {short_id(p.peer_id)} {p.address} since {since}{rtt}")
-        return True
-
-    async def _nick(self, arg: str) -> bool:
-        if not arg:
-            raise ChinwagError("usage: /nick NAME")
-        self.node.set_nick(arg)
-        return True
-
-    async def _id(self, _arg: str) -> bool:
-        pid = self.node.identity.peer_id
-        self._info(f"peer id {pid}")
-        self._info(f"fingerprint {fingerprint(pid)}")
-        return True
-
-    async def _quit(self, _arg: str) -> bool:
-        return False
-
-    async def _history(self, arg: str) -> bool:
-        if arg and not arg.isdigit():
-            raise ChinwagError("usage: /history [N]")
-        self.show_history(int(arg) if arg else 20)
+        Raises ChinwagError for what the user got wrong."""
+        if isinstance(cmd, c.Quit):
+            return False
+        if isinstance(cmd, c.HelpCmd):
+            self._print(HELP)
+        elif isinstance(cmd, c.IdCmd):
+            for text in fmt.id_lines(self.node.identity.peer_id):
+                self._info(text)
+        elif isinstance(cmd, c.SwitchCmd):
+            self._switch(cmd.room)
+        elif isinstance(cmd, c.BellCmd | c.KeysCmd):
+            raise ChinwagError("that command is only in the terminal UI; try /help")
+        else:
+            for text in fmt.before_lines(cmd):
+                self._info(text)
+            answer = await c.execute(self.node, cmd, self)
+            if isinstance(answer, ev.History | ev.SearchResult):
+                self._print_messages(answer.messages)
+            if isinstance(answer, ev.FileInfo) and isinstance(cmd, c.AcceptFileCmd):
+                self._file_names[answer.id] = clean(answer.name)
+            for text in fmt.answer_lines(cmd, answer, self.node, self.room):
+                self._info(text)
+            if isinstance(cmd, c.JoinCmd) and answer is not None:
+                self.show_history(20)
         return True
 
     def show_history(self, limit: int) -> None:
         """Print the last messages of the room, with delivery marks on our own."""
-        for msg in self.node.history(self.room, limit).messages:
-            self._print(self.format_message(msg, self._mark(msg)))
+        self._print_messages(self.node.history(self.room, limit).messages)
 
-    def _mark(self, msg: ev.Message | ev.DirectMessage) -> str:
-        if not msg.own:
-            return ""
-        count, of = self.node.delivery_of(msg)
-        return f" \u2713 {count}/{of}" if of else " (not delivered yet)"
+    def _print_messages(self, messages: list[ev.Message | ev.DirectMessage]) -> None:
+        for msg in messages:
+            self._print(self.format_message(msg, fmt.delivery_mark(self.node, msg)))
 
-    async def _search(self, arg: str) -> bool:
-        result = self.node.search(arg)
-        if not result.messages:
-            self._info(f"nothing contains {arg!r}")
-        for msg in result.messages:
-            self._print(self.format_message(msg, self._mark(msg)))
-        return True
-
-    async def _join(self, arg: str) -> bool:
-        name, _, rest = arg.partition(" ")
-        if not name:
-            raise ChinwagError("usage: /join ROOM [--passphrase [PASS]]")
-        rest = rest.strip()
-        passphrase: str | None = None
-        if rest.startswith("--passphrase"):
-            passphrase = rest[len("--passphrase") :].strip() or await self._ask_secret(
-                f"passphrase for #{name}: "
-            )
-        elif rest:
-            raise ChinwagError("usage: /join ROOM [--passphrase [PASS]]")
-        await self.node.join(name, passphrase)
-        self.show_history(20)
-        return True
-
-    async def _ask_secret(self, prompt: str) -> str:
+    async def ask_secret(self, room: str) -> str | None:
+        """Ask for a room's passphrase at the prompt (or through the TUI's dialog)."""
+        if self._ask is not None:
+            return await self._ask(room)
         if not self.interactive:
             raise ChinwagError("give the passphrase on the line: /join ROOM --passphrase PASS")
         from prompt_toolkit import PromptSession
 
         session: PromptSession[str] = PromptSession()
-        return await session.prompt_async(prompt, is_password=True)
+        return await session.prompt_async(f"passphrase for #{room}: ", is_password=True)
 
-    async def _leave(self, arg: str) -> bool:
-        self.node.leave(arg or self.room)
-        return True
-
-    async def _rooms(self, _arg: str) -> bool:
-        for room in self.node.rooms().rooms:
-            mark = "*" if room.name == self.room else (" " if room.joined else "-")
-            self._info(f"{mark} #{clean(room.name)}  {room.members} online")
-        return True
-
-    async def _switch(self, arg: str) -> bool:
+    def _switch(self, arg: str) -> None:
         name = arg.lstrip("#").lower()
         if not any(r.name == name and r.joined for r in self.node.rooms().rooms):
             raise ChinwagError(f"you are not in #{name}; /join it first")
         self.room = name
         self._info(f"now typing in #{name}")
-        return True
-
-    async def _msg(self, arg: str) -> bool:
-        who, _, text = arg.partition(" ")
-        if not who or not text.strip():
-            raise ChinwagError("usage: /msg NICK|PEERID TEXT")
-        await self.node.dm(who, text)
-        return True
-
-    async def _whois(self, arg: str) -> bool:
-        if not arg:
-            raise ChinwagError("usage: /whois NICK|PEERID")
-        self._print_whois(self.node.whois(arg))
-        return True
-
-    def _print_whois(self, w: ev.Whois) -> None:
-        state = "verified" if w.verified else "not verified"
-        extra = ", blocked" if w.blocked else ""
-        self._info(
-            f"{clean(w.nick)}: {w.peer_id} ({state}{extra}, {'online' if w.online else 'offline'})"
-        )
-        self._info(f"fingerprint {w.fingerprint}")
-
-    async def _verify(self, arg: str) -> bool:
-        who, _, confirm = arg.partition(" ")
-        if not who:
-            raise ChinwagError("usage: /verify NICK|PEERID [yes]")
-        w = self.node.verify(who, confirm.strip().lower() in ("yes", "y", "confirm"))
-        self._info(f"safety number with {clean(w.nick)}: {w.safety_number}")
-        if w.verified:
-            self._info(f"{clean(w.nick)} ({short_id(w.peer_id)}) is verified")
-        else:
-            self._info(f"compare it aloud; if it matches, type /verify {who} yes")
-        return True
-
-    async def _block(self, arg: str) -> bool:
-        if not arg:
-            raise ChinwagError("usage: /block NICK|PEERID")
-        w = self.node.block(arg, True)
-        self._info(f"blocked {clean(w.nick)} ({short_id(w.peer_id)})")
-        return True
-
-    async def _unblock(self, arg: str) -> bool:
-        if not arg:
-            raise ChinwagError("usage: /unblock NICK|PEERID")
-        w = self.node.block(arg, False)
-        self._info(f"unblocked {clean(w.nick)} ({short_id(w.peer_id)})")
-        return True
-
-    async def _info_cmd(self, arg: str) -> bool:
-        if not arg:
-            raise ChinwagError("usage: /info MSGID")
-        info = self.node.info(arg)
-        who = ", ".join(f"{clean(h.nick)} {short_id(h.peer_id)}" for h in info.holders)
-        self._info(
-            f"{info.id} by {short_id(info.peer_id)} #{info.room} seq {info.seq}: "
-            f"held by {len(info.holders)} peer(s){': ' + who if who else ''}"
-        )
-        return True
-
-    # --- files ----------------------------------------------------------
-
-    async def _send_file(self, arg: str) -> bool:
-        who, _, path = arg.partition(" ")
-        if not who or not path.strip():
-            raise ChinwagError("usage: /send NICK|PEERID|#ROOM PATH")
-        self._info(f"hashing {path.strip()} ...")
-        await self.node.send_file(who, path.strip())
-        return True
-
-    async def _accept(self, arg: str) -> bool:
-        ident, _, directory = arg.partition(" ")
-        if not ident:
-            raise ChinwagError("usage: /accept ID [DIR]")
-        info = self.node.accept_file(ident, directory.strip() or None)
-        self._file_names[info.id] = clean(info.name)
-        self._info(f"fetching {clean(info.name)!r} ({human_size(info.size)})")
-        return True
-
-    async def _reject(self, arg: str) -> bool:
-        if not arg:
-            raise ChinwagError("usage: /reject ID")
-        info = self.node.reject_file(arg)
-        self._info(f"declined {clean(info.name)!r}")
-        return True
-
-    async def _cancel(self, arg: str) -> bool:
-        ident, _, flag = arg.partition(" ")
-        if not ident or flag.strip() not in ("", "--keep"):
-            raise ChinwagError("usage: /cancel ID [--keep]")
-        self.node.cancel_file(ident, keep=flag.strip() == "--keep")
-        return True
-
-    async def _files(self, _arg: str) -> bool:
-        files = self.node.files().files
-        if not files:
-            self._info("no file offers yet; /send WHO PATH offers one")
-        for f in files:
-            arrow = "\u2191" if f.direction == "out" else "\u2193"
-            if f.room:
-                who = f"#{f.room}"
-            elif f.direction == "out":  # our private offer: name its recipient
-                who = "to " + clean(self.node.whois(f.peer_id).nick)
-            else:
-                who = "from " + clean(f.nick)
-            done = f" {100 * f.bytes // f.size}%" if f.size and f.state != "done" else ""
-            where = f" -> {clean(f.path)}" if f.path and f.direction == "in" else ""
-            self._info(
-                f"{arrow} [{f.id[:8]}] {clean(f.name)!r} {human_size(f.size)} {who}: "
-                f"{f.state}{done}{where}"
-            )
-        return True
-
-
-def progress_line(name: str, p: ev.FileProgress) -> str:
-    """Return `name 45% 12.0 MB/26.7 MB 110.2 MB/s 0:00:05 left` for a transfer."""
-    percent = 100 * p.bytes // p.total if p.total else 100
-    left = ""
-    if p.rate > 0 and p.total > p.bytes:
-        seconds = int((p.total - p.bytes) / p.rate)
-        left = f" {seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d} left"
-    rate = f" {human_size(p.rate)}/s" if p.rate > 0 else ""
-    return f"{clean(name)} {percent}% {human_size(p.bytes)}/{human_size(p.total)}{rate}{left}"

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +38,12 @@ from chinwag import events as ev
 from chinwag.crypto.identity import short_id
 from chinwag.errors import ChinwagError
 from chinwag.node import Node
+from chinwag.ui import commands as c
+from chinwag.ui import format as fmt
 from chinwag.ui.clock import local_datetime
-from chinwag.ui.line import HELP, LineUI, clean
+from chinwag.ui.commands import HELP, TUI_HELP
+from chinwag.ui.format import clean
+from chinwag.ui.line import LineUI
 from chinwag.ui.tui_view import Entry, MessageView
 from chinwag.ui.tui_widgets import (
     KEYS,
@@ -53,6 +57,9 @@ from chinwag.ui.tui_widgets import (
 from chinwag.units import human_size
 
 log = logging.getLogger(__name__)
+
+#: Slash commands that drive the screen itself: their errors are shown here only.
+_OWN_COMMANDS = frozenset({"switch", "join", "quit", "bell", "keys", "help"})
 
 #: Node events are applied to the screen at most this often (seconds).
 FLUSH_S = 0.05
@@ -76,11 +83,6 @@ NICK_COLOURS = [
     "#8a6fdf",
     "#b8632e",
 ]
-
-TUI_HELP = """in this terminal UI also:
-  /bell [on|off]   ring the terminal bell on private messages and mentions
-  /keys            the key bindings (also F1)
-  /switch @NICK    open the private conversation with NICK"""
 
 
 def set_if_changed(widget: Static, content: Text | str) -> None:
@@ -191,7 +193,7 @@ class ChinwagApp(App[int]):
         self._lines: asyncio.Queue[str] = asyncio.Queue()
         self.started = False
         self.start_error = ""
-        self.line = LineUI(node, sink=self._command_output)
+        self.line = LineUI(node, sink=self._command_output, ask_secret=self._ask_secret)
         self._view_seq = 0
 
     # --- layout -------------------------------------------------------------
@@ -313,10 +315,9 @@ class ChinwagApp(App[int]):
             await self._ensure_view(event.room)
         elif isinstance(event, ev.Left):
             await self._drop_view(event.room)
-            self.note(f"left #{event.room}")
+            self.note(fmt.left_line(event))
         elif isinstance(event, ev.Gap):
-            lo, hi = event.missing
-            what = f"{lo}" if lo == hi else f"{lo}-{hi}"
+            what = fmt.gap_range(event)
             self._room_note(
                 event.room, "gap", f"missing {what} from {self._who(event.peer_id)}; repairing"
             )
@@ -328,25 +329,18 @@ class ChinwagApp(App[int]):
             with contextlib.suppress(ChinwagError):
                 peer.verified = self.node.whois(event.peer_id).verified
             self._saw_nick(event.peer_id, event.nick)
-            self.note(
-                f"{clean(event.nick)} ({short_id(event.peer_id)}) joined from {event.address}"
-            )
+            self.note(fmt.peer_joined_line(event))
         elif isinstance(event, ev.PeerLeft):
             peer = self._peer(event.peer_id, event.nick)
             peer.online, peer.rtt_ms = False, None
-            self.note(
-                f"{clean(event.nick)} ({short_id(event.peer_id)}) left: {clean(event.reason)}"
-            )
+            self.note(fmt.peer_left_line(event))
         elif isinstance(event, ev.NickChanged):
             if event.own:
                 self._set_own_nick(event.nick)
-                self.note(f"you are now known as {event.nick}")
             else:
                 self._peer(event.peer_id, event.nick).nick = event.nick
                 self._saw_nick(event.peer_id, event.nick)
-                self.note(
-                    f"{clean(event.old)} ({short_id(event.peer_id)}) is now {clean(event.nick)}"
-                )
+            self.note(fmt.nick_changed_line(event))
         elif isinstance(
             event, ev.FileOffer | ev.FileProgress | ev.FileDone | ev.FileFailed | ev.FileStalled
         ):
@@ -898,34 +892,47 @@ class ChinwagApp(App[int]):
         if line.startswith("\x00"):  # a multi-line paste: always a message
             await self._send(line[1:])
             return
-        if line.startswith("/") and not line.startswith("//"):
-            name, _, arg = line[1:].partition(" ")
-            own: dict[str, Callable[[str], Awaitable[None]]] = {
-                "switch": self._cmd_switch,
-                "join": self._cmd_join,
-                "quit": self._cmd_quit,
-                "bell": self._cmd_bell,
-                "keys": self._cmd_keys,
-                "help": self._cmd_help,
-            }
-            handler = own.get(name.lower())
-            if handler is not None:
-                await handler(arg.strip())
-                return
-            self.line.room = self.current
-            if not await self.line.handle(line):
-                await self.action_quit()
-            elif name.lower() == "verify":
-                self._refresh_verified()
+        if not line.startswith("/") or line.startswith("//"):
+            await self._send(line[1:] if line.startswith("//") else line)
             return
-        await self._send(line[1:] if line.startswith("//") else line)
+        name = line[1:].partition(" ")[0].lower()
+        try:
+            cmd = c.parse_slash(line, self.current, tui=True)
+        except ChinwagError as exc:
+            if name in _OWN_COMMANDS:  # the screen's own: shown here, not a node error
+                self.note_error(f"error: {exc}")
+            else:
+                self.node.error(str(exc))
+            return
+        if isinstance(cmd, c.SwitchCmd):
+            await self._cmd_switch(cmd.room)
+        elif isinstance(cmd, c.JoinCmd):
+            await self._cmd_join(cmd)
+        elif isinstance(cmd, c.Quit):
+            await self.action_quit()
+        elif isinstance(cmd, c.BellCmd):
+            self._set_bell(not self.bell_on if cmd.on is None else cmd.on)
+        elif isinstance(cmd, c.KeysCmd):
+            self.action_keys()
+        elif isinstance(cmd, c.HelpCmd):
+            self._command_output(HELP + "\n" + TUI_HELP + "\n(F1: keys)")
+        else:
+            self.line.room = self.current
+            try:
+                await self.line.run_command(cmd)
+            except ChinwagError as exc:
+                self.node.error(str(exc))
+            if isinstance(cmd, c.VerifyCmd):
+                self._refresh_verified()
 
     async def _send(self, text: str) -> None:
+        cmd: c.Command = (
+            c.DmCmd(to=self.dm_peer[self.current], text=text)
+            if self.current in self.dm_peer
+            else c.Send(text=text, room=self.current)
+        )
         try:
-            if self.current in self.dm_peer:
-                await self.node.dm(self.dm_peer[self.current], text)
-            else:
-                await self.node.send(text, self.current)
+            await c.execute(self.node, cmd, self.line)
         except ChinwagError as exc:
             self.note_error(f"error: {exc}")
 
@@ -955,46 +962,25 @@ class ChinwagApp(App[int]):
             return
         await self._switch(name)
 
-    async def _cmd_join(self, arg: str) -> None:
-        name, _, rest = arg.partition(" ")
-        rest = rest.strip()
-        passphrase: str | None = None
-        if not name or (rest and not rest.startswith("--passphrase")):
-            self.note_error("error: usage: /join ROOM [--passphrase [PASS]]")
-            return
-        if rest:
-            passphrase = rest[len("--passphrase") :].strip()
-            if not passphrase:
-                passphrase = await self.push_screen(
-                    SecretScreen(f"passphrase for #{name}"), wait_for_dismiss=True
-                )
-                if not passphrase:
-                    self.note("join cancelled")
-                    return
+    async def _ask_secret(self, room: str) -> str | None:
+        """Ask for a room's passphrase in a dialog; None if it was cancelled or left empty."""
+        passphrase: str | None = await self.push_screen(
+            SecretScreen(f"passphrase for #{room}"), wait_for_dismiss=True
+        )
+        return passphrase or None
+
+    async def _cmd_join(self, cmd: c.JoinCmd) -> None:
         try:
-            joined = await self.node.join(name, passphrase)
+            joined = await c.execute(self.node, cmd, self.line)
         except ChinwagError as exc:
             self.note_error(f"error: {exc}")
             return
+        if not isinstance(joined, ev.Joined):
+            self.note("join cancelled")
+            return
         await self._ensure_view(joined.room)
         await self._switch(joined.room)
-        what = "private room" if joined.private else "room"
-        self.note(f"joined {what} #{joined.room}; messages you type now go there")
-
-    async def _cmd_quit(self, _arg: str) -> None:
-        await self.action_quit()
-
-    async def _cmd_bell(self, arg: str) -> None:
-        if arg not in ("", "on", "off"):
-            self.note_error("error: usage: /bell [on|off]")
-            return
-        self._set_bell(not self.bell_on if not arg else arg == "on")
-
-    async def _cmd_keys(self, _arg: str) -> None:
-        self.action_keys()
-
-    async def _cmd_help(self, _arg: str) -> None:
-        self._command_output(HELP + "\n" + TUI_HELP + "\n(F1: keys)")
+        self.note(fmt.joined_line(joined))
 
     # --- completion ---------------------------------------------------------
 
@@ -1005,7 +991,7 @@ class ChinwagApp(App[int]):
         first = value.split(" ", 1)[0].lower()
         rooms = sorted(n for n in self.rooms if not n.startswith("@"))
         if start == 0 and word.startswith("/"):
-            commands = set(self.line.command_names) | {"bell", "keys"}
+            commands = set(c.slash_names(tui=True))
             return 0, sorted("/" + c for c in commands if c.startswith(word[1:].lower()))
         if word.startswith("#"):
             return start, ["#" + r for r in rooms if r.startswith(word[1:].lower())]

@@ -24,7 +24,7 @@ from chinwag import events as ev
 from chinwag import limits
 from chinwag.errors import ChinwagError
 from chinwag.node import Node
-from chinwag.ui import jsonl
+from chinwag.ui import commands
 from chinwag.ui.line import LineUI
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class ResumeCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="resume"):
     server_run: str | None = None
 
 
-WebCommand = jsonl.Command | LineCmd | ResumeCmd
+WebCommand = commands.Command | LineCmd | ResumeCmd
 _decoder = msgspec.json.Decoder(WebCommand)
 _encoder = msgspec.json.Encoder()
 #: Events whose own field `seq` (the author's message number) would clash with the
@@ -81,7 +81,7 @@ def parse_web_command(data: str | bytes) -> WebCommand:
     with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
         if msgspec.json.decode(raw).get("cmd") in ("line", "resume"):
             raise ChinwagError("malformed web command")
-    jsonl.parse_command(raw)  # raises with the JSON-lines API's own message
+    commands.parse_json(raw)  # raises with the JSON-lines API's own message
     raise ChinwagError("malformed command")
 
 
@@ -164,7 +164,7 @@ class Bridge:
 RESYNC = '{"event":"resync"}'
 
 
-class Client:
+class Client(commands.Session):
     """One tab: its socket, its bounded send queue, its command layer."""
 
     def __init__(
@@ -174,8 +174,8 @@ class Client:
         abort: Callable[[], None] | None = None,
     ) -> None:
         """`abort` cuts the connection at once (for a tab that does not close in time)."""
+        super().__init__(bridge.node)
         self.bridge = bridge
-        self.node = bridge.node
         self.ws = ws
         self._abort = abort
         self._queue: deque[str] = deque()
@@ -285,55 +285,28 @@ class Client:
 
     async def handle(self, cmd: WebCommand) -> None:
         """Run one command; answers go to this tab only, node events to every tab."""
-        reply = self.bridge.reply
-        node = self.node
-        if isinstance(cmd, jsonl.Send | jsonl.DmCmd):
-            # Not awaited one by one: sends of one loop turn share one commit.
-            if isinstance(cmd, jsonl.Send):
-                self._track(node.post(cmd.text, cmd.room))
-            else:
-                self._track(node.dm(cmd.to, cmd.text))
-            if len(self._in_flight) > limits.WEB_MAX_IN_FLIGHT:
-                # Back-pressure: stop reading this tab until the oldest send is committed.
-                await asyncio.wait([self._in_flight[0]])
-        elif isinstance(cmd, LineCmd):
+        if isinstance(cmd, LineCmd):
             await self._line(cmd)
-        elif isinstance(cmd, jsonl.HistoryCmd):
-            reply(self, node.history(cmd.room, cmd.limit, cmd.before))
-        elif isinstance(cmd, jsonl.SearchCmd):
-            reply(self, node.search(cmd.text, cmd.limit))
-        elif isinstance(cmd, jsonl.InfoCmd):
-            reply(self, node.info(cmd.id))
-        elif isinstance(cmd, jsonl.JoinCmd):
-            await node.join(cmd.room, cmd.passphrase)
-        elif isinstance(cmd, jsonl.LeaveCmd):
-            node.leave(cmd.room)
-        elif isinstance(cmd, jsonl.RoomsCmd):
-            reply(self, node.rooms())
-        elif isinstance(cmd, jsonl.WhoisCmd):
-            reply(self, node.whois(cmd.who))
-        elif isinstance(cmd, jsonl.VerifyCmd):
-            reply(self, node.verify(cmd.who, cmd.confirm))
-        elif isinstance(cmd, jsonl.BlockCmd | jsonl.UnblockCmd):
-            reply(self, node.block(cmd.who, isinstance(cmd, jsonl.BlockCmd)))
-        elif isinstance(cmd, jsonl.PeersCmd):
-            reply(self, node.peers())
-        elif isinstance(cmd, jsonl.NickCmd):
-            node.set_nick(cmd.nick)
-        elif isinstance(cmd, jsonl.SendFileCmd):
-            # Hashing a big file takes a while: do not hold up the commands behind it.
-            self._spawn(node.send_file(cmd.to, cmd.path))
-        elif isinstance(cmd, jsonl.AcceptFileCmd):
-            node.accept_file(cmd.id, cmd.dir)
-        elif isinstance(cmd, jsonl.RejectFileCmd):
-            node.reject_file(cmd.id)
-        elif isinstance(cmd, jsonl.CancelFileCmd):
-            node.cancel_file(cmd.id, cmd.keep)
-        elif isinstance(cmd, jsonl.FilesCmd):
-            reply(self, node.files())
-        elif isinstance(cmd, jsonl.Quit):
+        elif isinstance(cmd, commands.Quit):
             # A page must not stop the node for the terminal that started it.
             raise ChinwagError("quit is not available from the web UI: stop chinwag where it runs")
+        elif isinstance(cmd, ResumeCmd):
+            pass  # answered by _command, before any other command
+        else:
+            answer = await commands.execute(self.node, cmd, self)
+            if answer is not None and cmd.answered:
+                self.bridge.reply(self, answer)
+
+    async def sent(self, fut: asyncio.Future[ev.NodeEvent], to_room: bool) -> None:
+        """Not awaited one by one: sends of one loop turn share one commit."""
+        self._track(fut)
+        if len(self._in_flight) > limits.WEB_MAX_IN_FLIGHT:
+            # Back-pressure: stop reading this tab until the oldest send is committed.
+            await asyncio.wait([self._in_flight[0]])
+
+    async def slow(self, coro: Coroutine[Any, Any, object]) -> None:
+        """Hashing a big file takes a while: do not hold up the commands behind it."""
+        self._spawn(coro)
 
     async def _line(self, cmd: LineCmd) -> None:
         text = cmd.text
@@ -347,9 +320,9 @@ class Client:
             return
         body = text[1:] if text.startswith("//") else text
         if cmd.room and cmd.room.startswith("@"):
-            self._track(self.node.dm(cmd.room[1:], body))
+            await commands.execute(self.node, commands.DmCmd(to=cmd.room[1:], text=body), self)
         else:
-            self._track(self.node.post(body, cmd.room))
+            await commands.execute(self.node, commands.Send(text=body, room=cmd.room), self)
 
     def _track(self, fut: asyncio.Future[ev.NodeEvent]) -> None:
         """Remember a send until it is committed; its failure becomes an error to this tab."""

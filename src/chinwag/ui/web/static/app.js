@@ -1135,7 +1135,7 @@ function submitComposer() {
   state.following = true;
 }
 
-/** The line UI's slash commands (ui/line.py), for Tab completion. */
+/** The slash commands of ui/commands.py (SLASH, less quit), for Tab completion. */
 const COMMANDS = [
   "help", "peers", "nick", "id", "history", "search", "info", "join", "leave", "rooms",
   "switch", "msg", "whois", "verify", "block", "unblock", "send", "accept", "reject", "files",
