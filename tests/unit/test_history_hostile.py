@@ -219,7 +219,7 @@ async def test_a_gap_no_peer_fills_is_given_up(node: Node, monkeypatch: pytest.M
     node.history.chat_received(bob, frame(chat(ALICE, 1, "one"), hist=True))
     node.history.chat_received(bob, frame(chat(ALICE, 3, "three"), hist=True))
     await turn()
-    await until(lambda: not node.history._want_timers)
+    await until(lambda: not node.history.replica.timers.wants)
     asked = [(w.author, w.lo, w.hi) for w in wants(node, bob)]
     assert asked == [(ALICE.peer_id, 2, 2)] * limits.GAP_MAX_ASKS
     # A new message of that author with a new hole asks again.
@@ -305,9 +305,9 @@ async def test_a_departed_peers_vector_shrinks_to_what_we_save(node: Node) -> No
     made_up = {Identity.generate().peer_id: 7 for _ in range(limits.MAX_VECTOR_AUTHORS - 2)}
     have = made_up | {ALICE.peer_id: 1, ME.peer_id: 0}
     node.history.sync_frame(mallory, m.Vector(room=ROOM, have=have))
-    assert len(node.history._peer_vectors[ROOM][MALLORY.peer_id]) == len(have)
+    assert len(node.history.replica.receipts[ROOM][MALLORY.peer_id]) == len(have)
     node.history.peer_left(MALLORY.peer_id)
-    assert node.history._peer_vectors[ROOM][MALLORY.peer_id] == {ALICE.peer_id: 1, ME.peer_id: 0}
+    assert node.history.replica.receipts[ROOM][MALLORY.peer_id] == {ALICE.peer_id: 1, ME.peer_id: 0}
 
 
 async def test_receipts_of_departed_peers_are_bounded(
@@ -323,7 +323,7 @@ async def test_receipts_of_departed_peers_are_bounded(
         del node.manager.peers[who.peer_id]
         node.history.peer_left(who.peer_id)
     node.history._save_vectors()
-    kept = node.history._peer_vectors[ROOM]
+    kept = node.history.replica.receipts[ROOM]
     assert len(kept) == 3
     assert BOB.peer_id in kept  # connected peers are never forgotten
     assert set(kept) == {BOB.peer_id, passing[-2].peer_id, passing[-1].peer_id}
