@@ -349,6 +349,9 @@ class History:
                         )
                     )
                 return
+            # Peer ids in the frame must be well formed (the replica takes them as they are).
+            for author in frame.have if isinstance(frame, m.Vector) else (frame.author,):
+                public_from_peer_id(author)
             if isinstance(frame, m.Vector):
                 actions = self.replica.vector_received(peer_id, frame, now)
             elif isinstance(frame, m.Want):

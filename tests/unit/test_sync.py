@@ -14,7 +14,7 @@ from itertools import pairwise
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sync_sim import FloorItem, Item, Msg, SimNet, SimNode
+from sync_sim import FloorItem, Item, Msg, SimNet, SimNode, VectorItem
 from unit_support import FUZZ
 
 from chinwag import limits
@@ -665,6 +665,8 @@ def test_sim_equivocation_is_noticed_and_not_stored() -> None:
 
 def test_sim_floor_then_messages_in_any_order() -> None:
     node = SimNode("me")
+    # The peer's vector comes first (on connect): it backs the floor the peer sends.
+    node.receive(VectorItem(ROOM, {A: 20}))
     items: list[Item] = [Msg((ROOM, A, s), str(s), hist=True) for s in (18, 16, 20)]
     items += [
         FloorItem(ROOM, A, 16),
