@@ -405,6 +405,10 @@ class SimNet:
     def drop(self, link: tuple[int, int], index: int) -> None:
         self.links[link].pop(index)
 
+    def drop_all(self, link: tuple[int, int]) -> None:
+        """Lose everything in flight on link."""
+        self.links[link].clear()
+
     def flush(self, link: tuple[int, int]) -> None:
         """Deliver everything in flight on link, in order."""
         while self.links.get(link):
