@@ -130,11 +130,8 @@ class History:
         self._pending_ids: set[str] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._last_key: dict[str, Key | None] = {}
-        self._next_seq: dict[str, int] = {}
         self._jobs: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._rerun: dict[tuple[str, str], list[PushRange]] = {}
-        #: Authors seen signing two messages with one seq (flagged once each).
-        self.equivocators: set[str] = set()
         #: The one timer of the replica (re-armed from replica.get_timer()).
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
@@ -145,13 +142,7 @@ class History:
         #: Authors heard live through another peer: author -> (that peer, time.time()).
         self.relayed: dict[str, tuple[str, float]] = {}
         self._store_problem: str | None = None
-        # While our own numbering may be behind what we sent before (see set_unsure): the
-        # loop time we stop waiting, the rooms already settled, the highest own seq each
-        # room's peers showed us, and the own messages waiting to be numbered.
-        self._unsure_until: float | None = None
-        self._unsure_timer: asyncio.TimerHandle | None = None
-        self._settled: set[str] = set()
-        self._own_claims: dict[str, int] = {}
+        # Own messages waiting to be numbered while the replica is unsure (see set_unsure).
         self._held_own: list[
             tuple[str, Callable[[int], ChatMessage], str, asyncio.Future[ev.NodeEvent]]
         ] = []
@@ -182,9 +173,8 @@ class History:
             self._flush_handle.cancel()
             self._flush()
         self.replica.close()
-        for handle in (self._timer, self._unsure_timer):
-            if handle is not None:
-                handle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         self._timer = None
         self._save_vectors()
         for _room, _make, _text, done in self._held_own:
@@ -198,25 +188,25 @@ class History:
 
     # --- our own messages -----------------------------------------------
 
+    @property
+    def equivocators(self) -> set[str]:
+        """Authors seen signing two messages with one seq (flagged once each)."""
+        return self.replica.equivocators
+
     def set_unsure(self, why: str) -> None:
         """Hold our new messages until peers gave back those we may have lost (or a timeout).
 
-        After a power cut (the last commits may be gone) or with a new store but an old
-        identity, our store may lack messages we sent: numbering from it would reuse
-        their seqs. A room is settled once a peer's vector for it arrived and we hold
-        all of our own messages that every vector so far showed; its held messages are
-        then numbered after them. After UNSURE_MAX_WAIT_S we number anyway (a peer
-        claiming more of ours than it gives back cannot stop us from talking).
+        The rule is the replica's (`Replica.set_unsure`); held messages wait here.
         """
         log.info("own messages wait for peers to give back what we sent: %s", why)
-        self._unsure_until = self._loop.time() + limits.UNSURE_MAX_WAIT_S
-        self._unsure_timer = self._loop.call_later(limits.UNSURE_MAX_WAIT_S, self._stop_waiting)
+        self.replica.set_unsure(self._loop.time())
+        self._rearm()
 
     def post_own(
         self, room: str, make: Callable[[int], ChatMessage], text: str
     ) -> asyncio.Future[ev.NodeEvent]:
         """Number (make(seq) signs it) and queue our new message, or hold it while unsure."""
-        if self._unsure_until is None or room in self._settled:
+        if not self.replica.waiting(room):
             return self.submit_own(make(self.next_seq(room)), text)
         if len(self._held_own) >= limits.MAX_HELD_OWN:
             raise UsageError("too many messages waiting for peers; try again in a few seconds")
@@ -224,26 +214,12 @@ class History:
         self._held_own.append((room, make, text, done))
         return done
 
-    def _stop_waiting(self) -> None:
-        self._unsure_timer = None
-        self._unsure_until = None
-        self._release_held()
-
-    def _maybe_settle(self, room: str) -> None:
-        if self._unsure_until is None or room in self._settled:
-            return
-        claim = self._own_claims.get(room)
-        if claim is not None and self.sync.author(room, self.me).have >= claim:
-            log.info("own messages in %s: got back what peers hold (up to #%d)", room, claim)
-            self._settled.add(room)
-            self._release_held()
-
     def _release_held(self) -> None:
         keep = []
         for room, make, text, done in self._held_own:
             if done.done():
                 continue
-            if self._unsure_until is not None and room not in self._settled:
+            if self.replica.waiting(room):
                 keep.append((room, make, text, done))
                 continue
             try:
@@ -256,9 +232,7 @@ class History:
 
     def next_seq(self, room: str) -> int:
         """Reserve the next seq of our own messages in room."""
-        seq = max(self._next_seq.get(room, 0), self.sync.author(room, self.me).have) + 1
-        self._next_seq[room] = seq
-        return seq
+        return self.replica.next_seq(room)
 
     def submit_own(self, msg: ChatMessage, text: str) -> asyncio.Future[ev.NodeEvent]:
         """Queue our new message (readable text: text); resolves once committed and sent."""
@@ -293,7 +267,7 @@ class History:
                 # sign it (else the relay forged it), then blame the author alone.
                 msg = open_message(frame.body, frame.sig, check_signature=True)
                 self._seen.add(msg.id)
-                self._equivocated(author, body.room, body.seq)
+                self._run(self.replica.equivocated(author, body.seq, self.book.display(body.room)))
                 return
             if author in self.book.blocked:
                 self._seen.add(msg.id)
@@ -301,12 +275,11 @@ class History:
             room = self.book.holds(body.room, author)
             if room is None and msg.id in self._seen:
                 return  # relayed once already: never again (no storms)
-            # Straight from its author the channel already proves it; verify the
-            # rest, private messages, and whatever we will relay, so we never
-            # pass on a forgery.
-            relay = not frame.hist and len(self.manager.peers) > 1
+            relay, verify_now = self.replica.must_verify(
+                from_id, author, not frame.hist, bool(body.enc)
+            )
             verified = False
-            if author != from_id or relay or body.enc:
+            if verify_now:
                 msg = open_message(frame.body, frame.sig, check_signature=True)
                 verified = True
         except RemoteProtocolError as exc:
@@ -317,8 +290,8 @@ class History:
             # Not ours to store or show; pass live traffic on for those who hold it.
             self._seen.add(msg.id)
             if relay:
-                exclude = frozenset({from_id, author})
-                self.manager.broadcast(m.encode(m.Chat(body=msg.raw_body, sig=msg.sig)), exclude)
+                chat = m.Chat(body=msg.raw_body, sig=msg.sig)
+                self._run(self.replica.pass_on(chat, from_id, author))
             return
         text = self.book.plaintext(room, msg)
         if text is None or not self.book.remember(room):
@@ -363,12 +336,6 @@ class History:
             conn.close("malformed_frame")
             return
         self._run(actions)
-        if isinstance(frame, m.Vector) and self._unsure_until is not None:
-            room = frame.room
-            if self.book.holds_vector(room, peer_id):
-                after = frame.have.get(self.me, 0)
-                self._own_claims[room] = max(self._own_claims.get(room, 0), after)
-                self._maybe_settle(room)
 
     def peer_joined(self, conn: PeerConnection) -> None:
         """Send our rooms and vectors to a newly connected peer."""
@@ -425,6 +392,8 @@ class History:
                         ev.Error(message=f"the message store's log is not being saved: {problem}")
                     )
                 self._store_problem = problem
+            elif isinstance(action, rp.ReleaseHeld):
+                self._release_held()
         self._rearm()
 
     def _rearm(self) -> None:
@@ -536,8 +505,7 @@ class History:
             for item in batch:
                 if item.conn is None:
                     # Give the seq back, or every later message would sit beyond a hole.
-                    room, seq = item.msg.body.room, item.msg.body.seq
-                    self._next_seq[room] = min(self._next_seq.get(room, seq), seq - 1)
+                    self.replica.unreserve(item.msg.body.room, item.msg.body.seq)
                 if item.done is not None and not item.done.done():
                     item.done.set_exception(exc)
             return
@@ -563,18 +531,11 @@ class History:
                 if item.done is not None and not item.done.done():
                     item.done.set_exception(StoreError(f"seq {row.seq} already used"))
                 continue
-            elif (item.conn.session.peer_id or "") == row.author:
-                # Equivocation by the author itself: nothing was stored.
-                log.warning(
-                    "disconnecting %s: equivocation (#%d in %s)",
-                    row.author[:8],
-                    row.seq,
-                    row.room,
-                )
-                item.conn.close("equivocation")
             else:
-                # A relay brought the second version (verified: not from its author).
-                self._equivocated(row.author, row.room, row.seq)
+                # Another message holds this seq: nothing was stored.
+                via = item.conn.session.peer_id or ""
+                where = self.book.display(row.room)
+                actions += self.replica.clashed(row.author, row.seq, via, where)
             if item.done is not None and not item.done.done():
                 item.done.set_result(self._message_event(item.msg, item.text, own=True, late=False))
         if touched:
@@ -599,8 +560,6 @@ class History:
             self._emit(self._message_event(msg, item.text, own=True, late=False))
             return actions
         self._emit(self._message_event(msg, item.text, own=row.author == self.me, late=row.late))
-        if row.author == self.me:
-            self._maybe_settle(row.room)  # a peer gave back one of ours
         via = item.conn.session.peer_id or ""
         if item.live and row.author not in (via, self.me):
             self._note_relayed(row.author, via)
@@ -615,23 +574,6 @@ class History:
         )
         self._run(relay)
         return actions
-
-    def _equivocated(self, author: str, room: str, seq: int) -> None:
-        """An author signed two messages with one seq: flag it, cut only its own connection."""
-        log.warning("equivocation by %s (#%d in %s): second version dropped", author[:8], seq, room)
-        conn = self.manager.peers.get(author)
-        if conn is not None:
-            conn.close("equivocation")
-        if author in self.equivocators or len(self.equivocators) >= limits.MAX_EQUIVOCATORS:
-            return
-        self.equivocators.add(author)
-        self._emit(
-            ev.Alert(
-                message=f"{author[:8]} signed two different messages #{seq} in "
-                f"{self.book.display(room)!r}; the first one stays",
-                peer_id=author,
-            )
-        )
 
     def _note_relayed(self, author: str, via: str) -> None:
         self.relayed.pop(author, None)  # re-insert: the dict stays in order of last news

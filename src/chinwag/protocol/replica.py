@@ -146,6 +146,11 @@ class CheckStore:
     """The periodic moment to check the store's health."""
 
 
+@dataclass(frozen=True, slots=True)
+class ReleaseHeld:
+    """Number and send the own messages held while unsure (those of rooms no longer waiting)."""
+
+
 Action = (
     Send
     | Flood
@@ -157,6 +162,7 @@ Action = (
     | ForgetReceipts
     | Delivered
     | CheckStore
+    | ReleaseHeld
 )
 
 
@@ -193,6 +199,8 @@ class _Timers:
     vector: float | None = None
     periodic: float | None = None
     save: float | None = None
+    #: When we stop waiting for peers to give back our own messages (see set_unsure).
+    unsure: float | None = None
     #: (room, author) -> when to ask for its gap.
     wants: dict[tuple[str, str], float] = field(default_factory=dict)
 
@@ -229,6 +237,13 @@ class Replica:
         self._store_budget: dict[str, Bucket] = {}
         self.timers = _Timers()
         self.closed = False
+        #: Authors seen signing two messages with one seq (flagged once each).
+        self.equivocators: set[str] = set()
+        self._next_seq: dict[str, int] = {}
+        # While our own numbering may be behind what we sent before (see set_unsure):
+        # the rooms already settled and the highest own seq each room's peers showed us.
+        self.settled: set[str] = set()
+        self._own_claims: dict[str, int] = {}
 
     # --- lifecycle ------------------------------------------------------
 
@@ -244,7 +259,7 @@ class Replica:
     def get_timer(self) -> float | None:
         """Return when `handle_timer` is next due, or None."""
         t = self.timers
-        due = [d for d in (t.vector, t.periodic, t.save) if d is not None]
+        due = [d for d in (t.vector, t.periodic, t.save, t.unsure) if d is not None]
         if t.wants:
             due.append(min(t.wants.values()))
         return min(due) if due else None
@@ -265,11 +280,52 @@ class Replica:
         if t.save is not None and now >= t.save:
             t.save = None
             out.append(SaveReceipts())
+        if t.unsure is not None and now >= t.unsure:
+            t.unsure = None
+            out.append(ReleaseHeld())
         for key, due in sorted(t.wants.items(), key=lambda kv: kv[1]):
             if due <= now and key in t.wants:
                 del t.wants[key]
                 out += self._ask_for_gap(key, now)
         return out
+
+    # --- our own messages -----------------------------------------------
+
+    def set_unsure(self, now: float) -> None:
+        """Hold our new messages until peers gave back those we may have lost (or a timeout).
+
+        After a power cut (the last commits may be gone) or with a new store but an old
+        identity, our store may lack messages we sent: numbering from it would reuse
+        their seqs. A room is settled once a peer's vector for it arrived and we hold
+        all of our own messages that every vector so far showed; its held messages are
+        then numbered after them. After UNSURE_MAX_WAIT_S we number anyway (a peer
+        claiming more of ours than it gives back cannot stop us from talking).
+        """
+        self.timers.unsure = now + limits.UNSURE_MAX_WAIT_S
+
+    def waiting(self, room: str) -> bool:
+        """Return whether our new messages in room must wait (see set_unsure)."""
+        return self.timers.unsure is not None and room not in self.settled
+
+    def _maybe_settle(self, room: str) -> list[Action]:
+        if not self.waiting(room):
+            return []
+        claim = self._own_claims.get(room)
+        if claim is not None and self.sync.author(room, self.me).have >= claim:
+            log.info("own messages in %s: got back what peers hold (up to #%d)", room, claim)
+            self.settled.add(room)
+            return [ReleaseHeld()]
+        return []
+
+    def next_seq(self, room: str) -> int:
+        """Reserve the next seq of our own messages in room."""
+        seq = max(self._next_seq.get(room, 0), self.sync.author(room, self.me).have) + 1
+        self._next_seq[room] = seq
+        return seq
+
+    def unreserve(self, room: str, seq: int) -> None:
+        """Our message seq was not stored: give its seq back (else later ones sit beyond a hole)."""
+        self._next_seq[room] = min(self._next_seq.get(room, seq), seq - 1)
 
     # --- peers ----------------------------------------------------------
 
@@ -334,6 +390,47 @@ class Replica:
             return False
         return True
 
+    def must_verify(self, via: str, author: str, live: bool, private: bool) -> tuple[bool, bool]:
+        """Return (relay: we will pass it on, verify: check its signature before anything).
+
+        Straight from its author the channel already proves a message; verify the
+        rest, private messages, and whatever we will relay, so we never pass on a forgery.
+        """
+        relay = live and len(self.view.peers()) > 1
+        return relay, author != via or relay or private
+
+    def pass_on(self, chat: m.Chat, via: str, author: str) -> list[Action]:
+        """A live message of a room we do not hold: pass it on for those who hold it."""
+        return [Flood(chat, frozenset({via, author}))]
+
+    def equivocated(self, author: str, seq: int, where: str) -> list[Action]:
+        """An author signed two messages with one seq: cut only its own connection, flag it once.
+
+        where: the room as the user knows it.
+        """
+        log.warning(
+            "equivocation by %s (#%d in %s): second version dropped", author[:8], seq, where
+        )
+        out: list[Action] = [Disconnect(author, "equivocation")]
+        if author in self.equivocators or len(self.equivocators) >= limits.MAX_EQUIVOCATORS:
+            return out
+        self.equivocators.add(author)
+        message = (
+            f"{author[:8]} signed two different messages #{seq} in {where!r}; the first one stays"
+        )
+        return [*out, Emit(ev.Alert(message=message, peer_id=author))]
+
+    def clashed(self, author: str, seq: int, via: str, where: str) -> list[Action]:
+        """The store refused a peer's message: its seq holds another one (an equivocation).
+
+        From the author itself: cut that connection. Brought by a relay (verified,
+        so the author did sign both): blame the author alone.
+        """
+        if via == author:
+            log.warning("disconnecting %s: equivocation (#%d in %s)", author[:8], seq, where)
+            return [Disconnect(author, "equivocation")]
+        return self.equivocated(author, seq, where)
+
     def accept(self, room: str, author: str, seq: int) -> list[Action]:
         """Tell the sync state seq is stored; save a peer's floor that this made take effect."""
         floor = self.sync.accept(room, author, seq)
@@ -367,11 +464,12 @@ class Replica:
         if via is None:
             self._note_sent(peers, room, author, seq)
             return [Flood(chat)]
+        out = self._maybe_settle(room) if author == self.me else []  # a peer gave back ours
         if live and len(peers) > 1 and relayable():
             exclude = frozenset({via, author})
             self._note_sent([p for p in peers if p not in exclude], room, author, seq)
-            return [Flood(chat, exclude)]
-        return []
+            out.append(Flood(chat, exclude))
+        return out
 
     def _note_sent(self, peer_ids: Iterable[str], room: str, author: str, seq: int) -> None:
         """Record that seq went live to these peers, if it extends what they hold without a hole."""
@@ -436,6 +534,9 @@ class Replica:
         before, after = old.get(self.me, 0), frame.have.get(self.me, 0)
         if after > before:
             out.append(Delivered(room, before + 1, after))
+        if self.timers.unsure is not None:
+            self._own_claims[room] = max(self._own_claims.get(room, 0), after)
+            out += self._maybe_settle(room)
         plan = self.sync.push_plan(room, frame.have)
         if plan:
             out.append(Push(peer, room, plan))
