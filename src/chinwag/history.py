@@ -360,7 +360,10 @@ class History:
                 if conn is not None:
                     conn.send_frame(action.frame)
             elif isinstance(action, rp.Flood):
-                self.manager.broadcast(m.encode(action.frame), action.exclude)
+                if isinstance(action.frame, m.Chat):
+                    self.manager.broadcast(m.encode(action.frame), action.exclude)
+                else:  # sync frames go to every peer
+                    self.manager.broadcast_frame(action.frame)
             elif isinstance(action, rp.Push):
                 conn = self.manager.peers.get(action.peer)
                 if conn is not None:
@@ -413,7 +416,10 @@ class History:
         due, self._timer_due = self._timer_due, None
         # call_at may fire within the clock's resolution before the deadline.
         now = max(self._loop.time(), due if due is not None else 0.0)
-        self._run(self.replica.handle_timer(now))
+        try:
+            self._run(self.replica.handle_timer(now))
+        finally:
+            self._rearm()  # a failed action (say, a store error) must not stop the timers
 
     # --- queries --------------------------------------------------------
 

@@ -23,7 +23,7 @@ from chinwag.history import History
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.rooms import RoomBook
-from chinwag.store.db import NewMessage, Store
+from chinwag.store.db import NewMessage, Store, StoreError
 
 ALICE = Identity.from_seed(b"a" * 32)
 BOB = Identity.from_seed(b"b" * 32)
@@ -399,3 +399,28 @@ async def test_held_messages_fail_cleanly_when_we_stop(store: Store) -> None:
     await n.history.close()
     assert fut.done() and isinstance(fut.exception(), Exception)
     assert store.history(ROOM, 10) == []
+
+
+# --- the replica's one timer ----------------------------------------------------
+
+
+async def test_a_failing_receipt_save_does_not_stop_the_periodic_sync(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # All replica timers share one asyncio timer: an action that raises (a store
+    # error while saving receipts) must not leave it unarmed.
+    monkeypatch.setattr(limits, "RECEIPT_SAVE_DELAY_S", 0.0)
+    monkeypatch.setattr(limits, "SYNC_INTERVAL_S", 0.05)
+
+    def broken(*args: object) -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(node.store, "set_peer_vector", broken)
+    node.history.load()  # re-arms the periodic sync with the short interval
+    bob = node.peer(BOB)
+    node.history.sync_frame(bob, m.Vector(room=ROOM, have={ME.peer_id: 0}))  # a receipt
+    sent = len([f for f in node.manager.frames if isinstance(f, m.Vector)])
+    await until(
+        lambda: len([f for f in node.manager.frames if isinstance(f, m.Vector)]) >= sent + 3,
+        timeout=3.0,
+    )
