@@ -1,7 +1,10 @@
 """History and delivery: store every message, catch peers up, show where messages arrived.
 
-The I/O side of section 3 of DESIGN.md. `protocol/sync.py` decides (vectors,
-gaps, push plans); `store/db.py` persists; this module runs them:
+The I/O side of section 3 of DESIGN.md: the adapter of the sans-IO replica.
+`protocol/replica.py` decides (with `protocol/sync.py`'s vectors, gaps and
+push plans) and answers with actions; `store/db.py` persists; this module
+commits, then carries the actions out (persist, then release), and arms one
+asyncio timer for the replica's `get_timer()`. What the rules are:
 
 - every message, ours or received, is committed (group commit: one
   transaction per event-loop turn) before it is shown, relayed or receipted;

@@ -193,7 +193,9 @@ class SimNode:
         old = self.store.get(item.key)
         if old is not None:
             if old != item.content:
+                # The store refused it (another message holds the seq): the replica decides.
                 self.equivocations.append(item.key)
+                self._do(self.replica.clashed(author, seq, source, room))
             elif self.accept_duplicates:
                 saves, moved = self.replica.duplicate(room, author, seq)
                 self._do(saves)

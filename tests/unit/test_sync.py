@@ -1,7 +1,7 @@
 """protocol/sync.py: vectors, gaps, floors and push plans, in memory, no I/O.
 
 The first half pins down SyncState call by call; the second half runs many
-nodes through sync_sim.py (SyncState plus a dict store) under schedules
+nodes through sync_sim.py (the real replica plus a dict store) under schedules
 chosen by hypothesis: links that reorder, drop and duplicate, connections
 that come and go, and then checks convergence.
 """
@@ -18,6 +18,7 @@ from sync_sim import FloorItem, Item, Msg, SimNet, SimNode, VectorItem, WantItem
 from unit_support import FUZZ
 
 from chinwag import limits
+from chinwag.protocol import replica as rp
 from chinwag.protocol.sync import AuthorState, PushRange, SyncState
 
 ROOM = "general"
@@ -677,6 +678,9 @@ def test_sim_equivocation_is_noticed_and_not_stored() -> None:
     node.receive(Msg((ROOM, A, 1), "other", hist=True))
     assert node.equivocations == [(ROOM, A, 1)]
     assert node.store == {(ROOM, A, 1): "one"}
+    # Brought by a peer that is not its author: the author is flagged and cut, not the peer.
+    assert node.replica.equivocators == {A}
+    assert node.outbox[-1] == rp.Disconnect(A, "equivocation")
 
 
 def test_sim_floor_then_messages_in_any_order() -> None:
