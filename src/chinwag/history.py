@@ -311,7 +311,9 @@ class History:
         now = self._loop.time()
         refused = self.replica.sync_allowed(peer_id, now)
         if refused:
-            self._run(refused)
+            for action in refused:  # this connection, even if the manager no longer lists it
+                if isinstance(action, rp.Disconnect):
+                    conn.close(action.reason)
             return
         try:
             if isinstance(frame, m.Rooms):
@@ -328,12 +330,7 @@ class History:
             # Peer ids in the frame must be well formed (the replica takes them as they are).
             for author in frame.have if isinstance(frame, m.Vector) else (frame.author,):
                 public_from_peer_id(author)
-            if isinstance(frame, m.Vector):
-                actions = self.replica.vector_received(peer_id, frame, now)
-            elif isinstance(frame, m.Want):
-                actions = self.replica.want_received(peer_id, frame)
-            else:
-                actions = self.replica.floor_received(peer_id, frame, now)
+            actions = self.replica.sync_received(peer_id, frame, now)
         except Exception as exc:  # a malformed peer id in a sync frame
             log.warning("disconnecting %s: bad sync frame (%s)", peer_id[:8], exc)
             conn.close("malformed_frame")

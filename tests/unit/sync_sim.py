@@ -83,6 +83,15 @@ def to_chat(msg: Msg) -> m.Chat:
     return m.Chat(body=body, sig=b"", hist=msg.hist)
 
 
+def to_frame(item: FloorItem | WantItem | VectorItem) -> m.Floor | m.Want | m.Vector:
+    """The real sync frame an item in flight stands for."""
+    if isinstance(item, FloorItem):
+        return m.Floor(room=item.room, author=item.author, seq=item.seq)
+    if isinstance(item, WantItem):
+        return m.Want(room=item.room, author=item.author, lo=item.lo, hi=item.hi)
+    return m.Vector(room=item.room, have=dict(item.have))
+
+
 def from_chat(chat: m.Chat) -> Msg:
     room, author, seq, content = chat.body.decode().split("\x00", 3)
     return Msg((room, author, int(seq)), content, chat.hist)
@@ -179,15 +188,8 @@ class SimNode:
             refused = self.replica.sync_allowed(source, self.now)
             if refused:
                 self._do(refused)
-            elif isinstance(item, FloorItem):
-                frame = m.Floor(room=item.room, author=item.author, seq=item.seq)
-                self._do(self.replica.floor_received(source, frame, self.now))
-            elif isinstance(item, WantItem):
-                want = m.Want(room=item.room, author=item.author, lo=item.lo, hi=item.hi)
-                self._do(self.replica.want_received(source, want))
             else:
-                vector = m.Vector(room=item.room, have=dict(item.have))
-                self._do(self.replica.vector_received(source, vector, self.now))
+                self._do(self.replica.sync_received(source, to_frame(item), self.now))
             return False
         room, author, seq = item.key
         old = self.store.get(item.key)

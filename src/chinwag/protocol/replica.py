@@ -504,6 +504,16 @@ class Replica:
         log.warning("disconnecting %s: too many sync requests", peer[:8])
         return [Disconnect(peer, "sync_flood")]
 
+    def sync_received(
+        self, peer: str, frame: m.Vector | m.Want | m.Floor, now: float
+    ) -> list[Action]:
+        """A vector, want or floor from peer (its peer ids already checked): what to do."""
+        if isinstance(frame, m.Vector):
+            return self.vector_received(peer, frame, now)
+        if isinstance(frame, m.Want):
+            return self.want_received(peer, frame)
+        return self.floor_received(peer, frame, now)
+
     def vector_received(self, peer: str, frame: m.Vector, now: float) -> list[Action]:
         """A peer's vector: its receipt, what to push it, and our vector if it holds more."""
         room = frame.room
