@@ -354,6 +354,11 @@ class History:
 
     def _run(self, actions: list[rp.Action]) -> None:
         """Carry out what the replica decided, then re-arm its timer."""
+        self._carry(actions)
+        self._rearm()
+
+    def _carry(self, actions: list[rp.Action]) -> None:
+        """Carry out what the replica decided (the caller re-arms the timer)."""
         for action in actions:
             if isinstance(action, rp.Send):
                 conn = self.manager.peers.get(action.peer)
@@ -397,7 +402,6 @@ class History:
                 self._store_problem = problem
             elif isinstance(action, rp.ReleaseHeld):
                 self._release_held()
-        self._rearm()
 
     def _rearm(self) -> None:
         """Arm the one timer for the replica's next deadline."""
@@ -562,7 +566,8 @@ class History:
         chat = m.Chat(body=msg.raw_body, sig=msg.sig)
         if item.conn is None:
             # Ours: on the wire first, then echoed locally (peers' latency matters more).
-            self._run(self.replica.committed(chat, row.room, row.author, row.seq, None, True, bool))
+            sent = self.replica.committed(chat, row.room, row.author, row.seq, None, True, bool)
+            self._carry(sent)
             self._emit(self._message_event(msg, item.text, own=True, late=False))
             return actions
         self._emit(self._message_event(msg, item.text, own=row.author == self.me, late=row.late))
@@ -578,7 +583,7 @@ class History:
             item.live,
             functools.partial(self._relayable, item, row),
         )
-        self._run(relay)
+        self._carry(relay)  # the flush re-arms the timer once, after the batch
         return actions
 
     def _note_relayed(self, author: str, via: str) -> None:
