@@ -23,7 +23,7 @@ from chinwag.history import History
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.rooms import RoomBook
-from chinwag.store.db import NewMessage, Store
+from chinwag.store.db import NewMessage, Store, StoreError
 
 ALICE = Identity.from_seed(b"a" * 32)
 BOB = Identity.from_seed(b"b" * 32)
@@ -219,7 +219,7 @@ async def test_a_gap_no_peer_fills_is_given_up(node: Node, monkeypatch: pytest.M
     node.history.chat_received(bob, frame(chat(ALICE, 1, "one"), hist=True))
     node.history.chat_received(bob, frame(chat(ALICE, 3, "three"), hist=True))
     await turn()
-    await until(lambda: not node.history._want_timers)
+    await until(lambda: not node.history.replica.timers.wants)
     asked = [(w.author, w.lo, w.hi) for w in wants(node, bob)]
     assert asked == [(ALICE.peer_id, 2, 2)] * limits.GAP_MAX_ASKS
     # A new message of that author with a new hole asks again.
@@ -305,9 +305,9 @@ async def test_a_departed_peers_vector_shrinks_to_what_we_save(node: Node) -> No
     made_up = {Identity.generate().peer_id: 7 for _ in range(limits.MAX_VECTOR_AUTHORS - 2)}
     have = made_up | {ALICE.peer_id: 1, ME.peer_id: 0}
     node.history.sync_frame(mallory, m.Vector(room=ROOM, have=have))
-    assert len(node.history._peer_vectors[ROOM][MALLORY.peer_id]) == len(have)
+    assert len(node.history.replica.receipts[ROOM][MALLORY.peer_id]) == len(have)
     node.history.peer_left(MALLORY.peer_id)
-    assert node.history._peer_vectors[ROOM][MALLORY.peer_id] == {ALICE.peer_id: 1, ME.peer_id: 0}
+    assert node.history.replica.receipts[ROOM][MALLORY.peer_id] == {ALICE.peer_id: 1, ME.peer_id: 0}
 
 
 async def test_receipts_of_departed_peers_are_bounded(
@@ -323,7 +323,7 @@ async def test_receipts_of_departed_peers_are_bounded(
         del node.manager.peers[who.peer_id]
         node.history.peer_left(who.peer_id)
     node.history._save_vectors()
-    kept = node.history._peer_vectors[ROOM]
+    kept = node.history.replica.receipts[ROOM]
     assert len(kept) == 3
     assert BOB.peer_id in kept  # connected peers are never forgotten
     assert set(kept) == {BOB.peer_id, passing[-2].peer_id, passing[-1].peer_id}
@@ -399,3 +399,28 @@ async def test_held_messages_fail_cleanly_when_we_stop(store: Store) -> None:
     await n.history.close()
     assert fut.done() and isinstance(fut.exception(), Exception)
     assert store.history(ROOM, 10) == []
+
+
+# --- the replica's one timer ----------------------------------------------------
+
+
+async def test_a_failing_receipt_save_does_not_stop_the_periodic_sync(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # All replica timers share one asyncio timer: an action that raises (a store
+    # error while saving receipts) must not leave it unarmed.
+    monkeypatch.setattr(limits, "RECEIPT_SAVE_DELAY_S", 0.0)
+    monkeypatch.setattr(limits, "SYNC_INTERVAL_S", 0.05)
+
+    def broken(*args: object) -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(node.store, "set_peer_vector", broken)
+    node.history.load()  # re-arms the periodic sync with the short interval
+    bob = node.peer(BOB)
+    node.history.sync_frame(bob, m.Vector(room=ROOM, have={ME.peer_id: 0}))  # a receipt
+    sent = len([f for f in node.manager.frames if isinstance(f, m.Vector)])
+    await until(
+        lambda: len([f for f in node.manager.frames if isinstance(f, m.Vector)]) >= sent + 3,
+        timeout=3.0,
+    )

@@ -1,7 +1,7 @@
 """protocol/sync.py: vectors, gaps, floors and push plans, in memory, no I/O.
 
 The first half pins down SyncState call by call; the second half runs many
-nodes through sync_sim.py (SyncState plus a dict store) under schedules
+nodes through sync_sim.py (the real replica plus a dict store) under schedules
 chosen by hypothesis: links that reorder, drop and duplicate, connections
 that come and go, and then checks convergence.
 """
@@ -14,10 +14,11 @@ from itertools import pairwise
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sync_sim import FloorItem, Item, Msg, SimNet, SimNode
+from sync_sim import FloorItem, Item, Msg, SimNet, SimNode, VectorItem, WantItem
 from unit_support import FUZZ
 
 from chinwag import limits
+from chinwag.protocol import replica as rp
 from chinwag.protocol.sync import AuthorState, PushRange, SyncState
 
 ROOM = "general"
@@ -392,6 +393,20 @@ KINDS = (
     "resync",
 )
 STEP = st.tuples(st.sampled_from(KINDS), st.integers(0, 63), st.integers(0, 63), st.integers(0, 63))
+#: With time passing: the replicas' timers (vectors after a change, wants, periodic sync) run.
+TIMED_STEP = st.tuples(
+    st.sampled_from((*KINDS, "tick", "tick")),
+    st.integers(0, 63),
+    st.integers(0, 63),
+    st.integers(0, 63),
+)
+TICKS = (
+    limits.VECTOR_DELAY_S,
+    limits.GAP_REPAIR_DELAY_S,
+    limits.WANT_RETRY_S,
+    limits.VECTOR_REPLY_GAP_S,
+    limits.SYNC_INTERVAL_S,
+)
 #: Long enough that links hold several items at once, so reordering and loss make gaps.
 SCHEDULE = st.lists(STEP, min_size=30, max_size=120)
 
@@ -416,6 +431,8 @@ def run_schedule(net: SimNet, steps: list[tuple[str, int, int, int]]) -> None:
         elif kind == "resync":
             if net.connected(x % n, y % n):
                 net.exchange_vectors(x % n, y % n)
+        elif kind == "tick":
+            net.advance(TICKS[x % len(TICKS)])
         elif pending := net.pending():
             link = pending[x % len(pending)]
             index = (y * 64 + z) % len(net.links[link])
@@ -426,6 +443,7 @@ def run_schedule(net: SimNet, steps: list[tuple[str, int, int, int]]) -> None:
         for node in net.nodes:
             node.check_invariants()
             assert not node.equivocations
+            assert not node.disconnects  # honest peers never cut each other off
 
 
 def assert_converged(net: SimNet) -> None:
@@ -661,10 +679,15 @@ def test_sim_equivocation_is_noticed_and_not_stored() -> None:
     node.receive(Msg((ROOM, A, 1), "other", hist=True))
     assert node.equivocations == [(ROOM, A, 1)]
     assert node.store == {(ROOM, A, 1): "one"}
+    # Brought by a peer that is not its author: the author is flagged and cut, not the peer.
+    assert node.replica.equivocators == {A}
+    assert node.outbox[-1] == rp.Disconnect(A, "equivocation")
 
 
 def test_sim_floor_then_messages_in_any_order() -> None:
     node = SimNode("me")
+    # The peer's vector comes first (on connect): it backs the floor the peer sends.
+    node.receive(VectorItem(ROOM, {A: 20}))
     items: list[Item] = [Msg((ROOM, A, s), str(s), hist=True) for s in (18, 16, 20)]
     items += [
         FloorItem(ROOM, A, 16),
@@ -787,3 +810,115 @@ def test_admits_no_new_author_beyond_the_room_bound(monkeypatch: pytest.MonkeyPa
     assert not s.admits(ROOM, "c" * 64, 1, "peer")  # a third author, even from seq 1
     assert s.admits(ROOM, A, 2, "peer") and s.admits(ROOM, "c" * 64, 1, "peer") is False
     assert s.admits("dev", "c" * 64, 1, "peer")  # another room has its own bound
+
+
+# --- the simulator: rules the old copy never ran ------------------------------
+
+
+def test_sim_a_resync_does_not_resend_what_the_connection_carries() -> None:
+    # Live messages are in flight when vectors cross again: the push skips them.
+    net = SimNet.create(2)
+    net.connect(0, 1)
+    for k in range(3):
+        net.write(1, ROOM, f"t{k}")
+    assert len(net.links[(1, 0)]) == 3
+    net.exchange_vectors(0, 1)
+    assert len(net.links[(1, 0)]) == 3  # nothing queued twice
+    net.flush((1, 0))
+    assert net.nodes[0].store == net.written
+    # A new connection carries nothing yet: what was lost on the old one comes again.
+    net.write(1, ROOM, "lost")
+    net.drop((1, 0), 0)
+    net.disconnect(0, 1)
+    net.connect(0, 1)
+    assert [i.key for i in net.links[(1, 0)] if isinstance(i, Msg)] == [(ROOM, "node1", 4)]
+    net.flush((1, 0))
+    assert_converged(net)
+
+
+def test_sim_a_floor_is_taken_only_as_far_as_the_senders_vector_backs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "HISTORY_OFFER", 2)
+    net = SimNet.create(3)
+    for k in range(5):
+        net.write(1, ROOM, f"t{k}")
+    net.connect(0, 1)  # node1 pushes a floor at 4, then 4 and 5
+    items = net.links[(1, 0)]
+    assert items[0] == FloorItem(ROOM, "node1", 4)
+    net.flush((1, 0))
+    assert state(net.nodes[0].sync, "node1") == (4, 5, set())
+    # node2 holds nothing of node1: its floors for node1 are not backed, and change nothing.
+    net.connect(0, 2)
+    for floor in (6, 9):
+        net.nodes[0].receive(FloorItem(ROOM, "node1", floor), "node2")
+    assert net.nodes[0].sync.author(ROOM, "node1").claims == {}
+    assert state(net.nodes[0].sync, "node1") == (4, 5, set())
+
+
+def test_sim_a_vector_from_a_peer_that_holds_more_is_answered() -> None:
+    # node0 and node1 are connected; node1 then gets node2's history by a push (no
+    # live relay). node1's next vector shows node0 it is behind: node0 answers with
+    # its vector, and node1 pushes, long before the periodic sync.
+    net = SimNet.create(3)
+    net.connect(0, 1)
+    net.advance(2 * limits.VECTOR_REPLY_GAP_S)
+    for k in range(3):
+        net.write(2, ROOM, f"t{k}")
+    net.connect(1, 2)
+    net.flush((2, 1))
+    assert net.nodes[1].vector(ROOM) == {"node2": 3}
+    assert not net.links[(1, 0)]
+    net.advance(limits.VECTOR_DELAY_S)  # node1's vector goes out; node0 replies
+    assert len(net.links[(1, 0)]) == 3
+    net.flush((1, 0))
+    assert net.nodes[0].vector(ROOM) == {"node2": 3}
+    assert net.now < limits.SYNC_INTERVAL_S
+
+
+def test_sim_a_gap_is_asked_for_with_a_want_and_filled() -> None:
+    net = SimNet.create(2)
+    net.connect(0, 1)
+    for k in range(3):
+        net.write(1, ROOM, f"t{k}")
+    net.drop((1, 0), 1)  # seq 2 is lost
+    net.flush((1, 0))
+    node = net.nodes[0]
+    assert node.sync.author(ROOM, "node1").gap() == (2, 2)
+    assert [type(e).__name__ for e in node.events] == ["Gap"]
+    assert not net.links[(0, 1)]
+    net.advance(limits.GAP_REPAIR_DELAY_S)
+    assert net.links[(0, 1)] == [WantItem(ROOM, "node1", 2, 2)]
+    net.flush((0, 1))  # node1 serves the want, even though this connection carried seq 2
+    net.flush((1, 0))
+    assert node.store == net.written
+    assert [type(e).__name__ for e in node.events] == ["Gap", "GapFilled"]
+    assert node.replica.timers.wants == {}
+
+
+def test_sim_a_gap_nobody_fills_is_asked_for_a_bounded_number_of_times() -> None:
+    net = SimNet.create(2)
+    net.connect(0, 1)
+    for k in range(3):
+        net.write(1, ROOM, f"t{k}")
+    net.drop((1, 0), 1)
+    net.flush((1, 0))
+    asked = 0
+    for _ in range(limits.GAP_MAX_ASKS + 2):
+        net.advance(limits.SYNC_INTERVAL_S)
+        asked += sum(isinstance(i, WantItem) for i in net.links[(0, 1)])
+        net.drop_all((0, 1))
+    assert asked == limits.GAP_MAX_ASKS
+
+
+@SIM
+@given(st.integers(2, 5), st.lists(TIMED_STEP, min_size=30, max_size=120), st.data())
+def test_sim_any_timed_schedule_then_settle_converges(
+    n: int, steps: list[tuple[str, int, int, int]], data: st.DataObject
+) -> None:
+    # Timers fire between deliveries: vectors after changes, vector replies, wants for
+    # gaps and the periodic sync all run, and no rule breaks an invariant.
+    net = SimNet.create(n)
+    run_schedule(net, steps)  # also checks that no node cut another off
+    net.settle(spanning_edges(data, n))
+    assert_converged(net)

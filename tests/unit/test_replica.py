@@ -1,0 +1,176 @@
+"""protocol/replica.py driven call by call: inputs and `now` in, exact actions out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from chinwag import events as ev
+from chinwag import limits
+from chinwag.protocol import messages as m
+from chinwag.protocol import replica as rp
+from chinwag.protocol.replica import Replica
+from chinwag.protocol.sync import PushRange
+
+ME, BOB, CAROL, ALICE = "me", "bob", "carol", "alice"
+ROOM = "general"
+CHAT = m.Chat(body=b"body", sig=b"sig")
+
+
+class View:
+    """Every peer is in every room; the test sets who is connected."""
+
+    def __init__(self, *peers: str) -> None:
+        self.connected = list(peers)
+        self.room_list = [ROOM]
+
+    def peers(self) -> Sequence[str]:
+        return list(self.connected)
+
+    def rooms(self) -> list[str]:
+        return list(self.room_list)
+
+    def joined(self, room: str) -> bool:
+        return room in self.room_list
+
+    def dm_peer(self, room: str) -> str | None:
+        return BOB if room == "dm" else None
+
+    def peer_in(self, peer_id: str, room: str) -> bool:
+        return True
+
+    def holds_vector(self, room: str, peer_id: str) -> bool:
+        return True
+
+    def saved_receipts(self, room: str) -> dict[str, dict[str, int]]:
+        return {}
+
+
+def replica(*peers: str) -> Replica:
+    return Replica(ME, View(*peers))
+
+
+def test_our_message_goes_to_everyone_and_a_live_one_is_relayed_past_its_sender_and_author() -> (
+    None
+):
+    r = replica(BOB, CAROL, ALICE)
+    assert r.committed(CHAT, ROOM, ME, 1, None, True, lambda: False) == [rp.Flood(CHAT)]
+    relay = r.committed(CHAT, ROOM, ALICE, 1, BOB, True, lambda: True)
+    assert relay == [rp.Flood(CHAT, frozenset({BOB, ALICE}))]
+    # Pushed history, an unverifiable message, or a single peer: never relayed.
+    assert r.committed(CHAT, ROOM, ALICE, 2, BOB, False, lambda: True) == []
+    assert r.committed(CHAT, ROOM, ALICE, 3, BOB, True, lambda: False) == []
+    assert replica(BOB).committed(CHAT, ROOM, ALICE, 1, BOB, True, lambda: True) == []
+
+
+def test_a_change_sends_vectors_after_a_short_delay_and_the_periodic_sync_checks_the_store() -> (
+    None
+):
+    r = replica(BOB)
+    r.start(100.0)
+    assert r.get_timer() == 100.0 + limits.SYNC_INTERVAL_S
+    r.accept(ROOM, ME, 1)
+    assert r.changed({(ROOM, ME)}, 101.0) == []
+    assert r.get_timer() == 101.0 + limits.VECTOR_DELAY_S
+    assert r.handle_timer(101.0) == []  # not due yet
+    sent = r.handle_timer(101.0 + limits.VECTOR_DELAY_S)
+    assert sent == [rp.Flood(m.Vector(room=ROOM, have={ME: 1}))]
+    assert r.get_timer() == 100.0 + limits.SYNC_INTERVAL_S
+    periodic = r.handle_timer(100.0 + limits.SYNC_INTERVAL_S)
+    assert periodic == [rp.CheckStore(), rp.Flood(m.Vector(room=ROOM, have={ME: 1}))]
+
+
+def test_a_conversations_vector_goes_only_to_its_other_party() -> None:
+    r = replica(BOB, CAROL)
+    r.view.room_list.append("dm")  # type: ignore[attr-defined]
+    opened = r.peer_opened(CAROL, 0.0)
+    assert opened == [rp.Send(CAROL, m.Vector(room=ROOM, have={}))]
+    assert r.send_vector("dm", 0.0) == [rp.Send(BOB, m.Vector(room="dm", have={}))]
+
+
+def test_a_vector_is_a_receipt_a_push_and_if_we_are_behind_a_reply() -> None:
+    r = replica(BOB)
+    for seq in (1, 2, 3):
+        r.accept(ROOM, ME, seq)
+    assert r.peer_opened(BOB, 0.0) == [rp.Send(BOB, m.Vector(room=ROOM, have={ME: 3}))]
+    got = r.vector_received(BOB, m.Vector(room=ROOM, have={ME: 1, ALICE: 4}), 0.5)
+    assert got == [
+        rp.Delivered(ROOM, 1, 1),
+        rp.Push(BOB, ROOM, [PushRange(ME, 2, 3)]),
+    ]  # no reply yet: our vector went out 0.5 s ago
+    assert r.delivery(ROOM, 1) == (1, 1) and r.delivery(ROOM, 2) == (0, 1)
+    later = r.vector_received(BOB, m.Vector(room=ROOM, have={ME: 1, ALICE: 4}), 5.0)
+    assert later == [
+        rp.Push(BOB, ROOM, [PushRange(ME, 2, 3)]),
+        rp.Send(BOB, m.Vector(room=ROOM, have={ME: 3})),
+    ]
+    assert r.get_timer() == 0.5 + limits.RECEIPT_SAVE_DELAY_S
+    assert r.handle_timer(0.5 + limits.RECEIPT_SAVE_DELAY_S) == [rp.SaveReceipts()]
+    assert r.take_unsaved() == {(BOB, ROOM): {ME: 1}}
+
+
+def test_a_push_skips_what_the_connection_carried_unless_asked() -> None:
+    r = replica(BOB)
+    for seq in range(1, 6):
+        r.accept(ROOM, ALICE, seq)
+    r.pushed(BOB, ROOM, ALICE, 3)
+    plan = [PushRange(ALICE, 1, 5)]
+    assert r.push_ranges(BOB, ROOM, plan) == ([], [(ALICE, 4, 5)])
+    asked = [PushRange(ALICE, 2, 3, resend=True)]
+    assert r.push_ranges(BOB, ROOM, asked) == ([], [(ALICE, 2, 3)])
+    r.peer_closed(BOB)  # a new connection carries nothing yet
+    assert r.push_ranges(BOB, ROOM, plan) == ([], [(ALICE, 1, 5)])
+
+
+def test_a_gap_is_reported_asked_for_and_given_up() -> None:
+    r = replica(BOB)
+    r.accept(ROOM, ALICE, 1)
+    r.accept(ROOM, ALICE, 3)
+    assert r.changed({(ROOM, ALICE)}, 0.0) == [
+        rp.Emit(ev.Gap(room=ROOM, peer_id=ALICE, missing=[2, 2]))
+    ]
+    want = rp.Send(BOB, m.Want(room=ROOM, author=ALICE, lo=2, hi=2))
+    now = limits.GAP_REPAIR_DELAY_S
+    asked = []
+    for _ in range(limits.GAP_MAX_ASKS + 2):
+        asked += [a for a in r.handle_timer(now) if isinstance(a, rp.Send) and a == want]
+        now = max(now, r.timers.wants.get((ROOM, ALICE), now))
+    assert len(asked) == limits.GAP_MAX_ASKS
+    r.accept(ROOM, ALICE, 2)
+    assert r.changed({(ROOM, ALICE)}, now) == [rp.Emit(ev.GapFilled(room=ROOM, peer_id=ALICE))]
+    assert r.timers.wants == {}
+
+
+def test_an_equivocator_is_cut_and_flagged_once_and_a_relay_is_not_blamed() -> None:
+    r = replica(BOB, ALICE)
+    first = r.clashed(ALICE, 1, BOB, ROOM)
+    assert first[0] == rp.Disconnect(ALICE, "equivocation")
+    assert [type(a) for a in first] == [rp.Disconnect, rp.Emit]
+    assert r.clashed(ALICE, 2, BOB, ROOM) == [rp.Disconnect(ALICE, "equivocation")]
+    assert r.equivocators == {ALICE}
+    # From the author itself: only that connection is cut, nobody flagged.
+    assert r.clashed(CAROL, 1, CAROL, ROOM) == [rp.Disconnect(CAROL, "equivocation")]
+    assert r.equivocators == {ALICE}
+
+
+def test_while_unsure_our_messages_wait_until_peers_gave_ours_back_or_time_is_up() -> None:
+    r = replica(BOB)
+    r.set_unsure(10.0)
+    assert r.waiting(ROOM)
+    # Bob holds our 1..2; we hold none: still waiting.
+    got = r.vector_received(BOB, m.Vector(room=ROOM, have={ME: 2}), 11.0)
+    assert rp.ReleaseHeld() not in got and r.waiting(ROOM)
+    r.accept(ROOM, ME, 1)
+    r.accept(ROOM, ME, 2)
+    assert r.committed(CHAT, ROOM, ME, 2, BOB, False, lambda: True) == [rp.ReleaseHeld()]
+    assert not r.waiting(ROOM) and r.next_seq(ROOM) == 3
+    assert r.waiting("dev")
+    assert rp.ReleaseHeld() in r.handle_timer(10.0 + limits.UNSURE_MAX_WAIT_S)
+    assert not r.waiting("dev")
+
+
+def test_a_sync_flood_disconnects() -> None:
+    r = replica(BOB)
+    burst = int(limits.SYNC_REQUESTS_BURST)
+    assert all(r.sync_allowed(BOB, 0.0) == [] for _ in range(burst))
+    assert r.sync_allowed(BOB, 0.0) == [rp.Disconnect(BOB, "sync_flood")]
+    assert r.sync_allowed(BOB, 1.0) == []  # it refills with time
