@@ -43,17 +43,23 @@ from chinwag import events as ev
 from chinwag import limits
 from chinwag.crypto.box import FILE_KEY_BYTES
 from chinwag.crypto.identity import BadIdentity, public_from_peer_id
-from chinwag.errors import UsageError
+from chinwag.errors import LocalProtocolError, UsageError
 from chinwag.protocol import messages as m
 from chinwag.protocol.names import safe_filename
 from chinwag.protocol.transfer import (
+    ACTIVE,
+    INITIAL,
     OFFER_MARK,
+    Direction,
     Download,
+    FileState,
     Offer,
     decode_offer,
     digest_root,
     file_id,
+    move,
     new_offer,
+    row_state,
 )
 from chinwag.store.db import FileRow, Store, StoreError
 from chinwag.store.filedata import (
@@ -71,12 +77,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IN, OUT = "in", "out"
-#: States of a row. Incoming: offered -> transferring <-> stalled -> done | failed |
-#: cancelled | rejected. Outgoing: sharing -> done (a private offer fetched) | cancelled | failed.
-OFFERED, TRANSFERRING, STALLED, DONE = "offered", "transferring", "stalled", "done"
-FAILED, CANCELLED, REJECTED, SHARING = "failed", "cancelled", "rejected", "sharing"
-_ACTIVE = (TRANSFERRING, STALLED)
+IN, OUT = Direction.IN, Direction.OUT
+#: States of a row: the moves allowed are protocol/transfer.py's TRANSITIONS.
+OFFERED, TRANSFERRING, STALLED = FileState.OFFERED, FileState.TRANSFERRING, FileState.STALLED
+DONE, FAILED, CANCELLED = FileState.DONE, FileState.FAILED, FileState.CANCELLED
+REJECTED, SHARING = FileState.REJECTED, FileState.SHARING
+_ACTIVE = tuple(ACTIVE)
 _offer_encoder = msgspec.json.Encoder()
 
 
@@ -151,6 +157,11 @@ class FileShare:
             if offer is None:
                 log.warning("dropping unreadable file row %s", row.fid[:8])
                 continue
+            try:
+                row.direction, row.state = row_state(row.direction, row.state)
+            except LocalProtocolError as exc:
+                log.warning("dropping file row %s: %s", row.fid[:8], exc)
+                continue
             self.transfers[row.fid] = _Transfer(row, offer)
         for t in list(self.transfers.values()):
             if t.row.direction == IN and t.row.state in _ACTIVE:
@@ -208,7 +219,7 @@ class FileShare:
         row = FileRow(
             fid=offer.fid,
             direction=OUT,
-            state=SHARING,
+            state=INITIAL[OUT],
             room=room,
             author=self.me,
             nick=nick,
@@ -364,7 +375,7 @@ class FileShare:
             row = FileRow(
                 fid=offer.fid,
                 direction=IN,
-                state=OFFERED,
+                state=INITIAL[IN],
                 room=room,
                 author=event.peer_id,
                 nick=event.nick,
@@ -984,7 +995,7 @@ class FileShare:
             self._emit(ev.FileFailed(id=t.fid, reason=reason))
         elif t.row.direction == IN and t.row.state == DONE:
             log.warning("no longer sharing %s: %s", t.offer.name, reason)
-            t.row.state = FAILED
+            t.row.state = move(t.row.direction, t.row.state, FAILED)
             t.row.reason = reason
             with contextlib.suppress(StoreError):
                 self.store.save_file(t.row)
@@ -1002,8 +1013,9 @@ class FileShare:
             raise UsageError(f"several files match {ident[:40]!r}; give more of the id")
         return matches[0]
 
-    def _set_state(self, t: _Transfer, state: str, reason: str = "") -> None:
-        t.row.state = state
+    def _set_state(self, t: _Transfer, state: FileState, reason: str = "") -> None:
+        """Move t to state (LocalProtocolError if the table does not allow it) and save it."""
+        t.row.state = move(t.row.direction, t.row.state, state)
         t.row.reason = reason
         try:
             self.store.save_file(t.row)

@@ -16,12 +16,14 @@ import hashlib
 import re
 from collections import deque
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Annotated, Final
 
 import msgspec
 
 from chinwag import limits
 from chinwag.crypto.box import CHUNK_TAG_BYTES, FILE_KEY_BYTES
+from chinwag.errors import LocalProtocolError
 
 #: Starts the text of a chat message that offers a file (cannot be typed: a control char).
 OFFER_MARK: Final = "\x1ffile:"
@@ -30,6 +32,94 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 EMPTY_ROOT: Final = hashlib.sha256(b"").hexdigest()
 #: Domain separation of file ids.
 FILE_ID_CONTEXT: Final = b"chinwag/1 file-id\x00"
+
+
+# --- states of a transfer, as data (docs/files.md, "States") ------------------
+
+
+class Direction(StrEnum):
+    """Whose offer a transfer is: `in` (a peer's, we may fetch it) or `out` (ours)."""
+
+    IN = "in"
+    OUT = "out"
+
+
+class FileState(StrEnum):
+    """The state of one offer or transfer (stored in its row, shown in /files)."""
+
+    OFFERED = "offered"
+    TRANSFERRING = "transferring"
+    STALLED = "stalled"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    SHARING = "sharing"
+
+
+_IN, _OUT = Direction.IN, Direction.OUT
+_S = FileState
+
+#: The state a new row of each direction starts in.
+INITIAL: Final[dict[Direction, FileState]] = {_IN: _S.OFFERED, _OUT: _S.SHARING}
+
+#: Every allowed move: (direction, from) -> the states it may go to. A state missing
+#: as a key (or as a value) is not one a row of that direction can be in.
+TRANSITIONS: Final[dict[tuple[Direction, FileState], frozenset[FileState]]] = {
+    # accept, reject, cancel; withdrawn by the sender
+    (_IN, _S.OFFERED): frozenset({_S.TRANSFERRING, _S.REJECTED, _S.CANCELLED, _S.FAILED}),
+    # no source for FILE_STALL_S; saved; cancel; an error or withdrawn by the sender
+    (_IN, _S.TRANSFERRING): frozenset({_S.STALLED, _S.DONE, _S.CANCELLED, _S.FAILED}),
+    # a source again; saved (a complete partial file resumed); cancel; failed
+    (_IN, _S.STALLED): frozenset({_S.TRANSFERRING, _S.DONE, _S.CANCELLED, _S.FAILED}),
+    # the saved file changed or disappeared: no longer served
+    (_IN, _S.DONE): frozenset({_S.FAILED}),
+    # accepted again
+    (_IN, _S.FAILED): frozenset({_S.TRANSFERRING}),
+    (_IN, _S.CANCELLED): frozenset({_S.TRANSFERRING}),
+    (_IN, _S.REJECTED): frozenset({_S.TRANSFERRING}),
+    # a private offer fetched by its recipient; withdrawn; the file changed or disappeared
+    (_OUT, _S.SHARING): frozenset({_S.DONE, _S.CANCELLED, _S.FAILED}),
+    # withdrawn after a private offer was fetched
+    (_OUT, _S.DONE): frozenset({_S.CANCELLED}),
+    (_OUT, _S.FAILED): frozenset(),
+    (_OUT, _S.CANCELLED): frozenset(),
+}
+
+#: The states a row of each direction can be in.
+STATES: Final[dict[Direction, frozenset[FileState]]] = {
+    d: frozenset(s for (dd, s) in TRANSITIONS if dd == d) for d in Direction
+}
+
+#: States in which a download is under way (it has a Download and timers).
+ACTIVE: Final = frozenset({_S.TRANSFERRING, _S.STALLED})
+
+
+def move(direction: str, old: str, new: str) -> FileState:
+    """Return `new` as a FileState if a row of `direction` may go from `old` to it.
+
+    Raises LocalProtocolError for an unknown direction or state or a move the
+    table does not allow: a bug of ours, never something a peer can cause.
+    """
+    try:
+        key = (Direction(direction), FileState(old))
+        target = FileState(new)
+    except ValueError:
+        raise LocalProtocolError(f"no file state {direction}/{old} -> {new}") from None
+    if target not in TRANSITIONS.get(key, frozenset()):
+        raise LocalProtocolError(f"a file {direction} cannot go from {old} to {new}")
+    return target
+
+
+def row_state(direction: str, state: str) -> tuple[Direction, FileState]:
+    """Return a stored row's direction and state; LocalProtocolError if not a known pair."""
+    try:
+        d, s = Direction(direction), FileState(state)
+    except ValueError:
+        raise LocalProtocolError(f"no file state {direction}/{state}") from None
+    if s not in STATES[d]:
+        raise LocalProtocolError(f"a file {direction} cannot be {state}")
+    return d, s
 
 
 class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_defaults=True):
