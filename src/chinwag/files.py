@@ -50,10 +50,18 @@ from chinwag.protocol.transfer import (
     ACTIVE,
     INITIAL,
     OFFER_MARK,
+    AskHolders,
     Direction,
     Download,
+    DownloadAction,
     FileState,
     Offer,
+    Refresh,
+    RequestChunk,
+    RequestHashes,
+    SourceExpired,
+    Stalled,
+    Unstalled,
     decode_offer,
     digest_root,
     file_id,
@@ -99,11 +107,7 @@ class _Transfer:
     rate: float = 0.0
     rate_mark: tuple[float, int] = (0.0, 0)
     progress_at: float = 0.0
-    asked_at: float = -1e9
-    no_source_since: float | None = None
-    hashes_asked: tuple[str, float] | None = None
     served: int = 0
-    finishing: bool = False
     #: Background work of this transfer (checking a partial file, the final check).
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -145,7 +149,9 @@ class FileShare:
         self._read_fds: dict[str, int] = {}
         #: Reads under way per open fd: an fd is only closed when none is.
         self._reading: dict[int, int] = {}
-        self._tick: asyncio.TimerHandle | None = None
+        #: The one timer of every download under way, and when it fires.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
         self._closing = False
 
     # --- lifecycle ------------------------------------------------------
@@ -170,8 +176,8 @@ class FileShare:
     async def close(self) -> None:
         """Stop every transfer task and close files; rows stay as they are for the next start."""
         self._closing = True
-        if self._tick is not None:
-            self._tick.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         tasks = list(self._serve_tasks.values())
         for t in self.transfers.values():
             tasks.extend(t.tasks)
@@ -303,7 +309,7 @@ class FileShare:
             return self.info(t)
         if t.row.state not in (*_ACTIVE, OFFERED):
             raise UsageError(f"{t.offer.name!r} is not under way")
-        if t.finishing and t.dl is not None and t.dl.complete:
+        if t.dl is not None and t.dl.paused and t.dl.complete:
             raise UsageError(f"{t.offer.name!r} is complete and being saved")
         self._stop_download(t, "cancelled", remove=not keep)
         self._set_state(t, CANCELLED, "cancelled")
@@ -519,10 +525,10 @@ class FileShare:
     def _start_download(self, t: _Transfer) -> None:
         directory = Path(t.row.dir or self.downloads)
         t.part = part_path(directory, t.fid)
+        now = self._loop.time()
         t.dl = Download(t.offer)
-        t.rate, t.rate_mark = 0.0, (self._loop.time(), 0)
-        t.no_source_since = self._loop.time()
-        t.asked_at = -1e9
+        t.dl.start(now, stalled=t.row.state == STALLED)
+        t.rate, t.rate_mark = 0.0, (now, 0)
         if t.offer.chunks == 0:
             t.dl.digests = []
         elif (
@@ -548,14 +554,13 @@ class FileShare:
             functools.partial(self._reserved, t, t.dl)
         )
         if t.dl.digests and resumed:
-            t.finishing = True  # no data until the partial file is checked
+            t.dl.paused = True  # no data until the partial file is checked
             self._spawn(t, self._resume(t))
         elif t.dl.complete:
             self._finish(t)  # an empty file: nothing to fetch
         else:
-            self._ask(t)
+            self._act(t, [t.dl.ask(now)])
             self._pump(t)
-        self._arm_tick()
 
     def _reserved(self, t: _Transfer, dl: Download, fut: asyncio.Future[None]) -> None:
         if t.dl is not dl or fut.cancelled() or fut.exception() is None:
@@ -571,18 +576,17 @@ class FileShare:
             return
         dl.restore(good)
         t.rate_mark = (self._loop.time(), dl.verified_bytes)  # the rate counts new data only
-        t.finishing = False
+        dl.paused = False
         log.info("resuming %s: %d of %d chunks already here", t.offer.name, len(good), dl.n)
         self._progress(t, force=True)
         if dl.complete:
             self._finish(t)
             return
-        self._ask(t)
+        self._act(t, [dl.ask(self._loop.time())])
         self._pump(t)
 
     def _ask(self, t: _Transfer) -> None:
         """Ask connected peers who may hold the file whole."""
-        t.asked_at = self._loop.time()
         frame = m.encode(m.FileWho(fid=bytes.fromhex(t.fid)))
         for peer_id, conn in self.manager.peers.items():
             if self._may_source(t, peer_id) and (t.dl is None or peer_id not in t.dl.sources):
@@ -590,39 +594,50 @@ class FileShare:
 
     def _pump(self, t: _Transfer) -> None:
         """Send the requests the download wants now."""
+        if t.dl is not None:
+            self._act(t, t.dl.pump(self._loop.time()))
+
+    def _act(self, t: _Transfer, actions: list[DownloadAction]) -> None:
+        """Do what t's download asks, in order; then see that its timer is armed."""
         dl = t.dl
-        if dl is None or t.finishing:
+        if dl is None:
             return
-        now = self._loop.time()
-        if dl.sources:
-            t.no_source_since = None
-            if t.row.state == STALLED:
-                self._set_state(t, TRANSFERRING)
-        elif t.no_source_since is None:
-            t.no_source_since = now
         fid = bytes.fromhex(t.fid)
-        lo = dl.hashes_wanted()
-        if lo is not None:
-            if dl.sources and (t.hashes_asked is None or t.hashes_asked[0] not in dl.sources):
-                peer_id = next(iter(dl.sources))
-                conn = self.manager.peers.get(peer_id)
-                if conn is not None:
-                    t.hashes_asked = (peer_id, now)
-                    conn.send_frame(m.FileHashesReq(fid=fid, lo=lo))
-            return
-        for peer_id, idx in dl.requests(now):
-            conn = self.manager.peers.get(peer_id)
-            if conn is None:
-                dl.drop(peer_id)
-                continue
-            conn.send_frame(m.FileGet(fid=fid, idx=idx))
+        for action in actions:
+            if isinstance(action, RequestChunk | RequestHashes):
+                conn = self.manager.peers.get(action.peer_id)
+                if conn is None:
+                    dl.drop(action.peer_id)
+                elif isinstance(action, RequestChunk):
+                    conn.send_frame(m.FileGet(fid=fid, idx=action.idx))
+                else:
+                    conn.send_frame(m.FileHashesReq(fid=fid, lo=action.lo))
+            elif isinstance(action, AskHolders):
+                if action.dial_author:
+                    self.manager.want(t.row.author)
+                self._ask(t)
+            elif isinstance(action, SourceExpired):
+                log.info("%s stopped sending %s; asking others", action.peer_id[:8], t.offer.name)
+            elif isinstance(action, Unstalled):
+                self._set_state(t, TRANSFERRING)
+            elif isinstance(action, Stalled):
+                self._set_state(t, STALLED)
+                self._emit(
+                    ev.FileStalled(
+                        id=t.fid,
+                        reason=f"no peer holding {t.offer.name!r} has been reachable for "
+                        f"{limits.FILE_STALL_S:.0f} s; still trying",
+                    )
+                )
+            elif isinstance(action, Refresh):
+                self._progress(t)
+        self._arm_timer(dl.get_timer())
 
     def _hashes(self, t: _Transfer, peer_id: str, frame: m.FileHashes) -> None:
         dl = t.dl
         if dl is None or dl.digests is not None:
             return
         ok = dl.hashes_received(peer_id, frame.lo, frame.hashes)
-        t.hashes_asked = None
         if not ok:
             log.warning("%s sent a wrong chunk list for %s; not a source", peer_id[:8], t.fid[:8])
         elif dl.digests is not None:
@@ -633,7 +648,7 @@ class FileShare:
 
     def _data(self, t: _Transfer, peer_id: str, frame: m.FileData) -> None:
         dl, writer = t.dl, t.writer
-        if dl is None or writer is None or t.finishing:
+        if dl is None or writer is None or dl.paused:
             return
         out = dl.piece(peer_id, frame.idx, frame.off, frame.data, self._loop.time())
         if out.dropped:
@@ -695,7 +710,8 @@ class FileShare:
         )
 
     def _finish(self, t: _Transfer) -> None:
-        t.finishing = True
+        if t.dl is not None:
+            t.dl.paused = True
         self._spawn(t, self._finalise(t))
 
     async def _finalise(self, t: _Transfer) -> None:
@@ -729,7 +745,6 @@ class FileShare:
         sources = list(dl.sources)
         self._close_part(t)
         t.dl = None
-        t.finishing = False
         t.row.path = str(final)
         with contextlib.suppress(OSError):
             t.row.mtime_ns = final.stat().st_mtime_ns
@@ -761,7 +776,6 @@ class FileShare:
         part = t.part
         self._close_part(t)
         t.dl = None
-        t.finishing = False
         if remove and part is not None:
             with contextlib.suppress(OSError):
                 part.unlink()
@@ -780,59 +794,36 @@ class FileShare:
             if conn is not None:
                 conn.send_frame(m.FileEnd(fid=bytes.fromhex(t.fid), reason=reason))
 
-    # --- the periodic check ---------------------------------------------
+    # --- the timer of the downloads --------------------------------------
 
-    def _arm_tick(self) -> None:
-        if self._tick is None and not self._closing:
-            self._tick = self._loop.call_later(limits.FILE_TICK_S, self._on_tick)
+    def _arm_timer(self, at: float | None) -> None:
+        """Fire the downloads' timer at `at` at the latest (earlier if armed earlier)."""
+        if at is None or at >= self._timer_at or self._closing:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._fire)
 
-    def _on_tick(self) -> None:
-        self._tick = None
-        now = self._loop.time()
-        active = False
+    def _fire(self) -> None:
+        # asyncio may run a timer a little early: it is due at the time it was armed for.
+        self._on_timer(max(self._loop.time(), self._timer_at))
+
+    def _on_timer(self, now: float | None = None) -> None:
+        """Run the timer of every download that is due at `now`, then arm the next one."""
+        if now is None:
+            now = self._loop.time()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, float("inf")
         for t in list(self.transfers.values()):
-            dl = t.dl
-            if dl is None:
+            if t.dl is None:
                 continue
-            active = True
-            if t.finishing:
-                continue
-            for peer_id in dl.expired(now):
-                log.info("%s stopped sending %s; asking others", peer_id[:8], t.offer.name)
-                dl.drop(peer_id)
-            if (
-                t.hashes_asked is not None
-                and now - t.hashes_asked[1] > limits.FILE_HASHES_TIMEOUT_S
-            ):
-                dl.drop(t.hashes_asked[0])
-                t.hashes_asked = None
-            if len(dl.sources) < limits.FILE_MAX_SOURCES and (
-                now - t.asked_at >= limits.FILE_ASK_INTERVAL_S
-            ):
-                if not dl.sources:
-                    # Nobody to fetch from: dial the offer's author if we know where it is,
-                    # rather than wait for the reconnect back-off.
-                    self.manager.want(t.row.author)
-                self._ask(t)
-            self._pump(t)
-            if (
-                not dl.sources
-                and t.no_source_since is not None
-                and now - t.no_source_since >= limits.FILE_STALL_S
-                and t.row.state != STALLED
-            ):
-                self._set_state(t, STALLED)
-                self._emit(
-                    ev.FileStalled(
-                        id=t.fid,
-                        reason=f"no peer holding {t.offer.name!r} has been reachable for "
-                        f"{limits.FILE_STALL_S:.0f} s; still trying",
-                    )
-                )
-            elif dl.sources:
-                self._progress(t)
-        if active:
-            self._arm_tick()
+            due = t.dl.get_timer()
+            if due is not None and due <= now:
+                self._act(t, t.dl.handle_timer(now))  # (re-arms the timer)
+            elif due is not None:
+                self._arm_timer(due)
 
     # --- serving --------------------------------------------------------
 

@@ -114,14 +114,60 @@ async def test_a_download_with_no_source_is_reported_stalled_and_keeps_trying(
         offer = share.offer_message(event, "general")
         assert offer is not None
         share.accept(offer.id)
-        share._on_tick()
-        share._on_tick()
+        share._on_timer()
+        share._on_timer()
         stalled = [e for e in emitted if isinstance(e, ev.FileStalled)]
         assert [e.id for e in stalled] == [offer.id], emitted
         assert "still trying" in stalled[0].reason
         assert share.listing().files[0].state == "stalled"
         assert wanted and set(wanted) == {MALLORY.peer_id}
         assert (tmp_path / "dl" / f".chinwag-{offer.id}.part").exists()
+    finally:
+        await share.close()
+        store.close()
+
+
+async def test_the_shares_own_timer_reports_a_stall_at_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody calls the timer by hand: the one loop timer armed at the download's
+    get_timer() deadline asks again, dials the author and reports the stall."""
+    monkeypatch.setattr(limits, "FILE_STALL_S", 0.3)
+    monkeypatch.setattr(limits, "FILE_ASK_INTERVAL_S", 0.1)
+    store = Store(tmp_path / "chinwag.db")
+    stalled = asyncio.Event()
+    emitted: list[Any] = []
+
+    def emit(event: Any) -> None:
+        emitted.append(event)
+        if isinstance(event, ev.FileStalled):
+            stalled.set()
+
+    wanted: list[str] = []
+    manager = SimpleNamespace(peers={}, want=wanted.append)
+    share = FileShare(
+        store,
+        ME.peer_id,
+        cast(Any, manager),
+        emit,
+        tmp_path / "dl",
+        0,
+        lambda _: False,
+        lambda _peer, _room: True,
+        lambda _room: False,
+    )
+    try:
+        offer = share.offer_message(offer_event(1), "general")
+        assert offer is not None
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        share.accept(offer.id)
+        async with asyncio.timeout(10):
+            await stalled.wait()
+        assert loop.time() - began >= 0.3
+        assert share.listing().files[0].state == "stalled"
+        assert wanted and set(wanted) == {MALLORY.peer_id}
+        assert [e.id for e in emitted if isinstance(e, ev.FileStalled)] == [offer.id]
     finally:
         await share.close()
         store.close()

@@ -270,8 +270,64 @@ class Outcome:
         return bytearray(b"".join(self.pieces)) if self.pieces else None
 
 
+@dataclass(frozen=True, slots=True)
+class AskHolders:
+    """Send `fwho` to every connected peer that may hold the file and is not a source."""
+
+    #: Nobody to fetch from: also dial the offer's author (on demand, if its address is known).
+    dial_author: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHashes:
+    """Send `fhreq` for the page of chunk digests starting at chunk `lo` to `peer_id`."""
+
+    peer_id: str
+    lo: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestChunk:
+    """Send `fget` for chunk `idx` to `peer_id` (if it is gone: drop it as a source)."""
+
+    peer_id: str
+    idx: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceExpired:
+    """`peer_id` owed chunks and sent nothing for FILE_REQUEST_TIMEOUT_S: dropped (not banned)."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stalled:
+    """No source for FILE_STALL_S: report the download stalled (it keeps trying)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unstalled:
+    """A stalled download has a source again: it is transferring."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """Show the download's progress again (its rate falls while no data comes)."""
+
+
+#: What a download asks of the I/O layer, in order.
+DownloadAction = (
+    AskHolders | RequestHashes | RequestChunk | SourceExpired | Stalled | Unstalled | Refresh
+)
+
+
 class Download:
-    """Which chunks of one file we have, want, and expect from whom."""
+    """Which chunks of one file we have, want, and expect from whom; and its timers.
+
+    The adapter feeds it frames and `now`, runs the actions that pump(), ask() and
+    handle_timer() return, and arms one timer at get_timer().
+    """
 
     def __init__(self, offer: Offer, window: int = limits.FILE_WINDOW) -> None:
         self.offer = offer
@@ -291,6 +347,107 @@ class Download:
         #: Chunks received whole and being checked by the I/O layer.
         self._checking: set[int] = set()
         self._next_missing = 0
+        #: The I/O layer is checking the partial file or the whole file: no requests, no timers.
+        self.paused = False
+        #: When we last asked peers who holds the file.
+        self.asked_at = float("-inf")
+        #: Since when no source is known (None while there is one).
+        self.no_source_since: float | None = None
+        #: The source asked for a page of digests, and when.
+        self.hashes_asked: tuple[str, float] | None = None
+        #: Whether the download is reported stalled.
+        self.stalled = False
+        self.refreshed_at = float("-inf")
+
+    # --- timers and what to send ------------------------------------------
+
+    def start(self, now: float, stalled: bool = False) -> None:
+        """Start (or resume) at `now`, with no source yet; `stalled` as reported before."""
+        self.no_source_since = now
+        self.asked_at = float("-inf")
+        self.refreshed_at = now
+        self.stalled = stalled
+
+    def ask(self, now: float) -> AskHolders:
+        """Ask connected peers who holds the file, now."""
+        self.asked_at = now
+        return AskHolders()
+
+    def pump(self, now: float) -> list[DownloadAction]:
+        """Return the requests the download wants now (and whether it is stalled no more)."""
+        if self.paused:
+            return []
+        out: list[DownloadAction] = []
+        if self.sources:
+            self.no_source_since = None
+            if self.stalled:
+                self.stalled = False
+                out.append(Unstalled())
+        elif self.no_source_since is None:
+            self.no_source_since = now
+        lo = self.hashes_wanted()
+        if lo is not None:
+            if self.sources and (
+                self.hashes_asked is None or self.hashes_asked[0] not in self.sources
+            ):
+                peer_id = next(iter(self.sources))
+                self.hashes_asked = (peer_id, now)
+                out.append(RequestHashes(peer_id, lo))
+            return out
+        out.extend(RequestChunk(peer_id, idx) for peer_id, idx in self.requests(now))
+        return out
+
+    def get_timer(self) -> float | None:
+        """Return when handle_timer() has something to do next (None: nothing while paused)."""
+        if self.paused:
+            return None
+        due: list[float] = [
+            s.last_progress + limits.FILE_REQUEST_TIMEOUT_S
+            for s in self.sources.values()
+            if s.inflight
+        ]
+        if self.hashes_asked is not None:
+            due.append(self.hashes_asked[1] + limits.FILE_HASHES_TIMEOUT_S)
+        if len(self.sources) < limits.FILE_MAX_SOURCES:
+            due.append(self.asked_at + limits.FILE_ASK_INTERVAL_S)
+        if self.sources:
+            due.append(self.refreshed_at + limits.FILE_TICK_S)
+        elif self.no_source_since is not None and not self.stalled:
+            due.append(self.no_source_since + limits.FILE_STALL_S)
+        return min(due) if due else None
+
+    def handle_timer(self, now: float) -> list[DownloadAction]:
+        """Drop silent sources, ask for more, report a stall; return what to do (in order)."""
+        if self.paused:
+            return []
+        out: list[DownloadAction] = []
+        for peer_id in self.expired(now):
+            self.drop(peer_id)
+            out.append(SourceExpired(peer_id))
+        asked = self.hashes_asked
+        if asked is not None and now - asked[1] > limits.FILE_HASHES_TIMEOUT_S:
+            self.drop(asked[0])  # (not banned: it may be slow rather than lying)
+            self.hashes_asked = None
+        if (
+            len(self.sources) < limits.FILE_MAX_SOURCES
+            and now - self.asked_at >= limits.FILE_ASK_INTERVAL_S
+        ):
+            self.asked_at = now
+            # Nobody to fetch from: dial the author rather than wait for the reconnect back-off.
+            out.append(AskHolders(dial_author=not self.sources))
+        out.extend(self.pump(now))
+        if (
+            not self.sources
+            and self.no_source_since is not None
+            and now - self.no_source_since >= limits.FILE_STALL_S
+            and not self.stalled
+        ):
+            self.stalled = True
+            out.append(Stalled())
+        elif self.sources and now - self.refreshed_at >= limits.FILE_TICK_S:
+            self.refreshed_at = now
+            out.append(Refresh())
+        return out
 
     # --- chunks ----------------------------------------------------------
 
@@ -328,6 +485,8 @@ class Download:
 
     def hashes_received(self, peer_id: str, lo: int, data: bytes) -> bool:
         """Take a page of digests; return False (and drop the peer) if it is bad."""
+        if self.digests is None:
+            self.hashes_asked = None  # an answer: the next pump may ask (again)
         if self.digests is not None or lo != self.hashes_wanted():
             return True  # a late or repeated page: harmless
         if peer_id not in self.sources:
