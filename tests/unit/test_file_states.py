@@ -171,7 +171,7 @@ async def test_fileshare_refuses_an_illegal_move_and_keeps_the_row(tmp_path: Pat
         t = share.transfers[row.fid]
         assert t.row.state is FileState.OFFERED and t.row.direction is Direction.IN
         with pytest.raises(LocalProtocolError):
-            share._set_state(t, FileState.SHARING)
+            share.offers.set_state(t, FileState.SHARING)
         assert t.row.state is FileState.OFFERED
         assert [r.state for r in store.file_rows()] == ["offered"]
     finally:

@@ -114,8 +114,8 @@ async def test_a_download_with_no_source_is_reported_stalled_and_keeps_trying(
         offer = share.offer_message(event, "general")
         assert offer is not None
         share.accept(offer.id)
-        share._on_timer()
-        share._on_timer()
+        share.downloads.on_timer()
+        share.downloads.on_timer()
         stalled = [e for e in emitted if isinstance(e, ev.FileStalled)]
         assert [e.id for e in stalled] == [offer.id], emitted
         assert "still trying" in stalled[0].reason
@@ -197,8 +197,8 @@ async def test_a_private_rooms_file_is_served_sealed_and_only_as_its_digests_say
         offer = await share.prepare(str(path), "secret", "me")
         assert not public.sealed and offer.sealed
         key, fid = bytes.fromhex(offer.key), bytes.fromhex(offer.fid)
-        assert await share._read_chunk(public.fid, 1) == data[limits.FILE_CHUNK :]
-        assert await share._read_chunk(offer.fid, 1) == box.seal_chunk(
+        assert await share.server.read_chunk(public.fid, 1) == data[limits.FILE_CHUNK :]
+        assert await share.server.read_chunk(offer.fid, 1) == box.seal_chunk(
             key, fid, 1, data[limits.FILE_CHUNK :]
         )
         st = path.stat()
@@ -206,7 +206,7 @@ async def test_a_private_rooms_file_is_served_sealed_and_only_as_its_digests_say
             f.write(b"\xff" * 100)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
         assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
-        assert await share._read_chunk(offer.fid, 0) == "changed"
+        assert await share.server.read_chunk(offer.fid, 0) == "changed"
     finally:
         await share.close()
 
@@ -229,9 +229,9 @@ async def test_a_private_room_takes_and_serves_only_sealed_offers(
         path.write_bytes(b"from before")
         old = await share.prepare(str(path), "secret", "me")
         t = share.transfers[old.fid]
-        assert not old.sealed and share._serves(t, MALLORY.peer_id)
+        assert not old.sealed and share.offers.serves(t, MALLORY.peer_id)
         private_rooms.add("secret")
-        assert not share._serves(t, MALLORY.peer_id)
+        assert not share.offers.serves(t, MALLORY.peer_id)
     finally:
         await share.close()
 
@@ -321,8 +321,8 @@ async def test_file_data_is_written_only_while_the_connection_drains(
         t = share.transfers[offer.fid]
         for idx in range(3):
             get = m.FileGet(fid=bytes.fromhex(offer.fid), idx=idx)
-            share._queue_serve(cast(Any, conn), t, MALLORY.peer_id, get)
-        serving = share._serve_tasks[MALLORY.peer_id]
+            share.server.queue(cast(Any, conn), t, MALLORY.peer_id, get)
+        serving = share.server.tasks[MALLORY.peer_id]
         stalled = asyncio.ensure_future(conn.stalled.wait())
         async with asyncio.timeout(10):
             await asyncio.wait([stalled, serving], return_when=asyncio.FIRST_COMPLETED)

@@ -3,7 +3,7 @@
 protocol/transfer.py decides when a silent source is dropped, when a digest page
 is asked of another source, when holders are asked again (and the author
 dialled), when a download is reported stalled and when its progress is shown
-again; files.py only runs the actions. Here the clock jumps from one
+again; files/downloading.py only runs the actions. Here the clock jumps from one
 get_timer() deadline to the next, so each rule fires at exactly its time.
 """
 
