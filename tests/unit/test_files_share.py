@@ -114,8 +114,8 @@ async def test_a_download_with_no_source_is_reported_stalled_and_keeps_trying(
         offer = share.offer_message(event, "general")
         assert offer is not None
         share.accept(offer.id)
-        share.downloads.on_timer()
-        share.downloads.on_timer()
+        share.downloader.on_timer()
+        share.downloader.on_timer()
         stalled = [e for e in emitted if isinstance(e, ev.FileStalled)]
         assert [e.id for e in stalled] == [offer.id], emitted
         assert "still trying" in stalled[0].reason

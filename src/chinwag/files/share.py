@@ -54,7 +54,7 @@ class FileShare:
         self._is_verified = is_verified
         self._loop = asyncio.get_running_loop()
         self.offers = Offers(store, me, manager, emit, in_room, is_private_room)
-        self.downloads = Downloader(self.offers, downloads)
+        self.downloader = Downloader(self.offers, downloads)
         self.server = Server(self.offers)
 
     @property
@@ -67,11 +67,11 @@ class FileShare:
     def load(self) -> None:
         """Load rows from the store and resume downloads that were under way."""
         for t in self.offers.load():
-            self.downloads.start(t)
+            self.downloader.start(t)
 
     async def close(self) -> None:
         """Stop every transfer task and close files; rows stay as they are for the next start."""
-        await self.downloads.close()
+        await self.downloader.close()
         await self.server.close()
 
     # --- commands -------------------------------------------------------
@@ -87,7 +87,7 @@ class FileShare:
     def accept(self, ident: str, directory: str | None = None) -> ev.FileInfo:
         """Start (or restart) fetching an offered file into directory (default: downloads)."""
         t = self.offers.find(ident)
-        self.downloads.accept(t, directory)
+        self.downloader.accept(t, directory)
         return self.offers.info(t)
 
     def reject(self, ident: str) -> ev.FileInfo:
@@ -106,7 +106,7 @@ class FileShare:
         if t.row.direction == OUT:
             self.offers.withdraw(t)
         else:
-            self.downloads.cancel(t, keep)
+            self.downloader.cancel(t, keep)
         return self.offers.info(t)
 
     def listing(self) -> ev.FileList:
@@ -160,7 +160,7 @@ class FileShare:
     def peer_left(self, peer_id: str) -> None:
         """Forget what a departed peer was sending us or asking of us."""
         self.server.peer_left(peer_id)
-        self.downloads.peer_left(peer_id)
+        self.downloader.peer_left(peer_id)
 
     # --- frames ---------------------------------------------------------
 
@@ -173,19 +173,19 @@ class FileShare:
                 conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason="unknown"))
             return
         if isinstance(frame, m.FileData):
-            self.downloads.data(t, peer_id, frame)
+            self.downloader.data(t, peer_id, frame)
         elif isinstance(frame, m.FileGet):
             self.server.queue(conn, t, peer_id, frame)
         elif isinstance(frame, m.FileWho):
             self.server.who(conn, t, peer_id, frame)
         elif isinstance(frame, m.FileHave):
-            self.downloads.have(t, peer_id)
+            self.downloader.have(t, peer_id)
         elif isinstance(frame, m.FileHashesReq):
             self.server.hashes(conn, t, peer_id, frame)
         elif isinstance(frame, m.FileHashes):
-            self.downloads.hashes(t, peer_id, frame)
+            self.downloader.hashes(t, peer_id, frame)
         elif isinstance(frame, m.FileNak):
-            self.downloads.nak(t, peer_id, frame)
+            self.downloader.nak(t, peer_id, frame)
         elif isinstance(frame, m.FileEnd):
             self._end(t, peer_id, frame.reason)
 
@@ -209,6 +209,6 @@ class FileShare:
             and row.state in (*ACTIVE, OFFERED)
         ):
             if t.dl is not None:
-                self.downloads.stop(t, "cancelled", remove=True)
+                self.downloader.stop(t, "cancelled", remove=True)
             self.offers.set_state(t, FAILED, "withdrawn by the sender")
             self.offers.emit(ev.FileFailed(id=t.fid, reason="withdrawn by the sender"))
