@@ -10,7 +10,12 @@ get_timer() deadline to the next, so each rule fires at exactly its time.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from unit_support import FUZZ
 
 from chinwag import limits
 from chinwag.protocol.transfer import (
@@ -49,13 +54,15 @@ def run_until(dl: Download, end: float, now: float = 0.0) -> list[tuple[float, D
         assert at >= now, "a deadline in the past would spin the adapter's timer"
         now = at
         actions = dl.handle_timer(now)
-        if not actions:
-            # A deadline with a strict comparison (expiry): it fires just after.
-            now = at + 1e-6
-            actions = dl.handle_timer(now)
+        # Every deadline has work (else a simulator setting now = deadline would spin).
         assert actions, f"get_timer() said {at} but nothing was due"
         fired.extend((now, a) for a in actions)
     return fired
+
+
+def after(t: float) -> float:
+    """The first time past a strict timeout ending at t."""
+    return math.nextafter(t, math.inf)
 
 
 def started(now: float = 0.0) -> Download:
@@ -101,7 +108,7 @@ def test_the_digest_list_is_asked_of_another_source_after_its_timeout() -> None:
     assert dl.pump(2.0) == []  # asked already: not again before the timeout
     fired = run_until(dl, 1.0 + limits.FILE_HASHES_TIMEOUT_S + 1)
     again = [(t, a) for t, a in fired if isinstance(a, RequestHashes)]
-    assert again == [(1.0 + limits.FILE_HASHES_TIMEOUT_S + 1e-6, RequestHashes(B, 0))]
+    assert again == [(after(1.0 + limits.FILE_HASHES_TIMEOUT_S), RequestHashes(B, 0))]
     assert A not in dl.sources and A not in dl.banned  # slow, not lying
 
 
@@ -124,7 +131,7 @@ def test_a_source_that_owes_chunks_and_sends_nothing_expires_at_its_deadline() -
     dl.pump(0.0)
     fired = run_until(dl, limits.FILE_REQUEST_TIMEOUT_S + 1)
     expired = [(t, a) for t, a in fired if isinstance(a, SourceExpired)]
-    assert expired == [(limits.FILE_REQUEST_TIMEOUT_S + 1e-6, SourceExpired(A))]
+    assert expired == [(after(limits.FILE_REQUEST_TIMEOUT_S), SourceExpired(A))]
     # Meanwhile its progress was shown again every FILE_TICK_S, and not after it left.
     refreshes = [t for t, a in fired if isinstance(a, Refresh)]
     assert refreshes == [float(k) for k in range(1, int(limits.FILE_REQUEST_TIMEOUT_S) + 1)]
@@ -159,3 +166,43 @@ def test_with_every_source_there_is_no_ask_timer() -> None:
         dl.add_source(f"peer{k}" * 9, 0.0)
     fired = run_until(dl, 2 * limits.FILE_ASK_INTERVAL_S)
     assert not any(isinstance(a, AskHolders) for _t, a in fired)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "drop", "hashes", "piece", "pump", "timer", "wait"]),
+            st.sampled_from([A, B]),
+            st.floats(0.0, 40.0),
+        ),
+        max_size=60,
+    )
+)
+@settings(FUZZ, max_examples=200)
+def test_every_deadline_has_work_whatever_happened(
+    steps: list[tuple[str, str, float]],
+) -> None:
+    """Whatever the schedule, get_timer() never names a time at which handle_timer() has
+    nothing to do, and never one already passed when it was last handled."""
+    now = 0.0
+    dl = started(now)
+    for op, peer, dt in steps:
+        if op == "add":
+            dl.add_source(peer, now)
+        elif op == "drop":
+            dl.drop(peer)
+        elif op == "hashes" and peer in dl.sources:
+            dl.hashes_received(peer, 0, b"".join(DIGESTS))
+        elif op == "piece" and dl.sources.get(peer) and dl.sources[peer].inflight:
+            dl.piece(peer, dl.sources[peer].inflight[0], 0, DATA[:10], now)
+        elif op == "pump":
+            dl.pump(now)
+        elif op == "wait":
+            now += dt
+        elif op == "timer" and (at := dl.get_timer()) is not None:
+            now = max(now, at)
+            actions = dl.handle_timer(now)
+            if at == now:
+                assert actions, f"nothing due at {at}"
+            after_ = dl.get_timer()
+            assert after_ is None or after_ > now, (after_, now)

@@ -13,6 +13,7 @@ bytes longer each) and the digests are those of the sealed chunks.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -401,13 +402,17 @@ class Download:
         """Return when handle_timer() has something to do next (None: nothing while paused)."""
         if self.paused:
             return None
+        # The same sums as handle_timer() compares `now` with, so each deadline has work;
+        # past a strict timeout means the next float after it.
         due: list[float] = [
-            s.last_progress + limits.FILE_REQUEST_TIMEOUT_S
+            math.nextafter(s.last_progress + limits.FILE_REQUEST_TIMEOUT_S, math.inf)
             for s in self.sources.values()
             if s.inflight
         ]
         if self.hashes_asked is not None:
-            due.append(self.hashes_asked[1] + limits.FILE_HASHES_TIMEOUT_S)
+            due.append(
+                math.nextafter(self.hashes_asked[1] + limits.FILE_HASHES_TIMEOUT_S, math.inf)
+            )
         if len(self.sources) < limits.FILE_MAX_SOURCES:
             due.append(self.asked_at + limits.FILE_ASK_INTERVAL_S)
         if self.sources:
@@ -425,12 +430,12 @@ class Download:
             self.drop(peer_id)
             out.append(SourceExpired(peer_id))
         asked = self.hashes_asked
-        if asked is not None and now - asked[1] > limits.FILE_HASHES_TIMEOUT_S:
+        if asked is not None and now > asked[1] + limits.FILE_HASHES_TIMEOUT_S:
             self.drop(asked[0])  # (not banned: it may be slow rather than lying)
             self.hashes_asked = None
         if (
             len(self.sources) < limits.FILE_MAX_SOURCES
-            and now - self.asked_at >= limits.FILE_ASK_INTERVAL_S
+            and now >= self.asked_at + limits.FILE_ASK_INTERVAL_S
         ):
             self.asked_at = now
             # Nobody to fetch from: dial the author rather than wait for the reconnect back-off.
@@ -439,12 +444,12 @@ class Download:
         if (
             not self.sources
             and self.no_source_since is not None
-            and now - self.no_source_since >= limits.FILE_STALL_S
+            and now >= self.no_source_since + limits.FILE_STALL_S
             and not self.stalled
         ):
             self.stalled = True
             out.append(Stalled())
-        elif self.sources and now - self.refreshed_at >= limits.FILE_TICK_S:
+        elif self.sources and now >= self.refreshed_at + limits.FILE_TICK_S:
             self.refreshed_at = now
             out.append(Refresh())
         return out
@@ -581,7 +586,7 @@ class Download:
         return [
             s.peer_id
             for s in self.sources.values()
-            if s.inflight and now - s.last_progress > limits.FILE_REQUEST_TIMEOUT_S
+            if s.inflight and now > s.last_progress + limits.FILE_REQUEST_TIMEOUT_S
         ]
 
     # --- data ------------------------------------------------------------
