@@ -202,7 +202,8 @@ FILE_REQUEST_TIMEOUT_S = 20.0
 FILE_ASK_INTERVAL_S = 3.0
 #: Seconds with no source before a download is reported stalled (it keeps trying).
 FILE_STALL_S = 30.0
-#: Seconds between two checks of the downloads under way (timeouts, asks, stalls).
+#: Seconds between two progress refreshes of a download with sources while no chunk
+#: completes (its shown rate falls); its other timers fire at their own deadlines.
 FILE_TICK_S = 1.0
 #: Seconds a requested page of chunk digests may take before another source is asked.
 FILE_HASHES_TIMEOUT_S = 10.0

@@ -25,16 +25,17 @@ from dataclasses import dataclass
 from chinwag import limits
 from chinwag.crypto import box
 from chinwag.crypto.identity import Identity, public_from_peer_id
-from chinwag.errors import UsageError
+from chinwag.errors import LocalProtocolError, UsageError
 from chinwag.logonce import WarnOnce
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage
+from chinwag.protocol.kinds import RoomKind, room_kind
 from chinwag.protocol.names import DEFAULT_ROOM, is_valid_name
 from chinwag.store.db import Store
 
 log = logging.getLogger(__name__)
 
-PUBLIC, PRIVATE, DM = "public", "private", "dm"
+PUBLIC, PRIVATE, DM = RoomKind.PUBLIC, RoomKind.PRIVATE, RoomKind.DM
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,7 @@ class Room:
 
     wire: str
     name: str
-    kind: str
+    kind: RoomKind
     key: bytes | None = None
     #: The other party of a private conversation.
     peer: str | None = None
@@ -74,7 +75,12 @@ class RoomBook:
         self._warn = WarnOnce(log)
 
     def load(self) -> None:
-        for wire, name, kind, key, peer in self.store.rooms_joined():
+        for wire, name, stored_kind, key, peer in self.store.rooms_joined():
+            try:
+                kind = room_kind(stored_kind, wire)
+            except LocalProtocolError as exc:
+                log.warning("dropping joined room %s: %s", wire[:40], exc)
+                continue
             self.joined[wire] = Room(wire, name, kind, key, peer)
             if kind == DM:
                 self._dm_activity[wire] = None

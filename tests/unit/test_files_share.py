@@ -114,14 +114,60 @@ async def test_a_download_with_no_source_is_reported_stalled_and_keeps_trying(
         offer = share.offer_message(event, "general")
         assert offer is not None
         share.accept(offer.id)
-        share._on_tick()
-        share._on_tick()
+        share.downloader.on_timer()
+        share.downloader.on_timer()
         stalled = [e for e in emitted if isinstance(e, ev.FileStalled)]
         assert [e.id for e in stalled] == [offer.id], emitted
         assert "still trying" in stalled[0].reason
         assert share.listing().files[0].state == "stalled"
         assert wanted and set(wanted) == {MALLORY.peer_id}
         assert (tmp_path / "dl" / f".chinwag-{offer.id}.part").exists()
+    finally:
+        await share.close()
+        store.close()
+
+
+async def test_the_shares_own_timer_reports_a_stall_at_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody calls the timer by hand: the one loop timer armed at the download's
+    get_timer() deadline asks again, dials the author and reports the stall."""
+    monkeypatch.setattr(limits, "FILE_STALL_S", 0.3)
+    monkeypatch.setattr(limits, "FILE_ASK_INTERVAL_S", 0.1)
+    store = Store(tmp_path / "chinwag.db")
+    stalled = asyncio.Event()
+    emitted: list[Any] = []
+
+    def emit(event: Any) -> None:
+        emitted.append(event)
+        if isinstance(event, ev.FileStalled):
+            stalled.set()
+
+    wanted: list[str] = []
+    manager = SimpleNamespace(peers={}, want=wanted.append)
+    share = FileShare(
+        store,
+        ME.peer_id,
+        cast(Any, manager),
+        emit,
+        tmp_path / "dl",
+        0,
+        lambda _: False,
+        lambda _peer, _room: True,
+        lambda _room: False,
+    )
+    try:
+        offer = share.offer_message(offer_event(1), "general")
+        assert offer is not None
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        share.accept(offer.id)
+        async with asyncio.timeout(10):
+            await stalled.wait()
+        assert loop.time() - began >= 0.3
+        assert share.listing().files[0].state == "stalled"
+        assert wanted and set(wanted) == {MALLORY.peer_id}
+        assert [e.id for e in emitted if isinstance(e, ev.FileStalled)] == [offer.id]
     finally:
         await share.close()
         store.close()
@@ -151,8 +197,8 @@ async def test_a_private_rooms_file_is_served_sealed_and_only_as_its_digests_say
         offer = await share.prepare(str(path), "secret", "me")
         assert not public.sealed and offer.sealed
         key, fid = bytes.fromhex(offer.key), bytes.fromhex(offer.fid)
-        assert await share._read_chunk(public.fid, 1) == data[limits.FILE_CHUNK :]
-        assert await share._read_chunk(offer.fid, 1) == box.seal_chunk(
+        assert await share.server.read_chunk(public.fid, 1) == data[limits.FILE_CHUNK :]
+        assert await share.server.read_chunk(offer.fid, 1) == box.seal_chunk(
             key, fid, 1, data[limits.FILE_CHUNK :]
         )
         st = path.stat()
@@ -160,7 +206,7 @@ async def test_a_private_rooms_file_is_served_sealed_and_only_as_its_digests_say
             f.write(b"\xff" * 100)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
         assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
-        assert await share._read_chunk(offer.fid, 0) == "changed"
+        assert await share.server.read_chunk(offer.fid, 0) == "changed"
     finally:
         await share.close()
 
@@ -183,9 +229,9 @@ async def test_a_private_room_takes_and_serves_only_sealed_offers(
         path.write_bytes(b"from before")
         old = await share.prepare(str(path), "secret", "me")
         t = share.transfers[old.fid]
-        assert not old.sealed and share._serves(t, MALLORY.peer_id)
+        assert not old.sealed and share.offers.serves(t, MALLORY.peer_id)
         private_rooms.add("secret")
-        assert not share._serves(t, MALLORY.peer_id)
+        assert not share.offers.serves(t, MALLORY.peer_id)
     finally:
         await share.close()
 
@@ -275,8 +321,8 @@ async def test_file_data_is_written_only_while_the_connection_drains(
         t = share.transfers[offer.fid]
         for idx in range(3):
             get = m.FileGet(fid=bytes.fromhex(offer.fid), idx=idx)
-            share._queue_serve(cast(Any, conn), t, MALLORY.peer_id, get)
-        serving = share._serve_tasks[MALLORY.peer_id]
+            share.server.queue(cast(Any, conn), t, MALLORY.peer_id, get)
+        serving = share.server.tasks[MALLORY.peer_id]
         stalled = asyncio.ensure_future(conn.stalled.wait())
         async with asyncio.timeout(10):
             await asyncio.wait([stalled, serving], return_when=asyncio.FIRST_COMPLETED)

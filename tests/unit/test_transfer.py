@@ -2,7 +2,7 @@
 
 protocol/transfer.py is driven call by call with an explicit clock and small
 chunks (4096 bytes, the least an offer allows), so whole downloads run in
-memory in microseconds. The I/O helpers of files.py (ChunkWriter, unique_path,
+memory in microseconds. The I/O helpers of the files package (ChunkWriter, unique_path,
 hash_file) run on real files in tmp_path; no sockets, no event loop, no sleeps.
 The last section is a hypothesis property: random piece/corruption/drop
 schedules always end with the right bytes, and only the bad source banned.
@@ -579,7 +579,7 @@ def test_expired_after_the_timeout() -> None:
     assert dl.expired(15.0 + T) == [B]
     assert dl.expired(15.0 + T + 1) == [A, B]
     for peer in dl.expired(15.0 + T + 1):
-        dl.drop(peer)  # what files.py does: ask someone else
+        dl.drop(peer)  # what files/downloading.py does: ask someone else
     assert not dl.banned
     dl.add_source(C, 50.0)
     assert dl.requests(50.0) == [(C, 0), (C, 1)]
@@ -842,7 +842,7 @@ def test_restore_after_restart() -> None:
 def test_restore_of_every_chunk_completes() -> None:
     data = file_data(3 * CHUNK)
     dl = Download(make_offer(data), window=8)
-    dl.digests = chunk_digests(data)  # as files.py does with the stored list
+    dl.digests = chunk_digests(data)  # as files/downloading.py does with the stored list
     dl.restore([0, 1, 2])
     assert dl.complete and dl.verified_bytes == len(data)
     dl.add_source(A, 0.0)
@@ -974,7 +974,7 @@ def test_safe_filename_property_on_tricky_alphabet(parts: list[str], pad: int) -
     assert_safe(safe_filename("".join(parts) + " " * pad + "x"))
 
 
-# --- files.py helpers ------------------------------------------------------
+# --- the files package helpers--------------------------------------------------
 
 
 def test_unique_path_never_overwrites(tmp_path: Path) -> None:

@@ -13,15 +13,18 @@ bytes longer each) and the digests are those of the sealed chunks.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Annotated, Final
 
 import msgspec
 
 from chinwag import limits
 from chinwag.crypto.box import CHUNK_TAG_BYTES, FILE_KEY_BYTES
+from chinwag.errors import LocalProtocolError
 
 #: Starts the text of a chat message that offers a file (cannot be typed: a control char).
 OFFER_MARK: Final = "\x1ffile:"
@@ -30,6 +33,94 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 EMPTY_ROOT: Final = hashlib.sha256(b"").hexdigest()
 #: Domain separation of file ids.
 FILE_ID_CONTEXT: Final = b"chinwag/1 file-id\x00"
+
+
+# --- states of a transfer, as data (docs/files.md, "States") ------------------
+
+
+class Direction(StrEnum):
+    """Whose offer a transfer is: `in` (a peer's, we may fetch it) or `out` (ours)."""
+
+    IN = "in"
+    OUT = "out"
+
+
+class FileState(StrEnum):
+    """The state of one offer or transfer (stored in its row, shown in /files)."""
+
+    OFFERED = "offered"
+    TRANSFERRING = "transferring"
+    STALLED = "stalled"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    SHARING = "sharing"
+
+
+_IN, _OUT = Direction.IN, Direction.OUT
+_S = FileState
+
+#: The state a new row of each direction starts in.
+INITIAL: Final[dict[Direction, FileState]] = {_IN: _S.OFFERED, _OUT: _S.SHARING}
+
+#: Every allowed move: (direction, from) -> the states it may go to. A state missing
+#: as a key (or as a value) is not one a row of that direction can be in.
+TRANSITIONS: Final[dict[tuple[Direction, FileState], frozenset[FileState]]] = {
+    # accept, reject, cancel; withdrawn by the sender
+    (_IN, _S.OFFERED): frozenset({_S.TRANSFERRING, _S.REJECTED, _S.CANCELLED, _S.FAILED}),
+    # no source for FILE_STALL_S; saved; cancel; an error or withdrawn by the sender
+    (_IN, _S.TRANSFERRING): frozenset({_S.STALLED, _S.DONE, _S.CANCELLED, _S.FAILED}),
+    # a source again; saved (a complete partial file resumed); cancel; failed
+    (_IN, _S.STALLED): frozenset({_S.TRANSFERRING, _S.DONE, _S.CANCELLED, _S.FAILED}),
+    # the saved file changed or disappeared: no longer served
+    (_IN, _S.DONE): frozenset({_S.FAILED}),
+    # accepted again
+    (_IN, _S.FAILED): frozenset({_S.TRANSFERRING}),
+    (_IN, _S.CANCELLED): frozenset({_S.TRANSFERRING}),
+    (_IN, _S.REJECTED): frozenset({_S.TRANSFERRING}),
+    # a private offer fetched by its recipient; withdrawn; the file changed or disappeared
+    (_OUT, _S.SHARING): frozenset({_S.DONE, _S.CANCELLED, _S.FAILED}),
+    # withdrawn after a private offer was fetched
+    (_OUT, _S.DONE): frozenset({_S.CANCELLED}),
+    (_OUT, _S.FAILED): frozenset(),
+    (_OUT, _S.CANCELLED): frozenset(),
+}
+
+#: The states a row of each direction can be in.
+STATES: Final[dict[Direction, frozenset[FileState]]] = {
+    d: frozenset(s for (dd, s) in TRANSITIONS if dd == d) for d in Direction
+}
+
+#: States in which a download is under way (it has a Download and timers).
+ACTIVE: Final = frozenset({_S.TRANSFERRING, _S.STALLED})
+
+
+def move(direction: str, old: str, new: str) -> FileState:
+    """Return `new` as a FileState if a row of `direction` may go from `old` to it.
+
+    Raises LocalProtocolError for an unknown direction or state or a move the
+    table does not allow: a bug of ours, never something a peer can cause.
+    """
+    try:
+        key = (Direction(direction), FileState(old))
+        target = FileState(new)
+    except ValueError:
+        raise LocalProtocolError(f"no file state {direction}/{old} -> {new}") from None
+    if target not in TRANSITIONS.get(key, frozenset()):
+        raise LocalProtocolError(f"a file {direction} cannot go from {old} to {new}")
+    return target
+
+
+def row_state(direction: str, state: str) -> tuple[Direction, FileState]:
+    """Return a stored row's direction and state; LocalProtocolError if not a known pair."""
+    try:
+        d, s = Direction(direction), FileState(state)
+    except ValueError:
+        raise LocalProtocolError(f"no file state {direction}/{state}") from None
+    if s not in STATES[d]:
+        raise LocalProtocolError(f"a file {direction} cannot be {state}")
+    return d, s
 
 
 class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_defaults=True):
@@ -180,8 +271,64 @@ class Outcome:
         return bytearray(b"".join(self.pieces)) if self.pieces else None
 
 
+@dataclass(frozen=True, slots=True)
+class AskHolders:
+    """Send `fwho` to every connected peer that may hold the file and is not a source."""
+
+    #: Nobody to fetch from: also dial the offer's author (on demand, if its address is known).
+    dial_author: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHashes:
+    """Send `fhreq` for the page of chunk digests starting at chunk `lo` to `peer_id`."""
+
+    peer_id: str
+    lo: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestChunk:
+    """Send `fget` for chunk `idx` to `peer_id` (if it is gone: drop it as a source)."""
+
+    peer_id: str
+    idx: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceExpired:
+    """`peer_id` owed chunks and sent nothing for FILE_REQUEST_TIMEOUT_S: dropped (not banned)."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stalled:
+    """No source for FILE_STALL_S: report the download stalled (it keeps trying)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unstalled:
+    """A stalled download has a source again: it is transferring."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """Show the download's progress again (its rate falls while no data comes)."""
+
+
+#: What a download asks of the I/O layer, in order.
+DownloadAction = (
+    AskHolders | RequestHashes | RequestChunk | SourceExpired | Stalled | Unstalled | Refresh
+)
+
+
 class Download:
-    """Which chunks of one file we have, want, and expect from whom."""
+    """Which chunks of one file we have, want, and expect from whom; and its timers.
+
+    The adapter feeds it frames and `now`, runs the actions that pump(), ask() and
+    handle_timer() return, and arms one timer at get_timer().
+    """
 
     def __init__(self, offer: Offer, window: int = limits.FILE_WINDOW) -> None:
         self.offer = offer
@@ -201,6 +348,111 @@ class Download:
         #: Chunks received whole and being checked by the I/O layer.
         self._checking: set[int] = set()
         self._next_missing = 0
+        #: The I/O layer is checking the partial file or the whole file: no requests, no timers.
+        self.paused = False
+        #: When we last asked peers who holds the file.
+        self.asked_at = float("-inf")
+        #: Since when no source is known (None while there is one).
+        self.no_source_since: float | None = None
+        #: The source asked for a page of digests, and when.
+        self.hashes_asked: tuple[str, float] | None = None
+        #: Whether the download is reported stalled.
+        self.stalled = False
+        self.refreshed_at = float("-inf")
+
+    # --- timers and what to send ------------------------------------------
+
+    def start(self, now: float, stalled: bool = False) -> None:
+        """Start (or resume) at `now`, with no source yet; `stalled` as reported before."""
+        self.no_source_since = now
+        self.asked_at = float("-inf")
+        self.refreshed_at = now
+        self.stalled = stalled
+
+    def ask(self, now: float) -> AskHolders:
+        """Ask connected peers who holds the file, now."""
+        self.asked_at = now
+        return AskHolders()
+
+    def pump(self, now: float) -> list[DownloadAction]:
+        """Return the requests the download wants now (and whether it is stalled no more)."""
+        if self.paused:
+            return []
+        out: list[DownloadAction] = []
+        if self.sources:
+            self.no_source_since = None
+            if self.stalled:
+                self.stalled = False
+                out.append(Unstalled())
+        elif self.no_source_since is None:
+            self.no_source_since = now
+        lo = self.hashes_wanted()
+        if lo is not None:
+            if self.sources and (
+                self.hashes_asked is None or self.hashes_asked[0] not in self.sources
+            ):
+                peer_id = next(iter(self.sources))
+                self.hashes_asked = (peer_id, now)
+                out.append(RequestHashes(peer_id, lo))
+            return out
+        out.extend(RequestChunk(peer_id, idx) for peer_id, idx in self.requests(now))
+        return out
+
+    def get_timer(self) -> float | None:
+        """Return when handle_timer() has something to do next (None: nothing while paused)."""
+        if self.paused:
+            return None
+        # The same sums as handle_timer() compares `now` with, so each deadline has work;
+        # past a strict timeout means the next float after it.
+        due: list[float] = [
+            math.nextafter(s.last_progress + limits.FILE_REQUEST_TIMEOUT_S, math.inf)
+            for s in self.sources.values()
+            if s.inflight
+        ]
+        if self.hashes_asked is not None:
+            due.append(
+                math.nextafter(self.hashes_asked[1] + limits.FILE_HASHES_TIMEOUT_S, math.inf)
+            )
+        if len(self.sources) < limits.FILE_MAX_SOURCES:
+            due.append(self.asked_at + limits.FILE_ASK_INTERVAL_S)
+        if self.sources:
+            due.append(self.refreshed_at + limits.FILE_TICK_S)
+        elif self.no_source_since is not None and not self.stalled:
+            due.append(self.no_source_since + limits.FILE_STALL_S)
+        return min(due) if due else None
+
+    def handle_timer(self, now: float) -> list[DownloadAction]:
+        """Drop silent sources, ask for more, report a stall; return what to do (in order)."""
+        if self.paused:
+            return []
+        out: list[DownloadAction] = []
+        for peer_id in self.expired(now):
+            self.drop(peer_id)
+            out.append(SourceExpired(peer_id))
+        asked = self.hashes_asked
+        if asked is not None and now > asked[1] + limits.FILE_HASHES_TIMEOUT_S:
+            self.drop(asked[0])  # (not banned: it may be slow rather than lying)
+            self.hashes_asked = None
+        if (
+            len(self.sources) < limits.FILE_MAX_SOURCES
+            and now >= self.asked_at + limits.FILE_ASK_INTERVAL_S
+        ):
+            self.asked_at = now
+            # Nobody to fetch from: dial the author rather than wait for the reconnect back-off.
+            out.append(AskHolders(dial_author=not self.sources))
+        out.extend(self.pump(now))
+        if (
+            not self.sources
+            and self.no_source_since is not None
+            and now >= self.no_source_since + limits.FILE_STALL_S
+            and not self.stalled
+        ):
+            self.stalled = True
+            out.append(Stalled())
+        elif self.sources and now >= self.refreshed_at + limits.FILE_TICK_S:
+            self.refreshed_at = now
+            out.append(Refresh())
+        return out
 
     # --- chunks ----------------------------------------------------------
 
@@ -238,6 +490,8 @@ class Download:
 
     def hashes_received(self, peer_id: str, lo: int, data: bytes) -> bool:
         """Take a page of digests; return False (and drop the peer) if it is bad."""
+        if self.digests is None:
+            self.hashes_asked = None  # an answer: the next pump may ask (again)
         if self.digests is not None or lo != self.hashes_wanted():
             return True  # a late or repeated page: harmless
         if peer_id not in self.sources:
@@ -332,7 +586,7 @@ class Download:
         return [
             s.peer_id
             for s in self.sources.values()
-            if s.inflight and now - s.last_progress > limits.FILE_REQUEST_TIMEOUT_S
+            if s.inflight and now > s.last_progress + limits.FILE_REQUEST_TIMEOUT_S
         ]
 
     # --- data ------------------------------------------------------------
