@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 from chinwag import limits
 from chinwag.protocol import messages as m
+from chinwag.protocol.reasons import Reason
 from chinwag.protocol.session import Closed, Session, State
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ class PeerConnection(asyncio.Protocol):
                 and self.session.state is State.OPEN
             ):
                 log.warning("peer %s is not reading; disconnecting", self._label())
-                self.session.close("too_slow")
+                self.session.close(Reason.TOO_SLOW)
                 self._process()
 
     def _arm_timer(self) -> None:
