@@ -66,8 +66,7 @@ from chinwag.store.filedata import (
 from chinwag.units import human_size
 
 if TYPE_CHECKING:
-    from chinwag.net.connection import PeerConnection
-    from chinwag.net.manager import ConnectionManager
+    from chinwag.net.link import Link, Links
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class FileShare:
         self,
         store: Store,
         me: str,
-        manager: ConnectionManager,
+        manager: Links,
         emit: Callable[[ev.NodeEvent], None],
         downloads: Path,
         auto_accept: int,
@@ -405,9 +404,9 @@ class FileShare:
 
     # --- peers ----------------------------------------------------------
 
-    def ask_peer(self, conn: PeerConnection) -> None:
+    def ask_peer(self, conn: Link) -> None:
         """Ask a peer that just connected, or announced its rooms, for the files we fetch."""
-        peer_id = conn.session.peer_id or ""
+        peer_id = conn.peer_id or ""
         for t in self.transfers.values():
             if t.dl is not None and peer_id not in t.dl.sources and self._may_source(t, peer_id):
                 conn.send_frame(m.FileWho(fid=bytes.fromhex(t.fid)))
@@ -425,9 +424,9 @@ class FileShare:
 
     # --- frames ---------------------------------------------------------
 
-    def frame(self, conn: PeerConnection, frame: m.FileFrame) -> None:
+    def frame(self, conn: Link, frame: m.FileFrame) -> None:
         """Handle one file frame from a peer."""
-        peer_id = conn.session.peer_id or ""
+        peer_id = conn.peer_id or ""
         fid = frame.fid.hex()
         t = self.transfers.get(fid)
         if t is None:
@@ -826,7 +825,7 @@ class FileShare:
     # --- serving --------------------------------------------------------
 
     def _queue_serve(
-        self, conn: PeerConnection, t: _Transfer, peer_id: str, frame: m.FileGet
+        self, conn: Link, t: _Transfer, peer_id: str, frame: m.FileGet
     ) -> None:
         if not self._serves(t, peer_id) or frame.idx >= t.offer.chunks:
             conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason="unavailable"))
@@ -857,7 +856,7 @@ class FileShare:
             queue.extend(kept)
 
     async def _serve(
-        self, conn: PeerConnection, peer_id: str, queue: deque[tuple[str, int]]
+        self, conn: Link, peer_id: str, queue: deque[tuple[str, int]]
     ) -> None:
         """Send the chunks a peer asked for, in order, one read ahead."""
         ahead: asyncio.Future[bytes | str] | None = None

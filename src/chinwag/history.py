@@ -38,8 +38,7 @@ from chinwag.rooms import DM, RoomBook
 from chinwag.store.db import Insert, NewMessage, Row, Store, StoreError
 
 if TYPE_CHECKING:
-    from chinwag.net.connection import PeerConnection
-    from chinwag.net.manager import ConnectionManager
+    from chinwag.net.link import Link, Links
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ class _Pending:
     """A message waiting for the next group commit."""
 
     msg: ChatMessage
-    conn: PeerConnection | None  # None: our own
+    conn: Link | None  # None: our own
     live: bool
     verified: bool
     done: asyncio.Future[ev.NodeEvent] | None
@@ -103,7 +102,7 @@ class History:
         self,
         store: Store,
         identity: Identity,
-        manager: ConnectionManager,
+        manager: Links,
         emit: Callable[[ev.NodeEvent], None],
         book: RoomBook,
     ) -> None:
@@ -276,9 +275,9 @@ class History:
 
     # --- frames from peers ----------------------------------------------
 
-    def chat_received(self, conn: PeerConnection, frame: m.Chat) -> None:
+    def chat_received(self, conn: Link, frame: m.Chat) -> None:
         """Check a received message and queue it for the next commit."""
-        from_id = conn.session.peer_id or ""
+        from_id = conn.peer_id or ""
         try:
             msg = open_message(frame.body, frame.sig, check_signature=False)
             body = msg.body
@@ -364,9 +363,9 @@ class History:
         budget.refused += 1
         return False
 
-    def sync_frame(self, conn: PeerConnection, frame: m.SyncFrame) -> None:
+    def sync_frame(self, conn: Link, frame: m.SyncFrame) -> None:
         """Handle a vector, want or floor from a peer."""
-        peer_id = conn.session.peer_id or ""
+        peer_id = conn.peer_id or ""
         bucket = self._buckets.setdefault(peer_id, _Bucket(self._loop.time()))
         if not bucket.take(self._loop.time()):
             log.warning("disconnecting %s: too many sync requests", peer_id[:8])
@@ -418,11 +417,11 @@ class History:
             log.warning("disconnecting %s: bad sync frame (%s)", peer_id[:8], exc)
             conn.close("malformed_frame")
 
-    def peer_joined(self, conn: PeerConnection) -> None:
+    def peer_joined(self, conn: Link) -> None:
         """Send our rooms and vectors to a newly connected peer."""
         conn.send_frame(self.book.announcement())
         now = self._loop.time()
-        peer_id = conn.session.peer_id or ""
+        peer_id = conn.peer_id or ""
         for room in self._rooms():
             joined = self.book.joined[room]
             if joined.kind == DM and joined.peer != peer_id:
@@ -568,7 +567,7 @@ class History:
                 if item.done is not None and not item.done.done():
                     item.done.set_exception(StoreError(f"seq {row.seq} already used"))
                 continue
-            elif (item.conn.session.peer_id or "") == row.author:
+            elif (item.conn.peer_id or "") == row.author:
                 # Equivocation by the author itself: nothing was stored.
                 log.warning(
                     "disconnecting %s: equivocation (#%d in %s)",
@@ -605,11 +604,11 @@ class History:
         self._emit(self._message_event(msg, item.text, own=row.author == self.me, late=row.late))
         if row.author == self.me:
             self._maybe_settle(row.room)  # a peer gave back one of ours
-        via = item.conn.session.peer_id or ""
+        via = item.conn.peer_id or ""
         if item.live and row.author not in (via, self.me):
             self._note_relayed(row.author, via)
         if item.live and len(self.manager.peers) > 1 and self._relayable(item, row):
-            exclude = frozenset({item.conn.session.peer_id or "", row.author})
+            exclude = frozenset({item.conn.peer_id or "", row.author})
             self.manager.broadcast(plaintext, exclude=exclude)
             targets = [p for p in self.manager.peers if p not in exclude]
             self._note_sent(targets, row.room, row.author, row.seq)
@@ -700,7 +699,7 @@ class History:
             if conn is None:
                 return []
             conn.send_frame(frame)
-            return [conn.session.peer_id or ""]
+            return [conn.peer_id or ""]
         self.manager.broadcast_frame(frame)
         return list(self.manager.peers)
 
@@ -721,7 +720,7 @@ class History:
             vector = dict(top) | {self.me: vector.get(self.me, 0)}
         return vector
 
-    def _vector_received(self, conn: PeerConnection, peer_id: str, frame: m.Vector) -> None:
+    def _vector_received(self, conn: Link, peer_id: str, frame: m.Vector) -> None:
         room = frame.room
         for author in frame.have:
             public_from_peer_id(author)
@@ -859,7 +858,7 @@ class History:
         now = self._loop.time()
         sent = 0
         for conn in targets:
-            peer_id = conn.session.peer_id or ""
+            peer_id = conn.peer_id or ""
             budget = self._want_budget.get(peer_id)
             if budget is None:
                 budget = self._want_budget[peer_id] = _Bucket(
@@ -872,8 +871,8 @@ class History:
 
     # --- pushing history to a peer --------------------------------------
 
-    def _start_push(self, conn: PeerConnection, room: str, plan: list[PushRange]) -> None:
-        peer_id = conn.session.peer_id or ""
+    def _start_push(self, conn: Link, room: str, plan: list[PushRange]) -> None:
+        peer_id = conn.peer_id or ""
         key = (peer_id, room)
         job = self._jobs.get(key)
         if job is not None and not job.done():
@@ -884,7 +883,7 @@ class History:
         task.add_done_callback(functools.partial(self._push_done, key, conn))
 
     def _push_done(
-        self, key: tuple[str, str], conn: PeerConnection, task: asyncio.Task[None]
+        self, key: tuple[str, str], conn: Link, task: asyncio.Task[None]
     ) -> None:
         if self._jobs.get(key) is task:
             del self._jobs[key]
@@ -894,8 +893,8 @@ class History:
         if plan and conn.is_open and not self._closed:
             self._start_push(conn, key[1], plan)
 
-    async def _push(self, conn: PeerConnection, room: str, plan: list[PushRange]) -> None:
-        peer_id = conn.session.peer_id or ""
+    async def _push(self, conn: Link, room: str, plan: list[PushRange]) -> None:
+        peer_id = conn.peer_id or ""
         ranges = []
         for r in plan:
             if r.floor is not None:

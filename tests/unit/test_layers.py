@@ -78,3 +78,24 @@ def test_the_import_checker_sees_forbidden_imports(tmp_path: Path) -> None:
         m.split(".")[0] if not m.startswith("chinwag") else ".".join(m.split(".")[:2])
         for m in found
     }
+
+
+def test_net_has_no_import_circle() -> None:
+    """connection.py does not import manager.py (its owner is a Protocol it declares)."""
+    conn = imported_modules(SRC / "net" / "connection.py")
+    assert not any(forbidden(m, ("chinwag.net.manager",)) for m in conn)
+
+
+def test_the_layers_above_net_see_only_net_link() -> None:
+    """history, files and rooms depend on net/link.py, not on the concrete net classes."""
+    concrete = ("chinwag.net.connection", "chinwag.net.manager", "chinwag.net.discovery")
+    paths = [SRC / "history.py", SRC / "rooms.py", SRC / "files.py"]
+    paths += sorted((SRC / "files").glob("*.py"))  # if files.py becomes a package
+    bad = {
+        f"{path.name}: {module}"
+        for path in paths
+        if path.exists()
+        for module in imported_modules(path)
+        if forbidden(module, concrete)
+    }
+    assert not bad, sorted(bad)
