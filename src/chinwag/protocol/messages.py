@@ -33,7 +33,11 @@ Sig64 = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Cap = Annotated[str, msgspec.Meta(max_length=limits.MAX_CAP_CHARS)]
-PeerIdStr = Annotated[str, msgspec.Meta(min_length=52, max_length=52)]
+#: A canonical peer id: lowercase unpadded base32 of a 32-byte key. The last character
+#: holds one bit and four zero bits, so it is `a` or `q`; this pattern accepts exactly the
+#: strings `crypto.identity.public_from_peer_id` accepts, so no adapter re-checks them.
+PEER_ID_PATTERN: Final = "^[a-z2-7]{51}[aq]$"
+PeerIdStr = Annotated[str, msgspec.Meta(min_length=52, max_length=52, pattern=PEER_ID_PATTERN)]
 
 
 # --- handshake payloads -----------------------------------------------------
