@@ -25,7 +25,11 @@ from chinwag.protocol.reasons import Reason
 from chinwag.rooms import RoomBook
 from chinwag.store.db import Store, StoreError
 
-#: ALICE's peer id (Identity.from_seed(b"a" * 32)), for reading the literals below.
+ALICE = Identity.from_seed(b"a" * 32)
+ME = Identity.from_seed(b"z" * 32)
+ROOM = "general"
+
+#: ALICE's peer id, for reading the literals below.
 ALICE_ID = "v4dkhyzjc4koj42wygojwfondfi6y3tgmkvhppqhkr7sre4dgqoq"
 
 # Peer ids that have the right length but are not canonical: history.py used to find
@@ -81,9 +85,61 @@ def test_a_session_fed_a_non_canonical_peer_id_closes_with_malformed_frame(
     assert ours == [("closed", Reason.MALFORMED_FRAME, True)]
 
 
-ALICE = Identity.from_seed(b"a" * 32)
-ME = Identity.from_seed(b"z" * 32)
-ROOM = "general"
+#: Frames that once needed a fix or a bound (see test_session.py for the full
+#: hostile catalogue built with encode_raw), pinned here as the bytes a peer sends.
+MALFORMED = {
+    "chat body not bytes": b"\x82\xa1t\xa4chat\xa4body\x05",
+    "ping n negative": b"\x82\xa1t\xa4ping\xa1n\xff",
+    "bye reason 65 chars": b"\x82\xa1t\xa3bye\xa6reason\xd9A" + b"x" * 65,
+    "nick with NUL": b"\x82\xa1t\xa4nick\xa4nick\xa2x\x00",
+    "rooms kcv 17 bytes": b"\x82\xa1t\xa5rooms\xa6joined\x91\x92\xa3dev\xc4\x11" + b"x" * 17,
+    "tag not a string": b"\x81\xa1t\x05",
+    "not msgpack": b"\xc1",
+}
+
+
+@pytest.mark.parametrize("chunker", [whole, byte_by_byte], ids=["whole", "byte_by_byte"])
+@pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_frame_closes_with_malformed_frame(data: bytes, chunker: Any) -> None:
+    p = pair(make_info("alice"), make_info("bob"))
+    p.take()
+    p.a.send_encoded(data)
+    p.shuttle(1.0, chunker)
+    assert p.take() == (
+        [("closed", Reason.MALFORMED_FRAME, True)],
+        [("closed", Reason.MALFORMED_FRAME, False)],
+    )
+
+
+def test_an_unknown_40_character_tag_is_ignored_and_cut() -> None:
+    p = pair(make_info("alice"), make_info("bob"))
+    p.take()
+    p.a.send_encoded(b"\x81\xa1t\xd9(" + b"z" * 40)
+    p.shuttle(1.0)
+    assert p.take() == ([], [("unknown", "z" * 32)])
+    assert not p.b.closed
+
+
+def test_an_empty_noise_message_is_decrypt_failed() -> None:
+    p = pair(make_info("alice"), make_info("bob"))
+    p.take()
+    p.b.receive_data(b"\x00\x00", 1.0)
+    p.shuttle(1.0)
+    assert p.take()[1] == [("closed", Reason.DECRYPT_FAILED, False)]
+
+
+#: ALICE's chat body dated 10**15 ms (year 33658): outside the fixed range on every peer.
+BODY_FAR_FUTURE = (
+    b"\x97\xa7general\xc4 \xaf\x06\xa3\xe3)\x17\x14\xe4\xf3V\xc1\x9c\x9b\x15\xcd\x19Q"
+    b"\xecnfb\xaaw\xbe\x07T\x7f(\x93\x834\x1d\xa5alice\xcf\x00\x03\x8d~\xa4\xc6\x80\x00"
+    b"\x01\xa2hi\xc4\x00"
+)
+
+
+def test_a_chat_dated_outside_the_fixed_range_is_bad_timestamp() -> None:
+    body = m.decode_body(BODY_FAR_FUTURE)
+    assert (body.author, body.ts, body.text) == (ALICE.public, 10**15, "hi")
+    assert m.ts_verdict(body.ts, 1_700_000_000_000) == Reason.BAD_TIMESTAMP
 
 
 def chat_frame(who: Identity, seq: int) -> m.Chat:
