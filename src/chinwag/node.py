@@ -43,6 +43,7 @@ from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.protocol.discovery import encode_beacon
 from chinwag.protocol.names import DEFAULT_ROOM, validate_nick, validate_room, validate_text
 from chinwag.protocol.peers import SEEN, STRANGER, VERIFIED
+from chinwag.protocol.reasons import Reason
 from chinwag.protocol.session import Closed, LocalInfo
 from chinwag.protocol.transfer import OFFER_MARK, encode_offer
 from chinwag.rooms import DM, PRIVATE, Room, RoomBook
@@ -222,7 +223,7 @@ class Node:
             self._emit(event)
         return ready
 
-    async def stop(self, reason: str = "quit") -> None:
+    async def stop(self, reason: str = Reason.QUIT) -> None:
         """Say goodbye to every peer and release the data directory."""
         if self.stopped.is_set():
             return

@@ -54,7 +54,7 @@ def _literal_codes(path: Path) -> list[tuple[int, str]]:
         args: list[ast.expr] = []
         if name == "RemoteProtocolError":
             args = node.args[1:2] + [k.value for k in node.keywords if k.arg == "code"]
-        elif name == "close" and isinstance(func, ast.Attribute):
+        elif name in ("close", "stop") and isinstance(func, ast.Attribute):
             args = node.args[:1] + [k.value for k in node.keywords if k.arg == "reason"]
         elif name == "Bye":
             args = [k.value for k in node.keywords if k.arg == "reason"]
