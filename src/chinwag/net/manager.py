@@ -53,7 +53,7 @@ class ManagerListener(Protocol):
 
 
 class ConnectionManager:
-    """Owns every peer connection of a node."""
+    """Owns every peer connection of a node; implements net/link.py's Links."""
 
     def __init__(
         self,
