@@ -824,9 +824,7 @@ class FileShare:
 
     # --- serving --------------------------------------------------------
 
-    def _queue_serve(
-        self, conn: Link, t: _Transfer, peer_id: str, frame: m.FileGet
-    ) -> None:
+    def _queue_serve(self, conn: Link, t: _Transfer, peer_id: str, frame: m.FileGet) -> None:
         if not self._serves(t, peer_id) or frame.idx >= t.offer.chunks:
             conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason="unavailable"))
             return
@@ -855,9 +853,7 @@ class FileShare:
             queue.clear()
             queue.extend(kept)
 
-    async def _serve(
-        self, conn: Link, peer_id: str, queue: deque[tuple[str, int]]
-    ) -> None:
+    async def _serve(self, conn: Link, peer_id: str, queue: deque[tuple[str, int]]) -> None:
         """Send the chunks a peer asked for, in order, one read ahead."""
         ahead: asyncio.Future[bytes | str] | None = None
         ahead_item: tuple[str, int] | None = None
