@@ -43,8 +43,7 @@ from chinwag.rooms import DM, RoomBook
 from chinwag.store.db import Insert, NewMessage, Row, Store, StoreError
 
 if TYPE_CHECKING:
-    from chinwag.net.connection import PeerConnection
-    from chinwag.net.manager import ConnectionManager
+    from chinwag.net.link import Link, Links
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ class _Pending:
     """A message waiting for the next group commit."""
 
     msg: ChatMessage
-    conn: PeerConnection | None  # None: our own
+    conn: Link | None  # None: our own
     live: bool
     verified: bool
     done: asyncio.Future[ev.NodeEvent] | None
@@ -79,7 +78,7 @@ def _chain(outer: asyncio.Future[ev.NodeEvent], inner: asyncio.Future[ev.NodeEve
 class _View:
     """The replica's RoomView over our rooms and the connection manager."""
 
-    def __init__(self, book: RoomBook, manager: ConnectionManager, store: Store) -> None:
+    def __init__(self, book: RoomBook, manager: Links, store: Store) -> None:
         self.book = book
         self.manager = manager
         self.store = store
@@ -116,7 +115,7 @@ class History:
         self,
         store: Store,
         identity: Identity,
-        manager: ConnectionManager,
+        manager: Links,
         emit: Callable[[ev.NodeEvent], None],
         book: RoomBook,
     ) -> None:
@@ -245,9 +244,9 @@ class History:
 
     # --- frames from peers ----------------------------------------------
 
-    def chat_received(self, conn: PeerConnection, frame: m.Chat) -> None:
+    def chat_received(self, conn: Link, frame: m.Chat) -> None:
         """Check a received message and queue it for the next commit."""
-        from_id = conn.session.peer_id or ""
+        from_id = conn.peer_id or ""
         try:
             msg = open_message(frame.body, frame.sig, check_signature=False)
             body = msg.body
@@ -305,9 +304,9 @@ class History:
             return  # not marked seen: sync fetches it again once the budget refills
         self._queue(_Pending(msg, conn, not frame.hist, verified, None, text))
 
-    def sync_frame(self, conn: PeerConnection, frame: m.SyncFrame) -> None:
+    def sync_frame(self, conn: Link, frame: m.SyncFrame) -> None:
         """Handle a vector, want or floor from a peer."""
-        peer_id = conn.session.peer_id or ""
+        peer_id = conn.peer_id or ""
         now = self._loop.time()
         refused = self.replica.sync_allowed(peer_id, now)
         if refused:
@@ -327,20 +326,17 @@ class History:
                         )
                     )
                 return
-            # Peer ids in the frame must be well formed (the replica takes them as they are).
-            for author in frame.have if isinstance(frame, m.Vector) else (frame.author,):
-                public_from_peer_id(author)
+            # Peer ids in the frame were checked by the codec (messages.PeerIdStr).
             actions = self.replica.sync_received(peer_id, frame, now)
-        except Exception as exc:  # a malformed peer id in a sync frame
-            log.warning("disconnecting %s: bad sync frame (%s)", peer_id[:8], exc)
-            conn.close("malformed_frame")
+        except StoreError as exc:  # ours, not the peer's
+            log.error("cannot handle a sync frame from %s: %s", peer_id[:8], exc)
             return
         self._run(actions)
 
-    def peer_joined(self, conn: PeerConnection) -> None:
+    def peer_joined(self, conn: Link) -> None:
         """Send our rooms and vectors to a newly connected peer."""
         conn.send_frame(self.book.announcement())
-        self._run(self.replica.peer_opened(conn.session.peer_id or "", self._loop.time()))
+        self._run(self.replica.peer_opened(conn.peer_id or "", self._loop.time()))
 
     def peer_left(self, peer_id: str) -> None:
         self.book.forget_peer(peer_id)
@@ -543,7 +539,7 @@ class History:
                 continue
             else:
                 # Another message holds this seq: nothing was stored.
-                via = item.conn.session.peer_id or ""
+                via = item.conn.peer_id or ""
                 where = self.book.display(row.room)
                 actions += self.replica.clashed(row.author, row.seq, via, where)
             if item.done is not None and not item.done.done():
@@ -571,7 +567,7 @@ class History:
             self._emit(self._message_event(msg, item.text, own=True, late=False))
             return actions
         self._emit(self._message_event(msg, item.text, own=row.author == self.me, late=row.late))
-        via = item.conn.session.peer_id or ""
+        via = item.conn.peer_id or ""
         if item.live and row.author not in (via, self.me):
             self._note_relayed(row.author, via)
         relay = self.replica.committed(
@@ -616,8 +612,8 @@ class History:
 
     # --- pushing history to a peer --------------------------------------
 
-    def _start_push(self, conn: PeerConnection, room: str, plan: list[PushRange]) -> None:
-        peer_id = conn.session.peer_id or ""
+    def _start_push(self, conn: Link, room: str, plan: list[PushRange]) -> None:
+        peer_id = conn.peer_id or ""
         key = (peer_id, room)
         job = self._jobs.get(key)
         if job is not None and not job.done():
@@ -627,9 +623,7 @@ class History:
         self._jobs[key] = task
         task.add_done_callback(functools.partial(self._push_done, key, conn))
 
-    def _push_done(
-        self, key: tuple[str, str], conn: PeerConnection, task: asyncio.Task[None]
-    ) -> None:
+    def _push_done(self, key: tuple[str, str], conn: Link, task: asyncio.Task[None]) -> None:
         if self._jobs.get(key) is task:
             del self._jobs[key]
         if not task.cancelled() and task.exception() is not None:
@@ -638,8 +632,8 @@ class History:
         if plan and conn.is_open and not self._closed:
             self._start_push(conn, key[1], plan)
 
-    async def _push(self, conn: PeerConnection, room: str, plan: list[PushRange]) -> None:
-        peer_id = conn.session.peer_id or ""
+    async def _push(self, conn: Link, room: str, plan: list[PushRange]) -> None:
+        peer_id = conn.peer_id or ""
         floors, ranges = self.replica.push_ranges(peer_id, room, plan)
         for floor in floors:
             conn.send_frame(floor)

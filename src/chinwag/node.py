@@ -43,6 +43,7 @@ from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.protocol.discovery import encode_beacon
 from chinwag.protocol.names import DEFAULT_ROOM, validate_nick, validate_room, validate_text
 from chinwag.protocol.peers import SEEN, STRANGER, VERIFIED
+from chinwag.protocol.reasons import Reason
 from chinwag.protocol.session import Closed, LocalInfo
 from chinwag.protocol.transfer import OFFER_MARK, encode_offer
 from chinwag.rooms import DM, PRIVATE, Room, RoomBook
@@ -72,6 +73,31 @@ class NodeConfig:
     auto_accept: int = 0
 
 
+@dataclass
+class _Running:
+    """The running parts of a started node: built together in start(), stopped in stop().
+
+    A node is either not started (no `_Running`) or has every part; nothing checks the
+    parts one by one. `discovery` is None when beacons are off (NodeConfig.discovery).
+    """
+
+    store: Store
+    manager: ConnectionManager
+    book: RoomBook
+    history: History
+    files: FileShare
+    discovery: Discovery | None = None
+
+    async def close(self, reason: str) -> None:
+        """Stop every part, the network last but one and the store last."""
+        if self.discovery is not None:
+            self.discovery.close()
+        await self.files.close()
+        await self.history.close()
+        await self.manager.close(reason)
+        self.store.close()
+
+
 def default_nick() -> str:
     """Return the user's login name made into a valid nick."""
     try:
@@ -89,13 +115,9 @@ class Node:
         self.config = config
         self.datadir = DataDir(config.data_dir)
         self._subscribers: list[Callable[[ev.NodeEvent], None]] = []
-        self._history: History | None = None
-        self._book: RoomBook | None = None
-        self._store: Store | None = None
-        self._files: FileShare | None = None
+        #: Every running part, once start() has built them (None before and after).
+        self._run: _Running | None = None
         self._rng = random.Random()
-        self._manager: ConnectionManager | None = None
-        self._discovery: Discovery | None = None
         self._local: LocalInfo | None = None
         self._since: dict[str, float] = {}
         self._nicks: dict[str, str] = {}
@@ -119,6 +141,9 @@ class Node:
         self.datadir.open()
         # Hold events until `ready` is out, so it is always the first event.
         self._held = []
+        store: Store | None = None
+        history: History | None = None
+        run: _Running | None = None
         try:
             had_identity = (self.config.data_dir / "identity.key").exists()
             self.identity = load_or_create_identity(self.config.data_dir)
@@ -131,61 +156,63 @@ class Node:
             self._local = LocalInfo.create(
                 self.identity, self._noise_static, self.nick, 0, CAPABILITIES
             )
-            self._store = Store(self.config.data_dir / "chinwag.db")
-            self._store.start_checkpointer()
-            self._seen_peers = set(self._store.peer_nicks())
-            self._manager = ConnectionManager(
+            store = Store(self.config.data_dir / "chinwag.db")
+            store.start_checkpointer()
+            self._seen_peers = set(store.peer_nicks())
+            manager = ConnectionManager(
                 lambda: self._local_info(), self, self._rng, self._peer_rank
             )
-            self._book = RoomBook(self._store, self.identity)
-            self._book.load()
-            self._history = History(
-                self._store, self.identity, self._manager, self._emit, self._book
-            )
-            self._history.load()
-            if self._store.created and had_identity:
-                self._history.set_unsure("the message store is new, the identity is not")
-            elif self._store.tail_may_be_lost:
-                self._history.set_unsure("the machine went down while chinwag ran")
-            self._files = FileShare(
-                self._store,
+            book = RoomBook(store, self.identity)
+            book.load()
+            history = History(store, self.identity, manager, self._emit, book)
+            history.load()
+            if store.created and had_identity:
+                history.set_unsure("the message store is new, the identity is not")
+            elif store.tail_may_be_lost:
+                history.set_unsure("the machine went down while chinwag ran")
+            files = FileShare(
+                store,
                 self.identity.peer_id,
-                self._manager,
+                manager,
                 self._emit,
                 self.config.downloads or default_downloads_dir(),
                 self.config.auto_accept,
-                lambda peer_id: peer_id in self._require_book().verified,
-                lambda peer_id, room: self._require_book().shares_room(peer_id, room),
+                lambda peer_id: peer_id in book.verified,
+                lambda peer_id, room: book.shares_room(peer_id, room),
                 self._is_private_room,
             )
-            self._files.load()
-            self.port = await self._manager.listen(
+            # Complete before anything can call back (file offers shown while loading,
+            # peers once listening): every part is there, or the node is not started.
+            run = self._run = _Running(store, manager, book, history, files)
+            files.load()
+            self.port = await manager.listen(
                 self.config.bind, self.config.port, self.config.port_fallback
             )
             self._local = LocalInfo.create(
                 self.identity, self._noise_static, self.nick, self.port, CAPABILITIES
             )
             if self.config.discovery:
-                self._discovery = Discovery(
+                run.discovery = Discovery(
                     self.config.discovery_port,
                     self.config.bind,
                     self.identity.peer_id,
                     lambda: encode_beacon(self.identity.peer_id, self.port, self.nick),
-                    self._manager.beacon_heard,
+                    manager.beacon_heard,
                     self._rng,
                 )
-                await self._discovery.start()
+                await run.discovery.start()
             for host, port in self.config.peers:
-                self._manager.add_manual_peer(host, port)
+                manager.add_manual_peer(host, port)
         except BaseException:
-            if self._files is not None:
-                await self._files.close()
-            if self._manager is not None:
-                await self._manager.close("error")
-            if self._history is not None:
-                await self._history.close()
-            if self._store is not None:
-                self._store.close()
+            # Close what was built: all of it once _Running exists, else the store's users.
+            if run is not None:
+                self._run = None
+                await run.close("error")
+            else:
+                if history is not None:
+                    await history.close()
+                if store is not None:
+                    store.close()
             self.datadir.close()
             raise
         ready = ev.Ready(peer_id=self.identity.peer_id, nick=self.nick, port=self.port)
@@ -196,22 +223,15 @@ class Node:
             self._emit(event)
         return ready
 
-    async def stop(self, reason: str = "quit") -> None:
+    async def stop(self, reason: str = Reason.QUIT) -> None:
         """Say goodbye to every peer and release the data directory."""
         if self.stopped.is_set():
             return
-        if self._discovery is not None:
-            self._discovery.close()
         for pending in self._nick_pending.values():
             pending.cancel()
-        if self._files is not None:
-            await self._files.close()
-        if self._history is not None:
-            await self._history.close()
-        if self._manager is not None:
-            await self._manager.close(reason)
-        if self._store is not None:
-            self._store.close()
+        if self._run is not None:
+            # The parts stay (closed): goodbyes report peers gone through them.
+            await self._run.close(reason)
         self.datadir.close()
         self.stopped.set()
 
@@ -235,11 +255,11 @@ class Node:
         peer_id = self.resolve_peer(who)
         if peer_id == self.identity.peer_id:
             raise UsageError("that is you")
-        return self._post(self._require_book().join_dm(peer_id), text)
+        return self._post(self._running().book.join_dm(peer_id), text)
 
     def _post(self, room: Room, text: str) -> asyncio.Future[ev.NodeEvent]:
-        history = self._require_history()
-        book = self._require_book()
+        history = self._running().history
+        book = self._running().book
         clear, enc = book.seal(room, text)
         book.wrote_in(room)
         identity, nick = self.identity, self.nick
@@ -251,7 +271,7 @@ class Node:
         return history.post_own(room.wire, make, text)
 
     def _joined_room(self, name: str | None) -> Room:
-        book = self._require_book()
+        book = self._running().book
         room = book.find(name if name is not None else DEFAULT_ROOM)
         if room is None:
             if name is not None:
@@ -261,7 +281,7 @@ class Node:
 
     async def join(self, name: str, passphrase: str | None = None) -> ev.Joined:
         """Join a room (private with a passphrase) and fetch its history from peers."""
-        book = self._require_book()
+        book = self._running().book
         if passphrase is not None:
             if not passphrase or len(passphrase) > limits.MAX_PASSPHRASE_CHARS:
                 raise UsageError(f"a passphrase has 1-{limits.MAX_PASSPHRASE_CHARS} characters")
@@ -277,15 +297,15 @@ class Node:
             if len(book.joined) >= limits.MAX_ROOMS:
                 raise UsageError(f"you are in {limits.MAX_ROOMS} rooms already")
             room = book.join_public(canonical)
-        self._require_history().room_changed(room.wire)
+        self._running().history.room_changed(room.wire)
         event = ev.Joined(room=room.name, private=room.kind == PRIVATE)
         self._emit(event)
         return event
 
     def leave(self, name: str) -> ev.Left:
         """Leave a room: its messages are no longer stored, shown or synced."""
-        room = self._require_book().leave(name)
-        self._require_history().room_changed(room.wire)
+        room = self._running().book.leave(name)
+        self._running().history.room_changed(room.wire)
         event = ev.Left(room=room.name)
         self._emit(event)
         return event
@@ -295,7 +315,7 @@ class Node:
         return ev.RoomList(
             rooms=[
                 ev.RoomInfo(name=name, members=members, joined=joined)
-                for name, members, joined in self._require_book().listing()
+                for name, members, joined in self._running().book.listing()
             ]
         )
 
@@ -324,7 +344,7 @@ class Node:
         raise UsageError(f"no known peer {who[:40]!r}")
 
     def _known_nicks(self) -> dict[str, str]:
-        known = self._require_store().peer_nicks()
+        known = self._running().store.peer_nicks()
         known.update(self._nicks)
         known[self.identity.peer_id] = self.nick
         return known
@@ -332,7 +352,7 @@ class Node:
     def whois(self, who: str) -> ev.Whois:
         """Return who a peer is: id, fingerprint, verified, safety number."""
         peer_id = self.resolve_peer(who)
-        book = self._require_book()
+        book = self._running().book
         return ev.Whois(
             peer_id=peer_id,
             nick=self._known_nicks().get(peer_id, "?"),
@@ -347,7 +367,7 @@ class Node:
         """Show the safety number for a peer; with confirm, mark the peer verified."""
         info = self.whois(who)
         if confirm:
-            self._require_book().set_verified(info.peer_id, info.nick)
+            self._running().book.set_verified(info.peer_id, info.nick)
             info = self.whois(info.peer_id)
         return info
 
@@ -356,7 +376,7 @@ class Node:
         peer_id = self.resolve_peer(who)
         if peer_id == self.identity.peer_id:
             raise UsageError("you cannot block yourself")
-        self._require_book().set_blocked(peer_id, blocked)
+        self._running().book.set_blocked(peer_id, blocked)
         return self.whois(peer_id)
 
     # --- files ----------------------------------------------------------
@@ -368,7 +388,7 @@ class Node:
         message, so peers who are away get it later. Raises UsageError for a path
         that does not exist or cannot be read.
         """
-        files = self._require_files()
+        files = self._running().files
         if to.startswith("#"):
             room = self._joined_room(to[1:])
             label = room.name
@@ -376,7 +396,7 @@ class Node:
             peer_id = self.resolve_peer(to)
             if peer_id == self.identity.peer_id:
                 raise UsageError("that is you")
-            room = self._require_book().join_dm(peer_id)
+            room = self._running().book.join_dm(peer_id)
             label = "@" + peer_id
         offer = await files.prepare(path, label, self.nick)
         try:
@@ -397,32 +417,32 @@ class Node:
 
     def accept_file(self, ident: str, directory: str | None = None) -> ev.FileInfo:
         """Fetch an offered file (by id or unique id prefix) into directory or the downloads."""
-        return self._require_files().accept(ident, directory)
+        return self._running().files.accept(ident, directory)
 
     def reject_file(self, ident: str) -> ev.FileInfo:
         """Decline an offered file."""
-        return self._require_files().reject(ident)
+        return self._running().files.reject(ident)
 
     def cancel_file(self, ident: str, keep: bool = False) -> ev.FileInfo:
         """Stop a transfer (partial data removed unless keep) or withdraw our own offer."""
-        return self._require_files().cancel(ident, keep)
+        return self._running().files.cancel(ident, keep)
 
     def files(self) -> ev.FileList:
         """Return every file offer and transfer, newest first."""
-        return self._require_files().listing()
+        return self._running().files.listing()
 
     async def send(self, text: str, room: str | None = None) -> ev.NodeEvent:
         """Post a message and wait until it is stored and sent (and congested peers drained)."""
         event = await self.post(text, room)
-        await self._require_manager().wait_drained()
+        await self._running().manager.wait_drained()
         return event
 
     def congested(self) -> bool:
         """Return True if a peer is slow to take what we send (callers should wait_drained)."""
-        return self._require_manager().congested()
+        return self._running().manager.congested()
 
     async def wait_drained(self) -> None:
-        await self._require_manager().wait_drained()
+        await self._running().manager.wait_drained()
 
     def history(
         self, room: str | None = None, limit: int = 100, before: str | None = None
@@ -434,32 +454,32 @@ class Node:
         if limit < 1:
             raise UsageError("limit must be at least 1")
         if room is not None and room.startswith("@"):
-            wire = self._require_book().join_dm(self.resolve_peer(room)).wire
+            wire = self._running().book.join_dm(self.resolve_peer(room)).wire
         else:
             wire = self._joined_room(room).wire
-        result = self._require_history().history(wire, limit, before)
+        result = self._running().history.history(wire, limit, before)
         return ev.History(room=result.room, messages=self._render(result.messages))
 
     def conversations(self) -> list[tuple[str, str]]:
         """Return (display name, peer id) of every private conversation we hold."""
         return sorted(
-            (r.name, r.peer or "") for r in self._require_book().joined.values() if r.kind == DM
+            (r.name, r.peer or "") for r in self._running().book.joined.values() if r.kind == DM
         )
 
     def search(self, text: str, limit: int = 50) -> ev.SearchResult:
         """Return messages containing text."""
         if not text.strip():
             raise UsageError("search for what?")
-        result = self._require_history().search(text, limit)
+        result = self._running().history.search(text, limit)
         return ev.SearchResult(text=result.text, messages=self._render(result.messages))
 
     def info(self, msg_id: str) -> ev.Info:
         """Return who holds a message (by id or unique id prefix)."""
-        history = self._require_history()
+        history = self._running().history
         row = history.find(msg_id.strip().lower())
         if row is None:
             raise UsageError(f"no message with id {msg_id[:40]!r}")
-        nicks = self._require_store().peer_nicks()
+        nicks = self._running().store.peer_nicks()
         holders = [
             ev.PeerInfo(peer_id=p, nick=nicks.get(p, "?"), address="")
             for p in sorted(history.holders(row))
@@ -468,7 +488,7 @@ class Node:
 
     def delivery_of(self, msg: ev.Message | ev.DirectMessage) -> tuple[int, int]:
         """Return (peers holding, peers known in the room) for one of our messages."""
-        book = self._require_book()
+        book = self._running().book
         if isinstance(msg, ev.DirectMessage):
             wire = book.join_dm(msg.to).wire
         else:
@@ -476,7 +496,7 @@ class Node:
             if room is None:
                 return 0, 0
             wire = room.wire
-        return self._require_history().delivery(wire, msg.seq)
+        return self._running().history.delivery(wire, msg.seq)
 
     def set_nick(self, nick: str) -> None:
         """Change our nick, save it and tell every peer."""
@@ -486,13 +506,13 @@ class Node:
         self._local = LocalInfo.create(
             self.identity, self._noise_static, nick, self.port, CAPABILITIES
         )
-        manager = self._require_manager()
+        manager = self._running().manager
         manager.broadcast(m.encode(m.NickChange(nick=nick)))
         self._emit(ev.NickChanged(peer_id=self.identity.peer_id, nick=nick, old=old, own=True))
 
     def peers(self) -> ev.Peers:
         """Return the connected peers."""
-        manager = self._require_manager()
+        manager = self._running().manager
         infos = []
         for peer_id, conn in sorted(
             manager.peers.items(), key=lambda kv: kv[1].session.peer_nick or ""
@@ -511,8 +531,8 @@ class Node:
 
     def relayed_peers(self) -> list[ev.RelayedPeer]:
         """Return peers we hear only through others, lately (`via`: the peer that relayed)."""
-        history = self._require_history()
-        manager = self._require_manager()
+        history = self._running().history
+        manager = self._running().manager
         nicks = self._known_nicks()
         fresh = time.time() - limits.RELAYED_FRESH_S
         return [
@@ -532,11 +552,11 @@ class Node:
         assert peer_id is not None
         self._since[peer_id] = time.time()
         self._nicks[peer_id] = conn.session.peer_nick or "?"
-        self._require_store().save_peer(
+        self._running().store.save_peer(
             peer_id, self._nicks[peer_id], f"{conn.address[0]}:{conn.address[1]}"
         )
-        self._require_history().peer_joined(conn)
-        self._require_files().ask_peer(conn)
+        self._running().history.peer_joined(conn)
+        self._running().files.ask_peer(conn)
         self._check_impostor(peer_id, self._nicks[peer_id])
         self._emit(
             ev.PeerJoined(
@@ -557,10 +577,9 @@ class Node:
             pending.cancel()
         # Seen before from now on (not while connected: it ranks as it did when it came).
         self._seen_peers.add(peer_id)
-        if self._history is not None:
-            self._history.peer_left(peer_id)
-        if self._files is not None:
-            self._files.peer_left(peer_id)
+        if self._run is not None:
+            self._run.history.peer_left(peer_id)
+            self._run.files.peer_left(peer_id)
         self._emit(
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )
@@ -569,7 +588,7 @@ class Node:
         self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
     ) -> None:
         if isinstance(frame, m.FileFrame):
-            self._require_files().frame(conn, frame)
+            self._running().files.frame(conn, frame)
             return
         if isinstance(frame, m.NickChange):
             self._nick_changed(conn.session.peer_id or "", frame.nick)
@@ -577,12 +596,12 @@ class Node:
         if isinstance(frame, m.Chat):
             if self._untimely(conn, frame):
                 return
-            self._require_history().chat_received(conn, frame)
+            self._running().history.chat_received(conn, frame)
         else:
-            self._require_history().sync_frame(conn, frame)
+            self._running().history.sync_frame(conn, frame)
             if isinstance(frame, m.Rooms):
                 # Room files are asked of room members: this peer may be one now.
-                self._require_files().ask_peer(conn)
+                self._running().files.ask_peer(conn)
 
     # --- internals ------------------------------------------------------
 
@@ -618,7 +637,7 @@ class Node:
 
     def _check_impostor(self, peer_id: str, nick: str) -> None:
         """Alert (once per peer and nick) if peer_id uses the nick of a peer we verified."""
-        impostor = self._require_book().impostor_of(peer_id, nick)
+        impostor = self._running().book.impostor_of(peer_id, nick)
         if impostor is None:
             return
         if self._warn(
@@ -638,7 +657,7 @@ class Node:
 
     def _peer_rank(self, peer_id: str) -> int:
         """Return whom the peer limit keeps first: verified, then seen before, then strangers."""
-        if self._book is not None and peer_id in self._book.verified:
+        if self._run is not None and peer_id in self._run.book.verified:
             return VERIFIED
         return SEEN if peer_id in self._seen_peers else STRANGER
 
@@ -682,35 +701,16 @@ class Node:
         assert self._local is not None
         return self._local
 
-    def _require_history(self) -> History:
-        if self._history is None:
+    def _running(self) -> _Running:
+        """Return the running parts; raise UsageError if the node is not started."""
+        if self._run is None:
             raise UsageError("the node is not started")
-        return self._history
-
-    def _require_book(self) -> RoomBook:
-        if self._book is None:
-            raise UsageError("the node is not started")
-        return self._book
-
-    def _require_files(self) -> FileShare:
-        if self._files is None:
-            raise UsageError("the node is not started")
-        return self._files
+        return self._run
 
     def _is_private_room(self, name: str) -> bool:
         """Return whether our joined room `name` (display name) is a private room."""
-        room = self._require_book().find(name)
+        room = self._running().book.find(name)
         return room is not None and room.kind == PRIVATE
-
-    def _require_store(self) -> Store:
-        if self._store is None:
-            raise UsageError("the node is not started")
-        return self._store
-
-    def _require_manager(self) -> ConnectionManager:
-        if self._manager is None:
-            raise UsageError("the node is not started")
-        return self._manager
 
     def _emit(self, event: ev.NodeEvent) -> None:
         if isinstance(event, ev.Message | ev.DirectMessage):
@@ -718,10 +718,11 @@ class Node:
         if (
             isinstance(event, ev.Message | ev.DirectMessage)
             and event.text.startswith(OFFER_MARK)
-            and self._files is not None
+            and self._run is not None
         ):
-            offer = self._files.offer_message(event, _offer_room(event))
-            self._deliver(msgspec.structs.replace(event, text=self._files.render(event.text)))
+            files = self._run.files
+            offer = files.offer_message(event, _offer_room(event))
+            self._deliver(msgspec.structs.replace(event, text=files.render(event.text)))
             if offer is not None:
                 self._deliver(offer)
             return
@@ -732,9 +733,9 @@ class Node:
     ) -> list[ev.Message | ev.DirectMessage]:
         """Return messages with file offers shown as readable lines."""
         msgs = [_sane_ts(msg) for msg in msgs]
-        files = self._files
-        if files is None:
+        if self._run is None:
             return msgs
+        files = self._run.files
         return [
             msgspec.structs.replace(msg, text=files.render(msg.text))
             if msg.text.startswith(OFFER_MARK)

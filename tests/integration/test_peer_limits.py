@@ -130,7 +130,7 @@ async def test_a_manual_peer_refused_at_our_own_peer_limit_is_retried(
     def refusals() -> int:
         return sum("refusing peer" in r.getMessage() for r in caplog.records)
 
-    b._require_manager().add_manual_peer("127.0.0.1", a.port)
+    b._running().manager.add_manual_peer("127.0.0.1", a.port)
     await until(lambda: refusals() >= 1, "bob's dial reached alice and was refused")
     assert connected(b) == {v.peer_id}
     # Retried with back-off while refused; the warning is logged once, then at debug level.
@@ -168,7 +168,7 @@ async def test_nick_changes_and_impostor_alerts_are_rate_limited(
     got: list[ev.NodeEvent] = []
     a.subscribe(lambda e: got.append(e) if isinstance(e, ev.NickChanged | ev.Alert) else None)
     bob = Identity.generate()
-    a._require_book().set_verified(bob.peer_id, "bob")  # alice verified the real bob
+    a._running().book.set_verified(bob.peer_id, "bob")  # alice verified the real bob
     h = HostilePeer()
     await h.connect(a.port, timeout=WAIT_S)
     await until(lambda: h.peer_id in connected(a), "mallory in")

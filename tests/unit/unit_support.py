@@ -177,7 +177,7 @@ class FakeSession:
 
 @dataclass
 class FakeConn:
-    """The part of PeerConnection that History uses."""
+    """A net/link.py Link that records what is sent (History's view of a connection)."""
 
     peer_id: str
     sent: list[object] = field(default_factory=list)
@@ -206,11 +206,15 @@ class FakeConn:
 
 @dataclass
 class FakeManager:
-    """The part of ConnectionManager that History uses; records every broadcast."""
+    """A net/link.py Links (History's view of the manager); records every broadcast."""
 
     peers: dict[str, FakeConn] = field(default_factory=dict)
     broadcasts: list[tuple[bytes, frozenset[str]]] = field(default_factory=list)
     frames: list[m.Frame] = field(default_factory=list)
+    wanted: list[str] = field(default_factory=list)
+
+    def want(self, peer_id: str) -> None:
+        self.wanted.append(peer_id)
 
     def broadcast(self, plaintext: bytes, exclude: frozenset[str] = frozenset()) -> None:
         self.broadcasts.append((plaintext, exclude))

@@ -45,7 +45,7 @@ from chinwag.store.filedata import ChunkWriter, hash_source, sealer
 from chinwag.units import human_size
 
 if TYPE_CHECKING:
-    from chinwag.net.manager import ConnectionManager
+    from chinwag.net.link import Links
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Offers:
         self,
         store: Store,
         me: str,
-        manager: ConnectionManager,
+        manager: Links,
         emit: Callable[[ev.NodeEvent], None],
         in_room: Callable[[str, str], bool],
         is_private_room: Callable[[str], bool],

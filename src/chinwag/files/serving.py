@@ -26,7 +26,7 @@ from chinwag.store.db import StoreError
 from chinwag.store.filedata import sealer
 
 if TYPE_CHECKING:
-    from chinwag.net.connection import PeerConnection
+    from chinwag.net.link import Link
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +63,19 @@ class Server:
 
     # --- answers ------------------------------------------------------------
 
-    def who(self, conn: PeerConnection, t: Transfer, peer_id: str, frame: m.FileWho) -> None:
+    def who(self, conn: Link, t: Transfer, peer_id: str, frame: m.FileWho) -> None:
         """Answer `fwho`: `fhave` if we hold the file whole and may give it to the peer."""
         if self.offers.serves(t, peer_id):
             conn.send_frame(m.FileHave(fid=frame.fid))
 
-    def hashes(
-        self, conn: PeerConnection, t: Transfer, peer_id: str, frame: m.FileHashesReq
-    ) -> None:
+    def hashes(self, conn: Link, t: Transfer, peer_id: str, frame: m.FileHashesReq) -> None:
         """Answer `fhreq` with a page of the chunk digests (if we serve the file to the peer)."""
         if self.offers.serves(t, peer_id) and t.row.digests is not None:
             lo = frame.lo * 32
             page = t.row.digests[lo : lo + 32 * limits.FILE_HASHES_PER_FRAME]
             conn.send_frame(m.FileHashes(fid=frame.fid, lo=frame.lo, hashes=page))
 
-    def queue(self, conn: PeerConnection, t: Transfer, peer_id: str, frame: m.FileGet) -> None:
+    def queue(self, conn: Link, t: Transfer, peer_id: str, frame: m.FileGet) -> None:
         """Queue a chunk a peer asked for (`fget`), or refuse it with `fnak`."""
         if not self.offers.serves(t, peer_id) or frame.idx >= t.offer.chunks:
             conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason="unavailable"))
@@ -110,9 +108,7 @@ class Server:
         if not task.cancelled() and task.exception() is not None:
             log.error("serving %s failed", peer_id[:8], exc_info=task.exception())
 
-    async def _serve(
-        self, conn: PeerConnection, peer_id: str, queue: deque[tuple[str, int]]
-    ) -> None:
+    async def _serve(self, conn: Link, peer_id: str, queue: deque[tuple[str, int]]) -> None:
         """Send the chunks a peer asked for, in order, one read ahead."""
         ahead: asyncio.Future[bytes | str] | None = None
         ahead_item: tuple[str, int] | None = None

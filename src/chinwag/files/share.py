@@ -31,8 +31,7 @@ from chinwag.protocol.transfer import ACTIVE, Offer
 from chinwag.store.db import Store
 
 if TYPE_CHECKING:
-    from chinwag.net.connection import PeerConnection
-    from chinwag.net.manager import ConnectionManager
+    from chinwag.net.link import Link, Links
 
 
 class FileShare:
@@ -42,7 +41,7 @@ class FileShare:
         self,
         store: Store,
         me: str,
-        manager: ConnectionManager,
+        manager: Links,
         emit: Callable[[ev.NodeEvent], None],
         downloads: Path,
         auto_accept: int,
@@ -146,9 +145,9 @@ class FileShare:
 
     # --- peers ----------------------------------------------------------
 
-    def ask_peer(self, conn: PeerConnection) -> None:
+    def ask_peer(self, conn: Link) -> None:
         """Ask a peer that just connected, or announced its rooms, for the files we fetch."""
-        peer_id = conn.session.peer_id or ""
+        peer_id = conn.peer_id or ""
         for t in self.offers.transfers.values():
             if (
                 t.dl is not None
@@ -164,9 +163,9 @@ class FileShare:
 
     # --- frames ---------------------------------------------------------
 
-    def frame(self, conn: PeerConnection, frame: m.FileFrame) -> None:
+    def frame(self, conn: Link, frame: m.FileFrame) -> None:
         """Handle one file frame from a peer."""
-        peer_id = conn.session.peer_id or ""
+        peer_id = conn.peer_id or ""
         t = self.offers.transfers.get(frame.fid.hex())
         if t is None:
             if isinstance(frame, m.FileGet):

@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from chinwag import limits
+from chinwag.errors import RemoteProtocolError
 from chinwag.protocol import messages as m
-from chinwag.protocol.session import Closed, Session, State
-
-if TYPE_CHECKING:
-    from chinwag.net.manager import ConnectionManager
+from chinwag.protocol.reasons import Reason
+from chinwag.protocol.session import Closed, Event, Session, State
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +23,22 @@ log = logging.getLogger(__name__)
 _ABORT_AFTER_S = 1.0
 
 
+class ConnectionOwner(Protocol):
+    """What a connection reports to (the ConnectionManager); declared here, so no import circle."""
+
+    def connection_made(self, conn: PeerConnection) -> None: ...
+    def session_event(self, conn: PeerConnection, event: Event) -> None:
+        """Handle one event; a RemoteProtocolError raised here closes this connection."""
+        ...
+
+    def session_closed(self, conn: PeerConnection, closed: Closed) -> None: ...
+
+
 class PeerConnection(asyncio.Protocol):
-    """One TCP connection driven by a sans-IO Session."""
+    """One TCP connection driven by a sans-IO Session; implements net/link.py's Link."""
 
     def __init__(
-        self, manager: ConnectionManager, session: Session, dial_key: str | None = None
+        self, manager: ConnectionOwner, session: Session, dial_key: str | None = None
     ) -> None:
         self.manager = manager
         self.session = session
@@ -153,7 +163,7 @@ class PeerConnection(asyncio.Protocol):
                     closed = event
                 elif self.session.state is not State.CLOSED:
                     # Frames queued behind one that got the peer disconnected are dropped.
-                    self.manager.session_event(self, event)
+                    self._dispatch(event)
             self._flush()
             if not self.session.has_events():
                 break
@@ -171,6 +181,16 @@ class PeerConnection(asyncio.Protocol):
             return
         self._arm_timer()
 
+    def _dispatch(self, event: Event) -> None:
+        # The one catch point for remote errors found above the session (history,
+        # files, rooms): the peer sent something illegal, so this connection closes
+        # with the error's reason code; the node and the other peers carry on.
+        try:
+            self.manager.session_event(self, event)
+        except RemoteProtocolError as exc:
+            log.debug("peer %s broke the protocol: %s (%s)", self._label(), exc, exc.code)
+            self.close(exc.code)
+
     def _flush(self) -> None:
         data = self.session.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
@@ -180,7 +200,7 @@ class PeerConnection(asyncio.Protocol):
                 and self.session.state is State.OPEN
             ):
                 log.warning("peer %s is not reading; disconnecting", self._label())
-                self.session.close("too_slow")
+                self.session.close(Reason.TOO_SLOW)
                 self._process()
 
     def _arm_timer(self) -> None:

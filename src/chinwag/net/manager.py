@@ -28,6 +28,7 @@ from chinwag.protocol.peers import (
     PeerTable,
     eviction_victim,
 )
+from chinwag.protocol.reasons import Reason
 from chinwag.protocol.session import (
     Closed,
     Event,
@@ -52,7 +53,7 @@ class ManagerListener(Protocol):
 
 
 class ConnectionManager:
-    """Owns every peer connection of a node."""
+    """Owns every peer connection of a node; implements net/link.py's Links."""
 
     def __init__(
         self,
@@ -105,7 +106,7 @@ class ConnectionManager:
         )
         return self.port
 
-    async def close(self, reason: str = "quit") -> None:
+    async def close(self, reason: str = Reason.QUIT) -> None:
         """Say goodbye to every peer and stop listening and dialling."""
         self._closing = True
         if self._dial_timer is not None:
@@ -242,10 +243,10 @@ class ConnectionManager:
                 log.debug("duplicate connection to %s: keeping the new one", ev.peer_id[:8])
                 self.peers[ev.peer_id] = conn
                 conn.connected_at = now
-                existing.close("duplicate", linger=True)
+                existing.close(Reason.DUPLICATE, linger=True)
             else:
                 log.debug("duplicate connection to %s: keeping the old one", ev.peer_id[:8])
-                conn.close("duplicate", linger=True)
+                conn.close(Reason.DUPLICATE, linger=True)
             return
         limbo = self._limbo.pop(ev.peer_id, None)
         if limbo is not None:
@@ -261,7 +262,7 @@ class ConnectionManager:
                 ev.peer_id[:8],
                 len(self.peers),
             )
-            conn.close("too_many_peers")
+            conn.close(Reason.TOO_MANY_PEERS)
             return
         self.peers[ev.peer_id] = conn
         conn.connected_at = conn.last_active = now
@@ -279,7 +280,7 @@ class ConnectionManager:
             return False
         log.info("evicting peer %s to make room for %s", victim[:8], peer_id[:8])
         # Closing reports it gone at once (session_closed), freeing its place.
-        self.peers[victim].close("evicted")
+        self.peers[victim].close(Reason.EVICTED)
         return len(self.peers) < limits.MAX_PEERS
 
     def _rank_of(self, peer_id: str, conn: PeerConnection) -> int:
@@ -307,7 +308,7 @@ class ConnectionManager:
         peer_id = conn.session.peer_id
         if peer_id is not None and self.peers.get(peer_id) is conn:
             del self.peers[peer_id]
-            if closed.by_peer and closed.code == "duplicate" and not self._closing:
+            if closed.by_peer and closed.code == Reason.DUPLICATE and not self._closing:
                 timer = self._loop.call_later(
                     limits.HANDSHAKE_TIMEOUT_S, self._limbo_expired, peer_id
                 )
@@ -315,7 +316,7 @@ class ConnectionManager:
                 return
             self._peer_gone(conn, closed)
             return
-        if closed.code not in ("duplicate", "quit") and not self._closing:
+        if closed.code not in (Reason.DUPLICATE, Reason.QUIT) and not self._closing:
             if closed.by_peer:
                 log.debug("connection with %s closed: %s", conn.address[0], closed.reason)
             else:  # a peer can cause these again and again
@@ -329,7 +330,7 @@ class ConnectionManager:
         # completed but the connection was refused (the peer limit): retry it with back-off.
         if (
             conn.dial_key is not None
-            and closed.code != "duplicate"
+            and closed.code != Reason.DUPLICATE
             and (peer_id is None or peer_id not in self.peers)
         ):
             self.table.dial_failed(conn.dial_key, now)
@@ -345,8 +346,8 @@ class ConnectionManager:
         assert peer_id is not None
         log.info("disconnected from %s: %s", peer_id[:8], closed.reason)
         # A peer we evicted for lack of room is not redialled either, until it beacons again.
-        goodbye = (closed.by_peer and closed.code == "quit") or (
-            not closed.by_peer and closed.code == "evicted"
+        goodbye = (closed.by_peer and closed.code == Reason.QUIT) or (
+            not closed.by_peer and closed.code == Reason.EVICTED
         )
         self.table.disconnected(peer_id, self._loop.time(), goodbye=goodbye)
         self._listener.peer_left(conn, closed)
@@ -373,7 +374,7 @@ class ConnectionManager:
         for conn in list(self.peers.values()):
             if not await conn.wait_drained(limits.SEND_DRAIN_TIMEOUT_S):
                 log.warning("peer %s did not drain its queue; disconnecting", conn.peer_id)
-                conn.close("too_slow")
+                conn.close(Reason.TOO_SLOW)
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

@@ -15,6 +15,7 @@ import msgspec
 
 from chinwag import limits
 from chinwag.errors import RemoteProtocolError
+from chinwag.protocol.reasons import Reason as Code
 
 PROTOCOL_NAME: Final = "chinwag"
 PROTOCOL_VERSION: Final = 1
@@ -32,7 +33,11 @@ Sig64 = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Cap = Annotated[str, msgspec.Meta(max_length=limits.MAX_CAP_CHARS)]
-PeerIdStr = Annotated[str, msgspec.Meta(min_length=52, max_length=52)]
+#: A canonical peer id: lowercase unpadded base32 of a 32-byte key. The last character
+#: holds one bit and four zero bits, so it is `a` or `q`; this pattern accepts exactly the
+#: strings `crypto.identity.public_from_peer_id` accepts, so no adapter re-checks them.
+PEER_ID_PATTERN: Final = "^[a-z2-7]{51}[aq]$"
+PeerIdStr = Annotated[str, msgspec.Meta(min_length=52, max_length=52, pattern=PEER_ID_PATTERN)]
 
 
 # --- handshake payloads -----------------------------------------------------
@@ -285,10 +290,10 @@ def decode_frame(data: bytes) -> Frame | UnknownFrame:
         try:
             tag = _tag_decoder.decode(data).t
         except msgspec.DecodeError:
-            raise RemoteProtocolError(f"malformed frame: {exc}", "malformed_frame") from None
+            raise RemoteProtocolError(f"malformed frame: {exc}", Code.MALFORMED_FRAME) from None
         if tag not in KNOWN_TAGS:
             return UnknownFrame(tag[:32])
-        raise RemoteProtocolError(f"malformed {tag!r} frame: {exc}", "malformed_frame") from None
+        raise RemoteProtocolError(f"malformed {tag!r} frame: {exc}", Code.MALFORMED_FRAME) from None
 
 
 def decode_prelude(data: bytes) -> Prelude:
@@ -296,7 +301,7 @@ def decode_prelude(data: bytes) -> Prelude:
     try:
         return _prelude_decoder.decode(data)
     except msgspec.DecodeError as exc:
-        raise RemoteProtocolError(f"malformed prelude: {exc}", "malformed_handshake") from None
+        raise RemoteProtocolError(f"malformed prelude: {exc}", Code.MALFORMED_HANDSHAKE) from None
 
 
 def decode_hello(data: bytes) -> Hello:
@@ -304,7 +309,7 @@ def decode_hello(data: bytes) -> Hello:
     try:
         return _hello_decoder.decode(data)
     except msgspec.DecodeError as exc:
-        raise RemoteProtocolError(f"malformed hello: {exc}", "malformed_handshake") from None
+        raise RemoteProtocolError(f"malformed hello: {exc}", Code.MALFORMED_HANDSHAKE) from None
 
 
 def decode_body(data: bytes) -> ChatBody:
@@ -312,18 +317,18 @@ def decode_body(data: bytes) -> ChatBody:
     try:
         body = _body_decoder.decode(data)
     except msgspec.DecodeError as exc:
-        raise RemoteProtocolError(f"malformed chat body: {exc}", "malformed_frame") from None
+        raise RemoteProtocolError(f"malformed chat body: {exc}", Code.MALFORMED_FRAME) from None
     if len(body.text.encode()) > limits.MAX_TEXT_BYTES:
-        raise RemoteProtocolError("chat text too long", "too_large")
+        raise RemoteProtocolError("chat text too long", Code.TOO_LARGE)
     if not body.text and not body.enc:
-        raise RemoteProtocolError("empty chat message", "malformed_frame")
+        raise RemoteProtocolError("empty chat message", Code.MALFORMED_FRAME)
     return body
 
 
 # --- timestamps on receipt (hardening) ----------------------------------------
 
 #: ts_verdict: outside the fixed range, the same on every peer (never accepted).
-BAD_TIMESTAMP: Final = "bad_timestamp"
+BAD_TIMESTAMP: Final = Code.BAD_TIMESTAMP
 #: ts_verdict: more than MAX_TS_AHEAD_MS ahead of the receiver's clock (not accepted yet).
 TS_AHEAD: Final = "ts_ahead"
 

@@ -37,6 +37,7 @@ from chinwag.crypto.noise import NoiseFailure, NoiseXX, static_public
 from chinwag.errors import LocalProtocolError, RemoteProtocolError
 from chinwag.protocol import messages as m
 from chinwag.protocol.names import is_valid_name
+from chinwag.protocol.reasons import Reason
 
 _LEN = struct.Struct(">H")
 
@@ -177,7 +178,7 @@ class Session:
         if self.state is State.CLOSED:
             return
         if not data:
-            self._finish("connection closed by peer", "eof", by_peer=True)
+            self._finish("connection closed by peer", Reason.EOF, by_peer=True)
             return
         self._last_received = now
         self._inbuf += data
@@ -207,13 +208,13 @@ class Session:
     def handle_timer(self, now: float) -> None:
         """Run time-based duties: handshake timeout, keepalive pings, dead-peer detection."""
         if self.state is State.HANDSHAKE and now >= self._handshake_deadline:
-            self._finish("handshake timed out", "handshake_timeout", by_peer=True)
+            self._finish("handshake timed out", Reason.HANDSHAKE_TIMEOUT, by_peer=True)
         elif self.state is State.LINGER:
             if now >= self._linger_deadline:
                 self._finish(f"closed locally: {self._linger_reason}", self._linger_reason, False)
         elif self.state is State.OPEN:
             if now - self._last_received >= limits.DEAD_PEER_TIMEOUT_S:
-                self._finish("no sign of life from peer", "timeout", by_peer=True)
+                self._finish("no sign of life from peer", Reason.TIMEOUT, by_peer=True)
             elif now >= max(self._ping_due, self._last_received + limits.KEEPALIVE_INTERVAL_S):
                 self._ping_n += 1
                 self._ping_sent_at = now
@@ -234,7 +235,7 @@ class Session:
             raise LocalProtocolError(f"cannot send in state {self.state.value}")
         self._write_frame(self._noise.encrypt(plaintext))
 
-    def close(self, reason: str = "quit", linger_until: float | None = None) -> None:
+    def close(self, reason: str = Reason.QUIT, linger_until: float | None = None) -> None:
         """Say goodbye (if the channel is open) and finish.
 
         With linger_until, keep accepting the peer's frames until it closes its
@@ -284,15 +285,15 @@ class Session:
             try:
                 plain = self._noise.decrypt(data)
             except NoiseFailure as exc:
-                raise RemoteProtocolError(str(exc), "decrypt_failed") from None
+                raise RemoteProtocolError(str(exc), Reason.DECRYPT_FAILED) from None
             self._handle_frame(m.decode_frame(plain))
             return
         try:
             payload = self._noise.read_handshake(bytes(data))
         except NoiseFailure as exc:
-            raise RemoteProtocolError(str(exc), "handshake_failed") from None
+            raise RemoteProtocolError(str(exc), Reason.HANDSHAKE_FAILED) from None
         if len(payload) > limits.MAX_HANDSHAKE_PAYLOAD:
-            raise RemoteProtocolError("handshake payload too large", "malformed_handshake")
+            raise RemoteProtocolError("handshake payload too large", Reason.MALFORMED_HANDSHAKE)
         if self.initiator:
             # Message 2 carries the responder's Hello; answer with message 3 and open.
             self._accept_hello(payload)
@@ -304,11 +305,11 @@ class Session:
         else:
             prelude = m.decode_prelude(payload)
             if prelude.proto != m.PROTOCOL_NAME:
-                raise RemoteProtocolError(f"peer speaks {prelude.proto[:32]!r}", "not_chinwag")
+                raise RemoteProtocolError(f"peer speaks {prelude.proto[:32]!r}", Reason.NOT_CHINWAG)
             if prelude.v != m.PROTOCOL_VERSION:
                 raise RemoteProtocolError(
                     f"peer speaks protocol version {prelude.v}, we speak {m.PROTOCOL_VERSION}",
-                    "version_mismatch",
+                    Reason.VERSION_MISMATCH,
                 )
             self._write_handshake(self.local.hello())
 
@@ -318,31 +319,32 @@ class Session:
         try:
             self._write_frame(self._noise.write_handshake(payload))
         except NoiseFailure as exc:
-            raise RemoteProtocolError(str(exc), "handshake_failed") from None
+            raise RemoteProtocolError(str(exc), Reason.HANDSHAKE_FAILED) from None
 
     def _accept_hello(self, payload: bytes) -> None:
         hello = m.decode_hello(payload)
         remote_static = self._noise.remote_static
         if remote_static is None:  # cannot happen in XX after message 2
-            raise RemoteProtocolError("no static key in handshake", "handshake_failed")
+            raise RemoteProtocolError("no static key in handshake", Reason.HANDSHAKE_FAILED)
         if hello.v != m.PROTOCOL_VERSION:
             raise RemoteProtocolError(
                 f"peer speaks protocol version {hello.v}, we speak {m.PROTOCOL_VERSION}",
-                "version_mismatch",
+                Reason.VERSION_MISMATCH,
             )
         if not verify(hello.identity, m.STATIC_KEY_CONTEXT + remote_static, hello.sig):
             raise RemoteProtocolError(
-                "peer's identity signature does not match its channel key", "bad_identity"
+                "peer's identity signature does not match its channel key", Reason.BAD_IDENTITY
             )
         peer_id = peer_id_from_public(hello.identity)
         if peer_id == self.local.identity.peer_id:
-            raise RemoteProtocolError("connected to ourselves", "self")
+            raise RemoteProtocolError("connected to ourselves", Reason.SELF)
         if self.expected_peer_id is not None and peer_id != self.expected_peer_id:
             raise RemoteProtocolError(
-                f"expected peer {self.expected_peer_id[:8]}, got {peer_id[:8]}", "unexpected_peer"
+                f"expected peer {self.expected_peer_id[:8]}, got {peer_id[:8]}",
+                Reason.UNEXPECTED_PEER,
             )
         if not is_valid_name(hello.nick):
-            raise RemoteProtocolError("invalid nick in hello", "malformed_handshake")
+            raise RemoteProtocolError("invalid nick in hello", Reason.MALFORMED_HANDSHAKE)
         self.peer_id = peer_id
         self.peer_nick = hello.nick
         self.peer_port = hello.port
@@ -368,12 +370,12 @@ class Session:
                 self._ping_sent_at = None
         elif isinstance(frame, m.NickChange):
             if not is_valid_name(frame.nick):
-                raise RemoteProtocolError("invalid nick", "malformed_frame")
+                raise RemoteProtocolError("invalid nick", Reason.MALFORMED_FRAME)
             self.peer_nick = frame.nick
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Bye):
             # The reason is the peer's text: keep it only if it is a plain code.
-            reason = frame.reason if is_valid_name(frame.reason) else "bye"
+            reason = frame.reason if is_valid_name(frame.reason) else Reason.BYE
             self._finish(f"peer said goodbye ({reason})", reason, by_peer=True)
         else:
             self._events.append(UnknownFrameIgnored(frame.tag))
