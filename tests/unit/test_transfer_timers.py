@@ -112,6 +112,17 @@ def test_the_digest_list_is_asked_of_another_source_after_its_timeout() -> None:
     assert A not in dl.sources and A not in dl.banned  # slow, not lying
 
 
+def test_an_unanswered_digest_request_of_the_only_source_is_reported_when_it_expires() -> None:
+    """The hash-request deadline has work even when no other source is there to ask."""
+    dl = started()
+    dl.add_source(A, 0.0)
+    assert dl.pump(0.0) == [RequestHashes(A, 0)]
+    deadline = after(limits.FILE_HASHES_TIMEOUT_S)
+    fired = run_until(dl, limits.FILE_HASHES_TIMEOUT_S + 0.1)
+    assert (deadline, SourceExpired(A)) in fired
+    assert A not in dl.sources and A not in dl.banned
+
+
 def test_an_answered_digest_request_clears_its_timer() -> None:
     dl = started()
     dl.add_source(A, 0.0)

@@ -297,7 +297,7 @@ class RequestChunk:
 
 @dataclass(frozen=True, slots=True)
 class SourceExpired:
-    """`peer_id` owed chunks and sent nothing for FILE_REQUEST_TIMEOUT_S: dropped (not banned)."""
+    """`peer_id` owed chunks or digests and sent nothing in time: dropped (not banned)."""
 
     peer_id: str
 
@@ -433,6 +433,7 @@ class Download:
         if asked is not None and now > asked[1] + limits.FILE_HASHES_TIMEOUT_S:
             self.drop(asked[0])  # (not banned: it may be slow rather than lying)
             self.hashes_asked = None
+            out.append(SourceExpired(asked[0]))
         if (
             len(self.sources) < limits.FILE_MAX_SOURCES
             and now >= self.asked_at + limits.FILE_ASK_INTERVAL_S
