@@ -548,11 +548,6 @@ def test_a_frame_too_large_for_the_length_prefix_is_a_local_error() -> None:
     assert p.a.data_to_send() == b""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the refused frame was encrypted first, so its nonce is spent and "
-    "the peer cannot decrypt the next frame (session.py checks the size after encrypting)",
-)
 def test_a_refused_oversized_frame_leaves_the_session_usable() -> None:
     p = opened()
     with pytest.raises(LocalProtocolError):

@@ -40,6 +40,8 @@ from chinwag.protocol.names import is_valid_name
 from chinwag.protocol.reasons import Reason
 
 _LEN = struct.Struct(">H")
+#: Bytes the transport cipher (AES-GCM) adds to each frame: its authentication tag.
+_AEAD_TAG = 16
 
 
 # --- events -----------------------------------------------------------------
@@ -233,7 +235,7 @@ class Session:
         """Queue an already encoded frame (lets a relay encode once for many peers)."""
         if self.state is not State.OPEN:
             raise LocalProtocolError(f"cannot send in state {self.state.value}")
-        self._write_frame(self._noise.encrypt(plaintext))
+        self._encrypt_and_write(plaintext)
 
     def close(self, reason: str = Reason.QUIT, linger_until: float | None = None) -> None:
         """Say goodbye (if the channel is open) and finish.
@@ -381,7 +383,14 @@ class Session:
             self._events.append(UnknownFrameIgnored(frame.tag))
 
     def _send_frame(self, frame: m.Frame) -> None:
-        self._write_frame(self._noise.encrypt(m.encode(frame)))
+        self._encrypt_and_write(m.encode(frame))
+
+    def _encrypt_and_write(self, plaintext: bytes) -> None:
+        # Checked before encrypting: a refused frame must not spend a nonce, or the
+        # peer could not decrypt the next one.
+        if len(plaintext) + _AEAD_TAG > limits.MAX_NOISE_MESSAGE:
+            raise LocalProtocolError(f"frame of {len(plaintext)} bytes exceeds the maximum")
+        self._write_frame(self._noise.encrypt(plaintext))
 
     def _write_frame(self, data: bytes) -> None:
         if len(data) > limits.MAX_NOISE_MESSAGE:
