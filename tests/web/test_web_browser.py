@@ -589,3 +589,30 @@ def test_verify_search_info_and_block(browser: Any, tmp_path: Path, nodes: list[
     a.send(cmd="whois", who=b.peer_id)
     a.wait_for(lambda e: e.get("event") == "whois" and e.get("blocked") is True)
     ctx.close()
+
+
+def test_marks_of_messages_delivered_before_the_page_opened(
+    browser: Any, tmp_path: Path, nodes: list[WebNode]
+) -> None:
+    a, b = pair(tmp_path, nodes)
+    a.send(cmd="send", text="sent before the page")
+    own = a.wait_for(
+        lambda e: e.get("event") == "message" and e.get("text") == "sent before the page"
+    )
+    a.wait_for(lambda e: e.get("event") == "delivered" and e.get("id") == own["id"])
+    b.send(cmd="send", text="bob wrote this")
+    a.wait_for(lambda e: e.get("event") == "message" and e.get("text") == "bob wrote this")
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = open_page(ctx, a)
+    # The history answer brings the mark: no `delivered` event reached this page.
+    mark = "[data-testid=message]:has-text('sent before the page') [data-testid=delivery]"
+    wait_text(page, mark, "\u2713 1/1")
+    assert page.locator(mark).inner_text() == "\u2713 1/1"
+    assert message(page, "bob wrote this").locator("[data-testid=delivery]").count() == 0
+    # A later receipt still updates it: carol catches up and holds it too.
+    c = WebNode(tmp_path / "carol", "carol", "--peer", f"127.0.0.1:{a.port}")
+    nodes.append(c)
+    c.start()
+    c.wait_for(lambda e: e.get("event") == "message" and e.get("id") == own["id"])
+    wait_text(page, mark, "\u2713 2/2")
+    ctx.close()
