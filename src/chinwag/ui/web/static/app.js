@@ -169,6 +169,10 @@ const handlers = {
       else if (item.own) item.mark = marks.get(item.id) || "";
       item.mention = isMention(item);
     }
+    // Messages already shown keep their item: after a resync (events missed) the
+    // answer's counts are the only news of receipts that came meanwhile.
+    const fresh = new Map(items.filter((it) => it.mark && room.ids.has(it.id)).map((it) => [it.id, it.mark]));
+    if (fresh.size) for (const it of room.items) if (fresh.has(it.id)) it.mark = fresh.get(it.id);
     room.loading = false;
     room.loaded = true;
     if (items.length < (req ? req.limit : PAGE)) room.complete = true;
