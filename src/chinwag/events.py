@@ -37,7 +37,9 @@ class Message(msgspec.Struct, frozen=True, tag_field="event", tag="message", omi
     """A chat message, received or our own (`own`); `ts` is the author's Unix time in seconds.
 
     `seq` is the author's number for it in the room; `late` (only present when
-    true) marks a message that sorts before messages already shown.
+    true) marks a message that sorts before messages already shown. `delivered`
+    of `of` peers known in the room hold it: set only on our own messages inside
+    `history` and `search` answers (absent from live events and others' messages).
     """
 
     id: str
@@ -49,10 +51,15 @@ class Message(msgspec.Struct, frozen=True, tag_field="event", tag="message", omi
     own: bool
     seq: int
     late: bool = False
+    delivered: int | None = None
+    of: int | None = None
 
 
 class DirectMessage(msgspec.Struct, frozen=True, tag_field="event", tag="dm", omit_defaults=True):
-    """A private message; `peer_id` is its author, `to` its recipient, `own` if we wrote it."""
+    """A private message; `peer_id` is its author, `to` its recipient, `own` if we wrote it.
+
+    `delivered`/`of` as in `Message`: only on our own, inside history and search answers.
+    """
 
     id: str
     peer_id: str
@@ -63,6 +70,8 @@ class DirectMessage(msgspec.Struct, frozen=True, tag_field="event", tag="dm", om
     to: str
     seq: int
     late: bool = False
+    delivered: int | None = None
+    of: int | None = None
 
 
 class Joined(msgspec.Struct, frozen=True, tag_field="event", tag="joined"):

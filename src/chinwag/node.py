@@ -731,17 +731,24 @@ class Node:
     def _render(
         self, msgs: list[ev.Message | ev.DirectMessage]
     ) -> list[ev.Message | ev.DirectMessage]:
-        """Return messages with file offers shown as readable lines."""
+        """Return messages with file offers shown as readable lines and marks on our own.
+
+        Our own carry `delivered`/`of`: one lookup each in the receipts the replica
+        holds in memory (loaded once per room), no query per message.
+        """
         msgs = [_sane_ts(msg) for msg in msgs]
         if self._run is None:
             return msgs
         files = self._run.files
-        return [
-            msgspec.structs.replace(msg, text=files.render(msg.text))
-            if msg.text.startswith(OFFER_MARK)
-            else msg
-            for msg in msgs
-        ]
+        out: list[ev.Message | ev.DirectMessage] = []
+        for msg in msgs:
+            if msg.text.startswith(OFFER_MARK):
+                msg = msgspec.structs.replace(msg, text=files.render(msg.text))
+            if msg.own:
+                count, of = self.delivery_of(msg)
+                msg = msgspec.structs.replace(msg, delivered=count, of=of)
+            out.append(msg)
+        return out
 
     def _deliver(self, event: ev.NodeEvent) -> None:
         if self._held is not None:

@@ -596,3 +596,37 @@ async def test_info_lists_the_holder_after_delivery(node: NodeFactory) -> None:
     ), info
     assert [(h["peer_id"], h["nick"]) for h in info["holders"]] == [(b.peer_id, "bob")], info
     assert_clean(a, b)
+
+
+async def test_history_and_search_carry_delivery_counts_of_own_messages(
+    node: NodeFactory,
+) -> None:
+    """Own messages in history/search answers carry delivered/of; others' and live ones do not."""
+    a, b = await pair(node)
+    own = await chat_works(a, b, text="counted mine")
+    theirs = await chat_works(b, a, text="counted theirs")
+    await a.send({"cmd": "dm", "to": b.peer_id, "text": "counted private"})
+    own_dm = await a.wait_for("dm", timeout=PROMPT_S, from_start=True, own=True)
+    for mine in (own, own_dm):
+        await a.wait_for("delivered", timeout=PROMPT_S, from_start=True, id=mine["id"], count=1)
+        assert "delivered" not in mine and "of" not in mine, mine  # live events keep their shape
+
+    got = {ev["id"]: ev for ev in await history(a)}
+    assert (got[own["id"]]["delivered"], got[own["id"]]["of"]) == (1, 1), got
+    assert "delivered" not in got[theirs["id"]] and "of" not in got[theirs["id"]], got
+    conv = await ask(a, {"cmd": "history", "room": "@bob"}, "history")
+    dm = {ev["id"]: ev for ev in conv["messages"]}[own_dm["id"]]
+    assert (dm["event"], dm["delivered"], dm["of"]) == ("dm", 1, 1), dm
+
+    res = await ask(a, {"cmd": "search", "text": "counted", "limit": 10}, "search")
+    found = {ev["id"]: ev for ev in res["messages"]}
+    assert set(found) == {own["id"], theirs["id"], own_dm["id"]}, res
+    assert (found[own["id"]]["delivered"], found[own["id"]]["of"]) == (1, 1), res
+    assert (found[own_dm["id"]]["delivered"], found[own_dm["id"]]["of"]) == (1, 1), res
+    assert "delivered" not in found[theirs["id"]] and "of" not in found[theirs["id"]], res
+    # On bob's side the roles swap: his message carries the counts, alice's does not.
+    await b.wait_for("delivered", timeout=PROMPT_S, from_start=True, id=theirs["id"], count=1)
+    on_b = {ev["id"]: ev for ev in await history(b)}
+    assert (on_b[theirs["id"]]["delivered"], on_b[theirs["id"]]["of"]) == (1, 1), on_b
+    assert "delivered" not in on_b[own["id"]], on_b
+    assert_clean(a, b)

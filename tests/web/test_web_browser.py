@@ -589,3 +589,63 @@ def test_verify_search_info_and_block(browser: Any, tmp_path: Path, nodes: list[
     a.send(cmd="whois", who=b.peer_id)
     a.wait_for(lambda e: e.get("event") == "whois" and e.get("blocked") is True)
     ctx.close()
+
+
+def test_marks_of_messages_delivered_before_the_page_opened(
+    browser: Any, tmp_path: Path, nodes: list[WebNode]
+) -> None:
+    a, b = pair(tmp_path, nodes)
+    a.send(cmd="send", text="sent before the page")
+    own = a.wait_for(
+        lambda e: e.get("event") == "message" and e.get("text") == "sent before the page"
+    )
+    a.wait_for(lambda e: e.get("event") == "delivered" and e.get("id") == own["id"])
+    b.send(cmd="send", text="bob wrote this")
+    a.wait_for(lambda e: e.get("event") == "message" and e.get("text") == "bob wrote this")
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = open_page(ctx, a)
+    # The history answer brings the mark: no `delivered` event reached this page.
+    mark = "[data-testid=message]:has-text('sent before the page') [data-testid=delivery]"
+    wait_text(page, mark, "\u2713 1/1")
+    assert page.locator(mark).inner_text() == "\u2713 1/1"
+    assert message(page, "bob wrote this").locator("[data-testid=delivery]").count() == 0
+    # A later receipt still updates it: carol catches up and holds it too.
+    c = WebNode(tmp_path / "carol", "carol", "--peer", f"127.0.0.1:{a.port}")
+    nodes.append(c)
+    c.start()
+    c.wait_for(lambda e: e.get("event") == "message" and e.get("id") == own["id"])
+    wait_text(page, mark, "\u2713 2/2")
+    ctx.close()
+
+
+def test_resync_refreshes_marks_of_messages_shown(
+    browser: Any, tmp_path: Path, nodes: list[WebNode]
+) -> None:
+    a, _b = pair(tmp_path, nodes)
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = open_page(ctx, a)
+    type_and_send(page, "seen live")
+    mark = "[data-testid=message]:has-text('seen live') [data-testid=delivery]"
+    wait_text(page, mark, "\u2713 1/1")
+    own = a.wait_for(lambda e: e.get("event") == "message" and e.get("text") == "seen live")
+    # Offline, and back with a server run the node does not know: it answers resync, so
+    # the `delivered` event carol causes meanwhile is never replayed to the page.
+    page.evaluate(
+        """() => { const c = window.chinwag.conn; window.__connect = c.connect.bind(c);
+        c.connect = () => {}; c.drop(); }"""
+    )
+    page.wait_for_selector("[data-testid=status][data-state=offline]", timeout=MS)
+    c = WebNode(tmp_path / "carol", "carol", "--peer", f"127.0.0.1:{a.port}")
+    nodes.append(c)
+    c.start()
+    a.wait_for(
+        lambda e: e.get("event") == "delivered" and e.get("id") == own["id"] and e["count"] == 2
+    )
+    page.evaluate(
+        """() => { const c = window.chinwag.conn; c.serverRun = "0000000000000000";
+        c.connect = window.__connect; c.connect(); }"""
+    )
+    page.wait_for_selector("[data-testid=status][data-state=online]", timeout=MS)
+    wait_text(page, mark, "\u2713 2/2")
+    assert message(page, "seen live").count() == 1
+    ctx.close()

@@ -39,9 +39,16 @@ const state = {
   started: false,
 };
 
-/** Delivery marks seen, kept for messages shown later (history answers carry none). */
+/** Delivery marks seen, kept for messages shown later (and for answers without counts). */
 const marks = new Map();
 const MAX_MARKS = 5000;
+
+/** Remember a message's latest delivery mark, dropping the oldest beyond MAX_MARKS. */
+function rememberMark(id, mark) {
+  marks.delete(id);
+  marks.set(id, mark);
+  if (marks.size > MAX_MARKS) marks.delete(marks.keys().next().value);
+}
 
 const conn = new Connection(onEvent, onConnState);
 window.chinwag = { state, conn }; // for tests and curious people; holds no secret
@@ -157,9 +164,15 @@ const handlers = {
     const items = e.messages.map((m) => toItem(m, true, state.me.peer_id));
     for (const item of items) {
       noteNick(item.peer_id, item.nick);
-      if (item.own) item.mark = marks.get(item.id) || "";
+      // The answer's counts are newer than any `delivered` event read before it.
+      if (item.own && item.mark) rememberMark(item.id, item.mark);
+      else if (item.own) item.mark = marks.get(item.id) || "";
       item.mention = isMention(item);
     }
+    // Messages already shown keep their item: after a resync (events missed) the
+    // answer's counts are the only news of receipts that came meanwhile.
+    const fresh = new Map(items.filter((it) => it.mark && room.ids.has(it.id)).map((it) => [it.id, it.mark]));
+    if (fresh.size) for (const it of room.items) if (fresh.has(it.id)) it.mark = fresh.get(it.id);
     room.loading = false;
     room.loaded = true;
     if (items.length < (req ? req.limit : PAGE)) room.complete = true;
@@ -171,8 +184,7 @@ const handlers = {
     }
   },
   delivered(e) {
-    marks.set(e.id, `✓ ${e.count}/${e.of}`);
-    if (marks.size > MAX_MARKS) marks.delete(marks.keys().next().value);
+    rememberMark(e.id, `✓ ${e.count}/${e.of}`);
     for (const room of state.rooms.values()) {
       if (!room.ids.has(e.id)) continue;
       const item = room.items.find((it) => it.id === e.id);
@@ -1094,6 +1106,7 @@ function showInfo(e) {
 function showSearch(e) {
   const results = e.messages.map((m) => {
     const item = toItem(m, true, state.me.peer_id);
+    if (item.own && item.mark) rememberMark(item.id, item.mark);
     const key = keyOf(item, state.me.peer_id);
     const where = key.startsWith("@") ? `@${state.nicks.get(key.slice(1)) || shortId(key.slice(1))}` : `#${key}`;
     return el("li", {}, el("button", {
@@ -1104,7 +1117,7 @@ function showSearch(e) {
         state.focusMsg = item.id;
         switchTo(key);
       },
-    }, el("small", { text: `${where} · ${item.nick} · ${fullTime(item.ts)}` }), el("span", { text: item.text })));
+    }, el("small", { text: `${where} · ${item.nick} · ${fullTime(item.ts)}${item.mark ? ` · ${item.mark}` : ""}` }), el("span", { text: item.text })));
   });
   dialog(`Search: ${e.text}`, [
     results.length ? el("ul", { class: "results" }, ...results.reverse()) : el("p", { class: "hint", text: "Nothing found." }),

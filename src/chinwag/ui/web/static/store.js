@@ -35,7 +35,8 @@ export function toItem(ev, nested, myId) {
     dm,
     to: dm ? ev.to : "",
     room: dm ? "" : ev.room,
-    mark: "",
+    // History and search answers carry our own messages' delivery counts; live events do not.
+    mark: Number.isInteger(ev.of) && ev.of > 0 ? `✓ ${ev.delivered ?? 0}/${ev.of}` : "",
   };
 }
 
