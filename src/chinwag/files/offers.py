@@ -25,6 +25,7 @@ from chinwag.crypto.box import FILE_KEY_BYTES
 from chinwag.crypto.identity import BadIdentity, public_from_peer_id
 from chinwag.errors import LocalProtocolError, UsageError
 from chinwag.protocol import messages as m
+from chinwag.protocol.reasons import FileEndReason
 from chinwag.protocol.transfer import (
     ACTIVE,
     INITIAL,
@@ -183,7 +184,7 @@ class Offers:
         if t.row.state not in (SHARING, DONE):
             raise UsageError(f"{t.offer.name!r} is not being shared")
         self.set_state(t, CANCELLED, "cancelled")
-        withdrawn = m.encode(m.FileEnd(fid=bytes.fromhex(t.fid), reason="withdrawn"))
+        withdrawn = m.encode(m.FileEnd(fid=bytes.fromhex(t.fid), reason=FileEndReason.WITHDRAWN))
         if t.private:
             # A private offer's id is told to its recipient only.
             conn = self.manager.peers.get(t.row.room[1:])
@@ -282,7 +283,7 @@ class Offers:
             return peer_id == t.row.author
         return self.in_room(peer_id, t.row.room)
 
-    def tell_author(self, t: Transfer, reason: str) -> None:
+    def tell_author(self, t: Transfer, reason: FileEndReason) -> None:
         """Tell the sender of a private offer how it went (if connected)."""
         if t.private:
             conn = self.manager.peers.get(t.row.author)
