@@ -156,19 +156,8 @@ class Offers:
             digest_root(digests),
             key=key,
         )
-        row = FileRow(
-            fid=offer.fid,
-            direction=OUT,
-            state=INITIAL[OUT],
-            room=room,
-            author=self.me,
-            nick=nick,
-            offer=offer_json(offer),
-            path=str(source),
-            digests=digests,
-            mtime_ns=mtime_ns,
-            created=time.time(),
-        )
+        row = new_row(offer, OUT, room, self.me, nick)
+        row.path, row.digests, row.mtime_ns = str(source), digests, mtime_ns
         self.store.save_file(row)
         self.transfers[offer.fid] = Transfer(row, offer)
         return offer
@@ -234,16 +223,7 @@ class Offers:
         else:
             if len(self.transfers) >= limits.FILE_MAX_KNOWN:
                 self._forget_oldest()
-            row = FileRow(
-                fid=offer.fid,
-                direction=IN,
-                state=INITIAL[IN],
-                room=room,
-                author=event.peer_id,
-                nick=event.nick,
-                offer=offer_json(offer),
-                created=time.time(),
-            )
+            row = new_row(offer, IN, room, event.peer_id, event.nick)
             try:
                 self.store.save_file(row)
             except StoreError as exc:
@@ -381,6 +361,20 @@ class Offers:
                 sources=len(dl.sources) if dl is not None else 0,
             )
         )
+
+
+def new_row(offer: Offer, direction: Direction, room: str, author: str, nick: str) -> FileRow:
+    """Return the row of a new offer or transfer: in its direction's initial state, created now."""
+    return FileRow(
+        fid=offer.fid,
+        direction=direction,
+        state=INITIAL[direction],
+        room=room,
+        author=author,
+        nick=nick,
+        offer=offer_json(offer),
+        created=time.time(),
+    )
 
 
 def offer_json(offer: Offer) -> str:
