@@ -46,6 +46,12 @@ def test_remote_error_default_code_is_a_reason() -> None:
     assert RemoteProtocolError("x").code in set(Reason)
 
 
+def _strings(args: list[ast.expr]) -> list[tuple[int, str]]:
+    """Return (line, text) of the string literals among args."""
+    consts = [c for c in args if isinstance(c, ast.Constant)]
+    return [(c.lineno, c.value) for c in consts if isinstance(c.value, str)]
+
+
 def _literal_codes(path: Path) -> list[tuple[int, str]]:
     """Return string literals used as reason codes: RemoteProtocolError(_, "x"), x.close("x")."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -62,11 +68,7 @@ def _literal_codes(path: Path) -> list[tuple[int, str]]:
             args = node.args[:1] + [k.value for k in node.keywords if k.arg == "reason"]
         elif name == "Bye":
             args = [k.value for k in node.keywords if k.arg == "reason"]
-        found += [
-            (a.lineno, a.value)
-            for a in args
-            if isinstance(a, ast.Constant) and isinstance(a.value, str)
-        ]
+        found += _strings(args)
     return found
 
 
@@ -177,11 +179,7 @@ def _bare_file_codes(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.Compare) and _name_of(node.left) in _FILE_CODE_NAMES:
             for right in node.comparators:
                 args += right.elts if isinstance(right, ast.Tuple | ast.List | ast.Set) else [right]
-        found += [
-            (a.lineno, a.value)
-            for a in args
-            if isinstance(a, ast.Constant) and isinstance(a.value, str)
-        ]
+        found += _strings(args)
     return found
 
 
