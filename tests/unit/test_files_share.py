@@ -22,6 +22,7 @@ from chinwag.crypto import box
 from chinwag.crypto.identity import Identity
 from chinwag.files import FileShare
 from chinwag.protocol import messages as m
+from chinwag.protocol.reasons import FileEndReason
 from chinwag.protocol.transfer import digest_root, encode_offer, new_offer
 from chinwag.store.db import Store
 
@@ -339,3 +340,28 @@ async def test_file_data_is_written_only_while_the_connection_drains(
         ]
     finally:
         await share.close()
+
+
+async def test_a_file_code_the_node_does_not_know_is_no_withdrawal(tmp_path: Path) -> None:
+    """An `fend`/`fnak` with an unknown code changes nothing; only `withdrawn` ends the offer."""
+    store = Store(tmp_path / "chinwag.db")
+    emitted: list[Any] = []
+    share = make_share(store, tmp_path, emitted, SimpleNamespace(peers={}), in_room=True)
+    sent: list[Any] = []
+    mallory = cast(Any, SimpleNamespace(peer_id=MALLORY.peer_id, send_frame=sent.append))
+    try:
+        assert share.offer_message(offer_event(1), "general") is not None
+        (fid,) = share.transfers
+        raw = bytes.fromhex(fid)
+        share.frame(mallory, m.FileEnd(fid=raw, reason="gone_for_good"))
+        share.frame(mallory, m.FileNak(fid=raw, idx=0, reason="some_newer_code"))
+        assert share.transfers[fid].row.state == "offered"
+        assert not [e for e in emitted if isinstance(e, ev.FileFailed)] and not sent
+        share.frame(mallory, m.FileEnd(fid=raw, reason=FileEndReason.WITHDRAWN))
+        assert share.transfers[fid].row.state == "failed"
+        assert [e.reason for e in emitted if isinstance(e, ev.FileFailed)] == [
+            "withdrawn by the sender"
+        ]
+    finally:
+        await share.close()
+        store.close()

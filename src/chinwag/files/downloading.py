@@ -39,6 +39,7 @@ from chinwag.files.offers import (
 )
 from chinwag.protocol import messages as m
 from chinwag.protocol.names import safe_filename
+from chinwag.protocol.reasons import FileEndReason
 from chinwag.protocol.transfer import (
     ACTIVE,
     AskHolders,
@@ -124,7 +125,7 @@ class Downloader:
             raise UsageError(f"{t.offer.name!r} is not under way")
         if t.dl is not None and t.dl.paused and t.dl.complete:
             raise UsageError(f"{t.offer.name!r} is complete and being saved")
-        self.stop(t, "cancelled", remove=not keep)
+        self.stop(t, FileEndReason.CANCELLED, remove=not keep)
         self.offers.set_state(t, CANCELLED, "cancelled")
         self.offers.emit(ev.FileFailed(id=t.fid, reason="cancelled"))
 
@@ -360,19 +361,19 @@ class Downloader:
         for peer_id in sources:
             conn = self.manager.peers.get(peer_id)
             if conn is not None:
-                conn.send_frame(m.FileEnd(fid=bytes.fromhex(t.fid), reason="done"))
+                conn.send_frame(m.FileEnd(fid=bytes.fromhex(t.fid), reason=FileEndReason.DONE))
         if t.row.author not in sources:
-            self.offers.tell_author(t, "done")
+            self.offers.tell_author(t, FileEndReason.DONE)
         log.info("saved %s (%d bytes) at %s", t.offer.name, t.offer.size, final)
         self.offers.emit(ev.FileDone(id=t.fid, path=str(final), sha256=t.offer.sha256))
 
     def fail(self, t: Transfer, reason: str) -> None:
         """Stop t for good (`failed`, with reason); its partial file is removed."""
-        self.stop(t, "cancelled", remove=True)
+        self.stop(t, FileEndReason.CANCELLED, remove=True)
         self.offers.set_state(t, FAILED, reason)
         self.offers.emit(ev.FileFailed(id=t.fid, reason=reason))
 
-    def stop(self, t: Transfer, tell: str, remove: bool) -> None:
+    def stop(self, t: Transfer, tell: FileEndReason, remove: bool) -> None:
         """Stop fetching t, telling its sources (and a private offer's author) `tell`."""
         dl = t.dl
         if dl is not None:
@@ -388,7 +389,7 @@ class Downloader:
         if remove and part is not None:
             with contextlib.suppress(OSError):
                 part.unlink()
-        if tell == "cancelled" and (dl is None or t.row.author not in dl.sources):
+        if tell == FileEndReason.CANCELLED and (dl is None or t.row.author not in dl.sources):
             self.offers.tell_author(t, tell)
 
     def _close_part(self, t: Transfer) -> None:

@@ -25,6 +25,7 @@ from chinwag.crypto.box import FILE_KEY_BYTES
 from chinwag.crypto.identity import BadIdentity, public_from_peer_id
 from chinwag.errors import LocalProtocolError, UsageError
 from chinwag.protocol import messages as m
+from chinwag.protocol.reasons import FileEndReason
 from chinwag.protocol.transfer import (
     ACTIVE,
     INITIAL,
@@ -155,19 +156,8 @@ class Offers:
             digest_root(digests),
             key=key,
         )
-        row = FileRow(
-            fid=offer.fid,
-            direction=OUT,
-            state=INITIAL[OUT],
-            room=room,
-            author=self.me,
-            nick=nick,
-            offer=offer_json(offer),
-            path=str(source),
-            digests=digests,
-            mtime_ns=mtime_ns,
-            created=time.time(),
-        )
+        row = new_row(offer, OUT, room, self.me, nick)
+        row.path, row.digests, row.mtime_ns = str(source), digests, mtime_ns
         self.store.save_file(row)
         self.transfers[offer.fid] = Transfer(row, offer)
         return offer
@@ -183,7 +173,7 @@ class Offers:
         if t.row.state not in (SHARING, DONE):
             raise UsageError(f"{t.offer.name!r} is not being shared")
         self.set_state(t, CANCELLED, "cancelled")
-        withdrawn = m.encode(m.FileEnd(fid=bytes.fromhex(t.fid), reason="withdrawn"))
+        withdrawn = m.encode(m.FileEnd(fid=bytes.fromhex(t.fid), reason=FileEndReason.WITHDRAWN))
         if t.private:
             # A private offer's id is told to its recipient only.
             conn = self.manager.peers.get(t.row.room[1:])
@@ -233,16 +223,7 @@ class Offers:
         else:
             if len(self.transfers) >= limits.FILE_MAX_KNOWN:
                 self._forget_oldest()
-            row = FileRow(
-                fid=offer.fid,
-                direction=IN,
-                state=INITIAL[IN],
-                room=room,
-                author=event.peer_id,
-                nick=event.nick,
-                offer=offer_json(offer),
-                created=time.time(),
-            )
+            row = new_row(offer, IN, room, event.peer_id, event.nick)
             try:
                 self.store.save_file(row)
             except StoreError as exc:
@@ -282,7 +263,7 @@ class Offers:
             return peer_id == t.row.author
         return self.in_room(peer_id, t.row.room)
 
-    def tell_author(self, t: Transfer, reason: str) -> None:
+    def tell_author(self, t: Transfer, reason: FileEndReason) -> None:
         """Tell the sender of a private offer how it went (if connected)."""
         if t.private:
             conn = self.manager.peers.get(t.row.author)
@@ -380,6 +361,20 @@ class Offers:
                 sources=len(dl.sources) if dl is not None else 0,
             )
         )
+
+
+def new_row(offer: Offer, direction: Direction, room: str, author: str, nick: str) -> FileRow:
+    """Return the row of a new offer or transfer: in its direction's initial state, created now."""
+    return FileRow(
+        fid=offer.fid,
+        direction=direction,
+        state=INITIAL[direction],
+        room=room,
+        author=author,
+        nick=nick,
+        offer=offer_json(offer),
+        created=time.time(),
+    )
 
 
 def offer_json(offer: Offer) -> str:

@@ -21,6 +21,7 @@ from chinwag import events as ev
 from chinwag import limits
 from chinwag.files.offers import DONE, FAILED, IN, OUT, SHARING, Offers, Transfer
 from chinwag.protocol import messages as m
+from chinwag.protocol.reasons import FileRefusal
 from chinwag.protocol.transfer import move
 from chinwag.store.db import StoreError
 from chinwag.store.filedata import sealer
@@ -78,11 +79,11 @@ class Server:
     def queue(self, conn: Link, t: Transfer, peer_id: str, frame: m.FileGet) -> None:
         """Queue a chunk a peer asked for (`fget`), or refuse it with `fnak`."""
         if not self.offers.serves(t, peer_id) or frame.idx >= t.offer.chunks:
-            conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason="unavailable"))
+            conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason=FileRefusal.UNAVAILABLE))
             return
         queue = self.queues.setdefault(peer_id, deque())
         if len(queue) >= limits.FILE_MAX_QUEUED:
-            conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason="busy"))
+            conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason=FileRefusal.BUSY))
             return
         queue.append((t.fid, frame.idx))
         task = self.tasks.get(peer_id)
@@ -110,7 +111,7 @@ class Server:
 
     async def _serve(self, conn: Link, peer_id: str, queue: deque[tuple[str, int]]) -> None:
         """Send the chunks a peer asked for, in order, one read ahead."""
-        ahead: asyncio.Future[bytes | str] | None = None
+        ahead: asyncio.Future[bytes | FileRefusal] | None = None
         ahead_item: tuple[str, int] | None = None
         while conn.is_open:
             if ahead is None:
@@ -129,7 +130,7 @@ class Server:
             if t is None:
                 continue
             raw_fid = bytes.fromhex(fid)
-            if isinstance(data, str):
+            if isinstance(data, FileRefusal):
                 conn.send_frame(m.FileNak(fid=raw_fid, idx=idx, reason=data))
                 continue
             view = memoryview(data)
@@ -148,25 +149,25 @@ class Server:
         if ahead is not None:
             ahead.cancel()
 
-    def read_chunk(self, fid: str, idx: int) -> asyncio.Future[bytes | str]:
+    def read_chunk(self, fid: str, idx: int) -> asyncio.Future[bytes | FileRefusal]:
         """Read one chunk in a worker thread; resolve to its bytes or a refusal code."""
         t = self.offers.transfers.get(fid)
         if t is None or t.row.digests is None:
-            fut: asyncio.Future[bytes | str] = self._loop.create_future()
-            fut.set_result("unavailable")
+            fut: asyncio.Future[bytes | FileRefusal] = self._loop.create_future()
+            fut.set_result(FileRefusal.UNAVAILABLE)
             return fut
         fd = self._read_fds.pop(fid, None)
         if fd is None:
             if not self._close_idle_read_fd():
                 fut = self._loop.create_future()
-                fut.set_result("busy")
+                fut.set_result(FileRefusal.BUSY)
                 return fut
             try:
                 fd = os.open(t.row.path, os.O_RDONLY)
             except OSError as exc:
                 self._source_gone(t, f"cannot read {t.row.path}: {exc.strerror or exc}")
                 fut = self._loop.create_future()
-                fut.set_result("unavailable")
+                fut.set_result(FileRefusal.UNAVAILABLE)
                 return fut
         self._read_fds[fid] = fd  # (re-inserted: the dict is in order of last use)
         chunk = t.offer.chunk
@@ -175,29 +176,29 @@ class Server:
         seal = sealer(t.offer.key, fid)
         digest = t.row.digests[32 * idx : 32 * idx + 32]
 
-        def read() -> bytes | str:
+        def read() -> bytes | FileRefusal:
             # A changed size or modification time means the file is no longer the
             # one offered (receivers check every chunk's digest anyway).
             st = os.fstat(fd)
             if st.st_size != size or st.st_mtime_ns != mtime_ns:
-                return "changed"
+                return FileRefusal.CHANGED
             data = os.pread(fd, length, idx * chunk)
             if len(data) != length:
-                return "changed"
+                return FileRefusal.CHANGED
             if seal is None:
                 return data
             sealed = seal(idx, data)
             # Sealing is deterministic (the nonce is the chunk index): a chunk that no
             # longer matches its digest would reuse a nonce on another plaintext.
-            return sealed if hashlib.sha256(sealed).digest() == digest else "changed"
+            return sealed if hashlib.sha256(sealed).digest() == digest else FileRefusal.CHANGED
 
-        async def run() -> bytes | str:
+        async def run() -> bytes | FileRefusal:
             try:
                 result = await asyncio.to_thread(read)
             except OSError as exc:
                 self._source_gone(t, f"cannot read {t.row.path}: {exc.strerror or exc}")
-                return "unavailable"
-            if result == "changed":
+                return FileRefusal.UNAVAILABLE
+            if result == FileRefusal.CHANGED:
                 self._source_gone(t, f"{t.row.path} changed since it was offered")
             return result
 

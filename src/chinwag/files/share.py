@@ -27,6 +27,7 @@ from chinwag.files.offers import (
 )
 from chinwag.files.serving import Server
 from chinwag.protocol import messages as m
+from chinwag.protocol.reasons import FileEndReason, FileRefusal
 from chinwag.protocol.transfer import ACTIVE, Offer
 from chinwag.store.db import Store
 
@@ -95,7 +96,7 @@ class FileShare:
         if t.row.direction != IN or t.row.state != OFFERED:
             raise UsageError(f"{t.offer.name!r} is not waiting for an answer")
         self.offers.set_state(t, REJECTED)
-        self.offers.tell_author(t, "rejected")
+        self.offers.tell_author(t, FileEndReason.REJECTED)
         self.offers.emit(ev.FileFailed(id=t.fid, reason="rejected"))
         return self.offers.info(t)
 
@@ -169,7 +170,7 @@ class FileShare:
         t = self.offers.transfers.get(frame.fid.hex())
         if t is None:
             if isinstance(frame, m.FileGet):
-                conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason="unknown"))
+                conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason=FileRefusal.UNKNOWN))
             return
         if isinstance(frame, m.FileData):
             self.downloader.data(t, peer_id, frame)
@@ -189,25 +190,28 @@ class FileShare:
             self._end(t, peer_id, frame.reason)
 
     def _end(self, t: Transfer, peer_id: str, reason: str) -> None:
+        """A peer stops a transfer (`fend`); reason is its code, maybe one we do not know."""
         row = t.row
-        if reason != "withdrawn":
+        if reason != FileEndReason.WITHDRAWN:
             # A downloader is done with us (also when we serve a room file we fetched).
             self.server.drop_queued(peer_id, t.fid)
         if row.direction == OUT and t.private and peer_id == row.room[1:]:
             # The one recipient of a private offer tells us how it went.
             who = t.row.room[1:9]
-            if reason == "done" and row.state == SHARING:
+            if reason == FileEndReason.DONE and row.state == SHARING:
                 self.offers.set_state(t, DONE)
                 self.offers.emit(ev.FileDone(id=t.fid, path=row.path, sha256=t.offer.sha256))
-            elif reason in ("rejected", "cancelled") and row.state == SHARING:
+            elif (
+                reason in (FileEndReason.REJECTED, FileEndReason.CANCELLED) and row.state == SHARING
+            ):
                 self.offers.emit(ev.FileFailed(id=t.fid, reason=f"{reason} by {who}"))
         elif (
             row.direction == IN
             and peer_id == row.author
-            and reason == "withdrawn"
+            and reason == FileEndReason.WITHDRAWN
             and row.state in (*ACTIVE, OFFERED)
         ):
             if t.dl is not None:
-                self.downloader.stop(t, "cancelled", remove=True)
+                self.downloader.stop(t, FileEndReason.CANCELLED, remove=True)
             self.offers.set_state(t, FAILED, "withdrawn by the sender")
             self.offers.emit(ev.FileFailed(id=t.fid, reason="withdrawn by the sender"))

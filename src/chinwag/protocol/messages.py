@@ -196,7 +196,10 @@ class FileData(msgspec.Struct, frozen=True, tag_field="t", tag="fdata"):
 
 
 class FileNak(msgspec.Struct, frozen=True, tag_field="t", tag="fnak"):
-    """Chunk `idx` of `fid` will not come from the sender; `reason` is a short code."""
+    """Chunk `idx` of `fid` will not come from the sender; `reason` is a `FileRefusal` code.
+
+    Any short str decodes (an enum here would close the connection on a newer peer's code).
+    """
 
     fid: Fid
     idx: U64
@@ -204,7 +207,7 @@ class FileNak(msgspec.Struct, frozen=True, tag_field="t", tag="fnak"):
 
 
 class FileEnd(msgspec.Struct, frozen=True, tag_field="t", tag="fend"):
-    """The sender stops this transfer: `done`, `cancelled`, `rejected` or `withdrawn`."""
+    """The sender stops this transfer; `reason` is a `FileEndReason` code (or any short str)."""
 
     fid: Fid
     reason: Reason

@@ -1,8 +1,10 @@
-"""The one set of reason codes: why a connection closes, what a `bye` says, why a peer is refused.
+"""The one set of reason codes: why a connection closes, what a `bye` says, why a peer is refused,
+why a file chunk will not come (`fnak`) and why a file transfer stops (`fend`).
 
-docs/protocol.md section 11 lists every member (checked by tests/unit/test_reasons.py).
-A `Reason` is a `str`, so it is sent in a `bye` and compared with a received code as is.
-A received `bye` may carry any valid name: a code from the peer is a `str`, not a `Reason`.
+docs/protocol.md section 11 lists every `Reason`, section 6 every `FileRefusal` and
+`FileEndReason` (both checked by tests/unit/test_reasons.py). Each is a `str`, so it is
+sent as is and compared with a received code as is. A received code may be any short
+string: a code from the peer is a `str`, not a member (an unknown one is not an error).
 """
 
 from __future__ import annotations
@@ -67,3 +69,35 @@ SENT: frozenset[Reason] = frozenset(
         Reason.PROTOCOL_ERROR,
     }
 )
+
+
+# --- file transfers (docs/protocol.md section 6, "File codes") ---------------------
+# Separate enums, not members of Reason: they never close a connection or travel in a
+# `bye`, and each frame field takes only its own set (mypy rejects an `fend` code in an
+# `fnak`). The wire field stays a bounded `str`, so a peer's unknown code still decodes.
+
+
+class FileRefusal(enum.StrEnum):
+    """Why a chunk will not come: the `reason` of an `fnak`."""
+
+    #: The receiver knows no file with this id.
+    UNKNOWN = "unknown"
+    #: Not given to this asker, no such chunk, or the file cannot be read.
+    UNAVAILABLE = "unavailable"
+    #: Too many chunk requests are queued for the asker, or no file can be opened now.
+    BUSY = "busy"
+    #: The file changed since it was offered; it is no longer served.
+    CHANGED = "changed"
+
+
+class FileEndReason(enum.StrEnum):
+    """Why the sender stops a transfer: the `reason` of an `fend`."""
+
+    #: The receiver saved the file whole (receiver to its sources and to a private offer's author).
+    DONE = "done"
+    #: The receiver cancelled (or failed) the download.
+    CANCELLED = "cancelled"
+    #: The recipient of a private offer rejected it.
+    REJECTED = "rejected"
+    #: The offerer withdrew its offer (to the room's members, or to a private offer's recipient).
+    WITHDRAWN = "withdrawn"
