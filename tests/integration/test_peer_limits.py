@@ -18,8 +18,9 @@ from hostile_peer import HostilePeer
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.crypto.identity import Identity
-from chinwag.node import Node, NodeConfig
+from chinwag.node import Node
 from chinwag.protocol import messages as m
+from node_support import make_node as loopback_node
 
 #: Seconds to wait for anything on loopback.
 WAIT_S = 10.0
@@ -32,18 +33,7 @@ async def make_node(tmp_path: Path) -> AsyncIterator[NodeMaker]:
     made: list[Node] = []
 
     def make(name: str, peers: list[tuple[str, int]] | None = None) -> Node:
-        node = Node(
-            NodeConfig(
-                data_dir=tmp_path / name,
-                nick=name,
-                port=0,
-                port_fallback=False,
-                bind="127.0.0.1",
-                peers=peers or [],
-                discovery=False,
-                downloads=tmp_path / name / "downloads",
-            )
-        )
+        node = loopback_node(tmp_path / name, name, peers=peers)
         made.append(node)
         return node
 
