@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from hostile_peer import HostilePeer
+from it_support import until
 
 from chinwag import events as ev
 from chinwag import limits
@@ -40,15 +40,6 @@ async def make_node(tmp_path: Path) -> AsyncIterator[NodeMaker]:
     yield make
     for node in reversed(made):
         await node.stop()
-
-
-async def until(cond: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
-    """Wait (by polling the loop, not sleeping for time) until cond() holds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
 
 
 def connected(node: Node) -> set[str]:
