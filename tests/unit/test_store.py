@@ -597,3 +597,26 @@ async def test_history_load_with_a_floor_above_what_is_stored(store: Store) -> N
         assert history.sync.vector(ROOM) == {ALICE.peer_id: 17}
     finally:
         await history.close()
+
+
+def test_a_refused_database_is_closed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review: a database refused after it was opened kept its connection (a file handle).
+    opened: list[sqlite3.Connection] = []
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kw: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kw)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(db_module.sqlite3, "connect", connect)
+    path = tmp_path / "other.db"
+    make_sqlite(path, 0x12345678, 0, True)
+    with pytest.raises(StoreError):
+        Store(path)
+    assert opened
+    for conn in opened:
+        with pytest.raises(sqlite3.ProgrammingError):  # closed
+            conn.execute("SELECT 1")
