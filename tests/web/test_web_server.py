@@ -230,6 +230,31 @@ class _StuckSocket:
         self.closed_with = code
 
 
+class _DeafSocket(_StuckSocket):
+    """A socket whose close never completes either: a tab gone silent."""
+
+    async def close(self, code: int = 1000, message: bytes = b"") -> None:
+        self.closed_with = code
+        await self.block.wait()
+
+
+async def test_stopping_waits_for_stuck_tabs_together_not_one_after_another(
+    web: WebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review: each tab's close was awaited in turn, so 16 silent tabs held stop() for
+    # 16 close timeouts.
+    monkeypatch.setattr(limits, "WEB_CLOSE_TIMEOUT_S", 0.2)
+    socks = [_DeafSocket() for _ in range(5)]
+    for sock in socks:
+        client = Client(web.bridge, sock)  # type: ignore[arg-type]
+        client.resumed = True
+        web.bridge.resume(client, web.bridge.seq, None)
+    # Together: one timeout (0.2 s); one after another it would take five (1 s).
+    await asyncio.wait_for(web.bridge.close(), 0.6)
+    assert all(s.closed_with == aiohttp.WSCloseCode.GOING_AWAY for s in socks)
+    assert not web.bridge.clients
+
+
 async def _stuck_client(web: WebServer) -> tuple[Client, _StuckSocket, asyncio.Future[None]]:
     """A resumed tab on a _StuckSocket whose writer has taken hello and blocks on it."""
     sock = _StuckSocket()
