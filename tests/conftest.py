@@ -1,6 +1,7 @@
 """Suite-wide guards.
 
 - Tests that start nodes only run inside an isolated network namespace.
+- Under CI=true a skipped LAN or browser test is a failure (ci_support.py).
 - A test that leaves a thread or an asyncio task running fails (at teardown), as in
   python-zeroconf's conftest: a leak in one test otherwise shows up as a flaky other.
 """
@@ -16,6 +17,8 @@ import time
 from collections.abc import Generator
 
 import pytest
+
+from ci_support import ci_skip_as_failure
 
 
 def isolated_network() -> bool:
@@ -34,6 +37,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "namespace (scripts/test.sh does: unshare -n), never on the host network",
             returncode=2,
         )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Under CI=true, turn a skipped LAN or browser test (for any reason) into a failure."""
+    report = yield
+    ci_skip_as_failure(item, report)
+    return report
 
 
 # --- leak guards -----------------------------------------------------------------

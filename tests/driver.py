@@ -25,7 +25,21 @@ class ProcessExited(AssertionError):
     """The process ended while a test was waiting for one of its events."""
 
 
-class ChinwagProcess:
+class ReadyFacts:
+    """What a node's `ready` event tells (shared by ChinwagProcess and web_support.WebNode)."""
+
+    ready: Event
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.ready["peer_id"])
+
+    @property
+    def port(self) -> int:
+        return int(self.ready["port"])
+
+
+class ChinwagProcess(ReadyFacts):
     """One running `chinwag --json` node."""
 
     def __init__(
@@ -82,14 +96,6 @@ class ChinwagProcess:
         self._reader = asyncio.create_task(self._read_stdout())
         self.ready = await self.wait_for("ready", timeout=timeout, from_start=True)
         return self.ready
-
-    @property
-    def peer_id(self) -> str:
-        return str(self.ready["peer_id"])
-
-    @property
-    def port(self) -> int:
-        return int(self.ready["port"])
 
     async def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None

@@ -377,6 +377,7 @@ async def _tui_session(config: NodeConfig, log_path: Path, web: WebOptions | Non
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGTERM, app.exit)
     servers: list[WebServer] = []
+    servers_tasks: set[asyncio.Task[None]] = set()
     if web is not None:
         # The TUI starts the node itself: start the web UI once the node is ready.
         async def start_web() -> None:
@@ -393,11 +394,16 @@ async def _tui_session(config: NodeConfig, log_path: Path, web: WebOptions | Non
                 servers_tasks.add(task)
                 task.add_done_callback(servers_tasks.discard)
 
-        servers_tasks: set[asyncio.Task[None]] = set()
         node.subscribe(on_event)
     try:
         await app.run_async()
     finally:
+        # The app may end while the web UI is still starting: a server started after
+        # the loop below would be left listening.
+        for task in tuple(servers_tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for server in servers:
             await server.stop()
         await node.stop("quit")

@@ -37,6 +37,7 @@ from chinwag.errors import RemoteProtocolError, UsageError
 from chinwag.protocol import messages as m
 from chinwag.protocol import replica as rp
 from chinwag.protocol.chat import ChatMessage, SeenSet, open_message
+from chinwag.protocol.reasons import Reason
 from chinwag.protocol.replica import Replica
 from chinwag.protocol.sync import PushRange, SyncState
 from chinwag.rooms import DM, RoomBook
@@ -653,7 +654,7 @@ class History:
                 break
             after = (rows[-1][1], rows[-1][2], rows[-1][3])
             if not await conn.wait_drained(limits.SEND_DRAIN_TIMEOUT_S):
-                conn.close("too_slow")
+                conn.close(Reason.TOO_SLOW)
                 return
             await asyncio.sleep(0)  # let live traffic and other peers through
 

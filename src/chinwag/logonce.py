@@ -32,3 +32,7 @@ class WarnOnce:
             self._warned.popitem(last=False)
         self._log.warning(msg, *args)
         return True
+
+    def __len__(self) -> int:
+        """Return how many keys are remembered (at most the capacity)."""
+        return len(self._warned)

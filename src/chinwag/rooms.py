@@ -65,7 +65,9 @@ class RoomBook:
         self.announced: dict[str, dict[str, bytes]] = {}
         self.blocked: set[str] = set()
         self.verified: dict[str, str] = {}
-        self._undecryptable_logged: set[str] = set()
+        #: Rooms whose undecryptable message was reported (bounded: a conversation is
+        #: opened by any key, so throwaway keys would grow a plain set for ever).
+        self._undecryptable_logged = WarnOnce(log)
         #: Conversations we wrote in: never replaced by a stranger's.
         self._ours: set[str] = set()
         #: Conversation wires, least recently active first.
@@ -313,9 +315,9 @@ class RoomBook:
             assert room.key is not None
             return box.open_room(room.key, body.enc)
         except box.BadCiphertext as exc:
-            if room.wire not in self._undecryptable_logged:
-                self._undecryptable_logged.add(room.wire)
-                log.warning("dropping a message in %s that does not decrypt: %s", room.name, exc)
+            self._undecryptable_logged(
+                room.wire, "dropping a message in %s that does not decrypt: %s", room.name, exc
+            )
             return None
 
     def seal(self, room: Room, text: str) -> tuple[str, bytes]:

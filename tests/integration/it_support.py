@@ -29,6 +29,7 @@ __all__ = [
     "private_rooms_stored",
     "stderr_has_traceback",
     "store_leaks",
+    "until",
 ]
 
 #: Seconds to wait for anything that should happen "at once" on loopback.
@@ -180,3 +181,16 @@ def private_rooms_stored(data_dir: Path) -> set[str]:
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         rooms = {r[0] for r in conn.execute("SELECT DISTINCT room FROM messages")}
     return {r for r in rooms if r.startswith(("p.", "dm."))}
+
+
+async def until(cond: Callable[[], object], what: str, timeout: float = PROMPT_S) -> None:
+    """Wait (polling every 20 ms) until cond() holds; fail naming `what` after timeout.
+
+    For in-process state or what only the node's log tells: no event to wait on.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            while not cond():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout}s: {what}") from None

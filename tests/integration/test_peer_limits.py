@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from hostile_peer import HostilePeer
+from it_support import until
 
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.crypto.identity import Identity
-from chinwag.node import Node, NodeConfig
+from chinwag.node import Node
 from chinwag.protocol import messages as m
+from node_support import make_node as loopback_node
 
 #: Seconds to wait for anything on loopback.
 WAIT_S = 10.0
@@ -32,33 +33,13 @@ async def make_node(tmp_path: Path) -> AsyncIterator[NodeMaker]:
     made: list[Node] = []
 
     def make(name: str, peers: list[tuple[str, int]] | None = None) -> Node:
-        node = Node(
-            NodeConfig(
-                data_dir=tmp_path / name,
-                nick=name,
-                port=0,
-                port_fallback=False,
-                bind="127.0.0.1",
-                peers=peers or [],
-                discovery=False,
-                downloads=tmp_path / name / "downloads",
-            )
-        )
+        node = loopback_node(tmp_path / name, name, peers=peers)
         made.append(node)
         return node
 
     yield make
     for node in reversed(made):
         await node.stop()
-
-
-async def until(cond: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
-    """Wait (by polling the loop, not sleeping for time) until cond() holds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
 
 
 def connected(node: Node) -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +13,12 @@ from textual.widgets import Input
 
 from chinwag import events as ev
 from chinwag.crypto.identity import Identity
-from chinwag.node import Node, NodeConfig
 from chinwag.ui.tui import ChinwagApp
+
+# tests/ for node_support.py, also when a benchmark imports this module directly.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from node_support import make_node as make_node
 
 #: The `app` fixture: builds an app over a fresh node (see conftest.py).
 AppFactory = Callable[..., ChinwagApp]
@@ -22,23 +27,6 @@ BOB = Identity.from_seed(b"b" * 32).peer_id
 CAROL = Identity.from_seed(b"c" * 32).peer_id
 #: A second "carol": same nick, another key (a nick collision).
 CAROL2 = Identity.from_seed(b"d" * 32).peer_id
-
-
-def make_node(
-    data_dir: Path, nick: str = "me", port: int = 0, peers: list[tuple[str, int]] | None = None
-) -> Node:
-    """Return an unstarted Node that listens on loopback with discovery off."""
-    config = NodeConfig(
-        data_dir=data_dir,
-        nick=nick,
-        port=port,
-        port_fallback=False,
-        bind="127.0.0.1",
-        peers=peers or [],
-        discovery=False,
-        downloads=data_dir / "downloads",
-    )
-    return Node(config)
 
 
 async def until(pilot: Pilot[int], cond: Callable[[], object], timeout: float = 5.0) -> None:

@@ -9,62 +9,26 @@ counterparts: tests/unit/test_sync.py and tests/integration/test_e2e_sync_hostil
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from unit_support import FakeConn, FakeManager
+from unit_support import ALICE, BOB, CAROL, MALLORY, ME, ROOM, FakeConn, FakeManager, chat, new
 
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.crypto.identity import Identity
 from chinwag.history import History
 from chinwag.protocol import messages as m
-from chinwag.protocol.chat import ChatMessage, make_message
+from chinwag.protocol.chat import ChatMessage
 from chinwag.rooms import RoomBook
-from chinwag.store.db import NewMessage, Store, StoreError
+from chinwag.store.db import Store, StoreError
 
-ALICE = Identity.from_seed(b"a" * 32)
-BOB = Identity.from_seed(b"b" * 32)
-CAROL = Identity.from_seed(b"c" * 32)
-ME = Identity.from_seed(b"z" * 32)
-MALLORY = Identity.from_seed(b"m" * 32)
-TS = 1_700_000_000_000
-ROOM = "general"
 TOP = 2**63 - 1
-
-
-def chat(who: Identity, seq: int, text: str = "hello", ts: int = TS) -> ChatMessage:
-    return make_message(who, ROOM, "nick", ts, seq, text)
-
-
-def new(who: Identity, seq: int, text: str = "hello") -> NewMessage:
-    msg = chat(who, seq, text)
-    return NewMessage(
-        id=msg.id,
-        room=ROOM,
-        author=who.peer_id,
-        seq=seq,
-        ts=TS,
-        nick="nick",
-        text=text,
-        body=msg.raw_body,
-        sig=msg.sig,
-        late=False,
-        verified=True,
-    )
 
 
 def frame(msg: ChatMessage, hist: bool = False, sig: bytes | None = None) -> m.Chat:
     return m.Chat(body=msg.raw_body, sig=msg.sig if sig is None else sig, hist=hist)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "chinwag.db")
-    yield s
-    s.close()
 
 
 class Node:

@@ -813,3 +813,24 @@ def test_a_wrong_passphrase_is_reported_once_per_peer_and_room(store: Store) -> 
     for _ in range(100):  # a peer announcing again and again
         assert book.set_announced(ALICE.peer_id, wrong) == []
     assert book.set_announced(BOB.peer_id, wrong) == ["team"]
+
+
+def test_undecryptable_messages_from_many_throwaway_keys_keep_bounded_state(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Any key can open a conversation: one undecryptable message each must not grow
+    # what the book remembers about them without bound (review of the hardening).
+    book = load_book(store)
+    caplog.set_level(logging.DEBUG, logger="chinwag.rooms")
+    for i in range(limits.MAX_WARNED_KEYS + 50):
+        stranger = Identity.from_seed(i.to_bytes(32, "big"))
+        room = book.holds(box.dm_room(ME.peer_id, stranger.peer_id), stranger.peer_id)
+        assert room is not None
+        garbled = make_message(stranger, room.wire, "x", TS, 1, "", enc=b"x" * 40)
+        assert book.plaintext(room, garbled) is None
+    assert len(book._undecryptable_logged) <= limits.MAX_WARNED_KEYS
+    # A room is still reported once at warning level, its repeats at debug level.
+    again = make_message(stranger, room.wire, "x", TS, 2, "", enc=b"y" * 40)
+    assert book.plaintext(room, again) is None
+    about = [r for r in caplog.records if r.args and r.args[0] == room.name]
+    assert [r.levelno for r in about] == [logging.WARNING, logging.DEBUG]

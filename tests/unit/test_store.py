@@ -12,19 +12,16 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from unit_support import FakeConn, FakeManager
+from unit_support import ALICE, BOB, CAROL, MALLORY, ME, ROOM, TS, FakeConn, FakeManager, chat, new
 
 from chinwag import limits
-from chinwag.crypto.identity import Identity
 from chinwag.events import NodeEvent
 from chinwag.history import History
 from chinwag.protocol import messages as m
-from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.rooms import RoomBook
 from chinwag.store import db as db_module
 from chinwag.store.db import (
@@ -32,62 +29,15 @@ from chinwag.store.db import (
     SCHEMA_VERSION,
     FileRow,
     Insert,
-    NewMessage,
     Row,
     Store,
     StoreError,
     _Checkpointer,
 )
 
-ALICE = Identity.from_seed(b"a" * 32)
-BOB = Identity.from_seed(b"b" * 32)
-CAROL = Identity.from_seed(b"c" * 32)
-ME = Identity.from_seed(b"z" * 32)
-MALLORY = Identity.from_seed(b"m" * 32)
-TS = 1_700_000_000_000
-ROOM = "general"
-
-
-def chat(
-    who: Identity, seq: int, text: str = "hello", room: str = ROOM, ts: int = TS
-) -> ChatMessage:
-    return make_message(who, room, "nick", ts, seq, text)
-
-
-def new(
-    who: Identity,
-    seq: int,
-    text: str = "hello",
-    room: str = ROOM,
-    ts: int = TS,
-    late: bool = False,
-    verified: bool = True,
-) -> NewMessage:
-    msg = chat(who, seq, text, room, ts)
-    return NewMessage(
-        id=msg.id,
-        room=room,
-        author=who.peer_id,
-        seq=seq,
-        ts=ts,
-        nick=msg.body.nick,
-        text=text,
-        body=msg.raw_body,
-        sig=msg.sig,
-        late=late,
-        verified=verified,
-    )
-
 
 def key(r: Row) -> tuple[int, str, int]:
     return (r.ts, r.author, r.seq)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "chinwag.db")
-    yield s
-    s.close()
 
 
 # --- schema ----------------------------------------------------------------
@@ -647,3 +597,26 @@ async def test_history_load_with_a_floor_above_what_is_stored(store: Store) -> N
         assert history.sync.vector(ROOM) == {ALICE.peer_id: 17}
     finally:
         await history.close()
+
+
+def test_a_refused_database_is_closed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review: a database refused after it was opened kept its connection (a file handle).
+    opened: list[sqlite3.Connection] = []
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kw: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kw)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(db_module.sqlite3, "connect", connect)
+    path = tmp_path / "other.db"
+    make_sqlite(path, 0x12345678, 0, True)
+    with pytest.raises(StoreError):
+        Store(path)
+    assert opened
+    for conn in opened:
+        with pytest.raises(sqlite3.ProgrammingError):  # closed
+            conn.execute("SELECT 1")

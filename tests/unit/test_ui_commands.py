@@ -291,3 +291,14 @@ async def test_line_mode_runs_slash_commands_through_the_command_layer(tmp_path:
         assert not await line.handle("/quit")
     finally:
         await node.stop("quit")
+
+
+async def test_piped_line_mode_forgets_a_failed_transfers_progress(tmp_path: Path) -> None:
+    # Review: a failed transfer left its last-progress-line time behind for good.
+    node = Node(NodeConfig(data_dir=tmp_path, discovery=False))
+    ui = LineUI(node, sink=lambda _line: None)  # with a sink: not interactive (piped)
+    for i in range(3):
+        fid = f"{i:032x}"
+        ui.on_event(ev.FileProgress(id=fid, bytes=1, total=10))
+        ui.on_event(ev.FileFailed(id=fid, reason="cancelled"))
+    assert ui._progress_printed == {} and ui._transfers == {}

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from chinwag.crypto.identity import Identity
 from chinwag.crypto.noise import generate_static_private
 from chinwag.protocol import messages as m
-from chinwag.protocol.chat import make_message
+from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.protocol.session import (
     Closed,
     Event,
@@ -26,6 +26,7 @@ from chinwag.protocol.session import (
     Session,
     UnknownFrameIgnored,
 )
+from chinwag.store.db import NewMessage
 
 #: Hypothesis settings for every property here: modest, deterministic, no example database.
 FUZZ = settings(
@@ -229,3 +230,47 @@ class FakeManager:
             assert isinstance(frame, m.Chat)
             out.append((frame, exclude))
         return out
+
+
+# --- signed messages and store rows (test_store.py, test_history_hostile.py) ---------
+
+ALICE = Identity.from_seed(b"a" * 32)
+BOB = Identity.from_seed(b"b" * 32)
+CAROL = Identity.from_seed(b"c" * 32)
+ME = Identity.from_seed(b"z" * 32)
+MALLORY = Identity.from_seed(b"m" * 32)
+TS = 1_700_000_000_000
+ROOM = "general"
+
+
+def chat(
+    who: Identity, seq: int, text: str = "hello", room: str = ROOM, ts: int = TS
+) -> ChatMessage:
+    """A message signed by who, nick "nick"."""
+    return make_message(who, room, "nick", ts, seq, text)
+
+
+def new(
+    who: Identity,
+    seq: int,
+    text: str = "hello",
+    room: str = ROOM,
+    ts: int = TS,
+    late: bool = False,
+    verified: bool = True,
+) -> NewMessage:
+    """The store row of chat(who, seq, text, room, ts)."""
+    msg = chat(who, seq, text, room, ts)
+    return NewMessage(
+        id=msg.id,
+        room=room,
+        author=who.peer_id,
+        seq=seq,
+        ts=ts,
+        nick=msg.body.nick,
+        text=text,
+        body=msg.raw_body,
+        sig=msg.sig,
+        late=late,
+        verified=verified,
+    )

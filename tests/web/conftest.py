@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from web_support import WebNode, chromium_missing, isolated_network, launch_chromium
 
-
-def in_ci() -> bool:
-    """Whether we run under CI (CI=true), where skipping browser tests is not allowed."""
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+from ci_support import skip_or_fail
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -42,9 +39,7 @@ def browser() -> Iterator[Any]:
     """One headless Chromium for the whole module (launching one costs about 0.2 s)."""
     reason = chromium_missing()
     if reason is not None:
-        if in_ci():
-            pytest.fail(f"CI=true and browser tests cannot run: {reason}", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail("browser tests", reason)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -62,18 +57,3 @@ def nodes(tmp_path: Path) -> Iterator[list[WebNode]]:
     yield made
     for node in reversed(made):
         node.stop()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Under CI=true, turn a skipped browser test (for any reason) into a failure."""
-    report = yield
-    marked = item.get_closest_marker("browser") is not None
-    if report.skipped and marked and in_ci() and not hasattr(report, "wasxfail"):
-        longrepr = report.longrepr
-        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-        report.outcome = "failed"
-        report.longrepr = f"CI=true: browser test skipped, which counts as a failure: {reason}"
-    return report

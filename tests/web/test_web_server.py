@@ -230,16 +230,47 @@ class _StuckSocket:
         self.closed_with = code
 
 
-async def test_a_stuck_tab_gets_resync_then_is_closed_and_never_holds_the_node(
+class _DeafSocket(_StuckSocket):
+    """A socket whose close never completes either: a tab gone silent."""
+
+    async def close(self, code: int = 1000, message: bytes = b"") -> None:
+        self.closed_with = code
+        await self.block.wait()
+
+
+async def test_stopping_waits_for_stuck_tabs_together_not_one_after_another(
     web: WebServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(limits, "WEB_CLIENT_QUEUE", 5)
+    # Review: each tab's close was awaited in turn, so 16 silent tabs held stop() for
+    # 16 close timeouts.
+    monkeypatch.setattr(limits, "WEB_CLOSE_TIMEOUT_S", 0.2)
+    socks = [_DeafSocket() for _ in range(5)]
+    for sock in socks:
+        client = Client(web.bridge, sock)  # type: ignore[arg-type]
+        client.resumed = True
+        web.bridge.resume(client, web.bridge.seq, None)
+    # Together: one timeout (0.2 s); one after another it would take five (1 s).
+    await asyncio.wait_for(web.bridge.close(), 0.6)
+    assert all(s.closed_with == aiohttp.WSCloseCode.GOING_AWAY for s in socks)
+    assert not web.bridge.clients
+
+
+async def _stuck_client(web: WebServer) -> tuple[Client, _StuckSocket, asyncio.Future[None]]:
+    """A resumed tab on a _StuckSocket whose writer has taken hello and blocks on it."""
     sock = _StuckSocket()
     client = Client(web.bridge, sock)  # type: ignore[arg-type]
     writer = asyncio.ensure_future(client._writer())
     client.resumed = True
     web.bridge.resume(client, web.bridge.seq, None)
-    await asyncio.sleep(0)  # the writer takes hello and blocks on it
+    await asyncio.sleep(0)  # one loop turn: the writer takes hello and blocks on it
+    return client, sock, writer
+
+
+async def test_a_stuck_tab_gets_resync_then_is_closed_and_never_holds_the_node(
+    web: WebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "WEB_CLIENT_QUEUE", 5)
+    client, sock, writer = await _stuck_client(web)
     for i in range(6):  # five fill the queue, the sixth finds it full
         await web.node.post(f"burst {i}")
     assert client._queue[0] == RESYNC and len(client._queue) == 1
@@ -513,12 +544,7 @@ async def test_the_ring_and_a_tabs_queue_are_bounded_in_size_too(
 ) -> None:
     monkeypatch.setattr(limits, "WEB_REPLAY_CHARS", 2500)
     monkeypatch.setattr(limits, "WEB_CLIENT_QUEUE_CHARS", 2500)
-    sock = _StuckSocket()
-    client = Client(web.bridge, sock)  # type: ignore[arg-type]
-    writer = asyncio.ensure_future(client._writer())
-    client.resumed = True
-    web.bridge.resume(client, web.bridge.seq, None)
-    await asyncio.sleep(0)  # the writer takes hello and blocks on it
+    client, _, writer = await _stuck_client(web)
     for i in range(2):
         await web.node.post(f"{i} " + "q" * 1000)
     assert len(client._queue) == 2 and not client._resync_queued

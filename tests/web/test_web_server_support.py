@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from chinwag.node import Node, NodeConfig
 from chinwag.ui.web.auth import load_or_create_token
 from chinwag.ui.web.server import WebServer
+from node_support import make_node as make_node
 
 Event = dict[str, Any]
 #: Seconds to wait for anything that should happen at once on loopback.
@@ -37,22 +37,6 @@ def require_isolation() -> None:
         pytest.exit("web server tests start real nodes: run them inside `unshare -n`", 2)
 
 
-def make_node(data_dir: Path, nick: str, peers: list[tuple[str, int]] | None = None) -> Node:
-    """Return an unstarted Node on loopback with discovery off."""
-    return Node(
-        NodeConfig(
-            data_dir=data_dir,
-            nick=nick,
-            port=0,
-            port_fallback=False,
-            bind="127.0.0.1",
-            peers=peers or [],
-            discovery=False,
-            downloads=data_dir / "downloads",
-        )
-    )
-
-
 class Opened:
     """A fake folder opener that records what it was asked to open."""
 
@@ -65,7 +49,7 @@ class Opened:
 
 async def start_web(data_dir: Path, nick: str = "me", **kw: Any) -> WebServer:
     """Start a node and its web server on 127.0.0.1, any free port."""
-    node = make_node(data_dir, nick, kw.pop("peers", None))
+    node = make_node(data_dir, nick, peers=kw.pop("peers", None))
     await node.start()
     token = load_or_create_token(data_dir)
     server = WebServer(node, token, port=0, opener=kw.pop("opener", Opened()), **kw)

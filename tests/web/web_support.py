@@ -20,7 +20,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-Event = dict[str, Any]
+# tests/ for driver.py, also when a benchmark or script imports this module directly.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from driver import Event, ReadyFacts
 
 #: Where Debian's chromium package puts the browser (`apt-get install chromium`).
 CHROMIUM = os.environ.get("CHINWAG_CHROMIUM", "/usr/lib/chromium/chromium")
@@ -60,7 +63,7 @@ def launch_chromium(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 
-class WebNode:
+class WebNode(ReadyFacts):
     """One running `chinwag --json --web` process on 127.0.0.1."""
 
     def __init__(self, data_dir: Path, nick: str, *args: str) -> None:
@@ -110,14 +113,6 @@ class WebNode:
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
-
-    @property
-    def peer_id(self) -> str:
-        return str(self.ready["peer_id"])
-
-    @property
-    def port(self) -> int:
-        return int(self.ready["port"])
 
     @property
     def origin(self) -> str:

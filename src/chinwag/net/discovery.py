@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import cast
 
 import ifaddr
@@ -26,19 +26,24 @@ log = logging.getLogger(__name__)
 LIMITED_BROADCAST = "255.255.255.255"
 
 
-def attached_networks() -> list[ipaddress.IPv4Network]:
-    """Return the IPv4 networks of every interface (loopback's included)."""
-    nets: list[ipaddress.IPv4Network] = []
+def _interface_networks() -> Iterator[ipaddress.IPv4Network]:
+    """Yield the IPv4 network of every interface address, in order, repeats included."""
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
             if not isinstance(ip.ip, str):
                 continue  # IPv6
             try:
-                net = ipaddress.IPv4Network(f"{ip.ip}/{ip.network_prefix}", strict=False)
+                yield ipaddress.IPv4Network(f"{ip.ip}/{ip.network_prefix}", strict=False)
             except ValueError:
                 continue
-            if net not in nets:
-                nets.append(net)
+
+
+def attached_networks() -> list[ipaddress.IPv4Network]:
+    """Return the IPv4 networks of every interface (loopback's included), each once."""
+    nets: list[ipaddress.IPv4Network] = []
+    for net in _interface_networks():
+        if net not in nets:
+            nets.append(net)
     return nets
 
 
@@ -46,21 +51,14 @@ def broadcast_targets(bind: str | None) -> list[str]:
     """Return the broadcast addresses to send beacons to."""
     bind_ip = None if bind in (None, "", "0.0.0.0") else ipaddress.ip_address(bind)
     targets: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if not isinstance(ip.ip, str):
-                continue  # IPv6
-            try:
-                net = ipaddress.IPv4Network(f"{ip.ip}/{ip.network_prefix}", strict=False)
-            except ValueError:
-                continue
-            if net.prefixlen >= 31:
-                continue
-            if bind_ip is not None and bind_ip not in net:
-                continue
-            addr = str(net.broadcast_address)
-            if addr not in targets:
-                targets.append(addr)
+    for net in _interface_networks():
+        if net.prefixlen >= 31:
+            continue
+        if bind_ip is not None and bind_ip not in net:
+            continue
+        addr = str(net.broadcast_address)
+        if addr not in targets:
+            targets.append(addr)
     if bind_ip is None:
         targets.append(LIMITED_BROADCAST)
     return targets

@@ -327,7 +327,7 @@ class Candidate:
 
     peer_id: str
     rank: int
-    #: When it last sent us an application frame (chat, sync, file), or connected.
+    #: When it last sent us a chat or file frame (not sync: sent idle too), or connected.
     last_active: float
 
 

@@ -30,6 +30,7 @@ from typing import Protocol
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.protocol import messages as m
+from chinwag.protocol.reasons import Reason
 from chinwag.protocol.sync import PushRange, SyncState
 
 log = logging.getLogger(__name__)
@@ -411,7 +412,7 @@ class Replica:
         log.warning(
             "equivocation by %s (#%d in %s): second version dropped", author[:8], seq, where
         )
-        out: list[Action] = [Disconnect(author, "equivocation")]
+        out: list[Action] = [Disconnect(author, Reason.EQUIVOCATION)]
         if author in self.equivocators or len(self.equivocators) >= limits.MAX_EQUIVOCATORS:
             return out
         self.equivocators.add(author)
@@ -428,7 +429,7 @@ class Replica:
         """
         if via == author:
             log.warning("disconnecting %s: equivocation (#%d in %s)", author[:8], seq, where)
-            return [Disconnect(author, "equivocation")]
+            return [Disconnect(author, Reason.EQUIVOCATION)]
         return self.equivocated(author, seq, where)
 
     def accept(self, room: str, author: str, seq: int) -> list[Action]:
@@ -502,7 +503,7 @@ class Replica:
         if bucket.take(now):
             return []
         log.warning("disconnecting %s: too many sync requests", peer[:8])
-        return [Disconnect(peer, "sync_flood")]
+        return [Disconnect(peer, Reason.SYNC_FLOOD)]
 
     def sync_received(
         self, peer: str, frame: m.Vector | m.Want | m.Floor, now: float

@@ -196,11 +196,20 @@ class Store:
             raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from None
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._open()
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"{path} is not a usable chinwag database ({exc}); move it away to start afresh"
             ) from None
+        try:
+            self._open()
+        except BaseException as exc:
+            # Refused or damaged: close the connection, no caller will (no Store was made).
+            self.db.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreError(
+                    f"{path} is not a usable chinwag database ({exc}); move it away to start afresh"
+                ) from None
+            raise
 
     def _open(self) -> None:
         db = self.db

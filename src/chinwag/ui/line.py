@@ -120,6 +120,7 @@ class LineUI(c.Session):
             self._file_event(event)
         elif isinstance(event, ev.FileFailed):
             self._transfers.pop(event.id, None)
+            self._progress_printed.pop(event.id, None)
             self._print(self._paint("31", f"* file {event.id[:8]}: {clean(event.reason)}"))
         elif isinstance(event, ev.FileStalled):
             self._info(f"file {event.id[:8]} stalled: {clean(event.reason)}")

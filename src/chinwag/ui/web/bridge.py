@@ -154,10 +154,10 @@ class Bridge:
         client.push(encode_event(event, self.seq if client.resumed else 0))
 
     async def close(self) -> None:
-        """Close every tab's socket (the server is stopping)."""
-        for client in tuple(self.clients):
-            await client.close(WSCloseCode.GOING_AWAY, "chinwag stopped")
-        self.clients.clear()
+        """Close every tab's socket (the server is stopping), all at once: one close
+        timeout at most, not one per stuck tab."""
+        clients, self.clients = tuple(self.clients), set()
+        await asyncio.gather(*(c.close(WSCloseCode.GOING_AWAY, "chinwag stopped") for c in clients))
 
 
 #: The frame telling a tab it missed events: re-fetch rooms, peers, files and history.

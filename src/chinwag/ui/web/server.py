@@ -138,7 +138,6 @@ class WebServer:
         self.hosts: frozenset[str] = frozenset()
         self._runner: web.AppRunner | None = None
         self._uploads = asyncio.Semaphore(limits.WEB_MAX_UPLOADS)
-        self._upload_count = 0
 
     # --- lifecycle ----------------------------------------------------------
 
