@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from chinwag import __version__, limits
+from chinwag.protocol.reasons import Reason
 
 if TYPE_CHECKING:
     from chinwag.node import Node, NodeConfig
@@ -317,7 +318,7 @@ async def _session(config: NodeConfig, json_mode: bool, web: WebOptions | None =
         try:
             server = await _start_web(node, web)
         except BaseException:
-            await node.stop("error")
+            await node.stop(Reason.ERROR)
             raise
         if json_mode:
             # After `ready` (flushed first), so `ready` stays the first event.
@@ -335,7 +336,7 @@ async def _session(config: NodeConfig, json_mode: bool, web: WebOptions | None =
         await ui_task
     if server is not None:
         await server.stop()
-    await node.stop("quit")
+    await node.stop(Reason.QUIT)
     ui.flush()
     return 0
 
@@ -349,7 +350,7 @@ async def _headless_session(config: NodeConfig, web: WebOptions) -> int:
     try:
         server = await _start_web(node, web)
     except BaseException:
-        await node.stop("error")
+        await node.stop(Reason.ERROR)
         raise
     _announce(server, web, to_stderr=True)
     stop = asyncio.Event()
@@ -361,7 +362,7 @@ async def _headless_session(config: NodeConfig, web: WebOptions) -> int:
         await stop.wait()
     finally:
         await server.stop()
-        await node.stop("quit")
+        await node.stop(Reason.QUIT)
     return 0
 
 
@@ -406,7 +407,7 @@ async def _tui_session(config: NodeConfig, log_path: Path, web: WebOptions | Non
                 await task
         for server in servers:
             await server.stop()
-        await node.stop("quit")
+        await node.stop(Reason.QUIT)
     if app.start_error:
         print(f"chinwag: {app.start_error}", file=sys.stderr)
         return 1

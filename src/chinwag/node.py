@@ -207,7 +207,7 @@ class Node:
             # Close what was built: all of it once _Running exists, else the store's users.
             if run is not None:
                 self._run = None
-                await run.close("error")
+                await run.close(Reason.ERROR)
             else:
                 if history is not None:
                     await history.close()
