@@ -34,6 +34,9 @@ def test_clean_thread() -> None:
 
 def test_leaked_tasks_and_threads_fail_their_test(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(CONFTEST.read_text(encoding="utf-8"))
+    # The conftest imports its sibling helper module.
+    support = CONFTEST.with_name("ci_support.py")
+    pytester.makepyfile(ci_support=support.read_text(encoding="utf-8"))
     pytester.makeini(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
     )
