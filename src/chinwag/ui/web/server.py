@@ -144,7 +144,7 @@ class WebServer:
         self._uploads = asyncio.Semaphore(limits.WEB_MAX_UPLOADS)
         #: Upload folders not offered yet (being received or hashed): no sweep touches them.
         self._receiving: set[Path] = set()
-        node.subscribe(self._on_event)
+        self._stopped = False
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -167,6 +167,11 @@ class WebServer:
             handle_signals=False,
             shutdown_timeout=limits.WEB_CLOSE_TIMEOUT_S,
         )
+        if self._stopped:
+            # Started again: the old bridge let go of the node when it stopped.
+            self.bridge = Bridge(self.node)
+            self._stopped = False
+        self.node.subscribe(self._on_event)
         self.sweep_uploads()
         await runner.setup()
         try:
@@ -177,6 +182,7 @@ class WebServer:
                     raise
                 await web.TCPSite(runner, self.bind, 0, reuse_address=True).start()
         except BaseException:
+            self.node.unsubscribe(self._on_event)
             await runner.cleanup()
             raise
         self._runner = runner
@@ -206,6 +212,7 @@ class WebServer:
 
     async def stop(self) -> None:
         """Close every tab and stop listening."""
+        self._stopped = True
         self.node.unsubscribe(self._on_event)
         await self.bridge.close()
         if self._runner is not None:
