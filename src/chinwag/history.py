@@ -138,7 +138,11 @@ class History:
         #: The one timer of the replica (re-armed from replica.get_timer()).
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
-        self._author_nicks: dict[str, str] = store.peer_nicks()
+        #: Author -> last nick noted in the store, least recently used first (bounded:
+        #: HISTORY_MAX_AUTHOR_NICKS); a forgotten author costs one store write, nothing more.
+        self._author_nicks: dict[str, str] = {}
+        for author, nick in store.peer_nicks().items():
+            self._note_nick(author, nick)
         #: Peers met in an earlier run or verified: a larger store budget (known before we start,
         #: so a fresh identity cannot make itself known by connecting).
         self.replica = Replica(self.me, _View(book, manager, store), self.sync, store.known_peers())
@@ -549,11 +553,18 @@ class History:
             actions += self.replica.changed(touched, self._loop.time())
         self._run(actions)
 
+    def _note_nick(self, author: str, nick: str) -> bool:
+        """Remember author's nick as the most recent entry; return whether it changed."""
+        changed = self._author_nicks.pop(author, None) != nick
+        self._author_nicks[author] = nick
+        while len(self._author_nicks) > limits.HISTORY_MAX_AUTHOR_NICKS:
+            del self._author_nicks[next(iter(self._author_nicks))]
+        return changed
+
     def _accepted(self, item: _Pending, row: NewMessage) -> list[rp.Action]:
         """A new message is committed: release what waited for the commit."""
         msg = item.msg
-        if self._author_nicks.get(row.author) != row.nick:
-            self._author_nicks[row.author] = row.nick
+        if self._note_nick(row.author, row.nick):
             try:
                 self.store.note_author(row.author, row.nick)
             except Exception as exc:  # only a convenience for resolving nicks

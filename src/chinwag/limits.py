@@ -310,3 +310,15 @@ WEB_MAX_UPLOADS = 4
 WEB_MAX_BODY = 64 * 1024
 #: Commands from one tab not yet finished (sends being committed); reading pauses beyond it.
 WEB_MAX_IN_FLIGHT = 2_000
+
+# --- leftovers: bounded per-run caches and the web socket's first message --------------
+
+#: Seconds a WebSocket may stay open without sending `resume` (the page sends it at
+#: once); then it is closed (stops a client holding sockets that are never counted as tabs).
+WEB_RESUME_TIMEOUT_S = 10.0
+#: File names the line UI remembers (file id -> name), least recently used dropped first
+#: (stops a flood of file offers growing the line UI's memory for the whole run).
+LINE_MAX_FILE_NAMES = 1_000
+#: Authors whose last stored nick history.py remembers (saves a store write per message),
+#: least recently used dropped first (stops a flood of fresh authors growing it per run).
+HISTORY_MAX_AUTHOR_NICKS = 4_096

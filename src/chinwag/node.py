@@ -239,6 +239,11 @@ class Node:
         """Call callback with every event from now on (in the event loop's thread)."""
         self._subscribers.append(callback)
 
+    def unsubscribe(self, callback: Callable[[ev.NodeEvent], None]) -> None:
+        """Stop calling callback (a UI that closed while the node runs on); no-op if absent."""
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(callback)
+
     # --- commands -------------------------------------------------------
 
     def post(self, text: str, room: str | None = None) -> asyncio.Future[ev.NodeEvent]:

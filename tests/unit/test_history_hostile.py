@@ -388,3 +388,33 @@ async def test_a_failing_receipt_save_does_not_stop_the_periodic_sync(
         lambda: len([f for f in node.manager.frames if isinstance(f, m.Vector)]) >= sent + 3,
         timeout=3.0,
     )
+
+
+# --- bounded per-run memory ------------------------------------------------------
+
+
+async def test_the_author_nick_cache_is_bounded_and_keeps_recent_authors(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "HISTORY_MAX_AUTHOR_NICKS", 2)
+    writes: list[str] = []
+    note = node.store.note_author
+
+    def counted(peer_id: str, nick: str) -> None:
+        writes.append(peer_id)
+        note(peer_id, nick)
+
+    monkeypatch.setattr(node.store, "note_author", counted)
+    authors = [ALICE, BOB, CAROL, MALLORY]  # a flood of fresh authors, in the small
+    for who in authors:
+        node.history.chat_received(node.peer(who), frame(chat(who, 1)))
+        await turn()
+    assert len(node.history._author_nicks) == 2
+    assert {who.peer_id for who in authors} <= set(node.store.peer_nicks())
+    # A recent author's unchanged nick costs no store write; a forgotten one's costs one.
+    node.history.chat_received(node.peer(MALLORY), frame(chat(MALLORY, 2)))
+    await turn()
+    assert len(writes) == 4
+    node.history.chat_received(node.peer(ALICE), frame(chat(ALICE, 2)))
+    await turn()
+    assert writes[4:] == [ALICE.peer_id]

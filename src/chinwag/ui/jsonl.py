@@ -140,7 +140,12 @@ class JsonLinesUI(Session):
             if not done.cancelled():
                 done.exception()  # failures were reported as error events
         if len(self._in_flight) > MAX_IN_FLIGHT:
-            await self._in_flight.popleft()
+            oldest = self._in_flight.popleft()
+            await asyncio.wait([oldest])
+            if not oldest.cancelled():
+                # Its failure was reported as an error event already: raising it here
+                # would report it a second time (as this command's error).
+                oldest.exception()
         if self.node.congested():
             await self.node.wait_drained()
 

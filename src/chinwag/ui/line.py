@@ -13,6 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from chinwag import events as ev
+from chinwag import limits
 from chinwag.crypto.identity import short_id
 from chinwag.errors import ChinwagError
 from chinwag.node import Node
@@ -57,7 +58,9 @@ class LineUI(c.Session):
             node.subscribe(self.on_event)
         #: Transfers under way: id -> latest progress, shown in the toolbar.
         self._transfers: dict[str, ev.FileProgress] = {}
+        #: File id -> name, least recently used first (bounded: LINE_MAX_FILE_NAMES).
         self._file_names: dict[str, str] = {}
+        #: Ids of our own offers among _file_names (dropped with their name).
         self._own_files: set[str] = set()
         self._progress_printed: dict[str, float] = {}
 
@@ -135,7 +138,7 @@ class LineUI(c.Session):
 
     def _file_event(self, event: ev.FileOffer | ev.FileProgress | ev.FileDone) -> None:
         if isinstance(event, ev.FileOffer):
-            self._file_names[event.id] = clean(event.name)
+            self._remember_name(event.id, clean(event.name))
             if event.own:
                 self._own_files.add(event.id)
                 self._info(f"offered {clean(event.name)!r} [file {event.id[:8]}]; /files shows it")
@@ -151,7 +154,7 @@ class LineUI(c.Session):
             )
             self._info(f"/accept {event.id[:8]} to fetch it, /reject {event.id[:8]} to decline")
         elif isinstance(event, ev.FileProgress):
-            name = self._file_names.get(event.id, "file " + event.id[:8])
+            name = self._name(event.id, "file " + event.id[:8])
             if event.bytes >= event.total:
                 self._transfers.pop(event.id, None)
             else:
@@ -166,16 +169,32 @@ class LineUI(c.Session):
             self._transfers.pop(event.id, None)
             self._progress_printed.pop(event.id, None)
             if event.id in self._own_files:
-                name = self._file_names.get(event.id, event.id[:8])
+                name = self._name(event.id, event.id[:8])
                 self._info(f"{name!r} [file {event.id[:8]}] was received whole")
             else:
                 self._info(f"saved file {event.id[:8]} at {clean(event.path)} (sha256 verified)")
 
+    def _remember_name(self, fid: str, name: str) -> None:
+        """Note a file's name as the most recent; forget the least recently used past the bound."""
+        self._file_names.pop(fid, None)
+        self._file_names[fid] = name
+        while len(self._file_names) > limits.LINE_MAX_FILE_NAMES:
+            oldest = next(iter(self._file_names))
+            del self._file_names[oldest]
+            self._own_files.discard(oldest)
+
+    def _name(self, fid: str, default: str) -> str:
+        """Return a file's remembered name (now the most recent), or default."""
+        name = self._file_names.pop(fid, None)
+        if name is None:
+            return default
+        self._file_names[fid] = name
+        return name
+
     def toolbar(self) -> str:
         """Return the status line of transfers under way (empty when there are none)."""
         return "  ".join(
-            progress_line(self._file_names.get(fid, fid[:8]), p)
-            for fid, p in self._transfers.items()
+            progress_line(self._name(fid, fid[:8]), p) for fid, p in self._transfers.items()
         )
 
     def _flush_delivered(self) -> None:
@@ -261,7 +280,7 @@ class LineUI(c.Session):
             if isinstance(answer, ev.History | ev.SearchResult):
                 self._print_messages(answer.messages)
             if isinstance(answer, ev.FileInfo) and isinstance(cmd, c.AcceptFileCmd):
-                self._file_names[answer.id] = clean(answer.name)
+                self._remember_name(answer.id, clean(answer.name))
             for text in fmt.answer_lines(cmd, answer, self.node, self.room):
                 self._info(text)
             if isinstance(cmd, c.JoinCmd) and answer is not None:

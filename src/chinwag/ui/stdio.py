@@ -101,23 +101,29 @@ async def _stdin_chunks() -> AsyncIterator[bytes]:
         yield chunk
 
 
+def _pump(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes], fd: int = 0) -> None:
+    """Read fd into queue until end of input (b"" queued last) or until the loop is closed."""
+    while True:
+        try:
+            chunk = os.read(fd, 2**16)
+        except (OSError, ValueError):
+            chunk = b""
+        put = queue.put(chunk)
+        try:
+            fut = asyncio.run_coroutine_threadsafe(put, loop)
+        except RuntimeError:  # the loop is closed (chinwag is stopping): nobody reads
+            put.close()
+            return
+        with contextlib.suppress(Exception):
+            fut.result()
+        if not chunk:
+            return
+
+
 async def _threaded_chunks() -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
-
-    def pump() -> None:
-        while True:
-            try:
-                chunk = os.read(0, 2**16)
-            except (OSError, ValueError):
-                chunk = b""
-            fut = asyncio.run_coroutine_threadsafe(queue.put(chunk), loop)
-            with contextlib.suppress(Exception):
-                fut.result()
-            if not chunk:
-                return
-
-    threading.Thread(target=pump, name="stdin", daemon=True).start()
+    threading.Thread(target=_pump, args=(loop, queue), name="stdin", daemon=True).start()
     while chunk := await queue.get():
         yield chunk
 

@@ -96,6 +96,8 @@ class Bridge:
         self._ring: deque[tuple[int, str]] = deque()
         self._ring_chars = 0
         self.clients: set[Client] = set()
+        #: Every open socket, resumed or not (counted against WEB_MAX_CLIENTS from the upgrade).
+        self.sockets: set[Client] = set()
         node.subscribe(self._on_event)
 
     def _on_event(self, event: ev.NodeEvent) -> None:
@@ -154,9 +156,12 @@ class Bridge:
         client.push(encode_event(event, self.seq if client.resumed else 0))
 
     async def close(self) -> None:
-        """Close every tab's socket (the server is stopping), all at once: one close
-        timeout at most, not one per stuck tab."""
-        clients, self.clients = tuple(self.clients), set()
+        """Stop following the node and close every tab's socket (the server is stopping),
+        all at once: one close timeout at most, not one per stuck tab."""
+        # Else the node keeps this bridge (and numbers events into its ring) for ever.
+        self.node.unsubscribe(self._on_event)
+        clients = tuple(self.clients | self.sockets)
+        self.clients = set()
         await asyncio.gather(*(c.close(WSCloseCode.GOING_AWAY, "chinwag stopped") for c in clients))
 
 
@@ -251,6 +256,10 @@ class Client(commands.Session):
     async def run(self) -> None:
         """Serve this tab until its socket closes."""
         writer = asyncio.ensure_future(self._writer())
+        # A socket that never says `resume` is closed: it would hold a tab's slot for nothing.
+        overdue = asyncio.get_running_loop().call_later(
+            limits.WEB_RESUME_TIMEOUT_S, self._resume_overdue
+        )
         try:
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
@@ -260,12 +269,18 @@ class Client(commands.Session):
                 elif msg.type == WSMsgType.ERROR:
                     log.info("web: socket error: %s", self.ws.exception())
         finally:
+            overdue.cancel()
             self.closed = True
             self.bridge.clients.discard(self)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
                 await writer
             # Background commands (a file being hashed for its offer) finish without the tab.
+
+    def _resume_overdue(self) -> None:
+        if not self.resumed and not self.closed:
+            log.info("web: a socket sent no resume in time; closing it")
+            self._close_soon(WSCloseCode.POLICY_VIOLATION, "resume expected")
 
     async def _command(self, data: str) -> None:
         try:

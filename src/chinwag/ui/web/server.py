@@ -23,6 +23,7 @@ import ifaddr
 import msgspec
 from aiohttp import hdrs, web
 
+from chinwag import events as ev
 from chinwag import limits
 from chinwag.errors import ChinwagError
 from chinwag.node import Node
@@ -33,8 +34,11 @@ from chinwag.ui.web.bridge import Bridge, Client
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-#: Where dropped files are kept while they are offered (under the data directory).
+#: Where dropped files are kept while their offer can still be fetched (under the data
+#: directory); see WebServer.sweep_uploads for when they go.
 UPLOADS_DIR = "uploads"
+#: States of an outgoing offer whose file may still be fetched (as Offers.serves says).
+_SERVED_STATES = frozenset({"sharing", "done"})
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -138,6 +142,9 @@ class WebServer:
         self.hosts: frozenset[str] = frozenset()
         self._runner: web.AppRunner | None = None
         self._uploads = asyncio.Semaphore(limits.WEB_MAX_UPLOADS)
+        #: Upload folders not offered yet (being received or hashed): no sweep touches them.
+        self._receiving: set[Path] = set()
+        self._stopped = False
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -160,6 +167,12 @@ class WebServer:
             handle_signals=False,
             shutdown_timeout=limits.WEB_CLOSE_TIMEOUT_S,
         )
+        if self._stopped:
+            # Started again: the old bridge let go of the node when it stopped.
+            self.bridge = Bridge(self.node)
+            self._stopped = False
+        self.node.subscribe(self._on_event)
+        self.sweep_uploads()
         await runner.setup()
         try:
             try:
@@ -169,6 +182,7 @@ class WebServer:
                     raise
                 await web.TCPSite(runner, self.bind, 0, reuse_address=True).start()
         except BaseException:
+            self.node.unsubscribe(self._on_event)
             await runner.cleanup()
             raise
         self._runner = runner
@@ -198,10 +212,39 @@ class WebServer:
 
     async def stop(self) -> None:
         """Close every tab and stop listening."""
+        self._stopped = True
+        self.node.unsubscribe(self._on_event)
         await self.bridge.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    # --- uploaded copies -------------------------------------------------------
+
+    def sweep_uploads(self) -> None:
+        """Delete every upload folder whose file no outgoing offer can still serve
+        (withdrawn, failed, forgotten, or left by an earlier run), except uploads under way."""
+        root = self.node.config.data_dir / UPLOADS_DIR
+        try:
+            folders = list(root.iterdir())
+            files = self.node.files().files
+        except (OSError, ChinwagError):  # no uploads yet, or the node is not running
+            return
+        keep = {
+            Path(f.path).resolve().parent
+            for f in files
+            if f.direction == "out" and f.state in _SERVED_STATES and f.path
+        }
+        busy = {p.resolve() for p in self._receiving}
+        for folder in folders:
+            resolved = folder.resolve()
+            if resolved not in keep and resolved not in busy:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _on_event(self, event: ev.NodeEvent) -> None:
+        # An offer ending (withdrawn, failed) may free an uploaded copy at once.
+        if isinstance(event, ev.FileFailed):
+            self.sweep_uploads()
 
     # --- the guard: Host, Origin, authentication -------------------------------
 
@@ -264,14 +307,21 @@ class WebServer:
     # --- the WebSocket --------------------------------------------------------------
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
-        if len(self.bridge.clients) >= limits.WEB_MAX_CLIENTS:
+        # Every socket counts from the upgrade on, not only tabs that sent `resume`.
+        if len(self.bridge.sockets) >= limits.WEB_MAX_CLIENTS:
             return web.Response(status=503, text="too many tabs open\n")
         ws = web.WebSocketResponse(
             max_msg_size=limits.WEB_MAX_WS_MESSAGE, heartbeat=limits.WEB_HEARTBEAT_S
         )
-        await ws.prepare(request)
         transport = request.transport
-        await Client(self.bridge, ws, transport.abort if transport is not None else None).run()
+        client = Client(self.bridge, ws, transport.abort if transport is not None else None)
+        # Counted before the first await, so concurrent upgrades cannot overshoot the bound.
+        self.bridge.sockets.add(client)
+        try:
+            await ws.prepare(request)
+            await client.run()
+        finally:
+            self.bridge.sockets.discard(client)
         return ws
 
     # --- files ----------------------------------------------------------------------
@@ -286,26 +336,37 @@ class WebServer:
         if self._uploads.locked():
             return _json({"ok": False, "error": "too many uploads at once"}, 503)
         async with self._uploads:
+            self.sweep_uploads()
             folder = self.node.config.data_dir / UPLOADS_DIR / secrets.token_hex(8)
-            folder.mkdir(parents=True, mode=0o700)
-            path = folder / name
+            self._receiving.add(folder)
             try:
-                await _receive(request, path)
-            except _TooLarge:
-                shutil.rmtree(folder, ignore_errors=True)
-                return _json({"ok": False, "error": "file too large"}, 413)
-            except Exception as exc:  # the tab went away mid-body, the disk is full, ...
-                shutil.rmtree(folder, ignore_errors=True)
-                log.info("web: upload failed: %r", exc)
-                return _json({"ok": False, "error": "upload failed"}, 400)
-            except BaseException:  # cancelled (the server stops): leave no partial file
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
-            try:
-                offer = await self.node.send_file(to, str(path))
-            except ChinwagError as exc:
-                shutil.rmtree(folder, ignore_errors=True)
-                return _json({"ok": False, "error": str(exc)}, 400)
+                folder.mkdir(parents=True, mode=0o700)
+                return await self._offer_upload(request, folder, to, name)
+            finally:
+                self._receiving.discard(folder)
+
+    async def _offer_upload(
+        self, request: web.Request, folder: Path, to: str, name: str
+    ) -> web.StreamResponse:
+        """Receive the body into folder/name and offer it to `to`; no folder is left on failure."""
+        path = folder / name
+        try:
+            await _receive(request, path)
+        except _TooLarge:
+            shutil.rmtree(folder, ignore_errors=True)
+            return _json({"ok": False, "error": "file too large"}, 413)
+        except Exception as exc:  # the tab went away mid-body, the disk is full, ...
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("web: upload failed: %r", exc)
+            return _json({"ok": False, "error": "upload failed"}, 400)
+        except BaseException:  # cancelled (the server stops): leave no partial file
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        try:
+            offer = await self.node.send_file(to, str(path))
+        except ChinwagError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            return _json({"ok": False, "error": str(exc)}, 400)
         return _json({"ok": True, "id": offer.id})
 
     async def _open_folder(self, request: web.Request) -> web.StreamResponse:
