@@ -302,3 +302,31 @@ async def test_piped_line_mode_forgets_a_failed_transfers_progress(tmp_path: Pat
         ui.on_event(ev.FileProgress(id=fid, bytes=1, total=10))
         ui.on_event(ev.FileFailed(id=fid, reason="cancelled"))
     assert ui._progress_printed == {} and ui._transfers == {}
+
+
+@pytest.mark.parametrize("answer", [KeyboardInterrupt, EOFError, ""])
+async def test_ctrl_c_at_the_passphrase_prompt_cancels_the_join_not_the_program(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: type[BaseException] | str
+) -> None:
+    # QA: Ctrl-C at line mode's passphrase prompt ended chinwag (exit 130) instead of the join.
+    from prompt_toolkit import PromptSession
+
+    async def prompt(_self: object, *_args: object, **_kwargs: object) -> str:
+        if isinstance(answer, str):
+            return answer
+        raise answer()
+
+    monkeypatch.setattr(PromptSession, "prompt_async", prompt)
+    node = Node(NodeConfig(data_dir=tmp_path, nick="me", port=0, bind="127.0.0.1", discovery=False))
+    out: list[str] = []
+    errors: list[str] = []
+    node.subscribe(lambda e: errors.append(e.message) if isinstance(e, ev.Error) else None)
+    line = LineUI(node, sink=out.append)
+    line.interactive = True  # as at a terminal: the passphrase is asked at the prompt
+    await node.start()
+    try:
+        assert await line.handle("/join vault --passphrase")
+        assert out == ["* join cancelled"] and errors == []
+        assert not any(r.name == "vault" for r in node.rooms().rooms)
+    finally:
+        await node.stop("quit")
