@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
         ("/join kitchen", c.JoinCmd(room="kitchen")),
         ("/join vault --passphrase s3cret", c.JoinCmd(room="vault", passphrase="s3cret")),
         ("/join vault --passphrase", c.JoinCmd(room="vault", passphrase="")),  # ask for it
+        ("/join v  --passphrase  two  words ", c.JoinCmd(room="v", passphrase="two  words")),
         ("/leave", c.LeaveCmd(room="dev")),
         ("/leave kitchen", c.LeaveCmd(room="kitchen")),
         ("/rooms", c.RoomsCmd()),
@@ -69,6 +70,8 @@ def test_slash_lines_parse_into_command_structs(line: str, command: object) -> N
         ("/info", "/info MSGID"),
         ("/join", "/join ROOM [--passphrase [PASS]]"),
         ("/join a b", "/join ROOM [--passphrase [PASS]]"),
+        # QA: a glued flag was read as the passphrase ("xyz"), joining a private room by typo.
+        ("/join a --passphrasexyz", "/join ROOM [--passphrase [PASS]]"),
         ("/msg bob", "/msg NICK|PEERID TEXT"),
         ("/msg bob   ", "/msg NICK|PEERID TEXT"),
         ("/whois", "/whois NICK|PEERID"),
