@@ -333,3 +333,11 @@ async def test_ctrl_c_at_the_passphrase_prompt_cancels_the_join_not_the_program(
         assert not any(r.name == "vault" for r in node.rooms().rooms)
     finally:
         await node.stop("quit")
+
+
+def test_closing_a_private_conversation_is_not_shown_as_leaving_a_hash_room() -> None:
+    # QA: `/leave` in the TUI's view of a private conversation said "left #@t4frwmew".
+    from chinwag.ui import format as fmt
+
+    assert fmt.left_line(ev.Left(room="kitchen")) == "left #kitchen"
+    assert fmt.left_line(ev.Left(room="@t4frwmew")) == ("closed the private conversation @t4frwmew")
