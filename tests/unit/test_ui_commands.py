@@ -341,3 +341,25 @@ def test_closing_a_private_conversation_is_not_shown_as_leaving_a_hash_room() ->
 
     assert fmt.left_line(ev.Left(room="kitchen")) == "left #kitchen"
     assert fmt.left_line(ev.Left(room="@t4frwmew")) == ("closed the private conversation @t4frwmew")
+
+
+async def test_leaving_the_room_typed_in_moves_line_mode_to_a_joined_room(tmp_path: Path) -> None:
+    # QA: after `/leave` of general, line mode kept typing into the room it had left
+    # (prompt `#general`, /rooms marked it current, every line an error).
+    node = Node(NodeConfig(data_dir=tmp_path, nick="me", port=0, bind="127.0.0.1", discovery=False))
+    out: list[str] = []
+    line = LineUI(node, sink=out.append)
+    node.subscribe(line.on_event)  # a sink alone does not follow events (the TUI's case)
+    await node.start()
+    try:
+        assert await line.handle("/join kitchen") and line.room == "kitchen"
+        assert await line.handle("/switch general")
+        del out[:]
+        assert await line.handle("/leave")
+        assert line.room == "kitchen"
+        assert out == ["* left #general", "* now typing in #kitchen"]
+        del out[:]
+        assert await line.handle("/leave")  # the last room: nowhere else to go
+        assert line.room == "general" and out == ["* left #kitchen"]
+    finally:
+        await node.stop("quit")

@@ -97,9 +97,13 @@ class LineUI(c.Session):
             self.room = event.room
             self._info(fmt.joined_line(event))
         elif isinstance(event, ev.Left):
-            if self.room == event.room:
-                self.room = "general"
             self._info(fmt.left_line(event))
+            if self.room == event.room:
+                # Type into a room we are still in (general first), not into the one just left.
+                joined = [r.name for r in self.node.rooms().rooms if r.joined]
+                self.room = "general" if "general" in joined or not joined else joined[0]
+                if joined:
+                    self._info(f"now typing in #{self.room}")
         elif isinstance(event, ev.Delivered):
             # Receipts arrive in batches; one summary line per batch, not one per message.
             self._delivered.append(event)
