@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
         ("/join kitchen", c.JoinCmd(room="kitchen")),
         ("/join vault --passphrase s3cret", c.JoinCmd(room="vault", passphrase="s3cret")),
         ("/join vault --passphrase", c.JoinCmd(room="vault", passphrase="")),  # ask for it
+        ("/join v  --passphrase  two  words ", c.JoinCmd(room="v", passphrase="two  words")),
         ("/leave", c.LeaveCmd(room="dev")),
         ("/leave kitchen", c.LeaveCmd(room="kitchen")),
         ("/rooms", c.RoomsCmd()),
@@ -69,6 +70,8 @@ def test_slash_lines_parse_into_command_structs(line: str, command: object) -> N
         ("/info", "/info MSGID"),
         ("/join", "/join ROOM [--passphrase [PASS]]"),
         ("/join a b", "/join ROOM [--passphrase [PASS]]"),
+        # QA: a glued flag was read as the passphrase ("xyz"), joining a private room by typo.
+        ("/join a --passphrasexyz", "/join ROOM [--passphrase [PASS]]"),
         ("/msg bob", "/msg NICK|PEERID TEXT"),
         ("/msg bob   ", "/msg NICK|PEERID TEXT"),
         ("/whois", "/whois NICK|PEERID"),
@@ -302,3 +305,61 @@ async def test_piped_line_mode_forgets_a_failed_transfers_progress(tmp_path: Pat
         ui.on_event(ev.FileProgress(id=fid, bytes=1, total=10))
         ui.on_event(ev.FileFailed(id=fid, reason="cancelled"))
     assert ui._progress_printed == {} and ui._transfers == {}
+
+
+@pytest.mark.parametrize("answer", [KeyboardInterrupt, EOFError, ""])
+async def test_ctrl_c_at_the_passphrase_prompt_cancels_the_join_not_the_program(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: type[BaseException] | str
+) -> None:
+    # QA: Ctrl-C at line mode's passphrase prompt ended chinwag (exit 130) instead of the join.
+    from prompt_toolkit import PromptSession
+
+    async def prompt(_self: object, *_args: object, **_kwargs: object) -> str:
+        if isinstance(answer, str):
+            return answer
+        raise answer()
+
+    monkeypatch.setattr(PromptSession, "prompt_async", prompt)
+    node = Node(NodeConfig(data_dir=tmp_path, nick="me", port=0, bind="127.0.0.1", discovery=False))
+    out: list[str] = []
+    errors: list[str] = []
+    node.subscribe(lambda e: errors.append(e.message) if isinstance(e, ev.Error) else None)
+    line = LineUI(node, sink=out.append)
+    line.interactive = True  # as at a terminal: the passphrase is asked at the prompt
+    await node.start()
+    try:
+        assert await line.handle("/join vault --passphrase")
+        assert out == ["* join cancelled"] and errors == []
+        assert not any(r.name == "vault" for r in node.rooms().rooms)
+    finally:
+        await node.stop("quit")
+
+
+def test_closing_a_private_conversation_is_not_shown_as_leaving_a_hash_room() -> None:
+    # QA: `/leave` in the TUI's view of a private conversation said "left #@t4frwmew".
+    from chinwag.ui import format as fmt
+
+    assert fmt.left_line(ev.Left(room="kitchen")) == "left #kitchen"
+    assert fmt.left_line(ev.Left(room="@t4frwmew")) == ("closed the private conversation @t4frwmew")
+
+
+async def test_leaving_the_room_typed_in_moves_line_mode_to_a_joined_room(tmp_path: Path) -> None:
+    # QA: after `/leave` of general, line mode kept typing into the room it had left
+    # (prompt `#general`, /rooms marked it current, every line an error).
+    node = Node(NodeConfig(data_dir=tmp_path, nick="me", port=0, bind="127.0.0.1", discovery=False))
+    out: list[str] = []
+    line = LineUI(node, sink=out.append)
+    node.subscribe(line.on_event)  # a sink alone does not follow events (the TUI's case)
+    await node.start()
+    try:
+        assert await line.handle("/join kitchen") and line.room == "kitchen"
+        assert await line.handle("/switch general")
+        del out[:]
+        assert await line.handle("/leave")
+        assert line.room == "kitchen"
+        assert out == ["* left #general", "* now typing in #kitchen"]
+        del out[:]
+        assert await line.handle("/leave")  # the last room: nowhere else to go
+        assert line.room == "general" and out == ["* left #kitchen"]
+    finally:
+        await node.stop("quit")

@@ -328,11 +328,12 @@ def _info(arg: str, _room: str) -> InfoCmd:
 
 def _join(arg: str, _room: str) -> JoinCmd:
     name, _, rest = arg.partition(" ")
-    rest = rest.strip()
-    if not name or (rest and not rest.startswith("--passphrase")):
+    flag, _, passphrase = rest.strip().partition(" ")
+    # The flag is a word of its own: `--passphrasexyz` is a typo, not the passphrase "xyz".
+    if not name or flag not in ("", "--passphrase"):
         raise _usage("/join ROOM [--passphrase [PASS]]")
     # `--passphrase` alone gives "": the interface asks for it.
-    return JoinCmd(room=name, passphrase=rest[len("--passphrase") :].strip() if rest else None)
+    return JoinCmd(room=name, passphrase=passphrase.strip() if flag else None)
 
 
 def _msg(arg: str, _room: str) -> DmCmd:

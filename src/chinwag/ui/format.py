@@ -207,7 +207,9 @@ def joined_line(event: ev.Joined) -> str:
 
 
 def left_line(event: ev.Left) -> str:
-    """Return the line shown when we leave a room."""
+    """Return the line shown when we leave a room or close a private conversation."""
+    if event.room.startswith("@"):  # `/leave` in a conversation's view: not a `#room`
+        return f"closed the private conversation {event.room}"
     return f"left #{event.room}"
 
 

@@ -100,9 +100,13 @@ class LineUI(c.Session):
             self.room = event.room
             self._info(fmt.joined_line(event))
         elif isinstance(event, ev.Left):
-            if self.room == event.room:
-                self.room = "general"
             self._info(fmt.left_line(event))
+            if self.room == event.room:
+                # Type into a room we are still in (general first), not into the one just left.
+                joined = [r.name for r in self.node.rooms().rooms if r.joined]
+                self.room = "general" if "general" in joined or not joined else joined[0]
+                if joined:
+                    self._info(f"now typing in #{self.room}")
         elif isinstance(event, ev.Delivered):
             # Receipts arrive in batches; one summary line per batch, not one per message.
             self._delivered.append(event)
@@ -283,8 +287,11 @@ class LineUI(c.Session):
                 self._remember_name(answer.id, clean(answer.name))
             for text in fmt.answer_lines(cmd, answer, self.node, self.room):
                 self._info(text)
-            if isinstance(cmd, c.JoinCmd) and answer is not None:
-                self.show_history(20)
+            if isinstance(cmd, c.JoinCmd):
+                if answer is None:
+                    self._info("join cancelled")
+                else:
+                    self.show_history(20)
         return True
 
     def show_history(self, limit: int) -> None:
@@ -296,7 +303,7 @@ class LineUI(c.Session):
             self._print(self.format_message(msg, fmt.delivery_mark(self.node, msg)))
 
     async def ask_secret(self, room: str) -> str | None:
-        """Ask for a room's passphrase at the prompt (or through the TUI's dialog)."""
+        """Ask for a room's passphrase at the prompt (or the TUI's dialog); None if cancelled."""
         if self._ask is not None:
             return await self._ask(room)
         if not self.interactive:
@@ -304,7 +311,13 @@ class LineUI(c.Session):
         from prompt_toolkit import PromptSession
 
         session: PromptSession[str] = PromptSession()
-        return await session.prompt_async(f"passphrase for #{room}: ", is_password=True)
+        try:
+            secret = await session.prompt_async(f"passphrase for #{room}: ", is_password=True)
+        except (EOFError, KeyboardInterrupt):
+            # Ctrl-C or Ctrl-D here cancels the join, as Escape does in the TUI's dialog;
+            # it used to end the whole program (exit status 130, no goodbye to peers).
+            return None
+        return secret or None  # nothing typed: cancelled, as in the TUI
 
     def _switch(self, arg: str) -> None:
         name = arg.lstrip("#").lower()
