@@ -238,7 +238,8 @@ const handlers = {
     state.changed.set(e.room, state.roomsAsked);
     state.rooms.delete(e.room);
     if (state.current === e.room) switchTo(state.rooms.has("general") ? "general" : [...state.rooms.keys()][0]);
-    note(`left #${e.room}`);
+    // As the TUI says it (ui/format.py left_line): a conversation is closed, not a #room left.
+    note(e.room.startsWith("@") ? `closed the private conversation ${e.room}` : `left #${e.room}`);
     send({ cmd: "rooms" });
   },
   peers(e) {
