@@ -29,6 +29,7 @@ from it_support import (
     chat_works,
     connected,
     stderr_has_traceback,
+    until,
 )
 
 from chinwag import limits
@@ -153,19 +154,6 @@ class FileServer:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         await self.peer.close()
-
-
-async def until(cond: Callable[[], bool], what: str, timeout: float = PROMPT_S) -> None:
-    """Wait (polling every 20 ms) until cond() holds; fail naming `what` after timeout.
-
-    For what only the node's log tells (a source banned): no event to wait on.
-    """
-    try:
-        async with asyncio.timeout(timeout):
-            while not cond():  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout}s: {what}") from None
 
 
 async def peer_until(peer: HostilePeer, cond: Callable[[], bool], what: str) -> None:

@@ -8,8 +8,6 @@ session fed it must close with that reason and never raise.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -164,13 +162,6 @@ class Node:
         self.manager.peers[who.peer_id] = conn
         self.book.set_announced(who.peer_id, m.Rooms(joined=[m.RoomAnnounce(room=ROOM)]))
         return conn
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "chinwag.db")
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -130,6 +130,15 @@ function refetch() {
 
 // --- events -----------------------------------------------------------------------
 
+// A transfer that failed or stalled: its card shows the state and the reason.
+function fileEnded(e, stateName) {
+  const f = state.files.get(e.id);
+  if (!f) return;
+  f.state = stateName;
+  f.reason = e.reason;
+  schedule("files");
+}
+
 const handlers = {
   hello(e) {
     setMe(e.peer_id, e.nick);
@@ -346,18 +355,10 @@ const handlers = {
     schedule("files");
   },
   file_failed(e) {
-    const f = state.files.get(e.id);
-    if (!f) return;
-    f.state = "failed";
-    f.reason = e.reason;
-    schedule("files");
+    fileEnded(e, "failed");
   },
   file_stalled(e) {
-    const f = state.files.get(e.id);
-    if (!f) return;
-    f.state = "stalled";
-    f.reason = e.reason;
-    schedule("files");
+    fileEnded(e, "stalled");
   },
   files(e) {
     for (const info of e.files) {
