@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-discovery", action="store_true", help="do not send or hear UDP beacons")
     p.add_argument(
+        "--no-upnp",
+        action="store_true",
+        help="do not map our TCP port on the home router with UPnP-IGD",
+    )
+    p.add_argument(
         "--discovery-port",
         type=_port,
         default=limits.DISCOVERY_PORT,
@@ -265,6 +270,7 @@ def _run(args: argparse.Namespace, data_dir: Path, mode: str) -> int:
         discovery_port=args.discovery_port,
         downloads=args.downloads,
         auto_accept=max(0, int(args.auto_accept_mb * 1_000_000)),
+        upnp=not args.no_upnp,
     )
     web = _web_options(args, data_dir) if args.web else None
     try:

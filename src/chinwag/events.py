@@ -282,6 +282,12 @@ class FileList(msgspec.Struct, frozen=True, tag_field="event", tag="files"):
     files: list[FileInfo]
 
 
+class Upnp(msgspec.Struct, frozen=True, tag_field="event", tag="upnp"):
+    """Our TCP port's UPnP mapping on the home router changed: public "host:port" or None."""
+
+    mapping: str | None
+
+
 NodeEvent = (
     Ready
     | PeerJoined
@@ -308,4 +314,5 @@ NodeEvent = (
     | FileFailed
     | FileStalled
     | FileList
+    | Upnp
 )

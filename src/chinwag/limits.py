@@ -322,3 +322,21 @@ LINE_MAX_FILE_NAMES = 1_000
 #: Authors whose last stored nick history.py remembers (saves a store write per message),
 #: least recently used dropped first (stops a flood of fresh authors growing it per run).
 HISTORY_MAX_AUTHOR_NICKS = 4_096
+
+# --- natlab: the UPnP-IGD port mapping (net/upnp.py) --------------------------------------
+
+#: Milliseconds miniupnpc waits for SSDP answers per search (a silent LAN costs this once
+#: or twice per try; stops a start on a LAN without an IGD holding a thread for long).
+UPNP_DISCOVER_MS = 1_000
+#: Seconds of the lease asked for; the mapping is renewed at half of it (a node that dies
+#: without deleting leaves an open port on the router for at most this long).
+UPNP_LEASE_S = 3_600
+#: Seconds between tries when no IGD answered or the mapping failed (a LAN without UPnP
+#: costs one SSDP search per this interval, not a storm).
+UPNP_RETRY_S = 600.0
+#: External ports tried for one mapping: ours first, then random ones (stops a router full
+#: of conflicting mappings keeping the worker busy for ever).
+UPNP_PORT_TRIES = 4
+#: Seconds stop() waits for the router to delete our mapping (a router gone silent must not
+#: hold the node's exit).
+UPNP_DELETE_S = 3.0

@@ -38,6 +38,7 @@ from chinwag.logonce import WarnOnce
 from chinwag.net.connection import PeerConnection
 from chinwag.net.discovery import Discovery
 from chinwag.net.manager import ConnectionManager
+from chinwag.net.upnp import UpnpMapper
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.protocol.discovery import encode_beacon
@@ -71,6 +72,8 @@ class NodeConfig:
     downloads: Path | None = None
     #: Files up to this many bytes from verified peers are accepted without asking (0: never).
     auto_accept: int = 0
+    #: Map the TCP port on the home router with UPnP-IGD (the CLI turns it on; `--no-upnp`).
+    upnp: bool = False
 
 
 @dataclass
@@ -87,9 +90,12 @@ class _Running:
     history: History
     files: FileShare
     discovery: Discovery | None = None
+    upnp: UpnpMapper | None = None
 
     async def close(self, reason: str) -> None:
         """Stop every part, the network last but one and the store last."""
+        if self.upnp is not None:
+            await self.upnp.close()
         if self.discovery is not None:
             self.discovery.close()
         await self.files.close()
@@ -201,6 +207,9 @@ class Node:
                     self._rng,
                 )
                 await run.discovery.start()
+            if self.config.upnp and not _is_loopback(self.config.bind):
+                run.upnp = UpnpMapper(self.port, self._rng, self._upnp_changed)
+                run.upnp.start()
             for host, port in self.config.peers:
                 manager.add_manual_peer(host, port)
         except BaseException:
@@ -234,6 +243,15 @@ class Node:
             await self._run.close(reason)
         self.datadir.close()
         self.stopped.set()
+
+    @property
+    def upnp_mapping(self) -> str | None:
+        """Our TCP port's public "host:port" mapped by UPnP on the home router, or None."""
+        run = self._run
+        return run.upnp.mapping if run is not None and run.upnp is not None else None
+
+    def _upnp_changed(self, mapping: str | None) -> None:
+        self._emit(ev.Upnp(mapping=mapping))
 
     def subscribe(self, callback: Callable[[ev.NodeEvent], None]) -> None:
         """Call callback with every event from now on (in the event loop's thread)."""
@@ -764,6 +782,11 @@ class Node:
                 callback(event)
             except Exception:
                 log.exception("event subscriber failed")
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether a bind address is a loopback one (nothing to map on a router then)."""
+    return host.startswith("127.") or host in ("::1", "localhost")
 
 
 def _chat_text(text: str) -> str:
