@@ -53,11 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "command",
         nargs="?",
-        choices=["chat", "id", "web"],
+        choices=["chat", "id", "web", "invite", "add"],
         default="chat",
         help="chat (default); id: print your peer id and fingerprint; "
-        "web: run the node with the web UI in the browser (no terminal UI)",
+        "web: run the node with the web UI in the browser (no terminal UI); "
+        "invite: print your invite code (and its QR code) for a friend elsewhere; "
+        "add CODE: make the peer of an invite code a contact (dialled when chinwag runs)",
     )
+    p.add_argument("code", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"chinwag {__version__}")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
@@ -198,6 +201,14 @@ def _main(argv: list[str] | None) -> int:
     data_dir: Path = args.data_dir or default_data_dir()
     if args.command == "id":
         return _print_id(data_dir)
+    if args.command == "invite":
+        return _print_invite(data_dir, args)
+    if args.command == "add":
+        if not args.code:
+            build_parser().error("usage: chinwag add CODE")
+        return _add_contact(data_dir, args.code)
+    if args.code is not None:
+        build_parser().error(f"unexpected argument {args.code[:40]!r}")
     if args.command == "web":
         args.web = True
     if args.new_token and not args.web:
@@ -252,6 +263,53 @@ def _print_id(data_dir: Path) -> int:
         return 1
     print(f"peer id:     {ident.peer_id}")
     print(f"fingerprint: {fingerprint(ident.peer_id)}")
+    return 0
+
+
+def _print_invite(data_dir: Path, args: argparse.Namespace) -> int:
+    """`chinwag invite`: print a fresh invite code, and in a terminal its QR code.
+
+    Works while chinwag runs (nothing is locked): the addresses are those the last
+    run saw (its port, its confirmed public addresses), or `--port`/`--bind`.
+    """
+    from chinwag.contacts import offline_invite
+    from chinwag.crypto.identity import BadIdentity
+    from chinwag.datadir import DataDir, load_or_create_identity
+    from chinwag.node import default_nick
+    from chinwag.ui.format import invite_lines
+    from chinwag.ui.web.launch import print_qr
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ident = load_or_create_identity(data_dir)
+    except (OSError, BadIdentity) as exc:
+        print(f"chinwag: {exc}", file=sys.stderr)
+        return 1
+    settings = DataDir(data_dir).load_settings()
+    nick = str(args.nick or settings.get("nick") or default_nick())
+    bind = args.bind if args.bind != "0.0.0.0" else None
+    invite = offline_invite(data_dir, ident, nick, args.port, bind)
+    if sys.stdout.isatty():
+        for line in invite_lines(invite):
+            print(line)
+        # Capitals: a QR code holds them (and ':') in its compact alphanumeric mode.
+        print_qr(invite.code.upper(), sys.stdout)
+    else:
+        print(invite.code)
+    return 0
+
+
+def _add_contact(data_dir: Path, code: str) -> int:
+    """`chinwag add CODE`: store the contact for the next start; needs the data dir free."""
+    from chinwag.contacts import store_contact
+    from chinwag.errors import ChinwagError
+
+    try:
+        added = store_contact(data_dir, code)
+    except ChinwagError as exc:
+        print(f"chinwag: {exc}", file=sys.stderr)
+        return 1
+    print(f"added contact {added.nick} ({added.peer_id}); it is dialled when chinwag runs")
     return 0
 
 

@@ -288,6 +288,61 @@ class Upnp(msgspec.Struct, frozen=True, tag_field="event", tag="upnp"):
     mapping: str | None
 
 
+# --- reach: invites and contacts (issue 14, docs/reach.md) ---------------------------
+
+
+class RelayAddr(msgspec.Struct, frozen=True):
+    """A relay named in an invite: its peer id and address ("host:port")."""
+
+    peer_id: str
+    address: str
+
+
+class Invite(msgspec.Struct, frozen=True, tag_field="event", tag="invite"):
+    """Our invite code, answering an `invite` command, and what it names.
+
+    `addresses`: where we believe we are reachable (LAN, observed public, UPnP);
+    `relays`: where we hold a reservation; `expires`: Unix time the code stops working.
+    """
+
+    code: str
+    addresses: list[str]
+    relays: list[RelayAddr]
+    peer_id: str
+    expires: float
+
+
+class ContactAdded(msgspec.Struct, frozen=True, tag_field="event", tag="contact_added"):
+    """A peer was added (or refreshed) as a contact from its invite; it is being dialled."""
+
+    peer_id: str
+    nick: str
+
+
+class ContactInfo(msgspec.Struct, frozen=True):
+    """One contact: `path` is how it is reached while `online` ("lan", "direct",
+    "relayed"; "" when offline), `last_seen` the Unix time it was last connected (0: never)."""
+
+    peer_id: str
+    nick: str
+    online: bool
+    path: str
+    last_seen: float
+
+
+class Contacts(msgspec.Struct, frozen=True, tag_field="event", tag="contacts"):
+    """Every contact, answering a `contacts` command."""
+
+    contacts: list[ContactInfo]
+
+
+class ContactForgotten(msgspec.Struct, frozen=True, tag_field="event", tag="contact_forgotten"):
+    """A contact was removed (`forget`): it is no longer dialled (a connection stays)."""
+
+    peer_id: str
+    nick: str
+
+
 NodeEvent = (
     Ready
     | PeerJoined
@@ -315,4 +370,8 @@ NodeEvent = (
     | FileStalled
     | FileList
     | Upnp
+    | Invite
+    | ContactAdded
+    | Contacts
+    | ContactForgotten
 )

@@ -340,3 +340,33 @@ UPNP_PORT_TRIES = 4
 #: Seconds stop() waits for the router to delete our mapping (a router gone silent must not
 #: hold the node's exit).
 UPNP_DELETE_S = 3.0
+
+# --- reach: invites, contacts, observed addresses (issue 14, invite) -----------------
+#: Seconds an invite code stays valid after it is made (a leaked old code stops working).
+INVITE_TTL_S = 7 * 24 * 3600
+#: Characters of an invite code read at all (stops a pasted megabyte from being decoded).
+MAX_INVITE_CHARS = 2_000
+#: Addresses in one invite (and stored per contact): stops a code making us dial a list.
+MAX_INVITE_ADDRS = 8
+#: Relays in one invite (and stored per contact), for the same reason.
+MAX_INVITE_RELAYS = 4
+#: Contacts kept; adding more is refused (each is dialled at every start, with back-off).
+MAX_CONTACTS = 256
+#: Peers whose report of our address is kept (the oldest report is dropped beyond it):
+#: bounds what throwaway identities can make us store.
+MAX_OBS_REPORTERS = 64
+#: Seconds a report of our address counts; a network change makes the old ones wrong.
+OBS_MAX_AGE_S = 3_600.0
+#: Distinct reporters (from different networks, below) needed to believe a public address,
+#: and to call the NAT symmetric: one liar alone cannot make us publish an address.
+OBS_CONFIRMATIONS = 2
+#: Reporters in the same IPv4 /24 (IPv6 /48) count as one: one host with many addresses
+#: cannot confirm a lie by itself.
+OBS_GROUP_PREFIX_V4 = 24
+OBS_GROUP_PREFIX_V6 = 48
+#: Public addresses of ours put in an invite and persisted for the next run.
+MAX_PUBLIC_ADDRS = 4
+#: Seconds between two looks at the interface addresses (a changed network redials contacts).
+NETWORK_POLL_S = 3.0
+#: Seconds a contact's direct addresses get before its relays are tried too.
+CONTACT_RELAY_DELAY_S = 0.25

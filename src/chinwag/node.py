@@ -21,6 +21,7 @@ import msgspec
 
 from chinwag import events as ev
 from chinwag import limits
+from chinwag.contacts import ContactBook
 from chinwag.crypto import box
 from chinwag.crypto.identity import (
     BadIdentity,
@@ -91,6 +92,8 @@ class _Running:
     files: FileShare
     discovery: Discovery | None = None
     upnp: UpnpMapper | None = None
+    #: Contacts and our own address (issue 14): made once the node listens.
+    contacts: ContactBook | None = None
 
     async def close(self, reason: str) -> None:
         """Stop every part, the network last but one and the store last."""
@@ -98,6 +101,8 @@ class _Running:
             await self.upnp.close()
         if self.discovery is not None:
             self.discovery.close()
+        if self.contacts is not None:
+            await self.contacts.close()
         await self.files.close()
         await self.history.close()
         await self.manager.close(reason)
@@ -191,6 +196,7 @@ class Node:
             # peers once listening): every part is there, or the node is not started.
             run = self._run = _Running(store, manager, book, history, files)
             files.load()
+            run.contacts = ContactBook(store, manager, self.datadir, self._emit, self.config.bind)
             self.port = await manager.listen(
                 self.config.bind, self.config.port, self.config.port_fallback
             )
@@ -212,6 +218,7 @@ class Node:
                 run.upnp.start()
             for host, port in self.config.peers:
                 manager.add_manual_peer(host, port)
+            run.contacts.load(self.port)
         except BaseException:
             # Close what was built: all of it once _Running exists, else the store's users.
             if run is not None:
@@ -564,6 +571,45 @@ class Node:
             if seen >= fresh and author not in manager.peers
         ]
 
+    # --- reach: invites and contacts (issue 14, docs/reach.md) ---------
+
+    def reservations(self) -> list[tuple[str, str]]:
+        """Relays we hold a reservation at: (relay peer id, relay address); none here (the
+        relay helper provides them)."""
+        return []
+
+    def invite_info(self) -> tuple[str, list[str], list[tuple[str, str]]]:
+        """Return (invite code, addresses it names, relays it names)."""
+        invite = self.invite()
+        return invite.code, invite.addresses, [(r.peer_id, r.address) for r in invite.relays]
+
+    def invite(self) -> ev.Invite:
+        """Return a fresh invite code: our LAN, public and UPnP addresses and relays."""
+        return self._contact_book().invite(
+            self.identity, self.nick, self.upnp_mapping, self.reservations()
+        )
+
+    def add_contact(self, code: str) -> ev.ContactAdded:
+        """Add the peer of an invite code as a contact (emits contact_added) and dial it.
+
+        Raises InviteError (a UsageError) for a malformed, tampered or expired code.
+        """
+        return self._contact_book().add(code, self.identity.peer_id)
+
+    def contacts(self) -> ev.Contacts:
+        """Return the contacts: online or not, how they are reached, when last seen."""
+        return self._contact_book().listing(self._known_nicks())
+
+    def forget_contact(self, who: str) -> ev.ContactForgotten:
+        """Remove a contact (by id, id prefix or nick): it is no longer dialled."""
+        return self._contact_book().forget(who, self._known_nicks())
+
+    def _contact_book(self) -> ContactBook:
+        contacts = self._running().contacts
+        if contacts is None:
+            raise UsageError("the node is not started")
+        return contacts
+
     def error(self, message: str) -> None:
         """Report an error event to the UIs."""
         self._emit(ev.Error(message=message))
@@ -580,6 +626,8 @@ class Node:
         )
         self._running().history.peer_joined(conn)
         self._running().files.ask_peer(conn)
+        if self._running().contacts is not None:
+            self._contact_book().peer_joined(conn)
         self._check_impostor(peer_id, self._nicks[peer_id])
         self._emit(
             ev.PeerJoined(
@@ -603,18 +651,25 @@ class Node:
         if self._run is not None:
             self._run.history.peer_left(peer_id)
             self._run.files.peer_left(peer_id)
+            if self._run.contacts is not None:
+                self._run.contacts.peer_left(peer_id)
         self._emit(
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )
 
     def frame_received(
-        self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
+        self,
+        conn: PeerConnection,
+        frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.Observed,
     ) -> None:
         if isinstance(frame, m.FileFrame):
             self._running().files.frame(conn, frame)
             return
         if isinstance(frame, m.NickChange):
             self._nick_changed(conn.session.peer_id or "", frame.nick)
+            return
+        if isinstance(frame, m.Observed):
+            self._contact_book().observed(conn, frame)
             return
         if isinstance(frame, m.Chat):
             if self._untimely(conn, frame):
@@ -679,9 +734,13 @@ class Node:
             )
 
     def _peer_rank(self, peer_id: str) -> int:
-        """Return whom the peer limit keeps first: verified, then seen before, then strangers."""
+        """Return whom the peer limit keeps first: verified, then seen before or contacts,
+        then strangers."""
         if self._run is not None and peer_id in self._run.book.verified:
             return VERIFIED
+        contacts = None if self._run is None else self._run.contacts
+        if contacts is not None and contacts.is_contact(peer_id):
+            return SEEN
         return SEEN if peer_id in self._seen_peers else STRANGER
 
     def _untimely(self, conn: PeerConnection, frame: m.Chat) -> bool:

@@ -189,6 +189,10 @@ EXECUTED: list[tuple[c.Command, str, tuple[Any, ...], bool]] = [
     (c.RejectFileCmd(id="ab"), "reject_file", ("ab",), False),
     (c.CancelFileCmd(id="ab", keep=True), "cancel_file", ("ab", True), False),
     (c.FilesCmd(), "files", (), True),
+    (c.InviteCmd(), "invite", (), True),
+    (c.AddCmd(code="chinwag:x"), "add_contact", ("chinwag:x",), False),
+    (c.ContactsCmd(), "contacts", (), True),
+    (c.ForgetCmd(peer="bob"), "forget_contact", ("bob",), True),
 ]
 
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from chinwag import limits
 from chinwag.logonce import WarnOnce
 from chinwag.net.connection import PeerConnection
 from chinwag.protocol import messages as m
+from chinwag.protocol.addr import AddrError, format_addr, parse_addr
 from chinwag.protocol.peers import (
     SEEN,
     STRANGER,
@@ -48,7 +50,9 @@ class ManagerListener(Protocol):
     def peer_joined(self, conn: PeerConnection) -> None: ...
     def peer_left(self, conn: PeerConnection, closed: Closed) -> None: ...
     def frame_received(
-        self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
+        self,
+        conn: PeerConnection,
+        frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.Observed,
     ) -> None: ...
 
 
@@ -185,6 +189,54 @@ class ConnectionManager:
         session = Session(self._local(), initiator, self._loop.time(), expected)
         return PeerConnection(self, session, dial_key)
 
+    # --- contacts (issue 14) -------------------------------------------
+
+    def dial_contact(self, peer_id: str, addrs: list[str], relays: list[tuple[str, str]]) -> None:
+        """Dial a contact now by every direct address (the handshake checks it is peer_id),
+        and by its relays if still not connected CONTACT_RELAY_DELAY_S later.
+
+        Its addresses stay in the table: redialled with back-off whenever it is not connected.
+        """
+        now = self._loop.time()
+        for addr in addrs:
+            try:
+                host, port = parse_addr(addr)
+            except AddrError:
+                continue  # checked when the invite was read; a stored one may be old
+            self.table.add_contact(peer_id, host, port, now)
+        self.table.wanted(peer_id, now)
+        self.schedule_dials()
+        if relays and not self._closing:
+            self._loop.call_later(
+                limits.CONTACT_RELAY_DELAY_S, self._dial_relays, peer_id, list(relays)
+            )
+
+    def forget_contact(self, peer_id: str) -> None:
+        """Stop dialling a contact's addresses (its connection, if any, stays)."""
+        self.table.remove_contact(peer_id)
+
+    def _dial_relays(self, peer_id: str, relays: list[tuple[str, str]]) -> None:
+        # The relay helper's `dial_via` (issue 14) may not be in this build: then relays
+        # are skipped and the direct addresses are all there is.
+        dial_via = getattr(self, "dial_via", None)
+        if dial_via is None or self._closing or peer_id in self.peers:
+            return
+        for relay_id, relay_addr in relays:
+            result = dial_via(relay_id, relay_addr, peer_id)
+            if inspect.isawaitable(result):
+                task = self._loop.create_task(_awaited(result))
+                self._dial_tasks.add(task)
+                task.add_done_callback(self._dial_tasks.discard)
+
+    def _observed_frame(self, conn: PeerConnection) -> m.Observed | None:
+        """Return the `obs` frame telling a peer where we see it, None if we cannot tell.
+
+        A relayed connection's address is the relay's, not the peer's: nothing to tell.
+        """
+        if not conn.address[0] or getattr(conn, "path", None) == "relayed":
+            return None
+        return m.Observed(addr=format_addr(*conn.address))
+
     # --- callbacks from PeerConnection ----------------------------------
 
     def connection_made(self, conn: PeerConnection) -> None:
@@ -234,6 +286,9 @@ class ConnectionManager:
     def _handshake_complete(self, conn: PeerConnection, ev: HandshakeComplete) -> None:
         self._pending.discard(conn)
         self._gate.done(conn)
+        observed = self._observed_frame(conn)
+        if observed is not None:
+            conn.send_frame(observed)
         now = self._loop.time()
         if conn.dial_key is not None:
             self.table.dial_reached(conn.dial_key, ev.peer_id)
@@ -375,6 +430,14 @@ class ConnectionManager:
             if not await conn.wait_drained(limits.SEND_DRAIN_TIMEOUT_S):
                 log.warning("peer %s did not drain its queue; disconnecting", conn.peer_id)
                 conn.close(Reason.TOO_SLOW)
+
+
+async def _awaited(result: Awaitable[object]) -> None:
+    """Await a relay dial; its failure is logged, never raised into the loop."""
+    try:
+        await result
+    except Exception as exc:
+        log.debug("relay dial failed: %s", exc)
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

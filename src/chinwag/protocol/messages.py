@@ -213,6 +213,16 @@ class FileEnd(msgspec.Struct, frozen=True, tag_field="t", tag="fend"):
     reason: Reason
 
 
+# --- reach (issue 14, docs/reach.md) ------------------------------------------------
+
+
+class Observed(msgspec.Struct, frozen=True, tag_field="t", tag="obs"):
+    """The address ("host:port", protocol/addr.py) the sender sees the receiver's
+    connection come from; sent by both sides once, right after the handshake."""
+
+    addr: Annotated[str, msgspec.Meta(max_length=64)]
+
+
 FileFrame = FileWho | FileHave | FileHashesReq | FileHashes | FileGet | FileData | FileNak | FileEnd
 
 Frame = (
@@ -233,11 +243,13 @@ Frame = (
     | FileData
     | FileNak
     | FileEnd
+    | Observed
 )
 SyncFrame = Vector | Want | Floor | Rooms
 KNOWN_TAGS: Final = frozenset(
     {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms"}
     | {"fwho", "fhave", "fhreq", "fhash", "fget", "fdata", "fnak", "fend"}
+    | {"obs"}
 )
 
 

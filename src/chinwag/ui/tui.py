@@ -334,6 +334,8 @@ class ChinwagApp(App[int]):
             peer = self._peer(event.peer_id, event.nick)
             peer.online, peer.rtt_ms = False, None
             self.note(fmt.peer_left_line(event))
+        elif isinstance(event, ev.ContactAdded):
+            self.note(fmt.contact_added_line(event))
         elif isinstance(event, ev.NickChanged):
             if event.own:
                 self._set_own_nick(event.nick)
