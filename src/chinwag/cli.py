@@ -53,12 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "command",
         nargs="?",
-        choices=["chat", "id", "web", "invite", "add"],
+        choices=["chat", "id", "web", "invite", "add", "relay"],
         default="chat",
         help="chat (default); id: print your peer id and fingerprint; "
         "web: run the node with the web UI in the browser (no terminal UI); "
         "invite: print your invite code (and its QR code) for a friend elsewhere; "
-        "add CODE: make the peer of an invite code a contact (dialled when chinwag runs)",
+        "add CODE: make the peer of an invite code a contact (dialled when chinwag runs); "
+        "relay: a headless relay for peers behind NATs (no chat; logs to stderr)",
     )
     p.add_argument("code", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"chinwag {__version__}")
@@ -127,6 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="MB",
         help="accept files up to MB megabytes from verified peers without asking (default: off)",
+    )
+    relay = p.add_argument_group("relays (see docs/reach.md)")
+    relay.add_argument(
+        "--relay",
+        action="store_true",
+        help="relay circuits for peers behind NATs (bounded: docs/reach.md); "
+        "`chinwag relay` implies it",
+    )
+    relay.add_argument(
+        "--relay-contacts-unlimited",
+        action="store_true",
+        help="with --relay: circuits between two of your contacts have no byte or time limit",
+    )
+    relay.add_argument(
+        "--relay-peer",
+        type=_host_port,
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a relay to connect to and keep a reservation at, so peers can reach you "
+        "through it (repeatable)",
     )
     web = p.add_argument_group("web UI (see docs/web.md)")
     web.add_argument(
@@ -211,9 +233,15 @@ def _main(argv: list[str] | None) -> int:
         build_parser().error(f"unexpected argument {args.code[:40]!r}")
     if args.command == "web":
         args.web = True
+    if args.command == "relay":
+        args.relay = True
+        if args.web or args.json or args.plain:
+            build_parser().error("`chinwag relay` has no chat interface: no --web, --json, --plain")
     if args.new_token and not args.web:
         build_parser().error("--new-token goes with `chinwag web` or --web")
-    if args.command == "web" and not (args.json or args.plain):
+    if args.command == "relay":
+        mode = "relay"
+    elif args.command == "web" and not (args.json or args.plain):
         mode = "headless"
     else:
         mode = choose_mode(args.json, args.plain)
@@ -329,12 +357,18 @@ def _run(args: argparse.Namespace, data_dir: Path, mode: str) -> int:
         downloads=args.downloads,
         auto_accept=max(0, int(args.auto_accept_mb * 1_000_000)),
         upnp=not args.no_upnp,
+        relay=args.relay,
+        relay_contacts_unlimited=args.relay_contacts_unlimited,
+        relay_peers=list(args.relay_peer),
+        chat=mode != "relay",
     )
     web = _web_options(args, data_dir) if args.web else None
     try:
         with _runner() as runner:
             if mode == "tui":
                 return runner.run(_tui_session(config, data_dir / LOG_FILE, web))
+            if mode == "relay":
+                return runner.run(_relay_session(config))
             if mode == "headless":
                 assert web is not None
                 return runner.run(_headless_session(config, web))
@@ -426,6 +460,36 @@ async def _headless_session(config: NodeConfig, web: WebOptions) -> int:
         await stop.wait()
     finally:
         await server.stop()
+        await node.stop(Reason.QUIT)
+    return 0
+
+
+async def _relay_session(config: NodeConfig) -> int:
+    """`chinwag relay`: a node that only relays (no rooms, no chat); stops on SIGINT/SIGTERM.
+
+    Prints its peer id and addresses once on stdout (what clients need for --relay-peer).
+    """
+    from chinwag.net.relay import local_networks
+    from chinwag.node import Node
+
+    node = Node(config)
+    ready = await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if config.bind not in ("0.0.0.0", "::"):
+        hosts = [config.bind]
+    else:
+        hosts = [a for a, _ in local_networks() if ":" not in a and not a.startswith("127.")]
+        hosts = hosts or ["127.0.0.1"]
+    print(f"chinwag relay: peer id {ready.peer_id}", flush=True)
+    for host in hosts:
+        print(f"chinwag relay: address {host}:{ready.port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
         await node.stop(Reason.QUIT)
     return 0
 

@@ -18,11 +18,24 @@ class Ready(msgspec.Struct, frozen=True, tag_field="event", tag="ready"):
 
 
 class PeerJoined(msgspec.Struct, frozen=True, tag_field="event", tag="peer_joined"):
-    """A peer completed the handshake; `address` is `host:port` of the connection."""
+    """A peer completed the handshake; `address` is `host:port` of the connection.
+
+    `path` is how it is reached ("lan", "direct", "relayed"); `via` the relay's peer id.
+    """
 
     peer_id: str
     nick: str
     address: str
+    path: str = "direct"
+    via: str | None = None
+
+
+class PathChanged(msgspec.Struct, frozen=True, tag_field="event", tag="path"):
+    """A connected peer is now reached another way (docs/reach.md "Paths")."""
+
+    peer_id: str
+    path: str
+    via: str | None = None
 
 
 class PeerLeft(msgspec.Struct, frozen=True, tag_field="event", tag="peer_left"):
@@ -121,13 +134,18 @@ class Alert(msgspec.Struct, frozen=True, tag_field="event", tag="warning"):
 
 
 class PeerInfo(msgspec.Struct, frozen=True):
-    """One connected peer; `since` is the Unix time the connection opened."""
+    """One connected peer; `since` is the Unix time the connection opened.
+
+    `path`: "lan", "direct" or "relayed" (then `via` is the relay's peer id).
+    """
 
     peer_id: str
     nick: str
     address: str
     since: float = 0.0
     rtt_ms: float | None = None
+    path: str = "direct"
+    via: str | None = None
 
 
 class RelayedPeer(msgspec.Struct, frozen=True):
@@ -374,4 +392,5 @@ NodeEvent = (
     | ContactAdded
     | Contacts
     | ContactForgotten
+    | PathChanged
 )

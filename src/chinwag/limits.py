@@ -370,3 +370,37 @@ MAX_PUBLIC_ADDRS = 4
 NETWORK_POLL_S = 3.0
 #: Seconds a contact's direct addresses get before its relays are tried too.
 CONTACT_RELAY_DELAY_S = 0.25
+
+# --- relays: reservations and circuits (issue 14; docs/reach.md "Relays") -------------
+# libp2p circuit v2's defaults as the start. Grants are counted over the last
+# RELAY_RESERVATION_TTL_S (a renewal is a grant), as go-libp2p's constraints do.
+
+#: Seconds a reservation lasts unless renewed; a peer that vanished stops holding a slot.
+RELAY_RESERVATION_TTL_S = 3_600.0
+#: Reservation grants in the last TTL, in all; stops strangers filling the relay's memory.
+RELAY_MAX_RESERVATIONS = 128
+#: Grants to one peer id in the last TTL; stops one peer churning reservations (each costs work).
+RELAY_MAX_RESERVATIONS_PER_PEER = 4
+#: Grants to one IP address in the last TTL; stops one host taking every slot with fresh ids.
+RELAY_MAX_RESERVATIONS_PER_IP = 8
+#: Seconds a limited circuit may stay open; stops a stranger using the relay as a free tunnel.
+RELAY_CIRCUIT_MAX_S = 120.0
+#: Bytes a limited circuit carries each way; stops bulk transfer through a stranger's relay.
+RELAY_CIRCUIT_MAX_BYTES = 128 * 1024
+#: Circuits (open or being set up) one peer takes part in; stops one peer hogging the relay.
+RELAY_MAX_CIRCUITS_PER_PEER = 16
+#: Circuits (open or being set up) in all; bounds the relay's sockets and buffers.
+RELAY_MAX_CIRCUITS = 64
+#: Seconds between Connect and the target's Accept, and for a circuit connection to say
+#: Connect/Accept after its handshake; stops half-made circuits holding sockets.
+RELAY_CIRCUIT_SETUP_S = 5.0
+#: Bytes read from one side of a circuit before reading pauses until the other side drained.
+RELAY_SPLICE_HIGH_WATER = 256 * 1024
+#: Relays a client keeps a reservation at; stops a long contact list making us dial everyone.
+RELAY_MAX_KNOWN = 8
+#: Fraction of a reservation's TTL after which the client renews it (well before expiry).
+RELAY_RENEW_AT = 0.75
+#: Seconds of the first retry after a refused or dropped reservation; doubles per failure.
+RELAY_RETRY_BASE_S = 2.0
+#: Seconds of the longest retry delay for a reservation.
+RELAY_RETRY_CAP_S = 300.0

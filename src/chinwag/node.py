@@ -75,6 +75,15 @@ class NodeConfig:
     auto_accept: int = 0
     #: Map the TCP port on the home router with UPnP-IGD (the CLI turns it on; `--no-upnp`).
     upnp: bool = False
+    # --- relays (docs/reach.md "Relays") ---
+    #: Relay circuits for others (`--relay`, `chinwag relay`).
+    relay: bool = False
+    #: Serve our contacts' circuits without byte or time limits (`--relay-contacts-unlimited`).
+    relay_contacts_unlimited: bool = False
+    #: Relays to keep a reservation at (`--relay-peer HOST:PORT`).
+    relay_peers: list[tuple[str, int]] = field(default_factory=list)
+    #: Take part in chat (rooms); False for the headless relay, which stores no messages.
+    chat: bool = True
 
 
 @dataclass
@@ -144,6 +153,10 @@ class Node:
         #: Peers we had been connected to before (earlier runs, or connections that ended):
         #: kept before strangers at the peer limit.
         self._seen_peers: set[str] = set()
+        #: Whether a peer is one of our contacts (a relay serves them without limits with
+        #: `relay_contacts_unlimited`); the contacts table plugs in here.
+        self.is_contact: Callable[[str], bool] = lambda _peer_id: False
+        self._caps = CAPABILITIES + ((m.RELAY_CAP,) if config.relay else ())
 
     # --- lifecycle ------------------------------------------------------
 
@@ -165,16 +178,25 @@ class Node:
                 self.datadir.save_setting("nick", self.nick)
             self._noise_static = generate_static_private()
             self._local = LocalInfo.create(
-                self.identity, self._noise_static, self.nick, 0, CAPABILITIES
+                self.identity, self._noise_static, self.nick, 0, self._caps
             )
             store = Store(self.config.data_dir / "chinwag.db")
             store.start_checkpointer()
             self._seen_peers = set(store.peer_nicks())
             manager = ConnectionManager(
-                lambda: self._local_info(), self, self._rng, self._peer_rank
+                lambda: self._local_info(),
+                self,
+                self._rng,
+                self._peer_rank,
+                relay=self.config.relay,
+                relay_unlimited=self._relay_unlimited,
             )
             book = RoomBook(store, self.identity)
             book.load()
+            if not self.config.chat:
+                # A headless relay is in no room: it stores, shows and syncs no message.
+                for joined in list(book.joined.values()):
+                    book.leave(joined.wire)
             history = History(store, self.identity, manager, self._emit, book)
             history.load()
             if store.created and had_identity:
@@ -201,7 +223,7 @@ class Node:
                 self.config.bind, self.config.port, self.config.port_fallback
             )
             self._local = LocalInfo.create(
-                self.identity, self._noise_static, self.nick, self.port, CAPABILITIES
+                self.identity, self._noise_static, self.nick, self.port, self._caps
             )
             if self.config.discovery:
                 run.discovery = Discovery(
@@ -219,6 +241,8 @@ class Node:
             for host, port in self.config.peers:
                 manager.add_manual_peer(host, port)
             run.contacts.load(self.port)
+            for host, port in self.config.relay_peers:
+                manager.relay.add_relay_peer(host, port)
         except BaseException:
             # Close what was built: all of it once _Running exists, else the store's users.
             if run is not None:
@@ -534,7 +558,7 @@ class Node:
         old, self.nick = self.nick, nick
         self.datadir.save_setting("nick", nick)
         self._local = LocalInfo.create(
-            self.identity, self._noise_static, nick, self.port, CAPABILITIES
+            self.identity, self._noise_static, nick, self.port, self._caps
         )
         manager = self._running().manager
         manager.broadcast(m.encode(m.NickChange(nick=nick)))
@@ -555,6 +579,8 @@ class Node:
                     address=f"{conn.address[0]}:{conn.address[1]}",
                     since=self._since.get(peer_id, 0.0),
                     rtt_ms=None if rtt is None else round(rtt * 1000, 3),
+                    path=conn.path,
+                    via=conn.via,
                 )
             )
         return ev.Peers(peers=infos, relayed=self.relayed_peers())
@@ -572,11 +598,6 @@ class Node:
         ]
 
     # --- reach: invites and contacts (issue 14, docs/reach.md) ---------
-
-    def reservations(self) -> list[tuple[str, str]]:
-        """Relays we hold a reservation at: (relay peer id, relay address); none here (the
-        relay helper provides them)."""
-        return []
 
     def invite_info(self) -> tuple[str, list[str], list[tuple[str, str]]]:
         """Return (invite code, addresses it names, relays it names)."""
@@ -610,6 +631,39 @@ class Node:
             raise UsageError("the node is not started")
         return contacts
 
+    # --- relays (docs/reach.md "Relays") ----------------------------------
+
+    def reservations(self) -> list[tuple[str, str]]:
+        """Return (relay peer id, "host:port") of each relay we hold a reservation at."""
+        return self._running().manager.relay.reservations()
+
+    async def connect_via(self, peer_id: str, via: str, addr: str | None = None) -> None:
+        """Connect to peer_id through a circuit at relay `via` (a peer id).
+
+        The relay's address is `addr` ("host:port") or the one we know it by (a relay we
+        are connected to). Raises UsageError for an unknown relay, RelayError if the
+        relay refuses or does not answer; `peer_joined` follows on success.
+        """
+        manager = self._running().manager
+        target = self.resolve_peer(peer_id)
+        relay_id = self.resolve_peer(via)
+        if target == self.identity.peer_id:
+            raise UsageError("that is you")
+        if addr is not None:
+            host, sep, port = addr.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise UsageError(f"expected HOST:PORT, got {addr[:60]!r}")
+            relay_addr = (host.strip("[]"), int(port))
+        elif relay_id in manager.relay.relay_addrs:
+            relay_addr = manager.relay.relay_addrs[relay_id]
+        else:
+            raise UsageError(f"no known address for relay {short_id(relay_id)}")
+        await manager.dial_via(relay_id, relay_addr, target)
+
+    def _relay_unlimited(self, peer_id: str) -> bool:
+        """Whether our relay serves peer_id without limits (a contact, if so configured)."""
+        return self.config.relay_contacts_unlimited and self.is_contact(peer_id)
+
     def error(self, message: str) -> None:
         """Report an error event to the UIs."""
         self._emit(ev.Error(message=message))
@@ -634,8 +688,13 @@ class Node:
                 peer_id=peer_id,
                 nick=conn.session.peer_nick or "?",
                 address=f"{conn.address[0]}:{conn.address[1]}",
+                path=conn.path,
+                via=conn.via,
             )
         )
+
+    def path_changed(self, conn: PeerConnection) -> None:
+        self._emit(ev.PathChanged(peer_id=conn.session.peer_id or "", path=conn.path, via=conn.via))
 
     def peer_left(self, conn: PeerConnection, closed: Closed) -> None:
         peer_id = conn.session.peer_id

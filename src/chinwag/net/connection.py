@@ -55,6 +55,12 @@ class PeerConnection(asyncio.Protocol):
         self._drained.set()
         self._closed = False
         self._processing = False
+        #: How the peer is reached (docs/reach.md "Paths"): "lan", "direct" or "relayed"
+        #: (then `via` is the relay's peer id, and `limited` whether the circuit has
+        #: byte and time limits).
+        self.path = "direct"
+        self.via: str | None = None
+        self.limited = False
 
     @property
     def peer_id(self) -> str | None:
@@ -125,6 +131,20 @@ class PeerConnection(asyncio.Protocol):
         elif self.session.state is State.LINGER and not linger:
             self.session.close(reason)
         self._process()
+
+    def detach(self) -> tuple[asyncio.Transport, bytes] | None:
+        """Stop driving the socket (after a circuit handoff frame); return it and the
+        bytes received after that frame, or None if the connection is already closed.
+
+        The session is left as it is (halted); the caller gives the transport a new protocol.
+        """
+        if self._closed or self.transport is None or self.transport.is_closing():
+            return None
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return self.transport, self.session.take_unread()
 
     async def wait_drained(self, limit_s: float) -> bool:
         """Wait until the send buffer is below its high-water mark; False on timeout."""

@@ -19,6 +19,7 @@ from typing import Protocol
 from chinwag import limits
 from chinwag.logonce import WarnOnce
 from chinwag.net.connection import PeerConnection
+from chinwag.net.relay import RELAYED, RelayService, classify_path
 from chinwag.protocol import messages as m
 from chinwag.protocol.addr import AddrError, format_addr, parse_addr
 from chinwag.protocol.peers import (
@@ -54,6 +55,9 @@ class ManagerListener(Protocol):
         conn: PeerConnection,
         frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.Observed,
     ) -> None: ...
+    def path_changed(self, conn: PeerConnection) -> None:
+        """The peer's kept connection changed path (docs/reach.md "Paths")."""
+        ...
 
 
 class ConnectionManager:
@@ -65,8 +69,11 @@ class ConnectionManager:
         listener: ManagerListener,
         rng: random.Random,
         rank: Callable[[str], int] | None = None,
+        relay: bool = False,
+        relay_unlimited: Callable[[str], bool] | None = None,
     ) -> None:
-        """`rank(peer_id)` says whom the peer limit keeps first (protocol/peers.py ranks)."""
+        """`rank(peer_id)` says whom the peer limit keeps first (protocol/peers.py ranks);
+        `relay`: relay circuits for others, `relay_unlimited(peer_id)` without limits."""
         self._local = local
         self._listener = listener
         self._rank = rank or (lambda _peer_id: STRANGER)
@@ -88,10 +95,22 @@ class ConnectionManager:
         # connection it keeps should complete here within a handshake timeout.
         self._limbo: dict[str, tuple[PeerConnection, Closed, asyncio.TimerHandle]] = {}
         self.port = 0
+        #: Reservations and circuits, both sides (net/relay.py).
+        self.relay = RelayService(self, relay, relay_unlimited)
 
     @property
     def own_id(self) -> str:
         return self.table.own_peer_id
+
+    def local_info(self) -> LocalInfo:
+        """What this node proves and announces in a handshake (now)."""
+        return self._local()
+
+    async def dial_via(
+        self, relay_id: str, relay_addr: tuple[str, int], target: str
+    ) -> PeerConnection:
+        """Connect to target through a circuit at the relay (raises RelayError)."""
+        return await self.relay.dial_via(relay_id, relay_addr, target)
 
     # --- lifecycle ------------------------------------------------------
 
@@ -117,6 +136,7 @@ class ConnectionManager:
             self._dial_timer.cancel()
         for _conn, _closed, timer in self._limbo.values():
             timer.cancel()
+        await self.relay.close()
         for task in list(self._dial_tasks):
             task.cancel()
         if self._server is not None:
@@ -246,7 +266,8 @@ class ConnectionManager:
         if self._closing:
             conn.transport.abort()
             return
-        if not conn.session.initiator:
+        # A circuit's end-to-end connection came through our own circuit connection.
+        if not conn.session.initiator and conn.path != RELAYED:
             host = conn.address[0]
             admitted, victim = self._gate.admit(conn, host, self._loop.time())
             if not admitted:
@@ -271,6 +292,10 @@ class ConnectionManager:
             if isinstance(event.frame, m.Chat | m.FileFrame):
                 # Not sync frames: every peer sends vectors periodically, idle or not.
                 conn.last_active = self._loop.time()
+            if isinstance(event.frame, m.RelayFrame):
+                if self.peers.get(conn.session.peer_id or "") is conn:
+                    self.relay.frame(conn, event.frame)
+                return
             # Also frames from a duplicate connection being retired (LINGER):
             # the peer may have sent them before it heard our goodbye.
             if (conn.session.peer_id or "") in self.peers:
@@ -286,9 +311,16 @@ class ConnectionManager:
     def _handshake_complete(self, conn: PeerConnection, ev: HandshakeComplete) -> None:
         self._pending.discard(conn)
         self._gate.done(conn)
+        if m.CIRCUIT_CAP in ev.caps and not conn.session.initiator:
+            # A connection to us as a relay: not a peer; net/relay.py owns it from now on.
+            self._all.discard(conn)
+            self.relay.take_circuit_connection(conn)
+            return
         observed = self._observed_frame(conn)
         if observed is not None:
             conn.send_frame(observed)
+        if conn.path != RELAYED:
+            conn.path = classify_path(conn.address[0])
         now = self._loop.time()
         if conn.dial_key is not None:
             self.table.dial_reached(conn.dial_key, ev.peer_id)
@@ -299,6 +331,9 @@ class ConnectionManager:
                 self.peers[ev.peer_id] = conn
                 conn.connected_at = now
                 existing.close(Reason.DUPLICATE, linger=True)
+                self.relay.peer_up(conn, ev.caps)
+                if (conn.path, conn.via) != (existing.path, existing.via):
+                    self._listener.path_changed(conn)
             else:
                 log.debug("duplicate connection to %s: keeping the old one", ev.peer_id[:8])
                 conn.close(Reason.DUPLICATE, linger=True)
@@ -309,6 +344,9 @@ class ConnectionManager:
             self.peers[ev.peer_id] = conn
             conn.connected_at = limbo[0].connected_at
             log.debug("replacement connection to %s is up", ev.peer_id[:8])
+            self.relay.peer_up(conn, ev.caps)
+            if (conn.path, conn.via) != (limbo[0].path, limbo[0].via):
+                self._listener.path_changed(conn)
             return
         if len(self.peers) >= limits.MAX_PEERS and not self._make_room(conn, ev.peer_id, now):
             self._warn(
@@ -324,6 +362,7 @@ class ConnectionManager:
         self.table.connected(ev.peer_id, conn.address[0], ev.listen_port, now, conn.dial_key)
         log.info("connected to %s (%s) at %s:%d", ev.nick, ev.peer_id[:8], *conn.address)
         self._listener.peer_joined(conn)
+        self.relay.peer_up(conn, ev.caps)
 
     def _make_room(self, conn: PeerConnection, peer_id: str, now: float) -> bool:
         """At the peer limit: close a peer ranked below the newcomer; False if none may go."""
@@ -405,6 +444,7 @@ class ConnectionManager:
             not closed.by_peer and closed.code == Reason.EVICTED
         )
         self.table.disconnected(peer_id, self._loop.time(), goodbye=goodbye)
+        self.relay.peer_down(peer_id)
         self._listener.peer_left(conn, closed)
         self.schedule_dials()
 

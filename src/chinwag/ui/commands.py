@@ -156,6 +156,16 @@ class ForgetCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="forget"):
     answered: ClassVar[bool] = True
 
 
+class ConnectCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="connect"):
+    """Connect to `peer_id` through a circuit at relay `via` (docs/reach.md "Relays")."""
+
+    peer_id: str
+    via: str
+    #: The relay's "host:port", if it is not a relay we are connected to.
+    addr: str | None = None
+    answered: ClassVar[bool] = False
+
+
 Command = (
     Send
     | PeersCmd
@@ -181,6 +191,7 @@ Command = (
     | AddCmd
     | ContactsCmd
     | ForgetCmd
+    | ConnectCmd
 )
 #: The command names, read off the command structs' tags (one place to add a command).
 COMMANDS: frozenset[str] = frozenset(
@@ -299,6 +310,8 @@ async def execute(node: Node, cmd: Command, session: Session) -> Answer | None:
         return node.contacts()
     elif isinstance(cmd, ForgetCmd):
         return node.forget_contact(cmd.peer)
+    elif isinstance(cmd, ConnectCmd):
+        await node.connect_via(cmd.peer_id, cmd.via, cmd.addr)
     elif isinstance(cmd, Quit):
         raise ChinwagError("quit is handled by the interface")
     else:  # pragma: no cover - mypy checks that every command has its branch
@@ -413,6 +426,15 @@ def _reject(arg: str, _room: str) -> RejectFileCmd:
     return RejectFileCmd(id=arg)
 
 
+def _connect(arg: str, _room: str) -> ConnectCmd:
+    parts = arg.split()
+    if len(parts) > 2 and parts[1] == "via":  # "via" may be written, for reading aloud
+        del parts[1]
+    if len(parts) not in (2, 3):
+        raise _usage("/connect WHO [via] RELAY [HOST:PORT]")
+    return ConnectCmd(peer_id=parts[0], via=parts[1], addr=parts[2] if len(parts) == 3 else None)
+
+
 def _cancel(arg: str, _room: str) -> CancelFileCmd:
     ident, _, flag = arg.partition(" ")
     if not ident or flag.strip() not in ("", "--keep"):
@@ -469,6 +491,7 @@ SLASH: dict[str, _Parser] = {
     "add": _add,
     "contacts": lambda _arg, _room: ContactsCmd(),
     "forget": _forget,
+    "connect": _connect,
 }
 #: Slash commands of the terminal UI only (they drive its screen).
 TUI_SLASH: dict[str, _Parser] = {
@@ -517,6 +540,8 @@ HELP = """commands:
   /add CODE        make the peer of an invite code a contact and connect to it
   /contacts        your contacts: online or not, how they are reached, last seen
   /forget WHO      remove a contact (it is no longer dialled)
+
+  /connect WHO [via] RELAY [HOST:PORT]   reach a peer through a relay's circuit
   /quit            leave (peers see you go at once)
 anything else is sent to the room"""
 

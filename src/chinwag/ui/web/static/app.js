@@ -1154,7 +1154,7 @@ function submitComposer() {
 const COMMANDS = [
   "help", "peers", "nick", "id", "history", "search", "info", "join", "leave", "rooms",
   "switch", "msg", "whois", "verify", "block", "unblock", "send", "accept", "reject", "files",
-  "cancel", "invite", "add", "contacts", "forget",
+  "cancel", "invite", "add", "contacts", "forget", "connect",
 ];
 
 /** Tab completes a slash command at the start, or a nick anywhere (as the TUI does). */
