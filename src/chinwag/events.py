@@ -282,8 +282,20 @@ class FileList(msgspec.Struct, frozen=True, tag_field="event", tag="files"):
     files: list[FileInfo]
 
 
+# --- paths (issue 14; the relay work defines the same event) -----------------------
+
+
+class PathChanged(msgspec.Struct, frozen=True, tag_field="event", tag="path"):
+    """How a connected peer is reached changed: `path` is lan, direct or relayed (`via`)."""
+
+    peer_id: str
+    path: str
+    via: str | None = None
+
+
 NodeEvent = (
-    Ready
+    PathChanged
+    | Ready
     | PeerJoined
     | PeerLeft
     | Message

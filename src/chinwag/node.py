@@ -589,6 +589,12 @@ class Node:
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )
 
+    def path_changed(self, conn: PeerConnection) -> None:
+        """The peer moved to another path (a hole punch succeeded): no leave, no join."""
+        peer_id = conn.session.peer_id
+        assert peer_id is not None
+        self._emit(ev.PathChanged(peer_id=peer_id, path=conn.path, via=conn.via))
+
     def frame_received(
         self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
     ) -> None:

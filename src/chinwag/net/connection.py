@@ -14,6 +14,7 @@ from typing import Protocol, cast
 from chinwag import limits
 from chinwag.errors import RemoteProtocolError
 from chinwag.protocol import messages as m
+from chinwag.protocol.punch import Puncher
 from chinwag.protocol.reasons import Reason
 from chinwag.protocol.session import Closed, Event, Session, State
 
@@ -55,6 +56,15 @@ class PeerConnection(asyncio.Protocol):
         self._drained.set()
         self._closed = False
         self._processing = False
+        # --- paths and punching (docs/reach.md) ---
+        #: How the peer is reached: "direct" (or "lan"), or "relayed" via the relay `via`.
+        self.path = "direct"
+        self.via: str | None = None
+        #: Hole punching on a relayed connection, and its timer (net/manager.py drives it).
+        self.punch: Puncher | None = None
+        self.punch_timer: asyncio.TimerHandle | None = None
+        #: On a punched connection: the relayed connection and attempt it answers.
+        self.punch_of: tuple[PeerConnection, int] | None = None
 
     @property
     def peer_id(self) -> str | None:
