@@ -466,6 +466,11 @@ class ConnectionManager:
             return
         while (action := punch.next_action()) is not None:
             if isinstance(action, SendFrame):
+                if isinstance(action.frame, m.PunchSync):
+                    # From now on the responder dials: its SYN may reach our listener before
+                    # our own dial leaves; that connection is the punched one, ours to initiate.
+                    for addr in punch.peer_addrs:
+                        self._punch_expect[addr] = (conn, action.frame.n)
                 conn.send_frame(action.frame)
             elif isinstance(action, PunchDial):
                 task = self._loop.create_task(self._punch_dial(conn, action))
@@ -498,14 +503,13 @@ class ConnectionManager:
         peer_id = relayed.session.peer_id
         if punch is None or peer_id is None:
             return
-        if punch.initiator:
-            for addr in action.addrs:
-                self._punch_expect[addr] = (relayed, action.attempt)
         sock = await simultaneous_open(
             self._bind_host, self.port, action.addrs, limits.PUNCH_DIAL_TIMEOUT_S
         )
         if sock is None:
-            self._punch_result(relayed, action.attempt, ok=False)
+            # Unless the peer's SYN reached our listener first: that handshake reports.
+            if not any(c.punch_of == (relayed, action.attempt) for c in self._pending):
+                self._punch_result(relayed, action.attempt, ok=False)
             return
         current = self.peers.get(peer_id)
         if self._closing or current is None or current.path != "relayed":

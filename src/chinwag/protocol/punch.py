@@ -160,6 +160,11 @@ class Puncher:
 
     # --- outputs --------------------------------------------------------
 
+    @property
+    def peer_addrs(self) -> tuple[tuple[str, int], ...]:
+        """The addresses the peer gave in the current attempt."""
+        return self._peer_addrs
+
     def get_timer(self) -> float | None:
         """Return when handle_timer should next run, or None."""
         return self._deadline
