@@ -362,7 +362,8 @@ class ContactForgotten(msgspec.Struct, frozen=True, tag_field="event", tag="cont
 
 
 NodeEvent = (
-    Ready
+    PathChanged
+    | Ready
     | PeerJoined
     | PeerLeft
     | Message
@@ -392,5 +393,4 @@ NodeEvent = (
     | ContactAdded
     | Contacts
     | ContactForgotten
-    | PathChanged
 )

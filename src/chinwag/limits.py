@@ -404,3 +404,32 @@ RELAY_RENEW_AT = 0.75
 RELAY_RETRY_BASE_S = 2.0
 #: Seconds of the longest retry delay for a reservation.
 RELAY_RETRY_CAP_S = 300.0
+
+# --- punch: port reuse and hole punching (issue 14, docs/reach.md "Hole punching") ------
+
+#: Addresses in one PunchConnect/Observed frame; stops a peer from making us dial a long list
+#: of third parties (a SYN flood by proxy).
+MAX_PUNCH_ADDRS = 8
+#: Characters of one "host:port" address on the wire ("[v6]:port" fits).
+MAX_ADDR_CHARS = 64
+#: Dial attempts in one punch round (DCUtR: 3), each a Connect/Connect/Sync exchange.
+PUNCH_ATTEMPTS = 3
+#: Seconds the punch initiator waits for the answer to its PunchConnect before the attempt fails.
+PUNCH_REPLY_TIMEOUT_S = 5.0
+#: Seconds the punch responder waits for PunchSync after answering; then it forgets the attempt.
+PUNCH_SYNC_TIMEOUT_S = 5.0
+#: Seconds one attempt's simultaneous open (TCP connect and Noise handshake) may take.
+PUNCH_DIAL_TIMEOUT_S = 3.0
+#: Seconds before a new round after a failed one; doubles per failed round, up to the cap
+#: (a pair behind symmetric NATs retries rarely instead of dialling all day).
+PUNCH_RETRY_BASE_S = 30.0
+PUNCH_RETRY_CAP_S = 1_800.0
+#: PunchConnect frames the responder answers per window; stops a peer from using us to send
+#: SYNs to third parties at the rate it likes (a well-behaved initiator needs 3 per round).
+PUNCH_RESPONDER_MAX_CONNECTS = 6
+PUNCH_RESPONDER_WINDOW_S = 60.0
+#: Frames held from a new (direct) connection while the old (relayed) one drains, so that
+#: nothing is reordered across the switch; beyond it they are let through (sync repairs order).
+MIGRATION_HOLD_MAX_FRAMES = 10_000
+#: Peers whose observed address of us we keep (one per connected peer is enough).
+MAX_OBSERVERS = 64

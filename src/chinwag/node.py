@@ -238,6 +238,8 @@ class Node:
             if self.config.upnp and not _is_loopback(self.config.bind):
                 run.upnp = UpnpMapper(self.port, self._rng, self._upnp_changed)
                 run.upnp.start()
+                # Punches offer the mapping too, after the addresses peers observe.
+                manager.extra_addrs = lambda: [a for a in (self.upnp_mapping,) if a]
             for host, port in self.config.peers:
                 manager.add_manual_peer(host, port)
             run.contacts.load(self.port)
@@ -693,9 +695,6 @@ class Node:
             )
         )
 
-    def path_changed(self, conn: PeerConnection) -> None:
-        self._emit(ev.PathChanged(peer_id=conn.session.peer_id or "", path=conn.path, via=conn.via))
-
     def peer_left(self, conn: PeerConnection, closed: Closed) -> None:
         peer_id = conn.session.peer_id
         assert peer_id is not None
@@ -715,6 +714,12 @@ class Node:
         self._emit(
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )
+
+    def path_changed(self, conn: PeerConnection) -> None:
+        """The peer moved to another path (a hole punch succeeded): no leave, no join."""
+        peer_id = conn.session.peer_id
+        assert peer_id is not None
+        self._emit(ev.PathChanged(peer_id=peer_id, path=conn.path, via=conn.via))
 
     def frame_received(
         self,

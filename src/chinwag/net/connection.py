@@ -14,6 +14,7 @@ from typing import Protocol, cast
 from chinwag import limits
 from chinwag.errors import RemoteProtocolError
 from chinwag.protocol import messages as m
+from chinwag.protocol.punch import Puncher
 from chinwag.protocol.reasons import Reason
 from chinwag.protocol.session import Closed, Event, Session, State
 
@@ -61,6 +62,12 @@ class PeerConnection(asyncio.Protocol):
         self.path = "direct"
         self.via: str | None = None
         self.limited = False
+        # --- punching (docs/reach.md) ---
+        #: Hole punching on a relayed connection, and its timer (net/manager.py drives it).
+        self.punch: Puncher | None = None
+        self.punch_timer: asyncio.TimerHandle | None = None
+        #: On a punched connection: the relayed connection and attempt it answers.
+        self.punch_of: tuple[PeerConnection, int] | None = None
 
     @property
     def peer_id(self) -> str | None:

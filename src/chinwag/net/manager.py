@@ -8,6 +8,7 @@ has completed and who are not duplicates, and about frames from them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
@@ -17,8 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from chinwag import limits
+from chinwag.errors import RemoteProtocolError
 from chinwag.logonce import WarnOnce
 from chinwag.net.connection import PeerConnection
+from chinwag.net.punch import connect_from, simultaneous_open
 from chinwag.net.relay import RELAYED, RelayService, classify_path
 from chinwag.protocol import messages as m
 from chinwag.protocol.addr import AddrError, format_addr, parse_addr
@@ -31,6 +34,8 @@ from chinwag.protocol.peers import (
     PeerTable,
     eviction_victim,
 )
+from chinwag.protocol.punch import Dial as PunchDial
+from chinwag.protocol.punch import Puncher, RoundFailed, SendFrame
 from chinwag.protocol.reasons import Reason
 from chinwag.protocol.session import (
     Closed,
@@ -97,6 +102,19 @@ class ConnectionManager:
         self.port = 0
         #: Reservations and circuits, both sides (net/relay.py).
         self.relay = RelayService(self, relay, relay_unlimited)
+        self._bind_host = "0.0.0.0"
+        # --- punch (docs/reach.md "Hole punching") ---
+        #: What each connected peer told us it sees us at (Observed frames), by reporter.
+        self.observed: dict[str, str] = {}
+        #: More public addresses of ours (a UPnP mapping), offered in punches after the observed.
+        self.extra_addrs: Callable[[], list[str]] = list
+        #: Addresses a punch we initiate may be answered from: an inbound connection from one
+        #: of them is the punched connection, and we are its Noise initiator (net/punch.py).
+        self._punch_expect: dict[tuple[str, int], tuple[PeerConnection, int]] = {}
+        #: Relayed connections being retired for a direct one: frames from the new connection
+        #: wait until the old one has delivered all of its own (no reordering at the switch).
+        self._draining: dict[str, PeerConnection] = {}
+        self._held: dict[str, list[m.Chat | m.NickChange | m.SyncFrame | m.FileFrame]] = {}
 
     @property
     def own_id(self) -> str:
@@ -124,6 +142,7 @@ class ConnectionManager:
             log.info("port %d is taken; listening on any free port", port)
             sock = _listening_socket(host, 0)
         self.port = int(sock.getsockname()[1])
+        self._bind_host = host
         self._server = await self._loop.create_server(
             lambda: self._new_connection(initiator=False), sock=sock
         )
@@ -188,14 +207,18 @@ class ConnectionManager:
 
     async def _dial(self, dial: Dial) -> None:
         try:
-            await asyncio.wait_for(
-                self._loop.create_connection(
-                    lambda: self._new_connection(True, dial.key, dial.expected_peer_id),
-                    dial.host,
-                    dial.port,
-                ),
-                limits.CONNECT_TIMEOUT_S,
+            # From our listening port: peers then observe the NAT mapping a punch uses.
+            sock = await connect_from(
+                self._bind_host, self.port, dial.host, dial.port, limits.CONNECT_TIMEOUT_S
             )
+            try:
+                await self._loop.create_connection(
+                    lambda: self._new_connection(True, dial.key, dial.expected_peer_id),
+                    sock=sock,
+                )
+            except BaseException:
+                sock.close()
+                raise
         except (OSError, TimeoutError, UnicodeError, ValueError) as exc:
             # Manual peers are the user's typing: say why they fail, once per try.
             level = logging.INFO if dial.expected_peer_id is None else logging.DEBUG
@@ -266,6 +289,8 @@ class ConnectionManager:
         if self._closing:
             conn.transport.abort()
             return
+        if not conn.session.initiator:
+            self._punched_inbound(conn)
         # A circuit's end-to-end connection came through our own circuit connection.
         if not conn.session.initiator and conn.path != RELAYED:
             host = conn.address[0]
@@ -289,17 +314,27 @@ class ConnectionManager:
         if isinstance(event, HandshakeComplete):
             self._handshake_complete(conn, event)
         elif isinstance(event, FrameReceived):
-            if isinstance(event.frame, m.Chat | m.FileFrame):
+            frame = event.frame
+            if isinstance(frame, m.Observed | m.PunchConnect | m.PunchSync):
+                self._reach_frame(conn, frame)
+                # Observed also goes up: the node's reach aggregation (protocol/reach.py).
+                if isinstance(frame, m.Observed) and self.peers.get(conn.peer_id or "") is conn:
+                    self._listener.frame_received(conn, frame)
+                return
+            if isinstance(frame, m.Chat | m.FileFrame):
                 # Not sync frames: every peer sends vectors periodically, idle or not.
                 conn.last_active = self._loop.time()
-            if isinstance(event.frame, m.RelayFrame):
+            if isinstance(frame, m.RelayFrame):
                 if self.peers.get(conn.session.peer_id or "") is conn:
-                    self.relay.frame(conn, event.frame)
+                    self.relay.frame(conn, frame)
                 return
             # Also frames from a duplicate connection being retired (LINGER):
             # the peer may have sent them before it heard our goodbye.
-            if (conn.session.peer_id or "") in self.peers:
-                self._listener.frame_received(conn, event.frame)
+            peer_id = conn.session.peer_id or ""
+            if peer_id in self.peers:
+                if self._hold(peer_id, conn, frame):
+                    return
+                self._listener.frame_received(conn, frame)
         elif isinstance(event, UnknownFrameIgnored):
             first = event.tag not in self._unknown_logged
             if first and len(self._unknown_logged) < limits.MAX_UNKNOWN_TAGS_LOGGED:
@@ -330,13 +365,15 @@ class ConnectionManager:
                 log.debug("duplicate connection to %s: keeping the new one", ev.peer_id[:8])
                 self.peers[ev.peer_id] = conn
                 conn.connected_at = now
+                if existing.path == "relayed" and conn.path != "relayed":
+                    self._draining[ev.peer_id] = existing
                 existing.close(Reason.DUPLICATE, linger=True)
                 self.relay.peer_up(conn, ev.caps)
-                if (conn.path, conn.via) != (existing.path, existing.via):
-                    self._listener.path_changed(conn)
+                self._path_moved(existing, conn)
             else:
                 log.debug("duplicate connection to %s: keeping the old one", ev.peer_id[:8])
                 conn.close(Reason.DUPLICATE, linger=True)
+                self._punch_outcome(conn, ok=False)
             return
         limbo = self._limbo.pop(ev.peer_id, None)
         if limbo is not None:
@@ -345,8 +382,7 @@ class ConnectionManager:
             conn.connected_at = limbo[0].connected_at
             log.debug("replacement connection to %s is up", ev.peer_id[:8])
             self.relay.peer_up(conn, ev.caps)
-            if (conn.path, conn.via) != (limbo[0].path, limbo[0].via):
-                self._listener.path_changed(conn)
+            self._path_moved(limbo[0], conn)
             return
         if len(self.peers) >= limits.MAX_PEERS and not self._make_room(conn, ev.peer_id, now):
             self._warn(
@@ -363,6 +399,7 @@ class ConnectionManager:
         log.info("connected to %s (%s) at %s:%d", ev.nick, ev.peer_id[:8], *conn.address)
         self._listener.peer_joined(conn)
         self.relay.peer_up(conn, ev.caps)
+        self._opened(conn)
 
     def _make_room(self, conn: PeerConnection, peer_id: str, now: float) -> bool:
         """At the peer limit: close a peer ranked below the newcomer; False if none may go."""
@@ -384,15 +421,20 @@ class ConnectionManager:
             rank = max(rank, SEEN)
         return rank
 
-    def _tie_rank(self, conn: PeerConnection) -> tuple[bool, bytes]:
+    def _tie_rank(self, conn: PeerConnection) -> tuple[bool, bool, bytes]:
         """Rank a connection for the one-per-pair rule; both sides compute the same ranks.
 
-        The connection dialled by the lower peer id wins; between two dialled by
+        A direct connection beats a relayed one (both ends know which is which); then
+        the connection dialled by the lower peer id wins; between two dialled by
         the same side, the one with the lower Noise handshake hash.
         """
         peer_id = conn.session.peer_id or ""
         initiator = self.own_id if conn.session.initiator else peer_id
-        return (initiator != min(self.own_id, peer_id), conn.session.handshake_hash)
+        return (
+            conn.path == "relayed",
+            initiator != min(self.own_id, peer_id),
+            conn.session.handshake_hash,
+        )
 
     def session_closed(self, conn: PeerConnection, closed: Closed) -> None:
         self._pending.discard(conn)
@@ -400,6 +442,7 @@ class ConnectionManager:
         self._all.discard(conn)
         now = self._loop.time()
         peer_id = conn.session.peer_id
+        self._punch_closed(conn)
         if peer_id is not None and self.peers.get(peer_id) is conn:
             del self.peers[peer_id]
             if closed.by_peer and closed.code == Reason.DUPLICATE and not self._closing:
@@ -438,6 +481,7 @@ class ConnectionManager:
     def _peer_gone(self, conn: PeerConnection, closed: Closed) -> None:
         peer_id = conn.session.peer_id
         assert peer_id is not None
+        self.observed.pop(peer_id, None)
         log.info("disconnected from %s: %s", peer_id[:8], closed.reason)
         # A peer we evicted for lack of room is not redialled either, until it beacons again.
         goodbye = (closed.by_peer and closed.code == Reason.QUIT) or (
@@ -447,6 +491,214 @@ class ConnectionManager:
         self.relay.peer_down(peer_id)
         self._listener.peer_left(conn, closed)
         self.schedule_dials()
+
+    # --- paths and hole punching (docs/reach.md "Hole punching") --------
+
+    async def adopt(
+        self,
+        sock: socket.socket,
+        initiator: bool,
+        expected: str | None,
+        path: str = "direct",
+        via: str | None = None,
+    ) -> PeerConnection:
+        """Run a chinwag session over an already connected socket (a relay circuit, a punch)."""
+        conn = self._new_connection(initiator, None, expected)
+        conn.path, conn.via = path, via
+        await self._loop.create_connection(lambda: conn, sock=sock)
+        return conn
+
+    def own_addrs(self) -> tuple[str, ...]:
+        """Our public addresses for a punch: as peers observe them (most reported first), UPnP."""
+        ranked = [a for a, _n in collections.Counter(self.observed.values()).most_common()]
+        out: list[str] = []
+        for addr in ranked + self.extra_addrs():
+            if addr not in out and len(out) < limits.MAX_PUNCH_ADDRS:
+                out.append(addr)
+        return tuple(out)
+
+    def _opened(self, conn: PeerConnection) -> None:
+        """A peer's first connection is up: tell it where we see it, or start punching."""
+        if conn.path == "relayed":
+            conn.punch = Puncher(conn.session.initiator, self._loop.time(), self.own_addrs())
+            self._punch_step(conn)
+        # (The Observed frame went out at the handshake: _observed_frame.)
+        self._punch_outcome(conn, ok=True)
+
+    def _reach_frame(
+        self, conn: PeerConnection, frame: m.Observed | m.PunchConnect | m.PunchSync
+    ) -> None:
+        """Handle an Observed or punch frame; junk raises RemoteProtocolError (closes conn)."""
+        peer_id = conn.session.peer_id or ""
+        if self.peers.get(peer_id) is not conn:
+            return  # from a connection being retired: stale
+        if isinstance(frame, m.Observed):
+            try:
+                parse_addr(frame.addr)
+            except AddrError as exc:
+                raise RemoteProtocolError(f"bad obs: {exc}", Reason.MALFORMED_FRAME) from None
+            # A relayed peer sees the relay, not us; the bound is one entry per connected peer.
+            if conn.path != "relayed" and (
+                peer_id in self.observed or len(self.observed) < limits.MAX_OBSERVERS
+            ):
+                self.observed[peer_id] = frame.addr
+            return
+        if conn.path != "relayed":
+            return  # a direct peer has nothing to punch
+        now = self._loop.time()
+        if conn.punch is None:
+            conn.punch = Puncher(conn.session.initiator, now, self.own_addrs())
+        conn.punch.own_addrs = self.own_addrs()
+        conn.punch.receive(frame, now)
+        self._punch_step(conn)
+
+    def _punch_step(self, conn: PeerConnection) -> None:
+        """Carry out a puncher's actions and re-arm its timer."""
+        punch = conn.punch
+        if punch is None:
+            return
+        while (action := punch.next_action()) is not None:
+            if isinstance(action, SendFrame):
+                if isinstance(action.frame, m.PunchSync):
+                    # From now on the responder dials: its SYN may reach our listener before
+                    # our own dial leaves; that connection is the punched one, ours to initiate.
+                    for addr in punch.peer_addrs:
+                        self._punch_expect[addr] = (conn, action.frame.n)
+                conn.send_frame(action.frame)
+            elif isinstance(action, PunchDial):
+                task = self._loop.create_task(self._punch_dial(conn, action))
+                self._dial_tasks.add(task)
+                task.add_done_callback(self._dial_tasks.discard)
+            elif isinstance(action, RoundFailed):
+                log.info(
+                    "hole punch to %s failed (round %d); staying relayed, next try in %.0f s",
+                    (conn.session.peer_id or "?")[:8],
+                    action.round,
+                    action.retry_at - self._loop.time(),
+                )
+        if conn.punch_timer is not None:
+            conn.punch_timer.cancel()
+            conn.punch_timer = None
+        when = punch.get_timer()
+        if when is not None and not self._closing:
+            conn.punch_timer = self._loop.call_at(when, self._punch_timer_fired, conn)
+
+    def _punch_timer_fired(self, conn: PeerConnection) -> None:
+        conn.punch_timer = None
+        if conn.punch is not None:
+            conn.punch.own_addrs = self.own_addrs()
+            conn.punch.handle_timer(self._loop.time())
+            self._punch_step(conn)
+
+    async def _punch_dial(self, relayed: PeerConnection, action: PunchDial) -> None:
+        """Open the direct connection by simultaneous open; its handshake reports the outcome."""
+        punch = relayed.punch
+        peer_id = relayed.session.peer_id
+        if punch is None or peer_id is None:
+            return
+        sock = await simultaneous_open(
+            self._bind_host, self.port, action.addrs, limits.PUNCH_DIAL_TIMEOUT_S
+        )
+        if sock is None:
+            # Unless the peer's SYN reached our listener first: that handshake reports.
+            if not any(c.punch_of == (relayed, action.attempt) for c in self._pending):
+                self._punch_result(relayed, action.attempt, ok=False)
+            return
+        current = self.peers.get(peer_id)
+        if self._closing or current is None or current.path != "relayed":
+            sock.close()  # the peer left, or is reached directly already
+            return
+        conn = self._new_connection(punch.initiator, None, peer_id)
+        conn.punch_of = (relayed, action.attempt)
+        try:
+            await self._loop.create_connection(lambda: conn, sock=sock)
+        except OSError as exc:
+            log.debug("punched socket to %s unusable: %s", peer_id[:8], exc)
+            sock.close()
+            self._punch_result(relayed, action.attempt, ok=False)
+
+    def _punched_inbound(self, conn: PeerConnection) -> None:
+        """An inbound connection answering our punch is ours to initiate (see net/punch.py)."""
+        entry = self._punch_expect.get(conn.address)
+        if entry is None:
+            return
+        relayed, attempt = entry
+        if relayed.punch is None or relayed.punch.attempt != attempt:
+            return
+        log.debug("punched connection from %s:%d arrived at our listener", *conn.address)
+        conn.session = Session(self._local(), True, self._loop.time(), relayed.session.peer_id)
+        conn.punch_of = entry
+
+    def _punch_outcome(self, conn: PeerConnection, ok: bool) -> None:
+        """A punched connection's handshake completed (ok) or failed: tell its puncher."""
+        if conn.punch_of is not None:
+            relayed, attempt = conn.punch_of
+            conn.punch_of = None
+            self._punch_result(relayed, attempt, ok)
+
+    def _punch_result(self, relayed: PeerConnection, attempt: int, ok: bool) -> None:
+        for addr, (rc, n) in list(self._punch_expect.items()):
+            if rc is relayed and n <= attempt:
+                del self._punch_expect[addr]
+        if relayed.punch is not None:
+            relayed.punch.dial_result(attempt, ok, self._loop.time())
+            self._punch_step(relayed)
+
+    def _path_moved(self, old: PeerConnection, new: PeerConnection) -> None:
+        """The peer's connection is now `new` (a duplicate won, or a punch succeeded)."""
+        if old.punch is not None:
+            old.punch.succeeded()
+            self._punch_step(old)
+        self._punch_outcome(new, ok=True)
+        if (old.path, old.via) != (new.path, new.via):
+            log.info(
+                "peer %s is now reached %s (was %s)",
+                (new.session.peer_id or "?")[:8],
+                new.path,
+                old.path,
+            )
+            self._listener.path_changed(new)
+
+    def _punch_closed(self, conn: PeerConnection) -> None:
+        """A connection ended: stop its punching, report a failed punch, release held frames."""
+        if conn.punch_timer is not None:
+            conn.punch_timer.cancel()
+            conn.punch_timer = None
+        conn.punch = None
+        self._punch_outcome(conn, ok=False)  # a punched connection that never opened
+        peer_id = conn.session.peer_id or ""
+        if self._draining.get(peer_id) is conn or (
+            peer_id in self._draining and self.peers.get(peer_id) is conn
+        ):
+            self._release(peer_id)
+
+    def _hold(
+        self,
+        peer_id: str,
+        conn: PeerConnection,
+        frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame,
+    ) -> bool:
+        """Hold a frame of a new connection while the old one drains; True if held."""
+        old = self._draining.get(peer_id)
+        if old is None or old is conn:
+            return False
+        held = self._held.setdefault(peer_id, [])
+        if len(held) >= limits.MIGRATION_HOLD_MAX_FRAMES:
+            log.debug("too many frames held for %s; releasing them", peer_id[:8])
+            self._release(peer_id)
+            return False
+        held.append(frame)
+        return True
+
+    def _release(self, peer_id: str) -> None:
+        """The old connection is done: deliver the frames held from the new one, in order."""
+        self._draining.pop(peer_id, None)
+        held = self._held.pop(peer_id, [])
+        conn = self.peers.get(peer_id)
+        if conn is None:
+            return
+        for frame in held:
+            self._listener.frame_received(conn, frame)
 
     # --- sending --------------------------------------------------------
 
@@ -481,14 +733,26 @@ async def _awaited(result: Awaitable[object]) -> None:
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # SO_REUSEPORT lets our dials bind the listening port (net/punch.py), but it would also
+    # let a second node of the same user share the port and split its connections. A probe
+    # without it fails while any listener holds the port (and picks a free port for 0); the
+    # listener binds next to the probe (both SO_REUSEADDR, neither listening), then it goes.
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         # SO_REUSEADDR lets a restarted node take its port back from TIME_WAIT.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        port = int(probe.getsockname()[1])
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+    finally:
+        probe.close()
     return sock

@@ -96,3 +96,11 @@ def is_public(ip: IPAddress) -> bool:
             return is_public(ip.ipv4_mapped)
         return not any(ip in net for net in _NOT_PUBLIC_V6)
     return not any(ip in net for net in _NOT_PUBLIC_V4)
+
+
+def dialable(host: str) -> bool:
+    """Return False for addresses no punch may target: unspecified, multicast, broadcast."""
+    ip = ipaddress.ip_address(host)
+    if ip.is_unspecified or ip.is_multicast:
+        return False
+    return not (isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address(0xFFFFFFFF))

@@ -213,16 +213,6 @@ class FileEnd(msgspec.Struct, frozen=True, tag_field="t", tag="fend"):
     reason: Reason
 
 
-# --- reach (issue 14, docs/reach.md) ------------------------------------------------
-
-
-class Observed(msgspec.Struct, frozen=True, tag_field="t", tag="obs"):
-    """The address ("host:port", protocol/addr.py) the sender sees the receiver's
-    connection come from; sent by both sides once, right after the handshake."""
-
-    addr: Annotated[str, msgspec.Meta(max_length=64)]
-
-
 # --- relays (docs/protocol.md section 21, docs/reach.md "Relays") -------------------
 
 RelayCode = Annotated[str, msgspec.Meta(max_length=64)]
@@ -295,6 +285,34 @@ HANDOFF_FRAMES: Final = (Connect, Accept, CircuitOk, CircuitNo)
 
 FileFrame = FileWho | FileHave | FileHashesReq | FileHashes | FileGet | FileData | FileNak | FileEnd
 
+# --- reach: observed addresses and hole punching (docs/protocol.md, docs/reach.md) ----
+
+Addr = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_ADDR_CHARS)]
+Addrs = Annotated[list[Addr], msgspec.Meta(max_length=limits.MAX_PUNCH_ADDRS)]
+
+
+class Observed(msgspec.Struct, frozen=True, tag_field="t", tag="obs"):
+    """The address ("host:port") the sender sees us at; sent once after the handshake."""
+
+    addr: Addr
+
+
+class PunchConnect(msgspec.Struct, frozen=True, tag_field="t", tag="pcon"):
+    """Hole punch attempt `n`: the sender's public addresses (observed, UPnP) to dial."""
+
+    addrs: Addrs
+    n: U64
+
+
+class PunchSync(msgspec.Struct, frozen=True, tag_field="t", tag="psync"):
+    """Attempt `n`: the punch initiator dials half a round trip after sending this; we dial now."""
+
+    n: U64
+
+
+ReachFrame = Observed | PunchConnect | PunchSync
+
+
 Frame = (
     Chat
     | Ping
@@ -322,13 +340,15 @@ Frame = (
     | Accept
     | CircuitOk
     | CircuitNo
+    | PunchConnect
+    | PunchSync
 )
 SyncFrame = Vector | Want | Floor | Rooms
 KNOWN_TAGS: Final = frozenset(
     {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms"}
     | {"fwho", "fhave", "fhreq", "fhash", "fget", "fdata", "fnak", "fend"}
-    | {"obs"}
     | {"rsv", "rsvok", "rsvno", "cconn", "cinc", "cacc", "cok", "cno"}
+    | {"obs", "pcon", "psync"}
 )
 
 
