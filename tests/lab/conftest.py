@@ -15,6 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(2, str(Path(__file__).resolve().parents[1] / "integration"))
+sys.path.insert(3, str(Path(__file__).resolve().parents[1] / "lan"))
 
 from nat_support import NODE_ARGS, NodeFactory, stop
 from natlab import Site
