@@ -79,7 +79,7 @@ def test_outbound_reports_from_a_passing_port_name_no_address_of_ours() -> None:
     """The mapping of an ephemeral port cannot be dialled; that of the listening port can."""
     r = reach()
     r.observed("p1", "198.51.100.1", "203.0.113.7:40001", 40001, True, T0)
-    r.observed("p2", "192.0.2.1", "203.0.113.7:40002", 40002, True, T0)
+    r.observed("p2", "192.0.2.1", "203.0.113.7:40001", 40001, True, T0)  # the port reused
     assert r.public_addrs(T0) == []
     assert r.public_ips(T0) == ["203.0.113.7"]
     r.observed("p3", "198.51.100.3", "203.0.113.7:47475", LISTEN, True, T0)
