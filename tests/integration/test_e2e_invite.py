@@ -7,14 +7,27 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from hostile_peer import HostilePeer
-from it_support import PROMPT_S, ChinwagProcess, NodeFactory, ask, chat_works, connected, count
+from it_support import (
+    PROMPT_S,
+    ChinwagProcess,
+    NodeFactory,
+    ask,
+    chat_works,
+    connected,
+    count,
+    until,
+)
 
+from chinwag import limits
 from chinwag.datadir import load_or_create_identity
 from chinwag.protocol import messages as m
 from chinwag.protocol.invite import make_invite
+from node_support import make_node
 
 
 async def cli_invite(data_dir: Path) -> str:
@@ -139,3 +152,33 @@ async def test_each_side_says_where_it_sees_the_other_and_a_bogus_report_closes(
     await h2.connect(a.port, timeout=PROMPT_S)
     await h2.wait_frame(m.Observed, timeout=PROMPT_S)
     await h2.close()
+
+
+async def test_a_contact_takes_a_strangers_place_at_the_peer_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process node full of strangers: a contact connecting in evicts one."""
+    monkeypatch.setattr(limits, "MAX_PEERS", 2)
+    a = make_node(tmp_path / "alice", "alice")
+    await a.start()
+    strangers: list[HostilePeer] = []
+    try:
+        for _ in range(2):
+            strangers.append(HostilePeer())
+            await strangers[-1].connect(a.port, timeout=PROMPT_S)
+        await until(lambda: len(a.peers().peers) == 2, "two strangers in")
+        friend = HostilePeer(nick="carol")
+        code = make_invite(friend.identity, "carol", ["127.0.0.1:9"], [], int(time.time()) + 60)
+        a.add_contact(code)
+        await friend.connect(a.port, timeout=PROMPT_S)
+        closed = [await h.wait_closed(PROMPT_S) for h in strangers[:1]]
+        assert closed[0].code == "evicted", closed
+        await until(
+            lambda: friend.peer_id in {p.peer_id for p in a.peers().peers}, "the contact is in"
+        )
+        assert [c.online for c in a.contacts().contacts] == [True]
+        await friend.close()
+    finally:
+        for h in strangers:
+            await h.close()
+        await a.stop()
