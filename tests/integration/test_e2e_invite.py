@@ -7,12 +7,27 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 
-from it_support import PROMPT_S, ChinwagProcess, NodeFactory, ask, chat_works, connected, count
+import pytest
+from hostile_peer import HostilePeer
+from it_support import (
+    PROMPT_S,
+    ChinwagProcess,
+    NodeFactory,
+    ask,
+    chat_works,
+    connected,
+    count,
+    until,
+)
 
+from chinwag import limits
 from chinwag.datadir import load_or_create_identity
+from chinwag.protocol import messages as m
 from chinwag.protocol.invite import make_invite
+from node_support import make_node
 
 
 async def cli_invite(data_dir: Path) -> str:
@@ -109,3 +124,61 @@ async def test_cli_add_stores_a_contact_dialled_at_start(node: NodeFactory, tmp_
     b: ChinwagProcess = node("bob", discovery=False, data_dir=b_dir)
     await b.start()
     await connected(a, b)
+
+
+async def test_each_side_says_where_it_sees_the_other_and_a_bogus_report_closes(
+    node: NodeFactory,
+) -> None:
+    """Right after the handshake the node sends `obs` with our address; an implausible
+    report is ignored, an unparseable one closes that connection (`malformed_frame`)."""
+    a = node("alice", discovery=False)
+    await a.start()
+    h = HostilePeer()
+    await h.connect(a.port, timeout=PROMPT_S)
+    assert h._writer is not None
+    local = h._writer.get_extra_info("sockname")
+    obs = await h.wait_frame(m.Observed, timeout=PROMPT_S)
+    assert obs.addr == f"127.0.0.1:{local[1]}", obs
+    h.send_frames([m.Observed(addr="192.168.1.9:47475")])  # private: ignored
+    h.send_chat(h.message(1, "still connected"))
+    await a.wait_for_message("still connected", timeout=PROMPT_S)
+    assert h.closed is None
+    h.send_frames([m.Observed(addr="no address at all")])
+    closed = await h.wait_closed(PROMPT_S)
+    assert h.reset or closed.code == "malformed_frame", closed
+    await h.close()
+    # The node runs on: another peer connects and is told where it is seen too.
+    h2 = HostilePeer(nick="trent")
+    await h2.connect(a.port, timeout=PROMPT_S)
+    await h2.wait_frame(m.Observed, timeout=PROMPT_S)
+    await h2.close()
+
+
+async def test_a_contact_takes_a_strangers_place_at_the_peer_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process node full of strangers: a contact connecting in evicts one."""
+    monkeypatch.setattr(limits, "MAX_PEERS", 2)
+    a = make_node(tmp_path / "alice", "alice")
+    await a.start()
+    strangers: list[HostilePeer] = []
+    try:
+        for _ in range(2):
+            strangers.append(HostilePeer())
+            await strangers[-1].connect(a.port, timeout=PROMPT_S)
+        await until(lambda: len(a.peers().peers) == 2, "two strangers in")
+        friend = HostilePeer(nick="carol")
+        code = make_invite(friend.identity, "carol", ["127.0.0.1:9"], [], int(time.time()) + 60)
+        a.add_contact(code)
+        await friend.connect(a.port, timeout=PROMPT_S)
+        closed = [await h.wait_closed(PROMPT_S) for h in strangers[:1]]
+        assert closed[0].code == "evicted", closed
+        await until(
+            lambda: friend.peer_id in {p.peer_id for p in a.peers().peers}, "the contact is in"
+        )
+        assert [c.online for c in a.contacts().contacts] == [True]
+        await friend.close()
+    finally:
+        for h in strangers:
+            await h.close()
+        await a.stop()
