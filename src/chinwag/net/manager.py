@@ -399,7 +399,9 @@ class ConnectionManager:
             return
         self.peers[ev.peer_id] = conn
         conn.connected_at = conn.last_active = now
-        self.table.connected(ev.peer_id, conn.address[0], ev.listen_port, now, conn.dial_key)
+        # A relayed connection's address is the relay's: nothing to redial the peer at.
+        port = 0 if conn.path == RELAYED else ev.listen_port
+        self.table.connected(ev.peer_id, conn.address[0], port, now, conn.dial_key)
         log.info("connected to %s (%s) at %s:%d", ev.nick, ev.peer_id[:8], *conn.address)
         self._listener.peer_joined(conn)
         self.relay.peer_up(conn, ev.caps)

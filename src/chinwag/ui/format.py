@@ -174,7 +174,8 @@ def _peers(answer: ev.Peers) -> list[str]:
     for p in answer.peers:
         since = local_datetime(p.since).strftime("%H:%M:%S")
         rtt = "" if p.rtt_ms is None else f", rtt {p.rtt_ms:.1f} ms"
-        lines.append(f"{clean(p.nick)} {short_id(p.peer_id)} {p.address} since {since}{rtt}")
+        how = f"relayed via {short_id(p.via)}" if p.path == "relayed" and p.via else p.address
+        lines.append(f"{clean(p.nick)} {short_id(p.peer_id)} {how} since {since}{rtt}")
     return lines
 
 
@@ -223,7 +224,16 @@ def _files(answer: ev.FileList, node: Node) -> list[str]:
 
 def peer_joined_line(event: ev.PeerJoined) -> str:
     """Return the line shown when a peer connects."""
-    return f"{clean(event.nick)} ({short_id(event.peer_id)}) joined from {event.address}"
+    who = f"{clean(event.nick)} ({short_id(event.peer_id)})"
+    if event.path == "relayed" and event.via:
+        return f"{who} joined via relay {short_id(event.via)}"
+    return f"{who} joined from {event.address}"
+
+
+def path_line(event: ev.PathChanged) -> str:
+    """Return the line shown when a connected peer is reached another way."""
+    how = f"relayed via {short_id(event.via)}" if event.via else event.path
+    return f"{short_id(event.peer_id)} is now reached {how}"
 
 
 def peer_left_line(event: ev.PeerLeft) -> str:

@@ -121,6 +121,8 @@ class LineUI(c.Session):
             self._info(fmt.peer_joined_line(event))
         elif isinstance(event, ev.PeerLeft):
             self._info(fmt.peer_left_line(event))
+        elif isinstance(event, ev.PathChanged):
+            self._info(fmt.path_line(event))
         elif isinstance(event, ev.NickChanged):
             self._info(fmt.nick_changed_line(event))
         elif isinstance(event, ev.ContactAdded):
