@@ -24,9 +24,11 @@ MAX_TOKEN = 64
 class Splice:
     """The splice server; pairs clients by token, copies bytes, counts them."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, delay_s: float = 0.0) -> None:
+        """`delay_s`: one-way delay added to every byte (a relay path slower than the direct)."""
         self.host = host
         self.port = port
+        self.delay_s = delay_s
         self.bytes = 0
         self._server: asyncio.Server | None = None
         self._waiting: dict[bytes, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
@@ -70,9 +72,31 @@ class Splice:
             task.add_done_callback(self._tasks.discard)
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        writer = loop.create_task(self._deliver(queue, dst))
         try:
             while data := await src.read(65536):
                 self.bytes += len(data)
+                queue.put_nowait((loop.time() + self.delay_s, data))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            queue.put_nowait((loop.time() + self.delay_s, b""))
+            await writer
+
+    async def _deliver(
+        self, queue: asyncio.Queue[tuple[float, bytes]], dst: asyncio.StreamWriter
+    ) -> None:
+        """Write each chunk once its delay has passed, in order; b"" ends the stream."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                due, data = await queue.get()
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())  # the injected latency itself
+                if not data:
+                    break
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):

@@ -56,6 +56,8 @@ class PeerConnection(asyncio.Protocol):
         self._drained.set()
         self._closed = False
         self._processing = False
+        #: We closed without linger: frames still queued from the peer are not for us.
+        self._closed_locally = False
         #: How the peer is reached (docs/reach.md "Paths"): "lan", "direct" or "relayed"
         #: (then `via` is the relay's peer id, and `limited` whether the circuit has
         #: byte and time limits).
@@ -132,6 +134,8 @@ class PeerConnection(asyncio.Protocol):
 
     def close(self, reason: str, linger: bool = False) -> None:
         """Say goodbye and close; with linger, still take the peer's frames for a while."""
+        if not linger:
+            self._closed_locally = True
         if self.session.state is State.OPEN or self.session.state is State.HANDSHAKE:
             until = self._loop.time() + limits.HANDSHAKE_TIMEOUT_S if linger else None
             self.session.close(reason, linger_until=until)
@@ -185,10 +189,18 @@ class PeerConnection(asyncio.Protocol):
         # Flushing can itself close the session (a peer that stopped reading), so
         # loop until a flush leaves no new event behind.
         while True:
+            batch: list[Event] = []
             while (event := self.session.next_event()) is not None:
+                batch.append(event)
+            # Frames the peer sent before its goodbye (or end of stream) in the same read
+            # are delivered: a retired connection's last frames must not be lost.
+            graceful = any(isinstance(e, Closed) and e.by_peer for e in batch)
+            for event in batch:
                 if isinstance(event, Closed):
                     closed = event
-                elif self.session.state is not State.CLOSED:
+                elif not self._closed_locally and (
+                    graceful or self.session.state is not State.CLOSED
+                ):
                     # Frames queued behind one that got the peer disconnected are dropped.
                     self._dispatch(event)
             self._flush()
