@@ -272,11 +272,15 @@ class ContactBook:
             row.addrs = [seen, *(a for a in row.addrs if a != seen)][: limits.MAX_INVITE_ADDRS]
         self._store.save_contact(row)
 
-    def peer_left(self, peer_id: str) -> None:
+    def peer_left(self, peer_id: str, redial: bool = False) -> None:
         row = self._contacts.get(peer_id)
         if row is not None:
             row.last_seen = time.time()
             self._store.save_contact(row)
+            if redial:
+                # Its path broke (a relay died, a network moved), not a goodbye: try every
+                # route again now, relays included (the table alone redials only addresses).
+                self._dial(row)
 
     def observed(self, conn: PeerConnection, frame: m.Observed) -> None:
         """A peer says where it sees us; RemoteProtocolError if it is not an address."""

@@ -710,7 +710,9 @@ class Node:
             self._run.history.peer_left(peer_id)
             self._run.files.peer_left(peer_id)
             if self._run.contacts is not None:
-                self._run.contacts.peer_left(peer_id)
+                # natlab: a contact lost without a goodbye is dialled again by every route.
+                lost = closed.by_peer and closed.code != Reason.QUIT
+                self._run.contacts.peer_left(peer_id, redial=lost)
         self._emit(
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )

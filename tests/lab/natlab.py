@@ -221,10 +221,10 @@ class NatLab:
     def readdress(self, site: Site, addr: str) -> None:
         """Give a NATed host a new LAN address (a new DHCP lease); re-pins its bridge's ARP."""
         old = site.leg.addr
-        ip("addr", "add", f"{addr}/24", "dev", site.leg.ifname, netns=site.netns)
+        # Old first: deleting a primary address also deletes its secondaries.
         ip("addr", "del", f"{old}/24", "dev", site.leg.ifname, netns=site.netns)
-        with contextlib.suppress(RuntimeError):
-            ip("route", "add", "default", "via", HOME_ROUTER, netns=site.netns)
+        ip("addr", "add", f"{addr}/24", "dev", site.leg.ifname, netns=site.netns)
+        ip("route", "replace", "default", "via", HOME_ROUTER, netns=site.netns)
         site.leg.addr = addr
         self.pin_arp()
 
