@@ -72,12 +72,20 @@ async def stop(node: ChinwagProcess) -> None:
 
 
 def pair_node(
-    lab: PunchLab, relay: RelayHost, data_dir: Path, home: str, token: str, initiator: bool
+    lab: PunchLab,
+    relay: RelayHost,
+    data_dir: Path,
+    home: str,
+    token: str,
+    initiator: bool,
+    port: int = 47475,
+    cls: type[LabNode] = LabNode,
 ) -> LabNode:
     """A node in `home` that reaches the other through the relay (token pairs the two)."""
     role = "initiator" if initiator else "responder"
-    return LabNode(
+    return cls(
         data_dir / home,
+        "--port", str(port),
         "--peer", f"{relay.addr}:47475",
         "--join", ROOM,
         "--splice", f"{relay.addr}:{SPLICE_PORT}:{token}:{role}:{relay.node.peer_id}",
