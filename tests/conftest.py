@@ -28,9 +28,8 @@ def isolated_network() -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Refuse to start real nodes where their beacons could reach a real network."""
-    needs_net = [
-        i for i in items if any(d in str(i.path) for d in ("/integration/", "/lan/", "/tui/"))
-    ]
+    dirs = ("/integration/", "/lan/", "/lab/", "/tui/")
+    needs_net = [i for i in items if any(d in str(i.path) for d in dirs)]
     if needs_net and not isolated_network() and not os.environ.get("CHINWAG_HOST_NET_OK"):
         pytest.exit(
             "integration and LAN tests start real nodes: run them inside a fresh network "

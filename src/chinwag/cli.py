@@ -53,11 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "command",
         nargs="?",
-        choices=["chat", "id", "web"],
+        choices=["chat", "id", "web", "invite", "add", "relay"],
         default="chat",
         help="chat (default); id: print your peer id and fingerprint; "
-        "web: run the node with the web UI in the browser (no terminal UI)",
+        "web: run the node with the web UI in the browser (no terminal UI); "
+        "invite: print your invite code (and its QR code) for a friend elsewhere; "
+        "add CODE: make the peer of an invite code a contact (dialled when chinwag runs); "
+        "relay: a headless relay for peers behind NATs (no chat; logs to stderr)",
     )
+    p.add_argument("code", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"chinwag {__version__}")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
@@ -101,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-discovery", action="store_true", help="do not send or hear UDP beacons")
     p.add_argument(
+        "--no-upnp",
+        action="store_true",
+        help="do not map our TCP port on the home router with UPnP-IGD",
+    )
+    p.add_argument(
         "--discovery-port",
         type=_port,
         default=limits.DISCOVERY_PORT,
@@ -119,6 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="MB",
         help="accept files up to MB megabytes from verified peers without asking (default: off)",
+    )
+    relay = p.add_argument_group("relays (see docs/reach.md)")
+    relay.add_argument(
+        "--relay",
+        action="store_true",
+        help="relay circuits for peers behind NATs (bounded: docs/reach.md); "
+        "`chinwag relay` implies it",
+    )
+    relay.add_argument(
+        "--relay-contacts-unlimited",
+        action="store_true",
+        help="with --relay: circuits between two of your contacts have no byte or time limit",
+    )
+    relay.add_argument(
+        "--relay-peer",
+        type=_host_port,
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a relay to connect to and keep a reservation at, so peers can reach you "
+        "through it (repeatable)",
     )
     web = p.add_argument_group("web UI (see docs/web.md)")
     web.add_argument(
@@ -193,11 +223,25 @@ def _main(argv: list[str] | None) -> int:
     data_dir: Path = args.data_dir or default_data_dir()
     if args.command == "id":
         return _print_id(data_dir)
+    if args.command == "invite":
+        return _print_invite(data_dir, args)
+    if args.command == "add":
+        if not args.code:
+            build_parser().error("usage: chinwag add CODE")
+        return _add_contact(data_dir, args.code)
+    if args.code is not None:
+        build_parser().error(f"unexpected argument {args.code[:40]!r}")
     if args.command == "web":
         args.web = True
+    if args.command == "relay":
+        args.relay = True
+        if args.web or args.json or args.plain:
+            build_parser().error("`chinwag relay` has no chat interface: no --web, --json, --plain")
     if args.new_token and not args.web:
         build_parser().error("--new-token goes with `chinwag web` or --web")
-    if args.command == "web" and not (args.json or args.plain):
+    if args.command == "relay":
+        mode = "relay"
+    elif args.command == "web" and not (args.json or args.plain):
         mode = "headless"
     else:
         mode = choose_mode(args.json, args.plain)
@@ -250,6 +294,53 @@ def _print_id(data_dir: Path) -> int:
     return 0
 
 
+def _print_invite(data_dir: Path, args: argparse.Namespace) -> int:
+    """`chinwag invite`: print a fresh invite code, and in a terminal its QR code.
+
+    Works while chinwag runs (nothing is locked): the addresses are those the last
+    run saw (its port, its confirmed public addresses), or `--port`/`--bind`.
+    """
+    from chinwag.contacts import offline_invite
+    from chinwag.crypto.identity import BadIdentity
+    from chinwag.datadir import DataDir, load_or_create_identity
+    from chinwag.node import default_nick
+    from chinwag.ui.format import invite_lines
+    from chinwag.ui.web.launch import print_qr
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ident = load_or_create_identity(data_dir)
+    except (OSError, BadIdentity) as exc:
+        print(f"chinwag: {exc}", file=sys.stderr)
+        return 1
+    settings = DataDir(data_dir).load_settings()
+    nick = str(args.nick or settings.get("nick") or default_nick())
+    bind = args.bind if args.bind != "0.0.0.0" else None
+    invite = offline_invite(data_dir, ident, nick, args.port, bind)
+    if sys.stdout.isatty():
+        for line in invite_lines(invite):
+            print(line)
+        # Capitals: a QR code holds them (and ':') in its compact alphanumeric mode.
+        print_qr(invite.code.upper(), sys.stdout)
+    else:
+        print(invite.code)
+    return 0
+
+
+def _add_contact(data_dir: Path, code: str) -> int:
+    """`chinwag add CODE`: store the contact for the next start; needs the data dir free."""
+    from chinwag.contacts import store_contact
+    from chinwag.errors import ChinwagError
+
+    try:
+        added = store_contact(data_dir, code)
+    except ChinwagError as exc:
+        print(f"chinwag: {exc}", file=sys.stderr)
+        return 1
+    print(f"added contact {added.nick} ({added.peer_id}); it is dialled when chinwag runs")
+    return 0
+
+
 def _run(args: argparse.Namespace, data_dir: Path, mode: str) -> int:
     from chinwag.errors import ChinwagError
     from chinwag.node import NodeConfig
@@ -265,12 +356,19 @@ def _run(args: argparse.Namespace, data_dir: Path, mode: str) -> int:
         discovery_port=args.discovery_port,
         downloads=args.downloads,
         auto_accept=max(0, int(args.auto_accept_mb * 1_000_000)),
+        upnp=not args.no_upnp,
+        relay=args.relay,
+        relay_contacts_unlimited=args.relay_contacts_unlimited,
+        relay_peers=list(args.relay_peer),
+        chat=mode != "relay",
     )
     web = _web_options(args, data_dir) if args.web else None
     try:
         with _runner() as runner:
             if mode == "tui":
                 return runner.run(_tui_session(config, data_dir / LOG_FILE, web))
+            if mode == "relay":
+                return runner.run(_relay_session(config))
             if mode == "headless":
                 assert web is not None
                 return runner.run(_headless_session(config, web))
@@ -362,6 +460,36 @@ async def _headless_session(config: NodeConfig, web: WebOptions) -> int:
         await stop.wait()
     finally:
         await server.stop()
+        await node.stop(Reason.QUIT)
+    return 0
+
+
+async def _relay_session(config: NodeConfig) -> int:
+    """`chinwag relay`: a node that only relays (no rooms, no chat); stops on SIGINT/SIGTERM.
+
+    Prints its peer id and addresses once on stdout (what clients need for --relay-peer).
+    """
+    from chinwag.net.relay import local_networks
+    from chinwag.node import Node
+
+    node = Node(config)
+    ready = await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if config.bind not in ("0.0.0.0", "::"):
+        hosts = [config.bind]
+    else:
+        hosts = [a for a, _ in local_networks() if ":" not in a and not a.startswith("127.")]
+        hosts = hosts or ["127.0.0.1"]
+    print(f"chinwag relay: peer id {ready.peer_id}", flush=True)
+    for host in hosts:
+        print(f"chinwag relay: address {host}:{ready.port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
         await node.stop(Reason.QUIT)
     return 0
 

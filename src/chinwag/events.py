@@ -18,11 +18,24 @@ class Ready(msgspec.Struct, frozen=True, tag_field="event", tag="ready"):
 
 
 class PeerJoined(msgspec.Struct, frozen=True, tag_field="event", tag="peer_joined"):
-    """A peer completed the handshake; `address` is `host:port` of the connection."""
+    """A peer completed the handshake; `address` is `host:port` of the connection.
+
+    `path` is how it is reached ("lan", "direct", "relayed"); `via` the relay's peer id.
+    """
 
     peer_id: str
     nick: str
     address: str
+    path: str = "direct"
+    via: str | None = None
+
+
+class PathChanged(msgspec.Struct, frozen=True, tag_field="event", tag="path"):
+    """A connected peer is now reached another way (docs/reach.md "Paths")."""
+
+    peer_id: str
+    path: str
+    via: str | None = None
 
 
 class PeerLeft(msgspec.Struct, frozen=True, tag_field="event", tag="peer_left"):
@@ -121,13 +134,18 @@ class Alert(msgspec.Struct, frozen=True, tag_field="event", tag="warning"):
 
 
 class PeerInfo(msgspec.Struct, frozen=True):
-    """One connected peer; `since` is the Unix time the connection opened."""
+    """One connected peer; `since` is the Unix time the connection opened.
+
+    `path`: "lan", "direct" or "relayed" (then `via` is the relay's peer id).
+    """
 
     peer_id: str
     nick: str
     address: str
     since: float = 0.0
     rtt_ms: float | None = None
+    path: str = "direct"
+    via: str | None = None
 
 
 class RelayedPeer(msgspec.Struct, frozen=True):
@@ -282,15 +300,65 @@ class FileList(msgspec.Struct, frozen=True, tag_field="event", tag="files"):
     files: list[FileInfo]
 
 
-# --- paths (issue 14; the relay work defines the same event) -----------------------
+class Upnp(msgspec.Struct, frozen=True, tag_field="event", tag="upnp"):
+    """Our TCP port's UPnP mapping on the home router changed: public "host:port" or None."""
+
+    mapping: str | None
 
 
-class PathChanged(msgspec.Struct, frozen=True, tag_field="event", tag="path"):
-    """How a connected peer is reached changed: `path` is lan, direct or relayed (`via`)."""
+# --- reach: invites and contacts (issue 14, docs/reach.md) ---------------------------
+
+
+class RelayAddr(msgspec.Struct, frozen=True):
+    """A relay named in an invite: its peer id and address ("host:port")."""
 
     peer_id: str
+    address: str
+
+
+class Invite(msgspec.Struct, frozen=True, tag_field="event", tag="invite"):
+    """Our invite code, answering an `invite` command, and what it names.
+
+    `addresses`: where we believe we are reachable (LAN, observed public, UPnP);
+    `relays`: where we hold a reservation; `expires`: Unix time the code stops working.
+    """
+
+    code: str
+    addresses: list[str]
+    relays: list[RelayAddr]
+    peer_id: str
+    expires: float
+
+
+class ContactAdded(msgspec.Struct, frozen=True, tag_field="event", tag="contact_added"):
+    """A peer was added (or refreshed) as a contact from its invite; it is being dialled."""
+
+    peer_id: str
+    nick: str
+
+
+class ContactInfo(msgspec.Struct, frozen=True):
+    """One contact: `path` is how it is reached while `online` ("lan", "direct",
+    "relayed"; "" when offline), `last_seen` the Unix time it was last connected (0: never)."""
+
+    peer_id: str
+    nick: str
+    online: bool
     path: str
-    via: str | None = None
+    last_seen: float
+
+
+class Contacts(msgspec.Struct, frozen=True, tag_field="event", tag="contacts"):
+    """Every contact, answering a `contacts` command."""
+
+    contacts: list[ContactInfo]
+
+
+class ContactForgotten(msgspec.Struct, frozen=True, tag_field="event", tag="contact_forgotten"):
+    """A contact was removed (`forget`): it is no longer dialled (a connection stays)."""
+
+    peer_id: str
+    nick: str
 
 
 NodeEvent = (
@@ -320,4 +388,9 @@ NodeEvent = (
     | FileFailed
     | FileStalled
     | FileList
+    | Upnp
+    | Invite
+    | ContactAdded
+    | Contacts
+    | ContactForgotten
 )

@@ -323,6 +323,88 @@ LINE_MAX_FILE_NAMES = 1_000
 #: least recently used dropped first (stops a flood of fresh authors growing it per run).
 HISTORY_MAX_AUTHOR_NICKS = 4_096
 
+# --- natlab: the UPnP-IGD port mapping (net/upnp.py) --------------------------------------
+
+#: Milliseconds miniupnpc waits for SSDP answers per search (a silent LAN costs this once
+#: or twice per try; stops a start on a LAN without an IGD holding a thread for long).
+UPNP_DISCOVER_MS = 1_000
+#: Seconds of the lease asked for; the mapping is renewed at half of it (a node that dies
+#: without deleting leaves an open port on the router for at most this long).
+UPNP_LEASE_S = 3_600
+#: Seconds between tries when no IGD answered or the mapping failed (a LAN without UPnP
+#: costs one SSDP search per this interval, not a storm).
+UPNP_RETRY_S = 600.0
+#: External ports tried for one mapping: ours first, then random ones (stops a router full
+#: of conflicting mappings keeping the worker busy for ever).
+UPNP_PORT_TRIES = 4
+#: Seconds stop() waits for the router to delete our mapping (a router gone silent must not
+#: hold the node's exit).
+UPNP_DELETE_S = 3.0
+
+# --- reach: invites, contacts, observed addresses (issue 14, invite) -----------------
+#: Seconds an invite code stays valid after it is made (a leaked old code stops working).
+INVITE_TTL_S = 7 * 24 * 3600
+#: Characters of an invite code read at all (stops a pasted megabyte from being decoded).
+MAX_INVITE_CHARS = 2_000
+#: Addresses in one invite (and stored per contact): stops a code making us dial a list.
+MAX_INVITE_ADDRS = 8
+#: Relays in one invite (and stored per contact), for the same reason.
+MAX_INVITE_RELAYS = 4
+#: Contacts kept; adding more is refused (each is dialled at every start, with back-off).
+MAX_CONTACTS = 256
+#: Peers whose report of our address is kept (the oldest report is dropped beyond it):
+#: bounds what throwaway identities can make us store.
+MAX_OBS_REPORTERS = 64
+#: Seconds a report of our address counts; a network change makes the old ones wrong.
+OBS_MAX_AGE_S = 3_600.0
+#: Distinct reporters (from different networks, below) needed to believe a public address,
+#: and to call the NAT symmetric: one liar alone cannot make us publish an address.
+OBS_CONFIRMATIONS = 2
+#: Reporters in the same IPv4 /24 (IPv6 /48) count as one: one host with many addresses
+#: cannot confirm a lie by itself.
+OBS_GROUP_PREFIX_V4 = 24
+OBS_GROUP_PREFIX_V6 = 48
+#: Public addresses of ours put in an invite and persisted for the next run.
+MAX_PUBLIC_ADDRS = 4
+#: Seconds between two looks at the interface addresses (a changed network redials contacts).
+NETWORK_POLL_S = 3.0
+#: Seconds a contact's direct addresses get before its relays are tried too.
+CONTACT_RELAY_DELAY_S = 0.25
+
+# --- relays: reservations and circuits (issue 14; docs/reach.md "Relays") -------------
+# libp2p circuit v2's defaults as the start. Grants are counted over the last
+# RELAY_RESERVATION_TTL_S (a renewal is a grant), as go-libp2p's constraints do.
+
+#: Seconds a reservation lasts unless renewed; a peer that vanished stops holding a slot.
+RELAY_RESERVATION_TTL_S = 3_600.0
+#: Reservation grants in the last TTL, in all; stops strangers filling the relay's memory.
+RELAY_MAX_RESERVATIONS = 128
+#: Grants to one peer id in the last TTL; stops one peer churning reservations (each costs work).
+RELAY_MAX_RESERVATIONS_PER_PEER = 4
+#: Grants to one IP address in the last TTL; stops one host taking every slot with fresh ids.
+RELAY_MAX_RESERVATIONS_PER_IP = 8
+#: Seconds a limited circuit may stay open; stops a stranger using the relay as a free tunnel.
+RELAY_CIRCUIT_MAX_S = 120.0
+#: Bytes a limited circuit carries each way; stops bulk transfer through a stranger's relay.
+RELAY_CIRCUIT_MAX_BYTES = 128 * 1024
+#: Circuits (open or being set up) one peer takes part in; stops one peer hogging the relay.
+RELAY_MAX_CIRCUITS_PER_PEER = 16
+#: Circuits (open or being set up) in all; bounds the relay's sockets and buffers.
+RELAY_MAX_CIRCUITS = 64
+#: Seconds between Connect and the target's Accept, and for a circuit connection to say
+#: Connect/Accept after its handshake; stops half-made circuits holding sockets.
+RELAY_CIRCUIT_SETUP_S = 5.0
+#: Bytes read from one side of a circuit before reading pauses until the other side drained.
+RELAY_SPLICE_HIGH_WATER = 256 * 1024
+#: Relays a client keeps a reservation at; stops a long contact list making us dial everyone.
+RELAY_MAX_KNOWN = 8
+#: Fraction of a reservation's TTL after which the client renews it (well before expiry).
+RELAY_RENEW_AT = 0.75
+#: Seconds of the first retry after a refused or dropped reservation; doubles per failure.
+RELAY_RETRY_BASE_S = 2.0
+#: Seconds of the longest retry delay for a reservation.
+RELAY_RETRY_CAP_S = 300.0
+
 # --- punch: port reuse and hole punching (issue 14, docs/reach.md "Hole punching") ------
 
 #: Addresses in one PunchConnect/Observed frame; stops a peer from making us dial a long list

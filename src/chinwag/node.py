@@ -21,6 +21,7 @@ import msgspec
 
 from chinwag import events as ev
 from chinwag import limits
+from chinwag.contacts import ContactBook
 from chinwag.crypto import box
 from chinwag.crypto.identity import (
     BadIdentity,
@@ -38,6 +39,7 @@ from chinwag.logonce import WarnOnce
 from chinwag.net.connection import PeerConnection
 from chinwag.net.discovery import Discovery
 from chinwag.net.manager import ConnectionManager
+from chinwag.net.upnp import UpnpMapper
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.protocol.discovery import encode_beacon
@@ -71,6 +73,17 @@ class NodeConfig:
     downloads: Path | None = None
     #: Files up to this many bytes from verified peers are accepted without asking (0: never).
     auto_accept: int = 0
+    #: Map the TCP port on the home router with UPnP-IGD (the CLI turns it on; `--no-upnp`).
+    upnp: bool = False
+    # --- relays (docs/reach.md "Relays") ---
+    #: Relay circuits for others (`--relay`, `chinwag relay`).
+    relay: bool = False
+    #: Serve our contacts' circuits without byte or time limits (`--relay-contacts-unlimited`).
+    relay_contacts_unlimited: bool = False
+    #: Relays to keep a reservation at (`--relay-peer HOST:PORT`).
+    relay_peers: list[tuple[str, int]] = field(default_factory=list)
+    #: Take part in chat (rooms); False for the headless relay, which stores no messages.
+    chat: bool = True
 
 
 @dataclass
@@ -87,11 +100,18 @@ class _Running:
     history: History
     files: FileShare
     discovery: Discovery | None = None
+    upnp: UpnpMapper | None = None
+    #: Contacts and our own address (issue 14): made once the node listens.
+    contacts: ContactBook | None = None
 
     async def close(self, reason: str) -> None:
         """Stop every part, the network last but one and the store last."""
+        if self.upnp is not None:
+            await self.upnp.close()
         if self.discovery is not None:
             self.discovery.close()
+        if self.contacts is not None:
+            await self.contacts.close()
         await self.files.close()
         await self.history.close()
         await self.manager.close(reason)
@@ -133,6 +153,10 @@ class Node:
         #: Peers we had been connected to before (earlier runs, or connections that ended):
         #: kept before strangers at the peer limit.
         self._seen_peers: set[str] = set()
+        #: Whether a peer is one of our contacts (a relay serves them without limits with
+        #: `relay_contacts_unlimited`); the contacts table plugs in here.
+        self.is_contact: Callable[[str], bool] = lambda _peer_id: False
+        self._caps = CAPABILITIES + ((m.RELAY_CAP,) if config.relay else ())
 
     # --- lifecycle ------------------------------------------------------
 
@@ -154,16 +178,25 @@ class Node:
                 self.datadir.save_setting("nick", self.nick)
             self._noise_static = generate_static_private()
             self._local = LocalInfo.create(
-                self.identity, self._noise_static, self.nick, 0, CAPABILITIES
+                self.identity, self._noise_static, self.nick, 0, self._caps
             )
             store = Store(self.config.data_dir / "chinwag.db")
             store.start_checkpointer()
             self._seen_peers = set(store.peer_nicks())
             manager = ConnectionManager(
-                lambda: self._local_info(), self, self._rng, self._peer_rank
+                lambda: self._local_info(),
+                self,
+                self._rng,
+                self._peer_rank,
+                relay=self.config.relay,
+                relay_unlimited=self._relay_unlimited,
             )
             book = RoomBook(store, self.identity)
             book.load()
+            if not self.config.chat:
+                # A headless relay is in no room: it stores, shows and syncs no message.
+                for joined in list(book.joined.values()):
+                    book.leave(joined.wire)
             history = History(store, self.identity, manager, self._emit, book)
             history.load()
             if store.created and had_identity:
@@ -185,11 +218,12 @@ class Node:
             # peers once listening): every part is there, or the node is not started.
             run = self._run = _Running(store, manager, book, history, files)
             files.load()
+            run.contacts = ContactBook(store, manager, self.datadir, self._emit, self.config.bind)
             self.port = await manager.listen(
                 self.config.bind, self.config.port, self.config.port_fallback
             )
             self._local = LocalInfo.create(
-                self.identity, self._noise_static, self.nick, self.port, CAPABILITIES
+                self.identity, self._noise_static, self.nick, self.port, self._caps
             )
             if self.config.discovery:
                 run.discovery = Discovery(
@@ -201,8 +235,16 @@ class Node:
                     self._rng,
                 )
                 await run.discovery.start()
+            if self.config.upnp and not _is_loopback(self.config.bind):
+                run.upnp = UpnpMapper(self.port, self._rng, self._upnp_changed)
+                run.upnp.start()
+                # Punches offer the mapping too, after the addresses peers observe.
+                manager.extra_addrs = lambda: [a for a in (self.upnp_mapping,) if a]
             for host, port in self.config.peers:
                 manager.add_manual_peer(host, port)
+            run.contacts.load(self.port)
+            for host, port in self.config.relay_peers:
+                manager.relay.add_relay_peer(host, port)
         except BaseException:
             # Close what was built: all of it once _Running exists, else the store's users.
             if run is not None:
@@ -234,6 +276,15 @@ class Node:
             await self._run.close(reason)
         self.datadir.close()
         self.stopped.set()
+
+    @property
+    def upnp_mapping(self) -> str | None:
+        """Our TCP port's public "host:port" mapped by UPnP on the home router, or None."""
+        run = self._run
+        return run.upnp.mapping if run is not None and run.upnp is not None else None
+
+    def _upnp_changed(self, mapping: str | None) -> None:
+        self._emit(ev.Upnp(mapping=mapping))
 
     def subscribe(self, callback: Callable[[ev.NodeEvent], None]) -> None:
         """Call callback with every event from now on (in the event loop's thread)."""
@@ -509,7 +560,7 @@ class Node:
         old, self.nick = self.nick, nick
         self.datadir.save_setting("nick", nick)
         self._local = LocalInfo.create(
-            self.identity, self._noise_static, nick, self.port, CAPABILITIES
+            self.identity, self._noise_static, nick, self.port, self._caps
         )
         manager = self._running().manager
         manager.broadcast(m.encode(m.NickChange(nick=nick)))
@@ -530,6 +581,8 @@ class Node:
                     address=f"{conn.address[0]}:{conn.address[1]}",
                     since=self._since.get(peer_id, 0.0),
                     rtt_ms=None if rtt is None else round(rtt * 1000, 3),
+                    path=conn.path,
+                    via=conn.via,
                 )
             )
         return ev.Peers(peers=infos, relayed=self.relayed_peers())
@@ -545,6 +598,73 @@ class Node:
             for author, (via, seen) in reversed(history.relayed.items())
             if seen >= fresh and author not in manager.peers
         ]
+
+    # --- reach: invites and contacts (issue 14, docs/reach.md) ---------
+
+    def invite_info(self) -> tuple[str, list[str], list[tuple[str, str]]]:
+        """Return (invite code, addresses it names, relays it names)."""
+        invite = self.invite()
+        return invite.code, invite.addresses, [(r.peer_id, r.address) for r in invite.relays]
+
+    def invite(self) -> ev.Invite:
+        """Return a fresh invite code: our LAN, public and UPnP addresses and relays."""
+        return self._contact_book().invite(
+            self.identity, self.nick, self.upnp_mapping, self.reservations()
+        )
+
+    def add_contact(self, code: str) -> ev.ContactAdded:
+        """Add the peer of an invite code as a contact (emits contact_added) and dial it.
+
+        Raises InviteError (a UsageError) for a malformed, tampered or expired code.
+        """
+        return self._contact_book().add(code, self.identity.peer_id)
+
+    def contacts(self) -> ev.Contacts:
+        """Return the contacts: online or not, how they are reached, when last seen."""
+        return self._contact_book().listing(self._known_nicks())
+
+    def forget_contact(self, who: str) -> ev.ContactForgotten:
+        """Remove a contact (by id, id prefix or nick): it is no longer dialled."""
+        return self._contact_book().forget(who, self._known_nicks())
+
+    def _contact_book(self) -> ContactBook:
+        contacts = self._running().contacts
+        if contacts is None:
+            raise UsageError("the node is not started")
+        return contacts
+
+    # --- relays (docs/reach.md "Relays") ----------------------------------
+
+    def reservations(self) -> list[tuple[str, str]]:
+        """Return (relay peer id, "host:port") of each relay we hold a reservation at."""
+        return self._running().manager.relay.reservations()
+
+    async def connect_via(self, peer_id: str, via: str, addr: str | None = None) -> None:
+        """Connect to peer_id through a circuit at relay `via` (a peer id).
+
+        The relay's address is `addr` ("host:port") or the one we know it by (a relay we
+        are connected to). Raises UsageError for an unknown relay, RelayError if the
+        relay refuses or does not answer; `peer_joined` follows on success.
+        """
+        manager = self._running().manager
+        target = self.resolve_peer(peer_id)
+        relay_id = self.resolve_peer(via)
+        if target == self.identity.peer_id:
+            raise UsageError("that is you")
+        if addr is not None:
+            host, sep, port = addr.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise UsageError(f"expected HOST:PORT, got {addr[:60]!r}")
+            relay_addr = (host.strip("[]"), int(port))
+        elif relay_id in manager.relay.relay_addrs:
+            relay_addr = manager.relay.relay_addrs[relay_id]
+        else:
+            raise UsageError(f"no known address for relay {short_id(relay_id)}")
+        await manager.dial_via(relay_id, relay_addr, target)
+
+    def _relay_unlimited(self, peer_id: str) -> bool:
+        """Whether our relay serves peer_id without limits (a contact, if so configured)."""
+        return self.config.relay_contacts_unlimited and self.is_contact(peer_id)
 
     def error(self, message: str) -> None:
         """Report an error event to the UIs."""
@@ -562,12 +682,16 @@ class Node:
         )
         self._running().history.peer_joined(conn)
         self._running().files.ask_peer(conn)
+        if self._running().contacts is not None:
+            self._contact_book().peer_joined(conn)
         self._check_impostor(peer_id, self._nicks[peer_id])
         self._emit(
             ev.PeerJoined(
                 peer_id=peer_id,
                 nick=conn.session.peer_nick or "?",
                 address=f"{conn.address[0]}:{conn.address[1]}",
+                path=conn.path,
+                via=conn.via,
             )
         )
 
@@ -585,6 +709,10 @@ class Node:
         if self._run is not None:
             self._run.history.peer_left(peer_id)
             self._run.files.peer_left(peer_id)
+            if self._run.contacts is not None:
+                # natlab: a contact lost without a goodbye is dialled again by every route.
+                lost = closed.by_peer and closed.code != Reason.QUIT
+                self._run.contacts.peer_left(peer_id, redial=lost)
         self._emit(
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )
@@ -596,13 +724,18 @@ class Node:
         self._emit(ev.PathChanged(peer_id=peer_id, path=conn.path, via=conn.via))
 
     def frame_received(
-        self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
+        self,
+        conn: PeerConnection,
+        frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.Observed,
     ) -> None:
         if isinstance(frame, m.FileFrame):
             self._running().files.frame(conn, frame)
             return
         if isinstance(frame, m.NickChange):
             self._nick_changed(conn.session.peer_id or "", frame.nick)
+            return
+        if isinstance(frame, m.Observed):
+            self._contact_book().observed(conn, frame)
             return
         if isinstance(frame, m.Chat):
             if self._untimely(conn, frame):
@@ -667,9 +800,13 @@ class Node:
             )
 
     def _peer_rank(self, peer_id: str) -> int:
-        """Return whom the peer limit keeps first: verified, then seen before, then strangers."""
+        """Return whom the peer limit keeps first: verified, then seen before or contacts,
+        then strangers."""
         if self._run is not None and peer_id in self._run.book.verified:
             return VERIFIED
+        contacts = None if self._run is None else self._run.contacts
+        if contacts is not None and contacts.is_contact(peer_id):
+            return SEEN
         return SEEN if peer_id in self._seen_peers else STRANGER
 
     def _untimely(self, conn: PeerConnection, frame: m.Chat) -> bool:
@@ -770,6 +907,11 @@ class Node:
                 callback(event)
             except Exception:
                 log.exception("event subscriber failed")
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether a bind address is a loopback one (nothing to map on a router then)."""
+    return host.startswith("127.") or host in ("::1", "localhost")
 
 
 def _chat_text(text: str) -> str:

@@ -43,6 +43,7 @@ F = TypeVar(
     m.FileData,
     m.FileNak,
     m.FileEnd,
+    m.Observed,
 )
 
 #: Capabilities announced in our hello (the node's own).

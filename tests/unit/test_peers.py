@@ -595,3 +595,47 @@ def test_a_peer_known_from_an_earlier_run_gets_in_and_is_dialled_at_once_during_
     assert t.beacon(old_friend, host_of(0), 5000, now=0.0) is True  # host cap does not apply
     assert len(t) == limits.MAX_DISCOVERED
     assert [d.key for d in t.due_dials(0.0)] == [old_friend]  # not paced behind the flood
+
+
+# --- contacts (issue 14) ------------------------------------------------------------
+
+
+def test_a_contact_is_dialled_by_every_address_expecting_its_id() -> None:
+    t = table(LOW)
+    t.add_contact(HIGH, "192.0.2.1", 47475, now=0.0)
+    t.add_contact(HIGH, "198.51.100.7", 47475, now=0.0)
+    t.add_contact(HIGH, "192.0.2.1", 47475, now=0.0)  # twice: one entry
+    dials = t.due_dials(0.0)
+    assert sorted(dials, key=lambda d: d.host) == [
+        Dial(f"{HIGH}@192.0.2.1:47475", "192.0.2.1", 47475, HIGH),
+        Dial(f"{HIGH}@198.51.100.7:47475", "198.51.100.7", 47475, HIGH),
+    ]
+    assert all(t.is_manual(d.key) for d in dials)  # ranked above strangers
+
+
+def test_a_contact_is_redialled_for_ever_with_back_off_and_at_once_when_wanted() -> None:
+    t = table(LOW)
+    t.add_contact(HIGH, "192.0.2.1", 47475, now=0.0)
+    [d] = t.due_dials(0.0)
+    t.dial_reached(d.key, HIGH)
+    t.connected(HIGH, "192.0.2.1", 47475, now=0.1, dial_key=d.key)
+    assert t.due_dials(50.0) == []
+    t.disconnected(HIGH, now=60.0, goodbye=True)  # it quit: a contact is still wanted
+    now = 60.0
+    for _ in range(20):
+        timer = t.get_timer()
+        assert timer is not None and timer > now
+        now = timer
+        [d] = t.due_dials(now)
+        t.dial_failed(d.key, now)
+    # The network changed: no waiting out the back-off.
+    assert t.wanted(HIGH, now + 1.0) is True
+    assert [x.key for x in t.due_dials(now + 1.0)] == [d.key]
+
+
+def test_forgetting_a_contact_stops_its_dials() -> None:
+    t = table(LOW)
+    t.add_contact(HIGH, "192.0.2.1", 47475, now=0.0)
+    t.add_contact(MID, "192.0.2.2", 47475, now=0.0)
+    t.remove_contact(HIGH)
+    assert [d.expected_peer_id for d in t.due_dials(0.0)] == [MID]

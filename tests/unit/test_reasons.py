@@ -10,7 +10,7 @@ import pytest
 
 from chinwag.errors import RemoteProtocolError
 from chinwag.protocol import messages as m
-from chinwag.protocol.reasons import SENT, FileEndReason, FileRefusal, Reason
+from chinwag.protocol.reasons import SENT, FileEndReason, FileRefusal, Reason, RelayRefusal
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "protocol.md"
@@ -22,6 +22,7 @@ def _section_11_tables() -> tuple[set[str], set[str]]:
     text = DOC.read_text(encoding="utf-8")
     section = text[text.index("## 11. Closing") : text.index("## 12. Connection management")]
     sent_part, never_part = section.split("Codes that are **never sent**", 1)
+    never_part = never_part.split("**Relay codes.**", 1)[0]  # their own enum, tested below
 
     def first_cells(part: str) -> set[str]:
         codes: set[str] = set()
@@ -208,3 +209,25 @@ def test_the_file_code_scanner_sees_codes(tmp_path: Path) -> None:
     )
     found = sorted(code for _, code in _bare_file_codes(probe))
     assert found == ["busy", "cancelled", "done", "gone", "rejected", "withdrawn", "x"]
+
+
+# --- relay codes: rsvno / cno (RelayRefusal) ------------------------------------------
+
+
+def test_docs_list_exactly_the_relay_refusal_enum() -> None:
+    """Section 11's "Relay codes" table lists every RelayRefusal, and no other code."""
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("**Relay codes.**") : text.index("## 12. Connection management")]
+    codes: set[str] = set()
+    for line in section.splitlines():
+        row = re.match(r"\| ([^|]+) \|", line)
+        if row is not None:
+            codes.update(re.findall(r"`([a-z_]+)`", row.group(1)))
+    assert codes == {r.value for r in RelayRefusal}
+    assert not codes & {r.value for r in Reason}
+
+
+def test_relay_codes_round_trip_and_unknown_ones_decode() -> None:
+    for code in [*RelayRefusal, "some_newer_code"]:
+        for frame in (m.ReserveNo(reason=code), m.CircuitNo(reason=code)):
+            assert m.decode_frame(m.encode(frame)) == frame

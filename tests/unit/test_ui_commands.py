@@ -155,7 +155,7 @@ class FakeNode:
     def __getattr__(self, name: str) -> Any:
         def call(*args: Any) -> Any:
             self.calls.append((name, args))
-            if name in ("join", "send_file", "wait_drained"):
+            if name in ("join", "send_file", "wait_drained", "connect_via"):
                 return self._done(name)
             if name in ("post", "dm"):
                 fut = asyncio.get_running_loop().create_future()
@@ -189,6 +189,11 @@ EXECUTED: list[tuple[c.Command, str, tuple[Any, ...], bool]] = [
     (c.RejectFileCmd(id="ab"), "reject_file", ("ab",), False),
     (c.CancelFileCmd(id="ab", keep=True), "cancel_file", ("ab", True), False),
     (c.FilesCmd(), "files", (), True),
+    (c.InviteCmd(), "invite", (), True),
+    (c.AddCmd(code="chinwag:x"), "add_contact", ("chinwag:x",), False),
+    (c.ContactsCmd(), "contacts", (), True),
+    (c.ForgetCmd(peer="bob"), "forget_contact", ("bob",), True),
+    (c.ConnectCmd(peer_id="bob", via="r", addr="h:1"), "connect_via", ("bob", "r", "h:1"), False),
 ]
 
 

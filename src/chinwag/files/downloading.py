@@ -39,7 +39,7 @@ from chinwag.files.offers import (
 )
 from chinwag.protocol import messages as m
 from chinwag.protocol.names import safe_filename
-from chinwag.protocol.reasons import FileEndReason
+from chinwag.protocol.reasons import FileEndReason, FileRefusal
 from chinwag.protocol.transfer import (
     ACTIVE,
     AskHolders,
@@ -68,6 +68,8 @@ class Downloader:
         self.manager = offers.manager
         self.downloads = downloads
         self._loop = asyncio.get_running_loop()
+        #: (file id, peer id) already told "only a byte-limited relay leads there".
+        self._limited_told: set[tuple[str, str]] = set()
         #: The one timer of every download under way, and when it fires.
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -204,6 +206,7 @@ class Downloader:
 
     def peer_left(self, peer_id: str) -> None:
         """Forget what a departed peer was sending us."""
+        self._limited_told = {told for told in self._limited_told if told[1] != peer_id}
         for t in self.offers.transfers.values():
             if t.dl is not None and peer_id in t.dl.sources:
                 t.dl.drop(peer_id)
@@ -217,6 +220,16 @@ class Downloader:
 
     def nak(self, t: Transfer, peer_id: str, frame: m.FileNak) -> None:
         """A source will not send a chunk (`fnak`): it is no longer one."""
+        if frame.reason == FileRefusal.RELAY_LIMITED and (t.fid, peer_id) not in self._limited_told:
+            self._limited_told.add((t.fid, peer_id))
+            self.offers.emit(
+                ev.Alert(
+                    message=f"{t.offer.name}: {peer_id[:8]} is reached only through a "
+                    "byte-limited relay, which does not carry files; it comes once "
+                    "there is a direct path",
+                    peer_id=peer_id,
+                )
+            )
         if t.dl is not None:
             log.info("%s will not send %s: %s", peer_id[:8], t.offer.name, frame.reason)
             t.dl.nak(peer_id, frame.idx)

@@ -172,6 +172,13 @@ class FileShare:
             if isinstance(frame, m.FileGet):
                 conn.send_frame(m.FileNak(fid=frame.fid, idx=frame.idx, reason=FileRefusal.UNKNOWN))
             return
+        if getattr(conn, "limited", False) and isinstance(frame, m.FileWho | m.FileGet):
+            # A byte-limited relay circuit would be used up (and closed) by a file: the
+            # asker learns why nothing comes; the file goes once a better path is up.
+            if self.offers.serves(t, peer_id):
+                idx = frame.idx if isinstance(frame, m.FileGet) else 0
+                conn.send_frame(m.FileNak(fid=frame.fid, idx=idx, reason=FileRefusal.RELAY_LIMITED))
+            return
         if isinstance(frame, m.FileData):
             self.downloader.data(t, peer_id, frame)
         elif isinstance(frame, m.FileGet):

@@ -58,10 +58,13 @@ class PeerConnection(asyncio.Protocol):
         self._processing = False
         #: We closed without linger: frames still queued from the peer are not for us.
         self._closed_locally = False
-        # --- paths and punching (docs/reach.md) ---
-        #: How the peer is reached: "direct" (or "lan"), or "relayed" via the relay `via`.
+        #: How the peer is reached (docs/reach.md "Paths"): "lan", "direct" or "relayed"
+        #: (then `via` is the relay's peer id, and `limited` whether the circuit has
+        #: byte and time limits).
         self.path = "direct"
         self.via: str | None = None
+        self.limited = False
+        # --- punching (docs/reach.md) ---
         #: Hole punching on a relayed connection, and its timer (net/manager.py drives it).
         self.punch: Puncher | None = None
         self.punch_timer: asyncio.TimerHandle | None = None
@@ -139,6 +142,20 @@ class PeerConnection(asyncio.Protocol):
         elif self.session.state is State.LINGER and not linger:
             self.session.close(reason)
         self._process()
+
+    def detach(self) -> tuple[asyncio.Transport, bytes] | None:
+        """Stop driving the socket (after a circuit handoff frame); return it and the
+        bytes received after that frame, or None if the connection is already closed.
+
+        The session is left as it is (halted); the caller gives the transport a new protocol.
+        """
+        if self._closed or self.transport is None or self.transport.is_closing():
+            return None
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return self.transport, self.session.take_unread()
 
     async def wait_drained(self, limit_s: float) -> bool:
         """Wait until the send buffer is below its high-water mark; False on timeout."""

@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from chinwag import limits
+from chinwag.errors import RemoteProtocolError
 from chinwag.logonce import WarnOnce
 from chinwag.net.connection import PeerConnection
 from chinwag.net.punch import connect_from, simultaneous_open
+from chinwag.net.relay import RELAYED, RelayService, classify_path
 from chinwag.protocol import messages as m
-from chinwag.protocol.addr import format_addr, parse_addr
+from chinwag.protocol.addr import AddrError, format_addr, parse_addr
 from chinwag.protocol.peers import (
     SEEN,
     STRANGER,
@@ -53,10 +56,12 @@ class ManagerListener(Protocol):
     def peer_joined(self, conn: PeerConnection) -> None: ...
     def peer_left(self, conn: PeerConnection, closed: Closed) -> None: ...
     def frame_received(
-        self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
+        self,
+        conn: PeerConnection,
+        frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.Observed,
     ) -> None: ...
     def path_changed(self, conn: PeerConnection) -> None:
-        """The peer's connection moved to another path (conn.path, conn.via)."""
+        """The peer's kept connection changed path (docs/reach.md "Paths")."""
         ...
 
 
@@ -69,8 +74,11 @@ class ConnectionManager:
         listener: ManagerListener,
         rng: random.Random,
         rank: Callable[[str], int] | None = None,
+        relay: bool = False,
+        relay_unlimited: Callable[[str], bool] | None = None,
     ) -> None:
-        """`rank(peer_id)` says whom the peer limit keeps first (protocol/peers.py ranks)."""
+        """`rank(peer_id)` says whom the peer limit keeps first (protocol/peers.py ranks);
+        `relay`: relay circuits for others, `relay_unlimited(peer_id)` without limits."""
         self._local = local
         self._listener = listener
         self._rank = rank or (lambda _peer_id: STRANGER)
@@ -92,6 +100,8 @@ class ConnectionManager:
         # connection it keeps should complete here within a handshake timeout.
         self._limbo: dict[str, tuple[PeerConnection, Closed, asyncio.TimerHandle]] = {}
         self.port = 0
+        #: Reservations and circuits, both sides (net/relay.py).
+        self.relay = RelayService(self, relay, relay_unlimited)
         self._bind_host = "0.0.0.0"
         # --- punch (docs/reach.md "Hole punching") ---
         #: What each connected peer told us it sees us at (Observed frames), by reporter.
@@ -109,6 +119,16 @@ class ConnectionManager:
     @property
     def own_id(self) -> str:
         return self.table.own_peer_id
+
+    def local_info(self) -> LocalInfo:
+        """What this node proves and announces in a handshake (now)."""
+        return self._local()
+
+    async def dial_via(
+        self, relay_id: str, relay_addr: tuple[str, int], target: str
+    ) -> PeerConnection:
+        """Connect to target through a circuit at the relay (raises RelayError)."""
+        return await self.relay.dial_via(relay_id, relay_addr, target)
 
     # --- lifecycle ------------------------------------------------------
 
@@ -135,6 +155,7 @@ class ConnectionManager:
             self._dial_timer.cancel()
         for _conn, _closed, timer in self._limbo.values():
             timer.cancel()
+        await self.relay.close()
         for task in list(self._dial_tasks):
             task.cancel()
         if self._server is not None:
@@ -211,6 +232,58 @@ class ConnectionManager:
         session = Session(self._local(), initiator, self._loop.time(), expected)
         return PeerConnection(self, session, dial_key)
 
+    # --- contacts (issue 14) -------------------------------------------
+
+    def dial_contact(self, peer_id: str, addrs: list[str], relays: list[tuple[str, str]]) -> None:
+        """Dial a contact now by every direct address (the handshake checks it is peer_id),
+        and by its relays if still not connected CONTACT_RELAY_DELAY_S later.
+
+        Its addresses stay in the table: redialled with back-off whenever it is not connected.
+        """
+        now = self._loop.time()
+        for addr in addrs:
+            try:
+                host, port = parse_addr(addr)
+            except AddrError:
+                continue  # checked when the invite was read; a stored one may be old
+            self.table.add_contact(peer_id, host, port, now)
+        self.table.wanted(peer_id, now)
+        self.schedule_dials()
+        if relays and not self._closing:
+            self._loop.call_later(
+                limits.CONTACT_RELAY_DELAY_S, self._dial_relays, peer_id, list(relays)
+            )
+
+    def forget_contact(self, peer_id: str) -> None:
+        """Stop dialling a contact's addresses (its connection, if any, stays)."""
+        self.table.remove_contact(peer_id)
+
+    def _dial_relays(self, peer_id: str, relays: list[tuple[str, str]]) -> None:
+        # The relay helper's `dial_via` (issue 14) may not be in this build: then relays
+        # are skipped and the direct addresses are all there is.
+        dial_via = getattr(self, "dial_via", None)
+        if dial_via is None or self._closing or peer_id in self.peers:
+            return
+        for relay_id, relay_addr in relays:
+            try:
+                addr = parse_addr(relay_addr)  # the relay's dial_via takes (host, port)
+            except AddrError:
+                continue
+            result = dial_via(relay_id, addr, peer_id)
+            if inspect.isawaitable(result):
+                task = self._loop.create_task(_awaited(result))
+                self._dial_tasks.add(task)
+                task.add_done_callback(self._dial_tasks.discard)
+
+    def _observed_frame(self, conn: PeerConnection) -> m.Observed | None:
+        """Return the `obs` frame telling a peer where we see it, None if we cannot tell.
+
+        A relayed connection's address is the relay's, not the peer's: nothing to tell.
+        """
+        if not conn.address[0] or getattr(conn, "path", None) == "relayed":
+            return None
+        return m.Observed(addr=format_addr(*conn.address))
+
     # --- callbacks from PeerConnection ----------------------------------
 
     def connection_made(self, conn: PeerConnection) -> None:
@@ -222,7 +295,8 @@ class ConnectionManager:
             return
         if not conn.session.initiator:
             self._punched_inbound(conn)
-        if not conn.session.initiator:
+        # A circuit's end-to-end connection came through our own circuit connection.
+        if not conn.session.initiator and conn.path != RELAYED:
             host = conn.address[0]
             admitted, victim = self._gate.admit(conn, host, self._loop.time())
             if not admitted:
@@ -247,10 +321,17 @@ class ConnectionManager:
             frame = event.frame
             if isinstance(frame, m.Observed | m.PunchConnect | m.PunchSync):
                 self._reach_frame(conn, frame)
+                # Observed also goes up: the node's reach aggregation (protocol/reach.py).
+                if isinstance(frame, m.Observed) and self.peers.get(conn.peer_id or "") is conn:
+                    self._listener.frame_received(conn, frame)
                 return
             if isinstance(frame, m.Chat | m.FileFrame):
                 # Not sync frames: every peer sends vectors periodically, idle or not.
                 conn.last_active = self._loop.time()
+            if isinstance(frame, m.RelayFrame):
+                if self.peers.get(conn.session.peer_id or "") is conn:
+                    self.relay.frame(conn, frame)
+                return
             # Also frames from a duplicate connection being retired (LINGER):
             # the peer may have sent them before it heard our goodbye.
             peer_id = conn.session.peer_id or ""
@@ -269,6 +350,16 @@ class ConnectionManager:
     def _handshake_complete(self, conn: PeerConnection, ev: HandshakeComplete) -> None:
         self._pending.discard(conn)
         self._gate.done(conn)
+        if m.CIRCUIT_CAP in ev.caps and not conn.session.initiator:
+            # A connection to us as a relay: not a peer; net/relay.py owns it from now on.
+            self._all.discard(conn)
+            self.relay.take_circuit_connection(conn)
+            return
+        observed = self._observed_frame(conn)
+        if observed is not None:
+            conn.send_frame(observed)
+        if conn.path != RELAYED:
+            conn.path = classify_path(conn.address[0])
         now = self._loop.time()
         if conn.dial_key is not None:
             self.table.dial_reached(conn.dial_key, ev.peer_id)
@@ -281,6 +372,7 @@ class ConnectionManager:
                 if existing.path == "relayed" and conn.path != "relayed":
                     self._draining[ev.peer_id] = existing
                 existing.close(Reason.DUPLICATE, linger=True)
+                self.relay.peer_up(conn, ev.caps)
                 self._path_moved(existing, conn)
             else:
                 log.debug("duplicate connection to %s: keeping the old one", ev.peer_id[:8])
@@ -293,6 +385,7 @@ class ConnectionManager:
             self.peers[ev.peer_id] = conn
             conn.connected_at = limbo[0].connected_at
             log.debug("replacement connection to %s is up", ev.peer_id[:8])
+            self.relay.peer_up(conn, ev.caps)
             self._path_moved(limbo[0], conn)
             return
         if len(self.peers) >= limits.MAX_PEERS and not self._make_room(conn, ev.peer_id, now):
@@ -306,9 +399,12 @@ class ConnectionManager:
             return
         self.peers[ev.peer_id] = conn
         conn.connected_at = conn.last_active = now
-        self.table.connected(ev.peer_id, conn.address[0], ev.listen_port, now, conn.dial_key)
+        # A relayed connection's address is the relay's: nothing to redial the peer at.
+        port = 0 if conn.path == RELAYED else ev.listen_port
+        self.table.connected(ev.peer_id, conn.address[0], port, now, conn.dial_key)
         log.info("connected to %s (%s) at %s:%d", ev.nick, ev.peer_id[:8], *conn.address)
         self._listener.peer_joined(conn)
+        self.relay.peer_up(conn, ev.caps)
         self._opened(conn)
 
     def _make_room(self, conn: PeerConnection, peer_id: str, now: float) -> bool:
@@ -398,6 +494,7 @@ class ConnectionManager:
             not closed.by_peer and closed.code == Reason.EVICTED
         )
         self.table.disconnected(peer_id, self._loop.time(), goodbye=goodbye)
+        self.relay.peer_down(peer_id)
         self._listener.peer_left(conn, closed)
         self.schedule_dials()
 
@@ -431,8 +528,7 @@ class ConnectionManager:
         if conn.path == "relayed":
             conn.punch = Puncher(conn.session.initiator, self._loop.time(), self.own_addrs())
             self._punch_step(conn)
-        else:
-            conn.send_frame(m.Observed(addr=format_addr(*conn.address)))
+        # (The Observed frame went out at the handshake: _observed_frame.)
         self._punch_outcome(conn, ok=True)
 
     def _reach_frame(
@@ -443,7 +539,10 @@ class ConnectionManager:
         if self.peers.get(peer_id) is not conn:
             return  # from a connection being retired: stale
         if isinstance(frame, m.Observed):
-            parse_addr(frame.addr)
+            try:
+                parse_addr(frame.addr)
+            except AddrError as exc:
+                raise RemoteProtocolError(f"bad obs: {exc}", Reason.MALFORMED_FRAME) from None
             # A relayed peer sees the relay, not us; the bound is one entry per connected peer.
             if conn.path != "relayed" and (
                 peer_id in self.observed or len(self.observed) < limits.MAX_OBSERVERS
@@ -631,6 +730,14 @@ class ConnectionManager:
             if not await conn.wait_drained(limits.SEND_DRAIN_TIMEOUT_S):
                 log.warning("peer %s did not drain its queue; disconnecting", conn.peer_id)
                 conn.close(Reason.TOO_SLOW)
+
+
+async def _awaited(result: Awaitable[object]) -> None:
+    """Await a relay dial; its failure is logged, never raised into the loop."""
+    try:
+        await result
+    except Exception as exc:
+        log.debug("relay dial failed: %s", exc)
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

@@ -213,6 +213,76 @@ class FileEnd(msgspec.Struct, frozen=True, tag_field="t", tag="fend"):
     reason: Reason
 
 
+# --- relays (docs/protocol.md section 21, docs/reach.md "Relays") -------------------
+
+RelayCode = Annotated[str, msgspec.Meta(max_length=64)]
+#: Hello capability of a node that relays for others (`--relay`).
+RELAY_CAP: Final = "relay/1"
+#: Hello capability of a circuit connection: after the handshake it says only `cconn` or
+#: `cacc` (to the relay) and gets `cok`/`cno`; then the stream is raw (section 21).
+CIRCUIT_CAP: Final = "circuit/1"
+
+
+class Reserve(msgspec.Struct, frozen=True, tag_field="t", tag="rsv"):
+    """Ask the relay (over our ordinary connection to it) to hold a reservation for us."""
+
+
+class ReserveOk(msgspec.Struct, frozen=True, tag_field="t", tag="rsvok"):
+    """Reservation granted: until `expires` (Unix s), `ttl` s from now; circuits to us are
+    limited to `max_bytes` per direction and `max_s` seconds (0: unlimited)."""
+
+    expires: U64
+    ttl: U64
+    max_bytes: U64 = 0
+    max_s: U64 = 0
+
+
+class ReserveNo(msgspec.Struct, frozen=True, tag_field="t", tag="rsvno"):
+    """Reservation refused; `reason` is a `RelayRefusal` code (or any short str)."""
+
+    reason: RelayCode
+
+
+class Connect(msgspec.Struct, frozen=True, tag_field="t", tag="cconn"):
+    """On a fresh circuit connection to the relay: connect me to `target` (a peer id)."""
+
+    target: PeerIdStr
+
+
+class Incoming(msgspec.Struct, frozen=True, tag_field="t", tag="cinc"):
+    """From the relay over a reservation: `src` wants a circuit to us; answer with Accept."""
+
+    circuit: U64
+    src: PeerIdStr
+
+
+class Accept(msgspec.Struct, frozen=True, tag_field="t", tag="cacc"):
+    """On a fresh circuit connection to the relay: I take circuit `circuit`."""
+
+    circuit: U64
+
+
+class CircuitOk(msgspec.Struct, frozen=True, tag_field="t", tag="cok"):
+    """The circuit is spliced: the next byte on this TCP stream is the other end's.
+
+    `max_bytes` per direction and `max_s` seconds are the circuit's limits (0: unlimited).
+    """
+
+    max_bytes: U64 = 0
+    max_s: U64 = 0
+
+
+class CircuitNo(msgspec.Struct, frozen=True, tag_field="t", tag="cno"):
+    """No circuit; `reason` is a `RelayRefusal` code (or any short str)."""
+
+    reason: RelayCode
+
+
+RelayFrame = Reserve | ReserveOk | ReserveNo | Connect | Incoming | Accept | CircuitOk | CircuitNo
+#: Frames after which a circuit connection's session stops reading: what follows is raw.
+HANDOFF_FRAMES: Final = (Connect, Accept, CircuitOk, CircuitNo)
+
+
 FileFrame = FileWho | FileHave | FileHashesReq | FileHashes | FileGet | FileData | FileNak | FileEnd
 
 # --- reach: observed addresses and hole punching (docs/protocol.md, docs/reach.md) ----
@@ -262,6 +332,14 @@ Frame = (
     | FileNak
     | FileEnd
     | Observed
+    | Reserve
+    | ReserveOk
+    | ReserveNo
+    | Connect
+    | Incoming
+    | Accept
+    | CircuitOk
+    | CircuitNo
     | PunchConnect
     | PunchSync
 )
@@ -269,6 +347,7 @@ SyncFrame = Vector | Want | Floor | Rooms
 KNOWN_TAGS: Final = frozenset(
     {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms"}
     | {"fwho", "fhave", "fhreq", "fhash", "fget", "fdata", "fnak", "fend"}
+    | {"rsv", "rsvok", "rsvno", "cconn", "cinc", "cacc", "cok", "cno"}
     | {"obs", "pcon", "psync"}
 )
 

@@ -95,6 +95,22 @@ class PeerTable:
         key = f"{host}:{port}"
         self._entries.setdefault(key, Entry(host, port, None, manual=True, next_attempt=now))
 
+    def add_contact(self, peer_id: str, host: str, port: int, now: float) -> None:
+        """Add an address of a contact (issue 14): dialled now expecting peer_id, kept for
+        ever (until remove_contact), retried with back-off like a `--peer` address."""
+        key = contact_key(peer_id, host, port)
+        entry = self._entries.setdefault(
+            key, Entry(host, port, peer_id, manual=True, next_attempt=now, known=True)
+        )
+        if not entry.connected and not entry.dialing and entry.next_attempt is None:
+            entry.next_attempt = now
+
+    def remove_contact(self, peer_id: str) -> None:
+        """Forget every address added by add_contact for peer_id (a connection stays)."""
+        prefix = f"{peer_id}@"
+        for key in [k for k in self._entries if k.startswith(prefix)]:
+            del self._entries[key]
+
     def beacon(self, peer_id: str, host: str, port: int, now: float) -> bool:
         """Record a beacon; return True if the sender is not connected (worth answering)."""
         if peer_id == self.own_peer_id:
@@ -307,6 +323,11 @@ class PeerTable:
         ]
         for key in stale:
             del self._entries[key]
+
+
+def contact_key(peer_id: str, host: str, port: int) -> str:
+    """Return the table key of one address of a contact (never a peer id or `--peer` key)."""
+    return f"{peer_id}@{host}:{port}"
 
 
 # --- admission of connections (hardening) -------------------------------------------

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from chinwag import limits
 from chinwag.errors import RemoteProtocolError
 from chinwag.protocol import messages as m
-from chinwag.protocol.addr import dialable, parse_addr
+from chinwag.protocol.addr import AddrError, dialable, parse_addr
 from chinwag.protocol.reasons import Reason
 
 
@@ -81,7 +81,10 @@ def check_addrs(addrs: list[str]) -> tuple[tuple[str, int], ...]:
     """Parse a peer's address list; raise RemoteProtocolError on junk or a forbidden target."""
     out: list[tuple[str, int]] = []
     for text in addrs:
-        host, port = parse_addr(text)
+        try:
+            host, port = parse_addr(text)
+        except AddrError as exc:
+            raise RemoteProtocolError(f"bad address: {exc}", Reason.MALFORMED_FRAME) from None
         if not dialable(host):
             raise RemoteProtocolError(f"may not dial {text!r}", Reason.MALFORMED_FRAME)
         if (host, port) not in out:

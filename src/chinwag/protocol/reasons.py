@@ -88,6 +88,9 @@ class FileRefusal(enum.StrEnum):
     BUSY = "busy"
     #: The file changed since it was offered; it is no longer served.
     CHANGED = "changed"
+    #: The only connection to the asker is a byte-limited relay circuit: files wait for a
+    #: better path (docs/reach.md "Relays").
+    RELAY_LIMITED = "relay_limited"
 
 
 class FileEndReason(enum.StrEnum):
@@ -101,3 +104,23 @@ class FileEndReason(enum.StrEnum):
     REJECTED = "rejected"
     #: The offerer withdrew its offer (to the room's members, or to a private offer's recipient).
     WITHDRAWN = "withdrawn"
+
+
+# --- relays (docs/protocol.md section 11, "Relay codes") ----------------------------------
+
+
+class RelayRefusal(enum.StrEnum):
+    """Why a relay refuses a reservation (`rsvno`) or a circuit (`cno`)."""
+
+    #: The node is not a relay (started without `--relay`).
+    NOT_RELAY = "not_relay"
+    #: A bound on reservations or circuits was reached (limits.py, RELAY_*).
+    RESOURCE_LIMIT = "resource_limit"
+    #: The target holds no reservation at this relay.
+    NO_RESERVATION = "no_reservation"
+    #: The target did not accept in time, or its reservation connection went away.
+    TARGET_GONE = "target_gone"
+    #: An Accept named no circuit waiting for this peer.
+    UNKNOWN_CIRCUIT = "unknown_circuit"
+    #: A peer asked for a circuit to itself.
+    SELF = "circuit_to_self"

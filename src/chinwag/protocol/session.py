@@ -61,7 +61,7 @@ class HandshakeComplete:
 class FrameReceived:
     """The peer sent a frame for the layer above (chat, nick change, sync, files)."""
 
-    frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.ReachFrame
+    frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.ReachFrame | m.RelayFrame
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +165,11 @@ class Session:
         #: Identical on both sides once OPEN; used to break ties between duplicate connections.
         self.handshake_hash = b""
         self._linger_reason = ""
+        #: A circuit connection (our or the peer's hello has CIRCUIT_CAP): it sends no
+        #: keepalives and stops reading after its handoff frame (messages.HANDOFF_FRAMES).
+        self.circuit = m.CIRCUIT_CAP in local.caps
+        #: Set after a handoff frame: frames are no longer parsed; take_unread() has the rest.
+        self.halted = False
         if initiator:
             prelude = m.encode(m.Prelude(proto=m.PROTOCOL_NAME, v=m.PROTOCOL_VERSION))
             self._write_frame(self._noise.write_handshake(prelude))
@@ -184,6 +189,8 @@ class Session:
             return
         self._last_received = now
         self._inbuf += data
+        if self.halted:
+            return
         # Frames are cut by position and the buffer shortened once: deleting each
         # frame from the front would move the rest of the buffer every time.
         # Messages are handed on as views (decryption copies them anyway); the view
@@ -193,7 +200,7 @@ class Session:
         end = len(inbuf)
         try:
             with memoryview(inbuf) as view:
-                while not self.closed:
+                while not self.closed and not self.halted:
                     if end - pos < 2:
                         break
                     (size,) = _LEN.unpack_from(inbuf, pos)
@@ -207,8 +214,16 @@ class Session:
         finally:
             del inbuf[:pos]
 
+    def take_unread(self) -> bytes:
+        """Return (and forget) the bytes received after a handoff frame, not parsed."""
+        rest = bytes(self._inbuf)
+        self._inbuf.clear()
+        return rest
+
     def handle_timer(self, now: float) -> None:
         """Run time-based duties: handshake timeout, keepalive pings, dead-peer detection."""
+        if self.state is State.OPEN and self.circuit:
+            return  # the circuit adapter bounds its setup time; a ping would cross the splice
         if self.state is State.HANDSHAKE and now >= self._handshake_deadline:
             self._finish("handshake timed out", Reason.HANDSHAKE_TIMEOUT, by_peer=True)
         elif self.state is State.LINGER:
@@ -274,7 +289,7 @@ class Session:
             return self._handshake_deadline
         if self.state is State.LINGER:
             return self._linger_deadline
-        if self.state is State.OPEN:
+        if self.state is State.OPEN and not self.circuit:
             dead_at = self._last_received + limits.DEAD_PEER_TIMEOUT_S
             ping_at = max(self._ping_due, self._last_received + limits.KEEPALIVE_INTERVAL_S)
             return min(dead_at, ping_at)
@@ -351,6 +366,8 @@ class Session:
         self.peer_nick = hello.nick
         self.peer_port = hello.port
         self._caps = tuple(hello.caps)
+        if m.CIRCUIT_CAP in self._caps:
+            self.circuit = True
 
     def _open(self) -> None:
         assert self.peer_id is not None and self.peer_nick is not None
@@ -376,6 +393,18 @@ class Session:
             if not is_valid_name(frame.nick):
                 raise RemoteProtocolError("invalid nick", Reason.MALFORMED_FRAME)
             self.peer_nick = frame.nick
+            self._events.append(FrameReceived(frame))
+        elif isinstance(frame, m.HANDOFF_FRAMES):
+            if not self.circuit:
+                raise RemoteProtocolError(
+                    f"{frame.__struct_config__.tag!r} outside a circuit connection",
+                    Reason.MALFORMED_FRAME,
+                )
+            # What follows on the stream belongs to the next layer (the splice, or the
+            # end-to-end session through it): stop here and keep it unread.
+            self.halted = True
+            self._events.append(FrameReceived(frame))
+        elif isinstance(frame, m.Reserve | m.ReserveOk | m.ReserveNo | m.Incoming):
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Bye):
             # The reason is the peer's text: keep it only if it is a plain code.

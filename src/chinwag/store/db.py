@@ -10,6 +10,7 @@ the promise we make; a power cut may lose the last transaction.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -79,6 +80,10 @@ CREATE TABLE IF NOT EXISTS files(
     digests BLOB, mtime_ns INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL, reason TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS contacts(
+    peer_id TEXT PRIMARY KEY, nick TEXT NOT NULL, addrs TEXT NOT NULL, relays TEXT NOT NULL,
+    added_at REAL NOT NULL, last_seen REAL NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 """
 
 _COLUMNS = "id, room, author, seq, ts, nick, text, late"
@@ -145,6 +150,18 @@ class FileRow:
     mtime_ns: int = 0
     created: float = 0.0
     reason: str = ""
+
+
+@dataclass(slots=True)
+class ContactRow:
+    """A peer added by its invite: where to dial it (`addrs`, `relays`), when last connected."""
+
+    peer_id: str
+    nick: str
+    addrs: list[str]
+    relays: list[tuple[str, str]]
+    added_at: float
+    last_seen: float = 0.0
 
 
 _FILE_COLUMNS = "fid, direction, state, room, author, nick, offer, path, dir, digests, "
@@ -584,6 +601,47 @@ class Store:
     def delete_files(self, fids: Iterable[str]) -> None:
         with self._transaction():
             self.db.executemany("DELETE FROM files WHERE fid=?", [(f,) for f in fids])
+
+    # --- contacts (issue 14) --------------------------------------------
+
+    def contacts(self) -> list[ContactRow]:
+        """Return every contact, in the order they were added."""
+        rows = self.db.execute(
+            "SELECT peer_id, nick, addrs, relays, added_at, last_seen FROM contacts "
+            "ORDER BY added_at, peer_id"
+        ).fetchall()
+        out = []
+        for peer_id, nick, addrs, relays, added_at, last_seen in rows:
+            try:
+                addr_list = [str(a) for a in json.loads(addrs)]
+                relay_list = [(str(r), str(a)) for r, a in json.loads(relays)]
+            except (ValueError, TypeError):
+                log.warning("contact %s has unreadable addresses; kept without them", peer_id[:8])
+                addr_list, relay_list = [], []
+            out.append(ContactRow(peer_id, nick, addr_list, relay_list, added_at, last_seen))
+        return out
+
+    def save_contact(self, row: ContactRow) -> None:
+        """Insert or replace a contact."""
+        with self._transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO contacts(peer_id, nick, addrs, relays, added_at, last_seen)"
+                " VALUES (?,?,?,?,?,?)",
+                (
+                    row.peer_id,
+                    row.nick,
+                    json.dumps(row.addrs),
+                    json.dumps([list(r) for r in row.relays]),
+                    row.added_at,
+                    row.last_seen,
+                ),
+            )
+
+    def forget_contact(self, peer_id: str) -> bool:
+        """Delete a contact; return whether there was one."""
+        with self._transaction():
+            cur = self.db.execute("DELETE FROM contacts WHERE peer_id=?", (peer_id,))
+        return cur.rowcount > 0
 
     # --- internals ------------------------------------------------------
 

@@ -134,6 +134,38 @@ class FilesCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="files"):
     answered: ClassVar[bool] = True
 
 
+# --- reach: invites and contacts (issue 14, docs/reach.md) ---
+
+
+class InviteCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="invite"):
+    answered: ClassVar[bool] = True
+
+
+class AddCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="add"):
+    code: str
+    #: The node emits `contact_added` itself (every interface sees it).
+    answered: ClassVar[bool] = False
+
+
+class ContactsCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="contacts"):
+    answered: ClassVar[bool] = True
+
+
+class ForgetCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="forget"):
+    peer: str
+    answered: ClassVar[bool] = True
+
+
+class ConnectCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="connect"):
+    """Connect to `peer_id` through a circuit at relay `via` (docs/reach.md "Relays")."""
+
+    peer_id: str
+    via: str
+    #: The relay's "host:port", if it is not a relay we are connected to.
+    addr: str | None = None
+    answered: ClassVar[bool] = False
+
+
 Command = (
     Send
     | PeersCmd
@@ -155,6 +187,11 @@ Command = (
     | RejectFileCmd
     | CancelFileCmd
     | FilesCmd
+    | InviteCmd
+    | AddCmd
+    | ContactsCmd
+    | ForgetCmd
+    | ConnectCmd
 )
 #: The command names, read off the command structs' tags (one place to add a command).
 COMMANDS: frozenset[str] = frozenset(
@@ -265,6 +302,16 @@ async def execute(node: Node, cmd: Command, session: Session) -> Answer | None:
         return node.cancel_file(cmd.id, cmd.keep)
     elif isinstance(cmd, FilesCmd):
         return node.files()
+    elif isinstance(cmd, InviteCmd):
+        return node.invite()
+    elif isinstance(cmd, AddCmd):
+        return node.add_contact(cmd.code)
+    elif isinstance(cmd, ContactsCmd):
+        return node.contacts()
+    elif isinstance(cmd, ForgetCmd):
+        return node.forget_contact(cmd.peer)
+    elif isinstance(cmd, ConnectCmd):
+        await node.connect_via(cmd.peer_id, cmd.via, cmd.addr)
     elif isinstance(cmd, Quit):
         raise ChinwagError("quit is handled by the interface")
     else:  # pragma: no cover - mypy checks that every command has its branch
@@ -379,11 +426,32 @@ def _reject(arg: str, _room: str) -> RejectFileCmd:
     return RejectFileCmd(id=arg)
 
 
+def _connect(arg: str, _room: str) -> ConnectCmd:
+    parts = arg.split()
+    if len(parts) > 2 and parts[1] == "via":  # "via" may be written, for reading aloud
+        del parts[1]
+    if len(parts) not in (2, 3):
+        raise _usage("/connect WHO [via] RELAY [HOST:PORT]")
+    return ConnectCmd(peer_id=parts[0], via=parts[1], addr=parts[2] if len(parts) == 3 else None)
+
+
 def _cancel(arg: str, _room: str) -> CancelFileCmd:
     ident, _, flag = arg.partition(" ")
     if not ident or flag.strip() not in ("", "--keep"):
         raise _usage("/cancel ID [--keep]")
     return CancelFileCmd(id=ident, keep=flag.strip() == "--keep")
+
+
+def _add(arg: str, _room: str) -> AddCmd:
+    if not arg:
+        raise _usage("/add CODE")
+    return AddCmd(code=arg)
+
+
+def _forget(arg: str, _room: str) -> ForgetCmd:
+    if not arg:
+        raise _usage("/forget NICK|PEERID")
+    return ForgetCmd(peer=arg)
 
 
 def _bell(arg: str, _room: str) -> BellCmd:
@@ -419,6 +487,11 @@ SLASH: dict[str, _Parser] = {
     "reject": _reject,
     "files": lambda _arg, _room: FilesCmd(),
     "cancel": _cancel,
+    "invite": lambda _arg, _room: InviteCmd(),
+    "add": _add,
+    "contacts": lambda _arg, _room: ContactsCmd(),
+    "forget": _forget,
+    "connect": _connect,
 }
 #: Slash commands of the terminal UI only (they drive its screen).
 TUI_SLASH: dict[str, _Parser] = {
@@ -463,6 +536,12 @@ HELP = """commands:
   /reject ID       decline an offered file
   /files           offers and transfers with their state
   /cancel ID [--keep]   stop a transfer (--keep keeps the partial data) or withdraw your offer
+  /invite          your invite code: give it to a friend elsewhere, who types /add CODE
+  /add CODE        make the peer of an invite code a contact and connect to it
+  /contacts        your contacts: online or not, how they are reached, last seen
+  /forget WHO      remove a contact (it is no longer dialled)
+
+  /connect WHO [via] RELAY [HOST:PORT]   reach a peer through a relay's circuit
   /quit            leave (peers see you go at once)
 anything else is sent to the room"""
 

@@ -119,7 +119,45 @@ def answer_lines(cmd: c.Command, answer: c.Answer | None, node: Node, room: str)
         return [f"declined {clean(answer.name)!r}"]
     if isinstance(answer, ev.FileList):
         return _files(answer, node)
+    if isinstance(answer, ev.Invite):
+        return invite_lines(answer)
+    if isinstance(answer, ev.Contacts):
+        return _contacts(answer)
+    if isinstance(answer, ev.ContactForgotten):
+        return [f"forgot contact {clean(answer.nick)} ({short_id(answer.peer_id)})"]
     return []
+
+
+def invite_lines(invite: ev.Invite) -> list[str]:
+    """Return the lines showing our invite code and what it names."""
+    expires = local_datetime(invite.expires).strftime("%Y-%m-%d %H:%M")
+    where = ", ".join(invite.addresses) or "no address"
+    relays = f"; relays: {', '.join(r.address for r in invite.relays)}" if invite.relays else ""
+    return [
+        f"your invite code (valid until {expires}; a friend types /add CODE):",
+        invite.code,
+        f"it names: {where}{relays}",
+    ]
+
+
+def _contacts(answer: ev.Contacts) -> list[str]:
+    if not answer.contacts:
+        return ["no contacts yet; /invite gives your code, /add CODE adds a friend's"]
+    lines = []
+    for ct in answer.contacts:
+        if ct.online:
+            state = f"online ({ct.path})"
+        elif ct.last_seen:
+            state = f"offline, last seen {local_datetime(ct.last_seen).strftime('%Y-%m-%d %H:%M')}"
+        else:
+            state = "never connected yet"
+        lines.append(f"{clean(ct.nick)} {short_id(ct.peer_id)}: {state}")
+    return lines
+
+
+def contact_added_line(event: ev.ContactAdded) -> str:
+    """Return the line shown when a contact was added."""
+    return f"added contact {clean(event.nick)} ({short_id(event.peer_id)}); connecting"
 
 
 def before_lines(cmd: c.SlashCommand) -> list[str]:
@@ -136,7 +174,8 @@ def _peers(answer: ev.Peers) -> list[str]:
     for p in answer.peers:
         since = local_datetime(p.since).strftime("%H:%M:%S")
         rtt = "" if p.rtt_ms is None else f", rtt {p.rtt_ms:.1f} ms"
-        lines.append(f"{clean(p.nick)} {short_id(p.peer_id)} {p.address} since {since}{rtt}")
+        how = f"relayed via {short_id(p.via)}" if p.path == "relayed" and p.via else p.address
+        lines.append(f"{clean(p.nick)} {short_id(p.peer_id)} {how} since {since}{rtt}")
     return lines
 
 
@@ -185,7 +224,16 @@ def _files(answer: ev.FileList, node: Node) -> list[str]:
 
 def peer_joined_line(event: ev.PeerJoined) -> str:
     """Return the line shown when a peer connects."""
-    return f"{clean(event.nick)} ({short_id(event.peer_id)}) joined from {event.address}"
+    who = f"{clean(event.nick)} ({short_id(event.peer_id)})"
+    if event.path == "relayed" and event.via:
+        return f"{who} joined via relay {short_id(event.via)}"
+    return f"{who} joined from {event.address}"
+
+
+def path_line(event: ev.PathChanged) -> str:
+    """Return the line shown when a connected peer is reached another way."""
+    how = f"relayed via {short_id(event.via)}" if event.via else event.path
+    return f"{short_id(event.peer_id)} is now reached {how}"
 
 
 def peer_left_line(event: ev.PeerLeft) -> str:

@@ -121,8 +121,12 @@ class LineUI(c.Session):
             self._info(fmt.peer_joined_line(event))
         elif isinstance(event, ev.PeerLeft):
             self._info(fmt.peer_left_line(event))
+        elif isinstance(event, ev.PathChanged):
+            self._info(fmt.path_line(event))
         elif isinstance(event, ev.NickChanged):
             self._info(fmt.nick_changed_line(event))
+        elif isinstance(event, ev.ContactAdded):
+            self._info(fmt.contact_added_line(event))
         elif isinstance(event, ev.FileOffer | ev.FileProgress | ev.FileDone):
             self._file_event(event)
         elif isinstance(event, ev.FileFailed):

@@ -134,6 +134,8 @@ class Peer:
     verified: bool = False
     #: Not connected, but its messages reach us through this peer (a peer id).
     via: str = ""
+    #: Connected through a relay circuit: the relay's peer id (docs/reach.md "Paths").
+    relayed_via: str = ""
 
 
 @dataclass
@@ -326,6 +328,7 @@ class ChinwagApp(App[int]):
         elif isinstance(event, ev.PeerJoined):
             peer = self._peer(event.peer_id, event.nick)
             peer.online, peer.address = True, event.address
+            peer.relayed_via = event.via or "" if event.path == "relayed" else ""
             with contextlib.suppress(ChinwagError):
                 peer.verified = self.node.whois(event.peer_id).verified
             self._saw_nick(event.peer_id, event.nick)
@@ -334,6 +337,13 @@ class ChinwagApp(App[int]):
             peer = self._peer(event.peer_id, event.nick)
             peer.online, peer.rtt_ms = False, None
             self.note(fmt.peer_left_line(event))
+        elif isinstance(event, ev.ContactAdded):
+            self.note(fmt.contact_added_line(event))
+        elif isinstance(event, ev.PathChanged):
+            known = self.peers.get(event.peer_id)
+            if known is not None:
+                known.relayed_via = event.via or ""
+            self.note(fmt.path_line(event))
         elif isinstance(event, ev.NickChanged):
             if event.own:
                 self._set_own_nick(event.nick)
@@ -501,7 +511,10 @@ class ChinwagApp(App[int]):
             if peer.online and peer.rtt_ms is not None:
                 text.append(f" {peer.rtt_ms:.0f}ms", style="dim")
             text.append("\n")
-            if peer.online:
+            if peer.online and peer.relayed_via:
+                relay = self.peers.get(peer.relayed_via)
+                how = "relayed via " + (clean(relay.nick) if relay else short_id(peer.relayed_via))
+            elif peer.online:
                 how = ("direct " if self.size.width >= 120 else "") + peer.address
             elif peer.via:
                 relay = self.peers.get(peer.via)
@@ -597,6 +610,7 @@ class ChinwagApp(App[int]):
                 peer = self._peer(info.peer_id, info.nick)
                 peer.online, peer.address, peer.rtt_ms = True, info.address, info.rtt_ms
                 peer.via = ""
+                peer.relayed_via = info.via or "" if info.path == "relayed" else ""
             relayed = {r.peer_id: r for r in listing.relayed}
             for peer in self.peers.values():
                 if not peer.online:

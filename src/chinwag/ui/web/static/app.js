@@ -263,13 +263,20 @@ const handlers = {
     schedule("header");
   },
   peer_joined(e) {
-    state.peers.set(e.peer_id, { peer_id: e.peer_id, nick: e.nick, address: e.address, rtt_ms: null });
+    state.peers.set(e.peer_id, {
+      peer_id: e.peer_id, nick: e.nick, address: e.address, rtt_ms: null, path: e.path, via: e.via,
+    });
     noteNick(e.peer_id, e.nick);
     askVerified(e.peer_id);
     note(`${e.nick} (${shortId(e.peer_id)}) joined from ${e.address}`);
     schedule("peers");
     schedule("rooms");
     send({ cmd: "rooms" });
+  },
+  path(e) {
+    // The peer is reached another way now (docs/reach.md "Paths").
+    const p = state.peers.get(e.peer_id);
+    if (p) { p.path = e.path; p.via = e.via; schedule("peers"); }
   },
   peer_left(e) {
     state.peers.delete(e.peer_id);
@@ -750,6 +757,15 @@ function loadConversations() {
 
 // --- peers ----------------------------------------------------------------------------
 
+/** How a connected peer is reached: "relayed via NICK", or "direct · ADDRESS". */
+function peerPath(p) {
+  if (p.path === "relayed" && p.via) {
+    const relay = state.peers.get(p.via);
+    return `relayed via ${relay ? relay.nick : shortId(p.via)}`;
+  }
+  return `direct · ${p.address}`;
+}
+
 function renderPeers() {
   const list = $("peer-list");
   clear(list);
@@ -768,7 +784,7 @@ function renderPeers() {
       el("span", { class: "peer-text" },
         el("span", { class: "peer-nick" }, el("span", { text: p.nick }),
           verified ? el("span", { class: "verified", testid: "verified-mark", title: "verified" }, icon("check", 14)) : null),
-        el("small", { class: "peer-path", testid: "peer-path", text: `direct · ${p.address}` })),
+        el("small", { class: "peer-path", testid: "peer-path", text: peerPath(p) })),
       el("span", { class: "rtt", testid: "peer-rtt", text: p.rtt_ms == null ? "–" : `${p.rtt_ms < 10 ? p.rtt_ms.toFixed(1) : Math.round(p.rtt_ms)} ms` }),
     )));
   }
@@ -1154,7 +1170,7 @@ function submitComposer() {
 const COMMANDS = [
   "help", "peers", "nick", "id", "history", "search", "info", "join", "leave", "rooms",
   "switch", "msg", "whois", "verify", "block", "unblock", "send", "accept", "reject", "files",
-  "cancel",
+  "cancel", "invite", "add", "contacts", "forget", "connect",
 ];
 
 /** Tab completes a slash command at the start, or a nick anywhere (as the TUI does). */

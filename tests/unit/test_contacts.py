@@ -1,0 +1,117 @@
+"""contacts.py: what peers report of our address is persisted and named by invites, also by
+`chinwag invite` without a node; a changed public address redials offline contacts."""
+
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chinwag import events as ev
+from chinwag.contacts import ContactBook, offline_invite
+from chinwag.crypto.identity import Identity
+from chinwag.datadir import DataDir
+from chinwag.net.connection import PeerConnection
+from chinwag.net.manager import ConnectionManager
+from chinwag.protocol import messages as m
+from chinwag.protocol.invite import make_invite, read_invite
+from chinwag.store.db import Store
+
+ME = Identity.from_seed(b"m" * 32)
+FRIEND = Identity.from_seed(b"f" * 32)
+PORT = 47475
+
+
+@dataclass
+class FakeManager:
+    peers: dict[str, object] = field(default_factory=dict)
+    dialled: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    def dial_contact(self, peer_id: str, addrs: list[str], relays: list[Any]) -> None:
+        self.dialled.append((peer_id, addrs))
+
+    def forget_contact(self, peer_id: str) -> None:
+        pass
+
+
+@dataclass
+class FakeSession:
+    peer_id: str
+    initiator: bool
+    peer_nick: str = "x"
+    peer_port: int = 0
+
+
+@dataclass
+class FakeTransport:
+    sockname: tuple[str, int]
+
+    def get_extra_info(self, name: str) -> object:
+        return self.sockname if name == "sockname" else None
+
+
+@dataclass
+class FakeConn:
+    session: FakeSession
+    address: tuple[str, int]
+    transport: FakeTransport
+
+    @property
+    def peer_id(self) -> str:
+        return self.session.peer_id
+
+
+def book(tmp_path: Path, manager: FakeManager) -> tuple[ContactBook, Store]:
+    store = Store(tmp_path / "chinwag.db")
+    contacts = ContactBook(
+        store,
+        typing.cast(ConnectionManager, manager),
+        DataDir(tmp_path),
+        lambda _e: None,
+        "0.0.0.0",
+    )
+    return contacts, store
+
+
+def report(contacts: ContactBook, reporter: str, from_ip: str, seen: str) -> None:
+    conn = FakeConn(
+        FakeSession(reporter, initiator=False), (from_ip, 50000), FakeTransport(("10.0.0.2", PORT))
+    )
+    contacts.observed(typing.cast(PeerConnection, conn), m.Observed(addr=seen))
+
+
+async def test_confirmed_public_addresses_are_saved_and_named_by_every_invite(
+    tmp_path: Path,
+) -> None:
+    manager = FakeManager()
+    contacts, store = book(tmp_path, manager)
+    try:
+        contacts.load(PORT)
+        contacts.add(make_invite(FRIEND, "fred", ["192.0.2.44:1"], [], 2**40), ME.peer_id)
+        assert manager.dialled == [(FRIEND.peer_id, ["192.0.2.44:1"])]
+        report(contacts, "p1", "198.51.100.1", "203.0.113.7:47475")
+        assert len(manager.dialled) == 1  # one report proves nothing
+        report(contacts, "p2", "192.0.2.1", "203.0.113.7:47475")
+        # Our public address is new: the offline contact is dialled again at once.
+        assert len(manager.dialled) == 2
+        invite = contacts.invite(ME, "me", None, [])
+        assert invite.addresses[0] == "203.0.113.7:47475"
+    finally:
+        await contacts.close()
+        store.close()
+    saved = json.loads((tmp_path / "settings.json").read_text())["reach"]
+    assert saved["port"] == PORT and saved["public"] == ["203.0.113.7:47475"]
+    # `chinwag invite` with no node running names them too, signed and readable.
+    offline = offline_invite(tmp_path, ME, "me", None, None)
+    assert isinstance(offline, ev.Invite) and "203.0.113.7:47475" in offline.addresses
+    assert read_invite(offline.code, 0).addrs == offline.addresses
+    # And so does the next run, before any peer confirms them again.
+    again, store = book(tmp_path, FakeManager())
+    try:
+        again.load(PORT)
+        assert "203.0.113.7:47475" in again.invite(ME, "me", None, []).addresses
+    finally:
+        await again.close()
+        store.close()
