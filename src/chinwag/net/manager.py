@@ -602,12 +602,14 @@ class ConnectionManager:
         peer_id = relayed.session.peer_id
         if punch is None or peer_id is None:
             return
-        sock = await simultaneous_open(
+        sock, busy = await simultaneous_open(
             self._bind_host, self.port, action.addrs, limits.PUNCH_DIAL_TIMEOUT_S
         )
         if sock is None:
-            # Unless the peer's SYN reached our listener first: that handshake reports.
-            if not any(c.punch_of == (relayed, action.attempt) for c in self._pending):
+            # Unless the peer's SYN reached our listener first (our connect found the
+            # 4-tuple taken): that connection, accepted now or soon, reports the outcome,
+            # or the puncher's own deadline fails the attempt.
+            if not busy:
                 self._punch_result(relayed, action.attempt, ok=False)
             return
         current = self.peers.get(peer_id)

@@ -86,10 +86,12 @@ async def connect_from(
 
 async def simultaneous_open(
     bind_host: str, local_port: int, addrs: Sequence[tuple[str, int]], limit_s: float
-) -> socket.socket | None:
+) -> tuple[socket.socket | None, bool]:
     """Connect from local_port to every IPv4 address at once; return the first that connects.
 
-    The other attempts are closed; None when none connected within limit_s.
+    The other attempts are closed. Returns (socket, busy): socket None when none connected
+    within limit_s; busy True when a connect found its 4-tuple taken, which means the
+    peer's SYN reached our listener first (that connection is the punched one).
     """
     loop = asyncio.get_running_loop()
     socks: list[socket.socket] = []
@@ -105,6 +107,7 @@ async def simultaneous_open(
         socks.append(sock)
         tasks[asyncio.ensure_future(loop.sock_connect(sock, (host, port)))] = sock
     winner: socket.socket | None = None
+    busy = False
     try:
         pending = set(tasks)
         deadline = loop.time() + limit_s
@@ -120,8 +123,9 @@ async def simultaneous_open(
             for task in done:
                 if winner is None and not task.cancelled() and task.exception() is None:
                     winner = tasks[task]
-                elif not task.cancelled() and task.exception() is not None:
-                    log.debug("punch: connect failed: %s", task.exception())
+                elif not task.cancelled() and (error := task.exception()) is not None:
+                    log.debug("punch: connect failed: %s", error)
+                    busy = busy or (isinstance(error, OSError) and error.errno in _PORT_BUSY)
     finally:
         for task in tasks:
             if not task.done():
@@ -132,4 +136,4 @@ async def simultaneous_open(
         for sock in socks:
             if sock is not winner:
                 sock.close()
-    return winner
+    return winner, busy
