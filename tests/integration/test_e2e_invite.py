@@ -44,6 +44,18 @@ async def cli_invite(data_dir: Path) -> str:
     return lines[0]
 
 
+async def cli_add(code: str, data_dir: Path) -> tuple[int, str]:
+    """Run `chinwag add CODE`; return its exit status and its output (stdout, else stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "chinwag", "add", code, "--data-dir", str(data_dir)],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), PROMPT_S)
+    assert proc.returncode is not None
+    return proc.returncode, (out or err).decode()
+
+
 async def test_invite_add_chat_restart_forget(node: NodeFactory, tmp_path: Path) -> None:
     """A's `chinwag invite` code, added on B, connects them; B dials A again after a restart;
     `forget` removes the contact."""
@@ -113,14 +125,13 @@ async def test_cli_add_stores_a_contact_dialled_at_start(node: NodeFactory, tmp_
     await a.start()
     code = (await ask(a, {"cmd": "invite"}, "invite"))["code"]
     b_dir = tmp_path / "bob"
-    proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "chinwag", "add", code, "--data-dir", str(b_dir)],
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), PROMPT_S)
-    assert proc.returncode == 0, err
-    assert a.peer_id in out.decode(), out
+    rc, out = await cli_add(code, b_dir)
+    assert rc == 0 and a.peer_id in out, out
+    # While a node runs on the data directory: a clear message, nothing stored.
+    rc, err = await cli_add(code, a.data_dir)
+    assert rc == 1 and "type /add CODE in it instead" in err, err
+    rc, err = await cli_add(code[:-9], b_dir)
+    assert rc == 1 and "damaged or cut short" in err and "Traceback" not in err, err
     b: ChinwagProcess = node("bob", discovery=False, data_dir=b_dir)
     await b.start()
     await connected(a, b)
