@@ -317,8 +317,9 @@ class ContactBook:
     # --- internals ------------------------------------------------------
 
     def _dial(self, row: ContactRow) -> None:
-        if row.peer_id not in self._manager.peers:
-            self._manager.dial_contact(row.peer_id, row.addrs, row.relays)
+        # Also when connected: its addresses must be in the table for when it goes away
+        # (the table does not dial a connected peer).
+        self._manager.dial_contact(row.peer_id, row.addrs, row.relays)
 
     def _save_reach(self, upnp: str | None, relays: list[tuple[str, str]] | None) -> None:
         """Persist what `chinwag invite` needs (written only when it changed)."""

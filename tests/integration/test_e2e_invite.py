@@ -20,6 +20,7 @@ from it_support import (
     chat_works,
     connected,
     count,
+    free_tcp_port,
     until,
 )
 
@@ -193,3 +194,23 @@ async def test_a_contact_takes_a_strangers_place_at_the_peer_limit(
         for h in strangers:
             await h.close()
         await a.stop()
+
+
+async def test_a_contact_added_while_connected_is_redialled_when_it_comes_back(
+    node: NodeFactory,
+) -> None:
+    """B adds A while A's own dial connects them; A restarts (no --peer): B dials it."""
+    port_a = free_tcp_port()
+    b = node("bob", discovery=False)
+    await b.start()
+    a = node("alice", "--port", str(port_a), "--peer", f"127.0.0.1:{b.port}", discovery=False)
+    await a.start()
+    await connected(a, b)
+    code = (await ask(a, {"cmd": "invite"}, "invite"))["code"]
+    await b.send({"cmd": "add", "code": code})
+    await b.wait_for("contact_added", timeout=PROMPT_S, from_start=True)
+    await a.quit()
+    a2 = node("alice", "--port", str(port_a), discovery=False, data_dir=a.data_dir)
+    await a2.start()
+    await a2.wait_for_peers([b.peer_id], timeout=PROMPT_S)
+    await chat_works(a2, b, text="found again through the contact")
