@@ -175,9 +175,10 @@ class ContactBook:
         self._watch = NetWatch(lambda _ips: self.network_changed("interface addresses"))
         self._watch.start()
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Stop watching the network (no await: stopping a node must not yield here)."""
         if self._watch is not None:
-            await self._watch.close()
+            self._watch.close()
             self._watch = None
 
     # --- queries --------------------------------------------------------

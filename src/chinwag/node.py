@@ -95,7 +95,7 @@ class _Running:
         """Stop every part, the network last but one and the store last."""
         if self.discovery is not None:
             self.discovery.close()
-        await self.contacts.close()
+        self.contacts.close()
         await self.files.close()
         await self.history.close()
         await self.manager.close(reason)

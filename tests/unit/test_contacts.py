@@ -99,7 +99,7 @@ async def test_confirmed_public_addresses_are_saved_and_named_by_every_invite(
         invite = contacts.invite(ME, "me", None, [])
         assert invite.addresses[0] == "203.0.113.7:47475"
     finally:
-        await contacts.close()
+        contacts.close()
         store.close()
     saved = json.loads((tmp_path / "settings.json").read_text())["reach"]
     assert saved["port"] == PORT and saved["public"] == ["203.0.113.7:47475"]
@@ -113,5 +113,5 @@ async def test_confirmed_public_addresses_are_saved_and_named_by_every_invite(
         again.load(PORT)
         assert "203.0.113.7:47475" in again.invite(ME, "me", None, []).addresses
     finally:
-        await again.close()
+        again.close()
         store.close()

@@ -33,4 +33,4 @@ async def test_a_change_of_interface_addresses_is_reported(
         assert await asyncio.wait_for(changes.get(), 5) == ["172.20.10.3"]
         assert changes.empty()
     finally:
-        await watch.close()
+        watch.close()

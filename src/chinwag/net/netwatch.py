@@ -7,7 +7,6 @@ means contacts may now be reachable another way: the node redials them at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -77,9 +76,8 @@ class NetWatch:
                 except Exception:
                     log.exception("network change handler failed")
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Stop polling (the task ends at the loop's next turn; nothing to wait for)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
             self._task = None
