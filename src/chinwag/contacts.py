@@ -146,13 +146,18 @@ class ContactBook:
         datadir: DataDir,
         emit: Callable[[ev.NodeEvent], None],
         bind: str,
+        hooks: Callable[[], tuple[str | None, list[tuple[str, str]]]] = lambda: (None, []),
     ) -> None:
-        """Made before the node listens (peers may report our address at once); load() follows."""
+        """Made before the node listens (peers may report our address at once); load() follows.
+
+        `hooks()` returns the UPnP mapping and the relay reservations now (Node's hooks).
+        """
         self._store = store
         self._manager = manager
         self._datadir = datadir
         self._emit = emit
         self._bind = bind
+        self._hooks = hooks
         self._port = 0
         self._contacts: dict[str, ContactRow] = {}
         self.reach = Reach(0)
@@ -169,10 +174,14 @@ class ContactBook:
         """Load the contacts, dial them all, watch the network, note our port for invites."""
         self._port = self.reach.listen_port = port
         self._contacts = {row.peer_id: row for row in self._store.contacts()}
-        self._save_reach(upnp=None, relays=[])
+        self._save_reach()
         for row in self._contacts.values():
             self._dial(row)
-        self._watch = NetWatch(lambda _ips: self.network_changed("interface addresses"))
+        # Each poll also saves a new UPnP mapping or reservation for `chinwag invite`.
+        self._watch = NetWatch(
+            lambda _ips: self.network_changed("interface addresses"),
+            self._save_reach,
+        )
         self._watch.start()
 
     def close(self) -> None:
@@ -194,7 +203,7 @@ class ContactBook:
         self, identity: Identity, nick: str, upnp: str | None, relays: list[tuple[str, str]]
     ) -> ev.Invite:
         """Return a fresh invite naming the UPnP mapping, public and LAN addresses, relays."""
-        self._save_reach(upnp, relays)
+        self._save_reach()
         addrs = ([upnp] if upnp else []) + self.public_addrs() + lan_addrs(self._bind, self._port)
         return invite_event(identity, nick, addrs, relays, time.time())
 
@@ -303,7 +312,7 @@ class ContactBook:
         old_public = self._summary[0]
         self._summary = summary
         log.info("our public addresses: %s; symmetric NAT: %s", summary[0], summary[1])
-        self._save_reach(None, None)
+        self._save_reach()
         if summary[0] != old_public:
             self.network_changed("public address")
 
@@ -322,15 +331,17 @@ class ContactBook:
         # (the table does not dial a connected peer).
         self._manager.dial_contact(row.peer_id, row.addrs, row.relays)
 
-    def _save_reach(self, upnp: str | None, relays: list[tuple[str, str]] | None) -> None:
+    def _save_reach(self) -> None:
         """Persist what `chinwag invite` needs (written only when it changed)."""
-        state: dict[str, Any] = dict(self._saved or {})
-        state.update(port=self._port, bind=self._bind, public=self.public_addrs())
-        state["symmetric"] = self._summary[1]
-        if upnp is not None or "upnp" not in state:
-            state["upnp"] = upnp
-        if relays is not None:
-            state["relays"] = [list(r) for r in relays]
+        upnp, relays = self._hooks()
+        state: dict[str, Any] = {
+            "port": self._port,
+            "bind": self._bind,
+            "public": self.public_addrs(),
+            "symmetric": self._summary[1],
+            "upnp": upnp,
+            "relays": [list(r) for r in relays],
+        }
         if state != self._saved:
             try:
                 self._datadir.save_setting(REACH_SETTING, state)

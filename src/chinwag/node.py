@@ -187,7 +187,14 @@ class Node:
             )
             # Complete before anything can call back (file offers shown while loading,
             # peers once listening): every part is there, or the node is not started.
-            contacts = ContactBook(store, manager, self.datadir, self._emit, self.config.bind)
+            contacts = ContactBook(
+                store,
+                manager,
+                self.datadir,
+                self._emit,
+                self.config.bind,
+                lambda: (self.upnp_mapping, self.reservations()),
+            )
             run = self._run = _Running(store, manager, book, history, files, contacts)
             files.load()
             self.port = await manager.listen(

@@ -115,3 +115,33 @@ async def test_confirmed_public_addresses_are_saved_and_named_by_every_invite(
     finally:
         again.close()
         store.close()
+
+
+async def test_the_upnp_mapping_and_relays_of_the_hooks_reach_chinwag_invite(
+    tmp_path: Path,
+) -> None:
+    relay = Identity.from_seed(b"r" * 32).peer_id
+    hooks: list[tuple[str | None, list[tuple[str, str]]]] = [(None, [])]
+    store = Store(tmp_path / "chinwag.db")
+    contacts = ContactBook(
+        store,
+        typing.cast(ConnectionManager, FakeManager()),
+        DataDir(tmp_path),
+        lambda _e: None,
+        "0.0.0.0",
+        lambda: hooks[0],
+    )
+    try:
+        contacts.load(PORT)
+        assert offline_invite(tmp_path, ME, "me", None, None).relays == []
+        # The mapping and a reservation appear (natlab's and relay's work): saved by the
+        # next poll of the network watch, or by the next invite.
+        hooks[0] = ("198.51.100.50:40000", [(relay, "198.51.100.9:47475")])
+        invite = contacts.invite(ME, "me", *hooks[0])
+        assert invite.addresses[0] == "198.51.100.50:40000"
+    finally:
+        contacts.close()
+        store.close()
+    offline = offline_invite(tmp_path, ME, "me", None, None)
+    assert offline.addresses[0] == "198.51.100.50:40000"
+    assert offline.relays == [ev.RelayAddr(peer_id=relay, address="198.51.100.9:47475")]
