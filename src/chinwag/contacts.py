@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,9 @@ class ContactBook:
         self._summary: tuple[list[str], bool | None] = ([], None)
         self._watch: NetWatch | None = None
         self._saved: dict[str, Any] | None = None
+        #: Connections whose `obs` was taken: one report per connection (more are ignored).
+        self._reported: weakref.WeakSet[PeerConnection] = weakref.WeakSet()
+        self._last_public_redial = -limits.PUBLIC_CHANGE_REDIAL_MIN_S
 
     # --- lifecycle ------------------------------------------------------
 
@@ -289,7 +293,15 @@ class ContactBook:
             self._store.save_contact(row)
 
     def observed(self, conn: PeerConnection, frame: m.Observed) -> None:
-        """A peer says where it sees us; RemoteProtocolError if it is not an address."""
+        """A peer says where it sees us; RemoteProtocolError if it is not an address.
+
+        Only the first report of a connection counts: a peer cannot flip its view (and
+        with it our public address) without reconnecting.
+        """
+        if conn in self._reported:
+            log.debug("ignoring a repeated report of our address from %s", conn.peer_id)
+            return
+        self._reported.add(conn)
         local_port = 0
         if conn.transport is not None:
             sockname = conn.transport.get_extra_info("sockname")
@@ -313,7 +325,11 @@ class ContactBook:
         self._summary = summary
         log.info("our public addresses: %s; symmetric NAT: %s", summary[0], summary[1])
         self._save_reach()
-        if summary[0] != old_public:
+        now = time.monotonic()
+        if summary[0] != old_public and now - self._last_public_redial >= (
+            limits.PUBLIC_CHANGE_REDIAL_MIN_S
+        ):
+            self._last_public_redial = now
             self.network_changed("public address")
 
     def network_changed(self, why: str) -> None:
