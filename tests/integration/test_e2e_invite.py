@@ -214,3 +214,26 @@ async def test_a_contact_added_while_connected_is_redialled_when_it_comes_back(
     await a2.start()
     await a2.wait_for_peers([b.peer_id], timeout=PROMPT_S)
     await chat_works(a2, b, text="found again through the contact")
+
+
+async def test_every_route_is_tried_and_a_wrong_key_at_one_is_refused(
+    node: NodeFactory,
+) -> None:
+    """An invite naming a closed port, another node's address and the right one: B connects
+    to A only; the other node, reached at an address A's invite named, is not taken for A."""
+    a = node("alice", discovery=False)
+    c = node("carol", discovery=False)
+    b = node("bob", discovery=False)
+    for n in (a, c, b):
+        await n.start()
+    identity = load_or_create_identity(a.data_dir)
+    closed_port = free_tcp_port()
+    addrs = [f"127.0.0.1:{closed_port}", f"127.0.0.1:{c.port}", f"127.0.0.1:{a.port}"]
+    code = make_invite(identity, "alice", addrs, [], int(time.time()) + 60)
+    await b.send({"cmd": "add", "code": code})
+    await connected(a, b)
+    await chat_works(b, a, text="the right alice")
+    listing = await ask(b, {"cmd": "contacts"}, "contacts")
+    assert [(x["peer_id"], x["online"]) for x in listing["contacts"]] == [(a.peer_id, True)]
+    assert count(b, "peer_joined", peer_id=c.peer_id) == 0
+    assert count(c, "peer_joined") == 0
