@@ -241,6 +241,9 @@ class ContactBook:
         row = _contact_row(invite, old)
         self._store.save_contact(row)
         self._contacts[row.peer_id] = row
+        if old is not None:
+            # A newer code: its addresses replace the old ones in the dial table.
+            self._manager.forget_contact(row.peer_id)
         log.info("contact added: %s (%s) at %s", row.nick, short_id(row.peer_id), row.addrs)
         event = ev.ContactAdded(peer_id=row.peer_id, nick=row.nick)
         self._emit(event)

@@ -33,7 +33,7 @@ class FakeManager:
         self.dialled.append((peer_id, addrs))
 
     def forget_contact(self, peer_id: str) -> None:
-        pass
+        self.dialled = [d for d in self.dialled if d[0] != peer_id]
 
 
 @dataclass
@@ -169,6 +169,20 @@ async def test_a_connection_reports_once_and_redials_are_paced(tmp_path: Path) -
         report(contacts, "p2", "192.0.2.1", "203.0.113.8:47475")
         assert contacts.public_addrs() == ["203.0.113.8:47475"]
         assert len(manager.dialled) == dials
+    finally:
+        contacts.close()
+        store.close()
+
+
+async def test_a_newer_code_replaces_the_addresses_dialled(tmp_path: Path) -> None:
+    manager = FakeManager()
+    contacts, store = book(tmp_path, manager)
+    try:
+        contacts.load(PORT)
+        contacts.add(make_invite(FRIEND, "fred", ["192.0.2.44:1"], [], 2**40), ME.peer_id)
+        contacts.add(make_invite(FRIEND, "fred", ["192.0.2.45:1"], [], 2**40), ME.peer_id)
+        assert manager.dialled == [(FRIEND.peer_id, ["192.0.2.45:1"])]
+        assert [c.peer_id for c in contacts.listing({}).contacts] == [FRIEND.peer_id]
     finally:
         contacts.close()
         store.close()
