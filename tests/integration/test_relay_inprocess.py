@@ -6,6 +6,8 @@ three-process tests (test_e2e_relay.py) cover the command line and the JSON API.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -13,7 +15,10 @@ import pytest
 from it_support import until
 
 from chinwag import events as ev
+from chinwag import limits
+from chinwag.net.relay import RelayService, _Splice
 from chinwag.node import Node
+from chinwag.protocol.relay import Circuit, RelayBook
 from node_support import make_node as loopback_node
 
 #: Seconds to wait for anything on loopback.
@@ -131,3 +136,42 @@ async def test_a_direct_connection_replacing_a_relayed_one_emits_path(make: Make
         ]
         assert _path(x.node, other.id) == ("lan", None)
         assert not x.seen(ev.PeerLeft, peer_id=other.id)
+
+
+async def test_a_splice_stops_reading_a_side_whose_other_end_does_not_read() -> None:
+    """Back-pressure: the relay buffers at most about RELAY_SPLICE_HIGH_WATER towards a slow
+    end, reads on once it drains, and delivers every byte in order."""
+    loop = asyncio.get_running_loop()
+    book = RelayBook(unlimited=lambda _peer: True)
+    book.reserve("target", "127.0.0.1", 0.0, 0.0)
+    circuit = book.connect("dialer", "target", 0.0)
+    assert isinstance(circuit, Circuit)
+    book.accept("target", circuit.id, 0.0)
+    service = RelayService.__new__(RelayService)  # only the book and the splice table
+    service.book, service._splices = book, {}
+    src_far, src_near = socket.socketpair()
+    dst_far, dst_near = socket.socketpair()
+    ends = []
+    for near in (src_near, dst_near):
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=near)
+        transport.pause_reading()  # as the relay holds them before the splice
+        ends.append((transport, b""))
+    splice = _Splice(service, circuit, ends[0], ends[1])
+    service._splices[circuit.id] = splice
+    splice.start()
+
+    data = bytes(range(256)) * (32 * 1024)  # 8 MiB
+    _, writer = await asyncio.open_connection(sock=src_far)
+    writer.write(data)  # far more than the kernel and the relay may buffer
+    src_t, dst_t = ends[0][0], ends[1][0]
+    await until(lambda: not src_t.is_reading(), "the relay stopped reading the sender")
+    held = dst_t.get_write_buffer_size()
+    assert held <= 2 * limits.RELAY_SPLICE_HIGH_WATER, held
+
+    reader, dst_writer = await asyncio.open_connection(sock=dst_far)
+    got = await asyncio.wait_for(reader.readexactly(len(data)), WAIT_S)
+    assert got == data
+    assert circuit.sent == [len(data), 0]
+    for w in (writer, dst_writer):
+        w.close()
+    splice.shut("test over")
