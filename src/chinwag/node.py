@@ -145,7 +145,7 @@ class Node:
         #: Whether a peer is one of our contacts (a relay serves them without limits with
         #: `relay_contacts_unlimited`); the contacts table plugs in here.
         self.is_contact: Callable[[str], bool] = lambda _peer_id: False
-        self._caps = CAPABILITIES
+        self._caps: tuple[str, ...] = CAPABILITIES
 
     # --- lifecycle ------------------------------------------------------
 

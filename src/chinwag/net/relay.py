@@ -130,6 +130,21 @@ class RelayService:
         self._relay_keys.add(f"{host}:{port}")
         self._manager.add_manual_peer(host, port)
 
+    def use_relay(self, relay_id: str, host: str, port: int) -> bool:
+        """A relay named by a contact or an invite: dial it and reserve there once connected.
+
+        Returns False if we already keep RELAY_MAX_KNOWN relays (this one is not used).
+        """
+        if not self.keeper.add_relay(relay_id):
+            return False
+        self.relay_addrs[relay_id] = (host, port)
+        self._manager.add_manual_peer(host, port)
+        conn = self._manager.peers.get(relay_id)
+        if conn is not None and conn.is_open:
+            self.keeper.connected(relay_id, self._loop.time())
+            self._tick()
+        return True
+
     def reservations(self) -> list[tuple[str, str]]:
         """Return (relay peer id, "host:port") of each relay we hold a reservation at."""
         out = []
@@ -158,17 +173,28 @@ class RelayService:
 
     # --- ordinary connections (called by the manager) --------------------------------
 
+    def dialled(self, conn: PeerConnection, caps: tuple[str, ...]) -> None:
+        """A dial completed its handshake (kept or a duplicate): a `--relay-peer` tells
+        us the relay's id here, even if the connection kept is another one."""
+        peer_id = conn.peer_id
+        key = conn.dial_key
+        if peer_id is None or key not in self._relay_keys or m.RELAY_CAP not in caps:
+            return
+        assert key is not None
+        host, _, port = key.rpartition(":")
+        self.relay_addrs[peer_id] = (host.strip("[]"), int(port))
+        if self.keeper.add_relay(peer_id) and peer_id in self._manager.peers:
+            self.keeper.connected(peer_id, self._loop.time())
+            self._tick()
+
     def peer_up(self, conn: PeerConnection, caps: tuple[str, ...]) -> None:
-        """A peer connected: if it is a relay we were told about, reserve there."""
+        """A peer connected: if it is a relay we keep a reservation at, reserve there."""
         peer_id = conn.peer_id
         if peer_id is None or m.RELAY_CAP not in caps:
             return
-        if conn.dial_key in self._relay_keys:
-            host, _, port = conn.dial_key.rpartition(":")
-            self.relay_addrs[peer_id] = (host.strip("[]"), int(port))
-        elif conn.session.peer_port:
+        if conn.session.peer_port and conn.path != RELAYED:
             self.relay_addrs.setdefault(peer_id, (conn.address[0], conn.session.peer_port))
-        if conn.dial_key in self._relay_keys and self.keeper.add_relay(peer_id):
+        if self.keeper.knows(peer_id):
             self.keeper.connected(peer_id, self._loop.time())
             self._tick()
 
