@@ -16,7 +16,9 @@ from it_support import until
 
 from chinwag import events as ev
 from chinwag import limits
-from chinwag.net.relay import RelayService, _Splice
+from chinwag.crypto.identity import Identity
+from chinwag.net.manager import ConnectionManager
+from chinwag.net.relay import RelayError, RelayService, _Splice
 from chinwag.node import Node
 from chinwag.protocol.relay import Circuit, RelayBook
 from node_support import make_node as loopback_node
@@ -38,6 +40,9 @@ class Made:
     @property
     def id(self) -> str:
         return self.node.identity.peer_id
+
+    def _running_manager(self) -> ConnectionManager:
+        return self.node._running().manager
 
     def seen(self, kind: type[ev.NodeEvent], **fields: object) -> list[ev.NodeEvent]:
         return [
@@ -175,3 +180,19 @@ async def test_a_splice_stops_reading_a_side_whose_other_end_does_not_read() -> 
     for w in (writer, dst_writer):
         w.close()
     splice.shut("test over")
+
+
+async def test_a_relay_says_why_it_makes_no_circuit(make: Maker) -> None:
+    r, dialer, target = await _relayed_pair(make)
+    nobody = Identity.generate().peer_id
+    with pytest.raises(RelayError, match="no_reservation"):
+        await dialer.node.connect_via(nobody, r.id)
+    # A node that does not relay refuses circuits (target has no --relay) ...
+    host = ("127.0.0.1", target.node.port)
+    with pytest.raises(RelayError, match="not_relay"):
+        await dialer._running_manager().dial_via(target.id, host, r.id)
+    # ... and a relay that is not the peer we meant fails the handshake's id check.
+    with pytest.raises(RelayError, match="closed"):
+        await dialer._running_manager().dial_via(nobody, ("127.0.0.1", r.node.port), target.id)
+    # The relay and the circuit between the two are unharmed.
+    assert _path(dialer.node, target.id) == ("relayed", r.id)

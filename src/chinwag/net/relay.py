@@ -235,6 +235,10 @@ class RelayService:
             if peer_id not in self.keeper.reserved(now) or peer_id not in self.relay_addrs:
                 log.debug("ignoring a circuit offer from %s (no reservation there)", peer_id[:8])
                 return
+            if len(self._tasks) >= limits.RELAY_MAX_CIRCUITS_PER_PEER:
+                # A relay (hostile or busy) cannot make us open connections without bound.
+                log.info("ignoring a circuit offer from %s: too many being opened", peer_id[:8])
+                return
             self._spawn(self._open(peer_id, frame.src, frame.circuit))
         # cconn/cacc/cok/cno on an ordinary connection: the session refused them already.
 
@@ -399,6 +403,10 @@ class RelayService:
                 self.book.close(result.id)
                 self._refuse(conn, RelayRefusal.TARGET_GONE)
                 return
+            # From now on the book's setup deadline bounds it (and answers `cno` at the end).
+            timer = self._setup.pop(conn, None)
+            if timer is not None:
+                timer.cancel()
             self._waiting[result.id] = conn
             target.send_frame(m.Incoming(circuit=result.id, src=peer_id))
             self._tick()
