@@ -112,6 +112,8 @@ class RelayService:
         self.relay_addrs: dict[str, tuple[str, int]] = {}
         #: `--relay-peer` addresses ("host:port", as the manager's dial keys).
         self._relay_keys: set[str] = set()
+        #: `--relay-peer` addresses whose node turned out not to relay (warned once).
+        self._not_relays: set[str] = set()
         #: Circuit connections we opened, by connection.
         self._roles: dict[PeerConnection, _Role] = {}
         #: Relay side: circuit connections taken over, waiting for `cconn`/`cacc`.
@@ -178,9 +180,13 @@ class RelayService:
         us the relay's id here, even if the connection kept is another one."""
         peer_id = conn.peer_id
         key = conn.dial_key
-        if peer_id is None or key not in self._relay_keys or m.RELAY_CAP not in caps:
+        if peer_id is None or key is None or key not in self._relay_keys:
             return
-        assert key is not None
+        if m.RELAY_CAP not in caps:
+            if key not in self._not_relays:  # said once per address: it redials for ever
+                self._not_relays.add(key)
+                log.warning("--relay-peer %s is a chinwag node that does not relay", key)
+            return
         host, _, port = key.rpartition(":")
         self.relay_addrs[peer_id] = (host.strip("[]"), int(port))
         if self.keeper.add_relay(peer_id) and peer_id in self._manager.peers:
