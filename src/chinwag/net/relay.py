@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -68,8 +69,6 @@ def local_networks() -> list[tuple[str, int]]:
 
 def classify_path(host: str, networks: list[tuple[str, int]] | None = None) -> str:
     """Return "lan" if host is in one of our interfaces' subnets, else "direct"."""
-    import ipaddress
-
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
