@@ -155,7 +155,7 @@ class Node:
         #: Whether a peer is one of our contacts (a relay serves them without limits with
         #: `relay_contacts_unlimited`); the contacts table plugs in here.
         self.is_contact: Callable[[str], bool] = lambda _peer_id: False
-        self._caps = CAPABILITIES + ((m.RELAY_CAP,) if config.relay else ())
+        self._caps: tuple[str, ...] = CAPABILITIES
 
     # --- lifecycle ------------------------------------------------------
 
@@ -176,6 +176,7 @@ class Node:
             if self.config.nick and settings.get("nick") != self.config.nick:
                 self.datadir.save_setting("nick", self.nick)
             self._noise_static = generate_static_private()
+            self._caps = CAPABILITIES + ((m.RELAY_CAP,) if self.config.relay else ())
             self._local = LocalInfo.create(
                 self.identity, self._noise_static, self.nick, 0, self._caps
             )
