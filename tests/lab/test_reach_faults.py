@@ -3,8 +3,8 @@
 - A punched (direct) pair keeps chatting when its relay is killed.
 - A relayed pair (symmetric NATs) whose relay is killed comes back through a second relay
   the inviter holds a reservation at.
-- A peer whose LAN address changes (a new DHCP lease: restarted with another address)
-  finds its contact again.
+- A peer whose LAN address changes (a new DHCP lease: restarted with another address, or
+  while it runs) finds its contact again.
 - A hostile relay hop that alters or drops frames inside a circuit: the ends notice (the
   end-to-end Noise session fails) and show nothing forged; one that delays frames only
   slows the chat down.
@@ -125,6 +125,33 @@ async def test_peer_with_a_new_lan_address_finds_its_contact_again(
         await connected(a, b2, within=RECOVER_S)
         await chat_works(b2, a, text="from the new address")
         await chat_works(a, b2, text="and back")
+    finally:
+        lab.readdress(moved, old)
+        await relay.stop()
+
+
+async def test_peer_whose_lan_address_changes_while_running_finds_its_contact_again(
+    lab: NatLab, node: NodeFactory, tmp_path: Path
+) -> None:
+    relay = await LabRelay(lab.sites["relay"], tmp_path / "relay").start()
+    moved: Site = lab.sites["cone2"]
+    old = moved.addr
+    try:
+        a = node(lab.sites["cone1"], "alice", "--no-upnp", "--relay-peer", relay.addr)
+        b = node(moved, "bob", "--no-upnp", "--relay-peer", relay.addr)
+        await asyncio.gather(a.start(START_S), b.start(START_S))
+        code = (await invite_code(a))["code"]
+        await add(b, code)  # B keeps A as a contact
+        await connected(a, b, within=START_S)
+        await chat_works(b, a, text="before the new lease")
+        # A new DHCP lease while chinwag runs: every connection from the old address is
+        # dead (keepalive notices); the node notices its new address and dials its
+        # contacts again.
+        lab.readdress(moved, "192.168.1.78")
+        await a.wait_for("peer_left", from_start=True, timeout=RECOVER_S, peer_id=b.peer_id)
+        await a.wait_for_peers([b.peer_id], RECOVER_S)
+        await chat_works(b, a, text="after the new lease")
+        await chat_works(a, b, text="and back")
     finally:
         lab.readdress(moved, old)
         await relay.stop()
