@@ -30,8 +30,9 @@ MAP_S = 15.0
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatLab]:
-    """A public host and a cone-NAT home whose router runs miniupnpd."""
-    for built in lab_of(("pub", "public"), ("home", "cone")):
+    """A public host, a cone-NAT home whose router runs miniupnpd, and a home behind a
+    symmetric NAT on the other public network."""
+    for built in lab_of(("pub", "public"), ("home", "cone"), ("far", "symmetric", "pub2")):
         reason = miniupnpd_missing()
         if reason is not None:
             skip_or_fail("NAT tests", reason)
@@ -120,3 +121,19 @@ async def test_no_upnp_sends_no_ssdp(lab: NatLab, node: NodeFactory, tmp_path: P
     assert not [d for d in sent if d[1:] == SSDP or d[2] == NATPMP_PORT], sent
     assert not [e for e in carol.events if e.get("event") == "upnp"]
     assert f"dport {carol.port}" not in mappings(lab, home)
+
+
+async def test_a_mapping_lets_a_symmetric_nat_in(lab: NatLab, node: NodeFactory) -> None:
+    """Behind a symmetric NAT no punch can work; the friend's UPnP mapping needs none."""
+    home, far = lab.sites["home"], lab.sites["far"]
+    alice = node(home, "alice")
+    await alice.start(START_S)
+    got = await alice.wait_for("upnp", lambda e: e["mapping"] is not None, timeout=MAP_S)
+    invite = await ask(alice, {"cmd": "invite"}, "invite")
+    carol = node(far, "carol", "--no-upnp")
+    await carol.start(START_S)
+    await ask(carol, {"cmd": "add", "code": invite["code"]}, "contact_added")
+    await carol.wait_for_peers([alice.peer_id], PROMPT_S)
+    joined = await carol.wait_for("peer_joined", from_start=True, peer_id=alice.peer_id)
+    assert joined["address"] == got["mapping"] and joined["path"] == "direct", joined
+    await alice.quit()
