@@ -28,6 +28,7 @@ class FakeIgd:
         self.called = asyncio.Event()
         self.loop = asyncio.get_running_loop()
         self.gate: threading.Event | None = None
+        self.add_gate: threading.Event | None = None
 
     def _note(self) -> None:
         self.loop.call_soon_threadsafe(self.called.set)
@@ -42,6 +43,8 @@ class FakeIgd:
     def add(self, port: int, ports: list[int], lease_s: int) -> Mapping:
         self.adds.append(ports)
         self._note()
+        if self.add_gate is not None:
+            self.add_gate.wait(WITHIN_S)
         if self.fail:
             raise Exception("ConflictInMappingEntry")
         return Mapping(self.wan, ports[0], "192.168.1.2", port, lease_s)
@@ -126,3 +129,17 @@ def test_is_public() -> None:
     assert is_public("203.0.113.7") and is_public("8.8.8.8")
     assert not is_public("192.168.1.1") and not is_public("100.64.0.9")
     assert not is_public("10.1.2.3") and not is_public("garbage")
+
+
+async def test_a_mapping_made_while_stopping_is_deleted() -> None:
+    fake = FakeIgd()
+    fake.add_gate = threading.Event()  # the router is slow to answer AddPortMapping
+    m = mapper(fake, [])
+    m.start()
+    await until(fake, lambda: len(fake.adds) >= 1)
+    closing = asyncio.ensure_future(m.close())
+    await asyncio.sleep(0)  # close() is now waiting for the add under way
+    fake.add_gate.set()
+    async with asyncio.timeout(WITHIN_S):
+        await closing
+    assert [d.address for d in fake.deleted] == ["203.0.113.7:4000"]

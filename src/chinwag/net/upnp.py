@@ -177,6 +177,9 @@ class UpnpMapper:
         self._igd: Igd | None = None
         self._mapping: Mapping | None = None
         self._task: asyncio.Task[None] | None = None
+        #: An AddPortMapping under way: stop() waits for it, so a mapping made just as the
+        #: node stops is deleted too (else it stays open on the router for a whole lease).
+        self._adding: asyncio.Future[Mapping] | None = None
         #: The mapping last reported through on_change.
         self._told: str | None = None
 
@@ -214,7 +217,10 @@ class UpnpMapper:
         ports = [held.external_port] if held is not None else [self.port]
         ports += [self._rng.randrange(1024, 65536) for _ in range(limits.UPNP_PORT_TRIES - 1)]
         try:
-            mapping = await in_thread(lambda: igd.add(self.port, ports, self._lease_s))
+            self._adding = asyncio.ensure_future(
+                in_thread(lambda: igd.add(self.port, ports, self._lease_s))
+            )
+            mapping = await asyncio.shield(self._adding)
         except Exception:
             self._igd = None  # search again next time: the router may have changed
             raise
@@ -245,6 +251,10 @@ class UpnpMapper:
             self._task = None
         mapping, igd = self._mapping, self._igd
         self._mapping = None
+        adding, self._adding = self._adding, None
+        if adding is not None:
+            with contextlib.suppress(Exception):
+                mapping = await asyncio.wait_for(asyncio.shield(adding), limits.UPNP_DELETE_S)
         if mapping is None or igd is None:
             return
         try:
