@@ -222,7 +222,11 @@ class ConnectionManager:
         if dial_via is None or self._closing or peer_id in self.peers:
             return
         for relay_id, relay_addr in relays:
-            result = dial_via(relay_id, relay_addr, peer_id)
+            try:
+                addr = parse_addr(relay_addr)  # the relay's dial_via takes (host, port)
+            except AddrError:
+                continue
+            result = dial_via(relay_id, addr, peer_id)
             if inspect.isawaitable(result):
                 task = self._loop.create_task(_awaited(result))
                 self._dial_tasks.add(task)
