@@ -174,11 +174,12 @@ async def test_relayed_pair_moves_to_direct_without_loss_or_reordering(
 
     for node, evs, other in ((a, a_events, b_id), (b, b_events, a_id)):
         (path,) = [e for e in evs if isinstance(e, ev.PathChanged)]
-        assert (path.peer_id, path.path, path.via) == (other, "direct", None)
+        # Loopback is one of our interfaces' subnets: the direct path is called "lan".
+        assert (path.peer_id, path.path, path.via) == (other, "lan", None)
         # No flap: one join, no leave.
         assert [type(e) for e in evs if isinstance(e, ev.PeerJoined | ev.PeerLeft)] == [
             ev.PeerJoined
         ]
         conn = manager(node).peers[other]
-        assert conn.path == "direct" and conn.address[0] == "127.0.0.1"
+        assert conn.path == "lan" and conn.address[0] == "127.0.0.1"
     assert len(joined) <= 2
