@@ -105,11 +105,12 @@ async def test_a_second_node_cannot_share_the_listening_port(
 
 
 async def relayed_pair(
-    make_node: Callable[..., Node], splice: Splice
+    make_node: Callable[..., Node], splice: Splice, punch: bool = True
 ) -> tuple[Node, Node, list[ev.NodeEvent], list[ev.NodeEvent]]:
     """Two nodes joined only through the splice; alice dialled the circuit."""
     a = make_node("alice")
     b = make_node("bob")
+    a.config.punch = b.config.punch = punch
     a_events, b_events = events(a), events(b)
     await a.start()
     await b.start()
@@ -183,3 +184,16 @@ async def test_relayed_pair_moves_to_direct_without_loss_or_reordering(
         conn = manager(node).peers[other]
         assert conn.path == "lan" and conn.address[0] == "127.0.0.1"
     assert len(joined) <= 2
+
+
+async def test_no_punch_stays_relayed(make_node: Callable[..., Node]) -> None:
+    """`--no-punch` on both: nobody starts a punch, the pair stays relayed."""
+    async with Splice() as splice:
+        a, b, a_events, _ = await relayed_pair(make_node, splice, punch=False)
+        b_id = b.identity.peer_id
+        await until(lambda: b_id in manager(a).peers, "relayed connection up")
+        conn = manager(a).peers[b_id]
+        assert conn.path == "relayed" and conn.punch is None
+        await a.send("hello")
+        await until(lambda: manager(a).peers[b_id].path == "relayed", "still relayed")
+        assert not [e for e in a_events if isinstance(e, ev.PathChanged)]

@@ -104,6 +104,8 @@ class ConnectionManager:
         self.relay = RelayService(self, relay, relay_unlimited)
         self._bind_host = "0.0.0.0"
         # --- punch (docs/reach.md "Hole punching") ---
+        #: Try to upgrade relayed connections (off: `--no-punch`; their punches go unanswered).
+        self.punch_enabled = True
         #: What each connected peer told us it sees us at (Observed frames), by reporter.
         self.observed: dict[str, str] = {}
         #: More public addresses of ours (a UPnP mapping), offered in punches after the observed.
@@ -525,7 +527,7 @@ class ConnectionManager:
 
     def _opened(self, conn: PeerConnection) -> None:
         """A peer's first connection is up: tell it where we see it, or start punching."""
-        if conn.path == "relayed":
+        if conn.path == "relayed" and self.punch_enabled:
             conn.punch = Puncher(conn.session.initiator, self._loop.time(), self.own_addrs())
             self._punch_step(conn)
         # (The Observed frame went out at the handshake: _observed_frame.)
@@ -549,8 +551,8 @@ class ConnectionManager:
             ):
                 self.observed[peer_id] = frame.addr
             return
-        if conn.path != "relayed":
-            return  # a direct peer has nothing to punch
+        if conn.path != "relayed" or not self.punch_enabled:
+            return  # a direct peer has nothing to punch; or we do not punch
         now = self._loop.time()
         if conn.punch is None:
             conn.punch = Puncher(conn.session.initiator, now, self.own_addrs())
