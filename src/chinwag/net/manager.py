@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import inspect
+import ipaddress
 import logging
 import random
 import socket
@@ -24,7 +25,7 @@ from chinwag.net.connection import PeerConnection
 from chinwag.net.punch import connect_from, simultaneous_open
 from chinwag.net.relay import RELAYED, RelayService, classify_path
 from chinwag.protocol import messages as m
-from chinwag.protocol.addr import AddrError, format_addr, parse_addr
+from chinwag.protocol.addr import AddrError, format_addr, is_public, parse_addr
 from chinwag.protocol.peers import (
     SEEN,
     STRANGER,
@@ -518,7 +519,11 @@ class ConnectionManager:
 
     def own_addrs(self) -> tuple[str, ...]:
         """Our public addresses for a punch: as peers observe them (most reported first), UPnP."""
-        ranked = [a for a, _n in collections.Counter(self.observed.values()).most_common()]
+        # Public ones only (as libp2p's DCUtR): a private address names a host in the
+        # peer's own LAN, maybe the peer itself, never us.
+        ranked = [
+            a for a, _n in collections.Counter(self.observed.values()).most_common() if _public(a)
+        ]
         out: list[str] = []
         for addr in ranked + self.extra_addrs():
             if addr not in out and len(out) < limits.MAX_PUNCH_ADDRS:
@@ -732,6 +737,14 @@ class ConnectionManager:
             if not await conn.wait_drained(limits.SEND_DRAIN_TIMEOUT_S):
                 log.warning("peer %s did not drain its queue; disconnecting", conn.peer_id)
                 conn.close(Reason.TOO_SLOW)
+
+
+def _public(addr: str) -> bool:
+    try:
+        host, _port = parse_addr(addr)
+    except AddrError:
+        return False
+    return is_public(ipaddress.ip_address(host))
 
 
 async def _awaited(result: Awaitable[object]) -> None:
