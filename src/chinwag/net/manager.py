@@ -680,6 +680,9 @@ class ConnectionManager:
             conn.punch_timer.cancel()
             conn.punch_timer = None
         conn.punch = None
+        for addr, (relayed, _n) in list(self._punch_expect.items()):
+            if relayed is conn:
+                del self._punch_expect[addr]
         self._punch_outcome(conn, ok=False)  # a punched connection that never opened
         peer_id = conn.session.peer_id or ""
         if self._draining.get(peer_id) is conn or (
