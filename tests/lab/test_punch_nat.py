@@ -83,6 +83,12 @@ async def test_cone_pair_starts_relayed_ends_direct_chatting_through_the_switch(
         # No flap: one join (relayed), no leave.
         assert [e["event"] for e in me.events if e.get("peer_id") == other.peer_id and
                 e.get("event") in ("peer_joined", "peer_left")] == ["peer_joined"]  # fmt: skip
+    # The circuit is closed once both ends have moved (the relay logs it; no event for it).
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PROMPT_S
+    while "closing circuit 1: an end closed it" not in relay.log():
+        assert loop.time() < deadline, relay.log()[-2000:]
+        await asyncio.sleep(0.05)  # polling a log file: nothing to wait on
 
 
 async def test_symmetric_pair_stays_relayed_and_retries_later(
