@@ -177,6 +177,9 @@ async def test_relayed_pair_moves_to_direct_without_loss_or_reordering(
         assert relayed_bytes > 0
 
     for node, evs, other in ((a, a_events, b_id), (b, b_events, a_id)):
+        # Messages arrived on both sides of the switch: relayed before it, direct after.
+        at = next(i for i, e in enumerate(evs) if isinstance(e, ev.PathChanged))
+        assert texts_from(evs[:at], other) and texts_from(evs[at:], other)
         (path,) = [e for e in evs if isinstance(e, ev.PathChanged)]
         # Loopback is one of our interfaces' subnets: the direct path is called "lan".
         assert (path.peer_id, path.path, path.via) == (other, "lan", None)
