@@ -35,4 +35,11 @@ for bench in throughput latency connect startup discovery catchup history_open t
     echo "# bench_$bench" >&2
     "$py" "$script" || { echo "# bench_$bench failed with status $?" >&2; status=1; }
 done
+# The NAT lab's reach figures (docs/reach.md "Figures") need root and nftables.
+if [[ $EUID -eq 0 ]] && command -v nft >/dev/null 2>&1; then
+    echo "# reach" >&2
+    "$py" "$here/reach.py" || { echo "# reach failed with status $?" >&2; status=1; }
+else
+    echo "# reach skipped: the NAT lab needs root and nftables" >&2
+fi
 exit "$status"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,13 +147,18 @@ class ContactBook:
         datadir: DataDir,
         emit: Callable[[ev.NodeEvent], None],
         bind: str,
+        hooks: Callable[[], tuple[str | None, list[tuple[str, str]]]] = lambda: (None, []),
     ) -> None:
-        """Made before the node listens (peers may report our address at once); load() follows."""
+        """Made before the node listens (peers may report our address at once); load() follows.
+
+        `hooks()` returns the UPnP mapping and the relay reservations now (Node's hooks).
+        """
         self._store = store
         self._manager = manager
         self._datadir = datadir
         self._emit = emit
         self._bind = bind
+        self._hooks = hooks
         self._port = 0
         self._contacts: dict[str, ContactRow] = {}
         self.reach = Reach(0)
@@ -162,6 +168,9 @@ class ContactBook:
         self._summary: tuple[list[str], bool | None] = ([], None)
         self._watch: NetWatch | None = None
         self._saved: dict[str, Any] | None = None
+        #: Connections whose `obs` was taken: one report per connection (more are ignored).
+        self._reported: weakref.WeakSet[PeerConnection] = weakref.WeakSet()
+        self._last_public_redial = -limits.PUBLIC_CHANGE_REDIAL_MIN_S
 
     # --- lifecycle ------------------------------------------------------
 
@@ -169,15 +178,20 @@ class ContactBook:
         """Load the contacts, dial them all, watch the network, note our port for invites."""
         self._port = self.reach.listen_port = port
         self._contacts = {row.peer_id: row for row in self._store.contacts()}
-        self._save_reach(upnp=None, relays=[])
+        self._save_reach()
         for row in self._contacts.values():
             self._dial(row)
-        self._watch = NetWatch(lambda _ips: self.network_changed("interface addresses"))
+        # Each poll also saves a new UPnP mapping or reservation for `chinwag invite`.
+        self._watch = NetWatch(
+            lambda _ips: self.network_changed("interface addresses"),
+            self._save_reach,
+        )
         self._watch.start()
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Stop watching the network (no await: stopping a node must not yield here)."""
         if self._watch is not None:
-            await self._watch.close()
+            self._watch.close()
             self._watch = None
 
     # --- queries --------------------------------------------------------
@@ -193,7 +207,7 @@ class ContactBook:
         self, identity: Identity, nick: str, upnp: str | None, relays: list[tuple[str, str]]
     ) -> ev.Invite:
         """Return a fresh invite naming the UPnP mapping, public and LAN addresses, relays."""
-        self._save_reach(upnp, relays)
+        self._save_reach()
         addrs = ([upnp] if upnp else []) + self.public_addrs() + lan_addrs(self._bind, self._port)
         return invite_event(identity, nick, addrs, relays, time.time())
 
@@ -227,6 +241,9 @@ class ContactBook:
         row = _contact_row(invite, old)
         self._store.save_contact(row)
         self._contacts[row.peer_id] = row
+        if old is not None:
+            # A newer code: its addresses replace the old ones in the dial table.
+            self._manager.forget_contact(row.peer_id)
         log.info("contact added: %s (%s) at %s", row.nick, short_id(row.peer_id), row.addrs)
         event = ev.ContactAdded(peer_id=row.peer_id, nick=row.nick)
         self._emit(event)
@@ -283,7 +300,15 @@ class ContactBook:
                 self._dial(row)
 
     def observed(self, conn: PeerConnection, frame: m.Observed) -> None:
-        """A peer says where it sees us; RemoteProtocolError if it is not an address."""
+        """A peer says where it sees us; RemoteProtocolError if it is not an address.
+
+        Only the first report of a connection counts: a peer cannot flip its view (and
+        with it our public address) without reconnecting.
+        """
+        if conn in self._reported:
+            log.debug("ignoring a repeated report of our address from %s", conn.peer_id)
+            return
+        self._reported.add(conn)
         local_port = 0
         if conn.transport is not None:
             sockname = conn.transport.get_extra_info("sockname")
@@ -306,8 +331,12 @@ class ContactBook:
         old_public = self._summary[0]
         self._summary = summary
         log.info("our public addresses: %s; symmetric NAT: %s", summary[0], summary[1])
-        self._save_reach(None, None)
-        if summary[0] != old_public:
+        self._save_reach()
+        now = time.monotonic()
+        if summary[0] != old_public and now - self._last_public_redial >= (
+            limits.PUBLIC_CHANGE_REDIAL_MIN_S
+        ):
+            self._last_public_redial = now
             self.network_changed("public address")
 
     def network_changed(self, why: str) -> None:
@@ -321,18 +350,21 @@ class ContactBook:
     # --- internals ------------------------------------------------------
 
     def _dial(self, row: ContactRow) -> None:
-        if row.peer_id not in self._manager.peers:
-            self._manager.dial_contact(row.peer_id, row.addrs, row.relays)
+        # Also when connected: its addresses must be in the table for when it goes away
+        # (the table does not dial a connected peer).
+        self._manager.dial_contact(row.peer_id, row.addrs, row.relays)
 
-    def _save_reach(self, upnp: str | None, relays: list[tuple[str, str]] | None) -> None:
+    def _save_reach(self) -> None:
         """Persist what `chinwag invite` needs (written only when it changed)."""
-        state: dict[str, Any] = dict(self._saved or {})
-        state.update(port=self._port, bind=self._bind, public=self.public_addrs())
-        state["symmetric"] = self._summary[1]
-        if upnp is not None or "upnp" not in state:
-            state["upnp"] = upnp
-        if relays is not None:
-            state["relays"] = [list(r) for r in relays]
+        upnp, relays = self._hooks()
+        state: dict[str, Any] = {
+            "port": self._port,
+            "bind": self._bind,
+            "public": self.public_addrs(),
+            "symmetric": self._summary[1],
+            "upnp": upnp,
+            "relays": [list(r) for r in relays],
+        }
         if state != self._saved:
             try:
                 self._datadir.save_setting(REACH_SETTING, state)

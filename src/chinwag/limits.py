@@ -370,6 +370,9 @@ MAX_PUBLIC_ADDRS = 4
 NETWORK_POLL_S = 3.0
 #: Seconds a contact's direct addresses get before its relays are tried too.
 CONTACT_RELAY_DELAY_S = 0.25
+#: Seconds between two redials of the contacts caused by a new public address (peers that
+#: flip their reports of our address cannot make us dial every contact again and again).
+PUBLIC_CHANGE_REDIAL_MIN_S = 10.0
 
 # --- relays: reservations and circuits (issue 14; docs/reach.md "Relays") -------------
 # libp2p circuit v2's defaults as the start. Grants are counted over the last

@@ -101,10 +101,10 @@ class _Running:
     book: RoomBook
     history: History
     files: FileShare
+    #: Contacts and our own address (issue 14).
+    contacts: ContactBook
     discovery: Discovery | None = None
     upnp: UpnpMapper | None = None
-    #: Contacts and our own address (issue 14): made once the node listens.
-    contacts: ContactBook | None = None
 
     async def close(self, reason: str) -> None:
         """Stop every part, the network last but one and the store last."""
@@ -112,8 +112,7 @@ class _Running:
             await self.upnp.close()
         if self.discovery is not None:
             self.discovery.close()
-        if self.contacts is not None:
-            await self.contacts.close()
+        self.contacts.close()
         await self.files.close()
         await self.history.close()
         await self.manager.close(reason)
@@ -158,7 +157,7 @@ class Node:
         #: Whether a peer is one of our contacts (a relay serves them without limits with
         #: `relay_contacts_unlimited`); the contacts table plugs in here.
         self.is_contact: Callable[[str], bool] = lambda _peer_id: False
-        self._caps = CAPABILITIES + ((m.RELAY_CAP,) if config.relay else ())
+        self._caps: tuple[str, ...] = CAPABILITIES
 
     # --- lifecycle ------------------------------------------------------
 
@@ -179,6 +178,7 @@ class Node:
             if self.config.nick and settings.get("nick") != self.config.nick:
                 self.datadir.save_setting("nick", self.nick)
             self._noise_static = generate_static_private()
+            self._caps = CAPABILITIES + ((m.RELAY_CAP,) if self.config.relay else ())
             self._local = LocalInfo.create(
                 self.identity, self._noise_static, self.nick, 0, self._caps
             )
@@ -219,9 +219,16 @@ class Node:
             )
             # Complete before anything can call back (file offers shown while loading,
             # peers once listening): every part is there, or the node is not started.
-            run = self._run = _Running(store, manager, book, history, files)
+            contacts = ContactBook(
+                store,
+                manager,
+                self.datadir,
+                self._emit,
+                self.config.bind,
+                lambda: (self.upnp_mapping, self.reservations()),
+            )
+            run = self._run = _Running(store, manager, book, history, files, contacts)
             files.load()
-            run.contacts = ContactBook(store, manager, self.datadir, self._emit, self.config.bind)
             self.port = await manager.listen(
                 self.config.bind, self.config.port, self.config.port_fallback
             )
@@ -245,7 +252,7 @@ class Node:
                 manager.extra_addrs = lambda: [a for a in (self.upnp_mapping,) if a]
             for host, port in self.config.peers:
                 manager.add_manual_peer(host, port)
-            run.contacts.load(self.port)
+            contacts.load(self.port)
             for host, port in self.config.relay_peers:
                 manager.relay.add_relay_peer(host, port)
         except BaseException:
@@ -611,7 +618,7 @@ class Node:
 
     def invite(self) -> ev.Invite:
         """Return a fresh invite code: our LAN, public and UPnP addresses and relays."""
-        return self._contact_book().invite(
+        return self._running().contacts.invite(
             self.identity, self.nick, self.upnp_mapping, self.reservations()
         )
 
@@ -620,21 +627,15 @@ class Node:
 
         Raises InviteError (a UsageError) for a malformed, tampered or expired code.
         """
-        return self._contact_book().add(code, self.identity.peer_id)
+        return self._running().contacts.add(code, self.identity.peer_id)
 
     def contacts(self) -> ev.Contacts:
         """Return the contacts: online or not, how they are reached, when last seen."""
-        return self._contact_book().listing(self._known_nicks())
+        return self._running().contacts.listing(self._known_nicks())
 
     def forget_contact(self, who: str) -> ev.ContactForgotten:
         """Remove a contact (by id, id prefix or nick): it is no longer dialled."""
-        return self._contact_book().forget(who, self._known_nicks())
-
-    def _contact_book(self) -> ContactBook:
-        contacts = self._running().contacts
-        if contacts is None:
-            raise UsageError("the node is not started")
-        return contacts
+        return self._running().contacts.forget(who, self._known_nicks())
 
     # --- relays (docs/reach.md "Relays") ----------------------------------
 
@@ -685,8 +686,7 @@ class Node:
         )
         self._running().history.peer_joined(conn)
         self._running().files.ask_peer(conn)
-        if self._running().contacts is not None:
-            self._contact_book().peer_joined(conn)
+        self._running().contacts.peer_joined(conn)
         self._check_impostor(peer_id, self._nicks[peer_id])
         self._emit(
             ev.PeerJoined(
@@ -712,10 +712,9 @@ class Node:
         if self._run is not None:
             self._run.history.peer_left(peer_id)
             self._run.files.peer_left(peer_id)
-            if self._run.contacts is not None:
-                # natlab: a contact lost without a goodbye is dialled again by every route.
-                lost = closed.by_peer and closed.code != Reason.QUIT
-                self._run.contacts.peer_left(peer_id, redial=lost)
+            # natlab: a contact lost without a goodbye is dialled again by every route.
+            lost = closed.by_peer and closed.code != Reason.QUIT
+            self._run.contacts.peer_left(peer_id, redial=lost)
         self._emit(
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )
@@ -738,7 +737,7 @@ class Node:
             self._nick_changed(conn.session.peer_id or "", frame.nick)
             return
         if isinstance(frame, m.Observed):
-            self._contact_book().observed(conn, frame)
+            self._running().contacts.observed(conn, frame)
             return
         if isinstance(frame, m.Chat):
             if self._untimely(conn, frame):
@@ -807,8 +806,7 @@ class Node:
         then strangers."""
         if self._run is not None and peer_id in self._run.book.verified:
             return VERIFIED
-        contacts = None if self._run is None else self._run.contacts
-        if contacts is not None and contacts.is_contact(peer_id):
+        if self._run is not None and self._run.contacts.is_contact(peer_id):
             return SEEN
         return SEEN if peer_id in self._seen_peers else STRANGER
 

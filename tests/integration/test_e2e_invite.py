@@ -20,6 +20,7 @@ from it_support import (
     chat_works,
     connected,
     count,
+    free_tcp_port,
     until,
 )
 
@@ -42,6 +43,18 @@ async def cli_invite(data_dir: Path) -> str:
     lines = out.decode().split()
     assert len(lines) == 1 and lines[0].startswith("chinwag:"), out
     return lines[0]
+
+
+async def cli_add(code: str, data_dir: Path) -> tuple[int, str]:
+    """Run `chinwag add CODE`; return its exit status and its output (stdout, else stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "chinwag", "add", code, "--data-dir", str(data_dir)],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), PROMPT_S)
+    assert proc.returncode is not None
+    return proc.returncode, (out or err).decode()
 
 
 async def test_invite_add_chat_restart_forget(node: NodeFactory, tmp_path: Path) -> None:
@@ -113,14 +126,13 @@ async def test_cli_add_stores_a_contact_dialled_at_start(node: NodeFactory, tmp_
     await a.start()
     code = (await ask(a, {"cmd": "invite"}, "invite"))["code"]
     b_dir = tmp_path / "bob"
-    proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "chinwag", "add", code, "--data-dir", str(b_dir)],
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), PROMPT_S)
-    assert proc.returncode == 0, err
-    assert a.peer_id in out.decode(), out
+    rc, out = await cli_add(code, b_dir)
+    assert rc == 0 and a.peer_id in out, out
+    # While a node runs on the data directory: a clear message, nothing stored.
+    rc, err = await cli_add(code, a.data_dir)
+    assert rc == 1 and "type /add CODE in it instead" in err, err
+    rc, err = await cli_add(code[:-9], b_dir)
+    assert rc == 1 and "damaged or cut short" in err and "Traceback" not in err, err
     b: ChinwagProcess = node("bob", discovery=False, data_dir=b_dir)
     await b.start()
     await connected(a, b)
@@ -182,3 +194,46 @@ async def test_a_contact_takes_a_strangers_place_at_the_peer_limit(
         for h in strangers:
             await h.close()
         await a.stop()
+
+
+async def test_a_contact_added_while_connected_is_redialled_when_it_comes_back(
+    node: NodeFactory,
+) -> None:
+    """B adds A while A's own dial connects them; A restarts (no --peer): B dials it."""
+    port_a = free_tcp_port()
+    b = node("bob", discovery=False)
+    await b.start()
+    a = node("alice", "--port", str(port_a), "--peer", f"127.0.0.1:{b.port}", discovery=False)
+    await a.start()
+    await connected(a, b)
+    code = (await ask(a, {"cmd": "invite"}, "invite"))["code"]
+    await b.send({"cmd": "add", "code": code})
+    await b.wait_for("contact_added", timeout=PROMPT_S, from_start=True)
+    await a.quit()
+    a2 = node("alice", "--port", str(port_a), discovery=False, data_dir=a.data_dir)
+    await a2.start()
+    await a2.wait_for_peers([b.peer_id], timeout=PROMPT_S)
+    await chat_works(a2, b, text="found again through the contact")
+
+
+async def test_every_route_is_tried_and_a_wrong_key_at_one_is_refused(
+    node: NodeFactory,
+) -> None:
+    """An invite naming a closed port, another node's address and the right one: B connects
+    to A only; the other node, reached at an address A's invite named, is not taken for A."""
+    a = node("alice", discovery=False)
+    c = node("carol", discovery=False)
+    b = node("bob", discovery=False)
+    for n in (a, c, b):
+        await n.start()
+    identity = load_or_create_identity(a.data_dir)
+    closed_port = free_tcp_port()
+    addrs = [f"127.0.0.1:{closed_port}", f"127.0.0.1:{c.port}", f"127.0.0.1:{a.port}"]
+    code = make_invite(identity, "alice", addrs, [], int(time.time()) + 60)
+    await b.send({"cmd": "add", "code": code})
+    await connected(a, b)
+    await chat_works(b, a, text="the right alice")
+    listing = await ask(b, {"cmd": "contacts"}, "contacts")
+    assert [(x["peer_id"], x["online"]) for x in listing["contacts"]] == [(a.peer_id, True)]
+    assert count(b, "peer_joined", peer_id=c.peer_id) == 0
+    assert count(c, "peer_joined") == 0

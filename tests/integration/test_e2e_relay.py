@@ -15,7 +15,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from it_support import PROMPT_S, ChinwagProcess, NodeFactory, ask, chat_works, connected, count
+from it_support import (
+    PROMPT_S,
+    ChinwagProcess,
+    NodeFactory,
+    ask,
+    chat_works,
+    connected,
+    count,
+    free_tcp_port,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -23,8 +32,9 @@ pytestmark = pytest.mark.timeout(90)
 class RelayProcess:
     """One `chinwag relay` process: its peer id and address are read from its stdout."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, port: int = 0) -> None:
         self.data_dir = data_dir
+        self.port = port
         self.stderr_path = data_dir.with_name(data_dir.name + ".stderr.log")
         self.proc: asyncio.subprocess.Process | None = None
         self.peer_id = ""
@@ -35,7 +45,8 @@ class RelayProcess:
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop
         self.proc = await asyncio.create_subprocess_exec(
             *[sys.executable, "-m", "chinwag", "relay", "--data-dir", str(self.data_dir)],
-            *["--bind", "127.0.0.1", "--port", "0", "--no-discovery", "--log-level", "debug"],
+            *["--bind", "127.0.0.1", "--port", str(self.port), "--no-discovery"],
+            *["--log-level", "debug"],
             stdout=asyncio.subprocess.PIPE,
             stderr=self._stderr,
         )
@@ -226,3 +237,25 @@ async def test_a_relay_that_alters_a_byte_breaks_the_session_and_nothing_forged_
         assert not [e for e in a.events if e.get("event") == "message" and not e.get("own")]
     finally:
         await proxy.stop()
+
+
+async def test_clients_reserve_again_when_their_relay_comes_back(
+    node: NodeFactory, tmp_path: Path
+) -> None:
+    relay = RelayProcess(tmp_path / "relay", port=free_tcp_port())
+    await relay.start()
+    try:
+        a, b = await _pair(node, relay)
+        first_id = relay.peer_id
+        assert await relay.stop() == 0
+        await a.wait_for("peer_left", from_start=True, peer_id=first_id)
+        await relay.start()  # the same identity and port, a new process
+        assert relay.peer_id == first_id
+        # The clients redial it and reserve again (after their back-off: 2 s at first).
+        await relay.wait_log(f"reservation for {b.peer_id[:8]} granted", timeout=20)
+        await _connect_via(a, b, relay)
+        await connected(a, b)
+        await chat_works(a, b, text="through the relay again")
+    finally:
+        if relay.proc is not None and relay.proc.returncode is None:
+            await relay.stop()

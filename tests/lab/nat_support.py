@@ -41,8 +41,8 @@ async def stop(node: ChinwagProcess) -> None:
             await node.kill()
 
 
-def lab_of(*sites: tuple[str, str]) -> Iterator[NatLab]:
-    """Build a lab with these (name, kind) sites for a fixture, or skip (fail under CI)."""
+def lab_of(*sites: tuple[str, ...]) -> Iterator[NatLab]:
+    """Build a lab with these (name, kind[, bridge]) sites for a fixture, or skip (CI: fail)."""
     reason = unavailable_reason()
     if reason is not None:
         skip_or_fail("NAT tests", reason)

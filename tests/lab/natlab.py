@@ -16,6 +16,8 @@ Theory of operation (recipes measured in /work/shared/FACTS.md "NAT lab"):
   drops everything else silently, like a home router. Every router's ruleset is one
   `table inet filter` shaped the way miniupnpd wants it (its chains exist, empty), so any
   router can also run miniupnpd (`start_miniupnpd`).
+- A second public network, 198.51.100.0/24 (bridge `pub2`), joined to the first by a
+  "core" router (.1 on both, plain forwarding): sites may live on either.
 - A classic RFC 3489 STUN server (tests/lab/stun.py) runs on two public addresses: miniupnpd
   needs it to believe a documentation address can forward ports (FACTS.md).
 - After building, every neighbour on every bridge is pinned in the ARP tables (`nud
@@ -52,6 +54,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lan"))
 from netlab import _netns_pids, ip
 
 PUBLIC = "203.0.113"
+#: The second public network (a site on it is "elsewhere on the internet"): reports of our
+#: address from two /24s are what chinwag needs to believe them (protocol/reach.py).
+PUBLIC2 = "198.51.100"
+#: The public networks by bridge name; the core router joins them at address .1 of each.
+PUBLIC_NETS = {"pub": PUBLIC, "pub2": PUBLIC2}
+CORE = ".1"
 HOME = "192.168.1"
 HOME_ROUTER = f"{HOME}.1"
 HOME_HOST = f"{HOME}.2"
@@ -120,12 +128,18 @@ class NatLab:
         self.stun_ns: str | None = None
         self._namespaces: list[str] = []
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._next_public = 10
+        self._next_public = {"pub": 10, "pub2": 10}
         self._next_link = 0
         self._bridges: list[str] = []
         self._closed = False
         self._add_netns(self.switch_ns)
         self._bridge("pub")
+        self._bridge("pub2")
+        core = f"{self.tag}-core"
+        self._add_netns(core)
+        for bridge, prefix in PUBLIC_NETS.items():
+            self._leg(core, f"to{bridge}", bridge, prefix + CORE)
+        _run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], netns=core)
 
     def __enter__(self) -> NatLab:
         return self
@@ -151,12 +165,16 @@ class NatLab:
         self._bridges.append(name)
         return name
 
-    def _public_addr(self) -> str:
-        addr = f"{PUBLIC}.{self._next_public}"
-        self._next_public += 1
-        if self._next_public >= 250:
+    def _public_addr(self, bridge: str = "pub") -> str:
+        addr = f"{PUBLIC_NETS[bridge]}.{self._next_public[bridge]}"
+        self._next_public[bridge] += 1
+        if self._next_public[bridge] >= 250:
             raise RuntimeError("natlab: out of public addresses")
         return addr
+
+    def _to_core(self, netns: str, bridge: str) -> None:
+        """Route everything off-link through the core router (the other public network)."""
+        ip("route", "replace", "default", "via", PUBLIC_NETS[bridge] + CORE, netns=netns)
 
     def _leg(self, netns: str, ifname: str, bridge: str, addr: str) -> Leg:
         """Plug a namespace into a bridge with a veth named ifname, address addr/24."""
@@ -185,8 +203,9 @@ class NatLab:
         _run(["nft", "-f", "-"], netns=ns, stdin=_router_rules(lan_prefix, random_ports))
         return Router(ns, wan, lan, random_ports)
 
-    def add_site(self, name: str, kind: str) -> Site:
-        """Add a host of the given kind (public, cone, symmetric, double) named name."""
+    def add_site(self, name: str, kind: str, bridge: str = "pub") -> Site:
+        """Add a host of the given kind (public, cone, symmetric, double) named name, whose
+        public side is on `bridge` ("pub": 203.0.113.0/24, "pub2": 198.51.100.0/24)."""
         if kind not in KINDS:
             raise ValueError(f"unknown site kind {kind!r} (one of {KINDS})")
         if name in self.sites:
@@ -196,21 +215,24 @@ class NatLab:
         routers: list[Router] = []
         if kind == "public":
             self._add_netns(ns)
-            leg = self._leg(ns, "eth0", "pub", self._public_addr())
-            ip("route", "add", "default", "dev", "eth0", netns=ns)
+            leg = self._leg(ns, "eth0", bridge, self._public_addr(bridge))
+            self._to_core(ns, bridge)
         else:
             home = self._bridge(f"h{index}")
             if kind == "double":
                 carrier_prefix = f"100.64.{index}"
                 carrier = self._bridge(f"c{index}")
-                cgn = self._router(f"{name}-cgn", "pub", self._public_addr(), carrier,
+                cgn = self._router(f"{name}-cgn", bridge, self._public_addr(bridge), carrier,
                                    carrier_prefix, random_ports=False)  # fmt: skip
+                self._to_core(cgn.netns, bridge)
                 gw = self._router(f"{name}-gw", carrier, f"{carrier_prefix}.2", home, HOME,
                                   random_ports=False, gateway=f"{carrier_prefix}.1")  # fmt: skip
                 routers += [cgn, gw]
             else:
-                routers.append(self._router(f"{name}-gw", "pub", self._public_addr(), home, HOME,
-                                            random_ports=kind == "symmetric"))  # fmt: skip
+                gw = self._router(f"{name}-gw", bridge, self._public_addr(bridge), home, HOME,
+                                  random_ports=kind == "symmetric")  # fmt: skip
+                self._to_core(gw.netns, bridge)
+                routers.append(gw)
             self._add_netns(ns)
             leg = self._leg(ns, "eth0", home, HOME_HOST)
             ip("route", "add", "default", "via", HOME_ROUTER, netns=ns)
@@ -253,6 +275,7 @@ class NatLab:
         self._add_netns(ns)
         self._leg(ns, "eth0", "pub", STUN_IPS[0])
         ip("addr", "add", f"{STUN_IPS[1]}/24", "dev", "eth0", netns=ns)
+        self._to_core(ns, "pub")
         self.legs.append(Leg(ns, "eth0", STUN_IPS[1], "pub", self.legs[-1].link))
         self.stun_ns = ns
         proc = self.spawn(ns, sys.executable, str(HERE / "stun.py"), *STUN_IPS,
@@ -451,12 +474,12 @@ def _enter_netns(netns: str) -> None:
 
 
 @contextlib.contextmanager
-def built(*sites: tuple[str, str]) -> Iterator[NatLab]:
-    """A lab with the given (name, kind) sites, ARP pinned; torn down on exit."""
+def built(*sites: tuple[str, ...]) -> Iterator[NatLab]:
+    """A lab with the given (name, kind[, bridge]) sites, ARP pinned; torn down on exit."""
     lab = NatLab()
     try:
-        for name, kind in sites:
-            lab.add_site(name, kind)
+        for name, kind, *bridge in sites:
+            lab.add_site(name, kind, *bridge)
         lab.pin_arp()
         yield lab
     finally:

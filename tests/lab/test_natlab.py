@@ -27,9 +27,10 @@ _ports = itertools.count(20000)
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[NatLab]:
-    """Two public hosts, two cones, two symmetric NATs and two double NATs."""
+    """Two public hosts (one on each public network), two cones, two symmetric NATs and
+    two double NATs."""
     yield from lab_of(
-        ("obs", "public"), ("obs2", "public"),
+        ("obs", "public"), ("obs2", "public", "pub2"),
         ("c1", "cone"), ("c2", "cone"),
         ("s1", "symmetric"), ("s2", "symmetric"),
         ("d1", "double"), ("d2", "double"),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from capture import BridgeCapture
+from it_support import ask
 from nat_support import PROMPT_S, START_S, NodeFactory, lab_of
 from natlab import NatLab, Site, miniupnpd_missing
 
@@ -85,10 +86,17 @@ async def test_node_maps_its_port_and_unmaps_it_on_exit(
     sent = udp_datagrams(cap.frames())
     assert (home.addr, *SSDP) in sent, sent
 
-    bob = node(pub, "bob", "--peer", mapped)
+    # The mapping is the first address alice's invites name; bob, on the public side,
+    # adds the code and reaches her through it (the Noise handshake proves who answered).
+    invite = await ask(alice, {"cmd": "invite"}, "invite")
+    assert invite["addresses"][0] == mapped, invite
+    bob = node(pub, "bob")
     await bob.start(START_S)
+    await ask(bob, {"cmd": "add", "code": invite["code"]}, "contact_added")
     await bob.wait_for_peers([alice.peer_id], PROMPT_S)
     await alice.wait_for_peers([bob.peer_id], PROMPT_S)
+    joined = await bob.wait_for("peer_joined", from_start=True, peer_id=alice.peer_id)
+    assert joined["address"] == mapped, joined
 
     await alice.quit()
     assert f"dport {alice.port}" not in mappings(lab, home)

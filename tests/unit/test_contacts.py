@@ -33,7 +33,7 @@ class FakeManager:
         self.dialled.append((peer_id, addrs))
 
     def forget_contact(self, peer_id: str) -> None:
-        pass
+        self.dialled = [d for d in self.dialled if d[0] != peer_id]
 
 
 @dataclass
@@ -52,7 +52,7 @@ class FakeTransport:
         return self.sockname if name == "sockname" else None
 
 
-@dataclass
+@dataclass(eq=False)
 class FakeConn:
     session: FakeSession
     address: tuple[str, int]
@@ -75,11 +75,14 @@ def book(tmp_path: Path, manager: FakeManager) -> tuple[ContactBook, Store]:
     return contacts, store
 
 
-def report(contacts: ContactBook, reporter: str, from_ip: str, seen: str) -> None:
-    conn = FakeConn(
+def report(
+    contacts: ContactBook, reporter: str, from_ip: str, seen: str, conn: FakeConn | None = None
+) -> FakeConn:
+    conn = conn or FakeConn(
         FakeSession(reporter, initiator=False), (from_ip, 50000), FakeTransport(("10.0.0.2", PORT))
     )
     contacts.observed(typing.cast(PeerConnection, conn), m.Observed(addr=seen))
+    return conn
 
 
 async def test_confirmed_public_addresses_are_saved_and_named_by_every_invite(
@@ -99,7 +102,7 @@ async def test_confirmed_public_addresses_are_saved_and_named_by_every_invite(
         invite = contacts.invite(ME, "me", None, [])
         assert invite.addresses[0] == "203.0.113.7:47475"
     finally:
-        await contacts.close()
+        contacts.close()
         store.close()
     saved = json.loads((tmp_path / "settings.json").read_text())["reach"]
     assert saved["port"] == PORT and saved["public"] == ["203.0.113.7:47475"]
@@ -113,5 +116,73 @@ async def test_confirmed_public_addresses_are_saved_and_named_by_every_invite(
         again.load(PORT)
         assert "203.0.113.7:47475" in again.invite(ME, "me", None, []).addresses
     finally:
-        await again.close()
+        again.close()
+        store.close()
+
+
+async def test_the_upnp_mapping_and_relays_of_the_hooks_reach_chinwag_invite(
+    tmp_path: Path,
+) -> None:
+    relay = Identity.from_seed(b"r" * 32).peer_id
+    hooks: list[tuple[str | None, list[tuple[str, str]]]] = [(None, [])]
+    store = Store(tmp_path / "chinwag.db")
+    contacts = ContactBook(
+        store,
+        typing.cast(ConnectionManager, FakeManager()),
+        DataDir(tmp_path),
+        lambda _e: None,
+        "0.0.0.0",
+        lambda: hooks[0],
+    )
+    try:
+        contacts.load(PORT)
+        assert offline_invite(tmp_path, ME, "me", None, None).relays == []
+        # The mapping and a reservation appear (natlab's and relay's work): saved by the
+        # next poll of the network watch, or by the next invite.
+        hooks[0] = ("198.51.100.50:40000", [(relay, "198.51.100.9:47475")])
+        invite = contacts.invite(ME, "me", *hooks[0])
+        assert invite.addresses[0] == "198.51.100.50:40000"
+    finally:
+        contacts.close()
+        store.close()
+    offline = offline_invite(tmp_path, ME, "me", None, None)
+    assert offline.addresses[0] == "198.51.100.50:40000"
+    assert offline.relays == [ev.RelayAddr(peer_id=relay, address="198.51.100.9:47475")]
+
+
+async def test_a_connection_reports_once_and_redials_are_paced(tmp_path: Path) -> None:
+    """A peer flipping its report cannot move our address nor make us redial at will."""
+    manager = FakeManager()
+    contacts, store = book(tmp_path, manager)
+    try:
+        contacts.load(PORT)
+        contacts.add(make_invite(FRIEND, "fred", ["192.0.2.44:1"], [], 2**40), ME.peer_id)
+        report(contacts, "p1", "198.51.100.1", "203.0.113.7:47475")
+        conn = report(contacts, "p2", "192.0.2.1", "203.0.113.7:47475")
+        assert contacts.public_addrs() == ["203.0.113.7:47475"]
+        dials = len(manager.dialled)
+        report(contacts, "p2", "192.0.2.1", "203.0.113.99:1", conn)  # same connection
+        assert contacts.public_addrs() == ["203.0.113.7:47475"]
+        # Over new connections the address may change, but contacts are not redialled
+        # again within PUBLIC_CHANGE_REDIAL_MIN_S.
+        report(contacts, "p1", "198.51.100.1", "203.0.113.8:47475")
+        report(contacts, "p2", "192.0.2.1", "203.0.113.8:47475")
+        assert contacts.public_addrs() == ["203.0.113.8:47475"]
+        assert len(manager.dialled) == dials
+    finally:
+        contacts.close()
+        store.close()
+
+
+async def test_a_newer_code_replaces_the_addresses_dialled(tmp_path: Path) -> None:
+    manager = FakeManager()
+    contacts, store = book(tmp_path, manager)
+    try:
+        contacts.load(PORT)
+        contacts.add(make_invite(FRIEND, "fred", ["192.0.2.44:1"], [], 2**40), ME.peer_id)
+        contacts.add(make_invite(FRIEND, "fred", ["192.0.2.45:1"], [], 2**40), ME.peer_id)
+        assert manager.dialled == [(FRIEND.peer_id, ["192.0.2.45:1"])]
+        assert [c.peer_id for c in contacts.listing({}).contacts] == [FRIEND.peer_id]
+    finally:
+        contacts.close()
         store.close()

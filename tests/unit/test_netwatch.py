@@ -24,13 +24,16 @@ async def test_a_change_of_interface_addresses_is_reported(
     monkeypatch.setattr(netwatch, "interface_ips", lambda: list(current))
     monkeypatch.setattr(limits, "NETWORK_POLL_S", 0.01)
     changes: asyncio.Queue[list[str]] = asyncio.Queue()
-    watch = netwatch.NetWatch(changes.put_nowait)
+    polled = asyncio.Event()
+    watch = netwatch.NetWatch(changes.put_nowait, polled.set)
     watch.start()
     try:
+        await asyncio.wait_for(polled.wait(), 5)  # every poll, changed or not
+        assert changes.empty()
         current[:] = ["192.168.1.20", "172.20.10.3"]  # a phone's hotspot came up
         assert await asyncio.wait_for(changes.get(), 5) == ["192.168.1.20", "172.20.10.3"]
         current[:] = ["172.20.10.3"]
         assert await asyncio.wait_for(changes.get(), 5) == ["172.20.10.3"]
         assert changes.empty()
     finally:
-        await watch.close()
+        watch.close()

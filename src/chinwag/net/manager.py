@@ -366,6 +366,7 @@ class ConnectionManager:
         now = self._loop.time()
         if conn.dial_key is not None:
             self.table.dial_reached(conn.dial_key, ev.peer_id)
+            self.relay.dialled(conn, ev.caps)
         existing = self.peers.get(ev.peer_id)
         if existing is not None and existing.is_open:
             if self._tie_rank(conn) < self._tie_rank(existing):

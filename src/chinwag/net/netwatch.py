@@ -7,7 +7,6 @@ means contacts may now be reachable another way: the node redials them at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -54,10 +53,16 @@ def lan_addrs(bind: str, port: int, ips: list[str] | None = None) -> list[str]:
 
 
 class NetWatch:
-    """Polls the interface addresses every NETWORK_POLL_S; calls on_change when they change."""
+    """Polls the interface addresses every NETWORK_POLL_S; calls on_change when they change
+    (and on_poll, if given, after every poll)."""
 
-    def __init__(self, on_change: Callable[[list[str]], None]) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[list[str]], None],
+        on_poll: Callable[[], None] | None = None,
+    ) -> None:
         self._on_change = on_change
+        self._on_poll = on_poll
         self.ips = interface_ips()
         self._task: asyncio.Task[None] | None = None
 
@@ -76,10 +81,14 @@ class NetWatch:
                     self._on_change(ips)
                 except Exception:
                     log.exception("network change handler failed")
+            if self._on_poll is not None:
+                try:
+                    self._on_poll()
+                except Exception:
+                    log.exception("network poll handler failed")
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Stop polling (the task ends at the loop's next turn; nothing to wait for)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
             self._task = None

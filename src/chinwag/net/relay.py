@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -68,8 +69,6 @@ def local_networks() -> list[tuple[str, int]]:
 
 def classify_path(host: str, networks: list[tuple[str, int]] | None = None) -> str:
     """Return "lan" if host is in one of our interfaces' subnets, else "direct"."""
-    import ipaddress
-
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
@@ -112,6 +111,8 @@ class RelayService:
         self.relay_addrs: dict[str, tuple[str, int]] = {}
         #: `--relay-peer` addresses ("host:port", as the manager's dial keys).
         self._relay_keys: set[str] = set()
+        #: `--relay-peer` addresses whose node turned out not to relay (warned once).
+        self._not_relays: set[str] = set()
         #: Circuit connections we opened, by connection.
         self._roles: dict[PeerConnection, _Role] = {}
         #: Relay side: circuit connections taken over, waiting for `cconn`/`cacc`.
@@ -129,6 +130,21 @@ class RelayService:
         """A `--relay-peer`: dial it as a manual peer and reserve there once connected."""
         self._relay_keys.add(f"{host}:{port}")
         self._manager.add_manual_peer(host, port)
+
+    def use_relay(self, relay_id: str, host: str, port: int) -> bool:
+        """A relay named by a contact or an invite: dial it and reserve there once connected.
+
+        Returns False if we already keep RELAY_MAX_KNOWN relays (this one is not used).
+        """
+        if not self.keeper.add_relay(relay_id):
+            return False
+        self.relay_addrs[relay_id] = (host, port)
+        self._manager.add_manual_peer(host, port)
+        conn = self._manager.peers.get(relay_id)
+        if conn is not None and conn.is_open:
+            self.keeper.connected(relay_id, self._loop.time())
+            self._tick()
+        return True
 
     def reservations(self) -> list[tuple[str, str]]:
         """Return (relay peer id, "host:port") of each relay we hold a reservation at."""
@@ -158,17 +174,32 @@ class RelayService:
 
     # --- ordinary connections (called by the manager) --------------------------------
 
+    def dialled(self, conn: PeerConnection, caps: tuple[str, ...]) -> None:
+        """A dial completed its handshake (kept or a duplicate): a `--relay-peer` tells
+        us the relay's id here, even if the connection kept is another one."""
+        peer_id = conn.peer_id
+        key = conn.dial_key
+        if peer_id is None or key is None or key not in self._relay_keys:
+            return
+        if m.RELAY_CAP not in caps:
+            if key not in self._not_relays:  # said once per address: it redials for ever
+                self._not_relays.add(key)
+                log.warning("--relay-peer %s is a chinwag node that does not relay", key)
+            return
+        host, _, port = key.rpartition(":")
+        self.relay_addrs[peer_id] = (host.strip("[]"), int(port))
+        if self.keeper.add_relay(peer_id) and peer_id in self._manager.peers:
+            self.keeper.connected(peer_id, self._loop.time())
+            self._tick()
+
     def peer_up(self, conn: PeerConnection, caps: tuple[str, ...]) -> None:
-        """A peer connected: if it is a relay we were told about, reserve there."""
+        """A peer connected: if it is a relay we keep a reservation at, reserve there."""
         peer_id = conn.peer_id
         if peer_id is None or m.RELAY_CAP not in caps:
             return
-        if conn.dial_key in self._relay_keys:
-            host, _, port = conn.dial_key.rpartition(":")
-            self.relay_addrs[peer_id] = (host.strip("[]"), int(port))
-        elif conn.session.peer_port:
+        if conn.session.peer_port and conn.path != RELAYED:
             self.relay_addrs.setdefault(peer_id, (conn.address[0], conn.session.peer_port))
-        if conn.dial_key in self._relay_keys and self.keeper.add_relay(peer_id):
+        if self.keeper.knows(peer_id):
             self.keeper.connected(peer_id, self._loop.time())
             self._tick()
 
@@ -208,6 +239,10 @@ class RelayService:
         elif isinstance(frame, m.Incoming):
             if peer_id not in self.keeper.reserved(now) or peer_id not in self.relay_addrs:
                 log.debug("ignoring a circuit offer from %s (no reservation there)", peer_id[:8])
+                return
+            if len(self._tasks) >= limits.RELAY_MAX_CIRCUITS_PER_PEER:
+                # A relay (hostile or busy) cannot make us open connections without bound.
+                log.info("ignoring a circuit offer from %s: too many being opened", peer_id[:8])
                 return
             self._spawn(self._open(peer_id, frame.src, frame.circuit))
         # cconn/cacc/cok/cno on an ordinary connection: the session refused them already.
@@ -373,6 +408,10 @@ class RelayService:
                 self.book.close(result.id)
                 self._refuse(conn, RelayRefusal.TARGET_GONE)
                 return
+            # From now on the book's setup deadline bounds it (and answers `cno` at the end).
+            timer = self._setup.pop(conn, None)
+            if timer is not None:
+                timer.cancel()
             self._waiting[result.id] = conn
             target.send_frame(m.Incoming(circuit=result.id, src=peer_id))
             self._tick()

@@ -1,0 +1,198 @@
+"""Relays with in-process nodes over real loopback sockets (docs/reach.md "Relays", "Paths").
+
+In process, so a test can plug in the relay's contacts and watch every event; the
+three-process tests (test_e2e_relay.py) cover the command line and the JSON API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from it_support import until
+
+from chinwag import events as ev
+from chinwag import limits
+from chinwag.crypto.identity import Identity
+from chinwag.net.manager import ConnectionManager
+from chinwag.net.relay import RelayError, RelayService, _Splice
+from chinwag.node import Node
+from chinwag.protocol.relay import Circuit, RelayBook
+from node_support import make_node as loopback_node
+
+#: Seconds to wait for anything on loopback.
+WAIT_S = 10.0
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Made:
+    """A node and every event it emitted."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.events: list[ev.NodeEvent] = []
+        node.subscribe(self.events.append)
+
+    @property
+    def id(self) -> str:
+        return self.node.identity.peer_id
+
+    def _running_manager(self) -> ConnectionManager:
+        return self.node._running().manager
+
+    def seen(self, kind: type[ev.NodeEvent], **fields: object) -> list[ev.NodeEvent]:
+        return [
+            e
+            for e in self.events
+            if isinstance(e, kind) and all(getattr(e, k) == v for k, v in fields.items())
+        ]
+
+
+Maker = Callable[..., Made]
+
+
+@pytest.fixture
+async def make(tmp_path: Path) -> AsyncIterator[Maker]:
+    made: list[Made] = []
+
+    def factory(name: str, **config: object) -> Made:
+        node = loopback_node(tmp_path / name, name)
+        for key, value in config.items():
+            setattr(node.config, key, value)
+        m = Made(node)
+        made.append(m)
+        return m
+
+    yield factory
+    for m in reversed(made):
+        await m.node.stop()
+
+
+async def _relayed_pair(make: Maker, **relay_config: object) -> tuple[Made, Made, Made]:
+    """Start relay R (no chat) and two nodes holding reservations there; the one with the
+    higher peer id dials the other through R. Returns (R, dialer, target)."""
+    r = make("relay", relay=True, chat=False, **relay_config)
+    await r.node.start()
+    addr = [("127.0.0.1", r.node.port)]
+    x, y = make("alice", relay_peers=addr), make("bob", relay_peers=addr)
+    for n in (x, y):
+        await n.node.start()
+    for n in (x, y):
+        await until(lambda n=n: [rid for rid, _ in n.node.reservations()] == [r.id], "reserved")
+    dialer, target = (x, y) if x.id > y.id else (y, x)
+    await dialer.node.connect_via(target.id, r.id)
+    await until(
+        lambda: (
+            dialer.seen(ev.PeerJoined, peer_id=target.id)
+            and target.seen(ev.PeerJoined, peer_id=dialer.id)
+        ),
+        "joined through the relay",
+    )
+    return r, dialer, target
+
+
+def _path(node: Node, peer_id: str) -> tuple[str, str | None]:
+    info = next(p for p in node.peers().peers if p.peer_id == peer_id)
+    return info.path, info.via
+
+
+async def test_an_unlimited_circuit_between_two_contacts_carries_a_file(
+    make: Maker, tmp_path: Path
+) -> None:
+    contacts: set[str] = set()
+    r, a, b = await _relayed_pair(make, relay_contacts_unlimited=True)
+    # Contacts of the relay from now on (the `invite` helper's contacts table plugs in here);
+    # the circuit above was limited, so make a new one.
+    r.node.is_contact = contacts.__contains__
+    contacts.update({a.id, b.id})
+    a.node._running().manager.peers[b.id].close("quit")
+    await until(lambda: a.seen(ev.PeerLeft, peer_id=b.id), "the limited circuit closed")
+    await a.node.connect_via(b.id, r.id)
+    await until(lambda: len(a.seen(ev.PeerJoined, peer_id=b.id)) == 2, "joined again")
+    assert _path(a.node, b.id) == ("relayed", r.id)
+
+    data = bytes(range(256)) * 4096  # 1 MiB: eight times what a limited circuit carries
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    offer = await a.node.send_file(b.id, str(path))
+    await until(lambda: b.seen(ev.FileOffer, id=offer.id), "offer reached bob")
+    b.node.accept_file(offer.id, str(tmp_path / "in"))
+    await until(lambda: b.seen(ev.FileDone, id=offer.id), "file done", timeout=30)
+    assert (tmp_path / "in" / "big.bin").read_bytes() == data
+    assert not b.seen(ev.Alert)
+    assert len(a.seen(ev.PeerJoined, peer_id=b.id)) == 2  # the one circuit carried it all
+
+
+async def test_a_direct_connection_replacing_a_relayed_one_emits_path(make: Maker) -> None:
+    r, dialer, target = await _relayed_pair(make)
+    assert _path(dialer.node, target.id) == ("relayed", r.id)
+    assert _path(target.node, dialer.id) == ("relayed", r.id)
+    # One connection per pair: the one dialled by the lower id (the target) wins, so a
+    # direct dial by the target replaces the relayed connection on both sides.
+    target.node._running().manager.add_manual_peer("127.0.0.1", dialer.node.port)
+    for x, other in ((dialer, target), (target, dialer)):
+        await until(lambda x=x, o=other: x.seen(ev.PathChanged, peer_id=o.id), "path event")
+        assert x.seen(ev.PathChanged, peer_id=other.id) == [
+            ev.PathChanged(peer_id=other.id, path="lan", via=None)
+        ]
+        assert _path(x.node, other.id) == ("lan", None)
+        assert not x.seen(ev.PeerLeft, peer_id=other.id)
+
+
+async def test_a_splice_stops_reading_a_side_whose_other_end_does_not_read() -> None:
+    """Back-pressure: the relay buffers at most about RELAY_SPLICE_HIGH_WATER towards a slow
+    end, reads on once it drains, and delivers every byte in order."""
+    loop = asyncio.get_running_loop()
+    book = RelayBook(unlimited=lambda _peer: True)
+    book.reserve("target", "127.0.0.1", 0.0, 0.0)
+    circuit = book.connect("dialer", "target", 0.0)
+    assert isinstance(circuit, Circuit)
+    book.accept("target", circuit.id, 0.0)
+    service = RelayService.__new__(RelayService)  # only the book and the splice table
+    service.book, service._splices = book, {}
+    src_far, src_near = socket.socketpair()
+    dst_far, dst_near = socket.socketpair()
+    ends = []
+    for near in (src_near, dst_near):
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=near)
+        transport.pause_reading()  # as the relay holds them before the splice
+        ends.append((transport, b""))
+    splice = _Splice(service, circuit, ends[0], ends[1])
+    service._splices[circuit.id] = splice
+    splice.start()
+
+    data = bytes(range(256)) * (32 * 1024)  # 8 MiB
+    _, writer = await asyncio.open_connection(sock=src_far)
+    writer.write(data)  # far more than the kernel and the relay may buffer
+    src_t, dst_t = ends[0][0], ends[1][0]
+    await until(lambda: not src_t.is_reading(), "the relay stopped reading the sender")
+    held = dst_t.get_write_buffer_size()
+    assert held <= 2 * limits.RELAY_SPLICE_HIGH_WATER, held
+
+    reader, dst_writer = await asyncio.open_connection(sock=dst_far)
+    got = await asyncio.wait_for(reader.readexactly(len(data)), WAIT_S)
+    assert got == data
+    assert circuit.sent == [len(data), 0]
+    for w in (writer, dst_writer):
+        w.close()
+    splice.shut("test over")
+
+
+async def test_a_relay_says_why_it_makes_no_circuit(make: Maker) -> None:
+    r, dialer, target = await _relayed_pair(make)
+    nobody = Identity.generate().peer_id
+    with pytest.raises(RelayError, match="no_reservation"):
+        await dialer.node.connect_via(nobody, r.id)
+    # A node that does not relay refuses circuits (target has no --relay) ...
+    host = ("127.0.0.1", target.node.port)
+    with pytest.raises(RelayError, match="not_relay"):
+        await dialer._running_manager().dial_via(target.id, host, r.id)
+    # ... and a relay that is not the peer we meant fails the handshake's id check.
+    with pytest.raises(RelayError, match="closed"):
+        await dialer._running_manager().dial_via(nobody, ("127.0.0.1", r.node.port), target.id)
+    # The relay and the circuit between the two are unharmed.
+    assert _path(dialer.node, target.id) == ("relayed", r.id)
