@@ -1,13 +1,14 @@
 """Hole punching in the NAT lab: success rate and time from relayed to direct, cone x cone.
 
-Builds tests/lab/punchlab.py's lab (a public relay host, two homes behind port-restricted
-cone NATs) inside this process's network namespace, then runs `--tries` tries: each starts a
-fresh pair of nodes (new identities, a new port, so no mapping or TIME_WAIT of an earlier
-try helps), which connect relayed through the splice, punch, and move to the direct path.
+Builds natlab's lab (tests/lab/natlab.py) inside this process's network namespace: a public
+site running `chinwag relay`, two homes behind port-restricted cone NATs. Each of `--tries`
+tries starts a fresh pair of nodes (new identities, new ports: no mapping or TIME_WAIT of
+an earlier try helps); both hold a reservation at the relay, the first dials the second
+through it (`connect`), and the pair punches and moves to the direct path.
 
 - punch_success: tries whose pair reported the `path` event (direct) on both sides within
   `--limit` seconds of the relayed connection being up.
-- punch_ms_*: the initiator's `peer_joined` for the other (relayed up) to the later of the
+- punch_ms_*: the dialler's `peer_joined` for the other (relayed up) to the later of the
   two `path` events, on this process's clock (events stamped as they arrive).
 
 Issue 14's target: 100% of 20 tries, median at most 1 s. Needs root and nftables.
@@ -25,27 +26,24 @@ from _bench_common import REPO, TimedProcess, emit, median, note, percentile, ru
 
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 
-from punch_support import LabNode, RelayHost, pair_node
-from punchlab import PunchLab, unavailable_reason
+from natlab import NatLab, built, unavailable_reason
+from punch_support import join_relayed
+from reach_support import LabRelay
+
+NODE_ARGS = ("--port", "0", "--log-level", "warning", "--no-upnp")
+#: Tries per relay process (below limits.RELAY_MAX_RESERVATIONS_PER_IP = 8 per home).
+RELAY_TRIES = 5
 
 
-class TimedLabNode(LabNode, TimedProcess):
-    """A lab node whose events carry their arrival time (`_rx`)."""
-
-
-async def one_try(
-    lab: PunchLab, relay: RelayHost, work: Path, i: int, limit: float
-) -> float | None:
+async def one_try(lab: NatLab, relay: LabRelay, work: Path, i: int, limit: float) -> float | None:
     """Run one try; return milliseconds from relayed up to direct, or None if not direct."""
-    port = 47500 + i
-    a = pair_node(lab, relay, work / f"t{i}", "a", f"t{i}", True, port, TimedLabNode)
-    b = pair_node(lab, relay, work / f"t{i}", "b", f"t{i}", False, port, TimedLabNode)
+    args = (*NODE_ARGS, "--relay-peer", relay.addr)
+    a = TimedProcess(work / f"a{i}", *args, netns=lab.sites["cone1"].netns, nick=f"a{i}")
+    b = TimedProcess(work / f"b{i}", *args, netns=lab.sites["cone2"].netns, nick=f"b{i}")
     try:
-        await asyncio.gather(a.start(), b.start())
-        await asyncio.gather(
-            a.wait_for("ready", from_start=True), b.wait_for("ready", from_start=True)
-        )
-        joined = await a.wait_for("peer_joined", peer_id=b.peer_id, timeout=20, from_start=True)
+        await asyncio.gather(a.start(20), b.start(20))
+        await join_relayed(a, b, relay)
+        joined = await a.wait_for("peer_joined", peer_id=b.peer_id, from_start=True)
         try:
             paths = await asyncio.gather(
                 a.wait_for("path", peer_id=b.peer_id, timeout=limit, from_start=True),
@@ -53,7 +51,7 @@ async def one_try(
             )
         except TimeoutError:
             return None
-        if any(p.get("path") != "direct" for p in paths):
+        if any(p.get("path") == "relayed" for p in paths):
             return None
         return (max(p["_rx"] for p in paths) - joined["_rx"]) * 1000
     finally:
@@ -61,20 +59,24 @@ async def one_try(
 
 
 async def measure(tries: int, limit: float, work: Path) -> None:
-    with PunchLab() as lab:
-        relay = RelayHost(lab, work)
-        lab.add_home("a", "cone")
-        lab.add_home("b", "cone")
-        await relay.start()
+    with built(("relay", "public"), ("cone1", "cone"), ("cone2", "cone")) as lab:
         times: list[float] = []
+        relay: LabRelay | None = None
         try:
             for i in range(tries):
+                # A fresh relay every few tries: the reservations of finished tries stay
+                # until they expire, and a relay grants one public address only a few.
+                if i % RELAY_TRIES == 0:
+                    if relay is not None:
+                        await relay.stop()
+                    relay = await LabRelay(lab.sites["relay"], work / f"relay{i}").start()
                 ms = await one_try(lab, relay, work, i, limit)
                 note(f"try {i + 1}: {'not direct' if ms is None else f'{ms:.1f} ms'}")
                 if ms is not None:
                     times.append(ms)
         finally:
-            await relay.stop()
+            if relay is not None:
+                await relay.stop()
     emit("punch_tries", tries)
     emit("punch_success", len(times))
     emit("punch_success_pct", 100.0 * len(times) / tries)

@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-discovery", action="store_true", help="do not send or hear UDP beacons")
     p.add_argument(
+        "--no-punch",
+        action="store_true",
+        help="stay on relayed connections: do not try to upgrade them by hole punching",
+    )
+    p.add_argument(
         "--no-upnp",
         action="store_true",
         help="do not map our TCP port on the home router with UPnP-IGD",
@@ -357,6 +362,7 @@ def _run(args: argparse.Namespace, data_dir: Path, mode: str) -> int:
         downloads=args.downloads,
         auto_accept=max(0, int(args.auto_accept_mb * 1_000_000)),
         upnp=not args.no_upnp,
+        punch=not args.no_punch,
         relay=args.relay,
         relay_contacts_unlimited=args.relay_contacts_unlimited,
         relay_peers=list(args.relay_peer),

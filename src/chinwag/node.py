@@ -84,6 +84,8 @@ class NodeConfig:
     relay_peers: list[tuple[str, int]] = field(default_factory=list)
     #: Take part in chat (rooms); False for the headless relay, which stores no messages.
     chat: bool = True
+    #: Upgrade relayed connections to direct ones by hole punching (`--no-punch` turns it off).
+    punch: bool = True
 
 
 @dataclass
@@ -191,6 +193,7 @@ class Node:
                 relay=self.config.relay,
                 relay_unlimited=self._relay_unlimited,
             )
+            manager.punch_enabled = self.config.punch
             book = RoomBook(store, self.identity)
             book.load()
             if not self.config.chat:

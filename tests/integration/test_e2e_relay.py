@@ -91,9 +91,12 @@ async def relay(tmp_path: Path) -> AsyncIterator[RelayProcess]:
 
 
 async def _pair(node: NodeFactory, relay: RelayProcess) -> tuple[ChinwagProcess, ChinwagProcess]:
-    """Start A and B with --relay-peer R; wait until B holds its reservation at R."""
-    a = node("alice", "--relay-peer", relay.addr, discovery=False)
-    b = node("bob", "--relay-peer", relay.addr, discovery=False)
+    """Start A and B with --relay-peer R; wait until B holds its reservation at R.
+
+    --no-punch: on loopback a punch would always move them to a direct connection.
+    """
+    a = node("alice", "--relay-peer", relay.addr, "--no-punch", discovery=False)
+    b = node("bob", "--relay-peer", relay.addr, "--no-punch", discovery=False)
     await a.start()
     await b.start()
     await relay.wait_log(f"reservation for {b.peer_id[:8]} granted")

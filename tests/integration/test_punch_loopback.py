@@ -69,7 +69,10 @@ async def test_dials_leave_from_the_listening_port(make_node: Callable[..., Node
     # Each side tells the other where it sees it (Observed).
     await until(lambda: a.identity.peer_id in manager(b).observed, "observed address told")
     assert manager(b).observed[a.identity.peer_id] == f"127.0.0.1:{b.port}"
-    assert manager(b).own_addrs() == (f"127.0.0.1:{b.port}",)
+    # Loopback is no public address: a punch offers only public ones (and UPnP's).
+    assert manager(b).own_addrs() == ()
+    manager(b).observed["x"] = f"203.0.113.9:{b.port}"
+    assert manager(b).own_addrs() == (f"203.0.113.9:{b.port}",)
 
 
 async def test_a_busy_four_tuple_falls_back_to_any_port() -> None:
@@ -105,11 +108,12 @@ async def test_a_second_node_cannot_share_the_listening_port(
 
 
 async def relayed_pair(
-    make_node: Callable[..., Node], splice: Splice
+    make_node: Callable[..., Node], splice: Splice, punch: bool = True
 ) -> tuple[Node, Node, list[ev.NodeEvent], list[ev.NodeEvent]]:
     """Two nodes joined only through the splice; alice dialled the circuit."""
     a = make_node("alice")
     b = make_node("bob")
+    a.config.punch = b.config.punch = punch
     a_events, b_events = events(a), events(b)
     await a.start()
     await b.start()
@@ -173,12 +177,29 @@ async def test_relayed_pair_moves_to_direct_without_loss_or_reordering(
         assert relayed_bytes > 0
 
     for node, evs, other in ((a, a_events, b_id), (b, b_events, a_id)):
+        # Messages arrived on both sides of the switch: relayed before it, direct after.
+        at = next(i for i, e in enumerate(evs) if isinstance(e, ev.PathChanged))
+        assert texts_from(evs[:at], other) and texts_from(evs[at:], other)
         (path,) = [e for e in evs if isinstance(e, ev.PathChanged)]
-        assert (path.peer_id, path.path, path.via) == (other, "direct", None)
+        # Loopback is one of our interfaces' subnets: the direct path is called "lan".
+        assert (path.peer_id, path.path, path.via) == (other, "lan", None)
         # No flap: one join, no leave.
         assert [type(e) for e in evs if isinstance(e, ev.PeerJoined | ev.PeerLeft)] == [
             ev.PeerJoined
         ]
         conn = manager(node).peers[other]
-        assert conn.path == "direct" and conn.address[0] == "127.0.0.1"
+        assert conn.path == "lan" and conn.address[0] == "127.0.0.1"
     assert len(joined) <= 2
+
+
+async def test_no_punch_stays_relayed(make_node: Callable[..., Node]) -> None:
+    """`--no-punch` on both: nobody starts a punch, the pair stays relayed."""
+    async with Splice() as splice:
+        a, b, a_events, _ = await relayed_pair(make_node, splice, punch=False)
+        b_id = b.identity.peer_id
+        await until(lambda: b_id in manager(a).peers, "relayed connection up")
+        conn = manager(a).peers[b_id]
+        assert conn.path == "relayed" and conn.punch is None
+        await a.send("hello")
+        await until(lambda: manager(a).peers[b_id].path == "relayed", "still relayed")
+        assert not [e for e in a_events if isinstance(e, ev.PathChanged)]

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import inspect
+import ipaddress
 import logging
 import random
 import socket
@@ -24,7 +25,7 @@ from chinwag.net.connection import PeerConnection
 from chinwag.net.punch import connect_from, simultaneous_open
 from chinwag.net.relay import RELAYED, RelayService, classify_path
 from chinwag.protocol import messages as m
-from chinwag.protocol.addr import AddrError, format_addr, parse_addr
+from chinwag.protocol.addr import AddrError, format_addr, is_public, parse_addr
 from chinwag.protocol.peers import (
     SEEN,
     STRANGER,
@@ -104,6 +105,8 @@ class ConnectionManager:
         self.relay = RelayService(self, relay, relay_unlimited)
         self._bind_host = "0.0.0.0"
         # --- punch (docs/reach.md "Hole punching") ---
+        #: Try to upgrade relayed connections (off: `--no-punch`; their punches go unanswered).
+        self.punch_enabled = True
         #: What each connected peer told us it sees us at (Observed frames), by reporter.
         self.observed: dict[str, str] = {}
         #: More public addresses of ours (a UPnP mapping), offered in punches after the observed.
@@ -517,7 +520,11 @@ class ConnectionManager:
 
     def own_addrs(self) -> tuple[str, ...]:
         """Our public addresses for a punch: as peers observe them (most reported first), UPnP."""
-        ranked = [a for a, _n in collections.Counter(self.observed.values()).most_common()]
+        # Public ones only (as libp2p's DCUtR): a private address names a host in the
+        # peer's own LAN, maybe the peer itself, never us.
+        ranked = [
+            a for a, _n in collections.Counter(self.observed.values()).most_common() if _public(a)
+        ]
         out: list[str] = []
         for addr in ranked + self.extra_addrs():
             if addr not in out and len(out) < limits.MAX_PUNCH_ADDRS:
@@ -526,7 +533,7 @@ class ConnectionManager:
 
     def _opened(self, conn: PeerConnection) -> None:
         """A peer's first connection is up: tell it where we see it, or start punching."""
-        if conn.path == "relayed":
+        if conn.path == "relayed" and self.punch_enabled:
             conn.punch = Puncher(conn.session.initiator, self._loop.time(), self.own_addrs())
             self._punch_step(conn)
         # (The Observed frame went out at the handshake: _observed_frame.)
@@ -550,8 +557,8 @@ class ConnectionManager:
             ):
                 self.observed[peer_id] = frame.addr
             return
-        if conn.path != "relayed":
-            return  # a direct peer has nothing to punch
+        if conn.path != "relayed" or not self.punch_enabled:
+            return  # a direct peer has nothing to punch; or we do not punch
         now = self._loop.time()
         if conn.punch is None:
             conn.punch = Puncher(conn.session.initiator, now, self.own_addrs())
@@ -674,6 +681,9 @@ class ConnectionManager:
             conn.punch_timer.cancel()
             conn.punch_timer = None
         conn.punch = None
+        for addr, (relayed, _n) in list(self._punch_expect.items()):
+            if relayed is conn:
+                del self._punch_expect[addr]
         self._punch_outcome(conn, ok=False)  # a punched connection that never opened
         peer_id = conn.session.peer_id or ""
         if self._draining.get(peer_id) is conn or (
@@ -731,6 +741,14 @@ class ConnectionManager:
             if not await conn.wait_drained(limits.SEND_DRAIN_TIMEOUT_S):
                 log.warning("peer %s did not drain its queue; disconnecting", conn.peer_id)
                 conn.close(Reason.TOO_SLOW)
+
+
+def _public(addr: str) -> bool:
+    try:
+        host, _port = parse_addr(addr)
+    except AddrError:
+        return False
+    return is_public(ipaddress.ip_address(host))
 
 
 async def _awaited(result: Awaitable[object]) -> None:
