@@ -345,6 +345,17 @@ class NatLab:
         ns = site.netns if isinstance(site, Site) else site
         return ["ip", "netns", "exec", ns, *argv]
 
+    def block(self, router: Router, dst: str) -> int:
+        """Make the router drop what its LAN sends to dst (a path down); return the handle."""
+        out = _run(["nft", "--echo", "--handle", "insert", "rule", "inet", "filter", "forward",
+                    "ip", "daddr", dst, "drop"], netns=router.netns)  # fmt: skip
+        return int(out.rsplit("# handle", 1)[1].split()[0])
+
+    def unblock(self, router: Router, handle: int) -> None:
+        """Remove a rule block() made."""
+        _run(["nft", "delete", "rule", "inet", "filter", "forward", "handle", str(handle)],
+             netns=router.netns)  # fmt: skip
+
     def nat_table(self, router: Router) -> str:
         """The router's conntrack-visible ruleset (for debugging failed tests)."""
         return _run(["nft", "list", "ruleset"], netns=router.netns)

@@ -6,8 +6,8 @@
 - A peer whose LAN address changes (a new DHCP lease: restarted with another address, or
   while it runs) finds its contact again.
 - A hostile relay hop that alters or drops frames inside a circuit: the ends notice (the
-  end-to-end Noise session fails) and show nothing forged; one that delays frames only
-  slows the chat down.
+  end-to-end Noise session fails), show nothing forged and come back through another
+  relay; one that delays frames only slows the chat down.
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ async def test_peer_whose_lan_address_changes_while_running_finds_its_contact_ag
 
 
 class HostileHop:
-    """A TCP hop on a public host in front of the relay, for one circuit connection.
+    """A TCP hop on a public host in front of the relay (its first `spare` connections are
+    left alone: a reservation, say).
 
     Chinwag frames are a 2-byte length and a body. From the `after`-th frame relay->client
     on (inside the end-to-end session), each frame is altered (`alter`), the first one
@@ -166,9 +167,19 @@ class HostileHop:
     """
 
     def __init__(
-        self, lab: NatLab, site: Site, upstream: str, mode: str, after: int = 4, delay: float = 0
+        self,
+        lab: NatLab,
+        site: Site,
+        upstream: str,
+        mode: str,
+        after: int = 4,
+        delay: float = 0,
+        spare: int = 0,
     ) -> None:
         self.lab, self.site, self.mode, self.after, self.delay = lab, site, mode, after, delay
+        #: Connections passed through untouched before the hop turns hostile.
+        self.spare = spare
+        self.connections = 0
         host, _, port = upstream.rpartition(":")
         self.upstream = (host, int(port))
         self.touched = 0
@@ -189,8 +200,10 @@ class HostileHop:
         up.setblocking(False)
         await asyncio.get_running_loop().sock_connect(up, self.upstream)
         up_reader, up_writer = await asyncio.open_connection(sock=up)
+        self.connections += 1
+        hostile = self.connections > self.spare
         t1 = asyncio.create_task(self._copy(reader, up_writer, hostile=False))
-        t2 = asyncio.create_task(self._copy(up_reader, writer, hostile=True))
+        t2 = asyncio.create_task(self._copy(up_reader, writer, hostile=hostile))
         self._tasks |= {t1, t2}
         await asyncio.gather(t1, t2, return_exceptions=True)
 
@@ -258,6 +271,52 @@ async def test_hostile_relay_is_noticed_and_forges_nothing(
     finally:
         await hop.stop()
         await relay.stop()
+
+
+async def test_ends_reroute_around_a_hostile_relay(
+    lab: NatLab, node: NodeFactory, tmp_path: Path
+) -> None:
+    """B's invite names two relays, one behind a hop that alters circuits. A first reaches B
+    through the hop (the other relay is out of reach for a moment); the altered frames break
+    the session, and A comes back through the honest relay. Nothing altered is shown."""
+    r1 = await LabRelay(lab.sites["relay"], tmp_path / "r1").start()
+    r2 = await LabRelay(lab.sites["relay2"], tmp_path / "r2").start()
+    hop = HostileHop(lab, lab.sites["evil"], r1.addr, "alter", after=6, spare=1)
+    a_router = lab.sites["sym1"].router
+    assert a_router is not None
+    try:
+        via_hop = await hop.start()
+        # B reaches relay 1 only through the hop, so its invite names the hop's address.
+        b = node(lab.sites["sym2"], "bob", "--no-upnp", "--relay-peer", via_hop,
+                 "--relay-peer", r2.addr)  # fmt: skip
+        a = node(lab.sites["sym1"], "alice", "--no-upnp")
+        await asyncio.gather(a.start(START_S), b.start(START_S))
+        invite = await invite_code(b, relays=2)
+        assert {r["address"] for r in invite["relays"]} == {via_hop, r2.addr}, invite
+        blocked = lab.block(a_router, lab.sites["relay2"].addr)
+        try:
+            await add(a, invite["code"])
+            await connected(a, b, within=START_S)
+            assert path_of(a, b.peer_id) == ("relayed", r1.peer_id)
+        finally:
+            lab.unblock(a_router, blocked)
+        for i in range(3):
+            await b.say(f"honest {i}")
+        await a.wait_for("peer_left", from_start=True, timeout=PROMPT_S, peer_id=b.peer_id)
+        assert hop.touched >= 1
+        await a.wait_for(
+            pred=lambda e: e.get("event") in ("peer_joined", "path")
+            and e.get("peer_id") == b.peer_id and e.get("via") == r2.peer_id,
+            timeout=RECOVER_S,
+            from_start=True,
+        )  # fmt: skip
+        await chat_works(b, a, text="through the honest relay")
+        shown = [e["text"] for e in other_messages(a.events)]
+        honest = [f"honest {i}" for i in range(3)] + ["through the honest relay"]
+        assert all(t in honest for t in shown), shown
+    finally:
+        await hop.stop()
+        await asyncio.gather(r1.stop(), r2.stop())
 
 
 async def test_delaying_relay_only_slows_the_chat(
