@@ -357,7 +357,7 @@ class NatLab:
              netns=router.netns)  # fmt: skip
 
     def nat_table(self, router: Router) -> str:
-        """The router's conntrack-visible ruleset (for debugging failed tests)."""
+        """The router's nftables ruleset (miniupnpd's mappings show there)."""
         return _run(["nft", "list", "ruleset"], netns=router.netns)
 
     # --- sockets inside namespaces ----------------------------------------------------
