@@ -18,7 +18,7 @@ import pytest
 from it_support import until
 
 from chinwag import events as ev
-from chinwag.net.punch import connect_from
+from chinwag.net.punch import connect_from, reuse_socket, simultaneous_open
 from chinwag.node import Node
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
@@ -93,6 +93,34 @@ async def test_a_busy_four_tuple_falls_back_to_any_port() -> None:
         finally:
             first.close()
             second.close()
+
+
+async def test_simultaneous_open_gives_one_connection_between_the_listening_ports() -> None:
+    """Both ends dial each other from their listening ports at once: they end up with one
+    TCP connection (a true simultaneous open, or one end's SYN reached the other's listener
+    first, and that end's own connect then finds the 4-tuple taken: `busy`)."""
+    listeners = [reuse_socket("127.0.0.1", 0) for _ in range(2)]
+    for lst in listeners:
+        lst.listen()
+    pa, pb = (lst.getsockname()[1] for lst in listeners)
+    try:
+        (sa, busy_a), (sb, busy_b) = await asyncio.gather(
+            simultaneous_open("127.0.0.1", pa, [("127.0.0.1", pb)], 2.0),
+            simultaneous_open("127.0.0.1", pb, [("127.0.0.1", pa)], 2.0),
+        )
+        ends = [s for s in (sa, sb) if s is not None]
+        assert ends, "no end connected"
+        if sa is None:
+            assert busy_a
+        if sb is None:
+            assert busy_b
+        for end in ends:
+            assert end.getsockname()[1] in (pa, pb)
+            assert end.getpeername()[1] in (pa, pb)
+            end.close()
+    finally:
+        for lst in listeners:
+            lst.close()
 
 
 async def test_a_second_node_cannot_share_the_listening_port(

@@ -108,3 +108,27 @@ async def test_a_remote_error_raised_by_a_handler_closes_only_that_connection() 
     assert len(frames) == 1 and isinstance(frames[0], m.Chat)
     assert not server_conn.is_open
     assert escaped == []
+
+
+async def test_frames_sent_just_before_a_goodbye_are_delivered() -> None:
+    """A retired (lingering) connection's last frames and the peer's goodbye often arrive in
+    one read: the frames before the goodbye still reach the owner (docs/protocol.md 6)."""
+    server_owner, client_owner = Owner(), Owner()
+    server_conn, client_conn, server = await connected_pair(server_owner, client_owner)
+    try:
+        server_conn.close(Reason.DUPLICATE, linger=True)  # we retire it, still reading
+        # One write: nick frames and the goodbye leave in the same segment.
+        client_conn.session.send_frame(m.NickChange(nick="one"))
+        client_conn.session.send_frame(m.NickChange(nick="two"))
+        client_conn.session.close(Reason.DUPLICATE)
+        client_conn._process()
+        closed = await asyncio.wait_for(server_owner.closed, TIMEOUT_S)
+    finally:
+        server.close()
+    assert (closed.code, closed.by_peer) == (Reason.DUPLICATE, True)
+    nicks = [
+        e.frame.nick
+        for e in server_owner.events
+        if isinstance(e, FrameReceived) and isinstance(e.frame, m.NickChange)
+    ]
+    assert nicks == ["one", "two"]
