@@ -322,3 +322,43 @@ LINE_MAX_FILE_NAMES = 1_000
 #: Authors whose last stored nick history.py remembers (saves a store write per message),
 #: least recently used dropped first (stops a flood of fresh authors growing it per run).
 HISTORY_MAX_AUTHOR_NICKS = 4_096
+
+# --- presence: signed membership records (issue 16, protocol/presence.py) ----------------
+#: Seconds a presence record lives after its author signed it (`expires` <= seq time + this):
+#: a peer that vanished without a signed leave drops out of every member list after it.
+PRESENCE_TTL_S = 600
+#: Seconds between re-signings of our own record (well inside the TTL, so it never lapses).
+PRESENCE_REFRESH_S = 200.0
+#: Seconds our own record is re-signed at most once per (joins, leaves and nick changes in a
+#: row are sent as one): keeps us under the per-author rate peers grant (PRESENCE_AUTHOR_*).
+PRESENCE_OWN_MIN_GAP_S = 2.5
+#: Seconds a record's `expires` may lie beyond our clock + PRESENCE_TTL_S (clock skew);
+#: beyond it the record is dropped (stops a signed record from living for ever).
+PRESENCE_MAX_SKEW_S = 300
+#: Bytes of one encoded record body; stops a peer making us store and forward big blobs.
+PRESENCE_MAX_BYTES = 4_096
+#: Rooms listed in one record (ours: the first ones, sorted); stops announcement bloat.
+PRESENCE_MAX_ROOMS = 32
+#: Addresses ("host:port") in one record, and characters in each.
+PRESENCE_MAX_ADDRS = 8
+PRESENCE_MAX_ADDR_CHARS = 64
+#: Records in one `pres` frame (12 full ones fit in MAX_FRAME).
+PRESENCE_PER_FRAME = 12
+#: Records sent to a peer when it announces rooms it shares with us (newest first);
+#: stops one connect from costing a whole member table.
+PRESENCE_CONNECT_BATCH = 256
+#: Records held in all (one per author); stops throwaway identities growing our memory.
+PRESENCE_MAX_RECORDS = 4_096
+#: Records held per room; a full room takes a new author only if it is a connected or known
+#: peer, in place of a stranger's record (stops a Sybil flood from pushing members out).
+PRESENCE_MAX_PER_ROOM = 1_024
+#: New records of one author accepted per second, sustained, and in a burst (a leave always
+#: passes once); stops an author making honest peers forward its records as a flood.
+PRESENCE_AUTHOR_PER_S = 0.5
+PRESENCE_AUTHOR_BURST = 8.0
+#: Records one peer may send us per second, sustained, and in a burst; a peer that exceeds
+#: them is disconnected (`presence_flood`).
+PRESENCE_PEER_PER_S = 50.0
+PRESENCE_PEER_BURST = 2_048.0
+#: Seconds the presence timer waits at least (a wall clock behind the loop's cannot spin it).
+PRESENCE_TIMER_MIN_S = 0.05

@@ -35,6 +35,7 @@ from chinwag.errors import RemoteProtocolError, UsageError
 from chinwag.files import FileShare
 from chinwag.history import History
 from chinwag.logonce import WarnOnce
+from chinwag.members import Members
 from chinwag.net.connection import PeerConnection
 from chinwag.net.discovery import Discovery
 from chinwag.net.manager import ConnectionManager
@@ -86,10 +87,13 @@ class _Running:
     book: RoomBook
     history: History
     files: FileShare
+    members: Members
     discovery: Discovery | None = None
 
     async def close(self, reason: str) -> None:
         """Stop every part, the network last but one and the store last."""
+        # Our signed leave goes out before the goodbyes: members far away see us go.
+        self.members.leave()
         if self.discovery is not None:
             self.discovery.close()
         await self.files.close()
@@ -183,7 +187,14 @@ class Node:
             )
             # Complete before anything can call back (file offers shown while loading,
             # peers once listening): every part is there, or the node is not started.
-            run = self._run = _Running(store, manager, book, history, files)
+            members = Members(
+                self.identity,
+                manager,
+                _int_setting(settings.get("presence_seq")),
+                lambda seq: self.datadir.save_setting("presence_seq", seq),
+                self._presence_keep,
+            )
+            run = self._run = _Running(store, manager, book, history, files, members)
             files.load()
             self.port = await manager.listen(
                 self.config.bind, self.config.port, self.config.port_fallback
@@ -201,6 +212,7 @@ class Node:
                     self._rng,
                 )
                 await run.discovery.start()
+            self._update_presence()
             for host, port in self.config.peers:
                 manager.add_manual_peer(host, port)
         except BaseException:
@@ -260,7 +272,11 @@ class Node:
         peer_id = self.resolve_peer(who)
         if peer_id == self.identity.peer_id:
             raise UsageError("that is you")
-        return self._post(self._running().book.join_dm(peer_id), text)
+        run = self._running()
+        # A member we have no connection to: dial it where its presence record says it
+        # listens (the message waits in the outbox, and goes through relays meanwhile).
+        run.manager.reach(peer_id, run.members.addresses(peer_id))
+        return self._post(run.book.join_dm(peer_id), text)
 
     def _post(self, room: Room, text: str) -> asyncio.Future[ev.NodeEvent]:
         history = self._running().history
@@ -303,6 +319,7 @@ class Node:
                 raise UsageError(f"you are in {limits.MAX_ROOMS} rooms already")
             room = book.join_public(canonical)
         self._running().history.room_changed(room.wire)
+        self._update_presence()
         event = ev.Joined(room=room.name, private=room.kind == PRIVATE)
         self._emit(event)
         return event
@@ -311,6 +328,7 @@ class Node:
         """Leave a room: its messages are no longer stored, shown or synced."""
         room = self._running().book.leave(name)
         self._running().history.room_changed(room.wire)
+        self._update_presence()
         event = ev.Left(room=room.name)
         self._emit(event)
         return event
@@ -350,6 +368,7 @@ class Node:
 
     def _known_nicks(self) -> dict[str, str]:
         known = self._running().store.peer_nicks()
+        known.update(self._running().members.nicks())
         known.update(self._nicks)
         known[self.identity.peer_id] = self.nick
         return known
@@ -365,7 +384,7 @@ class Node:
             verified=peer_id in book.verified,
             safety_number=box.safety_number(self.identity.public, public_from_peer_id(peer_id)),
             blocked=peer_id in book.blocked,
-            online=peer_id in self._nicks,
+            online=peer_id in self._nicks or self._running().members.online(peer_id),
         )
 
     def verify(self, who: str, confirm: bool) -> ev.Whois:
@@ -513,6 +532,7 @@ class Node:
         )
         manager = self._running().manager
         manager.broadcast(m.encode(m.NickChange(nick=nick)))
+        self._update_presence()
         self._emit(ev.NickChanged(peer_id=self.identity.peer_id, nick=nick, old=old, own=True))
 
     def peers(self) -> ev.Peers:
@@ -533,6 +553,35 @@ class Node:
                 )
             )
         return ev.Peers(peers=infos, relayed=self.relayed_peers())
+
+    def members(self, room: str | None = None) -> ev.Members:
+        """Return the members of a joined room we know of: by presence record or connection."""
+        run = self._running()
+        joined = self._joined_room(room)
+        if joined.kind == DM:
+            raise UsageError("a private conversation has no member list")
+        now = time.time()
+        found: dict[str, ev.Member] = {}
+        for record in run.members.book.members(joined.wire, joined.kcv):
+            found[record.author] = ev.Member(
+                peer_id=record.author,
+                nick=self._nicks.get(record.author, record.nick),
+                online=record.fresh(now) or record.author in run.manager.peers,
+                direct=record.author in run.manager.peers,
+                last_seen=now if record.author in run.manager.peers else min(record.signed_at, now),
+            )
+        for peer_id in run.manager.peers:
+            if peer_id not in found and run.book.shares_room(peer_id, joined.wire):
+                found[peer_id] = ev.Member(
+                    peer_id=peer_id,
+                    nick=self._nicks.get(peer_id, "?"),
+                    online=True,
+                    direct=True,
+                    last_seen=now,
+                )
+        found.pop(self.identity.peer_id, None)
+        members = sorted(found.values(), key=lambda x: (not x.online, x.nick, x.peer_id))
+        return ev.Members(room=joined.name, members=members)
 
     def relayed_peers(self) -> list[ev.RelayedPeer]:
         """Return peers we hear only through others, lately (`via`: the peer that relayed)."""
@@ -561,6 +610,8 @@ class Node:
             peer_id, self._nicks[peer_id], f"{conn.address[0]}:{conn.address[1]}"
         )
         self._running().history.peer_joined(conn)
+        self._running().members.peer_joined(conn)
+        self._update_presence()  # listening on any address: this one may be new
         self._running().files.ask_peer(conn)
         self._check_impostor(peer_id, self._nicks[peer_id])
         self._emit(
@@ -585,15 +636,21 @@ class Node:
         if self._run is not None:
             self._run.history.peer_left(peer_id)
             self._run.files.peer_left(peer_id)
+            self._run.members.peer_left(peer_id)
         self._emit(
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )
 
     def frame_received(
-        self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
+        self,
+        conn: PeerConnection,
+        frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.Presence,
     ) -> None:
         if isinstance(frame, m.FileFrame):
             self._running().files.frame(conn, frame)
+            return
+        if isinstance(frame, m.Presence):
+            self._running().members.frame(conn, frame)
             return
         if isinstance(frame, m.NickChange):
             self._nick_changed(conn.session.peer_id or "", frame.nick)
@@ -603,12 +660,46 @@ class Node:
                 return
             self._running().history.chat_received(conn, frame)
         else:
+            book = self._running().book
+            before = dict(book.announced.get(conn.session.peer_id or "", {}))
             self._running().history.sync_frame(conn, frame)
             if isinstance(frame, m.Rooms):
                 # Room files are asked of room members: this peer may be one now.
                 self._running().files.ask_peer(conn)
+                announced = book.announced.get(conn.session.peer_id or "", {})
+                self._running().members.rooms_announced(conn, before, announced)
 
     # --- internals ------------------------------------------------------
+
+    def _update_presence(self) -> None:
+        """Tell the presence book what our record says now (it signs only what changed)."""
+        run = self._run
+        if run is None:
+            return
+        rooms = [(r.wire, r.kcv) for r in run.book.joined.values() if r.kind != DM]
+        run.members.set_own(self.nick, rooms, self._own_addresses())
+
+    def _own_addresses(self) -> list[str]:
+        """Return "host:port" where peers may dial us: the bound address, or else the local
+        addresses our connections use (those are reachable from some peer at least)."""
+        if self.port == 0:
+            return []
+        if self.config.bind not in ("0.0.0.0", "", "::"):
+            hosts = [self.config.bind]
+        else:
+            hosts = []
+            for conn in self._running().manager.peers.values():
+                name = conn.transport.get_extra_info("sockname") if conn.transport else None
+                if isinstance(name, tuple) and name and name[0] not in hosts:
+                    hosts.append(str(name[0]))
+        return [f"[{h}]:{self.port}" if ":" in h else f"{h}:{self.port}" for h in sorted(hosts)]
+
+    def _presence_keep(self, peer_id: str) -> bool:
+        """Return whether a full presence room takes peer_id's record in place of a stranger's."""
+        run = self._run
+        if run is not None and (peer_id in run.manager.peers or peer_id in run.book.verified):
+            return True
+        return peer_id in self._seen_peers
 
     def _nick_changed(self, peer_id: str, nick: str) -> None:
         """A peer changed its nick: show it, at most once per NICK_CHANGE_MIN_GAP_S.
@@ -764,6 +855,11 @@ class Node:
                 callback(event)
             except Exception:
                 log.exception("event subscriber failed")
+
+
+def _int_setting(value: object) -> int:
+    """Return a saved integer setting, or 0 if it is missing or not an integer."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _chat_text(text: str) -> str:

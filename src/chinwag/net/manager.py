@@ -48,7 +48,9 @@ class ManagerListener(Protocol):
     def peer_joined(self, conn: PeerConnection) -> None: ...
     def peer_left(self, conn: PeerConnection, closed: Closed) -> None: ...
     def frame_received(
-        self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
+        self,
+        conn: PeerConnection,
+        frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.Presence,
     ) -> None: ...
 
 
@@ -138,6 +140,14 @@ class ConnectionManager:
         """Dial peer_id now if its address is known and it is not connected (on demand)."""
         if peer_id not in self.peers and self.table.wanted(peer_id, self._loop.time()):
             self.schedule_dials()
+
+    def reach(self, peer_id: str, addresses: list[tuple[str, int]]) -> None:
+        """Dial peer_id now at an address its presence record gives, unless connected."""
+        if peer_id in self.peers or not addresses:
+            return
+        host, port = addresses[0]
+        if self.table.hint(peer_id, host, port, self._loop.time()):
+            self.want(peer_id)
 
     def beacon_heard(self, peer_id: str, host: str, port: int) -> bool:
         """Feed a discovery beacon; return True if it came from a peer we are not connected to."""

@@ -25,6 +25,8 @@ PROLOGUE: Final = b"chinwag/1"
 STATIC_KEY_CONTEXT: Final = b"chinwag/1 noise-static-key\x00"
 #: Domain separation of chat message signatures.
 CHAT_CONTEXT: Final = b"chinwag/1 chat\x00"
+#: Domain separation of presence record signatures (docs/protocol.md section 21).
+PRESENCE_CONTEXT: Final = b"chinwag/1 presence\x00"
 
 Nick = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_NICK_CHARS)]
 Room = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_ROOM_CHARS)]
@@ -145,6 +147,42 @@ class Rooms(msgspec.Struct, frozen=True, tag_field="t", tag="rooms"):
     joined: Annotated[list[RoomAnnounce], msgspec.Meta(max_length=limits.MAX_ROOMS)]
 
 
+# --- presence (docs/protocol.md section 21) ----------------------------------
+
+Addr = Annotated[str, msgspec.Meta(min_length=3, max_length=limits.PRESENCE_MAX_ADDR_CHARS)]
+
+
+class SignedPresence(msgspec.Struct, frozen=True, array_like=True):
+    """One presence record: `body` an encoded PresenceBody, `sig` its author's signature."""
+
+    body: Annotated[bytes, msgspec.Meta(max_length=limits.PRESENCE_MAX_BYTES)]
+    sig: Sig64
+
+
+class Presence(msgspec.Struct, frozen=True, tag_field="t", tag="pres"):
+    """Presence records of members (the sender's own or forwarded), each signed by its author."""
+
+    recs: Annotated[
+        list[SignedPresence], msgspec.Meta(min_length=1, max_length=limits.PRESENCE_PER_FRAME)
+    ]
+
+
+class PresenceBody(msgspec.Struct, frozen=True, array_like=True):
+    """The signed content of a presence record (see protocol/presence.py).
+
+    `seq` is the author's clock in ms, strictly increasing per author; `expires` is a
+    Unix time in seconds, at most seq / 1000 + PRESENCE_TTL_S; `gone` is a signed leave.
+    """
+
+    author: Key32
+    nick: Nick
+    seq: U64
+    expires: U64
+    gone: bool
+    rooms: Annotated[list[RoomAnnounce], msgspec.Meta(max_length=limits.PRESENCE_MAX_ROOMS)]
+    addrs: Annotated[list[Addr], msgspec.Meta(max_length=limits.PRESENCE_MAX_ADDRS)]
+
+
 # --- file transfer (docs/files.md) --------------------------------------------
 
 Fid = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
@@ -225,6 +263,7 @@ Frame = (
     | Want
     | Floor
     | Rooms
+    | Presence
     | FileWho
     | FileHave
     | FileHashesReq
@@ -236,7 +275,7 @@ Frame = (
 )
 SyncFrame = Vector | Want | Floor | Rooms
 KNOWN_TAGS: Final = frozenset(
-    {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms"}
+    {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms", "pres"}
     | {"fwho", "fhave", "fhreq", "fhash", "fget", "fdata", "fnak", "fend"}
 )
 
@@ -277,6 +316,7 @@ _tag_decoder = msgspec.msgpack.Decoder(_TagOnly)
 _prelude_decoder = msgspec.msgpack.Decoder(Prelude)
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
 _body_decoder = msgspec.msgpack.Decoder(ChatBody)
+_presence_decoder = msgspec.msgpack.Decoder(PresenceBody)
 
 
 def encode(obj: msgspec.Struct) -> bytes:
@@ -326,6 +366,14 @@ def decode_body(data: bytes) -> ChatBody:
     if not body.text and not body.enc:
         raise RemoteProtocolError("empty chat message", Code.MALFORMED_FRAME)
     return body
+
+
+def decode_presence(data: bytes) -> PresenceBody:
+    """Decode a presence record body; raise RemoteProtocolError if it is malformed."""
+    try:
+        return _presence_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise RemoteProtocolError(f"malformed presence: {exc}", Code.MALFORMED_FRAME) from None
 
 
 # --- timestamps on receipt (hardening) ----------------------------------------

@@ -123,6 +123,27 @@ class PeerTable:
             entry.next_attempt = now if first else now + limits.DIAL_YIELD_S
         return True
 
+    def hint(self, peer_id: str, host: str, port: int, now: float) -> bool:
+        """Learn an address of peer_id from its signed presence record, without dialling.
+
+        Return False if the table has no room for it. Like a beacon it never moves the
+        address of a peer that is connected, being dialled or proven elsewhere.
+        """
+        if peer_id == self.own_peer_id:
+            return False
+        entry = self._entries.get(peer_id)
+        if entry is None:
+            known = self._known(peer_id)
+            if self._discovered_count() >= limits.MAX_DISCOVERED and not self._evict_stranger(
+                now, 0.0 if known else limits.DISCOVERED_IDLE_S
+            ):
+                return False
+            entry = self._entries[peer_id] = Entry(host, port, peer_id, manual=False, known=known)
+        elif not entry.connected and not entry.dialing and not entry.proven:
+            entry.host, entry.port = host, port
+        entry.last_seen = now
+        return True
+
     def dial_reached(self, key: str, peer_id: str) -> None:
         """The dial for key completed a handshake with peer_id (maybe a duplicate connection)."""
         entry = self._entries.get(key)

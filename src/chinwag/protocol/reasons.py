@@ -28,6 +28,8 @@ class Reason(enum.StrEnum):
     BAD_SIGNATURE = "bad_signature"
     EQUIVOCATION = "equivocation"
     SYNC_FLOOD = "sync_flood"
+    #: The peer sent presence records faster than PRESENCE_PEER_* allows.
+    PRESENCE_FLOOD = "presence_flood"
     #: The node stops because of an error of its own (a failed start, a broken store).
     ERROR = "error"
     #: The generic remote error, for a RemoteProtocolError raised without a code.
@@ -65,6 +67,7 @@ SENT: frozenset[Reason] = frozenset(
         Reason.BAD_SIGNATURE,
         Reason.EQUIVOCATION,
         Reason.SYNC_FLOOD,
+        Reason.PRESENCE_FLOOD,
         Reason.ERROR,
         Reason.PROTOCOL_ERROR,
     }

@@ -1152,7 +1152,7 @@ function submitComposer() {
 
 /** The slash commands of ui/commands.py (SLASH, less quit), for Tab completion. */
 const COMMANDS = [
-  "help", "peers", "nick", "id", "history", "search", "info", "join", "leave", "rooms",
+  "help", "peers", "members", "nick", "id", "history", "search", "info", "join", "leave", "rooms",
   "switch", "msg", "whois", "verify", "block", "unblock", "send", "accept", "reject", "files",
   "cancel",
 ];
