@@ -43,6 +43,7 @@ F = TypeVar(
     m.FileData,
     m.FileNak,
     m.FileEnd,
+    m.Presence,
 )
 
 #: Capabilities announced in our hello (the node's own).
@@ -67,7 +68,7 @@ class HostilePeer:
         self.session: Session | None = None
         self.handshake: HandshakeComplete | None = None
         #: Frames received from the node, in order (pings are answered by the session).
-        self.frames: list[m.Chat | m.NickChange | m.SyncFrame | m.FileFrame] = []
+        self.frames: list[m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.Presence] = []
         #: How the connection ended: the node's goodbye, or eof / reset.
         self.closed: Closed | None = None
         #: True if the socket failed (e.g. reset) rather than ending cleanly.

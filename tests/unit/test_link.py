@@ -108,3 +108,20 @@ async def test_a_remote_error_raised_by_a_handler_closes_only_that_connection() 
     assert len(frames) == 1 and isinstance(frames[0], m.Chat)
     assert not server_conn.is_open
     assert escaped == []
+
+
+async def test_frames_sent_just_before_a_goodbye_are_handed_on() -> None:
+    """A peer's last frames (its signed leave, a message typed before /quit) arrive in the
+    same read as its goodbye: they are handed to the owner, then the close."""
+    server_owner, client_owner = Owner(), Owner()
+    _server_conn, client_conn, server = await connected_pair(server_owner, client_owner)
+    try:
+        # Queued without a flush: the frame and the goodbye leave in one write.
+        client_conn.session.send_frame(m.NickChange(nick="last"))
+        client_conn.close(Reason.QUIT)
+        closed = await asyncio.wait_for(server_owner.closed, TIMEOUT_S)
+    finally:
+        server.close()
+    assert (closed.code, closed.by_peer) == (Reason.QUIT, True)
+    frames = [e.frame for e in server_owner.events if isinstance(e, FrameReceived)]
+    assert frames == [m.NickChange(nick="last")]

@@ -161,8 +161,10 @@ class PeerConnection(asyncio.Protocol):
             while (event := self.session.next_event()) is not None:
                 if isinstance(event, Closed):
                     closed = event
-                elif self.session.state is not State.CLOSED:
-                    # Frames queued behind one that got the peer disconnected are dropped.
+                elif self.session.state is not State.CLOSED or self.session.ended_by_peer:
+                    # Frames queued behind one that got the peer disconnected are dropped;
+                    # those a peer sent before its goodbye are its last words (a signed
+                    # leave, a message typed before /quit) and arrive in the same read.
                     self._dispatch(event)
             self._flush()
             if not self.session.has_events():

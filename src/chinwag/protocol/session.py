@@ -151,6 +151,8 @@ class Session:
         self.peer_nick: str | None = None
         self.peer_port: int | None = None
         self.rtt: float | None = None
+        #: Once closed: whether the peer ended the connection (goodbye, end of stream, silence).
+        self.ended_by_peer = False
         self._noise = NoiseXX(initiator, local.noise_static, m.PROLOGUE, ephemeral_private)
         self._inbuf = bytearray()
         self._out: list[bytes] = []
@@ -409,4 +411,5 @@ class Session:
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
+        self.ended_by_peer = by_peer
         self._events.append(Closed(reason, code, by_peer))
