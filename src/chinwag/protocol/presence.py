@@ -390,32 +390,46 @@ class PresenceBook:
             self._author_budget[author] = budget
         if not verify_record(record):
             return _FORGED
-        if held is None and not self._make_room(peer, record, now):
-            self._warn(
-                "presence_full", "presence book full: dropping records of new authors (once)"
-            )
-            return _DROPPED
+        if not self._make_room(peer, record, held, now):
+            if held is None:
+                self._warn(
+                    "presence_full", "presence book full: dropping records of new authors (once)"
+                )
+                return _DROPPED
+            # Newest wins all the same (a leave must replace what it ends); the record is
+            # just not listed in the rooms it newly names that are full.
+            log.debug("presence: %s not listed in a full room", author[:8])
         self._store(record)
         return _TAKEN
 
-    def _make_room(self, peer: str, record: PresenceRecord, now: float) -> bool:
-        """Make room for a new author's record; False if it may not take a place."""
+    def _make_room(
+        self, peer: str, record: PresenceRecord, held: PresenceRecord | None, now: float
+    ) -> bool:
+        """Make room for record (held: the author's record it replaces); False if it may not
+        take a place (a new author), or not in every room it newly names (a held one)."""
         self._expire(now)
-        rooms = {w for w, _k in record.rooms}
-        full_rooms = [w for w in rooms if len(self._by_room.get(w, ())) >= self.max_per_room]
-        if len(self._records) < self.max_records and not full_rooms:
+        rooms = {w for w, _k in record.rooms} - {w for w, _k in (held.rooms if held else ())}
+
+        def full() -> list[str]:
+            return [w for w in rooms if len(self._by_room.get(w, ())) >= self.max_per_room]
+
+        def over() -> bool:
+            return held is None and len(self._records) >= self.max_records
+
+        full_rooms = full()
+        if not over() and not full_rooms:
             return True
         if not (self._keep(record.author) or peer == record.author):
             return False
         # A connected or known peer takes a stranger's place (the one lapsing first).
-        pool = set(self._records) if len(self._records) >= self.max_records else set()
+        pool = set(self._records) if over() else set()
         for wire in full_rooms:
             pool |= self._by_room[wire]
-        while full_rooms or len(self._records) >= self.max_records:
+        while full_rooms or over():
             victims = [
                 self._records[a]
                 for a in pool
-                if a in self._records and not self._keep(a) and a != peer
+                if a in self._records and not self._keep(a) and a not in (peer, record.author)
             ]
             if full_rooms:
                 victims = [v for v in victims if any(w in full_rooms for w, _k in v.rooms)]
@@ -423,7 +437,7 @@ class PresenceBook:
                 return False
             victim = min(victims, key=lambda r: (r.expires, r.author))
             self._drop(victim.author)
-            full_rooms = [w for w in rooms if len(self._by_room.get(w, ())) >= self.max_per_room]
+            full_rooms = full()
         return True
 
     def _store(self, record: PresenceRecord) -> None:
@@ -432,7 +446,9 @@ class PresenceBook:
             self._unindex(held)
         self._records[record.author] = record
         for wire, _kcv in record.rooms:
-            self._by_room.setdefault(wire, set()).add(record.author)
+            authors = self._by_room.setdefault(wire, set())
+            if len(authors) < self.max_per_room:  # else: not listed there (see _take)
+                authors.add(record.author)
         heapq.heappush(self._expiry, (record.expires, record.author, record.seq))
         if len(self._expiry) > 4 * self.max_records:
             self._expiry = [
