@@ -15,6 +15,7 @@ from chinwag import events as ev
 from chinwag.errors import ChinwagError
 from chinwag.node import Node, NodeConfig
 from chinwag.ui import commands as c
+from chinwag.ui import format as fmt
 from chinwag.ui.line import LineUI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -279,6 +280,7 @@ async def test_line_mode_runs_slash_commands_through_the_command_layer(tmp_path:
         pid = node.identity.peer_id
         assert (await run("/id"))[0] == f"* peer id {pid}"
         assert await run("/peers") == ["* no peers connected"]
+        assert await run("/members") == ["* no other members known in #general"]
         assert await run("/files") == ["* no file offers yet; /send WHO PATH offers one"]
         assert await run("/join kitchen") == []  # joined: no history there yet
         assert await run("/switch kitchen") == ["* now typing in #kitchen"]
@@ -366,3 +368,21 @@ async def test_leaving_the_room_typed_in_moves_line_mode_to_a_joined_room(tmp_pa
         assert line.room == "general" and out == ["* left #kitchen"]
     finally:
         await node.stop("quit")
+
+
+def test_members_lines_say_how_each_member_is_reached() -> None:
+    answer = ev.Members(
+        room="general",
+        members=[
+            ev.Member(peer_id="a" * 52, nick="ann", online=True, direct=True, last_seen=1.0),
+            ev.Member(peer_id="b" * 52, nick="bo", online=True, direct=False, last_seen=1.0),
+            ev.Member(peer_id="c" * 52, nick="cy", online=False, direct=False, last_seen=0.0),
+        ],
+    )
+    lines = fmt.answer_lines(c.MembersCmd(), answer, typing.cast(Node, None), "general")
+    assert lines[:3] == [
+        "members of #general:",
+        "  ann aaaaaaaa (online, connected)",
+        "  bo bbbbbbbb (online, through others)",
+    ]
+    assert lines[3].startswith("  cy cccccccc (offline, last seen ")
