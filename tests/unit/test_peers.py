@@ -595,3 +595,17 @@ def test_a_peer_known_from_an_earlier_run_gets_in_and_is_dialled_at_once_during_
     assert t.beacon(old_friend, host_of(0), 5000, now=0.0) is True  # host cap does not apply
     assert len(t) == limits.MAX_DISCOVERED
     assert [d.key for d in t.due_dials(0.0)] == [old_friend]  # not paced behind the flood
+
+
+def test_an_address_from_a_presence_record_is_dialled_only_when_wanted() -> None:
+    t = table(LOW)
+    assert t.hint(HIGH, "10.0.0.7", 6000, now=0.0) is True
+    assert t.due_dials(0.0) == [] and t.get_timer() is None  # learning it dials nobody
+    assert t.wanted(HIGH, now=0.1) is True
+    [dial] = t.due_dials(0.1)
+    assert (dial.host, dial.port, dial.expected_peer_id) == ("10.0.0.7", 6000, HIGH)
+    # A hint never moves a proven address.
+    t.connected(HIGH, "10.0.0.9", 5000, now=0.2)
+    t.hint(HIGH, "10.0.0.66", 1, now=0.3)
+    assert t.address_of(HIGH) == ("10.0.0.9", 5000)
+    assert t.hint(LOW, "10.0.0.1", 1, now=0.3) is False  # ourselves
