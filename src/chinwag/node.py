@@ -590,7 +590,9 @@ class Node:
         )
 
     def frame_received(
-        self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
+        self,
+        conn: PeerConnection,
+        frame: m.Chat | m.NickChange | m.SyncFrame | m.MeshFrame | m.FileFrame,
     ) -> None:
         if isinstance(frame, m.FileFrame):
             self._running().files.frame(conn, frame)
