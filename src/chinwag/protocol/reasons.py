@@ -28,9 +28,9 @@ class Reason(enum.StrEnum):
     BAD_SIGNATURE = "bad_signature"
     EQUIVOCATION = "equivocation"
     SYNC_FLOOD = "sync_flood"
-    #: The gossip mesh closed the connection: the peer's score fell below the close threshold.
+    #: The peer's mesh score fell below the close threshold (docs/mesh.md).
     LOW_SCORE = "low_score"
-    #: The gossip mesh closed a surplus connection (more than D_hi peers; docs/mesh.md).
+    #: The node holds more connections than its mesh needs and this one is in no mesh.
     MESH_FULL = "mesh_full"
     #: The node stops because of an error of its own (a failed start, a broken store).
     ERROR = "error"
