@@ -165,7 +165,9 @@ class History:
         self.mesh: Mesh | None = None
         if mesh is not None:
             self.mesh = Mesh(self.me, mesh.rng, self._mesh_has)
-        self.replica = Replica(self.me, _View(book, manager, store), self.sync, store.known_peers())
+        self.replica = Replica(
+            self.me, _View(book, manager, store), self.sync, store.known_peers(), self.mesh
+        )
         #: Authors heard live through another peer: author -> (that peer, time.time()).
         self.relayed: dict[str, tuple[str, float]] = {}
         self._store_problem: str | None = None
@@ -279,15 +281,18 @@ class History:
         try:
             msg = open_message(frame.body, frame.sig, check_signature=False)
             body = msg.body
-            if msg.id in self._pending_ids:
-                return
             author = msg.author_id
+            if msg.id in self._pending_ids:
+                self._heard_again(from_id, frame, body.room, author, body.seq)
+                return
             if msg.id in self._seen and self.sync.holds(body.room, author, body.seq):
+                self._heard_again(from_id, frame, body.room, author, body.seq)
                 return
             if self.sync.holds(body.room, author, body.seq):
                 stored = self.store.ids_in_range(body.room, author, body.seq, body.seq)
                 if not stored or stored[0][1] == msg.id:
                     self._seen.add(msg.id)
+                    self._heard_again(from_id, frame, body.room, author, body.seq)
                     return
                 if author == from_id:
                     raise RemoteProtocolError(
@@ -330,9 +335,20 @@ class History:
             self._seen.add(msg.id)
             return
         size = len(frame.body) + len(frame.sig)
-        if not self.replica.admit(from_id, body.room, author, body.seq, size, self._loop.time()):
+        now = self._loop.time()
+        if not self.replica.admit(from_id, body.room, author, body.seq, size, now):
             return  # not marked seen: sync fetches it again once the budget refills
+        if self.mesh is not None and not frame.hist:
+            # New to us: our mesh peers need not send their copies while we commit it.
+            self._mesh_carry(
+                self.mesh.dont_want(from_id, body.room, (body.room, author, body.seq), now)
+            )
         self._queue(_Pending(msg, conn, not frame.hist, verified, None, text))
+
+    def _heard_again(self, via: str, frame: m.Chat, room: str, author: str, seq: int) -> None:
+        """A copy of a message we hold or queued: the mesh scores the delivery (live only)."""
+        if self.mesh is not None and not frame.hist:
+            self._run(self.replica.heard_again(via, room, author, seq, self._loop.time()))
 
     def sync_frame(self, conn: Link, frame: m.SyncFrame) -> None:
         """Handle a vector, want or floor from a peer."""
@@ -478,6 +494,14 @@ class History:
                 conn = self.manager.peers.get(action.peer)
                 if conn is not None:
                     conn.send_frame(action.frame)
+            elif isinstance(action, rp.Forward):
+                encoded = m.encode(action.frame)
+                for peer in action.peers:
+                    conn = self.manager.peers.get(peer)
+                    if conn is not None:
+                        conn.send_encoded(encoded)
+            elif isinstance(action, MeshSend | MeshDial | MeshClose | MeshServe):
+                self._mesh_carry([action])
             elif isinstance(action, rp.Flood):
                 if isinstance(action.frame, m.Chat):
                     self.manager.broadcast(m.encode(action.frame), action.exclude)
@@ -701,7 +725,10 @@ class History:
         chat = m.Chat(body=msg.raw_body, sig=msg.sig)
         if item.conn is None:
             # Ours: on the wire first, then echoed locally (peers' latency matters more).
-            sent = self.replica.committed(chat, row.room, row.author, row.seq, None, True, bool)
+            now = self._loop.time()
+            sent = self.replica.committed(
+                chat, row.room, row.author, row.seq, None, True, bool, now
+            )
             self._carry(sent)
             self._emit(self._message_event(msg, item.text, own=True, late=False))
             return actions
@@ -717,6 +744,7 @@ class History:
             via,
             item.live,
             functools.partial(self._relayable, item, row),
+            self._loop.time(),
         )
         self._carry(relay)  # the flush re-arms the timer once, after the batch
         return actions

@@ -60,6 +60,10 @@ class RecordingMesh:
         self.calls.append(("peer_rooms", peer, sorted(rooms)))
         return self._answer()
 
+    def dont_want(self, peer: str | None, room: str, msg: Any, now: float) -> list[MeshAction]:
+        self.calls.append(("dont_want", peer, msg))
+        return self._answer()
+
     def invalid(self, peer: str, now: float) -> list[MeshAction]:
         self.calls.append(("invalid", peer))
         return self._answer()
