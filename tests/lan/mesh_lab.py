@@ -92,6 +92,8 @@ class MeshLab:
     nodes: list[StampedProcess] = field(default_factory=list)
     #: Every process ever started per host (a restart adds one), for exactly-once checks.
     runs: list[list[StampedProcess]] = field(default_factory=list)
+    #: Text -> index of the node it was given to.
+    sent_by: dict[str, int] = field(default_factory=dict)
 
     def build(self) -> None:
         """Create the hosts and pin their neighbours."""
@@ -172,7 +174,9 @@ class MeshLab:
         start = loop.time()
         for k in range(count):
             text = f"{label}{k:04d}-{tag}"
-            await self.nodes[rng.choice(pool)].say(text)
+            author = rng.choice(pool)
+            await self.nodes[author].say(text)
+            self.sent_by[text] = author
             texts.append(text)
             pause = start + (k + 1) / rate - loop.time()
             if pause > 0:
@@ -196,8 +200,50 @@ class MeshLab:
             if not any(missing.values()):
                 return
             if loop.time() > deadline:
-                raise AssertionError(f"not every node holds all {len(want)} messages: {missing}")
+                raise AssertionError(
+                    f"not every node holds all {len(want)} messages: {missing}; "
+                    f"{self._whereabouts(set().union(*(lacking(p) for p in nodes)))}"
+                )
             await asyncio.sleep(0.2)
+
+    async def wait_left(self, texts: Iterable[str], hosts: Iterable[int], within: float) -> None:
+        """Wait until each of these texts is shown by at least one node of hosts (it left
+        its author: killing the author now loses nothing that sync cannot bring back)."""
+        want = set(texts)
+        nodes = [self.nodes[i] for i in hosts]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            shown = {ev.get("text") for p in nodes for ev in p.messages()}
+            if want <= shown:
+                return
+            if loop.time() > deadline:
+                raise AssertionError(f"{len(want - shown)} messages never left their authors")
+            await asyncio.sleep(0.1)
+
+    def _whereabouts(self, texts: set[str]) -> str:
+        """Say, for some missing texts, who wrote them and how many nodes show them."""
+        out = []
+        for text in sorted(texts)[:5]:
+            author = [
+                p.nick
+                for p in self.nodes
+                if any(ev.get("text") == text and ev.get("own") for ev in p.messages())
+            ]
+            holders = sum(
+                1 for p in self.nodes if any(ev.get("text") == text for ev in p.messages())
+            )
+            given = self.sent_by.get(text)
+            errors = []
+            if given is not None:
+                for run in self.runs[given]:
+                    errors += [ev for ev in run.events if ev.get("event") == "error"][:3]
+            tail = "" if given is None else self.runs[given][0].stderr_tail(1500)
+            out.append(
+                f"{text}: given to n{(given or 0) + 1}, written by {author}, "
+                f"shown by {holders}, errors there: {errors}, its log: {tail}"
+            )
+        return "; ".join(out)
 
     def shown_more_than_once(self, texts: Iterable[str]) -> dict[str, list[str]]:
         """Per host, the texts shown more than once over all its runs (should be none)."""
