@@ -33,7 +33,7 @@ from chinwag.crypto.noise import generate_static_private
 from chinwag.datadir import DataDir, default_downloads_dir, load_or_create_identity
 from chinwag.errors import RemoteProtocolError, UsageError
 from chinwag.files import FileShare
-from chinwag.history import History
+from chinwag.history import History, MeshPorts
 from chinwag.logonce import WarnOnce
 from chinwag.members import Members
 from chinwag.net.connection import PeerConnection
@@ -72,6 +72,9 @@ class NodeConfig:
     downloads: Path | None = None
     #: Files up to this many bytes from verified peers are accepted without asking (0: never).
     auto_accept: int = 0
+    #: Rooms are a gossip mesh (docs/mesh.md): discovery feeds the mesh's candidates instead
+    #: of dialling everyone heard. False: the old flood to every peer (tests, comparisons).
+    mesh: bool = True
 
 
 @dataclass
@@ -164,11 +167,22 @@ class Node:
             store.start_checkpointer()
             self._seen_peers = set(store.peer_nicks())
             manager = ConnectionManager(
-                lambda: self._local_info(), self, self._rng, self._peer_rank
+                lambda: self._local_info(),
+                self,
+                self._rng,
+                self._peer_rank,
+                mesh=self.config.mesh,
+                contact=lambda peer_id: self._peer_rank(peer_id) >= VERIFIED,
+                dial_failed=self._dial_failed,
             )
             book = RoomBook(store, self.identity)
             book.load()
-            history = History(store, self.identity, manager, self._emit, book)
+            ports = (
+                MeshPorts(random.Random(self._rng.random()), manager.mesh_dial, manager.is_direct)
+                if self.config.mesh
+                else None
+            )
+            history = History(store, self.identity, manager, self._emit, book, ports)
             history.load()
             if store.created and had_identity:
                 history.set_unsure("the message store is new, the identity is not")
@@ -208,7 +222,7 @@ class Node:
                     self.config.bind,
                     self.identity.peer_id,
                     lambda: encode_beacon(self.identity.peer_id, self.port, self.nick),
-                    manager.beacon_heard,
+                    self._beacon_heard,
                     self._rng,
                 )
                 await run.discovery.start()
@@ -273,10 +287,11 @@ class Node:
         if peer_id == self.identity.peer_id:
             raise UsageError("that is you")
         run = self._running()
-        # A member we have no connection to: dial it where its presence record says it
-        # listens (the message waits in the outbox, and goes through relays meanwhile).
+        room = run.book.join_dm(peer_id)
+        # A conversation travels over a direct connection (the outbox holds it meanwhile); a
+        # member known by its presence record alone is dialled where the record says it listens.
         run.manager.reach(peer_id, run.members.addresses(peer_id))
-        return self._post(run.book.join_dm(peer_id), text)
+        return self._post(room, text)
 
     def _post(self, room: Room, text: str) -> asyncio.Future[ev.NodeEvent]:
         history = self._running().history
@@ -644,7 +659,7 @@ class Node:
     def frame_received(
         self,
         conn: PeerConnection,
-        frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.Presence,
+        frame: m.Chat | m.NickChange | m.SyncFrame | m.MeshFrame | m.FileFrame | m.Presence,
     ) -> None:
         if isinstance(frame, m.FileFrame):
             self._running().files.frame(conn, frame)
@@ -659,6 +674,8 @@ class Node:
             if self._untimely(conn, frame):
                 return
             self._running().history.chat_received(conn, frame)
+        elif isinstance(frame, m.MeshFrame):
+            self._running().history.mesh_frame(conn, frame)
         else:
             book = self._running().book
             before = dict(book.announced.get(conn.session.peer_id or "", {}))
@@ -700,6 +717,18 @@ class Node:
         if run is not None and (peer_id in run.manager.peers or peer_id in run.book.verified):
             return True
         return peer_id in self._seen_peers
+
+    def _beacon_heard(self, peer_id: str, host: str, port: int) -> bool:
+        """A discovery beacon: record its address; with the mesh, offer it as a candidate."""
+        run = self._running()
+        unknown = run.manager.beacon_heard(peer_id, host, port)
+        if unknown:
+            run.history.candidate(peer_id)
+        return unknown
+
+    def _dial_failed(self, peer_id: str) -> None:
+        if self._run is not None:
+            self._run.history.dial_failed(peer_id)
 
     def _nick_changed(self, peer_id: str, nick: str) -> None:
         """A peer changed its nick: show it, at most once per NICK_CHANGE_MIN_GAP_S.

@@ -274,7 +274,7 @@ async def test_dm_through_a_relay_is_unreadable_there(node: NodeFactory) -> None
     # `dm` also dials the recipient at the address of its presence record (rooms.md,
     # Membership), but a message goes out at its commit to the peers connected then:
     # A's first one left while B was A's only peer (its own `dm` event is written after
-    # it is sent), so B relayed it. B saw no text of it, nor of the reply.
+    # it is sent). Whichever way they went, B saw no text of it, nor of the reply.
     first_dm = next(i for i, e in enumerate(a.events) if e.get("id") == own["id"])
     joined_c = [
         i

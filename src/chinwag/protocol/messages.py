@@ -251,6 +251,52 @@ class FileEnd(msgspec.Struct, frozen=True, tag_field="t", tag="fend"):
     reason: Reason
 
 
+# --- gossip mesh (docs/mesh.md) -----------------------------------------------
+
+#: One message id in a mesh frame: [author peer id, seq] (the room is the frame's).
+MeshId = tuple[PeerIdStr, U64]
+
+
+class Graft(msgspec.Struct, frozen=True, tag_field="t", tag="graft"):
+    """The sender adds us to its mesh of room (eager push); answered by a Prune if refused."""
+
+    room: Room
+
+
+class Prune(msgspec.Struct, frozen=True, tag_field="t", tag="prune"):
+    """The sender drops us from its mesh of room; do not graft again for backoff_s seconds.
+
+    `px` names other peers of the room we may dial instead (peer exchange).
+    """
+
+    room: Room
+    px: Annotated[list[PeerIdStr], msgspec.Meta(max_length=limits.MESH_MAX_PX)] = []
+    backoff_s: Annotated[int, msgspec.Meta(ge=0, le=limits.MESH_MAX_BACKOFF_S)] = 0
+
+
+class IHave(msgspec.Struct, frozen=True, tag_field="t", tag="ihave"):
+    """The sender holds these recent messages of room (lazy gossip); ask with IWant."""
+
+    room: Room
+    ids: Annotated[list[MeshId], msgspec.Meta(max_length=limits.MESH_MAX_IHAVE_IDS)]
+
+
+class IWant(msgspec.Struct, frozen=True, tag_field="t", tag="iwant"):
+    """Send these messages of room (announced by our IHave) as live chats."""
+
+    room: Room
+    ids: Annotated[list[MeshId], msgspec.Meta(max_length=limits.MESH_MAX_IWANT_IDS)]
+
+
+class IDontWant(msgspec.Struct, frozen=True, tag_field="t", tag="idontwant"):
+    """The sender holds these messages of room already: do not send them to it."""
+
+    room: Room
+    ids: Annotated[list[MeshId], msgspec.Meta(max_length=limits.MESH_MAX_IDONTWANT_IDS)]
+
+
+MeshFrame = Graft | Prune | IHave | IWant | IDontWant
+
 FileFrame = FileWho | FileHave | FileHashesReq | FileHashes | FileGet | FileData | FileNak | FileEnd
 
 Frame = (
@@ -272,11 +318,17 @@ Frame = (
     | FileData
     | FileNak
     | FileEnd
+    | Graft
+    | Prune
+    | IHave
+    | IWant
+    | IDontWant
 )
 SyncFrame = Vector | Want | Floor | Rooms
 KNOWN_TAGS: Final = frozenset(
     {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms", "pres"}
     | {"fwho", "fhave", "fhreq", "fhash", "fget", "fdata", "fnak", "fend"}
+    | {"graft", "prune", "ihave", "iwant", "idontwant"}
 )
 
 

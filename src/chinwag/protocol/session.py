@@ -61,7 +61,7 @@ class HandshakeComplete:
 class FrameReceived:
     """The peer sent a frame for the layer above (chat, nick change, sync, files)."""
 
-    frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.Presence
+    frame: m.Chat | m.NickChange | m.SyncFrame | m.MeshFrame | m.FileFrame | m.Presence
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,7 +364,8 @@ class Session:
 
     def _handle_frame(self, frame: m.Frame | m.UnknownFrame) -> None:
         if isinstance(
-            frame, m.Chat | m.Vector | m.Want | m.Floor | m.Rooms | m.FileFrame | m.Presence
+            frame,
+            m.Chat | m.Vector | m.Want | m.Floor | m.Rooms | m.MeshFrame | m.FileFrame | m.Presence,
         ):
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Ping):
