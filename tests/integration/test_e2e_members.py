@@ -12,6 +12,7 @@ import time
 from hostile_peer import HostilePeer
 from it_support import PROMPT_S, ChinwagProcess, NodeFactory, ask, ask_until, connected
 
+from chinwag import limits
 from chinwag.crypto.identity import Identity
 from chinwag.protocol import messages as m
 from chinwag.protocol.presence import make_record, open_record
@@ -124,3 +125,29 @@ async def test_msg_to_a_far_member_dials_it(node: NodeFactory) -> None:
     # x dialled z at the address z's record gives: they are now connected directly.
     await x.wait_for_peers([z.peer_id], timeout=PROMPT_S)
     await ask_until(x, MEMBERS, "members", shows(z.peer_id, online=True, direct=True))
+
+
+async def test_a_presence_flood_cuts_the_sender_and_the_node_serves_on(node: NodeFactory) -> None:
+    """Records beyond the per-peer budget close the connection (`presence_flood`), once."""
+    a = node("ann", discovery=False)
+    await a.start()
+    flooder = HostilePeer(nick="flooder")
+    await flooder.connect(a.port)
+    own = make_record(
+        flooder.identity, "flooder", int(time.time() * 1000), int(time.time()) + 60, False,
+        [("general", b"")], [],
+    )  # fmt: skip
+    frame = m.Presence(recs=[own.signed] * limits.PRESENCE_PER_FRAME)
+    frames = int(limits.PRESENCE_PEER_BURST) // limits.PRESENCE_PER_FRAME + 2
+    flooder.send_frames([frame] * frames)
+    closed = await flooder.wait_closed(PROMPT_S)
+    assert closed.code == "presence_flood", closed
+    # Its one record was taken, the repeats only cost it its budget.
+    answer = await ask(a, MEMBERS, "members")
+    assert member(answer, flooder.peer_id) is not None, answer
+    assert a.stderr_path.read_text().count("presence flood") == 1
+    # The node serves everyone else.
+    later = HostilePeer(nick="later")
+    await later.connect(a.port)
+    await later.wait_frame(m.Presence, lambda f: open_record(f.recs[0]).author == a.peer_id)
+    await later.close()
