@@ -185,16 +185,17 @@ def test_our_record_is_signed_refreshed_and_its_seq_only_grows() -> None:
     own = book.own
     assert own is not None and verify_record(own) and own.seq == int(NOW * 1000) + 5_001
     assert out == [pr.SaveSeq(own.seq), pr.Forward(own)]
-    assert own.expires == own.seq // 1000 + TTL
+    # Its seq is ahead of our clock: the expiry follows our clock (peers would drop it).
+    assert own.expires == int(NOW) + TTL
     # Unchanged: nothing. Changed within the gap: signed at the end of the gap.
     assert book.set_own("me", [("general", b"")], ["10.0.0.9:1"], NOW + 1) == []
     assert book.set_own("me2", [("general", b"")], ["10.0.0.9:1"], NOW + 1) == []
     due = book.get_timer()
-    assert due is not None and due == own.signed_at + limits.PRESENCE_OWN_MIN_GAP_S
+    assert due is not None and due == NOW + limits.PRESENCE_OWN_MIN_GAP_S
     later = book.handle_timer(due)
     assert book.own is not None and book.own.nick == "me2" and forwards(later)
     # Refreshed before it lapses.
-    refresh_at = book.own.signed_at + limits.PRESENCE_REFRESH_S
+    refresh_at = due + limits.PRESENCE_REFRESH_S
     assert book.get_timer() == refresh_at
     assert forwards(book.handle_timer(refresh_at))
     assert book.own.seq > own.seq and book.own.expires > own.expires
@@ -206,6 +207,7 @@ def test_our_leave_is_signed_at_once_and_nothing_after_it() -> None:
     out = book.leave(NOW + 0.1)
     own = book.own
     assert own is not None and own.gone and own.addrs == () and forwards(out)
+    assert own.expires == own.seq // 1000 + TTL  # our clock is not behind: the full TTL
     assert book.set_own("me", [("dev", b"")], [], NOW + 10) == []
     assert book.get_timer() is None
 

@@ -243,6 +243,8 @@ class PresenceBook:
         self._want: _Own | None = None
         #: When our record must next be (re-)signed; None: nothing to publish.
         self._own_due: float | None = None
+        #: Our clock when we signed our record last (its seq may be ahead: an earlier run's).
+        self._signed_now = 0.0
         self._left = False
 
     # --- queries --------------------------------------------------------------------
@@ -281,7 +283,7 @@ class PresenceBook:
         if self._left or want == self._want:
             return []
         self._want = want
-        earliest = now if self.own is None else self.own.signed_at + limits.PRESENCE_OWN_MIN_GAP_S
+        earliest = now if self.own is None else self._signed_now + limits.PRESENCE_OWN_MIN_GAP_S
         self._own_due = (
             max(now, earliest) if self._own_due is None else min(self._own_due, max(now, earliest))
         )
@@ -303,12 +305,15 @@ class PresenceBook:
         assert self._want is not None
         seq = max(int(now * 1000), self.last_seq + 1)
         self.last_seq = seq
+        self._signed_now = now
         want = self._want
         record = make_record(
             self.identity,
             want.nick,
             seq,
-            seq // 1000 + limits.PRESENCE_TTL_S,
+            # If an earlier run's seq is ahead of our clock, peers still take it: they drop
+            # records expiring far beyond their own clock.
+            min(seq // 1000, int(now)) + limits.PRESENCE_TTL_S,
             gone,
             want.rooms,
             () if gone else want.addrs,
@@ -495,7 +500,7 @@ class PresenceBook:
         if self._own_due is not None:
             due.append(self._own_due)
         elif self.own is not None and not self._left:
-            due.append(self.own.signed_at + limits.PRESENCE_REFRESH_S)
+            due.append(self._signed_now + limits.PRESENCE_REFRESH_S)
         return min(due) if due else None
 
     def handle_timer(self, now: float) -> list[Action]:
@@ -506,7 +511,7 @@ class PresenceBook:
             out.append(Changed(frozenset(lapsed)))
         if self._left or self._want is None:
             return out
-        refresh = self.own is not None and now >= self.own.signed_at + limits.PRESENCE_REFRESH_S
+        refresh = self.own is not None and now >= self._signed_now + limits.PRESENCE_REFRESH_S
         if (self._own_due is not None and now >= self._own_due) or refresh:
             out += self._publish(now)
         return out
