@@ -40,11 +40,15 @@ class Members:
         keep: Callable[[str], bool],
         changed: Callable[[frozenset[str]], None] | None = None,
         clock: Callable[[], float] = time.time,
+        invalid: Callable[[str], None] | None = None,
     ) -> None:
+        """`invalid(peer_id)`: the peer sent forged, malformed or flooding presence (it is
+        disconnected; with the mesh it also loses score)."""
         self.book = PresenceBook(identity, last_seq=last_seq, keep=keep)
         self.manager = manager
         self._save_seq = save_seq
         self._changed = changed or (lambda _authors: None)
+        self._invalid = invalid or (lambda _peer: None)
         self._clock = clock
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
@@ -127,6 +131,7 @@ class Members:
             if isinstance(action, pr.Forward):
                 forwards.setdefault(action.exclude, []).append(action.record)
             elif isinstance(action, pr.Disconnect):
+                self._invalid(action.peer)
                 target = conn if conn is not None and conn.peer_id == action.peer else None
                 target = target or self.manager.peers.get(action.peer)
                 if target is not None:

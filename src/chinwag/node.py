@@ -207,6 +207,7 @@ class Node:
                 _int_setting(settings.get("presence_seq")),
                 lambda seq: self.datadir.save_setting("presence_seq", seq),
                 self._presence_keep,
+                invalid=history.mesh_invalid,
             )
             run = self._run = _Running(store, manager, book, history, files, members)
             files.load()
