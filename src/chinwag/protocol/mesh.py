@@ -438,7 +438,9 @@ class Mesh:
         if p is None or p.closing:
             return []
         if self.score(peer, now) < self.params.graylist_threshold:
-            return self._maybe_close(peer, p, now)  # graylisted: ignored
+            # Graylisted: ignored, and talking on costs more (so it ends in a close).
+            p.penalty += 1.0
+            return self._maybe_close(peer, p, now)
         if isinstance(frame, m.IDontWant):
             self._on_idontwant(p, frame)
             return []
@@ -614,15 +616,13 @@ class Mesh:
         return []
 
     def _on_ihave(self, peer: str, p: _Peer, frame: m.IHave, now: float) -> list[MeshAction]:
-        if self.score(peer, now) < self.params.gossip_threshold:
-            return []
         p.ihaves += 1
         if p.ihaves > limits.MESH_MAX_IHAVE_PER_HEARTBEAT:
             p.penalty += 1.0
             _warn((peer, "ihave"), "mesh: %s floods IHAVE (ignored)", peer[:8])
             return []
         room = frame.room
-        if room not in self._joined:
+        if room not in self._joined or self.score(peer, now) < self.params.gossip_threshold:
             return []
         budget = limits.MESH_MAX_IWANT_PER_HEARTBEAT - p.asked
         wanted: list[m.MeshId] = []
@@ -644,7 +644,7 @@ class Mesh:
 
     def _on_iwant(self, peer: str, p: _Peer, frame: m.IWant, now: float) -> list[MeshAction]:
         if self.score(peer, now) < self.params.gossip_threshold:
-            return []
+            p.served = limits.MESH_MAX_SERVE_PER_HEARTBEAT  # served nothing, still checked
         room = frame.room
         serve: list[MsgId] = []
         unannounced = 0
