@@ -399,3 +399,6 @@ MESH_CONN_GRACE_S = 5.0
 MESH_MAX_RETAINED = 1_024
 #: Seconds the penalties of a disconnected peer are kept.
 MESH_RETAIN_S = 600.0
+#: Seconds from a stored message to our vector when a mesh routes (VECTOR_DELAY_S without):
+#: live delivery through the mesh finishes first, so sync does not push duplicates of it.
+MESH_VECTOR_DELAY_S = 2.0

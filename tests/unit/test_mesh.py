@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 
+import mesh_sim
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mesh_sim import MeshNet
 
 from chinwag import limits
 from chinwag.protocol import messages as m
@@ -513,3 +515,52 @@ def test_any_churn_keeps_the_mesh_within_bounds_and_never_raises(
                 assert not [q for q in outside if mesh._graftable(q, ROOM, t)]
         assert mesh.mesh_peers(ROOM) <= set(mesh._peers)
         assert ME not in mesh.mesh_peers(ROOM)
+
+
+# --- Replica + Mesh on a small simulated network (tests/unit/mesh_sim.py) --------------
+
+
+def _traffic(net: MeshNet, messages: int, seed: int) -> None:
+    rng = random.Random(seed)
+    names = sorted(net.nodes)
+    for i in range(messages):
+        net.write(rng.choice(names), f"m{i}")
+        net.run(0.1)
+
+
+def test_replica_and_mesh_deliver_everything_live_over_a_bounded_mesh() -> None:
+    net = MeshNet(40, seed=7)
+    net.discover_all()
+    net.run(15.0)  # the meshes build from the candidates
+    for node in net.nodes.values():
+        assert limits.MESH_D_LO <= len(node.mesh.mesh_peers(mesh_sim.ROOM)) <= limits.MESH_D_HI
+    _traffic(net, 100, seed=3)
+    net.run(5.0)
+    for node in net.nodes.values():
+        assert set(net.written) <= set(node.store), node.name
+    total = len(net.nodes) * len(net.written)
+    live = sum(n.live for n in net.nodes.values())
+    copies = sum(n.received for n in net.nodes.values())
+    assert live >= 0.99 * (total - len(net.written))  # at most 1% came first by sync
+    # Eager push to ~D peers, not a flood to everyone (40 here): few copies per message.
+    assert copies / total < limits.MESH_D
+    assert net.max_connections <= limits.MESH_D_HI + limits.MESH_CONN_MARGIN
+
+
+def test_a_fifth_of_freeloaders_do_not_stop_delivery_and_get_pruned() -> None:
+    net = MeshNet(40, seed=11, freeloaders=8)
+    net.discover_all()
+    net.run(15.0)
+    _traffic(net, 250, seed=5)  # P3 needs traffic: each freeloader is caught 5 s into a mesh
+    net.run(5.0)
+    for node in net.nodes.values():
+        assert set(net.written) <= set(node.store), node.name
+    freeloaders = {n for n, node in net.nodes.items() if node.freeloader}
+    meshed = sum(
+        len(node.mesh.mesh_peers(mesh_sim.ROOM) & freeloaders)
+        for node in net.nodes.values()
+        if not node.freeloader
+    )
+    good = [node for node in net.nodes.values() if not node.freeloader]
+    edges = sum(len(node.mesh.mesh_peers(mesh_sim.ROOM)) for node in good)
+    assert meshed / edges < 0.05  # from a fifth of the mesh to (nearly) none

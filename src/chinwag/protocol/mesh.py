@@ -80,7 +80,7 @@ class MeshParams:
     #: P3: points lost per squared delivery deficit, once in the mesh p3_activation_s and the
     #: room carried at least p3_min_activity (decayed) messages; the quota is p3_ratio of them.
     w3: float = 4.0
-    p3_activation_s: float = 10.0
+    p3_activation_s: float = 5.0
     p3_min_activity: float = 5.0
     p3_ratio: float = 0.05
     #: P4: points lost per squared invalid message (decayed).

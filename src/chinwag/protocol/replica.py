@@ -564,7 +564,10 @@ class Replica:
             out += self._check_gap(room, author, now)
             self.dirty_rooms.add(room)
         if self.timers.vector is None and not self.closed:
-            self.timers.vector = now + limits.VECTOR_DELAY_S
+            # With a mesh the vector is the backstop: sent once live delivery had its time,
+            # else it races the mesh and a push duplicates what is still in flight.
+            delay = limits.VECTOR_DELAY_S if self.router is None else limits.MESH_VECTOR_DELAY_S
+            self.timers.vector = now + delay
         return out
 
     # --- sync frames ----------------------------------------------------
