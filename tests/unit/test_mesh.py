@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import mesh_sim
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mesh_sim import MeshNet
@@ -630,3 +631,52 @@ def test_a_peer_that_chokes_us_gets_no_pushes_but_an_ihave_each_heartbeat() -> N
     node.mesh.frame(ps[0], m.Prune(room=ROOM), 1.4)
     node.mesh.frame(ps[0], m.Choke(room=ROOM), 1.5)
     assert node.mesh.mesh_peers(ROOM) == set(ps[1:])
+
+
+# --- more bounds ----------------------------------------------------------------------
+
+
+def test_ids_served_per_peer_per_heartbeat_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MESH_MAX_SERVE_PER_HEARTBEAT", 100)  # below one IHAVE's ids
+    node, lazy = _lazy_setup()
+    sender = sorted(node.mesh.mesh_peers(ROOM))[0]
+    count = limits.MESH_MAX_IHAVE_IDS
+    for s in range(count):
+        node.held.add((ROOM, AUTHOR, s))
+        node.mesh.received(sender, ROOM, (ROOM, AUTHOR, s), True, 0.1)
+    node.beat()  # announces all of them to lazy
+    half = count // 2
+    served = 0
+    for lo in (0, half):
+        ids = [(AUTHOR, s) for s in range(lo, lo + half)]
+        for a in node.mesh.frame(lazy, m.IWant(room=ROOM, ids=ids), node.now):
+            served += len(a.ids) if isinstance(a, MeshServe) else 0
+    assert served == limits.MESH_MAX_SERVE_PER_HEARTBEAT
+    node.beat()
+    ids = [(AUTHOR, s) for s in range(count - 10, count)]  # not yet asked: still announced
+    (serve,) = node.mesh.frame(lazy, m.IWant(room=ROOM, ids=ids), node.now)
+    assert isinstance(serve, MeshServe) and len(serve.ids) == 10
+
+
+def test_rooms_tracked_per_peer_backoffs_and_retained_peers_are_bounded() -> None:
+    node = Node()
+    a = pid(1)
+    node.connect(a)
+    node.mesh.peer_rooms(a, [f"r{i}" for i in range(2 * limits.MESH_MAX_PEER_ROOMS)], 0.0)
+    assert len(node.mesh._peers[a].rooms) == limits.MESH_MAX_PEER_ROOMS
+    rooms = [f"r{i}" for i in range(40)]
+    for room in rooms:
+        node.mesh.join(room, 0.0)
+    for i in range(limits.MESH_MAX_BACKOFFS // len(rooms) + 10):
+        p = pid(100 + i)
+        node.connect(p, rooms=tuple(rooms))
+        for room in rooms:
+            node.mesh.frame(p, m.Prune(room=room), 0.0)
+        node.mesh.disconnected(p, 0.0)
+    assert len(node.mesh._backoff) == limits.MESH_MAX_BACKOFFS
+    for i in range(limits.MESH_MAX_RETAINED + 10):
+        p = pid(10_000 + i)
+        node.mesh.connected(p, 0.0)
+        node.mesh.invalid(p, 0.0)
+        node.mesh.disconnected(p, 0.0)
+    assert len(node.mesh._retained) == limits.MESH_MAX_RETAINED

@@ -699,15 +699,13 @@ class Mesh:
         unannounced = 0
         for author, seq in frame.ids:
             mid = (room, author, seq)
-            for _hb, ids in p.announced:
-                if mid in ids:
-                    ids.discard(mid)  # served once: asking again is asking for the unannounced
-                    break
-            else:
+            holder = next((ids for _hb, ids in p.announced if mid in ids), None)
+            if holder is None:
                 unannounced += 1
                 continue
             if p.served >= limits.MESH_MAX_SERVE_PER_HEARTBEAT:
-                continue
+                continue  # over this heartbeat's budget: it may ask again at the next
+            holder.discard(mid)  # served once: asking again is asking for the unannounced
             if self.have(mid):
                 serve.append(mid)
                 p.served += 1
