@@ -111,9 +111,14 @@ class MeshNet:
         self._order = 0
         self.written: list[MsgId] = []
         self.max_connections = 0
+        # Timers: a heap of (due, name, kind), checked against `_armed` when popped.
+        self._timers: list[tuple[float, str, int]] = []
+        self._armed: dict[tuple[str, int], float | None] = {}
+        self._touched: set[str] = set()
         for node in self.nodes.values():
             node.replica.start(0.0)
             self._do(node, node.mesh.join(ROOM, 0.0))
+        self._rearm()
 
     # --- topology -------------------------------------------------------
 
@@ -131,6 +136,7 @@ class MeshNet:
             return
         na.peers.add(b)
         nb.peers.add(a)
+        self._touched.update((a, b))
         self.max_connections = max(self.max_connections, len(na.peers), len(nb.peers))
         for x, y, out in ((na, b, True), (nb, a, False)):
             self._do(x, x.mesh.connected(y, self.now, outbound=out))
@@ -189,6 +195,7 @@ class MeshNet:
         self._do(node, relay)
 
     def _do(self, node: MeshNode, actions: Sequence[rp.Action]) -> None:
+        self._touched.add(node.name)
         for a in actions:
             if isinstance(a, rp.Forward):
                 if node.freeloader and a.frame.body.split(b"\x00")[1].decode() != node.name:
@@ -223,15 +230,25 @@ class MeshNet:
 
     # --- time -----------------------------------------------------------
 
+    def _rearm(self) -> None:
+        """Queue the timers of the nodes touched since the last call (if they changed)."""
+        for name in sorted(self._touched):
+            node = self.nodes[name]
+            for kind, due in enumerate((node.replica.get_timer(), node.mesh.get_timer())):
+                if self._armed.get((name, kind)) != due:
+                    self._armed[(name, kind)] = due
+                    if due is not None:
+                        heapq.heappush(self._timers, (due, name, kind))
+        self._touched.clear()
+
     def run(self, seconds: float) -> None:
         """Run frames and timers in time order for seconds of simulated time."""
         until = self.now + seconds
         while True:
-            best: tuple[float, int, str] | None = None
-            for name, node in self.nodes.items():
-                for kind, due in enumerate((node.replica.get_timer(), node.mesh.get_timer())):
-                    if due is not None and (best is None or due < best[0]):
-                        best = (due, kind, name)
+            self._rearm()
+            while self._timers and self._armed.get(self._timers[0][1:]) != self._timers[0][0]:
+                heapq.heappop(self._timers)  # re-armed since: stale
+            best = self._timers[0] if self._timers else None
             nxt = self._queue[0].when if self._queue else None
             if nxt is not None and nxt <= until and (best is None or nxt <= best[0]):
                 ev = heapq.heappop(self._queue)
@@ -240,7 +257,8 @@ class MeshNet:
                 continue
             if best is None or best[0] > until:
                 break
-            due, kind, name = best
+            due, name, kind = heapq.heappop(self._timers)
+            self._armed[(name, kind)] = None
             self.now = max(self.now, due)
             node = self.nodes[name]
             if kind == 0:

@@ -244,6 +244,8 @@ class Mesh:
         self._targets: dict[str, list[tuple[str, _Peer]]] = {}
         #: Joined room -> message ids first seen per heartbeat, newest last (the mcache).
         self._history: dict[str, deque[list[MsgId]]] = {}
+        #: Joined room -> ids in its history (all windows).
+        self._history_ids: dict[str, int] = {}
         #: Ids in some history window -> when first seen.
         self._seen_at: dict[MsgId, float] = {}
         #: Joined room -> messages it carried (decayed): the base of the P3 quota.
@@ -330,6 +332,7 @@ class Mesh:
             pid for pid, p in self._peers.items() if p.meshed and room in p.rooms
         }
         self._history[room] = deque([[]])
+        self._history_ids[room] = 0
         self._activity[room] = 0.0
         self._arm(now)
         return self._graft_more(room, now, self.params.d)
@@ -343,6 +346,7 @@ class Mesh:
         self._room_peers.pop(room)
         self._targets.pop(room, None)
         self._activity.pop(room)
+        self._history_ids.pop(room)
         for window in self._history.pop(room):
             for mid in window:
                 self._seen_at.pop(mid, None)
@@ -518,7 +522,9 @@ class Mesh:
             window = self._history[room]
             window.append([])
             while len(window) > self.params.history_len:
-                for mid in window.popleft():
+                old = window.popleft()
+                self._history_ids[room] -= len(old)
+                for mid in old:
                     self._seen_at.pop(mid, None)
         self._decay(now)
         out += self._degree(scores, now)
@@ -590,10 +596,10 @@ class Mesh:
         if msg in self._seen_at:
             return
         self._activity[room] += 1.0
-        window = self._history[room]
-        if sum(len(w) for w in window) >= limits.MESH_MAX_HISTORY_IDS:
+        if self._history_ids[room] >= limits.MESH_MAX_HISTORY_IDS:
             return  # a very fast room: the rest is not gossiped (sync repairs it)
-        window[-1].append(msg)
+        self._history_ids[room] += 1
+        self._history[room][-1].append(msg)
         self._seen_at[msg] = now
 
     def _room_targets(self, room: str) -> list[tuple[str, _Peer]]:
