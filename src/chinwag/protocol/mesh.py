@@ -474,7 +474,8 @@ class Mesh:
         if p is None or p.closing:
             return []
         if self.score(peer, now) < self.params.graylist_threshold:
-            # Graylisted: ignored, and talking on costs more (so it ends in a close).
+            # Graylisted: ignored, and talking on regardless is abuse (else a flood that
+            # got it graylisted would park its score above the close threshold for good).
             p.penalty += 1.0
             return self._maybe_close(peer, p, now)
         if isinstance(frame, m.IDontWant):
@@ -665,13 +666,16 @@ class Mesh:
         return []
 
     def _on_ihave(self, peer: str, p: _Peer, frame: m.IHave, now: float) -> list[MeshAction]:
+        # Counted before the gossip threshold: a flood keeps costing while it is ignored.
         p.ihaves += 1
         if p.ihaves > limits.MESH_MAX_IHAVE_PER_HEARTBEAT:
             p.penalty += 1.0
             _warn((peer, "ihave"), "mesh: %s floods IHAVE (ignored)", peer[:8])
             return []
+        if self.score(peer, now) < self.params.gossip_threshold:
+            return []
         room = frame.room
-        if room not in self._joined or self.score(peer, now) < self.params.gossip_threshold:
+        if room not in self._joined:
             return []
         budget = limits.MESH_MAX_IWANT_PER_HEARTBEAT - p.asked
         wanted: list[m.MeshId] = []
@@ -698,9 +702,12 @@ class Mesh:
         return [*out, MeshSend(peer, m.IWant(room=room, ids=wanted))]
 
     def _on_iwant(self, peer: str, p: _Peer, frame: m.IWant, now: float) -> list[MeshAction]:
-        if self.score(peer, now) < self.params.gossip_threshold:
-            p.served = limits.MESH_MAX_SERVE_PER_HEARTBEAT  # served nothing, still checked
         room = frame.room
+        if self.score(peer, now) < self.params.gossip_threshold:
+            # Not served; asking for the never announced keeps costing while it is ignored.
+            if any(not any((room, a, s) in ids for _hb, ids in p.announced) for a, s in frame.ids):
+                p.penalty += 1.0
+            return []
         serve: list[MsgId] = []
         unannounced = 0
         for author, seq in frame.ids:
