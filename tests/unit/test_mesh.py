@@ -596,6 +596,9 @@ def test_mesh_peers_most_often_second_are_choked_down_to_choke_keep_and_owe_no_q
                     node.mesh.received(p, ROOM, msg, False, t)
         chokes += list(sends(node.beat(), m.Choke))
     assert sorted(chokes) == sorted(slow)  # one a heartbeat, never a fast one, 3 kept
+    # IDONTWANT goes only to the peers that still push to us.
+    out = node.mesh.dont_want(fast[0], ROOM, (ROOM, AUTHOR, 9999), node.now)
+    assert set(sends(out, m.IDontWant)) == set(fast[1:])
     assert all(node.mesh.score(p, node.now) > 0 for p in slow)  # choked: no P3 deficit
     assert node.mesh.mesh_peers(ROOM) == set(fast + slow)
     # A choked peer whose IHAVE shows an id we lack is ahead: unchoked at once.

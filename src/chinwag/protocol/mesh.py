@@ -242,6 +242,8 @@ class Mesh:
         self._room_peers: dict[str, set[str]] = {}
         #: Joined room -> cached eager targets (peer id, peer), rebuilt when the mesh changes.
         self._targets: dict[str, list[tuple[str, _Peer]]] = {}
+        #: Joined room -> cached mesh peers that push to us (not choked by us): IDONTWANT to them.
+        self._feeds: dict[str, list[str]] = {}
         #: Joined room -> message ids first seen per heartbeat, newest last (the mcache).
         self._history: dict[str, deque[list[MsgId]]] = {}
         #: Joined room -> ids in its history (all windows).
@@ -291,7 +293,7 @@ class Mesh:
                 peers.discard(peer)
                 if peer in self._mesh[room]:
                     self._mesh[room].discard(peer)
-                    self._targets.pop(room, None)
+                    self._changed(room)
         if p.invalid > 0 or p.penalty > 0 or p.closing:
             # Kept (and not dialled) a while: penalties survive a reconnect, and a peer
             # we closed for the degree is not dialled again at once.
@@ -344,7 +346,7 @@ class Mesh:
         self._joined.discard(room)
         members = self._mesh.pop(room)
         self._room_peers.pop(room)
-        self._targets.pop(room, None)
+        self._changed(room)
         self._activity.pop(room)
         self._history_ids.pop(room)
         for window in self._history.pop(room):
@@ -379,7 +381,7 @@ class Mesh:
                 self._room_peers[room].discard(peer)
                 if peer in self._mesh[room]:
                     self._mesh[room].discard(peer)
-                    self._targets.pop(room, None)
+                    self._changed(room)
         if not p.meshed:
             return out
         for room in sorted(new - old):
@@ -456,8 +458,13 @@ class Mesh:
         """
         if not self.params.idontwant or room not in self._joined:
             return []
+        feeds = self._feeds.get(room)
+        if feeds is None:
+            feeds = self._feeds[room] = [
+                pid for pid in sorted(self._mesh[room]) if not self._peers[pid].stats[room].choked
+            ]
         frame = m.IDontWant(room=room, ids=[(msg[1], msg[2])])
-        return [MeshSend(pid, frame) for pid, _q in self._room_targets(room) if pid != peer]
+        return [MeshSend(pid, frame) for pid in feeds if pid != peer]
 
     def invalid(self, peer: str, now: float) -> list[MeshAction]:
         """Peer sent invalid traffic (bad signature, malformed ...): P4, maybe a close."""
@@ -603,6 +610,11 @@ class Mesh:
         self._history[room][-1].append(msg)
         self._seen_at[msg] = now
 
+    def _changed(self, room: str) -> None:
+        """The mesh of room (or a choke in it) changed: rebuild the cached lists on next use."""
+        self._targets.pop(room, None)
+        self._feeds.pop(room, None)
+
     def _room_targets(self, room: str) -> list[tuple[str, _Peer]]:
         targets = self._targets.get(room)
         if targets is None:
@@ -698,6 +710,7 @@ class Mesh:
         if st is not None and st.choked:
             # A peer we choked announces what our pushing peers did not bring: it is ahead.
             st.choked = False
+            self._changed(room)
             out.append(MeshSend(peer, m.Unchoke(room=room)))
         return [*out, MeshSend(peer, m.IWant(room=room, ids=wanted))]
 
@@ -734,7 +747,7 @@ class Mesh:
         st = p.stats[room]
         if st.chokes_us != choke:
             st.chokes_us = choke
-            self._targets.pop(room, None)
+            self._changed(room)
 
     def _choke(self, room: str, now: float) -> list[MeshAction]:
         """Episub: keep choke_keep pushing mesh peers, choke the one most often second."""
@@ -750,6 +763,7 @@ class Mesh:
             )
             for pid in choked[: prm.choke_keep - len(pushing)]:
                 self._peers[pid].stats[room].choked = False
+                self._changed(room)
                 out.append(MeshSend(pid, m.Unchoke(room=room)))
             return out
         if len(pushing) == prm.choke_keep:
@@ -764,6 +778,7 @@ class Mesh:
         if ready:
             worst = min(ready, key=lambda pid: (self._share(pid, room), pid))
             self._peers[worst].stats[room].choked = True
+            self._changed(room)
             out.append(MeshSend(worst, m.Choke(room=room)))
         return out
 
@@ -794,7 +809,7 @@ class Mesh:
 
     def _add(self, peer: str, p: _Peer, room: str, now: float) -> None:
         self._mesh[room].add(peer)
-        self._targets.pop(room, None)
+        self._changed(room)
         st = p.stats.get(room)
         if st is None:
             st = p.stats[room] = _Stats()
@@ -804,7 +819,7 @@ class Mesh:
 
     def _remove(self, peer: str, p: _Peer, room: str, now: float) -> None:
         self._mesh[room].discard(peer)
-        self._targets.pop(room, None)
+        self._changed(room)
         st = p.stats.get(room)
         if st is not None and st.mesh_since is not None:
             # P3b: a deficit it leaves the mesh with sticks (decaying) to its score.
@@ -1033,7 +1048,7 @@ class Mesh:
             members = self._mesh.get(room)
             if members is not None and peer in members:
                 members.discard(peer)
-                self._targets.pop(room, None)
+                self._changed(room)
                 st = p.stats.get(room)
                 if st is not None:
                     st.mesh_since = None
