@@ -98,9 +98,12 @@ class MeshNet:
         params: MeshParams | None = None,
         freeloaders: int = 0,
         latency: tuple[float, float] = (0.01, 0.15),
+        loss: float = 0.0,
     ) -> None:
         self.rng = random.Random(seed)
         self.latency = latency
+        #: Share of frames lost in flight (any frame: chats, gossip, vectors).
+        self.loss = loss
         prm = params or MeshParams()
         self.nodes = {
             f"n{i:03d}": MeshNode(f"n{i:03d}", seed * 1000 + i, prm, i < freeloaders)
@@ -158,6 +161,8 @@ class MeshNet:
 
     def _send(self, src: str, dst: str, frame: m.Frame) -> None:
         if dst not in self.nodes[src].peers:
+            return
+        if self.loss and self.rng.random() < self.loss:
             return
         self._order += 1
         delay = self.rng.uniform(*self.latency)

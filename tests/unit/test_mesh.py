@@ -683,3 +683,15 @@ def test_rooms_tracked_per_peer_backoffs_and_retained_peers_are_bounded() -> Non
         node.mesh.invalid(p, 0.0)
         node.mesh.disconnected(p, 0.0)
     assert len(node.mesh._retained) == limits.MESH_MAX_RETAINED
+
+
+def test_with_ten_percent_loss_gossip_repairs_everything_within_seconds() -> None:
+    net = MeshNet(40, seed=5, loss=0.1)
+    net.discover_all()
+    net.run(15.0)
+    _traffic(net, 100, seed=3)
+    net.run(3.0)  # before any periodic sync: IHAVE/IWANT did the repair
+    for node in net.nodes.values():
+        assert set(net.written) <= set(node.store), node.name
+    live = sum(n.live for n in net.nodes.values())
+    assert live >= 0.99 * (len(net.nodes) - 1) * len(net.written)
