@@ -118,6 +118,8 @@ class MeshNet:
         self._timers: list[tuple[float, str, int]] = []
         self._armed: dict[tuple[str, int], float | None] = {}
         self._touched: set[str] = set()
+        #: Killed nodes (see kill/revive).
+        self.dead: set[str] = set()
         for node in self.nodes.values():
             node.replica.start(0.0)
             self._do(node, node.mesh.join(ROOM, 0.0))
@@ -146,6 +148,35 @@ class MeshNet:
             self._do(x, x.replica.peer_opened(y, self.now))
         for x, y in ((na, b), (nb, a)):
             self._do(x, x.mesh.peer_rooms(y, [ROOM], self.now))
+
+    def kill(self, name: str) -> None:
+        """Stop a node (kill -9): its connections drop, frames to it and dials of it fail."""
+        node = self.nodes[name]
+        for peer in sorted(node.peers):
+            self.disconnect(name, peer)
+        self.dead.add(name)
+        for kind in (0, 1):
+            self._armed[(name, kind)] = None
+
+    def revive(self, name: str) -> None:
+        """Restart a killed node: its store survives, replica and mesh start afresh."""
+        old = self.nodes[name]
+        node = MeshNode(name, old.seed + 7919, old.params, old.freeloader)
+        node.store.update(old.store)
+        node.received, node.live = old.received, old.live
+        by_author: dict[str, list[int]] = {}
+        for _room, author, seq in node.store:
+            by_author.setdefault(author, []).append(seq)
+        for author, seqs in sorted(by_author.items()):
+            node.replica.sync.load(ROOM, author, 1, seqs)
+        self.nodes[name] = node
+        self.dead.discard(name)
+        node.replica.start(self.now)
+        self._do(node, node.mesh.join(ROOM, self.now))
+        for other in sorted(self.nodes):  # beacons: it hears everyone, everyone hears it
+            if other != name and other not in self.dead:
+                node.mesh.candidate(other, self.now)
+                self.nodes[other].mesh.candidate(name, self.now)
 
     def disconnect(self, a: str, b: str) -> None:
         na, nb = self.nodes[a], self.nodes[b]
@@ -228,7 +259,7 @@ class MeshNet:
                 for key in a.ids:
                     self._send(node.name, a.peer, to_chat(Msg(key, node.store[key], False)))
             elif isinstance(a, MeshDial):
-                if a.peer in self.nodes:
+                if a.peer in self.nodes and a.peer not in self.dead:
                     self.connect(node.name, a.peer)
             elif isinstance(a, MeshClose | rp.Disconnect):
                 self.disconnect(node.name, a.peer)
@@ -237,7 +268,7 @@ class MeshNet:
 
     def _rearm(self) -> None:
         """Queue the timers of the nodes touched since the last call (if they changed)."""
-        for name in sorted(self._touched):
+        for name in sorted(self._touched - self.dead):
             node = self.nodes[name]
             for kind, due in enumerate((node.replica.get_timer(), node.mesh.get_timer())):
                 if self._armed.get((name, kind)) != due:
@@ -264,6 +295,8 @@ class MeshNet:
                 break
             due, name, kind = heapq.heappop(self._timers)
             self._armed[(name, kind)] = None
+            if name in self.dead:
+                continue
             self.now = max(self.now, due)
             node = self.nodes[name]
             if kind == 0:

@@ -695,3 +695,28 @@ def test_with_ten_percent_loss_gossip_repairs_everything_within_seconds() -> Non
         assert set(net.written) <= set(node.store), node.name
     live = sum(n.live for n in net.nodes.values())
     assert live >= 0.99 * (len(net.nodes) - 1) * len(net.written)
+
+
+def test_ten_of_forty_killed_mid_run_the_rest_get_everything_and_the_killed_catch_up() -> None:
+    net = MeshNet(40, seed=13)
+    net.discover_all()
+    net.run(15.0)
+    _traffic(net, 50, seed=1)
+    killed = sorted(net.nodes)[::4]  # 10 nodes
+    for name in killed:
+        net.kill(name)
+    rng = random.Random(2)
+    alive = sorted(set(net.nodes) - set(killed))
+    for i in range(50):
+        net.write(rng.choice(alive), f"late{i}")
+        net.run(0.1)
+    net.run(3.0)
+    for name in alive:
+        assert set(net.written) <= set(net.nodes[name].store), name
+        assert len(net.nodes[name].mesh.mesh_peers(mesh_sim.ROOM)) >= limits.MESH_D_LO
+    for name in killed:
+        net.revive(name)
+    net.run(5.0)  # the vectors of new connections push what they missed
+    for node in net.nodes.values():
+        assert set(net.written) <= set(node.store), node.name
+        assert len(node.peers) <= limits.MESH_D_HI + limits.MESH_CONN_MARGIN
