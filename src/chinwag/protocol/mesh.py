@@ -84,11 +84,13 @@ class MeshParams:
     w2: float = 0.5
     p2_cap: float = 20.0
     #: P3: points lost per squared delivery deficit, once in the mesh p3_activation_s and the
-    #: room carried at least p3_min_activity (decayed) messages; the quota is p3_ratio of them.
+    #: room carried at least p3_min_activity (decayed) messages; the quota is p3_ratio of them,
+    #: at most p3_cap (so P3 alone prunes, at most -w3 * p3_cap**2, but never closes).
     w3: float = 4.0
     p3_activation_s: float = 5.0
     p3_min_activity: float = 5.0
-    p3_ratio: float = 0.05
+    p3_ratio: float = 0.02
+    p3_cap: float = 4.0
     #: P4: points lost per squared invalid message (decayed).
     w4: float = 20.0
     #: P7: points lost per squared behaviour penalty above p7_threshold.
@@ -280,6 +282,16 @@ class Mesh:
         if kept is not None and kept[2] > now:
             p.invalid, p.penalty = kept[0], kept[1]
         self._arm(now)
+        if (
+            mesh
+            and not p.outbound
+            and self.connections() > self.params.d_hi + self.params.conn_margin
+        ):
+            # Full: an inbound dial gets peer exchange for our rooms (others to dial), then a close.
+            out: list[MeshAction] = []
+            for room in sorted(self._joined):
+                out += self._prune(peer, room, now, px=True)
+            return out + self._close(peer, p, Reason.MESH_FULL)
         return []
 
     def disconnected(self, peer: str, now: float) -> list[MeshAction]:
@@ -427,7 +439,8 @@ class Mesh:
         p = self._peers.get(peer)
         if room not in self._joined:
             return [], []
-        if p is not None:
+        if p is not None and msg[1] != peer:
+            # Scored only as a forwarder: its own messages prove nothing about forwarding.
             st = p.stats.get(room)
             if st is None:
                 st = p.stats[room] = _Stats()
@@ -567,9 +580,10 @@ class Mesh:
             s -= prm.w7 * excess**2
         return s
 
-    def recent(self, msg: MsgId) -> bool:
-        """Return whether msg went through the mesh in its last heartbeats (may be in flight)."""
-        return msg in self._seen_at
+    def recent(self, msg: MsgId, now: float) -> bool:
+        """Return whether msg went through us less than MESH_IN_FLIGHT_S ago (may be in flight)."""
+        seen = self._seen_at.get(msg)
+        return seen is not None and now - seen < limits.MESH_IN_FLIGHT_S
 
     def mesh_peers(self, room: str) -> frozenset[str]:
         """Return the mesh peers of room."""
@@ -631,7 +645,7 @@ class Mesh:
         activity = self._activity.get(room, 0.0)
         if in_mesh_s < prm.p3_activation_s or activity < prm.p3_min_activity or st.choked:
             return 0.0
-        return max(0.0, activity * prm.p3_ratio - st.deliveries)
+        return max(0.0, min(activity * prm.p3_ratio, prm.p3_cap) - st.deliveries)
 
     def _last_now(self) -> float:
         """Return the time of the last heartbeat (for queries without a now)."""
@@ -823,7 +837,8 @@ class Mesh:
         st = p.stats.get(room)
         if st is not None and st.mesh_since is not None:
             # P3b: a deficit it leaves the mesh with sticks (decaying) to its score.
-            st.failure += self._deficit(room, st, now - st.mesh_since) ** 2
+            cap = self.params.p3_cap**2
+            st.failure = min(st.failure + self._deficit(room, st, now - st.mesh_since) ** 2, cap)
             st.mesh_since = None
             st.choked = st.chokes_us = False
 
@@ -915,27 +930,27 @@ class Mesh:
     def _gossip(self, room: str, scores: dict[str, float]) -> list[MeshAction]:
         """IHAVE the ids of the last history_gossip heartbeats to D_lazy non-mesh room peers.
 
-        Mesh peers that choked us get the ids of this heartbeat (they push no more to us,
-        we no more to them: the announcement is how they notice our pushing peers lag).
+        Mesh peers that choked us get them too (we push no more to them: the announcement
+        is how they fetch what their pushing peers lost, and notice those lag).
         """
         prm = self.params
         window = self._history[room]
-        members = self._mesh[room]
-        out: list[MeshAction] = []
-        if window[-1]:
-            for pid in sorted(members):
-                if self._peers[pid].stats[room].chokes_us:
-                    out.append(self._announce(pid, room, window[-1][: limits.MESH_MAX_IHAVE_IDS]))
         ids = [mid for w in list(window)[-prm.history_gossip :] for mid in w]
         if not ids:
-            return out
+            return []
+        if len(ids) > limits.MESH_MAX_IHAVE_IDS:
+            ids = self.rng.sample(ids, limits.MESH_MAX_IHAVE_IDS)
+        members = self._mesh[room]
+        out: list[MeshAction] = [
+            self._announce(pid, room, ids)
+            for pid in sorted(members)
+            if self._peers[pid].stats[room].chokes_us
+        ]
         pool = sorted(
             pid
             for pid in self._room_peers[room]
             if pid not in members and scores.get(pid, 0.0) >= prm.gossip_threshold
         )
-        if len(ids) > limits.MESH_MAX_IHAVE_IDS:
-            ids = self.rng.sample(ids, limits.MESH_MAX_IHAVE_IDS)
         for pid in self.rng.sample(pool, min(prm.d_lazy, len(pool))):
             out.append(self._announce(pid, room, ids))
         return out
@@ -988,7 +1003,8 @@ class Mesh:
                 st.first *= d
                 st.deliveries *= d
                 st.mesh_first *= d
-                st.failure = st.failure * d if st.failure > 0.01 else 0.0
+                # Sticky: a pruned non-forwarder stays ungraftable for minutes, not seconds.
+                st.failure = st.failure * prm.penalty_decay if st.failure > 0.01 else 0.0
             announced = p.announced
             while announced and announced[0][0] <= hb - prm.history_len:
                 announced.popleft()

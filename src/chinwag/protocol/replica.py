@@ -626,7 +626,7 @@ class Replica:
             out += self._maybe_settle(room)
         plan = self.sync.push_plan(room, frame.have)
         if plan and self.router is not None:
-            plan = self._not_in_flight(self.router, room, plan)
+            plan = self._not_in_flight(self.router, room, plan, now)
         if plan:
             out.append(Push(peer, room, plan))
         mine = self.sync.rooms.get(room, {})
@@ -637,8 +637,10 @@ class Replica:
             out.append(Send(peer, m.Vector(room=room, have=self.capped_vector(room))))
         return out
 
-    def _not_in_flight(self, router: Mesh, room: str, plan: list[PushRange]) -> list[PushRange]:
-        """Trim from a push what the mesh carries right now (seen in its last heartbeats).
+    def _not_in_flight(
+        self, router: Mesh, room: str, plan: list[PushRange], now: float
+    ) -> list[PushRange]:
+        """Trim from a push what the mesh carries right now (seen by us a moment ago).
 
         A vector races the mesh: the peer lacks what is still on its way to it. Pushed,
         those would be duplicates; if the mesh fails them, a later vector pushes them.
@@ -646,7 +648,7 @@ class Replica:
         trimmed = []
         for r in plan:
             hi = r.hi
-            while hi >= r.lo and router.recent((room, r.author, hi)):
+            while hi >= r.lo and router.recent((room, r.author, hi), now):
                 hi -= 1
             if hi == r.hi:
                 trimmed.append(r)
