@@ -340,34 +340,37 @@ def test_gossip_and_history_are_bounded() -> None:
 # --- scores -----------------------------------------------------------------------
 
 
-def test_a_mesh_peer_that_never_forwards_loses_score_and_is_pruned() -> None:
+@pytest.mark.parametrize("rate", [10, 100])
+def test_a_mesh_peer_that_never_forwards_loses_score_and_is_pruned_not_closed(rate: int) -> None:
     node = Node()
     good = peers(5)
-    lazy = pid(66)  # never forwards
+    lazy = pid(66)  # never forwards, but talks: its own messages prove nothing
     node.connect(*good, lazy)
     node.mesh.join(ROOM, 0.0)
     assert lazy in node.mesh.mesh_peers(ROOM)
     pruned_at = None
     seq = 0
+    actions: list[MeshAction] = []
     for second in range(40):
-        for k in range(10):  # 10 messages a second, each first from some good peer
+        node.mesh.received(lazy, ROOM, (ROOM, lazy, second + 1), True, second)
+        for k in range(rate):  # each message first from some good peer
             seq += 1
-            node.mesh.received(
-                good[seq % len(good)], ROOM, (ROOM, AUTHOR, seq), True, second + k / 10
-            )
-            # and as duplicates from two others
-            for j in (1, 2):
-                node.mesh.received(
-                    good[(seq + j) % len(good)], ROOM, (ROOM, AUTHOR, seq), False, second + k / 10
-                )
-        prunes = sends(node.beat(), m.Prune)
-        if lazy in prunes and pruned_at is None:
+            t = second + k / rate
+            node.mesh.received(good[seq % len(good)], ROOM, (ROOM, AUTHOR, seq), True, t)
+            for j in (1, 2):  # and as duplicates from two others
+                node.mesh.received(good[(seq + j) % len(good)], ROOM, (ROOM, AUTHOR, seq), False, t)
+        beat = node.beat()
+        actions += beat
+        if lazy in sends(beat, m.Prune) and pruned_at is None:
             pruned_at = second
     assert pruned_at is not None and pruned_at <= limits.MESH_HEARTBEAT_S * 15
     assert not node.mesh.forwards(lazy) or lazy not in node.mesh.mesh_peers(ROOM)
     assert set(good) <= node.mesh.mesh_peers(ROOM)
     assert all(node.mesh.score(p, node.now) > 0 for p in good)
     assert node.mesh.score(lazy, node.now) < 0
+    # Not forwarding costs its mesh place, not its connection (P3 is capped).
+    assert not [a for a in actions if isinstance(a, MeshClose)]
+    assert node.mesh.score(lazy, node.now) > limits.MESH_CLOSE_THRESHOLD
 
 
 def test_invalid_messages_lower_the_score_until_close() -> None:
