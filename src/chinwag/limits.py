@@ -439,3 +439,9 @@ MESH_CONN_GRACE_S = 5.0
 MESH_MAX_RETAINED = 1_024
 #: Seconds the penalties of a disconnected peer are kept.
 MESH_RETAIN_S = 600.0
+#: Seconds from a stored message to our vector when a mesh routes (VECTOR_DELAY_S without):
+#: live delivery through the mesh finishes first, so sync does not push duplicates of it.
+MESH_VECTOR_DELAY_S = 2.0
+#: Seconds after we saw a message live during which a vector-triggered push skips it: the
+#: mesh most likely has it in flight to that peer (a push would only duplicate it).
+MESH_IN_FLIGHT_S = 2.0

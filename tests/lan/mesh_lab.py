@@ -186,25 +186,49 @@ class MeshLab:
     async def wait_held(
         self, texts: Iterable[str], within: float, indices: Iterable[int] | None = None
     ) -> None:
-        """Wait until each of these nodes (default: the running ones) showed every text."""
+        """Wait until each of these hosts (default: those running) showed every text, in
+        this run or an earlier one (a restarted node shows only what it lacked)."""
         want = set(texts)
-        nodes = self.alive() if indices is None else [self.nodes[i] for i in indices]
+        idx = (
+            [i for i, p in enumerate(self.nodes) if p.proc is not None and p.returncode is None]
+            if indices is None
+            else list(indices)
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
 
-        def lacking(p: StampedProcess) -> set[str]:
-            return want - {ev.get("text") for ev in p.messages()}
+        def lacking(i: int) -> set[str]:
+            return want - {ev.get("text") for p in self.runs[i] for ev in p.messages()}
 
         while True:
-            missing = {p.nick: len(lacking(p)) for p in nodes}
+            missing = {f"n{i + 1}": len(lacking(i)) for i in idx}
             if not any(missing.values()):
                 return
             if loop.time() > deadline:
                 raise AssertionError(
                     f"not every node holds all {len(want)} messages: {missing}; "
-                    f"{self._whereabouts(set().union(*(lacking(p) for p in nodes)))}"
+                    f"{self._whereabouts(set().union(*(lacking(i) for i in idx)))}"
                 )
             await asyncio.sleep(0.2)
+
+    async def wait_stored(
+        self, texts: Iterable[str], within: float, indices: Iterable[int]
+    ) -> None:
+        """Wait until each of these nodes holds every text in its history (the `history`
+        command): a node killed between a commit and printing its event stores a message it
+        never showed, so after a kill the store, not the events, says what a node holds."""
+        want = set(texts)
+        idx = list(indices)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            held = await asyncio.gather(*(history_texts(self.nodes[i]) for i in idx))
+            missing = {f"n{i + 1}": len(want - set(h)) for i, h in zip(idx, held, strict=True)}
+            if not any(missing.values()):
+                return
+            if loop.time() > deadline:
+                raise AssertionError(f"not every node stores all {len(want)} messages: {missing}")
+            await asyncio.sleep(1.0)
 
     async def wait_left(self, texts: Iterable[str], hosts: Iterable[int], within: float) -> None:
         """Wait until each of these texts is shown by at least one node of hosts (it left

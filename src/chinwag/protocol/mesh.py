@@ -45,7 +45,7 @@ _warn = WarnOnce(log)
 #: A message id: (room wire name, author peer id, seq).
 MsgId = tuple[str, str, int]
 
-MeshFrame = m.Graft | m.Prune | m.IHave | m.IWant | m.IDontWant
+MeshFrame = m.MeshFrame
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +64,14 @@ class MeshParams:
     prune_backoff_s: int = limits.MESH_PRUNE_BACKOFF_S
     leave_backoff_s: int = limits.MESH_LEAVE_BACKOFF_S
     conn_margin: int = limits.MESH_CONN_MARGIN
-    #: Whether a first copy is announced with IDONTWANT to the mesh peers it is not forwarded to.
+    #: Whether `dont_want` sends IDONTWANT (v1.2) to the mesh on a first copy.
     idontwant: bool = True
+    #: Episub choking: mesh peers whose copies nearly always come second are asked (CHOKE)
+    #: to announce by IHAVE instead of pushing, keeping choke_keep pushing peers per room.
+    choke: bool = True
+    choke_keep: int = 3
+    #: Deliveries (decayed) a mesh peer needs before it may be choked (no choice on noise).
+    choke_min_samples: float = 10.0
     # --- scoring (docs/mesh.md, "Scoring") ---
     #: Multiplier applied to every counter at each heartbeat.
     decay: float = 0.9
@@ -78,11 +84,13 @@ class MeshParams:
     w2: float = 0.5
     p2_cap: float = 20.0
     #: P3: points lost per squared delivery deficit, once in the mesh p3_activation_s and the
-    #: room carried at least p3_min_activity (decayed) messages; the quota is p3_ratio of them.
+    #: room carried at least p3_min_activity (decayed) messages; the quota is p3_ratio of them,
+    #: at most p3_cap (so P3 alone prunes, at most -w3 * p3_cap**2, but never closes).
     w3: float = 4.0
-    p3_activation_s: float = 10.0
+    p3_activation_s: float = 5.0
     p3_min_activity: float = 5.0
-    p3_ratio: float = 0.05
+    p3_ratio: float = 0.02
+    p3_cap: float = 4.0
     #: P4: points lost per squared invalid message (decayed).
     w4: float = 20.0
     #: P7: points lost per squared behaviour penalty above p7_threshold.
@@ -137,7 +145,15 @@ MeshAction = MeshSend | MeshDial | MeshClose | MeshServe
 class _Stats:
     """What a peer did in one room (scoring counters)."""
 
-    __slots__ = ("deliveries", "failure", "first", "mesh_since")
+    __slots__ = (
+        "choked",
+        "chokes_us",
+        "deliveries",
+        "failure",
+        "first",
+        "mesh_first",
+        "mesh_since",
+    )
 
     def __init__(self) -> None:
         #: When it joined our mesh of the room (None: not in it).
@@ -148,6 +164,11 @@ class _Stats:
         self.deliveries = 0.0
         #: P3b: sticky penalty of a deficit it was pruned with (decayed).
         self.failure = 0.0
+        #: First deliveries while in our mesh (decayed): its share of `deliveries` ranks it.
+        self.mesh_first = 0.0
+        #: We choked it (it announces instead of pushing: no delivery quota), it choked us.
+        self.choked = False
+        self.chokes_us = False
 
 
 class _Peer:
@@ -223,8 +244,12 @@ class Mesh:
         self._room_peers: dict[str, set[str]] = {}
         #: Joined room -> cached eager targets (peer id, peer), rebuilt when the mesh changes.
         self._targets: dict[str, list[tuple[str, _Peer]]] = {}
+        #: Joined room -> cached mesh peers that push to us (not choked by us): IDONTWANT to them.
+        self._feeds: dict[str, list[str]] = {}
         #: Joined room -> message ids first seen per heartbeat, newest last (the mcache).
         self._history: dict[str, deque[list[MsgId]]] = {}
+        #: Joined room -> ids in its history (all windows).
+        self._history_ids: dict[str, int] = {}
         #: Ids in some history window -> when first seen.
         self._seen_at: dict[MsgId, float] = {}
         #: Joined room -> messages it carried (decayed): the base of the P3 quota.
@@ -257,6 +282,16 @@ class Mesh:
         if kept is not None and kept[2] > now:
             p.invalid, p.penalty = kept[0], kept[1]
         self._arm(now)
+        if (
+            mesh
+            and not p.outbound
+            and self.connections() > self.params.d_hi + self.params.conn_margin
+        ):
+            # Full: an inbound dial gets peer exchange for our rooms (others to dial), then a close.
+            out: list[MeshAction] = []
+            for room in sorted(self._joined):
+                out += self._prune(peer, room, now, px=True)
+            return out + self._close(peer, p, Reason.MESH_FULL)
         return []
 
     def disconnected(self, peer: str, now: float) -> list[MeshAction]:
@@ -270,7 +305,7 @@ class Mesh:
                 peers.discard(peer)
                 if peer in self._mesh[room]:
                     self._mesh[room].discard(peer)
-                    self._targets.pop(room, None)
+                    self._changed(room)
         if p.invalid > 0 or p.penalty > 0 or p.closing:
             # Kept (and not dialled) a while: penalties survive a reconnect, and a peer
             # we closed for the degree is not dialled again at once.
@@ -311,6 +346,7 @@ class Mesh:
             pid for pid, p in self._peers.items() if p.meshed and room in p.rooms
         }
         self._history[room] = deque([[]])
+        self._history_ids[room] = 0
         self._activity[room] = 0.0
         self._arm(now)
         return self._graft_more(room, now, self.params.d)
@@ -322,8 +358,9 @@ class Mesh:
         self._joined.discard(room)
         members = self._mesh.pop(room)
         self._room_peers.pop(room)
-        self._targets.pop(room, None)
+        self._changed(room)
         self._activity.pop(room)
+        self._history_ids.pop(room)
         for window in self._history.pop(room):
             for mid in window:
                 self._seen_at.pop(mid, None)
@@ -356,7 +393,7 @@ class Mesh:
                 self._room_peers[room].discard(peer)
                 if peer in self._mesh[room]:
                     self._mesh[room].discard(peer)
-                    self._targets.pop(room, None)
+                    self._changed(room)
         if not p.meshed:
             return out
         for room in sorted(new - old):
@@ -372,13 +409,24 @@ class Mesh:
     # --- traffic ------------------------------------------------------------
 
     def publish(self, room: str, msg: MsgId, now: float) -> list[str]:
-        """Our own message of room: note it for gossip and return the peers to push it to."""
+        """Our own message of room: note it for gossip and return the peers to push it to.
+
+        gossipsub v1.1's flood publishing: every connected peer of the room whose score is
+        not under the gossip threshold, not only the mesh (one author's few messages, so
+        it costs little, and ours get out even while our mesh is being rebuilt).
+        """
         if room not in self._joined:
-            # Not meshed (we publish without holding it): D random peers of the room.
-            pool = sorted(pid for pid, p in self._peers.items() if p.meshed and room in p.rooms)
-            return self.rng.sample(pool, min(self.params.d, len(pool)))
+            return self._fanout(room, now)
         self._note(room, msg, now)
-        return [pid for pid, _p in self._room_targets(room)]
+        threshold = self.params.gossip_threshold
+        return [pid for pid in sorted(self._room_peers[room]) if self.score(pid, now) >= threshold]
+
+    def _fanout(self, room: str, now: float) -> list[str]:
+        """Peers for a message of a room we do not hold: D random peers that hold it."""
+        pool = sorted(
+            pid for pid, p in self._peers.items() if p.meshed and room in p.rooms and not p.closing
+        )
+        return self.rng.sample(pool, min(self.params.d, len(pool)))
 
     def received(
         self, peer: str, room: str, msg: MsgId, first: bool, now: float
@@ -391,7 +439,8 @@ class Mesh:
         p = self._peers.get(peer)
         if room not in self._joined:
             return [], []
-        if p is not None:
+        if p is not None and msg[1] != peer:
+            # Scored only as a forwarder: its own messages prove nothing about forwarding.
             st = p.stats.get(room)
             if st is None:
                 st = p.stats[room] = _Stats()
@@ -399,6 +448,8 @@ class Mesh:
                 st.first += 1.0
             if st.mesh_since is not None and (first or msg in self._seen_at):
                 st.deliveries += 1.0
+                if first:
+                    st.mesh_first += 1.0
         if not first:
             return [], []
         self._note(room, msg, now)
@@ -420,8 +471,13 @@ class Mesh:
         """
         if not self.params.idontwant or room not in self._joined:
             return []
+        feeds = self._feeds.get(room)
+        if feeds is None:
+            feeds = self._feeds[room] = [
+                pid for pid in sorted(self._mesh[room]) if not self._peers[pid].stats[room].choked
+            ]
         frame = m.IDontWant(room=room, ids=[(msg[1], msg[2])])
-        return [MeshSend(pid, frame) for pid, _q in self._room_targets(room) if pid != peer]
+        return [MeshSend(pid, frame) for pid in feeds if pid != peer]
 
     def invalid(self, peer: str, now: float) -> list[MeshAction]:
         """Peer sent invalid traffic (bad signature, malformed ...): P4, maybe a close."""
@@ -457,8 +513,11 @@ class Mesh:
                 out = []
             elif isinstance(frame, m.Graft):
                 out = self._on_graft(peer, p, frame.room, now)
-            else:
+            elif isinstance(frame, m.Prune):
                 out = self._on_prune(peer, p, frame, now)
+            else:
+                self._on_choke(peer, p, frame.room, isinstance(frame, m.Choke))
+                out = []
         return out + self._maybe_close(peer, p, now)
 
     # --- timer ------------------------------------------------------------
@@ -478,11 +537,15 @@ class Mesh:
         scores = {pid: self.score(pid, now) for pid in self._peers}
         for room in sorted(self._joined):
             out += self._maintain(room, scores, now)
+            if self.params.choke:
+                out += self._choke(room, now)
             out += self._gossip(room, scores)
             window = self._history[room]
             window.append([])
             while len(window) > self.params.history_len:
-                for mid in window.popleft():
+                old = window.popleft()
+                self._history_ids[room] -= len(old)
+                for mid in old:
                     self._seen_at.pop(mid, None)
         self._decay(now)
         out += self._degree(scores, now)
@@ -517,6 +580,11 @@ class Mesh:
             s -= prm.w7 * excess**2
         return s
 
+    def recent(self, msg: MsgId, now: float) -> bool:
+        """Return whether msg went through us less than MESH_IN_FLIGHT_S ago (may be in flight)."""
+        seen = self._seen_at.get(msg)
+        return seen is not None and now - seen < limits.MESH_IN_FLIGHT_S
+
     def mesh_peers(self, room: str) -> frozenset[str]:
         """Return the mesh peers of room."""
         return frozenset(self._mesh.get(room, ()))
@@ -550,17 +618,24 @@ class Mesh:
         if msg in self._seen_at:
             return
         self._activity[room] += 1.0
-        window = self._history[room]
-        if sum(len(w) for w in window) >= limits.MESH_MAX_HISTORY_IDS:
+        if self._history_ids[room] >= limits.MESH_MAX_HISTORY_IDS:
             return  # a very fast room: the rest is not gossiped (sync repairs it)
-        window[-1].append(msg)
+        self._history_ids[room] += 1
+        self._history[room][-1].append(msg)
         self._seen_at[msg] = now
+
+    def _changed(self, room: str) -> None:
+        """The mesh of room (or a choke in it) changed: rebuild the cached lists on next use."""
+        self._targets.pop(room, None)
+        self._feeds.pop(room, None)
 
     def _room_targets(self, room: str) -> list[tuple[str, _Peer]]:
         targets = self._targets.get(room)
         if targets is None:
             targets = self._targets[room] = [
-                (pid, self._peers[pid]) for pid in sorted(self._mesh[room])
+                (pid, p)
+                for pid in sorted(self._mesh[room])
+                if not (p := self._peers[pid]).stats[room].chokes_us
             ]
         return targets
 
@@ -568,9 +643,9 @@ class Mesh:
         """Return the P3 delivery deficit of a mesh peer (0 until its quota applies)."""
         prm = self.params
         activity = self._activity.get(room, 0.0)
-        if in_mesh_s < prm.p3_activation_s or activity < prm.p3_min_activity:
+        if in_mesh_s < prm.p3_activation_s or activity < prm.p3_min_activity or st.choked:
             return 0.0
-        return max(0.0, activity * prm.p3_ratio - st.deliveries)
+        return max(0.0, min(activity * prm.p3_ratio, prm.p3_cap) - st.deliveries)
 
     def _last_now(self) -> float:
         """Return the time of the last heartbeat (for queries without a now)."""
@@ -644,7 +719,14 @@ class Mesh:
         if not wanted:
             return []
         p.asked += len(wanted)
-        return [MeshSend(peer, m.IWant(room=room, ids=wanted))]
+        st = p.stats.get(room)
+        out: list[MeshAction] = []
+        if st is not None and st.choked:
+            # A peer we choked announces what our pushing peers did not bring: it is ahead.
+            st.choked = False
+            self._changed(room)
+            out.append(MeshSend(peer, m.Unchoke(room=room)))
+        return [*out, MeshSend(peer, m.IWant(room=room, ids=wanted))]
 
     def _on_iwant(self, peer: str, p: _Peer, frame: m.IWant, now: float) -> list[MeshAction]:
         room = frame.room
@@ -657,15 +739,13 @@ class Mesh:
         unannounced = 0
         for author, seq in frame.ids:
             mid = (room, author, seq)
-            for _hb, ids in p.announced:
-                if mid in ids:
-                    ids.discard(mid)  # served once: asking again is asking for the unannounced
-                    break
-            else:
+            holder = next((ids for _hb, ids in p.announced if mid in ids), None)
+            if holder is None:
                 unannounced += 1
                 continue
             if p.served >= limits.MESH_MAX_SERVE_PER_HEARTBEAT:
-                continue
+                continue  # over this heartbeat's budget: it may ask again at the next
+            holder.discard(mid)  # served once: asking again is asking for the unannounced
             if self.have(mid):
                 serve.append(mid)
                 p.served += 1
@@ -673,6 +753,53 @@ class Mesh:
             p.penalty += 1.0
             _warn((peer, "iwant"), "mesh: %s asks by IWANT for ids never announced", peer[:8])
         return [MeshServe(peer, serve)] if serve else []
+
+    def _on_choke(self, peer: str, p: _Peer, room: str, choke: bool) -> None:
+        """A mesh peer asks us to announce instead of pushing (or to push again)."""
+        if room not in self._joined or peer not in self._mesh[room]:
+            return
+        st = p.stats[room]
+        if st.chokes_us != choke:
+            st.chokes_us = choke
+            self._changed(room)
+
+    def _choke(self, room: str, now: float) -> list[MeshAction]:
+        """Episub: keep choke_keep pushing mesh peers, choke the one most often second."""
+        prm = self.params
+        members = self._mesh[room]
+        pushing = [pid for pid in sorted(members) if not self._peers[pid].stats[room].choked]
+        out: list[MeshAction] = []
+        if len(pushing) < prm.choke_keep:
+            # Too few feeds (pruned, gone): unchoke the best of the choked ones.
+            choked = sorted(
+                (pid for pid in members if self._peers[pid].stats[room].choked),
+                key=lambda pid: (-self._share(pid, room), pid),
+            )
+            for pid in choked[: prm.choke_keep - len(pushing)]:
+                self._peers[pid].stats[room].choked = False
+                self._changed(room)
+                out.append(MeshSend(pid, m.Unchoke(room=room)))
+            return out
+        if len(pushing) == prm.choke_keep:
+            return out
+        ready = [
+            pid
+            for pid in pushing
+            if (st := self._peers[pid].stats[room]).deliveries >= prm.choke_min_samples
+            and st.mesh_since is not None
+            and now - st.mesh_since >= prm.p3_activation_s
+        ]
+        if ready:
+            worst = min(ready, key=lambda pid: (self._share(pid, room), pid))
+            self._peers[worst].stats[room].choked = True
+            self._changed(room)
+            out.append(MeshSend(worst, m.Choke(room=room)))
+        return out
+
+    def _share(self, peer: str, room: str) -> float:
+        """Return the share of first copies among what a mesh peer delivered in room."""
+        st = self._peers[peer].stats[room]
+        return st.mesh_first / st.deliveries if st.deliveries > 0 else 0.0
 
     def _on_idontwant(self, p: _Peer, frame: m.IDontWant) -> None:
         if frame.room not in self._joined:
@@ -696,21 +823,24 @@ class Mesh:
 
     def _add(self, peer: str, p: _Peer, room: str, now: float) -> None:
         self._mesh[room].add(peer)
-        self._targets.pop(room, None)
+        self._changed(room)
         st = p.stats.get(room)
         if st is None:
             st = p.stats[room] = _Stats()
         st.mesh_since = now
-        st.deliveries = 0.0
+        st.deliveries = st.mesh_first = 0.0
+        st.choked = st.chokes_us = False
 
     def _remove(self, peer: str, p: _Peer, room: str, now: float) -> None:
         self._mesh[room].discard(peer)
-        self._targets.pop(room, None)
+        self._changed(room)
         st = p.stats.get(room)
         if st is not None and st.mesh_since is not None:
             # P3b: a deficit it leaves the mesh with sticks (decaying) to its score.
-            st.failure += self._deficit(room, st, now - st.mesh_since) ** 2
+            cap = self.params.p3_cap**2
+            st.failure = min(st.failure + self._deficit(room, st, now - st.mesh_since) ** 2, cap)
             st.mesh_since = None
+            st.choked = st.chokes_us = False
 
     def _graft(self, peer: str, room: str, now: float) -> list[MeshAction]:
         self._add(peer, self._peers[peer], room, now)
@@ -798,33 +928,42 @@ class Mesh:
         return out
 
     def _gossip(self, room: str, scores: dict[str, float]) -> list[MeshAction]:
-        """IHAVE the ids of the last history_gossip heartbeats to D_lazy non-mesh room peers."""
+        """IHAVE the ids of the last history_gossip heartbeats to D_lazy non-mesh room peers.
+
+        Mesh peers that choked us get them too (we push no more to them: the announcement
+        is how they fetch what their pushing peers lost, and notice those lag).
+        """
         prm = self.params
         window = self._history[room]
         ids = [mid for w in list(window)[-prm.history_gossip :] for mid in w]
         if not ids:
             return []
+        if len(ids) > limits.MESH_MAX_IHAVE_IDS:
+            ids = self.rng.sample(ids, limits.MESH_MAX_IHAVE_IDS)
         members = self._mesh[room]
+        out: list[MeshAction] = [
+            self._announce(pid, room, ids)
+            for pid in sorted(members)
+            if self._peers[pid].stats[room].chokes_us
+        ]
         pool = sorted(
             pid
             for pid in self._room_peers[room]
             if pid not in members and scores.get(pid, 0.0) >= prm.gossip_threshold
         )
-        if not pool:
-            return []
-        if len(ids) > limits.MESH_MAX_IHAVE_IDS:
-            ids = self.rng.sample(ids, limits.MESH_MAX_IHAVE_IDS)
-        frame = m.IHave(room=room, ids=[(a, s) for _r, a, s in ids])
-        hb = self._heartbeats
-        out: list[MeshAction] = []
         for pid in self.rng.sample(pool, min(prm.d_lazy, len(pool))):
-            announced = self._peers[pid].announced
-            if announced and announced[-1][0] == hb:
-                announced[-1][1].update(ids)
-            else:
-                announced.append((hb, set(ids)))
-            out.append(MeshSend(pid, frame))
+            out.append(self._announce(pid, room, ids))
         return out
+
+    def _announce(self, peer: str, room: str, ids: list[MsgId]) -> MeshSend:
+        """Return an IHAVE of ids for peer, remembering them as announced (IWANT may ask)."""
+        announced = self._peers[peer].announced
+        hb = self._heartbeats
+        if announced and announced[-1][0] == hb:
+            announced[-1][1].update(ids)
+        else:
+            announced.append((hb, set(ids)))
+        return MeshSend(peer, m.IHave(room=room, ids=[(a, s) for _r, a, s in ids]))
 
     # --- internals: heartbeat bookkeeping -----------------------------------------
 
@@ -863,7 +1002,9 @@ class Mesh:
             for st in p.stats.values():
                 st.first *= d
                 st.deliveries *= d
-                st.failure = st.failure * d if st.failure > 0.01 else 0.0
+                st.mesh_first *= d
+                # Sticky: a pruned non-forwarder stays ungraftable for minutes, not seconds.
+                st.failure = st.failure * prm.penalty_decay if st.failure > 0.01 else 0.0
             announced = p.announced
             while announced and announced[0][0] <= hb - prm.history_len:
                 announced.popleft()
@@ -923,7 +1064,7 @@ class Mesh:
             members = self._mesh.get(room)
             if members is not None and peer in members:
                 members.discard(peer)
-                self._targets.pop(room, None)
+                self._changed(room)
                 st = p.stats.get(room)
                 if st is not None:
                     st.mesh_since = None

@@ -22,6 +22,7 @@ frames are validated before they reach the replica (by the adapter or codec).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -564,7 +565,10 @@ class Replica:
             out += self._check_gap(room, author, now)
             self.dirty_rooms.add(room)
         if self.timers.vector is None and not self.closed:
-            self.timers.vector = now + limits.VECTOR_DELAY_S
+            # With a mesh the vector is the backstop: sent once live delivery had its time,
+            # else it races the mesh and a push duplicates what is still in flight.
+            delay = limits.VECTOR_DELAY_S if self.router is None else limits.MESH_VECTOR_DELAY_S
+            self.timers.vector = now + delay
         return out
 
     # --- sync frames ----------------------------------------------------
@@ -621,6 +625,8 @@ class Replica:
             self._own_claims[room] = max(self._own_claims.get(room, 0), after)
             out += self._maybe_settle(room)
         plan = self.sync.push_plan(room, frame.have)
+        if plan and self.router is not None:
+            plan = self._not_in_flight(self.router, room, plan, now)
         if plan:
             out.append(Push(peer, room, plan))
         mine = self.sync.rooms.get(room, {})
@@ -630,6 +636,25 @@ class Replica:
             self.vector_sent[(peer, room)] = now
             out.append(Send(peer, m.Vector(room=room, have=self.capped_vector(room))))
         return out
+
+    def _not_in_flight(
+        self, router: Mesh, room: str, plan: list[PushRange], now: float
+    ) -> list[PushRange]:
+        """Trim from a push what the mesh carries right now (seen by us a moment ago).
+
+        A vector races the mesh: the peer lacks what is still on its way to it. Pushed,
+        those would be duplicates; if the mesh fails them, a later vector pushes them.
+        """
+        trimmed = []
+        for r in plan:
+            hi = r.hi
+            while hi >= r.lo and router.recent((room, r.author, hi), now):
+                hi -= 1
+            if hi == r.hi:
+                trimmed.append(r)
+            elif hi >= r.lo or r.floor is not None:
+                trimmed.append(dataclasses.replace(r, hi=hi))
+        return trimmed
 
     def want_received(self, peer: str, frame: m.Want) -> list[Action]:
         """A peer asks for a range: push what we offer of it."""
