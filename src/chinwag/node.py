@@ -207,6 +207,7 @@ class Node:
                 _int_setting(settings.get("presence_seq")),
                 lambda seq: self.datadir.save_setting("presence_seq", seq),
                 self._presence_keep,
+                self._members_changed,
                 invalid=history.mesh_invalid,
             )
             run = self._run = _Running(store, manager, book, history, files, members)
@@ -336,6 +337,7 @@ class Node:
             room = book.join_public(canonical)
         self._running().history.room_changed(room.wire)
         self._update_presence()
+        self._offer_members(None)
         event = ev.Joined(room=room.name, private=room.kind == PRIVATE)
         self._emit(event)
         return event
@@ -653,6 +655,7 @@ class Node:
             self._run.history.peer_left(peer_id)
             self._run.files.peer_left(peer_id)
             self._run.members.peer_left(peer_id)
+            self._offer_members(None)
         self._emit(
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )
@@ -711,6 +714,38 @@ class Node:
                 if isinstance(name, tuple) and name and name[0] not in hosts:
                     hosts.append(str(name[0]))
         return [f"[{h}]:{self.port}" if ":" in h else f"{h}:{self.port}" for h in sorted(hosts)]
+
+    def _members_changed(self, authors: frozenset[str]) -> None:
+        self._offer_members(authors)
+
+    def _offer_members(self, authors: frozenset[str] | None) -> None:
+        """Offer the mesh, as dial candidates, members (of authors; None: all) of joined rooms
+        that no connected peer is in: only members carry a room's messages, so these members
+        are our only way into it (e.g. a private room whose other members are beyond a peer)."""
+        run = self._run
+        if run is None:
+            return
+        book, manager = run.book, run.manager
+        lonely = {
+            (r.wire, r.kcv)
+            for r in book.joined.values()
+            if r.kind != DM and not any(book.shares_room(p, r.wire) for p in manager.peers)
+        }
+        if not lonely:
+            return
+        now = time.time()
+        records = (
+            run.members.book.records()
+            if authors is None
+            else [r for a in authors if (r := run.members.get(a)) is not None]
+        )
+        for record in records:
+            if record.author in manager.peers or not record.fresh(now):
+                continue
+            if any(ref in lonely for ref in record.rooms) and manager.learn(
+                record.author, run.members.addresses(record.author)
+            ):
+                run.history.candidate(record.author)
 
     def _presence_keep(self, peer_id: str) -> bool:
         """Return whether a full presence room takes peer_id's record in place of a stranger's."""

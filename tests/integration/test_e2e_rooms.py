@@ -392,8 +392,10 @@ async def test_private_room_needs_the_passphrase(node: NodeFactory) -> None:
     assert got == {**own, "own": False}, (got, own)
     hist = await history(c, "secret")
     assert hist["room"] == "secret" and [ev["id"] for ev in hist["messages"]] == [own["id"]]
-    # C got it through B, so B has handled it: nothing of it was shown there.
-    assert c.peer_id not in a.connected_peers()
+    # Only members carry a room (the mesh): B is not in it, so A and C, each other's only
+    # way into it, were dialled by their presence records (rooms.md, Membership). B was
+    # sent nothing of it, and shows nothing.
+    assert c.peer_id in a.connected_peers()
     assert not mentions(b, text), mentions(b, text)
     assert await search(b, text) == []
 

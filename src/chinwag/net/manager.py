@@ -164,13 +164,19 @@ class ConnectionManager:
                 self._wanted.add(peer_id)
             self.schedule_dials()
 
+    def learn(self, peer_id: str, addresses: list[tuple[str, int]]) -> bool:
+        """Note where peer_id's presence record says it listens (dialled only on demand);
+        return whether an address of it is known now."""
+        if addresses and peer_id not in self.peers:
+            host, port = addresses[0]
+            self.table.hint(peer_id, host, port, self._loop.time())
+        return self.table.address_of(peer_id) is not None
+
     def reach(self, peer_id: str, addresses: list[tuple[str, int]]) -> None:
         """Dial peer_id now (`want`), learning first an address its presence record gives."""
         if peer_id in self.peers:
             return
-        if addresses:
-            host, port = addresses[0]
-            self.table.hint(peer_id, host, port, self._loop.time())
+        self.learn(peer_id, addresses)
         self.want(peer_id)
 
     def mesh_dial(self, peer_id: str) -> bool:
