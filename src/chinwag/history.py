@@ -87,6 +87,8 @@ class MeshPorts:
     dial: Callable[[str], bool]
     #: Whether a connection is direct (for a conversation or a file): not the mesh's.
     is_direct: Callable[[str], bool]
+    #: Whether we dialled the connection (the mesh keeps D_out outbound peers: no eclipse).
+    is_outbound: Callable[[str], bool]
 
 
 class _View:
@@ -389,7 +391,8 @@ class History:
         now = self._loop.time()
         if self.mesh is not None and self._ports is not None:
             meshed = not self._ports.is_direct(peer_id)
-            self._mesh_carry(self.mesh.connected(peer_id, now, mesh=meshed))
+            outbound = self._ports.is_outbound(peer_id)
+            self._mesh_carry(self.mesh.connected(peer_id, now, mesh=meshed, outbound=outbound))
         self._run(self.replica.peer_opened(peer_id, now))
 
     def peer_left(self, peer_id: str) -> None:

@@ -178,7 +178,12 @@ class Node:
             book = RoomBook(store, self.identity)
             book.load()
             ports = (
-                MeshPorts(random.Random(self._rng.random()), manager.mesh_dial, manager.is_direct)
+                MeshPorts(
+                    random.Random(self._rng.random()),
+                    manager.mesh_dial,
+                    manager.is_direct,
+                    manager.is_outbound,
+                )
                 if self.config.mesh
                 else None
             )

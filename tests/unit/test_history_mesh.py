@@ -34,7 +34,9 @@ class RecordingMesh:
         out, self.next = self.next, []
         return out
 
-    def connected(self, peer: str, now: float, *, mesh: bool = True) -> list[MeshAction]:
+    def connected(
+        self, peer: str, now: float, *, mesh: bool = True, outbound: bool | None = None
+    ) -> list[MeshAction]:
         self.calls.append(("connected", peer, mesh))
         return self._answer()
 
@@ -95,7 +97,9 @@ class Node:
         self.direct: set[str] = set()
         self.book = RoomBook(store, ME)
         self.book.load()
-        ports = MeshPorts(random.Random(1), self._dial, lambda p: p in self.direct)
+        ports = MeshPorts(
+            random.Random(1), self._dial, lambda p: p in self.direct, lambda p: p in self.direct
+        )
         manager: Any = self.manager
         self.history = History(store, ME, manager, self.events.append, self.book, ports)
         self.mesh = RecordingMesh()

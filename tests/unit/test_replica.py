@@ -241,3 +241,17 @@ def test_with_a_router_a_push_skips_what_the_mesh_carries_right_now() -> None:
     (push,) = r.vector_received(CAROL, m.Vector(room=ROOM, have={ALICE: 0}), later)
     assert isinstance(push, rp.Push)
     assert [(p.author, p.lo, p.hi) for p in push.plan] == [(ALICE, 1, 3)]
+
+
+def test_with_a_router_a_peer_that_just_connected_gets_the_recent_ones_too() -> None:
+    """A peer that (re)connected after a message went by cannot have it in flight from us:
+    the push does not wait for the next periodic vector (a restarted node caught up late)."""
+    r, mesh = _meshed(BOB, CAROL)
+    for seq in (1, 2, 3):
+        r.accept(ROOM, ALICE, seq)
+    mesh.received(CAROL, ROOM, (ROOM, ALICE, 3), True, 1.0)  # 3 came live just now
+    r.peer_closed(BOB)
+    r.peer_opened(BOB, 1.05)  # BOB comes back
+    (push,) = r.vector_received(BOB, m.Vector(room=ROOM, have={ALICE: 0}), 1.1)
+    assert isinstance(push, rp.Push)
+    assert [(p.author, p.lo, p.hi) for p in push.plan] == [(ALICE, 1, 3)]

@@ -188,6 +188,11 @@ class ConnectionManager:
         self.schedule_dials()
         return True
 
+    def is_outbound(self, peer_id: str) -> bool:
+        """Return whether we dialled our connection to peer_id."""
+        conn = self.peers.get(peer_id)
+        return conn is not None and conn.session.initiator
+
     def is_direct(self, peer_id: str) -> bool:
         """Return whether our connection to peer_id is direct (not the mesh's to count or close):
         we dialled it on demand (`want`) or because it is a contact."""

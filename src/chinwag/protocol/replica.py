@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -247,6 +248,8 @@ class Replica:
         # push does not resend what is still in flight.
         self.sent: dict[tuple[str, str, str], int] = {}
         self.vector_sent: dict[tuple[str, str], float] = {}
+        #: Connected peer -> when its connection opened.
+        self.opened: dict[str, float] = {}
         self.dirty_rooms: set[str] = set()
         self.gaps: dict[tuple[str, str], tuple[int, int]] = {}
         # Times the current gap of (room, author) was asked for (we give up at GAP_MAX_ASKS).
@@ -350,6 +353,7 @@ class Replica:
 
     def peer_opened(self, peer: str, now: float) -> list[Action]:
         """A peer connected: send it our vector of every room it may hear."""
+        self.opened[peer] = now
         out: list[Action] = []
         for room in self.view.rooms():
             dm = self.view.dm_peer(room)
@@ -361,6 +365,7 @@ class Replica:
 
     def peer_closed(self, peer: str) -> None:
         """A peer left: forget its budgets, claims and what its connection carried."""
+        self.opened.pop(peer, None)
         self._sync_budget.pop(peer, None)
         self._want_budget.pop(peer, None)
         self._store_budget.pop(peer, None)
@@ -625,7 +630,10 @@ class Replica:
             self._own_claims[room] = max(self._own_claims.get(room, 0), after)
             out += self._maybe_settle(room)
         plan = self.sync.push_plan(room, frame.have)
-        if plan and self.router is not None:
+        # Only a peer connected for a while can have those in flight through the mesh: one
+        # that just (re)connected missed them, and the next vector may be SYNC_INTERVAL_S away.
+        settled = now - self.opened.get(peer, -math.inf) >= limits.MESH_IN_FLIGHT_S
+        if plan and self.router is not None and settled:
             plan = self._not_in_flight(self.router, room, plan, now)
         if plan:
             out.append(Push(peer, room, plan))
