@@ -151,3 +151,17 @@ async def test_a_presence_flood_cuts_the_sender_and_the_node_serves_on(node: Nod
     await later.connect(a.port)
     await later.wait_frame(m.Presence, lambda f: open_record(f.recs[0]).author == a.peer_id)
     await later.close()
+
+
+async def test_members_of_a_room_no_peer_carries_find_each_other(node: NodeFactory) -> None:
+    """x and z share a private room that y (their only link) is not in: with the mesh only
+    members carry a room, so each dials the other at its presence record's address."""
+    x, y, z = await line(node)
+    for n in (x, z):
+        await n.send({"cmd": "join", "room": "vault", "passphrase": "pw"})
+        await n.wait_for("joined", timeout=PROMPT_S, from_start=True, room="vault")
+    await x.send({"cmd": "send", "text": "in the vault", "room": "vault"})
+    got = await z.wait_for("message", timeout=PROMPT_S, from_start=True, text="in the vault")
+    assert got["room"] == "vault" and got["peer_id"] == x.peer_id, got
+    assert z.peer_id in x.connected_peers()
+    assert not [e for e in y.events if e.get("event") == "message" and e.get("room") == "vault"]
