@@ -164,6 +164,24 @@ class Peers(msgspec.Struct, frozen=True, tag_field="event", tag="peers"):
     relayed: list[RelayedPeer] = []
 
 
+class Member(msgspec.Struct, frozen=True):
+    """One member of a room: `online` its record is fresh and not a leave (or we hold a
+    connection to it: `direct`); `last_seen` the Unix time of its latest record (or now)."""
+
+    peer_id: str
+    nick: str
+    online: bool
+    direct: bool
+    last_seen: float
+
+
+class Members(msgspec.Struct, frozen=True, tag_field="event", tag="members"):
+    """The members of a room we know of (us excluded), answering a `members` command."""
+
+    room: str
+    members: list[Member]
+
+
 class NickChanged(msgspec.Struct, frozen=True, tag_field="event", tag="nick"):
     """A peer (or we, when `own`) changed nick."""
 
@@ -368,6 +386,7 @@ NodeEvent = (
     | PeerLeft
     | Message
     | Peers
+    | Members
     | NickChanged
     | Error
     | History

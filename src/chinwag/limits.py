@@ -436,3 +436,125 @@ PUNCH_RESPONDER_WINDOW_S = 60.0
 MIGRATION_HOLD_MAX_FRAMES = 10_000
 #: Peers whose observed address of us we keep (one per connected peer is enough).
 MAX_OBSERVERS = 64
+# --- presence: signed membership records (issue 16, protocol/presence.py) ----------------
+#: Seconds a presence record lives after its author signed it (`expires` <= seq time + this):
+#: a peer that vanished without a signed leave drops out of every member list after it.
+PRESENCE_TTL_S = 600
+#: Seconds between re-signings of our own record (well inside the TTL, so it never lapses).
+PRESENCE_REFRESH_S = 200.0
+#: Seconds our own record is re-signed at most once per (joins, leaves and nick changes in a
+#: row are sent as one): keeps us under the per-author rate peers grant (PRESENCE_AUTHOR_*).
+PRESENCE_OWN_MIN_GAP_S = 2.5
+#: Seconds a record's `expires` may lie beyond our clock + PRESENCE_TTL_S (clock skew);
+#: beyond it the record is dropped (stops a signed record from living for ever).
+PRESENCE_MAX_SKEW_S = 300
+#: Bytes of one encoded record body; stops a peer making us store and forward big blobs.
+PRESENCE_MAX_BYTES = 4_096
+#: Rooms listed in one record (ours: the first ones, sorted); stops announcement bloat.
+PRESENCE_MAX_ROOMS = 32
+#: Addresses ("host:port") in one record, and characters in each.
+PRESENCE_MAX_ADDRS = 8
+PRESENCE_MAX_ADDR_CHARS = 64
+#: Records in one `pres` frame (12 full ones fit in MAX_FRAME).
+PRESENCE_PER_FRAME = 12
+#: Records sent to a peer when it announces rooms it shares with us (newest first);
+#: stops one connect from costing a whole member table.
+PRESENCE_CONNECT_BATCH = 256
+#: Records held in all (one per author); stops throwaway identities growing our memory.
+PRESENCE_MAX_RECORDS = 4_096
+#: Records held per room; a full room takes a new author only if it is a connected or known
+#: peer, in place of a stranger's record (stops a Sybil flood from pushing members out).
+PRESENCE_MAX_PER_ROOM = 1_024
+#: New records of one author accepted per second, sustained, and in a burst (a leave always
+#: passes once); stops an author making honest peers forward its records as a flood.
+PRESENCE_AUTHOR_PER_S = 0.5
+PRESENCE_AUTHOR_BURST = 8.0
+#: Records one peer may send us per second, sustained, and in a burst; a peer that exceeds
+#: them is disconnected (`presence_flood`).
+PRESENCE_PEER_PER_S = 50.0
+PRESENCE_PEER_BURST = 2_048.0
+#: Seconds the presence timer waits at least (a wall clock behind the loop's cannot spin it).
+PRESENCE_TIMER_MIN_S = 0.05
+
+# --- gossip mesh (protocol/mesh.py, docs/mesh.md; issue 16) ---------------------------
+# gossipsub v1.1 parameters (names as in its spec) and the bounds on what a peer can make us hold.
+#: Peers in the mesh of one room we aim for (eager push targets).
+MESH_D = 6
+#: Fewest mesh peers per room before the heartbeat grafts more.
+MESH_D_LO = 4
+#: Most mesh peers per room before the heartbeat prunes (stops a GRAFT storm growing our fan-out).
+MESH_D_HI = 12
+#: Mesh peers kept by score when pruning down to D (the rest are picked at random: no eclipse).
+MESH_D_SCORE = 4
+#: Outbound (we dialled) mesh peers kept per room (an attacker cannot fill the mesh by dialling us).
+MESH_D_OUT = 2
+#: Non-mesh room peers that get IHAVE gossip at each heartbeat.
+MESH_D_LAZY = 6
+#: Seconds between heartbeats (mesh maintenance, gossip, score decay).
+MESH_HEARTBEAT_S = 1.0
+#: Heartbeats a message id stays in the gossip history (mcache: ids only, per room).
+MESH_HISTORY_LEN = 5
+#: Of those, the heartbeats whose ids are announced in IHAVE.
+MESH_HISTORY_GOSSIP = 3
+#: Message ids one room's gossip history holds at most (stops a fast room growing memory).
+MESH_MAX_HISTORY_IDS = 5_000
+#: Seconds a pruned peer must wait before grafting again (sent in PRUNE).
+MESH_PRUNE_BACKOFF_S = 60
+#: Seconds of backoff after leaving a room (shorter: rejoining is normal).
+MESH_LEAVE_BACKOFF_S = 10
+#: Seconds of backoff a PRUNE may ask of us at most (a longer one is a malformed frame).
+MESH_MAX_BACKOFF_S = 3_600
+#: Seconds after its backoff ends within which a GRAFT still counts as a flood (gossipsub's 10 s).
+MESH_GRAFT_FLOOD_S = 10.0
+#: Peer ids in one PRUNE's peer exchange (stops a PRUNE from flooding our candidates).
+MESH_MAX_PX = 16
+#: Message ids in one IHAVE frame (gossipsub max_ihave_length; stops "IHAVE for millions of ids").
+MESH_MAX_IHAVE_IDS = 500
+#: IHAVE frames heeded per peer per heartbeat (gossipsub max_ihave_messages); more: penalty.
+MESH_MAX_IHAVE_PER_HEARTBEAT = 10
+#: Message ids asked per peer per heartbeat by IWANT (what one peer's IHAVEs make us fetch).
+MESH_MAX_IWANT_PER_HEARTBEAT = 500
+#: Message ids in one IWANT frame.
+MESH_MAX_IWANT_IDS = 500
+#: Message ids served per peer per heartbeat (stops an IWANT flood making us resend everything).
+MESH_MAX_SERVE_PER_HEARTBEAT = 500
+#: Message ids in one IDONTWANT frame.
+MESH_MAX_IDONTWANT_IDS = 500
+#: IDONTWANT ids remembered per peer (oldest dropped: it only saves a duplicate).
+MESH_MAX_DONTWANT_PER_PEER = 1_000
+#: Seconds after an IWANT within which the message must arrive (else a broken promise).
+MESH_IWANT_FOLLOWUP_S = 3.0
+#: Dial candidates remembered (discovery, presence, PX); oldest dropped (stops PX floods).
+MESH_MAX_CANDIDATES = 512
+#: Dials asked per heartbeat (a slow ramp: no dial storm when a node joins a big room).
+MESH_MAX_DIALS_PER_HEARTBEAT = 4
+#: Connections kept beyond D_HI (churn slack) before the lowest-scoring non-mesh ones are closed.
+MESH_CONN_MARGIN = 2
+#: Rooms of one peer the mesh tracks (its Rooms frame is bounded by MAX_ROOMS too).
+MESH_MAX_PEER_ROOMS = 256
+#: Backoff entries (peer, room) remembered; oldest dropped (stops PRUNE floods growing memory).
+MESH_MAX_BACKOFFS = 4_096
+#: Score below which a peer gets no gossip and its gossip is ignored (gossipsub gossip_threshold).
+MESH_GOSSIP_THRESHOLD = -10.0
+#: Score below which every frame of a peer is ignored (gossipsub graylist_threshold).
+MESH_GRAYLIST_THRESHOLD = -80.0
+#: Score below which the connection is closed (and the peer dropped from candidates).
+MESH_CLOSE_THRESHOLD = -100.0
+#: Score a peer needs for its PRUNE's peer exchange to be heeded (gossipsub accept_px_threshold).
+MESH_ACCEPT_PX_THRESHOLD = 0.0
+#: Control frames (GRAFT, PRUNE) heeded per peer per heartbeat; more: penalty (GRAFT storms).
+MESH_MAX_CONTROL_PER_HEARTBEAT = 64
+#: Seconds a dial the mesh asked for may take before the candidate is dropped (no redial loop).
+MESH_DIAL_TIMEOUT_S = 10.0
+#: Seconds a new connection is safe from being closed for the degree (time to send its rooms).
+MESH_CONN_GRACE_S = 5.0
+#: Disconnected peers whose penalties are kept (so reconnecting does not wash a bad score).
+MESH_MAX_RETAINED = 1_024
+#: Seconds the penalties of a disconnected peer are kept.
+MESH_RETAIN_S = 600.0
+#: Seconds from a stored message to our vector when a mesh routes (VECTOR_DELAY_S without):
+#: live delivery through the mesh finishes first, so sync does not push duplicates of it.
+MESH_VECTOR_DELAY_S = 2.0
+#: Seconds after we saw a message live during which a vector-triggered push skips it: the
+#: mesh most likely has it in flight to that peer (a push would only duplicate it).
+MESH_IN_FLIGHT_S = 2.0

@@ -34,8 +34,9 @@ from chinwag.crypto.noise import generate_static_private
 from chinwag.datadir import DataDir, default_downloads_dir, load_or_create_identity
 from chinwag.errors import RemoteProtocolError, UsageError
 from chinwag.files import FileShare
-from chinwag.history import History
+from chinwag.history import History, MeshPorts
 from chinwag.logonce import WarnOnce
+from chinwag.members import Members
 from chinwag.net.connection import PeerConnection
 from chinwag.net.discovery import Discovery
 from chinwag.net.manager import ConnectionManager
@@ -86,6 +87,9 @@ class NodeConfig:
     chat: bool = True
     #: Upgrade relayed connections to direct ones by hole punching (`--no-punch` turns it off).
     punch: bool = True
+    #: Rooms are a gossip mesh (docs/mesh.md): discovery feeds the mesh's candidates instead
+    #: of dialling everyone heard. False: the old flood to every peer (tests, comparisons).
+    mesh: bool = True
 
 
 @dataclass
@@ -103,11 +107,14 @@ class _Running:
     files: FileShare
     #: Contacts and our own address (issue 14).
     contacts: ContactBook
+    members: Members
     discovery: Discovery | None = None
     upnp: UpnpMapper | None = None
 
     async def close(self, reason: str) -> None:
         """Stop every part, the network last but one and the store last."""
+        # Our signed leave goes out before the goodbyes: members far away see us go.
+        self.members.leave()
         if self.upnp is not None:
             await self.upnp.close()
         if self.discovery is not None:
@@ -192,6 +199,9 @@ class Node:
                 self._peer_rank,
                 relay=self.config.relay,
                 relay_unlimited=self._relay_unlimited,
+                mesh=self.config.mesh,
+                contact=lambda peer_id: self._peer_rank(peer_id) >= VERIFIED,
+                dial_failed=self._dial_failed,
             )
             manager.punch_enabled = self.config.punch
             book = RoomBook(store, self.identity)
@@ -200,7 +210,17 @@ class Node:
                 # A headless relay is in no room: it stores, shows and syncs no message.
                 for joined in list(book.joined.values()):
                     book.leave(joined.wire)
-            history = History(store, self.identity, manager, self._emit, book)
+            ports = (
+                MeshPorts(
+                    random.Random(self._rng.random()),
+                    manager.mesh_dial,
+                    manager.is_direct,
+                    manager.is_outbound,
+                )
+                if self.config.mesh
+                else None
+            )
+            history = History(store, self.identity, manager, self._emit, book, ports)
             history.load()
             if store.created and had_identity:
                 history.set_unsure("the message store is new, the identity is not")
@@ -227,7 +247,16 @@ class Node:
                 self.config.bind,
                 lambda: (self.upnp_mapping, self.reservations()),
             )
-            run = self._run = _Running(store, manager, book, history, files, contacts)
+            members = Members(
+                self.identity,
+                manager,
+                _int_setting(settings.get("presence_seq")),
+                lambda seq: self.datadir.save_setting("presence_seq", seq),
+                self._presence_keep,
+                self._members_changed,
+                invalid=history.mesh_invalid,
+            )
+            run = self._run = _Running(store, manager, book, history, files, contacts, members)
             files.load()
             self.port = await manager.listen(
                 self.config.bind, self.config.port, self.config.port_fallback
@@ -241,7 +270,7 @@ class Node:
                     self.config.bind,
                     self.identity.peer_id,
                     lambda: encode_beacon(self.identity.peer_id, self.port, self.nick),
-                    manager.beacon_heard,
+                    self._beacon_heard,
                     self._rng,
                 )
                 await run.discovery.start()
@@ -250,6 +279,7 @@ class Node:
                 run.upnp.start()
                 # Punches offer the mapping too, after the addresses peers observe.
                 manager.extra_addrs = lambda: [a for a in (self.upnp_mapping,) if a]
+            self._update_presence()
             for host, port in self.config.peers:
                 manager.add_manual_peer(host, port)
             contacts.load(self.port)
@@ -321,7 +351,12 @@ class Node:
         peer_id = self.resolve_peer(who)
         if peer_id == self.identity.peer_id:
             raise UsageError("that is you")
-        return self._post(self._running().book.join_dm(peer_id), text)
+        run = self._running()
+        room = run.book.join_dm(peer_id)
+        # A conversation travels over a direct connection (the outbox holds it meanwhile); a
+        # member known by its presence record alone is dialled where the record says it listens.
+        run.manager.reach(peer_id, run.members.addresses(peer_id))
+        return self._post(room, text)
 
     def _post(self, room: Room, text: str) -> asyncio.Future[ev.NodeEvent]:
         history = self._running().history
@@ -364,6 +399,8 @@ class Node:
                 raise UsageError(f"you are in {limits.MAX_ROOMS} rooms already")
             room = book.join_public(canonical)
         self._running().history.room_changed(room.wire)
+        self._update_presence()
+        self._offer_members(None)
         event = ev.Joined(room=room.name, private=room.kind == PRIVATE)
         self._emit(event)
         return event
@@ -372,6 +409,7 @@ class Node:
         """Leave a room: its messages are no longer stored, shown or synced."""
         room = self._running().book.leave(name)
         self._running().history.room_changed(room.wire)
+        self._update_presence()
         event = ev.Left(room=room.name)
         self._emit(event)
         return event
@@ -411,6 +449,7 @@ class Node:
 
     def _known_nicks(self) -> dict[str, str]:
         known = self._running().store.peer_nicks()
+        known.update(self._running().members.nicks())
         known.update(self._nicks)
         known[self.identity.peer_id] = self.nick
         return known
@@ -426,7 +465,7 @@ class Node:
             verified=peer_id in book.verified,
             safety_number=box.safety_number(self.identity.public, public_from_peer_id(peer_id)),
             blocked=peer_id in book.blocked,
-            online=peer_id in self._nicks,
+            online=peer_id in self._nicks or self._running().members.online(peer_id),
         )
 
     def verify(self, who: str, confirm: bool) -> ev.Whois:
@@ -574,6 +613,7 @@ class Node:
         )
         manager = self._running().manager
         manager.broadcast(m.encode(m.NickChange(nick=nick)))
+        self._update_presence()
         self._emit(ev.NickChanged(peer_id=self.identity.peer_id, nick=nick, old=old, own=True))
 
     def peers(self) -> ev.Peers:
@@ -596,6 +636,35 @@ class Node:
                 )
             )
         return ev.Peers(peers=infos, relayed=self.relayed_peers())
+
+    def members(self, room: str | None = None) -> ev.Members:
+        """Return the members of a joined room we know of: by presence record or connection."""
+        run = self._running()
+        joined = self._joined_room(room)
+        if joined.kind == DM:
+            raise UsageError("a private conversation has no member list")
+        now = time.time()
+        found: dict[str, ev.Member] = {}
+        for record in run.members.book.members(joined.wire, joined.kcv):
+            found[record.author] = ev.Member(
+                peer_id=record.author,
+                nick=self._nicks.get(record.author, record.nick),
+                online=record.fresh(now) or record.author in run.manager.peers,
+                direct=record.author in run.manager.peers,
+                last_seen=now if record.author in run.manager.peers else min(record.signed_at, now),
+            )
+        for peer_id in run.manager.peers:
+            if peer_id not in found and run.book.shares_room(peer_id, joined.wire):
+                found[peer_id] = ev.Member(
+                    peer_id=peer_id,
+                    nick=self._nicks.get(peer_id, "?"),
+                    online=True,
+                    direct=True,
+                    last_seen=now,
+                )
+        found.pop(self.identity.peer_id, None)
+        members = sorted(found.values(), key=lambda x: (not x.online, x.nick, x.peer_id))
+        return ev.Members(room=joined.name, members=members)
 
     def relayed_peers(self) -> list[ev.RelayedPeer]:
         """Return peers we hear only through others, lately (`via`: the peer that relayed)."""
@@ -685,6 +754,8 @@ class Node:
             peer_id, self._nicks[peer_id], f"{conn.address[0]}:{conn.address[1]}"
         )
         self._running().history.peer_joined(conn)
+        self._running().members.peer_joined(conn)
+        self._update_presence()  # listening on any address: this one may be new
         self._running().files.ask_peer(conn)
         self._running().contacts.peer_joined(conn)
         self._check_impostor(peer_id, self._nicks[peer_id])
@@ -712,6 +783,8 @@ class Node:
         if self._run is not None:
             self._run.history.peer_left(peer_id)
             self._run.files.peer_left(peer_id)
+            self._run.members.peer_left(peer_id)
+            self._offer_members(None)
             # natlab: a contact lost without a goodbye is dialled again by every route.
             lost = closed.by_peer and closed.code != Reason.QUIT
             self._run.contacts.peer_left(peer_id, redial=lost)
@@ -728,10 +801,19 @@ class Node:
     def frame_received(
         self,
         conn: PeerConnection,
-        frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.Observed,
+        frame: m.Chat
+        | m.NickChange
+        | m.SyncFrame
+        | m.MeshFrame
+        | m.FileFrame
+        | m.Presence
+        | m.Observed,
     ) -> None:
         if isinstance(frame, m.FileFrame):
             self._running().files.frame(conn, frame)
+            return
+        if isinstance(frame, m.Presence):
+            self._running().members.frame(conn, frame)
             return
         if isinstance(frame, m.NickChange):
             self._nick_changed(conn.session.peer_id or "", frame.nick)
@@ -743,13 +825,93 @@ class Node:
             if self._untimely(conn, frame):
                 return
             self._running().history.chat_received(conn, frame)
+        elif isinstance(frame, m.MeshFrame):
+            self._running().history.mesh_frame(conn, frame)
         else:
+            book = self._running().book
+            before = dict(book.announced.get(conn.session.peer_id or "", {}))
             self._running().history.sync_frame(conn, frame)
             if isinstance(frame, m.Rooms):
                 # Room files are asked of room members: this peer may be one now.
                 self._running().files.ask_peer(conn)
+                announced = book.announced.get(conn.session.peer_id or "", {})
+                self._running().members.rooms_announced(conn, before, announced)
 
     # --- internals ------------------------------------------------------
+
+    def _update_presence(self) -> None:
+        """Tell the presence book what our record says now (it signs only what changed)."""
+        run = self._run
+        if run is None:
+            return
+        rooms = [(r.wire, r.kcv) for r in run.book.joined.values() if r.kind != DM]
+        run.members.set_own(self.nick, rooms, self._own_addresses())
+
+    def _own_addresses(self) -> list[str]:
+        """Return "host:port" where peers may dial us: the bound address, or else the local
+        addresses our connections use (those are reachable from some peer at least)."""
+        if self.port == 0:
+            return []
+        if self.config.bind not in ("0.0.0.0", "", "::"):
+            hosts = [self.config.bind]
+        else:
+            hosts = []
+            for conn in self._running().manager.peers.values():
+                name = conn.transport.get_extra_info("sockname") if conn.transport else None
+                if isinstance(name, tuple) and name and name[0] not in hosts:
+                    hosts.append(str(name[0]))
+        return [f"[{h}]:{self.port}" if ":" in h else f"{h}:{self.port}" for h in sorted(hosts)]
+
+    def _members_changed(self, authors: frozenset[str]) -> None:
+        self._offer_members(authors)
+
+    def _offer_members(self, authors: frozenset[str] | None) -> None:
+        """Offer the mesh, as dial candidates, members (of authors; None: all) of joined rooms
+        that no connected peer is in: only members carry a room's messages, so these members
+        are our only way into it (e.g. a private room whose other members are beyond a peer)."""
+        run = self._run
+        if run is None:
+            return
+        book, manager = run.book, run.manager
+        lonely = {
+            (r.wire, r.kcv)
+            for r in book.joined.values()
+            if r.kind != DM and not any(book.shares_room(p, r.wire) for p in manager.peers)
+        }
+        if not lonely:
+            return
+        now = time.time()
+        records = (
+            run.members.book.records()
+            if authors is None
+            else [r for a in authors if (r := run.members.get(a)) is not None]
+        )
+        for record in records:
+            if record.author in manager.peers or not record.fresh(now):
+                continue
+            if any(ref in lonely for ref in record.rooms) and manager.learn(
+                record.author, run.members.addresses(record.author)
+            ):
+                run.history.candidate(record.author)
+
+    def _presence_keep(self, peer_id: str) -> bool:
+        """Return whether a full presence room takes peer_id's record in place of a stranger's."""
+        run = self._run
+        if run is not None and (peer_id in run.manager.peers or peer_id in run.book.verified):
+            return True
+        return peer_id in self._seen_peers
+
+    def _beacon_heard(self, peer_id: str, host: str, port: int) -> bool:
+        """A discovery beacon: record its address; with the mesh, offer it as a candidate."""
+        run = self._running()
+        unknown = run.manager.beacon_heard(peer_id, host, port)
+        if unknown:
+            run.history.candidate(peer_id)
+        return unknown
+
+    def _dial_failed(self, peer_id: str) -> None:
+        if self._run is not None:
+            self._run.history.dial_failed(peer_id)
 
     def _nick_changed(self, peer_id: str, nick: str) -> None:
         """A peer changed its nick: show it, at most once per NICK_CHANGE_MIN_GAP_S.
@@ -913,6 +1075,11 @@ class Node:
 def _is_loopback(host: str) -> bool:
     """Whether a bind address is a loopback one (nothing to map on a router then)."""
     return host.startswith("127.") or host in ("::1", "localhost")
+
+
+def _int_setting(value: object) -> int:
+    """Return a saved integer setting, or 0 if it is missing or not an integer."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _chat_text(text: str) -> str:

@@ -91,6 +91,26 @@ async def test_peer_reached_through_another_is_listed_via_it(
         assert "carol\n  via bob\n" in peers, peers
 
 
+async def test_a_silent_member_beyond_a_peer_is_listed_and_completed(
+    app: AppFactory, tmp_path: Path, bob: list[Node]
+) -> None:
+    """In me - bob - carol, carol never speaks: its presence record lists it (dimmed)."""
+    a = app()
+    async with a.run_test(size=(100, 30)) as pilot:
+        await started(pilot)
+        b, _ = await start_bob(a, tmp_path, bob)
+        await until(pilot, lambda: b.identity.peer_id in a.peers)
+        carol = make_node(tmp_path / "carol", "carol", peers=[("127.0.0.1", b.port)])
+        bob.append(carol)
+        await carol.start()
+        cid = carol.identity.peer_id
+        await until(pilot, lambda: cid in a.peers and a.peers[cid].member, timeout=10)
+        assert not a.peers[cid].online
+        peers = str(a._w_peers.render())
+        assert "carol\n  member, through others\n" in peers, peers
+        assert a._complete("hi car", 6) == (3, ["carol"])
+
+
 async def test_file_offer_accept_and_progress(
     app: AppFactory, tmp_path: Path, bob: list[Node]
 ) -> None:

@@ -132,3 +132,20 @@ async def test_frames_sent_just_before_a_goodbye_are_delivered() -> None:
         if isinstance(e, FrameReceived) and isinstance(e.frame, m.NickChange)
     ]
     assert nicks == ["one", "two"]
+
+
+async def test_frames_sent_just_before_a_goodbye_are_handed_on() -> None:
+    """A peer's last frames (its signed leave, a message typed before /quit) arrive in the
+    same read as its goodbye: they are handed to the owner, then the close."""
+    server_owner, client_owner = Owner(), Owner()
+    _server_conn, client_conn, server = await connected_pair(server_owner, client_owner)
+    try:
+        # Queued without a flush: the frame and the goodbye leave in one write.
+        client_conn.session.send_frame(m.NickChange(nick="last"))
+        client_conn.close(Reason.QUIT)
+        closed = await asyncio.wait_for(server_owner.closed, TIMEOUT_S)
+    finally:
+        server.close()
+    assert (closed.code, closed.by_peer) == (Reason.QUIT, True)
+    frames = [e.frame for e in server_owner.events if isinstance(e, FrameReceived)]
+    assert frames == [m.NickChange(nick="last")]

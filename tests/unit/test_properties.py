@@ -160,6 +160,13 @@ VALID_FRAMES: list[m.Frame] = [
     m.FileData(fid=_FID, idx=0, off=0, data=memoryview(b"data")),
     m.FileNak(fid=_FID, idx=0, reason="busy"),
     m.FileEnd(fid=_FID, reason="done"),
+    m.Graft(room="general"),
+    m.Prune(room="general", px=[Identity.from_seed(b"v" * 32).peer_id], backoff_s=60),
+    m.IHave(room="general", ids=[(Identity.from_seed(b"v" * 32).peer_id, 7)]),
+    m.IWant(room="general", ids=[(Identity.from_seed(b"v" * 32).peer_id, 7)]),
+    m.IDontWant(room="general", ids=[(Identity.from_seed(b"v" * 32).peer_id, 7)]),
+    m.Choke(room="general"),
+    m.Unchoke(room="general"),
 ]
 frame_like = st.one_of(
     st.sampled_from(VALID_FRAMES).map(m.encode),

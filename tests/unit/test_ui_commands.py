@@ -15,6 +15,7 @@ from chinwag import events as ev
 from chinwag.errors import ChinwagError
 from chinwag.node import Node, NodeConfig
 from chinwag.ui import commands as c
+from chinwag.ui import format as fmt
 from chinwag.ui.line import LineUI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[2]
         ("/switch #Kitchen", c.SwitchCmd(room="#Kitchen")),
         ("/msg bob hi  there", c.DmCmd(to="bob", text="hi  there")),
         ("/whois bob", c.WhoisCmd(who="bob")),
+        ("/members", c.MembersCmd(room="dev")),
+        ("/members ops", c.MembersCmd(room="ops")),
         ("/verify bob", c.VerifyCmd(who="bob")),
         ("/verify bob YES", c.VerifyCmd(who="bob", confirm=True)),
         ("/block bob", c.BlockCmd(who="bob")),
@@ -173,6 +176,7 @@ EXECUTED: list[tuple[c.Command, str, tuple[Any, ...], bool]] = [
     (c.Send(text="hi", room="dev"), "post", ("hi", "dev"), False),
     (c.DmCmd(to="bob", text="hi"), "dm", ("bob", "hi"), False),
     (c.PeersCmd(), "peers", (), True),
+    (c.MembersCmd(room="dev"), "members", ("dev",), True),
     (c.NickCmd(nick="bob"), "set_nick", ("bob",), False),
     (c.HistoryCmd(room="dev", limit=5, before="ab"), "history", ("dev", 5, "ab"), True),
     (c.SearchCmd(text="x", limit=3), "search", ("x", 3), True),
@@ -281,6 +285,7 @@ async def test_line_mode_runs_slash_commands_through_the_command_layer(tmp_path:
         pid = node.identity.peer_id
         assert (await run("/id"))[0] == f"* peer id {pid}"
         assert await run("/peers") == ["* no peers connected"]
+        assert await run("/members") == ["* no other members known in #general"]
         assert await run("/files") == ["* no file offers yet; /send WHO PATH offers one"]
         assert await run("/join kitchen") == []  # joined: no history there yet
         assert await run("/switch kitchen") == ["* now typing in #kitchen"]
@@ -368,3 +373,21 @@ async def test_leaving_the_room_typed_in_moves_line_mode_to_a_joined_room(tmp_pa
         assert line.room == "general" and out == ["* left #kitchen"]
     finally:
         await node.stop("quit")
+
+
+def test_members_lines_say_how_each_member_is_reached() -> None:
+    answer = ev.Members(
+        room="general",
+        members=[
+            ev.Member(peer_id="a" * 52, nick="ann", online=True, direct=True, last_seen=1.0),
+            ev.Member(peer_id="b" * 52, nick="bo", online=True, direct=False, last_seen=1.0),
+            ev.Member(peer_id="c" * 52, nick="cy", online=False, direct=False, last_seen=0.0),
+        ],
+    )
+    lines = fmt.answer_lines(c.MembersCmd(), answer, typing.cast(Node, None), "general")
+    assert lines[:3] == [
+        "members of #general:",
+        "  ann aaaaaaaa (online, connected)",
+        "  bo bbbbbbbb (online, through others)",
+    ]
+    assert lines[3].startswith("  cy cccccccc (offline, last seen ")

@@ -38,6 +38,7 @@ from chinwag.protocol import messages as m
 from chinwag.protocol.chat import make_message, open_message
 from chinwag.protocol.discovery import encode_beacon, parse_beacon
 from chinwag.protocol.names import is_valid_name
+from chinwag.protocol.presence import make_record, open_record, verify_record
 from chinwag.protocol.session import HandshakeComplete, LocalInfo, Session
 from chinwag.protocol.transfer import (
     FILE_ID_CONTEXT,
@@ -311,6 +312,23 @@ def beacon(v: Vector) -> Vector:
     return {"datagram": datagram.hex()}
 
 
+def presence_record(v: Vector) -> Vector:
+    author = Identity.from_seed(h(v["seed"]))
+    rooms = [(room, b"") for room in v["rooms"].split(",")]
+    record = make_record(
+        author, v["nick"], int(v["seq"]), int(v["expires"]), v["gone"] == "true", rooms,
+        v["addrs"].split(","),
+    )  # fmt: skip
+    received = open_record(record.signed)
+    assert received == record and verify_record(received)
+    return {
+        "signed": (m.PRESENCE_CONTEXT + record.signed.body).hex(),
+        "body": record.signed.body.hex(),
+        "sig": record.signed.sig.hex(),
+        "frame": m.encode(m.Presence(recs=[record.signed])).hex(),
+    }
+
+
 def name_chars(v: Vector) -> Vector:
     """Nothing to compute: the rule is checked over every code point below."""
     return {}
@@ -327,6 +345,7 @@ COMPUTE: dict[str, Callable[[Vector], Vector]] = {
     "file-offer": file_offer,
     "beacon": beacon,
     "name-chars": name_chars,
+    "presence-record": presence_record,
 }
 
 
@@ -363,6 +382,7 @@ def test_vectors_chain_together() -> None:
     assert v["dm"]["recipient_seed"] == bob["seed"]
     assert v["file-offer"]["author_seed"] == alice["seed"]
     assert v["beacon"]["peer_id"] == alice["peer_id"]
+    assert v["presence-record"]["seed"] == alice["seed"]
     # The X25519 keys of the identities are what the sealed boxes are addressed to.
     to, me = h(v["dm"]["to"]), h(v["dm"]["me"])
     assert (

@@ -96,6 +96,29 @@ def test_two_pages_chat_both_ways(browser: Any, tmp_path: Path, nodes: list[WebN
     ctx_b.close()
 
 
+def test_a_member_beyond_a_peer_is_listed_and_completed(
+    browser: Any, tmp_path: Path, nodes: list[WebNode]
+) -> None:
+    """alice - bob - carol: alice's page lists carol (dimmed) by her presence record alone."""
+    a, b = pair(tmp_path, nodes)
+    c = WebNode(tmp_path / "carol", "carol", "--peer", f"127.0.0.1:{b.port}")
+    nodes.append(c)
+    c.start()
+    c.connected(b)
+    ctx = browser.new_context(viewport=DESKTOP)
+    errors: list[str] = []
+    page = open_page(ctx, a, errors)
+    far = page.locator(f"[data-testid=peer][data-peer='{c.peer_id}']")
+    far.wait_for(timeout=MS)
+    assert far.get_attribute("data-online") == "true"
+    assert far.locator("[data-testid=peer-path]").inner_text() == "member · online"
+    page.fill("[data-testid=composer]", "hi ca")
+    page.keyboard.press("Tab")
+    assert page.input_value("[data-testid=composer]") == "hi carol "
+    assert errors == []
+    ctx.close()
+
+
 def test_unread_counts_and_slash_commands(
     browser: Any, tmp_path: Path, nodes: list[WebNode]
 ) -> None:

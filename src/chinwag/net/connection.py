@@ -201,7 +201,9 @@ class PeerConnection(asyncio.Protocol):
                 elif not self._closed_locally and (
                     graceful or self.session.state is not State.CLOSED
                 ):
-                    # Frames queued behind one that got the peer disconnected are dropped.
+                    # Frames queued behind one that got the peer disconnected are dropped;
+                    # those a peer sent before its goodbye are its last words (a signed
+                    # leave, a message typed before /quit) and arrive in the same read.
                     self._dispatch(event)
             self._flush()
             if not self.session.has_events():

@@ -1,7 +1,7 @@
 """Relay circuits, asyncio side: the relay's splice and the client's reservations and dials.
 
 protocol/relay.py decides (who gets a reservation or a circuit, when a circuit must
-close); this module does the I/O (docs/reach.md "Relays", docs/protocol.md section 21):
+close); this module does the I/O (docs/reach.md "Relays", docs/protocol.md section 22):
 
 - On every node: `rsv` answered (granted only with `--relay`), `cinc` taken by opening
   a fresh connection to the relay and sending `cacc`, `dial_via` opening one and

@@ -25,6 +25,8 @@ PROLOGUE: Final = b"chinwag/1"
 STATIC_KEY_CONTEXT: Final = b"chinwag/1 noise-static-key\x00"
 #: Domain separation of chat message signatures.
 CHAT_CONTEXT: Final = b"chinwag/1 chat\x00"
+#: Domain separation of presence record signatures (docs/protocol.md section 23).
+PRESENCE_CONTEXT: Final = b"chinwag/1 presence\x00"
 
 Nick = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_NICK_CHARS)]
 Room = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_ROOM_CHARS)]
@@ -145,6 +147,42 @@ class Rooms(msgspec.Struct, frozen=True, tag_field="t", tag="rooms"):
     joined: Annotated[list[RoomAnnounce], msgspec.Meta(max_length=limits.MAX_ROOMS)]
 
 
+# --- presence (docs/protocol.md section 23) ----------------------------------
+
+PresenceAddr = Annotated[str, msgspec.Meta(min_length=3, max_length=limits.PRESENCE_MAX_ADDR_CHARS)]
+
+
+class SignedPresence(msgspec.Struct, frozen=True, array_like=True):
+    """One presence record: `body` an encoded PresenceBody, `sig` its author's signature."""
+
+    body: Annotated[bytes, msgspec.Meta(max_length=limits.PRESENCE_MAX_BYTES)]
+    sig: Sig64
+
+
+class Presence(msgspec.Struct, frozen=True, tag_field="t", tag="pres"):
+    """Presence records of members (the sender's own or forwarded), each signed by its author."""
+
+    recs: Annotated[
+        list[SignedPresence], msgspec.Meta(min_length=1, max_length=limits.PRESENCE_PER_FRAME)
+    ]
+
+
+class PresenceBody(msgspec.Struct, frozen=True, array_like=True):
+    """The signed content of a presence record (see protocol/presence.py).
+
+    `seq` is the author's clock in ms, strictly increasing per author; `expires` is a
+    Unix time in seconds, at most seq / 1000 + PRESENCE_TTL_S; `gone` is a signed leave.
+    """
+
+    author: Key32
+    nick: Nick
+    seq: U64
+    expires: U64
+    gone: bool
+    rooms: Annotated[list[RoomAnnounce], msgspec.Meta(max_length=limits.PRESENCE_MAX_ROOMS)]
+    addrs: Annotated[list[PresenceAddr], msgspec.Meta(max_length=limits.PRESENCE_MAX_ADDRS)]
+
+
 # --- file transfer (docs/files.md) --------------------------------------------
 
 Fid = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
@@ -213,13 +251,74 @@ class FileEnd(msgspec.Struct, frozen=True, tag_field="t", tag="fend"):
     reason: Reason
 
 
-# --- relays (docs/protocol.md section 21, docs/reach.md "Relays") -------------------
+# --- gossip mesh (docs/mesh.md) -----------------------------------------------
+
+#: One message id in a mesh frame: [author peer id, seq] (the room is the frame's).
+MeshId = tuple[PeerIdStr, U64]
+
+
+class Graft(msgspec.Struct, frozen=True, tag_field="t", tag="graft"):
+    """The sender adds us to its mesh of room (eager push); answered by a Prune if refused."""
+
+    room: Room
+
+
+class Prune(msgspec.Struct, frozen=True, tag_field="t", tag="prune"):
+    """The sender drops us from its mesh of room; do not graft again for backoff_s seconds.
+
+    `px` names other peers of the room we may dial instead (peer exchange).
+    """
+
+    room: Room
+    px: Annotated[list[PeerIdStr], msgspec.Meta(max_length=limits.MESH_MAX_PX)] = []
+    backoff_s: Annotated[int, msgspec.Meta(ge=0, le=limits.MESH_MAX_BACKOFF_S)] = 0
+
+
+class IHave(msgspec.Struct, frozen=True, tag_field="t", tag="ihave"):
+    """The sender holds these recent messages of room (lazy gossip); ask with IWant."""
+
+    room: Room
+    ids: Annotated[list[MeshId], msgspec.Meta(max_length=limits.MESH_MAX_IHAVE_IDS)]
+
+
+class IWant(msgspec.Struct, frozen=True, tag_field="t", tag="iwant"):
+    """Send these messages of room (announced by our IHave) as live chats."""
+
+    room: Room
+    ids: Annotated[list[MeshId], msgspec.Meta(max_length=limits.MESH_MAX_IWANT_IDS)]
+
+
+class IDontWant(msgspec.Struct, frozen=True, tag_field="t", tag="idontwant"):
+    """The sender holds these messages of room already: do not send them to it."""
+
+    room: Room
+    ids: Annotated[list[MeshId], msgspec.Meta(max_length=limits.MESH_MAX_IDONTWANT_IDS)]
+
+
+class Choke(msgspec.Struct, frozen=True, tag_field="t", tag="choke"):
+    """Stay in my mesh of room but stop pushing its messages to me: send IHave instead.
+
+    Sent to a mesh peer whose copies nearly always arrive after another's (episub).
+    """
+
+    room: Room
+
+
+class Unchoke(msgspec.Struct, frozen=True, tag_field="t", tag="unchoke"):
+    """Push the messages of room to me again (undoes Choke)."""
+
+    room: Room
+
+
+MeshFrame = Graft | Prune | IHave | IWant | IDontWant | Choke | Unchoke
+
+# --- relays (docs/protocol.md section 22, docs/reach.md "Relays") -------------------
 
 RelayCode = Annotated[str, msgspec.Meta(max_length=64)]
 #: Hello capability of a node that relays for others (`--relay`).
 RELAY_CAP: Final = "relay/1"
 #: Hello capability of a circuit connection: after the handshake it says only `cconn` or
-#: `cacc` (to the relay) and gets `cok`/`cno`; then the stream is raw (section 21).
+#: `cacc` (to the relay) and gets `cok`/`cno`; then the stream is raw (section 22).
 CIRCUIT_CAP: Final = "circuit/1"
 
 
@@ -323,6 +422,7 @@ Frame = (
     | Want
     | Floor
     | Rooms
+    | Presence
     | FileWho
     | FileHave
     | FileHashesReq
@@ -331,6 +431,13 @@ Frame = (
     | FileData
     | FileNak
     | FileEnd
+    | Graft
+    | Prune
+    | IHave
+    | IWant
+    | IDontWant
+    | Choke
+    | Unchoke
     | Observed
     | Reserve
     | ReserveOk
@@ -345,8 +452,9 @@ Frame = (
 )
 SyncFrame = Vector | Want | Floor | Rooms
 KNOWN_TAGS: Final = frozenset(
-    {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms"}
+    {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms", "pres"}
     | {"fwho", "fhave", "fhreq", "fhash", "fget", "fdata", "fnak", "fend"}
+    | {"graft", "prune", "ihave", "iwant", "idontwant", "choke", "unchoke"}
     | {"rsv", "rsvok", "rsvno", "cconn", "cinc", "cacc", "cok", "cno"}
     | {"obs", "pcon", "psync"}
 )
@@ -388,6 +496,7 @@ _tag_decoder = msgspec.msgpack.Decoder(_TagOnly)
 _prelude_decoder = msgspec.msgpack.Decoder(Prelude)
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
 _body_decoder = msgspec.msgpack.Decoder(ChatBody)
+_presence_decoder = msgspec.msgpack.Decoder(PresenceBody)
 
 
 def encode(obj: msgspec.Struct) -> bytes:
@@ -437,6 +546,14 @@ def decode_body(data: bytes) -> ChatBody:
     if not body.text and not body.enc:
         raise RemoteProtocolError("empty chat message", Code.MALFORMED_FRAME)
     return body
+
+
+def decode_presence(data: bytes) -> PresenceBody:
+    """Decode a presence record body; raise RemoteProtocolError if it is malformed."""
+    try:
+        return _presence_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise RemoteProtocolError(f"malformed presence: {exc}", Code.MALFORMED_FRAME) from None
 
 
 # --- timestamps on receipt (hardening) ----------------------------------------

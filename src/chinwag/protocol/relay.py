@@ -1,6 +1,6 @@
 """Relays, sans-IO: the relay's book of reservations and circuits, and the client's keeper.
 
-Theory of operation (docs/reach.md "Relays", docs/protocol.md section 21)
+Theory of operation (docs/reach.md "Relays", docs/protocol.md section 22)
 -----------------------------------------------------------------------
 A peer behind a NAT holds a *reservation* at a relay over its ordinary connection to
 it (`rsv` -> `rsvok`/`rsvno`). Whoever wants to reach that peer opens a fresh

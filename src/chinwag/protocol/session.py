@@ -61,7 +61,16 @@ class HandshakeComplete:
 class FrameReceived:
     """The peer sent a frame for the layer above (chat, nick change, sync, files)."""
 
-    frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame | m.ReachFrame | m.RelayFrame
+    frame: (
+        m.Chat
+        | m.NickChange
+        | m.SyncFrame
+        | m.MeshFrame
+        | m.FileFrame
+        | m.Presence
+        | m.ReachFrame
+        | m.RelayFrame
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +160,8 @@ class Session:
         self.peer_nick: str | None = None
         self.peer_port: int | None = None
         self.rtt: float | None = None
+        #: Once closed: whether the peer ended the connection (goodbye, end of stream, silence).
+        self.ended_by_peer = False
         self._noise = NoiseXX(initiator, local.noise_static, m.PROLOGUE, ephemeral_private)
         self._inbuf = bytearray()
         self._out: list[bytes] = []
@@ -379,7 +390,16 @@ class Session:
 
     def _handle_frame(self, frame: m.Frame | m.UnknownFrame) -> None:
         if isinstance(
-            frame, m.Chat | m.Vector | m.Want | m.Floor | m.Rooms | m.FileFrame | m.ReachFrame
+            frame,
+            m.Chat
+            | m.Vector
+            | m.Want
+            | m.Floor
+            | m.Rooms
+            | m.MeshFrame
+            | m.FileFrame
+            | m.Presence
+            | m.ReachFrame,
         ):
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Ping):
@@ -438,4 +458,5 @@ class Session:
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
+        self.ended_by_peer = by_peer
         self._events.append(Closed(reason, code, by_peer))

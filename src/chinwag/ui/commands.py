@@ -37,6 +37,11 @@ class PeersCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="peers"):
     answered: ClassVar[bool] = True
 
 
+class MembersCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="members"):
+    room: str | None = None
+    answered: ClassVar[bool] = True
+
+
 class NickCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="nick"):
     nick: str
     answered: ClassVar[bool] = False
@@ -169,6 +174,7 @@ class ConnectCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="connect"):
 Command = (
     Send
     | PeersCmd
+    | MembersCmd
     | NickCmd
     | Quit
     | HistoryCmd
@@ -289,6 +295,8 @@ async def execute(node: Node, cmd: Command, session: Session) -> Answer | None:
         return node.block(cmd.who, isinstance(cmd, BlockCmd))
     elif isinstance(cmd, PeersCmd):
         return node.peers()
+    elif isinstance(cmd, MembersCmd):
+        return node.members(cmd.room)
     elif isinstance(cmd, NickCmd):
         node.set_nick(cmd.nick)
     elif isinstance(cmd, SendFileCmd):
@@ -467,6 +475,7 @@ _Parser = Callable[[str, str], SlashCommand]
 SLASH: dict[str, _Parser] = {
     "help": lambda _arg, _room: HelpCmd(),
     "peers": lambda _arg, _room: PeersCmd(),
+    "members": lambda arg, room: MembersCmd(room=arg or room),
     "nick": _nick,
     "id": lambda _arg, _room: IdCmd(),
     "quit": lambda _arg, _room: Quit(),
@@ -517,6 +526,7 @@ def parse_slash(line: str, room: str, tui: bool = False) -> SlashCommand:
 HELP = """commands:
   /help            this help
   /peers           connected peers (nick, short id, address, connected since)
+  /members [ROOM]  members of the room, also those reached through others (online or not)
   /nick NAME       change your nick
   /id              your peer id and fingerprint
   /join ROOM [--passphrase [PASS]]

@@ -97,6 +97,8 @@ def answer_lines(cmd: c.Command, answer: c.Answer | None, node: Node, room: str)
     """
     if isinstance(answer, ev.Peers):
         return _peers(answer)
+    if isinstance(answer, ev.Members):
+        return _members(answer)
     if isinstance(answer, ev.RoomList):
         return [
             f"{'*' if r.name == room else (' ' if r.joined else '-')} #{clean(r.name)}  "
@@ -176,6 +178,19 @@ def _peers(answer: ev.Peers) -> list[str]:
         rtt = "" if p.rtt_ms is None else f", rtt {p.rtt_ms:.1f} ms"
         how = f"relayed via {short_id(p.via)}" if p.path == "relayed" and p.via else p.address
         lines.append(f"{clean(p.nick)} {short_id(p.peer_id)} {how} since {since}{rtt}")
+    return lines
+
+
+def _members(answer: ev.Members) -> list[str]:
+    if not answer.members:
+        return [f"no other members known in #{clean(answer.room)}"]
+    lines = [f"members of #{clean(answer.room)}:"]
+    for p in answer.members:
+        if p.online:
+            how = "online, connected" if p.direct else "online, through others"
+        else:
+            how = "offline, last seen " + local_datetime(p.last_seen).strftime("%H:%M:%S")
+        lines.append(f"  {clean(p.nick)} {short_id(p.peer_id)} ({how})")
     return lines
 
 

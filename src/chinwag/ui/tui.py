@@ -134,6 +134,8 @@ class Peer:
     verified: bool = False
     #: Not connected, but its messages reach us through this peer (a peer id).
     via: str = ""
+    #: Not connected, but a member of the room shown, online by its presence record.
+    member: bool = False
     #: Connected through a relay circuit: the relay's peer id (docs/reach.md "Paths").
     relayed_via: str = ""
 
@@ -497,10 +499,13 @@ class ChinwagApp(App[int]):
         online = sum(1 for p in self.peers.values() if p.online)
         text.append(f"peers {online}/{len(self.peers)}\n", style="bold")
         for peer in sorted(
-            self.peers.values(), key=lambda p: (not p.online, not p.via, p.nick, p.peer_id)
+            self.peers.values(),
+            key=lambda p: (not p.online, not (p.via or p.member), p.nick, p.peer_id),
         ):
             if peer.online:
                 text.append("● ", style="green")
+            elif peer.member and not peer.via:
+                text.append("◌ ", style="green")
             else:
                 text.append("◐ " if peer.via else "○ ", style="yellow" if peer.via else "dim")
             text.append(clean(peer.nick), style=nick_style(peer.peer_id))
@@ -519,6 +524,8 @@ class ChinwagApp(App[int]):
             elif peer.via:
                 relay = self.peers.get(peer.via)
                 how = "via " + (clean(relay.nick) if relay else short_id(peer.via))
+            elif peer.member:
+                how = "member, through others"
             else:
                 how = "offline"
             text.append(f"  {how}\n", style="dim")
@@ -618,6 +625,18 @@ class ChinwagApp(App[int]):
             for r in listing.relayed:
                 if r.peer_id not in self.peers:
                     self._peer(r.peer_id, r.nick).via = r.via
+        # Members of the room shown that we reach only through others (presence records):
+        # listed (dimmed) and completed with Tab like the peers we are connected to.
+        far: set[str] = set()
+        if not self.current.startswith("@"):
+            with contextlib.suppress(ChinwagError):
+                for member in self.node.members(self.current).members:
+                    if not member.direct:
+                        self._peer(member.peer_id, member.nick)
+                        if member.online:
+                            far.add(member.peer_id)
+        for peer in self.peers.values():
+            peer.member = peer.peer_id in far and not peer.online
         self._redraw_side()
 
     def _refresh_verified(self) -> None:

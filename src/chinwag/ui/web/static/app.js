@@ -7,7 +7,7 @@ import { Connection } from "./conn.js";
 import {
   clear, clock, dayKey, dayLabel, el, eta, fullTime, hue, humanSize, icon, shortId,
 } from "./dom.js";
-import { PAGE, Room, dmKey, keyOf, mentionRe, toItem } from "./store.js";
+import { PAGE, Room, dmKey, farMembers, keyOf, mentionRe, toItem } from "./store.js";
 
 const $ = (id) => document.getElementById(id);
 /** Seconds between two `peers` refreshes (round-trip times change). */
@@ -24,6 +24,7 @@ const state = {
   current: "general",
   peers: new Map(), // connected peers: peer_id -> {peer_id, nick, address, rtt_ms}
   relayed: [],
+  members: [], // members of the room shown reached through others (farMembers)
   nicks: new Map(), // every nick seen: peer_id -> nick
   verified: new Map(), // peer_id -> bool, from whois answers
   asked: new Set(), // peer ids whose whois we asked for in the background
@@ -107,7 +108,7 @@ function onConnState(s) {
 }
 
 /** Queries asked again anyway after a reconnect: not queued while offline. */
-const QUERIES = new Set(["rooms", "peers", "files"]);
+const QUERIES = new Set(["rooms", "peers", "files", "members"]);
 
 function send(cmd) {
   if (!conn.open && QUERIES.has(cmd.cmd)) return;
@@ -116,9 +117,15 @@ function send(cmd) {
 }
 
 /** Fetch everything the page shows: at the start and after a `resync`. */
+/** Ask for the members of the room shown (a conversation has none). */
+function askMembers() {
+  if (!state.current.startsWith("@")) send({ cmd: "members", room: state.current });
+}
+
 function refetch() {
   send({ cmd: "rooms" });
   send({ cmd: "peers" });
+  askMembers();
   send({ cmd: "files" });
   for (const room of state.rooms.values()) {
     room.loaded = false;
@@ -261,6 +268,12 @@ const handlers = {
     schedule("peers");
     schedule("rooms");
     schedule("header");
+  },
+  members(e) {
+    if (e.room !== state.current) return; // an answer for the room shown before
+    for (const m of e.members) noteNick(m.peer_id, m.nick);
+    state.members = farMembers(e.members, state.relayed);
+    schedule("peers");
   },
   peer_joined(e) {
     state.peers.set(e.peer_id, {
@@ -660,6 +673,8 @@ function openRoom(key) {
 function switchTo(key) {
   if (!key) return;
   state.current = key;
+  state.members = [];
+  askMembers();
   openRoom(key);
   const room = state.rooms.get(key);
   room.unread = room.mentions = 0;
@@ -790,13 +805,21 @@ function renderPeers() {
   }
   const relayed = $("relayed-list");
   clear(relayed);
-  $("relayed-head").hidden = state.relayed.length === 0;
+  $("relayed-head").hidden = state.relayed.length === 0 && state.members.length === 0;
   for (const r of state.relayed) {
     const via = state.nicks.get(r.via) || shortId(r.via);
     relayed.append(el("li", {}, el("button", {
       class: "peer relayed", testid: "peer", data: { peer: r.peer_id }, onclick: () => peerMenu(r.peer_id),
     }, el("span", { class: "peer-text" }, el("span", { class: "peer-nick", text: r.nick }),
       el("small", { class: "peer-path", testid: "peer-path", text: `via ${via}` })))));
+  }
+  // Members known by their presence records only, dimmed (CSS: .member).
+  for (const m of state.members) {
+    relayed.append(el("li", {}, el("button", {
+      class: "peer relayed member", testid: "peer", data: { peer: m.peer_id, online: String(m.online) },
+      onclick: () => peerMenu(m.peer_id), title: m.peer_id,
+    }, el("span", { class: "peer-text" }, el("span", { class: "peer-nick", text: m.nick }),
+      el("small", { class: "peer-path", testid: "peer-path", text: m.online ? "member · online" : "member · offline" })))));
   }
 }
 
@@ -1168,7 +1191,7 @@ function submitComposer() {
 
 /** The slash commands of ui/commands.py (SLASH, less quit), for Tab completion. */
 const COMMANDS = [
-  "help", "peers", "nick", "id", "history", "search", "info", "join", "leave", "rooms",
+  "help", "peers", "members", "nick", "id", "history", "search", "info", "join", "leave", "rooms",
   "switch", "msg", "whois", "verify", "block", "unblock", "send", "accept", "reject", "files",
   "cancel", "invite", "add", "contacts", "forget", "connect",
 ];
@@ -1231,7 +1254,7 @@ async function dmDialog() {
   ], "Open", "Private messages are end-to-end encrypted to the other person.");
   if (!v || !v.who.trim()) return;
   const whoArg = v.who.trim().replace(/^@/, "");
-  const found = [...state.peers.values(), ...state.relayed].find(
+  const found = [...state.peers.values(), ...state.relayed, ...state.members].find(
     (p) => p.peer_id === whoArg || p.nick.toLowerCase() === whoArg.toLowerCase() || p.peer_id.startsWith(whoArg));
   if (found) {
     switchTo(dmKey(found.peer_id));
@@ -1355,6 +1378,7 @@ function start() {
     if (conn.open) {
       send({ cmd: "peers" });
       send({ cmd: "rooms" });
+      askMembers();
     }
   }, PEERS_EVERY_MS);
   ensureRoom("general");

@@ -12,6 +12,17 @@ export function compareItems(a, b) {
     a.aseq - b.aseq;
 }
 
+/**
+ * Members of a `members` answer to list under "Heard through others": those we hold no
+ * connection to and that are not listed as relayed already; online ones first.
+ */
+export function farMembers(members, relayed) {
+  const listed = new Set(relayed.map((r) => r.peer_id));
+  return members
+    .filter((m) => !m.direct && !listed.has(m.peer_id))
+    .sort((a, b) => (b.online - a.online) || a.nick.localeCompare(b.nick));
+}
+
 /** The key of a private conversation with a peer. */
 export const dmKey = (peerId) => "@" + peerId;
 
