@@ -32,7 +32,7 @@ from chinwag.net.netwatch import NetWatch, lan_addrs
 from chinwag.protocol import messages as m
 from chinwag.protocol.addr import AddrError, format_addr, normalize_addr
 from chinwag.protocol.invite import Invite, make_invite, read_invite
-from chinwag.protocol.reach import Reach
+from chinwag.protocol.reach import Reach, parse_observed
 from chinwag.store.db import ContactRow, Store
 
 log = logging.getLogger(__name__)
@@ -305,6 +305,7 @@ class ContactBook:
         Only the first report of a connection counts: a peer cannot flip its view (and
         with it our public address) without reconnecting.
         """
+        parse_observed(frame.addr)  # unparseable: a protocol error, first report or not
         if conn in self._reported:
             log.debug("ignoring a repeated report of our address from %s", conn.peer_id)
             return

@@ -4,6 +4,9 @@ the kind of NAT; one liar (or one network of them) cannot make us believe anythi
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from unit_support import FUZZ
 
 from chinwag import limits
 from chinwag.errors import RemoteProtocolError
@@ -150,3 +153,16 @@ def test_public_addresses_are_bounded_and_best_confirmed_first() -> None:
     addrs = r.public_addrs(T0)
     assert len(addrs) == limits.MAX_PUBLIC_ADDRS
     assert addrs[:2] == ["203.0.113.7:1002", "203.0.113.7:1003"]
+
+
+@given(st.text(max_size=70), st.text(max_size=50), st.integers(0, 70000), st.booleans())
+@FUZZ
+def test_any_report_is_kept_ignored_or_a_protocol_error(
+    addr: str, reporter_ip: str, local_port: int, outbound: bool
+) -> None:
+    r = reach()
+    try:
+        r.observed("p1", reporter_ip, addr, local_port, outbound, T0)
+    except RemoteProtocolError as exc:
+        assert exc.code == Reason.MALFORMED_FRAME
+    r.summary(T0)
