@@ -17,9 +17,11 @@ from it_support import until
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.crypto.identity import Identity
+from chinwag.net.connection import PeerConnection
 from chinwag.net.manager import ConnectionManager
 from chinwag.net.relay import RelayError, RelayService, _Splice
 from chinwag.node import Node
+from chinwag.protocol import messages as msg
 from chinwag.protocol.relay import Circuit, RelayBook
 from node_support import make_node as loopback_node
 
@@ -195,4 +197,45 @@ async def test_a_relay_says_why_it_makes_no_circuit(make: Maker) -> None:
     with pytest.raises(RelayError, match="closed"):
         await dialer._running_manager().dial_via(nobody, ("127.0.0.1", r.node.port), target.id)
     # The relay and the circuit between the two are unharmed.
+    assert _path(dialer.node, target.id) == ("relayed", r.id)
+
+
+async def test_an_accept_for_another_peers_circuit_is_refused_and_leaves_it_intact(
+    make: Maker,
+) -> None:
+    """Circuit ids are small counters: a stranger who sends `cacc` for one it was not
+    offered is refused, and the real target still takes the circuit afterwards."""
+    r = make("relay", relay=True, chat=False)
+    await r.node.start()
+    addr = ("127.0.0.1", r.node.port)
+    dialer, target, mallory = (make(n, relay_peers=[addr]) for n in ("alice", "bob", "mallory"))
+    for n in (dialer, target, mallory):
+        await n.node.start()
+    await until(lambda: target.node.reservations(), "bob reserved")
+    # Bob sits on the offer (a slow network) until Mallory has had her try.
+    offers: list[msg.Incoming] = []
+    bob_relay = target._running_manager().relay
+    real_frame = bob_relay.frame
+
+    def hold_offers(conn: PeerConnection, frame: msg.RelayFrame) -> None:
+        if isinstance(frame, msg.Incoming):
+            offers.append(frame)
+        else:
+            real_frame(conn, frame)
+
+    bob_relay.frame = hold_offers  # type: ignore[method-assign]
+    dial = asyncio.create_task(dialer.node.connect_via(target.id, r.id))
+    await until(lambda: offers, "the relay offered bob the circuit")
+    offer = offers[0]
+    with pytest.raises(RelayError, match="unknown_circuit"):
+        await mallory._running_manager().relay._circuit(r.id, addr, dialer.id, offer.circuit)
+    await bob_relay._circuit(r.id, addr, offer.src, offer.circuit)
+    await asyncio.wait_for(dial, WAIT_S)
+    await until(
+        lambda: (
+            dialer.seen(ev.PeerJoined, peer_id=target.id)
+            and target.seen(ev.PeerJoined, peer_id=dialer.id)
+        ),
+        "joined through the relay",
+    )
     assert _path(dialer.node, target.id) == ("relayed", r.id)

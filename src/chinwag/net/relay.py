@@ -417,10 +417,14 @@ class RelayService:
             self._tick()
             return
         accepted = self.book.accept(peer_id, frame.circuit, now)
+        if isinstance(accepted, m.CircuitNo):
+            # Not offered to this peer (circuit ids are guessable counters): the dialer
+            # stays waiting for the real target.
+            self._refuse(conn, RelayRefusal.UNKNOWN_CIRCUIT)
+            return
         dialer = self._waiting.pop(frame.circuit, None)
-        if isinstance(accepted, m.CircuitNo) or dialer is None or not dialer.is_open:
-            if not isinstance(accepted, m.CircuitNo):
-                self.book.close(accepted.id)
+        if dialer is None or not dialer.is_open:
+            self.book.close(accepted.id)
             self._refuse(conn, RelayRefusal.UNKNOWN_CIRCUIT)
             return
         for end in (dialer, conn):
