@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import re
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from it_support import (
     free_tcp_port,
 )
 
+from chinwag.protocol.invite import read_invite
+
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -39,6 +42,7 @@ class RelayProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.peer_id = ""
         self.addr = ""
+        self.invite = ""
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -51,13 +55,15 @@ class RelayProcess:
             stderr=self._stderr,
         )
         assert self.proc.stdout is not None
-        while not (self.peer_id and self.addr):
+        while not (self.peer_id and self.addr and self.invite):
             line = (await asyncio.wait_for(self.proc.stdout.readline(), PROMPT_S)).decode()
             assert line, f"relay exited: {self.log()}"
             if found := re.search(r"peer id (\S+)", line):
                 self.peer_id = found.group(1)
             if found := re.search(r"address (\S+)", line):
                 self.addr = found.group(1)
+            if found := re.search(r"invite (\S+)", line):
+                self.invite = found.group(1)
 
     def log(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -259,3 +265,16 @@ async def test_clients_reserve_again_when_their_relay_comes_back(
     finally:
         if relay.proc is not None and relay.proc.returncode is None:
             await relay.stop()
+
+
+async def test_the_relay_prints_an_invite_that_adds_it_as_a_contact(
+    node: NodeFactory, relay: RelayProcess
+) -> None:
+    invite = read_invite(relay.invite, time.time())
+    assert invite.id == relay.peer_id
+    assert relay.addr in invite.addrs
+    a = node("alice", discovery=False)
+    await a.start()
+    await a.send({"cmd": "add", "code": relay.invite})
+    await a.wait_for("contact_added", peer_id=relay.peer_id)
+    await a.wait_for("peer_joined", from_start=True, peer_id=relay.peer_id)
