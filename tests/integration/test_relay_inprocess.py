@@ -22,6 +22,7 @@ from chinwag.net.manager import ConnectionManager
 from chinwag.net.relay import RelayError, RelayService, _Splice
 from chinwag.node import Node
 from chinwag.protocol import messages as msg
+from chinwag.protocol.invite import make_invite
 from chinwag.protocol.relay import Circuit, RelayBook
 from node_support import make_node as loopback_node
 
@@ -239,3 +240,36 @@ async def test_an_accept_for_another_peers_circuit_is_refused_and_leaves_it_inta
         "joined through the relay",
     )
     assert _path(dialer.node, target.id) == ("relayed", r.id)
+
+
+async def test_a_contact_reached_only_through_a_relay_comes_back_after_the_relay_restarts(
+    make: Maker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A contact whose invite names only a relay: its circuit ends (the relay restarts, as
+    a limited circuit ends at its limits); we dial it through the relay again, backing off,
+    until it is back."""
+    monkeypatch.setattr(limits, "RELAY_RETRY_BASE_S", 0.1)  # bob reserves again soon
+    monkeypatch.setattr(limits, "CONTACT_RELAY_RETRY_BASE_S", 0.1)
+    r = make("relay", relay=True, chat=False)
+    await r.node.start()
+    port = r.node.port
+    addr = ("127.0.0.1", port)
+    a, b = make("alice", relay_peers=[addr]), make("bob", relay_peers=[addr])
+    for n in (a, b):
+        await n.node.start()
+    await until(lambda: b.node.reservations(), "bob reserved")
+    # Bob's invite naming only the relay (as behind a NAT: no address of his is reachable).
+    code = make_invite(b.node.identity, "bob", [], [(r.id, f"127.0.0.1:{port}")], 2**40)
+    a.node.add_contact(code)
+    await until(lambda: a.seen(ev.PeerJoined, peer_id=b.id), "bob reached through the relay")
+    assert _path(a.node, b.id) == ("relayed", r.id)
+
+    await r.node.stop()
+    await until(lambda: a.seen(ev.PeerLeft, peer_id=b.id), "the circuit ended")
+    r2 = make("relay", relay=True, chat=False)  # the same identity, on the same port
+    r2.node.config.port = port
+    await r2.node.start()
+    await until(
+        lambda: len(a.seen(ev.PeerJoined, peer_id=b.id)) == 2, "bob back", timeout=WAIT_S * 2
+    )
+    assert _path(a.node, b.id) == ("relayed", r.id)
