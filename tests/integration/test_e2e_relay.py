@@ -25,8 +25,10 @@ from it_support import (
     connected,
     count,
     free_tcp_port,
+    until,
 )
 
+from chinwag.crypto.identity import Identity
 from chinwag.protocol.invite import read_invite
 
 pytestmark = pytest.mark.timeout(90)
@@ -278,3 +280,34 @@ async def test_the_relay_prints_an_invite_that_adds_it_as_a_contact(
     await a.send({"cmd": "add", "code": relay.invite})
     await a.wait_for("contact_added", peer_id=relay.peer_id)
     await a.wait_for("peer_joined", from_start=True, peer_id=relay.peer_id)
+
+
+async def test_a_connect_through_a_silent_relay_holds_up_nothing_and_ends_in_a_clear_error(
+    node: NodeFactory,
+) -> None:
+    # A "relay" that accepts TCP and never says a word: the circuit dial waits it out.
+    server = await asyncio.start_server(lambda _r, _w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    a = node("alice", discovery=False)
+    await a.start()
+    target, relay_id = Identity.generate().peer_id, Identity.generate().peer_id
+    try:
+        await a.send(
+            {"cmd": "connect", "peer_id": target, "via": relay_id, "addr": f"127.0.0.1:{port}"}
+        )
+        # The commands behind it are answered at once, not after the relay's time-out.
+        await ask(a, {"cmd": "peers"}, "peers", timeout=2.0)
+        error = await a.wait_for("error", from_start=True, timeout=PROMPT_S * 2)
+        assert re.search(r"relay .*(timed out|in time)", error["message"]), error
+        for bad, says in (
+            ({"via": relay_id, "addr": "127.0.0.1"}, "HOST:PORT"),
+            ({"via": relay_id}, "no known address for relay"),
+            ({"via": target}, "its own relay"),
+        ):
+            before = count(a, "error")
+            await a.send({"cmd": "connect", "peer_id": target, **bad})
+            await until(lambda b=before: count(a, "error") > b, "an error")
+            errors = [e for e in a.events if e.get("event") == "error"]
+            assert says in errors[-1]["message"], errors[-1]
+    finally:
+        server.close()

@@ -17,6 +17,7 @@ from it_support import until
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.crypto.identity import Identity
+from chinwag.errors import UsageError
 from chinwag.net.connection import PeerConnection
 from chinwag.net.manager import ConnectionManager
 from chinwag.net.relay import RelayError, RelayService, _Splice
@@ -199,6 +200,9 @@ async def test_a_relay_says_why_it_makes_no_circuit(make: Maker) -> None:
         await dialer._running_manager().dial_via(nobody, ("127.0.0.1", r.node.port), target.id)
     # The relay and the circuit between the two are unharmed.
     assert _path(dialer.node, target.id) == ("relayed", r.id)
+    # A second circuit to a connected peer would only lose the tie-break: the user is told.
+    with pytest.raises(UsageError, match=r"already connected to \S+ \(relayed via"):
+        await dialer.node.connect_via(target.id, r.id)
 
 
 async def test_an_accept_for_another_peers_circuit_is_refused_and_leaves_it_intact(
