@@ -381,6 +381,10 @@ CONTACT_RELAY_RETRY_BASE_S = 2.0
 #: Most seconds between two rounds of circuit dials to an offline contact's relays; stops
 #: an offline contact (or a dead relay) costing us a connection attempt more often.
 CONTACT_RELAY_RETRY_CAP_S = 120.0
+#: Circuits (open or being set up) asked for from one IP address, and circuit connections
+#: from one IP address not yet past `cconn`/`cacc`; stops one host taking every circuit
+#: (or setup slot) of a relay by dialling its own reserved ids from fresh ids.
+RELAY_MAX_CIRCUITS_PER_IP = 16
 
 # --- relays: reservations and circuits (issue 14; docs/reach.md "Relays") -------------
 # libp2p circuit v2's defaults as the start. Grants are counted over the last

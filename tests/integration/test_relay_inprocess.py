@@ -7,6 +7,7 @@ three-process tests (test_e2e_relay.py) cover the command line and the JSON API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from it_support import until
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.crypto.identity import Identity
+from chinwag.crypto.noise import generate_static_private
 from chinwag.errors import UsageError
 from chinwag.net.connection import PeerConnection
 from chinwag.net.manager import ConnectionManager
@@ -25,6 +27,7 @@ from chinwag.node import Node
 from chinwag.protocol import messages as msg
 from chinwag.protocol.invite import make_invite
 from chinwag.protocol.relay import Circuit, RelayBook
+from chinwag.protocol.session import HandshakeComplete, LocalInfo, Session
 from node_support import make_node as loopback_node
 
 #: Seconds to wait for anything on loopback.
@@ -277,3 +280,48 @@ async def test_a_contact_reached_only_through_a_relay_comes_back_after_the_relay
         lambda: len(a.seen(ev.PeerJoined, peer_id=b.id)) == 2, "bob back", timeout=WAIT_S * 2
     )
     assert _path(a.node, b.id) == ("relayed", r.id)
+
+
+class _Silent:
+    """The owner of a circuit connection that completes its handshake and says nothing."""
+
+    def __init__(self) -> None:
+        self.open: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, conn: PeerConnection) -> None:
+        pass
+
+    def session_event(self, conn: PeerConnection, event: object) -> None:
+        if isinstance(event, HandshakeComplete) and not self.open.done():
+            self.open.set_result(None)
+
+    def session_closed(self, conn: PeerConnection, closed: object) -> None:
+        if not self.open.done():
+            self.open.set_exception(ConnectionError("closed"))
+
+
+async def test_one_hosts_silent_circuit_connections_leave_room_for_others(make: Maker) -> None:
+    r, dialer, target = await _relayed_pair(make)
+    dialer.node._running().manager.peers[target.id].close("quit")
+    await until(lambda: dialer.seen(ev.PeerLeft, peer_id=target.id), "the circuit closed")
+    # Mallory's few hosts (127.0.0.2-6; each may start 30 handshakes at once) open more
+    # circuit connections than the relay holds in all, and say nothing on them.
+    loop = asyncio.get_running_loop()
+    mallory = Identity.generate()
+    info = LocalInfo.create(mallory, generate_static_private(), "mallory", 0, (msg.CIRCUIT_CAP,))
+    held = []
+    for i in range(5 * int(limits.HANDSHAKES_PER_HOST_BURST)):
+        owner = _Silent()
+        conn = PeerConnection(owner, Session(info, True, loop.time(), r.id))  # type: ignore[arg-type]
+        host = f"127.0.0.{2 + i % 5}"
+        await loop.create_connection(
+            lambda c=conn: c, "127.0.0.1", r.node.port, local_addr=(host, 0)
+        )
+        held.append(conn)
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(owner.open, WAIT_S)
+    # Alice (127.0.0.1) still gets her circuit while they sit there.
+    await dialer.node.connect_via(target.id, r.id)
+    await until(lambda: len(dialer.seen(ev.PeerJoined, peer_id=target.id)) == 2, "joined again")
+    for conn in held:
+        conn.close("quit")

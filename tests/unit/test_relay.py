@@ -159,6 +159,22 @@ def test_circuits_per_peer_and_in_all_are_bounded() -> None:
     assert book2.connect("late", targets[0], 0.0) == m.CircuitNo(reason=RelayRefusal.RESOURCE_LIMIT)
 
 
+def test_one_host_cannot_take_every_circuit_with_fresh_ids() -> None:
+    # The most reservations one IP gets, each target dialled by fresh ids from that IP.
+    book = RelayBook()
+    own = [f"own{i}" for i in range(limits.RELAY_MAX_RESERVATIONS_PER_IP)]
+    for t in own:
+        _reserved(book, t, ip="10.9.9.9")
+    made = sum(
+        isinstance(book.connect(f"fresh{i}", own[i % len(own)], 0.0, "10.9.9.9"), Circuit)
+        for i in range(limits.RELAY_MAX_CIRCUITS)
+    )
+    assert made == limits.RELAY_MAX_CIRCUITS_PER_IP < limits.RELAY_MAX_CIRCUITS
+    # Room is left for everybody else.
+    _reserved(book, "bob", ip="10.0.0.2")
+    assert isinstance(book.connect("alice", "bob", 0.0, "10.0.0.1"), Circuit)
+
+
 def test_contacts_get_unlimited_circuits_only_between_two_contacts() -> None:
     a, b, stranger = PEERS[:3]
     book = RelayBook(unlimited=lambda peer: peer in (a, b))
