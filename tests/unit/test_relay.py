@@ -355,6 +355,20 @@ def test_circuit_frames_on_an_ordinary_connection_close_it() -> None:
     assert b_events == [("closed", Reason.MALFORMED_FRAME, False)]
 
 
+def test_a_peer_we_dial_cannot_make_our_connection_a_circuit_one() -> None:
+    # Bob answers Alice's ordinary dial with `circuit/1` in his hello: Alice keeps her
+    # keepalive (he cannot turn off her dead-peer check) and refuses a `cok` from him
+    # (he cannot halt her reading and wedge the connection).
+    p = pair(make_info("alice"), make_info("bob", caps=("chat/1", m.CIRCUIT_CAP)))
+    p.take()
+    assert not p.a.circuit and p.a.get_timer() is not None
+    p.b.send_frame(m.CircuitOk())
+    p.shuttle(1.0)
+    a_events, _ = p.take()
+    assert a_events == [("closed", Reason.MALFORMED_FRAME, False)]
+    assert not p.a.halted
+
+
 def test_reservation_frames_reach_the_layer_above_on_an_ordinary_connection() -> None:
     p = pair(make_info("alice"), make_info("bob"))
     p.take()
