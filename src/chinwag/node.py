@@ -732,6 +732,9 @@ class Node:
         """The peer moved to another path (a hole punch succeeded): no leave, no join."""
         peer_id = conn.session.peer_id
         assert peer_id is not None
+        # A contact reached directly now (a punch): its address there is the one to dial
+        # first next time, before any relay.
+        self._running().contacts.peer_joined(conn)
         self._emit(ev.PathChanged(peer_id=peer_id, path=conn.path, via=conn.via))
 
     def frame_received(

@@ -325,3 +325,24 @@ async def test_one_hosts_silent_circuit_connections_leave_room_for_others(make: 
     await until(lambda: len(dialer.seen(ev.PeerJoined, peer_id=target.id)) == 2, "joined again")
     for conn in held:
         conn.close("quit")
+
+
+async def test_a_contact_that_moves_to_a_direct_path_is_remembered_there(make: Maker) -> None:
+    r = make("relay", relay=True, chat=False)
+    await r.node.start()
+    addr = ("127.0.0.1", r.node.port)
+    a, b = make("alice", relay_peers=[addr]), make("bob", relay_peers=[addr])
+    for n in (a, b):
+        await n.node.start()
+    await until(lambda: b.node.reservations(), "bob reserved")
+    code = make_invite(b.node.identity, "bob", [], [(r.id, f"127.0.0.1:{r.node.port}")], 2**40)
+    a.node.add_contact(code)
+    await until(lambda: a.seen(ev.PeerJoined, peer_id=b.id), "bob reached through the relay")
+    # Bob dials Alice directly (as a punch would): the direct connection replaces the circuit.
+    b._running_manager().add_manual_peer("127.0.0.1", a.node.port)
+    await until(lambda: a.seen(ev.PathChanged, peer_id=b.id), "path event")
+    # Where Bob is reached now is kept: the next start dials it before any relay.
+    row = a.node._running().contacts._contacts[b.id]
+    assert row.addrs[:1] == [f"127.0.0.1:{b.node.port}"]
+    stored = {c.peer_id: c for c in a.node._running().store.contacts()}
+    assert stored[b.id].addrs == row.addrs
