@@ -473,7 +473,8 @@ async def _headless_session(config: NodeConfig, web: WebOptions) -> int:
 async def _relay_session(config: NodeConfig) -> int:
     """`chinwag relay`: a node that only relays (no rooms, no chat); stops on SIGINT/SIGTERM.
 
-    Prints its peer id and addresses once on stdout (what clients need for --relay-peer).
+    Prints its peer id, addresses (what clients need for --relay-peer) and an invite code
+    (for `chinwag add`) once on stdout.
     """
     from chinwag.net.relay import local_networks
     from chinwag.node import Node
@@ -493,6 +494,8 @@ async def _relay_session(config: NodeConfig) -> int:
     print(f"chinwag relay: peer id {ready.peer_id}", flush=True)
     for host in hosts:
         print(f"chinwag relay: address {host}:{ready.port}", flush=True)
+    # As `chinwag invite` prints it: the relay's id, LAN and public addresses, signed.
+    print(f"chinwag relay: invite {node.invite().code}", flush=True)
     try:
         await stop.wait()
     finally:

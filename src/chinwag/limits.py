@@ -374,6 +374,18 @@ CONTACT_RELAY_DELAY_S = 0.25
 #: flip their reports of our address cannot make us dial every contact again and again).
 PUBLIC_CHANGE_REDIAL_MIN_S = 10.0
 
+# --- reach review: contacts reached through relays (issue 14, reach-review) -----------
+#: Seconds before the first retry of an offline contact's relays after every one failed;
+#: doubled each failed round. A contact behind a NAT comes back once its relay does.
+CONTACT_RELAY_RETRY_BASE_S = 2.0
+#: Most seconds between two rounds of circuit dials to an offline contact's relays; stops
+#: an offline contact (or a dead relay) costing us a connection attempt more often.
+CONTACT_RELAY_RETRY_CAP_S = 120.0
+#: Circuits (open or being set up) asked for from one IP address, and circuit connections
+#: from one IP address not yet past `cconn`/`cacc`; stops one host taking every circuit
+#: (or setup slot) of a relay by dialling its own reserved ids from fresh ids.
+RELAY_MAX_CIRCUITS_PER_IP = 16
+
 # --- relays: reservations and circuits (issue 14; docs/reach.md "Relays") -------------
 # libp2p circuit v2's defaults as the start. Grants are counted over the last
 # RELAY_RESERVATION_TTL_S (a renewal is a grant), as go-libp2p's constraints do.

@@ -42,6 +42,7 @@ from chinwag.net.discovery import Discovery
 from chinwag.net.manager import ConnectionManager
 from chinwag.net.upnp import UpnpMapper
 from chinwag.protocol import messages as m
+from chinwag.protocol.addr import AddrError, parse_addr
 from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.protocol.discovery import encode_beacon
 from chinwag.protocol.names import DEFAULT_ROOM, validate_nick, validate_room, validate_text
@@ -716,23 +717,31 @@ class Node:
         """Connect to peer_id through a circuit at relay `via` (a peer id).
 
         The relay's address is `addr` ("host:port") or the one we know it by (a relay we
-        are connected to). Raises UsageError for an unknown relay, RelayError if the
-        relay refuses or does not answer; `peer_joined` follows on success.
+        are connected to). Raises UsageError for an unknown relay, a bad address, a peer
+        connected already or a peer as its own relay; RelayError if the relay refuses or
+        does not answer; `peer_joined` follows on success.
         """
         manager = self._running().manager
         target = self.resolve_peer(peer_id)
         relay_id = self.resolve_peer(via)
-        if target == self.identity.peer_id:
+        if self.identity.peer_id in (target, relay_id):
             raise UsageError("that is you")
+        if relay_id == target:
+            raise UsageError("a peer cannot be its own relay: name another peer after 'via'")
         if addr is not None:
-            host, sep, port = addr.rpartition(":")
-            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-                raise UsageError(f"expected HOST:PORT, got {addr[:60]!r}")
-            relay_addr = (host.strip("[]"), int(port))
+            try:
+                relay_addr = parse_addr(addr)
+            except AddrError as exc:
+                raise UsageError(f"relay address: {exc}") from None
         elif relay_id in manager.relay.relay_addrs:
             relay_addr = manager.relay.relay_addrs[relay_id]
         else:
-            raise UsageError(f"no known address for relay {short_id(relay_id)}")
+            raise UsageError(f"no known address for relay {short_id(relay_id)}: add its HOST:PORT")
+        conn = manager.peers.get(target)
+        if conn is not None and conn.is_open:
+            # A circuit would only lose the one-connection-per-pair tie-break to it.
+            where = conn.path if conn.via is None else f"{conn.path} via {short_id(conn.via)}"
+            raise UsageError(f"already connected to {short_id(target)} ({where})")
         await manager.dial_via(relay_id, relay_addr, target)
 
     def _relay_unlimited(self, peer_id: str) -> bool:
@@ -796,6 +805,9 @@ class Node:
         """The peer moved to another path (a hole punch succeeded): no leave, no join."""
         peer_id = conn.session.peer_id
         assert peer_id is not None
+        # A contact reached directly now (a punch): its address there is the one to dial
+        # first next time, before any relay.
+        self._running().contacts.peer_joined(conn)
         self._emit(ev.PathChanged(peer_id=peer_id, path=conn.path, via=conn.via))
 
     def frame_received(

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import re
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,7 +25,11 @@ from it_support import (
     connected,
     count,
     free_tcp_port,
+    until,
 )
+
+from chinwag.crypto.identity import Identity
+from chinwag.protocol.invite import read_invite
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,6 +44,7 @@ class RelayProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.peer_id = ""
         self.addr = ""
+        self.invite = ""
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -51,13 +57,15 @@ class RelayProcess:
             stderr=self._stderr,
         )
         assert self.proc.stdout is not None
-        while not (self.peer_id and self.addr):
+        while not (self.peer_id and self.addr and self.invite):
             line = (await asyncio.wait_for(self.proc.stdout.readline(), PROMPT_S)).decode()
             assert line, f"relay exited: {self.log()}"
             if found := re.search(r"peer id (\S+)", line):
                 self.peer_id = found.group(1)
             if found := re.search(r"address (\S+)", line):
                 self.addr = found.group(1)
+            if found := re.search(r"invite (\S+)", line):
+                self.invite = found.group(1)
 
     def log(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -259,3 +267,47 @@ async def test_clients_reserve_again_when_their_relay_comes_back(
     finally:
         if relay.proc is not None and relay.proc.returncode is None:
             await relay.stop()
+
+
+async def test_the_relay_prints_an_invite_that_adds_it_as_a_contact(
+    node: NodeFactory, relay: RelayProcess
+) -> None:
+    invite = read_invite(relay.invite, time.time())
+    assert invite.id == relay.peer_id
+    assert relay.addr in invite.addrs
+    a = node("alice", discovery=False)
+    await a.start()
+    await a.send({"cmd": "add", "code": relay.invite})
+    await a.wait_for("contact_added", peer_id=relay.peer_id)
+    await a.wait_for("peer_joined", from_start=True, peer_id=relay.peer_id)
+
+
+async def test_a_connect_through_a_silent_relay_holds_up_nothing_and_ends_in_a_clear_error(
+    node: NodeFactory,
+) -> None:
+    # A "relay" that accepts TCP and never says a word: the circuit dial waits it out.
+    server = await asyncio.start_server(lambda _r, _w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    a = node("alice", discovery=False)
+    await a.start()
+    target, relay_id = Identity.generate().peer_id, Identity.generate().peer_id
+    try:
+        await a.send(
+            {"cmd": "connect", "peer_id": target, "via": relay_id, "addr": f"127.0.0.1:{port}"}
+        )
+        # The commands behind it are answered at once, not after the relay's time-out.
+        await ask(a, {"cmd": "peers"}, "peers", timeout=2.0)
+        error = await a.wait_for("error", from_start=True, timeout=PROMPT_S * 2)
+        assert re.search(r"relay .*(timed out|in time)", error["message"]), error
+        for bad, says in (
+            ({"via": relay_id, "addr": "127.0.0.1"}, "HOST:PORT"),
+            ({"via": relay_id}, "no known address for relay"),
+            ({"via": target}, "its own relay"),
+        ):
+            before = count(a, "error")
+            await a.send({"cmd": "connect", "peer_id": target, **bad})
+            await until(lambda b=before: count(a, "error") > b, "an error")
+            errors = [e for e in a.events if e.get("event") == "error"]
+            assert says in errors[-1]["message"], errors[-1]
+    finally:
+        server.close()

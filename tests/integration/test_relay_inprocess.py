@@ -7,6 +7,7 @@ three-process tests (test_e2e_relay.py) cover the command line and the JSON API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,10 +18,16 @@ from it_support import until
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.crypto.identity import Identity
+from chinwag.crypto.noise import generate_static_private
+from chinwag.errors import UsageError
+from chinwag.net.connection import PeerConnection
 from chinwag.net.manager import ConnectionManager
 from chinwag.net.relay import RelayError, RelayService, _Splice
 from chinwag.node import Node
+from chinwag.protocol import messages as msg
+from chinwag.protocol.invite import make_invite
 from chinwag.protocol.relay import Circuit, RelayBook
+from chinwag.protocol.session import HandshakeComplete, LocalInfo, Session
 from node_support import make_node as loopback_node
 
 #: Seconds to wait for anything on loopback.
@@ -196,3 +203,146 @@ async def test_a_relay_says_why_it_makes_no_circuit(make: Maker) -> None:
         await dialer._running_manager().dial_via(nobody, ("127.0.0.1", r.node.port), target.id)
     # The relay and the circuit between the two are unharmed.
     assert _path(dialer.node, target.id) == ("relayed", r.id)
+    # A second circuit to a connected peer would only lose the tie-break: the user is told.
+    with pytest.raises(UsageError, match=r"already connected to \S+ \(relayed via"):
+        await dialer.node.connect_via(target.id, r.id)
+
+
+async def test_an_accept_for_another_peers_circuit_is_refused_and_leaves_it_intact(
+    make: Maker,
+) -> None:
+    """Circuit ids are small counters: a stranger who sends `cacc` for one it was not
+    offered is refused, and the real target still takes the circuit afterwards."""
+    r = make("relay", relay=True, chat=False)
+    await r.node.start()
+    addr = ("127.0.0.1", r.node.port)
+    dialer, target, mallory = (make(n, relay_peers=[addr]) for n in ("alice", "bob", "mallory"))
+    for n in (dialer, target, mallory):
+        await n.node.start()
+    await until(lambda: target.node.reservations(), "bob reserved")
+    # Bob sits on the offer (a slow network) until Mallory has had her try.
+    offers: list[msg.Incoming] = []
+    bob_relay = target._running_manager().relay
+    real_frame = bob_relay.frame
+
+    def hold_offers(conn: PeerConnection, frame: msg.RelayFrame) -> None:
+        if isinstance(frame, msg.Incoming):
+            offers.append(frame)
+        else:
+            real_frame(conn, frame)
+
+    bob_relay.frame = hold_offers  # type: ignore[method-assign]
+    dial = asyncio.create_task(dialer.node.connect_via(target.id, r.id))
+    await until(lambda: offers, "the relay offered bob the circuit")
+    offer = offers[0]
+    with pytest.raises(RelayError, match="unknown_circuit"):
+        await mallory._running_manager().relay._circuit(r.id, addr, dialer.id, offer.circuit)
+    await bob_relay._circuit(r.id, addr, offer.src, offer.circuit)
+    await asyncio.wait_for(dial, WAIT_S)
+    await until(
+        lambda: (
+            dialer.seen(ev.PeerJoined, peer_id=target.id)
+            and target.seen(ev.PeerJoined, peer_id=dialer.id)
+        ),
+        "joined through the relay",
+    )
+    assert _path(dialer.node, target.id) == ("relayed", r.id)
+
+
+async def test_a_contact_reached_only_through_a_relay_comes_back_after_the_relay_restarts(
+    make: Maker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A contact whose invite names only a relay: its circuit ends (the relay restarts, as
+    a limited circuit ends at its limits); we dial it through the relay again, backing off,
+    until it is back."""
+    monkeypatch.setattr(limits, "RELAY_RETRY_BASE_S", 0.1)  # bob reserves again soon
+    monkeypatch.setattr(limits, "CONTACT_RELAY_RETRY_BASE_S", 0.1)
+    r = make("relay", relay=True, chat=False)
+    await r.node.start()
+    port = r.node.port
+    addr = ("127.0.0.1", port)
+    a, b = make("alice", relay_peers=[addr]), make("bob", relay_peers=[addr])
+    for n in (a, b):
+        await n.node.start()
+    await until(lambda: b.node.reservations(), "bob reserved")
+    # Bob's invite naming only the relay (as behind a NAT: no address of his is reachable).
+    code = make_invite(b.node.identity, "bob", [], [(r.id, f"127.0.0.1:{port}")], 2**40)
+    a.node.add_contact(code)
+    await until(lambda: a.seen(ev.PeerJoined, peer_id=b.id), "bob reached through the relay")
+    assert _path(a.node, b.id) == ("relayed", r.id)
+
+    await r.node.stop()
+    await until(lambda: a.seen(ev.PeerLeft, peer_id=b.id), "the circuit ended")
+    r2 = make("relay", relay=True, chat=False)  # the same identity, on the same port
+    r2.node.config.port = port
+    await r2.node.start()
+    await until(
+        lambda: len(a.seen(ev.PeerJoined, peer_id=b.id)) == 2, "bob back", timeout=WAIT_S * 2
+    )
+    assert _path(a.node, b.id) == ("relayed", r.id)
+
+
+class _Silent:
+    """The owner of a circuit connection that completes its handshake and says nothing."""
+
+    def __init__(self) -> None:
+        self.open: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, conn: PeerConnection) -> None:
+        pass
+
+    def session_event(self, conn: PeerConnection, event: object) -> None:
+        if isinstance(event, HandshakeComplete) and not self.open.done():
+            self.open.set_result(None)
+
+    def session_closed(self, conn: PeerConnection, closed: object) -> None:
+        if not self.open.done():
+            self.open.set_exception(ConnectionError("closed"))
+
+
+async def test_one_hosts_silent_circuit_connections_leave_room_for_others(make: Maker) -> None:
+    r, dialer, target = await _relayed_pair(make)
+    dialer.node._running().manager.peers[target.id].close("quit")
+    await until(lambda: dialer.seen(ev.PeerLeft, peer_id=target.id), "the circuit closed")
+    # Mallory's few hosts (127.0.0.2-6; each may start 30 handshakes at once) open more
+    # circuit connections than the relay holds in all, and say nothing on them.
+    loop = asyncio.get_running_loop()
+    mallory = Identity.generate()
+    info = LocalInfo.create(mallory, generate_static_private(), "mallory", 0, (msg.CIRCUIT_CAP,))
+    held = []
+    for i in range(5 * int(limits.HANDSHAKES_PER_HOST_BURST)):
+        owner = _Silent()
+        conn = PeerConnection(owner, Session(info, True, loop.time(), r.id))  # type: ignore[arg-type]
+        host = f"127.0.0.{2 + i % 5}"
+        await loop.create_connection(
+            lambda c=conn: c, "127.0.0.1", r.node.port, local_addr=(host, 0)
+        )
+        held.append(conn)
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(owner.open, WAIT_S)
+    # Alice (127.0.0.1) still gets her circuit while they sit there.
+    await dialer.node.connect_via(target.id, r.id)
+    await until(lambda: len(dialer.seen(ev.PeerJoined, peer_id=target.id)) == 2, "joined again")
+    for conn in held:
+        conn.close("quit")
+
+
+async def test_a_contact_that_moves_to_a_direct_path_is_remembered_there(make: Maker) -> None:
+    r = make("relay", relay=True, chat=False)
+    await r.node.start()
+    addr = ("127.0.0.1", r.node.port)
+    a, b = make("alice", relay_peers=[addr]), make("bob", relay_peers=[addr])
+    for n in (a, b):
+        await n.node.start()
+    await until(lambda: b.node.reservations(), "bob reserved")
+    code = make_invite(b.node.identity, "bob", [], [(r.id, f"127.0.0.1:{r.node.port}")], 2**40)
+    a.node.add_contact(code)
+    await until(lambda: a.seen(ev.PeerJoined, peer_id=b.id), "bob reached through the relay")
+    # Bob dials Alice directly (as a punch would): the direct connection replaces the circuit.
+    b._running_manager().add_manual_peer("127.0.0.1", a.node.port)
+    await until(lambda: a.seen(ev.PathChanged, peer_id=b.id), "path event")
+    # Where Bob is reached now is kept: the next start dials it before any relay.
+    row = a.node._running().contacts._contacts[b.id]
+    assert row.addrs[:1] == [f"127.0.0.1:{b.node.port}"]
+    stored = {c.peer_id: c for c in a.node._running().store.contacts()}
+    assert stored[b.id].addrs == row.addrs

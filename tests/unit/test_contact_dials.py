@@ -1,9 +1,10 @@
-"""ConnectionManager.dial_contact: relays are tried through the relay helper's `dial_via`
-when this build has it (with the relay's address as (host, port)), and skipped otherwise."""
+"""ConnectionManager.dial_contact: relays are tried through `dial_via` (with the relay's
+address as (host, port)), and again with back-off while the contact stays offline."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import typing
 
@@ -13,6 +14,7 @@ from unit_support import make_info
 from chinwag import limits
 from chinwag.crypto.identity import Identity
 from chinwag.net.manager import ConnectionManager, ManagerListener
+from chinwag.net.relay import RelayError
 
 TARGET = Identity.from_seed(b"t" * 32).peer_id
 RELAY = Identity.from_seed(b"r" * 32).peer_id
@@ -47,14 +49,30 @@ async def test_relays_are_dialled_through_dial_via_when_there_is_one(
     assert m.dialled.empty()  # the bad address was skipped
 
 
-class WithoutRelays(ConnectionManager):
-    """A manager of a build without relay support (no `dial_via`)."""
+class FailingRelays(ConnectionManager):
+    """A manager whose every relay is down: records when it dials one."""
 
-    dial_via = None  # type: ignore[assignment]
+    dialled: asyncio.Queue[float]
+
+    async def dial_via(self, relay_id: str, relay_addr: tuple[str, int], target: str) -> None:
+        self.dialled.put_nowait(asyncio.get_running_loop().time())
+        raise RelayError("relay down")
 
 
-async def test_without_relay_support_relays_are_skipped() -> None:
-    m = manager(WithoutRelays)
-    m._dial_relays(TARGET, [(RELAY, "198.51.100.9:47475")])  # the delayed step: no-op
-    assert not m._dial_tasks
+async def test_an_offline_contacts_relays_are_tried_again_backing_off_until_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "CONTACT_RELAY_DELAY_S", 0.0)
+    monkeypatch.setattr(limits, "CONTACT_RELAY_RETRY_BASE_S", 0.02)
+    monkeypatch.setattr(limits, "CONTACT_RELAY_RETRY_CAP_S", 0.08)
+    m = manager(FailingRelays)
+    assert isinstance(m, FailingRelays)
+    m.dialled = asyncio.Queue()
+    m.dial_contact(TARGET, [], [(RELAY, "198.51.100.9:47475")])
+    times = [await asyncio.wait_for(m.dialled.get(), 5) for _ in range(5)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[0] >= 0.015 and gaps[1] >= 0.035  # doubling ...
+    assert max(gaps) < 1.0  # ... up to the cap
+    m.forget_contact(TARGET)
+    assert not m._relay_redials  # no round armed any more
     await m.close()

@@ -159,6 +159,22 @@ def test_circuits_per_peer_and_in_all_are_bounded() -> None:
     assert book2.connect("late", targets[0], 0.0) == m.CircuitNo(reason=RelayRefusal.RESOURCE_LIMIT)
 
 
+def test_one_host_cannot_take_every_circuit_with_fresh_ids() -> None:
+    # The most reservations one IP gets, each target dialled by fresh ids from that IP.
+    book = RelayBook()
+    own = [f"own{i}" for i in range(limits.RELAY_MAX_RESERVATIONS_PER_IP)]
+    for t in own:
+        _reserved(book, t, ip="10.9.9.9")
+    made = sum(
+        isinstance(book.connect(f"fresh{i}", own[i % len(own)], 0.0, "10.9.9.9"), Circuit)
+        for i in range(limits.RELAY_MAX_CIRCUITS)
+    )
+    assert made == limits.RELAY_MAX_CIRCUITS_PER_IP < limits.RELAY_MAX_CIRCUITS
+    # Room is left for everybody else.
+    _reserved(book, "bob", ip="10.0.0.2")
+    assert isinstance(book.connect("alice", "bob", 0.0, "10.0.0.1"), Circuit)
+
+
 def test_contacts_get_unlimited_circuits_only_between_two_contacts() -> None:
     a, b, stranger = PEERS[:3]
     book = RelayBook(unlimited=lambda peer: peer in (a, b))
@@ -337,6 +353,20 @@ def test_circuit_frames_on_an_ordinary_connection_close_it() -> None:
     p.shuttle(1.0)
     _, b_events = p.take()
     assert b_events == [("closed", Reason.MALFORMED_FRAME, False)]
+
+
+def test_a_peer_we_dial_cannot_make_our_connection_a_circuit_one() -> None:
+    # Bob answers Alice's ordinary dial with `circuit/1` in his hello: Alice keeps her
+    # keepalive (he cannot turn off her dead-peer check) and refuses a `cok` from him
+    # (he cannot halt her reading and wedge the connection).
+    p = pair(make_info("alice"), make_info("bob", caps=("chat/1", m.CIRCUIT_CAP)))
+    p.take()
+    assert not p.a.circuit and p.a.get_timer() is not None
+    p.b.send_frame(m.CircuitOk())
+    p.shuttle(1.0)
+    a_events, _ = p.take()
+    assert a_events == [("closed", Reason.MALFORMED_FRAME, False)]
+    assert not p.a.halted
 
 
 def test_reservation_frames_reach_the_layer_above_on_an_ordinary_connection() -> None:

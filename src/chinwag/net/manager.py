@@ -16,6 +16,7 @@ import logging
 import random
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from chinwag import limits
@@ -72,6 +73,16 @@ class ManagerListener(Protocol):
         ...
 
 
+@dataclass
+class _RelayRedial:
+    """A contact dialled through its relays while it is offline, backing off."""
+
+    relays: list[tuple[str, str]]
+    failures: int = 0
+    timer: asyncio.TimerHandle | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
 class ConnectionManager:
     """Owns every peer connection of a node; implements net/link.py's Links."""
 
@@ -120,6 +131,8 @@ class ConnectionManager:
         self._dial_timer: asyncio.TimerHandle | None = None
         self._dial_tasks: set[asyncio.Task[None]] = set()
         self._unknown_logged: set[str] = set()
+        #: Contacts with relays, redialled through them while offline (one per contact).
+        self._relay_redials: dict[str, _RelayRedial] = {}
         self._closing = False
         # Peers whose connection the other side closed as a duplicate: the
         # connection it keeps should complete here within a handshake timeout.
@@ -184,6 +197,9 @@ class ConnectionManager:
             self._dial_timer.cancel()
         for _conn, _closed, timer in self._limbo.values():
             timer.cancel()
+        for redial in self._relay_redials.values():
+            if redial.timer is not None:
+                redial.timer.cancel()
         await self.relay.close()
         for task in list(self._dial_tasks):
             task.cancel()
@@ -319,7 +335,9 @@ class ConnectionManager:
         """Dial a contact now by every direct address (the handshake checks it is peer_id),
         and by its relays if still not connected CONTACT_RELAY_DELAY_S later.
 
-        Its addresses stay in the table: redialled with back-off whenever it is not connected.
+        Its addresses stay in the table: redialled with back-off whenever it is not connected;
+        its relays too, while it stays offline (CONTACT_RELAY_RETRY_*): a contact behind a
+        NAT comes back through a relay after its circuit ended or its relay restarted.
         """
         now = self._loop.time()
         for addr in addrs:
@@ -330,31 +348,55 @@ class ConnectionManager:
             self.table.add_contact(peer_id, host, port, now)
         self.table.wanted(peer_id, now)
         self.schedule_dials()
-        if relays and not self._closing:
-            self._loop.call_later(
-                limits.CONTACT_RELAY_DELAY_S, self._dial_relays, peer_id, list(relays)
+        if self._closing:
+            return
+        redial = self._relay_redials.pop(peer_id, None)
+        if redial is not None and redial.timer is not None:
+            redial.timer.cancel()
+        if relays:
+            # A new round from the start (a newer invite, a lost path): no back-off carried.
+            redial = _RelayRedial(list(relays), tasks=redial.tasks if redial else set())
+            self._relay_redials[peer_id] = redial
+            redial.timer = self._loop.call_later(
+                limits.CONTACT_RELAY_DELAY_S, self._dial_relays, peer_id
             )
 
     def forget_contact(self, peer_id: str) -> None:
-        """Stop dialling a contact's addresses (its connection, if any, stays)."""
+        """Stop dialling a contact's addresses and relays (its connection, if any, stays)."""
         self.table.remove_contact(peer_id)
+        redial = self._relay_redials.pop(peer_id, None)
+        if redial is not None and redial.timer is not None:
+            redial.timer.cancel()
 
-    def _dial_relays(self, peer_id: str, relays: list[tuple[str, str]]) -> None:
-        # The relay helper's `dial_via` (issue 14) may not be in this build: then relays
-        # are skipped and the direct addresses are all there is.
-        dial_via = getattr(self, "dial_via", None)
-        if dial_via is None or self._closing or peer_id in self.peers:
+    def _dial_relays(self, peer_id: str) -> None:
+        """Dial an offline contact through each of its relays, then check again later."""
+        redial = self._relay_redials.get(peer_id)
+        if redial is None or self._closing:
             return
-        for relay_id, relay_addr in relays:
-            try:
-                addr = parse_addr(relay_addr)  # the relay's dial_via takes (host, port)
-            except AddrError:
-                continue
-            result = dial_via(relay_id, addr, peer_id)
-            if inspect.isawaitable(result):
-                task = self._loop.create_task(_awaited(result))
-                self._dial_tasks.add(task)
-                task.add_done_callback(self._dial_tasks.discard)
+        redial.timer = None
+        if peer_id in self.peers:
+            return  # back: its next loss (Node.peer_left -> dial_contact) starts a new round
+        # Once every round's circuit dials ended, the next round is armed (they may all have
+        # failed: the relay is down, or the contact has no reservation there yet).
+        delay = min(
+            limits.CONTACT_RELAY_RETRY_BASE_S * 2 ** min(redial.failures, 16),
+            limits.CONTACT_RELAY_RETRY_CAP_S,
+        )
+        redial.failures += 1
+        if not redial.tasks:
+            for relay_id, relay_addr in redial.relays:
+                try:
+                    addr = parse_addr(relay_addr)  # the relay's dial_via takes (host, port)
+                except AddrError:
+                    continue
+                result = self.dial_via(relay_id, addr, peer_id)
+                if inspect.isawaitable(result):
+                    task = self._loop.create_task(_awaited(result))
+                    self._dial_tasks.add(task)
+                    task.add_done_callback(self._dial_tasks.discard)
+                    redial.tasks.add(task)
+                    task.add_done_callback(redial.tasks.discard)
+        redial.timer = self._loop.call_later(delay, self._dial_relays, peer_id)
 
     def _observed_frame(self, conn: PeerConnection) -> m.Observed | None:
         """Return the `obs` frame telling a peer where we see it, None if we cannot tell.

@@ -368,7 +368,12 @@ class RelayService:
     def take_circuit_connection(self, conn: PeerConnection) -> None:
         """The manager hands over an inbound connection whose hello said `circuit/1`."""
         conn.manager = self
-        if len(self._setup) + len(self._splices) >= 2 * limits.RELAY_MAX_CIRCUITS:
+        ip = conn.address[0]
+        if (
+            len(self._setup) + len(self._splices) >= 2 * limits.RELAY_MAX_CIRCUITS
+            # One host's silent circuit connections must not fill every setup slot.
+            or sum(1 for c in self._setup if c.address[0] == ip) >= limits.RELAY_MAX_CIRCUITS_PER_IP
+        ):
             conn.close(Reason.QUIT)
             return
         self._setup[conn] = self._loop.call_later(
@@ -398,7 +403,7 @@ class RelayService:
             self._refuse(conn, RelayRefusal.NOT_RELAY)
             return
         if isinstance(frame, m.Connect):
-            result = self.book.connect(peer_id, frame.target, now)
+            result = self.book.connect(peer_id, frame.target, now, conn.address[0])
             if isinstance(result, m.CircuitNo):
                 log.info("no circuit %s -> %s: %s", peer_id[:8], frame.target[:8], result.reason)
                 self._refuse(conn, RelayRefusal(result.reason))
@@ -417,10 +422,14 @@ class RelayService:
             self._tick()
             return
         accepted = self.book.accept(peer_id, frame.circuit, now)
+        if isinstance(accepted, m.CircuitNo):
+            # Not offered to this peer (circuit ids are guessable counters): the dialer
+            # stays waiting for the real target.
+            self._refuse(conn, RelayRefusal.UNKNOWN_CIRCUIT)
+            return
         dialer = self._waiting.pop(frame.circuit, None)
-        if isinstance(accepted, m.CircuitNo) or dialer is None or not dialer.is_open:
-            if not isinstance(accepted, m.CircuitNo):
-                self.book.close(accepted.id)
+        if dialer is None or not dialer.is_open:
+            self.book.close(accepted.id)
             self._refuse(conn, RelayRefusal.UNKNOWN_CIRCUIT)
             return
         for end in (dialer, conn):

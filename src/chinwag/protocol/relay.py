@@ -52,6 +52,8 @@ class Circuit:
     max_s: float
     accepted_at: float | None = None
     sent: list[int] = field(default_factory=lambda: [0, 0])
+    #: The IP address the dialer asked from (its circuits per IP are bounded).
+    src_ip: str | None = None
 
     @property
     def limited(self) -> bool:
@@ -115,8 +117,11 @@ class RelayBook:
 
     # --- circuits --------------------------------------------------------------
 
-    def connect(self, src: str, target: str, now: float) -> Circuit | m.CircuitNo:
-        """A peer asks for a circuit to target: a new circuit waiting for Accept, or a refusal."""
+    def connect(
+        self, src: str, target: str, now: float, ip: str | None = None
+    ) -> Circuit | m.CircuitNo:
+        """A peer asks (from address `ip`) for a circuit to target: a new circuit waiting
+        for Accept, or a refusal."""
         self._expire(now)
         if src == target:
             return m.CircuitNo(reason=RelayRefusal.SELF)
@@ -126,6 +131,13 @@ class RelayBook:
             len(self.circuits) >= limits.RELAY_MAX_CIRCUITS
             or self._circuits_of(src) >= limits.RELAY_MAX_CIRCUITS_PER_PEER
             or self._circuits_of(target) >= limits.RELAY_MAX_CIRCUITS_PER_PEER
+            # Peer ids cost nothing: one host dialling its own reserved ids from many ids
+            # would otherwise take every circuit of the relay.
+            or (
+                ip is not None
+                and sum(1 for c in self.circuits.values() if c.src_ip == ip)
+                >= limits.RELAY_MAX_CIRCUITS_PER_IP
+            )
         ):
             return m.CircuitNo(reason=RelayRefusal.RESOURCE_LIMIT)
         # Unlimited only when both ends are ours to serve: a contact cannot give a stranger
@@ -138,6 +150,7 @@ class RelayBook:
             created=now,
             max_bytes=0 if free else limits.RELAY_CIRCUIT_MAX_BYTES,
             max_s=0.0 if free else limits.RELAY_CIRCUIT_MAX_S,
+            src_ip=ip,
         )
         self._next_id += 1
         self.circuits[circuit.id] = circuit

@@ -176,8 +176,8 @@ class Session:
         #: Identical on both sides once OPEN; used to break ties between duplicate connections.
         self.handshake_hash = b""
         self._linger_reason = ""
-        #: A circuit connection (our or the peer's hello has CIRCUIT_CAP): it sends no
-        #: keepalives and stops reading after its handoff frame (messages.HANDOFF_FRAMES).
+        #: A circuit connection (our hello, or as responder the peer's, has CIRCUIT_CAP): no
+        #: keepalives; it stops reading after its handoff frame (messages.HANDOFF_FRAMES).
         self.circuit = m.CIRCUIT_CAP in local.caps
         #: Set after a handoff frame: frames are no longer parsed; take_unread() has the rest.
         self.halted = False
@@ -377,7 +377,9 @@ class Session:
         self.peer_nick = hello.nick
         self.peer_port = hello.port
         self._caps = tuple(hello.caps)
-        if m.CIRCUIT_CAP in self._caps:
+        if m.CIRCUIT_CAP in self._caps and not self.initiator:
+            # Only the relay learns it from the hello: a peer we dialled must not turn our
+            # ordinary connection into one without keepalive that its `cok` can halt.
             self.circuit = True
 
     def _open(self) -> None:

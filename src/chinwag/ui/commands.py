@@ -319,7 +319,8 @@ async def execute(node: Node, cmd: Command, session: Session) -> Answer | None:
     elif isinstance(cmd, ForgetCmd):
         return node.forget_contact(cmd.peer)
     elif isinstance(cmd, ConnectCmd):
-        await node.connect_via(cmd.peer_id, cmd.via, cmd.addr)
+        # A relay may take seconds to answer (or never): not a reason to hold up the rest.
+        await session.slow(node.connect_via(cmd.peer_id, cmd.via, cmd.addr))
     elif isinstance(cmd, Quit):
         raise ChinwagError("quit is handled by the interface")
     else:  # pragma: no cover - mypy checks that every command has its branch
