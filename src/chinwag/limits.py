@@ -376,7 +376,7 @@ MESH_MAX_CANDIDATES = 512
 #: Dials asked per heartbeat (a slow ramp: no dial storm when a node joins a big room).
 MESH_MAX_DIALS_PER_HEARTBEAT = 4
 #: Connections kept beyond D_HI (churn slack) before the lowest-scoring non-mesh ones are closed.
-MESH_CONN_MARGIN = 2
+MESH_CONN_MARGIN = 0
 #: Rooms of one peer the mesh tracks (its Rooms frame is bounded by MAX_ROOMS too).
 MESH_MAX_PEER_ROOMS = 256
 #: Backoff entries (peer, room) remembered; oldest dropped (stops PRUNE floods growing memory).

@@ -100,7 +100,7 @@ def test_join_grafts_d_peers_and_a_new_room_peer_is_grafted_at_once_while_under_
 
 
 def test_graft_is_accepted_until_d_hi_then_answered_by_prune_with_backoff_and_px() -> None:
-    node = Node()
+    node = Node(params=MeshParams(conn_margin=4))  # room for a 13th inbound connection
     node.mesh.join(ROOM, 0.0)
     ps = peers(limits.MESH_D_HI + 1)
     node.connect(*ps)

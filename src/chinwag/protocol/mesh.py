@@ -1029,7 +1029,9 @@ class Mesh:
             and any(len(self._mesh[room]) < prm.d_lo for room in self._joined)
         )
         if under and self._joined and self._candidates:
-            slots = limits.MESH_MAX_DIALS_PER_HEARTBEAT - len(self._dialing)
+            # Dials in flight count: they must not carry us past D_hi when they all connect.
+            room_left = prm.d_hi - len(meshed)
+            slots = min(limits.MESH_MAX_DIALS_PER_HEARTBEAT, room_left) - len(self._dialing)
             if slots > 0:
                 pool = sorted(self._candidates)
                 for pid in self.rng.sample(pool, min(slots, len(pool))):
