@@ -736,3 +736,13 @@ def test_an_inbound_connection_beyond_the_limit_gets_peer_exchange_and_a_close()
     assert isinstance(prune, m.Prune) and prune.px and set(prune.px) <= set(ps)
     assert out[-1] == MeshClose(late, Reason.MESH_FULL)
     assert node.mesh.score(late, 1.0) >= 0  # no blame: just full
+
+
+def test_dials_never_aim_past_d_hi_connections() -> None:
+    node = Node()
+    node.mesh.join(ROOM, 0.0)
+    node.connect(*peers(limits.MESH_D_HI - 2), rooms=("other",))  # connected, none in the room
+    for p in peers(20, start=200):
+        node.mesh.candidate(p, 0.0)
+    dials = [a for a in node.beat() if isinstance(a, MeshDial)]
+    assert len(dials) == 2  # the mesh is empty, but 2 more reach D_hi
