@@ -746,3 +746,13 @@ def test_dials_never_aim_past_d_hi_connections() -> None:
         node.mesh.candidate(p, 0.0)
     dials = [a for a in node.beat() if isinstance(a, MeshDial)]
     assert len(dials) == 2  # the mesh is empty, but 2 more reach D_hi
+
+
+def test_what_was_asked_of_a_peer_that_leaves_may_be_asked_of_another_at_once() -> None:
+    node, lazy = _lazy_setup()
+    other = sorted(node.mesh.mesh_peers(ROOM))[0]
+    ids = [(AUTHOR, 1)]
+    assert sends(node.mesh.frame(lazy, m.IHave(room=ROOM, ids=ids), 0.5), m.IWant)
+    assert node.mesh.frame(other, m.IHave(room=ROOM, ids=ids), 0.6) == []  # asked already
+    node.mesh.disconnected(lazy, 0.7)
+    assert sends(node.mesh.frame(other, m.IHave(room=ROOM, ids=ids), 0.8), m.IWant)

@@ -299,6 +299,9 @@ class Mesh:
         p = self._peers.pop(peer, None)
         if p is None:
             return []
+        for mid in p.promises:
+            # It will not deliver what we asked of it: the next IHAVE may ask someone else.
+            self._wanted.pop(mid, None)
         for room in p.rooms:
             peers = self._room_peers.get(room)
             if peers is not None:
