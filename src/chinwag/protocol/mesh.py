@@ -664,9 +664,14 @@ class Mesh:
         members = self._mesh[room]
         if peer in members:
             return []
-        if not p.meshed or room not in p.rooms:
-            # A direct connection, or a peer that has not said it holds the room.
-            return [MeshSend(peer, m.Prune(room=room))]
+        if not p.meshed:
+            return [MeshSend(peer, m.Prune(room=room))]  # a direct connection: never meshed
+        if room not in p.rooms:
+            # Its Rooms frame (checked by the adapter, e.g. a private room's key check value)
+            # has not named the room yet, perhaps still on its way: it may try again soon.
+            return [
+                MeshSend(peer, m.Prune(room=room, backoff_s=limits.MESH_UNKNOWN_ROOM_BACKOFF_S))
+            ]
         backoff = self._backoff.get((peer, room))
         if backoff is not None and now < backoff[0]:
             # gossipsub v1.1: a GRAFT in backoff costs P7, twice if right after the PRUNE.
