@@ -178,6 +178,7 @@ class Sim:
         self.msg_chat: list[m.Chat] = []
         self.msg_hist: list[m.Chat] = []
         self.msg_tick: list[int] = []
+        self.msg_id: list[MsgId] = []
         self.msg_bytes = 0
         self.msg_by_key: dict[tuple[str, int], int] = {}
         self.chat_msg: dict[int, int] = {}  # id(chat) -> message number (chats live all run)
@@ -487,6 +488,7 @@ class Sim:
         self.msg_chat.append(chat)
         self.msg_hist.append(hist)
         self.msg_tick.append(self.tick)
+        self.msg_id.append((ROOM, author.name, seq))
         self.msg_by_key[(author.name, seq)] = k
         self.chat_msg[id(chat)] = k
         self.chat_msg[id(hist)] = k
@@ -512,7 +514,7 @@ class Sim:
         out: list[Any] = [
             a for a in actions if not (isinstance(a, rp.Flood) and isinstance(a.frame, m.Chat))
         ]
-        msg_id = (ROOM, author, seq)
+        msg_id = self.msg_id[k]
         if via is None:
             targets = node.mesh.publish(ROOM, msg_id, self.now)
             out.append(_Forward(chat, targets))
@@ -533,8 +535,7 @@ class Sim:
         src = self.names[s]
         if node.store[k]:
             self.duplicates += 1
-            msg_id = (ROOM, self.names[self.msg_author[k]], self.msg_seq[k])
-            _, acts = node.mesh.received(src, ROOM, msg_id, False, self.now)
+            _, acts = node.mesh.received(src, ROOM, self.msg_id[k], False, self.now)
             if acts:
                 self._do(node, list(acts))
                 self._rearm(node)
@@ -589,11 +590,7 @@ class Sim:
                 k = self.chat_msg[id(action.frame)]
                 if not node.forwards and self.msg_author[k] != node.idx:
                     continue  # a freeloader ignores forward targets
-                hops = node.store[k]
-                for peer in action.peers:
-                    j = self.index.get(peer)
-                    if j is not None:
-                        self._send_chat(node, j, k, hops, False)
+                self._forward(node, k, action.peers)
             elif isinstance(action, rp.Send | MeshSend):
                 j = self.index.get(action.peer)
                 if j is not None:
@@ -637,6 +634,30 @@ class Sim:
             self.bytes_mesh += self._last_frame_bytes
             self.frames_mesh += 1
         self._at(self._arrival(c), (E_FRAME, node.idx, j, c[0], frame))
+
+    def _forward(self, node: Node, k: int, peers: Sequence[str]) -> None:
+        """Send live message k to peers (the hot path: _send_chat, inlined)."""
+        hops = node.store[k]
+        index, conns, buckets = self.index, node.conns, self._buckets
+        tick, loss, src = self.tick, self.p.loss, node.idx
+        for peer in peers:
+            j = index.get(peer)
+            c = conns.get(j) if j is not None else None
+            if c is None:
+                continue
+            self.bytes_chat += self.msg_bytes
+            if loss > 0.0:
+                arrive = self._arrival(c)
+            else:
+                arrive = tick + c[1]
+                if arrive < c[2]:
+                    arrive = c[2]
+                c[2] = arrive
+            bucket = buckets.get(arrive)
+            if bucket is None:
+                bucket = buckets[arrive] = []
+                heapq.heappush(self._ticks, arrive)
+            bucket.append((E_CHAT, src, j, c[0], k, hops, False))
 
     def _send_chat(self, node: Node, j: int, k: int, hops: int, hist: bool) -> None:
         c = node.conns.get(j)
