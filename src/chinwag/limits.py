@@ -375,8 +375,8 @@ MESH_IWANT_FOLLOWUP_S = 3.0
 MESH_MAX_CANDIDATES = 512
 #: Dials asked per heartbeat (a slow ramp: no dial storm when a node joins a big room).
 MESH_MAX_DIALS_PER_HEARTBEAT = 4
-#: Mesh connections kept beyond D_HI before the lowest-scoring extra ones are closed.
-MESH_CONN_MARGIN = 4
+#: Connections kept beyond D_HI (churn slack) before the lowest-scoring non-mesh ones are closed.
+MESH_CONN_MARGIN = 2
 #: Rooms of one peer the mesh tracks (its Rooms frame is bounded by MAX_ROOMS too).
 MESH_MAX_PEER_ROOMS = 256
 #: Backoff entries (peer, room) remembered; oldest dropped (stops PRUNE floods growing memory).
@@ -389,3 +389,16 @@ MESH_GRAYLIST_THRESHOLD = -80.0
 MESH_CLOSE_THRESHOLD = -100.0
 #: Score a peer needs for its PRUNE's peer exchange to be heeded (gossipsub accept_px_threshold).
 MESH_ACCEPT_PX_THRESHOLD = 0.0
+#: Control frames (GRAFT, PRUNE) heeded per peer per heartbeat; more: penalty (GRAFT storms).
+MESH_MAX_CONTROL_PER_HEARTBEAT = 64
+#: Seconds a dial the mesh asked for may take before the candidate is dropped (no redial loop).
+MESH_DIAL_TIMEOUT_S = 10.0
+#: Seconds a new connection is safe from being closed for the degree (time to send its rooms).
+MESH_CONN_GRACE_S = 5.0
+#: Disconnected peers whose penalties are kept (so reconnecting does not wash a bad score).
+MESH_MAX_RETAINED = 1_024
+#: Seconds the penalties of a disconnected peer are kept.
+MESH_RETAIN_S = 600.0
+#: Seconds from a stored message to our vector when a mesh routes (VECTOR_DELAY_S without):
+#: live delivery through the mesh finishes first, so sync does not push duplicates of it.
+MESH_VECTOR_DELAY_S = 2.0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.protocol import messages as m
 from chinwag.protocol import replica as rp
+from chinwag.protocol.mesh import Mesh
 from chinwag.protocol.replica import Replica
 from chinwag.protocol.sync import PushRange
 
@@ -174,3 +176,52 @@ def test_a_sync_flood_disconnects() -> None:
     assert all(r.sync_allowed(BOB, 0.0) == [] for _ in range(burst))
     assert r.sync_allowed(BOB, 0.0) == [rp.Disconnect(BOB, "sync_flood")]
     assert r.sync_allowed(BOB, 1.0) == []  # it refills with time
+
+
+# --- with a mesh as router (issue 16) ----------------------------------------------
+
+
+def _meshed(*peers: str) -> tuple[Replica, Mesh]:
+    """A replica routing through a real Mesh in which every peer holds ROOM."""
+    mesh = Mesh(ME, random.Random(1), lambda _mid: False)
+    mesh.join(ROOM, 0.0)
+    for p in peers:
+        mesh.connected(p, 0.0)
+        mesh.peer_rooms(p, [ROOM], 0.0)
+    return Replica(ME, View(*peers), router=mesh), mesh
+
+
+def test_with_a_router_messages_go_to_the_mesh_targets_not_to_everyone() -> None:
+    peers = [f"p{i}" for i in range(10)]
+    r, mesh = _meshed(*peers)
+    targets = sorted(mesh.mesh_peers(ROOM))
+    assert len(targets) == limits.MESH_D_LO < len(peers)  # grafted at once up to D_lo
+    assert r.committed(CHAT, ROOM, ME, 1, None, True, bool, 1.0) == [rp.Forward(CHAT, targets)]
+    sender, author = targets[0], targets[1]
+    relay = r.committed(CHAT, ROOM, author, 1, sender, True, lambda: True, 1.0)
+    assert relay == [rp.Forward(CHAT, targets[2:])]
+    # Pushed history, an unverifiable message: never forwarded.
+    assert r.committed(CHAT, ROOM, author, 2, sender, False, lambda: True, 1.0) == []
+    assert r.committed(CHAT, ROOM, author, 3, sender, True, lambda: False, 1.0) == []
+    # A room we do not hold is not passed on (only members carry a room).
+    assert r.pass_on(CHAT, sender, author) == []
+    # A duplicate is scored by the mesh, nothing is sent.
+    assert r.heard_again(targets[3], ROOM, author, 1, 1.1) == []
+    assert mesh._peers[targets[3]].stats[ROOM].deliveries == 1.0
+
+
+def test_with_a_router_a_conversation_goes_only_to_its_other_party() -> None:
+    r, _mesh = _meshed(BOB, CAROL)
+    assert r.committed(CHAT, "dm", ME, 1, None, True, bool, 1.0) == [rp.Send(BOB, CHAT)]
+    assert r.committed(CHAT, "dm", BOB, 1, BOB, True, lambda: True, 1.0) == []  # for us: kept
+    away, _ = _meshed(CAROL)
+    assert away.committed(CHAT, "dm", ME, 1, None, True, bool, 1.0) == []  # sync brings it later
+
+
+def test_with_a_router_the_vector_waits_for_the_mesh() -> None:
+    r, _mesh = _meshed(BOB)
+    r.changed({(ROOM, BOB)}, 10.0)
+    assert r.timers.vector == 10.0 + limits.MESH_VECTOR_DELAY_S
+    plain = replica(BOB)
+    plain.changed({(ROOM, BOB)}, 10.0)
+    assert plain.timers.vector == 10.0 + limits.VECTOR_DELAY_S

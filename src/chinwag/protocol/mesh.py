@@ -1,24 +1,56 @@
 """The sans-IO gossip mesh of rooms: gossipsub v1.1 with v1.2's IDONTWANT (docs/mesh.md).
 
-Skeleton: the API of the contract (/work/briefs/s3/mesh_contract.md) with simple bodies.
+Theory of operation
+-------------------
+Per joined room, each node keeps a mesh of about D (D_lo..D_hi) connected peers of the
+room. A message is pushed eagerly to the mesh; ids of recent messages are announced
+lazily (IHAVE) at each heartbeat to D_lazy other peers of the room, which fetch what they
+lack (IWANT, answered by `MeshServe`). The per-author sequence sync of the replica stays
+the backstop. A peer that tells us IDONTWANT for a message does not get it from us.
+
+Each peer has a score (gossipsub v1.1's, simplified: P1 time in mesh, P2 first
+deliveries, P3 mesh delivery deficit and its sticky P3b, P4 invalid messages, P7
+behaviour penalty), decayed at each heartbeat. Negative peers are pruned and never
+grafted, peers under the gossip threshold get no gossip and their gossip is ignored,
+graylisted peers are ignored, and below the close threshold the connection is closed.
+
+The mesh also keeps the node's degree: it asks for dials (`MeshDial`) from its
+candidates while a joined room's mesh or the connection count is under D_lo, and
+closes the lowest-scoring connections that are in no mesh above D_hi + a margin.
+Direct connections (`connected(..., mesh=False)`: a conversation, a file) are never
+counted, meshed or closed.
+
+Pure: no asyncio, sockets or clocks; `now` comes in, randomness is the `random.Random`
+given to the constructor (seeded by the simulator), and every iteration that feeds it is
+sorted, so a run is reproducible. Cheap per message: the target list of a room is
+cached and rebuilt only when its mesh changes.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from chinwag import limits
+from chinwag.logonce import WarnOnce
 from chinwag.protocol import messages as m
+from chinwag.protocol.reasons import Reason
+
+log = logging.getLogger(__name__)
+_warn = WarnOnce(log)
 
 #: A message id: (room wire name, author peer id, seq).
 MsgId = tuple[str, str, int]
 
+MeshFrame = m.Graft | m.Prune | m.IHave | m.IWant | m.IDontWant
+
 
 @dataclass(frozen=True, slots=True)
 class MeshParams:
-    """The mesh's parameters (defaults from limits.py; the simulator may vary them)."""
+    """The mesh parameters (defaults: limits.py, docs/mesh.md; the simulator may vary them)."""
 
     d: int = limits.MESH_D
     d_lo: int = limits.MESH_D_LO
@@ -30,7 +62,36 @@ class MeshParams:
     history_len: int = limits.MESH_HISTORY_LEN
     history_gossip: int = limits.MESH_HISTORY_GOSSIP
     prune_backoff_s: int = limits.MESH_PRUNE_BACKOFF_S
+    leave_backoff_s: int = limits.MESH_LEAVE_BACKOFF_S
     conn_margin: int = limits.MESH_CONN_MARGIN
+    #: Whether a first copy is announced with IDONTWANT to the mesh peers it is not forwarded to.
+    idontwant: bool = True
+    # --- scoring (docs/mesh.md, "Scoring") ---
+    #: Multiplier applied to every counter at each heartbeat.
+    decay: float = 0.9
+    #: Multiplier of the behaviour penalty at each heartbeat (abuse is remembered longer).
+    penalty_decay: float = 0.98
+    #: P1: points per second in the mesh, up to p1_cap seconds.
+    w1: float = 0.02
+    p1_cap_s: float = 60.0
+    #: P2: points per first delivery (decayed), up to p2_cap deliveries.
+    w2: float = 0.5
+    p2_cap: float = 20.0
+    #: P3: points lost per squared delivery deficit, once in the mesh p3_activation_s and the
+    #: room carried at least p3_min_activity (decayed) messages; the quota is p3_ratio of them.
+    w3: float = 4.0
+    p3_activation_s: float = 5.0
+    p3_min_activity: float = 5.0
+    p3_ratio: float = 0.05
+    #: P4: points lost per squared invalid message (decayed).
+    w4: float = 20.0
+    #: P7: points lost per squared behaviour penalty above p7_threshold.
+    w7: float = 2.0
+    p7_threshold: float = 1.0
+    gossip_threshold: float = limits.MESH_GOSSIP_THRESHOLD
+    graylist_threshold: float = limits.MESH_GRAYLIST_THRESHOLD
+    close_threshold: float = limits.MESH_CLOSE_THRESHOLD
+    accept_px_threshold: float = limits.MESH_ACCEPT_PX_THRESHOLD
 
 
 # --- actions ------------------------------------------------------------------
@@ -70,6 +131,72 @@ class MeshServe:
 MeshAction = MeshSend | MeshDial | MeshClose | MeshServe
 
 
+# --- per-peer state -------------------------------------------------------------
+
+
+class _Stats:
+    """What a peer did in one room (scoring counters)."""
+
+    __slots__ = ("deliveries", "failure", "first", "mesh_since")
+
+    def __init__(self) -> None:
+        #: When it joined our mesh of the room (None: not in it).
+        self.mesh_since: float | None = None
+        #: P2: first deliveries (decayed).
+        self.first = 0.0
+        #: P3: messages it delivered (first or duplicate) while in our mesh (decayed).
+        self.deliveries = 0.0
+        #: P3b: sticky penalty of a deficit it was pruned with (decayed).
+        self.failure = 0.0
+
+
+class _Peer:
+    """One connected peer as the mesh sees it."""
+
+    __slots__ = (
+        "announced",
+        "asked",
+        "closing",
+        "controls",
+        "dontwant",
+        "ihaves",
+        "invalid",
+        "meshed",
+        "outbound",
+        "penalty",
+        "promises",
+        "rooms",
+        "served",
+        "since",
+        "stats",
+    )
+
+    def __init__(self, now: float, meshed: bool, outbound: bool) -> None:
+        #: False for a direct connection (a conversation, a file): never meshed or closed.
+        self.meshed = meshed
+        #: We dialled it (D_out keeps some of these: inbound ones can be an attacker's).
+        self.outbound = outbound
+        self.since = now
+        self.rooms: frozenset[str] = frozenset()
+        self.stats: dict[str, _Stats] = {}
+        #: P4 and P7 counters (decayed).
+        self.invalid = 0.0
+        self.penalty = 0.0
+        #: Counters of the current heartbeat (bounds on what it makes us do).
+        self.ihaves = 0
+        self.asked = 0
+        self.served = 0
+        self.controls = 0
+        #: Ids we announced to it, per heartbeat number (only these are served).
+        self.announced: deque[tuple[int, set[MsgId]]] = deque()
+        #: Ids it told us not to send (oldest first, bounded).
+        self.dontwant: dict[MsgId, None] = {}
+        #: Ids we asked of it by IWANT -> by when they must arrive.
+        self.promises: dict[MsgId, float] = {}
+        #: A close was asked already.
+        self.closing = False
+
+
 class Mesh:
     """Mesh decisions of one node: who gets each room's messages eagerly, gossip, scores."""
 
@@ -84,147 +211,713 @@ class Mesh:
         self.rng = rng
         self.have = have
         self.params = params
-        self._conns: dict[str, bool] = {}
+        self._peers: dict[str, _Peer] = {}
+        #: Peers we could dial, oldest first (bounded by MESH_MAX_CANDIDATES).
         self._candidates: dict[str, float] = {}
+        #: Dials asked for and not yet connected -> when asked.
+        self._dialing: dict[str, float] = {}
         self._joined: set[str] = set()
-        self._peer_rooms: dict[str, frozenset[str]] = {}
+        #: Joined room -> its mesh.
         self._mesh: dict[str, set[str]] = {}
-        self._targets: dict[str, list[str]] = {}
+        #: Joined room -> connected, mesh-eligible peers that hold it.
+        self._room_peers: dict[str, set[str]] = {}
+        #: Joined room -> cached eager targets (peer id, peer), rebuilt when the mesh changes.
+        self._targets: dict[str, list[tuple[str, _Peer]]] = {}
+        #: Joined room -> message ids first seen per heartbeat, newest last (the mcache).
+        self._history: dict[str, deque[list[MsgId]]] = {}
+        #: Ids in some history window -> when first seen.
+        self._seen_at: dict[MsgId, float] = {}
+        #: Joined room -> messages it carried (decayed): the base of the P3 quota.
+        self._activity: dict[str, float] = {}
+        #: Ids asked by IWANT of anyone -> deadline (not asked twice meanwhile).
+        self._wanted: dict[MsgId, float] = {}
+        #: (peer, room) -> (backoff until, since): no GRAFT either way before `until`.
+        self._backoff: dict[tuple[str, str], tuple[float, float]] = {}
+        #: Disconnected peers -> (P4, P7, forget at): a reconnect does not wash a bad score.
+        self._retained: dict[str, tuple[float, float, float]] = {}
+        self._heartbeats = 0
         self._timer: float | None = None
 
     # --- connections and candidates -------------------------------------
 
-    def connected(self, peer: str, now: float, *, mesh: bool = True) -> list[MeshAction]:
-        """A connection to peer opened (mesh=False: a direct one, never counted or closed)."""
-        self._conns[peer] = mesh
+    def connected(
+        self, peer: str, now: float, *, mesh: bool = True, outbound: bool | None = None
+    ) -> list[MeshAction]:
+        """A connection to peer opened (mesh=False: a direct one, never counted or closed).
+
+        outbound: whether we dialled it (default: whether the mesh asked for that dial).
+        Its rooms come later by `peer_rooms`; grafting waits for them.
+        """
+        if peer in self._peers or peer == self.me:
+            return []
+        asked = self._dialing.pop(peer, None) is not None
         self._candidates.pop(peer, None)
-        if self._timer is None:
-            self._timer = now + self.params.heartbeat_s
+        p = self._peers[peer] = _Peer(now, mesh, asked if outbound is None else outbound)
+        kept = self._retained.pop(peer, None)
+        if kept is not None and kept[2] > now:
+            p.invalid, p.penalty = kept[0], kept[1]
+        self._arm(now)
         return []
 
     def disconnected(self, peer: str, now: float) -> list[MeshAction]:
-        """The connection to peer closed: drop it from every mesh."""
-        self._conns.pop(peer, None)
-        self._peer_rooms.pop(peer, None)
-        for room, members in self._mesh.items():
-            if peer in members:
-                members.discard(peer)
-                self._targets.pop(room, None)
+        """The connection to peer closed: drop it from every mesh; keep its penalties a while."""
+        p = self._peers.pop(peer, None)
+        if p is None:
+            return []
+        for room in p.rooms:
+            peers = self._room_peers.get(room)
+            if peers is not None:
+                peers.discard(peer)
+                if peer in self._mesh[room]:
+                    self._mesh[room].discard(peer)
+                    self._targets.pop(room, None)
+        if p.invalid > 0 or p.penalty > 0 or p.closing:
+            # Kept (and not dialled) a while: penalties survive a reconnect, and a peer
+            # we closed for the degree is not dialled again at once.
+            keep = limits.MESH_RETAIN_S if p.invalid or p.penalty else self.params.prune_backoff_s
+            self._retained.pop(peer, None)
+            self._retained[peer] = (p.invalid, p.penalty, now + keep)
+            while len(self._retained) > limits.MESH_MAX_RETAINED:
+                del self._retained[next(iter(self._retained))]
+        elif p.meshed:
+            self.candidate(peer, now)  # it may come back: a peer worth dialling again
         return []
 
     def candidate(self, peer: str, now: float) -> None:
         """Remember a peer we could dial (discovery, presence, a PRUNE's peer exchange)."""
-        if peer != self.me and peer not in self._conns:
-            self._candidates[peer] = now
+        if peer == self.me or peer in self._peers or peer in self._dialing:
+            return
+        if peer in self._retained:
+            return  # penalised: not worth a dial
+        self._candidates.pop(peer, None)  # re-insert: newest last
+        self._candidates[peer] = now
+        while len(self._candidates) > limits.MESH_MAX_CANDIDATES:
+            del self._candidates[next(iter(self._candidates))]
 
     def drop_candidate(self, peer: str) -> None:
         """Forget a dial candidate (it left, or cannot be reached)."""
         self._candidates.pop(peer, None)
+        self._dialing.pop(peer, None)
 
     # --- rooms ------------------------------------------------------------
 
     def join(self, room: str, now: float) -> list[MeshAction]:
-        """We joined room: build its mesh from connected peers in it (Graft)."""
+        """We joined room: graft up to D connected peers that hold it."""
+        if room in self._joined:
+            return []
         self._joined.add(room)
-        self._mesh.setdefault(room, set())
-        if self._timer is None:
-            self._timer = now + self.params.heartbeat_s
-        return self._fill(room)
+        self._mesh[room] = set()
+        self._room_peers[room] = {
+            pid for pid, p in self._peers.items() if p.meshed and room in p.rooms
+        }
+        self._history[room] = deque([[]])
+        self._activity[room] = 0.0
+        self._arm(now)
+        return self._graft_more(room, now, self.params.d)
 
     def leave(self, room: str, now: float) -> list[MeshAction]:
-        """We left room: Prune its mesh peers and forget it."""
+        """We left room: PRUNE its mesh peers (short backoff) and forget its state."""
+        if room not in self._joined:
+            return []
         self._joined.discard(room)
+        members = self._mesh.pop(room)
+        self._room_peers.pop(room)
         self._targets.pop(room, None)
-        members = self._mesh.pop(room, set())
-        return [MeshSend(p, m.Prune(room=room)) for p in sorted(members)]
+        self._activity.pop(room)
+        for window in self._history.pop(room):
+            for mid in window:
+                self._seen_at.pop(mid, None)
+        out: list[MeshAction] = []
+        backoff = self.params.leave_backoff_s
+        for pid in sorted(members):
+            self._set_backoff(pid, room, now, backoff)
+            st = self._peers[pid].stats.get(room)
+            if st is not None:
+                st.mesh_since = None
+            out.append(MeshSend(pid, m.Prune(room=room, backoff_s=backoff)))
+        return out
 
     def peer_rooms(self, peer: str, rooms: Iterable[str], now: float) -> list[MeshAction]:
-        """Peer's Rooms frame: the rooms it holds (replaces the last)."""
-        held = frozenset(rooms)
-        self._peer_rooms[peer] = held
+        """Peer's Rooms frame: the rooms it holds now (replaces the last); graft it if needed."""
+        p = self._peers.get(peer)
+        if p is None:
+            return []
+        held: set[str] = set()
+        for room in rooms:
+            if len(held) >= limits.MESH_MAX_PEER_ROOMS:
+                break
+            held.add(room)
+        new = frozenset(held)
+        old, p.rooms = p.rooms, new
         out: list[MeshAction] = []
-        for room, members in self._mesh.items():
-            if peer in members and room not in held:
-                members.discard(peer)
-                self._targets.pop(room, None)
-        for room in held & self._joined:
-            out += self._fill(room)
+        for room in old - new:
+            p.stats.pop(room, None)
+            if room in self._joined:
+                self._room_peers[room].discard(peer)
+                if peer in self._mesh[room]:
+                    self._mesh[room].discard(peer)
+                    self._targets.pop(room, None)
+        if not p.meshed:
+            return out
+        for room in sorted(new - old):
+            if room not in self._joined:
+                continue
+            self._room_peers[room].add(peer)
+            members = self._mesh[room]
+            # Do not wait for the heartbeat: a small mesh takes a new peer at once.
+            if len(members) < self.params.d_lo and self._graftable(peer, room, now):
+                out += self._graft(peer, room, now)
         return out
 
     # --- traffic ------------------------------------------------------------
 
     def publish(self, room: str, msg: MsgId, now: float) -> list[str]:
-        """Our own message of room: return the peers to push it to."""
-        return self._room_targets(room)
+        """Our own message of room: note it for gossip and return the peers to push it to."""
+        if room not in self._joined:
+            # Not meshed (we publish without holding it): D random peers of the room.
+            pool = sorted(pid for pid, p in self._peers.items() if p.meshed and room in p.rooms)
+            return self.rng.sample(pool, min(self.params.d, len(pool)))
+        self._note(room, msg, now)
+        return [pid for pid, _p in self._room_targets(room)]
 
     def received(
         self, peer: str, room: str, msg: MsgId, first: bool, now: float
     ) -> tuple[list[str], list[MeshAction]]:
-        """A valid message from peer: return (peers to forward it to, actions)."""
+        """A valid live message from peer: return (peers to forward it to, actions).
+
+        first: it was new to us (stored just now); False for a duplicate (only scored).
+        The targets skip the sender, the author and peers that said IDONTWANT.
+        """
+        p = self._peers.get(peer)
+        if room not in self._joined:
+            return [], []
+        if p is not None:
+            st = p.stats.get(room)
+            if st is None:
+                st = p.stats[room] = _Stats()
+            if first:
+                st.first += 1.0
+            if st.mesh_since is not None and (first or msg in self._seen_at):
+                st.deliveries += 1.0
         if not first:
             return [], []
-        return [p for p in self._room_targets(room) if p != peer and p != msg[1]], []
+        self._note(room, msg, now)
+        if self._wanted:
+            self._wanted.pop(msg, None)
+        author = msg[1]
+        targets = [
+            pid
+            for pid, q in self._room_targets(room)
+            if pid != peer and pid != author and msg not in q.dontwant
+        ]
+        return targets, []
+
+    def dont_want(self, peer: str | None, room: str, msg: MsgId, now: float) -> list[MeshAction]:
+        """A first copy arrived (before it is checked and stored): IDONTWANT to the mesh.
+
+        For an adapter that forwards only after a delay (verify, commit): the mesh peers
+        then skip sending us their copies. Never to the sender; empty if disabled.
+        """
+        if not self.params.idontwant or room not in self._joined:
+            return []
+        frame = m.IDontWant(room=room, ids=[(msg[1], msg[2])])
+        return [MeshSend(pid, frame) for pid, _q in self._room_targets(room) if pid != peer]
 
     def invalid(self, peer: str, now: float) -> list[MeshAction]:
-        """Peer sent invalid traffic (bad signature, malformed ...): it loses score."""
-        return []
+        """Peer sent invalid traffic (bad signature, malformed ...): P4, maybe a close."""
+        p = self._peers.get(peer)
+        if p is None:
+            return []
+        p.invalid += 1.0
+        _warn((peer, "invalid"), "mesh: %s sent invalid traffic (score falls)", peer[:8])
+        return self._maybe_close(peer, p, now)
 
-    def frame(
-        self, peer: str, frame: m.Graft | m.Prune | m.IHave | m.IWant | m.IDontWant, now: float
-    ) -> list[MeshAction]:
-        """A mesh frame from peer."""
-        if isinstance(frame, m.Graft) and frame.room in self._joined:
-            self._mesh.setdefault(frame.room, set()).add(peer)
-            self._targets.pop(frame.room, None)
-        elif isinstance(frame, m.Prune) and frame.room in self._mesh:
-            self._mesh[frame.room].discard(peer)
-            self._targets.pop(frame.room, None)
-        return []
+    def frame(self, peer: str, frame: MeshFrame, now: float) -> list[MeshAction]:
+        """A mesh frame from peer: what to answer (bounded; abuse lowers its score)."""
+        p = self._peers.get(peer)
+        if p is None or p.closing:
+            return []
+        if self.score(peer, now) < self.params.graylist_threshold:
+            # Graylisted: ignored, and talking on costs more (so it ends in a close).
+            p.penalty += 1.0
+            return self._maybe_close(peer, p, now)
+        if isinstance(frame, m.IDontWant):
+            self._on_idontwant(p, frame)
+            return []
+        if isinstance(frame, m.IHave):
+            out = self._on_ihave(peer, p, frame, now)
+        elif isinstance(frame, m.IWant):
+            out = self._on_iwant(peer, p, frame, now)
+        else:
+            p.controls += 1
+            if p.controls > limits.MESH_MAX_CONTROL_PER_HEARTBEAT:
+                p.penalty += 1.0
+                _warn((peer, "control"), "mesh: %s floods GRAFT/PRUNE (ignored)", peer[:8])
+                out = []
+            elif isinstance(frame, m.Graft):
+                out = self._on_graft(peer, p, frame.room, now)
+            else:
+                out = self._on_prune(peer, p, frame, now)
+        return out + self._maybe_close(peer, p, now)
+
+    # --- timer ------------------------------------------------------------
 
     def get_timer(self) -> float | None:
         """Return when `handle_timer` is next due, or None."""
         return self._timer
 
     def handle_timer(self, now: float) -> list[MeshAction]:
-        """Heartbeat: graft and prune to keep every mesh within D_lo..D_hi, gossip, dial."""
+        """Heartbeat: keep every mesh within D_lo..D_hi, gossip, decay scores, dial or close."""
         if self._timer is None or now < self._timer:
             return []
-        self._timer = now + self.params.heartbeat_s
+        self._timer = now + self.params.heartbeat_s if self._peers or self._joined else None
+        self._heartbeats += 1
         out: list[MeshAction] = []
+        self._expire_promises(now)
+        scores = {pid: self.score(pid, now) for pid in self._peers}
         for room in sorted(self._joined):
-            out += self._fill(room)
+            out += self._maintain(room, scores, now)
+            out += self._gossip(room, scores)
+            window = self._history[room]
+            window.append([])
+            while len(window) > self.params.history_len:
+                for mid in window.popleft():
+                    self._seen_at.pop(mid, None)
+        self._decay(now)
+        out += self._degree(scores, now)
+        for pid in sorted(scores):
+            p = self._peers.get(pid)
+            if p is not None and scores[pid] < self.params.close_threshold and not p.closing:
+                out += self._close(pid, p, Reason.LOW_SCORE)
         return out
 
+    # --- queries ------------------------------------------------------------
+
     def score(self, peer: str, now: float) -> float:
-        """Return peer's score (0 until scoring lands)."""
-        return 0.0
+        """Return peer's score (0 for a peer not connected and not penalised)."""
+        p = self._peers.get(peer)
+        prm = self.params
+        if p is None:
+            kept = self._retained.get(peer)
+            if kept is None:
+                return 0.0
+            return -prm.w4 * kept[0] ** 2 - prm.w7 * max(0.0, kept[1] - prm.p7_threshold) ** 2
+        s = 0.0
+        for room, st in p.stats.items():
+            if st.mesh_since is not None:
+                t = now - st.mesh_since
+                s += prm.w1 * min(t, prm.p1_cap_s)
+                s -= prm.w3 * self._deficit(room, st, t) ** 2
+            s += prm.w2 * min(st.first, prm.p2_cap)
+            s -= prm.w3 * st.failure
+        s -= prm.w4 * p.invalid**2
+        excess = p.penalty - prm.p7_threshold
+        if excess > 0:
+            s -= prm.w7 * excess**2
+        return s
 
     def mesh_peers(self, room: str) -> frozenset[str]:
         """Return the mesh peers of room."""
         return frozenset(self._mesh.get(room, ()))
 
-    # --- internals ------------------------------------------------------------
+    def forwards(self, peer: str) -> bool:
+        """Return whether peer meets its delivery quota in every room where it is in our mesh.
 
-    def _room_targets(self, room: str) -> list[str]:
+        False: it looks like a non-forwarder (P3 deficit); the heartbeat prunes it.
+        """
+        p = self._peers.get(peer)
+        if p is None:
+            return True
+        now = self._last_now()
+        for room, st in p.stats.items():
+            if st.mesh_since is not None and self._deficit(room, st, now - st.mesh_since) > 0:
+                return False
+        return True
+
+    def connections(self) -> int:
+        """Return the number of mesh-managed (not direct) connections."""
+        return sum(1 for p in self._peers.values() if p.meshed)
+
+    def candidates(self) -> list[str]:
+        """Return the dial candidates, oldest first."""
+        return list(self._candidates)
+
+    # --- internals: messages ------------------------------------------------------
+
+    def _note(self, room: str, msg: MsgId, now: float) -> None:
+        """Remember a first-seen id in the gossip history (bounded per room)."""
+        if msg in self._seen_at:
+            return
+        self._activity[room] += 1.0
+        window = self._history[room]
+        if sum(len(w) for w in window) >= limits.MESH_MAX_HISTORY_IDS:
+            return  # a very fast room: the rest is not gossiped (sync repairs it)
+        window[-1].append(msg)
+        self._seen_at[msg] = now
+
+    def _room_targets(self, room: str) -> list[tuple[str, _Peer]]:
         targets = self._targets.get(room)
         if targets is None:
-            targets = self._targets[room] = sorted(self._mesh.get(room, ()))
+            targets = self._targets[room] = [
+                (pid, self._peers[pid]) for pid in sorted(self._mesh[room])
+            ]
         return targets
 
-    def _fill(self, room: str) -> list[MeshAction]:
-        members = self._mesh.setdefault(room, set())
-        out: list[MeshAction] = []
-        if len(members) >= self.params.d_lo:
-            return out
+    def _deficit(self, room: str, st: _Stats, in_mesh_s: float) -> float:
+        """Return the P3 delivery deficit of a mesh peer (0 until its quota applies)."""
+        prm = self.params
+        activity = self._activity.get(room, 0.0)
+        if in_mesh_s < prm.p3_activation_s or activity < prm.p3_min_activity:
+            return 0.0
+        return max(0.0, activity * prm.p3_ratio - st.deliveries)
+
+    def _last_now(self) -> float:
+        """Return the time of the last heartbeat (for queries without a now)."""
+        if self._timer is None:
+            return 0.0
+        return self._timer - self.params.heartbeat_s
+
+    # --- internals: frames --------------------------------------------------------
+
+    def _on_graft(self, peer: str, p: _Peer, room: str, now: float) -> list[MeshAction]:
+        if room not in self._joined:
+            return [MeshSend(peer, m.Prune(room=room, backoff_s=self.params.leave_backoff_s))]
+        members = self._mesh[room]
+        if peer in members:
+            return []
+        if not p.meshed or room not in p.rooms:
+            # A direct connection, or a peer that has not said it holds the room.
+            return [MeshSend(peer, m.Prune(room=room))]
+        backoff = self._backoff.get((peer, room))
+        if backoff is not None and now < backoff[0]:
+            # gossipsub v1.1: a GRAFT in backoff costs P7, twice if right after the PRUNE.
+            p.penalty += 1.0
+            if now < backoff[1] + limits.MESH_GRAFT_FLOOD_S:
+                p.penalty += 1.0
+            _warn((peer, "graft"), "mesh: %s grafts %s during its backoff", peer[:8], room)
+            return self._prune(peer, room, now, px=False)
+        if self.score(peer, now) < 0:
+            return self._prune(peer, room, now, px=False)
+        if len(members) >= self.params.d_hi and not p.outbound:
+            return self._prune(peer, room, now, px=True)
+        self._add(peer, p, room, now)
+        return []
+
+    def _on_prune(self, peer: str, p: _Peer, frame: m.Prune, now: float) -> list[MeshAction]:
+        room = frame.room
+        if room not in self._joined:
+            return []
+        if peer in self._mesh[room]:
+            self._remove(peer, p, room, now)
+        self._set_backoff(peer, room, now, frame.backoff_s or self.params.prune_backoff_s)
+        if frame.px and self.score(peer, now) >= self.params.accept_px_threshold:
+            for cand in frame.px:
+                self.candidate(cand, now)
+        return []
+
+    def _on_ihave(self, peer: str, p: _Peer, frame: m.IHave, now: float) -> list[MeshAction]:
+        p.ihaves += 1
+        if p.ihaves > limits.MESH_MAX_IHAVE_PER_HEARTBEAT:
+            p.penalty += 1.0
+            _warn((peer, "ihave"), "mesh: %s floods IHAVE (ignored)", peer[:8])
+            return []
+        room = frame.room
+        if room not in self._joined or self.score(peer, now) < self.params.gossip_threshold:
+            return []
+        budget = limits.MESH_MAX_IWANT_PER_HEARTBEAT - p.asked
+        wanted: list[m.MeshId] = []
+        deadline = now + limits.MESH_IWANT_FOLLOWUP_S
+        for author, seq in frame.ids:
+            if budget <= 0:
+                break
+            mid = (room, author, seq)
+            if mid in self._seen_at or mid in self._wanted or self.have(mid):
+                continue
+            wanted.append((author, seq))
+            self._wanted[mid] = deadline
+            p.promises[mid] = deadline
+            budget -= 1
+        if not wanted:
+            return []
+        p.asked += len(wanted)
+        return [MeshSend(peer, m.IWant(room=room, ids=wanted))]
+
+    def _on_iwant(self, peer: str, p: _Peer, frame: m.IWant, now: float) -> list[MeshAction]:
+        if self.score(peer, now) < self.params.gossip_threshold:
+            p.served = limits.MESH_MAX_SERVE_PER_HEARTBEAT  # served nothing, still checked
+        room = frame.room
+        serve: list[MsgId] = []
+        unannounced = 0
+        for author, seq in frame.ids:
+            mid = (room, author, seq)
+            for _hb, ids in p.announced:
+                if mid in ids:
+                    ids.discard(mid)  # served once: asking again is asking for the unannounced
+                    break
+            else:
+                unannounced += 1
+                continue
+            if p.served >= limits.MESH_MAX_SERVE_PER_HEARTBEAT:
+                continue
+            if self.have(mid):
+                serve.append(mid)
+                p.served += 1
+        if unannounced:
+            p.penalty += 1.0
+            _warn((peer, "iwant"), "mesh: %s asks by IWANT for ids never announced", peer[:8])
+        return [MeshServe(peer, serve)] if serve else []
+
+    def _on_idontwant(self, p: _Peer, frame: m.IDontWant) -> None:
+        if frame.room not in self._joined:
+            return
+        room = frame.room
+        dontwant = p.dontwant
+        for author, seq in frame.ids:
+            dontwant[(room, author, seq)] = None
+        while len(dontwant) > limits.MESH_MAX_DONTWANT_PER_PEER:
+            del dontwant[next(iter(dontwant))]
+
+    # --- internals: mesh changes --------------------------------------------------
+
+    def _graftable(self, peer: str, room: str, now: float) -> bool:
+        if self._peers[peer].closing:
+            return False
+        backoff = self._backoff.get((peer, room))
+        if backoff is not None and now < backoff[0]:
+            return False
+        return self.score(peer, now) >= 0
+
+    def _add(self, peer: str, p: _Peer, room: str, now: float) -> None:
+        self._mesh[room].add(peer)
+        self._targets.pop(room, None)
+        st = p.stats.get(room)
+        if st is None:
+            st = p.stats[room] = _Stats()
+        st.mesh_since = now
+        st.deliveries = 0.0
+
+    def _remove(self, peer: str, p: _Peer, room: str, now: float) -> None:
+        self._mesh[room].discard(peer)
+        self._targets.pop(room, None)
+        st = p.stats.get(room)
+        if st is not None and st.mesh_since is not None:
+            # P3b: a deficit it leaves the mesh with sticks (decaying) to its score.
+            st.failure += self._deficit(room, st, now - st.mesh_since) ** 2
+            st.mesh_since = None
+
+    def _graft(self, peer: str, room: str, now: float) -> list[MeshAction]:
+        self._add(peer, self._peers[peer], room, now)
+        return [MeshSend(peer, m.Graft(room=room))]
+
+    def _prune(self, peer: str, room: str, now: float, *, px: bool) -> list[MeshAction]:
+        """Drop peer from room's mesh (if in it) and send it a PRUNE with backoff and PX."""
+        p = self._peers[peer]
+        if peer in self._mesh[room]:
+            self._remove(peer, p, room, now)
+        backoff = self.params.prune_backoff_s
+        self._set_backoff(peer, room, now, backoff)
+        exchange: list[str] = []
+        if px:
+            pool = sorted(self._room_peers[room] - {peer})
+            if len(pool) > limits.MESH_MAX_PX:
+                pool = self.rng.sample(pool, limits.MESH_MAX_PX)
+            exchange = pool
+        return [MeshSend(peer, m.Prune(room=room, px=exchange, backoff_s=backoff))]
+
+    def _set_backoff(self, peer: str, room: str, now: float, seconds: float) -> None:
+        key = (peer, room)
+        self._backoff.pop(key, None)  # re-insert: newest last
+        self._backoff[key] = (now + min(seconds, limits.MESH_MAX_BACKOFF_S), now)
+        while len(self._backoff) > limits.MESH_MAX_BACKOFFS:
+            del self._backoff[next(iter(self._backoff))]
+
+    def _graft_more(self, room: str, now: float, want: int) -> list[MeshAction]:
+        """Graft up to want more random eligible peers into room's mesh."""
+        members = self._mesh[room]
         pool = sorted(
-            p
-            for p, meshed in self._conns.items()
-            if meshed and p not in members and room in self._peer_rooms.get(p, ())
+            pid
+            for pid in self._room_peers[room]
+            if pid not in members and self._graftable(pid, room, now)
         )
-        self.rng.shuffle(pool)
-        for p in pool[: self.params.d - len(members)]:
-            members.add(p)
-            out.append(MeshSend(p, m.Graft(room=room)))
-        if out:
-            self._targets.pop(room, None)
+        out: list[MeshAction] = []
+        for pid in self.rng.sample(pool, min(want, len(pool))):
+            out += self._graft(pid, room, now)
         return out
+
+    def _maintain(self, room: str, scores: dict[str, float], now: float) -> list[MeshAction]:
+        """gossipsub v1.1's mesh maintenance of one room at a heartbeat."""
+        prm = self.params
+        members = self._mesh[room]
+        out: list[MeshAction] = []
+        for pid in sorted(members):
+            if scores[pid] < 0:
+                out += self._prune(pid, room, now, px=False)
+        if len(members) < prm.d_lo:
+            out += self._graft_more(room, now, prm.d - len(members))
+        elif len(members) > prm.d_hi:
+            ranked = sorted(members, key=lambda pid: (-scores[pid], pid))
+            keep = ranked[: prm.d_score]
+            rest = ranked[prm.d_score :]
+            self.rng.shuffle(rest)
+            keep += rest[: prm.d - len(keep)]
+            dropped = rest[prm.d - prm.d_score :]
+            # Keep D_out outbound peers: an attacker that dials us cannot fill the mesh.
+            outbound = sum(1 for pid in keep if self._peers[pid].outbound)
+            for pid in [q for q in dropped if self._peers[q].outbound]:
+                if outbound >= prm.d_out:
+                    break
+                inbound = [q for q in keep[prm.d_score :] if not self._peers[q].outbound]
+                if not inbound:
+                    break
+                keep.remove(inbound[-1])
+                dropped.remove(pid)
+                dropped.append(inbound[-1])
+                keep.append(pid)
+                outbound += 1
+            for pid in sorted(dropped):
+                out += self._prune(pid, room, now, px=True)
+        if len(members) >= prm.d_lo:
+            outbound = sum(1 for pid in members if self._peers[pid].outbound)
+            if outbound < prm.d_out:
+                pool = sorted(
+                    pid
+                    for pid in self._room_peers[room]
+                    if pid not in members
+                    and self._peers[pid].outbound
+                    and self._graftable(pid, room, now)
+                )
+                for pid in pool[: prm.d_out - outbound]:
+                    out += self._graft(pid, room, now)
+        return out
+
+    def _gossip(self, room: str, scores: dict[str, float]) -> list[MeshAction]:
+        """IHAVE the ids of the last history_gossip heartbeats to D_lazy non-mesh room peers."""
+        prm = self.params
+        window = self._history[room]
+        ids = [mid for w in list(window)[-prm.history_gossip :] for mid in w]
+        if not ids:
+            return []
+        members = self._mesh[room]
+        pool = sorted(
+            pid
+            for pid in self._room_peers[room]
+            if pid not in members and scores.get(pid, 0.0) >= prm.gossip_threshold
+        )
+        if not pool:
+            return []
+        if len(ids) > limits.MESH_MAX_IHAVE_IDS:
+            ids = self.rng.sample(ids, limits.MESH_MAX_IHAVE_IDS)
+        frame = m.IHave(room=room, ids=[(a, s) for _r, a, s in ids])
+        hb = self._heartbeats
+        out: list[MeshAction] = []
+        for pid in self.rng.sample(pool, min(prm.d_lazy, len(pool))):
+            announced = self._peers[pid].announced
+            if announced and announced[-1][0] == hb:
+                announced[-1][1].update(ids)
+            else:
+                announced.append((hb, set(ids)))
+            out.append(MeshSend(pid, frame))
+        return out
+
+    # --- internals: heartbeat bookkeeping -----------------------------------------
+
+    def _arm(self, now: float) -> None:
+        if self._timer is None:
+            self._timer = now + self.params.heartbeat_s
+
+    def _expire_promises(self, now: float) -> None:
+        """A peer that did not deliver what it announced and we asked for: P7 (once a beat)."""
+        for pid, p in self._peers.items():
+            if not p.promises:
+                continue
+            broken = [mid for mid, due in p.promises.items() if due <= now]
+            if not broken:
+                continue
+            for mid in broken:
+                del p.promises[mid]
+            kept = [mid for mid in broken if mid in self._seen_at or self.have(mid)]
+            if len(kept) < len(broken):
+                p.penalty += 1.0
+                _warn((pid, "promise"), "mesh: %s did not deliver what it announced", pid[:8])
+        if self._wanted:
+            for mid in [mid for mid, due in self._wanted.items() if due <= now]:
+                del self._wanted[mid]
+
+    def _decay(self, now: float) -> None:
+        prm = self.params
+        d = prm.decay
+        for room in self._activity:
+            self._activity[room] *= d
+        hb = self._heartbeats
+        for p in self._peers.values():
+            p.ihaves = p.asked = p.served = p.controls = 0
+            p.invalid = p.invalid * d if p.invalid > 0.01 else 0.0
+            p.penalty = p.penalty * prm.penalty_decay if p.penalty > 0.01 else 0.0
+            for st in p.stats.values():
+                st.first *= d
+                st.deliveries *= d
+                st.failure = st.failure * d if st.failure > 0.01 else 0.0
+            announced = p.announced
+            while announced and announced[0][0] <= hb - prm.history_len:
+                announced.popleft()
+        if self._backoff and hb % 16 == 0:
+            for key in [k for k, (until, _s) in self._backoff.items() if until <= now]:
+                del self._backoff[key]
+        if self._retained and hb % 16 == 0:
+            for pid in [k for k, v in self._retained.items() if v[2] <= now]:
+                del self._retained[pid]
+
+    def _degree(self, scores: dict[str, float], now: float) -> list[MeshAction]:
+        """Dial candidates while under D_lo; close extra non-mesh connections above D_hi."""
+        prm = self.params
+        out: list[MeshAction] = []
+        for pid in [k for k, t in self._dialing.items() if t + limits.MESH_DIAL_TIMEOUT_S <= now]:
+            del self._dialing[pid]  # never connected: dropped (discovery brings it back)
+        meshed = [pid for pid, p in self._peers.items() if p.meshed and not p.closing]
+        # A room short of mesh peers dials only up to D_hi connections (a small room
+        # must not make us dial everyone on the LAN).
+        under = len(meshed) < prm.d_lo or (
+            len(meshed) < prm.d_hi
+            and any(len(self._mesh[room]) < prm.d_lo for room in self._joined)
+        )
+        if under and self._joined and self._candidates:
+            slots = limits.MESH_MAX_DIALS_PER_HEARTBEAT - len(self._dialing)
+            if slots > 0:
+                pool = sorted(self._candidates)
+                for pid in self.rng.sample(pool, min(slots, len(pool))):
+                    del self._candidates[pid]
+                    self._dialing[pid] = now
+                    out.append(MeshDial(pid))
+        limit = prm.d_hi + prm.conn_margin
+        if len(meshed) > limit:
+            in_mesh: set[str] = set().union(*self._mesh.values()) if self._mesh else set()
+            closable = sorted(
+                (scores.get(pid, 0.0), pid)
+                for pid in meshed
+                if pid not in in_mesh and now - self._peers[pid].since >= limits.MESH_CONN_GRACE_S
+            )
+            for _score, pid in closable[: len(meshed) - limit]:
+                out += self._close(pid, self._peers[pid], Reason.MESH_FULL)
+        return out
+
+    def _maybe_close(self, peer: str, p: _Peer, now: float) -> list[MeshAction]:
+        if p.closing or self.score(peer, now) >= self.params.close_threshold:
+            return []
+        _warn((peer, "close"), "mesh: closing %s: its score fell below the threshold", peer[:8])
+        return self._close(peer, p, Reason.LOW_SCORE)
+
+    def _close(self, peer: str, p: _Peer, reason: str) -> list[MeshAction]:
+        """Ask for a close once; drop it from every mesh at once (no more sends to it)."""
+        p.closing = True
+        for room in p.rooms:
+            peers = self._room_peers.get(room)
+            if peers is not None:
+                peers.discard(peer)  # no more gossip or grafts either
+            members = self._mesh.get(room)
+            if members is not None and peer in members:
+                members.discard(peer)
+                self._targets.pop(room, None)
+                st = p.stats.get(room)
+                if st is not None:
+                    st.mesh_since = None
+        return [MeshClose(peer, reason)]

@@ -28,6 +28,10 @@ class Reason(enum.StrEnum):
     BAD_SIGNATURE = "bad_signature"
     EQUIVOCATION = "equivocation"
     SYNC_FLOOD = "sync_flood"
+    #: The peer's mesh score fell below the close threshold (docs/mesh.md).
+    LOW_SCORE = "low_score"
+    #: The node holds more connections than its mesh needs and this one is in no mesh.
+    MESH_FULL = "mesh_full"
     #: The node stops because of an error of its own (a failed start, a broken store).
     ERROR = "error"
     #: The generic remote error, for a RemoteProtocolError raised without a code.
@@ -65,6 +69,8 @@ SENT: frozenset[Reason] = frozenset(
         Reason.BAD_SIGNATURE,
         Reason.EQUIVOCATION,
         Reason.SYNC_FLOOD,
+        Reason.LOW_SCORE,
+        Reason.MESH_FULL,
         Reason.ERROR,
         Reason.PROTOCOL_ERROR,
     }

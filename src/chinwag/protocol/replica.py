@@ -30,6 +30,7 @@ from typing import Protocol
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.protocol import messages as m
+from chinwag.protocol.mesh import Mesh, MeshClose, MeshDial, MeshSend, MeshServe
 from chinwag.protocol.reasons import Reason
 from chinwag.protocol.sync import PushRange, SyncState
 
@@ -85,6 +86,14 @@ class Flood:
 
     frame: m.Frame
     exclude: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send a live chat to these peers (the mesh's targets; replaces Flood with a router)."""
+
+    frame: m.Chat
+    peers: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +173,11 @@ Action = (
     | Delivered
     | CheckStore
     | ReleaseHeld
+    | Forward
+    | MeshSend
+    | MeshDial
+    | MeshClose
+    | MeshServe
 )
 
 
@@ -215,8 +229,11 @@ class Replica:
         view: RoomView,
         sync: SyncState | None = None,
         known: Iterable[str] = (),
+        router: Mesh | None = None,
     ) -> None:
         self.me = me
+        #: The gossip mesh choosing whom a live message goes to (None: flood to every peer).
+        self.router = router
         self.view = view
         self.sync = sync if sync is not None else SyncState()
         #: Peers met in an earlier run or verified: a larger store budget.
@@ -401,7 +418,12 @@ class Replica:
         return relay, author != via or relay or private
 
     def pass_on(self, chat: m.Chat, via: str, author: str) -> list[Action]:
-        """A live message of a room we do not hold: pass it on for those who hold it."""
+        """A live message of a room we do not hold: pass it on for those who hold it.
+
+        With a router only members carry a room: nothing is passed on.
+        """
+        if self.router is not None:
+            return []
         return [Flood(chat, frozenset({via, author}))]
 
     def equivocated(self, author: str, seq: int, where: str) -> list[Action]:
@@ -455,12 +477,16 @@ class Replica:
         via: str | None,
         live: bool,
         relayable: Callable[[], bool],
+        now: float = 0.0,
     ) -> list[Action]:
         """A new message is committed (via: the peer it came from, None for our own).
 
         Ours goes to every peer; a live one from a peer is relayed to the others
         (never back to its sender or author) if relayable() (its signature checks).
+        With a router, the mesh's targets replace "every peer" (see `_route`).
         """
+        if self.router is not None:
+            return self._route(self.router, chat, room, author, seq, via, live, relayable, now)
         peers = self.view.peers()
         if via is None:
             self._note_sent(peers, room, author, seq)
@@ -471,6 +497,52 @@ class Replica:
             self._note_sent([p for p in peers if p not in exclude], room, author, seq)
             out.append(Flood(chat, exclude))
         return out
+
+    def _route(
+        self,
+        router: Mesh,
+        chat: m.Chat,
+        room: str,
+        author: str,
+        seq: int,
+        via: str | None,
+        live: bool,
+        relayable: Callable[[], bool],
+        now: float,
+    ) -> list[Action]:
+        """committed() with a mesh: a room's live message goes to the mesh's targets.
+
+        A conversation is not meshed: ours goes to its other party if connected (sync
+        brings it otherwise), and one we receive is for us, never relayed.
+        """
+        dm = self.view.dm_peer(room)
+        if via is None:
+            if dm is not None:
+                if dm not in self.view.peers():
+                    return []
+                self._note_sent((dm,), room, author, seq)
+                return [Send(dm, chat)]
+            targets = router.publish(room, (room, author, seq), now)
+            if not targets:
+                return []
+            self._note_sent(targets, room, author, seq)
+            return [Forward(chat, targets)]
+        out = self._maybe_settle(room) if author == self.me else []  # a peer gave back ours
+        if dm is not None or not live:
+            return out
+        targets, actions = router.received(via, room, (room, author, seq), True, now)
+        out += actions
+        if targets and relayable():
+            self._note_sent(targets, room, author, seq)
+            out.append(Forward(chat, targets))
+        return out
+
+    def heard_again(self, via: str, room: str, author: str, seq: int, now: float) -> list[Action]:
+        """A live copy of a message we hold came from via: the mesh scores its delivery."""
+        if self.router is None or self.view.dm_peer(room) is not None:
+            return []
+        _targets, actions = self.router.received(via, room, (room, author, seq), False, now)
+        return list(actions)
 
     def _note_sent(self, peer_ids: Iterable[str], room: str, author: str, seq: int) -> None:
         """Record that seq went live to these peers, if it extends what they hold without a hole."""
@@ -492,7 +564,10 @@ class Replica:
             out += self._check_gap(room, author, now)
             self.dirty_rooms.add(room)
         if self.timers.vector is None and not self.closed:
-            self.timers.vector = now + limits.VECTOR_DELAY_S
+            # With a mesh the vector is the backstop: sent once live delivery had its time,
+            # else it races the mesh and a push duplicates what is still in flight.
+            delay = limits.VECTOR_DELAY_S if self.router is None else limits.MESH_VECTOR_DELAY_S
+            self.timers.vector = now + delay
         return out
 
     # --- sync frames ----------------------------------------------------
