@@ -242,23 +242,21 @@ class Sim:
 
     def _boot(self, node: Node, mesh_rng: random.Random) -> None:
         """(Re)start a node as history.py does: a Replica over its store, a Mesh, its room."""
-        node.replica = Replica(node.name, _View(node), node.sync)
-        node.replica.start(self.now)
-        store = node.store
-        by_key = self.msg_by_key
+        sync = node.sync
 
         def have(msg: MsgId) -> bool:
-            i = by_key.get((msg[1], msg[2]))
-            return i is not None and store[i] > 0
+            return sync.holds(*msg)  # as history.py answers the mesh
 
         node.mesh = Mesh(node.name, mesh_rng, have)
+        node.replica = Replica(node.name, _View(node), sync, (), node.mesh)
+        node.replica.start(self.now)
         node.up = True
         out: list[Any] = list(node.mesh.join(ROOM, self.now))
-        # Discovery: a few random peers heard (like LAN beacons) feed the candidate list.
+        # Discovery: a few random peers heard (like LAN beacons) feed the candidate list;
+        # the mesh dials them.
         for peer in self._random_peers(node, self.p.candidates):
             node.mesh.candidate(self.names[peer], self.now)
         self._do(node, out)
-        self._bootstrap_dials(node)
         self._rearm(node)
 
     def _random_peers(self, node: Node, k: int) -> list[int]:
@@ -271,14 +269,6 @@ class Sim:
             if j != node.idx and j not in out:
                 out.append(j)
         return out
-
-    def _bootstrap_dials(self, node: Node) -> None:
-        """Until the mesh dials its candidates itself, dial a few of them (as discovery did)."""
-        if getattr(node.mesh, "_candidates", None) is None:
-            return
-        cands = list(node.mesh._candidates)
-        for peer in cands[: max(1, self.p.candidates // 2)]:
-            self._dial(node, self.index[peer])
 
     # --- the event queue --------------------------------------------------
 
@@ -395,8 +385,8 @@ class Sim:
         nb.peer_names = (*nb.peer_names, na.name)
         self.conn_max = max(self.conn_max, len(na.conns), len(nb.conns))
         for x, y in ((na, nb), (nb, na)):
-            out: list[Any] = list(x.replica.peer_opened(y.name, self.now))
-            out += x.mesh.connected(y.name, self.now)
+            out: list[Any] = list(x.mesh.connected(y.name, self.now))
+            out += x.replica.peer_opened(y.name, self.now)
             # Its Rooms frame (sent first on every connection) names the room.
             out += x.mesh.peer_rooms(y.name, (ROOM,), self.now)
             self._do(x, out)
@@ -504,26 +494,10 @@ class Sim:
         self._rearm(author)
 
     def _committed(self, node: Node, k: int, via: str | None, live: bool) -> list[Any]:
-        """Tell the replica message k is committed; route live room traffic through the mesh."""
-        author = self.names[self.msg_author[k]]
-        seq = self.msg_seq[k]
+        """Tell the replica message k is committed (it asks its mesh whom to forward it to)."""
         chat = self.msg_chat[k] if live else self.msg_hist[k]
-        actions = node.replica.committed(chat, ROOM, author, seq, via, live, _true)
-        # Until the replica hands room traffic to its router itself (mesh-core), the
-        # replica's Flood of a live message is replaced by the mesh's targets here.
-        out: list[Any] = [
-            a for a in actions if not (isinstance(a, rp.Flood) and isinstance(a.frame, m.Chat))
-        ]
-        msg_id = self.msg_id[k]
-        if via is None:
-            targets = node.mesh.publish(ROOM, msg_id, self.now)
-            out.append(_Forward(chat, targets))
-        else:
-            targets, acts = node.mesh.received(via, ROOM, msg_id, True, self.now)
-            out += acts
-            if live:
-                out.append(_Forward(chat, targets))
-        return out
+        _room, author, seq = self.msg_id[k]
+        return list(node.replica.committed(chat, ROOM, author, seq, via, live, _true, self.now))
 
     def _on_chat(self, ev: tuple[Any, ...]) -> None:
         _, s, d, conn, k, hops, hist = ev
@@ -535,10 +509,12 @@ class Sim:
         src = self.names[s]
         if node.store[k]:
             self.duplicates += 1
-            _, acts = node.mesh.received(src, ROOM, self.msg_id[k], False, self.now)
-            if acts:
-                self._do(node, list(acts))
-                self._rearm(node)
+            if not hist:  # a live copy: the mesh scores its delivery (as history.py)
+                _room, author, seq = self.msg_id[k]
+                acts = node.replica.heard_again(src, ROOM, author, seq, self.now)
+                if acts:
+                    self._do(node, list(acts))
+                    self._rearm(node)
             return
         author = self.names[self.msg_author[k]]
         seq = self.msg_seq[k]
@@ -557,7 +533,12 @@ class Sim:
             self.arrivals[d][k] = self.tick
         elif lat <= 5_000:
             self.within_5s += 1
-        out: list[Any] = list(rep.accept(ROOM, author, seq))
+        out: list[Any] = []
+        if not hist:
+            # New to us: our mesh peers need not send their copies (history.py does this
+            # before the commit).
+            out += node.mesh.dont_want(src, ROOM, self.msg_id[k], self.now)
+        out += rep.accept(ROOM, author, seq)
         out += rep.changed(((ROOM, author),), self.now)
         out += self._committed(node, k, src, not hist)
         self._do(node, out)
@@ -570,6 +551,13 @@ class Sim:
         if c is None or c[0] != conn:
             return
         src = self.names[s]
+        if type(frame) is m.IDontWant:
+            # The most frequent frame (one per message per mesh peer): no timer moves.
+            acts = node.mesh.frame(src, frame, self.now)
+            if acts:
+                self._do(node, list(acts))
+                self._rearm(node)
+            return
         if isinstance(frame, m.Vector | m.Want | m.Floor):
             refused = node.replica.sync_allowed(src, self.now)
             actions: list[Any] = list(refused) if refused else []
@@ -585,13 +573,32 @@ class Sim:
 
     def _do(self, node: Node, actions: list[Any]) -> None:
         """Carry out what node's replica and mesh decided."""
+        index = self.index
         for action in actions:
-            if isinstance(action, _Forward):
+            if type(action) is MeshSend:
+                # The most frequent action (IDONTWANT to each mesh peer): _send_frame, inlined.
+                j = index.get(action.peer)
+                c = node.conns.get(j) if j is not None else None
+                if c is None:
+                    continue
+                frame = action.frame
+                if frame is not self._last_frame:
+                    self._last_frame = frame
+                    self._last_frame_bytes = len(m.encode(frame)) + FRAME_OVERHEAD
+                self.bytes_mesh += self._last_frame_bytes
+                self.frames_mesh += 1
+                arrive = self._arrival(c)
+                bucket = self._buckets.get(arrive)
+                if bucket is None:
+                    bucket = self._buckets[arrive] = []
+                    heapq.heappush(self._ticks, arrive)
+                bucket.append((E_FRAME, node.idx, j, c[0], frame))
+            elif isinstance(action, rp.Forward):
                 k = self.chat_msg[id(action.frame)]
                 if not node.forwards and self.msg_author[k] != node.idx:
                     continue  # a freeloader ignores forward targets
                 self._forward(node, k, action.peers)
-            elif isinstance(action, rp.Send | MeshSend):
+            elif isinstance(action, rp.Send):
                 j = self.index.get(action.peer)
                 if j is not None:
                     self._send_frame(node, j, action.frame)
@@ -766,14 +773,6 @@ class Sim:
         params["latency_ms"] = list(p.latency_ms)
         out["params"] = params
         return out
-
-
-@dataclass(frozen=True, slots=True)
-class _Forward:
-    """A live chat to push to these peers (the mesh's targets)."""
-
-    frame: m.Chat
-    peers: Sequence[str]
 
 
 def _percentile(hist: list[int], q: float) -> int:
