@@ -167,7 +167,7 @@ class MeshNet:
         elif isinstance(frame, m.Vector | m.Want | m.Floor):
             refused = node.replica.sync_allowed(ev.src, self.now)
             self._do(node, refused or node.replica.sync_received(ev.src, frame, self.now))
-        elif isinstance(frame, m.Graft | m.Prune | m.IHave | m.IWant | m.IDontWant):
+        elif isinstance(frame, m.MeshFrame):
             self._do(node, node.mesh.frame(ev.src, frame, self.now))
 
     def _chat(self, node: MeshNode, src: str, frame: m.Chat) -> None:

@@ -467,6 +467,7 @@ _op = st.one_of(
     st.tuples(st.just("iwant"), st.integers(1, 30), st.booleans()),
     st.tuples(st.just("msg"), st.integers(1, 30), st.booleans()),
     st.tuples(st.just("invalid"), st.integers(1, 30), st.booleans()),
+    st.tuples(st.just("choke"), st.integers(1, 30), st.booleans()),
     st.tuples(st.just("beat"), st.integers(1, 30), st.booleans()),
 )
 
@@ -504,6 +505,8 @@ def test_any_churn_keeps_the_mesh_within_bounds_and_never_raises(
             assert set(targets) <= mesh.mesh_peers(ROOM)
         elif op == "invalid":
             mesh.invalid(p, t)
+        elif op == "choke":
+            mesh.frame(p, m.Choke(room=ROOM) if flag else m.Unchoke(room=ROOM), t)
         else:
             t += i
             mesh.handle_timer(t)
@@ -554,7 +557,8 @@ def test_a_fifth_of_freeloaders_do_not_stop_delivery_and_get_pruned() -> None:
     _traffic(net, 250, seed=5)  # P3 needs traffic: each freeloader is caught 5 s into a mesh
     net.run(5.0)
     for node in net.nodes.values():
-        assert set(net.written) <= set(node.store), node.name
+        if not node.freeloader:  # pruned everywhere, they wait for sync
+            assert set(net.written) <= set(node.store), node.name
     freeloaders = {n for n, node in net.nodes.items() if node.freeloader}
     meshed = sum(
         len(node.mesh.mesh_peers(mesh_sim.ROOM) & freeloaders)
@@ -564,3 +568,65 @@ def test_a_fifth_of_freeloaders_do_not_stop_delivery_and_get_pruned() -> None:
     good = [node for node in net.nodes.values() if not node.freeloader]
     edges = sum(len(node.mesh.mesh_peers(mesh_sim.ROOM)) for node in good)
     assert meshed / edges < 0.05  # from a fifth of the mesh to (nearly) none
+    net.run(limits.SYNC_INTERVAL_S)
+    for node in net.nodes.values():
+        assert set(net.written) <= set(node.store), node.name
+
+
+# --- choking (episub) -------------------------------------------------------------------
+
+
+def test_mesh_peers_most_often_second_are_choked_down_to_choke_keep_and_owe_no_quota() -> None:
+    node = Node()
+    fast, slow = peers(3), peers(3, start=10)
+    node.connect(*fast, *slow)
+    node.mesh.join(ROOM, 0.0)
+    assert node.mesh.mesh_peers(ROOM) == set(fast + slow)
+    chokes: list[str] = []
+    seq = 0
+    for second in range(20):
+        for k in range(10):
+            seq += 1
+            msg = (ROOM, AUTHOR, seq)
+            t = second + k / 10
+            node.mesh.received(fast[seq % 3], ROOM, msg, True, t)
+            for p in [*fast, *slow]:  # every other mesh peer brings a later copy
+                if p != fast[seq % 3]:
+                    node.mesh.received(p, ROOM, msg, False, t)
+        chokes += list(sends(node.beat(), m.Choke))
+    assert sorted(chokes) == sorted(slow)  # one a heartbeat, never a fast one, 3 kept
+    assert all(node.mesh.score(p, node.now) > 0 for p in slow)  # choked: no P3 deficit
+    assert node.mesh.mesh_peers(ROOM) == set(fast + slow)
+    # A choked peer whose IHAVE shows an id we lack is ahead: unchoked at once.
+    out = node.mesh.frame(slow[0], m.IHave(room=ROOM, ids=[(AUTHOR, 10_000)]), node.now)
+    assert slow[0] in sends(out, m.Unchoke) and slow[0] in sends(out, m.IWant)
+    # When pushing peers leave, the best choked ones are unchoked.
+    for p in fast:
+        node.mesh.disconnected(p, node.now)
+    unchoked = sends(node.beat(), m.Unchoke)
+    assert len(unchoked) == 2 and set(unchoked) <= set(slow[1:])
+
+
+def test_a_peer_that_chokes_us_gets_no_pushes_but_an_ihave_each_heartbeat() -> None:
+    node = Node()
+    ps = peers(4)
+    node.connect(*ps)
+    node.mesh.join(ROOM, 0.0)
+    node.mesh.frame(ps[0], m.Choke(room=ROOM), 0.0)
+    msg = (ROOM, AUTHOR, 1)
+    targets, _ = node.mesh.received(ps[1], ROOM, msg, True, 0.1)
+    assert targets == sorted(ps[2:])
+    assert node.mesh.publish(ROOM, (ROOM, ME, 1), 0.2) == sorted(ps)  # own: flood publishing
+    ihave = sends(node.beat(), m.IHave)
+    assert ihave[ps[0]] == m.IHave(room=ROOM, ids=[(AUTHOR, 1), (ME, 1)])
+    node.held.add(msg)
+    assert node.mesh.frame(ps[0], m.IWant(room=ROOM, ids=[(AUTHOR, 1)]), 1.1) == [
+        MeshServe(ps[0], [msg])
+    ]
+    node.mesh.frame(ps[0], m.Unchoke(room=ROOM), 1.2)
+    targets, _ = node.mesh.received(ps[1], ROOM, (ROOM, AUTHOR, 2), True, 1.3)
+    assert ps[0] in targets
+    # A choke from a peer outside the mesh changes nothing.
+    node.mesh.frame(ps[0], m.Prune(room=ROOM), 1.4)
+    node.mesh.frame(ps[0], m.Choke(room=ROOM), 1.5)
+    assert node.mesh.mesh_peers(ROOM) == set(ps[1:])

@@ -165,6 +165,8 @@ VALID_FRAMES: list[m.Frame] = [
     m.IHave(room="general", ids=[(Identity.from_seed(b"v" * 32).peer_id, 7)]),
     m.IWant(room="general", ids=[(Identity.from_seed(b"v" * 32).peer_id, 7)]),
     m.IDontWant(room="general", ids=[(Identity.from_seed(b"v" * 32).peer_id, 7)]),
+    m.Choke(room="general"),
+    m.Unchoke(room="general"),
 ]
 frame_like = st.one_of(
     st.sampled_from(VALID_FRAMES).map(m.encode),

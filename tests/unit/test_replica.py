@@ -196,7 +196,8 @@ def test_with_a_router_messages_go_to_the_mesh_targets_not_to_everyone() -> None
     r, mesh = _meshed(*peers)
     targets = sorted(mesh.mesh_peers(ROOM))
     assert len(targets) == limits.MESH_D_LO < len(peers)  # grafted at once up to D_lo
-    assert r.committed(CHAT, ROOM, ME, 1, None, True, bool, 1.0) == [rp.Forward(CHAT, targets)]
+    # Our own go to every peer of the room (gossipsub's flood publishing), relays to the mesh.
+    assert r.committed(CHAT, ROOM, ME, 1, None, True, bool, 1.0) == [rp.Forward(CHAT, peers)]
     sender, author = targets[0], targets[1]
     relay = r.committed(CHAT, ROOM, author, 1, sender, True, lambda: True, 1.0)
     assert relay == [rp.Forward(CHAT, targets[2:])]
@@ -225,3 +226,19 @@ def test_with_a_router_the_vector_waits_for_the_mesh() -> None:
     plain = replica(BOB)
     plain.changed({(ROOM, BOB)}, 10.0)
     assert plain.timers.vector == 10.0 + limits.VECTOR_DELAY_S
+
+
+def test_with_a_router_a_push_skips_what_the_mesh_carries_right_now() -> None:
+    r, mesh = _meshed(BOB, CAROL)
+    for seq in (1, 2, 3):
+        r.accept(ROOM, ALICE, seq)
+    mesh.received(CAROL, ROOM, (ROOM, ALICE, 3), True, 1.0)  # 3 came live just now
+    (push,) = r.vector_received(BOB, m.Vector(room=ROOM, have={ALICE: 0}), 1.1)
+    assert isinstance(push, rp.Push)
+    assert [(p.author, p.lo, p.hi) for p in push.plan] == [(ALICE, 1, 2)]
+    # Once out of the mesh's recent history, it is pushed like the rest.
+    for t in range(2, 2 + limits.MESH_HISTORY_LEN + 1):
+        mesh.handle_timer(float(t))
+    (push,) = r.vector_received(CAROL, m.Vector(room=ROOM, have={ALICE: 0}), 9.0)
+    assert isinstance(push, rp.Push)
+    assert [(p.author, p.lo, p.hi) for p in push.plan] == [(ALICE, 1, 3)]

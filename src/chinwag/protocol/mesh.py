@@ -45,7 +45,7 @@ _warn = WarnOnce(log)
 #: A message id: (room wire name, author peer id, seq).
 MsgId = tuple[str, str, int]
 
-MeshFrame = m.Graft | m.Prune | m.IHave | m.IWant | m.IDontWant
+MeshFrame = m.MeshFrame
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +64,14 @@ class MeshParams:
     prune_backoff_s: int = limits.MESH_PRUNE_BACKOFF_S
     leave_backoff_s: int = limits.MESH_LEAVE_BACKOFF_S
     conn_margin: int = limits.MESH_CONN_MARGIN
-    #: Whether a first copy is announced with IDONTWANT to the mesh peers it is not forwarded to.
+    #: Whether `dont_want` sends IDONTWANT (v1.2) to the mesh on a first copy.
     idontwant: bool = True
+    #: Episub choking: mesh peers whose copies nearly always come second are asked (CHOKE)
+    #: to announce by IHAVE instead of pushing, keeping choke_keep pushing peers per room.
+    choke: bool = True
+    choke_keep: int = 3
+    #: Deliveries (decayed) a mesh peer needs before it may be choked (no choice on noise).
+    choke_min_samples: float = 10.0
     # --- scoring (docs/mesh.md, "Scoring") ---
     #: Multiplier applied to every counter at each heartbeat.
     decay: float = 0.9
@@ -137,7 +143,15 @@ MeshAction = MeshSend | MeshDial | MeshClose | MeshServe
 class _Stats:
     """What a peer did in one room (scoring counters)."""
 
-    __slots__ = ("deliveries", "failure", "first", "mesh_since")
+    __slots__ = (
+        "choked",
+        "chokes_us",
+        "deliveries",
+        "failure",
+        "first",
+        "mesh_first",
+        "mesh_since",
+    )
 
     def __init__(self) -> None:
         #: When it joined our mesh of the room (None: not in it).
@@ -148,6 +162,11 @@ class _Stats:
         self.deliveries = 0.0
         #: P3b: sticky penalty of a deficit it was pruned with (decayed).
         self.failure = 0.0
+        #: First deliveries while in our mesh (decayed): its share of `deliveries` ranks it.
+        self.mesh_first = 0.0
+        #: We choked it (it announces instead of pushing: no delivery quota), it choked us.
+        self.choked = False
+        self.chokes_us = False
 
 
 class _Peer:
@@ -372,13 +391,24 @@ class Mesh:
     # --- traffic ------------------------------------------------------------
 
     def publish(self, room: str, msg: MsgId, now: float) -> list[str]:
-        """Our own message of room: note it for gossip and return the peers to push it to."""
+        """Our own message of room: note it for gossip and return the peers to push it to.
+
+        gossipsub v1.1's flood publishing: every connected peer of the room whose score is
+        not under the gossip threshold, not only the mesh (one author's few messages, so
+        it costs little, and ours get out even while our mesh is being rebuilt).
+        """
         if room not in self._joined:
-            # Not meshed (we publish without holding it): D random peers of the room.
-            pool = sorted(pid for pid, p in self._peers.items() if p.meshed and room in p.rooms)
-            return self.rng.sample(pool, min(self.params.d, len(pool)))
+            return self._fanout(room, now)
         self._note(room, msg, now)
-        return [pid for pid, _p in self._room_targets(room)]
+        threshold = self.params.gossip_threshold
+        return [pid for pid in sorted(self._room_peers[room]) if self.score(pid, now) >= threshold]
+
+    def _fanout(self, room: str, now: float) -> list[str]:
+        """Peers for a message of a room we do not hold: D random peers that hold it."""
+        pool = sorted(
+            pid for pid, p in self._peers.items() if p.meshed and room in p.rooms and not p.closing
+        )
+        return self.rng.sample(pool, min(self.params.d, len(pool)))
 
     def received(
         self, peer: str, room: str, msg: MsgId, first: bool, now: float
@@ -399,6 +429,8 @@ class Mesh:
                 st.first += 1.0
             if st.mesh_since is not None and (first or msg in self._seen_at):
                 st.deliveries += 1.0
+                if first:
+                    st.mesh_first += 1.0
         if not first:
             return [], []
         self._note(room, msg, now)
@@ -456,8 +488,11 @@ class Mesh:
                 out = []
             elif isinstance(frame, m.Graft):
                 out = self._on_graft(peer, p, frame.room, now)
-            else:
+            elif isinstance(frame, m.Prune):
                 out = self._on_prune(peer, p, frame, now)
+            else:
+                self._on_choke(peer, p, frame.room, isinstance(frame, m.Choke))
+                out = []
         return out + self._maybe_close(peer, p, now)
 
     # --- timer ------------------------------------------------------------
@@ -477,6 +512,8 @@ class Mesh:
         scores = {pid: self.score(pid, now) for pid in self._peers}
         for room in sorted(self._joined):
             out += self._maintain(room, scores, now)
+            if self.params.choke:
+                out += self._choke(room, now)
             out += self._gossip(room, scores)
             window = self._history[room]
             window.append([])
@@ -515,6 +552,10 @@ class Mesh:
         if excess > 0:
             s -= prm.w7 * excess**2
         return s
+
+    def recent(self, msg: MsgId) -> bool:
+        """Return whether msg went through the mesh in its last heartbeats (may be in flight)."""
+        return msg in self._seen_at
 
     def mesh_peers(self, room: str) -> frozenset[str]:
         """Return the mesh peers of room."""
@@ -559,7 +600,9 @@ class Mesh:
         targets = self._targets.get(room)
         if targets is None:
             targets = self._targets[room] = [
-                (pid, self._peers[pid]) for pid in sorted(self._mesh[room])
+                (pid, p)
+                for pid in sorted(self._mesh[room])
+                if not (p := self._peers[pid]).stats[room].chokes_us
             ]
         return targets
 
@@ -567,7 +610,7 @@ class Mesh:
         """Return the P3 delivery deficit of a mesh peer (0 until its quota applies)."""
         prm = self.params
         activity = self._activity.get(room, 0.0)
-        if in_mesh_s < prm.p3_activation_s or activity < prm.p3_min_activity:
+        if in_mesh_s < prm.p3_activation_s or activity < prm.p3_min_activity or st.choked:
             return 0.0
         return max(0.0, activity * prm.p3_ratio - st.deliveries)
 
@@ -640,7 +683,13 @@ class Mesh:
         if not wanted:
             return []
         p.asked += len(wanted)
-        return [MeshSend(peer, m.IWant(room=room, ids=wanted))]
+        st = p.stats.get(room)
+        out: list[MeshAction] = []
+        if st is not None and st.choked:
+            # A peer we choked announces what our pushing peers did not bring: it is ahead.
+            st.choked = False
+            out.append(MeshSend(peer, m.Unchoke(room=room)))
+        return [*out, MeshSend(peer, m.IWant(room=room, ids=wanted))]
 
     def _on_iwant(self, peer: str, p: _Peer, frame: m.IWant, now: float) -> list[MeshAction]:
         if self.score(peer, now) < self.params.gossip_threshold:
@@ -666,6 +715,51 @@ class Mesh:
             p.penalty += 1.0
             _warn((peer, "iwant"), "mesh: %s asks by IWANT for ids never announced", peer[:8])
         return [MeshServe(peer, serve)] if serve else []
+
+    def _on_choke(self, peer: str, p: _Peer, room: str, choke: bool) -> None:
+        """A mesh peer asks us to announce instead of pushing (or to push again)."""
+        if room not in self._joined or peer not in self._mesh[room]:
+            return
+        st = p.stats[room]
+        if st.chokes_us != choke:
+            st.chokes_us = choke
+            self._targets.pop(room, None)
+
+    def _choke(self, room: str, now: float) -> list[MeshAction]:
+        """Episub: keep choke_keep pushing mesh peers, choke the one most often second."""
+        prm = self.params
+        members = self._mesh[room]
+        pushing = [pid for pid in sorted(members) if not self._peers[pid].stats[room].choked]
+        out: list[MeshAction] = []
+        if len(pushing) < prm.choke_keep:
+            # Too few feeds (pruned, gone): unchoke the best of the choked ones.
+            choked = sorted(
+                (pid for pid in members if self._peers[pid].stats[room].choked),
+                key=lambda pid: (-self._share(pid, room), pid),
+            )
+            for pid in choked[: prm.choke_keep - len(pushing)]:
+                self._peers[pid].stats[room].choked = False
+                out.append(MeshSend(pid, m.Unchoke(room=room)))
+            return out
+        if len(pushing) == prm.choke_keep:
+            return out
+        ready = [
+            pid
+            for pid in pushing
+            if (st := self._peers[pid].stats[room]).deliveries >= prm.choke_min_samples
+            and st.mesh_since is not None
+            and now - st.mesh_since >= prm.p3_activation_s
+        ]
+        if ready:
+            worst = min(ready, key=lambda pid: (self._share(pid, room), pid))
+            self._peers[worst].stats[room].choked = True
+            out.append(MeshSend(worst, m.Choke(room=room)))
+        return out
+
+    def _share(self, peer: str, room: str) -> float:
+        """Return the share of first copies among what a mesh peer delivered in room."""
+        st = self._peers[peer].stats[room]
+        return st.mesh_first / st.deliveries if st.deliveries > 0 else 0.0
 
     def _on_idontwant(self, p: _Peer, frame: m.IDontWant) -> None:
         if frame.room not in self._joined:
@@ -694,7 +788,8 @@ class Mesh:
         if st is None:
             st = p.stats[room] = _Stats()
         st.mesh_since = now
-        st.deliveries = 0.0
+        st.deliveries = st.mesh_first = 0.0
+        st.choked = st.chokes_us = False
 
     def _remove(self, peer: str, p: _Peer, room: str, now: float) -> None:
         self._mesh[room].discard(peer)
@@ -704,6 +799,7 @@ class Mesh:
             # P3b: a deficit it leaves the mesh with sticks (decaying) to its score.
             st.failure += self._deficit(room, st, now - st.mesh_since) ** 2
             st.mesh_since = None
+            st.choked = st.chokes_us = False
 
     def _graft(self, peer: str, room: str, now: float) -> list[MeshAction]:
         self._add(peer, self._peers[peer], room, now)
@@ -791,33 +887,42 @@ class Mesh:
         return out
 
     def _gossip(self, room: str, scores: dict[str, float]) -> list[MeshAction]:
-        """IHAVE the ids of the last history_gossip heartbeats to D_lazy non-mesh room peers."""
+        """IHAVE the ids of the last history_gossip heartbeats to D_lazy non-mesh room peers.
+
+        Mesh peers that choked us get the ids of this heartbeat (they push no more to us,
+        we no more to them: the announcement is how they notice our pushing peers lag).
+        """
         prm = self.params
         window = self._history[room]
+        members = self._mesh[room]
+        out: list[MeshAction] = []
+        if window[-1]:
+            for pid in sorted(members):
+                if self._peers[pid].stats[room].chokes_us:
+                    out.append(self._announce(pid, room, window[-1][: limits.MESH_MAX_IHAVE_IDS]))
         ids = [mid for w in list(window)[-prm.history_gossip :] for mid in w]
         if not ids:
-            return []
-        members = self._mesh[room]
+            return out
         pool = sorted(
             pid
             for pid in self._room_peers[room]
             if pid not in members and scores.get(pid, 0.0) >= prm.gossip_threshold
         )
-        if not pool:
-            return []
         if len(ids) > limits.MESH_MAX_IHAVE_IDS:
             ids = self.rng.sample(ids, limits.MESH_MAX_IHAVE_IDS)
-        frame = m.IHave(room=room, ids=[(a, s) for _r, a, s in ids])
-        hb = self._heartbeats
-        out: list[MeshAction] = []
         for pid in self.rng.sample(pool, min(prm.d_lazy, len(pool))):
-            announced = self._peers[pid].announced
-            if announced and announced[-1][0] == hb:
-                announced[-1][1].update(ids)
-            else:
-                announced.append((hb, set(ids)))
-            out.append(MeshSend(pid, frame))
+            out.append(self._announce(pid, room, ids))
         return out
+
+    def _announce(self, peer: str, room: str, ids: list[MsgId]) -> MeshSend:
+        """Return an IHAVE of ids for peer, remembering them as announced (IWANT may ask)."""
+        announced = self._peers[peer].announced
+        hb = self._heartbeats
+        if announced and announced[-1][0] == hb:
+            announced[-1][1].update(ids)
+        else:
+            announced.append((hb, set(ids)))
+        return MeshSend(peer, m.IHave(room=room, ids=[(a, s) for _r, a, s in ids]))
 
     # --- internals: heartbeat bookkeeping -----------------------------------------
 
@@ -856,6 +961,7 @@ class Mesh:
             for st in p.stats.values():
                 st.first *= d
                 st.deliveries *= d
+                st.mesh_first *= d
                 st.failure = st.failure * d if st.failure > 0.01 else 0.0
             announced = p.announced
             while announced and announced[0][0] <= hb - prm.history_len:

@@ -257,7 +257,22 @@ class IDontWant(msgspec.Struct, frozen=True, tag_field="t", tag="idontwant"):
     ids: Annotated[list[MeshId], msgspec.Meta(max_length=limits.MESH_MAX_IDONTWANT_IDS)]
 
 
-MeshFrame = Graft | Prune | IHave | IWant | IDontWant
+class Choke(msgspec.Struct, frozen=True, tag_field="t", tag="choke"):
+    """Stay in my mesh of room but stop pushing its messages to me: send IHave instead.
+
+    Sent to a mesh peer whose copies nearly always arrive after another's (episub).
+    """
+
+    room: Room
+
+
+class Unchoke(msgspec.Struct, frozen=True, tag_field="t", tag="unchoke"):
+    """Push the messages of room to me again (undoes Choke)."""
+
+    room: Room
+
+
+MeshFrame = Graft | Prune | IHave | IWant | IDontWant | Choke | Unchoke
 
 FileFrame = FileWho | FileHave | FileHashesReq | FileHashes | FileGet | FileData | FileNak | FileEnd
 
@@ -284,12 +299,14 @@ Frame = (
     | IHave
     | IWant
     | IDontWant
+    | Choke
+    | Unchoke
 )
 SyncFrame = Vector | Want | Floor | Rooms
 KNOWN_TAGS: Final = frozenset(
     {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms"}
     | {"fwho", "fhave", "fhreq", "fhash", "fget", "fdata", "fnak", "fend"}
-    | {"graft", "prune", "ihave", "iwant", "idontwant"}
+    | {"graft", "prune", "ihave", "iwant", "idontwant", "choke", "unchoke"}
 )
 
 

@@ -22,6 +22,7 @@ frames are validated before they reach the replica (by the adapter or codec).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -628,6 +629,8 @@ class Replica:
             behind = False  # the common case in a quiet room: nothing to push or ask
         else:
             plan = self.sync.push_plan(room, frame.have)
+            if plan and self.router is not None:
+                plan = self._not_in_flight(self.router, room, plan)
             if plan:
                 out.append(Push(peer, room, plan))
             behind = any(h > mine.get(a, 0) for a, h in frame.have.items() - mine.items())
@@ -636,6 +639,23 @@ class Replica:
             self.vector_sent[(peer, room)] = now
             out.append(Send(peer, m.Vector(room=room, have=self.capped_vector(room))))
         return out
+
+    def _not_in_flight(self, router: Mesh, room: str, plan: list[PushRange]) -> list[PushRange]:
+        """Trim from a push what the mesh carries right now (seen in its last heartbeats).
+
+        A vector races the mesh: the peer lacks what is still on its way to it. Pushed,
+        those would be duplicates; if the mesh fails them, a later vector pushes them.
+        """
+        trimmed = []
+        for r in plan:
+            hi = r.hi
+            while hi >= r.lo and router.recent((room, r.author, hi)):
+                hi -= 1
+            if hi == r.hi:
+                trimmed.append(r)
+            elif hi >= r.lo or r.floor is not None:
+                trimmed.append(dataclasses.replace(r, hi=hi))
+        return trimmed
 
     def want_received(self, peer: str, frame: m.Want) -> list[Action]:
         """A peer asks for a range: push what we offer of it."""
