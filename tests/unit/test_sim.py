@@ -1,4 +1,4 @@
-"""The simulator (`python -m chinwag.sim`): deterministic, complete, real code, clear flag errors."""
+"""The simulator (`python -m chinwag.sim`): deterministic, complete, real code, clear errors."""
 
 from __future__ import annotations
 

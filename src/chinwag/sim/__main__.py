@@ -126,6 +126,12 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--warmup", type=_seconds, default=d.warmup_s, help="seconds before traffic")
     ap.add_argument("--drain", type=_seconds, default=d.drain_s, help="seconds allowed after it")
+    ap.add_argument(
+        "--no-idontwant",
+        action="store_true",
+        help="no IDONTWANT on a new copy (the simulator forwards at once, so a forwarded "
+        "copy says nearly the same; halves the events; history.py sends it)",
+    )
     ap.add_argument("--seed", type=int, default=d.seed, help="random seed (same seed, same run)")
     ap.add_argument("--plot", metavar="DIR", help="write PNG plots here (needs chinwag[sim])")
     return ap
@@ -148,6 +154,7 @@ def params_from(args: argparse.Namespace) -> Params:
         candidates=args.candidates,
         warmup_s=args.warmup,
         drain_s=args.drain,
+        idontwant=not args.no_idontwant,
     )
 
 

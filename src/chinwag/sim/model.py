@@ -40,6 +40,7 @@ from chinwag.protocol.mesh import (
     Mesh,
     MeshClose,
     MeshDial,
+    MeshParams,
     MeshSend,
     MeshServe,
     MsgId,
@@ -92,6 +93,8 @@ class Params:
     candidates: int = 8
     warmup_s: float = 5.0
     drain_s: float = 60.0
+    #: Send IDONTWANT on a new live copy, as history.py does (off: a faster run, see docs).
+    idontwant: bool = True
 
 
 def _true() -> bool:
@@ -247,7 +250,7 @@ class Sim:
         def have(msg: MsgId) -> bool:
             return sync.holds(*msg)  # as history.py answers the mesh
 
-        node.mesh = Mesh(node.name, mesh_rng, have)
+        node.mesh = Mesh(node.name, mesh_rng, have, MeshParams(idontwant=self.p.idontwant))
         node.replica = Replica(node.name, _View(node), sync, (), node.mesh)
         node.replica.start(self.now)
         node.up = True
