@@ -26,6 +26,8 @@ a disconnect), which is what the replica's sync repairs.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import heapq
 import random
 import time
@@ -144,6 +146,8 @@ class Node:
     side: int = 0
     #: Peer index -> [connection id, one-way latency in ticks, tick the last frame we sent arrives].
     conns: dict[int, list[int]] = field(default_factory=dict)
+    #: Peer id -> the same lists (the replica and mesh name peers by id), with the index last.
+    by_name: dict[str, list[int]] = field(default_factory=dict)
     #: Peer ids with an open connection, oldest first (the replica's view.peers()).
     peer_names: tuple[str, ...] = ()
     #: Dials in progress (peer indexes).
@@ -172,7 +176,11 @@ class Sim:
         self._buckets: dict[int, list[tuple[Any, ...]]] = {}
         self._next_conn = 1
         n = params.nodes
-        self.names = [f"p{i:051d}" for i in range(n)]
+        # Peer ids shaped like real ones (52 base32 characters), distinct in the 8 that logs show.
+        self.names = [
+            base64.b32encode(hashlib.sha256(b"node %d" % i).digest()).decode().lower()[:52]
+            for i in range(n)
+        ]
         self.index = {name: i for i, name in enumerate(self.names)}
         self.nodes = [Node(i, self.names[i], bytearray(params.messages)) for i in range(n)]
         # The messages: author index, seq, live chat, history chat, wire bytes, publish tick.
@@ -382,8 +390,8 @@ class Sim:
             return  # both dialled: one connection per pair is kept
         cid = self._next_conn
         self._next_conn += 1
-        na.conns[b] = [cid, lat, 0]
-        nb.conns[a] = [cid, lat, 0]
+        na.conns[b] = na.by_name[nb.name] = [cid, lat, 0, b]
+        nb.conns[a] = nb.by_name[na.name] = [cid, lat, 0, a]
         na.peer_names = (*na.peer_names, nb.name)
         nb.peer_names = (*nb.peer_names, na.name)
         self.conn_max = max(self.conn_max, len(na.conns), len(nb.conns))
@@ -403,7 +411,9 @@ class Sim:
             return
         self.closes += 1
         del node.conns[peer]
+        del node.by_name[other.name]
         other.conns.pop(node.idx, None)
+        other.by_name.pop(node.name, None)
         node.peer_names = tuple(n for n in node.peer_names if n != other.name)
         other.peer_names = tuple(n for n in other.peer_names if n != node.name)
         for x, y in ((node, other), (other, node)):
@@ -576,12 +586,10 @@ class Sim:
 
     def _do(self, node: Node, actions: list[Any]) -> None:
         """Carry out what node's replica and mesh decided."""
-        index = self.index
         for action in actions:
             if type(action) is MeshSend:
                 # The most frequent action (IDONTWANT to each mesh peer): _send_frame, inlined.
-                j = index.get(action.peer)
-                c = node.conns.get(j) if j is not None else None
+                c = node.by_name.get(action.peer)
                 if c is None:
                     continue
                 frame = action.frame
@@ -595,7 +603,7 @@ class Sim:
                 if bucket is None:
                     bucket = self._buckets[arrive] = []
                     heapq.heappush(self._ticks, arrive)
-                bucket.append((E_FRAME, node.idx, j, c[0], frame))
+                bucket.append((E_FRAME, node.idx, c[3], c[0], frame))
             elif isinstance(action, rp.Forward):
                 k = self.chat_msg[id(action.frame)]
                 if not node.forwards and self.msg_author[k] != node.idx:
@@ -648,14 +656,14 @@ class Sim:
     def _forward(self, node: Node, k: int, peers: Sequence[str]) -> None:
         """Send live message k to peers (the hot path: _send_chat, inlined)."""
         hops = node.store[k]
-        index, conns, buckets = self.index, node.conns, self._buckets
+        by_name, buckets = node.by_name, self._buckets
         tick, loss, src = self.tick, self.p.loss, node.idx
+        sent = 0
         for peer in peers:
-            j = index.get(peer)
-            c = conns.get(j) if j is not None else None
+            c = by_name.get(peer)
             if c is None:
                 continue
-            self.bytes_chat += self.msg_bytes
+            sent += 1
             if loss > 0.0:
                 arrive = self._arrival(c)
             else:
@@ -667,7 +675,8 @@ class Sim:
             if bucket is None:
                 bucket = buckets[arrive] = []
                 heapq.heappush(self._ticks, arrive)
-            bucket.append((E_CHAT, src, j, c[0], k, hops, False))
+            bucket.append((E_CHAT, src, c[3], c[0], k, hops, False))
+        self.bytes_chat += sent * self.msg_bytes
 
     def _send_chat(self, node: Node, j: int, k: int, hops: int, hist: bool) -> None:
         c = node.conns.get(j)
