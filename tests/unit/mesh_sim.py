@@ -98,9 +98,12 @@ class MeshNet:
         params: MeshParams | None = None,
         freeloaders: int = 0,
         latency: tuple[float, float] = (0.01, 0.15),
+        loss: float = 0.0,
     ) -> None:
         self.rng = random.Random(seed)
         self.latency = latency
+        #: Share of frames lost in flight (any frame: chats, gossip, vectors).
+        self.loss = loss
         prm = params or MeshParams()
         self.nodes = {
             f"n{i:03d}": MeshNode(f"n{i:03d}", seed * 1000 + i, prm, i < freeloaders)
@@ -111,9 +114,16 @@ class MeshNet:
         self._order = 0
         self.written: list[MsgId] = []
         self.max_connections = 0
+        # Timers: a heap of (due, name, kind), checked against `_armed` when popped.
+        self._timers: list[tuple[float, str, int]] = []
+        self._armed: dict[tuple[str, int], float | None] = {}
+        self._touched: set[str] = set()
+        #: Killed nodes (see kill/revive).
+        self.dead: set[str] = set()
         for node in self.nodes.values():
             node.replica.start(0.0)
             self._do(node, node.mesh.join(ROOM, 0.0))
+        self._rearm()
 
     # --- topology -------------------------------------------------------
 
@@ -131,12 +141,42 @@ class MeshNet:
             return
         na.peers.add(b)
         nb.peers.add(a)
+        self._touched.update((a, b))
         self.max_connections = max(self.max_connections, len(na.peers), len(nb.peers))
         for x, y, out in ((na, b, True), (nb, a, False)):
             self._do(x, x.mesh.connected(y, self.now, outbound=out))
             self._do(x, x.replica.peer_opened(y, self.now))
         for x, y in ((na, b), (nb, a)):
             self._do(x, x.mesh.peer_rooms(y, [ROOM], self.now))
+
+    def kill(self, name: str) -> None:
+        """Stop a node (kill -9): its connections drop, frames to it and dials of it fail."""
+        node = self.nodes[name]
+        for peer in sorted(node.peers):
+            self.disconnect(name, peer)
+        self.dead.add(name)
+        for kind in (0, 1):
+            self._armed[(name, kind)] = None
+
+    def revive(self, name: str) -> None:
+        """Restart a killed node: its store survives, replica and mesh start afresh."""
+        old = self.nodes[name]
+        node = MeshNode(name, old.seed + 7919, old.params, old.freeloader)
+        node.store.update(old.store)
+        node.received, node.live = old.received, old.live
+        by_author: dict[str, list[int]] = {}
+        for _room, author, seq in node.store:
+            by_author.setdefault(author, []).append(seq)
+        for author, seqs in sorted(by_author.items()):
+            node.replica.sync.load(ROOM, author, 1, seqs)
+        self.nodes[name] = node
+        self.dead.discard(name)
+        node.replica.start(self.now)
+        self._do(node, node.mesh.join(ROOM, self.now))
+        for other in sorted(self.nodes):  # beacons: it hears everyone, everyone hears it
+            if other != name and other not in self.dead:
+                node.mesh.candidate(other, self.now)
+                self.nodes[other].mesh.candidate(name, self.now)
 
     def disconnect(self, a: str, b: str) -> None:
         na, nb = self.nodes[a], self.nodes[b]
@@ -152,6 +192,8 @@ class MeshNet:
 
     def _send(self, src: str, dst: str, frame: m.Frame) -> None:
         if dst not in self.nodes[src].peers:
+            return
+        if self.loss and self.rng.random() < self.loss:
             return
         self._order += 1
         delay = self.rng.uniform(*self.latency)
@@ -189,6 +231,7 @@ class MeshNet:
         self._do(node, relay)
 
     def _do(self, node: MeshNode, actions: Sequence[rp.Action]) -> None:
+        self._touched.add(node.name)
         for a in actions:
             if isinstance(a, rp.Forward):
                 if node.freeloader and a.frame.body.split(b"\x00")[1].decode() != node.name:
@@ -216,22 +259,32 @@ class MeshNet:
                 for key in a.ids:
                     self._send(node.name, a.peer, to_chat(Msg(key, node.store[key], False)))
             elif isinstance(a, MeshDial):
-                if a.peer in self.nodes:
+                if a.peer in self.nodes and a.peer not in self.dead:
                     self.connect(node.name, a.peer)
             elif isinstance(a, MeshClose | rp.Disconnect):
                 self.disconnect(node.name, a.peer)
 
     # --- time -----------------------------------------------------------
 
+    def _rearm(self) -> None:
+        """Queue the timers of the nodes touched since the last call (if they changed)."""
+        for name in sorted(self._touched - self.dead):
+            node = self.nodes[name]
+            for kind, due in enumerate((node.replica.get_timer(), node.mesh.get_timer())):
+                if self._armed.get((name, kind)) != due:
+                    self._armed[(name, kind)] = due
+                    if due is not None:
+                        heapq.heappush(self._timers, (due, name, kind))
+        self._touched.clear()
+
     def run(self, seconds: float) -> None:
         """Run frames and timers in time order for seconds of simulated time."""
         until = self.now + seconds
         while True:
-            best: tuple[float, int, str] | None = None
-            for name, node in self.nodes.items():
-                for kind, due in enumerate((node.replica.get_timer(), node.mesh.get_timer())):
-                    if due is not None and (best is None or due < best[0]):
-                        best = (due, kind, name)
+            self._rearm()
+            while self._timers and self._armed.get(self._timers[0][1:]) != self._timers[0][0]:
+                heapq.heappop(self._timers)  # re-armed since: stale
+            best = self._timers[0] if self._timers else None
             nxt = self._queue[0].when if self._queue else None
             if nxt is not None and nxt <= until and (best is None or nxt <= best[0]):
                 ev = heapq.heappop(self._queue)
@@ -240,7 +293,10 @@ class MeshNet:
                 continue
             if best is None or best[0] > until:
                 break
-            due, kind, name = best
+            due, name, kind = heapq.heappop(self._timers)
+            self._armed[(name, kind)] = None
+            if name in self.dead:
+                continue
             self.now = max(self.now, due)
             node = self.nodes[name]
             if kind == 0:

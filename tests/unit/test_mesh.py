@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import mesh_sim
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mesh_sim import MeshNet
@@ -99,7 +100,7 @@ def test_join_grafts_d_peers_and_a_new_room_peer_is_grafted_at_once_while_under_
 
 
 def test_graft_is_accepted_until_d_hi_then_answered_by_prune_with_backoff_and_px() -> None:
-    node = Node()
+    node = Node(params=MeshParams(conn_margin=4))  # room for a 13th inbound connection
     node.mesh.join(ROOM, 0.0)
     ps = peers(limits.MESH_D_HI + 1)
     node.connect(*ps)
@@ -339,34 +340,37 @@ def test_gossip_and_history_are_bounded() -> None:
 # --- scores -----------------------------------------------------------------------
 
 
-def test_a_mesh_peer_that_never_forwards_loses_score_and_is_pruned() -> None:
+@pytest.mark.parametrize("rate", [10, 100])
+def test_a_mesh_peer_that_never_forwards_loses_score_and_is_pruned_not_closed(rate: int) -> None:
     node = Node()
     good = peers(5)
-    lazy = pid(66)  # never forwards
+    lazy = pid(66)  # never forwards, but talks: its own messages prove nothing
     node.connect(*good, lazy)
     node.mesh.join(ROOM, 0.0)
     assert lazy in node.mesh.mesh_peers(ROOM)
     pruned_at = None
     seq = 0
+    actions: list[MeshAction] = []
     for second in range(40):
-        for k in range(10):  # 10 messages a second, each first from some good peer
+        node.mesh.received(lazy, ROOM, (ROOM, lazy, second + 1), True, second)
+        for k in range(rate):  # each message first from some good peer
             seq += 1
-            node.mesh.received(
-                good[seq % len(good)], ROOM, (ROOM, AUTHOR, seq), True, second + k / 10
-            )
-            # and as duplicates from two others
-            for j in (1, 2):
-                node.mesh.received(
-                    good[(seq + j) % len(good)], ROOM, (ROOM, AUTHOR, seq), False, second + k / 10
-                )
-        prunes = sends(node.beat(), m.Prune)
-        if lazy in prunes and pruned_at is None:
+            t = second + k / rate
+            node.mesh.received(good[seq % len(good)], ROOM, (ROOM, AUTHOR, seq), True, t)
+            for j in (1, 2):  # and as duplicates from two others
+                node.mesh.received(good[(seq + j) % len(good)], ROOM, (ROOM, AUTHOR, seq), False, t)
+        beat = node.beat()
+        actions += beat
+        if lazy in sends(beat, m.Prune) and pruned_at is None:
             pruned_at = second
     assert pruned_at is not None and pruned_at <= limits.MESH_HEARTBEAT_S * 15
     assert not node.mesh.forwards(lazy) or lazy not in node.mesh.mesh_peers(ROOM)
     assert set(good) <= node.mesh.mesh_peers(ROOM)
     assert all(node.mesh.score(p, node.now) > 0 for p in good)
     assert node.mesh.score(lazy, node.now) < 0
+    # Not forwarding costs its mesh place, not its connection (P3 is capped).
+    assert not [a for a in actions if isinstance(a, MeshClose)]
+    assert node.mesh.score(lazy, node.now) > limits.MESH_CLOSE_THRESHOLD
 
 
 def test_invalid_messages_lower_the_score_until_close() -> None:
@@ -436,7 +440,7 @@ def test_connections_beyond_d_hi_and_the_margin_are_closed_lowest_score_first_ne
     node = Node()
     node.mesh.join(ROOM, 0.0)
     ps = peers(limits.MESH_D_HI + limits.MESH_CONN_MARGIN + 5)
-    node.connect(*ps)
+    node.connect(*ps, outbound=True)  # ours: taken, the heartbeat trims
     direct = pid(500)
     node.mesh.connected(direct, 0.0, mesh=False)
     node.mesh.peer_rooms(direct, [ROOM], 0.0)
@@ -595,6 +599,9 @@ def test_mesh_peers_most_often_second_are_choked_down_to_choke_keep_and_owe_no_q
                     node.mesh.received(p, ROOM, msg, False, t)
         chokes += list(sends(node.beat(), m.Choke))
     assert sorted(chokes) == sorted(slow)  # one a heartbeat, never a fast one, 3 kept
+    # IDONTWANT goes only to the peers that still push to us.
+    out = node.mesh.dont_want(fast[0], ROOM, (ROOM, AUTHOR, 9999), node.now)
+    assert set(sends(out, m.IDontWant)) == set(fast[1:])
     assert all(node.mesh.score(p, node.now) > 0 for p in slow)  # choked: no P3 deficit
     assert node.mesh.mesh_peers(ROOM) == set(fast + slow)
     # A choked peer whose IHAVE shows an id we lack is ahead: unchoked at once.
@@ -630,3 +637,112 @@ def test_a_peer_that_chokes_us_gets_no_pushes_but_an_ihave_each_heartbeat() -> N
     node.mesh.frame(ps[0], m.Prune(room=ROOM), 1.4)
     node.mesh.frame(ps[0], m.Choke(room=ROOM), 1.5)
     assert node.mesh.mesh_peers(ROOM) == set(ps[1:])
+
+
+# --- more bounds ----------------------------------------------------------------------
+
+
+def test_ids_served_per_peer_per_heartbeat_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MESH_MAX_SERVE_PER_HEARTBEAT", 100)  # below one IHAVE's ids
+    node, lazy = _lazy_setup()
+    sender = sorted(node.mesh.mesh_peers(ROOM))[0]
+    count = limits.MESH_MAX_IHAVE_IDS
+    for s in range(count):
+        node.held.add((ROOM, AUTHOR, s))
+        node.mesh.received(sender, ROOM, (ROOM, AUTHOR, s), True, 0.1)
+    node.beat()  # announces all of them to lazy
+    half = count // 2
+    served = 0
+    for lo in (0, half):
+        ids = [(AUTHOR, s) for s in range(lo, lo + half)]
+        for a in node.mesh.frame(lazy, m.IWant(room=ROOM, ids=ids), node.now):
+            served += len(a.ids) if isinstance(a, MeshServe) else 0
+    assert served == limits.MESH_MAX_SERVE_PER_HEARTBEAT
+    node.beat()
+    ids = [(AUTHOR, s) for s in range(count - 10, count)]  # not yet asked: still announced
+    (serve,) = node.mesh.frame(lazy, m.IWant(room=ROOM, ids=ids), node.now)
+    assert isinstance(serve, MeshServe) and len(serve.ids) == 10
+
+
+def test_rooms_tracked_per_peer_backoffs_and_retained_peers_are_bounded() -> None:
+    node = Node()
+    a = pid(1)
+    node.connect(a)
+    node.mesh.peer_rooms(a, [f"r{i}" for i in range(2 * limits.MESH_MAX_PEER_ROOMS)], 0.0)
+    assert len(node.mesh._peers[a].rooms) == limits.MESH_MAX_PEER_ROOMS
+    rooms = [f"r{i}" for i in range(40)]
+    for room in rooms:
+        node.mesh.join(room, 0.0)
+    for i in range(limits.MESH_MAX_BACKOFFS // len(rooms) + 10):
+        p = pid(100 + i)
+        node.connect(p, rooms=tuple(rooms))
+        for room in rooms:
+            node.mesh.frame(p, m.Prune(room=room), 0.0)
+        node.mesh.disconnected(p, 0.0)
+    assert len(node.mesh._backoff) == limits.MESH_MAX_BACKOFFS
+    for i in range(limits.MESH_MAX_RETAINED + 10):
+        p = pid(10_000 + i)
+        node.mesh.connected(p, 0.0)
+        node.mesh.invalid(p, 0.0)
+        node.mesh.disconnected(p, 0.0)
+    assert len(node.mesh._retained) == limits.MESH_MAX_RETAINED
+
+
+def test_with_ten_percent_loss_everything_arrives_within_five_seconds() -> None:
+    net = MeshNet(40, seed=5, loss=0.1)
+    net.discover_all()
+    net.run(15.0)
+    _traffic(net, 100, seed=3)
+    net.run(5.0)  # before any periodic sync: redundant pushes, gossip and vectors repaired it
+    for node in net.nodes.values():
+        assert set(net.written) <= set(node.store), node.name
+    live = sum(n.live for n in net.nodes.values())
+    assert live >= 0.99 * (len(net.nodes) - 1) * len(net.written)
+
+
+def test_ten_of_forty_killed_mid_run_the_rest_get_everything_and_the_killed_catch_up() -> None:
+    net = MeshNet(40, seed=13)
+    net.discover_all()
+    net.run(15.0)
+    _traffic(net, 50, seed=1)
+    killed = sorted(net.nodes)[::4]  # 10 nodes
+    for name in killed:
+        net.kill(name)
+    rng = random.Random(2)
+    alive = sorted(set(net.nodes) - set(killed))
+    for i in range(50):
+        net.write(rng.choice(alive), f"late{i}")
+        net.run(0.1)
+    net.run(3.0)
+    for name in alive:
+        assert set(net.written) <= set(net.nodes[name].store), name
+        assert len(net.nodes[name].mesh.mesh_peers(mesh_sim.ROOM)) >= limits.MESH_D_LO
+    for name in killed:
+        net.revive(name)
+    net.run(5.0)  # the vectors of new connections push what they missed
+    for node in net.nodes.values():
+        assert set(net.written) <= set(node.store), node.name
+        assert len(node.peers) <= limits.MESH_D_HI + limits.MESH_CONN_MARGIN
+
+
+def test_an_inbound_connection_beyond_the_limit_gets_peer_exchange_and_a_close() -> None:
+    node = Node()
+    node.mesh.join(ROOM, 0.0)
+    ps = peers(limits.MESH_D_HI + limits.MESH_CONN_MARGIN)
+    node.connect(*ps)
+    late = pid(900)
+    out = node.mesh.connected(late, 1.0)
+    (prune,) = sends(out, m.Prune).values()
+    assert isinstance(prune, m.Prune) and prune.px and set(prune.px) <= set(ps)
+    assert out[-1] == MeshClose(late, Reason.MESH_FULL)
+    assert node.mesh.score(late, 1.0) >= 0  # no blame: just full
+
+
+def test_dials_never_aim_past_d_hi_connections() -> None:
+    node = Node()
+    node.mesh.join(ROOM, 0.0)
+    node.connect(*peers(limits.MESH_D_HI - 2), rooms=("other",))  # connected, none in the room
+    for p in peers(20, start=200):
+        node.mesh.candidate(p, 0.0)
+    dials = [a for a in node.beat() if isinstance(a, MeshDial)]
+    assert len(dials) == 2  # the mesh is empty, but 2 more reach D_hi

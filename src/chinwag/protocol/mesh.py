@@ -84,11 +84,13 @@ class MeshParams:
     w2: float = 0.5
     p2_cap: float = 20.0
     #: P3: points lost per squared delivery deficit, once in the mesh p3_activation_s and the
-    #: room carried at least p3_min_activity (decayed) messages; the quota is p3_ratio of them.
+    #: room carried at least p3_min_activity (decayed) messages; the quota is p3_ratio of them,
+    #: at most p3_cap (so P3 alone prunes, at most -w3 * p3_cap**2, but never closes).
     w3: float = 4.0
     p3_activation_s: float = 5.0
     p3_min_activity: float = 5.0
-    p3_ratio: float = 0.05
+    p3_ratio: float = 0.02
+    p3_cap: float = 4.0
     #: P4: points lost per squared invalid message (decayed).
     w4: float = 20.0
     #: P7: points lost per squared behaviour penalty above p7_threshold.
@@ -242,8 +244,12 @@ class Mesh:
         self._room_peers: dict[str, set[str]] = {}
         #: Joined room -> cached eager targets (peer id, peer), rebuilt when the mesh changes.
         self._targets: dict[str, list[tuple[str, _Peer]]] = {}
+        #: Joined room -> cached mesh peers that push to us (not choked by us): IDONTWANT to them.
+        self._feeds: dict[str, list[str]] = {}
         #: Joined room -> message ids first seen per heartbeat, newest last (the mcache).
         self._history: dict[str, deque[list[MsgId]]] = {}
+        #: Joined room -> ids in its history (all windows).
+        self._history_ids: dict[str, int] = {}
         #: Ids in some history window -> when first seen.
         self._seen_at: dict[MsgId, float] = {}
         #: Joined room -> messages it carried (decayed): the base of the P3 quota.
@@ -276,6 +282,16 @@ class Mesh:
         if kept is not None and kept[2] > now:
             p.invalid, p.penalty = kept[0], kept[1]
         self._arm(now)
+        if (
+            mesh
+            and not p.outbound
+            and self.connections() > self.params.d_hi + self.params.conn_margin
+        ):
+            # Full: an inbound dial gets peer exchange for our rooms (others to dial), then a close.
+            out: list[MeshAction] = []
+            for room in sorted(self._joined):
+                out += self._prune(peer, room, now, px=True)
+            return out + self._close(peer, p, Reason.MESH_FULL)
         return []
 
     def disconnected(self, peer: str, now: float) -> list[MeshAction]:
@@ -289,7 +305,7 @@ class Mesh:
                 peers.discard(peer)
                 if peer in self._mesh[room]:
                     self._mesh[room].discard(peer)
-                    self._targets.pop(room, None)
+                    self._changed(room)
         if p.invalid > 0 or p.penalty > 0 or p.closing:
             # Kept (and not dialled) a while: penalties survive a reconnect, and a peer
             # we closed for the degree is not dialled again at once.
@@ -330,6 +346,7 @@ class Mesh:
             pid for pid, p in self._peers.items() if p.meshed and room in p.rooms
         }
         self._history[room] = deque([[]])
+        self._history_ids[room] = 0
         self._activity[room] = 0.0
         self._arm(now)
         return self._graft_more(room, now, self.params.d)
@@ -341,8 +358,9 @@ class Mesh:
         self._joined.discard(room)
         members = self._mesh.pop(room)
         self._room_peers.pop(room)
-        self._targets.pop(room, None)
+        self._changed(room)
         self._activity.pop(room)
+        self._history_ids.pop(room)
         for window in self._history.pop(room):
             for mid in window:
                 self._seen_at.pop(mid, None)
@@ -375,7 +393,7 @@ class Mesh:
                 self._room_peers[room].discard(peer)
                 if peer in self._mesh[room]:
                     self._mesh[room].discard(peer)
-                    self._targets.pop(room, None)
+                    self._changed(room)
         if not p.meshed:
             return out
         for room in sorted(new - old):
@@ -421,7 +439,8 @@ class Mesh:
         p = self._peers.get(peer)
         if room not in self._joined:
             return [], []
-        if p is not None:
+        if p is not None and msg[1] != peer:
+            # Scored only as a forwarder: its own messages prove nothing about forwarding.
             st = p.stats.get(room)
             if st is None:
                 st = p.stats[room] = _Stats()
@@ -452,8 +471,13 @@ class Mesh:
         """
         if not self.params.idontwant or room not in self._joined:
             return []
+        feeds = self._feeds.get(room)
+        if feeds is None:
+            feeds = self._feeds[room] = [
+                pid for pid in sorted(self._mesh[room]) if not self._peers[pid].stats[room].choked
+            ]
         frame = m.IDontWant(room=room, ids=[(msg[1], msg[2])])
-        return [MeshSend(pid, frame) for pid, _q in self._room_targets(room) if pid != peer]
+        return [MeshSend(pid, frame) for pid in feeds if pid != peer]
 
     def invalid(self, peer: str, now: float) -> list[MeshAction]:
         """Peer sent invalid traffic (bad signature, malformed ...): P4, maybe a close."""
@@ -470,7 +494,8 @@ class Mesh:
         if p is None or p.closing:
             return []
         if self.score(peer, now) < self.params.graylist_threshold:
-            # Graylisted: ignored, and talking on costs more (so it ends in a close).
+            # Graylisted: ignored, and talking on regardless is abuse (else a flood that
+            # got it graylisted would park its score above the close threshold for good).
             p.penalty += 1.0
             return self._maybe_close(peer, p, now)
         if isinstance(frame, m.IDontWant):
@@ -518,7 +543,9 @@ class Mesh:
             window = self._history[room]
             window.append([])
             while len(window) > self.params.history_len:
-                for mid in window.popleft():
+                old = window.popleft()
+                self._history_ids[room] -= len(old)
+                for mid in old:
                     self._seen_at.pop(mid, None)
         self._decay(now)
         out += self._degree(scores, now)
@@ -553,9 +580,10 @@ class Mesh:
             s -= prm.w7 * excess**2
         return s
 
-    def recent(self, msg: MsgId) -> bool:
-        """Return whether msg went through the mesh in its last heartbeats (may be in flight)."""
-        return msg in self._seen_at
+    def recent(self, msg: MsgId, now: float) -> bool:
+        """Return whether msg went through us less than MESH_IN_FLIGHT_S ago (may be in flight)."""
+        seen = self._seen_at.get(msg)
+        return seen is not None and now - seen < limits.MESH_IN_FLIGHT_S
 
     def mesh_peers(self, room: str) -> frozenset[str]:
         """Return the mesh peers of room."""
@@ -590,11 +618,16 @@ class Mesh:
         if msg in self._seen_at:
             return
         self._activity[room] += 1.0
-        window = self._history[room]
-        if sum(len(w) for w in window) >= limits.MESH_MAX_HISTORY_IDS:
+        if self._history_ids[room] >= limits.MESH_MAX_HISTORY_IDS:
             return  # a very fast room: the rest is not gossiped (sync repairs it)
-        window[-1].append(msg)
+        self._history_ids[room] += 1
+        self._history[room][-1].append(msg)
         self._seen_at[msg] = now
+
+    def _changed(self, room: str) -> None:
+        """The mesh of room (or a choke in it) changed: rebuild the cached lists on next use."""
+        self._targets.pop(room, None)
+        self._feeds.pop(room, None)
 
     def _room_targets(self, room: str) -> list[tuple[str, _Peer]]:
         targets = self._targets.get(room)
@@ -612,7 +645,7 @@ class Mesh:
         activity = self._activity.get(room, 0.0)
         if in_mesh_s < prm.p3_activation_s or activity < prm.p3_min_activity or st.choked:
             return 0.0
-        return max(0.0, activity * prm.p3_ratio - st.deliveries)
+        return max(0.0, min(activity * prm.p3_ratio, prm.p3_cap) - st.deliveries)
 
     def _last_now(self) -> float:
         """Return the time of the last heartbeat (for queries without a now)."""
@@ -659,13 +692,16 @@ class Mesh:
         return []
 
     def _on_ihave(self, peer: str, p: _Peer, frame: m.IHave, now: float) -> list[MeshAction]:
+        # Counted before the gossip threshold: a flood keeps costing while it is ignored.
         p.ihaves += 1
         if p.ihaves > limits.MESH_MAX_IHAVE_PER_HEARTBEAT:
             p.penalty += 1.0
             _warn((peer, "ihave"), "mesh: %s floods IHAVE (ignored)", peer[:8])
             return []
+        if self.score(peer, now) < self.params.gossip_threshold:
+            return []
         room = frame.room
-        if room not in self._joined or self.score(peer, now) < self.params.gossip_threshold:
+        if room not in self._joined:
             return []
         budget = limits.MESH_MAX_IWANT_PER_HEARTBEAT - p.asked
         wanted: list[m.MeshId] = []
@@ -688,26 +724,28 @@ class Mesh:
         if st is not None and st.choked:
             # A peer we choked announces what our pushing peers did not bring: it is ahead.
             st.choked = False
+            self._changed(room)
             out.append(MeshSend(peer, m.Unchoke(room=room)))
         return [*out, MeshSend(peer, m.IWant(room=room, ids=wanted))]
 
     def _on_iwant(self, peer: str, p: _Peer, frame: m.IWant, now: float) -> list[MeshAction]:
-        if self.score(peer, now) < self.params.gossip_threshold:
-            p.served = limits.MESH_MAX_SERVE_PER_HEARTBEAT  # served nothing, still checked
         room = frame.room
+        if self.score(peer, now) < self.params.gossip_threshold:
+            # Not served; asking for the never announced keeps costing while it is ignored.
+            if any(not any((room, a, s) in ids for _hb, ids in p.announced) for a, s in frame.ids):
+                p.penalty += 1.0
+            return []
         serve: list[MsgId] = []
         unannounced = 0
         for author, seq in frame.ids:
             mid = (room, author, seq)
-            for _hb, ids in p.announced:
-                if mid in ids:
-                    ids.discard(mid)  # served once: asking again is asking for the unannounced
-                    break
-            else:
+            holder = next((ids for _hb, ids in p.announced if mid in ids), None)
+            if holder is None:
                 unannounced += 1
                 continue
             if p.served >= limits.MESH_MAX_SERVE_PER_HEARTBEAT:
-                continue
+                continue  # over this heartbeat's budget: it may ask again at the next
+            holder.discard(mid)  # served once: asking again is asking for the unannounced
             if self.have(mid):
                 serve.append(mid)
                 p.served += 1
@@ -723,7 +761,7 @@ class Mesh:
         st = p.stats[room]
         if st.chokes_us != choke:
             st.chokes_us = choke
-            self._targets.pop(room, None)
+            self._changed(room)
 
     def _choke(self, room: str, now: float) -> list[MeshAction]:
         """Episub: keep choke_keep pushing mesh peers, choke the one most often second."""
@@ -739,6 +777,7 @@ class Mesh:
             )
             for pid in choked[: prm.choke_keep - len(pushing)]:
                 self._peers[pid].stats[room].choked = False
+                self._changed(room)
                 out.append(MeshSend(pid, m.Unchoke(room=room)))
             return out
         if len(pushing) == prm.choke_keep:
@@ -753,6 +792,7 @@ class Mesh:
         if ready:
             worst = min(ready, key=lambda pid: (self._share(pid, room), pid))
             self._peers[worst].stats[room].choked = True
+            self._changed(room)
             out.append(MeshSend(worst, m.Choke(room=room)))
         return out
 
@@ -783,7 +823,7 @@ class Mesh:
 
     def _add(self, peer: str, p: _Peer, room: str, now: float) -> None:
         self._mesh[room].add(peer)
-        self._targets.pop(room, None)
+        self._changed(room)
         st = p.stats.get(room)
         if st is None:
             st = p.stats[room] = _Stats()
@@ -793,11 +833,12 @@ class Mesh:
 
     def _remove(self, peer: str, p: _Peer, room: str, now: float) -> None:
         self._mesh[room].discard(peer)
-        self._targets.pop(room, None)
+        self._changed(room)
         st = p.stats.get(room)
         if st is not None and st.mesh_since is not None:
             # P3b: a deficit it leaves the mesh with sticks (decaying) to its score.
-            st.failure += self._deficit(room, st, now - st.mesh_since) ** 2
+            cap = self.params.p3_cap**2
+            st.failure = min(st.failure + self._deficit(room, st, now - st.mesh_since) ** 2, cap)
             st.mesh_since = None
             st.choked = st.chokes_us = False
 
@@ -889,27 +930,27 @@ class Mesh:
     def _gossip(self, room: str, scores: dict[str, float]) -> list[MeshAction]:
         """IHAVE the ids of the last history_gossip heartbeats to D_lazy non-mesh room peers.
 
-        Mesh peers that choked us get the ids of this heartbeat (they push no more to us,
-        we no more to them: the announcement is how they notice our pushing peers lag).
+        Mesh peers that choked us get them too (we push no more to them: the announcement
+        is how they fetch what their pushing peers lost, and notice those lag).
         """
         prm = self.params
         window = self._history[room]
-        members = self._mesh[room]
-        out: list[MeshAction] = []
-        if window[-1]:
-            for pid in sorted(members):
-                if self._peers[pid].stats[room].chokes_us:
-                    out.append(self._announce(pid, room, window[-1][: limits.MESH_MAX_IHAVE_IDS]))
         ids = [mid for w in list(window)[-prm.history_gossip :] for mid in w]
         if not ids:
-            return out
+            return []
+        if len(ids) > limits.MESH_MAX_IHAVE_IDS:
+            ids = self.rng.sample(ids, limits.MESH_MAX_IHAVE_IDS)
+        members = self._mesh[room]
+        out: list[MeshAction] = [
+            self._announce(pid, room, ids)
+            for pid in sorted(members)
+            if self._peers[pid].stats[room].chokes_us
+        ]
         pool = sorted(
             pid
             for pid in self._room_peers[room]
             if pid not in members and scores.get(pid, 0.0) >= prm.gossip_threshold
         )
-        if len(ids) > limits.MESH_MAX_IHAVE_IDS:
-            ids = self.rng.sample(ids, limits.MESH_MAX_IHAVE_IDS)
         for pid in self.rng.sample(pool, min(prm.d_lazy, len(pool))):
             out.append(self._announce(pid, room, ids))
         return out
@@ -962,7 +1003,8 @@ class Mesh:
                 st.first *= d
                 st.deliveries *= d
                 st.mesh_first *= d
-                st.failure = st.failure * d if st.failure > 0.01 else 0.0
+                # Sticky: a pruned non-forwarder stays ungraftable for minutes, not seconds.
+                st.failure = st.failure * prm.penalty_decay if st.failure > 0.01 else 0.0
             announced = p.announced
             while announced and announced[0][0] <= hb - prm.history_len:
                 announced.popleft()
@@ -987,7 +1029,9 @@ class Mesh:
             and any(len(self._mesh[room]) < prm.d_lo for room in self._joined)
         )
         if under and self._joined and self._candidates:
-            slots = limits.MESH_MAX_DIALS_PER_HEARTBEAT - len(self._dialing)
+            # Dials in flight count: they must not carry us past D_hi when they all connect.
+            room_left = prm.d_hi - len(meshed)
+            slots = min(limits.MESH_MAX_DIALS_PER_HEARTBEAT, room_left) - len(self._dialing)
             if slots > 0:
                 pool = sorted(self._candidates)
                 for pid in self.rng.sample(pool, min(slots, len(pool))):
@@ -1022,7 +1066,7 @@ class Mesh:
             members = self._mesh.get(room)
             if members is not None and peer in members:
                 members.discard(peer)
-                self._targets.pop(room, None)
+                self._changed(room)
                 st = p.stats.get(room)
                 if st is not None:
                     st.mesh_since = None

@@ -630,7 +630,7 @@ class Replica:
         else:
             plan = self.sync.push_plan(room, frame.have)
             if plan and self.router is not None:
-                plan = self._not_in_flight(self.router, room, plan)
+                plan = self._not_in_flight(self.router, room, plan, now)
             if plan:
                 out.append(Push(peer, room, plan))
             behind = any(h > mine.get(a, 0) for a, h in frame.have.items() - mine.items())
@@ -640,8 +640,10 @@ class Replica:
             out.append(Send(peer, m.Vector(room=room, have=self.capped_vector(room))))
         return out
 
-    def _not_in_flight(self, router: Mesh, room: str, plan: list[PushRange]) -> list[PushRange]:
-        """Trim from a push what the mesh carries right now (seen in its last heartbeats).
+    def _not_in_flight(
+        self, router: Mesh, room: str, plan: list[PushRange], now: float
+    ) -> list[PushRange]:
+        """Trim from a push what the mesh carries right now (seen by us a moment ago).
 
         A vector races the mesh: the peer lacks what is still on its way to it. Pushed,
         those would be duplicates; if the mesh fails them, a later vector pushes them.
@@ -649,7 +651,7 @@ class Replica:
         trimmed = []
         for r in plan:
             hi = r.hi
-            while hi >= r.lo and router.recent((room, r.author, hi)):
+            while hi >= r.lo and router.recent((room, r.author, hi), now):
                 hi -= 1
             if hi == r.hi:
                 trimmed.append(r)
