@@ -32,6 +32,7 @@ from typing import Protocol
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.protocol import messages as m
+from chinwag.protocol.kinds import RoomKind, kind_of_wire
 from chinwag.protocol.mesh import Mesh, MeshClose, MeshDial, MeshSend, MeshServe
 from chinwag.protocol.reasons import Reason
 from chinwag.protocol.sync import PushRange, SyncState
@@ -423,12 +424,14 @@ class Replica:
         relay = live and len(self.view.peers()) > 1
         return relay, author != via or relay or private
 
-    def pass_on(self, chat: m.Chat, via: str, author: str) -> list[Action]:
+    def pass_on(self, chat: m.Chat, via: str, author: str, room: str = "") -> list[Action]:
         """A live message of a room we do not hold: pass it on for those who hold it.
 
-        With a router only members carry a room: nothing is passed on.
+        With a router only members carry a room: nothing is passed on, except a private
+        conversation's message (once: the adapter's seen set), whose two parties may have
+        no direct path (two LAN segments joined by us): it is sealed, we cannot read it.
         """
-        if self.router is not None:
+        if self.router is not None and kind_of_wire(room) is not RoomKind.DM:
             return []
         return [Flood(chat, frozenset({via, author}))]
 
@@ -525,7 +528,9 @@ class Replica:
         if via is None:
             if dm is not None:
                 if dm not in self.view.peers():
-                    return []
+                    # No direct connection (yet): relays pass it on (pass_on); sync over a
+                    # direct connection delivers it otherwise.
+                    return [Flood(chat)]
                 self._note_sent((dm,), room, author, seq)
                 return [Send(dm, chat)]
             targets = router.publish(room, (room, author, seq), now)
