@@ -299,6 +299,9 @@ class Mesh:
         p = self._peers.pop(peer, None)
         if p is None:
             return []
+        for mid in p.promises:
+            # It will not deliver what we asked of it: the next IHAVE may ask someone else.
+            self._wanted.pop(mid, None)
         for room in p.rooms:
             peers = self._room_peers.get(room)
             if peers is not None:
@@ -661,9 +664,14 @@ class Mesh:
         members = self._mesh[room]
         if peer in members:
             return []
-        if not p.meshed or room not in p.rooms:
-            # A direct connection, or a peer that has not said it holds the room.
-            return [MeshSend(peer, m.Prune(room=room))]
+        if not p.meshed:
+            return [MeshSend(peer, m.Prune(room=room))]  # a direct connection: never meshed
+        if room not in p.rooms:
+            # Its Rooms frame (checked by the adapter, e.g. a private room's key check value)
+            # has not named the room yet, perhaps still on its way: it may try again soon.
+            return [
+                MeshSend(peer, m.Prune(room=room, backoff_s=limits.MESH_UNKNOWN_ROOM_BACKOFF_S))
+            ]
         backoff = self._backoff.get((peer, room))
         if backoff is not None and now < backoff[0]:
             # gossipsub v1.1: a GRAFT in backoff costs P7, twice if right after the PRUNE.
@@ -1029,7 +1037,9 @@ class Mesh:
             and any(len(self._mesh[room]) < prm.d_lo for room in self._joined)
         )
         if under and self._joined and self._candidates:
-            slots = limits.MESH_MAX_DIALS_PER_HEARTBEAT - len(self._dialing)
+            # Dials in flight count: they must not carry us past D_hi when they all connect.
+            room_left = prm.d_hi - len(meshed)
+            slots = min(limits.MESH_MAX_DIALS_PER_HEARTBEAT, room_left) - len(self._dialing)
             if slots > 0:
                 pool = sorted(self._candidates)
                 for pid in self.rng.sample(pool, min(slots, len(pool))):
