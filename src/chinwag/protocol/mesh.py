@@ -500,14 +500,16 @@ class Mesh:
         p = self._peers.get(peer)
         if p is None or p.closing:
             return []
+        if type(frame) is m.IDontWant:
+            # The most frequent frame, first and without a score: honouring it costs bounded
+            # memory and only spares the sender copies, whoever it is.
+            self._on_idontwant(p, frame)
+            return []
         if self.score(peer, now) < self.params.graylist_threshold:
             # Graylisted: ignored, and talking on regardless is abuse (else a flood that
             # got it graylisted would park its score above the close threshold for good).
             p.penalty += 1.0
             return self._maybe_close(peer, p, now)
-        if isinstance(frame, m.IDontWant):
-            self._on_idontwant(p, frame)
-            return []
         if isinstance(frame, m.IHave):
             out = self._on_ihave(peer, p, frame, now)
         elif isinstance(frame, m.IWant):
