@@ -779,3 +779,20 @@ def test_a_graft_before_the_peers_rooms_frame_is_refused_with_a_short_backoff() 
     node.mesh.peer_rooms(d, [ROOM], 0.0)
     assert sends(node.mesh.frame(d, m.Graft(room=ROOM), 0.0), m.Prune)
     assert d not in node.mesh.mesh_peers(ROOM)
+
+
+def test_only_ids_of_the_windows_announced_to_a_peer_are_served() -> None:
+    node, lazy = _lazy_setup()
+    sender = sorted(node.mesh.mesh_peers(ROOM))[0]
+    old, new = (ROOM, AUTHOR, 1), (ROOM, AUTHOR, 2)
+    node.held.update((old, new))
+    node.mesh.received(sender, ROOM, old, True, 0.1)
+    assert lazy in sends(node.beat(), m.IHave)  # announces old
+    node.mesh.received(sender, ROOM, new, True, node.now + 0.1)  # after that IHAVE
+    out = node.mesh.frame(lazy, m.IWant(room=ROOM, ids=[(AUTHOR, 1), (AUTHOR, 2)]), node.now)
+    assert out == [MeshServe(lazy, [old])]
+    assert node.mesh._peers[lazy].penalty == 1.0
+    # Once the announced window left the history, nothing of it is served either.
+    node.beat(limits.MESH_HISTORY_LEN + 1)
+    node.mesh._peers[lazy].penalty = 0.0
+    assert node.mesh.frame(lazy, m.IWant(room=ROOM, ids=[(AUTHOR, 1)]), node.now) == []
