@@ -796,3 +796,16 @@ def test_only_ids_of_the_windows_announced_to_a_peer_are_served() -> None:
     node.beat(limits.MESH_HISTORY_LEN + 1)
     node.mesh._peers[lazy].penalty = 0.0
     assert node.mesh.frame(lazy, m.IWant(room=ROOM, ids=[(AUTHOR, 1)]), node.now) == []
+
+
+def test_an_idontwant_is_forgotten_at_the_heartbeat_once_the_message_was_seen() -> None:
+    node = Node()
+    a, b = pid(1), pid(2)
+    node.connect(a, b)
+    node.mesh.join(ROOM, 0.0)
+    node.mesh.frame(a, m.IDontWant(room=ROOM, ids=[(AUTHOR, 1), (AUTHOR, 2)]), 0.0)
+    node.mesh.received(b, ROOM, (ROOM, AUTHOR, 1), True, 0.1)
+    node.beat()
+    assert list(node.mesh._peers[a].dontwant) == [(ROOM, AUTHOR, 2)]  # 2 may still come
+    targets, _ = node.mesh.received(b, ROOM, (ROOM, AUTHOR, 2), True, node.now)
+    assert a not in targets

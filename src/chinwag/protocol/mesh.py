@@ -1030,6 +1030,11 @@ class Mesh:
                 announced.popleft()
             if p.served_ids:  # only ids still in the history can be asked (and refused)
                 p.served_ids = {mid: None for mid in p.served_ids if mid in self._seen_at}
+            if p.dontwant:
+                # Only a first copy is forwarded: once we saw an id, its IDONTWANT is spent
+                # (a 10,000-node room would otherwise hold 1000 ids per peer per node).
+                seen = self._seen_at
+                p.dontwant = {mid: None for mid in p.dontwant if mid not in seen}
         if self._backoff and hb % 16 == 0:
             for key in [k for k, (until, _s) in self._backoff.items() if until <= now]:
                 del self._backoff[key]
