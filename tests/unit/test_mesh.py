@@ -779,3 +779,22 @@ def test_a_graft_before_the_peers_rooms_frame_is_refused_with_a_short_backoff() 
     node.mesh.peer_rooms(d, [ROOM], 0.0)
     assert sends(node.mesh.frame(d, m.Graft(room=ROOM), 0.0), m.Prune)
     assert d not in node.mesh.mesh_peers(ROOM)
+
+
+def test_a_listener_is_not_pruned_for_not_forwarding_our_own_messages() -> None:
+    """Two nodes, only we talk (the two-node fast path, a lecture): the peer cannot deliver
+    our own messages back to us, so they must not raise its delivery quota (P3); it stays
+    in our mesh and keeps getting every message pushed."""
+    node = Node()
+    node.mesh.join(ROOM, node.now)
+    (peer,) = peers(1)
+    node.connect(peer)
+    assert node.mesh.mesh_peers(ROOM) == {peer}
+    seq = 0
+    for _ in range(60):  # a minute at 50 messages a second
+        for _ in range(50):
+            seq += 1
+            assert node.mesh.publish(ROOM, (ROOM, ME, seq), node.now) == [peer]
+        node.beat(1.0)
+    assert node.mesh.score(peer, node.now) >= 0
+    assert node.mesh.mesh_peers(ROOM) == {peer}
