@@ -6,7 +6,10 @@ Per joined room, each node keeps a mesh of about D (D_lo..D_hi) connected peers 
 room. A message is pushed eagerly to the mesh; ids of recent messages are announced
 lazily (IHAVE) at each heartbeat to D_lazy other peers of the room, which fetch what they
 lack (IWANT, answered by `MeshServe`). The per-author sequence sync of the replica stays
-the backstop. A peer that tells us IDONTWANT for a message does not get it from us.
+the backstop. A peer that tells us IDONTWANT for a message does not get it from us, and
+(episub choking) a mesh peer whose copies nearly always come second is asked by CHOKE to
+announce instead of pushing, so a node receives eagerly from about three peers.
+Our own messages go to every connected peer of the room (flood publishing).
 
 Each peer has a score (gossipsub v1.1's, simplified: P1 time in mesh, P2 first
 deliveries, P3 mesh delivery deficit and its sticky P3b, P4 invalid messages, P7
@@ -15,8 +18,9 @@ grafted, peers under the gossip threshold get no gossip and their gossip is igno
 graylisted peers are ignored, and below the close threshold the connection is closed.
 
 The mesh also keeps the node's degree: it asks for dials (`MeshDial`) from its
-candidates while a joined room's mesh or the connection count is under D_lo, and
-closes the lowest-scoring connections that are in no mesh above D_hi + a margin.
+candidates while a joined room's mesh or the connection count is under D_lo, refuses
+(PRUNE with peer exchange, then close) an inbound connection beyond D_hi + a margin, and
+closes the lowest-scoring connections that are in no mesh above it.
 Direct connections (`connected(..., mesh=False)`: a conversation, a file) are never
 counted, meshed or closed.
 
@@ -496,14 +500,16 @@ class Mesh:
         p = self._peers.get(peer)
         if p is None or p.closing:
             return []
+        if type(frame) is m.IDontWant:
+            # The most frequent frame, first and without a score: honouring it costs bounded
+            # memory and only spares the sender copies, whoever it is.
+            self._on_idontwant(p, frame)
+            return []
         if self.score(peer, now) < self.params.graylist_threshold:
             # Graylisted: ignored, and talking on regardless is abuse (else a flood that
             # got it graylisted would park its score above the close threshold for good).
             p.penalty += 1.0
             return self._maybe_close(peer, p, now)
-        if isinstance(frame, m.IDontWant):
-            self._on_idontwant(p, frame)
-            return []
         if isinstance(frame, m.IHave):
             out = self._on_ihave(peer, p, frame, now)
         elif isinstance(frame, m.IWant):
