@@ -809,3 +809,22 @@ def test_an_idontwant_is_forgotten_at_the_heartbeat_once_the_message_was_seen() 
     assert list(node.mesh._peers[a].dontwant) == [(ROOM, AUTHOR, 2)]  # 2 may still come
     targets, _ = node.mesh.received(b, ROOM, (ROOM, AUTHOR, 2), True, node.now)
     assert a not in targets
+
+
+def test_a_listener_is_not_pruned_for_not_forwarding_our_own_messages() -> None:
+    """Two nodes, only we talk (the two-node fast path, a lecture): the peer cannot deliver
+    our own messages back to us, so they must not raise its delivery quota (P3); it stays
+    in our mesh and keeps getting every message pushed."""
+    node = Node()
+    node.mesh.join(ROOM, node.now)
+    (peer,) = peers(1)
+    node.connect(peer)
+    assert node.mesh.mesh_peers(ROOM) == {peer}
+    seq = 0
+    for _ in range(60):  # a minute at 50 messages a second
+        for _ in range(50):
+            seq += 1
+            assert node.mesh.publish(ROOM, (ROOM, ME, seq), node.now) == [peer]
+        node.beat(1.0)
+    assert node.mesh.score(peer, node.now) >= 0
+    assert node.mesh.mesh_peers(ROOM) == {peer}

@@ -630,7 +630,10 @@ class Mesh:
         """Remember a first-seen id in the gossip history (bounded per room)."""
         if msg in self._seen_at:
             return
-        self._activity[room] += 1.0
+        if msg[1] != self.me:
+            # Our own never come back to us: counted, they would set every mesh peer a
+            # delivery quota (P3) it cannot meet, and prune a mere listener.
+            self._activity[room] += 1.0
         if self._history_ids[room] >= limits.MESH_MAX_HISTORY_IDS:
             return  # a very fast room: the rest is not gossiped (sync repairs it)
         self._history_ids[room] += 1
