@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from chinwag.errors import RemoteProtocolError, UsageError
 from chinwag.protocol import messages as m
 from chinwag.protocol import replica as rp
 from chinwag.protocol.chat import ChatMessage, SeenSet, open_message
+from chinwag.protocol.mesh import Mesh, MeshAction, MeshClose, MeshDial, MeshSend, MeshServe, MsgId
 from chinwag.protocol.reasons import Reason
 from chinwag.protocol.replica import Replica
 from chinwag.protocol.sync import PushRange, SyncState
@@ -74,6 +76,19 @@ def _chain(outer: asyncio.Future[ev.NodeEvent], inner: asyncio.Future[ev.NodeEve
         outer.set_exception(exc)
     else:
         outer.set_result(inner.result())
+
+
+@dataclass(frozen=True, slots=True)
+class MeshPorts:
+    """What the gossip mesh needs of the node: its randomness and the connection manager."""
+
+    rng: random.Random
+    #: Dial a mesh candidate; False if no address of it is known.
+    dial: Callable[[str], bool]
+    #: Whether a connection is direct (for a conversation or a file): not the mesh's.
+    is_direct: Callable[[str], bool]
+    #: Whether we dialled the connection (the mesh keeps D_out outbound peers: no eclipse).
+    is_outbound: Callable[[str], bool]
 
 
 class _View:
@@ -119,7 +134,9 @@ class History:
         manager: Links,
         emit: Callable[[ev.NodeEvent], None],
         book: RoomBook,
+        mesh: MeshPorts | None = None,
     ) -> None:
+        """mesh: run rooms as a gossip mesh (docs/mesh.md); None floods to every peer."""
         self.book = book
         self.store = store
         self.identity = identity
@@ -145,7 +162,14 @@ class History:
             self._note_nick(author, nick)
         #: Peers met in an earlier run or verified: a larger store budget (known before we start,
         #: so a fresh identity cannot make itself known by connecting).
-        self.replica = Replica(self.me, _View(book, manager, store), self.sync, store.known_peers())
+        self._ports = mesh
+        #: The gossip mesh of our rooms (None: every message floods to every peer).
+        self.mesh: Mesh | None = None
+        if mesh is not None:
+            self.mesh = Mesh(self.me, mesh.rng, self._mesh_has)
+        self.replica = Replica(
+            self.me, _View(book, manager, store), self.sync, store.known_peers(), self.mesh
+        )
         #: Authors heard live through another peer: author -> (that peer, time.time()).
         self.relayed: dict[str, tuple[str, float]] = {}
         self._store_problem: str | None = None
@@ -170,7 +194,11 @@ class History:
                 self.sync.load_contiguous(room, author, base, hi)
             else:
                 self.sync.load(room, author, base, self.store.seqs(room, author, base))
-        self.replica.start(self._loop.time())
+        now = self._loop.time()
+        self.replica.start(now)
+        if self.mesh is not None:
+            for wire in self._meshed_rooms():
+                self._mesh_run(self.mesh.join(wire, now))
         self._rearm()
 
     async def close(self) -> None:
@@ -255,15 +283,18 @@ class History:
         try:
             msg = open_message(frame.body, frame.sig, check_signature=False)
             body = msg.body
-            if msg.id in self._pending_ids:
-                return
             author = msg.author_id
+            if msg.id in self._pending_ids:
+                self._heard_again(from_id, frame, body.room, author, body.seq)
+                return
             if msg.id in self._seen and self.sync.holds(body.room, author, body.seq):
+                self._heard_again(from_id, frame, body.room, author, body.seq)
                 return
             if self.sync.holds(body.room, author, body.seq):
                 stored = self.store.ids_in_range(body.room, author, body.seq, body.seq)
                 if not stored or stored[0][1] == msg.id:
                     self._seen.add(msg.id)
+                    self._heard_again(from_id, frame, body.room, author, body.seq)
                     return
                 if author == from_id:
                     raise RemoteProtocolError(
@@ -291,6 +322,7 @@ class History:
                 verified = True
         except RemoteProtocolError as exc:
             log.warning("disconnecting %s: %s", from_id[:8], exc)
+            self.mesh_invalid(from_id)
             conn.close(exc.code)
             return
         if room is None:
@@ -298,16 +330,27 @@ class History:
             self._seen.add(msg.id)
             if relay:
                 chat = m.Chat(body=msg.raw_body, sig=msg.sig)
-                self._run(self.replica.pass_on(chat, from_id, author))
+                self._run(self.replica.pass_on(chat, from_id, author, body.room))
             return
         text = self.book.plaintext(room, msg)
         if text is None or not self.book.remember(room):
             self._seen.add(msg.id)
             return
         size = len(frame.body) + len(frame.sig)
-        if not self.replica.admit(from_id, body.room, author, body.seq, size, self._loop.time()):
+        now = self._loop.time()
+        if not self.replica.admit(from_id, body.room, author, body.seq, size, now):
             return  # not marked seen: sync fetches it again once the budget refills
+        if self.mesh is not None and not frame.hist:
+            # New to us: our mesh peers need not send their copies while we commit it.
+            self._mesh_carry(
+                self.mesh.dont_want(from_id, body.room, (body.room, author, body.seq), now)
+            )
         self._queue(_Pending(msg, conn, not frame.hist, verified, None, text))
+
+    def _heard_again(self, via: str, frame: m.Chat, room: str, author: str, seq: int) -> None:
+        """A copy of a message we hold or queued: the mesh scores the delivery (live only)."""
+        if self.mesh is not None and not frame.hist:
+            self._run(self.replica.heard_again(via, room, author, seq, self._loop.time()))
 
     def sync_frame(self, conn: Link, frame: m.SyncFrame) -> None:
         """Handle a vector, want or floor from a peer."""
@@ -321,7 +364,10 @@ class History:
             return
         try:
             if isinstance(frame, m.Rooms):
-                for name in self.book.set_announced(peer_id, frame):
+                names = self.book.set_announced(peer_id, frame)
+                if self.mesh is not None:
+                    self._mesh_run(self.mesh.peer_rooms(peer_id, self._rooms_of(peer_id), now))
+                for name in names:
                     self._emit(
                         ev.Alert(
                             message=f"peer {peer_id[:8]} is in private room {name!r} with "
@@ -341,15 +387,101 @@ class History:
     def peer_joined(self, conn: Link) -> None:
         """Send our rooms and vectors to a newly connected peer."""
         conn.send_frame(self.book.announcement())
-        self._run(self.replica.peer_opened(conn.peer_id or "", self._loop.time()))
+        peer_id = conn.peer_id or ""
+        now = self._loop.time()
+        if self.mesh is not None and self._ports is not None:
+            meshed = not self._ports.is_direct(peer_id)
+            outbound = self._ports.is_outbound(peer_id)
+            self._mesh_carry(self.mesh.connected(peer_id, now, mesh=meshed, outbound=outbound))
+        self._run(self.replica.peer_opened(peer_id, now))
 
     def peer_left(self, peer_id: str) -> None:
         self.book.forget_peer(peer_id)
         self.replica.peer_closed(peer_id)
+        if self.mesh is not None:
+            self._mesh_carry(self.mesh.disconnected(peer_id, self._loop.time()))
         for key in [k for k in self._jobs if k[0] == peer_id]:
             self._jobs.pop(key).cancel()
             self._rerun.pop(key, None)
         self._rearm()
+
+    # --- the gossip mesh ----------------------------------------------------
+
+    def mesh_frame(self, conn: Link, frame: m.MeshFrame) -> None:
+        """Handle a graft, prune, ihave, iwant or idontwant from a peer."""
+        if self.mesh is None:
+            return  # a node without the mesh ignores mesh frames (the room floods)
+        self._mesh_run(self.mesh.frame(conn.peer_id or "", frame, self._loop.time()))
+
+    def candidate(self, peer_id: str) -> None:
+        """A peer we could dial was heard of (a beacon, presence): offer it to the mesh."""
+        if self.mesh is not None and peer_id != self.me:
+            self.mesh.candidate(peer_id, self._loop.time())
+
+    def dial_failed(self, peer_id: str) -> None:
+        """A dial of peer_id failed: the mesh picks other candidates."""
+        if self.mesh is not None:
+            self.mesh.drop_candidate(peer_id)
+
+    def mesh_invalid(self, peer_id: str) -> None:
+        """peer_id sent invalid traffic (a bad signature, a malformed chat): it loses score."""
+        if self.mesh is not None and peer_id:
+            self._mesh_run(self.mesh.invalid(peer_id, self._loop.time()))
+
+    def _mesh_has(self, msg: MsgId) -> bool:
+        room, author, seq = msg
+        return self.sync.holds(room, author, seq)
+
+    def _meshed_rooms(self) -> list[str]:
+        """Return the wire names of our rooms that are meshed (not conversations)."""
+        return [w for w, r in self.book.joined.items() if r.kind != DM]
+
+    def _rooms_of(self, peer_id: str) -> list[str]:
+        """Return the rooms peer_id announced that it holds as we do (a private room's
+        key check value must match ours)."""
+        out = []
+        for wire in self.book.announced.get(peer_id, {}):
+            room = self.book.joined.get(wire)
+            if room is None or self.book.shares_room(peer_id, room.name):
+                out.append(wire)
+        return out
+
+    def _mesh_run(self, actions: list[MeshAction]) -> None:
+        """Carry out what the mesh decided, then re-arm the one timer."""
+        self._mesh_carry(actions)
+        self._rearm()
+
+    def _mesh_carry(self, actions: list[MeshAction]) -> None:
+        for action in actions:
+            if isinstance(action, MeshSend):
+                conn = self.manager.peers.get(action.peer)
+                if conn is not None:
+                    conn.send_frame(action.frame)
+            elif isinstance(action, MeshDial):
+                if self._ports is not None and not self._ports.dial(action.peer):
+                    self.dial_failed(action.peer)
+            elif isinstance(action, MeshClose):
+                conn = self.manager.peers.get(action.peer)
+                if conn is not None:
+                    log.info("closing %s: %s", action.peer[:8], action.reason)
+                    conn.close(action.reason)
+            elif isinstance(action, MeshServe):
+                self._serve(action.peer, action.ids)
+
+    def _serve(self, peer_id: str, ids: list[MsgId]) -> None:
+        """Answer an iwant: send the stored messages as live chats (verified ones only)."""
+        conn = self.manager.peers.get(peer_id)
+        if conn is None:
+            return
+        by_room: dict[str, list[tuple[str, int, int]]] = {}
+        for room, author, seq in ids:
+            by_room.setdefault(room, []).append((author, seq, seq))
+        for room, ranges in by_room.items():
+            rows = self.store.push_batch(room, ranges, (-1, "", -1), len(ranges))
+            bad = self._verify_unverified(room, rows)
+            for msg_id, _ts, _author, _seq, body, sig, _verified in rows:
+                if msg_id not in bad:
+                    conn.send_encoded(m.encode(m.Chat(body=body, sig=sig)))
 
     # --- the replica's actions --------------------------------------------
 
@@ -365,6 +497,14 @@ class History:
                 conn = self.manager.peers.get(action.peer)
                 if conn is not None:
                     conn.send_frame(action.frame)
+            elif isinstance(action, rp.Forward):
+                encoded = m.encode(action.frame)
+                for peer in action.peers:
+                    conn = self.manager.peers.get(peer)
+                    if conn is not None:
+                        conn.send_encoded(encoded)
+            elif isinstance(action, MeshSend | MeshDial | MeshClose | MeshServe):
+                self._mesh_carry([action])
             elif isinstance(action, rp.Flood):
                 if isinstance(action.frame, m.Chat):
                     self.manager.broadcast(m.encode(action.frame), action.exclude)
@@ -407,6 +547,10 @@ class History:
     def _rearm(self) -> None:
         """Arm the one timer for the replica's next deadline."""
         due = None if self._closed else self.replica.get_timer()
+        if self.mesh is not None and not self._closed:
+            beat = self.mesh.get_timer()
+            if beat is not None and (due is None or beat < due):
+                due = beat
         if due == self._timer_due and (due is None or self._timer is not None):
             return
         if self._timer is not None:
@@ -422,7 +566,11 @@ class History:
         # call_at may fire within the clock's resolution before the deadline.
         now = max(self._loop.time(), due if due is not None else 0.0)
         try:
-            self._run(self.replica.handle_timer(now))
+            self._carry(self.replica.handle_timer(now))
+            if self.mesh is not None:
+                due = self.mesh.get_timer()
+                if due is not None and now >= due:
+                    self._mesh_carry(self.mesh.handle_timer(now))
         finally:
             self._rearm()  # a failed action (say, a store error) must not stop the timers
 
@@ -442,8 +590,14 @@ class History:
     def room_changed(self, wire: str) -> None:
         """Announce our rooms to every peer; after a join, ask them for the room's history."""
         self.manager.broadcast_frame(self.book.announcement())
+        now = self._loop.time()
+        if self.mesh is not None and not wire.startswith("dm."):
+            joined = wire in self.book.joined
+            self._mesh_carry(self.mesh.join(wire, now) if joined else self.mesh.leave(wire, now))
         if wire in self.book.joined:
-            self._run(self.replica.send_vector(wire, self._loop.time()))
+            self._run(self.replica.send_vector(wire, now))
+        else:
+            self._rearm()
 
     def search(self, text: str, limit: int) -> ev.SearchResult:
         rows = self.store.search(text, min(limit, limits.MAX_HISTORY))
@@ -574,7 +728,10 @@ class History:
         chat = m.Chat(body=msg.raw_body, sig=msg.sig)
         if item.conn is None:
             # Ours: on the wire first, then echoed locally (peers' latency matters more).
-            sent = self.replica.committed(chat, row.room, row.author, row.seq, None, True, bool)
+            now = self._loop.time()
+            sent = self.replica.committed(
+                chat, row.room, row.author, row.seq, None, True, bool, now
+            )
             self._carry(sent)
             self._emit(self._message_event(msg, item.text, own=True, late=False))
             return actions
@@ -590,6 +747,7 @@ class History:
             via,
             item.live,
             functools.partial(self._relayable, item, row),
+            self._loop.time(),
         )
         self._carry(relay)  # the flush re-arms the timer once, after the batch
         return actions

@@ -405,3 +405,6 @@ MESH_VECTOR_DELAY_S = 2.0
 #: Seconds after we saw a message live during which a vector-triggered push skips it: the
 #: mesh most likely has it in flight to that peer (a push would only duplicate it).
 MESH_IN_FLIGHT_S = 2.0
+#: Seconds of backoff in the PRUNE answering a GRAFT for a room the peer's Rooms frame has not
+#: named (yet): short, the frame may still be on its way.
+MESH_UNKNOWN_ROOM_BACKOFF_S = 1

@@ -33,7 +33,7 @@ from chinwag.crypto.noise import generate_static_private
 from chinwag.datadir import DataDir, default_downloads_dir, load_or_create_identity
 from chinwag.errors import RemoteProtocolError, UsageError
 from chinwag.files import FileShare
-from chinwag.history import History
+from chinwag.history import History, MeshPorts
 from chinwag.logonce import WarnOnce
 from chinwag.net.connection import PeerConnection
 from chinwag.net.discovery import Discovery
@@ -71,6 +71,9 @@ class NodeConfig:
     downloads: Path | None = None
     #: Files up to this many bytes from verified peers are accepted without asking (0: never).
     auto_accept: int = 0
+    #: Rooms are a gossip mesh (docs/mesh.md): discovery feeds the mesh's candidates instead
+    #: of dialling everyone heard. False: the old flood to every peer (tests, comparisons).
+    mesh: bool = True
 
 
 @dataclass
@@ -160,11 +163,27 @@ class Node:
             store.start_checkpointer()
             self._seen_peers = set(store.peer_nicks())
             manager = ConnectionManager(
-                lambda: self._local_info(), self, self._rng, self._peer_rank
+                lambda: self._local_info(),
+                self,
+                self._rng,
+                self._peer_rank,
+                mesh=self.config.mesh,
+                contact=lambda peer_id: self._peer_rank(peer_id) >= VERIFIED,
+                dial_failed=self._dial_failed,
             )
             book = RoomBook(store, self.identity)
             book.load()
-            history = History(store, self.identity, manager, self._emit, book)
+            ports = (
+                MeshPorts(
+                    random.Random(self._rng.random()),
+                    manager.mesh_dial,
+                    manager.is_direct,
+                    manager.is_outbound,
+                )
+                if self.config.mesh
+                else None
+            )
+            history = History(store, self.identity, manager, self._emit, book, ports)
             history.load()
             if store.created and had_identity:
                 history.set_unsure("the message store is new, the identity is not")
@@ -197,7 +216,7 @@ class Node:
                     self.config.bind,
                     self.identity.peer_id,
                     lambda: encode_beacon(self.identity.peer_id, self.port, self.nick),
-                    manager.beacon_heard,
+                    self._beacon_heard,
                     self._rng,
                 )
                 await run.discovery.start()
@@ -260,7 +279,10 @@ class Node:
         peer_id = self.resolve_peer(who)
         if peer_id == self.identity.peer_id:
             raise UsageError("that is you")
-        return self._post(self._running().book.join_dm(peer_id), text)
+        room = self._running().book.join_dm(peer_id)
+        # A conversation travels over a direct connection (the outbox holds it meanwhile).
+        self._running().manager.want(peer_id)
+        return self._post(room, text)
 
     def _post(self, room: Room, text: str) -> asyncio.Future[ev.NodeEvent]:
         history = self._running().history
@@ -590,7 +612,9 @@ class Node:
         )
 
     def frame_received(
-        self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
+        self,
+        conn: PeerConnection,
+        frame: m.Chat | m.NickChange | m.SyncFrame | m.MeshFrame | m.FileFrame,
     ) -> None:
         if isinstance(frame, m.FileFrame):
             self._running().files.frame(conn, frame)
@@ -602,6 +626,8 @@ class Node:
             if self._untimely(conn, frame):
                 return
             self._running().history.chat_received(conn, frame)
+        elif isinstance(frame, m.MeshFrame):
+            self._running().history.mesh_frame(conn, frame)
         else:
             self._running().history.sync_frame(conn, frame)
             if isinstance(frame, m.Rooms):
@@ -609,6 +635,18 @@ class Node:
                 self._running().files.ask_peer(conn)
 
     # --- internals ------------------------------------------------------
+
+    def _beacon_heard(self, peer_id: str, host: str, port: int) -> bool:
+        """A discovery beacon: record its address; with the mesh, offer it as a candidate."""
+        run = self._running()
+        unknown = run.manager.beacon_heard(peer_id, host, port)
+        if unknown:
+            run.history.candidate(peer_id)
+        return unknown
+
+    def _dial_failed(self, peer_id: str) -> None:
+        if self._run is not None:
+            self._run.history.dial_failed(peer_id)
 
     def _nick_changed(self, peer_id: str, nick: str) -> None:
         """A peer changed its nick: show it, at most once per NICK_CHANGE_MIN_GAP_S.

@@ -35,6 +35,11 @@ F = TypeVar(
     m.Want,
     m.Floor,
     m.Rooms,
+    m.Graft,
+    m.Prune,
+    m.IHave,
+    m.IWant,
+    m.IDontWant,
     m.FileWho,
     m.FileHave,
     m.FileHashesReq,
@@ -67,7 +72,7 @@ class HostilePeer:
         self.session: Session | None = None
         self.handshake: HandshakeComplete | None = None
         #: Frames received from the node, in order (pings are answered by the session).
-        self.frames: list[m.Chat | m.NickChange | m.SyncFrame | m.FileFrame] = []
+        self.frames: list[m.Chat | m.NickChange | m.SyncFrame | m.MeshFrame | m.FileFrame] = []
         #: How the connection ended: the node's goodbye, or eof / reset.
         self.closed: Closed | None = None
         #: True if the socket failed (e.g. reset) rather than ending cleanly.

@@ -472,6 +472,7 @@ _op = st.one_of(
     st.tuples(st.just("msg"), st.integers(1, 30), st.booleans()),
     st.tuples(st.just("invalid"), st.integers(1, 30), st.booleans()),
     st.tuples(st.just("choke"), st.integers(1, 30), st.booleans()),
+    st.tuples(st.just("rejoin"), st.integers(1, 30), st.booleans()),
     st.tuples(st.just("beat"), st.integers(1, 30), st.booleans()),
 )
 
@@ -509,6 +510,10 @@ def test_any_churn_keeps_the_mesh_within_bounds_and_never_raises(
             assert set(targets) <= mesh.mesh_peers(ROOM)
         elif op == "invalid":
             mesh.invalid(p, t)
+        elif op == "rejoin":  # leave and join again (or another room, briefly)
+            mesh.leave(ROOM if flag else "other", t)
+            mesh.join(ROOM, t)
+            mesh.join("other", t)
         elif op == "choke":
             mesh.frame(p, m.Choke(room=ROOM) if flag else m.Unchoke(room=ROOM), t)
         else:
@@ -746,3 +751,31 @@ def test_dials_never_aim_past_d_hi_connections() -> None:
         node.mesh.candidate(p, 0.0)
     dials = [a for a in node.beat() if isinstance(a, MeshDial)]
     assert len(dials) == 2  # the mesh is empty, but 2 more reach D_hi
+
+
+def test_what_was_asked_of_a_peer_that_leaves_may_be_asked_of_another_at_once() -> None:
+    node, lazy = _lazy_setup()
+    other = sorted(node.mesh.mesh_peers(ROOM))[0]
+    ids = [(AUTHOR, 1)]
+    assert sends(node.mesh.frame(lazy, m.IHave(room=ROOM, ids=ids), 0.5), m.IWant)
+    assert node.mesh.frame(other, m.IHave(room=ROOM, ids=ids), 0.6) == []  # asked already
+    node.mesh.disconnected(lazy, 0.7)
+    assert sends(node.mesh.frame(other, m.IHave(room=ROOM, ids=ids), 0.8), m.IWant)
+
+
+def test_a_graft_before_the_peers_rooms_frame_is_refused_with_a_short_backoff() -> None:
+    node = Node()
+    node.mesh.join(ROOM, 0.0)
+    a = pid(1)
+    node.mesh.connected(a, 0.0)
+    (prune,) = sends(node.mesh.frame(a, m.Graft(room=ROOM), 0.0), m.Prune).values()
+    assert prune == m.Prune(room=ROOM, backoff_s=limits.MESH_UNKNOWN_ROOM_BACKOFF_S)
+    assert node.mesh.score(a, 0.0) == 0  # no blame
+    node.mesh.peer_rooms(a, [ROOM], 0.1)  # its Rooms frame arrives: grafted (mesh under D_lo)
+    assert a in node.mesh.mesh_peers(ROOM)
+    # A direct connection is never meshed.
+    d = pid(2)
+    node.mesh.connected(d, 0.0, mesh=False)
+    node.mesh.peer_rooms(d, [ROOM], 0.0)
+    assert sends(node.mesh.frame(d, m.Graft(room=ROOM), 0.0), m.Prune)
+    assert d not in node.mesh.mesh_peers(ROOM)

@@ -595,3 +595,55 @@ def test_a_peer_known_from_an_earlier_run_gets_in_and_is_dialled_at_once_during_
     assert t.beacon(old_friend, host_of(0), 5000, now=0.0) is True  # host cap does not apply
     assert len(t) == limits.MAX_DISCOVERED
     assert [d.key for d in t.due_dials(0.0)] == [old_friend]  # not paced behind the flood
+
+
+# --- with the gossip mesh: beacons feed candidates, the mesh dials -------------------
+
+
+def mesh_table(own: str, contacts: tuple[str, ...] = ()) -> PeerTable:
+    return PeerTable(
+        own, random.Random(SEED), dial_discovered=False, contact=lambda p: p in contacts
+    )
+
+
+def test_mesh_mode_beacon_records_the_address_but_does_not_dial() -> None:
+    t = mesh_table(LOW)
+    assert t.beacon(HIGH, "10.0.0.9", 5000, now=10.0) is True  # still worth answering
+    assert t.address_of(HIGH) == ("10.0.0.9", 5000)
+    assert t.get_timer() is None
+    assert t.due_dials(100.0) == []
+
+
+def test_mesh_mode_wanted_peer_is_dialled_once_and_not_retried_by_the_table() -> None:
+    t = mesh_table(LOW)
+    t.beacon(HIGH, "10.0.0.9", 5000, now=0.0)
+    assert t.wanted(HIGH, now=1.0) is True
+    assert t.due_dials(1.0) == [dial_of(HIGH)]
+    t.dial_failed(HIGH, now=2.0)
+    assert t.get_timer() is None  # the mesh asks again (or picks another candidate)
+    assert t.wanted(HIGH, now=3.0) is True
+    assert t.due_dials(3.0) == [dial_of(HIGH)]
+
+
+def test_mesh_mode_lost_connection_is_not_redialled_by_the_table() -> None:
+    t = mesh_table(LOW)
+    t.beacon(HIGH, "10.0.0.9", 5000, now=0.0)
+    t.wanted(HIGH, now=0.0)
+    [d] = t.due_dials(0.0)
+    t.dial_reached(d.key, HIGH)
+    t.connected(HIGH, "10.0.0.9", 5000, now=0.1, dial_key=d.key)
+    t.disconnected(HIGH, now=5.0, goodbye=False)
+    assert t.get_timer() is None
+    assert t.due_dials(1000.0) == []
+
+
+def test_mesh_mode_contacts_and_manual_peers_are_still_dialled_and_redialled() -> None:
+    t = mesh_table(LOW, contacts=(HIGH,))
+    t.beacon(HIGH, "10.0.0.9", 5000, now=0.0)
+    t.beacon(MID, "10.0.0.8", 5000, now=0.0)
+    t.add_manual("10.0.0.7", 6000, now=0.0)
+    dials = t.due_dials(0.0)
+    assert sorted(d.key for d in dials) == sorted(["10.0.0.7:6000", HIGH])
+    t.dial_failed(HIGH, now=1.0)
+    [delay] = expected_delays(1)
+    assert t.due_dials(1.0 + delay) == [dial_of(HIGH)]

@@ -205,7 +205,10 @@ def test_with_a_router_messages_go_to_the_mesh_targets_not_to_everyone() -> None
     assert r.committed(CHAT, ROOM, author, 2, sender, False, lambda: True, 1.0) == []
     assert r.committed(CHAT, ROOM, author, 3, sender, True, lambda: False, 1.0) == []
     # A room we do not hold is not passed on (only members carry a room).
-    assert r.pass_on(CHAT, sender, author) == []
+    assert r.pass_on(CHAT, sender, author, ROOM) == []
+    # But a conversation of others is (its parties may have no other path; it is sealed).
+    dm_room = "dm." + "x" * 40
+    assert r.pass_on(CHAT, sender, author, dm_room) == [rp.Flood(CHAT, frozenset({sender, author}))]
     # A duplicate is scored by the mesh, nothing is sent.
     assert r.heard_again(targets[3], ROOM, author, 1, 1.1) == []
     assert mesh._peers[targets[3]].stats[ROOM].deliveries == 1.0
@@ -215,8 +218,9 @@ def test_with_a_router_a_conversation_goes_only_to_its_other_party() -> None:
     r, _mesh = _meshed(BOB, CAROL)
     assert r.committed(CHAT, "dm", ME, 1, None, True, bool, 1.0) == [rp.Send(BOB, CHAT)]
     assert r.committed(CHAT, "dm", BOB, 1, BOB, True, lambda: True, 1.0) == []  # for us: kept
+    # Its party not connected: relays pass it on (pass_on); sync brings it over a direct one.
     away, _ = _meshed(CAROL)
-    assert away.committed(CHAT, "dm", ME, 1, None, True, bool, 1.0) == []  # sync brings it later
+    assert away.committed(CHAT, "dm", ME, 1, None, True, bool, 1.0) == [rp.Flood(CHAT)]
 
 
 def test_with_a_router_the_vector_waits_for_the_mesh() -> None:
@@ -239,5 +243,19 @@ def test_with_a_router_a_push_skips_what_the_mesh_carries_right_now() -> None:
     # Once it had the time to arrive, it is pushed like the rest.
     later = 1.0 + limits.MESH_IN_FLIGHT_S
     (push,) = r.vector_received(CAROL, m.Vector(room=ROOM, have={ALICE: 0}), later)
+    assert isinstance(push, rp.Push)
+    assert [(p.author, p.lo, p.hi) for p in push.plan] == [(ALICE, 1, 3)]
+
+
+def test_with_a_router_a_peer_that_just_connected_gets_the_recent_ones_too() -> None:
+    """A peer that (re)connected after a message went by cannot have it in flight from us:
+    the push does not wait for the next periodic vector (a restarted node caught up late)."""
+    r, mesh = _meshed(BOB, CAROL)
+    for seq in (1, 2, 3):
+        r.accept(ROOM, ALICE, seq)
+    mesh.received(CAROL, ROOM, (ROOM, ALICE, 3), True, 1.0)  # 3 came live just now
+    r.peer_closed(BOB)
+    r.peer_opened(BOB, 1.05)  # BOB comes back
+    (push,) = r.vector_received(BOB, m.Vector(room=ROOM, have={ALICE: 0}), 1.1)
     assert isinstance(push, rp.Push)
     assert [(p.author, p.lo, p.hi) for p in push.plan] == [(ALICE, 1, 3)]

@@ -48,7 +48,9 @@ class ManagerListener(Protocol):
     def peer_joined(self, conn: PeerConnection) -> None: ...
     def peer_left(self, conn: PeerConnection, closed: Closed) -> None: ...
     def frame_received(
-        self, conn: PeerConnection, frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
+        self,
+        conn: PeerConnection,
+        frame: m.Chat | m.NickChange | m.SyncFrame | m.MeshFrame | m.FileFrame,
     ) -> None: ...
 
 
@@ -61,11 +63,25 @@ class ConnectionManager:
         listener: ManagerListener,
         rng: random.Random,
         rank: Callable[[str], int] | None = None,
+        *,
+        mesh: bool = False,
+        contact: Callable[[str], bool] | None = None,
+        dial_failed: Callable[[str], None] | None = None,
     ) -> None:
-        """`rank(peer_id)` says whom the peer limit keeps first (protocol/peers.py ranks)."""
+        """`rank(peer_id)` says whom the peer limit keeps first (protocol/peers.py ranks).
+
+        mesh=True: beacons do not make us dial (the gossip mesh asks through `mesh_dial`),
+        except contacts (`contact(peer_id)`); `dial_failed(peer_id)` hears of each failed
+        dial of a known peer id.
+        """
         self._local = local
         self._listener = listener
         self._rank = rank or (lambda _peer_id: STRANGER)
+        self._contact = contact or (lambda _peer_id: False)
+        self._on_dial_failed = dial_failed
+        #: Peers dialled on demand (a private conversation, a file): direct connections,
+        #: which the mesh neither counts nor closes.
+        self._wanted: set[str] = set()
         self._gate = HandshakeGate()
         self._warn = WarnOnce(log)
         self.peers: dict[str, PeerConnection] = {}
@@ -73,7 +89,11 @@ class ConnectionManager:
         self._all: set[PeerConnection] = set()
         self._loop = asyncio.get_running_loop()
         self.table = PeerTable(
-            local().identity.peer_id, rng, lambda peer_id: self._rank(peer_id) > STRANGER
+            local().identity.peer_id,
+            rng,
+            lambda peer_id: self._rank(peer_id) > STRANGER,
+            dial_discovered=not mesh,
+            contact=self._contact,
         )
         self._server: asyncio.Server | None = None
         self._dial_timer: asyncio.TimerHandle | None = None
@@ -135,9 +155,38 @@ class ConnectionManager:
         self.schedule_dials()
 
     def want(self, peer_id: str) -> None:
-        """Dial peer_id now if its address is known and it is not connected (on demand)."""
+        """Dial peer_id now if its address is known and it is not connected (on demand).
+
+        Such a connection is direct (`is_direct`): for a private conversation or a file.
+        """
         if peer_id not in self.peers and self.table.wanted(peer_id, self._loop.time()):
+            if len(self._wanted) < limits.MAX_PEERS:
+                self._wanted.add(peer_id)
             self.schedule_dials()
+
+    def mesh_dial(self, peer_id: str) -> bool:
+        """Dial peer_id for the gossip mesh; return False if no address of it is known."""
+        if peer_id in self.peers:
+            return True
+        if not self.table.wanted(peer_id, self._loop.time()):
+            return self.table.address_of(peer_id) is not None  # in progress already
+        self.schedule_dials()
+        return True
+
+    def is_outbound(self, peer_id: str) -> bool:
+        """Return whether we dialled our connection to peer_id."""
+        conn = self.peers.get(peer_id)
+        return conn is not None and conn.session.initiator
+
+    def is_direct(self, peer_id: str) -> bool:
+        """Return whether our connection to peer_id is direct (not the mesh's to count or close):
+        we dialled it on demand (`want`) or because it is a contact."""
+        conn = self.peers.get(peer_id)
+        if conn is None or not conn.session.initiator:
+            return False
+        if conn.dial_key is not None and self.table.is_manual(conn.dial_key):
+            return False  # `--peer`: the user's way into the network, a mesh connection
+        return peer_id in self._wanted or self._contact(peer_id)
 
     def beacon_heard(self, peer_id: str, host: str, port: int) -> bool:
         """Feed a discovery beacon; return True if it came from a peer we are not connected to."""
@@ -177,7 +226,15 @@ class ConnectionManager:
             level = logging.INFO if dial.expected_peer_id is None else logging.DEBUG
             log.log(level, "dial %s:%d failed: %s", dial.host, dial.port, exc)
             self.table.dial_failed(dial.key, self._loop.time())
+            self._dial_failed(dial.expected_peer_id)
             self.schedule_dials()
+
+    def _dial_failed(self, peer_id: str | None) -> None:
+        if peer_id is None:
+            return
+        self._wanted.discard(peer_id)
+        if self._on_dial_failed is not None and not self._closing:
+            self._on_dial_failed(peer_id)
 
     def _new_connection(
         self, initiator: bool, dial_key: str | None = None, expected: str | None = None
@@ -334,6 +391,7 @@ class ConnectionManager:
             and (peer_id is None or peer_id not in self.peers)
         ):
             self.table.dial_failed(conn.dial_key, now)
+            self._dial_failed(peer_id)
             self.schedule_dials()
 
     def _limbo_expired(self, peer_id: str) -> None:
@@ -350,6 +408,7 @@ class ConnectionManager:
             not closed.by_peer and closed.code == Reason.EVICTED
         )
         self.table.disconnected(peer_id, self._loop.time(), goodbye=goodbye)
+        self._wanted.discard(peer_id)
         self._listener.peer_left(conn, closed)
         self.schedule_dials()
 

@@ -6,7 +6,10 @@ Per joined room, each node keeps a mesh of about D (D_lo..D_hi) connected peers 
 room. A message is pushed eagerly to the mesh; ids of recent messages are announced
 lazily (IHAVE) at each heartbeat to D_lazy other peers of the room, which fetch what they
 lack (IWANT, answered by `MeshServe`). The per-author sequence sync of the replica stays
-the backstop. A peer that tells us IDONTWANT for a message does not get it from us.
+the backstop. A peer that tells us IDONTWANT for a message does not get it from us, and
+(episub choking) a mesh peer whose copies nearly always come second is asked by CHOKE to
+announce instead of pushing, so a node receives eagerly from about three peers.
+Our own messages go to every connected peer of the room (flood publishing).
 
 Each peer has a score (gossipsub v1.1's, simplified: P1 time in mesh, P2 first
 deliveries, P3 mesh delivery deficit and its sticky P3b, P4 invalid messages, P7
@@ -15,8 +18,9 @@ grafted, peers under the gossip threshold get no gossip and their gossip is igno
 graylisted peers are ignored, and below the close threshold the connection is closed.
 
 The mesh also keeps the node's degree: it asks for dials (`MeshDial`) from its
-candidates while a joined room's mesh or the connection count is under D_lo, and
-closes the lowest-scoring connections that are in no mesh above D_hi + a margin.
+candidates while a joined room's mesh or the connection count is under D_lo, refuses
+(PRUNE with peer exchange, then close) an inbound connection beyond D_hi + a margin, and
+closes the lowest-scoring connections that are in no mesh above it.
 Direct connections (`connected(..., mesh=False)`: a conversation, a file) are never
 counted, meshed or closed.
 
@@ -299,6 +303,9 @@ class Mesh:
         p = self._peers.pop(peer, None)
         if p is None:
             return []
+        for mid in p.promises:
+            # It will not deliver what we asked of it: the next IHAVE may ask someone else.
+            self._wanted.pop(mid, None)
         for room in p.rooms:
             peers = self._room_peers.get(room)
             if peers is not None:
@@ -493,14 +500,16 @@ class Mesh:
         p = self._peers.get(peer)
         if p is None or p.closing:
             return []
+        if type(frame) is m.IDontWant:
+            # The most frequent frame, first and without a score: honouring it costs bounded
+            # memory and only spares the sender copies, whoever it is.
+            self._on_idontwant(p, frame)
+            return []
         if self.score(peer, now) < self.params.graylist_threshold:
             # Graylisted: ignored, and talking on regardless is abuse (else a flood that
             # got it graylisted would park its score above the close threshold for good).
             p.penalty += 1.0
             return self._maybe_close(peer, p, now)
-        if isinstance(frame, m.IDontWant):
-            self._on_idontwant(p, frame)
-            return []
         if isinstance(frame, m.IHave):
             out = self._on_ihave(peer, p, frame, now)
         elif isinstance(frame, m.IWant):
@@ -661,9 +670,14 @@ class Mesh:
         members = self._mesh[room]
         if peer in members:
             return []
-        if not p.meshed or room not in p.rooms:
-            # A direct connection, or a peer that has not said it holds the room.
-            return [MeshSend(peer, m.Prune(room=room))]
+        if not p.meshed:
+            return [MeshSend(peer, m.Prune(room=room))]  # a direct connection: never meshed
+        if room not in p.rooms:
+            # Its Rooms frame (checked by the adapter, e.g. a private room's key check value)
+            # has not named the room yet, perhaps still on its way: it may try again soon.
+            return [
+                MeshSend(peer, m.Prune(room=room, backoff_s=limits.MESH_UNKNOWN_ROOM_BACKOFF_S))
+            ]
         backoff = self._backoff.get((peer, room))
         if backoff is not None and now < backoff[0]:
             # gossipsub v1.1: a GRAFT in backoff costs P7, twice if right after the PRUNE.

@@ -10,6 +10,10 @@ hello). The table turns these into dial decisions:
 - a peer heard in a beacon is dialled at once by the side with the lower peer
   id; the other side waits DIAL_YIELD_S first, so a simultaneous dial is rare
   (and harmless: the connection manager keeps one connection per pair);
+- with `dial_discovered=False` (the gossip mesh decides whom to dial, docs/mesh.md)
+  a beacon only records the address: a discovered peer is dialled when `wanted`
+  (a mesh dial, a private conversation, a file) or when it is a contact
+  (`contact(peer_id)`), and a lost or failed dial of it is not retried by the table;
 - failed or lost connections are retried after an exponential back-off with
   jitter, capped at RECONNECT_CAP_S;
 - a peer that said goodbye is forgotten until it beacons again (manual
@@ -77,12 +81,18 @@ class PeerTable:
         own_peer_id: str,
         rng: random.Random,
         known: Callable[[str], bool] | None = None,
+        *,
+        dial_discovered: bool = True,
+        contact: Callable[[str], bool] | None = None,
     ) -> None:
         """`known(peer_id)`: a peer we were connected to before (in an earlier run too);
-        a beacon naming it is no stranger's."""
+        a beacon naming it is no stranger's. `dial_discovered=False`: beacons do not make
+        us dial (the mesh does, through `wanted`), except peers for which `contact` is true."""
         self.own_peer_id = own_peer_id
         self._rng = rng
         self._known = known or (lambda _peer_id: False)
+        self.dial_discovered = dial_discovered
+        self._contact = contact or (lambda _peer_id: False)
         self._entries: dict[str, Entry] = {}
         #: Token bucket pacing first dials of strangers (beacon floods make us dial anyone).
         self._dial_tokens = limits.NEW_DIALS_BURST
@@ -118,7 +128,7 @@ class PeerTable:
             entry.host, entry.port = host, port
         if entry.connected:
             return False
-        if entry.next_attempt is None:
+        if entry.next_attempt is None and self._auto(entry):
             first = peer_id > self.own_peer_id
             entry.next_attempt = now if first else now + limits.DIAL_YIELD_S
         return True
@@ -140,7 +150,11 @@ class PeerTable:
             entry.dialing = False
             # The proven address failed: a beacon may tell us where the peer went.
             entry.proven = False
-            self._back_off(entry, now)
+            if self._auto(entry):
+                self._back_off(entry, now)
+            else:  # whoever wanted it asks again (the mesh picks another candidate meanwhile)
+                entry.next_attempt = None
+                entry.failures = min(entry.failures + 1, limits.MAX_BACKOFF_STEPS)
 
     def connected(
         self, peer_id: str, host: str, listen_port: int, now: float, dial_key: str | None = None
@@ -179,7 +193,10 @@ class PeerTable:
                 entry.last_seen = now
                 if stable:
                     entry.failures = 0
-                self._back_off(entry, now)
+                if self._auto(entry):
+                    self._back_off(entry, now)
+                else:
+                    entry.next_attempt = None
         for other in manual:
             if stable:
                 other.failures = 0
@@ -246,6 +263,12 @@ class PeerTable:
         return None if entry is None else (entry.host, entry.port)
 
     # --- internals ------------------------------------------------------
+
+    def _auto(self, entry: Entry) -> bool:
+        """Return whether the table itself dials entry (from beacons) and redials it when lost."""
+        if self.dial_discovered or entry.manual:
+            return True
+        return entry.peer_id is not None and self._contact(entry.peer_id)
 
     def _is_connected(self, peer_id: str) -> bool:
         entry = self._entries.get(peer_id)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,6 +32,7 @@ from typing import Protocol
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.protocol import messages as m
+from chinwag.protocol.kinds import RoomKind, kind_of_wire
 from chinwag.protocol.mesh import Mesh, MeshClose, MeshDial, MeshSend, MeshServe
 from chinwag.protocol.reasons import Reason
 from chinwag.protocol.sync import PushRange, SyncState
@@ -247,6 +249,8 @@ class Replica:
         # push does not resend what is still in flight.
         self.sent: dict[tuple[str, str, str], int] = {}
         self.vector_sent: dict[tuple[str, str], float] = {}
+        #: Connected peer -> when its connection opened.
+        self.opened: dict[str, float] = {}
         self.dirty_rooms: set[str] = set()
         self.gaps: dict[tuple[str, str], tuple[int, int]] = {}
         # Times the current gap of (room, author) was asked for (we give up at GAP_MAX_ASKS).
@@ -350,6 +354,7 @@ class Replica:
 
     def peer_opened(self, peer: str, now: float) -> list[Action]:
         """A peer connected: send it our vector of every room it may hear."""
+        self.opened[peer] = now
         out: list[Action] = []
         for room in self.view.rooms():
             dm = self.view.dm_peer(room)
@@ -361,6 +366,7 @@ class Replica:
 
     def peer_closed(self, peer: str) -> None:
         """A peer left: forget its budgets, claims and what its connection carried."""
+        self.opened.pop(peer, None)
         self._sync_budget.pop(peer, None)
         self._want_budget.pop(peer, None)
         self._store_budget.pop(peer, None)
@@ -418,12 +424,14 @@ class Replica:
         relay = live and len(self.view.peers()) > 1
         return relay, author != via or relay or private
 
-    def pass_on(self, chat: m.Chat, via: str, author: str) -> list[Action]:
+    def pass_on(self, chat: m.Chat, via: str, author: str, room: str = "") -> list[Action]:
         """A live message of a room we do not hold: pass it on for those who hold it.
 
-        With a router only members carry a room: nothing is passed on.
+        With a router only members carry a room: nothing is passed on, except a private
+        conversation's message (once: the adapter's seen set), whose two parties may have
+        no direct path (two LAN segments joined by us): it is sealed, we cannot read it.
         """
-        if self.router is not None:
+        if self.router is not None and kind_of_wire(room) is not RoomKind.DM:
             return []
         return [Flood(chat, frozenset({via, author}))]
 
@@ -520,7 +528,9 @@ class Replica:
         if via is None:
             if dm is not None:
                 if dm not in self.view.peers():
-                    return []
+                    # No direct connection (yet): relays pass it on (pass_on); sync over a
+                    # direct connection delivers it otherwise.
+                    return [Flood(chat)]
                 self._note_sent((dm,), room, author, seq)
                 return [Send(dm, chat)]
             targets = router.publish(room, (room, author, seq), now)
@@ -629,7 +639,10 @@ class Replica:
             behind = False  # the common case in a quiet room: nothing to push or ask
         else:
             plan = self.sync.push_plan(room, frame.have)
-            if plan and self.router is not None:
+            # Only a peer connected for a while can have those in flight through the mesh: one
+            # that just (re)connected missed them, and the next vector may be SYNC_INTERVAL_S away.
+            settled = now - self.opened.get(peer, -math.inf) >= limits.MESH_IN_FLIGHT_S
+            if plan and self.router is not None and settled:
                 plan = self._not_in_flight(self.router, room, plan, now)
             if plan:
                 out.append(Push(peer, room, plan))

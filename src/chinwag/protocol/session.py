@@ -61,7 +61,7 @@ class HandshakeComplete:
 class FrameReceived:
     """The peer sent a frame for the layer above (chat, nick change, sync, files)."""
 
-    frame: m.Chat | m.NickChange | m.SyncFrame | m.FileFrame
+    frame: m.Chat | m.NickChange | m.SyncFrame | m.MeshFrame | m.FileFrame
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +361,9 @@ class Session:
         )
 
     def _handle_frame(self, frame: m.Frame | m.UnknownFrame) -> None:
-        if isinstance(frame, m.Chat | m.Vector | m.Want | m.Floor | m.Rooms | m.FileFrame):
+        if isinstance(
+            frame, m.Chat | m.Vector | m.Want | m.Floor | m.Rooms | m.MeshFrame | m.FileFrame
+        ):
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Ping):
             if self.state is State.OPEN:
@@ -379,8 +381,6 @@ class Session:
             # The reason is the peer's text: keep it only if it is a plain code.
             reason = frame.reason if is_valid_name(frame.reason) else Reason.BYE
             self._finish(f"peer said goodbye ({reason})", reason, by_peer=True)
-        elif isinstance(frame, m.MeshFrame):
-            pass  # known, but not routed to the mesh yet (issue 16: the node's wiring does it)
         else:
             self._events.append(UnknownFrameIgnored(frame.tag))
 
