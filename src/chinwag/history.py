@@ -330,7 +330,7 @@ class History:
             self._seen.add(msg.id)
             if relay:
                 chat = m.Chat(body=msg.raw_body, sig=msg.sig)
-                self._run(self.replica.pass_on(chat, from_id, author))
+                self._run(self.replica.pass_on(chat, from_id, author, body.room))
             return
         text = self.book.plaintext(room, msg)
         if text is None or not self.book.remember(room):

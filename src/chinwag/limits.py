@@ -541,7 +541,7 @@ MESH_MAX_CANDIDATES = 512
 #: Dials asked per heartbeat (a slow ramp: no dial storm when a node joins a big room).
 MESH_MAX_DIALS_PER_HEARTBEAT = 4
 #: Connections kept beyond D_HI (churn slack) before the lowest-scoring non-mesh ones are closed.
-MESH_CONN_MARGIN = 2
+MESH_CONN_MARGIN = 0
 #: Rooms of one peer the mesh tracks (its Rooms frame is bounded by MAX_ROOMS too).
 MESH_MAX_PEER_ROOMS = 256
 #: Backoff entries (peer, room) remembered; oldest dropped (stops PRUNE floods growing memory).
@@ -570,3 +570,6 @@ MESH_VECTOR_DELAY_S = 2.0
 #: Seconds after we saw a message live during which a vector-triggered push skips it: the
 #: mesh most likely has it in flight to that peer (a push would only duplicate it).
 MESH_IN_FLIGHT_S = 2.0
+#: Seconds of backoff in the PRUNE answering a GRAFT for a room the peer's Rooms frame has not
+#: named (yet): short, the frame may still be on its way.
+MESH_UNKNOWN_ROOM_BACKOFF_S = 1

@@ -100,7 +100,7 @@ def test_join_grafts_d_peers_and_a_new_room_peer_is_grafted_at_once_while_under_
 
 
 def test_graft_is_accepted_until_d_hi_then_answered_by_prune_with_backoff_and_px() -> None:
-    node = Node()
+    node = Node(params=MeshParams(conn_margin=4))  # room for a 13th inbound connection
     node.mesh.join(ROOM, 0.0)
     ps = peers(limits.MESH_D_HI + 1)
     node.connect(*ps)
@@ -472,6 +472,7 @@ _op = st.one_of(
     st.tuples(st.just("msg"), st.integers(1, 30), st.booleans()),
     st.tuples(st.just("invalid"), st.integers(1, 30), st.booleans()),
     st.tuples(st.just("choke"), st.integers(1, 30), st.booleans()),
+    st.tuples(st.just("rejoin"), st.integers(1, 30), st.booleans()),
     st.tuples(st.just("beat"), st.integers(1, 30), st.booleans()),
 )
 
@@ -509,6 +510,10 @@ def test_any_churn_keeps_the_mesh_within_bounds_and_never_raises(
             assert set(targets) <= mesh.mesh_peers(ROOM)
         elif op == "invalid":
             mesh.invalid(p, t)
+        elif op == "rejoin":  # leave and join again (or another room, briefly)
+            mesh.leave(ROOM if flag else "other", t)
+            mesh.join(ROOM, t)
+            mesh.join("other", t)
         elif op == "choke":
             mesh.frame(p, m.Choke(room=ROOM) if flag else m.Unchoke(room=ROOM), t)
         else:
@@ -736,3 +741,90 @@ def test_an_inbound_connection_beyond_the_limit_gets_peer_exchange_and_a_close()
     assert isinstance(prune, m.Prune) and prune.px and set(prune.px) <= set(ps)
     assert out[-1] == MeshClose(late, Reason.MESH_FULL)
     assert node.mesh.score(late, 1.0) >= 0  # no blame: just full
+
+
+def test_dials_never_aim_past_d_hi_connections() -> None:
+    node = Node()
+    node.mesh.join(ROOM, 0.0)
+    node.connect(*peers(limits.MESH_D_HI - 2), rooms=("other",))  # connected, none in the room
+    for p in peers(20, start=200):
+        node.mesh.candidate(p, 0.0)
+    dials = [a for a in node.beat() if isinstance(a, MeshDial)]
+    assert len(dials) == 2  # the mesh is empty, but 2 more reach D_hi
+
+
+def test_what_was_asked_of_a_peer_that_leaves_may_be_asked_of_another_at_once() -> None:
+    node, lazy = _lazy_setup()
+    other = sorted(node.mesh.mesh_peers(ROOM))[0]
+    ids = [(AUTHOR, 1)]
+    assert sends(node.mesh.frame(lazy, m.IHave(room=ROOM, ids=ids), 0.5), m.IWant)
+    assert node.mesh.frame(other, m.IHave(room=ROOM, ids=ids), 0.6) == []  # asked already
+    node.mesh.disconnected(lazy, 0.7)
+    assert sends(node.mesh.frame(other, m.IHave(room=ROOM, ids=ids), 0.8), m.IWant)
+
+
+def test_a_graft_before_the_peers_rooms_frame_is_refused_with_a_short_backoff() -> None:
+    node = Node()
+    node.mesh.join(ROOM, 0.0)
+    a = pid(1)
+    node.mesh.connected(a, 0.0)
+    (prune,) = sends(node.mesh.frame(a, m.Graft(room=ROOM), 0.0), m.Prune).values()
+    assert prune == m.Prune(room=ROOM, backoff_s=limits.MESH_UNKNOWN_ROOM_BACKOFF_S)
+    assert node.mesh.score(a, 0.0) == 0  # no blame
+    node.mesh.peer_rooms(a, [ROOM], 0.1)  # its Rooms frame arrives: grafted (mesh under D_lo)
+    assert a in node.mesh.mesh_peers(ROOM)
+    # A direct connection is never meshed.
+    d = pid(2)
+    node.mesh.connected(d, 0.0, mesh=False)
+    node.mesh.peer_rooms(d, [ROOM], 0.0)
+    assert sends(node.mesh.frame(d, m.Graft(room=ROOM), 0.0), m.Prune)
+    assert d not in node.mesh.mesh_peers(ROOM)
+
+
+def test_only_ids_of_the_windows_announced_to_a_peer_are_served() -> None:
+    node, lazy = _lazy_setup()
+    sender = sorted(node.mesh.mesh_peers(ROOM))[0]
+    old, new = (ROOM, AUTHOR, 1), (ROOM, AUTHOR, 2)
+    node.held.update((old, new))
+    node.mesh.received(sender, ROOM, old, True, 0.1)
+    assert lazy in sends(node.beat(), m.IHave)  # announces old
+    node.mesh.received(sender, ROOM, new, True, node.now + 0.1)  # after that IHAVE
+    out = node.mesh.frame(lazy, m.IWant(room=ROOM, ids=[(AUTHOR, 1), (AUTHOR, 2)]), node.now)
+    assert out == [MeshServe(lazy, [old])]
+    assert node.mesh._peers[lazy].penalty == 1.0
+    # Once the announced window left the history, nothing of it is served either.
+    node.beat(limits.MESH_HISTORY_LEN + 1)
+    node.mesh._peers[lazy].penalty = 0.0
+    assert node.mesh.frame(lazy, m.IWant(room=ROOM, ids=[(AUTHOR, 1)]), node.now) == []
+
+
+def test_an_idontwant_is_forgotten_at_the_heartbeat_once_the_message_was_seen() -> None:
+    node = Node()
+    a, b = pid(1), pid(2)
+    node.connect(a, b)
+    node.mesh.join(ROOM, 0.0)
+    node.mesh.frame(a, m.IDontWant(room=ROOM, ids=[(AUTHOR, 1), (AUTHOR, 2)]), 0.0)
+    node.mesh.received(b, ROOM, (ROOM, AUTHOR, 1), True, 0.1)
+    node.beat()
+    assert list(node.mesh._peers[a].dontwant) == [(ROOM, AUTHOR, 2)]  # 2 may still come
+    targets, _ = node.mesh.received(b, ROOM, (ROOM, AUTHOR, 2), True, node.now)
+    assert a not in targets
+
+
+def test_a_listener_is_not_pruned_for_not_forwarding_our_own_messages() -> None:
+    """Two nodes, only we talk (the two-node fast path, a lecture): the peer cannot deliver
+    our own messages back to us, so they must not raise its delivery quota (P3); it stays
+    in our mesh and keeps getting every message pushed."""
+    node = Node()
+    node.mesh.join(ROOM, node.now)
+    (peer,) = peers(1)
+    node.connect(peer)
+    assert node.mesh.mesh_peers(ROOM) == {peer}
+    seq = 0
+    for _ in range(60):  # a minute at 50 messages a second
+        for _ in range(50):
+            seq += 1
+            assert node.mesh.publish(ROOM, (ROOM, ME, seq), node.now) == [peer]
+        node.beat(1.0)
+    assert node.mesh.score(peer, node.now) >= 0
+    assert node.mesh.mesh_peers(ROOM) == {peer}

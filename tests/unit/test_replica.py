@@ -205,7 +205,10 @@ def test_with_a_router_messages_go_to_the_mesh_targets_not_to_everyone() -> None
     assert r.committed(CHAT, ROOM, author, 2, sender, False, lambda: True, 1.0) == []
     assert r.committed(CHAT, ROOM, author, 3, sender, True, lambda: False, 1.0) == []
     # A room we do not hold is not passed on (only members carry a room).
-    assert r.pass_on(CHAT, sender, author) == []
+    assert r.pass_on(CHAT, sender, author, ROOM) == []
+    # But a conversation of others is (its parties may have no other path; it is sealed).
+    dm_room = "dm." + "x" * 40
+    assert r.pass_on(CHAT, sender, author, dm_room) == [rp.Flood(CHAT, frozenset({sender, author}))]
     # A duplicate is scored by the mesh, nothing is sent.
     assert r.heard_again(targets[3], ROOM, author, 1, 1.1) == []
     assert mesh._peers[targets[3]].stats[ROOM].deliveries == 1.0
@@ -215,8 +218,9 @@ def test_with_a_router_a_conversation_goes_only_to_its_other_party() -> None:
     r, _mesh = _meshed(BOB, CAROL)
     assert r.committed(CHAT, "dm", ME, 1, None, True, bool, 1.0) == [rp.Send(BOB, CHAT)]
     assert r.committed(CHAT, "dm", BOB, 1, BOB, True, lambda: True, 1.0) == []  # for us: kept
+    # Its party not connected: relays pass it on (pass_on); sync brings it over a direct one.
     away, _ = _meshed(CAROL)
-    assert away.committed(CHAT, "dm", ME, 1, None, True, bool, 1.0) == []  # sync brings it later
+    assert away.committed(CHAT, "dm", ME, 1, None, True, bool, 1.0) == [rp.Flood(CHAT)]
 
 
 def test_with_a_router_the_vector_waits_for_the_mesh() -> None:

@@ -32,6 +32,7 @@ from typing import Protocol
 from chinwag import events as ev
 from chinwag import limits
 from chinwag.protocol import messages as m
+from chinwag.protocol.kinds import RoomKind, kind_of_wire
 from chinwag.protocol.mesh import Mesh, MeshClose, MeshDial, MeshSend, MeshServe
 from chinwag.protocol.reasons import Reason
 from chinwag.protocol.sync import PushRange, SyncState
@@ -423,12 +424,14 @@ class Replica:
         relay = live and len(self.view.peers()) > 1
         return relay, author != via or relay or private
 
-    def pass_on(self, chat: m.Chat, via: str, author: str) -> list[Action]:
+    def pass_on(self, chat: m.Chat, via: str, author: str, room: str = "") -> list[Action]:
         """A live message of a room we do not hold: pass it on for those who hold it.
 
-        With a router only members carry a room: nothing is passed on.
+        With a router only members carry a room: nothing is passed on, except a private
+        conversation's message (once: the adapter's seen set), whose two parties may have
+        no direct path (two LAN segments joined by us): it is sealed, we cannot read it.
         """
-        if self.router is not None:
+        if self.router is not None and kind_of_wire(room) is not RoomKind.DM:
             return []
         return [Flood(chat, frozenset({via, author}))]
 
@@ -525,7 +528,9 @@ class Replica:
         if via is None:
             if dm is not None:
                 if dm not in self.view.peers():
-                    return []
+                    # No direct connection (yet): relays pass it on (pass_on); sync over a
+                    # direct connection delivers it otherwise.
+                    return [Flood(chat)]
                 self._note_sent((dm,), room, author, seq)
                 return [Send(dm, chat)]
             targets = router.publish(room, (room, author, seq), now)
@@ -607,10 +612,10 @@ class Replica:
         # In memory the latest vector replaces the last (bounded by MAX_VECTOR_AUTHORS);
         # saved are only authors we track, so peer-chosen keys cannot grow the store.
         tracked = self.sync.rooms.get(room, {})
+        # Only entries that differ from its last vector can be changes (a set difference, in C:
+        # a busy room's vectors come often and differ in few entries).
         changed = {
-            a: h
-            for a, h in frame.have.items()
-            if (a in tracked or a == self.me) and old.get(a) != h
+            a: h for a, h in frame.have.items() - old.items() if a in tracked or a == self.me
         }
         first = peer not in vectors
         if first and len(vectors) >= limits.MAX_RECEIPT_PEERS_PER_ROOM:
@@ -629,16 +634,19 @@ class Replica:
         if self.timers.unsure is not None:
             self._own_claims[room] = max(self._own_claims.get(room, 0), after)
             out += self._maybe_settle(room)
-        plan = self.sync.push_plan(room, frame.have)
-        # Only a peer connected for a while can have those in flight through the mesh: one
-        # that just (re)connected missed them, and the next vector may be SYNC_INTERVAL_S away.
-        settled = now - self.opened.get(peer, -math.inf) >= limits.MESH_IN_FLIGHT_S
-        if plan and self.router is not None and settled:
-            plan = self._not_in_flight(self.router, room, plan, now)
-        if plan:
-            out.append(Push(peer, room, plan))
-        mine = self.sync.rooms.get(room, {})
-        behind = any(h > (mine[a].have if a in mine else 0) for a, h in frame.have.items())
+        mine = self.sync.vector(room)
+        if frame.have == mine:
+            behind = False  # the common case in a quiet room: nothing to push or ask
+        else:
+            plan = self.sync.push_plan(room, frame.have)
+            # Only a peer connected for a while can have those in flight through the mesh: one
+            # that just (re)connected missed them, and the next vector may be SYNC_INTERVAL_S away.
+            settled = now - self.opened.get(peer, -math.inf) >= limits.MESH_IN_FLIGHT_S
+            if plan and self.router is not None and settled:
+                plan = self._not_in_flight(self.router, room, plan, now)
+            if plan:
+                out.append(Push(peer, room, plan))
+            behind = any(h > mine.get(a, 0) for a, h in frame.have.items() - mine.items())
         if behind and now - self.vector_sent.get((peer, room), -1e9) >= limits.VECTOR_REPLY_GAP_S:
             # The peer holds what we lack but only pushes on seeing our vector.
             self.vector_sent[(peer, room)] = now

@@ -81,12 +81,16 @@ class SyncState:
         self._orphans_by: dict[tuple[str, str], int] = {}
         #: source -> (room, author) it holds a floor claim for (to forget it when it leaves).
         self._claims_by: dict[str, set[tuple[str, str]]] = {}
+        #: room -> our vector, rebuilt after a change (vectors are compared and sent far
+        #: more often than they change in a busy room; see `vector`).
+        self._vectors: dict[str, dict[str, int]] = {}
 
     def author(self, room: str, author: str) -> AuthorState:
         return self.rooms.setdefault(room, {}).setdefault(author, AuthorState())
 
     def load(self, room: str, author: str, base: int, seqs: list[int]) -> None:
         """Initialise one author's state from the seqs held (any order)."""
+        self._vectors.pop(room, None)
         state = self.author(room, author)
         state.base = max(1, base)
         state.have = state.base - 1
@@ -95,6 +99,7 @@ class SyncState:
 
     def load_contiguous(self, room: str, author: str, base: int, top: int) -> None:
         """Initialise one author whose seqs base..top are all held."""
+        self._vectors.pop(room, None)
         state = self.author(room, author)
         state.base, state.have, state.above = max(1, base), top, set()
 
@@ -109,6 +114,7 @@ class SyncState:
 
         A remembered floor claim at exactly seq takes effect now that we hold seq.
         """
+        self._vectors.pop(room, None)
         state = self.author(room, author)
         applied = None
         if state.claims and seq in state.claims.values():
@@ -131,6 +137,7 @@ class SyncState:
 
     def forget(self, room: str, author: str, seq: int) -> None:
         """Record that (room, author, seq) is no longer stored (a forgery was deleted)."""
+        self._vectors.pop(room, None)
         state = self.rooms.get(room, {}).get(author)
         if state is None:
             return
@@ -190,6 +197,7 @@ class SyncState:
 
         Trusted input only (our own store); a peer's floor goes through offer_floor.
         """
+        self._vectors.pop(room, None)
         state = self.author(room, author)
         if floor <= state.have + 1:
             return False
@@ -208,6 +216,7 @@ class SyncState:
         if floor <= state.have + 1:
             return None
         if floor in state.above:
+            self._vectors.pop(room, None)
             self._apply_floor(state, floor)
             self._drop_claims(room, author, state, floor)
             self._unorphan(room, author)
@@ -241,13 +250,25 @@ class SyncState:
                     sources.discard((room, author))
 
     def vector(self, room: str) -> dict[str, int]:
-        """Return our vector for room."""
-        return {a: s.have for a, s in self.rooms.get(room, {}).items() if s.have > 0}
+        """Return our vector for room (shared until the next change: callers must not modify it)."""
+        vector = self._vectors.get(room)
+        if vector is None:
+            vector = {a: s.have for a, s in self.rooms.get(room, {}).items() if s.have > 0}
+            self._vectors[room] = vector
+        return vector
 
     def push_plan(self, room: str, peer_have: dict[str, int]) -> list[PushRange]:
         """Return what to send a peer whose vector for room is peer_have."""
+        states = self.rooms.get(room)
+        if not states:
+            return []
+        # Only authors whose entry differs from the peer's can be ahead: a set difference (in C)
+        # finds them, as a busy room's vectors come often and differ in an entry or two.
+        ahead = self.vector(room).items() - peer_have.items()
+        authors = [a for a, _ in ahead] if len(ahead) <= 1 else list(states)  # room order
         plan = []
-        for author, state in self.rooms.get(room, {}).items():
+        for author in authors:
+            state = states[author]
             theirs = peer_have.get(author, 0)
             if state.have <= theirs:
                 continue
