@@ -16,6 +16,7 @@ from it_support import (
     PROMPT_S,
     ChinwagProcess,
     NodeFactory,
+    ask,
     chat_works,
     connected,
     count,
@@ -46,6 +47,12 @@ async def test_line_delivers_both_ways_through_the_middle(node: NodeFactory) -> 
         await chat_works(z, y, x, text=f"z {i}")
         await chat_works(x, y, z, text=f"x {i}")
     assert x.peer_id not in z.connected_peers() and z.peer_id not in x.connected_peers()
+    # Live through y's mesh (a history push would not count as heard live through y).
+    for near, far in ((x, z), (z, x)):
+        listing = await ask(near, {"cmd": "peers"}, "peers")
+        assert [(r["peer_id"], r["via"]) for r in listing["relayed"]] == [
+            (far.peer_id, y.peer_id)
+        ], listing
     for n in (x, y, z):
         assert count(n, "message", id=from_z["id"]) == 1, n.nick
         assert count(n, "message", id=from_x["id"]) == 1, n.nick
