@@ -16,6 +16,7 @@ from it_support import (
     PROMPT_S,
     ChinwagProcess,
     NodeFactory,
+    ask,
     chat_works,
     connected,
     count,
@@ -46,6 +47,12 @@ async def test_line_delivers_both_ways_through_the_middle(node: NodeFactory) -> 
         await chat_works(z, y, x, text=f"z {i}")
         await chat_works(x, y, z, text=f"x {i}")
     assert x.peer_id not in z.connected_peers() and z.peer_id not in x.connected_peers()
+    # Live through y's mesh (a history push would not count as heard live through y).
+    for near, far in ((x, z), (z, x)):
+        listing = await ask(near, {"cmd": "peers"}, "peers")
+        assert [(r["peer_id"], r["via"]) for r in listing["relayed"]] == [
+            (far.peer_id, y.peer_id)
+        ], listing
     for n in (x, y, z):
         assert count(n, "message", id=from_z["id"]) == 1, n.nick
         assert count(n, "message", id=from_x["id"]) == 1, n.nick
@@ -53,11 +60,17 @@ async def test_line_delivers_both_ways_through_the_middle(node: NodeFactory) -> 
         assert len(texts) == len(set(texts)) == 12, (n.nick, texts)
 
 
+def logged(node: ChinwagProcess, text: str) -> int:
+    """How many lines of node's log contain text."""
+    return sum(text in line for line in node.stderr_path.read_text(errors="replace").splitlines())
+
+
 async def _abuse(
-    node: NodeFactory, frames: Callable[[HostilePeer, int], list[m.Frame]]
+    node: NodeFactory, frames: Callable[[HostilePeer, int], list[m.Frame]], logs: str
 ) -> tuple[ChinwagProcess, ChinwagProcess, HostilePeer]:
     """A node a with an honest peer b and a hostile peer that sends frames(h, round) every
-    50 ms until a closes it; return them (the hostile one closed)."""
+    50 ms until a closes it; return them (the hostile one closed). The abuse (a line
+    containing logs) and the close are each logged once."""
     a = node("a", discovery=False)
     await a.start()
     b = node("b", "--peer", f"127.0.0.1:{a.port}", discovery=False)
@@ -81,6 +94,8 @@ async def _abuse(
     await chat_works(a, b, text="still here")
     await chat_works(b, a, text="still here too")
     assert not stderr_has_traceback(a)
+    assert logged(a, f"mesh: {h.peer_id[:8]} {logs}") == 1, a.stderr_tail()
+    assert logged(a, f"mesh: closing {h.peer_id[:8]}") == 1, a.stderr_tail()
     return a, b, h
 
 
@@ -95,7 +110,7 @@ async def test_iwant_for_never_announced_ids_closes(node: NodeFactory) -> None:
     def frames(h: HostilePeer, rnd: int) -> list[m.Frame]:
         return [m.IWant(room=DEFAULT_ROOM, ids=_ids(h, rnd, limits.MESH_MAX_IWANT_IDS))]
 
-    _a, _b, h = await _abuse(node, frames)
+    _a, _b, h = await _abuse(node, frames, "asks by IWANT for ids never announced")
     served = [f for f in h.frames if isinstance(f, m.Chat)]
     assert served == [], "the node served ids it never announced"
 
@@ -109,7 +124,7 @@ async def test_ihave_flood_closes(node: NodeFactory) -> None:
             for k in range(20)
         ]
 
-    _a, _b, h = await _abuse(node, frames)
+    _a, _b, h = await _abuse(node, frames, "floods IHAVE")
     # What it asked for is bounded per heartbeat, however many ids were announced.
     asked = sum(len(f.ids) for f in h.frames if isinstance(f, m.IWant))
     beats = CLOSE_S / limits.MESH_HEARTBEAT_S + 1
@@ -124,4 +139,4 @@ async def test_graft_storm_closes(node: NodeFactory) -> None:
             m.Graft(room=DEFAULT_ROOM)
         ]
 
-    await _abuse(node, frames)
+    await _abuse(node, frames, "grafts general during its backoff")
