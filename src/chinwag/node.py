@@ -882,8 +882,8 @@ class Node:
         that no connected peer is in: only members carry a room's messages, so these members
         are our only way into it (e.g. a private room whose other members are beyond a peer)."""
         run = self._run
-        if run is None:
-            return
+        if run is None or not self.config.mesh:
+            return  # without the mesh every peer floods every room: nobody to offer
         book, manager = run.book, run.manager
         lonely = {
             (r.wire, r.kcv)

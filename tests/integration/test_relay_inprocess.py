@@ -68,6 +68,10 @@ async def make(tmp_path: Path) -> AsyncIterator[Maker]:
 
     def factory(name: str, **config: object) -> Made:
         node = loopback_node(tmp_path / name, name)
+        # Every address is reachable on loopback: with the gossip mesh, a peer known from its
+        # presence record would be dialled directly, and no path would stay relayed. These
+        # tests are about relayed paths (the NAT lab, tests/lab, runs them with the mesh on).
+        node.config.mesh = False
         for key, value in config.items():
             setattr(node.config, key, value)
         m = Made(node)
