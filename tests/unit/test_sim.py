@@ -133,3 +133,42 @@ def test_bad_flags_give_a_clear_argparse_error(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "usage:" in err and complaint in err
+
+
+def test_loss_churn_partition_and_freeloaders_still_deliver_everything() -> None:
+    """The world's faults (retransmitted loss, churn, a healed partition) end with all held."""
+    params = Params(
+        nodes=120,
+        messages=30,
+        loss=0.05,
+        churn=0.1,
+        churn_down_s=3.0,
+        non_forwarding=0.2,
+        partition_s=4.0,
+        seed=11,
+    )
+    sim = Sim(params)
+    figures = sim.run()
+    assert figures["delivery_ratio"] == 1.0
+    assert sim.closes > 0  # churn and the partition did cut connections
+    assert all(node.up for node in sim.nodes)  # every churned node came back
+    assert sum(1 for node in sim.nodes if not node.forwards) == 24
+
+
+def test_a_freeloader_relays_nothing_live(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-forwarding node's adapter drops the mesh's forward targets (own messages go out)."""
+    relayed_by: list[int] = []
+    real = Sim._forward
+
+    def spy(self: Sim, node: Any, k: int, peers: Any) -> None:
+        if self.msg_author[k] != node.idx:
+            relayed_by.append(node.idx)
+        real(self, node, k, peers)
+
+    monkeypatch.setattr(Sim, "_forward", spy)
+    sim = Sim(Params(nodes=100, messages=20, non_forwarding=0.3, seed=5))
+    figures = sim.run()
+    freeloaders = {node.idx for node in sim.nodes if not node.forwards}
+    assert len(freeloaders) == 30
+    assert relayed_by and not freeloaders & set(relayed_by)
+    assert figures["delivery_ratio"] == 1.0

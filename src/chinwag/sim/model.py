@@ -479,9 +479,9 @@ class Sim:
         if self._published < len(self.publish_ticks):
             self._at(max(self.tick, self.publish_ticks[self._published]), (E_PUBLISH,))
         ups = [a for a in self.authors if self.nodes[a].up]
-        author = self.nodes[self.rng.choice(ups) if ups else self.authors[0]]
-        if not author.up:
-            self._boot(author, random.Random(self.p.seed * 1_000_003 + author.idx + self.tick))
+        if not ups:  # every author is away: another node that is up speaks
+            ups = [node.idx for node in self.nodes if node.up]
+        author = self.nodes[self.rng.choice(ups)]
         seq = author.replica.next_seq(ROOM)
         body = b"%d:%s:" % (k, author.name.encode()) + b"x" * self.p.size
         chat = m.Chat(body=body, sig=bytes(64))
