@@ -82,3 +82,21 @@ async def test_beacons_feed_the_mesh_and_only_a_new_peer_is_answered(
             assert history.mesh is None
     finally:
         await node.stop()
+
+
+async def test_a_private_message_to_a_peer_not_connected_dials_it(tmp_path: Path) -> None:
+    """A conversation goes over a direct connection: /msg to a peer we are not connected
+    to asks the connection manager for it (the outbox holds the message meanwhile)."""
+    from chinwag.crypto.identity import Identity
+
+    node = Node(config(tmp_path))
+    await node.start()
+    try:
+        other = Identity.generate().peer_id
+        wanted: list[str] = []
+        node._running().manager.want = wanted.append  # type: ignore[method-assign]
+        event = await node.dm(other, "hello")
+        assert event.text == "hello"  # type: ignore[union-attr]
+        assert wanted == [other]
+    finally:
+        await node.stop()
