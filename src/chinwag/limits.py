@@ -573,3 +573,11 @@ MESH_IN_FLIGHT_S = 2.0
 #: Seconds of backoff in the PRUNE answering a GRAFT for a room the peer's Rooms frame has not
 #: named (yet): short, the frame may still be on its way.
 MESH_UNKNOWN_ROOM_BACKOFF_S = 1
+
+# --- mesh-wire: discovery with the gossip mesh (node.py) ------------------------------------
+
+#: Seconds a discovered, unconnected peer must have been silent before its beacon is
+#: answered at once again (with the mesh most peers heard stay unconnected: answering
+#: each of their beacons would make every beacon of a big LAN draw an answer from
+#: nearly every host). Two beacon intervals: a peer that restarted is answered.
+BEACON_ANSWER_SILENT_S = 2 * BEACON_INTERVAL_S * (1 + BEACON_JITTER)

@@ -914,12 +914,21 @@ class Node:
         return peer_id in self._seen_peers
 
     def _beacon_heard(self, peer_id: str, host: str, port: int) -> bool:
-        """A discovery beacon: record its address; with the mesh, offer it as a candidate."""
+        """A discovery beacon: record its address; with the mesh, offer it as a candidate.
+
+        Return whether to answer at once. With the mesh most peers heard stay unconnected,
+        so only a peer new to us (or silent for a while: it restarted) is answered; else
+        each beacon of a big LAN would draw an answer from nearly every host.
+        """
         run = self._running()
+        heard = run.manager.table.last_heard(peer_id)
         unknown = run.manager.beacon_heard(peer_id, host, port)
         if unknown:
             run.history.candidate(peer_id)
-        return unknown
+        if not self.config.mesh:
+            return unknown
+        now = asyncio.get_running_loop().time()
+        return unknown and (heard is None or now - heard > limits.BEACON_ANSWER_SILENT_S)
 
     def _dial_failed(self, peer_id: str) -> None:
         if self._run is not None:

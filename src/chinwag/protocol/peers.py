@@ -295,6 +295,11 @@ class PeerTable:
         entry = self._entries.get(key)
         return entry is not None and entry.manual
 
+    def last_heard(self, peer_id: str) -> float | None:
+        """Return when peer_id was last heard (beacon or connection), or None if unknown."""
+        entry = self._entries.get(peer_id)
+        return None if entry is None else entry.last_seen
+
     def address_of(self, peer_id: str) -> tuple[str, int] | None:
         entry = self._entries.get(peer_id)
         return None if entry is None else (entry.host, entry.port)
