@@ -834,6 +834,12 @@ class Node:
             self._running().contacts.observed(conn, frame)
             return
         if isinstance(frame, m.Chat):
+            if not self.config.chat:
+                # A headless relay is in no room and passes no chat on: its clients' chat
+                # flooded through it would be free bandwidth for strangers, and the work of
+                # checking and re-sending every message delayed its circuits (docs/reach.md).
+                log.debug("relay: passing no chat on from %s", (conn.session.peer_id or "?")[:8])
+                return
             if self._untimely(conn, frame):
                 return
             self._running().history.chat_received(conn, frame)

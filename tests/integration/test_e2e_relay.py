@@ -150,6 +150,21 @@ async def test_chat_through_a_relay_both_ways_and_the_relay_sees_no_text(
     assert "Traceback" not in relay.log()
 
 
+async def test_a_headless_relay_passes_no_chat_between_its_clients(
+    node: NodeFactory, relay: RelayProcess
+) -> None:
+    """Clients of one relay that never dialled each other do not hear each other through it
+    (its chat flood was free bandwidth for strangers, and delayed its circuits)."""
+    a, b = await _pair(node, relay)
+    secret = "durian-5e1d said to the relay only"
+    await a.say(secret)
+    await a.wait_for("message", timeout=PROMPT_S, from_start=True, text=secret)
+    # The relay got it over A's reservation connection and dropped it: B cannot get it now.
+    await relay.wait_log(f"passing no chat on from {a.peer_id[:8]}")
+    assert not [e for e in b.events if e.get("event") == "message"], b.events
+    assert secret not in relay.log()
+
+
 async def test_a_limited_circuit_refuses_files_and_closes_at_its_byte_limit(
     node: NodeFactory, relay: RelayProcess, tmp_path: Path
 ) -> None:

@@ -95,6 +95,30 @@ async def test_a_busy_four_tuple_falls_back_to_any_port() -> None:
             second.close()
 
 
+async def test_dialled_and_punched_sockets_send_at_once() -> None:
+    """TCP_NODELAY on every socket we dial or punch: asyncio's own loop does not set it on
+    sockets made by hand, so a chat frame would wait for Nagle's algorithm."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        dest = server.getsockname()[1]
+        ports = []
+        for _ in range(2):
+            with socket.socket() as ours:
+                ours.bind(("127.0.0.1", 0))
+                ports.append(ours.getsockname()[1])
+        reused = await connect_from("127.0.0.1", ports[0], "127.0.0.1", dest, 2.0)
+        plain = await connect_from("127.0.0.1", 0, "127.0.0.1", dest, 2.0)
+        punched, _busy = await simultaneous_open("127.0.0.1", ports[1], [("127.0.0.1", dest)], 2.0)
+        assert punched is not None
+        try:
+            for sock in (reused, plain, punched):
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), sock
+        finally:
+            for sock in (reused, plain, punched):
+                sock.close()
+
+
 async def test_simultaneous_open_gives_one_connection_between_the_listening_ports() -> None:
     """Both ends dial each other from their listening ports at once: they end up with one
     TCP connection (a true simultaneous open, or one end's SYN reached the other's listener

@@ -296,8 +296,13 @@ async def test_ends_reroute_around_a_hostile_relay(
         blocked = lab.block(a_router, lab.sites["relay2"].addr)
         try:
             await add(a, invite["code"])
-            await connected(a, b, within=START_S)
-            assert path_of(a, b.peer_id) == ("relayed", r1.peer_id)
+            # Joined events, not `connected`: the altered frame may come right behind the
+            # handshake, so that a side's join and leave are read together.
+            joined = await a.wait_for(
+                "peer_joined", from_start=True, timeout=START_S, peer_id=b.peer_id
+            )
+            assert (joined["path"], joined["via"]) == ("relayed", r1.peer_id), joined
+            await b.wait_for("peer_joined", from_start=True, timeout=START_S, peer_id=a.peer_id)
         finally:
             lab.unblock(a_router, blocked)
         for i in range(3):

@@ -199,6 +199,31 @@ def test_no_address_to_dial_still_waits_out_the_attempt() -> None:
     assert i.phase is Phase.IDLE and i.in_round == 1
 
 
+def test_initiator_claims_the_peers_ip_at_any_port_only_while_its_attempt_dials() -> None:
+    # A symmetric NAT sends the responder's SYN from a port nobody announced: the IP counts.
+    i, r = pair()
+    assert not i.claims_inbound("203.0.113.2")  # no attempt yet
+    i.handle_timer(0.0)
+    drain(i)
+    assert not i.claims_inbound("203.0.113.2")  # connect sent, no sync yet
+    i.receive(m.PunchConnect(addrs=list(B_ADDRS), n=1), 0.1)
+    drain(i)
+    assert i.claims_inbound("203.0.113.2") and i.claims_inbound("198.51.100.9")  # DIAL_WAIT
+    assert not i.claims_inbound("203.0.113.3")  # another host
+    timer = i.get_timer()
+    assert timer is not None
+    i.handle_timer(timer)
+    drain(i)
+    assert i.phase is Phase.DIALING and i.claims_inbound("203.0.113.2")
+    i.dial_result(1, False, timer + 1.0)  # the attempt failed: the window closes
+    assert not i.claims_inbound("203.0.113.2")
+    # The responder never claims: its dial is the punched connection's Noise responder.
+    r.receive(m.PunchConnect(addrs=list(A_ADDRS), n=1), 0.0)
+    r.receive(m.PunchSync(n=1), 0.1)
+    drain(r)
+    assert r.phase is Phase.DIALING and not r.claims_inbound("203.0.113.1")
+
+
 @given(
     st.lists(st.text(max_size=limits.MAX_ADDR_CHARS), max_size=limits.MAX_PUNCH_ADDRS),
     st.integers(min_value=0, max_value=2**63 - 1),

@@ -757,7 +757,7 @@ class ConnectionManager:
 
     def _punched_inbound(self, conn: PeerConnection) -> None:
         """An inbound connection answering our punch is ours to initiate (see net/punch.py)."""
-        entry = self._punch_expect.get(conn.address)
+        entry = self._punch_expect.get(conn.address) or self._punch_claiming(conn.address[0])
         if entry is None:
             return
         relayed, attempt = entry
@@ -766,6 +766,18 @@ class ConnectionManager:
         log.debug("punched connection from %s:%d arrived at our listener", *conn.address)
         conn.session = Session(self._local(), True, self._loop.time(), relayed.session.peer_id)
         conn.punch_of = entry
+
+    def _punch_claiming(self, host: str) -> tuple[PeerConnection, int] | None:
+        """The one punch now expecting a SYN from host at any port (a symmetric NAT's), or None.
+
+        Two punches claiming one IP (two peers behind one NAT) is ambiguous: neither takes it.
+        """
+        claims = [
+            c for c in self.peers.values() if c.punch is not None and c.punch.claims_inbound(host)
+        ]
+        if len(claims) != 1 or claims[0].punch is None:
+            return None
+        return claims[0], claims[0].punch.attempt
 
     def _punch_outcome(self, conn: PeerConnection, ok: bool) -> None:
         """A punched connection's handshake completed (ok) or failed: tell its puncher."""

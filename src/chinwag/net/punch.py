@@ -27,13 +27,25 @@ log = logging.getLogger(__name__)
 _PORT_BUSY = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
 
 
-def reuse_socket(bind_host: str, port: int, family: int = socket.AF_INET) -> socket.socket:
-    """Return a non-blocking TCP socket bound to (bind_host, port) with port reuse on."""
+def _tcp_socket(family: int) -> socket.socket:
+    """Return a non-blocking TCP socket with TCP_NODELAY on.
+
+    asyncio's own loop sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, which a
+    socket made here is not (proto 0): chat frames would wait for Nagle's algorithm.
+    """
     sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    return sock
+
+
+def reuse_socket(bind_host: str, port: int, family: int = socket.AF_INET) -> socket.socket:
+    """Return a non-blocking TCP socket (TCP_NODELAY on) bound to (bind_host, port) with
+    port reuse on."""
+    sock = _tcp_socket(family)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setblocking(False)
         sock.bind((bind_host, port))
     except OSError:
         sock.close()
@@ -62,8 +74,7 @@ async def connect_from(
             log.debug("cannot bind port %d for a dial (%s); using any port", local_port, exc)
             reuse = False
     if not reuse:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
+        sock = _tcp_socket(family)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, address), limit_s)
     except OSError as exc:
@@ -71,8 +82,7 @@ async def connect_from(
         if not reuse or exc.errno not in _PORT_BUSY:
             raise
         # The same 4-tuple is still in use (TIME_WAIT of an earlier connection): dial as before.
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
+        sock = _tcp_socket(family)
         try:
             await asyncio.wait_for(loop.sock_connect(sock, address), limit_s)
         except BaseException:

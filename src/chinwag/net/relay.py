@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -517,6 +518,11 @@ class _Splice:
         for end in self.ends:
             end.transport.set_protocol(end)
             end.transport.set_write_buffer_limits(high=limits.RELAY_SPLICE_HIGH_WATER)
+            # Each chunk leaves at once (the loop sets this only on some sockets).
+            sock = end.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for end, rest in zip(self.ends, self._rest, strict=True):
             if rest:
                 self.forward(end.from_src, rest)

@@ -168,6 +168,18 @@ class Puncher:
         """The addresses the peer gave in the current attempt."""
         return self._peer_addrs
 
+    def claims_inbound(self, host: str) -> bool:
+        """True if an inbound connection from `host` (any port) is this attempt's punch.
+
+        Only the initiator claims, from its sync until the attempt ends: the responder's SYN
+        may reach our listener before our own dial leaves. A cone NAT sends it from the port
+        the peer announced; a symmetric NAT from a fresh port nobody can predict, which a
+        public listener accepts all the same, so an announced IP is enough.
+        """
+        if not self.initiator or self.phase not in (Phase.DIAL_WAIT, Phase.DIALING):
+            return False
+        return any(peer_host == host for peer_host, _port in self._peer_addrs)
+
     def get_timer(self) -> float | None:
         """Return when handle_timer should next run, or None."""
         return self._deadline
