@@ -92,6 +92,12 @@ class NodeConfig:
     #: of dialling everyone heard. False: the old flood to every peer (tests, comparisons).
     mesh: bool = True
 
+    @property
+    def meshed(self) -> bool:
+        """Return whether rooms run as a gossip mesh here: not on a relay, whose clients'
+        connections are in no mesh and must not be closed to keep the mesh's degree."""
+        return self.mesh and not self.relay
+
 
 @dataclass
 class _Running:
@@ -200,7 +206,7 @@ class Node:
                 self._peer_rank,
                 relay=self.config.relay,
                 relay_unlimited=self._relay_unlimited,
-                mesh=self.config.mesh,
+                mesh=self.config.meshed,
                 contact=lambda peer_id: self._peer_rank(peer_id) >= VERIFIED,
                 dial_failed=self._dial_failed,
             )
@@ -218,7 +224,7 @@ class Node:
                     manager.is_direct,
                     manager.is_outbound,
                 )
-                if self.config.mesh
+                if self.config.meshed
                 else None
             )
             history = History(store, self.identity, manager, self._emit, book, ports)
@@ -888,7 +894,7 @@ class Node:
         that no connected peer is in: only members carry a room's messages, so these members
         are our only way into it (e.g. a private room whose other members are beyond a peer)."""
         run = self._run
-        if run is None or not self.config.mesh:
+        if run is None or not self.config.meshed:
             return  # without the mesh every peer floods every room: nobody to offer
         book, manager = run.book, run.manager
         lonely = {
@@ -931,7 +937,7 @@ class Node:
         unknown = run.manager.beacon_heard(peer_id, host, port)
         if unknown:
             run.history.candidate(peer_id)
-        if not self.config.mesh:
+        if not self.config.meshed:
             return unknown
         now = asyncio.get_running_loop().time()
         return unknown and (heard is None or now - heard > limits.BEACON_ANSWER_SILENT_S)

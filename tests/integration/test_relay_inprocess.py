@@ -350,3 +350,24 @@ async def test_a_contact_that_moves_to_a_direct_path_is_remembered_there(make: M
     assert row.addrs[:1] == [f"127.0.0.1:{b.node.port}"]
     stored = {c.peer_id: c for c in a.node._running().store.contacts()}
     assert stored[b.id].addrs == row.addrs
+
+
+async def test_a_relay_keeps_every_client_beyond_the_mesh_degree(
+    make: Maker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay's clients are in none of its meshes (it has no rooms): with the mesh's degree
+    rule (close non-mesh connections above D_hi + margin) it would drop their reservations."""
+    monkeypatch.setattr(limits, "RELAY_MAX_RESERVATIONS_PER_IP", 64)  # all on 127.0.0.1
+    r = make("relay", relay=True, chat=False, mesh=True)
+    await r.node.start()
+    addr = [("127.0.0.1", r.node.port)]
+    count = limits.MESH_D_HI + limits.MESH_CONN_MARGIN + 3
+    clients = [make(f"c{i}", relay_peers=addr, mesh=True) for i in range(count)]
+    for c in clients:
+        await c.node.start()
+    for c in clients:
+        await until(lambda c=c: c.node.reservations() != [], "reserved", timeout=WAIT_S * 2)
+    # A check that nothing happens: three heartbeats of a (would-be) mesh close nobody.
+    await asyncio.sleep(3 * limits.MESH_HEARTBEAT_S)
+    assert len(r.node.peers().peers) == count
+    assert all(c.node.reservations() for c in clients)

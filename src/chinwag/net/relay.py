@@ -147,6 +147,10 @@ class RelayService:
             self._tick()
         return True
 
+    def is_relay_link(self, peer_id: str, dial_key: str | None) -> bool:
+        """Return whether a connection we dialled goes to a relay we reserve (or mean to) at."""
+        return self.keeper.knows(peer_id) or (dial_key is not None and dial_key in self._relay_keys)
+
     def reservations(self) -> list[tuple[str, str]]:
         """Return (relay peer id, "host:port") of each relay we hold a reservation at."""
         out = []
