@@ -779,3 +779,52 @@ def test_a_graft_before_the_peers_rooms_frame_is_refused_with_a_short_backoff() 
     node.mesh.peer_rooms(d, [ROOM], 0.0)
     assert sends(node.mesh.frame(d, m.Graft(room=ROOM), 0.0), m.Prune)
     assert d not in node.mesh.mesh_peers(ROOM)
+
+
+def test_only_ids_of_the_windows_announced_to_a_peer_are_served() -> None:
+    node, lazy = _lazy_setup()
+    sender = sorted(node.mesh.mesh_peers(ROOM))[0]
+    old, new = (ROOM, AUTHOR, 1), (ROOM, AUTHOR, 2)
+    node.held.update((old, new))
+    node.mesh.received(sender, ROOM, old, True, 0.1)
+    assert lazy in sends(node.beat(), m.IHave)  # announces old
+    node.mesh.received(sender, ROOM, new, True, node.now + 0.1)  # after that IHAVE
+    out = node.mesh.frame(lazy, m.IWant(room=ROOM, ids=[(AUTHOR, 1), (AUTHOR, 2)]), node.now)
+    assert out == [MeshServe(lazy, [old])]
+    assert node.mesh._peers[lazy].penalty == 1.0
+    # Once the announced window left the history, nothing of it is served either.
+    node.beat(limits.MESH_HISTORY_LEN + 1)
+    node.mesh._peers[lazy].penalty = 0.0
+    assert node.mesh.frame(lazy, m.IWant(room=ROOM, ids=[(AUTHOR, 1)]), node.now) == []
+
+
+def test_an_idontwant_is_forgotten_at_the_heartbeat_once_the_message_was_seen() -> None:
+    node = Node()
+    a, b = pid(1), pid(2)
+    node.connect(a, b)
+    node.mesh.join(ROOM, 0.0)
+    node.mesh.frame(a, m.IDontWant(room=ROOM, ids=[(AUTHOR, 1), (AUTHOR, 2)]), 0.0)
+    node.mesh.received(b, ROOM, (ROOM, AUTHOR, 1), True, 0.1)
+    node.beat()
+    assert list(node.mesh._peers[a].dontwant) == [(ROOM, AUTHOR, 2)]  # 2 may still come
+    targets, _ = node.mesh.received(b, ROOM, (ROOM, AUTHOR, 2), True, node.now)
+    assert a not in targets
+
+
+def test_a_listener_is_not_pruned_for_not_forwarding_our_own_messages() -> None:
+    """Two nodes, only we talk (the two-node fast path, a lecture): the peer cannot deliver
+    our own messages back to us, so they must not raise its delivery quota (P3); it stays
+    in our mesh and keeps getting every message pushed."""
+    node = Node()
+    node.mesh.join(ROOM, node.now)
+    (peer,) = peers(1)
+    node.connect(peer)
+    assert node.mesh.mesh_peers(ROOM) == {peer}
+    seq = 0
+    for _ in range(60):  # a minute at 50 messages a second
+        for _ in range(50):
+            seq += 1
+            assert node.mesh.publish(ROOM, (ROOM, ME, seq), node.now) == [peer]
+        node.beat(1.0)
+    assert node.mesh.score(peer, node.now) >= 0
+    assert node.mesh.mesh_peers(ROOM) == {peer}

@@ -192,6 +192,7 @@ class _Peer:
         "promises",
         "rooms",
         "served",
+        "served_ids",
         "since",
         "stats",
     )
@@ -212,8 +213,11 @@ class _Peer:
         self.asked = 0
         self.served = 0
         self.controls = 0
-        #: Ids we announced to it, per heartbeat number (only these are served).
-        self.announced: deque[tuple[int, set[MsgId]]] = deque()
+        #: Our IHAVEs to it: (heartbeat, room, label of the oldest history window announced);
+        #: only ids of those windows are served (no per-id sets: a 10,000-node run holds this).
+        self.announced: deque[tuple[int, str, int]] = deque()
+        #: Ids served to it already (asking again is asking for the unannounced).
+        self.served_ids: dict[MsgId, None] = {}
         #: Ids it told us not to send (oldest first, bounded).
         self.dontwant: dict[MsgId, None] = {}
         #: Ids we asked of it by IWANT -> by when they must arrive.
@@ -251,7 +255,7 @@ class Mesh:
         #: Joined room -> cached mesh peers that push to us (not choked by us): IDONTWANT to them.
         self._feeds: dict[str, list[str]] = {}
         #: Joined room -> message ids first seen per heartbeat, newest last (the mcache).
-        self._history: dict[str, deque[list[MsgId]]] = {}
+        self._history: dict[str, deque[tuple[int, dict[MsgId, None]]]] = {}
         #: Joined room -> ids in its history (all windows).
         self._history_ids: dict[str, int] = {}
         #: Ids in some history window -> when first seen.
@@ -352,7 +356,7 @@ class Mesh:
         self._room_peers[room] = {
             pid for pid, p in self._peers.items() if p.meshed and room in p.rooms
         }
-        self._history[room] = deque([[]])
+        self._history[room] = deque([(self._heartbeats, {})])
         self._history_ids[room] = 0
         self._activity[room] = 0.0
         self._arm(now)
@@ -368,7 +372,7 @@ class Mesh:
         self._changed(room)
         self._activity.pop(room)
         self._history_ids.pop(room)
-        for window in self._history.pop(room):
+        for _label, window in self._history.pop(room):
             for mid in window:
                 self._seen_at.pop(mid, None)
         out: list[MeshAction] = []
@@ -550,9 +554,9 @@ class Mesh:
                 out += self._choke(room, now)
             out += self._gossip(room, scores)
             window = self._history[room]
-            window.append([])
+            window.append((self._heartbeats, {}))
             while len(window) > self.params.history_len:
-                old = window.popleft()
+                _label, old = window.popleft()
                 self._history_ids[room] -= len(old)
                 for mid in old:
                     self._seen_at.pop(mid, None)
@@ -626,11 +630,14 @@ class Mesh:
         """Remember a first-seen id in the gossip history (bounded per room)."""
         if msg in self._seen_at:
             return
-        self._activity[room] += 1.0
+        if msg[1] != self.me:
+            # Our own never come back to us: counted, they would set every mesh peer a
+            # delivery quota (P3) it cannot meet, and prune a mere listener.
+            self._activity[room] += 1.0
         if self._history_ids[room] >= limits.MESH_MAX_HISTORY_IDS:
             return  # a very fast room: the rest is not gossiped (sync repairs it)
         self._history_ids[room] += 1
-        self._history[room][-1].append(msg)
+        self._history[room][-1][1][msg] = None
         self._seen_at[msg] = now
 
     def _changed(self, room: str) -> None:
@@ -746,20 +753,19 @@ class Mesh:
         room = frame.room
         if self.score(peer, now) < self.params.gossip_threshold:
             # Not served; asking for the never announced keeps costing while it is ignored.
-            if any(not any((room, a, s) in ids for _hb, ids in p.announced) for a, s in frame.ids):
+            if any(not self._announced_to(p, (room, a, s)) for a, s in frame.ids):
                 p.penalty += 1.0
             return []
         serve: list[MsgId] = []
         unannounced = 0
         for author, seq in frame.ids:
             mid = (room, author, seq)
-            holder = next((ids for _hb, ids in p.announced if mid in ids), None)
-            if holder is None:
-                unannounced += 1
+            if mid in p.served_ids or not self._announced_to(p, mid):
+                unannounced += 1  # never announced to it, or served once already
                 continue
             if p.served >= limits.MESH_MAX_SERVE_PER_HEARTBEAT:
                 continue  # over this heartbeat's budget: it may ask again at the next
-            holder.discard(mid)  # served once: asking again is asking for the unannounced
+            p.served_ids[mid] = None
             if self.have(mid):
                 serve.append(mid)
                 p.served += 1
@@ -948,36 +954,39 @@ class Mesh:
         is how they fetch what their pushing peers lost, and notice those lag).
         """
         prm = self.params
-        window = self._history[room]
-        ids = [mid for w in list(window)[-prm.history_gossip :] for mid in w]
+        windows = list(self._history[room])[-prm.history_gossip :]
+        ids = [mid for _label, w in windows for mid in w]
         if not ids:
             return []
+        oldest = windows[0][0]
         if len(ids) > limits.MESH_MAX_IHAVE_IDS:
             ids = self.rng.sample(ids, limits.MESH_MAX_IHAVE_IDS)
+        frame = m.IHave(room=room, ids=[(a, s) for _r, a, s in ids])
         members = self._mesh[room]
-        out: list[MeshAction] = [
-            self._announce(pid, room, ids)
-            for pid in sorted(members)
-            if self._peers[pid].stats[room].chokes_us
-        ]
+        targets = [pid for pid in sorted(members) if self._peers[pid].stats[room].chokes_us]
         pool = sorted(
             pid
             for pid in self._room_peers[room]
             if pid not in members and scores.get(pid, 0.0) >= prm.gossip_threshold
         )
-        for pid in self.rng.sample(pool, min(prm.d_lazy, len(pool))):
-            out.append(self._announce(pid, room, ids))
+        targets += self.rng.sample(pool, min(prm.d_lazy, len(pool)))
+        out: list[MeshAction] = []
+        for pid in targets:
+            # Remembered by window, not by id: the windows from `oldest` on, as they are now.
+            self._peers[pid].announced.append((self._heartbeats, room, oldest))
+            out.append(MeshSend(pid, frame))
         return out
 
-    def _announce(self, peer: str, room: str, ids: list[MsgId]) -> MeshSend:
-        """Return an IHAVE of ids for peer, remembering them as announced (IWANT may ask)."""
-        announced = self._peers[peer].announced
-        hb = self._heartbeats
-        if announced and announced[-1][0] == hb:
-            announced[-1][1].update(ids)
-        else:
-            announced.append((hb, set(ids)))
-        return MeshSend(peer, m.IHave(room=room, ids=[(a, s) for _r, a, s in ids]))
+    def _announced_to(self, p: _Peer, mid: MsgId) -> bool:
+        """Return whether mid is in a history window announced to p (in an IHAVE to it)."""
+        if mid not in self._seen_at:
+            return False
+        room = mid[0]
+        label = next((lb for lb, w in self._history[room] if mid in w), None)
+        if label is None:
+            return False
+        # Windows created after an IHAVE (label >= its heartbeat) were not in it.
+        return any(r == room and oldest <= label < hb for hb, r, oldest in p.announced)
 
     # --- internals: heartbeat bookkeeping -----------------------------------------
 
@@ -1022,6 +1031,13 @@ class Mesh:
             announced = p.announced
             while announced and announced[0][0] <= hb - prm.history_len:
                 announced.popleft()
+            if p.served_ids:  # only ids still in the history can be asked (and refused)
+                p.served_ids = {mid: None for mid in p.served_ids if mid in self._seen_at}
+            if p.dontwant:
+                # Only a first copy is forwarded: once we saw an id, its IDONTWANT is spent
+                # (a 10,000-node room would otherwise hold 1000 ids per peer per node).
+                seen = self._seen_at
+                p.dontwant = {mid: None for mid in p.dontwant if mid not in seen}
         if self._backoff and hb % 16 == 0:
             for key in [k for k, (until, _s) in self._backoff.items() if until <= now]:
                 del self._backoff[key]
