@@ -831,6 +831,10 @@ class Node:
             self._running().files.frame(conn, frame)
             return
         if isinstance(frame, m.Presence):
+            if not self.config.chat:
+                # A headless relay is in no room: passing its clients' presence records on
+                # would tell every stranger using it where every other one listens.
+                return
             self._running().members.frame(conn, frame)
             return
         if isinstance(frame, m.NickChange):

@@ -225,6 +225,23 @@ def test_publish_and_received_go_to_the_mesh_minus_sender_author_and_idontwant()
     assert Node(params=MeshParams(idontwant=False)).mesh.dont_want(sender, ROOM, msg, 0.0) == []
 
 
+def test_our_message_goes_to_a_new_peer_before_its_rooms_frame_but_not_after_it_left() -> None:
+    """Posted in the moment after a connect, before the peer said its rooms: it still goes
+    live (left to sync it would arrive seconds later, after newer ones)."""
+    node = Node()
+    node.mesh.join(ROOM, 0.0)
+    fresh, other_room = pid(7), pid(8)
+    node.mesh.connected(fresh, 0.0)
+    node.mesh.connected(other_room, 0.0)
+    node.mesh.peer_rooms(other_room, ("elsewhere",), 0.0)
+    assert node.mesh.publish(ROOM, (ROOM, ME, 1), 0.0) == [fresh]
+    node.mesh.peer_rooms(fresh, (), 0.1)  # it holds no room: it gets nothing more
+    assert node.mesh.publish(ROOM, (ROOM, ME, 2), 0.1) == []
+    # A direct connection (a conversation, a file) gets no room traffic meanwhile either.
+    node.mesh.connected(pid(9), 0.2, mesh=False)
+    assert node.mesh.publish(ROOM, (ROOM, ME, 3), 0.2) == []
+
+
 def test_idontwant_memory_is_bounded_per_peer() -> None:
     node = Node()
     a = pid(1)

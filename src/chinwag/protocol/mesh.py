@@ -250,6 +250,10 @@ class Mesh:
         self._mesh: dict[str, set[str]] = {}
         #: Joined room -> connected, mesh-eligible peers that hold it.
         self._room_peers: dict[str, set[str]] = {}
+        #: Meshed connections whose first Rooms frame has not come yet: our own messages go
+        #: to them too (they may well hold the room; else they drop it), so a message posted
+        #: in the moment after a connect is not left to sync and shown out of order.
+        self._unannounced: set[str] = set()
         #: Joined room -> cached eager targets (peer id, peer), rebuilt when the mesh changes.
         self._targets: dict[str, list[tuple[str, _Peer]]] = {}
         #: Joined room -> cached mesh peers that push to us (not choked by us): IDONTWANT to them.
@@ -290,6 +294,8 @@ class Mesh:
         if kept is not None and kept[2] > now:
             p.invalid, p.penalty = kept[0], kept[1]
         self._arm(now)
+        if mesh:
+            self._unannounced.add(peer)
         if (
             mesh
             and not p.outbound
@@ -305,6 +311,7 @@ class Mesh:
     def disconnected(self, peer: str, now: float) -> list[MeshAction]:
         """The connection to peer closed: drop it from every mesh; keep its penalties a while."""
         p = self._peers.pop(peer, None)
+        self._unannounced.discard(peer)
         if p is None:
             return []
         for mid in p.promises:
@@ -390,6 +397,7 @@ class Mesh:
         p = self._peers.get(peer)
         if p is None:
             return []
+        self._unannounced.discard(peer)
         held: set[str] = set()
         for room in rooms:
             if len(held) >= limits.MESH_MAX_PEER_ROOMS:
@@ -424,13 +432,17 @@ class Mesh:
 
         gossipsub v1.1's flood publishing: every connected peer of the room whose score is
         not under the gossip threshold, not only the mesh (one author's few messages, so
-        it costs little, and ours get out even while our mesh is being rebuilt).
+        it costs little, and ours get out even while our mesh is being rebuilt); also
+        peers that have not yet said which rooms they hold.
         """
         if room not in self._joined:
             return self._fanout(room, now)
         self._note(room, msg, now)
         threshold = self.params.gossip_threshold
-        return [pid for pid in sorted(self._room_peers[room]) if self.score(pid, now) >= threshold]
+        peers = self._room_peers[room]
+        if self._unannounced:
+            peers = peers | self._unannounced
+        return [pid for pid in sorted(peers) if self.score(pid, now) >= threshold]
 
     def _fanout(self, room: str, now: float) -> list[str]:
         """Peers for a message of a room we do not hold: D random peers that hold it."""
