@@ -13,6 +13,7 @@ from chinwag.protocol.mesh import Mesh
 from chinwag.protocol.replica import Replica
 from chinwag.sim import Params, Sim
 from chinwag.sim.__main__ import main
+from chinwag.sim.model import GEO_JITTER
 
 SMALL = ["--nodes", "200", "--messages", "50", "--seed", "7"]
 
@@ -122,6 +123,7 @@ def test_a_mesh_that_forwards_nothing_leaves_delivery_to_sync(
         (["--latency", "150-10"], "--latency"),
         (["--latency", "fast"], "--latency"),
         (["--partition", "-5"], "--partition"),
+        (["--latency-model", "moon"], "--latency-model"),
         (["--bogus"], "unrecognized arguments"),
     ],
 )
@@ -172,3 +174,60 @@ def test_a_freeloader_relays_nothing_live(monkeypatch: pytest.MonkeyPatch) -> No
     assert len(freeloaders) == 30
     assert relayed_by and not freeloaders & set(relayed_by)
     assert figures["delivery_ratio"] == 1.0
+
+
+def test_geo_latency_is_deterministic_bounded_and_keeps_the_triangle_inequality() -> None:
+    """Geo: same seed, same positions and latencies; all in [lo, hi]; a→c ≤ a→b→c up to jitter."""
+    params = Params(nodes=60, messages=0, seed=9, latency_ms=(10, 150), latency_model="geo")
+    first, second = Sim(params), Sim(params)
+    positions = [(n.x, n.y) for n in first.nodes]
+    assert positions == [(n.x, n.y) for n in second.nodes]
+    assert len(set(positions)) == 60 and all(0 <= x < 1 and 0 <= y < 1 for x, y in positions)
+    nodes = first.nodes
+    lat = {
+        (a, b): first.link_latency(nodes[a], nodes[b])
+        for a in range(60)
+        for b in range(60)
+        if a != b
+    }
+    assert lat == {(a, b): second.link_latency(second.nodes[a], second.nodes[b]) for a, b in lat}
+    assert all(10 <= v <= 150 for v in lat.values())
+    assert max(lat.values()) - min(lat.values()) > 100  # spread by distance, not constant
+    # Each latency is within ±5% (plus rounding) of its distance-derived value, so a detour
+    # through b is never shorter than the direct link by more than the jitter allows.
+    slack = (1 + GEO_JITTER) / (1 - GEO_JITTER)
+    for a in range(60):
+        for b in range(60):
+            for c in range(60):
+                if len({a, b, c}) == 3:
+                    assert lat[a, c] <= slack * (lat[a, b] + lat[b, c]) + 1, (a, b, c)
+
+
+def test_link_latency_breaks_the_triangle_inequality_geo_does_not() -> None:
+    """The per-link model draws each link alone: direct links longer than two-hop detours."""
+
+    def violations(model: str) -> int:
+        sim = Sim(Params(nodes=40, messages=0, seed=9, latency_model=model))
+        nodes = sim.nodes
+        lat = {(a, b): sim.link_latency(nodes[a], nodes[b]) for a in range(40) for b in range(40)}
+        return sum(
+            1
+            for a in range(40)
+            for b in range(40)
+            for c in range(40)
+            if len({a, b, c}) == 3 and lat[a, c] > 1.2 * (lat[a, b] + lat[b, c])
+        )
+
+    assert violations("geo") == 0
+    assert violations("link") > 1000
+
+
+def test_the_latency_model_flag_reaches_the_run() -> None:
+    """--latency-model picks the model (in the JSON params); an unknown one is refused."""
+    geo = cli(*SMALL, "--latency-model", "geo")
+    link = cli(*SMALL, "--latency-model", "link")
+    assert geo["params"]["latency_model"] == "geo" and link["params"]["latency_model"] == "link"
+    assert geo["delivery_ratio"] == link["delivery_ratio"] == 1.0
+    assert without_clock(geo) != without_clock(link)
+    with pytest.raises(ValueError, match="latency model"):
+        Sim(Params(nodes=2, messages=0, latency_model="moon"))

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from chinwag.sim.model import Params, run
+from chinwag.sim.model import LATENCY_MODELS, Params, run
 
 
 def _share(text: str) -> float:
@@ -103,7 +103,15 @@ def parser() -> argparse.ArgumentParser:
         "--latency",
         type=_latency,
         default=d.latency_ms,
-        help="one-way link latency in ms: LO-HI (uniform, per link) or MS (default 10-150)",
+        help="one-way link latency in ms: LO-HI or MS (default 10-150)",
+    )
+    ap.add_argument(
+        "--latency-model",
+        choices=LATENCY_MODELS,
+        default=d.latency_model,
+        help="geo: nodes on a plane, latency LO + (HI - LO) x distance / max distance, +-5%% "
+        "jitter (triangle inequality holds, as on the Internet); link: uniform in LO-HI, "
+        f"drawn per link independently (default {d.latency_model})",
     )
     ap.add_argument("--loss", type=_loss, default=d.loss, help="loss per transmission, 0 to <1")
     ap.add_argument(
@@ -150,6 +158,7 @@ def params_from(args: argparse.Namespace) -> Params:
         rate=args.rate,
         size=args.size,
         latency_ms=args.latency,
+        latency_model=args.latency_model,
         partition_s=args.partition,
         candidates=args.candidates,
         warmup_s=args.warmup,

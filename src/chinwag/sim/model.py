@@ -30,6 +30,7 @@ import base64
 import gc
 import hashlib
 import heapq
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -75,6 +76,13 @@ RTO_MIN_MS = 200
 DIAL_TIMEOUT_MS = 3_000
 #: Most hops recorded (the store keeps 1 + hops in a byte).
 MAX_HOPS = 254
+#: Latency models (`--latency-model`): `link` draws each link's latency uniformly and
+#: independently; `geo` derives it from the distance between two points on a plane.
+LATENCY_MODELS = ("link", "geo")
+#: Share of a geo link's latency drawn at random around its distance-derived value (±).
+GEO_JITTER = 0.05
+#: The geo plane: a unit square, so the largest distance is its diagonal.
+GEO_MAX_DISTANCE = math.sqrt(2.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,8 @@ class Params:
     rate: float = 100.0
     size: int = 200
     latency_ms: tuple[int, int] = (10, 150)
+    #: How a link's latency is drawn (LATENCY_MODELS; docs/mesh.md, "Latency models and hops").
+    latency_model: str = "geo"
     partition_s: float = 0.0
     candidates: int = 8
     warmup_s: float = 5.0
@@ -159,6 +169,9 @@ class Node:
     churns: bool = False
     #: [leave tick, back tick] of each absence.
     away: list[tuple[int, int]] = field(default_factory=list)
+    #: Position on the unit square (the geo latency model; 0, 0 under the link model).
+    x: float = 0.0
+    y: float = 0.0
     sync: SyncState = field(default_factory=SyncState)
     replica: Replica = field(init=False)
     mesh: Mesh = field(init=False)
@@ -183,7 +196,15 @@ class Sim:
             for i in range(n)
         ]
         self.index = {name: i for i, name in enumerate(self.names)}
+        if params.latency_model not in LATENCY_MODELS:
+            raise ValueError(f"latency model must be one of {LATENCY_MODELS}")
         self.nodes = [Node(i, self.names[i], bytearray(params.messages)) for i in range(n)]
+        if params.latency_model == "geo":
+            # Drawn only under geo, so a link-model run keeps its network draws (and figures).
+            rnd = self.net_rng.random
+            for node in self.nodes:
+                node.x = rnd()
+                node.y = rnd()
         # The messages: author index, seq, live chat, history chat, wire bytes, publish tick.
         self.msg_author: list[int] = []
         self.msg_seq: list[int] = []
@@ -385,10 +406,21 @@ class Sim:
         if not self._reachable(node, other):
             self._at(self.tick + DIAL_TIMEOUT_MS, (E_DIAL_FAIL, node.idx, peer))
             return
-        lo, hi = self.p.latency_ms
-        lat = self.net_rng.randint(lo, hi)
+        lat = self.link_latency(node, other)
         # TCP connect plus the Noise XX handshake: about three one-way trips.
         self._at(self.tick + 3 * lat, (E_CONNECT, node.idx, peer, lat))
+
+    def link_latency(self, a: Node, b: Node) -> int:
+        """One-way latency in ms, within latency_ms, of a new connection between a and b."""
+        lo, hi = self.p.latency_ms
+        if self.p.latency_model != "geo":
+            return self.net_rng.randint(lo, hi)
+        # Distance on the plane, scaled into [lo, hi]: the triangle inequality holds, as it
+        # roughly does on the Internet; the jitter stands for routes that are not straight.
+        dist = math.hypot(a.x - b.x, a.y - b.y)
+        base = lo + (hi - lo) * dist / GEO_MAX_DISTANCE
+        lat = round(base * (1.0 + self.net_rng.uniform(-GEO_JITTER, GEO_JITTER)))
+        return min(hi, max(lo, lat))
 
     def _on_connect(self, a: int, b: int, lat: int) -> None:
         na, nb = self.nodes[a], self.nodes[b]
