@@ -168,9 +168,6 @@ class Node:
         #: Peers we had been connected to before (earlier runs, or connections that ended):
         #: kept before strangers at the peer limit.
         self._seen_peers: set[str] = set()
-        #: Whether a peer is one of our contacts (a relay serves them without limits with
-        #: `relay_contacts_unlimited`); the contacts table plugs in here.
-        self.is_contact: Callable[[str], bool] = lambda _peer_id: False
         self._caps: tuple[str, ...] = CAPABILITIES
 
     # --- lifecycle ------------------------------------------------------
@@ -207,7 +204,9 @@ class Node:
                 relay=self.config.relay,
                 relay_unlimited=self._relay_unlimited,
                 mesh=self.config.meshed,
-                contact=lambda peer_id: self._peer_rank(peer_id) >= VERIFIED,
+                contact=lambda peer_id: (
+                    self._is_contact(peer_id) or self._peer_rank(peer_id) >= VERIFIED
+                ),
                 dial_failed=self._dial_failed,
             )
             manager.punch_enabled = self.config.punch
@@ -752,7 +751,7 @@ class Node:
 
     def _relay_unlimited(self, peer_id: str) -> bool:
         """Whether our relay serves peer_id without limits (a contact, if so configured)."""
-        return self.config.relay_contacts_unlimited and self.is_contact(peer_id)
+        return self.config.relay_contacts_unlimited and self._is_contact(peer_id)
 
     def error(self, message: str) -> None:
         """Report an error event to the UIs."""
@@ -999,6 +998,10 @@ class Node:
                     peer_id=peer_id,
                 )
             )
+
+    def _is_contact(self, peer_id: str) -> bool:
+        """Return whether peer_id is one of our contacts (an invite we added)."""
+        return self._run is not None and self._run.contacts.is_contact(peer_id)
 
     def _peer_rank(self, peer_id: str) -> int:
         """Return whom the peer limit keeps first: verified, then seen before or contacts,

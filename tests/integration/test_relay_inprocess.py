@@ -114,12 +114,11 @@ def _path(node: Node, peer_id: str) -> tuple[str, str | None]:
 async def test_an_unlimited_circuit_between_two_contacts_carries_a_file(
     make: Maker, tmp_path: Path
 ) -> None:
-    contacts: set[str] = set()
     r, a, b = await _relayed_pair(make, relay_contacts_unlimited=True)
-    # Contacts of the relay from now on (the `invite` helper's contacts table plugs in here);
-    # the circuit above was limited, so make a new one.
-    r.node.is_contact = contacts.__contains__
-    contacts.update({a.id, b.id})
+    # The relay adds both as contacts (their invites) from now on; the circuit above was
+    # limited, so make a new one.
+    for n in (a, b):
+        r.node.add_contact(make_invite(n.node.identity, "n", [], [], 2**40))
     a.node._running().manager.peers[b.id].close("quit")
     await until(lambda: a.seen(ev.PeerLeft, peer_id=b.id), "the limited circuit closed")
     await a.node.connect_via(b.id, r.id)

@@ -270,6 +270,17 @@ def test_the_total_bound_holds() -> None:
     assert len(book) == 3
 
 
+def test_authors_never_held_leave_no_rate_state_behind() -> None:
+    """Records turned away (a full book) must not grow the per-author rate table: throwaway
+    identities would make it grow for ever."""
+    ids = [Identity.from_seed(bytes([i]) * 32) for i in range(1, 40)]
+    book = PresenceBook(ME, max_records=3, max_per_room=100)
+    for i, who in enumerate(ids):
+        book.received(RELAY, frame(rec(who, rooms=((f"r{i}", b""),))), NOW)
+    assert len(book) == 3
+    assert len(book._author_budget) == 3
+
+
 def test_the_batch_for_a_peer_holds_the_rooms_it_shares() -> None:
     book = PresenceBook(ME)
     kcv = b"k" * 16

@@ -384,15 +384,18 @@ class PresenceBook:
             return _DROPPED  # a duplicate, or a replay of an older record
         if record.expires <= now or record.expires > now + _MAX_AHEAD_S:
             return _DROPPED
+        fresh_budget: Bucket | None = None
         if not (record.gone and (held is None or not held.gone)):
             # A leave always passes once (after a non-leave): it must reach everyone.
             budget = self._author_budget.get(author)
             if budget is None:
+                # Kept only once the record is taken (below): an author never stored (a
+                # forgery, a full book) must not leave an entry behind.
                 budget = Bucket(now, limits.PRESENCE_AUTHOR_BURST, limits.PRESENCE_AUTHOR_PER_S)
             if not budget.take(now):
                 log.debug("dropping a presence record of %s: over its rate", author[:8])
                 return _DROPPED
-            self._author_budget[author] = budget
+            fresh_budget = budget
         if not verify_record(record):
             return _FORGED
         if not self._make_room(peer, record, held, now):
@@ -405,6 +408,8 @@ class PresenceBook:
             # just not listed in the rooms it newly names that are full.
             log.debug("presence: %s not listed in a full room", author[:8])
         self._store(record)
+        if fresh_budget is not None:
+            self._author_budget[author] = fresh_budget
         return _TAKEN
 
     def _make_room(
