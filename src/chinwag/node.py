@@ -887,7 +887,9 @@ class Node:
                 name = conn.transport.get_extra_info("sockname") if conn.transport else None
                 if isinstance(name, tuple) and name and name[0] not in hosts:
                     hosts.append(str(name[0]))
-        return [f"[{h}]:{self.port}" if ":" in h else f"{h}:{self.port}" for h in sorted(hosts)]
+        # Loopback last: a member dialled at the first address must not be sent to itself.
+        hosts.sort(key=lambda h: (h.startswith("127.") or h == "::1", h))
+        return [f"[{h}]:{self.port}" if ":" in h else f"{h}:{self.port}" for h in hosts]
 
     def _members_changed(self, authors: frozenset[str]) -> None:
         self._offer_members(authors)
