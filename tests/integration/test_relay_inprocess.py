@@ -370,3 +370,18 @@ async def test_a_relay_keeps_every_client_beyond_the_mesh_degree(
     await asyncio.sleep(3 * limits.MESH_HEARTBEAT_S)
     assert len(r.node.peers().peers) == count
     assert all(c.node.reservations() for c in clients)
+
+
+async def test_a_relay_we_do_not_keep_is_forgotten_with_its_connection(make: Maker) -> None:
+    """Any peer may say `relay/1`: only relays we reserve at are remembered past their
+    connection (throwaway ids must not grow the table)."""
+    r = make("relay", relay=True)
+    await r.node.start()
+    a = make("alice")
+    await a.node.start()
+    relays = a.node._running().manager.relay
+    a.node._running().manager.add_manual_peer("127.0.0.1", r.node.port)
+    await until(lambda: r.id in relays.relay_addrs, "the relay's address noted")
+    await r.node.stop()
+    await until(lambda: a.seen(ev.PeerLeft, peer_id=r.id), "the relay gone")
+    assert r.id not in relays.relay_addrs

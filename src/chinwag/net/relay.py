@@ -214,6 +214,10 @@ class RelayService:
             self.book.unreserve(peer_id)
         if self.keeper.knows(peer_id):
             self.keeper.disconnected(peer_id, self._loop.time())
+        else:
+            # Only relays we keep are remembered past their connection: any peer may say
+            # `relay/1`, and throwaway ids must not grow this table.
+            self.relay_addrs.pop(peer_id, None)
             self._tick()
 
     def frame(self, conn: PeerConnection, frame: m.RelayFrame) -> None:
