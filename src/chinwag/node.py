@@ -204,9 +204,7 @@ class Node:
                 relay=self.config.relay,
                 relay_unlimited=self._relay_unlimited,
                 mesh=self.config.meshed,
-                contact=lambda peer_id: (
-                    self._is_contact(peer_id) or self._peer_rank(peer_id) >= VERIFIED
-                ),
+                contact=lambda peer_id: self._peer_rank(peer_id) >= VERIFIED,
                 dial_failed=self._dial_failed,
             )
             manager.punch_enabled = self.config.punch

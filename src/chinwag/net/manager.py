@@ -265,17 +265,13 @@ class ConnectionManager:
         """Return whether our connection to peer_id is direct (not the mesh's to count or close):
         we dialled it on demand (`want`), because it is a contact, or to reserve at a relay."""
         conn = self.peers.get(peer_id)
-        if conn is None:
-            return False
-        if self._contact(peer_id):
-            return True  # a contact's connection, whoever dialled: never closed for the degree
-        if not conn.session.initiator:
+        if conn is None or not conn.session.initiator:
             return False
         if self.relay.is_relay_link(peer_id, conn.dial_key):
             return True  # our reservation lives on it: the mesh must not close it
         if conn.dial_key is not None and self.table.is_manual(conn.dial_key):
             return False  # `--peer`: the user's way into the network, a mesh connection
-        return peer_id in self._wanted
+        return peer_id in self._wanted or self._contact(peer_id)
 
     def beacon_heard(self, peer_id: str, host: str, port: int) -> bool:
         """Feed a discovery beacon; return True if it came from a peer we are not connected to."""
