@@ -320,7 +320,7 @@ class ContactBook:
             conn.address[0],
             frame.addr,
             local_port,
-            conn.session.initiator,
+            conn.session.dialled,
             time.monotonic(),
         )
         if not kept:

@@ -804,3 +804,63 @@ def test_closed_event_is_always_last_and_single() -> None:
     p.shuttle(1.0)
     _, b = p.take()
     assert b == [closed("malformed_frame", False)]  # one Closed, nothing after it
+
+
+# --- simultaneous open -----------------------------------------------------------
+
+
+def _shuttle_until_quiet(a: Session, b: Session) -> None:
+    """Move bytes both ways until neither side has anything more to say."""
+    for _ in range(10):
+        out_a, out_b = a.data_to_send(), b.data_to_send()
+        if not out_a and not out_b:
+            return
+        if out_a:
+            b.receive_data(out_a, 0.0)
+        if out_b:
+            a.receive_data(out_b, 0.0)
+
+
+@pytest.mark.parametrize("b_first", [False, True])
+def test_simultaneous_open_completes_with_one_initiator(b_first: bool) -> None:
+    """Both ends dialled (one TCP connection from two dials): both sent message 1,
+    and the handshake still completes, with exactly one side left as initiator."""
+    a = Session(ALICE, initiator=True, now=0.0)
+    b = Session(BOB, initiator=True, now=0.0)
+    msg1_a, msg1_b = a.data_to_send(), b.data_to_send()
+    if b_first:
+        a.receive_data(msg1_b, 0.0)
+        b.receive_data(msg1_a, 0.0)
+    else:
+        b.receive_data(msg1_a, 0.0)
+        a.receive_data(msg1_b, 0.0)
+    _shuttle_until_quiet(a, b)
+    assert summary(drain(a)) == [complete(BOB)]
+    assert summary(drain(b)) == [complete(ALICE)]
+    assert a.state is State.OPEN and b.state is State.OPEN
+    assert a.initiator != b.initiator
+    assert a.dialled and b.dialled
+    assert a.handshake_hash == b.handshake_hash
+    chat = chat_frame(ALICE.identity, "after a simultaneous open")
+    a.send_frame(chat)
+    b.receive_data(a.data_to_send(), 0.0)
+    assert summary(drain(b)) == [("frame", chat)]
+
+
+def test_a_message_1_echoed_back_is_refused() -> None:
+    a = Session(ALICE, initiator=True, now=0.0)
+    a.receive_data(a.data_to_send(), 0.0)
+    assert summary(drain(a)) == [closed("handshake_failed", False)]
+
+
+def test_a_peer_we_dialled_cannot_make_our_connection_a_circuit_by_switching_roles() -> None:
+    """The circuit flag is learnt only by a side that was dialled, also after a role switch."""
+    relay_like = dataclasses.replace(BOB, caps=(m.CIRCUIT_CAP,))
+    a = Session(ALICE, initiator=True, now=0.0)
+    b = Session(relay_like, initiator=True, now=0.0)
+    msg1_a, msg1_b = a.data_to_send(), b.data_to_send()
+    a.receive_data(msg1_b, 0.0)
+    b.receive_data(msg1_a, 0.0)
+    _shuttle_until_quiet(a, b)
+    assert a.state is State.OPEN
+    assert not a.circuit

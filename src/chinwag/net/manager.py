@@ -259,13 +259,13 @@ class ConnectionManager:
     def is_outbound(self, peer_id: str) -> bool:
         """Return whether we dialled our connection to peer_id."""
         conn = self.peers.get(peer_id)
-        return conn is not None and conn.session.initiator
+        return conn is not None and conn.session.dialled
 
     def is_direct(self, peer_id: str) -> bool:
         """Return whether our connection to peer_id is direct (not the mesh's to count or close):
         we dialled it on demand (`want`), because it is a contact, or to reserve at a relay."""
         conn = self.peers.get(peer_id)
-        if conn is None or not conn.session.initiator:
+        if conn is None or not conn.session.dialled:
             return False
         if self.relay.is_relay_link(peer_id, conn.dial_key):
             return True  # our reservation lives on it: the mesh must not close it
@@ -475,7 +475,7 @@ class ConnectionManager:
     def _handshake_complete(self, conn: PeerConnection, ev: HandshakeComplete) -> None:
         self._pending.discard(conn)
         self._gate.done(conn)
-        if m.CIRCUIT_CAP in ev.caps and not conn.session.initiator:
+        if m.CIRCUIT_CAP in ev.caps and not conn.session.dialled:
             # A connection to us as a relay: not a peer; net/relay.py owns it from now on.
             self._all.discard(conn)
             self.relay.take_circuit_connection(conn)

@@ -15,6 +15,13 @@ verifies, so nobody can claim a peer id without its private key. After message
 3 every frame is one Noise transport message holding one MessagePack frame
 (see messages.py).
 
+Simultaneous open: when both sides dial each other from their listening ports
+at the same moment, TCP can join the two dials into one connection on which
+both sides sent message 1. An initiator that receives a message 1 in place of
+message 2 compares the two ephemeral keys: the side with the lower key stays
+initiator and ignores the other's message 1, the other restarts as responder
+and answers it, so the handshake completes once instead of failing on both.
+
 States: HANDSHAKE -> OPEN -> (LINGER ->) CLOSED. LINGER is a graceful close:
 we have said goodbye and send nothing more, but still accept the peer's frames
 until its own goodbye or end of stream, so nothing it sent before it heard us
@@ -42,6 +49,8 @@ from chinwag.protocol.reasons import Reason
 _LEN = struct.Struct(">H")
 #: Bytes the transport cipher (AES-GCM) adds to each frame: its authentication tag.
 _AEAD_TAG = 16
+#: Bytes of an X25519 public key, the first thing in Noise message 1.
+_DH_LEN = 32
 
 
 # --- events -----------------------------------------------------------------
@@ -153,7 +162,10 @@ class Session:
         ephemeral_private: bytes | None = None,
     ) -> None:
         self.local = local
+        #: Our Noise role; it can change once, from initiator to responder, on a simultaneous open.
         self.initiator = initiator
+        #: Whether we opened this connection (never changes, unlike `initiator`).
+        self.dialled = initiator
         self.expected_peer_id = expected_peer_id
         self.state = State.HANDSHAKE
         self.peer_id: str | None = None
@@ -181,9 +193,13 @@ class Session:
         self.circuit = m.CIRCUIT_CAP in local.caps
         #: Set after a handoff frame: frames are no longer parsed; take_unread() has the rest.
         self.halted = False
+        #: Our ephemeral public key as sent in message 1 (to settle a simultaneous open).
+        self._our_e = b""
         if initiator:
             prelude = m.encode(m.Prelude(proto=m.PROTOCOL_NAME, v=m.PROTOCOL_VERSION))
-            self._write_frame(self._noise.write_handshake(prelude))
+            first = self._noise.write_handshake(prelude)
+            self._our_e = first[:_DH_LEN]
+            self._write_frame(first)
 
     @property
     def closed(self) -> bool:
@@ -316,6 +332,16 @@ class Session:
                 raise RemoteProtocolError(str(exc), Reason.DECRYPT_FAILED) from None
             self._handle_frame(m.decode_frame(plain))
             return
+        if self.initiator and self._is_message_1(data):
+            # Simultaneous open (see the module docstring): the lower ephemeral key keeps
+            # the initiator's role; the other side answers the message 1 it was sent.
+            their_e = bytes(data[:_DH_LEN])
+            if their_e == self._our_e:
+                raise RemoteProtocolError("peer echoed our handshake", Reason.HANDSHAKE_FAILED)
+            if self._our_e < their_e:
+                return
+            self.initiator = False
+            self._noise = NoiseXX(False, self.local.noise_static, m.PROLOGUE)
         try:
             payload = self._noise.read_handshake(bytes(data))
         except NoiseFailure as exc:
@@ -340,6 +366,18 @@ class Session:
                     Reason.VERSION_MISMATCH,
                 )
             self._write_handshake(self.local.hello())
+
+    @staticmethod
+    def _is_message_1(data: memoryview) -> bool:
+        """Return whether data is a Noise message 1 of ours (an ephemeral key, then a clear
+        Prelude naming our protocol) rather than a message 2, whose payload is ciphertext."""
+        if len(data) <= _DH_LEN or len(data) > _DH_LEN + limits.MAX_HANDSHAKE_PAYLOAD:
+            return False
+        try:
+            prelude = m.decode_prelude(bytes(data[_DH_LEN:]))
+        except RemoteProtocolError:
+            return False
+        return prelude.proto == m.PROTOCOL_NAME
 
     def _write_handshake(self, payload: bytes) -> None:
         # Writing can fail on the peer's input too (a low-order ephemeral key
@@ -377,7 +415,7 @@ class Session:
         self.peer_nick = hello.nick
         self.peer_port = hello.port
         self._caps = tuple(hello.caps)
-        if m.CIRCUIT_CAP in self._caps and not self.initiator:
+        if m.CIRCUIT_CAP in self._caps and not self.dialled:
             # Only the relay learns it from the hello: a peer we dialled must not turn our
             # ordinary connection into one without keepalive that its `cok` can halt.
             self.circuit = True
