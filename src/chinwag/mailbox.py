@@ -1,0 +1,309 @@
+"""Mailboxes: the adapter of protocol/mailbox.py (docs/dht.md "Mailboxes").
+
+Three roles, one object per node:
+- author: a private message committed while its reader is not connected is
+  sealed to the reader and put (`mput`) to up to MAILBOX_HOLDERS connected
+  peers likely to meet it (its relays, then members of a room the reader is in,
+  then peers sharing a room with us); a refusal (`mno`) sends it to the next;
+  each acceptance (`mok`) is reported as `{"event":"mailed","id":..,"holders":n}`.
+- holder: takes items from their authors (the rules are `Holder.put`), stores
+  them in SQLite (table `mailbox`) and delivers them (`mail`) when the reader
+  connects; the reader's `mack` deletes them (a tombstone stays until expiry).
+  Expired items are purged every MAILBOX_PURGE_INTERVAL_S.
+- reader: opens delivered items, stores the messages through history (which
+  dedups by id), acknowledges once committed, and mails its receipt (its
+  vector of the conversation) back to an author that is not connected, so the
+  author's `delivered` count rises when it returns, even if we are gone by then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from chinwag import events as ev
+from chinwag import limits
+from chinwag.crypto.identity import Identity, public_from_peer_id
+from chinwag.errors import RemoteProtocolError
+from chinwag.protocol import mailbox as mb
+from chinwag.protocol import messages as m
+from chinwag.protocol.chat import ChatMessage
+from chinwag.protocol.kinds import RoomKind, kind_of_wire
+from chinwag.protocol.reasons import MailRefusal
+from chinwag.rooms import RoomBook
+from chinwag.store.db import Store, StoreError
+
+if TYPE_CHECKING:
+    from chinwag.history import History
+    from chinwag.net.link import Link, Links
+
+log = logging.getLogger(__name__)
+
+_item_decoder = msgspec.msgpack.Decoder(m.MailItem)
+
+
+class Mailbox:
+    """Mail that waits for its reader: author, holder and reader of one node."""
+
+    def __init__(
+        self,
+        store: Store,
+        identity: Identity,
+        manager: Links,
+        history: History,
+        book: RoomBook,
+        emit: Callable[[ev.NodeEvent], None],
+        reader_rooms: Callable[[str], set[str]] = lambda _peer: set(),
+        relays_of: Callable[[str], list[str]] = lambda _peer: [],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """reader_rooms(peer): rooms its presence record names; relays_of(peer): its relays."""
+        self.store = store
+        self.identity = identity
+        self.me = identity.peer_id
+        self.manager = manager
+        self.history = history
+        self.book = book
+        self._emit = emit
+        self._reader_rooms = reader_rooms
+        self._relays_of = relays_of
+        self._clock = clock
+        self.holder = mb.Holder(identity.public)
+        self.outbox = mb.Outbox()
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def load(self) -> None:
+        """Purge expired mail, count what is held, arm the purge timer."""
+        self._purge()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _purge(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        try:
+            expired = self.store.purge_mail(int(self._clock()))
+            if expired:
+                log.info("mailbox: %d items expired unread", expired)
+            self.holder.load(self.store.mail_usage())
+        except StoreError as exc:
+            log.warning("mailbox: cannot purge expired mail: %s", exc)
+        self._timer = self._loop.call_later(limits.MAILBOX_PURGE_INTERVAL_S, self._purge)
+
+    # --- author -------------------------------------------------------------------
+
+    def own_committed(self, to: str, msg: ChatMessage) -> None:
+        """Our private message to `to` is committed: mail it if `to` is not connected."""
+        if self._closed or to in self.manager.peers:
+            return
+        chat = m.Chat(body=msg.raw_body, sig=msg.sig)
+        self._mail(to, chat, msg.id)
+
+    def _mail(self, to: str, frame: m.Chat | m.Vector, msg_id: str | None) -> None:
+        exp = int(self._clock()) + limits.MAILBOX_TTL_S
+        item = mb.make_item(self.identity, public_from_peer_id(to), frame, exp)
+        self.outbox.add(item, msg_id)
+        self._send_outbox()
+
+    def _send_outbox(self, first: str | None = None) -> None:
+        """Put what waits for holders to the connected candidates (first: try it first)."""
+
+        def candidates(to: str) -> list[str]:
+            found = self.candidates(to)
+            if first is not None and first in found:
+                found.remove(first)
+                found.insert(0, first)
+            return found
+
+        for peer, items in self.outbox.plan(candidates).items():
+            conn = self.manager.peers.get(peer)
+            if conn is None:
+                continue
+            for chunk in mb.pack(items):
+                conn.send_frame(m.MailPut(items=chunk))
+
+    def candidates(self, to: str) -> list[str]:
+        """Return connected peers that may meet reader `to`, best first.
+
+        Its relays (it holds reservations there), then peers in a room `to` is in
+        (its presence record, or its receipts in our rooms), then peers sharing any
+        room with us. A peer in no room we know of is not asked.
+        """
+        relays = set(self._relays_of(to))
+        rooms = set(self._reader_rooms(to))
+        for wire in self.book.wires():
+            if kind_of_wire(wire) is not RoomKind.DM and to in self.history.replica.room_receipts(
+                wire
+            ):
+                rooms.add(wire)
+        ranked: list[tuple[int, str]] = []
+        for peer in self.manager.peers:
+            if peer in (to, self.me):
+                continue
+            announced = self.book.announced.get(peer, {})
+            if peer in relays:
+                rank = 0
+            elif rooms & announced.keys():
+                rank = 1
+            elif any(w in self.book.joined for w in announced):
+                rank = 2
+            else:
+                continue
+            ranked.append((rank, peer))
+        ranked.sort()
+        return [p for _r, p in ranked]
+
+    # --- frames -------------------------------------------------------------------
+
+    def frame(self, conn: Link, frame: m.MailFrame) -> None:
+        """Handle a mail frame from a connected peer."""
+        if self._closed:
+            return
+        peer = conn.peer_id or ""
+        if isinstance(frame, m.MailPut):
+            self._put(conn, peer, frame)
+        elif isinstance(frame, m.MailOk):
+            for report in self.outbox.kept(peer, frame.ids):
+                self._emit(ev.Mailed(id=report.msg_id, holders=report.holders))
+        elif isinstance(frame, m.MailNo):
+            self.outbox.refused(peer, frame.ids, frame.reason)
+            self._send_outbox()
+        elif isinstance(frame, m.MailDeliver):
+            self._delivered(conn, peer, frame)
+        else:
+            try:
+                gone = self.store.mail_delivered(peer, frame.ids)
+            except StoreError as exc:
+                log.warning("mailbox: cannot delete delivered mail: %s", exc)
+                return
+            self.holder.removed(gone)
+
+    # --- holder -------------------------------------------------------------------
+
+    def _put(self, conn: Link, peer: str, frame: m.MailPut) -> None:
+        verdict = self.holder.put(peer, frame, self._clock(), self.store.mail_known)
+        if verdict.close is not None:
+            log.warning("mailbox: disconnecting %s: %s", peer[:8], verdict.close)
+            conn.close(verdict.close)
+            return
+        refused = verdict.refused
+        if verdict.keep:
+            try:
+                self.store.hold_mail(
+                    (h.id, h.to, h.frm, h.exp, h.size, m.encode(h.item)) for h in verdict.keep
+                )
+            except StoreError as exc:
+                log.warning("mailbox: cannot store mail: %s", exc)
+                self.holder.not_stored(verdict.keep)
+                refused.setdefault(MailRefusal.FULL, []).extend(h.id for h in verdict.keep)
+                verdict.keep = []
+        for ids in mb.chunks([h.id for h in verdict.keep]):
+            conn.send_frame(m.MailOk(ids=ids))
+        for reason, refused_ids in refused.items():
+            for ids in mb.chunks(refused_ids):
+                conn.send_frame(m.MailNo(ids=ids, reason=reason))
+        # A reader connected to us now gets its mail at once.
+        for to in {h.to for h in verdict.keep}:
+            reader = self.manager.peers.get(to)
+            if reader is not None:
+                self._deliver(reader, [h.item for h in verdict.keep if h.to == to])
+
+    def _deliver(self, conn: Link, items: list[m.MailItem]) -> None:
+        for chunk in mb.pack(items):
+            conn.send_frame(m.MailDeliver(items=chunk))
+
+    # --- reader -------------------------------------------------------------------
+
+    def _delivered(self, conn: Link, holder: str, frame: m.MailDeliver) -> None:
+        acks: list[bytes] = []
+        chats: list[tuple[bytes, str, str, int]] = []
+        for item in frame.items:
+            try:
+                opened = mb.open_item(self.identity, item)
+            except RemoteProtocolError as exc:
+                log.warning("mailbox: disconnecting holder %s: %s", holder[:8], exc)
+                conn.close(exc.code)
+                return
+            except mb.MailDropped as exc:
+                log.info("mailbox: dropping mail from holder %s: %s", holder[:8], exc)
+                acks.append(mb.mail_id(item.box))
+                continue
+            if isinstance(opened.frame, m.Vector):
+                self.history.mail_vector(opened.frm, opened.frame)
+                acks.append(opened.id)
+                continue
+            body = m.decode_body(opened.frame.body)  # checked by open_item
+            if opened.frm in self.book.blocked:
+                acks.append(opened.id)
+                continue
+            self.history.chat_received(
+                conn, m.Chat(body=opened.frame.body, sig=opened.frame.sig, hist=True)
+            )
+            chats.append((opened.id, body.room, opened.frm, body.seq))
+        self.history.when_committed(lambda: self._stored(conn, holder, acks, chats))
+
+    def _stored(
+        self, conn: Link, holder: str, acks: list[bytes], chats: list[tuple[bytes, str, str, int]]
+    ) -> None:
+        """Mail is committed: acknowledge what we hold, mail receipts to absent authors."""
+        receipts: set[tuple[str, str]] = set()
+        for ident, room, author, seq in chats:
+            if self.history.holds(room, author, seq):
+                acks.append(ident)
+                if author not in self.manager.peers:
+                    receipts.add((author, room))
+        if conn.is_open:
+            for ids in mb.chunks(acks):
+                conn.send_frame(m.MailAck(ids=ids))
+        for author, room in sorted(receipts):
+            vector = m.Vector(room=room, have=self.history.replica.capped_vector(room))
+            exp = int(self._clock()) + limits.MAILBOX_TTL_S
+            item = mb.make_item(self.identity, public_from_peer_id(author), vector, exp)
+            self.outbox.add(item, None)
+        if receipts:
+            self._send_outbox(first=holder)
+
+    # --- peers --------------------------------------------------------------------
+
+    def peer_joined(self, conn: Link) -> None:
+        """A peer connected: deliver what we hold for it, put what waits for holders."""
+        if self._closed:
+            return
+        peer = conn.peer_id or ""
+        self.outbox.reader_met(peer)
+        try:
+            held = self.store.mail_for(peer)
+        except StoreError as exc:
+            log.warning("mailbox: cannot read held mail: %s", exc)
+            held = []
+        if held:
+            items = []
+            for raw in held:
+                try:
+                    items.append(_item_decoder.decode(raw))
+                except msgspec.DecodeError:
+                    log.warning("mailbox: a held item does not decode; skipped")
+            self._deliver(conn, items)
+        if self.outbox.pending:
+            self._send_outbox()
+
+    def peer_rooms(self) -> None:
+        """A peer announced its rooms: it may now be a candidate holder."""
+        if self.outbox.pending and not self._closed:
+            self._send_outbox()
+
+    def peer_left(self, peer_id: str) -> None:
+        self.holder.peer_closed(peer_id)
+        self.outbox.peer_closed(peer_id)

@@ -1,0 +1,92 @@
+"""Mail that waits for its reader (issue 15 item 4): a third peer holds a private message.
+
+Line a - c - b over loopback (`--peer`, no discovery): a writes to b while b is
+offline; c holds the sealed item; a goes; b returns and reads it exactly once;
+b goes; a returns and its `delivered` count rises through c (b is gone by then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from it_support import PROMPT_S, ChinwagProcess, NodeFactory, ask, connected, count, store_leaks
+
+SECRET = "the parcel is under the mat"
+
+
+def start_args(hub: ChinwagProcess) -> tuple[str, ...]:
+    return ("--peer", f"127.0.0.1:{hub.port}")
+
+
+async def test_mail_waits_with_a_third_peer_and_its_receipt_returns(
+    node: NodeFactory, tmp_path: Path
+) -> None:
+    c = node("carol", discovery=False)
+    await c.start()
+    a = node("ann", *start_args(c), discovery=False)
+    b = node("bob", *start_args(c), discovery=False)
+    await asyncio.gather(a.start(), b.start())
+    await asyncio.gather(connected(a, c), connected(b, c))
+    b_id = b.peer_id
+    # b goes away; a knows it (it met it through c's presence records, and by id).
+    assert await b.quit() == 0
+    await c.wait_for("peer_left", timeout=PROMPT_S, from_start=True, peer_id=b_id)
+
+    await a.send({"cmd": "dm", "to": b_id, "text": SECRET})
+    own = await a.wait_for("dm", timeout=PROMPT_S, from_start=True, text=SECRET)
+    mailed = await a.wait_for("mailed", timeout=PROMPT_S, from_start=True, id=own["id"])
+    assert mailed["holders"] == 1, mailed  # c is the only candidate
+    assert await a.quit() == 0
+
+    # b returns (a is gone): c delivers the mail, b reads it once.
+    b2 = node("bob", *start_args(c), discovery=False, data_dir=b.data_dir)
+    await b2.start()
+    got = await b2.wait_for("dm", timeout=PROMPT_S, from_start=True, text=SECRET)
+    assert got["id"] == own["id"] and got["peer_id"] == a.peer_id and not got["own"], got
+    # Its receipt is mailed back through c (a is offline): wait until c took it, then go.
+    await _until_holds_for(c, a.peer_id)
+    assert await b2.quit() == 0
+    assert count(b2, "dm", text=SECRET) == 1
+
+    # a returns while b is gone: c hands it b's receipt, the delivered count rises.
+    a2 = node("ann", *start_args(c), discovery=False, data_dir=a.data_dir)
+    await a2.start()
+    delivered = await a2.wait_for("delivered", timeout=PROMPT_S, from_start=True, id=own["id"])
+    assert delivered["count"] == 1, delivered
+    assert b_id not in a2.connected_peers()
+
+    # b once more: nothing is delivered twice.
+    b3 = node("bob", *start_args(c), discovery=False, data_dir=b.data_dir)
+    await b3.start()
+    await connected(b3, c)
+    found = await ask(b3, {"cmd": "search", "text": "parcel"}, "search")
+    assert [m["text"] for m in found["messages"]] == [SECRET], found
+    assert count(b3, "dm", text=SECRET) == 0
+
+    # The holder never stored or showed readable text.
+    assert not any(SECRET in str(e) for e in c.events)
+    assert await c.quit() == 0
+    assert store_leaks(c.data_dir, SECRET) == []
+    assert store_leaks(c.data_dir, "parcel") == []
+
+
+async def _until_holds_for(c: ChinwagProcess, reader: str) -> None:
+    """Wait until c's store holds an item for reader (b's mailed receipt)."""
+
+    db = c.data_dir / "chinwag.db"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PROMPT_S
+    while loop.time() < deadline:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            n = conn.execute(
+                "SELECT count(*) FROM mailbox WHERE recipient=?", (reader,)
+            ).fetchone()[0]
+        finally:
+            conn.close()
+        if n >= 1:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{c.nick} never held mail for {reader[:8]}")
