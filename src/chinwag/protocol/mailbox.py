@@ -84,10 +84,14 @@ def make_item(
 ) -> m.MailItem:
     """Seal frame to the recipient, padded to its size bucket, and sign the item."""
     frame_bytes = m.encode(frame)
-    bare = len(m.encode(m.MailInner(frm=identity.public, frame=frame_bytes)))
-    # The pad field's own length prefix grows by up to 4 bytes: aim just below the bucket.
-    target = bucket(bare + 5)
-    pad = b"\0" * max(target - bare - 5, 0)
+    # Without the (empty) pad's 2 bytes; the pad's own length prefix is 2, 3 or 5 bytes.
+    base = len(m.encode(m.MailInner(frm=identity.public, frame=frame_bytes))) - 2
+    target = bucket(base + 2)
+    pad = b""
+    for head, most in ((2, 0xFF), (3, 0xFFFF), (5, 0xFFFFFFFF)):
+        if 0 <= target - base - head <= most:
+            pad = bytes(target - base - head)
+            break
     inner = m.encode(m.MailInner(frm=identity.public, frame=frame_bytes, pad=pad))
     sealed = box.seal_to(recipient_public, inner)
     sig = identity.sign(signed_part(recipient_public, identity.public, exp, sealed))
