@@ -9,9 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
-from it_support import PROMPT_S, ChinwagProcess, NodeFactory, ask, connected, count, store_leaks
+from hostile_peer import HostilePeer
+from it_support import (
+    PROMPT_S,
+    ChinwagProcess,
+    NodeFactory,
+    ask,
+    connected,
+    count,
+    stderr_has_traceback,
+    store_leaks,
+)
+
+from chinwag import limits
+from chinwag.crypto.identity import Identity
+from chinwag.protocol import mailbox as mb
+from chinwag.protocol import messages as m
+from chinwag.protocol.chat import make_message
 
 SECRET = "the parcel is under the mat"
 
@@ -90,3 +107,74 @@ async def _until_holds_for(c: ChinwagProcess, reader: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{c.nick} never held mail for {reader[:8]}")
+
+
+async def test_a_holder_refuses_bad_mail_with_reasons_and_cuts_forgers(node: NodeFactory) -> None:
+    """Forged, replayed, expired and flooding mail against a real holder; its reader gets the
+    good item, and once acknowledged it is gone (and cannot be put again)."""
+    c = node("carol", discovery=False)
+    await c.start()
+    reader = Identity.generate()
+    author = HostilePeer(nick="author")
+    await author.connect(c.port)
+    now = int(time.time())
+    msg = make_message(author.identity, "general", "author", now * 1000, 1, "hi")
+    good = mb.make_item(
+        author.identity, reader.public, m.Chat(body=msg.raw_body, sig=msg.sig), now + 60
+    )
+    stale = mb.make_item(author.identity, reader.public, m.Vector(room="general", have={}), now - 1)
+    author.send_frames([m.MailPut(items=[good, stale])])
+    ok = await author.wait_frame(m.MailOk)
+    assert ok.ids == [mb.mail_id(good.box)]
+    no = await author.wait_frame(m.MailNo)
+    assert no.reason == "bad_expiry" and no.ids == [mb.mail_id(stale.box)]
+    author.send_frames([m.MailPut(items=[good])])
+    again = await author.wait_frame(m.MailNo, lambda f: f.reason == "replayed")
+    assert again.ids == [mb.mail_id(good.box)]
+
+    # The reader connects: the item is delivered; its ack deletes it.
+    bob = HostilePeer(identity=reader, nick="bob")
+    await bob.connect(c.port)
+    got = await bob.wait_frame(m.MailDeliver)
+    assert got.items == [good]
+    assert mb.open_item(reader, good).frame == m.Chat(body=msg.raw_body, sig=msg.sig)
+    bob.send_frames([m.MailAck(ids=[mb.mail_id(good.box)])])
+    await _until_holds_none(c, reader.peer_id)
+    # Acknowledged mail put again is a replay (its tombstone stays until it expires).
+    author.send_frames([m.MailPut(items=[good])])
+    await author.wait_frame(m.MailNo, lambda f: f.reason == "replayed" and f is not again)
+
+    # A forged signature: refused, and the sender is cut.
+    forged = m.MailItem(good.to, good.frm, good.exp + 1, good.box, good.sig)
+    author.send_frames([m.MailPut(items=[forged])])
+    closed = await author.wait_closed(PROMPT_S)
+    assert closed.code == "bad_signature", closed
+
+    # A flood of puts: cut with mail_flood.
+    flooder = HostilePeer(nick="flooder")
+    await flooder.connect(c.port)
+    junk = [
+        mb.make_item(flooder.identity, reader.public, m.Vector(room="general", have={}), now - 1)
+    ] * 64  # within MAX_FRAME
+    flooder.send_frames([m.MailPut(items=junk)] * (int(limits.MAILBOX_PUT_BURST) // len(junk) + 2))
+    closed = await flooder.wait_closed(PROMPT_S)
+    assert closed.code == "mail_flood", closed
+    assert not stderr_has_traceback(c)
+
+
+async def _until_holds_none(c: ChinwagProcess, reader: str) -> None:
+    db = c.data_dir / "chinwag.db"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PROMPT_S
+    while loop.time() < deadline:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            n = conn.execute(
+                "SELECT count(*) FROM mailbox WHERE recipient=?", (reader,)
+            ).fetchone()[0]
+        finally:
+            conn.close()
+        if n == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{c.nick} still holds mail for {reader[:8]}")
