@@ -616,6 +616,9 @@ MAILBOX_HOLDERS = 2
 #: Items an author keeps in memory waiting for a holder; oldest dropped (the message itself
 #: stays in the outbox and still goes out by sync when both ends meet).
 MAILBOX_OUTBOX_MAX = 4_096
+#: Seconds a reader waits after storing mail before mailing its receipt to the absent author
+#: (one receipt for a delivery of many frames, not one per frame).
+MAILBOX_RECEIPT_DELAY_S = 0.5
 #: Seconds between purges of expired mail and tombstones at a holder.
 MAILBOX_PURGE_INTERVAL_S = 600.0
 #: Bytes of mail items in one `mail` delivery frame (under MAX_FRAME with framing to spare).

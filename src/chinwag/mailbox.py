@@ -77,6 +77,12 @@ class Mailbox:
         self.outbox = mb.Outbox()
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self._send_soon: asyncio.Handle | None = None
+        #: Receipts to mail (author, conversation) -> the holder that delivered (tried first).
+        self._receipts: dict[tuple[str, str], str] = {}
+        self._receipt_timer: asyncio.TimerHandle | None = None
+        #: What our last mailed receipt of (author, conversation) said: no repeats.
+        self._receipted: dict[tuple[str, str], dict[str, int]] = {}
         self._closed = False
 
     def load(self) -> None:
@@ -84,10 +90,14 @@ class Mailbox:
         self._purge()
 
     def close(self) -> None:
+        """Mail the receipts still waiting (connections are still open), stop the timers."""
+        if self._receipts and not self._closed:
+            self._mail_receipts()
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for handle in (self._timer, self._send_soon, self._receipt_timer):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._send_soon = self._receipt_timer = None
 
     def _purge(self) -> None:
         self._timer = None
@@ -115,15 +125,26 @@ class Mailbox:
         exp = int(self._clock()) + limits.MAILBOX_TTL_S
         item = mb.make_item(self.identity, public_from_peer_id(to), frame, exp)
         self.outbox.add(item, msg_id)
-        self._send_outbox()
+        if self._send_soon is None:
+            # Messages written in one loop turn go out in one put per holder.
+            self._send_soon = self._loop.call_soon(self._send_outbox)
 
     def _send_outbox(self, first: str | None = None) -> None:
-        """Put what waits for holders to the connected candidates (first: try it first)."""
+        """Put what waits for holders to the connected candidates.
+
+        first: a holder that delivered mail to us: it met the author's mail, so it is
+        asked first for our receipts to that author (even if it is in none of our rooms,
+        like a relay).
+        """
+        self._send_soon = None
+        if self._closed:
+            return
 
         def candidates(to: str) -> list[str]:
             found = self.candidates(to)
-            if first is not None and first in found:
-                found.remove(first)
+            if first is not None and first in self.manager.peers and first != to:
+                if first in found:
+                    found.remove(first)
                 found.insert(0, first)
             return found
 
@@ -258,21 +279,40 @@ class Mailbox:
         self, conn: Link, holder: str, acks: list[bytes], chats: list[tuple[bytes, str, str, int]]
     ) -> None:
         """Mail is committed: acknowledge what we hold, mail receipts to absent authors."""
-        receipts: set[tuple[str, str]] = set()
         for ident, room, author, seq in chats:
             if self.history.holds(room, author, seq):
                 acks.append(ident)
                 if author not in self.manager.peers:
-                    receipts.add((author, room))
+                    self._receipts[(author, room)] = holder
         if conn.is_open:
             for ids in mb.chunks(acks):
                 conn.send_frame(m.MailAck(ids=ids))
-        for author, room in sorted(receipts):
-            vector = m.Vector(room=room, have=self.history.replica.capped_vector(room))
+        if self._receipts and self._receipt_timer is None and not self._closed:
+            # One receipt for a whole delivery (it comes in many frames), not one per frame.
+            self._receipt_timer = self._loop.call_later(
+                limits.MAILBOX_RECEIPT_DELAY_S, self._mail_receipts
+            )
+
+    def _mail_receipts(self) -> None:
+        """Mail our vector of each conversation whose mail we stored to its absent author."""
+        self._receipt_timer = None
+        receipts, self._receipts = self._receipts, {}
+        firsts: set[str] = set()
+        for (author, room), holder in sorted(receipts.items()):
+            if author in self.manager.peers:
+                continue  # it is back: our vector reaches it the usual way
+            have = self.history.replica.capped_vector(room)
+            if self._receipted.get((author, room)) == have:
+                continue
+            self._receipted[(author, room)] = have
+            if len(self._receipted) > limits.MAILBOX_OUTBOX_MAX:
+                del self._receipted[next(iter(self._receipted))]
             exp = int(self._clock()) + limits.MAILBOX_TTL_S
+            vector = m.Vector(room=room, have=have)
             item = mb.make_item(self.identity, public_from_peer_id(author), vector, exp)
             self.outbox.add(item, None)
-        if receipts:
+            firsts.add(holder)
+        for holder in sorted(firsts):
             self._send_outbox(first=holder)
 
     # --- peers --------------------------------------------------------------------
