@@ -60,9 +60,11 @@ class Mailbox:
         emit: Callable[[ev.NodeEvent], None],
         reader_rooms: Callable[[str], set[str]] = lambda _peer: set(),
         relays_of: Callable[[str], list[str]] = lambda _peer: [],
+        reach: Callable[[str], None] = lambda _peer: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """reader_rooms(peer): rooms its presence record names; relays_of(peer): its relays."""
+        """reader_rooms(peer): rooms its presence record names; relays_of(peer): its relays;
+        reach(peer): dial peer if its presence record says it is online."""
         self.store = store
         self.identity = identity
         self.me = identity.peer_id
@@ -72,6 +74,7 @@ class Mailbox:
         self._emit = emit
         self._reader_rooms = reader_rooms
         self._relays_of = relays_of
+        self._reach = reach
         self._clock = clock
         self.holder = mb.Holder(identity.public)
         self.outbox = mb.Outbox()
@@ -343,6 +346,19 @@ class Mailbox:
         """A peer announced its rooms: it may now be a candidate holder."""
         if self.outbox.pending and not self._closed:
             self._send_outbox()
+
+    def members_changed(self, authors: frozenset[str]) -> None:
+        """Presence records of authors changed: dial those we hold mail for (if online)."""
+        if self._closed:
+            return
+        try:
+            waiting = self.store.mail_recipients()
+        except StoreError as exc:
+            log.warning("mailbox: cannot read held mail: %s", exc)
+            return
+        for peer in sorted(authors & waiting):
+            if peer not in self.manager.peers:
+                self._reach(peer)
 
     def peer_left(self, peer_id: str) -> None:
         self.holder.peer_closed(peer_id)

@@ -275,6 +275,7 @@ class Node:
                 self._emit,
                 reader_rooms=self._presence_rooms,
                 relays_of=contacts.relays_of,
+                reach=self._reach_member,
             )
             run.mailbox.load()
             files.load()
@@ -943,6 +944,15 @@ class Node:
 
     def _members_changed(self, authors: frozenset[str]) -> None:
         self._offer_members(authors)
+        mailbox = self._run.mailbox if self._run is not None else None
+        if mailbox is not None:
+            mailbox.members_changed(authors)
+
+    def _reach_member(self, peer_id: str) -> None:
+        """Dial a member whose presence record says it is online, where the record says."""
+        run = self._running()
+        if run.members.online(peer_id):
+            run.manager.reach(peer_id, run.members.addresses(peer_id))
 
     def _offer_members(self, authors: frozenset[str] | None) -> None:
         """Offer the mesh, as dial candidates, members (of authors; None: all) of joined rooms

@@ -178,3 +178,33 @@ async def _until_holds_none(c: ChinwagProcess, reader: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{c.nick} still holds mail for {reader[:8]}")
+
+
+async def test_a_holder_dials_its_reader_when_presence_shows_it_online(node: NodeFactory) -> None:
+    """Line a - c - d - b: c holds a's mail for b; b returns connected only to d, and c,
+    hearing b's presence record through d, dials b and delivers."""
+    d = node("dora", discovery=False)
+    await d.start()
+    c = node("carol", "--peer", f"127.0.0.1:{d.port}", discovery=False)
+    b = node("bob", "--peer", f"127.0.0.1:{d.port}", discovery=False)
+    await asyncio.gather(c.start(), b.start())
+    a = node("ann", "--peer", f"127.0.0.1:{c.port}", discovery=False)
+    await a.start()
+    await asyncio.gather(connected(c, d), connected(b, d), connected(a, c))
+    b_id = b.peer_id
+    assert await b.quit() == 0
+    await d.wait_for("peer_left", timeout=PROMPT_S, from_start=True, peer_id=b_id)
+
+    await a.send({"cmd": "dm", "to": b_id, "text": SECRET})
+    own = await a.wait_for("dm", timeout=PROMPT_S, from_start=True, text=SECRET)
+    mailed = await a.wait_for("mailed", timeout=PROMPT_S, from_start=True, id=own["id"])
+    assert mailed["holders"] == 1, mailed
+    assert await a.quit() == 0
+    assert b_id not in c.connected_peers()
+
+    b2 = node("bob", "--peer", f"127.0.0.1:{d.port}", discovery=False, data_dir=b.data_dir)
+    await b2.start()
+    got = await b2.wait_for("dm", timeout=PROMPT_S, from_start=True, text=SECRET)
+    assert got["id"] == own["id"], got
+    assert c.peer_id in b2.connected_peers()
+    assert count(b2, "dm", text=SECRET) == 1

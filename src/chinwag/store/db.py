@@ -675,6 +675,10 @@ class Store:
         ).fetchall()
         return [r[0] for r in rows]
 
+    def mail_recipients(self) -> set[str]:
+        """Return the peers we hold mail for."""
+        return {r[0] for r in self.db.execute("SELECT DISTINCT recipient FROM mailbox")}
+
     def mail_usage(self) -> list[tuple[str, int]]:
         """Return (sender, size) of every held item."""
         return [(r[0], r[1]) for r in self.db.execute("SELECT sender, size FROM mailbox")]
