@@ -200,3 +200,14 @@ def test_outbox_forgets_mail_for_a_reader_met_and_re_asks_a_holder_that_left() -
     # The reader itself is never a holder of its own mail.
     box.add(item(seq=2), "msg2")
     assert box.plan(lambda to: [READER.peer_id]) == {}
+
+
+def test_docs_list_exactly_the_mail_refusal_codes() -> None:
+    """docs/protocol.md section 24.3 lists every MailRefusal code, and no other."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    section = doc[doc.index("### 24.3") : doc.index("### 24.4")]
+    codes = {c for line in section.splitlines() for c in re.findall(r"^\| `([a-z_]+)` \|", line)}
+    assert codes == {r.value for r in MailRefusal}
