@@ -208,3 +208,69 @@ async def test_a_holder_dials_its_reader_when_presence_shows_it_online(node: Nod
     assert got["id"] == own["id"], got
     assert c.peer_id in b2.connected_peers()
     assert count(b2, "dm", text=SECRET) == 1
+
+
+async def test_a_relay_holds_mail_for_its_reservation_holder(
+    node: NodeFactory, tmp_path: Path
+) -> None:
+    """R is a headless relay, B holds a reservation there and A has B's invite (naming R):
+    A's message for offline B waits at R; B, back at R, reads it; B's receipt waits at R
+    for A."""
+    from test_e2e_relay import RelayProcess
+
+    relay = RelayProcess(tmp_path / "relay")
+    await relay.start()
+    try:
+        at_r = ("--relay-peer", relay.addr, "--no-punch")
+        a = node("ann", *at_r, discovery=False)
+        b = node("bob", *at_r, discovery=False)
+        await asyncio.gather(a.start(), b.start())
+        await relay.wait_log(f"reservation for {b.peer_id[:8]} granted")
+        invite = await ask(b, {"cmd": "invite"}, "invite")
+        assert relay.peer_id in str(invite["relays"]), invite
+        b_id = b.peer_id
+        assert await b.quit() == 0
+        await a.send({"cmd": "add", "code": invite["code"]})
+        await a.wait_for("contact_added", timeout=PROMPT_S, peer_id=b_id)
+
+        await a.send({"cmd": "dm", "to": b_id, "text": SECRET})
+        own = await a.wait_for("dm", timeout=PROMPT_S, from_start=True, text=SECRET)
+        mailed = await a.wait_for("mailed", timeout=PROMPT_S, from_start=True, id=own["id"])
+        assert mailed["holders"] == 1, mailed  # R, the only peer: a relay of B's
+        assert await a.quit() == 0
+
+        b2 = node("bob", *at_r, discovery=False, data_dir=b.data_dir)
+        await b2.start()
+        got = await b2.wait_for("dm", timeout=PROMPT_S, from_start=True, text=SECRET)
+        assert got["id"] == own["id"], got
+        await _until_holds_for_dir(relay.data_dir, a.peer_id)
+        assert await b2.quit() == 0
+
+        a2 = node("ann", *at_r, discovery=False, data_dir=a.data_dir)
+        await a2.start()
+        delivered = await a2.wait_for("delivered", timeout=PROMPT_S, from_start=True, id=own["id"])
+        assert delivered["count"] == 1, delivered
+        assert SECRET not in relay.log()
+        assert await relay.stop() == 0
+        assert store_leaks(relay.data_dir, SECRET) == []
+    finally:
+        if relay.proc is not None and relay.proc.returncode is None:
+            await relay.stop()
+
+
+async def _until_holds_for_dir(data_dir: Path, reader: str) -> None:
+    db = data_dir / "chinwag.db"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PROMPT_S
+    while loop.time() < deadline:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            n = conn.execute(
+                "SELECT count(*) FROM mailbox WHERE recipient=?", (reader,)
+            ).fetchone()[0]
+        finally:
+            conn.close()
+        if n:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{data_dir.name} never held mail for {reader[:8]}")
