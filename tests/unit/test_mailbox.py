@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chinwag import limits
+from chinwag.crypto import box
 from chinwag.crypto.identity import Identity
 from chinwag.errors import RemoteProtocolError
 from chinwag.protocol import mailbox as mb
@@ -211,3 +216,15 @@ def test_docs_list_exactly_the_mail_refusal_codes() -> None:
     section = doc[doc.index("### 24.3") : doc.index("### 24.4")]
     codes = {c for line in section.splitlines() for c in re.findall(r"^\| `([a-z_]+)` \|", line)}
     assert codes == {r.value for r in MailRefusal}
+
+
+@settings(max_examples=60, deadline=None)
+@given(inner=st.binary(max_size=600), sealed=st.booleans())
+def test_any_signed_item_opens_or_is_dropped_never_another_error(
+    inner: bytes, sealed: bool
+) -> None:
+    """An author's signed item with any content: opened or MailDropped, nothing else."""
+    content = box.seal_to(READER.public, inner) if sealed else inner
+    sig = AUTHOR.sign(mb.signed_part(READER.public, AUTHOR.public, EXP, content))
+    with contextlib.suppress(mb.MailDropped):
+        mb.open_item(READER, m.MailItem(READER.public, AUTHOR.public, EXP, content, sig))
