@@ -96,6 +96,8 @@ class Mailbox:
         """Mail the receipts still waiting (connections are still open), stop the timers."""
         if self._receipts and not self._closed:
             self._mail_receipts()
+        if self._send_soon is not None and not self._closed:
+            self._send_outbox()  # what was written in this last turn
         self._closed = True
         for handle in (self._timer, self._send_soon, self._receipt_timer):
             if handle is not None:
@@ -220,6 +222,7 @@ class Mailbox:
         verdict = self.holder.put(peer, frame, self._clock(), self.store.mail_known)
         if verdict.close is not None:
             log.warning("mailbox: disconnecting %s: %s", peer[:8], verdict.close)
+            self.history.mesh_invalid(peer)
             conn.close(verdict.close)
             return
         refused = verdict.refused
@@ -258,6 +261,7 @@ class Mailbox:
                 opened = mb.open_item(self.identity, item)
             except RemoteProtocolError as exc:
                 log.warning("mailbox: disconnecting holder %s: %s", holder[:8], exc)
+                self.history.mesh_invalid(holder)
                 conn.close(exc.code)
                 return
             except mb.MailDropped as exc:
@@ -265,12 +269,24 @@ class Mailbox:
                 acks.append(mb.mail_id(item.box))
                 continue
             if isinstance(opened.frame, m.Vector):
-                self.history.mail_vector(opened.frm, opened.frame)
+                # Only a conversation's receipt comes by mail: room receipts come from
+                # members themselves (a mailed one could be anyone's, in any number).
+                if kind_of_wire(opened.frame.room) is RoomKind.DM:
+                    self.history.mail_vector(opened.frm, opened.frame)
                 acks.append(opened.id)
                 continue
             body = m.decode_body(opened.frame.body)  # checked by open_item
             if opened.frm in self.book.blocked:
                 acks.append(opened.id)
+                continue
+            verdict = m.ts_verdict(body.ts, int(self._clock() * 1000))
+            if verdict is not None:
+                # As for any chat (node._untimely): out of range never; ahead: not yet.
+                log.info(
+                    "mailbox: mailed chat from %s dated %d: %s", opened.frm[:8], body.ts, verdict
+                )
+                if verdict == m.BAD_TIMESTAMP:
+                    acks.append(opened.id)
                 continue
             self.history.chat_received(
                 conn, m.Chat(body=opened.frame.body, sig=opened.frame.sig, hist=True)
