@@ -616,6 +616,9 @@ MAILBOX_HOLDERS = 2
 #: Items an author keeps in memory waiting for a holder; oldest dropped (the message itself
 #: stays in the outbox and still goes out by sync when both ends meet).
 MAILBOX_OUTBOX_MAX = 4_096
+#: Offline members one room message is mailed to when no member of the room is connected
+#: (one sealed item each); stops a big room's message from turning into thousands of items.
+MAILBOX_ROOM_READERS = 16
 #: Seconds a reader waits after storing mail before mailing its receipt to the absent author
 #: (one receipt for a delivery of many frames, not one per frame).
 MAILBOX_RECEIPT_DELAY_S = 0.5

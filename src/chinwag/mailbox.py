@@ -61,10 +61,12 @@ class Mailbox:
         reader_rooms: Callable[[str], set[str]] = lambda _peer: set(),
         relays_of: Callable[[str], list[str]] = lambda _peer: [],
         reach: Callable[[str], None] = lambda _peer: None,
+        room_members: Callable[[str], list[str]] = lambda _wire: [],
         clock: Callable[[], float] = time.time,
     ) -> None:
         """reader_rooms(peer): rooms its presence record names; relays_of(peer): its relays;
-        reach(peer): dial peer if its presence record says it is online."""
+        reach(peer): dial peer if its presence record says it is online;
+        room_members(wire): members of a joined room its presence records name."""
         self.store = store
         self.identity = identity
         self.me = identity.peer_id
@@ -75,6 +77,7 @@ class Mailbox:
         self._reader_rooms = reader_rooms
         self._relays_of = relays_of
         self._reach = reach
+        self._room_members = room_members
         self._clock = clock
         self.holder = mb.Holder(identity.public)
         self.outbox = mb.Outbox()
@@ -126,10 +129,31 @@ class Mailbox:
         chat = m.Chat(body=msg.raw_body, sig=msg.sig)
         self._mail(to, chat, msg.id)
 
-    def _mail(self, to: str, frame: m.Chat | m.Vector, msg_id: str | None) -> None:
+    def own_room_committed(self, wire: str, msg: ChatMessage) -> None:
+        """Our room message is committed: if no member of the room is connected (no one
+        carries it), mail it to up to MAILBOX_ROOM_READERS members that are offline."""
+        if self._closed:
+            return
+        peers = self.manager.peers
+        if any(self.book.peer_in(p, wire) for p in peers):
+            return  # members store and sync it: it reaches the others through them
+        # Members we know: those that sent us receipts (most recent last), then presence.
+        known = list(reversed(self.history.replica.room_receipts(wire)))
+        known += self._room_members(wire)
+        readers: list[str] = []
+        for peer in known:
+            if peer not in readers and peer != self.me and peer not in peers:
+                readers.append(peer)
+        chat = m.Chat(body=msg.raw_body, sig=msg.sig)
+        for reader in readers[: limits.MAILBOX_ROOM_READERS]:
+            self._mail(reader, chat, msg.id, wire)
+
+    def _mail(
+        self, to: str, frame: m.Chat | m.Vector, msg_id: str | None, room: str | None = None
+    ) -> None:
         exp = int(self._clock()) + limits.MAILBOX_TTL_S
         item = mb.make_item(self.identity, public_from_peer_id(to), frame, exp)
-        self.outbox.add(item, msg_id)
+        self.outbox.add(item, msg_id, room)
         if self._send_soon is None:
             # Messages written in one loop turn go out in one put per holder.
             self._send_soon = self._loop.call_soon(self._send_outbox)
@@ -269,9 +293,13 @@ class Mailbox:
                 acks.append(mb.mail_id(item.box))
                 continue
             if isinstance(opened.frame, m.Vector):
-                # Only a conversation's receipt comes by mail: room receipts come from
-                # members themselves (a mailed one could be anyone's, in any number).
-                if kind_of_wire(opened.frame.room) is RoomKind.DM:
+                # A conversation's receipt, or a room's from a member we know already:
+                # a mailed one could otherwise be anyone's, in any number.
+                room = opened.frame.room
+                if kind_of_wire(room) is RoomKind.DM or (
+                    room in self.book.joined
+                    and opened.frm in self.history.replica.room_receipts(room)
+                ):
                     self.history.mail_vector(opened.frm, opened.frame)
                 acks.append(opened.id)
                 continue
@@ -358,9 +386,11 @@ class Mailbox:
         if self.outbox.pending:
             self._send_outbox()
 
-    def peer_rooms(self) -> None:
-        """A peer announced its rooms: it may now be a candidate holder."""
+    def peer_rooms(self, peer_id: str) -> None:
+        """A peer announced its rooms: it carries those rooms' messages (no mail needed for
+        them any more), and it may now be a candidate holder."""
         if self.outbox.pending and not self._closed:
+            self.outbox.members_met(self.book.announced.get(peer_id, {}))
             self._send_outbox()
 
     def members_changed(self, authors: frozenset[str]) -> None:

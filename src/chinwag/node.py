@@ -276,6 +276,7 @@ class Node:
                 reader_rooms=self._presence_rooms,
                 relays_of=contacts.relays_of,
                 reach=self._reach_member,
+                room_members=self._room_members,
             )
             run.mailbox.load()
             files.load()
@@ -364,7 +365,19 @@ class Node:
         Raises UsageError at once for invalid text or a room we are not in.
         Messages posted in one event-loop turn share one commit.
         """
-        return self._post(self._joined_room(room), _chat_text(text))
+        joined = self._joined_room(room)
+        made: list[ChatMessage] = []
+        done = self._post(joined, _chat_text(text), made)
+
+        def committed(fut: asyncio.Future[ev.NodeEvent]) -> None:
+            # No member of the room is connected: mailboxes keep it for those offline.
+            if made and not fut.cancelled() and fut.exception() is None:
+                mailbox = self._run.mailbox if self._run is not None else None
+                if mailbox is not None:
+                    mailbox.own_room_committed(joined.wire, made[-1])
+
+        done.add_done_callback(committed)
+        return done
 
     def dm(self, who: str, text: str) -> asyncio.Future[ev.NodeEvent]:
         """Send a private message (end-to-end encrypted) to a peer named by nick or id."""
@@ -408,6 +421,14 @@ class Node:
             return msg
 
         return history.post_own(room.wire, make, text)
+
+    def _room_members(self, wire: str) -> list[str]:
+        """Return the members of joined room wire that presence records name (any state)."""
+        run = self._running()
+        room = run.book.joined.get(wire)
+        if room is None:
+            return []
+        return [r.author for r in run.members.book.members(wire, room.kcv)]
 
     def _presence_rooms(self, peer_id: str) -> set[str]:
         """Return the rooms peer_id's presence record names (fresh or not)."""
@@ -913,7 +934,7 @@ class Node:
                 self._running().members.rooms_announced(conn, before, announced)
                 mailbox = self._running().mailbox
                 if mailbox is not None:
-                    mailbox.peer_rooms()
+                    mailbox.peer_rooms(conn.session.peer_id or "")
 
     # --- internals ------------------------------------------------------
 

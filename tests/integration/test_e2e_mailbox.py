@@ -274,3 +274,44 @@ async def _until_holds_for_dir(data_dir: Path, reader: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{data_dir.name} never held mail for {reader[:8]}")
+
+
+async def test_a_room_message_waits_at_a_non_member_when_no_member_is_online(
+    node: NodeFactory,
+) -> None:
+    """a and b are in room club, c (their only link) is not: with b offline and no member of
+    club online, a's club message waits at c; b, back, reads it; its receipt returns."""
+    c = node("carol", discovery=False)
+    await c.start()
+    a = node("ann", "--peer", f"127.0.0.1:{c.port}", discovery=False)
+    b = node("bob", "--peer", f"127.0.0.1:{c.port}", discovery=False)
+    await asyncio.gather(a.start(), b.start())
+    await asyncio.gather(connected(a, c), connected(b, c))
+    for n in (a, b):
+        await n.send({"cmd": "join", "room": "club"})
+        await n.wait_for("joined", timeout=PROMPT_S, from_start=True, room="club")
+    await a.send({"cmd": "send", "text": "first in the club", "room": "club"})
+    first = await a.wait_for("message", timeout=PROMPT_S, from_start=True, own=True)
+    await a.wait_for("delivered", timeout=PROMPT_S, from_start=True, id=first["id"])
+    b_id = b.peer_id
+    assert await b.quit() == 0
+    await a.wait_for("peer_left", timeout=PROMPT_S, from_start=True, peer_id=b_id)
+
+    await a.send({"cmd": "send", "text": SECRET, "room": "club"})
+    own = await a.wait_for("message", timeout=PROMPT_S, from_start=True, text=SECRET)
+    mailed = await a.wait_for("mailed", timeout=PROMPT_S, from_start=True, id=own["id"])
+    assert mailed["holders"] == 1, mailed
+    assert await a.quit() == 0
+
+    b2 = node("bob", "--peer", f"127.0.0.1:{c.port}", discovery=False, data_dir=b.data_dir)
+    await b2.start()
+    got = await b2.wait_for("message", timeout=PROMPT_S, from_start=True, text=SECRET)
+    assert got["id"] == own["id"] and got["room"] == "club", got
+    await _until_holds_for(c, a.peer_id)
+    assert await b2.quit() == 0
+
+    a2 = node("ann", "--peer", f"127.0.0.1:{c.port}", discovery=False, data_dir=a.data_dir)
+    await a2.start()
+    delivered = await a2.wait_for("delivered", timeout=PROMPT_S, from_start=True, id=own["id"])
+    assert delivered["count"] == 1, delivered
+    assert not any(SECRET in str(e) for e in c.events)

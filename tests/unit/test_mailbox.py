@@ -228,3 +228,13 @@ def test_any_signed_item_opens_or_is_dropped_never_another_error(
     sig = AUTHOR.sign(mb.signed_part(READER.public, AUTHOR.public, EXP, content))
     with contextlib.suppress(mb.MailDropped):
         mb.open_item(READER, m.MailItem(READER.public, AUTHOR.public, EXP, content, sig))
+
+
+def test_outbox_drops_room_mail_once_a_member_is_met() -> None:
+    box = mb.Outbox()
+    room_item = box.add(item(seq=1), "msg1", room="club")
+    dm_item = box.add(item(seq=2), "msg2")
+    box.members_met(["general"])
+    assert room_item in box.pending
+    box.members_met(["club"])
+    assert room_item not in box.pending and dm_item in box.pending

@@ -323,6 +323,8 @@ class _Out:
     holders: set[str] = field(default_factory=set)
     #: Peers that refused it (`mno`): asked, never holders.
     no: set[str] = field(default_factory=set)
+    #: The room of a mailed room message (its members carry it once one is connected).
+    room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,10 +341,13 @@ class Outbox:
     def __init__(self) -> None:
         self.pending: OrderedDict[bytes, _Out] = OrderedDict()
 
-    def add(self, item: m.MailItem, msg_id: str | None) -> bytes:
-        """Queue an item for holders; return its id. The oldest is dropped beyond the bound."""
+    def add(self, item: m.MailItem, msg_id: str | None, room: str | None = None) -> bytes:
+        """Queue an item for holders; return its id. The oldest is dropped beyond the bound.
+
+        room: the item carries a message of this room (not a conversation's).
+        """
         ident = mail_id(item.box)
-        self.pending[ident] = _Out(item, peer_id_from_public(item.to), msg_id)
+        self.pending[ident] = _Out(item, peer_id_from_public(item.to), msg_id, room=room)
         while len(self.pending) > limits.MAILBOX_OUTBOX_MAX:
             self.pending.popitem(last=False)
         return ident
@@ -404,4 +409,10 @@ class Outbox:
     def reader_met(self, to: str) -> None:
         """We are connected to reader `to`: sync carries what waits for it, not mail."""
         for ident in [i for i, o in self.pending.items() if o.to == to]:
+            del self.pending[ident]
+
+    def members_met(self, rooms: Iterable[str]) -> None:
+        """A member of these rooms is connected: it carries their messages, not mail."""
+        met = set(rooms)
+        for ident in [i for i, o in self.pending.items() if o.room in met and not o.holders]:
             del self.pending[ident]
