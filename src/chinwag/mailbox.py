@@ -140,12 +140,14 @@ class Mailbox:
         # Members we know: those that sent us receipts (most recent last), then presence.
         known = list(reversed(self.history.replica.room_receipts(wire)))
         known += self._room_members(wire)
-        readers: list[str] = []
+        readers: dict[str, None] = {}
         for peer in known:
-            if peer not in readers and peer != self.me and peer not in peers:
-                readers.append(peer)
+            if len(readers) >= limits.MAILBOX_ROOM_READERS:
+                break
+            if peer != self.me and peer not in peers:
+                readers[peer] = None
         chat = m.Chat(body=msg.raw_body, sig=msg.sig)
-        for reader in readers[: limits.MAILBOX_ROOM_READERS]:
+        for reader in readers:
             self._mail(reader, chat, msg.id, wire)
 
     def _mail(
