@@ -25,7 +25,7 @@ from it_support import (
 )
 
 from chinwag import limits
-from chinwag.crypto.identity import Identity
+from chinwag.crypto.identity import Identity, public_from_peer_id
 from chinwag.protocol import mailbox as mb
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import make_message
@@ -315,3 +315,33 @@ async def test_a_room_message_waits_at_a_non_member_when_no_member_is_online(
     delivered = await a2.wait_for("delivered", timeout=PROMPT_S, from_start=True, id=own["id"])
     assert delivered["count"] == 1, delivered
     assert not any(SECRET in str(e) for e in c.events)
+
+
+async def test_a_reader_cuts_a_holder_that_forges_mail_and_acks_what_it_cannot_use(
+    node: NodeFactory,
+) -> None:
+    b = node("bob", discovery=False)
+    await b.start()
+    reader = public_from_peer_id(b.peer_id)
+    author = Identity.generate()
+    now = int(time.time())
+    # Signed by its author but sealed to another key: the holder is not to blame.
+    stray = mb.make_item(
+        author, Identity.generate().public, m.Vector(room="general", have={}), now + 60
+    )
+    stray_sig = author.sign(mb.signed_part(reader, author.public, stray.exp, stray.box))
+    stray = m.MailItem(reader, author.public, stray.exp, stray.box, stray_sig)
+    holder = HostilePeer(nick="holder")
+    await holder.connect(b.port)
+    holder.send_frames([m.MailDeliver(items=[stray])])
+    ack = await holder.wait_frame(m.MailAck)
+    assert ack.ids == [mb.mail_id(stray.box)]
+    # A good item whose expiry the holder changed: its signature fails, the holder is cut.
+    msg = make_message(author, "general", "author", now * 1000, 1, "forged by the holder")
+    good = mb.make_item(author, reader, m.Chat(body=msg.raw_body, sig=msg.sig), now + 60)
+    altered = m.MailItem(good.to, good.frm, good.exp + 3600, good.box, good.sig)
+    holder.send_frames([m.MailDeliver(items=[altered])])
+    closed = await holder.wait_closed(PROMPT_S)
+    assert closed.code == "bad_signature", closed
+    assert count(b, "message") == 0
+    assert not stderr_has_traceback(b)
