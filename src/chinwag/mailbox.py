@@ -306,7 +306,8 @@ class Mailbox:
                 acks.append(opened.id)
                 continue
             body = m.decode_body(opened.frame.body)  # checked by open_item
-            if opened.frm in self.book.blocked:
+            if opened.frm in self.book.blocked or self.book.holds(body.room, opened.frm) is None:
+                # Blocked, or a room we left: we will never store it; the holder may forget it.
                 acks.append(opened.id)
                 continue
             verdict = m.ts_verdict(body.ts, int(self._clock() * 1000))

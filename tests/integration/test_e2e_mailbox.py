@@ -336,6 +336,11 @@ async def test_a_reader_cuts_a_holder_that_forges_mail_and_acks_what_it_cannot_u
     holder.send_frames([m.MailDeliver(items=[stray])])
     ack = await holder.wait_frame(m.MailAck)
     assert ack.ids == [mb.mail_id(stray.box)]
+    # A chat of a room bob is not in: never stored, so acknowledged (the holder forgets it).
+    attic = make_message(author, "attic", "author", now * 1000, 1, "in a room bob is not in")
+    elsewhere = mb.make_item(author, reader, m.Chat(body=attic.raw_body, sig=attic.sig), now + 60)
+    holder.send_frames([m.MailDeliver(items=[elsewhere])])
+    await holder.wait_frame(m.MailAck, lambda f: f.ids == [mb.mail_id(elsewhere.box)])
     # A good item whose expiry the holder changed: its signature fails, the holder is cut.
     msg = make_message(author, "general", "author", now * 1000, 1, "forged by the holder")
     good = mb.make_item(author, reader, m.Chat(body=msg.raw_body, sig=msg.sig), now + 60)
