@@ -89,11 +89,31 @@ class Mailbox:
         self._receipt_timer: asyncio.TimerHandle | None = None
         #: What our last mailed receipt of (author, conversation) said: no repeats.
         self._receipted: dict[tuple[str, str], dict[str, int]] = {}
+        #: Our new items to save (the queue survives a restart until a holder keeps them).
+        self._to_save: list[tuple[bytes, bytes, str | None, str | None]] = []
         self._closed = False
 
     def load(self) -> None:
-        """Purge expired mail, count what is held, arm the purge timer."""
+        """Purge expired mail, count what is held, arm the purge timer; reload our queue."""
         self._purge()
+        try:
+            saved = self.store.outgoing()
+        except StoreError as exc:
+            log.warning("mailbox: cannot read our saved mail: %s", exc)
+            saved = []
+        stale = []
+        for raw, msg_id, room in saved:
+            try:
+                item = _item_decoder.decode(raw)
+            except msgspec.DecodeError:
+                continue
+            if item.exp <= self._clock():
+                stale.append(mb.mail_id(item.box))
+            else:
+                self.outbox.add(item, msg_id, room)
+        if stale:
+            self._forget(stale)
+        self._sync_saved()
 
     def close(self) -> None:
         """Mail the receipts still waiting (connections are still open), stop the timers."""
@@ -101,6 +121,7 @@ class Mailbox:
             self._mail_receipts()
         if self._send_soon is not None and not self._closed:
             self._send_outbox()  # what was written in this last turn
+        self._sync_saved()
         self._closed = True
         for handle in (self._timer, self._send_soon, self._receipt_timer):
             if handle is not None:
@@ -155,7 +176,12 @@ class Mailbox:
     ) -> None:
         exp = int(self._clock()) + limits.MAILBOX_TTL_S
         item = mb.make_item(self.identity, public_from_peer_id(to), frame, exp)
-        self.outbox.add(item, msg_id, room)
+        self._queue(item, msg_id, room)
+
+    def _queue(self, item: m.MailItem, msg_id: str | None, room: str | None = None) -> None:
+        """Queue our item for holders (saved, then put, at the end of this loop turn)."""
+        ident = self.outbox.add(item, msg_id, room)
+        self._to_save.append((ident, m.encode(item), msg_id, room))
         if self._send_soon is None:
             # Messages written in one loop turn go out in one put per holder.
             self._send_soon = self._loop.call_soon(self._send_outbox)
@@ -170,6 +196,7 @@ class Mailbox:
         self._send_soon = None
         if self._closed:
             return
+        self._sync_saved()
 
         def candidates(to: str) -> list[str]:
             found = self.candidates(to)
@@ -217,6 +244,24 @@ class Mailbox:
         ranked.sort()
         return [p for _r, p in ranked]
 
+    def _sync_saved(self) -> None:
+        """Save our new items; forget those a holder keeps now, or given up."""
+        if self._to_save:
+            rows, self._to_save = self._to_save, []
+            try:
+                self.store.save_outgoing(rows)
+            except StoreError as exc:  # only costs mailing them after a restart
+                log.warning("mailbox: cannot save our mail: %s", exc)
+        settled = self.outbox.take_settled()
+        if settled:
+            self._forget(settled)
+
+    def _forget(self, ids: list[bytes]) -> None:
+        try:
+            self.store.forget_outgoing(ids)
+        except StoreError as exc:
+            log.warning("mailbox: cannot forget our mail: %s", exc)
+
     # --- frames -------------------------------------------------------------------
 
     def frame(self, conn: Link, frame: m.MailFrame) -> None:
@@ -229,6 +274,7 @@ class Mailbox:
         elif isinstance(frame, m.MailOk):
             for report in self.outbox.kept(peer, frame.ids):
                 self._emit(ev.Mailed(id=report.msg_id, holders=report.holders))
+            self._sync_saved()
         elif isinstance(frame, m.MailNo):
             self.outbox.refused(peer, frame.ids, frame.reason)
             self._send_outbox()
@@ -360,7 +406,7 @@ class Mailbox:
             exp = int(self._clock()) + limits.MAILBOX_TTL_S
             vector = m.Vector(room=room, have=have)
             item = mb.make_item(self.identity, public_from_peer_id(author), vector, exp)
-            self.outbox.add(item, None)
+            self._queue(item, None)
             firsts.add(holder)
         for holder in sorted(firsts):
             self._send_outbox(first=holder)
@@ -373,6 +419,7 @@ class Mailbox:
             return
         peer = conn.peer_id or ""
         self.outbox.reader_met(peer)
+        self._sync_saved()
         try:
             held = self.store.mail_for(peer)
         except StoreError as exc:
@@ -394,6 +441,7 @@ class Mailbox:
         them any more), and it may now be a candidate holder."""
         if self.outbox.pending and not self._closed:
             self.outbox.members_met(self.book.announced.get(peer_id, {}))
+            self._sync_saved()
             self._send_outbox()
 
     def members_changed(self, authors: frozenset[str]) -> None:

@@ -20,6 +20,7 @@ from it_support import (
     ask,
     connected,
     count,
+    free_tcp_port,
     stderr_has_traceback,
     store_leaks,
 )
@@ -350,3 +351,50 @@ async def test_a_reader_cuts_a_holder_that_forges_mail_and_acks_what_it_cannot_u
     assert closed.code == "bad_signature", closed
     assert count(b, "message") == 0
     assert not stderr_has_traceback(b)
+
+
+async def test_mail_written_with_no_holder_online_goes_out_after_a_restart(
+    node: NodeFactory,
+) -> None:
+    """a writes to offline b while no peer at all is online, then stops; started again
+    with c online, a hands the saved item to c, which delivers it to b."""
+    port = free_tcp_port()
+    c = node("carol", "--port", str(port), discovery=False)
+    await c.start()
+    hub = ("--peer", f"127.0.0.1:{port}")
+    a = node("ann", *hub, discovery=False)
+    b = node("bob", *hub, discovery=False)
+    await asyncio.gather(a.start(), b.start())
+    await asyncio.gather(connected(a, c), connected(b, c))
+    b_id = b.peer_id
+    assert await b.quit() == 0
+    assert await c.quit() == 0
+    await a.wait_for("peer_left", timeout=PROMPT_S, from_start=True, peer_id=c.peer_id)
+
+    await a.send({"cmd": "dm", "to": b_id, "text": SECRET})
+    own = await a.wait_for("dm", timeout=PROMPT_S, from_start=True, text=SECRET)
+    assert await a.quit() == 0
+    assert count(a, "mailed") == 0
+
+    c2 = node("carol", "--port", str(port), discovery=False, data_dir=c.data_dir)
+    await c2.start()
+    a2 = node("ann", *hub, discovery=False, data_dir=a.data_dir)
+    await a2.start()
+    mailed = await a2.wait_for("mailed", timeout=PROMPT_S, from_start=True, id=own["id"])
+    assert mailed["holders"] == 1, mailed
+    assert await a2.quit() == 0
+    # Once held, the item is no longer in a's saved queue.
+    assert _count(a.data_dir, "SELECT count(*) FROM mail_out") == 0
+
+    b2 = node("bob", *hub, discovery=False, data_dir=b.data_dir)
+    await b2.start()
+    got = await b2.wait_for("dm", timeout=PROMPT_S, from_start=True, text=SECRET)
+    assert got["id"] == own["id"], got
+
+
+def _count(data_dir: Path, query: str) -> int:
+    conn = sqlite3.connect(f"file:{data_dir / 'chinwag.db'}?mode=ro", uri=True)
+    try:
+        return int(conn.execute(query).fetchone()[0])
+    finally:
+        conn.close()

@@ -238,3 +238,16 @@ def test_outbox_drops_room_mail_once_a_member_is_met() -> None:
     assert room_item in box.pending
     box.members_met(["club"])
     assert room_item not in box.pending and dm_item in box.pending
+
+
+def test_outbox_settles_items_once_held_or_given_up() -> None:
+    box = mb.Outbox()
+    held = box.add(item(seq=1), "msg1")
+    gone = box.add(item(seq=2), "msg2", room="club")
+    box.plan(lambda to: ["p1"])
+    assert box.take_settled() == []
+    box.kept("p1", [held])
+    assert box.take_settled() == [held]  # a first holder keeps it: no need to save it
+    box.members_met(["club"])
+    assert box.take_settled() == [gone]
+    assert held in box.pending  # still looking for its second holder

@@ -340,6 +340,18 @@ class Outbox:
 
     def __init__(self) -> None:
         self.pending: OrderedDict[bytes, _Out] = OrderedDict()
+        #: Ids that no longer wait for a first holder (kept by one, or given up): the
+        #: adapter forgets them from its saved queue (`take_settled`).
+        self._settled: list[bytes] = []
+
+    def take_settled(self) -> list[bytes]:
+        """Return and clear the ids settled since the last call."""
+        settled, self._settled = self._settled, []
+        return settled
+
+    def _drop(self, ident: bytes) -> None:
+        if self.pending.pop(ident, None) is not None:
+            self._settled.append(ident)
 
     def add(self, item: m.MailItem, msg_id: str | None, room: str | None = None) -> bytes:
         """Queue an item for holders; return its id. The oldest is dropped beyond the bound.
@@ -349,7 +361,7 @@ class Outbox:
         ident = mail_id(item.box)
         self.pending[ident] = _Out(item, peer_id_from_public(item.to), msg_id, room=room)
         while len(self.pending) > limits.MAILBOX_OUTBOX_MAX:
-            self.pending.popitem(last=False)
+            self._drop(next(iter(self.pending)))
         return ident
 
     def plan(self, candidates: Callable[[str], list[str]]) -> dict[str, list[m.MailItem]]:
@@ -385,6 +397,8 @@ class Outbox:
             if out_item is None or peer not in out_item.asked:
                 continue
             out_item.holders.add(peer)
+            if len(out_item.holders) == 1:
+                self._settled.append(ident)
             if out_item.msg_id is not None:
                 reports.append(Mailed(out_item.msg_id, len(out_item.holders)))
             if len(out_item.holders) >= limits.MAILBOX_HOLDERS:
@@ -409,10 +423,10 @@ class Outbox:
     def reader_met(self, to: str) -> None:
         """We are connected to reader `to`: sync carries what waits for it, not mail."""
         for ident in [i for i, o in self.pending.items() if o.to == to]:
-            del self.pending[ident]
+            self._drop(ident)
 
     def members_met(self, rooms: Iterable[str]) -> None:
         """A member of these rooms is connected: it carries their messages, not mail."""
         met = set(rooms)
         for ident in [i for i, o in self.pending.items() if o.room in met and not o.holders]:
-            del self.pending[ident]
+            self._drop(ident)

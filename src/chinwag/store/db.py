@@ -86,6 +86,9 @@ CREATE TABLE IF NOT EXISTS mailbox(
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS mailbox_recipient ON mailbox(recipient, received);
 CREATE TABLE IF NOT EXISTS mail_gone(id BLOB PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mail_out(
+    id BLOB PRIMARY KEY, item BLOB NOT NULL, msg_id TEXT, room TEXT, added INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS contacts(
     peer_id TEXT PRIMARY KEY, nick TEXT NOT NULL, addrs TEXT NOT NULL, relays TEXT NOT NULL,
     added_at REAL NOT NULL, last_seen REAL NOT NULL DEFAULT 0
@@ -700,6 +703,25 @@ class Store:
                 )
                 gone.append((row[0], row[1]))
         return gone
+
+    def save_outgoing(self, rows: Iterable[tuple[bytes, bytes, str | None, str | None]]) -> None:
+        """Save our mail waiting for a first holder: (id, encoded item, msg id, room)."""
+        now = int(time.time())
+        with self._transaction():
+            self.db.executemany(
+                "INSERT OR IGNORE INTO mail_out(id, item, msg_id, room, added) VALUES (?,?,?,?,?)",
+                [(i, b, mid, r, now) for i, b, mid, r in rows],
+            )
+
+    def outgoing(self) -> list[tuple[bytes, str | None, str | None]]:
+        """Return our saved mail waiting for a first holder, oldest first: (item, msg id, room)."""
+        rows = self.db.execute("SELECT item, msg_id, room FROM mail_out ORDER BY added, id")
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def forget_outgoing(self, ids: Iterable[bytes]) -> None:
+        """Forget saved outgoing mail (held by a holder now, or given up)."""
+        with self._transaction():
+            self.db.executemany("DELETE FROM mail_out WHERE id=?", [(i,) for i in ids])
 
     def purge_mail(self, now: int) -> int:
         """Delete expired mail and tombstones; return how many items expired."""
