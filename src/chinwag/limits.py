@@ -589,9 +589,10 @@ BEACON_ANSWER_SILENT_S = 2 * BEACON_INTERVAL_S * (1 + BEACON_JITTER)
 MAILBOX_TTL_S = 7 * 24 * 3600
 #: Seconds an expiry may lie beyond now + MAILBOX_TTL_S (clocks differ); more is refused.
 MAILBOX_TTL_SKEW_S = 600
-#: Bytes of one sealed mail box (a private message with both of its boxes fits, padded);
+#: Bytes of one sealed mail box: the largest valid chat (MAX_TEXT_BYTES of text and
+#: MAX_ENC_BYTES of ciphertext, about 13 KB) padded to its 16 KiB bucket, plus the seal's 48;
 #: a bigger one is a malformed frame (stops one item from eating a mailbox's byte budget).
-MAILBOX_MAX_BOX_BYTES = 16_384
+MAILBOX_MAX_BOX_BYTES = 16_384 + 48
 #: Bytes a sealed plaintext is padded up to, at least (then powers of two up to the max):
 #: the holder learns a size bucket, not the length of the text.
 MAILBOX_MIN_BUCKET = 512

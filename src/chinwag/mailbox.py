@@ -397,7 +397,8 @@ class Mailbox:
         for (author, room), holder in sorted(receipts.items()):
             if author in self.manager.peers:
                 continue  # it is back: our vector reaches it the usual way
-            have = self.history.replica.capped_vector(room)
+            # Only the author's entry: all it needs for `delivered`, and it stays small.
+            have = {author: self.history.replica.capped_vector(room).get(author, 0)}
             if self._receipted.get((author, room)) == have:
                 continue
             self._receipted[(author, room)] = have

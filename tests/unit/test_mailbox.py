@@ -251,3 +251,24 @@ def test_outbox_settles_items_once_held_or_given_up() -> None:
     box.members_met(["club"])
     assert box.take_settled() == [gone]
     assert held in box.pending  # still looking for its second holder
+
+
+def test_the_largest_valid_chat_fits_in_one_item() -> None:
+    """MAX_TEXT_BYTES of text and MAX_ENC_BYTES of ciphertext, the longest names."""
+    nick = "\U0001f600" * limits.MAX_NICK_CHARS
+    body = m.ChatBody(
+        room="r" * limits.MAX_ROOM_CHARS,
+        author=AUTHOR.public,
+        nick=nick,
+        ts=2**62,
+        seq=2**62,
+        text="x" * limits.MAX_TEXT_BYTES,
+        enc=bytes(limits.MAX_ENC_BYTES),
+    )
+    raw = m.encode(body)
+    big = m.Chat(body=raw, sig=AUTHOR.sign(m.CHAT_CONTEXT + raw))
+    sealed = mb.make_item(AUTHOR, READER.public, big, EXP)
+    assert len(sealed.box) <= limits.MAILBOX_MAX_BOX_BYTES
+    assert m.decode_frame(m.encode(m.MailPut(items=[sealed]))) == m.MailPut(items=[sealed])
+    assert mb.open_item(READER, sealed).frame == big
+    assert len(mb.pack([sealed] * 5)) >= 2  # at most a few of them per frame
