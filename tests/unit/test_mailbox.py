@@ -255,7 +255,7 @@ def test_outbox_settles_items_once_held_or_given_up() -> None:
 
 def test_the_largest_valid_chat_fits_in_one_item() -> None:
     """MAX_TEXT_BYTES of text and MAX_ENC_BYTES of ciphertext, the longest names."""
-    nick = "\U0001f600" * limits.MAX_NICK_CHARS
+    nick = "\U00010400" * limits.MAX_NICK_CHARS  # a letter of 4 UTF-8 bytes
     body = m.ChatBody(
         room="r" * limits.MAX_ROOM_CHARS,
         author=AUTHOR.public,
@@ -272,3 +272,14 @@ def test_the_largest_valid_chat_fits_in_one_item() -> None:
     assert m.decode_frame(m.encode(m.MailPut(items=[sealed]))) == m.MailPut(items=[sealed])
     assert mb.open_item(READER, sealed).frame == big
     assert len(mb.pack([sealed] * 5)) >= 2  # at most a few of them per frame
+
+
+def test_a_forged_chat_inside_good_mail_is_dropped_not_blamed_on_the_holder() -> None:
+    real = chat()
+    forged = m.Chat(body=real.body, sig=bytes(64))
+    sealed = mb.make_item(AUTHOR, READER.public, forged, EXP)
+    with pytest.raises(mb.MailDropped):
+        mb.open_item(READER, sealed)
+    other = mb.make_item(AUTHOR, READER.public, chat(author=HOLDER), EXP)
+    with pytest.raises(mb.MailDropped):
+        mb.open_item(READER, other)  # a chat by someone else than the mail's author

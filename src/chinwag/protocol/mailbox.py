@@ -42,6 +42,7 @@ from chinwag.crypto import box
 from chinwag.crypto.identity import Identity, peer_id_from_public, verify
 from chinwag.errors import ChinwagError, RemoteProtocolError
 from chinwag.protocol import messages as m
+from chinwag.protocol.chat import open_message
 from chinwag.protocol.reasons import MailRefusal, Reason
 from chinwag.protocol.replica import Bucket
 
@@ -117,8 +118,9 @@ def open_item(identity: Identity, item: m.MailItem) -> Opened:
 
     Raises RemoteProtocolError (bad_signature) if its signature does not verify:
     the holder checked it when it took it, so the holder forged or altered it.
-    Raises MailDropped if it is not for us or its inside is not a chat or vector
-    by its author (the author's fault, or a mistake: dropped, acknowledged).
+    Raises MailDropped if it is not for us or its inside is not a valid chat (signature
+    checked) or vector by its author (the author's fault, or a mistake: dropped,
+    acknowledged).
     """
     if not item_signed(item):
         raise RemoteProtocolError(
@@ -138,9 +140,11 @@ def open_item(identity: Identity, item: m.MailItem) -> Opened:
     frm = peer_id_from_public(item.frm)
     if isinstance(frame, m.Chat):
         try:
-            author = m.decode_body(frame.body).author
+            # Checked here, not left to history: a bad chat inside good mail is its
+            # author's doing, and must not get the (innocent) holder disconnected.
+            author = open_message(frame.body, frame.sig, check_signature=True).body.author
         except RemoteProtocolError as exc:
-            raise MailDropped(f"mailed chat is malformed: {exc}") from None
+            raise MailDropped(f"mailed chat is malformed or forged: {exc}") from None
         if author != item.frm:
             raise MailDropped("mailed chat by another author than the mail's")
     return Opened(ident, frm, frame)
