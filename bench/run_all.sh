@@ -35,6 +35,9 @@ for bench in throughput latency connect startup discovery catchup history_open t
     echo "# bench_$bench" >&2
     "$py" "$script" || { echo "# bench_$bench failed with status $?" >&2; status=1; }
 done
+# Mail that waits for its reader (docs/dht.md "Mailboxes").
+echo "# mailbox" >&2
+"$py" "$here/mailbox.py" || { echo "# mailbox failed with status $?" >&2; status=1; }
 # The NAT lab's reach figures (docs/reach.md "Figures") need root and nftables.
 if [[ $EUID -eq 0 ]] && command -v nft >/dev/null 2>&1; then
     echo "# reach" >&2

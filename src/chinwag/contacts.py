@@ -199,6 +199,11 @@ class ContactBook:
     def is_contact(self, peer_id: str) -> bool:
         return peer_id in self._contacts
 
+    def relays_of(self, peer_id: str) -> list[str]:
+        """Return the peer ids of the relays a contact's invite names (its mailboxes first)."""
+        row = self._contacts.get(peer_id)
+        return [relay for relay, _addr in row.relays] if row is not None else []
+
     def public_addrs(self) -> list[str]:
         """Our public addresses: confirmed by peers in this run, else in the last one."""
         return self.reach.public_addrs(time.monotonic()) or list(self._last_public)

@@ -206,6 +206,14 @@ class Delivered(msgspec.Struct, frozen=True, tag_field="event", tag="delivered")
     of: int
 
 
+class Mailed(msgspec.Struct, frozen=True, tag_field="event", tag="mailed"):
+    """Our private message `id`, for a peer that is offline, is now kept by `holders` online
+    peers (mailboxes) that deliver it when the peer connects (docs/dht.md "Mailboxes")."""
+
+    id: str
+    holders: int
+
+
 class Gap(msgspec.Struct, frozen=True, tag_field="event", tag="gap"):
     """Messages `missing` = [from, to] of author `peer_id` in `room` are missing; repair started."""
 
@@ -391,6 +399,7 @@ NodeEvent = (
     | Error
     | History
     | Delivered
+    | Mailed
     | Gap
     | GapFilled
     | Info

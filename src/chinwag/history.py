@@ -177,6 +177,8 @@ class History:
         self._held_own: list[
             tuple[str, Callable[[int], ChatMessage], str, asyncio.Future[ev.NodeEvent]]
         ] = []
+        #: Called once the pending batch is committed (mail is acknowledged only then).
+        self._after_flush: list[Callable[[], None]] = []
         self._closed = False
 
     # --- lifecycle ------------------------------------------------------
@@ -628,8 +630,31 @@ class History:
         if self._flush_handle is None and not self._closed:
             self._flush_handle = self._loop.call_soon(self._flush)
 
+    def when_committed(self, callback: Callable[[], None]) -> None:
+        """Call callback once what is queued now is committed (or failed): soon, in any case."""
+        if self._flush_handle is None:
+            self._loop.call_soon(callback)
+        else:
+            self._after_flush.append(callback)
+
+    def holds(self, room: str, author: str, seq: int) -> bool:
+        """Return whether message seq of author in room is in the store."""
+        return self.sync.holds(room, author, seq)
+
+    def mail_vector(self, peer_id: str, frame: m.Vector) -> None:
+        """A vector of peer_id that came by mail (its receipt while we were apart)."""
+        self._run(self.replica.vector_received(peer_id, frame, self._loop.time()))
+
     def _flush(self) -> None:
         self._flush_handle = None
+        after, self._after_flush = self._after_flush, []
+        try:
+            self._flush_batch()
+        finally:
+            for callback in after:
+                self._loop.call_soon(callback)
+
+    def _flush_batch(self) -> None:
         batch, self._pending = self._pending, []
         self._pending_ids.clear()
         if not batch:

@@ -581,3 +581,49 @@ MESH_UNKNOWN_ROOM_BACKOFF_S = 1
 #: each of their beacons would make every beacon of a big LAN draw an answer from
 #: nearly every host). Two beacon intervals: a peer that restarted is answered.
 BEACON_ANSWER_SILENT_S = 2 * BEACON_INTERVAL_S * (1 + BEACON_JITTER)
+
+# --- mailboxes: mail that waits for its reader (issue 15 item 4, docs/dht.md "Mailboxes") -----
+
+#: Seconds a holder keeps mail (7 days); an author asks for at most this: a mailbox that
+#: never forgets would let anyone fill strangers' disks for ever.
+MAILBOX_TTL_S = 7 * 24 * 3600
+#: Seconds an expiry may lie beyond now + MAILBOX_TTL_S (clocks differ); more is refused.
+MAILBOX_TTL_SKEW_S = 600
+#: Bytes of one sealed mail box: the largest valid chat (MAX_TEXT_BYTES of text and
+#: MAX_ENC_BYTES of ciphertext, about 13 KB) padded to its 16 KiB bucket, plus the seal's 48;
+#: a bigger one is a malformed frame (stops one item from eating a mailbox's byte budget).
+MAILBOX_MAX_BOX_BYTES = 16_384 + 48
+#: Bytes a sealed plaintext is padded up to, at least (then powers of two up to the max):
+#: the holder learns a size bucket, not the length of the text.
+MAILBOX_MIN_BUCKET = 512
+#: Items in one `mput` or `mail` frame (the frame is bounded by MAX_FRAME anyway).
+MAILBOX_ITEMS_PER_FRAME = 256
+#: Ids in one `mok`, `mno` or `mack` frame.
+MAILBOX_IDS_PER_FRAME = 1_024
+#: Items one holder keeps in all; stops strangers together from filling our disk.
+MAILBOX_MAX_ITEMS = 20_000
+#: Bytes (sealed boxes) one holder keeps in all (64 MiB).
+MAILBOX_MAX_BYTES = 64 << 20
+#: Items one sender may have waiting at a holder; stops one peer from taking the whole mailbox.
+MAILBOX_MAX_ITEMS_PER_SENDER = 2_000
+#: Bytes one sender may have waiting at a holder (4 MiB).
+MAILBOX_MAX_BYTES_PER_SENDER = 4 << 20
+#: Items per second one peer may put (token bucket) and the burst; beyond: `mail_flood`.
+#: Stops a peer from making us verify signatures and write SQLite without pause.
+MAILBOX_PUT_PER_S = 200.0
+MAILBOX_PUT_BURST = 4_000.0
+#: Holders an author hands each item to (redundancy; the reader dedups by message id).
+MAILBOX_HOLDERS = 2
+#: Items an author keeps in memory waiting for a holder; oldest dropped (the message itself
+#: stays in the outbox and still goes out by sync when both ends meet).
+MAILBOX_OUTBOX_MAX = 4_096
+#: Offline members one room message is mailed to when no member of the room is connected
+#: (one sealed item each); stops a big room's message from turning into thousands of items.
+MAILBOX_ROOM_READERS = 16
+#: Seconds a reader waits after storing mail before mailing its receipt to the absent author
+#: (one receipt for a delivery of many frames, not one per frame).
+MAILBOX_RECEIPT_DELAY_S = 0.5
+#: Seconds between purges of expired mail and tombstones at a holder.
+MAILBOX_PURGE_INTERVAL_S = 600.0
+#: Bytes of mail items in one `mail` delivery frame (under MAX_FRAME with framing to spare).
+MAILBOX_DELIVER_FRAME_BYTES = 48_000

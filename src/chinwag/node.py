@@ -36,6 +36,7 @@ from chinwag.errors import RemoteProtocolError, UsageError
 from chinwag.files import FileShare
 from chinwag.history import History, MeshPorts
 from chinwag.logonce import WarnOnce
+from chinwag.mailbox import Mailbox
 from chinwag.members import Members
 from chinwag.net.connection import PeerConnection
 from chinwag.net.discovery import Discovery
@@ -117,6 +118,8 @@ class _Running:
     members: Members
     discovery: Discovery | None = None
     upnp: UpnpMapper | None = None
+    #: Mail that waits for its reader (issue 15 item 4); set right after the parts above.
+    mailbox: Mailbox | None = None
 
     async def close(self, reason: str) -> None:
         """Stop every part, the network last but one and the store last."""
@@ -127,6 +130,8 @@ class _Running:
         if self.discovery is not None:
             self.discovery.close()
         self.contacts.close()
+        if self.mailbox is not None:
+            self.mailbox.close()
         await self.files.close()
         await self.history.close()
         await self.manager.close(reason)
@@ -261,6 +266,19 @@ class Node:
                 invalid=history.mesh_invalid,
             )
             run = self._run = _Running(store, manager, book, history, files, contacts, members)
+            run.mailbox = Mailbox(
+                store,
+                self.identity,
+                manager,
+                history,
+                book,
+                self._emit,
+                reader_rooms=self._presence_rooms,
+                relays_of=contacts.relays_of,
+                reach=self._reach_member,
+                room_members=self._room_members,
+            )
+            run.mailbox.load()
             files.load()
             self.port = await manager.listen(
                 self.config.bind, self.config.port, self.config.port_fallback
@@ -347,7 +365,19 @@ class Node:
         Raises UsageError at once for invalid text or a room we are not in.
         Messages posted in one event-loop turn share one commit.
         """
-        return self._post(self._joined_room(room), _chat_text(text))
+        joined = self._joined_room(room)
+        made: list[ChatMessage] = []
+        done = self._post(joined, _chat_text(text), made)
+
+        def committed(fut: asyncio.Future[ev.NodeEvent]) -> None:
+            # No member of the room is connected: mailboxes keep it for those offline.
+            if made and not fut.cancelled() and fut.exception() is None:
+                mailbox = self._run.mailbox if self._run is not None else None
+                if mailbox is not None:
+                    mailbox.own_room_committed(joined.wire, made[-1])
+
+        done.add_done_callback(committed)
+        return done
 
     def dm(self, who: str, text: str) -> asyncio.Future[ev.NodeEvent]:
         """Send a private message (end-to-end encrypted) to a peer named by nick or id."""
@@ -360,9 +390,23 @@ class Node:
         # A conversation travels over a direct connection (the outbox holds it meanwhile); a
         # member known by its presence record alone is dialled where the record says it listens.
         run.manager.reach(peer_id, run.members.addresses(peer_id))
-        return self._post(room, text)
+        made: list[ChatMessage] = []
+        done = self._post(room, text, made)
 
-    def _post(self, room: Room, text: str) -> asyncio.Future[ev.NodeEvent]:
+        def committed(fut: asyncio.Future[ev.NodeEvent]) -> None:
+            # Committed and sent: if the reader is offline, mailboxes keep it for it.
+            if made and not fut.cancelled() and fut.exception() is None:
+                mailbox = self._run.mailbox if self._run is not None else None
+                if mailbox is not None:
+                    mailbox.own_committed(peer_id, made[-1])
+
+        done.add_done_callback(committed)
+        return done
+
+    def _post(
+        self, room: Room, text: str, made: list[ChatMessage] | None = None
+    ) -> asyncio.Future[ev.NodeEvent]:
+        """Seal, sign and queue our message; `made` gets the signed message once numbered."""
         history = self._running().history
         book = self._running().book
         clear, enc = book.seal(room, text)
@@ -371,9 +415,25 @@ class Node:
 
         def make(seq: int) -> ChatMessage:
             # Signed when numbered (later, if we wait for peers to give back lost seqs).
-            return make_message(identity, room.wire, nick, int(time.time() * 1000), seq, clear, enc)
+            msg = make_message(identity, room.wire, nick, int(time.time() * 1000), seq, clear, enc)
+            if made is not None:
+                made.append(msg)
+            return msg
 
         return history.post_own(room.wire, make, text)
+
+    def _room_members(self, wire: str) -> list[str]:
+        """Return the members of joined room wire that presence records name (any state)."""
+        run = self._running()
+        room = run.book.joined.get(wire)
+        if room is None:
+            return []
+        return [r.author for r in run.members.book.members(wire, room.kcv)]
+
+    def _presence_rooms(self, peer_id: str) -> set[str]:
+        """Return the rooms peer_id's presence record names (fresh or not)."""
+        record = self._running().members.get(peer_id)
+        return {wire for wire, _kcv in record.rooms} if record is not None else set()
 
     def _joined_room(self, name: str | None) -> Room:
         book = self._running().book
@@ -770,6 +830,9 @@ class Node:
         self._update_presence()  # listening on any address: this one may be new
         self._running().files.ask_peer(conn)
         self._running().contacts.peer_joined(conn)
+        mailbox = self._running().mailbox
+        if mailbox is not None:
+            mailbox.peer_joined(conn)
         self._check_impostor(peer_id, self._nicks[peer_id])
         self._emit(
             ev.PeerJoined(
@@ -800,6 +863,8 @@ class Node:
             # natlab: a contact lost without a goodbye is dialled again by every route.
             lost = closed.by_peer and closed.code != Reason.QUIT
             self._run.contacts.peer_left(peer_id, redial=lost)
+            if self._run.mailbox is not None:
+                self._run.mailbox.peer_left(peer_id)
         self._emit(
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )
@@ -822,8 +887,14 @@ class Node:
         | m.MeshFrame
         | m.FileFrame
         | m.Presence
-        | m.Observed,
+        | m.Observed
+        | m.MailFrame,
     ) -> None:
+        if isinstance(frame, m.MailFrame):
+            mailbox = self._running().mailbox
+            if mailbox is not None:
+                mailbox.frame(conn, frame)
+            return
         if isinstance(frame, m.FileFrame):
             self._running().files.frame(conn, frame)
             return
@@ -861,6 +932,9 @@ class Node:
                 self._running().files.ask_peer(conn)
                 announced = book.announced.get(conn.session.peer_id or "", {})
                 self._running().members.rooms_announced(conn, before, announced)
+                mailbox = self._running().mailbox
+                if mailbox is not None:
+                    mailbox.peer_rooms(conn.session.peer_id or "")
 
     # --- internals ------------------------------------------------------
 
@@ -891,6 +965,15 @@ class Node:
 
     def _members_changed(self, authors: frozenset[str]) -> None:
         self._offer_members(authors)
+        mailbox = self._run.mailbox if self._run is not None else None
+        if mailbox is not None:
+            mailbox.members_changed(authors)
+
+    def _reach_member(self, peer_id: str) -> None:
+        """Dial a member whose presence record says it is online, where the record says."""
+        run = self._running()
+        if run.members.online(peer_id):
+            run.manager.reach(peer_id, run.members.addresses(peer_id))
 
     def _offer_members(self, authors: frozenset[str] | None) -> None:
         """Offer the mesh, as dial candidates, members (of authors; None: all) of joined rooms

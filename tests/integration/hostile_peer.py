@@ -30,6 +30,9 @@ from chinwag.protocol.session import (
 
 F = TypeVar(
     "F",
+    m.MailOk,
+    m.MailNo,
+    m.MailDeliver,
     m.Chat,
     m.Vector,
     m.Want,

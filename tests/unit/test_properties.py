@@ -167,6 +167,11 @@ VALID_FRAMES: list[m.Frame] = [
     m.IDontWant(room="general", ids=[(Identity.from_seed(b"v" * 32).peer_id, 7)]),
     m.Choke(room="general"),
     m.Unchoke(room="general"),
+    m.MailPut(items=[m.MailItem(bytes(32), bytes(32), 1, b"box", bytes(64))]),
+    m.MailOk(ids=[_FID]),
+    m.MailNo(ids=[_FID], reason="full"),
+    m.MailDeliver(items=[m.MailItem(bytes(32), bytes(32), 1, b"box", bytes(64))]),
+    m.MailAck(ids=[_FID]),
 ]
 frame_like = st.one_of(
     st.sampled_from(VALID_FRAMES).map(m.encode),

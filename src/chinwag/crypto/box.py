@@ -164,3 +164,20 @@ def _chunk_nonce(idx: int) -> bytes:
     if not 0 <= idx < 1 << 64:
         raise ValueError("chunk index out of range")
     return idx.to_bytes(12, "big")
+
+
+# --- mail (docs/protocol.md section 24) ------------------------------------------
+
+
+def seal_to(recipient_public: bytes, data: bytes) -> bytes:
+    """Seal data (crypto_box_seal) so that only the holder of recipient_public can open it."""
+    return bytes(nacl.public.SealedBox(_curve_public(recipient_public)).encrypt(data))
+
+
+def open_sealed(identity: Identity, sealed: bytes) -> bytes:
+    """Open what seal_to sealed to identity; raise BadCiphertext if it is not ours or tampered."""
+    try:
+        private = identity.signing_key.to_curve25519_private_key()
+        return bytes(nacl.public.SealedBox(private).decrypt(sealed))
+    except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:
+        raise BadCiphertext(f"mail does not decrypt ({type(exc).__name__})") from None

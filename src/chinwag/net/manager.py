@@ -66,7 +66,8 @@ class ManagerListener(Protocol):
         | m.MeshFrame
         | m.FileFrame
         | m.Presence
-        | m.Observed,
+        | m.Observed
+        | m.MailFrame,
     ) -> None: ...
     def path_changed(self, conn: PeerConnection) -> None:
         """The peer's kept connection changed path (docs/reach.md "Paths")."""
@@ -155,7 +156,16 @@ class ConnectionManager:
         #: wait until the old one has delivered all of its own (no reordering at the switch).
         self._draining: dict[str, PeerConnection] = {}
         self._held: dict[
-            str, list[m.Chat | m.NickChange | m.SyncFrame | m.MeshFrame | m.FileFrame | m.Presence]
+            str,
+            list[
+                m.Chat
+                | m.NickChange
+                | m.SyncFrame
+                | m.MeshFrame
+                | m.FileFrame
+                | m.Presence
+                | m.MailFrame
+            ],
         ] = {}
 
     @property
@@ -831,7 +841,13 @@ class ConnectionManager:
         self,
         peer_id: str,
         conn: PeerConnection,
-        frame: m.Chat | m.NickChange | m.SyncFrame | m.MeshFrame | m.FileFrame | m.Presence,
+        frame: m.Chat
+        | m.NickChange
+        | m.SyncFrame
+        | m.MeshFrame
+        | m.FileFrame
+        | m.Presence
+        | m.MailFrame,
     ) -> bool:
         """Hold a frame of a new connection while the old one drains; True if held."""
         old = self._draining.get(peer_id)

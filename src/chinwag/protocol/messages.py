@@ -27,6 +27,8 @@ STATIC_KEY_CONTEXT: Final = b"chinwag/1 noise-static-key\x00"
 CHAT_CONTEXT: Final = b"chinwag/1 chat\x00"
 #: Domain separation of presence record signatures (docs/protocol.md section 23).
 PRESENCE_CONTEXT: Final = b"chinwag/1 presence\x00"
+#: Domain separation of mail item signatures and ids (docs/protocol.md section 24).
+MAIL_CONTEXT: Final = b"chinwag/1 mail\x00"
 
 Nick = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_NICK_CHARS)]
 Room = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_ROOM_CHARS)]
@@ -411,6 +413,73 @@ class PunchSync(msgspec.Struct, frozen=True, tag_field="t", tag="psync"):
 
 ReachFrame = Observed | PunchConnect | PunchSync
 
+# --- mailboxes (docs/protocol.md section 24, docs/dht.md "Mailboxes") -----------------
+
+MailId = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+MailIds = Annotated[list[MailId], msgspec.Meta(max_length=limits.MAILBOX_IDS_PER_FRAME)]
+
+
+class MailItem(msgspec.Struct, frozen=True, array_like=True):
+    """One sealed item for peer `to` from peer `frm`, kept by a holder until `exp` (Unix s).
+
+    `box` is sealed to `to` (crypto_box_seal); `sig` is `frm`'s signature of
+    MAIL_CONTEXT + to + frm + exp (8 bytes big-endian) + box. Its id is
+    SHA-256(MAIL_CONTEXT + box)[:16].
+    """
+
+    to: Key32
+    frm: Key32
+    exp: U64
+    box: Annotated[bytes, msgspec.Meta(max_length=limits.MAILBOX_MAX_BOX_BYTES)]
+    sig: Sig64
+
+
+MailItems = Annotated[list[MailItem], msgspec.Meta(max_length=limits.MAILBOX_ITEMS_PER_FRAME)]
+
+
+class MailPut(msgspec.Struct, frozen=True, tag_field="t", tag="mput"):
+    """Keep these items (written by the sender) until their reader connects; answered by
+    `mok` and/or `mno`."""
+
+    items: MailItems
+
+
+class MailOk(msgspec.Struct, frozen=True, tag_field="t", tag="mok"):
+    """The holder keeps these items (ids)."""
+
+    ids: MailIds
+
+
+class MailNo(msgspec.Struct, frozen=True, tag_field="t", tag="mno"):
+    """The holder does not keep these items; `reason` is a `MailRefusal` code (or any short str)."""
+
+    ids: MailIds
+    reason: Reason
+
+
+class MailDeliver(msgspec.Struct, frozen=True, tag_field="t", tag="mail"):
+    """Items held for us (the reader): answered by `mack` once they are stored."""
+
+    items: MailItems
+
+
+class MailAck(msgspec.Struct, frozen=True, tag_field="t", tag="mack"):
+    """The reader has these items (ids): the holder deletes them."""
+
+    ids: MailIds
+
+
+MailFrame = MailPut | MailOk | MailNo | MailDeliver | MailAck
+
+
+class MailInner(msgspec.Struct, frozen=True, array_like=True):
+    """The sealed plaintext of a mail item: its author (again, inside the seal), one encoded
+    frame (a `chat` or a `vec`) and zero bytes padding it to a size bucket."""
+
+    frm: Key32
+    frame: bytes
+    pad: bytes = b""
+
 
 Frame = (
     Chat
@@ -449,6 +518,11 @@ Frame = (
     | CircuitNo
     | PunchConnect
     | PunchSync
+    | MailPut
+    | MailOk
+    | MailNo
+    | MailDeliver
+    | MailAck
 )
 SyncFrame = Vector | Want | Floor | Rooms
 KNOWN_TAGS: Final = frozenset(
@@ -457,6 +531,7 @@ KNOWN_TAGS: Final = frozenset(
     | {"graft", "prune", "ihave", "iwant", "idontwant", "choke", "unchoke"}
     | {"rsv", "rsvok", "rsvno", "cconn", "cinc", "cacc", "cok", "cno"}
     | {"obs", "pcon", "psync"}
+    | {"mput", "mok", "mno", "mail", "mack"}
 )
 
 

@@ -38,6 +38,8 @@ class Reason(enum.StrEnum):
     ERROR = "error"
     #: The generic remote error, for a RemoteProtocolError raised without a code.
     PROTOCOL_ERROR = "protocol_error"
+    #: The peer put mail faster than MAILBOX_PUT_* allows (docs/protocol.md section 24).
+    MAIL_FLOOD = "mail_flood"
 
     # --- never sent: the handshake was refused (section 5.5) ---
     HANDSHAKE_FAILED = "handshake_failed"
@@ -76,6 +78,7 @@ SENT: frozenset[Reason] = frozenset(
         Reason.MESH_FULL,
         Reason.ERROR,
         Reason.PROTOCOL_ERROR,
+        Reason.MAIL_FLOOD,
     }
 )
 
@@ -133,3 +136,21 @@ class RelayRefusal(enum.StrEnum):
     UNKNOWN_CIRCUIT = "unknown_circuit"
     #: A peer asked for a circuit to itself.
     SELF = "circuit_to_self"
+
+
+# --- mailboxes (docs/protocol.md section 24) ------------------------------------------
+
+
+class MailRefusal(enum.StrEnum):
+    """Why a holder does not keep an item of an `mput`: the `reason` of an `mno`."""
+
+    #: The holder keeps MAILBOX_MAX_ITEMS or MAILBOX_MAX_BYTES already: try another holder.
+    FULL = "full"
+    #: The sender has MAILBOX_MAX_*_PER_SENDER waiting here already.
+    SENDER_FULL = "sender_full"
+    #: The expiry is past, or further than MAILBOX_TTL_S (+ skew) from now.
+    BAD_EXPIRY = "bad_expiry"
+    #: This item was held here already (and maybe delivered): a replay.
+    REPLAYED = "replayed"
+    #: The item is addressed to the holder itself (it reads it instead).
+    SELF = "mail_to_self"

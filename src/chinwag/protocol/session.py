@@ -79,6 +79,7 @@ class FrameReceived:
         | m.Presence
         | m.ReachFrame
         | m.RelayFrame
+        | m.MailFrame
     )
 
 
@@ -439,7 +440,8 @@ class Session:
             | m.MeshFrame
             | m.FileFrame
             | m.Presence
-            | m.ReachFrame,
+            | m.ReachFrame
+            | m.MailFrame,
         ):
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Ping):

@@ -80,6 +80,15 @@ CREATE TABLE IF NOT EXISTS files(
     digests BLOB, mtime_ns INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL, reason TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS mailbox(
+    id BLOB PRIMARY KEY, recipient TEXT NOT NULL, sender TEXT NOT NULL, exp INTEGER NOT NULL,
+    received INTEGER NOT NULL, size INTEGER NOT NULL, item BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS mailbox_recipient ON mailbox(recipient, received);
+CREATE TABLE IF NOT EXISTS mail_gone(id BLOB PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mail_out(
+    id BLOB PRIMARY KEY, item BLOB NOT NULL, msg_id TEXT, room TEXT, added INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS contacts(
     peer_id TEXT PRIMARY KEY, nick TEXT NOT NULL, addrs TEXT NOT NULL, relays TEXT NOT NULL,
     added_at REAL NOT NULL, last_seen REAL NOT NULL DEFAULT 0
@@ -642,6 +651,84 @@ class Store:
         with self._transaction():
             cur = self.db.execute("DELETE FROM contacts WHERE peer_id=?", (peer_id,))
         return cur.rowcount > 0
+
+    # --- mailboxes (issue 15 item 4, docs/dht.md "Mailboxes") ---------------
+
+    def hold_mail(self, items: Iterable[tuple[bytes, str, str, int, int, bytes]]) -> None:
+        """Store held mail: (id, recipient, sender, exp, size, encoded item), one transaction."""
+        now = int(time.time())
+        with self._transaction():
+            self.db.executemany(
+                "INSERT OR IGNORE INTO mailbox(id, recipient, sender, exp, received, size, item)"
+                " VALUES (?,?,?,?,?,?,?)",
+                [(i, r, s, e, now, z, b) for i, r, s, e, z, b in items],
+            )
+
+    def mail_known(self, mail_id: bytes) -> bool:
+        """Return whether this mail is held here or was (a tombstone until its expiry)."""
+        for table in ("mailbox", "mail_gone"):
+            if self.db.execute(f"SELECT 1 FROM {table} WHERE id=?", (mail_id,)).fetchone():
+                return True
+        return False
+
+    def mail_for(self, recipient: str) -> list[bytes]:
+        """Return the encoded items held for recipient, oldest first."""
+        rows = self.db.execute(
+            "SELECT item FROM mailbox WHERE recipient=? ORDER BY received, id", (recipient,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def mail_recipients(self) -> set[str]:
+        """Return the peers we hold mail for."""
+        return {r[0] for r in self.db.execute("SELECT DISTINCT recipient FROM mailbox")}
+
+    def mail_usage(self) -> list[tuple[str, int]]:
+        """Return (sender, size) of every held item."""
+        return [(r[0], r[1]) for r in self.db.execute("SELECT sender, size FROM mailbox")]
+
+    def mail_delivered(self, recipient: str, ids: Iterable[bytes]) -> list[tuple[str, int]]:
+        """Delete acknowledged items (tombstones stay); return (sender, size) of each."""
+        gone: list[tuple[str, int]] = []
+        with self._transaction():
+            for mail_id in ids:
+                row = self.db.execute(
+                    "SELECT sender, size, exp FROM mailbox WHERE id=? AND recipient=?",
+                    (mail_id, recipient),
+                ).fetchone()
+                if row is None:
+                    continue
+                self.db.execute("DELETE FROM mailbox WHERE id=?", (mail_id,))
+                self.db.execute(
+                    "INSERT OR REPLACE INTO mail_gone(id, exp) VALUES (?,?)", (mail_id, row[2])
+                )
+                gone.append((row[0], row[1]))
+        return gone
+
+    def save_outgoing(self, rows: Iterable[tuple[bytes, bytes, str | None, str | None]]) -> None:
+        """Save our mail waiting for a first holder: (id, encoded item, msg id, room)."""
+        now = int(time.time())
+        with self._transaction():
+            self.db.executemany(
+                "INSERT OR IGNORE INTO mail_out(id, item, msg_id, room, added) VALUES (?,?,?,?,?)",
+                [(i, b, mid, r, now) for i, b, mid, r in rows],
+            )
+
+    def outgoing(self) -> list[tuple[bytes, str | None, str | None]]:
+        """Return our saved mail waiting for a first holder, oldest first: (item, msg id, room)."""
+        rows = self.db.execute("SELECT item, msg_id, room FROM mail_out ORDER BY added, id")
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def forget_outgoing(self, ids: Iterable[bytes]) -> None:
+        """Forget saved outgoing mail (held by a holder now, or given up)."""
+        with self._transaction():
+            self.db.executemany("DELETE FROM mail_out WHERE id=?", [(i,) for i in ids])
+
+    def purge_mail(self, now: int) -> int:
+        """Delete expired mail and tombstones; return how many items expired."""
+        with self._transaction():
+            cur = self.db.execute("DELETE FROM mailbox WHERE exp<=?", (now,))
+            self.db.execute("DELETE FROM mail_gone WHERE exp<=?", (now,))
+        return cur.rowcount
 
     # --- internals ------------------------------------------------------
 

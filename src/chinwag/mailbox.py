@@ -1,0 +1,463 @@
+"""Mailboxes: the adapter of protocol/mailbox.py (docs/dht.md "Mailboxes").
+
+Three roles, one object per node:
+- author: a private message committed while its reader is not connected is
+  sealed to the reader and put (`mput`) to up to MAILBOX_HOLDERS connected
+  peers likely to meet it (its relays, then members of a room the reader is in,
+  then peers sharing a room with us); a refusal (`mno`) sends it to the next;
+  each acceptance (`mok`) is reported as `{"event":"mailed","id":..,"holders":n}`.
+- holder: takes items from their authors (the rules are `Holder.put`), stores
+  them in SQLite (table `mailbox`) and delivers them (`mail`) when the reader
+  connects; the reader's `mack` deletes them (a tombstone stays until expiry).
+  Expired items are purged every MAILBOX_PURGE_INTERVAL_S.
+- reader: opens delivered items, stores the messages through history (which
+  dedups by id), acknowledges once committed, and mails its receipt (its
+  vector of the conversation) back to an author that is not connected, so the
+  author's `delivered` count rises when it returns, even if we are gone by then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from chinwag import events as ev
+from chinwag import limits
+from chinwag.crypto.identity import Identity, public_from_peer_id
+from chinwag.errors import RemoteProtocolError
+from chinwag.protocol import mailbox as mb
+from chinwag.protocol import messages as m
+from chinwag.protocol.chat import ChatMessage
+from chinwag.protocol.kinds import RoomKind, kind_of_wire
+from chinwag.protocol.reasons import MailRefusal
+from chinwag.rooms import RoomBook
+from chinwag.store.db import Store, StoreError
+
+if TYPE_CHECKING:
+    from chinwag.history import History
+    from chinwag.net.link import Link, Links
+
+log = logging.getLogger(__name__)
+
+_item_decoder = msgspec.msgpack.Decoder(m.MailItem)
+
+
+class Mailbox:
+    """Mail that waits for its reader: author, holder and reader of one node."""
+
+    def __init__(
+        self,
+        store: Store,
+        identity: Identity,
+        manager: Links,
+        history: History,
+        book: RoomBook,
+        emit: Callable[[ev.NodeEvent], None],
+        reader_rooms: Callable[[str], set[str]] = lambda _peer: set(),
+        relays_of: Callable[[str], list[str]] = lambda _peer: [],
+        reach: Callable[[str], None] = lambda _peer: None,
+        room_members: Callable[[str], list[str]] = lambda _wire: [],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """reader_rooms(peer): rooms its presence record names; relays_of(peer): its relays;
+        reach(peer): dial peer if its presence record says it is online;
+        room_members(wire): members of a joined room its presence records name."""
+        self.store = store
+        self.identity = identity
+        self.me = identity.peer_id
+        self.manager = manager
+        self.history = history
+        self.book = book
+        self._emit = emit
+        self._reader_rooms = reader_rooms
+        self._relays_of = relays_of
+        self._reach = reach
+        self._room_members = room_members
+        self._clock = clock
+        self.holder = mb.Holder(identity.public)
+        self.outbox = mb.Outbox()
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._send_soon: asyncio.Handle | None = None
+        #: Receipts to mail (author, conversation) -> the holder that delivered (tried first).
+        self._receipts: dict[tuple[str, str], str] = {}
+        self._receipt_timer: asyncio.TimerHandle | None = None
+        #: What our last mailed receipt of (author, conversation) said: no repeats.
+        self._receipted: dict[tuple[str, str], dict[str, int]] = {}
+        #: Our new items to save (the queue survives a restart until a holder keeps them).
+        self._to_save: list[tuple[bytes, bytes, str | None, str | None]] = []
+        self._closed = False
+
+    def load(self) -> None:
+        """Purge expired mail, count what is held, arm the purge timer; reload our queue."""
+        self._purge()
+        try:
+            saved = self.store.outgoing()
+        except StoreError as exc:
+            log.warning("mailbox: cannot read our saved mail: %s", exc)
+            saved = []
+        stale = []
+        for raw, msg_id, room in saved:
+            try:
+                item = _item_decoder.decode(raw)
+            except msgspec.DecodeError:
+                continue
+            if item.exp <= self._clock():
+                stale.append(mb.mail_id(item.box))
+            else:
+                self.outbox.add(item, msg_id, room)
+        if stale:
+            self._forget(stale)
+        self._sync_saved()
+
+    def close(self) -> None:
+        """Mail the receipts still waiting (connections are still open), stop the timers."""
+        if self._receipts and not self._closed:
+            self._mail_receipts()
+        if self._send_soon is not None and not self._closed:
+            self._send_outbox()  # what was written in this last turn
+        self._sync_saved()
+        self._closed = True
+        for handle in (self._timer, self._send_soon, self._receipt_timer):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._send_soon = self._receipt_timer = None
+
+    def _purge(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        try:
+            expired = self.store.purge_mail(int(self._clock()))
+            if expired:
+                log.info("mailbox: %d items expired unread", expired)
+            self.holder.load(self.store.mail_usage())
+        except StoreError as exc:
+            log.warning("mailbox: cannot purge expired mail: %s", exc)
+        self._timer = self._loop.call_later(limits.MAILBOX_PURGE_INTERVAL_S, self._purge)
+
+    # --- author -------------------------------------------------------------------
+
+    def own_committed(self, to: str, msg: ChatMessage) -> None:
+        """Our private message to `to` is committed: mail it if `to` is not connected."""
+        if self._closed or to in self.manager.peers:
+            return
+        chat = m.Chat(body=msg.raw_body, sig=msg.sig)
+        self._mail(to, chat, msg.id)
+
+    def own_room_committed(self, wire: str, msg: ChatMessage) -> None:
+        """Our room message is committed: if no member of the room is connected (no one
+        carries it), mail it to up to MAILBOX_ROOM_READERS members that are offline."""
+        if self._closed:
+            return
+        peers = self.manager.peers
+        if any(self.book.peer_in(p, wire) for p in peers):
+            return  # members store and sync it: it reaches the others through them
+        # Members we know: those that sent us receipts (most recent last), then presence.
+        known = list(reversed(self.history.replica.room_receipts(wire)))
+        known += self._room_members(wire)
+        readers: dict[str, None] = {}
+        for peer in known:
+            if len(readers) >= limits.MAILBOX_ROOM_READERS:
+                break
+            if peer != self.me and peer not in peers:
+                readers[peer] = None
+        chat = m.Chat(body=msg.raw_body, sig=msg.sig)
+        for reader in readers:
+            self._mail(reader, chat, msg.id, wire)
+
+    def _mail(
+        self, to: str, frame: m.Chat | m.Vector, msg_id: str | None, room: str | None = None
+    ) -> None:
+        exp = int(self._clock()) + limits.MAILBOX_TTL_S
+        item = mb.make_item(self.identity, public_from_peer_id(to), frame, exp)
+        self._queue(item, msg_id, room)
+
+    def _queue(self, item: m.MailItem, msg_id: str | None, room: str | None = None) -> None:
+        """Queue our item for holders (saved, then put, at the end of this loop turn)."""
+        ident = self.outbox.add(item, msg_id, room)
+        self._to_save.append((ident, m.encode(item), msg_id, room))
+        if self._send_soon is None:
+            # Messages written in one loop turn go out in one put per holder.
+            self._send_soon = self._loop.call_soon(self._send_outbox)
+
+    def _send_outbox(self, first: str | None = None) -> None:
+        """Put what waits for holders to the connected candidates.
+
+        first: a holder that delivered mail to us: it met the author's mail, so it is
+        asked first for our receipts to that author (even if it is in none of our rooms,
+        like a relay).
+        """
+        self._send_soon = None
+        if self._closed:
+            return
+        self._sync_saved()
+
+        def candidates(to: str) -> list[str]:
+            found = self.candidates(to)
+            if first is not None and first in self.manager.peers and first != to:
+                if first in found:
+                    found.remove(first)
+                found.insert(0, first)
+            return found
+
+        for peer, items in self.outbox.plan(candidates).items():
+            conn = self.manager.peers.get(peer)
+            if conn is None:
+                continue
+            for chunk in mb.pack(items):
+                conn.send_frame(m.MailPut(items=chunk))
+
+    def candidates(self, to: str) -> list[str]:
+        """Return connected peers that may meet reader `to`, best first.
+
+        Its relays (it holds reservations there), then peers in a room `to` is in
+        (its presence record, or its receipts in our rooms), then peers sharing any
+        room with us. A peer in no room we know of is not asked.
+        """
+        relays = set(self._relays_of(to))
+        rooms = set(self._reader_rooms(to))
+        for wire in self.book.wires():
+            if kind_of_wire(wire) is not RoomKind.DM and to in self.history.replica.room_receipts(
+                wire
+            ):
+                rooms.add(wire)
+        ranked: list[tuple[int, str]] = []
+        for peer in self.manager.peers:
+            if peer in (to, self.me):
+                continue
+            announced = self.book.announced.get(peer, {})
+            if peer in relays:
+                rank = 0
+            elif rooms & announced.keys():
+                rank = 1
+            elif any(w in self.book.joined for w in announced):
+                rank = 2
+            else:
+                continue
+            ranked.append((rank, peer))
+        ranked.sort()
+        return [p for _r, p in ranked]
+
+    def _sync_saved(self) -> None:
+        """Save our new items; forget those a holder keeps now, or given up."""
+        if self._to_save:
+            rows, self._to_save = self._to_save, []
+            try:
+                self.store.save_outgoing(rows)
+            except StoreError as exc:  # only costs mailing them after a restart
+                log.warning("mailbox: cannot save our mail: %s", exc)
+        settled = self.outbox.take_settled()
+        if settled:
+            self._forget(settled)
+
+    def _forget(self, ids: list[bytes]) -> None:
+        try:
+            self.store.forget_outgoing(ids)
+        except StoreError as exc:
+            log.warning("mailbox: cannot forget our mail: %s", exc)
+
+    # --- frames -------------------------------------------------------------------
+
+    def frame(self, conn: Link, frame: m.MailFrame) -> None:
+        """Handle a mail frame from a connected peer."""
+        if self._closed:
+            return
+        peer = conn.peer_id or ""
+        if isinstance(frame, m.MailPut):
+            self._put(conn, peer, frame)
+        elif isinstance(frame, m.MailOk):
+            for report in self.outbox.kept(peer, frame.ids):
+                self._emit(ev.Mailed(id=report.msg_id, holders=report.holders))
+            self._sync_saved()
+        elif isinstance(frame, m.MailNo):
+            self.outbox.refused(peer, frame.ids, frame.reason)
+            self._send_outbox()
+        elif isinstance(frame, m.MailDeliver):
+            self._delivered(conn, peer, frame)
+        else:
+            try:
+                gone = self.store.mail_delivered(peer, frame.ids)
+            except StoreError as exc:
+                log.warning("mailbox: cannot delete delivered mail: %s", exc)
+                return
+            self.holder.removed(gone)
+
+    # --- holder -------------------------------------------------------------------
+
+    def _put(self, conn: Link, peer: str, frame: m.MailPut) -> None:
+        verdict = self.holder.put(peer, frame, self._clock(), self.store.mail_known)
+        if verdict.close is not None:
+            log.warning("mailbox: disconnecting %s: %s", peer[:8], verdict.close)
+            self.history.mesh_invalid(peer)
+            conn.close(verdict.close)
+            return
+        refused = verdict.refused
+        if verdict.keep:
+            try:
+                self.store.hold_mail(
+                    (h.id, h.to, h.frm, h.exp, h.size, m.encode(h.item)) for h in verdict.keep
+                )
+            except StoreError as exc:
+                log.warning("mailbox: cannot store mail: %s", exc)
+                self.holder.not_stored(verdict.keep)
+                refused.setdefault(MailRefusal.FULL, []).extend(h.id for h in verdict.keep)
+                verdict.keep = []
+        for ids in mb.chunks([h.id for h in verdict.keep]):
+            conn.send_frame(m.MailOk(ids=ids))
+        for reason, refused_ids in refused.items():
+            for ids in mb.chunks(refused_ids):
+                conn.send_frame(m.MailNo(ids=ids, reason=reason))
+        # A reader connected to us now gets its mail at once.
+        for to in {h.to for h in verdict.keep}:
+            reader = self.manager.peers.get(to)
+            if reader is not None:
+                self._deliver(reader, [h.item for h in verdict.keep if h.to == to])
+
+    def _deliver(self, conn: Link, items: list[m.MailItem]) -> None:
+        for chunk in mb.pack(items):
+            conn.send_frame(m.MailDeliver(items=chunk))
+
+    # --- reader -------------------------------------------------------------------
+
+    def _delivered(self, conn: Link, holder: str, frame: m.MailDeliver) -> None:
+        acks: list[bytes] = []
+        chats: list[tuple[bytes, str, str, int]] = []
+        for item in frame.items:
+            try:
+                opened = mb.open_item(self.identity, item)
+            except RemoteProtocolError as exc:
+                log.warning("mailbox: disconnecting holder %s: %s", holder[:8], exc)
+                self.history.mesh_invalid(holder)
+                conn.close(exc.code)
+                return
+            except mb.MailDropped as exc:
+                log.info("mailbox: dropping mail from holder %s: %s", holder[:8], exc)
+                acks.append(mb.mail_id(item.box))
+                continue
+            if isinstance(opened.frame, m.Vector):
+                # A conversation's receipt, or a room's from a member we know already:
+                # a mailed one could otherwise be anyone's, in any number.
+                room = opened.frame.room
+                if kind_of_wire(room) is RoomKind.DM or (
+                    room in self.book.joined
+                    and opened.frm in self.history.replica.room_receipts(room)
+                ):
+                    self.history.mail_vector(opened.frm, opened.frame)
+                acks.append(opened.id)
+                continue
+            body = m.decode_body(opened.frame.body)  # checked by open_item
+            if opened.frm in self.book.blocked or self.book.holds(body.room, opened.frm) is None:
+                # Blocked, or a room we left: we will never store it; the holder may forget it.
+                acks.append(opened.id)
+                continue
+            verdict = m.ts_verdict(body.ts, int(self._clock() * 1000))
+            if verdict is not None:
+                # As for any chat (node._untimely): out of range never; ahead: not yet.
+                log.info(
+                    "mailbox: mailed chat from %s dated %d: %s", opened.frm[:8], body.ts, verdict
+                )
+                if verdict == m.BAD_TIMESTAMP:
+                    acks.append(opened.id)
+                continue
+            self.history.chat_received(
+                conn, m.Chat(body=opened.frame.body, sig=opened.frame.sig, hist=True)
+            )
+            chats.append((opened.id, body.room, opened.frm, body.seq))
+        self.history.when_committed(lambda: self._stored(conn, holder, acks, chats))
+
+    def _stored(
+        self, conn: Link, holder: str, acks: list[bytes], chats: list[tuple[bytes, str, str, int]]
+    ) -> None:
+        """Mail is committed: acknowledge what we hold, mail receipts to absent authors."""
+        for ident, room, author, seq in chats:
+            if self.history.holds(room, author, seq):
+                acks.append(ident)
+                if author not in self.manager.peers:
+                    self._receipts[(author, room)] = holder
+        if conn.is_open:
+            for ids in mb.chunks(acks):
+                conn.send_frame(m.MailAck(ids=ids))
+        if self._receipts and self._receipt_timer is None and not self._closed:
+            # One receipt for a whole delivery (it comes in many frames), not one per frame.
+            self._receipt_timer = self._loop.call_later(
+                limits.MAILBOX_RECEIPT_DELAY_S, self._mail_receipts
+            )
+
+    def _mail_receipts(self) -> None:
+        """Mail our vector of each conversation whose mail we stored to its absent author."""
+        self._receipt_timer = None
+        receipts, self._receipts = self._receipts, {}
+        firsts: set[str] = set()
+        for (author, room), holder in sorted(receipts.items()):
+            if author in self.manager.peers:
+                continue  # it is back: our vector reaches it the usual way
+            # Only the author's entry: all it needs for `delivered`, and it stays small.
+            have = {author: self.history.replica.capped_vector(room).get(author, 0)}
+            if self._receipted.get((author, room)) == have:
+                continue
+            self._receipted[(author, room)] = have
+            if len(self._receipted) > limits.MAILBOX_OUTBOX_MAX:
+                del self._receipted[next(iter(self._receipted))]
+            exp = int(self._clock()) + limits.MAILBOX_TTL_S
+            vector = m.Vector(room=room, have=have)
+            item = mb.make_item(self.identity, public_from_peer_id(author), vector, exp)
+            self._queue(item, None)
+            firsts.add(holder)
+        for holder in sorted(firsts):
+            self._send_outbox(first=holder)
+
+    # --- peers --------------------------------------------------------------------
+
+    def peer_joined(self, conn: Link) -> None:
+        """A peer connected: deliver what we hold for it, put what waits for holders."""
+        if self._closed:
+            return
+        peer = conn.peer_id or ""
+        self.outbox.reader_met(peer)
+        self._sync_saved()
+        try:
+            held = self.store.mail_for(peer)
+        except StoreError as exc:
+            log.warning("mailbox: cannot read held mail: %s", exc)
+            held = []
+        if held:
+            items = []
+            for raw in held:
+                try:
+                    items.append(_item_decoder.decode(raw))
+                except msgspec.DecodeError:
+                    log.warning("mailbox: a held item does not decode; skipped")
+            self._deliver(conn, items)
+        if self.outbox.pending:
+            self._send_outbox()
+
+    def peer_rooms(self, peer_id: str) -> None:
+        """A peer announced its rooms: it carries those rooms' messages (no mail needed for
+        them any more), and it may now be a candidate holder."""
+        if self.outbox.pending and not self._closed:
+            self.outbox.members_met(self.book.announced.get(peer_id, {}))
+            self._sync_saved()
+            self._send_outbox()
+
+    def members_changed(self, authors: frozenset[str]) -> None:
+        """Presence records of authors changed: dial those we hold mail for (if online)."""
+        if self._closed:
+            return
+        try:
+            waiting = self.store.mail_recipients()
+        except StoreError as exc:
+            log.warning("mailbox: cannot read held mail: %s", exc)
+            return
+        for peer in sorted(authors & waiting):
+            if peer not in self.manager.peers:
+                self._reach(peer)
+
+    def peer_left(self, peer_id: str) -> None:
+        self.holder.peer_closed(peer_id)
+        self.outbox.peer_closed(peer_id)

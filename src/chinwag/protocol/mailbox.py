@@ -1,0 +1,436 @@
+"""Mail that waits for its reader: the sans-IO rules of mailboxes (docs/dht.md "Mailboxes").
+
+Theory of operation
+-------------------
+A private message (or a receipt) for a peer that is offline is sealed to that
+peer (crypto_box_seal), signed by its author and handed in an `mput` to online
+peers that will likely meet the reader (holders). A holder checks the item
+(`Holder.put`: the author is the sender, the signature verifies, the expiry is
+within MAILBOX_TTL_S, it is no replay, the per-sender and total budgets have
+room), keeps it, and delivers it in a `mail` frame when the reader connects;
+the reader opens it (`open_item`), stores what it carries (the history store
+dedups by message id, so a copy from a second holder or from sync is dropped),
+then answers `mack` and the holder deletes the item (keeping its id as a
+tombstone until the expiry, so the item cannot be replayed).
+
+The author keeps what it handed out in an `Outbox` until MAILBOX_HOLDERS
+holders took it; a holder that refuses (`mno`, e.g. `full`) is not asked
+again and the next candidate is.
+
+What a holder learns: the reader's id, the author's id (it is the peer that
+handed the item over), the expiry, the time it arrived and a size bucket
+(plaintexts are padded to a power of two, at least MAILBOX_MIN_BUCKET bytes).
+Not the room, the nick, the text, the author's timestamp or seq: those are
+inside the seal.
+
+No asyncio, sockets, SQLite, clocks or randomness of its own: `now` comes in;
+sealing draws its ephemeral key inside libsodium (crypto/box.py), as seal_dm does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from chinwag import limits
+from chinwag.crypto import box
+from chinwag.crypto.identity import Identity, peer_id_from_public, verify
+from chinwag.errors import ChinwagError, RemoteProtocolError
+from chinwag.protocol import messages as m
+from chinwag.protocol.chat import open_message
+from chinwag.protocol.reasons import MailRefusal, Reason
+from chinwag.protocol.replica import Bucket
+
+log = logging.getLogger(__name__)
+
+_inner_decoder = msgspec.msgpack.Decoder(m.MailInner)
+_payload_decoder = msgspec.msgpack.Decoder(m.Chat | m.Vector)
+
+
+class MailDropped(ChinwagError):
+    """A delivered item that is not for us to read (sealed to another key, or malformed inside).
+
+    The holder is not to blame (it cannot look inside): the item is acknowledged and dropped.
+    """
+
+
+# --- items ------------------------------------------------------------------------
+
+
+def mail_id(sealed: bytes) -> bytes:
+    """Return the 16-byte id of an item with this sealed box."""
+    return hashlib.sha256(m.MAIL_CONTEXT + sealed).digest()[:16]
+
+
+def signed_part(to: bytes, frm: bytes, exp: int, sealed: bytes) -> bytes:
+    """Return what the author of an item signs."""
+    return m.MAIL_CONTEXT + to + frm + exp.to_bytes(8, "big") + sealed
+
+
+def bucket(size: int) -> int:
+    """Return the padded size of a plaintext of size bytes (a power of two, at least the min)."""
+    padded = limits.MAILBOX_MIN_BUCKET
+    while padded < size:
+        padded *= 2
+    return padded
+
+
+def make_item(
+    identity: Identity, recipient_public: bytes, frame: m.Chat | m.Vector, exp: int
+) -> m.MailItem:
+    """Seal frame to the recipient, padded to its size bucket, and sign the item."""
+    frame_bytes = m.encode(frame)
+    # Without the (empty) pad's 2 bytes; the pad's own length prefix is 2, 3 or 5 bytes.
+    base = len(m.encode(m.MailInner(frm=identity.public, frame=frame_bytes))) - 2
+    target = bucket(base + 2)
+    pad = b""
+    for head, most in ((2, 0xFF), (3, 0xFFFF), (5, 0xFFFFFFFF)):
+        if 0 <= target - base - head <= most:
+            pad = bytes(target - base - head)
+            break
+    inner = m.encode(m.MailInner(frm=identity.public, frame=frame_bytes, pad=pad))
+    sealed = box.seal_to(recipient_public, inner)
+    sig = identity.sign(signed_part(recipient_public, identity.public, exp, sealed))
+    return m.MailItem(to=recipient_public, frm=identity.public, exp=exp, box=sealed, sig=sig)
+
+
+def item_signed(item: m.MailItem) -> bool:
+    """Return whether the item's signature by its author verifies."""
+    return verify(item.frm, signed_part(item.to, item.frm, item.exp, item.box), item.sig)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A delivered item, opened: who wrote it and the frame it carries."""
+
+    id: bytes
+    frm: str
+    frame: m.Chat | m.Vector
+
+
+def open_item(identity: Identity, item: m.MailItem) -> Opened:
+    """Open an item delivered to us.
+
+    Raises RemoteProtocolError (bad_signature) if its signature does not verify:
+    the holder checked it when it took it, so the holder forged or altered it.
+    Raises MailDropped if it is not for us or its inside is not a valid chat (signature
+    checked) or vector by its author (the author's fault, or a mistake: dropped,
+    acknowledged).
+    """
+    if not item_signed(item):
+        raise RemoteProtocolError(
+            "delivered mail's signature does not verify", Reason.BAD_SIGNATURE
+        )
+    ident = mail_id(item.box)
+    if item.to != identity.public:
+        raise MailDropped("mail for another peer")
+    try:
+        inner = _inner_decoder.decode(box.open_sealed(identity, item.box))
+        frame = _payload_decoder.decode(inner.frame)
+    except (box.BadCiphertext, msgspec.DecodeError) as exc:
+        raise MailDropped(f"mail does not open: {exc}") from None
+    if inner.frm != item.frm:
+        # Someone re-signed another's sealed box as its own: not its words.
+        raise MailDropped("mail sealed by another author than its signer")
+    frm = peer_id_from_public(item.frm)
+    if isinstance(frame, m.Chat):
+        try:
+            # Checked here, not left to history: a bad chat inside good mail is its
+            # author's doing, and must not get the (innocent) holder disconnected.
+            author = open_message(frame.body, frame.sig, check_signature=True).body.author
+        except RemoteProtocolError as exc:
+            raise MailDropped(f"mailed chat is malformed or forged: {exc}") from None
+        if author != item.frm:
+            raise MailDropped("mailed chat by another author than the mail's")
+    return Opened(ident, frm, frame)
+
+
+def pack(items: Iterable[m.MailItem]) -> list[list[m.MailItem]]:
+    """Split items into frames within MAILBOX_DELIVER_FRAME_BYTES and MAILBOX_ITEMS_PER_FRAME."""
+    frames: list[list[m.MailItem]] = []
+    current: list[m.MailItem] = []
+    size = 0
+    for item in items:
+        cost = len(item.box) + 160  # keys, expiry, signature and msgpack framing
+        if current and (
+            size + cost > limits.MAILBOX_DELIVER_FRAME_BYTES
+            or len(current) >= limits.MAILBOX_ITEMS_PER_FRAME
+        ):
+            frames.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += cost
+    if current:
+        frames.append(current)
+    return frames
+
+
+def chunks(ids: list[bytes]) -> list[list[bytes]]:
+    """Split ids into lists of at most MAILBOX_IDS_PER_FRAME."""
+    n = limits.MAILBOX_IDS_PER_FRAME
+    return [ids[i : i + n] for i in range(0, len(ids), n)]
+
+
+# --- the holder ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """An item a holder takes: to store (then answer `mok`)."""
+
+    id: bytes
+    to: str
+    frm: str
+    exp: int
+    size: int
+    item: m.MailItem
+
+
+@dataclass(slots=True)
+class PutVerdict:
+    """What to do with an `mput`: store `keep`, refuse `refused` (reason -> ids), or close."""
+
+    keep: list[Held] = field(default_factory=list)
+    refused: dict[str, list[bytes]] = field(default_factory=dict)
+    #: A reason code: close the connection, take nothing of the frame.
+    close: str | None = None
+
+
+class Holder:
+    """The admission rules of one mailbox: budgets per sender and in all, floods, replays."""
+
+    def __init__(
+        self,
+        me: bytes,
+        max_items: int = limits.MAILBOX_MAX_ITEMS,
+        max_bytes: int = limits.MAILBOX_MAX_BYTES,
+        max_items_per_sender: int = limits.MAILBOX_MAX_ITEMS_PER_SENDER,
+        max_bytes_per_sender: int = limits.MAILBOX_MAX_BYTES_PER_SENDER,
+    ) -> None:
+        """me: our public key (mail to us is not held but read)."""
+        self.me = me
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.max_items_per_sender = max_items_per_sender
+        self.max_bytes_per_sender = max_bytes_per_sender
+        self.items = 0
+        self.bytes = 0
+        #: Sender -> (items, bytes) held for it.
+        self.per_sender: dict[str, tuple[int, int]] = {}
+        self._budget: dict[str, Bucket] = {}
+
+    def load(self, held: Iterable[tuple[str, int]]) -> None:
+        """Count what the store holds: (sender, size) of each item."""
+        self.items = self.bytes = 0
+        self.per_sender = {}
+        for sender, size in held:
+            self._count(sender, size, 1)
+
+    def _count(self, sender: str, size: int, sign: int) -> None:
+        items, nbytes = self.per_sender.get(sender, (0, 0))
+        items, nbytes = items + sign, nbytes + sign * size
+        self.items += sign
+        self.bytes += sign * size
+        if items <= 0:
+            self.per_sender.pop(sender, None)
+        else:
+            self.per_sender[sender] = (items, nbytes)
+
+    def put(
+        self, peer: str, frame: m.MailPut, now: float, known: Callable[[bytes], bool]
+    ) -> PutVerdict:
+        """Judge the items peer hands us at Unix time now; known(id): held or tombstoned here."""
+        verdict = PutVerdict()
+        budget = self._budget.setdefault(
+            peer, Bucket(now, limits.MAILBOX_PUT_BURST, limits.MAILBOX_PUT_PER_S)
+        )
+        if not budget.take(now, max(len(frame.items), 1)):
+            verdict.close = Reason.MAIL_FLOOD
+            return verdict
+        seen: set[bytes] = set()
+        for item in frame.items:
+            if peer_id_from_public(item.frm) != peer:
+                # Only the author hands its mail over: a holder never passes mail on.
+                log.warning("mail from %s claims another author", peer[:8])
+                verdict.close = Reason.MALFORMED_FRAME
+                return verdict
+            if not item_signed(item):
+                verdict.close = Reason.BAD_SIGNATURE
+                return verdict
+        for item in frame.items:
+            ident = mail_id(item.box)
+            reason = self._refusal(peer, item, ident, now, known, seen)
+            if reason is not None:
+                verdict.refused.setdefault(reason, []).append(ident)
+                continue
+            seen.add(ident)
+            size = len(item.box)
+            self._count(peer, size, 1)
+            to = peer_id_from_public(item.to)
+            verdict.keep.append(Held(ident, to, peer, item.exp, size, item))
+        return verdict
+
+    def _refusal(
+        self,
+        peer: str,
+        item: m.MailItem,
+        ident: bytes,
+        now: float,
+        known: Callable[[bytes], bool],
+        seen: set[bytes],
+    ) -> str | None:
+        if item.to == self.me:
+            return MailRefusal.SELF
+        if not now < item.exp <= now + limits.MAILBOX_TTL_S + limits.MAILBOX_TTL_SKEW_S:
+            return MailRefusal.BAD_EXPIRY
+        if ident in seen or known(ident):
+            return MailRefusal.REPLAYED
+        size = len(item.box)
+        if self.items + 1 > self.max_items or self.bytes + size > self.max_bytes:
+            return MailRefusal.FULL
+        items, nbytes = self.per_sender.get(peer, (0, 0))
+        if items + 1 > self.max_items_per_sender or nbytes + size > self.max_bytes_per_sender:
+            return MailRefusal.SENDER_FULL
+        return None
+
+    def not_stored(self, held: Iterable[Held]) -> None:
+        """These items were taken but could not be stored: give their budget back."""
+        for h in held:
+            self._count(h.frm, h.size, -1)
+
+    def removed(self, gone: Iterable[tuple[str, int]]) -> None:
+        """Items left the mailbox (acknowledged or expired): (sender, size) of each."""
+        for sender, size in gone:
+            self._count(sender, size, -1)
+
+    def peer_closed(self, peer: str) -> None:
+        """Forget the peer's put budget (a reconnect costs it a handshake, not a free refill:
+        the bucket starts full, as for any new peer)."""
+        self._budget.pop(peer, None)
+
+
+# --- the author ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Out:
+    item: m.MailItem
+    to: str
+    #: The chat message's id (None for a receipt).
+    msg_id: str | None
+    asked: set[str] = field(default_factory=set)
+    holders: set[str] = field(default_factory=set)
+    #: Peers that refused it (`mno`): asked, never holders.
+    no: set[str] = field(default_factory=set)
+    #: The room of a mailed room message (its members carry it once one is connected).
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mailed:
+    """Our message msg_id is now held by `holders` holders (report it)."""
+
+    msg_id: str
+    holders: int
+
+
+class Outbox:
+    """Items we wrote for offline readers, until MAILBOX_HOLDERS holders keep each."""
+
+    def __init__(self) -> None:
+        self.pending: OrderedDict[bytes, _Out] = OrderedDict()
+        #: Ids that no longer wait for a first holder (kept by one, or given up): the
+        #: adapter forgets them from its saved queue (`take_settled`).
+        self._settled: list[bytes] = []
+
+    def take_settled(self) -> list[bytes]:
+        """Return and clear the ids settled since the last call."""
+        settled, self._settled = self._settled, []
+        return settled
+
+    def _drop(self, ident: bytes) -> None:
+        if self.pending.pop(ident, None) is not None:
+            self._settled.append(ident)
+
+    def add(self, item: m.MailItem, msg_id: str | None, room: str | None = None) -> bytes:
+        """Queue an item for holders; return its id. The oldest is dropped beyond the bound.
+
+        room: the item carries a message of this room (not a conversation's).
+        """
+        ident = mail_id(item.box)
+        self.pending[ident] = _Out(item, peer_id_from_public(item.to), msg_id, room=room)
+        while len(self.pending) > limits.MAILBOX_OUTBOX_MAX:
+            self._drop(next(iter(self.pending)))
+        return ident
+
+    def plan(self, candidates: Callable[[str], list[str]]) -> dict[str, list[m.MailItem]]:
+        """Return peer -> items to put to it now: each item to holders not asked yet.
+
+        candidates(to): connected peers that may meet reader `to`, best first.
+        """
+        out: dict[str, list[m.MailItem]] = {}
+        cache: dict[str, list[str]] = {}
+        for out_item in self.pending.values():
+            wanted = limits.MAILBOX_HOLDERS - len(out_item.holders)
+            waiting = len(out_item.asked - out_item.holders - out_item.no)
+            if wanted - waiting <= 0:
+                continue
+            peers = cache.get(out_item.to)
+            if peers is None:
+                peers = cache[out_item.to] = candidates(out_item.to)
+            for peer in peers:
+                if wanted - waiting <= 0:
+                    break
+                if peer in out_item.asked or peer == out_item.to:
+                    continue
+                out_item.asked.add(peer)
+                out.setdefault(peer, []).append(out_item.item)
+                waiting += 1
+        return out
+
+    def kept(self, peer: str, ids: Iterable[bytes]) -> list[Mailed]:
+        """peer keeps these items (`mok`); return what to report."""
+        reports = []
+        for ident in ids:
+            out_item = self.pending.get(ident)
+            if out_item is None or peer not in out_item.asked:
+                continue
+            out_item.holders.add(peer)
+            if len(out_item.holders) == 1:
+                self._settled.append(ident)
+            if out_item.msg_id is not None:
+                reports.append(Mailed(out_item.msg_id, len(out_item.holders)))
+            if len(out_item.holders) >= limits.MAILBOX_HOLDERS:
+                del self.pending[ident]
+        return reports
+
+    def refused(self, peer: str, ids: Iterable[bytes], reason: str) -> None:
+        """peer refused these items (`mno`): it stays asked, so the next plan picks another."""
+        for ident in ids:
+            out_item = self.pending.get(ident)
+            if out_item is not None and peer in out_item.asked:
+                out_item.no.add(peer)
+                log.info("holder %s refused mail for %s: %s", peer[:8], out_item.to[:8], reason)
+
+    def peer_closed(self, peer: str) -> None:
+        """peer left: what it never answered may be asked of it again later."""
+        for out_item in self.pending.values():
+            if peer not in out_item.holders:
+                out_item.asked.discard(peer)
+                out_item.no.discard(peer)
+
+    def reader_met(self, to: str) -> None:
+        """We are connected to reader `to`: sync carries what waits for it, not mail."""
+        for ident in [i for i, o in self.pending.items() if o.to == to]:
+            self._drop(ident)
+
+    def members_met(self, rooms: Iterable[str]) -> None:
+        """A member of these rooms is connected: it carries their messages, not mail."""
+        met = set(rooms)
+        for ident in [i for i, o in self.pending.items() if o.room in met and not o.holders]:
+            self._drop(ident)

@@ -1,0 +1,285 @@
+"""Mailbox rules (protocol/mailbox.py), sans-IO: sealing, admission limits, the author's outbox."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chinwag import limits
+from chinwag.crypto import box
+from chinwag.crypto.identity import Identity
+from chinwag.errors import RemoteProtocolError
+from chinwag.protocol import mailbox as mb
+from chinwag.protocol import messages as m
+from chinwag.protocol.chat import make_message
+from chinwag.protocol.reasons import MailRefusal, Reason
+
+NOW = 1_800_000_000.0
+EXP = int(NOW) + 3600
+
+AUTHOR = Identity.generate()
+READER = Identity.generate()
+HOLDER = Identity.generate()
+
+
+def chat(text: str = "hello", seq: int = 1, author: Identity = AUTHOR) -> m.Chat:
+    msg = make_message(author, "general", "ann", int(NOW * 1000), seq, text)
+    return m.Chat(body=msg.raw_body, sig=msg.sig)
+
+
+def item(
+    text: str = "hello", seq: int = 1, exp: int = EXP, author: Identity = AUTHOR
+) -> m.MailItem:
+    return mb.make_item(author, READER.public, chat(text, seq, author), exp)
+
+
+def never(_ident: bytes) -> bool:
+    return False
+
+
+def test_an_item_opens_for_its_reader_only_and_hides_the_size() -> None:
+    short, long = item("hi"), item("x" * 3000, seq=2)
+    opened = mb.open_item(READER, short)
+    assert opened.frm == AUTHOR.peer_id and opened.frame == chat("hi")
+    assert opened.id == mb.mail_id(short.box)
+    # Padded to a bucket: the holder sees 512 (+ the seal's 48 bytes), not the text's length.
+    assert len(short.box) == limits.MAILBOX_MIN_BUCKET + 48
+    assert len(long.box) == 4096 + 48
+    assert len(item("hello there").box) == len(short.box)
+    with pytest.raises(mb.MailDropped):
+        mb.open_item(HOLDER, short)  # not ours to read
+    # Signed as ours but sealed to another key: dropped, not blamed on the holder.
+    wrong = mb.make_item(AUTHOR, HOLDER.public, chat(), EXP)
+    resigned = AUTHOR.sign(mb.signed_part(READER.public, AUTHOR.public, EXP, wrong.box))
+    with pytest.raises(mb.MailDropped):
+        mb.open_item(READER, m.MailItem(READER.public, AUTHOR.public, EXP, wrong.box, resigned))
+    assert b"hi" not in m.encode(short)
+
+
+def test_a_holder_that_alters_an_item_is_caught() -> None:
+    good = item()
+    forged = m.MailItem(good.to, good.frm, good.exp + 1, good.box, good.sig)
+    with pytest.raises(RemoteProtocolError) as exc:
+        mb.open_item(READER, forged)
+    assert exc.value.code == Reason.BAD_SIGNATURE
+
+
+def test_a_box_re_signed_by_another_peer_is_not_its_words() -> None:
+    good = item()
+    thief = Identity.generate()
+    sig = thief.sign(mb.signed_part(good.to, thief.public, good.exp, good.box))
+    stolen = m.MailItem(good.to, thief.public, good.exp, good.box, sig)
+    with pytest.raises(mb.MailDropped):
+        mb.open_item(READER, stolen)
+
+
+def test_holder_keeps_good_items_and_refuses_the_rest_with_reasons() -> None:
+    holder = mb.Holder(HOLDER.public)
+    seen_before = item(seq=3)
+    known = {mb.mail_id(seen_before.box)}
+    frame = m.MailPut(
+        items=[
+            item(seq=1),
+            item(seq=2, exp=int(NOW) - 1),
+            item(seq=4, exp=int(NOW) + limits.MAILBOX_TTL_S + limits.MAILBOX_TTL_SKEW_S + 5),
+            mb.make_item(AUTHOR, HOLDER.public, chat(seq=5), EXP),
+        ]
+    )
+    verdict = holder.put(AUTHOR.peer_id, frame, NOW, known.__contains__)
+    assert verdict.close is None
+    assert [h.id for h in verdict.keep] == [mb.mail_id(frame.items[0].box)]
+    assert verdict.keep[0].to == READER.peer_id and verdict.keep[0].frm == AUTHOR.peer_id
+    assert set(verdict.refused) == {MailRefusal.BAD_EXPIRY, MailRefusal.SELF}
+    assert len(verdict.refused[MailRefusal.BAD_EXPIRY]) == 2
+    # A replay (held, or delivered and tombstoned) and a repeat within a frame.
+    again = item(seq=6)
+    replay = holder.put(
+        AUTHOR.peer_id, m.MailPut(items=[seen_before, again, again]), NOW, known.__contains__
+    )
+    assert replay.refused == {
+        MailRefusal.REPLAYED: [mb.mail_id(seen_before.box), mb.mail_id(again.box)]
+    }
+    assert holder.items == 2
+
+
+def test_a_forged_item_or_one_handed_over_by_another_closes_the_connection() -> None:
+    holder = mb.Holder(HOLDER.public)
+    good = item()
+    forged = m.MailItem(good.to, good.frm, good.exp, good.box, bytes(64))
+    verdict = holder.put(AUTHOR.peer_id, m.MailPut(items=[good, forged]), NOW, never)
+    assert verdict.close == Reason.BAD_SIGNATURE and not verdict.keep
+    verdict = holder.put(HOLDER.peer_id, m.MailPut(items=[good]), NOW, never)
+    assert verdict.close == Reason.MALFORMED_FRAME and not verdict.keep
+    assert holder.items == 0
+
+
+def test_per_sender_and_total_limits() -> None:
+    other = Identity.generate()
+    holder = mb.Holder(HOLDER.public, max_items=3, max_items_per_sender=2)
+    verdict = holder.put(
+        AUTHOR.peer_id, m.MailPut(items=[item(seq=i) for i in (1, 2, 3)]), NOW, never
+    )
+    assert len(verdict.keep) == 2 and len(verdict.refused[MailRefusal.SENDER_FULL]) == 1
+    verdict = holder.put(
+        other.peer_id,
+        m.MailPut(items=[item(seq=i, author=other) for i in (1, 2)]),
+        NOW,
+        never,
+    )
+    assert len(verdict.keep) == 1 and len(verdict.refused[MailRefusal.FULL]) == 1
+    # Delivered items free their sender's share and the total.
+    holder.removed([(AUTHOR.peer_id, h.size) for h in []] + [(AUTHOR.peer_id, 560)])
+    assert holder.items == 2 and holder.per_sender[AUTHOR.peer_id][0] == 1
+    # Bytes count too.
+    small = mb.Holder(HOLDER.public, max_bytes_per_sender=1000)
+    verdict = small.put(AUTHOR.peer_id, m.MailPut(items=[item(seq=1), item(seq=2)]), NOW, never)
+    assert len(verdict.keep) == 1 and MailRefusal.SENDER_FULL in verdict.refused
+    total = mb.Holder(HOLDER.public, max_bytes=1000)
+    verdict = total.put(AUTHOR.peer_id, m.MailPut(items=[item(seq=1), item(seq=2)]), NOW, never)
+    assert len(verdict.keep) == 1 and MailRefusal.FULL in verdict.refused
+
+
+def test_a_put_flood_closes_the_connection() -> None:
+    holder = mb.Holder(HOLDER.public, max_items=10**9, max_items_per_sender=10**9)
+    one = item()
+    # Expired items cost no storage but still cost the flooder its put budget.
+    stale = [item(seq=i, exp=int(NOW) - 1) for i in range(1, 9)]
+    frames = int(limits.MAILBOX_PUT_BURST) // len(stale) + 1
+    closes = [
+        holder.put(AUTHOR.peer_id, m.MailPut(items=stale), NOW, never).close for _ in range(frames)
+    ]
+    assert closes[-1] == Reason.MAIL_FLOOD and closes[0] is None
+    # Another peer is unaffected; the flooder's budget refills with time.
+    assert holder.put(HOLDER.peer_id, m.MailPut(items=[]), NOW, never).close is None
+    later = NOW + 10
+    assert holder.put(AUTHOR.peer_id, m.MailPut(items=[one]), later, never).close is None
+
+
+def test_oversized_mail_is_a_malformed_frame() -> None:
+    good = item()
+    big = m.MailItem(good.to, good.frm, good.exp, bytes(limits.MAILBOX_MAX_BOX_BYTES + 1), good.sig)
+    with pytest.raises(RemoteProtocolError) as exc:
+        m.decode_frame(m.encode(m.MailPut(items=[big])))
+    assert exc.value.code == Reason.MALFORMED_FRAME
+    assert m.decode_frame(m.encode(m.MailPut(items=[good]))) == m.MailPut(items=[good])
+
+
+def test_pack_keeps_frames_within_bounds() -> None:
+    items = [item(seq=i) for i in range(1, 301)]
+    frames = mb.pack(items)
+    assert [i for f in frames for i in f] == items
+    for f in frames:
+        assert len(f) <= limits.MAILBOX_ITEMS_PER_FRAME
+        assert len(m.encode(m.MailDeliver(items=f))) <= limits.MAX_FRAME
+    biggest = [item("x" * 4000, seq=i) for i in range(1, 30)]
+    for f in mb.pack(biggest):
+        assert len(m.encode(m.MailPut(items=f))) <= limits.MAX_FRAME
+
+
+def test_outbox_asks_holders_and_moves_on_after_a_refusal() -> None:
+    box = mb.Outbox()
+    first = box.add(item(seq=1), "msg1")
+    peers = ["p1", "p2", "p3"]
+    plan = box.plan(lambda to: list(peers))
+    assert sorted(plan) == ["p1", "p2"]  # MAILBOX_HOLDERS of them
+    assert box.plan(lambda to: list(peers)) == {}  # asked, waiting for answers
+    box.refused("p1", [first], MailRefusal.FULL)
+    assert list(box.plan(lambda to: list(peers))) == ["p3"]
+    assert box.kept("p2", [first]) == [mb.Mailed("msg1", 1)]
+    assert box.kept("p9", [first]) == []  # never asked: ignored
+    assert box.kept("p3", [first]) == [mb.Mailed("msg1", 2)]
+    assert first not in box.pending
+
+
+def test_outbox_forgets_mail_for_a_reader_met_and_re_asks_a_holder_that_left() -> None:
+    box = mb.Outbox()
+    ident = box.add(item(seq=1), "msg1")
+    assert list(box.plan(lambda to: ["p1"])) == ["p1"]
+    box.peer_closed("p1")
+    assert list(box.plan(lambda to: ["p1"])) == ["p1"]
+    box.reader_met(READER.peer_id)
+    assert ident not in box.pending
+    # The reader itself is never a holder of its own mail.
+    box.add(item(seq=2), "msg2")
+    assert box.plan(lambda to: [READER.peer_id]) == {}
+
+
+def test_docs_list_exactly_the_mail_refusal_codes() -> None:
+    """docs/protocol.md section 24.3 lists every MailRefusal code, and no other."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    section = doc[doc.index("### 24.3") : doc.index("### 24.4")]
+    codes = {c for line in section.splitlines() for c in re.findall(r"^\| `([a-z_]+)` \|", line)}
+    assert codes == {r.value for r in MailRefusal}
+
+
+@settings(max_examples=60, deadline=None)
+@given(inner=st.binary(max_size=600), sealed=st.booleans())
+def test_any_signed_item_opens_or_is_dropped_never_another_error(
+    inner: bytes, sealed: bool
+) -> None:
+    """An author's signed item with any content: opened or MailDropped, nothing else."""
+    content = box.seal_to(READER.public, inner) if sealed else inner
+    sig = AUTHOR.sign(mb.signed_part(READER.public, AUTHOR.public, EXP, content))
+    with contextlib.suppress(mb.MailDropped):
+        mb.open_item(READER, m.MailItem(READER.public, AUTHOR.public, EXP, content, sig))
+
+
+def test_outbox_drops_room_mail_once_a_member_is_met() -> None:
+    box = mb.Outbox()
+    room_item = box.add(item(seq=1), "msg1", room="club")
+    dm_item = box.add(item(seq=2), "msg2")
+    box.members_met(["general"])
+    assert room_item in box.pending
+    box.members_met(["club"])
+    assert room_item not in box.pending and dm_item in box.pending
+
+
+def test_outbox_settles_items_once_held_or_given_up() -> None:
+    box = mb.Outbox()
+    held = box.add(item(seq=1), "msg1")
+    gone = box.add(item(seq=2), "msg2", room="club")
+    box.plan(lambda to: ["p1"])
+    assert box.take_settled() == []
+    box.kept("p1", [held])
+    assert box.take_settled() == [held]  # a first holder keeps it: no need to save it
+    box.members_met(["club"])
+    assert box.take_settled() == [gone]
+    assert held in box.pending  # still looking for its second holder
+
+
+def test_the_largest_valid_chat_fits_in_one_item() -> None:
+    """MAX_TEXT_BYTES of text and MAX_ENC_BYTES of ciphertext, the longest names."""
+    nick = "\U00010400" * limits.MAX_NICK_CHARS  # a letter of 4 UTF-8 bytes
+    body = m.ChatBody(
+        room="r" * limits.MAX_ROOM_CHARS,
+        author=AUTHOR.public,
+        nick=nick,
+        ts=2**62,
+        seq=2**62,
+        text="x" * limits.MAX_TEXT_BYTES,
+        enc=bytes(limits.MAX_ENC_BYTES),
+    )
+    raw = m.encode(body)
+    big = m.Chat(body=raw, sig=AUTHOR.sign(m.CHAT_CONTEXT + raw))
+    sealed = mb.make_item(AUTHOR, READER.public, big, EXP)
+    assert len(sealed.box) <= limits.MAILBOX_MAX_BOX_BYTES
+    assert m.decode_frame(m.encode(m.MailPut(items=[sealed]))) == m.MailPut(items=[sealed])
+    assert mb.open_item(READER, sealed).frame == big
+    assert len(mb.pack([sealed] * 5)) >= 2  # at most a few of them per frame
+
+
+def test_a_forged_chat_inside_good_mail_is_dropped_not_blamed_on_the_holder() -> None:
+    real = chat()
+    forged = m.Chat(body=real.body, sig=bytes(64))
+    sealed = mb.make_item(AUTHOR, READER.public, forged, EXP)
+    with pytest.raises(mb.MailDropped):
+        mb.open_item(READER, sealed)
+    other = mb.make_item(AUTHOR, READER.public, chat(author=HOLDER), EXP)
+    with pytest.raises(mb.MailDropped):
+        mb.open_item(READER, other)  # a chat by someone else than the mail's author
