@@ -267,9 +267,13 @@ class Downloader:
     def _checked(
         self, t: Transfer, dl: Download, peer_id: str, idx: int, fut: asyncio.Future[bool]
     ) -> None:
-        if t.dl is not dl or fut.cancelled():
-            return  # stopped meanwhile
+        if fut.cancelled():
+            return
+        # Taken also when the transfer stopped meanwhile (an earlier write failed): a
+        # failure nobody retrieves is logged as an error with its traceback at exit.
         exc = fut.exception()
+        if t.dl is not dl:
+            return  # stopped meanwhile
         if exc is not None:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self.fail(t, f"cannot write {t.row.dir}: {reason}")
