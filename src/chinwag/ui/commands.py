@@ -146,8 +146,11 @@ class InviteCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="invite"):
     answered: ClassVar[bool] = True
 
 
-class AddCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="add"):
-    code: str
+class AddCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="add", omit_defaults=True):
+    """An invite code, or a peer id alone (looked up on the DHT, docs/dht.md)."""
+
+    code: str = ""
+    peer_id: str = ""
     #: The node emits `contact_added` itself (every interface sees it).
     answered: ClassVar[bool] = False
 
@@ -313,6 +316,10 @@ async def execute(node: Node, cmd: Command, session: Session) -> Answer | None:
     elif isinstance(cmd, InviteCmd):
         return node.invite()
     elif isinstance(cmd, AddCmd):
+        if cmd.peer_id or _is_peer_id_like(cmd.code):
+            return node.add_peer(cmd.peer_id or cmd.code)
+        if not cmd.code:
+            raise UsageError("add needs an invite code or a peer id")
         return node.add_contact(cmd.code)
     elif isinstance(cmd, ContactsCmd):
         return node.contacts()
@@ -453,8 +460,16 @@ def _cancel(arg: str, _room: str) -> CancelFileCmd:
 
 def _add(arg: str, _room: str) -> AddCmd:
     if not arg:
-        raise _usage("/add CODE")
+        raise _usage("/add CODE|PEER_ID")
+    if _is_peer_id_like(arg):
+        return AddCmd(peer_id=arg.strip())
     return AddCmd(code=arg)
+
+
+def _is_peer_id_like(arg: str) -> bool:
+    """Whether arg has the shape of a peer id (52 base32 characters), not of an invite code."""
+    text = arg.strip()
+    return len(text) == 52 and text.isascii() and text.isalnum()
 
 
 def _forget(arg: str, _room: str) -> ForgetCmd:
@@ -549,6 +564,7 @@ HELP = """commands:
   /cancel ID [--keep]   stop a transfer (--keep keeps the partial data) or withdraw your offer
   /invite          your invite code: give it to a friend elsewhere, who types /add CODE
   /add CODE        make the peer of an invite code a contact and connect to it
+  /add PEER_ID     make a peer known only by its id a contact: found on the DHT
   /contacts        your contacts: online or not, how they are reached, last seen
   /forget WHO      remove a contact (it is no longer dialled)
 
