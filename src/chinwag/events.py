@@ -368,6 +368,16 @@ class Lookup(msgspec.Struct, frozen=True, tag_field="event", tag="lookup", omit_
     reason: str = ""
 
 
+class Published(msgspec.Struct, frozen=True, tag_field="event", tag="published"):
+    """Our DHT record was stored by `stored` DHT nodes (docs/dht.md): what it says."""
+
+    seq: int
+    addresses: list[str]
+    relays: list[RelayAddr]
+    private: bool
+    stored: int
+
+
 class ContactInfo(msgspec.Struct, frozen=True):
     """One contact: `path` is how it is reached while `online` ("lan", "direct",
     "relayed"; "" when offline), `last_seen` the Unix time it was last connected (0: never)."""
@@ -426,4 +436,5 @@ NodeEvent = (
     | Contacts
     | ContactForgotten
     | Lookup
+    | Published
 )

@@ -1008,6 +1008,22 @@ class Node:
         if self._run is not None:
             self._run.contacts.learned(peer_id, list(record.addrs), list(record.relays))
 
+    async def lookup(self, peer_id: str) -> ev.Lookup:
+        """Look peer_id's record up on the DHT (emits `lookup`); a contact's newer record is
+        dialled. UsageError for a malformed id or with the DHT off."""
+        run = self._running()
+        peer_id = peer_id.strip().lower()
+        try:
+            public_from_peer_id(peer_id)
+        except BadIdentity as exc:
+            raise UsageError(f"not a peer id: {exc}") from None
+        if run.rendezvous is None:
+            raise UsageError("the DHT is off (--no-dht, or libtorrent is missing)")
+        record = await run.rendezvous.lookup(peer_id)
+        if record is not None and run.contacts.is_contact(peer_id):
+            self._dht_found(peer_id, record)
+        return run.rendezvous.last_lookup
+
     def add_peer(self, peer_id: str) -> ev.ContactAdded:
         """Add a contact known only by its peer id (emits contact_added), look it up on the
         DHT and dial what its record says. UsageError for a malformed id."""

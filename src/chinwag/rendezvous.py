@@ -64,6 +64,7 @@ class Rendezvous:
         #: Records refused, by reason.
         self.ignored: collections.Counter[str] = collections.Counter()
         self.published = 0
+        self.last_lookup = ev.Lookup(peer_id="", found=False, ms=0)
         self._warn = WarnOnce(log)
         self._closing = False
 
@@ -140,6 +141,15 @@ class Rendezvous:
             rec.SALT,
         )
         self.published += 1
+        self._emit(
+            ev.Published(
+                seq=seq,
+                addresses=list(record.addrs),
+                relays=[ev.RelayAddr(peer_id=r, address=a) for r, a in record.relays],
+                private=self._private,
+                stored=stored,
+            )
+        )
         log.info(
             "DHT record %d published (%d bytes, %d node(s) took it): %s, relays %s",
             seq,
@@ -200,7 +210,10 @@ class Rendezvous:
             ms,
             f" ({reason})" if reason else "",
         )
-        self._emit(ev.Lookup(peer_id=peer_id, found=record is not None, ms=ms, reason=reason))
+        self.last_lookup = ev.Lookup(
+            peer_id=peer_id, found=record is not None, ms=ms, reason=reason
+        )
+        self._emit(self.last_lookup)
         return record
 
     async def _find(self, peer_id: str, public: bytes, reasons: list[str]) -> rec.DhtRecord | None:

@@ -61,12 +61,13 @@ def _import_libtorrent() -> None:
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One BEP 44 mutable item as a get found it (`value` b"" when nothing was found)."""
+    """One BEP 44 mutable item as a get found it: `value` is the content of its `v` string
+    (b"" when nothing was found, None when `v` is not a byte string)."""
 
     key: bytes
     salt: bytes
     seq: int
-    value: bytes
+    value: bytes | None
     signature: bytes
     authoritative: bool
 
@@ -185,7 +186,8 @@ class DhtNode:
     # --- commands ---------------------------------------------------------------------
 
     async def put(self, private: bytes, public: bytes, value: bytes, salt: bytes) -> int:
-        """Store a mutable item (value: bencoded); return how many nodes took it."""
+        """Store a mutable item whose `v` is the byte string value; return how many nodes
+        took it."""
         assert self._ses is not None and self._loop is not None
         fut: asyncio.Future[int] = self._loop.create_future()
         self._puts.setdefault((public, salt), []).append(fut)
@@ -214,12 +216,6 @@ class DhtNode:
                 if not gets:
                     del self._gets[(public, salt)]
 
-    def node_count(self) -> int:
-        """Return how many nodes the routing table holds (0 before start)."""
-        if self._ses is None:
-            return 0
-        return int(self._ses.status().dht_nodes)
-
     # --- the alert thread -------------------------------------------------------------
 
     def _pump(self) -> None:
@@ -235,7 +231,7 @@ class DhtNode:
                         bytes(alert.key),
                         bytes(alert.salt),
                         int(alert.seq),
-                        bytes(alert.item) if alert.item else b"",
+                        _string_of(alert.item),
                         bytes(alert.signature),
                         bool(alert.authoritative),
                     )
@@ -259,7 +255,7 @@ class DhtNode:
         for get in list(self._gets.get((item.key, item.salt), [])):
             if get.future.done():
                 continue
-            if item.value and get.accept(item):
+            if item.value != b"" and get.accept(item):
                 get.future.set_result(item)
             elif item.authoritative:
                 get.future.set_result(None)
@@ -306,3 +302,13 @@ class DhtNode:
                 log.warning("cannot save the DHT routing table: %s", exc)
         ses.pause()
         del ses
+
+
+def _string_of(item: object) -> bytes | None:
+    """Return an alert's item as bytes if it is a byte string (libtorrent gives the decoded
+    entry: bytes for a string, else an int, list or dict), None otherwise."""
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode("utf-8", "surrogateescape")
+    return None if item else b""

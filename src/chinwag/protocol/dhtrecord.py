@@ -12,7 +12,8 @@ It is stored under the salt SALT (the record version) and one of two keys:
   a key HKDF-derived from the full public key, with SALT ‖ A' as associated data. A DHT
   node sees an unlinkable key and ciphertext.
 
-The value is carried as one bencoded byte string (`len:bytes`) of at most
+The BEP 44 value `v` is one bencoded byte string holding those bytes (libtorrent's Python
+binding puts and returns the string's content: `raw` here); bencoded, it is at most
 MAX_DHT_VALUE_BYTES. `seq` is ours (time-based, monotonic; libtorrent numbers the BEP 44
 item itself). Reading checks, in order: size, shape, decryption, the inner signature,
 version, expiry, then the sequence against the highest already accepted; each refusal is a
@@ -109,18 +110,6 @@ def bencode_bytes(data: bytes) -> bytes:
     return str(len(data)).encode("ascii") + b":" + data
 
 
-def _bdecode_bytes(value: bytes) -> bytes:
-    """Return the bytes of a bencoded byte string that is the whole of value."""
-    colon = value.find(b":", 0, 8)
-    digits = value[:colon] if colon > 0 else b""
-    if not digits.isdigit() or (digits.startswith(b"0") and digits != b"0"):
-        raise DhtRecordError(MALFORMED, "the value is not a bencoded byte string")
-    body = value[colon + 1 :]
-    if len(body) != int(digits):
-        raise DhtRecordError(MALFORMED, "the value's length prefix does not match")
-    return body
-
-
 def seal_record(
     identity: Identity,
     addrs: list[str],
@@ -130,7 +119,8 @@ def seal_record(
     private: bool,
     nonce: bytes,
 ) -> tuple[DhtRecord, bytes]:
-    """Return (record, bencoded BEP 44 value) of our addresses, signed (and sealed if private).
+    """Return (record, raw value: the content of the BEP 44 `v` string) of our addresses,
+    signed (and sealed if private).
 
     Addresses beyond the bounds, or that would make the value exceed MAX_DHT_VALUE_BYTES,
     are dropped from the end (relays last: they reach us behind any NAT).
@@ -142,7 +132,7 @@ def seal_record(
     while True:
         record = DhtRecord(RECORD_VERSION, list(addrs), list(relays), seq, exp)
         value = _seal(identity, record, private, nonce)
-        if len(value) <= limits.MAX_DHT_VALUE_BYTES:
+        if len(bencode_bytes(value)) <= limits.MAX_DHT_VALUE_BYTES:
             return record, value
         if addrs:
             addrs.pop()
@@ -156,36 +146,38 @@ def _seal(identity: Identity, record: DhtRecord, private: bool, nonce: bytes) ->
     payload = _encoder.encode(record)
     plain = payload + identity.sign(RECORD_CONTEXT + payload)
     if not private:
-        return bencode_bytes(plain)
+        return plain
     aad = SALT + blinded_public(identity.public)
     sealed = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
         plain, aad, nonce, record_key(identity.public)
     )
-    return bencode_bytes(nonce + sealed)
+    return nonce + sealed
 
 
 def bep44_signed(salt: bytes, seq: int, value: bytes) -> bytes:
-    """Return the bytes a BEP 44 mutable item's signature covers."""
+    """Return the bytes a BEP 44 mutable item's signature covers (`value`: the bencoded v)."""
     head = (b"4:salt" + bencode_bytes(salt)) if salt else b""
     return head + b"3:seqi" + str(seq).encode("ascii") + b"e1:v" + value
 
 
 def open_record(
     public: bytes,
-    value: bytes,
+    value: bytes | None,
     private: bool,
     now: float,
     last_seq: int | None = None,
     bep44: tuple[int, bytes] | None = None,
 ) -> DhtRecord:
-    """Return the record of identity `public` in a BEP 44 value read under target(public,
-    private), if it is acceptable; else raise DhtRecordError (only that, for any input).
+    """Return the record of identity `public` in a raw value (the `v` string's content) read
+    under target(public, private), if acceptable; else raise DhtRecordError (only that).
 
     `last_seq`: the highest record seq accepted from this peer before (older: OLD_SEQ).
     `bep44`: (item seq, item signature) to check the DHT's own signature too (libtorrent
     checks it already; a second look costs one verification and does not trust it blindly).
     """
-    if not isinstance(value, bytes) or len(value) > limits.MAX_DHT_VALUE_BYTES:
+    if not isinstance(value, bytes):
+        raise DhtRecordError(MALFORMED, "the value is not a byte string")
+    if len(bencode_bytes(value)) > limits.MAX_DHT_VALUE_BYTES:
         raise DhtRecordError(OVERSIZED, f"a value of more than {limits.MAX_DHT_VALUE_BYTES} bytes")
     try:
         key = target(public, private)
@@ -193,9 +185,9 @@ def open_record(
         raise DhtRecordError(MALFORMED, f"not an identity key: {exc}") from None
     if bep44 is not None:
         item_seq, item_sig = bep44
-        if not verify(key, bep44_signed(SALT, item_seq, value), item_sig):
+        if not verify(key, bep44_signed(SALT, item_seq, bencode_bytes(value)), item_sig):
             raise DhtRecordError(BAD_SIGNATURE, "the DHT item's signature does not match")
-    plain = _bdecode_bytes(value)
+    plain = value
     if private:
         if len(plain) < NONCE_BYTES + _TAG_BYTES:
             raise DhtRecordError(MALFORMED, "too short for a sealed record")

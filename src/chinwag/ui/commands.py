@@ -174,6 +174,13 @@ class ConnectCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="connect"):
     answered: ClassVar[bool] = False
 
 
+class LookupCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="lookup"):
+    """Look a peer's record up on the DHT now (docs/dht.md); the node emits `lookup`."""
+
+    peer_id: str
+    answered: ClassVar[bool] = False
+
+
 Command = (
     Send
     | PeersCmd
@@ -201,6 +208,7 @@ Command = (
     | ContactsCmd
     | ForgetCmd
     | ConnectCmd
+    | LookupCmd
 )
 #: The command names, read off the command structs' tags (one place to add a command).
 COMMANDS: frozenset[str] = frozenset(
@@ -321,6 +329,8 @@ async def execute(node: Node, cmd: Command, session: Session) -> Answer | None:
         if not cmd.code:
             raise UsageError("add needs an invite code or a peer id")
         return node.add_contact(cmd.code)
+    elif isinstance(cmd, LookupCmd):
+        await session.slow(node.lookup(cmd.peer_id))
     elif isinstance(cmd, ContactsCmd):
         return node.contacts()
     elif isinstance(cmd, ForgetCmd):
@@ -514,6 +524,7 @@ SLASH: dict[str, _Parser] = {
     "cancel": _cancel,
     "invite": lambda _arg, _room: InviteCmd(),
     "add": _add,
+    "lookup": lambda arg, _room: LookupCmd(peer_id=arg.strip()),
     "contacts": lambda _arg, _room: ContactsCmd(),
     "forget": _forget,
     "connect": _connect,
@@ -565,6 +576,7 @@ HELP = """commands:
   /invite          your invite code: give it to a friend elsewhere, who types /add CODE
   /add CODE        make the peer of an invite code a contact and connect to it
   /add PEER_ID     make a peer known only by its id a contact: found on the DHT
+  /lookup PEER_ID  find a peer's record on the DHT (where it says it can be reached)
   /contacts        your contacts: online or not, how they are reached, last seen
   /forget WHO      remove a contact (it is no longer dialled)
 
