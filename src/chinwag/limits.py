@@ -603,6 +603,10 @@ DHT_LOOKUP_TIMEOUT_S = 10.0
 #: DHT at every redial; a contact that just moved is found again within seconds).
 DHT_LOOKUP_RETRY_BASE_S = 2.0
 DHT_LOOKUP_RETRY_CAP_S = 600.0
+#: Seconds a lookup waits, after the first acceptable record, for a newer one from other
+#: nodes (a node that missed our last put answers first with an older record), unless the
+#: lookup ends sooner.
+DHT_LOOKUP_SETTLE_S = 0.3
 #: Lookups in flight at once (a burst of failing contacts queues, not floods the DHT).
 DHT_MAX_LOOKUPS = 8
 #: Seconds `exp` may lie in the future: a record claiming validity for years is malformed.

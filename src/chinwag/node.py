@@ -1021,6 +1021,7 @@ class Node:
             raise UsageError("the DHT is off (--no-dht, or libtorrent is missing)")
         record = await run.rendezvous.lookup(peer_id)
         if record is not None and run.contacts.is_contact(peer_id):
+            run.rendezvous.acted(peer_id, record.seq)
             self._dht_found(peer_id, record)
         return run.rendezvous.last_lookup
 
@@ -1028,7 +1029,7 @@ class Node:
         """Add a contact known only by its peer id (emits contact_added), look it up on the
         DHT and dial what its record says. UsageError for a malformed id."""
         run = self._running()
-        event, new = run.contacts.add_id(peer_id, self.identity.peer_id)
+        event, _new = run.contacts.add_id(peer_id, self.identity.peer_id)
         if run.rendezvous is None:
             self._emit(
                 ev.Alert(
@@ -1036,8 +1037,8 @@ class Node:
                     "when it connects to us or is on our LAN"
                 )
             )
-        elif new or event.peer_id not in run.manager.peers:
-            run.rendezvous.lookup_soon(event.peer_id, self._dht_found)
+        elif event.peer_id not in run.manager.peers:
+            run.rendezvous.lookup_soon(event.peer_id, self._dht_found, new=True)
         return event
 
     def _nick_changed(self, peer_id: str, nick: str) -> None:

@@ -61,6 +61,8 @@ class Rendezvous:
         self._seqs: dict[str, int] = {}
         #: Per peer: (when the next lookup for a failing dial may run, failures so far).
         self._retry: dict[str, tuple[float, int]] = {}
+        #: Per peer: the seq of the last record whose addresses were dialled.
+        self._acted: dict[str, int] = {}
         #: Records refused, by reason.
         self.ignored: collections.Counter[str] = collections.Counter()
         self.published = 0
@@ -161,25 +163,36 @@ class Rendezvous:
 
     # --- lookups ----------------------------------------------------------------------
 
-    def lookup_soon(self, peer_id: str, found: Callable[[str, rec.DhtRecord], None]) -> bool:
-        """Look a failing contact up unless one ran lately; `found` hears of a newer record.
-        Return whether a lookup started."""
+    def lookup_soon(
+        self, peer_id: str, found: Callable[[str, rec.DhtRecord], None], new: bool = False
+    ) -> bool:
+        """Look a contact up unless one ran lately (`new`: a contact just added, at once);
+        `found` hears of a record newer than the last one it heard of. Return whether a
+        lookup started."""
         if self._closing:
             return False
         now = asyncio.get_running_loop().time()
         when, _failures = self._retry.get(peer_id, (0.0, 0))
-        if now < when:
+        if now < when and not new:
             return False
+        if new:
+            self._acted.pop(peer_id, None)
         self._spawn(self._lookup_then(peer_id, found))
         return True
 
+    def acted(self, peer_id: str, seq: int) -> None:
+        """Note that a record of seq was dialled (a lookup finding it again dials nothing)."""
+        self._acted[peer_id] = max(seq, self._acted.get(peer_id, -1))
+        while len(self._acted) > limits.MAX_CONTACTS * 2:
+            del self._acted[next(iter(self._acted))]
+
     async def _lookup_then(self, peer_id: str, found: Callable[[str, rec.DhtRecord], None]) -> None:
-        known = self._seqs.get(peer_id)
         record = await self.lookup(peer_id)
         now = asyncio.get_running_loop().time()
         _when, failures = self._retry.get(peer_id, (0.0, 0))
-        if record is not None and (known is None or record.seq > known):
+        if record is not None and record.seq > self._acted.get(peer_id, -1):
             self._retry[peer_id] = (now + limits.DHT_LOOKUP_RETRY_BASE_S, 0)
+            self.acted(peer_id, record.seq)
             found(peer_id, record)
             return
         delay = min(

@@ -76,6 +76,16 @@ class Item:
 class _Get:
     future: asyncio.Future[Item | None]
     accept: Callable[[Item], bool]
+    settle: float
+    #: The acceptable item of the highest sequence number seen so far.
+    best: Item | None = None
+    timer: asyncio.TimerHandle | None = None
+
+    def resolve(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.future.done():
+            self.future.set_result(self.best)
 
 
 class DhtNode:
@@ -195,20 +205,28 @@ class DhtNode:
         return await fut
 
     async def get(
-        self, public: bytes, salt: bytes, accept: Callable[[Item], bool], within: float
+        self,
+        public: bytes,
+        salt: bytes,
+        accept: Callable[[Item], bool],
+        within: float,
+        settle: float = limits.DHT_LOOKUP_SETTLE_S,
     ) -> Item | None:
-        """Return the first item under (public, salt) that `accept` takes, or None once the
-        lookup ended (or timed out) without one."""
+        """Return the newest item under (public, salt) that `accept` takes: once the lookup
+        ended, or `settle` seconds after the first acceptable one; None if none came
+        within `within` seconds."""
         assert self._ses is not None and self._loop is not None
         fut: asyncio.Future[Item | None] = self._loop.create_future()
-        pending = _Get(fut, accept)
+        pending = _Get(fut, accept, settle)
         self._gets.setdefault((public, salt), []).append(pending)
         self._ses.dht_get_mutable_item(public, salt)
         try:
             return await asyncio.wait_for(fut, within)
         except TimeoutError:
-            return None
+            return pending.best
         finally:
+            if pending.timer is not None:
+                pending.timer.cancel()
             gets = self._gets.get((public, salt))
             if gets is not None:
                 with contextlib.suppress(ValueError):
@@ -252,13 +270,17 @@ class DhtNode:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _got_item(self, item: Item) -> None:
+        assert self._loop is not None
         for get in list(self._gets.get((item.key, item.salt), [])):
             if get.future.done():
                 continue
-            if item.value != b"" and get.accept(item):
-                get.future.set_result(item)
-            elif item.authoritative:
-                get.future.set_result(None)
+            newer = get.best is None or item.seq > get.best.seq
+            if item.value != b"" and newer and get.accept(item):
+                get.best = item
+                if get.timer is None and not item.authoritative:
+                    get.timer = self._loop.call_later(get.settle, get.resolve)
+            if item.authoritative:
+                get.resolve()
 
     def _put_done(self, public: bytes, salt: bytes, num_success: int) -> None:
         puts = self._puts.get((public, salt))
