@@ -57,6 +57,7 @@ class Rendezvous:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         self._lookups = asyncio.Semaphore(limits.DHT_MAX_LOOKUPS)
+        self._put_lock = asyncio.Lock()
         #: Highest record seq accepted per peer (an older one is a replay: OLD_SEQ).
         self._seqs: dict[str, int] = {}
         #: Per peer: (when the next lookup for a failing dial may run, failures so far).
@@ -121,6 +122,13 @@ class Rendezvous:
         self.changed()
 
     async def _publish(self) -> None:
+        # One put at a time: libtorrent numbers an item one above the highest it finds
+        # before putting, so two puts in flight could both take one number and the older
+        # record could win on the DHT.
+        async with self._put_lock:
+            await self._put()
+
+    async def _put(self) -> None:
         addrs, relays = self._where()
         self._published = (addrs, relays)
         now = time.time()
@@ -219,7 +227,9 @@ class Rendezvous:
         log.info(
             "DHT lookup of %s: %s in %d ms%s",
             short_id(peer_id),
-            "found" if record is not None else "not found",
+            f"found record {record.seq} ({record.addrs}, relays {[a for _r, a in record.relays]})"
+            if record is not None
+            else "not found",
             ms,
             f" ({reason})" if reason else "",
         )

@@ -24,6 +24,10 @@ from typing import Any
 import libtorrent as lt
 
 
+#: Seconds a put or get may take (libtorrent's request timeout is 15 s).
+WAIT_S = 25.0
+
+
 def session(ip: str, port: int) -> Any:
     return lt.session(
         {
@@ -82,21 +86,22 @@ def main() -> None:
                 bytes.fromhex(cmd["value"]),
                 bytes.fromhex(cmd["salt"]),
             )
-            alert = wait_alert(first, lt.dht_put_alert, 10)
+            alert = wait_alert(first, lt.dht_put_alert, WAIT_S)
             print(json.dumps({"put": alert.num_success if alert else -1}), flush=True)
         elif cmd["cmd"] == "get":
             first.pop_alerts()
             first.dht_get_mutable_item(bytes.fromhex(cmd["public"]), bytes.fromhex(cmd["salt"]))
-            got = None
+            value, seq = b"", 0
             while True:
-                alert = wait_alert(first, lt.dht_mutable_item_alert, 10)
+                # Early answers come first; the last, authoritative one once the lookup ends
+                # (up to 15 s later when a node on the way does not answer).
+                alert = wait_alert(first, lt.dht_mutable_item_alert, WAIT_S)
+                if alert is not None and alert.item and alert.seq >= seq:
+                    value, seq = bytes(alert.item), int(alert.seq)
                 if alert is None or alert.authoritative:
-                    got = alert
                     break
-            value = bytes(got.item) if got is not None and got.item else b""
-            print(
-                json.dumps({"get": value.hex() or None, "seq": got.seq if got else 0}), flush=True
-            )
+            answer = {"get": value.hex() or None, "seq": seq}
+            print(json.dumps(answer), flush=True)
 
 
 if __name__ == "__main__":
