@@ -23,7 +23,6 @@ from typing import Any
 
 import libtorrent as lt
 
-
 #: Seconds a put or get may take (libtorrent's request timeout is 15 s).
 WAIT_S = 25.0
 
