@@ -77,3 +77,26 @@ async def test_no_dht_sends_nothing_on_the_dht_port(
         assert data.startswith(b"d") and b"1:y1:q" in data, data  # a KRPC query (bencoded)
     finally:
         await on.quit()
+
+
+async def test_add_by_peer_id_checks_the_id(tmp_path: Path) -> None:
+    """`add` with a peer id: garbage gets a clear error; a good id becomes a contact (with
+    the DHT off, a warning says it can only be reached when it connects)."""
+    from it_support import ask
+
+    node = ChinwagProcess(tmp_path / "n", *ARGS, "--no-dht")
+    await node.start()
+    try:
+        error = await ask(node, {"cmd": "add", "peer_id": "not-a-peer-id"}, "error")
+        assert "not a peer id" in error["message"], error
+        error = await ask(node, {"cmd": "add", "peer_id": node.peer_id}, "error")
+        assert "your own peer id" in error["message"], error
+        other = "a" * 52
+        added = await ask(node, {"cmd": "add", "peer_id": other}, "contact_added")
+        assert added["peer_id"] == other
+        warning = await node.wait_for("warning", timeout=5, from_start=True)
+        assert "DHT is off" in warning["message"], warning
+        listed = await ask(node, {"cmd": "contacts"}, "contacts")
+        assert [c["peer_id"] for c in listed["contacts"]] == [other]
+    finally:
+        await node.quit()
