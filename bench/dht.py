@@ -8,8 +8,8 @@ processes joined to it with `--dht-bootstrap` (no beacons: every contact is foun
 - lookup_ms: the looker's `lookup` of each publisher, `rounds` times (the node's own `ms`);
 - add_to_msg_ms: from `{"cmd":"add","peer_id":..}` sent to the looker until the publisher
   shows the first message the looker typed once it joined;
-- idle_dht_bytes_per_s, idle_cpu_pct: a fresh node with no peer, over `idle` seconds after
-  its first publish: all its namespace's traffic (it has no other) and its CPU time;
+- idle_dht_bytes_per_s, idle_cpu_pct: a node with no peer, started first and measured last
+  (over `idle` seconds): all its namespace's traffic (it has no other) and its CPU time;
   publish_bytes: its traffic from start to its first record stored (bootstrap + one put).
 
 Usage (as root, in a fresh network namespace like every benchmark):
@@ -69,6 +69,14 @@ async def main_async(rounds: int, idle: float) -> None:
         def node(site: str) -> TimedProcess:
             return TimedProcess(Path(tmp) / site, *args, netns=lab.sites[site].netns, nick=site)
 
+        # The idle node starts first: by the time it is measured it has run as long as
+        # the rest of the bench (past its bootstrap), with no peer and no other traffic.
+        quiet = node("idle")
+        before = namespace_bytes(lab, "idle")
+        await quiet.start(START_S)
+        await quiet.wait_for("published", timeout=30, from_start=True)
+        emit("publish_bytes", namespace_bytes(lab, "idle") - before)
+
         looker = node("look")
         pubs = [node(s) for s in PUBLISHERS]
         try:
@@ -105,12 +113,7 @@ async def main_async(rounds: int, idle: float) -> None:
         finally:
             await stop(looker, *pubs)
 
-        quiet = node("idle")
-        before = namespace_bytes(lab, "idle")
         try:
-            await quiet.start(START_S)
-            await quiet.wait_for("published", timeout=30, from_start=True)
-            emit("publish_bytes", namespace_bytes(lab, "idle") - before)
             assert quiet.proc is not None
             b0, c0, w0 = namespace_bytes(lab, "idle"), cpu_seconds(quiet.proc.pid), time.time()
             await asyncio.sleep(idle)  # measuring an idle node: nothing to wait for

@@ -153,3 +153,23 @@ def test_damaged_records_yield_only_dht_record_error(pos: int, byte: int, privat
     for damaged in (bytes(value[: pos % len(value)]), bytes(value) + bytes([byte])):
         with contextlib.suppress(rec.DhtRecordError):
             rec.open_record(ALICE.public, damaged, private, NOW)
+
+
+def test_worked_example_of_protocol_md() -> None:
+    """docs/protocol.md 24.4."""
+    me = Identity.from_seed(bytes(range(32)))
+    assert rec.target(me.public, True).hex() == (
+        "b5ce68097516ff33e488c91f6ef581088183a40c35b02ffc4a56dfeb66d38b7b"
+    )
+    assert rec.record_key(me.public).hex() == (
+        "a62307d1baa72dc200c2122d65b5e8d4258ac8209a98aa82fcada9216b85a71b"
+    )
+    args = (me, ["203.0.113.5:47475"], [], 1_800_000_000, 1_800_007_200)
+    _record, public = rec.seal_record(*args, False, b"")
+    assert public.hex().startswith(
+        "85a17601a5616464727391b13230332e302e3131332e353a3437343735a672656c61797390"
+        "a3736571ce6b49d200a3657870ce6b49ee203bcd0b49"
+    )
+    _record, private = rec.seal_record(*args, True, bytes(range(24)))
+    assert private.hex().endswith("a3b6e07fb7b5a44388bbc83ba31dee94ce9ee70eedb2c52")
+    assert len(rec.bencode_bytes(public)) == 123 and len(rec.bencode_bytes(private)) == 163
