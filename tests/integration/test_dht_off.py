@@ -100,3 +100,23 @@ async def test_add_by_peer_id_checks_the_id(tmp_path: Path) -> None:
         assert [c["peer_id"] for c in listed["contacts"]] == [other]
     finally:
         await node.quit()
+
+
+async def test_without_libtorrent_the_node_runs_with_the_dht_off(tmp_path: Path) -> None:
+    """An import of libtorrent that fails leaves the node running, with one warning line."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "libtorrent.py").write_text("raise ImportError('simulated: no libtorrent here')\n")
+    env = {"PYTHONPATH": str(shadow)}
+    node = ChinwagProcess(
+        tmp_path / "n", *ARGS, "--log-level", "warning", "--dht-port", "0",
+        "--dht-bootstrap", "127.0.0.1:9", env=env,
+    )  # fmt: skip
+    await node.start()
+    try:
+        assert node.proc is not None
+        assert udp_sockets(node.proc.pid) == []
+    finally:
+        await node.quit()
+    lines = [line for line in node.stderr_tail().splitlines() if "DHT off" in line]
+    assert len(lines) == 1 and "libtorrent cannot be imported" in lines[0], lines
