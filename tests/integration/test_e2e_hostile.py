@@ -276,3 +276,32 @@ async def test_beacons_not_from_the_discovery_port_make_no_dial(
         spoof_target.close()
         real_target.close()
     assert not stderr_has_traceback(a), a.stderr_tail()
+
+
+async def test_a_peer_closed_while_still_sending_gets_the_reason(node: NodeFactory) -> None:
+    """The node closes a connection whose peer goes on sending: the peer still reads the
+    goodbye with its reason. A closed socket would answer the peer's data with a reset that
+    fails the peer's socket before it reads the goodbye; the node half-closes and drains."""
+    a = node("a", discovery=False)
+    await a.start()
+    h = HostilePeer()
+    await h.connect(a.port, timeout=PROMPT_S)
+    await a.wait_for_peers([h.peer_id], timeout=PROMPT_S)
+    assert h._writer is not None
+    # Read nothing until the node has closed, so its goodbye waits in our socket's buffer.
+    h._writer.transport.pause_reading()  # type: ignore[attr-defined]
+    # A frame that does not decrypt, then a megabyte the node will never read.
+    h._writer.write(b"\x00\x20" + bytes(32) + bytes(1_000_000))
+    await a.wait_for("peer_left", timeout=PROMPT_S, peer_id=h.peer_id)
+    # Still sending after the close, as a flooding peer does: a reset in answer would
+    # make our socket fail before the goodbye it holds is read.
+    for _ in range(20):
+        if h._writer.is_closing():
+            break
+        h._writer.write(bytes(65536))
+        await h.drain()
+    h._writer.transport.resume_reading()  # type: ignore[attr-defined]
+    closed = await h.wait_closed(timeout=PROMPT_S)
+    assert closed.code == "decrypt_failed", closed
+    assert not h.reset
+    assert not stderr_has_traceback(a)

@@ -43,6 +43,10 @@ class FakeSession:
     peer_nick: str = "x"
     peer_port: int = 0
 
+    @property
+    def dialled(self) -> bool:
+        return self.initiator
+
 
 @dataclass
 class FakeTransport:

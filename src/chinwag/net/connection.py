@@ -24,6 +24,23 @@ log = logging.getLogger(__name__)
 _ABORT_AFTER_S = 1.0
 
 
+def _end_stream(transport: asyncio.Transport) -> None:
+    """Send our end of stream after what is buffered, and close once the peer ends its side.
+
+    Half-closing, and reading (and dropping) until the peer's end of stream, keeps our
+    goodbye from being lost: a closed socket answers what the peer still sends (a flooding
+    peer, or one that had not heard us yet) with a reset, which can fail the peer's
+    socket before it has read the goodbye and its reason.
+    """
+    try:
+        if transport.can_write_eof():
+            transport.write_eof()
+            return
+    except (OSError, RuntimeError):
+        pass  # the peer has gone already (ENOTCONN): nothing left to half-close
+    transport.close()
+
+
 class ConnectionOwner(Protocol):
     """What a connection reports to (the ConnectionManager); declared here, so no import circle."""
 
@@ -212,11 +229,11 @@ class PeerConnection(asyncio.Protocol):
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.close()
-                # close() waits for the send buffer to drain, which a peer that
-                # does not read never lets happen: give the goodbye a second.
-                self._loop.call_later(_ABORT_AFTER_S, self.transport.abort)
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                _end_stream(transport)
+                # A peer that neither reads nor ends its side gets the goodbye's second.
+                self._loop.call_later(_ABORT_AFTER_S, transport.abort)
             self._closed = True
             self.manager.session_closed(self, closed)
             return
@@ -234,7 +251,12 @@ class PeerConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         data = self.session.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
+        if (
+            data
+            and not self._closed
+            and self.transport is not None
+            and not self.transport.is_closing()
+        ):
             self.transport.write(data)
             if (
                 self.transport.get_write_buffer_size() > limits.MAX_PENDING_BYTES
