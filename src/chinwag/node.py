@@ -821,6 +821,10 @@ class Node:
             # natlab: a contact lost without a goodbye is dialled again by every route.
             lost = closed.by_peer and closed.code != Reason.QUIT
             self._run.contacts.peer_left(peer_id, redial=lost)
+            if self._run.rendezvous is not None:
+                # Its lookups back off afresh from now: a contact that moves is found again
+                # within seconds of its new record, whatever its earlier absences were.
+                self._run.rendezvous.forget_retry(peer_id)
         self._emit(
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )

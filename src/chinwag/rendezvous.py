@@ -188,6 +188,10 @@ class Rendezvous:
         self._spawn(self._lookup_then(peer_id, found))
         return True
 
+    def forget_retry(self, peer_id: str) -> None:
+        """Let the next failing dial of peer_id look it up at once (it just went away)."""
+        self._retry.pop(peer_id, None)
+
     def acted(self, peer_id: str, seq: int) -> None:
         """Note that a record of seq was dialled (a lookup finding it again dials nothing)."""
         self._acted[peer_id] = max(seq, self._acted.get(peer_id, -1))

@@ -42,6 +42,9 @@ def session(ip: str, port: int) -> Any:
             "enable_outgoing_utp": False,
             "dht_restrict_routing_ips": False,
             "dht_restrict_search_ips": False,
+            # A lab node that quit (or moved) is forgotten after 2 unanswered requests, not 20:
+            # handed out to others it makes every traversal wait libtorrent's 15 s timeout.
+            "dht_max_fail_count": 2,
             "alert_mask": lt.alert.category_t.dht_notification,
         }
     )
