@@ -273,7 +273,7 @@ def _main(argv: list[str] | None) -> int:
         return _print_invite(data_dir, args)
     if args.command == "add":
         if not args.code:
-            build_parser().error("usage: chinwag add CODE")
+            build_parser().error("usage: chinwag add CODE|PEER_ID")
         return _add_contact(data_dir, args.code)
     if args.code is not None:
         build_parser().error(f"unexpected argument {args.code[:40]!r}")

@@ -89,12 +89,23 @@ def offline_invite(
 
 
 def store_contact(data_dir: Path, code: str) -> ev.ContactAdded:
-    """Add the peer of an invite code as a contact without running a node (`chinwag add`).
+    """Add the peer of an invite code, or a peer id alone (found on the DHT at the next
+    start), as a contact without running a node (`chinwag add`).
 
-    Raises InviteError for a bad code, DataDirLocked while a chinwag runs on data_dir
-    (then `/add CODE` in it does the same and connects at once).
+    Raises InviteError for a bad code, UsageError for a bad peer id, DataDirLocked while a
+    chinwag runs on data_dir (then `/add CODE` in it does the same and connects at once).
     """
-    invite = read_invite(code, time.time())
+    peer_id = code.strip().lower()
+    by_id = len(peer_id) == 52 and peer_id.isascii() and peer_id.isalnum()
+    if by_id:
+        try:
+            public_from_peer_id(peer_id)
+        except BadIdentity as exc:
+            raise UsageError(f"not a peer id ({exc}) nor an invite code") from None
+        invite = None
+    else:
+        invite = read_invite(code, time.time())
+        peer_id = invite.id
     datadir = DataDir(data_dir)
     try:
         datadir.open()
@@ -105,19 +116,27 @@ def store_contact(data_dir: Path, code: str) -> ev.ContactAdded:
     try:
         from chinwag.datadir import load_or_create_identity
 
-        if invite.id == load_or_create_identity(data_dir).peer_id:
-            raise UsageError("that is your own invite code")
+        if peer_id == load_or_create_identity(data_dir).peer_id:
+            raise UsageError("that is your own " + ("peer id" if by_id else "invite code"))
         store = Store(data_dir / "chinwag.db")
         try:
             old = {row.peer_id: row for row in store.contacts()}
-            if invite.id not in old and len(old) >= limits.MAX_CONTACTS:
+            if peer_id not in old and len(old) >= limits.MAX_CONTACTS:
                 raise UsageError(f"you have {limits.MAX_CONTACTS} contacts already")
-            store.save_contact(_contact_row(invite, old.get(invite.id)))
+            if invite is not None:
+                row = _contact_row(invite, old.get(peer_id))
+            else:
+                # Known by its id alone: its addresses come from the DHT at the next start.
+                row = old.get(peer_id) or ContactRow(
+                    peer_id=peer_id, nick=short_id(peer_id), addrs=[], relays=[],
+                    added_at=time.time(),
+                )  # fmt: skip
+            store.save_contact(row)
         finally:
             store.close()
     finally:
         datadir.close()
-    return ev.ContactAdded(peer_id=invite.id, nick=invite.nick)
+    return ev.ContactAdded(peer_id=row.peer_id, nick=row.nick)
 
 
 def _contact_row(invite: Invite, old: ContactRow | None) -> ContactRow:
@@ -200,6 +219,10 @@ class ContactBook:
 
     def is_contact(self, peer_id: str) -> bool:
         return peer_id in self._contacts
+
+    def unaddressed(self) -> list[str]:
+        """Return the contacts we know no address or relay of (added by id, not found yet)."""
+        return [p for p, row in self._contacts.items() if not row.addrs and not row.relays]
 
     def public_addrs(self) -> list[str]:
         """Our public addresses: confirmed by peers in this run, else in the last one."""

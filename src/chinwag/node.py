@@ -1006,6 +1006,9 @@ class Node:
             run.rendezvous = None
             return
         run.contacts.on_change = run.rendezvous.changed
+        for peer_id in run.contacts.unaddressed():
+            # Added by id (`chinwag add PEER_ID`, or not found before the last stop).
+            run.rendezvous.lookup_soon(peer_id, self._dht_found, new=True)
 
     def _dht_found(self, peer_id: str, record: DhtRecord) -> None:
         """A contact's newer record: dial its addresses, then its relays."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import nacl.bindings as sodium
 import pytest
 from dhtlab import DhtSwarm
 from it_support import chat_works
-from nat_support import PROMPT_S, START_S, NodeFactory, lab_of, stop
+from nat_support import START_S, NodeFactory, lab_of, stop
 from natlab import PUBLIC, NatLab, Site, ip
 from reach_support import LabRelay
 
@@ -26,7 +27,7 @@ from chinwag.crypto.identity import Identity
 from chinwag.protocol import dhtrecord as rec
 from driver import ChinwagProcess, Event
 
-pytestmark = [pytest.mark.nat, pytest.mark.dht, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.nat, pytest.mark.dht, pytest.mark.timeout(240)]
 
 #: Seconds a node may take to publish a record naming its relay (reservation, then the next
 #: network poll, then the minimum gap between two publishes, then the put: libtorrent's put
@@ -35,6 +36,8 @@ PUBLISH_S = 45.0
 #: Seconds a moved contact may take to be found again (dials of its old address time out,
 #: then lookups back off from 2 s).
 REFOUND_S = 90.0
+#: Seconds a lookup may take to say "not found" (it ends at DHT_LOOKUP_TIMEOUT_S).
+LOOKUP_S = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def identity_of(node: ChinwagProcess) -> Identity:
 async def lookup(node: ChinwagProcess, peer_id: str) -> Event:
     """Ask node to look peer_id up now; return its `lookup` event."""
     await node.send({"cmd": "lookup", "peer_id": peer_id})
-    return await node.wait_for("lookup", timeout=PROMPT_S, peer_id=peer_id)
+    return await node.wait_for("lookup", timeout=LOOKUP_S, peer_id=peer_id)
 
 
 def sealed_by(signer: Identity, owner: Identity, seq: int, exp: int) -> bytes:
@@ -114,6 +117,28 @@ async def test_bad_records_are_ignored(
     assert (refused["found"], refused["reason"]) == (False, rec.OLD_SEQ), refused
 
 
+async def test_contact_added_offline_by_id_is_found_at_start(
+    lab: NatLab, swarm: DhtSwarm, node: NodeFactory, tmp_path: Path
+) -> None:
+    """`chinwag add PEER_ID` while no chinwag runs; the next start looks it up and dials."""
+    erin = node(lab.sites["d"], "erin", "--no-upnp", "--no-discovery", *swarm.bootstrap_args())
+    await erin.start(START_S)
+    await erin.wait_for("published", timeout=PUBLISH_S, from_start=True)
+    alice = node(lab.sites["a"], "alice4", "--no-upnp", "--no-discovery",
+                 *swarm.bootstrap_args())  # fmt: skip
+    add = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chinwag", "add", erin.peer_id, "--data-dir", str(alice.data_dir),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(add.communicate(), START_S)
+    assert add.returncode == 0 and erin.peer_id in out.decode(), out
+    await alice.start(START_S)
+    found = await alice.wait_for("lookup", timeout=LOOKUP_S, from_start=True, peer_id=erin.peer_id)
+    assert found["found"] is True, found
+    await alice.wait_for("peer_joined", timeout=START_S, from_start=True, peer_id=erin.peer_id)
+    await chat_works(alice, erin, text="added while you were away")
+
+
 async def test_peer_known_only_by_id_behind_a_nat_is_found_and_reached(
     lab: NatLab, swarm: DhtSwarm, node: NodeFactory, tmp_path: Path
 ) -> None:
@@ -127,7 +152,7 @@ async def test_peer_known_only_by_id_behind_a_nat_is_found_and_reached(
         await bob.wait_for("published", lambda e: bool(e["relays"]), PUBLISH_S, from_start=True)
 
         await alice.send({"cmd": "add", "peer_id": bob.peer_id})
-        found = await alice.wait_for("lookup", timeout=PROMPT_S, peer_id=bob.peer_id)
+        found = await alice.wait_for("lookup", timeout=LOOKUP_S, peer_id=bob.peer_id)
         assert found["found"] is True, found
         await alice.wait_for("peer_joined", timeout=START_S, peer_id=bob.peer_id)
         await chat_works(alice, bob, text="found you by your id alone")
