@@ -177,3 +177,36 @@ async def test_failing_contact_lookups_back_off_and_dial_only_newer_records() ->
     await drain(rv)
     assert found == [5, 5], "the same record again is not dialled again"
     await rv.close()
+
+
+async def test_one_put_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libtorrent numbers a put one above what it finds: two in flight could tie."""
+    monkeypatch.setattr(limits, "DHT_PUBLISH_MIN_GAP_S", 0.0)
+    where = ["203.0.113.5:47475"]
+    rv, dht, _events, _seqs = make(where)
+    rv._where = lambda: (list(where), [])
+    gate = asyncio.Event()
+    in_flight: list[int] = []
+    most = 0
+    put = dht.put
+
+    async def slow_put(private: bytes, public: bytes, value: bytes, salt: bytes) -> int:
+        nonlocal most
+        in_flight.append(1)
+        most = max(most, len(in_flight))
+        await gate.wait()
+        in_flight.pop()
+        return await put(private, public, value, salt)
+
+    dht.put = slow_put  # type: ignore[method-assign]
+    await rv.start()
+    where.append("192.168.1.2:47475")
+    rv.changed()
+    for _ in range(5):
+        await asyncio.sleep(0)  # let both publishes reach the DHT if they could
+    gate.set()
+    await drain(rv)
+    assert most == 1
+    last = rec.open_record(ME.public, dht.items[dht.puts[-1]], True, time.time())
+    assert last.addrs == where, "the later put carries the newer addresses"
+    await rv.close()
