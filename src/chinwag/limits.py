@@ -613,3 +613,5 @@ DHT_MAX_LOOKUPS = 8
 DHT_MAX_RECORD_AHEAD_S = 7 * 24 * 3600
 #: Bytes of the saved routing table we read back (a corrupt or hostile state file).
 MAX_DHT_STATE_BYTES = 1_000_000
+#: Saved DHT nodes we ping at start (a full routing table holds a few hundred).
+MAX_DHT_SAVED_NODES = 500

@@ -159,14 +159,16 @@ class DhtNode:
         assert lt is not None
         self._loop = asyncio.get_running_loop()
         port = self._free_port()
-        params = self._load_state()
+        params, saved_nodes = self._load_state()
         settings = self._settings(port)
         if params is not None:
             params.settings = settings
             self._ses = await asyncio.to_thread(lt.session, params)
         else:
             self._ses = await asyncio.to_thread(lt.session, settings)
-        for host, bport in self._bootstrap:
+        # The saved nodes first: libtorrent keeps our node id from the state but does not
+        # bootstrap from its nodes by itself (seen with 2.1.1), so we hand them over.
+        for host, bport in [*saved_nodes, *self._bootstrap]:
             self._ses.add_dht_node((host, bport))
         self.port = int(self._ses.listen_port()) or port
         self._thread = threading.Thread(target=self._pump, name="chinwag-dht", daemon=True)
@@ -293,23 +295,26 @@ class DhtNode:
 
     # --- saved routing table ----------------------------------------------------------
 
-    def _load_state(self) -> Any:
+    def _load_state(self) -> tuple[Any, list[tuple[str, int]]]:
+        """Return (session params, saved nodes) from the state file, (None, []) if none."""
         assert lt is not None
         if self._state_path is None:
-            return None
+            return None, []
         try:
             with self._state_path.open("rb") as f:
                 data = f.read(limits.MAX_DHT_STATE_BYTES + 1)
         except OSError:
-            return None
+            return None, []
         if len(data) > limits.MAX_DHT_STATE_BYTES:
             log.warning("ignoring the saved DHT routing table: too big")
-            return None
+            return None, []
         try:
-            return lt.read_session_params(data, lt.save_state_flags_t.save_dht_state)
+            params = lt.read_session_params(data, lt.save_state_flags_t.save_dht_state)
+            state = lt.bdecode(data)
         except Exception as exc:  # libtorrent raises its own error types for a bad file
             log.warning("ignoring the saved DHT routing table: %s", exc)
-            return None
+            return None, []
+        return params, saved_nodes(state)
 
     def _save_and_stop(self, ses: Any) -> None:
         assert lt is not None
@@ -334,3 +339,23 @@ def _string_of(item: object) -> bytes | None:
     if isinstance(item, str):
         return item.encode("utf-8", "surrogateescape")
     return None if item else b""
+
+
+def saved_nodes(state: object) -> list[tuple[str, int]]:
+    """Return the (ip, port) of the nodes in a bdecoded DHT state (compact IPv4 and IPv6
+    endpoints under "nodes" and "nodes6"), at most MAX_DHT_SAVED_NODES; [] if malformed."""
+    if not isinstance(state, dict):
+        return []
+    dht = state.get(b"dht state")
+    if not isinstance(dht, dict):
+        return []
+    out: list[tuple[str, int]] = []
+    for key, size, family in ((b"nodes", 6, socket.AF_INET), (b"nodes6", 18, socket.AF_INET6)):
+        nodes = dht.get(key)
+        if not isinstance(nodes, list):
+            continue
+        for raw in nodes:
+            if isinstance(raw, bytes) and len(raw) == size:
+                host = socket.inet_ntop(family, raw[:-2])
+                out.append((host, int.from_bytes(raw[-2:], "big")))
+    return out[: limits.MAX_DHT_SAVED_NODES]
