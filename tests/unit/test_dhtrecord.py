@@ -156,7 +156,7 @@ def test_damaged_records_yield_only_dht_record_error(pos: int, byte: int, privat
 
 
 def test_worked_example_of_protocol_md() -> None:
-    """docs/protocol.md 24.4."""
+    """docs/protocol.md 25.4."""
     me = Identity.from_seed(bytes(range(32)))
     assert rec.target(me.public, True).hex() == (
         "b5ce68097516ff33e488c91f6ef581088183a40c35b02ffc4a56dfeb66d38b7b"
