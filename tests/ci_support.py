@@ -13,7 +13,12 @@ from typing import NoReturn
 import pytest
 
 #: Marker -> what its tests are called in the failure message.
-CI_REQUIRED_MARKERS = {"lan": "LAN test", "browser": "browser test", "nat": "NAT test"}
+CI_REQUIRED_MARKERS = {
+    "lan": "LAN test",
+    "browser": "browser test",
+    "nat": "NAT test",
+    "dht": "DHT test",
+}
 
 
 def in_ci() -> bool:

@@ -1,6 +1,7 @@
 """Suite-wide guards.
 
 - Tests that start nodes only run inside an isolated network namespace.
+- No node bootstraps into the public DHT (CHINWAG_DHT_BOOTSTRAP is empty).
 - Under CI=true a skipped LAN or browser test is a failure (ci_support.py).
 - A test that leaves a thread or an asyncio task running fails (at teardown), as in
   python-zeroconf's conftest: a leak in one test otherwise shows up as a flaky other.
@@ -19,6 +20,10 @@ from collections.abc import Generator
 import pytest
 
 from ci_support import ci_skip_as_failure
+
+# No node started by a test may ever join the public DHT: without --dht-bootstrap, the
+# CLI's default bootstrap list is this (none), inherited by every process a test starts.
+os.environ["CHINWAG_DHT_BOOTSTRAP"] = ""
 
 
 def isolated_network() -> bool:

@@ -72,6 +72,8 @@ class ChinwagProcess(ReadyFacts):
         if self.nick is not None:
             argv += ["--nick", self.nick]
         argv += self.args
+        if not any(a.startswith(("--dht-bootstrap", "--no-dht", "--dht-port")) for a in self.args):
+            argv.append("--no-dht")  # a DHT node only where a test builds a DHT for it
         argv = [*self.wrapper, *argv]
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]

@@ -43,6 +43,17 @@ def _port(value: str) -> int:
     return int(value)
 
 
+def default_bootstrap() -> list[tuple[str, int]]:
+    """Return the DHT bootstrap nodes when --dht-bootstrap is not given: the public ones, or
+    CHINWAG_DHT_BOOTSTRAP (comma-separated HOST:PORT; empty: none; the test suite sets it)."""
+    from chinwag.net.dht import PUBLIC_BOOTSTRAP
+
+    env = os.environ.get("CHINWAG_DHT_BOOTSTRAP")
+    if env is None:
+        return list(PUBLIC_BOOTSTRAP)
+    return [_host_port(v.strip()) for v in env.split(",") if v.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser (also used to generate the docs)."""
     p = argparse.ArgumentParser(
@@ -155,6 +166,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="a relay to connect to and keep a reservation at, so peers can reach you "
         "through it (repeatable)",
     )
+    dht = p.add_argument_group("the Mainline DHT (see docs/dht.md)")
+    dht.add_argument(
+        "--no-dht",
+        action="store_true",
+        help="run no DHT node: publish nothing, look nobody up (nothing is sent on the DHT port)",
+    )
+    dht.add_argument(
+        "--dht-port",
+        type=_port,
+        default=limits.DEFAULT_DHT_PORT,
+        metavar="N",
+        help=f"UDP port of the DHT node (default {limits.DEFAULT_DHT_PORT}, any free port "
+        "if taken; 0: any)",
+    )
+    dht.add_argument(
+        "--dht-bootstrap",
+        type=_host_port,
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a DHT node to join the DHT through (repeatable; default: the public "
+        "bootstrap nodes listed in docs/dht.md)",
+    )
+    dht.add_argument(
+        "--dht-private",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="publish our record encrypted under a blinded key, readable only by those who "
+        "know our peer id (default: on; --no-dht-private publishes it in the clear)",
+    )
     web = p.add_argument_group("web UI (see docs/web.md)")
     web.add_argument(
         "--web",
@@ -232,7 +273,7 @@ def _main(argv: list[str] | None) -> int:
         return _print_invite(data_dir, args)
     if args.command == "add":
         if not args.code:
-            build_parser().error("usage: chinwag add CODE")
+            build_parser().error("usage: chinwag add CODE|PEER_ID")
         return _add_contact(data_dir, args.code)
     if args.code is not None:
         build_parser().error(f"unexpected argument {args.code[:40]!r}")
@@ -366,6 +407,10 @@ def _run(args: argparse.Namespace, data_dir: Path, mode: str) -> int:
         relay=args.relay,
         relay_contacts_unlimited=args.relay_contacts_unlimited,
         relay_peers=list(args.relay_peer),
+        dht=not args.no_dht,
+        dht_port=args.dht_port,
+        dht_bootstrap=list(args.dht_bootstrap) or default_bootstrap(),
+        dht_private=args.dht_private,
         chat=mode != "relay",
     )
     web = _web_options(args, data_dir) if args.web else None

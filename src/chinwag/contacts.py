@@ -22,7 +22,7 @@ from typing import Any
 
 from chinwag import events as ev
 from chinwag import limits
-from chinwag.crypto.identity import Identity, short_id
+from chinwag.crypto.identity import BadIdentity, Identity, public_from_peer_id, short_id
 from chinwag.datadir import DataDir
 from chinwag.errors import DataDirLocked, UsageError
 from chinwag.net.connection import PeerConnection
@@ -89,12 +89,23 @@ def offline_invite(
 
 
 def store_contact(data_dir: Path, code: str) -> ev.ContactAdded:
-    """Add the peer of an invite code as a contact without running a node (`chinwag add`).
+    """Add the peer of an invite code, or a peer id alone (found on the DHT at the next
+    start), as a contact without running a node (`chinwag add`).
 
-    Raises InviteError for a bad code, DataDirLocked while a chinwag runs on data_dir
-    (then `/add CODE` in it does the same and connects at once).
+    Raises InviteError for a bad code, UsageError for a bad peer id, DataDirLocked while a
+    chinwag runs on data_dir (then `/add CODE` in it does the same and connects at once).
     """
-    invite = read_invite(code, time.time())
+    peer_id = code.strip().lower()
+    by_id = len(peer_id) == 52 and peer_id.isascii() and peer_id.isalnum()
+    if by_id:
+        try:
+            public_from_peer_id(peer_id)
+        except BadIdentity as exc:
+            raise UsageError(f"not a peer id ({exc}) nor an invite code") from None
+        invite = None
+    else:
+        invite = read_invite(code, time.time())
+        peer_id = invite.id
     datadir = DataDir(data_dir)
     try:
         datadir.open()
@@ -105,19 +116,27 @@ def store_contact(data_dir: Path, code: str) -> ev.ContactAdded:
     try:
         from chinwag.datadir import load_or_create_identity
 
-        if invite.id == load_or_create_identity(data_dir).peer_id:
-            raise UsageError("that is your own invite code")
+        if peer_id == load_or_create_identity(data_dir).peer_id:
+            raise UsageError("that is your own " + ("peer id" if by_id else "invite code"))
         store = Store(data_dir / "chinwag.db")
         try:
             old = {row.peer_id: row for row in store.contacts()}
-            if invite.id not in old and len(old) >= limits.MAX_CONTACTS:
+            if peer_id not in old and len(old) >= limits.MAX_CONTACTS:
                 raise UsageError(f"you have {limits.MAX_CONTACTS} contacts already")
-            store.save_contact(_contact_row(invite, old.get(invite.id)))
+            if invite is not None:
+                row = _contact_row(invite, old.get(peer_id))
+            else:
+                # Known by its id alone: its addresses come from the DHT at the next start.
+                row = old.get(peer_id) or ContactRow(
+                    peer_id=peer_id, nick=short_id(peer_id), addrs=[], relays=[],
+                    added_at=time.time(),
+                )  # fmt: skip
+            store.save_contact(row)
         finally:
             store.close()
     finally:
         datadir.close()
-    return ev.ContactAdded(peer_id=invite.id, nick=invite.nick)
+    return ev.ContactAdded(peer_id=row.peer_id, nick=row.nick)
 
 
 def _contact_row(invite: Invite, old: ContactRow | None) -> ContactRow:
@@ -171,6 +190,8 @@ class ContactBook:
         #: Connections whose `obs` was taken: one report per connection (more are ignored).
         self._reported: weakref.WeakSet[PeerConnection] = weakref.WeakSet()
         self._last_public_redial = -limits.PUBLIC_CHANGE_REDIAL_MIN_S
+        #: Called when our addresses, mapping or relays may have changed (the DHT record).
+        self.on_change: Callable[[], None] = lambda: None
 
     # --- lifecycle ------------------------------------------------------
 
@@ -204,6 +225,10 @@ class ContactBook:
         row = self._contacts.get(peer_id)
         return [relay for relay, _addr in row.relays] if row is not None else []
 
+    def unaddressed(self) -> list[str]:
+        """Return the contacts we know no address or relay of (added by id, not found yet)."""
+        return [p for p, row in self._contacts.items() if not row.addrs and not row.relays]
+
     def public_addrs(self) -> list[str]:
         """Our public addresses: confirmed by peers in this run, else in the last one."""
         return self.reach.public_addrs(time.monotonic()) or list(self._last_public)
@@ -213,8 +238,11 @@ class ContactBook:
     ) -> ev.Invite:
         """Return a fresh invite naming the UPnP mapping, public and LAN addresses, relays."""
         self._save_reach()
-        addrs = ([upnp] if upnp else []) + self.public_addrs() + lan_addrs(self._bind, self._port)
-        return invite_event(identity, nick, addrs, relays, time.time())
+        return invite_event(identity, nick, self.own_addrs(upnp), relays, time.time())
+
+    def own_addrs(self, upnp: str | None) -> list[str]:
+        """Return where peers may dial us: the UPnP mapping, public then LAN addresses."""
+        return ([upnp] if upnp else []) + self.public_addrs() + lan_addrs(self._bind, self._port)
 
     def listing(self, nicks: dict[str, str]) -> ev.Contacts:
         """Return every contact with whether it is online and how it is reached."""
@@ -254,6 +282,46 @@ class ContactBook:
         self._emit(event)
         self._dial(row)
         return event
+
+    def add_id(self, peer_id: str, own_peer_id: str) -> tuple[ev.ContactAdded, bool]:
+        """Store a peer known only by its id as a contact (its addresses come from the DHT);
+        return (event, whether it is new). UsageError for a malformed id or our own."""
+        peer_id = peer_id.strip().lower()
+        try:
+            public_from_peer_id(peer_id)
+        except BadIdentity as exc:
+            raise UsageError(
+                f"not a peer id ({exc}): give the 52-character id or an invite code"
+            ) from None
+        if peer_id == own_peer_id:
+            raise UsageError("that is your own peer id")
+        old = self._contacts.get(peer_id)
+        if old is None and len(self._contacts) >= limits.MAX_CONTACTS:
+            raise UsageError(f"you have {limits.MAX_CONTACTS} contacts already; /forget one")
+        row = old or ContactRow(
+            peer_id=peer_id, nick=short_id(peer_id), addrs=[], relays=[], added_at=time.time()
+        )
+        self._store.save_contact(row)
+        self._contacts[peer_id] = row
+        log.info("contact added by id: %s", short_id(peer_id))
+        event = ev.ContactAdded(peer_id=peer_id, nick=row.nick)
+        self._emit(event)
+        if old is not None:
+            self._dial(row)
+        return event, old is None
+
+    def learned(self, peer_id: str, addrs: list[str], relays: list[tuple[str, str]]) -> None:
+        """A newer DHT record says where a contact is: dial there first, then what we knew."""
+        row = self._contacts.get(peer_id)
+        if row is None:
+            return
+        merged = [*addrs, *(a for a in row.addrs if a not in addrs)]
+        row.addrs = merged[: limits.MAX_INVITE_ADDRS]
+        row.relays = (relays or row.relays)[: limits.MAX_INVITE_RELAYS]
+        self._store.save_contact(row)
+        # A new round: the record's addresses and relays replace the table's.
+        self._manager.forget_contact(peer_id)
+        self._dial(row)
 
     def forget(self, who: str, nicks: dict[str, str]) -> ev.ContactForgotten:
         """Remove a contact named by id, id prefix (8+ characters) or nick."""
@@ -347,6 +415,7 @@ class ContactBook:
 
     def network_changed(self, why: str) -> None:
         """Our addresses changed: dial every contact not connected now (not at back-off)."""
+        self.on_change()
         offline = [r for r in self._contacts.values() if r.peer_id not in self._manager.peers]
         if offline:
             log.info("%s changed: dialling %d contact(s)", why, len(offline))
@@ -372,6 +441,8 @@ class ContactBook:
             "relays": [list(r) for r in relays],
         }
         if state != self._saved:
+            if self._saved is not None:
+                self.on_change()
             try:
                 self._datadir.save_setting(REACH_SETTING, state)
             except OSError as exc:

@@ -363,6 +363,29 @@ class ContactAdded(msgspec.Struct, frozen=True, tag_field="event", tag="contact_
     nick: str
 
 
+class Lookup(msgspec.Struct, frozen=True, tag_field="event", tag="lookup", omit_defaults=True):
+    """A DHT lookup of a peer's record ended (docs/dht.md): found or not, after `ms`.
+
+    `reason`: why the last record seen was refused when none was found (e.g. "bad_signature",
+    "old_seq", "oversized"); empty when found or when there was no record at all.
+    """
+
+    peer_id: str
+    found: bool
+    ms: int
+    reason: str = ""
+
+
+class Published(msgspec.Struct, frozen=True, tag_field="event", tag="published"):
+    """Our DHT record was stored by `stored` DHT nodes (docs/dht.md): what it says."""
+
+    seq: int
+    addresses: list[str]
+    relays: list[RelayAddr]
+    private: bool
+    stored: int
+
+
 class ContactInfo(msgspec.Struct, frozen=True):
     """One contact: `path` is how it is reached while `online` ("lan", "direct",
     "relayed"; "" when offline), `last_seen` the Unix time it was last connected (0: never)."""
@@ -421,4 +444,6 @@ NodeEvent = (
     | ContactAdded
     | Contacts
     | ContactForgotten
+    | Lookup
+    | Published
 )

@@ -627,3 +627,36 @@ MAILBOX_RECEIPT_DELAY_S = 0.5
 MAILBOX_PURGE_INTERVAL_S = 600.0
 #: Bytes of mail items in one `mail` delivery frame (under MAX_FRAME with framing to spare).
 MAILBOX_DELIVER_FRAME_BYTES = 48_000
+# --- dht: where a peer is, on the Mainline DHT (protocol/dhtrecord.py, net/dht.py, docs/dht.md) --
+
+#: UDP port of our DHT node (the TCP chat port's number, on UDP); taken: any free port.
+DEFAULT_DHT_PORT = 47475
+#: Bytes of a record's bencoded BEP 44 value (BEP 44's own bound: DHT nodes refuse more).
+MAX_DHT_VALUE_BYTES = 1_000
+#: Seconds a published record says it is valid (`exp`): a stale record (a moved peer that
+#: stopped publishing) is not dialled forever. Mainline nodes drop items after about 2 h.
+DHT_RECORD_TTL_S = 2 * 3600
+#: Seconds between republishing our record while nothing changes (before it fades at ~2 h).
+DHT_REPUBLISH_S = 3600.0
+#: Seconds at least between two publishes (address changes come in bursts: a flapping
+#: interface must not make us put a record every second).
+DHT_PUBLISH_MIN_GAP_S = 5.0
+#: Seconds a lookup may take before it is reported not found (a DHT traversal that never ends).
+DHT_LOOKUP_TIMEOUT_S = 10.0
+#: Seconds between lookups of one contact whose dials keep failing, doubling from the base
+#: to the cap while no newer record turns up (an offline contact must not make us walk the
+#: DHT at every redial; a contact that just moved is found again within seconds).
+DHT_LOOKUP_RETRY_BASE_S = 2.0
+DHT_LOOKUP_RETRY_CAP_S = 600.0
+#: Seconds a lookup waits, after the first acceptable record, for a newer one from other
+#: nodes (a node that missed our last put answers first with an older record), unless the
+#: lookup ends sooner.
+DHT_LOOKUP_SETTLE_S = 0.3
+#: Lookups in flight at once (a burst of failing contacts queues, not floods the DHT).
+DHT_MAX_LOOKUPS = 8
+#: Seconds `exp` may lie in the future: a record claiming validity for years is malformed.
+DHT_MAX_RECORD_AHEAD_S = 7 * 24 * 3600
+#: Bytes of the saved routing table we read back (a corrupt or hostile state file).
+MAX_DHT_STATE_BYTES = 1_000_000
+#: Saved DHT nodes we ping at start (a full routing table holds a few hundred).
+MAX_DHT_SAVED_NODES = 500

@@ -39,18 +39,23 @@ from chinwag.logonce import WarnOnce
 from chinwag.mailbox import Mailbox
 from chinwag.members import Members
 from chinwag.net.connection import PeerConnection
+from chinwag.net.dht import STATE_FILE as DHT_STATE_FILE
+from chinwag.net.dht import DhtNode, DhtUnavailable
 from chinwag.net.discovery import Discovery
 from chinwag.net.manager import ConnectionManager
 from chinwag.net.upnp import UpnpMapper
 from chinwag.protocol import messages as m
 from chinwag.protocol.addr import AddrError, parse_addr
 from chinwag.protocol.chat import ChatMessage, make_message
+from chinwag.protocol.dhtrecord import DhtRecord
 from chinwag.protocol.discovery import encode_beacon
 from chinwag.protocol.names import DEFAULT_ROOM, validate_nick, validate_room, validate_text
 from chinwag.protocol.peers import SEEN, STRANGER, VERIFIED
 from chinwag.protocol.reasons import Reason
 from chinwag.protocol.session import Closed, LocalInfo
 from chinwag.protocol.transfer import OFFER_MARK, encode_offer
+from chinwag.rendezvous import SEQ_SETTING as DHT_SEQ_SETTING
+from chinwag.rendezvous import Rendezvous
 from chinwag.rooms import DM, PRIVATE, Room, RoomBook
 from chinwag.store.db import Store
 
@@ -92,6 +97,15 @@ class NodeConfig:
     #: Rooms are a gossip mesh (docs/mesh.md): discovery feeds the mesh's candidates instead
     #: of dialling everyone heard. False: the old flood to every peer (tests, comparisons).
     mesh: bool = True
+    # --- the Mainline DHT (docs/dht.md) ---
+    #: Publish our record and look contacts up on the DHT (the CLI turns it on; `--no-dht`).
+    dht: bool = False
+    #: UDP port of the DHT node (`--dht-port`; 0: any free port).
+    dht_port: int = limits.DEFAULT_DHT_PORT
+    #: Bootstrap nodes (`--dht-bootstrap`; the CLI puts the public ones when none is given).
+    dht_bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    #: Publish the record sealed under a blinded key (`--no-dht-private`: in the clear).
+    dht_private: bool = True
 
     @property
     def meshed(self) -> bool:
@@ -120,6 +134,7 @@ class _Running:
     upnp: UpnpMapper | None = None
     #: Mail that waits for its reader (issue 15 item 4); set right after the parts above.
     mailbox: Mailbox | None = None
+    rendezvous: Rendezvous | None = None
 
     async def close(self, reason: str) -> None:
         """Stop every part, the network last but one and the store last."""
@@ -132,6 +147,8 @@ class _Running:
         self.contacts.close()
         if self.mailbox is not None:
             self.mailbox.close()
+        if self.rendezvous is not None:
+            await self.rendezvous.close()
         await self.files.close()
         await self.history.close()
         await self.manager.close(reason)
@@ -163,6 +180,8 @@ class Node:
         self._nicks: dict[str, str] = {}
         self.nick = ""
         self.port = 0
+        #: UDP port of our DHT node (0: the DHT is off).
+        self.dht_port = 0
         self.stopped = asyncio.Event()
         self._held: list[ev.NodeEvent] | None = None
         self._warn = WarnOnce(log)
@@ -305,6 +324,8 @@ class Node:
             for host, port in self.config.peers:
                 manager.add_manual_peer(host, port)
             contacts.load(self.port)
+            if self.config.dht:
+                await self._start_dht(run)
             for host, port in self.config.relay_peers:
                 manager.relay.add_relay_peer(host, port)
         except BaseException:
@@ -865,6 +886,10 @@ class Node:
             self._run.contacts.peer_left(peer_id, redial=lost)
             if self._run.mailbox is not None:
                 self._run.mailbox.peer_left(peer_id)
+            if self._run.rendezvous is not None:
+                # Its lookups back off afresh from now: a contact that moves is found again
+                # within seconds of its new record, whatever its earlier absences were.
+                self._run.rendezvous.forget_retry(peer_id)
         self._emit(
             ev.PeerLeft(peer_id=peer_id, nick=conn.session.peer_nick or "?", reason=closed.reason)
         )
@@ -1031,6 +1056,80 @@ class Node:
     def _dial_failed(self, peer_id: str) -> None:
         if self._run is not None:
             self._run.history.dial_failed(peer_id)
+            if self._run.rendezvous is not None and self._run.contacts.is_contact(peer_id):
+                # Its known addresses fail: where is it now?
+                self._run.rendezvous.lookup_soon(peer_id, self._dht_found)
+
+    async def _start_dht(self, run: _Running) -> None:
+        """Start the DHT node and publish; without libtorrent (or its port) warn and go on."""
+        try:
+            dht = DhtNode(
+                self.config.bind,
+                self.config.dht_port,
+                list(self.config.dht_bootstrap),
+                self.config.data_dir / DHT_STATE_FILE,
+            )
+        except DhtUnavailable as exc:
+            log.warning("DHT off: %s", exc)
+            return
+        run.rendezvous = Rendezvous(
+            self.identity,
+            dht,
+            self.config.dht_private,
+            lambda: (run.contacts.own_addrs(self.upnp_mapping), self.reservations()),
+            self._emit,
+            _int_setting(self.datadir.load_settings().get(DHT_SEQ_SETTING)),
+            lambda seq: self.datadir.save_setting(DHT_SEQ_SETTING, seq),
+        )
+        try:
+            self.dht_port = await run.rendezvous.start()
+        except (DhtUnavailable, OSError, RuntimeError) as exc:
+            log.warning("DHT off: %s", exc)
+            await run.rendezvous.close()
+            run.rendezvous = None
+            return
+        run.contacts.on_change = run.rendezvous.changed
+        for peer_id in run.contacts.unaddressed():
+            # Added by id (`chinwag add PEER_ID`, or not found before the last stop).
+            run.rendezvous.lookup_soon(peer_id, self._dht_found, new=True)
+
+    def _dht_found(self, peer_id: str, record: DhtRecord) -> None:
+        """A contact's newer record: dial its addresses, then its relays."""
+        if self._run is not None:
+            self._run.contacts.learned(peer_id, list(record.addrs), list(record.relays))
+
+    async def lookup(self, peer_id: str) -> ev.Lookup:
+        """Look peer_id's record up on the DHT (emits `lookup`); a contact's newer record is
+        dialled. UsageError for a malformed id or with the DHT off."""
+        run = self._running()
+        peer_id = peer_id.strip().lower()
+        try:
+            public_from_peer_id(peer_id)
+        except BadIdentity as exc:
+            raise UsageError(f"not a peer id: {exc}") from None
+        if run.rendezvous is None:
+            raise UsageError("the DHT is off (--no-dht, or libtorrent is missing)")
+        record = await run.rendezvous.lookup(peer_id)
+        if record is not None and run.contacts.is_contact(peer_id):
+            run.rendezvous.acted(peer_id, record.seq)
+            self._dht_found(peer_id, record)
+        return run.rendezvous.last_lookup
+
+    def add_peer(self, peer_id: str) -> ev.ContactAdded:
+        """Add a contact known only by its peer id (emits contact_added), look it up on the
+        DHT and dial what its record says. UsageError for a malformed id."""
+        run = self._running()
+        event, _new = run.contacts.add_id(peer_id, self.identity.peer_id)
+        if run.rendezvous is None:
+            self._emit(
+                ev.Alert(
+                    message="the DHT is off: this contact is reached only "
+                    "when it connects to us or is on our LAN"
+                )
+            )
+        elif event.peer_id not in run.manager.peers:
+            run.rendezvous.lookup_soon(event.peer_id, self._dht_found, new=True)
+        return event
 
     def _nick_changed(self, peer_id: str, nick: str) -> None:
         """A peer changed its nick: show it, at most once per NICK_CHANGE_MIN_GAP_S.

@@ -158,7 +158,7 @@ class FakeNode:
     def __getattr__(self, name: str) -> Any:
         def call(*args: Any) -> Any:
             self.calls.append((name, args))
-            if name in ("join", "send_file", "wait_drained", "connect_via"):
+            if name in ("join", "send_file", "wait_drained", "connect_via", "lookup"):
                 return self._done(name)
             if name in ("post", "dm"):
                 fut = asyncio.get_running_loop().create_future()
@@ -195,6 +195,9 @@ EXECUTED: list[tuple[c.Command, str, tuple[Any, ...], bool]] = [
     (c.FilesCmd(), "files", (), True),
     (c.InviteCmd(), "invite", (), True),
     (c.AddCmd(code="chinwag:x"), "add_contact", ("chinwag:x",), False),
+    (c.AddCmd(peer_id="p" * 52), "add_peer", ("p" * 52,), False),
+    (c.AddCmd(code="p" * 52), "add_peer", ("p" * 52,), False),
+    (c.LookupCmd(peer_id="p" * 52), "lookup", ("p" * 52,), False),
     (c.ContactsCmd(), "contacts", (), True),
     (c.ForgetCmd(peer="bob"), "forget_contact", ("bob",), True),
     (c.ConnectCmd(peer_id="bob", via="r", addr="h:1"), "connect_via", ("bob", "r", "h:1"), False),

@@ -148,8 +148,8 @@ def test_unknown_command(line: bytes) -> None:
     message = error_of(line)
     assert "unknown command" in message
     assert (
-        "history, info, invite, join, leave, members, nick, peers, quit, reject_file, rooms,"
-        " search, send" in message
+        "join, leave, lookup, members, nick, peers, quit, reject_file, rooms, search, send"
+        in message
     )
 
 

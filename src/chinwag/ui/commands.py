@@ -146,8 +146,11 @@ class InviteCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="invite"):
     answered: ClassVar[bool] = True
 
 
-class AddCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="add"):
-    code: str
+class AddCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="add", omit_defaults=True):
+    """An invite code, or a peer id alone (looked up on the DHT, docs/dht.md)."""
+
+    code: str = ""
+    peer_id: str = ""
     #: The node emits `contact_added` itself (every interface sees it).
     answered: ClassVar[bool] = False
 
@@ -168,6 +171,13 @@ class ConnectCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="connect"):
     via: str
     #: The relay's "host:port", if it is not a relay we are connected to.
     addr: str | None = None
+    answered: ClassVar[bool] = False
+
+
+class LookupCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="lookup"):
+    """Look a peer's record up on the DHT now (docs/dht.md); the node emits `lookup`."""
+
+    peer_id: str
     answered: ClassVar[bool] = False
 
 
@@ -198,6 +208,7 @@ Command = (
     | ContactsCmd
     | ForgetCmd
     | ConnectCmd
+    | LookupCmd
 )
 #: The command names, read off the command structs' tags (one place to add a command).
 COMMANDS: frozenset[str] = frozenset(
@@ -313,7 +324,13 @@ async def execute(node: Node, cmd: Command, session: Session) -> Answer | None:
     elif isinstance(cmd, InviteCmd):
         return node.invite()
     elif isinstance(cmd, AddCmd):
+        if cmd.peer_id or _is_peer_id_like(cmd.code):
+            return node.add_peer(cmd.peer_id or cmd.code)
+        if not cmd.code:
+            raise UsageError("add needs an invite code or a peer id")
         return node.add_contact(cmd.code)
+    elif isinstance(cmd, LookupCmd):
+        await session.slow(node.lookup(cmd.peer_id))
     elif isinstance(cmd, ContactsCmd):
         return node.contacts()
     elif isinstance(cmd, ForgetCmd):
@@ -453,8 +470,16 @@ def _cancel(arg: str, _room: str) -> CancelFileCmd:
 
 def _add(arg: str, _room: str) -> AddCmd:
     if not arg:
-        raise _usage("/add CODE")
+        raise _usage("/add CODE|PEER_ID")
+    if _is_peer_id_like(arg):
+        return AddCmd(peer_id=arg.strip())
     return AddCmd(code=arg)
+
+
+def _is_peer_id_like(arg: str) -> bool:
+    """Whether arg has the shape of a peer id (52 base32 characters), not of an invite code."""
+    text = arg.strip()
+    return len(text) == 52 and text.isascii() and text.isalnum()
 
 
 def _forget(arg: str, _room: str) -> ForgetCmd:
@@ -499,6 +524,7 @@ SLASH: dict[str, _Parser] = {
     "cancel": _cancel,
     "invite": lambda _arg, _room: InviteCmd(),
     "add": _add,
+    "lookup": lambda arg, _room: LookupCmd(peer_id=arg.strip()),
     "contacts": lambda _arg, _room: ContactsCmd(),
     "forget": _forget,
     "connect": _connect,
@@ -549,6 +575,8 @@ HELP = """commands:
   /cancel ID [--keep]   stop a transfer (--keep keeps the partial data) or withdraw your offer
   /invite          your invite code: give it to a friend elsewhere, who types /add CODE
   /add CODE        make the peer of an invite code a contact and connect to it
+  /add PEER_ID     make a peer known only by its id a contact: found on the DHT
+  /lookup PEER_ID  find a peer's record on the DHT (where it says it can be reached)
   /contacts        your contacts: online or not, how they are reached, last seen
   /forget WHO      remove a contact (it is no longer dialled)
 

@@ -162,6 +162,14 @@ def contact_added_line(event: ev.ContactAdded) -> str:
     return f"added contact {clean(event.nick)} ({short_id(event.peer_id)}); connecting"
 
 
+def lookup_line(event: ev.Lookup) -> str:
+    """Return the line shown when a DHT lookup of a peer ended."""
+    if event.found:
+        return f"found {short_id(event.peer_id)} on the DHT in {event.ms} ms; connecting"
+    why = f" (a record was refused: {clean(event.reason)})" if event.reason else ""
+    return f"{short_id(event.peer_id)} not found on the DHT{why}"
+
+
 def before_lines(cmd: c.SlashCommand) -> list[str]:
     """Return the information lines shown before a slow command runs."""
     if isinstance(cmd, c.SendFileCmd):

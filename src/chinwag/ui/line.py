@@ -127,6 +127,8 @@ class LineUI(c.Session):
             self._info(fmt.nick_changed_line(event))
         elif isinstance(event, ev.ContactAdded):
             self._info(fmt.contact_added_line(event))
+        elif isinstance(event, ev.Lookup):
+            self._info(fmt.lookup_line(event))
         elif isinstance(event, ev.FileOffer | ev.FileProgress | ev.FileDone):
             self._file_event(event)
         elif isinstance(event, ev.FileFailed):

@@ -341,6 +341,8 @@ class ChinwagApp(App[int]):
             self.note(fmt.peer_left_line(event))
         elif isinstance(event, ev.ContactAdded):
             self.note(fmt.contact_added_line(event))
+        elif isinstance(event, ev.Lookup):
+            self.note(fmt.lookup_line(event))
         elif isinstance(event, ev.PathChanged):
             known = self.peers.get(event.peer_id)
             if known is not None:

@@ -1193,7 +1193,7 @@ function submitComposer() {
 const COMMANDS = [
   "help", "peers", "members", "nick", "id", "history", "search", "info", "join", "leave", "rooms",
   "switch", "msg", "whois", "verify", "block", "unblock", "send", "accept", "reject", "files",
-  "cancel", "invite", "add", "contacts", "forget", "connect",
+  "cancel", "invite", "add", "lookup", "contacts", "forget", "connect",
 ];
 
 /** Tab completes a slash command at the start, or a nick anywhere (as the TUI does). */

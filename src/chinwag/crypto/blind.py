@@ -1,0 +1,61 @@
+"""Ed25519 key blinding for the DHT record (docs/dht.md "Private records").
+
+The private record is published under a *blinded* key A' = h·A, where A is the identity
+public key and h = SHA-512(BLIND_CONTEXT ‖ A) reduced mod the group order (the scheme of
+Tor v3 onion services, rend-spec-v3 A.2). Whoever knows A (the peer id) computes A' and
+finds the record; a DHT node that sees only A' cannot tell whose it is. Only the identity's
+owner knows the blinded scalar a' = h·a, so only it can sign under A': the BEP 44
+signature under A' proves the record comes from the peer id, and nobody who merely knows
+the peer id can overwrite the record (as a key derived from the peer id alone would allow).
+
+Primitives are libsodium's (PyNaCl bindings): scalar reduce and multiply mod L, point
+times scalar; nothing here is a cipher or a signature written by hand. Pure functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+import nacl.bindings as sodium
+
+from chinwag.crypto.identity import Identity
+
+#: Domain separation of the blinding factor (one per record version).
+BLIND_CONTEXT: Final = b"chinwag/1 dht blind\x00"
+#: Domain separation of the blinded key's nonce prefix (derived from the identity's).
+PREFIX_CONTEXT: Final = b"chinwag/1 dht blind prefix\x00"
+
+
+def expanded_private(identity: Identity) -> bytes:
+    """Return the 64-byte expanded Ed25519 private key libtorrent signs with: the clamped
+    scalar a then the nonce prefix, both halves of SHA-512(seed) (RFC 8032 5.1.5)."""
+    h = bytearray(hashlib.sha512(bytes(identity.signing_key)).digest())
+    h[0] &= 248
+    h[31] &= 127
+    h[31] |= 64
+    return bytes(h)
+
+
+def blind_factor(public: bytes) -> bytes:
+    """Return h (32 bytes, reduced mod L) for the identity public key `public`."""
+    return bytes(
+        sodium.crypto_core_ed25519_scalar_reduce(hashlib.sha512(BLIND_CONTEXT + public).digest())
+    )
+
+
+def blinded_public(public: bytes) -> bytes:
+    """Return A' = h·A, the DHT key of the private record of the identity `public`.
+
+    Raises nacl's RuntimeError/ValueError for a point that is not a valid key (callers
+    check the peer id first: every real identity key is valid).
+    """
+    return bytes(sodium.crypto_scalarmult_ed25519_noclamp(blind_factor(public), public))
+
+
+def blinded_private(identity: Identity) -> bytes:
+    """Return the 64-byte expanded private key (a' = h·a mod L, prefix') under A'."""
+    expanded = expanded_private(identity)
+    scalar = sodium.crypto_core_ed25519_scalar_mul(blind_factor(identity.public), expanded[:32])
+    prefix = hashlib.sha512(PREFIX_CONTEXT + expanded[32:]).digest()[:32]
+    return bytes(scalar) + prefix
