@@ -627,6 +627,19 @@ MAILBOX_RECEIPT_DELAY_S = 0.5
 MAILBOX_PURGE_INTERVAL_S = 600.0
 #: Bytes of mail items in one `mail` delivery frame (under MAX_FRAME with framing to spare).
 MAILBOX_DELIVER_FRAME_BYTES = 48_000
+# --- mailfix: the review's findings on mailboxes (issue 15, docs/dht.md "Mailboxes") ------------
+#: Tombstones (ids of delivered items, kept until their expiry against replays) a holder keeps;
+#: the earliest to expire are dropped beyond it. Stops put-ack-repeat by throwaway peers from
+#: growing the table without bound (a dropped one only allows a replay the reader dedups).
+MAILBOX_MAX_TOMBSTONES = 20_000
+#: Items per second all peers together may put, and the burst; beyond it puts are refused
+#: (`full`) unchecked. Stops fresh identities (a handshake each) from each bringing a full
+#: MAILBOX_PUT_BURST of signatures to verify.
+MAILBOX_PUT_ALL_PER_S = 1_000.0
+MAILBOX_PUT_ALL_BURST = 8_000.0
+#: Peers whose mail budgets (put, deliver) a node remembers across reconnects, least recently
+#: used dropped; stops a reconnect from refilling a flooder's burst.
+MAILBOX_BUDGET_PEERS = 4_096
 # --- dht: where a peer is, on the Mainline DHT (protocol/dhtrecord.py, net/dht.py, docs/dht.md) --
 
 #: UDP port of our DHT node (the TCP chat port's number, on UDP); taken: any free port.

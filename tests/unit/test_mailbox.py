@@ -16,6 +16,7 @@ from chinwag.protocol import mailbox as mb
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import make_message
 from chinwag.protocol.reasons import MailRefusal, Reason
+from chinwag.store.db import Store
 
 NOW = 1_800_000_000.0
 EXP = int(NOW) + 3600
@@ -107,8 +108,8 @@ def test_holder_keeps_good_items_and_refuses_the_rest_with_reasons() -> None:
 
 def test_a_forged_item_or_one_handed_over_by_another_closes_the_connection() -> None:
     holder = mb.Holder(HOLDER.public)
-    good = item()
-    forged = m.MailItem(good.to, good.frm, good.exp, good.box, bytes(64))
+    good, other = item(), item(seq=2)
+    forged = m.MailItem(other.to, other.frm, other.exp, other.box, bytes(64))
     verdict = holder.put(AUTHOR.peer_id, m.MailPut(items=[good, forged]), NOW, never)
     assert verdict.close == Reason.BAD_SIGNATURE and not verdict.keep
     verdict = holder.put(HOLDER.peer_id, m.MailPut(items=[good]), NOW, never)
@@ -283,3 +284,81 @@ def test_a_forged_chat_inside_good_mail_is_dropped_not_blamed_on_the_holder() ->
     other = mb.make_item(AUTHOR, READER.public, chat(author=HOLDER), EXP)
     with pytest.raises(mb.MailDropped):
         mb.open_item(READER, other)  # a chat by someone else than the mail's author
+
+
+# --- the review's findings (issue 15, mailfix) ---------------------------------------
+
+
+def test_tombstones_are_bounded_oldest_expiry_dropped_first(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Throwaway X puts items for throwaway Y, Y acknowledges them (freeing X's quota), repeat:
+    # every round left its tombstones behind, without bound.
+    monkeypatch.setattr(limits, "MAILBOX_MAX_TOMBSTONES", 50)
+    exp = int(NOW) + 3600
+    for rnd in range(4):
+        ids = [bytes([rnd, i]) * 8 for i in range(40)]
+        store.hold_mail((i, "y", "x", exp + rnd, 10, b"item") for i in ids)
+        assert len(store.mail_delivered("y", ids)) == 40
+    gone = store.db.execute("SELECT COUNT(*) FROM mail_gone").fetchone()[0]
+    assert gone == 50
+    # The newest tombstones (the latest expiries) stay; the oldest went first.
+    assert store.mail_known(bytes([3, 39]) * 8) and not store.mail_known(bytes([0, 0]) * 8)
+
+
+def test_put_checks_cheap_things_first_and_signatures_only_of_items_it_keeps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    holder = mb.Holder(HOLDER.public, max_items=1)
+    checked: list[bytes] = []
+    real = mb.item_signed
+
+    def counting(it: m.MailItem) -> bool:
+        checked.append(it.box)
+        return real(it)
+
+    looked: list[bytes] = []
+
+    def known(ident: bytes) -> bool:
+        looked.append(ident)
+        return False
+
+    monkeypatch.setattr(mb, "item_signed", counting)
+    good = item(seq=1)
+    stale = item(seq=2, exp=int(NOW) - 1)
+    # Expired, or beyond the quota: refused without a signature check or a replay lookup;
+    # even a bad signature on an item that is refused anyway costs no verification.
+    forged_stale = m.MailItem(stale.to, stale.frm, stale.exp, stale.box, bytes(64))
+    over = [item(seq=i) for i in (3, 4, 5)]
+    verdict = holder.put(AUTHOR.peer_id, m.MailPut(items=[good, forged_stale, *over]), NOW, known)
+    assert verdict.close is None and [h.item for h in verdict.keep] == [good]
+    assert len(verdict.refused[MailRefusal.FULL]) == 3
+    assert checked == [good.box] and looked == [mb.mail_id(good.box)]
+    # A bad signature on an item it would keep still closes, and nothing of the frame is kept.
+    roomy = mb.Holder(HOLDER.public)
+    forged = m.MailItem(over[0].to, over[0].frm, over[0].exp, over[0].box, bytes(64))
+    verdict = roomy.put(AUTHOR.peer_id, m.MailPut(items=[over[1], forged]), NOW, never)
+    assert verdict.close == Reason.BAD_SIGNATURE and not verdict.keep and roomy.items == 0
+
+
+def test_a_reconnect_does_not_refill_the_put_budget_and_all_peers_share_a_ceiling() -> None:
+    holder = mb.Holder(HOLDER.public, max_items=10**9, max_items_per_sender=10**9)
+    stale = [item(seq=i, exp=int(NOW) - 1) for i in range(1, 9)]
+    frames = int(limits.MAILBOX_PUT_BURST) // len(stale)
+    for _ in range(frames):
+        assert holder.put(AUTHOR.peer_id, m.MailPut(items=stale), NOW, never).close is None
+    holder.peer_closed(AUTHOR.peer_id)  # it disconnects and comes straight back
+    assert holder.put(AUTHOR.peer_id, m.MailPut(items=stale), NOW, never).close == (
+        Reason.MAIL_FLOOD
+    )
+    # Fresh identities each get a burst, but not beyond the ceiling of all peers: refused
+    # (`full`, nothing checked), not closed (an honest peer may be the one who meets it).
+    refused = 0
+    for _ in range(int(limits.MAILBOX_PUT_ALL_BURST) // int(limits.MAILBOX_PUT_BURST) + 1):
+        other = Identity.generate()
+        theirs = [item(seq=i, exp=int(NOW) - 1, author=other) for i in range(1, 9)]
+        for _ in range(frames):
+            verdict = holder.put(other.peer_id, m.MailPut(items=theirs), NOW, never)
+            assert verdict.close is None
+            refused += len(verdict.refused.get(MailRefusal.FULL, []))
+    assert refused > 0

@@ -201,6 +201,28 @@ class PutVerdict:
     close: str | None = None
 
 
+class Budgets:
+    """Token buckets by peer id, kept across reconnects (a reconnect refills nothing),
+    the least recently used dropped beyond `most` peers."""
+
+    def __init__(self, burst: float, rate: float, most: int = limits.MAILBOX_BUDGET_PEERS) -> None:
+        """burst: tokens a peer starts with; rate: tokens per second it regains."""
+        self.burst = burst
+        self.rate = rate
+        self.most = most
+        self._buckets: OrderedDict[str, Bucket] = OrderedDict()
+
+    def take(self, peer: str, now: float, cost: float) -> bool:
+        """Take cost tokens from peer's bucket; return whether there were enough."""
+        bucket = self._buckets.pop(peer, None)
+        if bucket is None:
+            bucket = Bucket(now, self.burst, self.rate)
+        self._buckets[peer] = bucket
+        while len(self._buckets) > self.most:
+            self._buckets.popitem(last=False)
+        return bucket.take(now, cost)
+
+
 class Holder:
     """The admission rules of one mailbox: budgets per sender and in all, floods, replays."""
 
@@ -222,7 +244,9 @@ class Holder:
         self.bytes = 0
         #: Sender -> (items, bytes) held for it.
         self.per_sender: dict[str, tuple[int, int]] = {}
-        self._budget: dict[str, Bucket] = {}
+        self._budget = Budgets(limits.MAILBOX_PUT_BURST, limits.MAILBOX_PUT_PER_S)
+        #: All peers' puts together (fresh identities each bring a fresh bucket); starts full.
+        self._all = Bucket(0.0, limits.MAILBOX_PUT_ALL_BURST, limits.MAILBOX_PUT_ALL_PER_S)
 
     def load(self, held: Iterable[tuple[str, int]]) -> None:
         """Count what the store holds: (sender, size) of each item."""
@@ -244,30 +268,37 @@ class Holder:
     def put(
         self, peer: str, frame: m.MailPut, now: float, known: Callable[[bytes], bool]
     ) -> PutVerdict:
-        """Judge the items peer hands us at Unix time now; known(id): held or tombstoned here."""
+        """Judge the items peer hands us at Unix time now; known(id): held or tombstoned here.
+
+        Cheap checks first (budgets, author, expiry, quotas), then the replay lookup, and
+        the signature last, only of items it keeps (a bad one still closes the connection).
+        """
         verdict = PutVerdict()
-        budget = self._budget.setdefault(
-            peer, Bucket(now, limits.MAILBOX_PUT_BURST, limits.MAILBOX_PUT_PER_S)
-        )
-        if not budget.take(now, max(len(frame.items), 1)):
+        cost = max(len(frame.items), 1)
+        if not self._budget.take(peer, now, cost):
             verdict.close = Reason.MAIL_FLOOD
             return verdict
-        seen: set[bytes] = set()
         for item in frame.items:
             if peer_id_from_public(item.frm) != peer:
                 # Only the author hands its mail over: a holder never passes mail on.
                 log.warning("mail from %s claims another author", peer[:8])
                 verdict.close = Reason.MALFORMED_FRAME
                 return verdict
-            if not item_signed(item):
-                verdict.close = Reason.BAD_SIGNATURE
-                return verdict
+        if not self._all.take(now, cost):
+            # Busy: refused unchecked, not closed (the peer may be an honest one).
+            if frame.items:
+                verdict.refused[MailRefusal.FULL] = [mail_id(i.box) for i in frame.items]
+            return verdict
+        seen: set[bytes] = set()
         for item in frame.items:
             ident = mail_id(item.box)
             reason = self._refusal(peer, item, ident, now, known, seen)
             if reason is not None:
                 verdict.refused.setdefault(reason, []).append(ident)
                 continue
+            if not item_signed(item):
+                self.not_stored(verdict.keep)
+                return PutVerdict(close=Reason.BAD_SIGNATURE)
             seen.add(ident)
             size = len(item.box)
             self._count(peer, size, 1)
@@ -288,14 +319,15 @@ class Holder:
             return MailRefusal.SELF
         if not now < item.exp <= now + limits.MAILBOX_TTL_S + limits.MAILBOX_TTL_SKEW_S:
             return MailRefusal.BAD_EXPIRY
-        if ident in seen or known(ident):
-            return MailRefusal.REPLAYED
         size = len(item.box)
         if self.items + 1 > self.max_items or self.bytes + size > self.max_bytes:
             return MailRefusal.FULL
         items, nbytes = self.per_sender.get(peer, (0, 0))
         if items + 1 > self.max_items_per_sender or nbytes + size > self.max_bytes_per_sender:
             return MailRefusal.SENDER_FULL
+        # Last of the refusals: the only one that costs SQLite lookups.
+        if ident in seen or known(ident):
+            return MailRefusal.REPLAYED
         return None
 
     def not_stored(self, held: Iterable[Held]) -> None:
@@ -309,9 +341,8 @@ class Holder:
             self._count(sender, size, -1)
 
     def peer_closed(self, peer: str) -> None:
-        """Forget the peer's put budget (a reconnect costs it a handshake, not a free refill:
-        the bucket starts full, as for any new peer)."""
-        self._budget.pop(peer, None)
+        """The peer left. Its put budget is kept (by peer id, LRU-bounded): a reconnect
+        costs it a handshake and refills nothing."""
 
 
 # --- the author ---------------------------------------------------------------------

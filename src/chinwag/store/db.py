@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS mailbox(
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS mailbox_recipient ON mailbox(recipient, received);
 CREATE TABLE IF NOT EXISTS mail_gone(id BLOB PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS mail_gone_exp ON mail_gone(exp);
 CREATE TABLE IF NOT EXISTS mail_out(
     id BLOB PRIMARY KEY, item BLOB NOT NULL, msg_id TEXT, room TEXT, added INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -687,7 +688,8 @@ class Store:
         return [(r[0], r[1]) for r in self.db.execute("SELECT sender, size FROM mailbox")]
 
     def mail_delivered(self, recipient: str, ids: Iterable[bytes]) -> list[tuple[str, int]]:
-        """Delete acknowledged items (tombstones stay); return (sender, size) of each."""
+        """Delete acknowledged items (tombstones stay, at most MAILBOX_MAX_TOMBSTONES);
+        return (sender, size) of each."""
         gone: list[tuple[str, int]] = []
         with self._transaction():
             for mail_id in ids:
@@ -702,6 +704,17 @@ class Store:
                     "INSERT OR REPLACE INTO mail_gone(id, exp) VALUES (?,?)", (mail_id, row[2])
                 )
                 gone.append((row[0], row[1]))
+            if gone:
+                # Bounded (MAILBOX_MAX_TOMBSTONES): acks free the sender's quota, so without
+                # a cap put-ack-repeat grows this table for ever. The earliest to expire go.
+                (count,) = self.db.execute("SELECT COUNT(*) FROM mail_gone").fetchone()
+                excess = count - limits.MAILBOX_MAX_TOMBSTONES
+                if excess > 0:
+                    self.db.execute(
+                        "DELETE FROM mail_gone WHERE id IN"
+                        " (SELECT id FROM mail_gone ORDER BY exp, id LIMIT ?)",
+                        (excess,),
+                    )
         return gone
 
     def save_outgoing(self, rows: Iterable[tuple[bytes, bytes, str | None, str | None]]) -> None:
