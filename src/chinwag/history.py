@@ -642,8 +642,9 @@ class History:
         return self.sync.holds(room, author, seq)
 
     def mail_vector(self, peer_id: str, frame: m.Vector) -> None:
-        """A vector of peer_id that came by mail (its receipt while we were apart)."""
-        self._run(self.replica.vector_received(peer_id, frame, self._loop.time()))
+        """A vector of peer_id that came by mail (its receipt while we were apart): merged,
+        only raising entries (a stale or partial copy lowers or wipes nothing)."""
+        self._run(self.replica.receipt_merged(peer_id, frame, self._loop.time()))
 
     def _flush(self) -> None:
         self._flush_handle = None

@@ -640,6 +640,11 @@ MAILBOX_PUT_ALL_BURST = 8_000.0
 #: Peers whose mail budgets (put, deliver) a node remembers across reconnects, least recently
 #: used dropped; stops a reconnect from refilling a flooder's burst.
 MAILBOX_BUDGET_PEERS = 4_096
+#: Items per second one peer may deliver to us (`mail`, token bucket) and the burst: all a
+#: holder keeps (MAILBOX_MAX_ITEMS) plus what may be put to it meanwhile; beyond: `mail_flood`.
+#: Stops junk deliveries (a signature check and an unseal each) without pause.
+MAILBOX_DELIVER_PER_S = 1_000.0
+MAILBOX_DELIVER_BURST = 28_000.0
 # --- dht: where a peer is, on the Mainline DHT (protocol/dhtrecord.py, net/dht.py, docs/dht.md) --
 
 #: UDP port of our DHT node (the TCP chat port's number, on UDP); taken: any free port.

@@ -80,6 +80,7 @@ class Mailbox:
         self._room_members = room_members
         self._clock = clock
         self.holder = mb.Holder(identity.public)
+        self.inbox = mb.Inbox(identity.public)
         self.outbox = mb.Outbox()
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
@@ -328,9 +329,16 @@ class Mailbox:
     def _delivered(self, conn: Link, holder: str, frame: m.MailDeliver) -> None:
         acks: list[bytes] = []
         chats: list[tuple[bytes, str, str, int]] = []
+        reason = self.inbox.check(holder, frame, self._clock())
+        if reason is not None:
+            log.warning("mailbox: disconnecting holder %s: %s", holder[:8], reason)
+            self.history.mesh_invalid(holder)
+            conn.close(reason)
+            return
+        sender = public_from_peer_id(holder) if holder else None
         for item in frame.items:
             try:
-                opened = mb.open_item(self.identity, item)
+                opened = mb.open_item(self.identity, item, sender)
             except RemoteProtocolError as exc:
                 log.warning("mailbox: disconnecting holder %s: %s", holder[:8], exc)
                 self.history.mesh_invalid(holder)

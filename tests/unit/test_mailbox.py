@@ -50,8 +50,8 @@ def test_an_item_opens_for_its_reader_only_and_hides_the_size() -> None:
     assert len(short.box) == limits.MAILBOX_MIN_BUCKET + 48
     assert len(long.box) == 4096 + 48
     assert len(item("hello there").box) == len(short.box)
-    with pytest.raises(mb.MailDropped):
-        mb.open_item(HOLDER, short)  # not ours to read
+    with pytest.raises(RemoteProtocolError):
+        mb.open_item(HOLDER, short)  # not ours to read: the holder knew
     # Signed as ours but sealed to another key: dropped, not blamed on the holder.
     wrong = mb.make_item(AUTHOR, HOLDER.public, chat(), EXP)
     resigned = AUTHOR.sign(mb.signed_part(READER.public, AUTHOR.public, EXP, wrong.box))
@@ -362,3 +362,32 @@ def test_a_reconnect_does_not_refill_the_put_budget_and_all_peers_share_a_ceilin
             assert verdict.close is None
             refused += len(verdict.refused.get(MailRefusal.FULL, []))
     assert refused > 0
+
+
+def test_delivered_mail_is_budgeted_and_junk_a_holder_could_not_have_taken_closes() -> None:
+    inbox = mb.Inbox(READER.public)
+    good = item()
+    # Mail for another reader: the holder knows `to`, so it sent junk.
+    stray = mb.make_item(AUTHOR, HOLDER.public, chat(), EXP)
+    assert inbox.check(HOLDER.peer_id, m.MailDeliver(items=[good]), NOW) is None
+    assert inbox.check(HOLDER.peer_id, m.MailDeliver(items=[good, stray]), NOW) == (
+        Reason.MALFORMED_FRAME
+    )
+    with pytest.raises(RemoteProtocolError) as exc:
+        mb.open_item(READER, stray)
+    assert exc.value.code == Reason.MALFORMED_FRAME
+    # A bad inside is the author's fault: dropped if a holder passes it on, but the sender
+    # closed if it wrote it itself (no holder keeps mail it wrote).
+    forged = mb.make_item(AUTHOR, READER.public, m.Chat(body=chat().body, sig=bytes(64)), EXP)
+    with pytest.raises(mb.MailDropped):
+        mb.open_item(READER, forged, sender=HOLDER.public)
+    with pytest.raises(RemoteProtocolError) as exc:
+        mb.open_item(READER, forged, sender=AUTHOR.public)
+    assert exc.value.code == Reason.MALFORMED_FRAME
+    # A flood of `mail` frames closes, and a reconnect refills nothing.
+    junk = m.MailDeliver(items=[good] * limits.MAILBOX_ITEMS_PER_FRAME)
+    frames = int(limits.MAILBOX_DELIVER_BURST) // limits.MAILBOX_ITEMS_PER_FRAME + 1
+    closes = [inbox.check(AUTHOR.peer_id, junk, NOW) for _ in range(frames)]
+    assert closes[0] is None and closes[-1] == Reason.MAIL_FLOOD
+    assert inbox.check(AUTHOR.peer_id, junk, NOW) == Reason.MAIL_FLOOD
+    assert inbox.check(AUTHOR.peer_id, junk, NOW + 60) is None

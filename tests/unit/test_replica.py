@@ -259,3 +259,21 @@ def test_with_a_router_a_peer_that_just_connected_gets_the_recent_ones_too() -> 
     (push,) = r.vector_received(BOB, m.Vector(room=ROOM, have={ALICE: 0}), 1.1)
     assert isinstance(push, rp.Push)
     assert [(p.author, p.lo, p.hi) for p in push.plan] == [(ALICE, 1, 3)]
+
+
+def test_a_mailed_receipt_only_ever_raises_entries_never_lowers_or_wipes() -> None:
+    # Each receipt goes to 2 holders: a stale copy arriving after the live one is normal.
+    r = replica()  # bob is not connected: his receipts come by mail
+    for seq in range(1, 8):
+        r.accept(ROOM, ME, seq)
+    r.accept(ROOM, ALICE, 4)
+    r.vector_received(BOB, m.Vector(room=ROOM, have={ME: 3, ALICE: 4}), 1.0)
+    assert r.delivery(ROOM, 3) == (1, 1)
+    live = r.receipt_merged(BOB, m.Vector(room=ROOM, have={ME: 7}), 2.0)
+    assert rp.Delivered(ROOM, 4, 7) in live
+    # The stale copy: nothing reported, nothing lowered; and a partial one wipes no entry.
+    assert r.receipt_merged(BOB, m.Vector(room=ROOM, have={ME: 5}), 3.0) == []
+    assert r.room_receipts(ROOM)[BOB] == {ME: 7, ALICE: 4}
+    assert r.delivery(ROOM, 7) == (1, 1)
+    r.handle_timer(2.0 + limits.RECEIPT_SAVE_DELAY_S)
+    assert r.take_unsaved()[(BOB, ROOM)][ME] == 7

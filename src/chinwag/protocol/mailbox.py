@@ -113,22 +113,34 @@ class Opened:
     frame: m.Chat | m.Vector
 
 
-def open_item(identity: Identity, item: m.MailItem) -> Opened:
-    """Open an item delivered to us.
+def open_item(identity: Identity, item: m.MailItem, sender: bytes | None = None) -> Opened:
+    """Open an item delivered to us by sender (its public key).
 
-    Raises RemoteProtocolError (bad_signature) if its signature does not verify:
-    the holder checked it when it took it, so the holder forged or altered it.
-    Raises MailDropped if it is not for us or its inside is not a valid chat (signature
-    checked) or vector by its author (the author's fault, or a mistake: dropped,
-    acknowledged).
+    Raises RemoteProtocolError: malformed_frame if it is for another reader (the holder
+    knows `to`) or if the sender wrote it itself and its inside is bad (no holder keeps
+    mail it wrote: it is junk of its own); bad_signature if its signature does not verify
+    (the holder checked it when it took it, so the holder forged or altered it).
+    Raises MailDropped if its inside is not a valid chat (signature checked) or vector by
+    its author (the author's fault, or a mistake: dropped, acknowledged).
     """
+    if item.to != identity.public:
+        raise RemoteProtocolError("delivered mail for another peer", Reason.MALFORMED_FRAME)
     if not item_signed(item):
         raise RemoteProtocolError(
             "delivered mail's signature does not verify", Reason.BAD_SIGNATURE
         )
+    try:
+        return _open_inside(identity, item)
+    except MailDropped as exc:
+        if sender is not None and item.frm == sender:
+            raise RemoteProtocolError(
+                f"delivered mail of the sender's own is bad: {exc}", Reason.MALFORMED_FRAME
+            ) from None
+        raise
+
+
+def _open_inside(identity: Identity, item: m.MailItem) -> Opened:
     ident = mail_id(item.box)
-    if item.to != identity.public:
-        raise MailDropped("mail for another peer")
     try:
         inner = _inner_decoder.decode(box.open_sealed(identity, item.box))
         frame = _payload_decoder.decode(inner.frame)
@@ -343,6 +355,24 @@ class Holder:
     def peer_closed(self, peer: str) -> None:
         """The peer left. Its put budget is kept (by peer id, LRU-bounded): a reconnect
         costs it a handshake and refills nothing."""
+
+
+class Inbox:
+    """The reader's rules for `mail` frames: a delivery budget per holder, kept across
+    reconnects, and mail no holder could have taken closes the connection."""
+
+    def __init__(self, me: bytes) -> None:
+        """me: our public key."""
+        self.me = me
+        self._budget = Budgets(limits.MAILBOX_DELIVER_BURST, limits.MAILBOX_DELIVER_PER_S)
+
+    def check(self, holder: str, frame: m.MailDeliver, now: float) -> str | None:
+        """Return a reason code to close holder's connection with, or None to open the items."""
+        if not self._budget.take(holder, now, max(len(frame.items), 1)):
+            return Reason.MAIL_FLOOD
+        if any(item.to != self.me for item in frame.items):
+            return Reason.MALFORMED_FRAME
+        return None
 
 
 # --- the author ---------------------------------------------------------------------

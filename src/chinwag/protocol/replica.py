@@ -653,6 +653,24 @@ class Replica:
             out.append(Send(peer, m.Vector(room=room, have=self.capped_vector(room))))
         return out
 
+    def receipt_merged(self, peer: str, frame: m.Vector, now: float) -> list[Action]:
+        """A receipt of peer that came by mail (late, maybe stale, maybe partial): merged
+        entry by entry, only ever raising; a copy that raises nothing is ignored."""
+        room = frame.room
+        if not self.view.holds_vector(room, peer):
+            return []
+        vectors = self.room_receipts(room)
+        old = vectors.get(peer, {})
+        merged = dict(old)
+        for author, have in frame.have.items():
+            if have > merged.get(author, 0) and (
+                author in merged or len(merged) < limits.MAX_VECTOR_AUTHORS
+            ):
+                merged[author] = have
+        if peer in vectors and merged == old:
+            return []
+        return self.vector_received(peer, m.Vector(room=room, have=merged), now)
+
     def _not_in_flight(
         self, router: Mesh, room: str, plan: list[PushRange], now: float
     ) -> list[PushRange]:
