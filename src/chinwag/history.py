@@ -279,8 +279,12 @@ class History:
 
     # --- frames from peers ----------------------------------------------
 
-    def chat_received(self, conn: Link, frame: m.Chat) -> None:
-        """Check a received message and queue it for the next commit."""
+    def chat_received(self, conn: Link, frame: m.Chat) -> bool:
+        """Check a received message and queue it for the next commit.
+
+        Return False if this copy will never be stored (refused: blocked, not ours, does
+        not decrypt, not remembered, over the sender's budget, or invalid), else True.
+        """
         from_id = conn.peer_id or ""
         try:
             msg = open_message(frame.body, frame.sig, check_signature=False)
@@ -288,16 +292,16 @@ class History:
             author = msg.author_id
             if msg.id in self._pending_ids:
                 self._heard_again(from_id, frame, body.room, author, body.seq)
-                return
+                return True
             if msg.id in self._seen and self.sync.holds(body.room, author, body.seq):
                 self._heard_again(from_id, frame, body.room, author, body.seq)
-                return
+                return True
             if self.sync.holds(body.room, author, body.seq):
                 stored = self.store.ids_in_range(body.room, author, body.seq, body.seq)
                 if not stored or stored[0][1] == msg.id:
                     self._seen.add(msg.id)
                     self._heard_again(from_id, frame, body.room, author, body.seq)
-                    return
+                    return True
                 if author == from_id:
                     raise RemoteProtocolError(
                         f"equivocation: {author[:8]} #{body.seq} in {body.room} has two contents",
@@ -308,13 +312,13 @@ class History:
                 msg = open_message(frame.body, frame.sig, check_signature=True)
                 self._seen.add(msg.id)
                 self._run(self.replica.equivocated(author, body.seq, self.book.display(body.room)))
-                return
+                return True  # its seq is held (the first content)
             if author in self.book.blocked:
                 self._seen.add(msg.id)
-                return
+                return False
             room = self.book.holds(body.room, author)
             if room is None and msg.id in self._seen:
-                return  # relayed once already: never again (no storms)
+                return False  # relayed once already: never again (no storms)
             relay, verify_now = self.replica.must_verify(
                 from_id, author, not frame.hist, bool(body.enc)
             )
@@ -326,28 +330,29 @@ class History:
             log.warning("disconnecting %s: %s", from_id[:8], exc)
             self.mesh_invalid(from_id)
             conn.close(exc.code)
-            return
+            return False
         if room is None:
             # Not ours to store or show; pass live traffic on for those who hold it.
             self._seen.add(msg.id)
             if relay:
                 chat = m.Chat(body=msg.raw_body, sig=msg.sig)
                 self._run(self.replica.pass_on(chat, from_id, author, body.room))
-            return
+            return False
         text = self.book.plaintext(room, msg)
         if text is None or not self.book.remember(room):
             self._seen.add(msg.id)
-            return
+            return False
         size = len(frame.body) + len(frame.sig)
         now = self._loop.time()
         if not self.replica.admit(from_id, body.room, author, body.seq, size, now):
-            return  # not marked seen: sync fetches it again once the budget refills
+            return False  # not marked seen: sync fetches it again once the budget refills
         if self.mesh is not None and not frame.hist:
             # New to us: our mesh peers need not send their copies while we commit it.
             self._mesh_carry(
                 self.mesh.dont_want(from_id, body.room, (body.room, author, body.seq), now)
             )
         self._queue(_Pending(msg, conn, not frame.hist, verified, None, text))
+        return True
 
     def _heard_again(self, via: str, frame: m.Chat, room: str, author: str, seq: int) -> None:
         """A copy of a message we hold or queued: the mesh scores the delivery (live only)."""

@@ -93,6 +93,8 @@ class Mailbox:
         #: Our new items to save (the queue survives a restart until a holder keeps them).
         self._to_save: list[tuple[bytes, bytes, str | None, str | None]] = []
         self._closed = False
+        #: Reader -> items we hold for it (kept in memory: presence changes ask often).
+        self._held_for: dict[str, int] = {}
 
     def load(self) -> None:
         """Purge expired mail, count what is held, arm the purge timer; reload our queue."""
@@ -138,6 +140,7 @@ class Mailbox:
             if expired:
                 log.info("mailbox: %d items expired unread", expired)
             self.holder.load(self.store.mail_usage())
+            self._held_for = self.store.mail_recipient_counts()
         except StoreError as exc:
             log.warning("mailbox: cannot purge expired mail: %s", exc)
         self._timer = self._loop.call_later(limits.MAILBOX_PURGE_INTERVAL_S, self._purge)
@@ -277,8 +280,8 @@ class Mailbox:
                 self._emit(ev.Mailed(id=report.msg_id, holders=report.holders))
             self._sync_saved()
         elif isinstance(frame, m.MailNo):
-            self.outbox.refused(peer, frame.ids, frame.reason)
-            self._send_outbox()
+            if self.outbox.refused(peer, frame.ids, frame.reason):
+                self._send_outbox()  # an empty or repeated `mno` costs no new plan
         elif isinstance(frame, m.MailDeliver):
             self._delivered(conn, peer, frame)
         else:
@@ -288,6 +291,12 @@ class Mailbox:
                 log.warning("mailbox: cannot delete delivered mail: %s", exc)
                 return
             self.holder.removed(gone)
+            if gone:
+                left = self._held_for.get(peer, 0) - len(gone)
+                if left > 0:
+                    self._held_for[peer] = left
+                else:
+                    self._held_for.pop(peer, None)
 
     # --- holder -------------------------------------------------------------------
 
@@ -309,6 +318,8 @@ class Mailbox:
                 self.holder.not_stored(verdict.keep)
                 refused.setdefault(MailRefusal.FULL, []).extend(h.id for h in verdict.keep)
                 verdict.keep = []
+        for h in verdict.keep:
+            self._held_for[h.to] = self._held_for.get(h.to, 0) + 1
         for ids in mb.chunks([h.id for h in verdict.keep]):
             conn.send_frame(m.MailOk(ids=ids))
         for reason, refused_ids in refused.items():
@@ -373,9 +384,13 @@ class Mailbox:
                 if verdict == m.BAD_TIMESTAMP:
                     acks.append(opened.id)
                 continue
-            self.history.chat_received(
+            if not self.history.chat_received(
                 conn, m.Chat(body=opened.frame.body, sig=opened.frame.sig, hist=True)
-            )
+            ):
+                # Refused (does not decrypt, not remembered, over budget...): never stored
+                # from this copy, so the holders may forget it (else resent for 7 days).
+                acks.append(opened.id)
+                continue
             chats.append((opened.id, body.room, opened.frm, body.seq))
         self.history.when_committed(lambda: self._stored(conn, holder, acks, chats))
 
@@ -457,12 +472,7 @@ class Mailbox:
         """Presence records of authors changed: dial those we hold mail for (if online)."""
         if self._closed:
             return
-        try:
-            waiting = self.store.mail_recipients()
-        except StoreError as exc:
-            log.warning("mailbox: cannot read held mail: %s", exc)
-            return
-        for peer in sorted(authors & waiting):
+        for peer in sorted(authors & self._held_for.keys()):
             if peer not in self.manager.peers:
                 self._reach(peer)
 

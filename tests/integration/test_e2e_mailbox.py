@@ -346,6 +346,12 @@ async def test_a_reader_cuts_a_holder_that_forges_mail_and_acks_what_it_cannot_u
     elsewhere = mb.make_item(author, reader, m.Chat(body=attic.raw_body, sig=attic.sig), now + 60)
     holder.send_frames([m.MailDeliver(items=[elsewhere])])
     await holder.wait_frame(m.MailAck, lambda f: f.ids == [mb.mail_id(elsewhere.box)])
+    # A chat of bob's room that history refuses (here: it does not decrypt) is never
+    # stored either: acknowledged too, else every holder resends it for 7 days.
+    junk = make_message(author, "general", "author", now * 1000, 2, "", enc=bytes(64))
+    unreadable = mb.make_item(author, reader, m.Chat(body=junk.raw_body, sig=junk.sig), now + 60)
+    holder.send_frames([m.MailDeliver(items=[unreadable])])
+    await holder.wait_frame(m.MailAck, lambda f: f.ids == [mb.mail_id(unreadable.box)])
     # A good item whose expiry the holder changed: its signature fails, the holder is cut.
     msg = make_message(author, "general", "author", now * 1000, 1, "forged by the holder")
     good = mb.make_item(author, reader, m.Chat(body=msg.raw_body, sig=msg.sig), now + 60)

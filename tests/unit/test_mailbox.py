@@ -391,3 +391,54 @@ def test_delivered_mail_is_budgeted_and_junk_a_holder_could_not_have_taken_close
     assert closes[0] is None and closes[-1] == Reason.MAIL_FLOOD
     assert inbox.check(AUTHOR.peer_id, junk, NOW) == Reason.MAIL_FLOOD
     assert inbox.check(AUTHOR.peer_id, junk, NOW + 60) is None
+
+
+def test_a_refusal_that_changes_nothing_asks_for_no_new_plan() -> None:
+    out = mb.Outbox()
+    one = item()
+    ident = out.add(one, "msg1")
+    assert out.plan(lambda _to: ["h1"]) == {"h1": [one]}
+    assert out.refused("h1", [], "full") is False  # an empty `mno`: a re-plan would be waste
+    assert out.refused("h2", [ident], "full") is False  # never asked
+    assert out.refused("h1", [bytes(16)], "full") is False  # unknown id
+    assert out.refused("h1", [ident], "full") is True
+    assert out.refused("h1", [ident], "full") is False  # a repeat
+
+
+async def test_presence_changes_read_the_held_readers_from_memory_not_sqlite(
+    store: Store,
+) -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from chinwag.mailbox import Mailbox
+
+    y, z = Identity.generate().peer_id, Identity.generate().peer_id
+    exp = int(NOW) + 3600
+    store.hold_mail([(b"1" * 16, y, "x", exp, 10, b"a"), (b"2" * 16, y, "x", exp, 10, b"b")])
+    reached: list[str] = []
+    manager: Any = SimpleNamespace(peers={})
+    mailbox = Mailbox(
+        store,
+        HOLDER,
+        manager,
+        history=None,
+        book=None,  # type: ignore[arg-type]
+        emit=lambda _e: None,
+        reach=reached.append,
+        clock=lambda: NOW,
+    )
+    mailbox.load()
+    queries: list[str] = []
+    store.db.set_trace_callback(queries.append)
+    try:
+        mailbox.members_changed(frozenset({y, z}))
+        assert reached == [y] and queries == []  # at 50 records/s a peer: no SELECT each
+        # Acknowledged: no longer held for y, and the set follows.
+        conn: Any = SimpleNamespace(peer_id=y)
+        mailbox.frame(conn, m.MailAck(ids=[b"1" * 16, b"2" * 16]))
+        mailbox.members_changed(frozenset({y}))
+        assert reached == [y]
+    finally:
+        store.db.set_trace_callback(None)
+        mailbox.close()

@@ -470,13 +470,19 @@ class Outbox:
                 del self.pending[ident]
         return reports
 
-    def refused(self, peer: str, ids: Iterable[bytes], reason: str) -> None:
-        """peer refused these items (`mno`): it stays asked, so the next plan picks another."""
+    def refused(self, peer: str, ids: Iterable[bytes], reason: str) -> bool:
+        """peer refused these items (`mno`): it stays asked, so the next plan picks another.
+
+        Return whether anything changed (only then is a new plan worth making).
+        """
+        changed = False
         for ident in ids:
             out_item = self.pending.get(ident)
-            if out_item is not None and peer in out_item.asked:
+            if out_item is not None and peer in out_item.asked and peer not in out_item.no:
                 out_item.no.add(peer)
+                changed = True
                 log.info("holder %s refused mail for %s: %s", peer[:8], out_item.to[:8], reason)
+        return changed
 
     def peer_closed(self, peer: str) -> None:
         """peer left: what it never answered may be asked of it again later."""

@@ -679,9 +679,10 @@ class Store:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def mail_recipients(self) -> set[str]:
-        """Return the peers we hold mail for."""
-        return {r[0] for r in self.db.execute("SELECT DISTINCT recipient FROM mailbox")}
+    def mail_recipient_counts(self) -> dict[str, int]:
+        """Return reader -> how many items we hold for it."""
+        rows = self.db.execute("SELECT recipient, COUNT(*) FROM mailbox GROUP BY recipient")
+        return {r[0]: r[1] for r in rows}
 
     def mail_usage(self) -> list[tuple[str, int]]:
         """Return (sender, size) of every held item."""
