@@ -645,6 +645,10 @@ MAILBOX_BUDGET_PEERS = 4_096
 #: Stops junk deliveries (a signature check and an unseal each) without pause.
 MAILBOX_DELIVER_PER_S = 1_000.0
 MAILBOX_DELIVER_BURST = 28_000.0
+#: Our room messages kept unsealed while no holder is connected (mailed once one connects),
+#: oldest dropped (the message stays in history; sync carries it when members meet).
+#: Stops a user alone from sealing and signing MAILBOX_ROOM_READERS items at every post.
+MAILBOX_UNSEALED_MAX = 256
 # --- dht: where a peer is, on the Mainline DHT (protocol/dhtrecord.py, net/dht.py, docs/dht.md) --
 
 #: UDP port of our DHT node (the TCP chat port's number, on UDP); taken: any free port.

@@ -93,6 +93,10 @@ class Mailbox:
         #: Our new items to save (the queue survives a restart until a holder keeps them).
         self._to_save: list[tuple[bytes, bytes, str | None, str | None]] = []
         self._closed = False
+        #: Our room messages waiting for a connected holder, unsealed (msg id -> (wire, msg)).
+        self._unsealed: dict[str, tuple[str, ChatMessage]] = {}
+        #: Items queued in this loop turn: only they are planned at its end (not all pending).
+        self._fresh: list[bytes] = []
         #: Reader -> items we hold for it (kept in memory: presence changes ask often).
         self._held_for: dict[str, int] = {}
 
@@ -123,7 +127,7 @@ class Mailbox:
         if self._receipts and not self._closed:
             self._mail_receipts()
         if self._send_soon is not None and not self._closed:
-            self._send_outbox()  # what was written in this last turn
+            self._send_fresh()  # what was written in this last turn
         self._sync_saved()
         self._closed = True
         for handle in (self._timer, self._send_soon, self._receipt_timer):
@@ -156,12 +160,25 @@ class Mailbox:
 
     def own_room_committed(self, wire: str, msg: ChatMessage) -> None:
         """Our room message is committed: if no member of the room is connected (no one
-        carries it), mail it to up to MAILBOX_ROOM_READERS members that are offline."""
-        if self._closed:
+        carries it), mail it to up to MAILBOX_ROOM_READERS members that are offline; while
+        no holder is connected, it waits unsealed (sealed when one connects)."""
+        if self._closed or self._mail_room(wire, msg):
             return
+        # No one to hand items to: sealing and signing them now would be waste at every
+        # post of a user alone (and they would wait in the outbox all the same).
+        self._unsealed.pop(msg.id, None)
+        self._unsealed[msg.id] = (wire, msg)
+        while len(self._unsealed) > limits.MAILBOX_UNSEALED_MAX:
+            del self._unsealed[next(iter(self._unsealed))]
+
+    def _mail_room(self, wire: str, msg: ChatMessage) -> bool:
+        """Mail our room message to its offline members; return False if no holder for
+        any of them is connected (nothing made: to retry when one connects)."""
         peers = self.manager.peers
+        if not peers:
+            return False
         if any(self.book.peer_in(p, wire) for p in peers):
-            return  # members store and sync it: it reaches the others through them
+            return True  # members store and sync it: it reaches the others through them
         # Members we know: those that sent us receipts (most recent last), then presence.
         known = list(reversed(self.history.replica.room_receipts(wire)))
         known += self._room_members(wire)
@@ -171,9 +188,22 @@ class Mailbox:
                 break
             if peer != self.me and peer not in peers:
                 readers[peer] = None
+        if not any(self.candidates(reader) for reader in readers):
+            return not readers  # no reader known: nothing to mail, ever
         chat = m.Chat(body=msg.raw_body, sig=msg.sig)
         for reader in readers:
             self._mail(reader, chat, msg.id, wire)
+        return True
+
+    def _seal_waiting(self) -> None:
+        """A peer connected or announced its rooms: mail the room messages that waited
+        for a holder (those a member now carries are dropped by _mail_room)."""
+        if not self._unsealed or self._closed or not self.manager.peers:
+            return
+        waiting, self._unsealed = self._unsealed, {}
+        for msg_id, (wire, msg) in waiting.items():
+            if not self._mail_room(wire, msg):
+                self._unsealed[msg_id] = (wire, msg)
 
     def _mail(
         self, to: str, frame: m.Chat | m.Vector, msg_id: str | None, room: str | None = None
@@ -186,17 +216,26 @@ class Mailbox:
         """Queue our item for holders (saved, then put, at the end of this loop turn)."""
         ident = self.outbox.add(item, msg_id, room)
         self._to_save.append((ident, m.encode(item), msg_id, room))
+        self._fresh.append(ident)
         if self._send_soon is None:
-            # Messages written in one loop turn go out in one put per holder.
-            self._send_soon = self._loop.call_soon(self._send_outbox)
+            # Messages written in one loop turn go out in one put per holder; only they are
+            # planned (the rest was planned at the last peer event: nothing changed for it).
+            self._send_soon = self._loop.call_soon(self._send_fresh)
 
-    def _send_outbox(self, first: str | None = None) -> None:
+    def _send_fresh(self) -> None:
+        fresh, self._fresh = self._fresh, []
+        self._send_outbox(only=fresh)
+
+    def _send_outbox(self, first: str | None = None, only: list[bytes] | None = None) -> None:
         """Put what waits for holders to the connected candidates.
 
         first: a holder that delivered mail to us: it met the author's mail, so it is
         asked first for our receipts to that author (even if it is in none of our rooms,
-        like a relay).
+        like a relay). only: plan these items alone (new ones), not all that wait.
         """
+        if only is None and self._send_soon is not None:
+            self._send_soon.cancel()  # a full plan covers this turn's new items too
+            self._fresh = []
         self._send_soon = None
         if self._closed:
             return
@@ -210,7 +249,7 @@ class Mailbox:
                 found.insert(0, first)
             return found
 
-        for peer, items in self.outbox.plan(candidates).items():
+        for peer, items in self.outbox.plan(candidates, only).items():
             conn = self.manager.peers.get(peer)
             if conn is None:
                 continue
@@ -457,12 +496,14 @@ class Mailbox:
                 except msgspec.DecodeError:
                     log.warning("mailbox: a held item does not decode; skipped")
             self._deliver(conn, items)
+        self._seal_waiting()
         if self.outbox.pending:
             self._send_outbox()
 
     def peer_rooms(self, peer_id: str) -> None:
         """A peer announced its rooms: it carries those rooms' messages (no mail needed for
         them any more), and it may now be a candidate holder."""
+        self._seal_waiting()
         if self.outbox.pending and not self._closed:
             self.outbox.members_met(self.book.announced.get(peer_id, {}))
             self._sync_saved()
@@ -477,5 +518,8 @@ class Mailbox:
                 self._reach(peer)
 
     def peer_left(self, peer_id: str) -> None:
+        """A peer left: what it never answered goes to another holder (a full plan)."""
         self.holder.peer_closed(peer_id)
         self.outbox.peer_closed(peer_id)
+        if self.outbox.pending and not self._closed:
+            self._send_outbox()

@@ -57,7 +57,8 @@ def test_an_item_opens_for_its_reader_only_and_hides_the_size() -> None:
     resigned = AUTHOR.sign(mb.signed_part(READER.public, AUTHOR.public, EXP, wrong.box))
     with pytest.raises(mb.MailDropped):
         mb.open_item(READER, m.MailItem(READER.public, AUTHOR.public, EXP, wrong.box, resigned))
-    assert b"hi" not in m.encode(short)
+    # A text long enough not to occur in random ciphertext by chance (b"hi" did, 1.5%).
+    assert b"a secret text" not in m.encode(item("a secret text"))
 
 
 def test_a_holder_that_alters_an_item_is_caught() -> None:
@@ -442,3 +443,101 @@ async def test_presence_changes_read_the_held_readers_from_memory_not_sqlite(
     finally:
         store.db.set_trace_callback(None)
         mailbox.close()
+
+
+class _Conn:
+    """A connected peer that records the frames sent to it."""
+
+    def __init__(self, peer_id: str) -> None:
+        self.peer_id = peer_id
+        self.sent: list[object] = []
+        self.is_open = True
+
+    def send_frame(self, frame: object) -> None:
+        self.sent.append(frame)
+
+
+async def test_a_post_while_no_holder_is_connected_seals_nothing_until_one_connects(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    from types import SimpleNamespace
+    from typing import Any
+
+    from chinwag.mailbox import Mailbox
+    from chinwag.protocol.chat import make_message
+
+    sealed: list[bytes] = []
+    real_seal = mb.box.seal_to
+
+    def counting_seal(public: bytes, data: bytes) -> bytes:
+        sealed.append(public)
+        return real_seal(public, data)
+
+    monkeypatch.setattr(mb.box, "seal_to", counting_seal)
+    members = [Identity.generate().peer_id for _ in range(20)]
+    manager: Any = SimpleNamespace(peers={})
+    book: Any = SimpleNamespace(
+        announced={},
+        joined={"club": None, "general": None},
+        blocked=set(),
+        peer_in=lambda _p, _w: False,
+        wires=lambda: ["club", "general"],
+    )
+    history: Any = SimpleNamespace(replica=SimpleNamespace(room_receipts=lambda _w: {}))
+    mailbox = Mailbox(
+        store,
+        AUTHOR,
+        manager,
+        history,
+        book,
+        emit=lambda _e: None,
+        room_members=lambda _w: members,
+        clock=lambda: NOW,
+    )
+    mailbox.load()
+    try:
+        for seq in range(1, 4):  # alone in the room: three posts
+            msg = make_message(AUTHOR, "club", "ann", int(NOW * 1000), seq, f"post {seq}")
+            mailbox.own_room_committed("club", msg)
+        await asyncio.sleep(0)
+        assert sealed == [] and not mailbox.outbox.pending
+        # A holder connects (it shares a room with us, not club): the posts are mailed now.
+        holder = _Conn(HOLDER.peer_id)
+        manager.peers[HOLDER.peer_id] = holder
+        book.announced[HOLDER.peer_id] = {"general": None}
+        mailbox.peer_rooms(HOLDER.peer_id)
+        assert len(sealed) == 3 * limits.MAILBOX_ROOM_READERS
+        puts = [f for f in holder.sent if isinstance(f, m.MailPut)]
+        assert sum(len(p.items) for p in puts) == 3 * limits.MAILBOX_ROOM_READERS
+        # The next post plans its own items only, not all that wait for holders.
+        planned: list[object] = []
+        real_plan = mailbox.outbox.plan
+
+        def spy(candidates: Any, only: Any = None) -> Any:
+            planned.append(only)
+            return real_plan(candidates, only)
+
+        monkeypatch.setattr(mailbox.outbox, "plan", spy)
+        msg = make_message(AUTHOR, "club", "ann", int(NOW * 1000), 4, "post 4")
+        mailbox.own_room_committed("club", msg)
+        await asyncio.sleep(0)
+        assert [len(p) for p in planned] == [limits.MAILBOX_ROOM_READERS]  # type: ignore[arg-type]
+    finally:
+        mailbox.close()
+
+
+def test_planning_new_items_does_not_walk_all_that_wait() -> None:
+    out = mb.Outbox()
+    old = [out.add(item(seq=i), f"m{i}") for i in range(1, 4)]
+    asked: list[str] = []
+
+    def candidates(to: str) -> list[str]:
+        asked.append(to)
+        return []  # nobody: the old items stay plannable
+
+    out.plan(candidates)
+    new = item(seq=9)
+    ident = out.add(new, "m9")
+    assert out.plan(lambda _to: ["h1"], only=[ident]) == {"h1": [new]}
+    assert all(o in out.pending and not out.pending[o].asked for o in old)

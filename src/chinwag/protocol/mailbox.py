@@ -429,14 +429,21 @@ class Outbox:
             self._drop(next(iter(self.pending)))
         return ident
 
-    def plan(self, candidates: Callable[[str], list[str]]) -> dict[str, list[m.MailItem]]:
+    def plan(
+        self, candidates: Callable[[str], list[str]], only: Iterable[bytes] | None = None
+    ) -> dict[str, list[m.MailItem]]:
         """Return peer -> items to put to it now: each item to holders not asked yet.
 
         candidates(to): connected peers that may meet reader `to`, best first.
+        only: plan these ids alone (new items: O(new), not O(pending), per post).
         """
         out: dict[str, list[m.MailItem]] = {}
         cache: dict[str, list[str]] = {}
-        for out_item in self.pending.values():
+        if only is None:
+            items: Iterable[_Out] = self.pending.values()
+        else:
+            items = [o for o in map(self.pending.get, dict.fromkeys(only)) if o is not None]
+        for out_item in items:
             wanted = limits.MAILBOX_HOLDERS - len(out_item.holders)
             waiting = len(out_item.asked - out_item.holders - out_item.no)
             if wanted - waiting <= 0:
