@@ -8,10 +8,12 @@ Three roles, one object per node:
   each acceptance (`mok`) is reported as `{"event":"mailed","id":..,"holders":n}`.
 - holder: takes items from their authors (the rules are `Holder.put`), stores
   them in SQLite (table `mailbox`) and delivers them (`mail`) when the reader
-  connects; the reader's `mack` deletes them (a tombstone stays until expiry).
+  connects; the reader's `mack` deletes them (a tombstone stays until expiry,
+  at most MAILBOX_MAX_TOMBSTONES).
   Expired items are purged every MAILBOX_PURGE_INTERVAL_S.
-- reader: opens delivered items, stores the messages through history (which
-  dedups by id), acknowledges once committed, and mails its receipt (its
+- reader: budgets delivered frames per holder, opens delivered items, stores the
+  messages through history (which dedups by id), acknowledges once committed (or
+  at once if history refuses them: never stored), and mails its receipt (its
   vector of the conversation) back to an author that is not connected, so the
   author's `delivered` count rises when it returns, even if we are gone by then.
 """

@@ -4,14 +4,16 @@ Theory of operation
 -------------------
 A private message (or a receipt) for a peer that is offline is sealed to that
 peer (crypto_box_seal), signed by its author and handed in an `mput` to online
-peers that will likely meet the reader (holders). A holder checks the item
-(`Holder.put`: the author is the sender, the signature verifies, the expiry is
-within MAILBOX_TTL_S, it is no replay, the per-sender and total budgets have
-room), keeps it, and delivers it in a `mail` frame when the reader connects;
+peers that will likely meet the reader (holders). A holder checks the item,
+cheapest first (`Holder.put`: the put budgets, the author is the sender, the
+expiry is within MAILBOX_TTL_S, the per-sender and total quotas have room, it is
+no replay, and last the signature verifies), keeps it, and delivers it in a
+`mail` frame when the reader connects (the reader budgets those: `Inbox`);
 the reader opens it (`open_item`), stores what it carries (the history store
 dedups by message id, so a copy from a second holder or from sync is dropped),
 then answers `mack` and the holder deletes the item (keeping its id as a
-tombstone until the expiry, so the item cannot be replayed).
+tombstone until the expiry, at most MAILBOX_MAX_TOMBSTONES, so the item cannot
+be replayed).
 
 The author keeps what it handed out in an `Outbox` until MAILBOX_HOLDERS
 holders took it; a holder that refuses (`mno`, e.g. `full`) is not asked
