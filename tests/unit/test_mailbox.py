@@ -541,3 +541,31 @@ def test_planning_new_items_does_not_walk_all_that_wait() -> None:
     ident = out.add(new, "m9")
     assert out.plan(lambda _to: ["h1"], only=[ident]) == {"h1": [new]}
     assert all(o in out.pending and not out.pending[o].asked for o in old)
+
+
+async def test_history_takes_a_stale_mailed_receipt_without_lowering_delivered(
+    store: Store,
+) -> None:
+    from typing import Any
+
+    from unit_support import BOB, ME, ROOM, FakeManager, new
+
+    from chinwag.history import History
+    from chinwag.rooms import RoomBook
+
+    store.insert_messages([new(ME, s) for s in range(1, 8)])
+    book = RoomBook(store, ME)
+    book.load()
+    manager: Any = FakeManager()
+    history = History(store, ME, manager, lambda _e: None, book)
+    history.load()
+    try:
+        # Bob's full vector came live; then his receipts by mail: the live one, the stale copy
+        # from the second holder, each carrying only our entry.
+        history.replica.vector_received(BOB.peer_id, m.Vector(ROOM, {ME.peer_id: 3, "x": 2}), 0)
+        history.mail_vector(BOB.peer_id, m.Vector(room=ROOM, have={ME.peer_id: 7}))
+        history.mail_vector(BOB.peer_id, m.Vector(room=ROOM, have={ME.peer_id: 5}))
+        assert history.replica.room_receipts(ROOM)[BOB.peer_id] == {ME.peer_id: 7, "x": 2}
+        assert history.replica.delivery(ROOM, 7) == (1, 1)
+    finally:
+        await history.close()
