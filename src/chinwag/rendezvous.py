@@ -20,7 +20,7 @@ from typing import Any
 
 from chinwag import events as ev
 from chinwag import limits
-from chinwag.crypto.identity import BadIdentity, Identity, public_from_peer_id, short_id
+from chinwag.crypto.identity import BadIdentity, Identity, key_from_peer_id, short_id
 from chinwag.logonce import WarnOnce
 from chinwag.net.dht import DhtNode, Item
 from chinwag.protocol import dhtrecord as rec
@@ -216,15 +216,18 @@ class Rendezvous:
 
     async def lookup(self, peer_id: str) -> rec.DhtRecord | None:
         """Return the newest acceptable record of peer_id, or None; emits a `lookup` event."""
+        start = time.monotonic()
+        reasons: list[str] = []
+        record: rec.DhtRecord | None = None
         try:
-            public = public_from_peer_id(peer_id)
+            public = key_from_peer_id(peer_id)
         except BadIdentity:
-            return None
-        async with self._lookups:
-            start = time.monotonic()
-            reasons: list[str] = []
-            record = await self._find(peer_id, public, reasons)
-            ms = int((time.monotonic() - start) * 1000)
+            reasons.append(rec.MALFORMED)  # still reported: a lookup always ends in an event
+        else:
+            async with self._lookups:
+                start = time.monotonic()
+                record = await self._find(peer_id, public, reasons)
+        ms = int((time.monotonic() - start) * 1000)
         if record is not None:
             self._seqs[peer_id] = max(record.seq, self._seqs.get(peer_id, 0))
         reason = "" if record is not None else (reasons[-1] if reasons else "")
@@ -272,16 +275,19 @@ class Rendezvous:
 
             return check
 
+        try:
+            targets = [(rec.target(public, private), private) for private in (True, False)]
+        except (ValueError, RuntimeError, TypeError) as exc:
+            # Not a usable key (nacl raises): no DHT key to read, but the lookup still ends
+            # with its `lookup` event instead of killing the task.
+            reasons.append(rec.MALFORMED)
+            self._warn(("dht-target", peer_id), "cannot look %s up: %r", short_id(peer_id), exc)
+            return None
         gets = [
             asyncio.ensure_future(
-                self.dht.get(
-                    rec.target(public, private),
-                    rec.SALT,
-                    accept(private),
-                    limits.DHT_LOOKUP_TIMEOUT_S,
-                )
+                self.dht.get(key, rec.SALT, accept(private), limits.DHT_LOOKUP_TIMEOUT_S)
             )
-            for private in (True, False)
+            for key, private in targets
         ]
         try:
             for next_done in asyncio.as_completed(gets):

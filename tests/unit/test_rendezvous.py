@@ -13,7 +13,7 @@ import pytest
 
 from chinwag import events as ev
 from chinwag import limits
-from chinwag.crypto.identity import Identity
+from chinwag.crypto.identity import Identity, public_from_peer_id
 from chinwag.net.dht import DhtNode, Item
 from chinwag.protocol import dhtrecord as rec
 from chinwag.rendezvous import Rendezvous
@@ -209,4 +209,25 @@ async def test_one_put_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     assert most == 1
     last = rec.open_record(ME.public, dht.items[dht.puts[-1]], True, time.time())
     assert last.addrs == where, "the later put carries the newer addresses"
+    await rv.close()
+
+
+async def test_a_lookup_of_an_id_that_is_not_a_key_still_ends_with_its_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ "a"*52 is canonical base32 but not a point: blinding it raises in nacl. The lookup
+    must end with a `lookup` event (not found, malformed), not kill its task."""
+    rv, dht, events, _ = make([])
+    await rv.start()
+    await drain(rv)
+    assert await rv.lookup("a" * 52) is None
+    # The same past the id check (a caller that checked less): _find catches the target.
+    monkeypatch.setattr("chinwag.rendezvous.key_from_peer_id", public_from_peer_id)
+    found: list[str] = []
+    assert rv.lookup_soon("a" * 52, lambda peer, _r: found.append(peer), new=True)
+    await drain(rv)
+    lookups = [e for e in events if isinstance(e, ev.Lookup)]
+    seen = [(e.peer_id, e.found, e.reason) for e in lookups]
+    assert seen == [("a" * 52, False, rec.MALFORMED)] * 2
+    assert found == [] and dht.gets == 0
     await rv.close()
