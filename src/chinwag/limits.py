@@ -660,3 +660,10 @@ DHT_MAX_RECORD_AHEAD_S = 7 * 24 * 3600
 MAX_DHT_STATE_BYTES = 1_000_000
 #: Saved DHT nodes we ping at start (a full routing table holds a few hundred).
 MAX_DHT_SAVED_NODES = 500
+
+# --- dhtfix: bounds added by the DHT review fixes (issue 15 review) ----------------------
+
+#: Seconds a DHT put may wait for libtorrent's `dht_put_alert` (a traversal ends within
+#: a few 15 s request timeouts): an alert lost to a full alert queue or a shutdown must not
+#: hold the put lock, so publishing, for ever.
+DHT_PUT_TIMEOUT_S = 60.0
