@@ -70,6 +70,8 @@ class Rendezvous:
         self.last_lookup = ev.Lookup(peer_id="", found=False, ms=0)
         self._warn = WarnOnce(log)
         self._closing = False
+        #: Unix time (the blinding period and record times derive from it); tests move it.
+        self._clock: Callable[[], float] = time.time
 
     async def start(self) -> int:
         """Start the DHT node and publish; return its UDP port."""
@@ -131,25 +133,33 @@ class Rendezvous:
     async def _put(self) -> None:
         addrs, relays = self._where()
         self._published = (addrs, relays)
-        now = time.time()
+        now = self._clock()
         seq = max(int(now), self._last_seq + 1)
         self._last_seq = seq
         self._save_seq(seq)
-        record, value = rec.seal_record(
-            self._identity,
-            addrs,
-            relays,
-            seq,
-            int(now) + limits.DHT_RECORD_TTL_S,
-            self._private,
-            os.urandom(rec.NONCE_BYTES),
-        )
-        stored = await self.dht.put(
-            rec.signing_key(self._identity, self._private),
-            rec.target(self._identity.public, self._private),
-            value,
-            rec.SALT,
-        )
+        # Private: under today's blinded key, and tomorrow's too near the day's end (lookers
+        # whose day began already). Public: one key for every period.
+        periods = rec.publish_periods(now) if self._private else [rec.period_of(now)]
+        stored = 0
+        for period in periods:
+            record, value = rec.seal_record(
+                self._identity,
+                addrs,
+                relays,
+                seq,
+                int(now) + limits.DHT_RECORD_TTL_S,
+                self._private,
+                os.urandom(rec.NONCE_BYTES),  # one per sealing: keys differ, nonces too
+                period=period,
+            )
+            took = await self.dht.put(
+                rec.signing_key(self._identity, self._private, period),
+                rec.target(self._identity.public, self._private, period),
+                value,
+                rec.SALT,
+            )
+            if period == periods[0]:
+                stored = took  # what `published` reports: the current period's put
         self.published += 1
         self._emit(
             ev.Published(
@@ -247,18 +257,22 @@ class Rendezvous:
         return record
 
     async def _find(self, peer_id: str, public: bytes, reasons: list[str]) -> rec.DhtRecord | None:
-        opened: dict[int, rec.DhtRecord] = {}
+        #: Per item found: its record and the period of the key it was read under.
+        opened: dict[int, tuple[rec.DhtRecord, int]] = {}
+        now = self._clock()
+        periods = rec.lookup_periods(now)
 
-        def accept(private: bool) -> Callable[[Item], bool]:
+        def accept(private: bool, period: int) -> Callable[[Item], bool]:
             def check(item: Item) -> bool:
                 try:
                     record = rec.open_record(
                         public,
                         item.value,
                         private,
-                        time.time(),
+                        self._clock(),
                         self._seqs.get(peer_id),
                         (item.seq, item.signature),
+                        period,
                     )
                 except rec.DhtRecordError as exc:
                     self.ignored[exc.reason] += 1
@@ -270,13 +284,15 @@ class Rendezvous:
                         exc,
                     )
                     return False
-                opened[id(item)] = record
+                opened[id(item)] = (record, period)
                 return True
 
             return check
 
         try:
-            targets = [(rec.target(public, private), private) for private in (True, False)]
+            # The private record under today's and yesterday's keys, the public one.
+            targets = [(rec.target(public, True, p), True, p) for p in periods]
+            targets.append((rec.target(public, False, periods[0]), False, periods[0]))
         except (ValueError, RuntimeError, TypeError) as exc:
             # Not a usable key (nacl raises): no DHT key to read, but the lookup still ends
             # with its `lookup` event instead of killing the task.
@@ -285,16 +301,25 @@ class Rendezvous:
             return None
         gets = [
             asyncio.ensure_future(
-                self.dht.get(key, rec.SALT, accept(private), limits.DHT_LOOKUP_TIMEOUT_S)
+                self.dht.get(key, rec.SALT, accept(private, period), limits.DHT_LOOKUP_TIMEOUT_S)
             )
-            for key, private in targets
+            for key, private, period in targets
         ]
+        older: rec.DhtRecord | None = None
         try:
             for next_done in asyncio.as_completed(gets):
                 item = await next_done
-                if item is not None:
-                    return opened.get(id(item))
-            return None
+                found = opened.get(id(item)) if item is not None else None
+                if found is None:
+                    continue
+                record, period = found
+                if period == periods[0]:
+                    return record  # the current period's: the first one found wins
+                # Yesterday's key: a record put before the day began; used if nothing
+                # newer turns up under today's.
+                if older is None or record.seq > older.seq:
+                    older = record
+            return older
         finally:
             for get in gets:
                 get.cancel()
