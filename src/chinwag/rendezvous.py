@@ -3,8 +3,9 @@ where a contact is.
 
 Publishes our record (protocol/dhtrecord.py) at start, whenever our addresses or relays
 change (at most every DHT_PUBLISH_MIN_GAP_S) and every DHT_REPUBLISH_S. Looks a peer up on
-demand (`/add PEER_ID`, a contact whose dials fail), reading both its private and public
-record at once and taking the first acceptable one; each lookup is reported as a `lookup`
+demand (`/add PEER_ID`, a contact whose dials fail), reading its private record (under
+today's and yesterday's blinded key) and its public record at once and taking the first
+acceptable one (yesterday's only if no other); each lookup is reported as a `lookup`
 event, and each record refused is counted by reason (`ignored`).
 """
 
