@@ -39,6 +39,17 @@ class ReadyFacts:
         return int(self.ready["port"])
 
 
+#: The flags by which a test decides about the DHT node itself (exact names: a prefix match
+#: would take `--no-dht-private` for `--no-dht` and start a node with the DHT on).
+DHT_FLAGS = ("--no-dht", "--dht-port", "--dht-bootstrap")
+
+
+def names_dht(args: list[str]) -> bool:
+    """Return whether args hold one of DHT_FLAGS (alone or as `--flag=value`); if not, a
+    node must be given `--no-dht` (outside pytest its default bootstrap is the public DHT)."""
+    return any(a.split("=", 1)[0] in DHT_FLAGS for a in args)
+
+
 class ChinwagProcess(ReadyFacts):
     """One running `chinwag --json` node."""
 
@@ -72,7 +83,7 @@ class ChinwagProcess(ReadyFacts):
         if self.nick is not None:
             argv += ["--nick", self.nick]
         argv += self.args
-        if not any(a.startswith(("--dht-bootstrap", "--no-dht", "--dht-port")) for a in self.args):
+        if not names_dht(self.args):
             argv.append("--no-dht")  # a DHT node only where a test builds a DHT for it
         argv = [*self.wrapper, *argv]
         if self.netns is not None:

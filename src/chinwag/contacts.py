@@ -22,7 +22,7 @@ from typing import Any
 
 from chinwag import events as ev
 from chinwag import limits
-from chinwag.crypto.identity import BadIdentity, Identity, public_from_peer_id, short_id
+from chinwag.crypto.identity import BadIdentity, Identity, key_from_peer_id, short_id
 from chinwag.datadir import DataDir
 from chinwag.errors import DataDirLocked, UsageError
 from chinwag.net.connection import PeerConnection
@@ -99,7 +99,7 @@ def store_contact(data_dir: Path, code: str) -> ev.ContactAdded:
     by_id = len(peer_id) == 52 and peer_id.isascii() and peer_id.isalnum()
     if by_id:
         try:
-            public_from_peer_id(peer_id)
+            key_from_peer_id(peer_id)
         except BadIdentity as exc:
             raise UsageError(f"not a peer id ({exc}) nor an invite code") from None
         invite = None
@@ -288,7 +288,7 @@ class ContactBook:
         return (event, whether it is new). UsageError for a malformed id or our own."""
         peer_id = peer_id.strip().lower()
         try:
-            public_from_peer_id(peer_id)
+            key_from_peer_id(peer_id)
         except BadIdentity as exc:
             raise UsageError(
                 f"not a peer id ({exc}): give the 52-character id or an invite code"

@@ -682,3 +682,18 @@ DHT_MAX_RECORD_AHEAD_S = 7 * 24 * 3600
 MAX_DHT_STATE_BYTES = 1_000_000
 #: Saved DHT nodes we ping at start (a full routing table holds a few hundred).
 MAX_DHT_SAVED_NODES = 500
+
+# --- dhtfix: bounds added by the DHT review fixes (issue 15 review) ----------------------
+
+#: Seconds a DHT put may wait for libtorrent's `dht_put_alert` (a traversal ends within
+#: a few 15 s request timeouts): an alert lost to a full alert queue or a shutdown must not
+#: hold the put lock, so publishing, for ever.
+DHT_PUT_TIMEOUT_S = 60.0
+#: Seconds of one blinding period: the private record's DHT key A' changes every period
+#: (docs/dht.md), so DHT nodes cannot follow one pseudonym for longer, and whoever learns a
+#: peer id later cannot find its older keys in DHT logs without trying each day.
+DHT_BLIND_PERIOD_S = 86_400
+#: Seconds before a period ends from which we publish under the next period's key too
+#: (lookers whose day has begun find us at once). Longer than DHT_REPUBLISH_S, so at least
+#: one hourly put falls in it.
+DHT_BLIND_NEXT_S = 5_400

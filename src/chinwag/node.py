@@ -26,6 +26,7 @@ from chinwag.crypto import box
 from chinwag.crypto.identity import (
     BadIdentity,
     fingerprint,
+    key_from_peer_id,
     peer_id_from_public,
     public_from_peer_id,
     short_id,
@@ -406,6 +407,10 @@ class Node:
         peer_id = self.resolve_peer(who)
         if peer_id == self.identity.peer_id:
             raise UsageError("that is you")
+        try:
+            key_from_peer_id(peer_id)  # e.g. a contact stored before ids were checked
+        except BadIdentity as exc:
+            raise UsageError(f"cannot write to {short_id(peer_id)}: {exc}") from None
         run = self._running()
         room = run.book.join_dm(peer_id)
         # A conversation travels over a direct connection (the outbox holds it meanwhile); a
@@ -519,6 +524,10 @@ class Node:
             return who
         with contextlib.suppress(BadIdentity):
             public_from_peer_id(who)
+            try:
+                key_from_peer_id(who)
+            except BadIdentity as exc:  # its shape, not a key: DH on it would raise later
+                raise UsageError(f"not a peer id: {exc}") from None
             return who  # a full peer id we have not met yet: fine, it is its own key
         if len(who) >= 8:
             by_prefix = [p for p in known if p.startswith(who.lower())]
@@ -1104,7 +1113,7 @@ class Node:
         run = self._running()
         peer_id = peer_id.strip().lower()
         try:
-            public_from_peer_id(peer_id)
+            key_from_peer_id(peer_id)
         except BadIdentity as exc:
             raise UsageError(f"not a peer id: {exc}") from None
         if run.rendezvous is None:

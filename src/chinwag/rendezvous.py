@@ -3,8 +3,9 @@ where a contact is.
 
 Publishes our record (protocol/dhtrecord.py) at start, whenever our addresses or relays
 change (at most every DHT_PUBLISH_MIN_GAP_S) and every DHT_REPUBLISH_S. Looks a peer up on
-demand (`/add PEER_ID`, a contact whose dials fail), reading both its private and public
-record at once and taking the first acceptable one; each lookup is reported as a `lookup`
+demand (`/add PEER_ID`, a contact whose dials fail), reading its private record (under
+today's and yesterday's blinded key) and its public record at once and taking the first
+acceptable one (yesterday's only if no other); each lookup is reported as a `lookup`
 event, and each record refused is counted by reason (`ignored`).
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 from chinwag import events as ev
 from chinwag import limits
-from chinwag.crypto.identity import BadIdentity, Identity, public_from_peer_id, short_id
+from chinwag.crypto.identity import BadIdentity, Identity, key_from_peer_id, short_id
 from chinwag.logonce import WarnOnce
 from chinwag.net.dht import DhtNode, Item
 from chinwag.protocol import dhtrecord as rec
@@ -70,6 +71,8 @@ class Rendezvous:
         self.last_lookup = ev.Lookup(peer_id="", found=False, ms=0)
         self._warn = WarnOnce(log)
         self._closing = False
+        #: Unix time (the blinding period and record times derive from it); tests move it.
+        self._clock: Callable[[], float] = time.time
 
     async def start(self) -> int:
         """Start the DHT node and publish; return its UDP port."""
@@ -131,25 +134,33 @@ class Rendezvous:
     async def _put(self) -> None:
         addrs, relays = self._where()
         self._published = (addrs, relays)
-        now = time.time()
+        now = self._clock()
         seq = max(int(now), self._last_seq + 1)
         self._last_seq = seq
         self._save_seq(seq)
-        record, value = rec.seal_record(
-            self._identity,
-            addrs,
-            relays,
-            seq,
-            int(now) + limits.DHT_RECORD_TTL_S,
-            self._private,
-            os.urandom(rec.NONCE_BYTES),
-        )
-        stored = await self.dht.put(
-            rec.signing_key(self._identity, self._private),
-            rec.target(self._identity.public, self._private),
-            value,
-            rec.SALT,
-        )
+        # Private: under today's blinded key, and tomorrow's too near the day's end (lookers
+        # whose day began already). Public: one key for every period.
+        periods = rec.publish_periods(now) if self._private else [rec.period_of(now)]
+        stored = 0
+        for period in periods:
+            record, value = rec.seal_record(
+                self._identity,
+                addrs,
+                relays,
+                seq,
+                int(now) + limits.DHT_RECORD_TTL_S,
+                self._private,
+                os.urandom(rec.NONCE_BYTES),  # one per sealing: keys differ, nonces too
+                period=period,
+            )
+            took = await self.dht.put(
+                rec.signing_key(self._identity, self._private, period),
+                rec.target(self._identity.public, self._private, period),
+                value,
+                rec.SALT,
+            )
+            if period == periods[0]:
+                stored = took  # what `published` reports: the current period's put
         self.published += 1
         self._emit(
             ev.Published(
@@ -216,15 +227,18 @@ class Rendezvous:
 
     async def lookup(self, peer_id: str) -> rec.DhtRecord | None:
         """Return the newest acceptable record of peer_id, or None; emits a `lookup` event."""
+        start = time.monotonic()
+        reasons: list[str] = []
+        record: rec.DhtRecord | None = None
         try:
-            public = public_from_peer_id(peer_id)
+            public = key_from_peer_id(peer_id)
         except BadIdentity:
-            return None
-        async with self._lookups:
-            start = time.monotonic()
-            reasons: list[str] = []
-            record = await self._find(peer_id, public, reasons)
-            ms = int((time.monotonic() - start) * 1000)
+            reasons.append(rec.MALFORMED)  # still reported: a lookup always ends in an event
+        else:
+            async with self._lookups:
+                start = time.monotonic()
+                record = await self._find(peer_id, public, reasons)
+        ms = int((time.monotonic() - start) * 1000)
         if record is not None:
             self._seqs[peer_id] = max(record.seq, self._seqs.get(peer_id, 0))
         reason = "" if record is not None else (reasons[-1] if reasons else "")
@@ -244,18 +258,22 @@ class Rendezvous:
         return record
 
     async def _find(self, peer_id: str, public: bytes, reasons: list[str]) -> rec.DhtRecord | None:
-        opened: dict[int, rec.DhtRecord] = {}
+        #: Per item found: its record and the period of the key it was read under.
+        opened: dict[int, tuple[rec.DhtRecord, int]] = {}
+        now = self._clock()
+        periods = rec.lookup_periods(now)
 
-        def accept(private: bool) -> Callable[[Item], bool]:
+        def accept(private: bool, period: int) -> Callable[[Item], bool]:
             def check(item: Item) -> bool:
                 try:
                     record = rec.open_record(
                         public,
                         item.value,
                         private,
-                        time.time(),
+                        self._clock(),
                         self._seqs.get(peer_id),
                         (item.seq, item.signature),
+                        period,
                     )
                 except rec.DhtRecordError as exc:
                     self.ignored[exc.reason] += 1
@@ -267,28 +285,42 @@ class Rendezvous:
                         exc,
                     )
                     return False
-                opened[id(item)] = record
+                opened[id(item)] = (record, period)
                 return True
 
             return check
 
+        try:
+            # The private record under today's and yesterday's keys, the public one.
+            targets = [(rec.target(public, True, p), True, p) for p in periods]
+            targets.append((rec.target(public, False, periods[0]), False, periods[0]))
+        except (ValueError, RuntimeError, TypeError) as exc:
+            # Not a usable key (nacl raises): no DHT key to read, but the lookup still ends
+            # with its `lookup` event instead of killing the task.
+            reasons.append(rec.MALFORMED)
+            self._warn(("dht-target", peer_id), "cannot look %s up: %r", short_id(peer_id), exc)
+            return None
         gets = [
             asyncio.ensure_future(
-                self.dht.get(
-                    rec.target(public, private),
-                    rec.SALT,
-                    accept(private),
-                    limits.DHT_LOOKUP_TIMEOUT_S,
-                )
+                self.dht.get(key, rec.SALT, accept(private, period), limits.DHT_LOOKUP_TIMEOUT_S)
             )
-            for private in (True, False)
+            for key, private, period in targets
         ]
+        older: rec.DhtRecord | None = None
         try:
             for next_done in asyncio.as_completed(gets):
                 item = await next_done
-                if item is not None:
-                    return opened.get(id(item))
-            return None
+                found = opened.get(id(item)) if item is not None else None
+                if found is None:
+                    continue
+                record, period = found
+                if period == periods[0]:
+                    return record  # the current period's: the first one found wins
+                # Yesterday's key: a record put before the day began; used if nothing
+                # newer turns up under today's.
+                if older is None or record.seq > older.seq:
+                    older = record
+            return older
         finally:
             for get in gets:
                 get.cancel()

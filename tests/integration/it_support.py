@@ -97,7 +97,7 @@ async def start_fails(data_dir: Path) -> str:
     """Start a node on data_dir expecting it to exit nonzero before `ready`; return its stderr."""
     proc = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "chinwag", "--json", "--data-dir", str(data_dir)],
-        *["--no-discovery", "--bind", "127.0.0.1", "--port", "0"],
+        *["--no-discovery", "--no-dht", "--bind", "127.0.0.1", "--port", "0"],
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

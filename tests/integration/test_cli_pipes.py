@@ -33,4 +33,6 @@ def test_id_into_a_closed_pipe_ends_without_a_traceback(tmp_path: Path) -> None:
 
 def test_line_mode_into_a_closed_pipe_runs_on_without_tracebacks(tmp_path: Path) -> None:
     args = ["--data-dir", str(tmp_path / "d"), "--plain", "--no-discovery", "--bind", "127.0.0.1"]
-    run_into_closed_pipe([*args, "--port", "0"], stdin=b"hello\n/peers\nsecond\n/quit\n")
+    run_into_closed_pipe(
+        [*args, "--port", "0", "--no-dht"], stdin=b"hello\n/peers\nsecond\n/quit\n"
+    )

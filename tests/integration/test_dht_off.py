@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from chinwag.crypto.identity import Identity
 from driver import ChinwagProcess
 
 #: Seconds the would-be bootstrap node listens for a node that must stay silent.
@@ -91,7 +92,12 @@ async def test_add_by_peer_id_checks_the_id(tmp_path: Path) -> None:
         assert "not a peer id" in error["message"], error
         error = await ask(node, {"cmd": "add", "peer_id": node.peer_id}, "error")
         assert "your own peer id" in error["message"], error
-        other = "a" * 52
+        # Base32-canonical but not an Ed25519 point: refused here, not a crash later.
+        error = await ask(node, {"cmd": "add", "peer_id": "a" * 52}, "error")
+        assert "not a valid Ed25519 key" in error["message"], error
+        error = await ask(node, {"cmd": "dm", "to": "a" * 52, "text": "hi"}, "error")
+        assert "not a valid Ed25519 key" in error["message"], error
+        other = Identity.from_seed(bytes(32)).peer_id
         added = await ask(node, {"cmd": "add", "peer_id": other}, "contact_added")
         assert added["peer_id"] == other
         warning = await node.wait_for("warning", timeout=5, from_start=True)

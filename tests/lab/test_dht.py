@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def sealed_by(signer: Identity, owner: Identity, seq: int, exp: int) -> bytes:
     payload = msgspec.msgpack.encode(record)
     plain = payload + signer.sign(rec.RECORD_CONTEXT + payload)
     nonce = os.urandom(rec.NONCE_BYTES)
-    aad = rec.SALT + rec.target(owner.public, True)
+    aad = rec.SALT + rec.target(owner.public, True, rec.period_of(time.time()))
     return nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
         plain, aad, nonce, rec.record_key(owner.public)
     )
@@ -93,7 +94,9 @@ async def test_bad_records_are_ignored(
     # Dave stays up (a node gone from the DHT slows every traversal by libtorrent's 15 s
     # timeout) and does not republish meanwhile: no address or relay of his changes.
     owner = identity_of(dave)
-    key, target = rec.signing_key(owner, True), rec.target(owner.public, True)
+    period = rec.period_of(time.time())  # today's key: the one a lookup reads first
+    key = rec.signing_key(owner, True, period)
+    target = rec.target(owner.public, True, period)
     genuine, _seq = swarm.get(target, rec.SALT)
     assert genuine is not None
 

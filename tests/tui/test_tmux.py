@@ -83,7 +83,7 @@ async def test_tui_in_tmux_shows_what_another_node_sends(tmp_path: Path, tmux: T
     port = free_tcp_port()
     a_dir = tmp_path / "alice"
     argv = [sys.executable, "-m", "chinwag", "--data-dir", str(a_dir), "--nick", "alice"]
-    argv += ["--no-discovery", "--bind", "127.0.0.1", "--port", str(port)]
+    argv += ["--no-discovery", "--no-dht", "--bind", "127.0.0.1", "--port", str(port)]
     tmux.run("new-session", "-d", "-x", "100", "-y", "30", "-s", "tui", shlex.join(argv))
     await tmux.wait_screen(f"127.0.0.1:{port}")
 

@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from chinwag import events as ev
-from chinwag.contacts import ContactBook, offline_invite
+from chinwag.contacts import ContactBook, offline_invite, store_contact
 from chinwag.crypto.identity import Identity
 from chinwag.datadir import DataDir
+from chinwag.errors import UsageError
 from chinwag.net.connection import PeerConnection
 from chinwag.net.manager import ConnectionManager
 from chinwag.protocol import messages as m
@@ -190,3 +193,22 @@ async def test_a_newer_code_replaces_the_addresses_dialled(tmp_path: Path) -> No
     finally:
         contacts.close()
         store.close()
+
+
+async def test_an_id_that_is_not_a_key_is_refused_by_add_and_chinwag_add(tmp_path: Path) -> None:
+    """ "a"*52 is canonical base32 but no Ed25519 point: a usage error, not a contact whose
+    lookups and DMs would raise later (issue 15 review)."""
+    manager = FakeManager()
+    contacts, store = book(tmp_path, manager)
+    try:
+        contacts.load(PORT)
+        with pytest.raises(UsageError, match="not a valid Ed25519 key"):
+            contacts.add_id("a" * 52, ME.peer_id)
+        assert contacts.listing({}).contacts == []
+        event, new = contacts.add_id(FRIEND.peer_id, ME.peer_id)
+        assert new and event.peer_id == FRIEND.peer_id
+    finally:
+        contacts.close()
+        store.close()
+    with pytest.raises(UsageError, match="not a valid Ed25519 key"):
+        store_contact(tmp_path / "other", "a" * 52)

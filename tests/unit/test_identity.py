@@ -20,6 +20,7 @@ from chinwag.crypto.identity import (
     BadIdentity,
     Identity,
     fingerprint,
+    key_from_peer_id,
     peer_id_from_public,
     public_from_peer_id,
     short_id,
@@ -188,3 +189,12 @@ def test_corrupt_key_file_is_bad_identity(tmp_path: Path, content: bytes) -> Non
     with pytest.raises(BadIdentity, match="not a chinwag identity key"):
         load_or_create_identity(tmp_path)
     assert (tmp_path / "identity.key").read_bytes() == content  # never overwritten
+
+
+def test_a_peer_id_that_is_not_a_curve_point_is_refused_as_a_key(ident: Identity) -> None:
+    """Canonical base32 is not enough: blinding and DH on a non-point raise (issue 15)."""
+    fake = "a" * 52  # canonical (the last character holds 0 bits), all-zero key: small order
+    assert public_from_peer_id(fake) == bytes(32)
+    with pytest.raises(BadIdentity, match="not a valid Ed25519 key"):
+        key_from_peer_id(fake)
+    assert key_from_peer_id(ident.peer_id) == ident.public

@@ -23,7 +23,7 @@ from typing import Any
 # tests/ for driver.py, also when a benchmark or script imports this module directly.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from driver import Event, ReadyFacts
+from driver import Event, ReadyFacts, names_dht
 
 #: Where Debian's chromium package puts the browser (`apt-get install chromium`).
 CHROMIUM = os.environ.get("CHINWAG_CHROMIUM", "/usr/lib/chromium/chromium")
@@ -79,15 +79,21 @@ class WebNode(ReadyFacts):
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_path = data_dir.with_name(data_dir.name + ".stderr.log")
 
-    def start(self, timeout: float = 20.0) -> WebNode:
-        """Start the process; return once its `ready` and `web` events are in."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+    def command(self) -> list[str]:
+        """The argv this node runs with: `--no-dht` unless the args decide about the DHT (a
+        benchmark runs outside pytest, where the default bootstrap is the public DHT)."""
         argv = [
             sys.executable, "-m", "chinwag", "--json", "--web", "--web-port", "0",
             "--no-browser", "--no-discovery", "--bind", "127.0.0.1", "--port", "0",
             "--data-dir", str(self.data_dir), "--nick", self.nick,
             "--downloads", str(self.data_dir / "downloads"), *self.args,
         ]  # fmt: skip
+        return argv if names_dht(self.args) else [*argv, "--no-dht"]
+
+    def start(self, timeout: float = 20.0) -> WebNode:
+        """Start the process; return once its `ready` and `web` events are in."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = self.command()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(

@@ -14,6 +14,7 @@ import functools
 import hashlib
 from dataclasses import dataclass
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -47,6 +48,19 @@ def public_from_peer_id(peer_id: str) -> bytes:
         raise BadIdentity("a peer id is base32") from exc
     if peer_id_from_public(raw) != peer_id:
         raise BadIdentity("peer id is not in canonical form")
+    return raw
+
+
+def key_from_peer_id(peer_id: str) -> bytes:
+    """Return the public key of a peer id that is a usable Ed25519 key; raise BadIdentity
+    if it is not a peer id, or not a point of the prime-order group (as every real key is).
+
+    For peer ids a user gives (`/add`, `lookup`, a DM to an id): blinding, sealing and
+    DH raise on an invalid point, so such an id must stop here, as a usage error.
+    """
+    raw = public_from_peer_id(peer_id)
+    if not nacl.bindings.crypto_core_ed25519_is_valid_point(raw):
+        raise BadIdentity("that peer id is not a valid Ed25519 key")
     return raw
 
 

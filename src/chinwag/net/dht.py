@@ -24,6 +24,7 @@ from typing import Any
 
 from chinwag import limits
 from chinwag.errors import ChinwagError
+from chinwag.logonce import WarnOnce
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class DhtNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gets: dict[tuple[bytes, bytes], list[_Get]] = {}
         self._puts: dict[tuple[bytes, bytes], list[asyncio.Future[int]]] = {}
+        self._warn = WarnOnce(log)
         self.port = 0
 
     def _settings(self, port: int) -> dict[str, Any]:
@@ -199,12 +201,28 @@ class DhtNode:
 
     async def put(self, private: bytes, public: bytes, value: bytes, salt: bytes) -> int:
         """Store a mutable item whose `v` is the byte string value; return how many nodes
-        took it."""
+        took it, 0 if libtorrent did not say within DHT_PUT_TIMEOUT_S."""
         assert self._ses is not None and self._loop is not None
         fut: asyncio.Future[int] = self._loop.create_future()
-        self._puts.setdefault((public, salt), []).append(fut)
+        key = (public, salt)
+        self._puts.setdefault(key, []).append(fut)
         self._ses.dht_put_mutable_item(private, public, value, salt)
-        return await fut
+        limit = limits.DHT_PUT_TIMEOUT_S
+        try:
+            return await asyncio.wait_for(fut, limit)
+        except TimeoutError:
+            # The alert was lost (alert queue overflow, shutdown): the item may well be
+            # stored, but we cannot tell; the next put is not held up by this one. (A late
+            # alert then answers the next put of this key early: a count, nothing more.)
+            self._warn(("dht-put-timeout",), "DHT put got no answer within %.0f s; going on", limit)
+            return 0
+        finally:
+            puts = self._puts.get(key)
+            if puts is not None:
+                with contextlib.suppress(ValueError):
+                    puts.remove(fut)
+                if not puts:
+                    del self._puts[key]
 
     async def get(
         self,

@@ -7,10 +7,11 @@ It is stored under the salt SALT (the record version) and one of two keys:
 
 - public mode: the identity key itself; the BEP 44 value is `map ‖ signature`. Anyone who
   knows the peer id reads the addresses; anyone who sees the DHT key knows the peer id.
-- private mode (the default): the blinded key A' (crypto/blind.py), which only holders of the
-  peer id can compute; the value is `nonce(24) ‖ XChaCha20-Poly1305(map ‖ signature)` under
-  a key HKDF-derived from the full public key, with SALT ‖ A' as associated data. A DHT
-  node sees an unlinkable key and ciphertext.
+- private mode (the default): the blinded key A' of the current day (crypto/blind.py,
+  `period_of`), which only holders of the peer id can compute; the value is
+  `nonce(24) ‖ XChaCha20-Poly1305(map ‖ signature)` under a key HKDF-derived from the full
+  public key, with SALT ‖ A' as associated data. A DHT node sees a key that changes every
+  day, and a ciphertext.
 
 The BEP 44 value `v` is one bencoded byte string holding those bytes (libtorrent's Python
 binding puts and returns the string's content: `raw` here); bencoded, it is at most
@@ -95,14 +96,36 @@ def record_key(public: bytes) -> bytes:
     return hkdf.derive(public)
 
 
-def target(public: bytes, private: bool) -> bytes:
-    """Return the DHT public key a record of identity `public` is stored under."""
-    return blinded_public(public) if private else public
+def period_of(now: float) -> int:
+    """Return the number of the blinding period (DHT_BLIND_PERIOD_S) Unix time `now` is in."""
+    return int(now // limits.DHT_BLIND_PERIOD_S)
 
 
-def signing_key(identity: Identity, private: bool) -> bytes:
+def publish_periods(now: float) -> list[int]:
+    """Return the periods a private record put at `now` goes under: the current one, and
+    the next one too within DHT_BLIND_NEXT_S of its start."""
+    current = period_of(now)
+    if period_of(now + limits.DHT_BLIND_NEXT_S) > current:
+        return [current, current + 1]
+    return [current]
+
+
+def lookup_periods(now: float) -> list[int]:
+    """Return the periods a lookup at `now` reads, best first: the current one, then the
+    previous one (a publisher that has not put since the period began)."""
+    current = period_of(now)
+    return [current, current - 1] if current > 0 else [current]
+
+
+def target(public: bytes, private: bool, period: int) -> bytes:
+    """Return the DHT public key a record of identity `public` is stored under in `period`
+    (the public mode's key is the identity key: the same in every period)."""
+    return blinded_public(public, period) if private else public
+
+
+def signing_key(identity: Identity, private: bool, period: int) -> bytes:
     """Return the 64-byte expanded private key libtorrent signs our record with."""
-    return blinded_private(identity) if private else expanded_private(identity)
+    return blinded_private(identity, period) if private else expanded_private(identity)
 
 
 def bencode_bytes(data: bytes) -> bytes:
@@ -118,9 +141,11 @@ def seal_record(
     exp: int,
     private: bool,
     nonce: bytes,
+    *,
+    period: int,
 ) -> tuple[DhtRecord, bytes]:
     """Return (record, raw value: the content of the BEP 44 `v` string) of our addresses,
-    signed (and sealed if private).
+    signed (and sealed if private, for the key of `period`).
 
     Addresses beyond the bounds, or that would make the value exceed MAX_DHT_VALUE_BYTES,
     are dropped from the end (relays last: they reach us behind any NAT).
@@ -131,7 +156,7 @@ def seal_record(
     relays = [(r, normalize_addr(a)) for r, a in relays][: limits.MAX_INVITE_RELAYS]
     while True:
         record = DhtRecord(RECORD_VERSION, list(addrs), list(relays), seq, exp)
-        value = _seal(identity, record, private, nonce)
+        value = _seal(identity, record, private, nonce, period)
         if len(bencode_bytes(value)) <= limits.MAX_DHT_VALUE_BYTES:
             return record, value
         if addrs:
@@ -142,12 +167,12 @@ def seal_record(
             raise ValueError("an empty record does not fit")
 
 
-def _seal(identity: Identity, record: DhtRecord, private: bool, nonce: bytes) -> bytes:
+def _seal(identity: Identity, record: DhtRecord, private: bool, nonce: bytes, period: int) -> bytes:
     payload = _encoder.encode(record)
     plain = payload + identity.sign(RECORD_CONTEXT + payload)
     if not private:
         return plain
-    aad = SALT + blinded_public(identity.public)
+    aad = SALT + blinded_public(identity.public, period)
     sealed = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
         plain, aad, nonce, record_key(identity.public)
     )
@@ -167,9 +192,11 @@ def open_record(
     now: float,
     last_seq: int | None = None,
     bep44: tuple[int, bytes] | None = None,
+    period: int | None = None,
 ) -> DhtRecord:
     """Return the record of identity `public` in a raw value (the `v` string's content) read
-    under target(public, private), if acceptable; else raise DhtRecordError (only that).
+    under target(public, private, period), if acceptable; else raise DhtRecordError (only
+    that). `period` None: the one `now` is in.
 
     `last_seq`: the highest record seq accepted from this peer before (older: OLD_SEQ).
     `bep44`: (item seq, item signature) to check the DHT's own signature too (libtorrent
@@ -180,7 +207,7 @@ def open_record(
     if len(bencode_bytes(value)) > limits.MAX_DHT_VALUE_BYTES:
         raise DhtRecordError(OVERSIZED, f"a value of more than {limits.MAX_DHT_VALUE_BYTES} bytes")
     try:
-        key = target(public, private)
+        key = target(public, private, period_of(now) if period is None else period)
     except (ValueError, RuntimeError, TypeError, nacl.exceptions.CryptoError) as exc:
         raise DhtRecordError(MALFORMED, f"not an identity key: {exc}") from None
     if bep44 is not None:
