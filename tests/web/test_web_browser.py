@@ -609,6 +609,11 @@ def test_verify_search_info_and_block(browser: Any, tmp_path: Path, nodes: list[
     page.click(f"[data-testid=peer][data-peer='{b.peer_id}']")
     page.click("[data-testid=peer-whois]")
     page.click("[data-testid=block-toggle]")
+    # The page's next whois goes over the same socket after the block, so its card says
+    # "Unblock" once the block is done; only then ask the node over its own stdin.
+    page.click(f"[data-testid=peer][data-peer='{b.peer_id}']")
+    page.click("[data-testid=peer-whois]")
+    page.locator("[data-testid=block-toggle]", has_text="Unblock").wait_for(timeout=MS)
     a.send(cmd="whois", who=b.peer_id)
     a.wait_for(lambda e: e.get("event") == "whois" and e.get("blocked") is True)
     ctx.close()
