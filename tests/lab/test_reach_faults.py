@@ -259,7 +259,10 @@ async def test_hostile_relay_is_noticed_and_forges_nothing(
         await invite_code(b)
         # A reaches B through the hostile hop (the relay's address as A was told it).
         await a.send({"cmd": "connect", "peer_id": b.peer_id, "via": relay.peer_id, "addr": via})
-        await connected(a, b, within=START_S)
+        # Joined events, not `connected`: the altered frame may come right behind the
+        # handshake (the frames sent on connecting count too), ending the pair at once.
+        await a.wait_for("peer_joined", from_start=True, timeout=START_S, peer_id=b.peer_id)
+        await b.wait_for("peer_joined", from_start=True, timeout=START_S, peer_id=a.peer_id)
         for i in range(5):
             await b.say(f"honest {i}")
         left = await a.wait_for("peer_left", from_start=True, timeout=PROMPT_S, peer_id=b.peer_id)
