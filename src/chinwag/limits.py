@@ -45,6 +45,9 @@ MAX_PENDING_BYTES = 16 << 20
 SEND_DRAIN_TIMEOUT_S = 10.0
 #: Seconds a TCP connect may take before the dial counts as failed.
 CONNECT_TIMEOUT_S = 3.0
+#: Seconds a stopping node waits for its peers to end their side of the closed connections
+#: (they are half-closed, so a goodbye is not lost) before it drops the sockets.
+CLOSE_FINISH_S = 1.0
 
 # --- reconnects -------------------------------------------------------------
 #: Seconds of the first reconnect delay; doubles per failure.

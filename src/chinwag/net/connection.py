@@ -7,6 +7,7 @@ re-arms the session's single timer (the aioquic adapter pattern).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from typing import Protocol, cast
@@ -71,6 +72,8 @@ class PeerConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._drained = asyncio.Event()
         self._drained.set()
+        #: Set once the socket is gone (connection_lost): a half-closed one lives on a while.
+        self._lost = asyncio.Event()
         self._closed = False
         self._processing = False
         #: We closed without linger: frames still queued from the peer are not for us.
@@ -124,6 +127,7 @@ class PeerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._drained.set()
+        self._lost.set()
         if self.session.state is not State.CLOSED:
             self.session.receive_data(b"", self._loop.time())
         self._process()
@@ -173,6 +177,16 @@ class PeerConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         return self.transport, self.session.take_unread()
+
+    async def finish_closing(self, limit_s: float) -> None:
+        """Wait (up to limit_s) for the peer to end its side of a closed connection, then
+        drop the socket if it has not: nothing is left open once the node has stopped."""
+        if self.transport is None or self._lost.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._lost.wait(), limit_s)
+        if not self._lost.is_set():
+            self.transport.abort()
 
     async def wait_drained(self, limit_s: float) -> bool:
         """Wait until the send buffer is below its high-water mark; False on timeout."""

@@ -223,6 +223,12 @@ class ConnectionManager:
             if conn.transport is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.wait_drained(0.5), 0.6)
+        # Closed connections are half-closed until the peer ends its side (connection.py):
+        # wait for that together, then drop what is left, so no socket outlives the stop.
+        await asyncio.gather(
+            *(conn.finish_closing(limits.CLOSE_FINISH_S) for conn in conns),
+            return_exceptions=True,
+        )
         if self._dial_tasks:
             await asyncio.gather(*self._dial_tasks, return_exceptions=True)
 

@@ -398,6 +398,10 @@ class RelayService:
         if timer is not None:
             timer.cancel()
         conn.send_frame(m.CircuitNo(reason=reason))
+        if conn.transport is not None:
+            # Reading was paused for the splice: read again, or the dialler's end of stream
+            # is never seen and the half-closed socket waits for its abort.
+            conn.transport.resume_reading()
         conn.close(Reason.QUIT)
 
     def _relay_frame(self, conn: PeerConnection, frame: m.Frame) -> None:
