@@ -9,6 +9,7 @@ import dataclasses
 import warnings
 from collections.abc import Iterator
 
+import nacl.bindings
 import pytest
 from unit_support import (
     Chunker,
@@ -856,11 +857,14 @@ def test_a_message_1_echoed_back_is_refused() -> None:
 def test_a_peer_we_dialled_cannot_make_our_connection_a_circuit_by_switching_roles() -> None:
     """The circuit flag is learnt only by a side that was dialled, also after a role switch."""
     relay_like = dataclasses.replace(BOB, caps=(m.CIRCUIT_CAP,))
-    a = Session(ALICE, initiator=True, now=0.0)
-    b = Session(relay_like, initiator=True, now=0.0)
+    # The peer's ephemeral key is the lower one, so it is we who switch to responder.
+    low, high = sorted((bytes([k]) * 32 for k in (1, 2)), key=nacl.bindings.crypto_scalarmult_base)
+    a = Session(ALICE, initiator=True, now=0.0, ephemeral_private=high)
+    b = Session(relay_like, initiator=True, now=0.0, ephemeral_private=low)
     msg1_a, msg1_b = a.data_to_send(), b.data_to_send()
     a.receive_data(msg1_b, 0.0)
     b.receive_data(msg1_a, 0.0)
     _shuttle_until_quiet(a, b)
     assert a.state is State.OPEN
+    assert not a.initiator and a.dialled
     assert not a.circuit
