@@ -915,14 +915,7 @@ class Node:
     def frame_received(
         self,
         conn: PeerConnection,
-        frame: m.Chat
-        | m.NickChange
-        | m.SyncFrame
-        | m.MeshFrame
-        | m.FileFrame
-        | m.Presence
-        | m.Observed
-        | m.MailFrame,
+        frame: m.PeerFrame | m.Observed,
     ) -> None:
         if isinstance(frame, m.MailFrame):
             mailbox = self._running().mailbox

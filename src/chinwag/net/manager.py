@@ -60,14 +60,7 @@ class ManagerListener(Protocol):
     def frame_received(
         self,
         conn: PeerConnection,
-        frame: m.Chat
-        | m.NickChange
-        | m.SyncFrame
-        | m.MeshFrame
-        | m.FileFrame
-        | m.Presence
-        | m.Observed
-        | m.MailFrame,
+        frame: m.PeerFrame | m.Observed,
     ) -> None: ...
     def path_changed(self, conn: PeerConnection) -> None:
         """The peer's kept connection changed path (docs/reach.md "Paths")."""
@@ -155,18 +148,7 @@ class ConnectionManager:
         #: Relayed connections being retired for a direct one: frames from the new connection
         #: wait until the old one has delivered all of its own (no reordering at the switch).
         self._draining: dict[str, PeerConnection] = {}
-        self._held: dict[
-            str,
-            list[
-                m.Chat
-                | m.NickChange
-                | m.SyncFrame
-                | m.MeshFrame
-                | m.FileFrame
-                | m.Presence
-                | m.MailFrame
-            ],
-        ] = {}
+        self._held: dict[str, list[m.PeerFrame]] = {}
 
     @property
     def own_id(self) -> str:
@@ -847,13 +829,7 @@ class ConnectionManager:
         self,
         peer_id: str,
         conn: PeerConnection,
-        frame: m.Chat
-        | m.NickChange
-        | m.SyncFrame
-        | m.MeshFrame
-        | m.FileFrame
-        | m.Presence
-        | m.MailFrame,
+        frame: m.PeerFrame,
     ) -> bool:
         """Hold a frame of a new connection while the old one drains; True if held."""
         old = self._draining.get(peer_id)

@@ -525,6 +525,9 @@ Frame = (
     | MailAck
 )
 SyncFrame = Vector | Want | Floor | Rooms
+#: Frames a connection hands to the layers above it (history, mesh, files, members, mailbox);
+#: one name, so a new kind is added in one place.
+PeerFrame = Chat | NickChange | SyncFrame | MeshFrame | FileFrame | Presence | MailFrame
 KNOWN_TAGS: Final = frozenset(
     {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms", "pres"}
     | {"fwho", "fhave", "fhreq", "fhash", "fget", "fdata", "fnak", "fend"}

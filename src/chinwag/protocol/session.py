@@ -70,17 +70,7 @@ class HandshakeComplete:
 class FrameReceived:
     """The peer sent a frame for the layer above (chat, nick change, sync, files)."""
 
-    frame: (
-        m.Chat
-        | m.NickChange
-        | m.SyncFrame
-        | m.MeshFrame
-        | m.FileFrame
-        | m.Presence
-        | m.ReachFrame
-        | m.RelayFrame
-        | m.MailFrame
-    )
+    frame: m.PeerFrame | m.ReachFrame | m.RelayFrame
 
 
 @dataclass(frozen=True, slots=True)
