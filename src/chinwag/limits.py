@@ -721,6 +721,10 @@ MEGOLM_MAX_PENDING_MSGS = 512
 #: again cannot make us export and send keys without end.
 MEGOLM_RKQ_PER_WINDOW = 32
 MEGOLM_RKQ_WINDOW_S = 60.0
+#: Peers whose request count we remember (the oldest forgotten first): bounded memory.
+MEGOLM_RKQ_PEERS = 256
+#: Members asked at once for a key whose author is not connected (a request is not a flood).
+MEGOLM_RKQ_FANOUT = 3
 #: Seconds before we ask again for the key of one (room, author, session): a message pushed
 #: again and again by sync does not turn into a flood of requests.
 MEGOLM_RKQ_RETRY_S = 30.0

@@ -57,6 +57,7 @@ from chinwag.protocol.session import Closed, LocalInfo
 from chinwag.protocol.transfer import OFFER_MARK, encode_offer
 from chinwag.rendezvous import SEQ_SETTING as DHT_SEQ_SETTING
 from chinwag.rendezvous import Rendezvous
+from chinwag.roomkeys import RoomKeys
 from chinwag.rooms import DM, PRIVATE, Room, RoomBook
 from chinwag.store.db import Store
 
@@ -235,6 +236,7 @@ class Node:
             manager.punch_enabled = self.config.punch
             book = RoomBook(store, self.identity)
             book.load()
+            book.group = RoomKeys(store, self.identity, self._send_pairwise, self._admitted)
             if not self.config.chat:
                 # A headless relay is in no room: it stores, shows and syncs no message.
                 for joined in list(book.joined.values()):
@@ -250,6 +252,7 @@ class Node:
                 else None
             )
             history = History(store, self.identity, manager, self._emit, book, ports)
+            book.group.retry = history.chat_received
             history.load()
             if store.created and had_identity:
                 history.set_unsure("the message store is new, the identity is not")
@@ -435,12 +438,13 @@ class Node:
         """Seal, sign and queue our message; `made` gets the signed message once numbered."""
         history = self._running().history
         book = self._running().book
-        clear, enc = book.seal(room, text)
         book.wrote_in(room)
         identity, nick = self.identity, self.nick
 
         def make(seq: int) -> ChatMessage:
-            # Signed when numbered (later, if we wait for peers to give back lost seqs).
+            # Sealed and signed when numbered (later, if we wait for peers to give back lost
+            # seqs): a private room's ciphertext names its seq (docs/protocol.md 27).
+            clear, enc = book.seal(room, text, seq)
             msg = make_message(identity, room.wire, nick, int(time.time() * 1000), seq, clear, enc)
             if made is not None:
                 made.append(msg)
@@ -497,7 +501,10 @@ class Node:
 
     def leave(self, name: str) -> ev.Left:
         """Leave a room: its messages are no longer stored, shown or synced."""
-        room = self._running().book.leave(name)
+        book = self._running().book
+        room = book.leave(name)
+        if room.kind == PRIVATE and book.group is not None:
+            book.group.forget_room(room.wire)
         self._running().history.room_changed(room.wire)
         self._update_presence()
         event = ev.Left(room=room.name)
@@ -575,7 +582,13 @@ class Node:
         peer_id = self.resolve_peer(who)
         if peer_id == self.identity.peer_id:
             raise UsageError("you cannot block yourself")
-        self._running().book.set_blocked(peer_id, blocked)
+        book = self._running().book
+        book.set_blocked(peer_id, blocked)
+        if blocked and book.group is not None:
+            # It keeps what it read; what we write from now on uses a key it never gets.
+            for room in list(book.joined.values()):
+                if room.kind == PRIVATE:
+                    book.group.member_left(room.wire, peer_id)
         return self.whois(peer_id)
 
     # --- files ----------------------------------------------------------
@@ -938,6 +951,9 @@ class Node:
         if isinstance(frame, m.Observed):
             self._running().contacts.observed(conn, frame)
             return
+        if isinstance(frame, m.GroupKeys):
+            self._room_key_frame(conn, frame.inner)
+            return
         if isinstance(frame, m.Chat):
             if not self.config.chat:
                 # A headless relay is in no room and passes no chat on: its clients' chat
@@ -958,10 +974,70 @@ class Node:
                 # Room files are asked of room members: this peer may be one now.
                 self._running().files.ask_peer(conn)
                 announced = book.announced.get(conn.session.peer_id or "", {})
+                self._room_members_changed(conn.session.peer_id or "", before, announced)
                 self._running().members.rooms_announced(conn, before, announced)
                 mailbox = self._running().mailbox
                 if mailbox is not None:
                     mailbox.peer_rooms(conn.session.peer_id or "")
+
+    # --- private rooms: Megolm room keys (docs/protocol.md 27) -------------
+
+    def _admitted(self, wire: str) -> set[str]:
+        """Return the peers admitted to private room wire: the one place that says who is.
+
+        Today's rule: connected, not blocked, announcing the room with our key check value.
+        (Branch `join` replaces it with RoomBook.admitted: peers that proved the passphrase.)
+        """
+        run = self._run
+        if run is None:
+            return set()
+        book = run.book
+        room = book.joined.get(wire)
+        if room is None or room.kind != PRIVATE:
+            return set()
+        return {
+            peer
+            for peer in run.manager.peers
+            if peer not in book.blocked and book.shares_room(peer, wire)
+        }
+
+    def _send_pairwise(self, peer_id: str, inner: bytes) -> bool:
+        """Send one room-key frame to peer_id only, end to end (inside Noise on our connection
+        to it); False if not connected. (Repointed at PrivateChannel.send of branch `olm`.)"""
+        run = self._run
+        conn = run.manager.peers.get(peer_id) if run is not None else None
+        if conn is None:
+            return False
+        conn.send_frame(m.GroupKeys(inner=inner))
+        return True
+
+    def _room_key_frame(self, conn: PeerConnection, inner: bytes) -> None:
+        keys = self._running().book.group
+        peer_id = conn.session.peer_id or ""
+        if keys is None or not self.config.chat:
+            return
+        try:
+            keys.received(peer_id, inner)
+        except RemoteProtocolError as exc:
+            log.warning("disconnecting %s: %s", peer_id[:8], exc)
+            conn.close(exc.code)
+
+    def _room_members_changed(
+        self, peer_id: str, before: dict[str, bytes], announced: dict[str, bytes]
+    ) -> None:
+        """A peer's rooms frame: share our key with a new member, rotate when one left."""
+        book = self._running().book
+        if book.group is None or peer_id in book.blocked:
+            return
+        for room in list(book.joined.values()):
+            if room.kind != PRIVATE:
+                continue
+            was = before.get(room.wire) == room.kcv
+            now = announced.get(room.wire) == room.kcv
+            if was and not now:
+                book.group.member_left(room.wire, peer_id)
+            elif now and not was and peer_id in self._admitted(room.wire):
+                book.group.on_admitted(room.wire, peer_id)
 
     # --- internals ------------------------------------------------------
 

@@ -481,6 +481,16 @@ class MailInner(msgspec.Struct, frozen=True, array_like=True):
     pad: bytes = b""
 
 
+# --- room keys of private rooms (section 27; until branch olm's `pm` carries them) -----
+
+
+class GroupKeys(msgspec.Struct, frozen=True, tag_field="t", tag="gk"):
+    """One room-key frame (protocol/groupkeys.py) to the peer at the other end of this
+    connection only (end to end inside Noise); never flooded or relayed."""
+
+    inner: Annotated[bytes, msgspec.Meta(max_length=2 * limits.MEGOLM_MAX_KEY_CHARS)]
+
+
 Frame = (
     Chat
     | Ping
@@ -523,11 +533,12 @@ Frame = (
     | MailNo
     | MailDeliver
     | MailAck
+    | GroupKeys
 )
 SyncFrame = Vector | Want | Floor | Rooms
 #: Frames a connection hands to the layers above it (history, mesh, files, members, mailbox);
 #: one name, so a new kind is added in one place.
-PeerFrame = Chat | NickChange | SyncFrame | MeshFrame | FileFrame | Presence | MailFrame
+PeerFrame = Chat | NickChange | SyncFrame | MeshFrame | FileFrame | Presence | MailFrame | GroupKeys
 KNOWN_TAGS: Final = frozenset(
     {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms", "pres"}
     | {"fwho", "fhave", "fhreq", "fhash", "fget", "fdata", "fnak", "fend"}
@@ -535,6 +546,7 @@ KNOWN_TAGS: Final = frozenset(
     | {"rsv", "rsvok", "rsvno", "cconn", "cinc", "cacc", "cok", "cno"}
     | {"obs", "pcon", "psync"}
     | {"mput", "mok", "mno", "mail", "mack"}
+    | {"gk"}
 )
 
 
