@@ -1032,8 +1032,10 @@ class Node:
         for room in list(book.joined.values()):
             if room.kind != PRIVATE:
                 continue
-            was = before.get(room.wire) == room.kcv
-            now = announced.get(room.wire) == room.kcv
+            # A member announces the room (with our key check value, or none at all once
+            # admission is by PAKE); one that stops announcing it left: we rotate.
+            was = before.get(room.wire, b"?") in (room.kcv, b"")
+            now = announced.get(room.wire, b"?") in (room.kcv, b"")
             if was and not now:
                 book.group.member_left(room.wire, peer_id)
             elif now and not was and peer_id in self._admitted(room.wire):
