@@ -236,7 +236,9 @@ class Node:
             manager.punch_enabled = self.config.punch
             book = RoomBook(store, self.identity)
             book.load()
-            book.group = RoomKeys(store, self.identity, self._send_pairwise, self._admitted)
+            book.group = RoomKeys(
+                store, self.identity, self._send_pairwise, self._admitted, self._room_key
+            )
             if not self.config.chat:
                 # A headless relay is in no room: it stores, shows and syncs no message.
                 for joined in list(book.joined.values()):
@@ -1000,6 +1002,11 @@ class Node:
             for peer in run.manager.peers
             if peer not in book.blocked and book.shares_room(peer, wire)
         }
+
+    def _room_key(self, wire: str) -> bytes | None:
+        """Return private room wire's passphrase key (room keys travel sealed under it)."""
+        room = self._run.book.joined.get(wire) if self._run is not None else None
+        return room.key if room is not None and room.kind == PRIVATE else None
 
     def _send_pairwise(self, peer_id: str, inner: bytes) -> bool:
         """Send one room-key frame to peer_id only, end to end (inside Noise on our connection

@@ -67,15 +67,18 @@ class RoomKeys:
         identity: Identity,
         send: Callable[[str, bytes], bool],
         admitted: Callable[[str], set[str]],
+        room_key: Callable[[str], bytes | None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         """send(peer, inner): one room-key frame over the pairwise channel (False: no way now);
-        admitted(wire): the peers we hold as admitted members of private room wire."""
+        admitted(wire): the peers we hold as admitted members of private room wire;
+        room_key(wire): its passphrase key (room keys travel sealed under it)."""
         self.me = identity.peer_id
         self._keys = GroupKeyStore(store)
         self._pickle_key = group.pickle_key(bytes(identity.signing_key))
         self._send = send
         self._admitted = admitted
+        self._passkey = room_key
         self._clock = clock
         #: Re-feeds a kept message once its key came (History.chat_received; set by the node).
         self.retry: Callable[[Link, m.Chat], object] | None = None
@@ -150,9 +153,10 @@ class RoomKeys:
             reason,
             len(members),
         )
-        key = gk.encode(gk.RoomKey(room=wire, author=self.me, key=own.export()))
+        key = self._key_frame(wire, self.me, own)
         for peer in members:
-            self._send(peer, key)
+            if key is not None:
+                self._send(peer, key)
         return out
 
     # --- membership ------------------------------------------------------------
@@ -163,10 +167,9 @@ class RoomKeys:
         out = self._outbound(wire)
         if out is not None and not out.row.left:
             own = self._inbound(wire, self.me, out.row.sid)
-            if own is not None:
-                self._send(
-                    peer_id, gk.encode(gk.RoomKey(room=wire, author=self.me, key=own.export()))
-                )
+            key = self._key_frame(wire, self.me, own) if own is not None else None
+            if key is not None:
+                self._send(peer_id, key)
         for room, author, sid in list(self._held):
             if room == wire:
                 self._send(peer_id, gk.encode(gk.RoomKeyRequest(room=room, author=author, sid=sid)))
@@ -269,6 +272,14 @@ class RoomKeys:
 
     # --- room-key frames ---------------------------------------------------------
 
+    def _key_frame(self, wire: str, author: str, inbound: group.Inbound) -> bytes | None:
+        """Return an encoded `rk` giving inbound (sealed under wire's passphrase key)."""
+        room_key = self._passkey(wire)
+        if room_key is None:
+            return None
+        sealed = group.seal_key(room_key, inbound.export())
+        return gk.encode(gk.RoomKey(room=wire, author=author, key=sealed))
+
     def received(self, peer_id: str, data: bytes) -> None:
         """Handle a room-key frame from peer_id; RemoteProtocolError if it is malformed."""
         frame = gk.decode(data)
@@ -293,8 +304,11 @@ class RoomKeys:
     def _room_key(self, peer_id: str, frame: gk.RoomKey) -> None:
         if frame.author == self.me:
             return  # we hold our own sessions
+        room_key = self._passkey(frame.room)
         try:
-            inbound = group.Inbound.from_export(frame.key)
+            if room_key is None:
+                raise group.GroupError("not a room of ours")
+            inbound = group.Inbound.from_export(group.open_key(room_key, frame.key))
         except group.GroupError as exc:
             self._warn((peer_id, "rk bad"), "refusing a room key from %s: %s", peer_id[:8], exc)
             return
@@ -347,8 +361,9 @@ class RoomKeys:
         inbound = self._inbound(frame.room, frame.author, frame.sid)
         if inbound is None:
             return
-        answer = gk.RoomKey(room=frame.room, author=frame.author, key=inbound.export())
-        self._send(peer_id, gk.encode(answer))
+        answer = self._key_frame(frame.room, frame.author, inbound)
+        if answer is not None:
+            self._send(peer_id, answer)
 
     # --- expiry -----------------------------------------------------------------------
 

@@ -123,6 +123,17 @@ def test_the_session_key_is_vodozemacs() -> None:
     assert msgspec.msgpack.decode(plain) == [ROOM, ALICE, 1, "x"]
 
 
+def test_a_sealed_room_key_opens_only_with_the_same_passphrase_key() -> None:
+    exported = group.Inbound.from_key(group.Outbound.create().session_key).export()
+    sealed = group.seal_key(PKEY, exported)
+    assert exported.encode() not in sealed
+    assert group.open_key(PKEY, sealed) == exported
+    with pytest.raises(group.GroupError):
+        group.open_key(bytes(32), sealed)
+    with pytest.raises(group.GroupError):
+        group.open_key(PKEY, sealed[:-1])
+
+
 # --- rotation rules -------------------------------------------------------------------
 
 

@@ -28,6 +28,8 @@ ALICE = Identity.from_seed(b"a" * 32)
 BOB = Identity.from_seed(b"b" * 32)
 CAROL = Identity.from_seed(b"c" * 32)
 MALLORY = Identity.from_seed(b"m" * 32)
+#: The room's passphrase key (Argon2id in real life): room keys travel sealed under it.
+PASSKEY = bytes(range(32))
 
 
 class Clock:
@@ -50,6 +52,7 @@ class Member:
         self.out: list[tuple[str, bytes]] = []
         self.seq = 0
         self.retried: list[object] = []
+        self.passkey = PASSKEY
         self.keys = self._keys()
 
     def _keys(self) -> RoomKeys:
@@ -57,7 +60,14 @@ class Member:
             self.out.append((peer, inner))
             return True
 
-        keys = RoomKeys(self.store, self.identity, send, lambda w: set(self.admitted), self.clock)
+        keys = RoomKeys(
+            self.store,
+            self.identity,
+            send,
+            lambda w: set(self.admitted),
+            lambda w: self.passkey if w == WIRE else None,
+            self.clock,
+        )
         keys.retry = lambda conn, frame: self.retried.append(frame)
         return keys
 
@@ -195,7 +205,7 @@ def test_the_store_alone_does_not_open_the_sessions(
     thief = Member.__new__(Member)
     thief.identity, thief.id, thief.clock = MALLORY, b.id, clock
     thief.store = Store(b.store.path)
-    thief.admitted, thief.out, thief.retried = set(), [], []
+    thief.admitted, thief.out, thief.retried, thief.passkey = set(), [], [], PASSKEY
     thief.keys = thief._keys()  # another identity's pickle key
     try:
         with pytest.raises(group.UnknownSession):
@@ -223,6 +233,26 @@ def test_a_key_from_a_non_member_is_refused_and_logged_once(
     assert len(refusals) == 1
 
 
+def test_a_key_sealed_under_another_passphrase_is_refused(
+    members: dict[str, Member], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member admitted without the passphrase (a replayed announcement, today) gets keys it
+    cannot open; one it sends sealed under another passphrase is refused."""
+    a, b = members["a"], members["b"]
+    b.passkey = bytes(32)  # b joined with another passphrase
+    seq, enc = b.write("x")
+    [frame] = b.frames_to(a)
+    rk = gk.decode(frame)
+    assert isinstance(rk, gk.RoomKey)
+    with pytest.raises(group.GroupError):
+        group.open_key(PASSKEY, rk.key)
+    with caplog.at_level(logging.WARNING):
+        a.keys.received(b.id, frame)
+    with pytest.raises(group.UnknownSession):
+        a.read(b, seq, enc)
+    assert any("another passphrase" in r.getMessage() for r in caplog.records)
+
+
 def test_a_malformed_key_frame_is_a_protocol_error(members: dict[str, Member]) -> None:
     a, b = members["a"], members["b"]
     truncated = gk.encode(gk.RoomKeyRequest(room=WIRE, author=b.id, sid="s"))[:-1]
@@ -230,7 +260,7 @@ def test_a_malformed_key_frame_is_a_protocol_error(members: dict[str, Member]) -
         with pytest.raises(RemoteProtocolError):
             a.keys.received(b.id, junk)
     # A well-formed frame with a key that is no key: refused, no exception.
-    a.keys.received(b.id, gk.encode(gk.RoomKey(room=WIRE, author=b.id, key="AAAA")))
+    a.keys.received(b.id, gk.encode(gk.RoomKey(room=WIRE, author=b.id, key=b"AAAA")))
 
 
 def test_an_offline_member_catches_up_through_another_member(members: dict[str, Member]) -> None:
@@ -272,7 +302,8 @@ def test_a_forwarded_key_that_reads_nothing_we_keep_is_refused(
     [answer] = a.frames_to(c)
     exported = gk.decode(answer)
     assert isinstance(exported, gk.RoomKey)
-    bad = gk.encode(gk.RoomKey(room=WIRE, author=b.id, key=poisoned(exported.key)))
+    damaged = poisoned(group.open_key(PASSKEY, exported.key))
+    bad = gk.encode(gk.RoomKey(room=WIRE, author=b.id, key=group.seal_key(PASSKEY, damaged)))
     # Unasked: refused.
     c.keys.received(a.id, bad)
     # Asked (c keeps b's message), but it reads nothing: refused as well.

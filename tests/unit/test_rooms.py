@@ -66,7 +66,11 @@ def load_book(store: Store, identity: Identity = ME) -> RoomBook:
         sent.append((peer, inner))
         return True
 
-    book.group = RoomKeys(store, identity, send, lambda wire: set(everyone))
+    def passkey(wire: str) -> bytes | None:
+        room = book.joined.get(wire)
+        return room.key if room is not None else None
+
+    book.group = RoomKeys(store, identity, send, lambda wire: set(everyone), passkey)
     return book
 
 

@@ -25,6 +25,7 @@ import msgspec
 import vodozemac
 
 from chinwag import limits
+from chinwag.crypto import box
 from chinwag.crypto.box import BadCiphertext
 from chinwag.errors import ChinwagError
 
@@ -200,6 +201,26 @@ class Inbound:
 
     def pickle(self, key: bytes) -> str:
         return self._session.pickle(key)
+
+
+# --- room keys in transit ---------------------------------------------------------------
+
+
+def seal_key(room_key: bytes, exported: str) -> bytes:
+    """Seal an exported session key under the room's passphrase key (secretbox) for an `rk`.
+
+    The pairwise channel already hides it from everyone else; this keeps it from a peer
+    that was admitted without knowing the passphrase (a replayed announcement).
+    """
+    return box.seal_room(room_key, exported)
+
+
+def open_key(room_key: bytes, sealed: bytes) -> str:
+    """Open what seal_key sealed; GroupError if it was sealed under another key."""
+    try:
+        return box.open_room(room_key, sealed)
+    except BadCiphertext:
+        raise GroupError("room key sealed under another passphrase") from None
 
 
 # --- rules -------------------------------------------------------------------------------

@@ -17,16 +17,17 @@ from chinwag.errors import RemoteProtocolError
 from chinwag.protocol.messages import PeerIdStr, Room
 from chinwag.protocol.reasons import Reason
 
-SessionKeyStr = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MEGOLM_MAX_KEY_CHARS)]
+SealedKey = Annotated[bytes, msgspec.Meta(min_length=1, max_length=limits.MEGOLM_MAX_KEY_CHARS)]
 SessionIdStr = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
 class RoomKey(msgspec.Struct, frozen=True, tag_field="t", tag="rk"):
-    """The key of `author`'s Megolm session in private room `room` (exported, base64)."""
+    """The key of `author`'s Megolm session in private room `room` (exported, base64),
+    sealed under the room's passphrase key (crypto/group.seal_key)."""
 
     room: Room
     author: PeerIdStr
-    key: SessionKeyStr
+    key: SealedKey
 
 
 class RoomKeyRequest(msgspec.Struct, frozen=True, tag_field="t", tag="rkq"):
