@@ -65,18 +65,18 @@ class RoomKeys:
         self,
         store: Store,
         identity: Identity,
-        send: Callable[[str, bytes], bool],
+        send: Callable[[str, str, bytes], bool],
         admitted: Callable[[str], set[str]],
         room_key: Callable[[str], bytes | None],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """send(peer, inner): one room-key frame over the pairwise channel (False: no way now);
+        """send(peer, kind, data): one room-key frame over the pairwise channel (False: no way);
         admitted(wire): the peers we hold as admitted members of private room wire;
         room_key(wire): its passphrase key (room keys travel sealed under it)."""
         self.me = identity.peer_id
         self._keys = GroupKeyStore(store)
         self._pickle_key = group.pickle_key(bytes(identity.signing_key))
-        self._send = send
+        self._send_inner = send
         self._admitted = admitted
         self._passkey = room_key
         self._clock = clock
@@ -172,7 +172,7 @@ class RoomKeys:
                 self._send(peer_id, key)
         for room, author, sid in list(self._held):
             if room == wire:
-                self._send(peer_id, gk.encode(gk.RoomKeyRequest(room=room, author=author, sid=sid)))
+                self._send(peer_id, gk.RoomKeyRequest(room=room, author=author, sid=sid))
 
     def member_left(self, wire: str, peer_id: str) -> None:
         """peer_id left private room wire (or was blocked): our next message rotates."""
@@ -266,19 +266,24 @@ class RoomKeys:
         room, author, sid = key
         members = self._admitted(room) - {self.me}
         targets = [author] if author in members else sorted(members)[: limits.MEGOLM_RKQ_FANOUT]
-        frame = gk.encode(gk.RoomKeyRequest(room=room, author=author, sid=sid))
+        frame = gk.RoomKeyRequest(room=room, author=author, sid=sid)
         for peer in targets:
             self._send(peer, frame)
 
     # --- room-key frames ---------------------------------------------------------
 
-    def _key_frame(self, wire: str, author: str, inbound: group.Inbound) -> bytes | None:
-        """Return an encoded `rk` giving inbound (sealed under wire's passphrase key)."""
+    def _send(self, peer_id: str, frame: gk.Inner) -> None:
+        """Send an `rk` or `rkq` to peer_id over the pairwise channel."""
+        kind = gk.RK if isinstance(frame, gk.RoomKey) else gk.RKQ
+        self._send_inner(peer_id, kind, gk.encode(frame))
+
+    def _key_frame(self, wire: str, author: str, inbound: group.Inbound) -> gk.RoomKey | None:
+        """Return an `rk` giving inbound (sealed under wire's passphrase key)."""
         room_key = self._passkey(wire)
         if room_key is None:
             return None
         sealed = group.seal_key(room_key, inbound.export())
-        return gk.encode(gk.RoomKey(room=wire, author=author, key=sealed))
+        return gk.RoomKey(room=wire, author=author, key=sealed)
 
     def received(self, peer_id: str, data: bytes) -> None:
         """Handle a room-key frame from peer_id; RemoteProtocolError if it is malformed."""

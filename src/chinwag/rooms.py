@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from chinwag import limits
 from chinwag.crypto import box, group
-from chinwag.crypto.identity import Identity, public_from_peer_id
+from chinwag.crypto.identity import Identity
 from chinwag.errors import LocalProtocolError, UsageError
 from chinwag.logonce import WarnOnce
 from chinwag.protocol import messages as m
@@ -321,6 +321,8 @@ class RoomBook:
             return body.text if not body.enc else None
         try:
             if room.kind == DM:
+                if not body.enc:  # the Olm ratchet protected it on the way (private.py)
+                    return body.text
                 return box.open_dm(self.identity, body.enc, msg.author_id == self.me)
             if self.group is None:
                 raise box.BadCiphertext("no room keys here")
@@ -338,8 +340,9 @@ class RoomBook:
         if room.kind == PUBLIC:
             return text, b""
         if room.kind == DM:
-            assert room.peer is not None
-            return "", box.seal_dm(self.identity, public_from_peer_id(room.peer), text)
+            # The signed body stays plain in our store: on the wire it travels only inside
+            # the pair's Olm ratchet (a `pm` frame, docs/protocol.md section 26).
+            return text, b""
         assert self.group is not None
         return "", self.group.seal(room.wire, seq, text)
 

@@ -56,7 +56,8 @@ class Member:
         self.keys = self._keys()
 
     def _keys(self) -> RoomKeys:
-        def send(peer: str, inner: bytes) -> bool:
+        def send(peer: str, kind: str, inner: bytes) -> bool:
+            assert kind == gk.decode(inner).__struct_config__.tag
             self.out.append((peer, inner))
             return True
 

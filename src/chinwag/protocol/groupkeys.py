@@ -2,8 +2,8 @@
 
 `rk` gives a Megolm session key of one author's session in one private room; `rkq` asks a
 member for the key of a session whose messages we hold but cannot read. They travel only
-between two peers, end to end encrypted (the pairwise channel: inside Noise on a direct
-connection today, `PrivateChannel` of branch `olm` once merged), never flooded or relayed.
+between two peers, end to end encrypted (the pairwise channel: `PrivateChannel.send`, a
+`pm` frame inside the pair's Olm ratchet, docs/protocol.md 26), never flooded or relayed.
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ class RoomKeyRequest(msgspec.Struct, frozen=True, tag_field="t", tag="rkq"):
 
 
 Inner = RoomKey | RoomKeyRequest
-#: The inner frame kinds of this module (for a pairwise channel that routes by kind).
-KINDS = ("rk", "rkq")
+#: The inner frame kinds of this module (PrivateChannel routes `pm` contents by kind).
+RK = "rk"
+RKQ = "rkq"
+KINDS = (RK, RKQ)
 
 _decoder = msgspec.msgpack.Decoder(Inner)
 _encoder = msgspec.msgpack.Encoder()

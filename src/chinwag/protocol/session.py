@@ -432,7 +432,7 @@ class Session:
             | m.Presence
             | m.ReachFrame
             | m.MailFrame
-            | m.GroupKeys,
+            | m.OlmFrame,
         ):
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Ping):
