@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from chinwag import events as ev
 from chinwag import limits
+from chinwag.crypto.group import UnknownSession
 from chinwag.crypto.identity import Identity, public_from_peer_id, verify
 from chinwag.errors import RemoteProtocolError, UsageError
 from chinwag.logonce import WarnOnce
@@ -350,7 +351,10 @@ class History:
                 chat = m.Chat(body=msg.raw_body, sig=msg.sig)
                 self._run(self.replica.pass_on(chat, from_id, author, body.room))
             return False
-        text = self.book.plaintext(room, msg)
+        try:
+            text = self.book.plaintext(room, msg)
+        except UnknownSession:
+            return self._await_key(conn, frame, msg)
         if text is None or not self.book.remember(room):
             self._seen.add(msg.id)
             return False
@@ -365,6 +369,22 @@ class History:
             )
         self._queue(_Pending(msg, conn, not frame.hist, verified, None, text))
         return True
+
+    def _await_key(self, conn: Link, frame: m.Chat, msg: ChatMessage) -> bool:
+        """A private-room message whose Megolm key is not here yet: keep it (signature checked
+        first, so no forgery makes us ask for keys) until its key comes. Not marked seen: sync
+        brings it again if it is dropped from the bounded keep. Return False (not stored now)."""
+        from_id = conn.peer_id or ""
+        try:
+            msg = open_message(frame.body, frame.sig, check_signature=True)
+        except RemoteProtocolError as exc:
+            log.warning("disconnecting %s: %s", from_id[:8], exc)
+            self.mesh_invalid(from_id)
+            conn.close(exc.code)
+            return False
+        if self.book.group is not None:
+            self.book.group.hold(conn, frame, msg)
+        return False
 
     def _heard_again(self, via: str, frame: m.Chat, room: str, author: str, seq: int) -> None:
         """A copy of a message we hold or queued: the mesh scores the delivery (live only)."""

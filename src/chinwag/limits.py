@@ -727,3 +727,33 @@ OLM_MAX_PEERS = 4_096
 #: Seconds between two session repairs (a new session after a message no session decrypts)
 #: towards one peer: a peer replaying old ciphertext cannot make us start sessions in a loop.
 OLM_REPAIR_INTERVAL_S = 10.0
+
+# --- megolm: private rooms with a group ratchet (crypto/group.py, roomkeys.py, protocol.md 27) ---
+
+#: Messages one outbound Megolm session encrypts before a new one is made (Matrix's default):
+#: whoever steals a session key reads at most this many messages onward.
+MEGOLM_ROTATE_MSGS = 100
+#: Seconds one outbound Megolm session lives before a new one is made (Matrix's default, a week).
+MEGOLM_ROTATE_S = 7 * 24 * 3600
+#: Seconds an inbound Megolm session is kept (history is stored as plaintext at receipt): recorded
+#: traffic older than this cannot be decrypted with what a seized node holds (forward secrecy).
+MEGOLM_KEEP_INBOUND_S = 30 * 24 * 3600
+#: Inbound sessions kept per (room, author): an author rotating at a high rate (or a member
+#: forwarding made-up keys) cannot grow the key table without bound; the oldest go first.
+MEGOLM_MAX_INBOUND_PER_AUTHOR = 64
+#: Messages kept while their session's key is unknown (retried when an `rk` arrives; sync brings
+#: the rest again later): a flood of messages under made-up session ids costs bounded memory.
+MEGOLM_MAX_PENDING_MSGS = 512
+#: Key requests (`rkq`) we answer per peer per MEGOLM_RKQ_WINDOW_S: a member asking again and
+#: again cannot make us export and send keys without end.
+MEGOLM_RKQ_PER_WINDOW = 32
+MEGOLM_RKQ_WINDOW_S = 60.0
+#: Peers whose request count we remember (the oldest forgotten first): bounded memory.
+MEGOLM_RKQ_PEERS = 256
+#: Members asked at once for a key whose author is not connected (a request is not a flood).
+MEGOLM_RKQ_FANOUT = 3
+#: Seconds before we ask again for the key of one (room, author, session): a message pushed
+#: again and again by sync does not turn into a flood of requests.
+MEGOLM_RKQ_RETRY_S = 30.0
+#: Characters of a session key (base64) in an `rk` frame (a session key has 306, an export 220).
+MEGOLM_MAX_KEY_CHARS = 512

@@ -46,6 +46,7 @@ from chinwag.net.discovery import Discovery
 from chinwag.net.manager import ConnectionManager
 from chinwag.net.upnp import UpnpMapper
 from chinwag.private import CHAT, PrivateChannel, inner
+from chinwag.protocol import groupkeys as gk
 from chinwag.protocol import messages as m
 from chinwag.protocol.addr import AddrError, parse_addr
 from chinwag.protocol.chat import ChatMessage, make_message
@@ -58,6 +59,7 @@ from chinwag.protocol.session import Closed, LocalInfo
 from chinwag.protocol.transfer import OFFER_MARK, encode_offer
 from chinwag.rendezvous import SEQ_SETTING as DHT_SEQ_SETTING
 from chinwag.rendezvous import Rendezvous
+from chinwag.roomkeys import RoomKeys
 from chinwag.rooms import DM, PRIVATE, Room, RoomBook
 from chinwag.store.db import Store
 
@@ -238,6 +240,9 @@ class Node:
             manager.punch_enabled = self.config.punch
             book = RoomBook(store, self.identity)
             book.load()
+            book.group = RoomKeys(
+                store, self.identity, self._send_pairwise, self._admitted, self._room_key
+            )
             if not self.config.chat:
                 # A headless relay is in no room: it stores, shows and syncs no message.
                 for joined in list(book.joined.values()):
@@ -253,6 +258,7 @@ class Node:
                 else None
             )
             history = History(store, self.identity, manager, self._emit, book, ports)
+            book.group.retry = history.chat_received
             history.load()
             if store.created and had_identity:
                 history.set_unsure("the message store is new, the identity is not")
@@ -439,12 +445,13 @@ class Node:
         """Seal, sign and queue our message; `made` gets the signed message once numbered."""
         history = self._running().history
         book = self._running().book
-        clear, enc = book.seal(room, text)
         book.wrote_in(room)
         identity, nick = self.identity, self.nick
 
         def make(seq: int) -> ChatMessage:
-            # Signed when numbered (later, if we wait for peers to give back lost seqs).
+            # Sealed and signed when numbered (later, if we wait for peers to give back lost
+            # seqs): a private room's ciphertext names its seq (docs/protocol.md 27).
+            clear, enc = book.seal(room, text, seq)
             msg = make_message(identity, room.wire, nick, int(time.time() * 1000), seq, clear, enc)
             if made is not None:
                 made.append(msg)
@@ -501,7 +508,10 @@ class Node:
 
     def leave(self, name: str) -> ev.Left:
         """Leave a room: its messages are no longer stored, shown or synced."""
-        room = self._running().book.leave(name)
+        book = self._running().book
+        room = book.leave(name)
+        if room.kind == PRIVATE and book.group is not None:
+            book.group.forget_room(room.wire)
         self._running().history.room_changed(room.wire)
         self._update_presence()
         event = ev.Left(room=room.name)
@@ -579,7 +589,13 @@ class Node:
         peer_id = self.resolve_peer(who)
         if peer_id == self.identity.peer_id:
             raise UsageError("you cannot block yourself")
-        self._running().book.set_blocked(peer_id, blocked)
+        book = self._running().book
+        book.set_blocked(peer_id, blocked)
+        if blocked and book.group is not None:
+            # It keeps what it read; what we write from now on uses a key it never gets.
+            for room in list(book.joined.values()):
+                if room.kind == PRIVATE:
+                    book.group.member_left(room.wire, peer_id)
         return self.whois(peer_id)
 
     # --- files ----------------------------------------------------------
@@ -972,10 +988,77 @@ class Node:
                 # Room files are asked of room members: this peer may be one now.
                 self._running().files.ask_peer(conn)
                 announced = book.announced.get(conn.session.peer_id or "", {})
+                self._room_members_changed(conn.session.peer_id or "", before, announced)
                 self._running().members.rooms_announced(conn, before, announced)
                 mailbox = self._running().mailbox
                 if mailbox is not None:
                     mailbox.peer_rooms(conn.session.peer_id or "")
+
+    # --- private rooms: Megolm room keys (docs/protocol.md 27) -------------
+
+    def _admitted(self, wire: str) -> set[str]:
+        """Return the peers admitted to private room wire: the one place that says who is.
+
+        Today's rule: connected, not blocked, announcing the room with our key check value.
+        (Branch `join` replaces it with RoomBook.admitted: peers that proved the passphrase.)
+        """
+        run = self._run
+        if run is None:
+            return set()
+        book = run.book
+        room = book.joined.get(wire)
+        if room is None or room.kind != PRIVATE:
+            return set()
+        return {
+            peer
+            for peer in run.manager.peers
+            if peer not in book.blocked and book.shares_room(peer, wire)
+        }
+
+    def _room_key(self, wire: str) -> bytes | None:
+        """Return private room wire's passphrase key (room keys travel sealed under it)."""
+        room = self._run.book.joined.get(wire) if self._run is not None else None
+        return room.key if room is not None and room.kind == PRIVATE else None
+
+    def _send_pairwise(self, peer_id: str, kind: str, data: bytes) -> bool:
+        """Send one room-key frame to peer_id alone, inside our pairwise Olm ratchet with it
+        (PrivateChannel.send, a `pm`); False if not connected."""
+        run = self._run
+        if run is None or run.private is None:
+            return False
+        return run.private.send(peer_id, inner(kind, data))
+
+    def _room_key_frame(self, peer_id: str, data: bytes) -> None:
+        """An `rk` or `rkq` from inside a peer's `pm` (docs/protocol.md 27)."""
+        keys = self._running().book.group
+        if keys is None or not self.config.chat:
+            return
+        try:
+            keys.received(peer_id, data)
+        except RemoteProtocolError as exc:
+            log.warning("disconnecting %s: %s (inside a pm)", peer_id[:8], exc)
+            conn = self._running().manager.peers.get(peer_id)
+            if conn is not None:
+                conn.close(exc.code)
+
+    def _room_members_changed(
+        self, peer_id: str, before: dict[str, bytes], announced: dict[str, bytes]
+    ) -> None:
+        """A peer's rooms frame: share our key with a new member, rotate when one left."""
+        book = self._running().book
+        if book.group is None or peer_id in book.blocked:
+            return
+        for room in list(book.joined.values()):
+            if room.kind != PRIVATE:
+                continue
+            # A member announces the room (with our key check value, or none at all once
+            # admission is by PAKE); one that stops announcing it left: we rotate.
+            was = before.get(room.wire, b"?") in (room.kcv, b"")
+            now = announced.get(room.wire, b"?") in (room.kcv, b"")
+            if was and not now:
+                book.group.member_left(room.wire, peer_id)
+            elif now and not was and peer_id in self._admitted(room.wire):
+                book.group.on_admitted(room.wire, peer_id)
 
     # --- internals ------------------------------------------------------
 
@@ -984,6 +1067,8 @@ class Node:
         private = PrivateChannel(self.identity, run.store, run.manager)
         run.history.private_send = lambda peer_id, chat: private.send(peer_id, inner(CHAT, chat))
         private.on(CHAT, self._private_chat)
+        for kind in gk.KINDS:  # Megolm room keys of private rooms (section 27)
+            private.on(kind, self._room_key_frame)
         private.on_session = run.history.resync
         return private
 

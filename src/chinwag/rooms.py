@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from chinwag import limits
-from chinwag.crypto import box
+from chinwag.crypto import box, group
 from chinwag.crypto.identity import Identity
 from chinwag.errors import LocalProtocolError, UsageError
 from chinwag.logonce import WarnOnce
@@ -32,6 +33,9 @@ from chinwag.protocol.chat import ChatMessage
 from chinwag.protocol.kinds import RoomKind, room_kind
 from chinwag.protocol.names import DEFAULT_ROOM, is_valid_name
 from chinwag.store.db import Store
+
+if TYPE_CHECKING:
+    from chinwag.roomkeys import RoomKeys
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,8 @@ class RoomBook:
         #: (peer, room) pairs whose wrong passphrase was reported already.
         self._kcv_reported = WarnOnce(log)
         self._warn = WarnOnce(log)
+        #: Megolm sessions of private rooms (set by the node once built; docs/protocol.md 27).
+        self.group: RoomKeys | None = None
 
     def load(self) -> None:
         for wire, name, stored_kind, key, peer in self.store.rooms_joined():
@@ -305,7 +311,11 @@ class RoomBook:
     # --- content --------------------------------------------------------
 
     def plaintext(self, room: Room, msg: ChatMessage) -> str | None:
-        """Return the readable text of a message of a room we hold, or None (logged once)."""
+        """Return the readable text of a message of a room we hold, or None (logged once).
+
+        Raises group.UnknownSession for a private-room message whose Megolm key is not
+        here yet (the caller keeps it and asks for the key).
+        """
         body = msg.body
         if room.kind == PUBLIC:
             return body.text if not body.enc else None
@@ -314,24 +324,27 @@ class RoomBook:
                 if not body.enc:  # the Olm ratchet protected it on the way (private.py)
                     return body.text
                 return box.open_dm(self.identity, body.enc, msg.author_id == self.me)
-            assert room.key is not None
-            return box.open_room(room.key, body.enc)
+            if self.group is None:
+                raise box.BadCiphertext("no room keys here")
+            return self.group.open(room.wire, msg.author_id, body.seq, body.enc)
+        except group.UnknownSession:
+            raise
         except box.BadCiphertext as exc:
             self._undecryptable_logged(
                 room.wire, "dropping a message in %s that does not decrypt: %s", room.name, exc
             )
             return None
 
-    def seal(self, room: Room, text: str) -> tuple[str, bytes]:
-        """Return (clear text field, ciphertext) for a new message in room."""
+    def seal(self, room: Room, text: str, seq: int) -> tuple[str, bytes]:
+        """Return (clear text field, ciphertext) for our new message seq in room."""
         if room.kind == PUBLIC:
             return text, b""
         if room.kind == DM:
             # The signed body stays plain in our store: on the wire it travels only inside
             # the pair's Olm ratchet (a `pm` frame, docs/protocol.md section 26).
             return text, b""
-        assert room.key is not None
-        return "", box.seal_room(room.key, text)
+        assert self.group is not None
+        return "", self.group.seal(room.wire, seq, text)
 
     # --- blocking and verification ---------------------------------------
 

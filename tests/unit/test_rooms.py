@@ -28,6 +28,7 @@ from chinwag.history import History
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.protocol.names import DEFAULT_ROOM, validate_room
+from chinwag.roomkeys import RoomKeys
 from chinwag.rooms import DM, PRIVATE, PUBLIC, Room, RoomBook
 from chinwag.store.db import Store
 
@@ -44,14 +45,44 @@ TS = 1_700_000_000_000
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "me.db")
+    KEYS_SENT.clear()
     yield s
     s.close()
 
 
+#: Room-key frames each test book sent: identity's peer id -> [(to, inner frame)].
+KEYS_SENT: dict[str, list[tuple[str, bytes]]] = {}
+
+
 def load_book(store: Store, identity: Identity = ME) -> RoomBook:
+    """A book as the node builds it: with Megolm room keys; every test identity is admitted
+    to every private room, and room-key frames are recorded in KEYS_SENT."""
     book = RoomBook(store, identity)
     book.load()
+    sent = KEYS_SENT.setdefault(identity.peer_id, [])
+    everyone = {i.peer_id for i in (ME, ALICE, BOB, CAROL)} - {identity.peer_id}
+
+    def send(peer: str, kind: str, inner: bytes) -> bool:
+        sent.append((peer, inner))
+        return True
+
+    def passkey(wire: str) -> bytes | None:
+        room = book.joined.get(wire)
+        return room.key if room is not None else None
+
+    book.group = RoomKeys(store, identity, send, lambda wire: set(everyone), passkey)
     return book
+
+
+def give_keys(sender: Identity, book: RoomBook) -> int:
+    """Deliver to book the room-key frames sender sent to book's owner; return how many."""
+    sent = KEYS_SENT.get(sender.peer_id, [])
+    mine = [inner for to, inner in sent if to == book.me]
+    sent[:] = [(to, inner) for to, inner in sent if to != book.me]
+    assert book.group is not None
+    for inner in mine:
+        book.group.received(sender.peer_id, inner)
+    return len(mine)
 
 
 def reload(store: Store) -> tuple[Store, RoomBook]:
@@ -342,6 +373,8 @@ async def make_node(store: Store) -> Any:
         events: list[NodeEvent] = []
         book = load_book(store)
         history = History(store, ME, manager, events.append, book)  # type: ignore[arg-type]
+        assert book.group is not None
+        book.group.retry = history.chat_received  # as node.py wires it
         history.load()
         made.append(history)
         return Node(history, book, manager, events, conns)
@@ -368,8 +401,8 @@ class Sender:
         self.seq: dict[str, int] = {}
 
     def post(self, room: Room, text: str) -> ChatMessage:
-        clear, enc = self.book.seal(room, text)
         seq = self.seq[room.wire] = self.seq.get(room.wire, 0) + 1
+        clear, enc = self.book.seal(room, text, seq)
         return make_message(self.identity, room.wire, self.nick, TS + seq, seq, clear, enc)
 
     def dm(self, peer: Identity, text: str) -> ChatMessage:
@@ -656,6 +689,7 @@ async def test_private_room_message_with_the_right_key_is_shown_by_name(
     msg = alice.post(alice.book.join_private("secret", KEY), text)
     wire = box.private_room_id("secret")
     assert msg.body.room == wire and msg.body.text == ""
+    assert give_keys(ALICE, node.book) == 1  # alice's Megolm session key, before the message
     node.receive(ALICE, msg)
     await turn()
     [event] = node.events
@@ -671,15 +705,28 @@ async def test_private_room_message_with_the_right_key_is_shown_by_name(
     assert node.history.history(wire, 10).room == "secret"
 
 
-async def test_private_room_message_with_a_wrong_key_is_dropped_and_logged_once(
+async def test_private_room_message_that_does_not_decrypt_is_dropped_and_logged_once(
     make_node: Any, sender: Any, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     node = make_node(ALICE)
     node.book.join_private("secret", KEY)
     alice = sender(ALICE, "alice")
-    room = alice.book.join_private("secret", OTHER_KEY)  # another passphrase
+    room = alice.book.join_private("secret", KEY)
+    alice.post(room, "first")
+    give_keys(ALICE, node.book)
+    wire = room.wire
     with caplog.at_level(logging.WARNING):
-        conns = [node.receive(ALICE, alice.post(room, f"attempt {i}")) for i in range(3)]
+        conns = []
+        for i in range(3):
+            good = alice.post(room, f"attempt {i}")
+            enc = bytearray(good.body.enc)
+            enc[-10] ^= 1  # tampered (and signed so by alice: she is the one misbehaving)
+            bad = make_message(ALICE, wire, "alice", TS + 10 + i, good.body.seq, "", bytes(enc))
+            conns.append(node.receive(ALICE, bad))
+        # A message of another room's ciphertext moved in here (its seq does not match).
+        moved = alice.post(room, "moved")
+        replay = make_message(ALICE, wire, "alice", TS + 20, moved.body.seq + 1, "", moved.body.enc)
+        conns.append(node.receive(ALICE, replay))
         await turn()
     assert all(c.closed is None for c in conns)
     assert node.events == []
@@ -687,6 +734,31 @@ async def test_private_room_message_with_a_wrong_key_is_dropped_and_logged_once(
     warnings = [r for r in caplog.records if "does not decrypt" in r.getMessage()]
     assert len(warnings) == 1
     assert "secret" in warnings[0].getMessage()
+
+
+async def test_private_room_message_of_an_unknown_session_is_kept_until_its_key_comes(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    """Not dropped for good: kept, its key asked for (once), shown when the key arrives."""
+    node = make_node(ALICE)
+    node.book.join_private("secret", KEY)
+    alice = sender(ALICE, "alice")
+    room = alice.book.join_private("secret", KEY)
+    first = alice.post(room, "before you had my key")
+    second = alice.post(room, "and again")
+    node.receive(ALICE, first)
+    node.receive(ALICE, second)
+    node.receive(ALICE, first)  # sync brings it again
+    await turn()
+    assert node.events == [] and message_count(store) == 0
+    asked = KEYS_SENT[ME.peer_id]
+    assert [to for to, _ in asked] == [ALICE.peer_id]  # one request, to its author
+    assert give_keys(ALICE, node.book) == 1
+    await turn()
+    await turn()
+    shown = [e.text for e in node.events if isinstance(e, ev.Message)]
+    assert sorted(shown) == ["and again", "before you had my key"]
+    assert message_count(store) == 2
 
 
 # --- History: blocked authors ----------------------------------------------------------

@@ -1,0 +1,387 @@
+"""Megolm room keys of private rooms: our outbound sessions, members' inbound ones, `rk`/`rkq`.
+
+The I/O side of crypto/group.py (docs/protocol.md 27). What the rules are:
+
+- each member encrypts its messages in a private room with an outbound Megolm session of its
+  own; before the first message of a new session, the session key goes to every admitted
+  member (`admitted(wire)`) over the pairwise channel (`send(peer, inner)`), and to a member
+  admitted later when it is;
+- a new session is made when a member left (its `rooms` frame drops the room, or we block
+  it), after MEGOLM_ROTATE_MSGS messages and after MEGOLM_ROTATE_S seconds: it is shared only
+  with the members admitted then, so a member who left reads nothing written after;
+- a message of a session whose key we lack is kept (bounded) and its key asked for (`rkq`, to
+  its author if admitted, else to a few admitted members); it is read once the key comes;
+- a key from a peer that is not an admitted member is refused (logged once); a key forwarded
+  by a member for another author's session is taken only if it reads a message we keep;
+- inbound sessions are deleted MEGOLM_KEEP_INBOUND_S after they came: history is stored as
+  plaintext at receipt, so it stays readable, and recorded traffic older than that window
+  cannot be read with what this node holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chinwag import limits
+from chinwag.crypto import group
+from chinwag.crypto.box import BadCiphertext
+from chinwag.crypto.identity import Identity
+from chinwag.logonce import WarnOnce
+from chinwag.net.link import Link
+from chinwag.protocol import groupkeys as gk
+from chinwag.protocol import messages as m
+from chinwag.protocol.chat import ChatMessage
+from chinwag.store.db import Store, StoreError
+from chinwag.store.groupkeys import GroupKeyStore, OutboundRow
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two sweeps of expired inbound sessions.
+_EXPIRE_EVERY_S = 3600.0
+
+PendingKey = tuple[str, str, str]  # (room, author, session id)
+
+
+@dataclass(slots=True)
+class _Out:
+    session: group.Outbound
+    row: OutboundRow
+
+
+@dataclass(slots=True)
+class _Held:
+    conn: Link
+    frame: m.Chat
+    msg: ChatMessage
+
+
+class RoomKeys:
+    """Megolm sessions of our private rooms and the room-key frames that carry them."""
+
+    def __init__(
+        self,
+        store: Store,
+        identity: Identity,
+        send: Callable[[str, str, bytes], bool],
+        admitted: Callable[[str], set[str]],
+        room_key: Callable[[str], bytes | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """send(peer, kind, data): one room-key frame over the pairwise channel (False: no way);
+        admitted(wire): the peers we hold as admitted members of private room wire;
+        room_key(wire): its passphrase key (room keys travel sealed under it)."""
+        self.me = identity.peer_id
+        self._keys = GroupKeyStore(store)
+        self._pickle_key = group.pickle_key(bytes(identity.signing_key))
+        self._send_inner = send
+        self._admitted = admitted
+        self._passkey = room_key
+        self._clock = clock
+        #: Re-feeds a kept message once its key came (History.chat_received; set by the node).
+        self.retry: Callable[[Link, m.Chat], object] | None = None
+        self._out: dict[str, _Out] = {}
+        self._held: dict[PendingKey, list[_Held]] = {}
+        self._held_count = 0
+        self._asked: dict[PendingKey, float] = {}
+        self._rkq_window: dict[str, tuple[float, int]] = {}
+        self._warn = WarnOnce(log)
+        self._last_expire = 0.0
+        self.expire()
+
+    # --- our messages -------------------------------------------------------
+
+    def seal(self, wire: str, seq: int, text: str) -> bytes:
+        """Return the `enc` of our message seq in private room wire (rotating first if due).
+
+        The session's new state is saved before the message exists: a crash never makes
+        us encrypt two messages at one Megolm index.
+        """
+        now = self._clock()
+        out = self._outbound(wire)
+        reason = (
+            "new"
+            if out is None
+            else group.rotation_due(
+                group.Rotation(out.row.created, out.row.sent), now, out.row.left
+            )
+        )
+        if out is None or reason is not None:
+            out = self._rotate(wire, now, reason or "new")
+        enc = out.session.seal(wire, self.me, seq, text)
+        out.row = OutboundRow(
+            wire,
+            out.row.sid,
+            out.session.pickle(self._pickle_key),
+            out.row.created,
+            out.row.sent + 1,
+            out.row.left,
+        )
+        self._keys.save_outbound(out.row)
+        return enc
+
+    def _outbound(self, wire: str) -> _Out | None:
+        out = self._out.get(wire)
+        if out is not None:
+            return out
+        row = self._keys.outbound(wire)
+        if row is None:
+            return None
+        try:
+            session = group.Outbound.from_pickle(row.pickle, self._pickle_key)
+        except group.GroupError as exc:  # another identity's store: start afresh
+            log.warning("room %s: our Megolm session is unusable (%s); making a new one", wire, exc)
+            return None
+        out = self._out[wire] = _Out(session, row)
+        return out
+
+    def _rotate(self, wire: str, now: float, reason: str) -> _Out:
+        """Make a new outbound session, keep its key for ourselves, give it to the members."""
+        session = group.Outbound.create()
+        own = group.Inbound.from_key(session.session_key)
+        self._save_inbound(wire, self.me, own, now)
+        row = OutboundRow(wire, session.session_id, session.pickle(self._pickle_key), now, 0, False)
+        self._keys.save_outbound(row)
+        out = self._out[wire] = _Out(session, row)
+        members = sorted(self._admitted(wire) - {self.me})
+        log.info(
+            "room %s: new Megolm session %s (%s), key to %d members",
+            wire,
+            session.session_id[:8],
+            reason,
+            len(members),
+        )
+        key = self._key_frame(wire, self.me, own)
+        for peer in members:
+            if key is not None:
+                self._send(peer, key)
+        return out
+
+    # --- membership ------------------------------------------------------------
+
+    def on_admitted(self, wire: str, peer_id: str) -> None:
+        """peer_id is an admitted member of wire now: give it our current key, ask it for
+        the keys of messages we keep."""
+        out = self._outbound(wire)
+        if out is not None and not out.row.left:
+            own = self._inbound(wire, self.me, out.row.sid)
+            key = self._key_frame(wire, self.me, own) if own is not None else None
+            if key is not None:
+                self._send(peer_id, key)
+        for room, author, sid in list(self._held):
+            if room == wire:
+                self._send(peer_id, gk.RoomKeyRequest(room=room, author=author, sid=sid))
+
+    def member_left(self, wire: str, peer_id: str) -> None:
+        """peer_id left private room wire (or was blocked): our next message rotates."""
+        out = self._outbound(wire)
+        if out is None or out.row.left:
+            return
+        log.info("room %s: member %s left; the next message uses a new session", wire, peer_id[:8])
+        r = out.row
+        out.row = OutboundRow(r.room, r.sid, r.pickle, r.created, r.sent, True)
+        self._keys.mark_left(wire)
+
+    def forget_room(self, wire: str) -> None:
+        """We left the room: drop our outbound session and what we keep for it."""
+        self._out.pop(wire, None)
+        self._keys.forget_room(wire)
+        for key in [k for k in self._held if k[0] == wire]:
+            self._drop_held(key)
+
+    # --- reading -------------------------------------------------------------------
+
+    def open(self, wire: str, author: str, seq: int, enc: bytes) -> str:
+        """Return the text of author's message seq in private room wire.
+
+        UnknownSession (its key is not here yet; keep the message) or BadCiphertext.
+        """
+        sid, _raw = group.envelope(enc)
+        inbound = self._inbound(wire, author, sid)
+        if inbound is None:
+            raise group.UnknownSession(f"no key of session {sid[:8]} of {author[:8]}")
+        text, _index = inbound.open(enc, wire, author, seq)
+        return text
+
+    def _inbound(self, wire: str, author: str, sid: str) -> group.Inbound | None:
+        found = self._keys.inbound(wire, author, sid)
+        if found is None:
+            return None
+        try:
+            return group.Inbound.from_pickle(found[0], self._pickle_key)
+        except group.GroupError as exc:
+            self._warn(("pickle", wire), "room %s: an inbound session is unusable: %s", wire, exc)
+            return None
+
+    def _save_inbound(self, wire: str, author: str, inbound: group.Inbound, now: float) -> None:
+        self._keys.save_inbound(
+            wire,
+            author,
+            inbound.session_id,
+            inbound.pickle(self._pickle_key),
+            inbound.first_known_index,
+            now,
+            limits.MEGOLM_MAX_INBOUND_PER_AUTHOR,
+        )
+
+    def hold(self, conn: Link, frame: m.Chat, msg: ChatMessage) -> None:
+        """Keep a (signature-checked) message whose session key we lack, and ask for it."""
+        body = msg.body
+        try:
+            sid, _raw = group.envelope(body.enc)
+        except group.BadGroupMessage:
+            return
+        key = (body.room, msg.author_id, sid)
+        held = self._held.setdefault(key, [])
+        if any(h.msg.id == msg.id for h in held):
+            held[:] = [h for h in held if h.msg.id != msg.id]  # the newest copy's connection
+            self._held_count -= 1
+        while self._held_count >= limits.MEGOLM_MAX_PENDING_MSGS:
+            self._drop_oldest()
+        held = self._held.setdefault(key, [])
+        held.append(_Held(conn, frame, msg))
+        self._held_count += 1
+        self._request(key)
+
+    def _drop_oldest(self) -> None:
+        oldest = next(iter(self._held))
+        held = self._held[oldest]
+        held.pop(0)
+        self._held_count -= 1
+        if not held:
+            self._drop_held(oldest)
+
+    def _drop_held(self, key: PendingKey) -> None:
+        self._held_count -= len(self._held.pop(key, []))
+        self._asked.pop(key, None)
+
+    def _request(self, key: PendingKey) -> None:
+        now = self._clock()
+        last = self._asked.get(key)
+        if last is not None and abs(now - last) < limits.MEGOLM_RKQ_RETRY_S:
+            return
+        self._asked[key] = now
+        room, author, sid = key
+        members = self._admitted(room) - {self.me}
+        targets = [author] if author in members else sorted(members)[: limits.MEGOLM_RKQ_FANOUT]
+        frame = gk.RoomKeyRequest(room=room, author=author, sid=sid)
+        for peer in targets:
+            self._send(peer, frame)
+
+    # --- room-key frames ---------------------------------------------------------
+
+    def _send(self, peer_id: str, frame: gk.Inner) -> None:
+        """Send an `rk` or `rkq` to peer_id over the pairwise channel."""
+        kind = gk.RK if isinstance(frame, gk.RoomKey) else gk.RKQ
+        self._send_inner(peer_id, kind, gk.encode(frame))
+
+    def _key_frame(self, wire: str, author: str, inbound: group.Inbound) -> gk.RoomKey | None:
+        """Return an `rk` giving inbound (sealed under wire's passphrase key)."""
+        room_key = self._passkey(wire)
+        if room_key is None:
+            return None
+        sealed = group.seal_key(room_key, inbound.export())
+        return gk.RoomKey(room=wire, author=author, key=sealed)
+
+    def received(self, peer_id: str, data: bytes) -> None:
+        """Handle a room-key frame from peer_id; RemoteProtocolError if it is malformed."""
+        frame = gk.decode(data)
+        self.expire()
+        if peer_id not in self._admitted(frame.room):
+            self._warn(
+                (peer_id, frame.room, "rk"),
+                "refusing %r from %s: not an admitted member of %s",
+                frame.__struct_config__.tag,
+                peer_id[:8],
+                frame.room,
+            )
+            return
+        try:
+            if isinstance(frame, gk.RoomKey):
+                self._room_key(peer_id, frame)
+            else:
+                self._key_request(peer_id, frame)
+        except StoreError as exc:  # ours, not the peer's
+            log.error("cannot keep a room key: %s", exc)
+
+    def _room_key(self, peer_id: str, frame: gk.RoomKey) -> None:
+        if frame.author == self.me:
+            return  # we hold our own sessions
+        room_key = self._passkey(frame.room)
+        try:
+            if room_key is None:
+                raise group.GroupError("not a room of ours")
+            inbound = group.Inbound.from_export(group.open_key(room_key, frame.key))
+        except group.GroupError as exc:
+            self._warn((peer_id, "rk bad"), "refusing a room key from %s: %s", peer_id[:8], exc)
+            return
+        key = (frame.room, frame.author, inbound.session_id)
+        if frame.author != peer_id and not self._reads_held(key, inbound):
+            # Only the author's own key is taken unasked; a forwarded one must prove itself.
+            self._warn(
+                (peer_id, "rk fwd"),
+                "refusing a forwarded room key from %s: it reads no message we keep",
+                peer_id[:8],
+            )
+            return
+        held = self._keys.inbound(*key)
+        if held is None or inbound.first_known_index < held[1]:
+            self._save_inbound(frame.room, frame.author, inbound, self._clock())
+        self._release(key)
+
+    def _reads_held(self, key: PendingKey, inbound: group.Inbound) -> bool:
+        for h in self._held.get(key, []):
+            body = h.msg.body
+            try:
+                inbound.open(body.enc, body.room, h.msg.author_id, body.seq)
+            except BadCiphertext:
+                continue
+            return True
+        return False
+
+    def _release(self, key: PendingKey) -> None:
+        held = self._held.pop(key, [])
+        self._held_count -= len(held)
+        self._asked.pop(key, None)
+        if self.retry is None:
+            return
+        for h in held:
+            self.retry(h.conn, h.frame)
+
+    def _key_request(self, peer_id: str, frame: gk.RoomKeyRequest) -> None:
+        now = self._clock()
+        start, count = self._rkq_window.get(peer_id, (now, 0))
+        if abs(now - start) >= limits.MEGOLM_RKQ_WINDOW_S:
+            start, count = now, 0
+        if count >= limits.MEGOLM_RKQ_PER_WINDOW:
+            self._warn(
+                (peer_id, "rkq flood"), "ignoring key requests from %s: too many", peer_id[:8]
+            )
+            return
+        self._rkq_window[peer_id] = (start, count + 1)
+        if len(self._rkq_window) > limits.MEGOLM_RKQ_PEERS:
+            del self._rkq_window[next(iter(self._rkq_window))]
+        inbound = self._inbound(frame.room, frame.author, frame.sid)
+        if inbound is None:
+            return
+        answer = self._key_frame(frame.room, frame.author, inbound)
+        if answer is not None:
+            self._send(peer_id, answer)
+
+    # --- expiry -----------------------------------------------------------------------
+
+    def expire(self) -> None:
+        """Delete inbound sessions past MEGOLM_KEEP_INBOUND_S (at most once an hour)."""
+        now = self._clock()
+        if self._last_expire and abs(now - self._last_expire) < _EXPIRE_EVERY_S:
+            return
+        self._last_expire = now
+        try:
+            gone = self._keys.expire_inbound(now - limits.MEGOLM_KEEP_INBOUND_S)
+        except StoreError as exc:
+            log.warning("cannot delete old room keys: %s", exc)
+            return
+        if gone:
+            log.info("deleted %d Megolm sessions older than the kept window", gone)

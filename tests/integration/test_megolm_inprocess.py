@@ -1,0 +1,105 @@
+"""Hostile members of private rooms, between real nodes in one process (real sockets, real
+SQLite, real Olm channels): the Megolm room-key rules of docs/protocol.md 27."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from it_support import until
+
+from chinwag import events as ev
+from chinwag.crypto import box, group
+from chinwag.node import Node
+from chinwag.private import inner
+from chinwag.protocol import groupkeys as gk
+from chinwag.protocol import messages as m
+from node_support import make_node
+
+pytestmark = pytest.mark.timeout(60)
+
+PASS = "open sesame"
+
+
+def texts(seen: list[ev.NodeEvent]) -> list[str]:
+    return [e.text for e in seen if isinstance(e, ev.Message)]
+
+
+def connected(a: Node, b: Node) -> bool:
+    return (
+        b.identity.peer_id in a._running().manager.peers
+        and a.identity.peer_id in b._running().manager.peers
+    )
+
+
+async def test_a_replayed_announcement_gets_room_keys_it_cannot_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mallory joined with a wrong passphrase but announces alice's key check value (a replay):
+    today's admission counts her in, so alice gives her room keys over Olm; they are sealed
+    under the passphrase key, so they open nothing and she reads nothing."""
+    a = make_node(tmp_path / "a", "alice")
+    await a.start()
+    await a.join("vault", PASS)
+    wire = box.private_room_id("vault")
+    kcv = a._running().book.joined[wire].kcv
+    mallory = make_node(tmp_path / "m", "mallory")
+    await mallory.start()
+    await mallory.join("vault", "a guess")
+    book = mallory._running().book
+    replayed = m.Rooms(joined=[m.RoomAnnounce(room=wire, kcv=kcv)])
+    book.announcement = lambda: replayed  # type: ignore[method-assign]
+    seen: list[ev.NodeEvent] = []
+    mallory.subscribe(seen.append)
+    delivered: list[bytes] = []
+    private = mallory._running().private
+    assert private is not None
+    handler = mallory._room_key_frame
+    private.on(gk.RK, lambda peer, data: (delivered.append(data), handler(peer, data)))
+    try:
+        mallory._running().manager.add_manual_peer("127.0.0.1", a.port)
+        await until(lambda: connected(a, mallory), "connected")
+        await until(lambda: mallory.identity.peer_id in a._admitted(wire), "mallory admitted")
+        with caplog.at_level(logging.WARNING):
+            await a.send("for members only", "vault")
+            await until(lambda: delivered, "a room key reaches mallory")
+            rk = gk.decode(delivered[0])
+            assert isinstance(rk, gk.RoomKey) and rk.author == a.identity.peer_id
+            with pytest.raises(group.GroupError):
+                group.Inbound.from_export(rk.key.decode("latin-1"))
+            await until(lambda: "another passphrase" in caplog.text, "mallory refuses the key")
+        assert "for members only" not in texts(seen)
+    finally:
+        await mallory.stop()
+        await a.stop()
+
+
+async def test_room_keys_from_a_non_member_are_refused_and_a_malformed_one_disconnects(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = make_node(tmp_path / "a", "alice")
+    await a.start()
+    await a.join("vault", PASS)
+    wire = box.private_room_id("vault")
+    stranger = make_node(tmp_path / "s", "stranger", peers=[("127.0.0.1", a.port)])
+    await stranger.start()
+    try:
+        await until(lambda: connected(a, stranger), "connected")
+        private = stranger._running().private
+        assert private is not None
+        fake = group.Inbound.from_key(group.Outbound.create().session_key).export()
+        forged = gk.RoomKey(room=wire, author=stranger.identity.peer_id, key=fake.encode())
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                assert private.send(a.identity.peer_id, inner(gk.RK, gk.encode(forged)))
+            ask = gk.RoomKeyRequest(room=wire, author=a.identity.peer_id, sid="x" * 43)
+            assert private.send(a.identity.peer_id, inner(gk.RKQ, gk.encode(ask)))
+            await until(lambda: "not an admitted member" in caplog.text, "refused")
+            assert private.send(a.identity.peer_id, inner(gk.RK, b"\x81\xa1t\xa2rk"))
+            await until(lambda: not connected(a, stranger), "disconnected")
+        assert caplog.text.count("refusing 'rk' from") == 1, caplog.text
+        assert "malformed room-key frame" in caplog.text
+    finally:
+        await stranger.stop()
+        await a.stop()
