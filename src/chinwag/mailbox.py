@@ -6,8 +6,10 @@ Three roles, one object per node:
   peers likely to meet it (its relays, then members of a room the reader is in,
   then peers sharing a room with us); a refusal (`mno`) sends it to the next;
   each acceptance (`mok`) is reported as `{"event":"mailed","id":..,"holders":n}`.
-- holder: takes items from their authors (the rules are `Holder.put`), stores
-  them in SQLite (table `mailbox`) and delivers them (`mail`) when the reader
+- holder: takes items from their depositors (the rules are `Holder.put`; it cannot
+  see their authors: those are inside the seal), stores them in SQLite (table
+  `mailbox`, the depositor only as a tag keyed by a secret of this process, so the
+  database at rest does not say who deposited what) and delivers them (`mail`) when the reader
   connects; the reader's `mack` deletes them (a tombstone stays until expiry,
   at most MAILBOX_MAX_TOMBSTONES).
   Expired items are purged every MAILBOX_PURGE_INTERVAL_S.
@@ -21,7 +23,9 @@ Three roles, one object per node:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -81,7 +85,15 @@ class Mailbox:
         self._reach = reach
         self._room_members = room_members
         self._clock = clock
-        self.holder = mb.Holder(identity.public)
+        # A fresh key per run: the `sender` column counts a depositor's quota while we run,
+        # and names no one once we stopped (its old tags just count in the total).
+        tag_key = os.urandom(32)
+        self.holder = mb.Holder(
+            identity.public,
+            tag=lambda peer: hashlib.blake2b(
+                peer.encode(), key=tag_key, digest_size=16
+            ).hexdigest(),
+        )
         self.inbox = mb.Inbox(identity.public)
         self.outbox = mb.Outbox()
         self._loop = asyncio.get_running_loop()
@@ -352,7 +364,7 @@ class Mailbox:
         if verdict.keep:
             try:
                 self.store.hold_mail(
-                    (h.id, h.to, h.frm, h.exp, h.size, m.encode(h.item)) for h in verdict.keep
+                    (h.id, h.to, h.by, h.exp, h.size, m.encode(h.item)) for h in verdict.keep
                 )
             except StoreError as exc:
                 log.warning("mailbox: cannot store mail: %s", exc)
