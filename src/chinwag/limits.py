@@ -607,12 +607,13 @@ MAILBOX_IDS_PER_FRAME = 1_024
 MAILBOX_MAX_ITEMS = 20_000
 #: Bytes (sealed boxes) one holder keeps in all (64 MiB).
 MAILBOX_MAX_BYTES = 64 << 20
-#: Items one sender may have waiting at a holder; stops one peer from taking the whole mailbox.
+#: Items one depositor (the peer that puts them) may have waiting at a holder; stops one peer
+#: from taking the whole mailbox.
 MAILBOX_MAX_ITEMS_PER_SENDER = 2_000
 #: Bytes one sender may have waiting at a holder (4 MiB).
 MAILBOX_MAX_BYTES_PER_SENDER = 4 << 20
 #: Items per second one peer may put (token bucket) and the burst; beyond: `mail_flood`.
-#: Stops a peer from making us verify signatures and write SQLite without pause.
+#: Stops a peer from making us unpack items and write SQLite without pause.
 MAILBOX_PUT_PER_S = 200.0
 MAILBOX_PUT_BURST = 4_000.0
 #: Holders an author hands each item to (redundancy; the reader dedups by message id).
