@@ -1,0 +1,144 @@
+"""What a relay and a non-member see (issue 12 item 3; docs/rooms.md, "What others can see").
+
+Real nodes over loopback, and a scripted peer (mallory) that records every frame a
+node sends it after the Noise layer: exactly what a mesh peer or relay running
+modified code would learn. The LAN captures and the holder's files are searched in
+tests/lan/test_lan_observers.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+import pytest
+from hostile_peer import HostilePeer
+from it_support import PROMPT_S, ChinwagProcess, NodeFactory, ask, connected
+
+from chinwag.crypto import box
+from chinwag.crypto.identity import Identity, public_from_peer_id
+from chinwag.protocol import messages as m
+
+TEXT = "meet me by the old mill at nine"
+
+
+def link_needles(a: ChinwagProcess, b: Identity) -> dict[str, bytes]:
+    """What would tie a conversation of a and b to b: its ids, the conversation id, text."""
+    return {
+        "b id": b.peer_id.encode(),
+        "b key": b.public,
+        "b hex": b.public.hex().encode(),
+        "conversation": box.dm_room(a.peer_id, b.peer_id).encode(),
+        "text": TEXT.encode(),
+    }
+
+
+def author_needles(a: ChinwagProcess) -> dict[str, bytes]:
+    """a's identity in every form."""
+    key = public_from_peer_id(a.peer_id)
+    return {"a id": a.peer_id.encode(), "a key": key, "a hex": key.hex().encode()}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 items 1 and 3, branch `olm`: a private message travels only inside a "
+    "`pm` envelope to its reader, never flooded (today a message to a peer we have no "
+    "connection to is flooded to every peer, its conversation id in clear to them); the "
+    "lead flips this at merge",
+)
+async def test_a_relay_between_two_peers_learns_nothing_that_links_them(
+    node: NodeFactory,
+) -> None:
+    """a writes to b, which is not connected to a; mallory, connected to a (as a relay or
+    a mail holder would be), records every frame a sends her. None names the conversation,
+    carries the text, or names b, except a mail item's reader; no mail item names a."""
+    a = node("ann", discovery=False)
+    await a.start()
+    bob = Identity.generate()
+    mallory = HostilePeer(nick="mallory")
+    await mallory.connect(a.port)
+    await connected_hostile(a, mallory)
+
+    await a.send({"cmd": "dm", "to": bob.peer_id, "text": TEXT})
+    await a.wait_for("dm", timeout=PROMPT_S, from_start=True, text=TEXT)
+    # a mails it (mallory shares `general` with it: a candidate holder); that comes after
+    # anything a sends about the message when it commits it.
+    put = await mallory.wait_frame(m.MailPut, timeout=PROMPT_S)
+    assert [i.to for i in put.items] == [bob.public], put
+
+    needles = link_needles(a, bob)
+    authors = author_needles(a)
+    leaks = []
+    for i, frame in enumerate(mallory.frames):
+        raw = m.encode(frame)
+        if isinstance(frame, m.MailPut):
+            # A holder learns the reader (it must deliver), not the author.
+            shown = needles | authors
+            leaks += [f"#{i} mput: {k}" for k, n in shown.items() if n in raw and k != "b key"]
+            continue
+        leaks += [f"#{i} {type(frame).__name__}: {k}" for k, n in needles.items() if n in raw]
+        if isinstance(frame, m.Chat):
+            room = msgspec.msgpack.decode(frame.body, type=m.ChatBody).room
+            if room.startswith("dm."):
+                leaks.append(f"#{i} chat of conversation {room}")
+    assert not leaks, leaks
+    await mallory.close()
+
+
+async def connected_hostile(node: ChinwagProcess, peer: HostilePeer) -> None:
+    """Wait until node reports the scripted peer as joined."""
+    await node.wait_for("peer_joined", timeout=PROMPT_S, from_start=True, peer_id=peer.peer_id)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 item 4, branch `join`: a private room's key check value and history go "
+    "to admitted members only (today both go to any peer that asks); the lead flips this "
+    "at merge",
+)
+async def test_a_non_member_sees_no_key_check_value_and_no_history(node: NodeFactory) -> None:
+    """alice and bob share a private room with history; mallory, not a member, connects to
+    alice: no announcement shows her the room's check value, and asking for its history
+    (announcing the room, with the value alice announced if she saw one) brings none."""
+    a = node("alice", discovery=False)
+    await a.start()
+    b = node("bob", "--peer", f"127.0.0.1:{a.port}", discovery=False)
+    await b.start()
+    await connected(a, b)
+    for n in (a, b):
+        await ask(n, {"cmd": "join", "room": "secret", "passphrase": "open sesame"}, "joined")
+    wire = box.private_room_id("secret")
+    for i in range(2):
+        await a.send({"cmd": "send", "room": "secret", "text": f"{TEXT} #{i}"})
+        await b.wait_for_message(f"{TEXT} #{i}", PROMPT_S)
+    await a.send({"cmd": "send", "room": "general", "text": "a public word"})
+    await b.wait_for_message("a public word", PROMPT_S)
+
+    mallory = HostilePeer(nick="mallory", rooms=())
+    await mallory.connect(a.port)
+    await mallory.wait_frame(m.Rooms, timeout=PROMPT_S)
+    seen = [r for f in mallory.frames if isinstance(f, m.Rooms) for r in f.joined]
+    kcvs = [r.kcv for r in seen if r.room == wire and r.kcv]
+    # The strongest ask: replay the value if she saw it, else guess one.
+    mallory.send_frames(
+        [
+            m.Rooms(
+                joined=[
+                    m.RoomAnnounce(room="general"),
+                    m.RoomAnnounce(room=wire, kcv=kcvs[0] if kcvs else os.urandom(16)),
+                ]
+            ),
+            m.Vector(room=wire, have={}),
+            m.Vector(room="general", have={}),
+        ]
+    )
+    # Her later question is answered: the earlier one was handled before it.
+    await mallory.wait_frame(m.Chat, lambda f: _room(f) == "general", timeout=PROMPT_S)
+    history = [f for f in mallory.frames if isinstance(f, m.Chat) and _room(f) == wire]
+    assert not history, f"a non-member got {len(history)} messages of {wire}"
+    assert not kcvs, f"a non-member saw the check value of {wire}"
+    await mallory.close()
+
+
+def _room(chat: m.Chat) -> str:
+    return msgspec.msgpack.decode(chat.body, type=m.ChatBody).room
