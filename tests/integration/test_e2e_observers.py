@@ -82,6 +82,40 @@ async def test_a_relay_between_two_peers_learns_nothing_that_links_them(
     await mallory.close()
 
 
+async def test_a_third_peer_gets_nothing_of_a_conversation_between_connected_peers(
+    node: NodeFactory,
+) -> None:
+    """a and b are connected and write to each other; mallory, connected to both, gets no
+    frame that names their conversation or carries its text."""
+    a = node("ann", discovery=False)
+    await a.start()
+    b = node("bob", "--peer", f"127.0.0.1:{a.port}", discovery=False)
+    await b.start()
+    await connected(a, b)
+    watchers = [HostilePeer(nick="mallory"), HostilePeer(nick="mallory")]
+    for n, w in zip((a, b), watchers, strict=True):
+        await w.connect(n.port)
+        await connected_hostile(n, w)
+    await a.send({"cmd": "dm", "to": b.peer_id, "text": TEXT})
+    own = await a.wait_for("dm", timeout=PROMPT_S, from_start=True, text=TEXT)
+    await b.wait_for("dm", timeout=PROMPT_S, from_start=True, id=own["id"])
+    # b's receipt reaches a (a's delivered count), then a room message marks the end.
+    await a.wait_for("delivered", timeout=PROMPT_S, from_start=True, id=own["id"])
+    for n, w in zip((a, b), watchers, strict=True):
+        await n.send({"cmd": "send", "room": "general", "text": f"end {n.nick}"})
+        await w.wait_frame(m.Chat, lambda f: _room(f) == "general", timeout=PROMPT_S)
+    needles = link_needles(a, b.peer_id)
+    for w in watchers:
+        leaks = [
+            f"#{i} {type(f).__name__}: {k}"
+            for i, f in enumerate(w.frames)
+            for k, n in needles.items()
+            if n in m.encode(f)
+        ]
+        assert not leaks, leaks
+        await w.close()
+
+
 async def connected_hostile(node: ChinwagProcess, peer: HostilePeer) -> None:
     """Wait until node reports the scripted peer as joined."""
     await node.wait_for("peer_joined", timeout=PROMPT_S, from_start=True, peer_id=peer.peer_id)
