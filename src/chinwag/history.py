@@ -35,9 +35,11 @@ from chinwag import events as ev
 from chinwag import limits
 from chinwag.crypto.identity import Identity, public_from_peer_id, verify
 from chinwag.errors import RemoteProtocolError, UsageError
+from chinwag.logonce import WarnOnce
 from chinwag.protocol import messages as m
 from chinwag.protocol import replica as rp
 from chinwag.protocol.chat import ChatMessage, SeenSet, open_message
+from chinwag.protocol.kinds import RoomKind, kind_of_wire
 from chinwag.protocol.mesh import Mesh, MeshAction, MeshClose, MeshDial, MeshSend, MeshServe, MsgId
 from chinwag.protocol.reasons import Reason
 from chinwag.protocol.replica import Replica
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from chinwag.net.link import Link, Links
 
 log = logging.getLogger(__name__)
+_warn_clear = WarnOnce(log)
 
 Key = tuple[int, str, int]
 
@@ -179,6 +182,9 @@ class History:
         ] = []
         #: Called once the pending batch is committed (mail is acknowledged only then).
         self._after_flush: list[Callable[[], None]] = []
+        #: Sends a conversation's encoded chat frame to its other party inside its Olm
+        #: ratchet (PrivateChannel.send of a `chat` inner frame); None: in clear (unit tests).
+        self.private_send: Callable[[str, bytes], bool] | None = None
         self._closed = False
 
     # --- lifecycle ------------------------------------------------------
@@ -279,9 +285,11 @@ class History:
 
     # --- frames from peers ----------------------------------------------
 
-    def chat_received(self, conn: Link, frame: m.Chat) -> bool:
+    def chat_received(self, conn: Link, frame: m.Chat, clear: bool = False) -> bool:
         """Check a received message and queue it for the next commit.
 
+        clear: the frame came as a plain `chat` frame, not inside a `pm`; a conversation's
+        message never travels so (docs/protocol.md section 26) and is refused.
         Return False if this copy will never be stored (refused: blocked, not ours, does
         not decrypt, not remembered, over the sender's budget, or invalid), else True.
         """
@@ -290,6 +298,10 @@ class History:
             msg = open_message(frame.body, frame.sig, check_signature=False)
             body = msg.body
             author = msg.author_id
+            if clear and kind_of_wire(body.room) is RoomKind.DM:
+                why = "refusing a private message from %s in clear (not in a pm)"
+                _warn_clear(("clear-dm", from_id), why, from_id[:8])
+                return False
             if msg.id in self._pending_ids:
                 self._heard_again(from_id, frame, body.room, author, body.seq)
                 return True
@@ -501,6 +513,9 @@ class History:
         """Carry out what the replica decided (the caller re-arms the timer)."""
         for action in actions:
             if isinstance(action, rp.Send):
+                if isinstance(action.frame, m.Chat) and self._private(action.frame.body):
+                    self._send_private(action.peer, m.encode(action.frame))
+                    continue
                 conn = self.manager.peers.get(action.peer)
                 if conn is not None:
                     conn.send_frame(action.frame)
@@ -811,6 +826,29 @@ class History:
             count, of = self.replica.delivery(room, seq)
             self._emit(ev.Delivered(id=msg_id, count=count, of=of))
 
+    # --- conversations inside the Olm ratchet (docs/protocol.md section 26) -------
+
+    def _private(self, body: bytes) -> bool:
+        """Return whether an encoded chat body is a conversation's (it goes inside a `pm`)."""
+        if self.private_send is None:
+            return False
+        try:
+            return kind_of_wire(m.decode_body(body).room) is RoomKind.DM
+        except RemoteProtocolError:
+            return False
+
+    def _send_private(self, peer_id: str, encoded_chat: bytes) -> None:
+        assert self.private_send is not None
+        self.private_send(peer_id, encoded_chat)
+
+    def resync(self, peer_id: str) -> None:
+        """Send our vector of the conversation with peer_id (its ratchet started anew: it
+        re-sends what we lack, we re-send what it lacks)."""
+        for wire, room in list(self.book.joined.items()):
+            if room.kind == DM and room.peer == peer_id:
+                self.replica.forget_sent(peer_id, wire)
+                self._run(self.replica.send_vector(wire, self._loop.time()))
+
     # --- pushing history to a peer --------------------------------------
 
     def _start_push(self, conn: Link, room: str, plan: list[PushRange]) -> None:
@@ -835,6 +873,7 @@ class History:
 
     async def _push(self, conn: Link, room: str, plan: list[PushRange]) -> None:
         peer_id = conn.peer_id or ""
+        private = self.private_send is not None and kind_of_wire(room) is RoomKind.DM
         floors, ranges = self.replica.push_ranges(peer_id, room, plan)
         for floor in floors:
             conn.send_frame(floor)
@@ -847,7 +886,11 @@ class History:
             for msg_id, ts, author, seq, body, sig, _verified in rows:
                 if msg_id in bad:
                     continue
-                conn.send_encoded(m.encode(m.Chat(body=body, sig=sig, hist=True)))
+                encoded = m.encode(m.Chat(body=body, sig=sig, hist=True))
+                if private:
+                    self._send_private(peer_id, encoded)  # re-wrapped under today's session
+                else:
+                    conn.send_encoded(encoded)
                 self.replica.pushed(peer_id, room, author, seq)
                 after = (ts, author, seq)
             if len(rows) < limits.SYNC_BATCH:

@@ -701,3 +701,30 @@ DHT_BLIND_PERIOD_S = 86_400
 #: (lookers whose day has begun find us at once). Longer than DHT_REPUBLISH_S, so at least
 #: one hourly put falls in it.
 DHT_BLIND_NEXT_S = 5_400
+
+# --- olm: private messages over pairwise Olm ratchets (issue 12, docs/protocol.md 26) -------
+
+#: Bytes of the smallest `pm` padding bucket (buckets are powers of two from here): a short
+#: DM and a long one look alike to whoever sees frame sizes.
+PM_MIN_BUCKET = 256
+#: Bytes of the data of one `pm` frame (an 8 KiB bucket holds the largest DM with room to
+#: spare; 16 KiB for other inner frames): a peer cannot make us decrypt megabytes.
+PM_MAX_BYTES = 16_384
+#: Bytes of one inner frame a peer may wrap in a `pm` (the plaintext we handle).
+PM_MAX_INNER_BYTES = PM_MAX_BYTES - 512
+#: `pm` frames of one connection that may fail to decrypt before we close it: one peer's
+#: garbage or replays cost us one failed MAC each, then the connection.
+PM_MAX_BAD = 16
+#: One-time-key requests (`okreq`) a peer may make per minute: each makes a key we keep
+#: until used, so a flood of requests would churn our keys (answered with no key beyond).
+OLM_OTK_PER_PEER_PER_MIN = 6
+#: One-time keys we hand out per minute to all peers together (many peers flooding at once).
+OLM_OTK_PER_MIN = 60
+#: Olm sessions kept per peer (both ends starting one at once makes two; older ones go):
+#: bounds the sessions a peer's pre-key messages can make us store and try.
+OLM_MAX_SESSIONS_PER_PEER = 4
+#: Peers whose Olm keys and sessions we keep (the least recently used are forgotten first).
+OLM_MAX_PEERS = 4_096
+#: Seconds between two session repairs (a new session after a message no session decrypts)
+#: towards one peer: a peer replaying old ciphertext cannot make us start sessions in a loop.
+OLM_REPAIR_INTERVAL_S = 10.0

@@ -45,6 +45,7 @@ from chinwag.net.dht import DhtNode, DhtUnavailable
 from chinwag.net.discovery import Discovery
 from chinwag.net.manager import ConnectionManager
 from chinwag.net.upnp import UpnpMapper
+from chinwag.private import CHAT, PrivateChannel, inner
 from chinwag.protocol import messages as m
 from chinwag.protocol.addr import AddrError, parse_addr
 from chinwag.protocol.chat import ChatMessage, make_message
@@ -136,6 +137,8 @@ class _Running:
     #: Mail that waits for its reader (issue 15 item 4); set right after the parts above.
     mailbox: Mailbox | None = None
     rendezvous: Rendezvous | None = None
+    #: Pairwise Olm ratchets: conversations travel only inside them (issue 12).
+    private: PrivateChannel | None = None
 
     async def close(self, reason: str) -> None:
         """Stop every part, the network last but one and the store last."""
@@ -299,6 +302,7 @@ class Node:
                 room_members=self._room_members,
             )
             run.mailbox.load()
+            run.private = self._make_private(run)
             files.load()
             self.port = await manager.listen(
                 self.config.bind, self.config.port, self.config.port_fallback
@@ -855,6 +859,9 @@ class Node:
         self._running().store.save_peer(
             peer_id, self._nicks[peer_id], f"{conn.address[0]}:{conn.address[1]}"
         )
+        private = self._running().private
+        if private is not None and self.config.chat:
+            private.peer_joined(conn)  # keys first: a conversation's sync may follow at once
         self._running().history.peer_joined(conn)
         self._running().members.peer_joined(conn)
         self._update_presence()  # listening on any address: this one may be new
@@ -886,6 +893,8 @@ class Node:
         # Seen before from now on (not while connected: it ranks as it did when it came).
         self._seen_peers.add(peer_id)
         if self._run is not None:
+            if self._run.private is not None:
+                self._run.private.peer_left(peer_id)
             self._run.history.peer_left(peer_id)
             self._run.files.peer_left(peer_id)
             self._run.members.peer_left(peer_id)
@@ -917,6 +926,11 @@ class Node:
         conn: PeerConnection,
         frame: m.PeerFrame | m.Observed,
     ) -> None:
+        if isinstance(frame, m.OlmFrame):
+            private = self._running().private
+            if private is not None and self.config.chat:
+                private.frame(conn, frame)
+            return
         if isinstance(frame, m.MailFrame):
             mailbox = self._running().mailbox
             if mailbox is not None:
@@ -947,7 +961,7 @@ class Node:
                 return
             if self._untimely(conn, frame):
                 return
-            self._running().history.chat_received(conn, frame)
+            self._running().history.chat_received(conn, frame, clear=True)
         elif isinstance(frame, m.MeshFrame):
             self._running().history.mesh_frame(conn, frame)
         else:
@@ -964,6 +978,32 @@ class Node:
                     mailbox.peer_rooms(conn.session.peer_id or "")
 
     # --- internals ------------------------------------------------------
+
+    def _make_private(self, run: _Running) -> PrivateChannel:
+        """Our Olm ratchets, wired to history: a conversation's chat frames go inside them."""
+        private = PrivateChannel(self.identity, run.store, run.manager)
+        run.history.private_send = lambda peer_id, chat: private.send(peer_id, inner(CHAT, chat))
+        private.on(CHAT, self._private_chat)
+        private.on_session = run.history.resync
+        return private
+
+    def _private_chat(self, peer_id: str, data: bytes) -> None:
+        """A chat frame from inside a peer's `pm`: a message of our conversation with it."""
+        conn = self._running().manager.peers.get(peer_id)
+        if conn is None:
+            return
+        try:
+            frame = m.decode_frame(data)
+        except RemoteProtocolError as exc:
+            log.warning("disconnecting %s: %s (inside a pm)", peer_id[:8], exc)
+            conn.close(exc.code)
+            return
+        if not isinstance(frame, m.Chat):
+            log.info("ignoring a %s frame inside a pm from %s", type(frame).__name__, peer_id[:8])
+            return
+        if self._untimely(conn, frame):
+            return
+        self._running().history.chat_received(conn, frame)
 
     def _update_presence(self) -> None:
         """Tell the presence book what our record says now (it signs only what changed)."""

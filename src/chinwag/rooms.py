@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from chinwag import limits
 from chinwag.crypto import box
-from chinwag.crypto.identity import Identity, public_from_peer_id
+from chinwag.crypto.identity import Identity
 from chinwag.errors import LocalProtocolError, UsageError
 from chinwag.logonce import WarnOnce
 from chinwag.protocol import messages as m
@@ -311,6 +311,8 @@ class RoomBook:
             return body.text if not body.enc else None
         try:
             if room.kind == DM:
+                if not body.enc:  # the Olm ratchet protected it on the way (private.py)
+                    return body.text
                 return box.open_dm(self.identity, body.enc, msg.author_id == self.me)
             assert room.key is not None
             return box.open_room(room.key, body.enc)
@@ -325,8 +327,9 @@ class RoomBook:
         if room.kind == PUBLIC:
             return text, b""
         if room.kind == DM:
-            assert room.peer is not None
-            return "", box.seal_dm(self.identity, public_from_peer_id(room.peer), text)
+            # The signed body stays plain in our store: on the wire it travels only inside
+            # the pair's Olm ratchet (a `pm` frame, docs/protocol.md section 26).
+            return text, b""
         assert room.key is not None
         return "", box.seal_room(room.key, text)
 

@@ -206,9 +206,9 @@ def test_with_a_router_messages_go_to_the_mesh_targets_not_to_everyone() -> None
     assert r.committed(CHAT, ROOM, author, 3, sender, True, lambda: False, 1.0) == []
     # A room we do not hold is not passed on (only members carry a room).
     assert r.pass_on(CHAT, sender, author, ROOM) == []
-    # But a conversation of others is (its parties may have no other path; it is sealed).
+    # Nor a conversation of others: it travels only inside its parties' ratchet (issue 12).
     dm_room = "dm." + "x" * 40
-    assert r.pass_on(CHAT, sender, author, dm_room) == [rp.Flood(CHAT, frozenset({sender, author}))]
+    assert r.pass_on(CHAT, sender, author, dm_room) == []
     # A duplicate is scored by the mesh, nothing is sent.
     assert r.heard_again(targets[3], ROOM, author, 1, 1.1) == []
     assert mesh._peers[targets[3]].stats[ROOM].deliveries == 1.0
@@ -218,9 +218,18 @@ def test_with_a_router_a_conversation_goes_only_to_its_other_party() -> None:
     r, _mesh = _meshed(BOB, CAROL)
     assert r.committed(CHAT, "dm", ME, 1, None, True, bool, 1.0) == [rp.Send(BOB, CHAT)]
     assert r.committed(CHAT, "dm", BOB, 1, BOB, True, lambda: True, 1.0) == []  # for us: kept
-    # Its party not connected: relays pass it on (pass_on); sync brings it over a direct one.
+    # Its party not connected: never flooded; it waits for sync over a direct connection.
     away, _ = _meshed(CAROL)
-    assert away.committed(CHAT, "dm", ME, 1, None, True, bool, 1.0) == [rp.Flood(CHAT)]
+    assert away.committed(CHAT, "dm", ME, 1, None, True, bool, 1.0) == []
+
+
+def test_without_a_router_a_conversation_goes_only_to_its_other_party() -> None:
+    r = Replica(ME, View(BOB, CAROL))
+    assert r.committed(CHAT, "dm", ME, 1, None, True, bool, 1.0) == [rp.Send(BOB, CHAT)]
+    assert r.committed(CHAT, "dm", BOB, 1, BOB, True, lambda: True, 1.0) == []  # not relayed
+    away = Replica(ME, View(CAROL))
+    assert away.committed(CHAT, "dm", ME, 1, None, True, bool, 1.0) == []
+    assert away.pass_on(CHAT, CAROL, BOB, "dm." + "x" * 40) == []
 
 
 def test_with_a_router_the_vector_waits_for_the_mesh() -> None:

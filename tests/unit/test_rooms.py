@@ -457,7 +457,8 @@ async def test_dm_to_us_is_stored_in_clear_and_shown(
     text = "psst, only for you"
     msg = alice.dm(ME, text)
     wire = box.dm_room(ME.peer_id, ALICE.peer_id)
-    assert msg.body.room == wire and msg.body.text == "" and msg.body.enc
+    # Plain in the signed body: on the wire it travels only inside a `pm` (private.py).
+    assert msg.body.room == wire and msg.body.text == text and not msg.body.enc
     conn = node.receive(ALICE, msg)
     await turn()
     assert conn.closed is None
@@ -498,7 +499,7 @@ async def test_our_own_dm_coming_back_from_a_peer_opens_with_our_copy(
     assert row.text == "sent from my other session"
 
 
-async def test_dm_between_two_other_peers_is_relayed_never_stored_or_shown(
+async def test_dm_between_two_other_peers_is_never_relayed_stored_or_shown(
     make_node: Any, sender: Any, store: Store
 ) -> None:
     node = make_node(BOB, CAROL)
@@ -517,11 +518,61 @@ async def test_dm_between_two_other_peers_is_relayed_never_stored_or_shown(
     assert wire not in node.book.joined
     assert wire not in [r[0] for r in store.rooms_joined()]
     assert text.encode() not in database_bytes(store)
-    # Relayed as is (ciphertext), so carol gets it through us.
-    [(frame, exclude)] = node.manager.chats()
-    assert frame.body == msg.raw_body
-    assert text.encode() not in frame.body
-    assert exclude == {BOB.peer_id}
+    # Not passed on either: a conversation travels only between its parties (issue 12).
+    assert node.manager.chats() == []
+    assert all(c.sent == [] for c in node.conns.values())
+
+
+async def test_a_dm_in_a_plain_chat_frame_is_refused(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    node = make_node(ALICE)
+    msg = sender(ALICE, "alice").dm(ME, "in clear on the wire")
+    conn = node.conns[ALICE.peer_id]
+    chat = m.Chat(body=msg.raw_body, sig=msg.sig)
+    assert not node.history.chat_received(conn, chat, clear=True)
+    await turn()
+    assert node.events == [] and message_count(store) == 0
+    assert node.history.chat_received(conn, chat)  # the same inside a pm: taken
+
+
+async def test_our_dm_and_its_history_go_only_through_the_private_channel(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    node = make_node(ALICE, BOB)
+    sent: list[tuple[str, bytes]] = []
+    node.history.private_send = lambda peer, chat: sent.append((peer, chat)) or True
+    me = Sender(store.path.parent, ME, "me")
+    room = node.book.join_dm(ALICE.peer_id)
+    msg = me.post(room, "for alice alone")
+    node.history.submit_own(msg, "for alice alone")
+    await turn()
+    assert node.manager.broadcasts == []
+    assert all(c.sent == [] for c in node.conns.values())
+    [(peer, encoded)] = sent
+    frame = m.decode_frame(encoded)
+    assert peer == ALICE.peer_id and isinstance(frame, m.Chat) and frame.body == msg.raw_body
+    # Alice away: the next waits (never flooded to bob); her vector brings it through
+    # the channel once she is back.
+    sent.clear()
+    alice = node.manager.peers.pop(ALICE.peer_id)
+    second = me.post(room, "while you were away")
+    me.store.close()
+    node.history.submit_own(second, "while you were away")
+    await turn()
+    assert sent == [] and node.manager.broadcasts == []
+    assert all(c.sent == [] for c in node.conns.values())
+    node.manager.peers[ALICE.peer_id] = alice
+    node.history.sync_frame(
+        node.conns[ALICE.peer_id],  # type: ignore[arg-type]
+        m.Vector(room=room.wire, have={ME.peer_id: 1}),
+    )
+    for _ in range(10):
+        await turn()
+    [(peer, encoded)] = sent
+    pushed = m.decode_frame(encoded)
+    assert peer == ALICE.peer_id and isinstance(pushed, m.Chat) and pushed.body == second.raw_body
+    assert all(c.sent == [] for c in node.conns.values())
 
 
 @pytest.mark.parametrize(

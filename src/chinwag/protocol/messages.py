@@ -481,6 +481,41 @@ class MailInner(msgspec.Struct, frozen=True, array_like=True):
     pad: bytes = b""
 
 
+# --- private messages over Olm (docs/protocol.md section 26) ---------------------
+
+
+class OlmKeyRequest(msgspec.Struct, frozen=True, tag_field="t", tag="okreq"):
+    """Send me your Olm keys with a fresh one-time key (answered by `okeys`)."""
+
+
+class OlmKeys(msgspec.Struct, frozen=True, tag_field="t", tag="okeys", omit_defaults=True):
+    """The sender's Olm identity key and fallback key, vouched for by `sig` (its identity's
+    signature of OLM_KEYS_CONTEXT + ident + fb), and a one-time key (`otk`, or empty) that
+    only this authenticated connection vouches for; `re`: the answer to an `okreq`."""
+
+    ident: Key32
+    fb: Key32
+    sig: Sig64
+    otk: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
+    re: bool = False
+
+
+class PrivateMessage(msgspec.Struct, frozen=True, tag_field="t", tag="pm"):
+    """An Olm message to the receiver alone, padded to a bucket (crypto/ratchet.py pad)."""
+
+    d: Annotated[bytes, msgspec.Meta(max_length=limits.PM_MAX_BYTES)]
+
+
+class PrivateInner(msgspec.Struct, frozen=True, array_like=True):
+    """The plaintext of a `pm`: a kind (`chat`: an encoded chat frame) and its data."""
+
+    kind: Annotated[str, msgspec.Meta(max_length=16)]
+    data: Annotated[bytes, msgspec.Meta(max_length=limits.PM_MAX_INNER_BYTES)]
+
+
+OlmFrame = OlmKeyRequest | OlmKeys | PrivateMessage
+
+
 Frame = (
     Chat
     | Ping
@@ -523,11 +558,14 @@ Frame = (
     | MailNo
     | MailDeliver
     | MailAck
+    | OlmKeyRequest
+    | OlmKeys
+    | PrivateMessage
 )
 SyncFrame = Vector | Want | Floor | Rooms
 #: Frames a connection hands to the layers above it (history, mesh, files, members, mailbox);
 #: one name, so a new kind is added in one place.
-PeerFrame = Chat | NickChange | SyncFrame | MeshFrame | FileFrame | Presence | MailFrame
+PeerFrame = Chat | NickChange | SyncFrame | MeshFrame | FileFrame | Presence | MailFrame | OlmFrame
 KNOWN_TAGS: Final = frozenset(
     {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms", "pres"}
     | {"fwho", "fhave", "fhreq", "fhash", "fget", "fdata", "fnak", "fend"}
@@ -535,6 +573,7 @@ KNOWN_TAGS: Final = frozenset(
     | {"rsv", "rsvok", "rsvno", "cconn", "cinc", "cacc", "cok", "cno"}
     | {"obs", "pcon", "psync"}
     | {"mput", "mok", "mno", "mail", "mack"}
+    | {"okreq", "okeys", "pm"}
 )
 
 

@@ -427,11 +427,11 @@ class Replica:
     def pass_on(self, chat: m.Chat, via: str, author: str, room: str = "") -> list[Action]:
         """A live message of a room we do not hold: pass it on for those who hold it.
 
-        With a router only members carry a room: nothing is passed on, except a private
-        conversation's message (once: the adapter's seen set), whose two parties may have
-        no direct path (two LAN segments joined by us): it is sealed, we cannot read it.
+        With a router only members carry a room: nothing is passed on. A private
+        conversation's message is never passed on (it travels only inside its two
+        parties' ratchet, over their own connection: docs/protocol.md section 26).
         """
-        if self.router is not None and kind_of_wire(room) is not RoomKind.DM:
+        if self.router is not None or kind_of_wire(room) is RoomKind.DM:
             return []
         return [Flood(chat, frozenset({via, author}))]
 
@@ -497,11 +497,14 @@ class Replica:
         if self.router is not None:
             return self._route(self.router, chat, room, author, seq, via, live, relayable, now)
         peers = self.view.peers()
+        dm = self.view.dm_peer(room)
+        if via is None and dm is not None:
+            return self._to_party(dm, chat, room, author, seq)
         if via is None:
             self._note_sent(peers, room, author, seq)
             return [Flood(chat)]
         out = self._maybe_settle(room) if author == self.me else []  # a peer gave back ours
-        if live and len(peers) > 1 and relayable():
+        if live and len(peers) > 1 and dm is None and relayable():
             exclude = frozenset({via, author})
             self._note_sent([p for p in peers if p not in exclude], room, author, seq)
             out.append(Flood(chat, exclude))
@@ -527,12 +530,7 @@ class Replica:
         dm = self.view.dm_peer(room)
         if via is None:
             if dm is not None:
-                if dm not in self.view.peers():
-                    # No direct connection (yet): relays pass it on (pass_on); sync over a
-                    # direct connection delivers it otherwise.
-                    return [Flood(chat)]
-                self._note_sent((dm,), room, author, seq)
-                return [Send(dm, chat)]
+                return self._to_party(dm, chat, room, author, seq)
             targets = router.publish(room, (room, author, seq), now)
             if not targets:
                 return []
@@ -547,6 +545,15 @@ class Replica:
             self._note_sent(targets, room, author, seq)
             out.append(Forward(chat, targets))
         return out
+
+    def _to_party(self, dm: str, chat: m.Chat, room: str, author: str, seq: int) -> list[Action]:
+        """Our new message of a conversation: to its other party alone, over a direct
+        connection (the adapter wraps it in the pair's ratchet). Never flooded: without a
+        connection it waits in the store, and sync (or a mailbox) delivers it later."""
+        if dm not in self.view.peers():
+            return []
+        self._note_sent((dm,), room, author, seq)
+        return [Send(dm, chat)]
 
     def heard_again(self, via: str, room: str, author: str, seq: int, now: float) -> list[Action]:
         """A live copy of a message we hold came from via: the mesh scores its delivery."""
@@ -739,6 +746,12 @@ class Replica:
             if lo <= r.hi:
                 ranges.append((r.author, lo, r.hi))
         return floors, ranges
+
+    def forget_sent(self, peer: str, room: str) -> None:
+        """Forget what went to peer in room on this connection: it may not have arrived
+        (the pair's ratchet broke and started anew), so its next vector gets a full push."""
+        for key in [k for k in self.sent if k[0] == peer and k[1] == room]:
+            del self.sent[key]
 
     def pushed(self, peer: str, room: str, author: str, seq: int) -> None:
         """A push sent seq of author to peer."""

@@ -94,6 +94,17 @@ CREATE TABLE IF NOT EXISTS contacts(
     peer_id TEXT PRIMARY KEY, nick TEXT NOT NULL, addrs TEXT NOT NULL, relays TEXT NOT NULL,
     added_at REAL NOT NULL, last_seen REAL NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS olm_account(
+    id INTEGER PRIMARY KEY CHECK(id=1), pickle TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS olm_sessions(
+    peer_id TEXT NOT NULL, session_id TEXT NOT NULL, pickle TEXT NOT NULL, used REAL NOT NULL,
+    PRIMARY KEY(peer_id, session_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS olm_peers(
+    peer_id TEXT PRIMARY KEY, ident BLOB NOT NULL, fb BLOB NOT NULL, sig BLOB NOT NULL,
+    otk BLOB NOT NULL, used REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 _COLUMNS = "id, room, author, seq, ts, nick, text, late"
@@ -743,6 +754,86 @@ class Store:
             cur = self.db.execute("DELETE FROM mailbox WHERE exp<=?", (now,))
             self.db.execute("DELETE FROM mail_gone WHERE exp<=?", (now,))
         return cur.rowcount
+
+    # --- Olm ratchets (issue 12, docs/protocol.md section 26) ------------------
+    # Pickles are encrypted by crypto/ratchet.py with a key derived from the identity seed.
+
+    def olm_account(self) -> str | None:
+        """Return our pickled Olm account, or None before the first one is saved."""
+        row = self.db.execute("SELECT pickle FROM olm_account WHERE id=1").fetchone()
+        return None if row is None else str(row[0])
+
+    def save_olm(
+        self,
+        account: str | None,
+        peer_id: str,
+        sessions: Iterable[tuple[str, str]],
+        drop: Iterable[str],
+        used: float,
+    ) -> None:
+        """In one transaction: save the account (if given), peer_id's (session id, pickle)
+        pairs, and delete its sessions listed in drop."""
+        with self._transaction():
+            if account is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO olm_account(id, pickle) VALUES (1, ?)", (account,)
+                )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO olm_sessions(peer_id, session_id, pickle, used)"
+                " VALUES (?,?,?,?)",
+                [(peer_id, sid, pickle, used) for sid, pickle in sessions],
+            )
+            self.db.executemany(
+                "DELETE FROM olm_sessions WHERE peer_id=? AND session_id=?",
+                [(peer_id, sid) for sid in drop],
+            )
+
+    def olm_sessions(self, peer_id: str) -> list[tuple[str, str]]:
+        """Return peer_id's (session id, pickle), most recently used first."""
+        rows = self.db.execute(
+            "SELECT session_id, pickle FROM olm_sessions WHERE peer_id=? ORDER BY used DESC",
+            (peer_id,),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def olm_peer(self, peer_id: str) -> tuple[bytes, bytes, bytes, bytes] | None:
+        """Return peer_id's Olm keys (ident, fallback, signature, unused one-time key or b"")."""
+        row = self.db.execute(
+            "SELECT ident, fb, sig, otk FROM olm_peers WHERE peer_id=?", (peer_id,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1], row[2], row[3])
+
+    def save_olm_peer(
+        self, peer_id: str, ident: bytes, fb: bytes, sig: bytes, otk: bytes, used: float
+    ) -> None:
+        """Save a peer's Olm keys; a new identity key drops the sessions with the old one.
+
+        At OLM_MAX_PEERS the least recently used peer's keys and sessions go."""
+        with self._transaction():
+            old = self.db.execute(
+                "SELECT ident FROM olm_peers WHERE peer_id=?", (peer_id,)
+            ).fetchone()
+            if old is not None and old[0] != ident:
+                self.db.execute("DELETE FROM olm_sessions WHERE peer_id=?", (peer_id,))
+            self.db.execute(
+                "INSERT OR REPLACE INTO olm_peers(peer_id, ident, fb, sig, otk, used)"
+                " VALUES (?,?,?,?,?,?)",
+                (peer_id, ident, fb, sig, otk, used),
+            )
+            (count,) = self.db.execute("SELECT COUNT(*) FROM olm_peers").fetchone()
+            if count > limits.OLM_MAX_PEERS:
+                gone = self.db.execute(
+                    "SELECT peer_id FROM olm_peers ORDER BY used LIMIT ?",
+                    (count - limits.OLM_MAX_PEERS,),
+                ).fetchall()
+                for (peer,) in gone:
+                    self.db.execute("DELETE FROM olm_peers WHERE peer_id=?", (peer,))
+                    self.db.execute("DELETE FROM olm_sessions WHERE peer_id=?", (peer,))
+
+    def olm_peer_otk_used(self, peer_id: str) -> None:
+        """Forget peer_id's one-time key (it opened a session: it opens no other)."""
+        with self._transaction():
+            self.db.execute("UPDATE olm_peers SET otk=x'' WHERE peer_id=?", (peer_id,))
 
     # --- internals ------------------------------------------------------
 

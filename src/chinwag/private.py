@@ -1,0 +1,399 @@
+"""Private channels: frames to one peer alone, inside its pairwise Olm ratchet (issue 12).
+
+`PrivateChannel` keeps our Olm account and one ratchet per peer (crypto/ratchet.py) in the
+store (tables `olm_*`, pickles encrypted with a key derived from the identity seed), sets
+sessions up when two peers meet, and carries inner frames in `pm` frames over the direct,
+authenticated connection (docs/protocol.md section 26):
+
+- at a connection's start each side sends `okeys` (its Olm identity and fallback keys, signed
+  by its identity) and, without a session with the peer, an `okreq`: the answer's one-time
+  key opens the first session (requests bounded per peer and per minute, OLM_OTK_*);
+- `wrap` / `unwrap` turn an inner frame into padded Olm bytes and back (also for mail:
+  without a one-time key a session starts from the peer's signed fallback key);
+- `send` wraps and sends a `pm`; inner frames wait (bounded) while keys are on their way;
+- a received `pm` that does not decrypt is refused with a reason logged once, moves no
+  ratchet, and after PM_MAX_BAD such the connection closes (`decrypt_failed`); one that no
+  session of ours decrypts (the peer kept a session we lost) makes us start a new session
+  (at most every OLM_REPAIR_INTERVAL_S), and `on_session` lets the node ask for re-sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import msgspec
+
+from chinwag import limits
+from chinwag.crypto import ratchet
+from chinwag.crypto.box import BadCiphertext
+from chinwag.crypto.identity import Identity, public_from_peer_id
+from chinwag.errors import ChinwagError
+from chinwag.logonce import WarnOnce
+from chinwag.net.link import Link, Links
+from chinwag.protocol import messages as m
+from chinwag.protocol.reasons import Reason
+from chinwag.store.db import Store, StoreError
+
+log = logging.getLogger(__name__)
+_warn = WarnOnce(log)
+
+#: Inner kind of a chat frame (a DM's signed chat) inside a `pm`.
+CHAT = "chat"
+#: Inner kind of the empty frame that opens a repaired session (nothing to hand on).
+HELLO = "hi"
+#: Inner frames that wait for a peer's keys, per peer (older ones go: sync re-sends them).
+_MAX_WAITING = 64
+
+_inner_decoder = msgspec.msgpack.Decoder(m.PrivateInner)
+
+Handler = Callable[[str, bytes], None]
+
+
+class NoKeys(ChinwagError):
+    """We have no session with the peer and none of its Olm keys to start one."""
+
+
+def inner(kind: str, data: bytes) -> bytes:
+    """Return the plaintext of a `pm` carrying data of this kind (see PrivateChannel.on)."""
+    return m.encode(m.PrivateInner(kind=kind, data=data))
+
+
+class PrivateChannel:
+    """Our Olm account, one ratchet per peer, and the `pm` frames that use them."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        store: Store,
+        links: Links,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.identity = identity
+        self.store = store
+        self.links = links
+        self._clock = clock
+        self._key = ratchet.pickle_key(bytes(identity.signing_key))
+        saved = store.olm_account()
+        if saved is None:
+            self.account = ratchet.OlmAccount.create()
+            self._save_account()
+        else:
+            self.account = ratchet.OlmAccount.from_pickle(saved, self._key)
+        self._sessions: dict[str, list[ratchet.OlmSession]] = {}
+        self._handlers: dict[str, Handler] = {}
+        self._waiting: dict[str, deque[bytes]] = {}
+        self._asked: set[str] = set()  # an okreq of ours is unanswered
+        self._repairing: set[str] = set()  # the next one-time key opens a repair session
+        self._repaired: dict[str, float] = {}
+        self._bad: dict[str, int] = {}
+        self._otk_times: dict[str, deque[float]] = {}
+        self._otk_all: deque[float] = deque()
+        #: Called with a peer id when a session with it starts anew after one broke (the
+        #: node sends its vectors so the author re-sends what did not arrive).
+        self.on_session: Callable[[str], None] | None = None
+        #: Test hook: called with (peer id, pm data) for every `pm` sent or received.
+        self.recorder: Callable[[str, bytes], None] | None = None
+
+    # --- the API for other parts --------------------------------------------
+
+    def on(self, kind: str, handler: Handler) -> None:
+        """Call handler(peer_id, data) for each received inner frame of this kind."""
+        self._handlers[kind] = handler
+
+    def published_keys(self) -> m.OlmKeys:
+        """Return our signed Olm identity and fallback keys (no one-time key): for anyone."""
+        ident, fb = self.account.identity_key, self.account.fallback_key
+        return m.OlmKeys(ident=ident, fb=fb, sig=ratchet.sign_keys(self.identity, ident, fb))
+
+    def learn_keys(self, peer_id: str, keys: m.OlmKeys) -> bool:
+        """Keep a peer's Olm keys if its identity signed them; return whether it did.
+
+        A new identity key (the peer lost its state) drops our sessions with the old one.
+        """
+        try:
+            public = public_from_peer_id(peer_id)
+        except ChinwagError:
+            return False
+        if not ratchet.verify_keys(public, keys.ident, keys.fb, keys.sig):
+            return False
+        if len(keys.otk) not in (0, 32):
+            return False
+        old = self.store.olm_peer(peer_id)
+        otk = keys.otk or (old[3] if old is not None and old[0] == keys.ident else b"")
+        self.store.save_olm_peer(peer_id, keys.ident, keys.fb, keys.sig, otk, time.time())
+        if old is not None and old[0] != keys.ident:
+            log.info("olm: %s has a new identity key: its old sessions are dropped", peer_id[:8])
+            self._sessions.pop(peer_id, None)
+        return True
+
+    def has_session(self, peer_id: str) -> bool:
+        """Return whether we share a ratchet with peer_id."""
+        return bool(self._load(peer_id))
+
+    def wrap(self, peer_id: str, data: bytes) -> bytes:
+        """Encrypt an inner frame (see `inner`) for peer_id alone: padded Olm bytes.
+
+        Without a session one starts from the peer's one-time key, else its fallback key
+        (a pre-key message). Raise NoKeys if we know no key of the peer.
+        """
+        return self._wrap(peer_id, data, fresh=False)
+
+    def _wrap(self, peer_id: str, data: bytes, fresh: bool) -> bytes:
+        sessions = self._load(peer_id)
+        drop: list[str] = []
+        if sessions and not fresh:
+            session = sessions[0]
+        else:
+            keys = self.store.olm_peer(peer_id)
+            if keys is None:
+                raise NoKeys(f"no olm keys of {peer_id[:8]}")
+            ident, fb, _sig, otk = keys
+            session = self.account.outbound(ident, otk or fb)
+            if otk:
+                self.store.olm_peer_otk_used(peer_id)
+            sessions.insert(0, session)
+            drop = [s.session_id for s in sessions[limits.OLM_MAX_SESSIONS_PER_PEER :]]
+            del sessions[limits.OLM_MAX_SESSIONS_PER_PEER :]
+        msg = session.encrypt(data)
+        self._save(peer_id, session, drop=drop)
+        return ratchet.pad(msg)
+
+    def unwrap(self, peer_id: str, data: bytes) -> bytes:
+        """Decrypt what peer_id wrapped for us; raise BadCiphertext (a RatchetError) if it is
+        replayed, forged, truncated or for no session of ours: no ratchet state changes then."""
+        msg = ratchet.unpad(data)
+        sessions = self._load(peer_id)
+        if msg.kind == ratchet.PRE_KEY:
+            for session in sessions:
+                if session.matches(msg):
+                    plain = session.decrypt(msg)
+                    self._used(peer_id, session)
+                    return plain
+            keys = self.store.olm_peer(peer_id)
+            if keys is None:
+                raise ratchet.StaleSession("a pre-key message from a peer whose keys we lack")
+            try:
+                session, plain = self.account.inbound(keys[0], msg)
+            except ratchet.RatchetError as exc:
+                # Forged, replayed, or made with a key we no longer have (we lost our state).
+                raise ratchet.StaleSession(str(exc)) from None
+            sessions.insert(0, session)
+            drop = [s.session_id for s in sessions[limits.OLM_MAX_SESSIONS_PER_PEER :]]
+            del sessions[limits.OLM_MAX_SESSIONS_PER_PEER :]
+            self._save(peer_id, session, account=True, drop=drop)
+            if self.on_session is not None:
+                # A new session: if the peer started anew (it lost ours), what we sent
+                # under the old one may be lost too; the node re-syncs the conversation.
+                self.on_session(peer_id)
+            return plain
+        for session in sessions:
+            try:
+                plain = session.decrypt(msg)
+            except ratchet.RatchetError:
+                continue
+            self._used(peer_id, session)
+            return plain
+        raise ratchet.StaleSession("no session of ours decrypts it (replayed, forged or stale)")
+
+    def send(self, peer_id: str, data: bytes) -> bool:
+        """Wrap an inner frame and send it in a `pm` over the direct connection to peer_id.
+
+        False if the peer is not connected. Without a session and a one-time key of the
+        peer the frame waits (bounded) for the `okeys` we ask for.
+        """
+        conn = self.links.peers.get(peer_id)
+        if conn is None or not conn.is_open:
+            return False
+        if not self.has_session(peer_id):
+            keys = self.store.olm_peer(peer_id)
+            if keys is None or not keys[3]:
+                # The fallback key would do, but a one-time key is better forward secrecy
+                # and comes within a round trip: wait for it.
+                self._wait(peer_id, data)
+                self._ask(conn, peer_id)
+                return True
+        self._send(conn, peer_id, data)
+        return True
+
+    # --- the connection side --------------------------------------------------
+
+    def peer_joined(self, conn: Link) -> None:
+        """Tell a new peer our keys; ask for a one-time key if we share no session."""
+        peer_id = conn.peer_id or ""
+        self._bad.pop(peer_id, None)
+        conn.send_frame(self.published_keys())
+        if not self.has_session(peer_id):
+            self._ask(conn, peer_id)
+
+    def peer_left(self, peer_id: str) -> None:
+        """Forget what waited for this connection (sync re-sends it on the next one)."""
+        self._waiting.pop(peer_id, None)
+        self._asked.discard(peer_id)
+        self._repairing.discard(peer_id)
+        self._bad.pop(peer_id, None)
+        self._otk_times.pop(peer_id, None)
+
+    def frame(self, conn: Link, frame: m.OlmFrame) -> None:
+        """Handle an `okreq`, `okeys` or `pm` from a connected peer."""
+        peer_id = conn.peer_id or ""
+        if isinstance(frame, m.OlmKeyRequest):
+            conn.send_frame(self._answer(peer_id))
+        elif isinstance(frame, m.OlmKeys):
+            self._keys_received(conn, peer_id, frame)
+        else:
+            self._pm_received(conn, peer_id, frame.d)
+
+    # --- internals --------------------------------------------------------
+
+    def _send(self, conn: Link, peer_id: str, data: bytes, fresh: bool = False) -> None:
+        try:
+            wrapped = self._wrap(peer_id, data, fresh)
+        except (ChinwagError, StoreError) as exc:
+            _warn(("wrap", peer_id), "olm: cannot write to %s: %s", peer_id[:8], exc)
+            return
+        if self.recorder is not None:
+            self.recorder(peer_id, wrapped)
+        conn.send_frame(m.PrivateMessage(d=wrapped))
+
+    def _wait(self, peer_id: str, data: bytes) -> None:
+        queue = self._waiting.setdefault(peer_id, deque(maxlen=_MAX_WAITING))
+        queue.append(data)
+
+    def _ask(self, conn: Link, peer_id: str) -> None:
+        if peer_id not in self._asked:
+            self._asked.add(peer_id)
+            conn.send_frame(m.OlmKeyRequest())
+
+    def _answer(self, peer_id: str) -> m.OlmKeys:
+        """Our keys with a fresh one-time key, unless the requests are over their bounds."""
+        keys = self.published_keys()
+        now = self._clock()
+        mine = self._otk_times.setdefault(peer_id, deque())
+        for times in (mine, self._otk_all):
+            while times and times[0] <= now - 60.0:
+                times.popleft()
+        if len(mine) >= limits.OLM_OTK_PER_PEER_PER_MIN or len(self._otk_all) >= (
+            limits.OLM_OTK_PER_MIN
+        ):
+            _warn(("otk", peer_id), "olm: %s asks too often for one-time keys", peer_id[:8])
+            # An answer all the same: the fallback key still opens a session.
+            return m.OlmKeys(ident=keys.ident, fb=keys.fb, sig=keys.sig, re=True)
+        mine.append(now)
+        self._otk_all.append(now)
+        otk = self.account.take_one_time_key()
+        self._save_account()
+        return m.OlmKeys(ident=keys.ident, fb=keys.fb, sig=keys.sig, otk=otk, re=True)
+
+    def _keys_received(self, conn: Link, peer_id: str, keys: m.OlmKeys) -> None:
+        if not self.learn_keys(peer_id, keys):
+            _warn(("keys", peer_id), "olm: %s sent keys it did not sign", peer_id[:8])
+            conn.close(Reason.BAD_SIGNATURE)
+            return
+        if not keys.re:
+            return  # the keys a peer sends at the start: our request's answer follows
+        self._asked.discard(peer_id)
+        if peer_id in self._repairing:
+            # Our session with it broke: start a new one now and say so (an empty frame).
+            self._repairing.discard(peer_id)
+            self._send(conn, peer_id, inner(HELLO, b""), fresh=True)
+            if self.on_session is not None:
+                self.on_session(peer_id)
+        for data in self._waiting.pop(peer_id, ()):
+            self._send(conn, peer_id, data)
+
+    def published_keys_of(self, peer_id: str) -> m.OlmKeys | None:
+        """Return the keys we hold of peer_id (as it published them), or None."""
+        keys = self.store.olm_peer(peer_id)
+        if keys is None:
+            return None
+        return m.OlmKeys(ident=keys[0], fb=keys[1], sig=keys[2])
+
+    def _pm_received(self, conn: Link, peer_id: str, data: bytes) -> None:
+        if self.recorder is not None:
+            self.recorder(peer_id, data)
+        try:
+            plain = self.unwrap(peer_id, data)
+            got = _inner_decoder.decode(plain)
+        except ratchet.StaleSession as exc:
+            self._refused(conn, peer_id, exc)
+            self._repair(conn, peer_id)
+            return
+        except (BadCiphertext, msgspec.DecodeError) as exc:
+            self._refused(conn, peer_id, exc)
+            return
+        except StoreError as exc:  # ours, not the peer's
+            log.error("olm: cannot save a ratchet: %s", exc)
+            return
+        if got.kind == HELLO:
+            return
+        handler = self._handlers.get(got.kind)
+        if handler is None:
+            _warn(("kind", got.kind[:16]), "olm: ignoring private frames of kind %r", got.kind)
+            return
+        handler(peer_id, got.data)
+
+    def _refused(self, conn: Link, peer_id: str, exc: Exception) -> None:
+        bad = self._bad[peer_id] = self._bad.get(peer_id, 0) + 1
+        _warn(("pm", peer_id), "olm: refusing a pm from %s: %s", peer_id[:8], exc)
+        if bad >= limits.PM_MAX_BAD:
+            log.warning("disconnecting %s: %d pm frames refused", peer_id[:8], bad)
+            conn.close(Reason.DECRYPT_FAILED)
+
+    def _repair(self, conn: Link, peer_id: str) -> None:
+        """The peer uses a session we lack: ask for a one-time key to start a new one."""
+        now = self._clock()
+        last = self._repaired.get(peer_id)
+        if last is not None and now - last < limits.OLM_REPAIR_INTERVAL_S:
+            return
+        self._repaired[peer_id] = now
+        if len(self._repaired) > limits.OLM_MAX_PEERS:
+            self._repaired.pop(next(iter(self._repaired)))
+        log.info("olm: starting a new session with %s (it used one we do not have)", peer_id[:8])
+        self._repairing.add(peer_id)
+        self._asked.discard(peer_id)
+        conn.send_frame(self.published_keys())  # our identity key may be new to it
+        self._ask(conn, peer_id)
+
+    def _load(self, peer_id: str) -> list[ratchet.OlmSession]:
+        sessions = self._sessions.get(peer_id)
+        if sessions is None:
+            sessions = []
+            for _sid, pickle in self.store.olm_sessions(peer_id):
+                try:
+                    sessions.append(ratchet.OlmSession.from_pickle(pickle, self._key))
+                except ratchet.RatchetError as exc:
+                    _warn(("pickle", peer_id), "olm: a saved session is unusable: %s", exc)
+            if len(self._sessions) >= limits.OLM_MAX_PEERS:
+                self._sessions.pop(next(iter(self._sessions)))
+            self._sessions[peer_id] = sessions
+        return sessions
+
+    def _used(self, peer_id: str, session: ratchet.OlmSession) -> None:
+        sessions = self._sessions.setdefault(peer_id, [])
+        if sessions and sessions[0] is not session:
+            sessions.remove(session)
+            sessions.insert(0, session)
+        self._save(peer_id, session)
+
+    def _save(
+        self,
+        peer_id: str,
+        session: ratchet.OlmSession,
+        account: bool = False,
+        drop: list[str] | None = None,
+    ) -> None:
+        """Persist a session's new state (and the account's) before anything is sent or shown:
+        a used message key must not come back after a restart."""
+        self.store.save_olm(
+            self.account.pickle(self._key) if account else None,
+            peer_id,
+            [(session.session_id, session.pickle(self._key))],
+            drop or [],
+            time.time(),
+        )
+
+    def _save_account(self) -> None:
+        self.store.save_olm(self.account.pickle(self._key), "", [], [], time.time())

@@ -1,0 +1,216 @@
+"""private.py: session set-up over a connection, pm frames, refusals, bounds, stale sessions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from unit_support import ALICE, BOB, FakeConn, FakeManager
+
+from chinwag import limits
+from chinwag.crypto import ratchet
+from chinwag.crypto.box import BadCiphertext
+from chinwag.crypto.identity import Identity
+from chinwag.private import CHAT, PrivateChannel, inner
+from chinwag.protocol import messages as m
+from chinwag.protocol.reasons import Reason
+from chinwag.store.db import Store
+
+
+class End:
+    """One side: its channel, its view of the other's connection, what it received."""
+
+    def __init__(self, identity: Identity, other: Identity, path: Path, now: list[float]) -> None:
+        self.identity = identity
+        self.store = Store(path)
+        self.links = FakeManager()
+        self.conn = FakeConn(other.peer_id)
+        self.links.peers[other.peer_id] = self.conn
+        self.got: list[bytes] = []
+        self.sessions: list[str] = []
+        self.now = now
+        self.channel = self.make()
+
+    def make(self) -> PrivateChannel:
+        ch = PrivateChannel(self.identity, self.store, self.links, lambda: self.now[0])
+        ch.on(CHAT, lambda peer, data: self.got.append(data))
+        ch.on_session = self.sessions.append
+        return ch
+
+
+def pump(a: End, b: End) -> None:
+    """Deliver what each sent to the other until both are quiet."""
+    while a.conn.sent or b.conn.sent:
+        for src, dst in ((a, b), (b, a)):
+            frames, src.conn.sent = src.conn.sent, []
+            for f in frames:
+                assert isinstance(f, m.OlmKeyRequest | m.OlmKeys | m.PrivateMessage), f
+                dst.channel.frame(dst.conn, m.decode_frame(m.encode(f)))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def ends(tmp_path: Path) -> tuple[End, End]:
+    now = [1000.0]
+    a = End(ALICE, BOB, tmp_path / "a.db", now)
+    b = End(BOB, ALICE, tmp_path / "b.db", now)
+    a.channel.peer_joined(a.conn)
+    b.channel.peer_joined(b.conn)
+    pump(a, b)
+    return a, b
+
+
+def test_meeting_gives_each_a_one_time_key_and_dms_go_both_ways(ends: tuple[End, End]) -> None:
+    a, b = ends
+    assert a.store.olm_peer(BOB.peer_id) is not None
+    assert a.store.olm_peer(BOB.peer_id)[3] != b""  # type: ignore[index]
+    assert a.channel.send(BOB.peer_id, inner(CHAT, b"hi bob"))
+    sent = list(a.conn.sent)
+    pump(a, b)
+    assert b.got == [b"hi bob"]
+    assert len(sent) == 1 and isinstance(sent[0], m.PrivateMessage)
+    assert len(sent[0].d) == limits.PM_MIN_BUCKET
+    assert b.channel.send(ALICE.peer_id, inner(CHAT, b"hi alice"))
+    pump(a, b)
+    assert a.got == [b"hi alice"]
+    assert a.store.olm_peer(BOB.peer_id)[3] == b""  # type: ignore[index]  # used once
+
+
+def test_a_dm_before_the_keys_arrive_waits_for_them(tmp_path: Path) -> None:
+    now = [0.0]
+    a = End(ALICE, BOB, tmp_path / "a.db", now)
+    b = End(BOB, ALICE, tmp_path / "b.db", now)
+    a.channel.peer_joined(a.conn)
+    assert a.channel.send(BOB.peer_id, inner(CHAT, b"early"))
+    b.channel.peer_joined(b.conn)
+    pump(a, b)
+    assert b.got == [b"early"]
+
+
+def test_send_without_a_connection_is_false(ends: tuple[End, End]) -> None:
+    a, _b = ends
+    del a.links.peers[BOB.peer_id]
+    assert not a.channel.send(BOB.peer_id, inner(CHAT, b"x"))
+
+
+def test_replayed_pm_is_refused_once_logged_and_moves_nothing(
+    ends: tuple[End, End], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = ends
+    a.channel.send(BOB.peer_id, inner(CHAT, b"one"))
+    (frame,) = a.conn.sent
+    pump(a, b)
+    caplog.set_level(logging.DEBUG, "chinwag.private")
+    assert isinstance(frame, m.PrivateMessage)
+    b.channel.frame(b.conn, frame)
+    b.channel.frame(b.conn, frame)
+    assert b.got == [b"one"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "refusing a pm" in warnings[0].getMessage()
+    b.conn.sent.clear()  # a repair request: not needed for the next message
+    a.channel.send(BOB.peer_id, inner(CHAT, b"two"))
+    pump(a, b)
+    assert b.got[:2] == [b"one", b"two"]
+
+
+def test_unwrap_refuses_replay_forgery_and_truncation_without_advancing(
+    ends: tuple[End, End],
+) -> None:
+    a, b = ends
+    first = a.channel.wrap(BOB.peer_id, b"first")
+    assert b.channel.unwrap(ALICE.peer_id, first) == b"first"
+    second = a.channel.wrap(BOB.peer_id, b"second")
+    olm = ratchet.unpad(second)
+    flipped = olm.ciphertext[:-1] + bytes([olm.ciphertext[-1] ^ 1])
+    forged = ratchet.pad(ratchet.OlmMessage(olm.kind, flipped))
+    for bad in (first, forged, second[:128], second[:-1] + b"\x01"):
+        with pytest.raises(BadCiphertext):
+            b.channel.unwrap(ALICE.peer_id, bad)
+    assert b.channel.unwrap(ALICE.peer_id, second) == b"second"
+
+
+def test_a_peer_sending_garbage_pm_is_disconnected_after_a_bound(ends: tuple[End, End]) -> None:
+    _a, b = ends
+    for i in range(limits.PM_MAX_BAD):
+        assert b.conn.closed is None, i
+        b.channel.frame(b.conn, m.PrivateMessage(d=bytes([1, 0, 0, 0, 3]) + bytes(251)))
+    assert b.conn.closed == Reason.DECRYPT_FAILED
+
+
+def test_a_flood_of_one_time_key_requests_is_bounded(ends: tuple[End, End]) -> None:
+    a, _b = ends
+    a.conn.sent.clear()
+    for _ in range(limits.OLM_OTK_PER_PEER_PER_MIN * 3):
+        a.channel.frame(a.conn, m.OlmKeyRequest())
+    keys = [f for f in a.conn.sent if isinstance(f, m.OlmKeys)]
+    assert len(keys) == limits.OLM_OTK_PER_PEER_PER_MIN * 3
+    # one went to bob at the meeting already
+    assert sum(1 for k in keys if k.otk) == limits.OLM_OTK_PER_PEER_PER_MIN - 1
+    a.now[0] += 61
+    a.conn.sent.clear()
+    a.channel.frame(a.conn, m.OlmKeyRequest())
+    (again,) = a.conn.sent
+    assert isinstance(again, m.OlmKeys) and again.otk
+
+
+def test_keys_not_signed_by_the_peer_close_the_connection(ends: tuple[End, End]) -> None:
+    a, b = ends
+    keys = b.channel.published_keys()
+    a.channel.frame(a.conn, m.OlmKeys(ident=keys.ident, fb=bytes(32), sig=keys.sig))
+    assert a.conn.closed == Reason.BAD_SIGNATURE
+
+
+def test_sessions_survive_a_restart(ends: tuple[End, End]) -> None:
+    a, b = ends
+    a.channel.send(BOB.peer_id, inner(CHAT, b"before"))
+    pump(a, b)
+    a.channel = a.make()  # a new process over the same store
+    b.channel = b.make()
+    a.channel.send(BOB.peer_id, inner(CHAT, b"after"))
+    b.channel.send(ALICE.peer_id, inner(CHAT, b"reply"))
+    pump(a, b)
+    assert b.got == [b"before", b"after"] and a.got == [b"reply"]
+    assert not any(isinstance(f, m.OlmKeyRequest) for f in a.conn.sent)
+
+
+def test_pickles_in_the_store_need_the_identity(ends: tuple[End, End]) -> None:
+    a, _b = ends
+    a.channel.send(BOB.peer_id, inner(CHAT, b"x"))
+    ((_sid, pickle),) = a.store.olm_sessions(BOB.peer_id)
+    with pytest.raises(ratchet.RatchetError):
+        ratchet.OlmSession.from_pickle(pickle, ratchet.pickle_key(bytes(BOB.signing_key)))
+    ratchet.OlmSession.from_pickle(pickle, ratchet.pickle_key(bytes(ALICE.signing_key)))
+
+
+def test_a_peer_that_lost_its_state_gets_a_new_session_and_asks_for_resends(
+    ends: tuple[End, End], tmp_path: Path
+) -> None:
+    a, b = ends
+    a.channel.send(BOB.peer_id, inner(CHAT, b"one"))
+    pump(a, b)
+    # Bob loses its Olm state (a reinstall keeping the identity) on a live connection.
+    b.store.close()
+    b.store = Store(tmp_path / "b2.db")
+    b.channel = b.make()
+    a.sessions.clear()
+    b.sessions.clear()
+    a.channel.send(BOB.peer_id, inner(CHAT, b"lost"))
+    pump(a, b)
+    assert b.got == [b"one"]  # refused: no session of ours decrypts it
+    # Both nodes learn of the new session, and re-sync the conversation (see History.resync).
+    assert b.sessions == [ALICE.peer_id] and a.sessions == [BOB.peer_id]
+    a.channel.send(BOB.peer_id, inner(CHAT, b"after repair"))
+    b.channel.send(ALICE.peer_id, inner(CHAT, b"bob again"))
+    pump(a, b)
+    assert b.got == [b"one", b"after repair"] and a.got == [b"bob again"]
+
+
+def test_wrap_for_an_offline_peer_uses_its_signed_fallback_key(tmp_path: Path) -> None:
+    now = [0.0]
+    a = End(ALICE, BOB, tmp_path / "a.db", now)
+    b = End(BOB, ALICE, tmp_path / "b.db", now)
+    assert a.channel.learn_keys(BOB.peer_id, b.channel.published_keys())
+    assert b.channel.learn_keys(ALICE.peer_id, a.channel.published_keys())
+    mail = a.channel.wrap(BOB.peer_id, b"mail")
+    assert b.channel.unwrap(ALICE.peer_id, mail) == b"mail"
+    assert not a.channel.learn_keys(ALICE.peer_id, b.channel.published_keys())
