@@ -33,13 +33,6 @@ def author_needles(a: ChinwagProcess) -> dict[str, bytes]:
     return {"a id": a.peer_id.encode(), "a key": key, "a hex": key.hex().encode()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 items 1 and 3, branch `olm`: a private message travels only inside a "
-    "`pm` envelope to its reader, never flooded (today a message to a peer we have no "
-    "connection to is flooded to every peer, its conversation id in clear to them); the "
-    "lead flips this at merge",
-)
 async def test_a_relay_between_two_peers_learns_nothing_that_links_them(
     node: NodeFactory,
 ) -> None:
