@@ -88,10 +88,24 @@ def bucket(size: int) -> int:
 
 
 def make_item(
-    identity: Identity, recipient_public: bytes, frame: m.Chat | m.Vector, exp: int
+    identity: Identity,
+    recipient_public: bytes,
+    frame: m.Chat | m.Vector,
+    exp: int,
+    wrap: Callable[[bytes], bytes] | None = None,
 ) -> m.MailItem:
     """Sign frame for the recipient and seal it with its author and signature, padded to
-    its size bucket: the item shows the reader and the expiry, not the author."""
+    its size bucket: the item shows the reader and the expiry, not the author.
+
+    wrap: puts the encoded frame inside the pair's Olm ratchet (forward secrecy); its
+    output comes padded to a bucket, so it is sealed as it is (the box's size is then that
+    bucket plus a constant). Raises what wrap raises.
+    """
+    if wrap is not None:
+        body = wrap(m.encode(frame))
+        sig = identity.sign(signed_part(recipient_public, identity.public, exp, body))
+        inner = m.encode(m.MailInner(frm=identity.public, sig=sig, frame=body, olm=True))
+        return m.MailItem(to=recipient_public, exp=exp, box=box.seal_to(recipient_public, inner))
     frame_bytes = m.encode(frame)
     sig = identity.sign(signed_part(recipient_public, identity.public, exp, frame_bytes))
     # Without the (empty) pad's 2 bytes; the pad's own length prefix is 2, 3 or 5 bytes.
@@ -115,8 +129,15 @@ class Opened:
     frame: m.Chat | m.Vector
 
 
-def open_item(identity: Identity, item: m.MailItem, sender: bytes | None = None) -> Opened:
-    """Open an item delivered to us by sender (its public key).
+def open_item(
+    identity: Identity,
+    item: m.MailItem,
+    sender: bytes | None = None,
+    unwrap: Callable[[str, bytes], bytes] | None = None,
+) -> Opened:
+    """Open an item delivered to us by sender (its public key); unwrap(author, body) takes
+    the frame of an Olm item out of the pair's ratchet (raising BadCiphertext if it cannot:
+    replayed, forged or stale), after the author's signature verified.
 
     Raises RemoteProtocolError: malformed_frame if it is for another reader (the holder
     knows `to`) or if the sender signed it itself and its inside is bad (no holder keeps
@@ -129,7 +150,7 @@ def open_item(identity: Identity, item: m.MailItem, sender: bytes | None = None)
     if item.to != identity.public:
         raise RemoteProtocolError("delivered mail for another peer", Reason.MALFORMED_FRAME)
     try:
-        return _open_inside(identity, item)
+        return _open_inside(identity, item, unwrap)
     except MailDropped as exc:
         if sender is not None and exc.frm == sender:
             raise RemoteProtocolError(
@@ -138,7 +159,9 @@ def open_item(identity: Identity, item: m.MailItem, sender: bytes | None = None)
         raise
 
 
-def _open_inside(identity: Identity, item: m.MailItem) -> Opened:
+def _open_inside(
+    identity: Identity, item: m.MailItem, unwrap: Callable[[str, bytes], bytes] | None
+) -> Opened:
     ident = mail_id(item.box)
     try:
         inner = _inner_decoder.decode(box.open_sealed(identity, item.box))
@@ -147,11 +170,21 @@ def _open_inside(identity: Identity, item: m.MailItem) -> Opened:
     if not verify(inner.frm, signed_part(item.to, inner.frm, item.exp, inner.frame), inner.sig):
         # A forgery, another reader's mail re-sealed to us, or an altered expiry.
         raise MailDropped("mail's signature does not verify")
+    frm = peer_id_from_public(inner.frm)
+    encoded = inner.frame
+    if inner.olm:
+        if unwrap is None:
+            raise MailDropped("mail inside a ratchet we do not keep")
+        try:
+            # Only now, signature checked: junk never reaches the ratchet.
+            encoded = unwrap(frm, inner.frame)
+        except (box.BadCiphertext, msgspec.DecodeError) as exc:
+            # A second holder's copy (its message key is used), or a stale session.
+            raise MailDropped(f"mail does not decrypt in its ratchet: {exc}") from None
     try:
-        frame = _payload_decoder.decode(inner.frame)
+        frame = _payload_decoder.decode(encoded)
     except msgspec.DecodeError as exc:
         raise MailDropped(f"mailed frame does not decode: {exc}", inner.frm) from None
-    frm = peer_id_from_public(inner.frm)
     if isinstance(frame, m.Chat):
         try:
             # Checked here, not left to history: a bad chat inside good mail is its

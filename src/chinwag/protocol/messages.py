@@ -472,12 +472,15 @@ MailFrame = MailPut | MailOk | MailNo | MailDeliver | MailAck
 
 class MailInner(msgspec.Struct, frozen=True, array_like=True):
     """The sealed plaintext of a mail item: its author `frm`, `frm`'s signature `sig` of
-    MAIL_CONTEXT + to + frm + exp (8 bytes big-endian) + frame, one encoded frame (a `chat`
-    or a `vec`) and zero bytes padding it to a size bucket."""
+    MAIL_CONTEXT + to + frm + exp (8 bytes big-endian) + frame, and `frame`: one encoded
+    frame (a `chat` or a `vec`) if `olm` is false, else that frame inside the pair's Olm
+    ratchet (a padded `pm` body of a `PrivateInner` of kind `mail`); then zero bytes
+    padding a plain frame to a size bucket (an Olm one comes padded)."""
 
     frm: Key32
     sig: Sig64
     frame: bytes
+    olm: bool = False
     pad: bytes = b""
 
 
