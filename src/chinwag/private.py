@@ -175,11 +175,16 @@ class PrivateChannel:
             keys = self.store.olm_peer(peer_id)
             if keys is None:
                 raise ratchet.StaleSession("a pre-key message from a peer whose keys we lack")
+            unused = self.account.one_time_key_count
             try:
                 session, plain = self.account.inbound(keys[0], msg)
             except ratchet.RatchetError as exc:
                 # Forged, replayed, or made with a key we no longer have (we lost our state).
                 raise ratchet.StaleSession(str(exc)) from None
+            if self.account.one_time_key_count == unused:
+                # It started from our fallback key: make a new one, so that after the next
+                # such start the key that could redo this one is gone (forward secrecy).
+                self.account.rotate_fallback()
             sessions.insert(0, session)
             drop = [s.session_id for s in sessions[limits.OLM_MAX_SESSIONS_PER_PEER :]]
             del sessions[limits.OLM_MAX_SESSIONS_PER_PEER :]

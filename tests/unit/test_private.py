@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from unit_support import ALICE, BOB, FakeConn, FakeManager
+from unit_support import ALICE, BOB, CAROL, FakeConn, FakeManager
 
 from chinwag import limits
 from chinwag.crypto import ratchet
@@ -211,6 +211,20 @@ def test_wrap_for_an_offline_peer_uses_its_signed_fallback_key(tmp_path: Path) -
     b = End(BOB, ALICE, tmp_path / "b.db", now)
     assert a.channel.learn_keys(BOB.peer_id, b.channel.published_keys())
     assert b.channel.learn_keys(ALICE.peer_id, a.channel.published_keys())
+    fallback = b.channel.published_keys().fb
     mail = a.channel.wrap(BOB.peer_id, b"mail")
     assert b.channel.unwrap(ALICE.peer_id, mail) == b"mail"
     assert not a.channel.learn_keys(ALICE.peer_id, b.channel.published_keys())
+    # A used fallback key is replaced (the old one still opens mail already on its way).
+    assert b.channel.published_keys().fb != fallback
+    late = End(CAROL, BOB, tmp_path / "c.db", now).channel
+    late.learn_keys(
+        BOB.peer_id,
+        m.OlmKeys(
+            ident=b.channel.account.identity_key,
+            fb=fallback,
+            sig=ratchet.sign_keys(BOB, b.channel.account.identity_key, fallback),
+        ),
+    )
+    assert b.channel.learn_keys(CAROL.peer_id, late.published_keys())
+    assert b.channel.unwrap(CAROL.peer_id, late.wrap(BOB.peer_id, b"late")) == b"late"
