@@ -584,3 +584,54 @@ async def test_history_takes_a_stale_mailed_receipt_without_lowering_delivered(
         assert history.replica.delivery(ROOM, 7) == (1, 1)
     finally:
         await history.close()
+
+
+# --- inside the pair's Olm ratchet (issue 12 item 2) ---------------------------------
+
+
+def test_an_olm_item_is_unwrapped_only_after_its_signature_verifies() -> None:
+    wrapped: dict[bytes, bytes] = {}
+
+    def wrap(data: bytes) -> bytes:
+        body = bytes(256 * (1 + len(data) // 256))  # stands for a padded Olm body
+        body = len(wrapped).to_bytes(4, "big") + body[4:]
+        wrapped[body] = data
+        return body
+
+    asked: list[tuple[str, bytes]] = []
+
+    def unwrap(author: str, body: bytes) -> bytes:
+        asked.append((author, body))
+        if body not in wrapped:
+            raise box.BadCiphertext("replayed")
+        return wrapped.pop(body)  # a message key opens once
+
+    sealed = mb.make_item(AUTHOR, READER.public, chat("hi"), EXP, wrap=wrap)
+    opened = mb.open_item(READER, sealed, unwrap=unwrap)
+    assert opened.frm == AUTHOR.peer_id and opened.frame == chat("hi")
+    assert [a for a, _b in asked] == [AUTHOR.peer_id]
+    # A second holder's copy: its message key is used. Dropped, not blamed on the holder.
+    with pytest.raises(mb.MailDropped) as exc:
+        mb.open_item(READER, sealed, sender=AUTHOR.public, unwrap=unwrap)
+    assert exc.value.frm is None
+    # No ratchet here: dropped too.
+    with pytest.raises(mb.MailDropped):
+        mb.open_item(READER, mb.make_item(AUTHOR, READER.public, chat(), EXP, wrap=wrap))
+    # A forged or altered item never reaches the ratchet.
+    asked.clear()
+    other = mb.make_item(AUTHOR, READER.public, chat("x"), EXP, wrap=wrap)
+    with pytest.raises(mb.MailDropped):
+        mb.open_item(READER, m.MailItem(other.to, other.exp + 1, other.box), unwrap=unwrap)
+    assert asked == []
+    # The box is the Olm bucket plus a constant: no second padding (one size per bucket).
+    sizes = {len(mb.make_item(AUTHOR, READER.public, chat(t), EXP, wrap=wrap).box) for t in "ab"}
+    assert sizes == {len(sealed.box)}
+    big = mb.make_item(AUTHOR, READER.public, chat("x" * 600), EXP, wrap=wrap)
+    olm_bytes = len(wrap(m.encode(chat("x" * 600))))
+    assert len(big.box) - len(sealed.box) == olm_bytes - 256
+    # The largest `pm` body fits in an item.
+    largest = mb.make_item(
+        AUTHOR, READER.public, chat(), EXP, wrap=lambda _d: bytes(limits.PM_MAX_BYTES)
+    )
+    assert len(largest.box) <= limits.MAILBOX_MAX_BOX_BYTES
+    assert m.decode_frame(m.encode(m.MailPut(items=[largest]))) == m.MailPut(items=[largest])
