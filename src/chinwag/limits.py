@@ -595,7 +595,9 @@ MAILBOX_TTL_SKEW_S = 600
 #: Bytes of one sealed mail box: the largest valid chat (MAX_TEXT_BYTES of text and
 #: MAX_ENC_BYTES of ciphertext, about 13 KB) padded to its 16 KiB bucket, plus the seal's 48;
 #: a bigger one is a malformed frame (stops one item from eating a mailbox's byte budget).
-MAILBOX_MAX_BOX_BYTES = 16_384 + 48
+#: An item inside the pair's Olm ratchet is a padded `pm` body (at most PM_MAX_BYTES) plus
+#: its author, signature and framing (108 bytes) and the seal's 48: hence 16 KiB + 256.
+MAILBOX_MAX_BOX_BYTES = 16_384 + 256
 #: Bytes a sealed plaintext is padded up to, at least (then powers of two up to the max):
 #: the holder learns a size bucket, not the length of the text.
 MAILBOX_MIN_BUCKET = 512
@@ -607,12 +609,13 @@ MAILBOX_IDS_PER_FRAME = 1_024
 MAILBOX_MAX_ITEMS = 20_000
 #: Bytes (sealed boxes) one holder keeps in all (64 MiB).
 MAILBOX_MAX_BYTES = 64 << 20
-#: Items one sender may have waiting at a holder; stops one peer from taking the whole mailbox.
+#: Items one depositor (the peer that puts them) may have waiting at a holder; stops one peer
+#: from taking the whole mailbox.
 MAILBOX_MAX_ITEMS_PER_SENDER = 2_000
 #: Bytes one sender may have waiting at a holder (4 MiB).
 MAILBOX_MAX_BYTES_PER_SENDER = 4 << 20
 #: Items per second one peer may put (token bucket) and the burst; beyond: `mail_flood`.
-#: Stops a peer from making us verify signatures and write SQLite without pause.
+#: Stops a peer from making us unpack items and write SQLite without pause.
 MAILBOX_PUT_PER_S = 200.0
 MAILBOX_PUT_BURST = 4_000.0
 #: Holders an author hands each item to (redundancy; the reader dedups by message id).

@@ -6,8 +6,10 @@ Three roles, one object per node:
   peers likely to meet it (its relays, then members of a room the reader is in,
   then peers sharing a room with us); a refusal (`mno`) sends it to the next;
   each acceptance (`mok`) is reported as `{"event":"mailed","id":..,"holders":n}`.
-- holder: takes items from their authors (the rules are `Holder.put`), stores
-  them in SQLite (table `mailbox`) and delivers them (`mail`) when the reader
+- holder: takes items from their depositors (the rules are `Holder.put`; it cannot
+  see their authors: those are inside the seal), stores them in SQLite (table
+  `mailbox`, the depositor only as a tag keyed by a secret of this process, so the
+  database at rest does not say who deposited what) and delivers them (`mail`) when the reader
   connects; the reader's `mack` deletes them (a tombstone stays until expiry,
   at most MAILBOX_MAX_TOMBSTONES).
   Expired items are purged every MAILBOX_PURGE_INTERVAL_S.
@@ -21,7 +23,9 @@ Three roles, one object per node:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -30,8 +34,10 @@ import msgspec
 
 from chinwag import events as ev
 from chinwag import limits
+from chinwag.crypto.box import BadCiphertext
 from chinwag.crypto.identity import Identity, public_from_peer_id
-from chinwag.errors import RemoteProtocolError
+from chinwag.errors import ChinwagError, RemoteProtocolError
+from chinwag.private import inner
 from chinwag.protocol import mailbox as mb
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import ChatMessage
@@ -43,10 +49,15 @@ from chinwag.store.db import Store, StoreError
 if TYPE_CHECKING:
     from chinwag.history import History
     from chinwag.net.link import Link, Links
+    from chinwag.private import PrivateChannel
 
 log = logging.getLogger(__name__)
 
 _item_decoder = msgspec.msgpack.Decoder(m.MailItem)
+_private_decoder = msgspec.msgpack.Decoder(m.PrivateInner)
+
+#: Kind of the `PrivateInner` that carries a mailed frame inside the pair's Olm ratchet.
+MAIL_KIND = "mail"
 
 
 class Mailbox:
@@ -81,7 +92,15 @@ class Mailbox:
         self._reach = reach
         self._room_members = room_members
         self._clock = clock
-        self.holder = mb.Holder(identity.public)
+        # A fresh key per run: the `sender` column counts a depositor's quota while we run,
+        # and names no one once we stopped (its old tags just count in the total).
+        tag_key = os.urandom(32)
+        self.holder = mb.Holder(
+            identity.public,
+            tag=lambda peer: hashlib.blake2b(
+                peer.encode(), key=tag_key, digest_size=16
+            ).hexdigest(),
+        )
         self.inbox = mb.Inbox(identity.public)
         self.outbox = mb.Outbox()
         self._loop = asyncio.get_running_loop()
@@ -101,6 +120,9 @@ class Mailbox:
         self._fresh: list[bytes] = []
         #: Reader -> items we hold for it (kept in memory: presence changes ask often).
         self._held_for: dict[str, int] = {}
+        #: Pairwise Olm ratchets (set by the node): mail to a peer whose keys we hold goes
+        #: inside them, so held mail is forward-secret; None: sealed to its key alone.
+        self.private: PrivateChannel | None = None
 
     def load(self) -> None:
         """Purge expired mail, count what is held, arm the purge timer; reload our queue."""
@@ -211,8 +233,35 @@ class Mailbox:
         self, to: str, frame: m.Chat | m.Vector, msg_id: str | None, room: str | None = None
     ) -> None:
         exp = int(self._clock()) + limits.MAILBOX_TTL_S
-        item = mb.make_item(self.identity, public_from_peer_id(to), frame, exp)
-        self._queue(item, msg_id, room)
+        self._queue(self._make(to, frame, exp), msg_id, room)
+
+    def _make(self, to: str, frame: m.Chat | m.Vector, exp: int) -> m.MailItem:
+        """Our item for reader `to`: inside our Olm ratchet with it if we hold its keys (a
+        pre-key message from its fallback key if we share no session), else sealed only."""
+        public = public_from_peer_id(to)
+        private = self.private
+        if private is not None:
+            try:
+                return mb.make_item(
+                    self.identity,
+                    public,
+                    frame,
+                    exp,
+                    wrap=lambda data: private.wrap(to, inner(MAIL_KIND, data)),
+                )
+            except (ChinwagError, StoreError) as exc:  # NoKeys: a reader we never met
+                log.info("mailbox: mail to %s without a ratchet: %s", to[:8], exc)
+        return mb.make_item(self.identity, public, frame, exp)
+
+    def _unwrap(self, author: str, body: bytes) -> bytes:
+        """Take a mailed frame out of our Olm ratchet with its author (raise BadCiphertext
+        or msgspec.DecodeError if it is not one; StoreError if the ratchet cannot be saved)."""
+        if self.private is None:
+            raise BadCiphertext("no ratchets here")
+        got = _private_decoder.decode(self.private.unwrap(author, body))
+        if got.kind != MAIL_KIND:
+            raise BadCiphertext(f"a {got.kind[:16]!r} frame inside mail")
+        return got.data
 
     def _queue(self, item: m.MailItem, msg_id: str | None, room: str | None = None) -> None:
         """Queue our item for holders (saved, then put, at the end of this loop turn)."""
@@ -352,7 +401,7 @@ class Mailbox:
         if verdict.keep:
             try:
                 self.store.hold_mail(
-                    (h.id, h.to, h.frm, h.exp, h.size, m.encode(h.item)) for h in verdict.keep
+                    (h.id, h.to, h.by, h.exp, h.size, m.encode(h.item)) for h in verdict.keep
                 )
             except StoreError as exc:
                 log.warning("mailbox: cannot store mail: %s", exc)
@@ -390,7 +439,11 @@ class Mailbox:
         sender = public_from_peer_id(holder) if holder else None
         for item in frame.items:
             try:
-                opened = mb.open_item(self.identity, item, sender)
+                opened = mb.open_item(self.identity, item, sender, self._unwrap)
+            except StoreError as exc:
+                # Ours: not acknowledged, so it comes again at the next connection.
+                log.warning("mailbox: cannot open mail (our store): %s", exc)
+                continue
             except RemoteProtocolError as exc:
                 log.warning("mailbox: disconnecting holder %s: %s", holder[:8], exc)
                 self.history.mesh_invalid(holder)
@@ -469,9 +522,7 @@ class Mailbox:
             if len(self._receipted) > limits.MAILBOX_OUTBOX_MAX:
                 del self._receipted[next(iter(self._receipted))]
             exp = int(self._clock()) + limits.MAILBOX_TTL_S
-            vector = m.Vector(room=room, have=have)
-            item = mb.make_item(self.identity, public_from_peer_id(author), vector, exp)
-            self._queue(item, None)
+            self._queue(self._make(author, m.Vector(room=room, have=have), exp), None)
             firsts.add(holder)
         for holder in sorted(firsts):
             self._send_outbox(first=holder)

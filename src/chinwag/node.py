@@ -309,6 +309,7 @@ class Node:
             )
             run.mailbox.load()
             run.private = self._make_private(run)
+            run.mailbox.private = run.private  # held mail goes inside the ratchets too
             files.load()
             self.port = await manager.listen(
                 self.config.bind, self.config.port, self.config.port_fallback

@@ -167,10 +167,10 @@ VALID_FRAMES: list[m.Frame] = [
     m.IDontWant(room="general", ids=[(Identity.from_seed(b"v" * 32).peer_id, 7)]),
     m.Choke(room="general"),
     m.Unchoke(room="general"),
-    m.MailPut(items=[m.MailItem(bytes(32), bytes(32), 1, b"box", bytes(64))]),
+    m.MailPut(items=[m.MailItem(bytes(32), 1, b"box")]),
     m.MailOk(ids=[_FID]),
     m.MailNo(ids=[_FID], reason="full"),
-    m.MailDeliver(items=[m.MailItem(bytes(32), bytes(32), 1, b"box", bytes(64))]),
+    m.MailDeliver(items=[m.MailItem(bytes(32), 1, b"box")]),
     m.MailAck(ids=[_FID]),
 ]
 frame_like = st.one_of(

@@ -2,28 +2,28 @@
 
 Theory of operation
 -------------------
-A private message (or a receipt) for a peer that is offline is sealed to that
-peer (crypto_box_seal), signed by its author and handed in an `mput` to online
-peers that will likely meet the reader (holders). A holder checks the item,
-cheapest first (`Holder.put`: the put budgets, the author is the sender, the
-expiry is within MAILBOX_TTL_S, the per-sender and total quotas have room, it is
-no replay, and last the signature verifies), keeps it, and delivers it in a
-`mail` frame when the reader connects (the reader budgets those: `Inbox`);
-the reader opens it (`open_item`), stores what it carries (the history store
-dedups by message id, so a copy from a second holder or from sync is dropped),
-then answers `mack` and the holder deletes the item (keeping its id as a
-tombstone until the expiry, at most MAILBOX_MAX_TOMBSTONES, so the item cannot
-be replayed).
+A private message (or a receipt) for a peer that is offline is signed by its
+author, sealed to that peer (crypto_box_seal) with the author's key and signature
+inside, and handed in an `mput` to online peers that will likely meet the reader
+(holders). A holder cannot look inside: it checks what it can, cheapest first
+(`Holder.put`: the depositor's put budget, the expiry is within MAILBOX_TTL_S,
+the per-depositor and total quotas have room, it is no replay), keeps it, and
+delivers it in a `mail` frame when the reader connects (the reader budgets
+those: `Inbox`); the reader opens it and checks the author's signature
+(`open_item`), stores what it carries (the history store dedups by message id,
+so a copy from a second holder or from sync is dropped), then answers `mack`
+and the holder deletes the item (keeping its id as a tombstone until the expiry,
+at most MAILBOX_MAX_TOMBSTONES, so the item cannot be replayed).
 
 The author keeps what it handed out in an `Outbox` until MAILBOX_HOLDERS
 holders took it; a holder that refuses (`mno`, e.g. `full`) is not asked
 again and the next candidate is.
 
-What a holder learns: the reader's id, the author's id (it is the peer that
-handed the item over), the expiry, the time it arrived and a size bucket
-(plaintexts are padded to a power of two, at least MAILBOX_MIN_BUCKET bytes).
-Not the room, the nick, the text, the author's timestamp or seq: those are
-inside the seal.
+What a holder learns: the reader's id, the depositor's id (the Noise-authenticated
+peer that handed the item over: the author itself today, but nothing says so),
+the expiry, the time it arrived and a size bucket (plaintexts are padded to a
+power of two, at least MAILBOX_MIN_BUCKET bytes). Not the author, the room, the
+nick, the text, the author's timestamp or seq: those are inside the seal.
 
 No asyncio, sockets, SQLite, clocks or randomness of its own: `now` comes in;
 sealing draws its ephemeral key inside libsodium (crypto/box.py), as seal_dm does.
@@ -58,7 +58,12 @@ class MailDropped(ChinwagError):
     """A delivered item that is not for us to read (sealed to another key, or malformed inside).
 
     The holder is not to blame (it cannot look inside): the item is acknowledged and dropped.
+    `frm` is the author's key when its signature verified (the author wrote the bad inside).
     """
+
+    def __init__(self, message: str, frm: bytes | None = None) -> None:
+        super().__init__(message)
+        self.frm = frm
 
 
 # --- items ------------------------------------------------------------------------
@@ -69,9 +74,9 @@ def mail_id(sealed: bytes) -> bytes:
     return hashlib.sha256(m.MAIL_CONTEXT + sealed).digest()[:16]
 
 
-def signed_part(to: bytes, frm: bytes, exp: int, sealed: bytes) -> bytes:
-    """Return what the author of an item signs."""
-    return m.MAIL_CONTEXT + to + frm + exp.to_bytes(8, "big") + sealed
+def signed_part(to: bytes, frm: bytes, exp: int, frame: bytes) -> bytes:
+    """Return what the author of an item signs (the reader, the expiry and the frame)."""
+    return m.MAIL_CONTEXT + to + frm + exp.to_bytes(8, "big") + frame
 
 
 def bucket(size: int) -> int:
@@ -83,27 +88,36 @@ def bucket(size: int) -> int:
 
 
 def make_item(
-    identity: Identity, recipient_public: bytes, frame: m.Chat | m.Vector, exp: int
+    identity: Identity,
+    recipient_public: bytes,
+    frame: m.Chat | m.Vector,
+    exp: int,
+    wrap: Callable[[bytes], bytes] | None = None,
 ) -> m.MailItem:
-    """Seal frame to the recipient, padded to its size bucket, and sign the item."""
+    """Sign frame for the recipient and seal it with its author and signature, padded to
+    its size bucket: the item shows the reader and the expiry, not the author.
+
+    wrap: puts the encoded frame inside the pair's Olm ratchet (forward secrecy); its
+    output comes padded to a bucket, so it is sealed as it is (the box's size is then that
+    bucket plus a constant). Raises what wrap raises.
+    """
+    if wrap is not None:
+        body = wrap(m.encode(frame))
+        sig = identity.sign(signed_part(recipient_public, identity.public, exp, body))
+        inner = m.encode(m.MailInner(frm=identity.public, sig=sig, frame=body, olm=True))
+        return m.MailItem(to=recipient_public, exp=exp, box=box.seal_to(recipient_public, inner))
     frame_bytes = m.encode(frame)
+    sig = identity.sign(signed_part(recipient_public, identity.public, exp, frame_bytes))
     # Without the (empty) pad's 2 bytes; the pad's own length prefix is 2, 3 or 5 bytes.
-    base = len(m.encode(m.MailInner(frm=identity.public, frame=frame_bytes))) - 2
+    base = len(m.encode(m.MailInner(frm=identity.public, sig=sig, frame=frame_bytes))) - 2
     target = bucket(base + 2)
     pad = b""
     for head, most in ((2, 0xFF), (3, 0xFFFF), (5, 0xFFFFFFFF)):
         if 0 <= target - base - head <= most:
             pad = bytes(target - base - head)
             break
-    inner = m.encode(m.MailInner(frm=identity.public, frame=frame_bytes, pad=pad))
-    sealed = box.seal_to(recipient_public, inner)
-    sig = identity.sign(signed_part(recipient_public, identity.public, exp, sealed))
-    return m.MailItem(to=recipient_public, frm=identity.public, exp=exp, box=sealed, sig=sig)
-
-
-def item_signed(item: m.MailItem) -> bool:
-    """Return whether the item's signature by its author verifies."""
-    return verify(item.frm, signed_part(item.to, item.frm, item.exp, item.box), item.sig)
+    inner = m.encode(m.MailInner(frm=identity.public, sig=sig, frame=frame_bytes, pad=pad))
+    return m.MailItem(to=recipient_public, exp=exp, box=box.seal_to(recipient_public, inner))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,52 +129,71 @@ class Opened:
     frame: m.Chat | m.Vector
 
 
-def open_item(identity: Identity, item: m.MailItem, sender: bytes | None = None) -> Opened:
-    """Open an item delivered to us by sender (its public key).
+def open_item(
+    identity: Identity,
+    item: m.MailItem,
+    sender: bytes | None = None,
+    unwrap: Callable[[str, bytes], bytes] | None = None,
+) -> Opened:
+    """Open an item delivered to us by sender (its public key); unwrap(author, body) takes
+    the frame of an Olm item out of the pair's ratchet (raising BadCiphertext if it cannot:
+    replayed, forged or stale), after the author's signature verified.
 
     Raises RemoteProtocolError: malformed_frame if it is for another reader (the holder
-    knows `to`) or if the sender wrote it itself and its inside is bad (no holder keeps
-    mail it wrote: it is junk of its own); bad_signature if its signature does not verify
-    (the holder checked it when it took it, so the holder forged or altered it).
-    Raises MailDropped if its inside is not a valid chat (signature checked) or vector by
-    its author (the author's fault, or a mistake: dropped, acknowledged).
+    knows `to`) or if the sender signed it itself and its inside is bad (no holder keeps
+    mail it wrote: it is junk of its own).
+    Raises MailDropped if it does not open, its author's signature does not verify (the
+    holder cannot check it: the depositor's fault, or the holder's, we cannot tell), or its
+    inside is not a valid chat (signature checked) or vector by its author: dropped,
+    acknowledged.
     """
     if item.to != identity.public:
         raise RemoteProtocolError("delivered mail for another peer", Reason.MALFORMED_FRAME)
-    if not item_signed(item):
-        raise RemoteProtocolError(
-            "delivered mail's signature does not verify", Reason.BAD_SIGNATURE
-        )
     try:
-        return _open_inside(identity, item)
+        return _open_inside(identity, item, unwrap)
     except MailDropped as exc:
-        if sender is not None and item.frm == sender:
+        if sender is not None and exc.frm == sender:
             raise RemoteProtocolError(
                 f"delivered mail of the sender's own is bad: {exc}", Reason.MALFORMED_FRAME
             ) from None
         raise
 
 
-def _open_inside(identity: Identity, item: m.MailItem) -> Opened:
+def _open_inside(
+    identity: Identity, item: m.MailItem, unwrap: Callable[[str, bytes], bytes] | None
+) -> Opened:
     ident = mail_id(item.box)
     try:
         inner = _inner_decoder.decode(box.open_sealed(identity, item.box))
-        frame = _payload_decoder.decode(inner.frame)
     except (box.BadCiphertext, msgspec.DecodeError) as exc:
         raise MailDropped(f"mail does not open: {exc}") from None
-    if inner.frm != item.frm:
-        # Someone re-signed another's sealed box as its own: not its words.
-        raise MailDropped("mail sealed by another author than its signer")
-    frm = peer_id_from_public(item.frm)
+    if not verify(inner.frm, signed_part(item.to, inner.frm, item.exp, inner.frame), inner.sig):
+        # A forgery, another reader's mail re-sealed to us, or an altered expiry.
+        raise MailDropped("mail's signature does not verify")
+    frm = peer_id_from_public(inner.frm)
+    encoded = inner.frame
+    if inner.olm:
+        if unwrap is None:
+            raise MailDropped("mail inside a ratchet we do not keep")
+        try:
+            # Only now, signature checked: junk never reaches the ratchet.
+            encoded = unwrap(frm, inner.frame)
+        except (box.BadCiphertext, msgspec.DecodeError) as exc:
+            # A second holder's copy (its message key is used), or a stale session.
+            raise MailDropped(f"mail does not decrypt in its ratchet: {exc}") from None
+    try:
+        frame = _payload_decoder.decode(encoded)
+    except msgspec.DecodeError as exc:
+        raise MailDropped(f"mailed frame does not decode: {exc}", inner.frm) from None
     if isinstance(frame, m.Chat):
         try:
             # Checked here, not left to history: a bad chat inside good mail is its
             # author's doing, and must not get the (innocent) holder disconnected.
             author = open_message(frame.body, frame.sig, check_signature=True).body.author
         except RemoteProtocolError as exc:
-            raise MailDropped(f"mailed chat is malformed or forged: {exc}") from None
-        if author != item.frm:
-            raise MailDropped("mailed chat by another author than the mail's")
+            raise MailDropped(f"mailed chat is malformed or forged: {exc}", inner.frm) from None
+        if author != inner.frm:
+            raise MailDropped("mailed chat by another author than the mail's", inner.frm)
     return Opened(ident, frm, frame)
 
 
@@ -170,7 +203,7 @@ def pack(items: Iterable[m.MailItem]) -> list[list[m.MailItem]]:
     current: list[m.MailItem] = []
     size = 0
     for item in items:
-        cost = len(item.box) + 160  # keys, expiry, signature and msgpack framing
+        cost = len(item.box) + 64  # key, expiry and msgpack framing
         if current and (
             size + cost > limits.MAILBOX_DELIVER_FRAME_BYTES
             or len(current) >= limits.MAILBOX_ITEMS_PER_FRAME
@@ -195,11 +228,11 @@ def chunks(ids: list[bytes]) -> list[list[bytes]]:
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """An item a holder takes: to store (then answer `mok`)."""
+    """An item a holder takes: to store (then answer `mok`); `by`: its depositor's tag."""
 
     id: bytes
     to: str
-    frm: str
+    by: str
     exp: int
     size: int
     item: m.MailItem
@@ -238,7 +271,12 @@ class Budgets:
 
 
 class Holder:
-    """The admission rules of one mailbox: budgets per sender and in all, floods, replays."""
+    """The admission rules of one mailbox: budgets per depositor and in all, floods, replays.
+
+    A depositor is the peer that puts an item (authenticated by its connection); it is
+    counted under tag(peer id), which is what the store keeps, so that the database does
+    not name who deposited what (the adapter's tag is keyed by a secret of the process).
+    """
 
     def __init__(
         self,
@@ -247,23 +285,25 @@ class Holder:
         max_bytes: int = limits.MAILBOX_MAX_BYTES,
         max_items_per_sender: int = limits.MAILBOX_MAX_ITEMS_PER_SENDER,
         max_bytes_per_sender: int = limits.MAILBOX_MAX_BYTES_PER_SENDER,
+        tag: Callable[[str], str] = lambda peer: peer,
     ) -> None:
-        """me: our public key (mail to us is not held but read)."""
+        """me: our public key (mail to us is not held but read); tag: depositor -> its key."""
         self.me = me
+        self.tag = tag
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.max_items_per_sender = max_items_per_sender
         self.max_bytes_per_sender = max_bytes_per_sender
         self.items = 0
         self.bytes = 0
-        #: Sender -> (items, bytes) held for it.
+        #: Depositor's tag -> (items, bytes) held for it.
         self.per_sender: dict[str, tuple[int, int]] = {}
         self._budget = Budgets(limits.MAILBOX_PUT_BURST, limits.MAILBOX_PUT_PER_S)
         #: All peers' puts together (fresh identities each bring a fresh bucket); starts full.
         self._all = Bucket(0.0, limits.MAILBOX_PUT_ALL_BURST, limits.MAILBOX_PUT_ALL_PER_S)
 
     def load(self, held: Iterable[tuple[str, int]]) -> None:
-        """Count what the store holds: (sender, size) of each item."""
+        """Count what the store holds: (depositor's tag, size) of each item."""
         self.items = self.bytes = 0
         self.per_sender = {}
         for sender, size in held:
@@ -282,47 +322,39 @@ class Holder:
     def put(
         self, peer: str, frame: m.MailPut, now: float, known: Callable[[bytes], bool]
     ) -> PutVerdict:
-        """Judge the items peer hands us at Unix time now; known(id): held or tombstoned here.
+        """Judge the items peer deposits at Unix time now; known(id): held or tombstoned here.
 
-        Cheap checks first (budgets, author, expiry, quotas), then the replay lookup, and
-        the signature last, only of items it keeps (a bad one still closes the connection).
+        Cheap checks first (budgets, expiry, quotas), then the replay lookup. There is no
+        signature to check: the author's is inside the seal, for the reader alone.
         """
         verdict = PutVerdict()
         cost = max(len(frame.items), 1)
         if not self._budget.take(peer, now, cost):
             verdict.close = Reason.MAIL_FLOOD
             return verdict
-        for item in frame.items:
-            if peer_id_from_public(item.frm) != peer:
-                # Only the author hands its mail over: a holder never passes mail on.
-                log.warning("mail from %s claims another author", peer[:8])
-                verdict.close = Reason.MALFORMED_FRAME
-                return verdict
         if not self._all.take(now, cost):
             # Busy: refused unchecked, not closed (the peer may be an honest one).
             if frame.items:
                 verdict.refused[MailRefusal.FULL] = [mail_id(i.box) for i in frame.items]
             return verdict
         seen: set[bytes] = set()
+        by = self.tag(peer)
         for item in frame.items:
             ident = mail_id(item.box)
-            reason = self._refusal(peer, item, ident, now, known, seen)
+            reason = self._refusal(by, item, ident, now, known, seen)
             if reason is not None:
                 verdict.refused.setdefault(reason, []).append(ident)
                 continue
-            if not item_signed(item):
-                self.not_stored(verdict.keep)
-                return PutVerdict(close=Reason.BAD_SIGNATURE)
             seen.add(ident)
             size = len(item.box)
-            self._count(peer, size, 1)
+            self._count(by, size, 1)
             to = peer_id_from_public(item.to)
-            verdict.keep.append(Held(ident, to, peer, item.exp, size, item))
+            verdict.keep.append(Held(ident, to, by, item.exp, size, item))
         return verdict
 
     def _refusal(
         self,
-        peer: str,
+        by: str,
         item: m.MailItem,
         ident: bytes,
         now: float,
@@ -336,7 +368,7 @@ class Holder:
         size = len(item.box)
         if self.items + 1 > self.max_items or self.bytes + size > self.max_bytes:
             return MailRefusal.FULL
-        items, nbytes = self.per_sender.get(peer, (0, 0))
+        items, nbytes = self.per_sender.get(by, (0, 0))
         if items + 1 > self.max_items_per_sender or nbytes + size > self.max_bytes_per_sender:
             return MailRefusal.SENDER_FULL
         # Last of the refusals: the only one that costs SQLite lookups.
@@ -347,10 +379,10 @@ class Holder:
     def not_stored(self, held: Iterable[Held]) -> None:
         """These items were taken but could not be stored: give their budget back."""
         for h in held:
-            self._count(h.frm, h.size, -1)
+            self._count(h.by, h.size, -1)
 
     def removed(self, gone: Iterable[tuple[str, int]]) -> None:
-        """Items left the mailbox (acknowledged or expired): (sender, size) of each."""
+        """Items left the mailbox (acknowledged or expired): (depositor's tag, size) of each."""
         for sender, size in gone:
             self._count(sender, size, -1)
 

@@ -420,18 +420,16 @@ MailIds = Annotated[list[MailId], msgspec.Meta(max_length=limits.MAILBOX_IDS_PER
 
 
 class MailItem(msgspec.Struct, frozen=True, array_like=True):
-    """One sealed item for peer `to` from peer `frm`, kept by a holder until `exp` (Unix s).
+    """One sealed item for peer `to`, kept by a holder until `exp` (Unix s).
 
-    `box` is sealed to `to` (crypto_box_seal); `sig` is `frm`'s signature of
-    MAIL_CONTEXT + to + frm + exp (8 bytes big-endian) + box. Its id is
-    SHA-256(MAIL_CONTEXT + box)[:16].
+    `box` is sealed to `to` (crypto_box_seal) and holds a `MailInner`: the author,
+    its signature and the frame travel inside, so a holder never learns who wrote
+    it (only who deposited it). Its id is SHA-256(MAIL_CONTEXT + box)[:16].
     """
 
     to: Key32
-    frm: Key32
     exp: U64
     box: Annotated[bytes, msgspec.Meta(max_length=limits.MAILBOX_MAX_BOX_BYTES)]
-    sig: Sig64
 
 
 MailItems = Annotated[list[MailItem], msgspec.Meta(max_length=limits.MAILBOX_ITEMS_PER_FRAME)]
@@ -473,11 +471,16 @@ MailFrame = MailPut | MailOk | MailNo | MailDeliver | MailAck
 
 
 class MailInner(msgspec.Struct, frozen=True, array_like=True):
-    """The sealed plaintext of a mail item: its author (again, inside the seal), one encoded
-    frame (a `chat` or a `vec`) and zero bytes padding it to a size bucket."""
+    """The sealed plaintext of a mail item: its author `frm`, `frm`'s signature `sig` of
+    MAIL_CONTEXT + to + frm + exp (8 bytes big-endian) + frame, and `frame`: one encoded
+    frame (a `chat` or a `vec`) if `olm` is false, else that frame inside the pair's Olm
+    ratchet (a padded `pm` body of a `PrivateInner` of kind `mail`); then zero bytes
+    padding a plain frame to a size bucket (an Olm one comes padded)."""
 
     frm: Key32
+    sig: Sig64
     frame: bytes
+    olm: bool = False
     pad: bytes = b""
 
 

@@ -667,7 +667,7 @@ class Store:
     # --- mailboxes (issue 15 item 4, docs/dht.md "Mailboxes") ---------------
 
     def hold_mail(self, items: Iterable[tuple[bytes, str, str, int, int, bytes]]) -> None:
-        """Store held mail: (id, recipient, sender, exp, size, encoded item), one transaction."""
+        """Store held mail: (id, recipient, depositor tag, exp, size, item), one transaction."""
         now = int(time.time())
         with self._transaction():
             self.db.executemany(
@@ -696,7 +696,7 @@ class Store:
         return {r[0]: r[1] for r in rows}
 
     def mail_usage(self) -> list[tuple[str, int]]:
-        """Return (sender, size) of every held item."""
+        """Return (depositor tag, size) of every held item."""
         return [(r[0], r[1]) for r in self.db.execute("SELECT sender, size FROM mailbox")]
 
     def mail_delivered(self, recipient: str, ids: Iterable[bytes]) -> list[tuple[str, int]]:

@@ -1,0 +1,77 @@
+"""Held mail is forward-secret (issue 12 item 2, docs/protocol.md 24.1): a mail item travels
+inside the pair's Olm ratchet, so a holder's copy, opened later with both identity keys and
+both databases, yields nothing once its reader has read it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import msgspec
+from it_support import PROMPT_S, NodeFactory, connected, stderr_has_traceback
+from test_e2e_rooms import dm, got_dm, marker
+from test_olm_inprocess import _attack, _copy_db
+
+from chinwag.crypto import box
+from chinwag.crypto.identity import Identity
+from chinwag.protocol import messages as m
+
+
+def _held(data_dir: Path, reader: str) -> list[m.MailItem]:
+    """The items a (running) holder keeps for reader, read from its database."""
+    db = sqlite3.connect(f"file:{data_dir / 'chinwag.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT item FROM mailbox WHERE recipient=?", (reader,)).fetchall()
+    finally:
+        db.close()
+    return [msgspec.msgpack.decode(r[0], type=m.MailItem) for r in rows]
+
+
+def _seed(data_dir: Path) -> bytes:
+    """A node's identity seed, as a thief of its data directory would read it."""
+    return (data_dir / "identity.key").read_bytes()
+
+
+async def test_held_mail_does_not_decrypt_with_both_identities_and_databases_once_read(
+    node: NodeFactory, tmp_path: Path
+) -> None:
+    c = node("carol", discovery=False)
+    await c.start()
+    hub = ("--peer", f"127.0.0.1:{c.port}")
+    a = node("ann", *hub, discovery=False)
+    await a.start()
+    b = node("bob", *hub, "--peer", f"127.0.0.1:{a.port}", discovery=False)
+    await b.start()
+    await connected(a, b)
+    await got_dm(b, await dm(a, b.peer_id, marker("hello")), to=b)  # a session exists now
+    assert await b.quit() == 0
+    await a.wait_for("peer_left", timeout=PROMPT_S, from_start=True, peer_id=b.peer_id)
+
+    secret = marker("held")
+    own = await dm(a, b.peer_id, secret)
+    mailed = await a.wait_for("mailed", timeout=PROMPT_S, from_start=True, id=own["id"])
+    assert mailed["holders"] == 1, mailed
+    [item] = _held(c.data_dir, b.peer_id)
+    # The seal is to bob's long-term key: what it holds must not yield to that key alone.
+    bob = Identity.from_seed(_seed(b.data_dir))
+    inside = msgspec.msgpack.decode(box.open_sealed(bob, item.box), type=m.MailInner)
+    assert inside.olm and secret.encode() not in inside.frame
+    # Positive control: bob's database as it is while the item waits opens it.
+    snapshot = _copy_db(b.data_dir, tmp_path / "bob-then.db")
+    seeds = [_seed(a.data_dir), _seed(b.data_dir)]
+    assert _attack([inside.frame], seeds, [snapshot]), "the attack cannot break held mail?"
+    assert await a.quit() == 0
+
+    b2 = node("bob", *hub, discovery=False, data_dir=b.data_dir)
+    await b2.start()
+    await got_dm(b2, own, to=b2)
+    for n in (b2, c):
+        assert await n.quit() == 0
+    # The thief: both identity seeds and both databases, after bob read it.
+    dbs = [
+        _copy_db(a.data_dir, tmp_path / "a-stolen.db"),
+        _copy_db(b.data_dir, tmp_path / "b-stolen.db"),
+    ]
+    assert _attack([inside.frame], seeds, dbs) == []
+    for n in (a, b2, c):
+        assert not stderr_has_traceback(n), n.stderr_tail()
