@@ -296,7 +296,12 @@ def _main(argv: list[str] | None) -> int:
     if mode == "tui":
         # The screen is the TUI's: logs (and tracebacks) go to a file in the data dir.
         try:
-            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            from chinwag.datadir import ensure_private_dir
+
+            ensure_private_dir(data_dir)
+            # Owner-only: the log names peers, rooms and addresses (basicConfig would use
+            # the umask's mode).
+            os.close(os.open(data_dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         except OSError as exc:
             print(f"chinwag: {exc}", file=sys.stderr)
             return 1
@@ -327,10 +332,10 @@ def choose_mode(json_mode: bool, plain: bool) -> str:
 
 def _print_id(data_dir: Path) -> int:
     from chinwag.crypto.identity import BadIdentity, fingerprint
-    from chinwag.datadir import load_or_create_identity
+    from chinwag.datadir import ensure_private_dir, load_or_create_identity
 
     try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(data_dir)
         ident = load_or_create_identity(data_dir)
     except (OSError, BadIdentity) as exc:
         print(f"chinwag: {exc}", file=sys.stderr)
@@ -348,13 +353,13 @@ def _print_invite(data_dir: Path, args: argparse.Namespace) -> int:
     """
     from chinwag.contacts import offline_invite
     from chinwag.crypto.identity import BadIdentity
-    from chinwag.datadir import DataDir, load_or_create_identity
+    from chinwag.datadir import DataDir, ensure_private_dir, load_or_create_identity
     from chinwag.node import default_nick
     from chinwag.ui.format import invite_lines
     from chinwag.ui.web.launch import print_qr
 
     try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(data_dir)
         ident = load_or_create_identity(data_dir)
     except (OSError, BadIdentity) as exc:
         print(f"chinwag: {exc}", file=sys.stderr)
