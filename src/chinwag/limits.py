@@ -700,3 +700,18 @@ DHT_BLIND_PERIOD_S = 86_400
 #: (lookers whose day has begun find us at once). Longer than DHT_REPUBLISH_S, so at least
 #: one hourly put falls in it.
 DHT_BLIND_NEXT_S = 5_400
+
+# --- keys: export/import and held private messages (issue 12 item 5) ---------------------
+
+#: Argon2id passes and bytes of memory an export file may ask for (libsodium's SENSITIVE
+#: limits): the parameters sit in the file's header, so a crafted file must not make
+#: `chinwag import` run for hours or allocate gigabytes before the tag says "wrong".
+MAX_ARCHIVE_OPSLIMIT = 4
+MAX_ARCHIVE_MEMLIMIT = 1 << 30
+#: Bytes of an export file `chinwag import` reads (checked before reading: it is held in
+#: memory with its plaintext), and of the store `chinwag export` packs.
+MAX_ARCHIVE_BYTES = 1 << 30
+#: Characters of an export passphrase: at least 8 (the file may be guessed offline for ever),
+#: at most 1,024 (bytes read from --passphrase-file).
+MIN_EXPORT_PASSPHRASE_CHARS = 8
+MAX_EXPORT_PASSPHRASE_CHARS = 1_024

@@ -11,7 +11,7 @@ import stat
 import sys
 from pathlib import Path
 
-from it_support import NodeFactory
+from it_support import PROMPT_S, ChinwagProcess, NodeFactory, ask, chat_works, connected
 
 
 def mode(path: Path) -> int:
@@ -69,3 +69,85 @@ async def test_chinwag_id_on_a_loose_data_dir_tightens_it(tmp_path: Path) -> Non
     assert status == 0
     assert (mode(data), mode(data / "identity.key")) == (0o700, 0o600)
     assert "readable by other users" in err, err
+
+
+PASSPHRASE = "correct horse battery staple"
+
+
+async def test_export_and_import_move_a_node_with_history_contacts_and_marks(
+    node: NodeFactory, tmp_path: Path, discovery_port: int
+) -> None:
+    """A node with history, a contact and a verified mark exports (refused while it runs);
+    a new data dir imports; the imported node starts with the same peer id, history,
+    contacts and marks, and its peer chats with it (room and private)."""
+    a, b = node("a"), node("b")
+    await a.start()
+    await b.start()
+    await connected(a, b)
+    await chat_works(a, b, text="said before the move")
+    await a.send({"cmd": "dm", "to": b.peer_id, "text": "private before the move"})
+    await b.wait_for("dm", timeout=PROMPT_S, from_start=True, text="private before the move")
+    code = (await ask(b, {"cmd": "invite"}, "invite"))["code"]
+    await a.send({"cmd": "add", "code": code})
+    await a.wait_for("contact_added", timeout=PROMPT_S, from_start=True, peer_id=b.peer_id)
+    marked = await ask(a, {"cmd": "verify", "who": b.peer_id, "confirm": True}, "whois")
+    assert marked["verified"] is True
+
+    pp = tmp_path / "pp"
+    pp.write_text(PASSPHRASE + "\n")
+    archive = tmp_path / "a.chinwag"
+    status, _out, err = await run_cli(
+        "export", str(archive), "--data-dir", str(a.data_dir), "--passphrase-file", str(pp)
+    )
+    assert status == 1 and "in use by another chinwag" in err, err
+    assert not archive.exists()
+    await a.quit()
+
+    status, out, err = await run_cli(
+        "export", str(archive), "--data-dir", str(a.data_dir), "--passphrase-file", str(pp)
+    )
+    assert status == 0, err
+    assert "do not start chinwag on this data directory again" in out
+    assert mode(archive) == 0o600
+    raw = archive.read_bytes()
+    for needle in (b"said before the move", b"private before", b"identity", a.peer_id.encode()):
+        assert needle not in raw
+
+    moved = tmp_path / "a2"
+    status, out, err = await run_cli(
+        "import", str(archive), "--data-dir", str(moved), "--passphrase-file", str(pp)
+    )
+    assert status == 0, err
+    assert mode(moved) == 0o700 and mode(moved / "identity.key") == 0o600
+
+    # Started without --nick: the nick comes from the imported settings.
+    a2 = ChinwagProcess(
+        moved, "--bind", "127.0.0.1", "--port", "0", "--discovery-port", str(discovery_port)
+    )
+    try:
+        await _moved_node_works(a, a2, b)
+    finally:
+        await a2.quit()
+
+
+async def _moved_node_works(a: ChinwagProcess, a2: ChinwagProcess, b: ChinwagProcess) -> None:
+    ready = await a2.start()
+    assert ready["peer_id"] == a.peer_id
+    assert ready["nick"] == "a"
+    history = await ask(a2, {"cmd": "history", "room": "general", "limit": 50}, "history")
+    assert "said before the move" in [m["text"] for m in history["messages"]]
+    contacts = await ask(a2, {"cmd": "contacts"}, "contacts")
+    assert [c["peer_id"] for c in contacts["contacts"]] == [b.peer_id]
+    whois = await ask(a2, {"cmd": "whois", "who": b.peer_id}, "whois")
+    assert whois["verified"] is True
+
+    await connected(a2, b)
+    await chat_works(b, a2, text="said after the move")
+    await b.send({"cmd": "dm", "to": a2.peer_id, "text": "private after the move"})
+    got = await a2.wait_for("dm", timeout=PROMPT_S, from_start=True, text="private after the move")
+    assert got["peer_id"] == b.peer_id
+    await a2.send({"cmd": "dm", "to": b.peer_id, "text": "answer from the new machine"})
+    got = await b.wait_for(
+        "dm", timeout=PROMPT_S, from_start=True, text="answer from the new machine"
+    )
+    assert got["peer_id"] == a.peer_id
