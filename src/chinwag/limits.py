@@ -715,3 +715,6 @@ MAX_ARCHIVE_BYTES = 1 << 30
 #: at most 1,024 (bytes read from --passphrase-file).
 MIN_EXPORT_PASSPHRASE_CHARS = 8
 MAX_EXPORT_PASSPHRASE_CHARS = 1_024
+#: Private messages held (not sent) while verified peers' keys changed, in all: a user or a
+#: script typing into an unresolved key change cannot grow the store without bound.
+MAX_HELD_DMS = 1_000

@@ -151,3 +151,55 @@ async def _moved_node_works(a: ChinwagProcess, a2: ChinwagProcess, b: ChinwagPro
         "dm", timeout=PROMPT_S, from_start=True, text="answer from the new machine"
     )
     assert got["peer_id"] == a.peer_id
+
+
+async def test_messages_to_a_verified_nick_with_a_new_key_wait_for_the_users_decision(
+    node: NodeFactory,
+) -> None:
+    """bob is verified; then a new key calls itself bob. Private messages to "bob" are held
+    (not sent), listed, discarded or, once the user accepts the new key, sent to it."""
+    a, bob = node("a"), node("bob")
+    await a.start()
+    await bob.start()
+    await connected(a, bob)
+    assert (await ask(a, {"cmd": "verify", "who": "bob", "confirm": True}, "whois"))["verified"]
+    await bob.quit()
+    new = node("newbob", nick="bob")
+    await new.start()
+    await connected(a, new)
+    await a.wait_for("warning", timeout=PROMPT_S, from_start=True, peer_id=new.peer_id)
+
+    await a.send({"cmd": "dm", "to": "bob", "text": "to be discarded"})
+    held = await a.wait_for("dm_held", timeout=PROMPT_S, text="to be discarded")
+    assert (held["nick"], held["peer_id"], held["old_peer_id"]) == (
+        "bob", new.peer_id, bob.peer_id,
+    )  # fmt: skip
+    gone = await ask(a, {"cmd": "discard_held", "who": "bob"}, "held_discarded")
+    assert (gone["count"], gone["peer_id"]) == (1, new.peer_id)
+
+    await a.send({"cmd": "dm", "to": "bob", "text": "held until accepted"})
+    await a.wait_for("dm_held", timeout=PROMPT_S, text="held until accepted")
+    # Addressed by the new key's id, it waits too.
+    await a.send({"cmd": "dm", "to": new.peer_id, "text": "by id, held too"})
+    await a.wait_for("dm_held", timeout=PROMPT_S, text="by id, held too")
+    listed = await ask(a, {"cmd": "held"}, "held")
+    assert [h["text"] for h in listed["held"]] == ["held until accepted", "by id, held too"]
+    # Nothing went out: a room message sent after them arrives, the held ones did not.
+    await chat_works(a, new, text="barrier")
+    assert not [e for e in new.events if e.get("event") == "dm"]
+    assert not [e for e in a.events if e.get("event") == "dm"]
+
+    accepted = await ask(a, {"cmd": "accept_key", "who": "bob"}, "key_accepted")
+    assert (accepted["peer_id"], accepted["old_peer_id"], accepted["sent"]) == (
+        new.peer_id, bob.peer_id, 2,
+    )  # fmt: skip
+    for text in ("held until accepted", "by id, held too"):
+        got = await new.wait_for("dm", timeout=PROMPT_S, from_start=True, text=text)
+        assert got["peer_id"] == a.peer_id
+    assert (await ask(a, {"cmd": "held"}, "held"))["held"] == []
+    assert (await ask(a, {"cmd": "whois", "who": new.peer_id}, "whois"))["verified"] is True
+    assert (await ask(a, {"cmd": "whois", "who": bob.peer_id}, "whois"))["verified"] is False
+    # Resolved: "bob" is the accepted key now, messages go out at once.
+    await a.send({"cmd": "dm", "to": "bob", "text": "after the decision"})
+    await new.wait_for("dm", timeout=PROMPT_S, from_start=True, text="after the decision")
+    assert not [e for e in a.events if e.get("event") == "dm_held" and "after" in e["text"]]

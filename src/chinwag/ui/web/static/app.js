@@ -1192,8 +1192,9 @@ function submitComposer() {
 /** The slash commands of ui/commands.py (SLASH, less quit), for Tab completion. */
 const COMMANDS = [
   "help", "peers", "members", "nick", "id", "history", "search", "info", "join", "leave", "rooms",
-  "switch", "msg", "whois", "verify", "block", "unblock", "send", "accept", "reject", "files",
-  "cancel", "invite", "add", "lookup", "contacts", "forget", "connect",
+  "switch", "msg", "whois", "verify", "acceptkey", "discardheld", "held", "block", "unblock",
+  "send", "accept", "reject", "files", "cancel", "invite", "add", "lookup", "contacts", "forget",
+  "connect",
 ];
 
 /** Tab completes a slash command at the start, or a nick anywhere (as the TUI does). */
