@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
+import select
 import stat
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from it_support import PROMPT_S, ChinwagProcess, NodeFactory, ask, chat_works, connected
@@ -189,6 +193,14 @@ async def test_messages_to_a_verified_nick_with_a_new_key_wait_for_the_users_dec
     assert not [e for e in new.events if e.get("event") == "dm"]
     assert not [e for e in a.events if e.get("event") == "dm"]
 
+    # Held messages are typed text: they survive a restart.
+    await a.quit()
+    a = node("a")
+    await a.start()
+    listed = await ask(a, {"cmd": "held"}, "held")
+    assert [h["text"] for h in listed["held"]] == ["held until accepted", "by id, held too"]
+    await connected(a, new)
+
     accepted = await ask(a, {"cmd": "accept_key", "who": "bob"}, "key_accepted")
     assert (accepted["peer_id"], accepted["old_peer_id"], accepted["sent"]) == (
         new.peer_id, bob.peer_id, 2,
@@ -203,3 +215,54 @@ async def test_messages_to_a_verified_nick_with_a_new_key_wait_for_the_users_dec
     await a.send({"cmd": "dm", "to": "bob", "text": "after the decision"})
     await new.wait_for("dm", timeout=PROMPT_S, from_start=True, text="after the decision")
     assert not [e for e in a.events if e.get("event") == "dm_held" and "after" in e["text"]]
+
+
+def _on_a_terminal(args: list[str], answers: list[str], timeout: float = 60.0) -> tuple[int, str]:
+    """Run `python -m chinwag ARGS` on a pseudo-terminal, typing each answer after the prompt
+    that asks for it (getpass flushes what was typed before); return (status, output)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chinwag", *args],
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        pending = list(answers)
+        while True:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"no prompt or exit within {timeout}s: {out!r}")
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+            if pending and out.rstrip().endswith(b":"):
+                os.write(master, pending.pop(0).encode() + b"\n")
+        return proc.wait(timeout=timeout), out.decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_export_asks_the_passphrase_twice_on_a_terminal(tmp_path: Path) -> None:
+    data, out = tmp_path / "a", tmp_path / "a.chinwag"
+    status, text = _on_a_terminal(["id", "--data-dir", str(data)], [])
+    assert status == 0, text
+    args = ["export", str(out), "--data-dir", str(data)]
+    status, text = _on_a_terminal(args, [PASSPHRASE, PASSPHRASE + "x"])
+    assert status == 1 and "the two passphrases differ; nothing was written" in text, text
+    assert not out.exists()
+    status, text = _on_a_terminal(args, [PASSPHRASE, PASSPHRASE])
+    assert status == 0 and text.count("passphrase") + text.count("again") >= 2, text
+    assert PASSPHRASE not in text  # not echoed
+    status, text = _on_a_terminal(
+        ["import", str(out), "--data-dir", str(tmp_path / "b")], [PASSPHRASE]
+    )
+    assert status == 0 and "imported" in text, text

@@ -339,6 +339,14 @@ const handlers = {
     note(`WARNING: ${e.message}`, "error");
     toast(e.message, "error");
   },
+  dm_held(e) {
+    // A private message to a verified nick whose key changed: held, not sent (docs/rooms.md).
+    const text = `held (not sent) to ${e.nick}: "${e.text}" — ${e.nick} is now key ` +
+      `${e.peer_id.slice(0, 8)}, not the verified ${e.old_peer_id.slice(0, 8)}; ` +
+      `/acceptkey ${e.nick} sends it, /discardheld ${e.nick} deletes it`;
+    note(text, "error");
+    toast(`message to ${e.nick} held: their key changed`, "error");
+  },
   gap(e) {
     const [lo, hi] = e.missing;
     noteIn(e.room, `missing ${lo === hi ? lo : `${lo}-${hi}`} from ${who(e.peer_id)}; repairing`, "gap");
