@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def check_passphrase(passphrase: str) -> bytes:
 
 def _snapshot(db_path: Path) -> bytes:
     """Return a consistent copy of the store as bytes (SQLite backup API, via memory)."""
-    src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    src = sqlite3.connect(f"file:{urllib.parse.quote(str(db_path))}?mode=ro", uri=True)
     mem = sqlite3.connect(":memory:")
     try:
         src.backup(mem)
@@ -223,10 +224,13 @@ def import_identity(data_dir: Path, source: Path, passphrase: bytes, force: bool
 
 
 def _install(data_dir: Path, payload: _Payload, existing: list[str]) -> None:
-    """Write the store (through a checked temporary file), then the identity."""
+    """Write the new store and identity to temporary files, then move the old ones aside
+    and the new ones in: a crash leaves at worst a window of a few renames."""
     tmp = data_dir / (_DB + ".import")
+    key_tmp = data_dir / (_KEY + ".import")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
+    write_private(key_tmp, payload.identity)
     if payload.db:
         mem = sqlite3.connect(":memory:")
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -247,4 +251,4 @@ def _install(data_dir: Path, payload: _Payload, existing: list[str]) -> None:
             os.replace(side, data_dir / f"{_DB}{suffix}.before-import-{stamp}")
     if payload.db:
         os.replace(tmp, data_dir / _DB)
-    write_private(data_dir / _KEY, payload.identity)
+    os.replace(key_tmp, data_dir / _KEY)

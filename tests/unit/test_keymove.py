@@ -173,3 +173,20 @@ def test_import_refuses_to_replace_an_identity_unless_forced(source: Path, tmp_p
     kept = [p for p in other.iterdir() if p.name.startswith("identity.key.before-import")]
     assert len(kept) == 1 and kept[0].read_bytes() != (other / "identity.key").read_bytes()
     assert old != moved.peer_id
+
+
+def test_export_copies_what_is_still_in_the_write_ahead_log(source: Path, tmp_path: Path) -> None:
+    """A store left by a killed node (commits only in -wal, never checkpointed): the export
+    holds them (the backup API reads through the log)."""
+    running = Store(source / "chinwag.db")  # never closed, like a killed process
+    running.join_room("only-in-the-wal", "only-in-the-wal", "public", None, None)
+    assert Path(f"{source}/chinwag.db-wal").stat().st_size > 0
+    out = tmp_path / "x.chinwag"
+    export_identity(source, out, PP, force=False)
+    import_identity(tmp_path / "dst", out, PP, force=False)
+    store = Store(tmp_path / "dst" / "chinwag.db")
+    try:
+        assert "only-in-the-wal" in [row[0] for row in store.rooms_joined()]
+    finally:
+        store.close()
+        running.db.close()
