@@ -92,7 +92,7 @@ class ChinwagProcess(ReadyFacts):
 
     async def start(self, timeout: float = 15.0) -> Event:
         """Start the process and return its `ready` event."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         if self.env:

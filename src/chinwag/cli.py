@@ -64,13 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "command",
         nargs="?",
-        choices=["chat", "id", "web", "invite", "add", "relay"],
+        choices=["chat", "id", "web", "invite", "add", "relay", "export", "import"],
         default="chat",
         help="chat (default); id: print your peer id and fingerprint; "
         "web: run the node with the web UI in the browser (no terminal UI); "
         "invite: print your invite code (and its QR code) for a friend elsewhere; "
         "add CODE: make the peer of an invite code a contact (dialled when chinwag runs); "
-        "relay: a headless relay for peers behind NATs (no chat; logs to stderr)",
+        "relay: a headless relay for peers behind NATs (no chat; logs to stderr); "
+        "export FILE: write your identity with its history, contacts and sessions to FILE, "
+        "encrypted with a passphrase (chinwag must not be running); import FILE: install "
+        "such a file into the data dir (then never run the old copy again)",
     )
     p.add_argument("code", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"chinwag {__version__}")
@@ -225,6 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="make a new web token: old links and browser sessions stop working",
     )
+    move = p.add_argument_group("export and import")
+    move.add_argument(
+        "--passphrase-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="read the export passphrase from the first line of FILE "
+        "(default: ask on the terminal, twice for export)",
+    )
+    move.add_argument(
+        "--force",
+        action="store_true",
+        help="export: overwrite FILE; import: replace the data dir's identity and store "
+        "(the old ones are kept as *.before-import-*)",
+    )
     p.add_argument(
         "--log-level",
         default=None,
@@ -275,6 +293,12 @@ def _main(argv: list[str] | None) -> int:
         if not args.code:
             build_parser().error("usage: chinwag add CODE|PEER_ID")
         return _add_contact(data_dir, args.code)
+    if args.command in ("export", "import"):
+        if not args.code:
+            build_parser().error(f"usage: chinwag {args.command} FILE")
+        return _move(args.command, data_dir, Path(args.code), args)
+    if args.force or args.passphrase_file is not None:
+        build_parser().error("--force and --passphrase-file go with export and import")
     if args.code is not None:
         build_parser().error(f"unexpected argument {args.code[:40]!r}")
     if args.command == "web":
@@ -296,7 +320,12 @@ def _main(argv: list[str] | None) -> int:
     if mode == "tui":
         # The screen is the TUI's: logs (and tracebacks) go to a file in the data dir.
         try:
-            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            from chinwag.datadir import ensure_private_dir
+
+            ensure_private_dir(data_dir)
+            # Owner-only: the log names peers, rooms and addresses (basicConfig would use
+            # the umask's mode).
+            os.close(os.open(data_dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         except OSError as exc:
             print(f"chinwag: {exc}", file=sys.stderr)
             return 1
@@ -327,10 +356,10 @@ def choose_mode(json_mode: bool, plain: bool) -> str:
 
 def _print_id(data_dir: Path) -> int:
     from chinwag.crypto.identity import BadIdentity, fingerprint
-    from chinwag.datadir import load_or_create_identity
+    from chinwag.datadir import ensure_private_dir, load_or_create_identity
 
     try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(data_dir)
         ident = load_or_create_identity(data_dir)
     except (OSError, BadIdentity) as exc:
         print(f"chinwag: {exc}", file=sys.stderr)
@@ -348,13 +377,13 @@ def _print_invite(data_dir: Path, args: argparse.Namespace) -> int:
     """
     from chinwag.contacts import offline_invite
     from chinwag.crypto.identity import BadIdentity
-    from chinwag.datadir import DataDir, load_or_create_identity
+    from chinwag.datadir import DataDir, ensure_private_dir, load_or_create_identity
     from chinwag.node import default_nick
     from chinwag.ui.format import invite_lines
     from chinwag.ui.web.launch import print_qr
 
     try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(data_dir)
         ident = load_or_create_identity(data_dir)
     except (OSError, BadIdentity) as exc:
         print(f"chinwag: {exc}", file=sys.stderr)
@@ -384,6 +413,60 @@ def _add_contact(data_dir: Path, code: str) -> int:
         print(f"chinwag: {exc}", file=sys.stderr)
         return 1
     print(f"added contact {added.nick} ({added.peer_id}); it is dialled when chinwag runs")
+    return 0
+
+
+def _read_passphrase(args: argparse.Namespace, twice: bool) -> str:
+    """Return the passphrase: from --passphrase-file, else asked on the terminal (twice
+    when it protects a new file); raise UsageError if neither is possible."""
+    import getpass
+
+    from chinwag.errors import UsageError
+
+    if args.passphrase_file is not None:
+        try:
+            with args.passphrase_file.open("rb") as f:
+                raw = f.read(limits.MAX_EXPORT_PASSPHRASE_CHARS * 4 + 2)
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.passphrase_file}: {exc.strerror}") from None
+        try:
+            return raw.decode("utf-8").splitlines()[0] if raw.strip() else ""
+        except UnicodeDecodeError:
+            raise UsageError(f"{args.passphrase_file} is not UTF-8 text") from None
+    if not sys.stdin.isatty():
+        raise UsageError("no terminal to ask the passphrase on: use --passphrase-file FILE")
+    first = getpass.getpass("export passphrase: ")
+    if twice and getpass.getpass("the same again: ") != first:
+        raise UsageError("the two passphrases differ; nothing was written")
+    return first
+
+
+def _move(command: str, data_dir: Path, path: Path, args: argparse.Namespace) -> int:
+    """`chinwag export FILE` / `chinwag import FILE` (chinwag/keymove.py)."""
+    from chinwag.crypto.identity import short_id
+    from chinwag.errors import ChinwagError
+    from chinwag.keymove import check_passphrase, export_identity, import_identity
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="chinwag: %(message)s")
+    try:
+        passphrase = check_passphrase(_read_passphrase(args, twice=command == "export"))
+        if command == "export":
+            done = export_identity(data_dir, path, passphrase, args.force)
+            print(
+                f"exported {done.nick or '?'} ({short_id(done.peer_id)}), store "
+                f"{done.db_bytes} bytes, to {path}. Import it elsewhere with "
+                "`chinwag import FILE`; from then on do not start chinwag on this data "
+                "directory again (the two copies would fork their sessions)"
+            )
+        else:
+            done = import_identity(data_dir, path, passphrase, args.force)
+            print(
+                f"imported {done.nick or '?'} ({done.peer_id}), store {done.db_bytes} bytes, "
+                f"into {data_dir}. Never run the exported copy again"
+            )
+    except ChinwagError as exc:
+        print(f"chinwag: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,69 @@ from chinwag.errors import ChinwagError, DataDirLocked
 _SETTINGS = "settings.json"
 _KEY_FILE = "identity.key"
 _LOCK = "lock"
+
+log = logging.getLogger(__name__)
+
+
+def make_private(path: Path, what: str) -> bool:
+    """Make path owner-only (a directory 0700, a file 0600) if group or others have any
+    access; warn once with the old mode; return whether it was tightened.
+
+    We tighten rather than refuse to start: the loose mode usually comes from a copy
+    (cp without -p, an archive, a backup tool) or an old version, not from a wish to
+    share; refusing would lock the owner out of their own chat over a mode bit that
+    one chmod fixes. The warning says so, since someone may have read the file already.
+    """
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o077:
+        return False
+    new = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
+    os.chmod(path, new, follow_symlinks=False)
+    log.warning(
+        "%s %s was readable by other users (mode %o); made it %o. If others could log in "
+        "here, they may have copied it: for the identity key, start afresh with a new one",
+        what,
+        path,
+        stat.S_IMODE(st.st_mode),
+        new,
+    )
+    return True
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create the data directory (mode 0700) if missing; tighten it and its files if looser
+    (for the commands that use it without locking it: `chinwag id`, `invite`, the log)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tighten_data_dir(path)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write data to path atomically, owner-only (0600) from the first byte, fsynced.
+
+    The temporary file gets fchmod too: O_CREAT's mode does not apply to a leftover one.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def tighten_data_dir(path: Path) -> None:
+    """Make the data directory and every file and folder in it owner-only (warning for each).
+
+    It holds the identity key, the database (private messages, room keys, ratchet
+    pickles), the web token and the DHT state: none of them is for other users.
+    """
+    make_private(path, "data directory")
+    with os.scandir(path) as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                make_private(Path(entry.path), "file" if entry.is_file() else "folder")
 
 
 def default_data_dir() -> Path:
@@ -39,16 +104,16 @@ class DataDir:
     def open(self) -> None:
         """Create (mode 0700) and lock the directory; raise DataDirLocked if in use.
 
-        A directory that exists with a looser mode is made 0700: it holds the
-        identity key and the database (private messages, private room keys).
+        A directory that exists with a looser mode is made 0700, and its files 0600,
+        with a warning (make_private): it holds the identity key and the database
+        (private messages, private room keys, ratchet state).
         """
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise ChinwagError(f"cannot create data directory {self.path}: {exc}") from exc
         try:
-            if self.path.stat().st_mode & 0o077:
-                os.chmod(self.path, 0o700)
+            tighten_data_dir(self.path)
         except OSError as exc:
             raise ChinwagError(f"cannot make data directory {self.path} private: {exc}") from exc
         fd = os.open(self.path / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
@@ -98,15 +163,9 @@ def load_or_create_identity(data_dir: Path) -> Identity:
         seed = path.read_bytes()
     except FileNotFoundError:
         ident = Identity.generate()
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, bytes(ident.signing_key))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_private(path, bytes(ident.signing_key))
         return ident
+    make_private(path, "identity key")
     if len(seed) != 32:
         raise BadIdentity(f"{path} is not a chinwag identity key ({len(seed)} bytes, expected 32)")
     return Identity.from_seed(seed)

@@ -133,6 +133,43 @@ class Alert(msgspec.Struct, frozen=True, tag_field="event", tag="warning"):
     peer_id: str = ""
 
 
+class DmHeld(msgspec.Struct, frozen=True, tag_field="event", tag="dm_held"):
+    """A private message to `nick` held, not sent: `peer_id`, the key now using that nick,
+    is not `old_peer_id`, the key verified under it. It waits for `accept_key` (then it
+    is sent to `peer_id`) or `discard_held`; `id` numbers it among the held ones."""
+
+    id: int
+    nick: str
+    peer_id: str
+    old_peer_id: str
+    text: str
+    ts: float
+
+
+class HeldDms(msgspec.Struct, frozen=True, tag_field="event", tag="held"):
+    """The private messages held on key changes, answering a `held` command."""
+
+    held: list[DmHeld]
+
+
+class KeyAccepted(msgspec.Struct, frozen=True, tag_field="event", tag="key_accepted"):
+    """`peer_id` is now the verified key of `nick` (`old_peer_id` no longer verified); the
+    `sent` messages held for it went out (each also as a `dm` event)."""
+
+    nick: str
+    peer_id: str
+    old_peer_id: str
+    sent: int
+
+
+class HeldDiscarded(msgspec.Struct, frozen=True, tag_field="event", tag="held_discarded"):
+    """The `count` messages held for `peer_id` (under `nick`) were deleted, unsent."""
+
+    nick: str
+    peer_id: str
+    count: int
+
+
 class PeerInfo(msgspec.Struct, frozen=True):
     """One connected peer; `since` is the Unix time the connection opened.
 
@@ -446,4 +483,8 @@ NodeEvent = (
     | ContactForgotten
     | Lookup
     | Published
+    | DmHeld
+    | HeldDms
+    | KeyAccepted
+    | HeldDiscarded
 )

@@ -760,3 +760,20 @@ MEGOLM_RKQ_FANOUT = 3
 MEGOLM_RKQ_RETRY_S = 30.0
 #: Characters of a session key (base64) in an `rk` frame (a session key has 306, an export 220).
 MEGOLM_MAX_KEY_CHARS = 512
+# --- keys: export/import and held private messages (issue 12 item 5) ---------------------
+
+#: Argon2id passes and bytes of memory an export file may ask for (libsodium's SENSITIVE
+#: limits): the parameters sit in the file's header, so a crafted file must not make
+#: `chinwag import` run for hours or allocate gigabytes before the tag says "wrong".
+MAX_ARCHIVE_OPSLIMIT = 4
+MAX_ARCHIVE_MEMLIMIT = 1 << 30
+#: Bytes of an export file `chinwag import` reads (checked before reading: it is held in
+#: memory with its plaintext), and of the store `chinwag export` packs.
+MAX_ARCHIVE_BYTES = 1 << 30
+#: Characters of an export passphrase: at least 8 (the file may be guessed offline for ever),
+#: at most 1,024 (bytes read from --passphrase-file).
+MIN_EXPORT_PASSPHRASE_CHARS = 8
+MAX_EXPORT_PASSPHRASE_CHARS = 1_024
+#: Private messages held (not sent) while verified peers' keys changed, in all: a user or a
+#: script typing into an unresolved key change cannot grow the store without bound.
+MAX_HELD_DMS = 1_000

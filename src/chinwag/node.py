@@ -61,7 +61,7 @@ from chinwag.rendezvous import SEQ_SETTING as DHT_SEQ_SETTING
 from chinwag.rendezvous import Rendezvous
 from chinwag.roomkeys import RoomKeys
 from chinwag.rooms import DM, PRIVATE, Room, RoomBook
-from chinwag.store.db import Store
+from chinwag.store.db import HeldRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,8 @@ class Node:
         #: Peers we had been connected to before (earlier runs, or connections that ended):
         #: kept before strangers at the peer limit.
         self._seen_peers: set[str] = set()
+        #: Held private messages sent by accept_key, dropped from the store once committed.
+        self._releasing: set[int] = set()
         self._caps: tuple[str, ...] = CAPABILITIES
 
     # --- lifecycle ------------------------------------------------------
@@ -415,6 +417,9 @@ class Node:
     def dm(self, who: str, text: str) -> asyncio.Future[ev.NodeEvent]:
         """Send a private message (end-to-end encrypted) to a peer named by nick or id."""
         text = _chat_text(text)
+        change = self._key_change(who)
+        if change is not None:
+            return self._hold(change, text)
         peer_id = self.resolve_peer(who)
         if peer_id == self.identity.peer_id:
             raise UsageError("that is you")
@@ -439,6 +444,112 @@ class Node:
 
         done.add_done_callback(committed)
         return done
+
+    # --- private messages held while a verified peer's key changed ----------------
+
+    def _key_change(self, who: str) -> tuple[str, str, str] | None:
+        """Return (nick, verified key, new key) if `who` names a verified nick now used by
+        another key, or that other key; None if a message to `who` may go out as usual.
+
+        Raises UsageError if several new keys use the nick (the user must pick one by id).
+        """
+        run = self._running()
+        book = run.book
+        who = who.strip().lstrip("@")
+        if not book.verified:
+            return None
+        known = self._known_nicks()
+        if who in book.verified.values():
+            new = sorted(
+                p
+                for p, nick in known.items()
+                if nick == who
+                and book.verified.get(p) != who
+                and p not in book.replaced
+                and p != self.identity.peer_id
+            )
+            if len(new) > 1:
+                ids = ", ".join(short_id(p) for p in new)
+                raise UsageError(
+                    f"several new keys use the verified nick {who!r}: {ids}; name one by id"
+                )
+            old = book.impostor_of(new[0], who) if new else None
+            return (who, old, new[0]) if old is not None else None
+        try:
+            peer_id = self.resolve_peer(who)
+        except UsageError:
+            return None  # dm() resolves again and reports it
+        nick = known.get(peer_id)
+        if nick is None or book.verified.get(peer_id) == nick or peer_id in book.replaced:
+            return None
+        old = book.impostor_of(peer_id, nick)
+        return (nick, old, peer_id) if old is not None else None
+
+    def _hold(self, change: tuple[str, str, str], text: str) -> asyncio.Future[ev.NodeEvent]:
+        """Keep a private message (in the store) until the user decides on the key change."""
+        nick, old, new = change
+        store = self._running().store
+        if store.held_count() >= limits.MAX_HELD_DMS:
+            raise UsageError(
+                f"{limits.MAX_HELD_DMS} messages are held already: decide first "
+                f"(/acceptkey {nick} or /discardheld {nick})"
+            )
+        row = store.hold_dm(nick, old, new, text, time.time())
+        log.info("private message to %r held: key %s is not the verified %s", nick, new, old)
+        event = _held_event(row)
+        self._emit(event)
+        fut: asyncio.Future[ev.NodeEvent] = asyncio.get_running_loop().create_future()
+        fut.set_result(event)
+        return fut
+
+    def _pending_change(self, who: str) -> tuple[str, str, str]:
+        """Return the key change `who` names (its nick, or the new key); raise UsageError."""
+        change = self._key_change(who)
+        if change is None:
+            raise UsageError(f"no unresolved key change for {who.strip()[:40]!r}")
+        return change
+
+    def held(self) -> ev.HeldDms:
+        """Return the private messages held on key changes, oldest first."""
+        rows = self._running().store.held_dms()
+        return ev.HeldDms(held=[_held_event(r) for r in rows if r.id not in self._releasing])
+
+    def accept_key(self, who: str) -> ev.KeyAccepted:
+        """Accept the new key of a verified nick: it becomes the verified one (the old key
+        loses its mark) and the messages held for it are sent, in the order written."""
+        nick, old, new = self._pending_change(who)
+        run = self._running()
+        run.book.replace_verified(old, new, nick)
+        rows = [r for r in run.store.held_dms(new) if r.id not in self._releasing]
+        sent = [self.dm(new, row.text) for row in rows]
+        if sent:
+            self._releasing.update(r.id for r in rows)
+
+            # Dropped once committed (sent or in the outbox): typed text is never lost.
+            def committed(fut: asyncio.Future[list[ev.NodeEvent]]) -> None:
+                self._releasing.difference_update(r.id for r in rows)
+                if not fut.cancelled() and fut.exception() is None and self._run is not None:
+                    self._run.store.drop_held(r.id for r in rows)
+
+            asyncio.gather(*sent).add_done_callback(committed)
+        log.info("key %s accepted for %r (was %s); %d held sent", new, nick, old, len(rows))
+        return ev.KeyAccepted(nick=nick, peer_id=new, old_peer_id=old, sent=len(rows))
+
+    def discard_held(self, who: str) -> ev.HeldDiscarded:
+        """Delete, unsent, the messages held for the new key `who` names (nick or key); the
+        key change stays unresolved (later messages are held again)."""
+        run = self._running()
+        try:
+            nick, _old, new = self._pending_change(who)
+        except UsageError:
+            # Resolved meanwhile (e.g. /verify): the held ones can still be dropped by id.
+            new = self.resolve_peer(who)
+            nick = self._known_nicks().get(new, "?")
+        rows = [r for r in run.store.held_dms(new) if r.id not in self._releasing]
+        if not rows:
+            raise UsageError(f"no private messages are held for {who.strip()[:40]!r}")
+        run.store.drop_held(r.id for r in rows)
+        return ev.HeldDiscarded(nick=nick, peer_id=new, count=len(rows))
 
     def _post(
         self, room: Room, text: str, made: list[ChatMessage] | None = None
@@ -549,6 +660,10 @@ class Node:
             if len(by_prefix) == 1:
                 return by_prefix[0]
         by_nick = sorted(p for p, nick in known.items() if nick == who)
+        if len(by_nick) > 1:
+            # A key the user replaced by accepting a new one (accept_key) no longer competes.
+            replaced = self._running().book.replaced
+            by_nick = [p for p in by_nick if p not in replaced] or by_nick
         if len(by_nick) == 1:
             return by_nick[0]
         if by_nick:
@@ -1304,7 +1419,9 @@ class Node:
             self._emit(
                 ev.Alert(
                     message=f"{nick!r} is now a different key "
-                    f"({short_id(peer_id)}) than the one you verified ({short_id(impostor)})",
+                    f"({short_id(peer_id)}) than the one you verified ({short_id(impostor)}); "
+                    f"private messages to {nick} are held until you decide: /acceptkey {nick} "
+                    f"(after checking the safety number) or /discardheld {nick}",
                     peer_id=peer_id,
                 )
             )
@@ -1455,3 +1572,14 @@ def _offer_room(event: ev.Message | ev.DirectMessage) -> str:
     if isinstance(event, ev.DirectMessage):
         return "@" + (event.to if event.own else event.peer_id)
     return event.room
+
+
+def _held_event(row: HeldRow) -> ev.DmHeld:
+    return ev.DmHeld(
+        id=row.id,
+        nick=row.nick,
+        peer_id=row.new_peer,
+        old_peer_id=row.old_peer,
+        text=row.text,
+        ts=row.ts,
+    )

@@ -69,6 +69,8 @@ class RoomBook:
         self.announced: dict[str, dict[str, bytes]] = {}
         self.blocked: set[str] = set()
         self.verified: dict[str, str] = {}
+        #: Keys the user replaced by a new key of the same nick (Node.accept_key).
+        self.replaced: set[str] = set()
         #: Rooms whose undecryptable message was reported (bounded: a conversation is
         #: opened by any key, so throwaway keys would grow a plain set for ever).
         self._undecryptable_logged = WarnOnce(log)
@@ -101,6 +103,7 @@ class RoomBook:
             self.join_public(DEFAULT_ROOM)
         self.blocked = self.store.blocked()
         self.verified = self.store.verified()
+        self.replaced = self.store.replaced_keys()
 
     # --- joining --------------------------------------------------------
 
@@ -358,6 +361,15 @@ class RoomBook:
     def set_verified(self, peer_id: str, nick: str) -> None:
         self.store.set_verified(peer_id, nick)
         self.verified[peer_id] = nick
+
+    def replace_verified(self, old: str, new: str, nick: str) -> None:
+        """The user accepted new as nick's key: it is verified, old no longer (and old
+        counts as replaced: messages to the nick no longer wait on it)."""
+        self.store.replace_verified(old, new, nick)
+        self.verified.pop(old, None)
+        self.verified[new] = nick
+        self.replaced.discard(new)
+        self.replaced.add(old)
 
     def impostor_of(self, peer_id: str, nick: str) -> str | None:
         """Return the verified peer id that used to have this nick, if peer_id is another key."""

@@ -8,14 +8,17 @@ already with looser modes. A umask of 022 is set so that loose modes would show.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from chinwag.datadir import DataDir
+from chinwag import datadir
+from chinwag.datadir import DataDir, load_or_create_identity
 from chinwag.store.db import Store
 
 
@@ -84,3 +87,82 @@ def test_existing_loose_database_files_are_made_0600(tmp_path: Path) -> None:
             second.close()
     finally:
         first.close()
+
+
+def test_an_existing_loose_identity_key_is_made_0600_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key copied with a loose mode (cp without -p, an archive): tightened, and said so."""
+    first = load_or_create_identity(tmp_path)
+    key = tmp_path / "identity.key"
+    assert mode(key) == 0o600
+    os.chmod(key, 0o644)
+    with caplog.at_level(logging.WARNING):
+        again = load_or_create_identity(tmp_path)
+    assert again.peer_id == first.peer_id
+    assert mode(key) == 0o600
+    assert "identity key" in caplog.text and "644" in caplog.text, caplog.text
+
+
+def test_opening_a_loose_data_dir_tightens_every_file_in_it_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """identity key, web token, DHT state, settings, a folder: all owner-only after open."""
+    path = tmp_path / "chinwag"
+    path.mkdir(mode=0o755)
+    os.chmod(path, 0o755)
+    names = ["identity.key", "web-token", "dht.state", "settings.json", "chinwag.log"]
+    for name in names:
+        (path / name).write_bytes(b"x")
+        os.chmod(path / name, 0o644)
+    (path / "uploads").mkdir(mode=0o755)
+    d = DataDir(path)
+    with caplog.at_level(logging.WARNING):
+        d.open()
+    try:
+        assert mode(path) == 0o700
+        assert {n: mode(path / n) for n in names} == {n: 0o600 for n in names}
+        assert mode(path / "uploads") == 0o700
+        for name in names:
+            assert name in caplog.text, caplog.text
+    finally:
+        d.close()
+
+
+def test_a_private_data_dir_opens_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = DataDir(tmp_path / "chinwag")
+    d.open()
+    load_or_create_identity(d.path)
+    d.close()
+    with caplog.at_level(logging.WARNING):
+        d.open()
+    d.close()
+    assert "readable" not in caplog.text
+
+
+def test_write_private_is_0600_also_over_a_loose_leftover_temporary(tmp_path: Path) -> None:
+    leftover = tmp_path / "web-token.tmp"
+    leftover.write_bytes(b"old")
+    os.chmod(leftover, 0o644)
+    datadir.write_private(tmp_path / "web-token", b"secret")
+    assert mode(tmp_path / "web-token") == 0o600
+    assert (tmp_path / "web-token").read_bytes() == b"secret"
+
+
+def test_the_saved_dht_state_is_0600(tmp_path: Path) -> None:
+    """The routing table saved at stop (a real libtorrent session) is owner-only."""
+    lt = pytest.importorskip("libtorrent")
+    from chinwag.net import dht
+    from chinwag.net.dht import DhtNode
+
+    dht._import_libtorrent()
+    ses = lt.session({
+        "listen_interfaces": "127.0.0.1:0", "enable_dht": True, "dht_bootstrap_nodes": "",
+        "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+    })  # fmt: skip
+    holder = types.SimpleNamespace(_state_path=tmp_path / "dht.state")
+    DhtNode._save_and_stop(holder, ses)  # type: ignore[arg-type]
+    assert (tmp_path / "dht.state").exists()
+    assert mode(tmp_path / "dht.state") == 0o600

@@ -201,6 +201,9 @@ EXECUTED: list[tuple[c.Command, str, tuple[Any, ...], bool]] = [
     (c.ContactsCmd(), "contacts", (), True),
     (c.ForgetCmd(peer="bob"), "forget_contact", ("bob",), True),
     (c.ConnectCmd(peer_id="bob", via="r", addr="h:1"), "connect_via", ("bob", "r", "h:1"), False),
+    (c.HeldCmd(), "held", (), True),
+    (c.AcceptKeyCmd(who="bob"), "accept_key", ("bob",), True),
+    (c.DiscardHeldCmd(who="bob"), "discard_held", ("bob",), True),
 ]
 
 

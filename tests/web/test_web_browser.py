@@ -444,6 +444,8 @@ def test_script_injection_is_shown_as_text(
             size: 3, sha256: '0'.repeat(64), room: xss, own: false, seq: 0});
         on({event: 'file_failed', id: 'd'.repeat(16), reason: xss, seq: 0});
         on({event: 'warning', message: xss, peer_id: pid, seq: 0});
+        on({event: 'dm_held', id: 1, nick: xss, peer_id: pid, old_peer_id: 'y'.repeat(52),
+            text: xss, ts: 1, seq: 0});
         on({event: 'line', text: xss, seq: 0});
         on({event: 'error', message: xss, seq: 0});
         on({event: 'peer_left', peer_id: pid, nick: xss, reason: xss, seq: 0});

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from chinwag import limits
+from chinwag.datadir import write_private
 from chinwag.errors import ChinwagError
 from chinwag.logonce import WarnOnce
 
@@ -340,9 +341,8 @@ class DhtNode:
             try:
                 state = ses.session_state(lt.save_state_flags_t.save_dht_state)
                 data = lt.write_session_params_buf(state, lt.save_state_flags_t.save_dht_state)
-                tmp = self._state_path.with_suffix(".tmp")
-                tmp.write_bytes(bytes(data))
-                tmp.replace(self._state_path)
+                # Owner-only like every file of the data dir: it lists the nodes we talk to.
+                write_private(self._state_path, bytes(data))
             except Exception as exc:  # a save that fails must not stop the node's shutdown
                 log.warning("cannot save the DHT routing table: %s", exc)
         ses.pause()

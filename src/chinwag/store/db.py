@@ -105,6 +105,13 @@ CREATE TABLE IF NOT EXISTS olm_peers(
     peer_id TEXT PRIMARY KEY, ident BLOB NOT NULL, fb BLOB NOT NULL, sig BLOB NOT NULL,
     otk BLOB NOT NULL, used REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS held_dms(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, nick TEXT NOT NULL, old_peer TEXT NOT NULL,
+    new_peer TEXT NOT NULL, text TEXT NOT NULL, ts REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS replaced_keys(
+    peer_id TEXT PRIMARY KEY, nick TEXT NOT NULL, by TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 _COLUMNS = "id, room, author, seq, ts, nick, text, late"
@@ -171,6 +178,19 @@ class FileRow:
     mtime_ns: int = 0
     created: float = 0.0
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRow:
+    """A private message to `nick` held (not sent) while its key changed from the verified
+    `old_peer` to `new_peer`, waiting for the user's decision."""
+
+    id: int
+    nick: str
+    old_peer: str
+    new_peer: str
+    text: str
+    ts: float
 
 
 @dataclass(slots=True)
@@ -569,6 +589,50 @@ class Store:
             self.db.execute(
                 "INSERT OR REPLACE INTO verified(peer_id, nick) VALUES (?,?)", (peer_id, nick)
             )
+
+    def replace_verified(self, old: str, new: str, nick: str) -> None:
+        """Make new the verified key of nick in place of old (remembered as replaced)."""
+        with self._transaction():
+            self.db.execute("DELETE FROM verified WHERE peer_id=?", (old,))
+            self.db.execute(
+                "INSERT OR REPLACE INTO verified(peer_id, nick) VALUES (?,?)", (new, nick)
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO replaced_keys(peer_id, nick, by) VALUES (?,?,?)",
+                (old, nick, new),
+            )
+            self.db.execute("DELETE FROM replaced_keys WHERE peer_id=?", (new,))
+
+    def replaced_keys(self) -> set[str]:
+        """Return the keys the user replaced by a new key of the same nick (accept_key)."""
+        return {r[0] for r in self.db.execute("SELECT peer_id FROM replaced_keys")}
+
+    # --- private messages held on a key change -------------------------------------
+
+    def hold_dm(self, nick: str, old_peer: str, new_peer: str, text: str, ts: float) -> HeldRow:
+        """Store a held private message (durably: it is typed text) and return it."""
+        with self._transaction():
+            cur = self.db.execute(
+                "INSERT INTO held_dms(nick, old_peer, new_peer, text, ts) VALUES (?,?,?,?,?)",
+                (nick, old_peer, new_peer, text, ts),
+            )
+        assert cur.lastrowid is not None
+        return HeldRow(cur.lastrowid, nick, old_peer, new_peer, text, ts)
+
+    def held_dms(self, new_peer: str | None = None) -> list[HeldRow]:
+        """Return the held private messages (those to new_peer only, if given), oldest first."""
+        sql = "SELECT id, nick, old_peer, new_peer, text, ts FROM held_dms"
+        args: tuple[str, ...] = ()
+        if new_peer is not None:
+            sql, args = sql + " WHERE new_peer=?", (new_peer,)
+        return [HeldRow(*row) for row in self.db.execute(sql + " ORDER BY id", args)]
+
+    def held_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM held_dms").fetchone()[0])
+
+    def drop_held(self, ids: Iterable[int]) -> None:
+        with self._transaction():
+            self.db.executemany("DELETE FROM held_dms WHERE id=?", [(i,) for i in ids])
 
     def note_author(self, peer_id: str, nick: str) -> None:
         """Remember the nick an author signs with (peers we never met directly too)."""

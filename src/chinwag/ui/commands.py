@@ -181,6 +181,26 @@ class LookupCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="lookup"):
     answered: ClassVar[bool] = False
 
 
+class HeldCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="held"):
+    """The private messages held on key changes (docs/rooms.md, "When a verified key changes")."""
+
+    answered: ClassVar[bool] = True
+
+
+class AcceptKeyCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="accept_key"):
+    """Accept the new key of a verified nick (`who`: the nick or the new key); send the held."""
+
+    who: str
+    answered: ClassVar[bool] = True
+
+
+class DiscardHeldCmd(msgspec.Struct, frozen=True, tag_field="cmd", tag="discard_held"):
+    """Delete the messages held for the new key `who` names, unsent."""
+
+    who: str
+    answered: ClassVar[bool] = True
+
+
 Command = (
     Send
     | PeersCmd
@@ -209,6 +229,9 @@ Command = (
     | ForgetCmd
     | ConnectCmd
     | LookupCmd
+    | HeldCmd
+    | AcceptKeyCmd
+    | DiscardHeldCmd
 )
 #: The command names, read off the command structs' tags (one place to add a command).
 COMMANDS: frozenset[str] = frozenset(
@@ -338,6 +361,12 @@ async def execute(node: Node, cmd: Command, session: Session) -> Answer | None:
     elif isinstance(cmd, ConnectCmd):
         # A relay may take seconds to answer (or never): not a reason to hold up the rest.
         await session.slow(node.connect_via(cmd.peer_id, cmd.via, cmd.addr))
+    elif isinstance(cmd, HeldCmd):
+        return node.held()
+    elif isinstance(cmd, AcceptKeyCmd):
+        return node.accept_key(cmd.who)
+    elif isinstance(cmd, DiscardHeldCmd):
+        return node.discard_held(cmd.who)
     elif isinstance(cmd, Quit):
         raise ChinwagError("quit is handled by the interface")
     else:  # pragma: no cover - mypy checks that every command has its branch
@@ -416,7 +445,10 @@ def _msg(arg: str, _room: str) -> DmCmd:
     return DmCmd(to=who, text=text)
 
 
-def _who(usage: str, make: Callable[[str], WhoisCmd | BlockCmd | UnblockCmd]) -> _Parser:
+def _who(
+    usage: str,
+    make: Callable[[str], WhoisCmd | BlockCmd | UnblockCmd | AcceptKeyCmd | DiscardHeldCmd],
+) -> _Parser:
     def parse(arg: str, _room: str) -> SlashCommand:
         if not arg:
             raise _usage(usage)
@@ -515,6 +547,9 @@ SLASH: dict[str, _Parser] = {
     "msg": _msg,
     "whois": _who("/whois NICK|PEERID", lambda who: WhoisCmd(who=who)),
     "verify": _verify,
+    "acceptkey": _who("/acceptkey NICK|PEERID", lambda who: AcceptKeyCmd(who=who)),
+    "discardheld": _who("/discardheld NICK|PEERID", lambda who: DiscardHeldCmd(who=who)),
+    "held": lambda _arg, _room: HeldCmd(),
     "block": _who("/block NICK|PEERID", lambda who: BlockCmd(who=who)),
     "unblock": _who("/unblock NICK|PEERID", lambda who: UnblockCmd(who=who)),
     "send": _send_file,
@@ -564,6 +599,9 @@ HELP = """commands:
   /msg WHO TEXT    private message (end-to-end encrypted) to a nick or peer id
   /whois WHO       full peer id, fingerprint, verified or not
   /verify WHO [yes]  safety number to compare aloud; "yes" marks the peer verified
+  /acceptkey WHO   a verified nick has a new key: make it the verified one, send the held
+  /discardheld WHO delete, unsent, the private messages held for a new key
+  /held            private messages held while a verified nick's key changed
   /block WHO, /unblock WHO   hide (and do not store) a peer's messages
   /history [N]     the last N messages of the room (default 20)
   /search TEXT     messages containing TEXT

@@ -127,7 +127,29 @@ def answer_lines(cmd: c.Command, answer: c.Answer | None, node: Node, room: str)
         return _contacts(answer)
     if isinstance(answer, ev.ContactForgotten):
         return [f"forgot contact {clean(answer.nick)} ({short_id(answer.peer_id)})"]
+    if isinstance(answer, ev.HeldDms):
+        return [held_line(h) for h in answer.held] or ["no private message is held"]
+    if isinstance(answer, ev.KeyAccepted):
+        return [
+            f"{clean(answer.nick)} is now verified as {short_id(answer.peer_id)} "
+            f"(was {short_id(answer.old_peer_id)}); {answer.sent} held message(s) sent"
+        ]
+    if isinstance(answer, ev.HeldDiscarded):
+        return [
+            f"discarded {answer.count} message(s) held for {clean(answer.nick)} "
+            f"({short_id(answer.peer_id)})"
+        ]
     return []
+
+
+def held_line(event: ev.DmHeld) -> str:
+    """Return the line of a private message held on a key change (pending, not sent)."""
+    nick = clean(event.nick)
+    return (
+        f"held (not sent) to {nick}: {clean(event.text)!r}: {nick} is now key "
+        f"{short_id(event.peer_id)}, not the verified {short_id(event.old_peer_id)}; "
+        f"/acceptkey {nick} sends it, /discardheld {nick} deletes it"
+    )
 
 
 def invite_lines(invite: ev.Invite) -> list[str]:

@@ -96,6 +96,8 @@ class LineUI(c.Session):
             self._print(self.format_message(event))
         elif isinstance(event, ev.Alert):
             self._print(self._paint("1;31", f"!!! WARNING: {event.message}"))
+        elif isinstance(event, ev.DmHeld):
+            self._print(self._paint("33", f"* {fmt.held_line(event)}"))
         elif isinstance(event, ev.Joined):
             self.room = event.room
             self._info(fmt.joined_line(event))

@@ -315,6 +315,8 @@ class ChinwagApp(App[int]):
         elif isinstance(event, ev.Alert):
             self.note_error(f"!!! WARNING: {clean(event.message)}")
             return True
+        elif isinstance(event, ev.DmHeld):
+            self.note_error(fmt.held_line(event))
         elif isinstance(event, ev.Joined):
             await self._ensure_view(event.room)
         elif isinstance(event, ev.Left):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
 import secrets
 import time
 from collections import OrderedDict
 from pathlib import Path
 
 from chinwag import limits
+from chinwag.datadir import ensure_private_dir, make_private, write_private
 
 #: The token file in the data directory.
 TOKEN_FILE = "web-token"
@@ -33,18 +33,11 @@ def load_or_create_token(data_dir: Path, rotate: bool = False) -> str:
             token = ""
         # A token too short to be ours (hand-edited, truncated) is replaced, not trusted.
         if len(token) >= limits.WEB_TOKEN_BYTES:
-            os.chmod(path, 0o600)
+            make_private(path, "web token")
             return token
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(data_dir)
     token = secrets.token_urlsafe(limits.WEB_TOKEN_BYTES)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, token.encode("ascii") + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private(path, token.encode("ascii") + b"\n")
     return token
 
 

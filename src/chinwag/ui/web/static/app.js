@@ -339,6 +339,14 @@ const handlers = {
     note(`WARNING: ${e.message}`, "error");
     toast(e.message, "error");
   },
+  dm_held(e) {
+    // A private message to a verified nick whose key changed: held, not sent (docs/rooms.md).
+    const text = `held (not sent) to ${e.nick}: "${e.text}" — ${e.nick} is now key ` +
+      `${e.peer_id.slice(0, 8)}, not the verified ${e.old_peer_id.slice(0, 8)}; ` +
+      `/acceptkey ${e.nick} sends it, /discardheld ${e.nick} deletes it`;
+    note(text, "error");
+    toast(`message to ${e.nick} held: their key changed`, "error");
+  },
   gap(e) {
     const [lo, hi] = e.missing;
     noteIn(e.room, `missing ${lo === hi ? lo : `${lo}-${hi}`} from ${who(e.peer_id)}; repairing`, "gap");
@@ -1192,8 +1200,9 @@ function submitComposer() {
 /** The slash commands of ui/commands.py (SLASH, less quit), for Tab completion. */
 const COMMANDS = [
   "help", "peers", "members", "nick", "id", "history", "search", "info", "join", "leave", "rooms",
-  "switch", "msg", "whois", "verify", "block", "unblock", "send", "accept", "reject", "files",
-  "cancel", "invite", "add", "lookup", "contacts", "forget", "connect",
+  "switch", "msg", "whois", "verify", "acceptkey", "discardheld", "held", "block", "unblock",
+  "send", "accept", "reject", "files", "cancel", "invite", "add", "lookup", "contacts", "forget",
+  "connect",
 ];
 
 /** Tab completes a slash command at the start, or a nick anywhere (as the TUI does). */
