@@ -431,7 +431,8 @@ class Session:
             | m.FileFrame
             | m.Presence
             | m.ReachFrame
-            | m.MailFrame,
+            | m.MailFrame
+            | m.Admit,
         ):
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Ping):
