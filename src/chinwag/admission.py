@@ -62,6 +62,8 @@ class Admissions:
         self._emit = emit
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        #: The sweep that starts runs again with announcers not admitted (ADMIT_RETRY_S).
+        self._sweep: asyncio.TimerHandle | None = None
         self._waits: dict[str, Verdict] = {}
         self._alerted = WarnOnce(log)
         self._closed = False
@@ -113,9 +115,10 @@ class Admissions:
 
     def close(self) -> None:
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for handle in (self._timer, self._sweep):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._sweep = None
 
     # --- internals ---------------------------------------------------------------
 
@@ -178,7 +181,21 @@ class Admissions:
         getattr(verdict, outcome).add(peer_id)
         verdict.changed.set()
 
+    def _pending(self) -> bool:
+        """Return whether a connected peer announces a private room of ours unadmitted."""
+        return any(self.book.to_admit(p) for p in self._peers())
+
+    def _on_sweep(self) -> None:
+        self._sweep = None
+        for peer_id in list(self._peers()):
+            for wire in self.book.to_admit(peer_id):
+                if not self.machine.running(peer_id, wire):
+                    self._start(peer_id, wire)
+        self._rearm()
+
     def _rearm(self) -> None:
+        if self._sweep is None and not self._closed and self._pending():
+            self._sweep = self._loop.call_later(limits.ADMIT_RETRY_S, self._on_sweep)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

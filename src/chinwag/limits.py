@@ -727,3 +727,7 @@ ADMIT_JOIN_WAIT_S = 12.0
 #: (peer, room) pairs whose recent proofs we count (above); beyond it the ones whose window
 #: has passed are forgotten, then the oldest: fresh identities cannot grow it without bound.
 ADMIT_MAX_TRACKED = 4_096
+#: Seconds between sweeps that start runs again with connected peers announcing one of our
+#: private rooms without being admitted (after a back-off, a full room window, a timeout):
+#: admission recovers by itself; each run is still bounded by the limits above.
+ADMIT_RETRY_S = 30.0

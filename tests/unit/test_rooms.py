@@ -20,6 +20,7 @@ from unit_support import FakeConn, FakeManager
 
 from chinwag import events as ev
 from chinwag import limits
+from chinwag.admission import Admissions
 from chinwag.crypto import box
 from chinwag.crypto.identity import Identity
 from chinwag.errors import UsageError
@@ -894,3 +895,77 @@ def test_undecryptable_messages_from_many_throwaway_keys_keep_bounded_state(
     assert book.plaintext(room, again) is None
     about = [r for r in caplog.records if r.args and r.args[0] == room.name]
     assert [r.levelno for r in about] == [logging.WARNING, logging.DEBUG]
+
+
+# --- the admission adapter (admission.py) ------------------------------------------------
+
+
+@dataclass
+class _AdmitLink:
+    """A link between two Admissions adapters; frames cross on the next loop turn."""
+
+    peer_id: str
+    to: list[Any]
+    back: list[Any]
+    drop: bool = False
+    closed: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed is None
+
+    def send_frame(self, frame: m.Frame) -> None:
+        if not self.drop:
+            assert isinstance(frame, m.Admit)
+            asyncio.get_running_loop().call_soon(self.to[0].frame, self.back[0], frame)
+
+    def close(self, reason: str, linger: bool = False) -> None:
+        self.closed = reason
+
+
+async def test_admission_recovers_by_itself_after_unanswered_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs lost (a peer that did not answer in time) are started again by the sweep."""
+    monkeypatch.setattr(limits, "ADMIT_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(limits, "ADMIT_RETRY_S", 0.1)
+    stores = [Store(tmp_path / "x.db"), Store(tmp_path / "y.db")]
+    books = [load_book(stores[0], ALICE), load_book(stores[1], BOB)]
+    for book in books:
+        book.join_private("secret", KEY)
+    wire = box.private_room_id("secret")
+    books[0].set_announced(BOB.peer_id, m.Rooms(joined=[m.RoomAnnounce(wire)]))
+    books[1].set_announced(ALICE.peer_id, m.Rooms(joined=[m.RoomAnnounce(wire)]))
+    link_ab = _AdmitLink(BOB.peer_id, [], [], drop=True)  # A's link to B
+    link_ba = _AdmitLink(ALICE.peer_id, [], [], drop=True)
+    admitted = asyncio.Event()
+    seen: list[tuple[str, str]] = []
+
+    def note(w: str, p: str) -> None:
+        seen.append((w, p))
+        if len(seen) == 2:
+            admitted.set()
+
+    a = Admissions(
+        books[0], lambda: {BOB.peer_id: link_ab}, lambda p: b"h" * 32, note, lambda e: None
+    )
+    b = Admissions(
+        books[1], lambda: {ALICE.peer_id: link_ba}, lambda p: b"h" * 32, note, lambda e: None
+    )
+    # `to`: the adapter that receives; `back`: the link it answers on.
+    link_ab.to, link_ab.back = [b], [link_ba]
+    link_ba.to, link_ba.back = [a], [link_ab]
+    a.announced(BOB.peer_id)
+    b.announced(ALICE.peer_id)
+    async with asyncio.timeout(5):  # the runs time out unanswered
+        while a.machine.running(BOB.peer_id, wire) or b.machine.running(ALICE.peer_id, wire):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert books[0].admitted(wire) == frozenset()
+    link_ab.drop = link_ba.drop = False
+    await asyncio.wait_for(admitted.wait(), 5)
+    assert books[0].admitted(wire) == frozenset({BOB.peer_id})
+    assert books[1].admitted(wire) == frozenset({ALICE.peer_id})
+    for adapter in (a, b):
+        adapter.close()
+    for s in stores:
+        s.close()
