@@ -403,18 +403,10 @@ class History:
             return
         try:
             if isinstance(frame, m.Rooms):
-                names = self.book.set_announced(peer_id, frame)
+                # The node starts admissions to the private rooms it announces (node.py).
+                self.book.set_announced(peer_id, frame)
                 if self.mesh is not None:
                     self._mesh_run(self.mesh.peer_rooms(peer_id, self._rooms_of(peer_id), now))
-                for name in names:
-                    self._emit(
-                        ev.Alert(
-                            message=f"peer {peer_id[:8]} is in private room {name!r} with "
-                            "another passphrase: you cannot read each other; "
-                            f"/leave {name} and join again with the right one",
-                            peer_id=peer_id,
-                        )
-                    )
                 return
             # Peer ids in the frame were checked by the codec (messages.PeerIdStr).
             actions = self.replica.sync_received(peer_id, frame, now)
@@ -433,6 +425,13 @@ class History:
             outbound = self._ports.is_outbound(peer_id)
             self._mesh_carry(self.mesh.connected(peer_id, now, mesh=meshed, outbound=outbound))
         self._run(self.replica.peer_opened(peer_id, now))
+
+    def peer_admitted(self, peer_id: str, wire: str) -> None:
+        """peer_id proved private room wire's passphrase: sync the room with it from now on."""
+        now = self._loop.time()
+        if self.mesh is not None:
+            self._mesh_run(self.mesh.peer_rooms(peer_id, self._rooms_of(peer_id), now))
+        self._run(self.replica.peer_admitted(peer_id, wire, now))
 
     def peer_left(self, peer_id: str) -> None:
         self.book.forget_peer(peer_id)
@@ -476,8 +475,8 @@ class History:
         return [w for w, r in self.book.joined.items() if r.kind != DM]
 
     def _rooms_of(self, peer_id: str) -> list[str]:
-        """Return the rooms peer_id announced that it holds as we do (a private room's
-        key check value must match ours)."""
+        """Return the rooms peer_id announced that it holds as we do (a private room: only
+        once it proved the passphrase to us)."""
         out = []
         for wire in self.book.announced.get(peer_id, {}):
             room = self.book.joined.get(wire)

@@ -777,3 +777,33 @@ MAX_EXPORT_PASSPHRASE_CHARS = 1_024
 #: Private messages held (not sent) while verified peers' keys changed, in all: a user or a
 #: script typing into an unresolved key change cannot grow the store without bound.
 MAX_HELD_DMS = 1_000
+# --- join: admission to private rooms by PAKE (issue 12 item 4, protocol/admit.py) ----------
+#: Bytes of an `admit` frame's data (a SPAKE2 message is 33, a confirmation 32): stops a peer
+#: from making us buffer or hash large blobs.
+ADMIT_MAX_DATA_BYTES = 64
+#: Passphrase proofs one peer may start with us per room in ADMIT_WINDOW_S; one more and it
+#: is disconnected (ADMIT_FLOOD): each proof is one online guess of the passphrase.
+ADMIT_PER_PEER = 5
+#: Passphrase proofs per room (all peers together, failed ones) in ADMIT_WINDOW_S; beyond it
+#: further proofs are refused: fresh identities cannot multiply the online guessing rate.
+ADMIT_FAILURES_PER_ROOM = 20
+#: Seconds of the sliding window of the two bounds above.
+ADMIT_WINDOW_S = 60.0
+#: Seconds after a failed proof before we start one again with the same peer for that room,
+#: doubled per failure up to ADMIT_BACKOFF_MAX_S: a stranger announcing the room cannot
+#: make us run proofs (online guesses for it) in a loop.
+ADMIT_BACKOFF_S = 2.0
+ADMIT_BACKOFF_MAX_S = 60.0
+#: Seconds a started proof may wait for the peer's answer; then it counts as unanswered
+#: (an older peer that ignores `admit`), and its state is dropped.
+ADMIT_TIMEOUT_S = 10.0
+#: Seconds a join of a private room waits for the peers announcing it to accept or refuse
+#: the passphrase before it settles (joined unless every answer was a refusal).
+ADMIT_JOIN_WAIT_S = 12.0
+#: (peer, room) pairs whose recent proofs we count (above); beyond it the ones whose window
+#: has passed are forgotten, then the oldest: fresh identities cannot grow it without bound.
+ADMIT_MAX_TRACKED = 4_096
+#: Seconds between sweeps that start runs again with connected peers announcing one of our
+#: private rooms without being admitted (after a back-off, a full room window, a timeout):
+#: admission recovers by itself; each run is still bounded by the limits above.
+ADMIT_RETRY_S = 30.0

@@ -21,6 +21,7 @@ import msgspec
 
 from chinwag import events as ev
 from chinwag import limits
+from chinwag.admission import Admissions, wait_verdict
 from chinwag.contacts import ContactBook
 from chinwag.crypto import box
 from chinwag.crypto.identity import (
@@ -141,9 +142,13 @@ class _Running:
     rendezvous: Rendezvous | None = None
     #: Pairwise Olm ratchets: conversations travel only inside them (issue 12).
     private: PrivateChannel | None = None
+    #: Admission to private rooms by PAKE (issue 12 item 4); set right after the parts above.
+    admissions: Admissions | None = None
 
     async def close(self, reason: str) -> None:
         """Stop every part, the network last but one and the store last."""
+        if self.admissions is not None:
+            self.admissions.close()
         # Our signed leave goes out before the goodbyes: members far away see us go.
         self.members.leave()
         if self.upnp is not None:
@@ -312,6 +317,13 @@ class Node:
             run.mailbox.load()
             run.private = self._make_private(run)
             run.mailbox.private = run.private  # held mail goes inside the ratchets too
+            run.admissions = Admissions(
+                book,
+                lambda: manager.peers,
+                self._channel_of,
+                self.on_admitted,
+                self._emit,
+            )
             files.load()
             self.port = await manager.listen(
                 self.config.bind, self.config.port, self.config.port_fallback
@@ -577,7 +589,7 @@ class Node:
         room = run.book.joined.get(wire)
         if room is None:
             return []
-        return [r.author for r in run.members.book.members(wire, room.kcv)]
+        return [r.author for r in run.members.book.members(wire)]
 
     def _presence_rooms(self, peer_id: str) -> set[str]:
         """Return the rooms peer_id's presence record names (fresh or not)."""
@@ -602,7 +614,9 @@ class Node:
             canonical = validate_room(name)
             # Argon2id takes about 0.1 s and 64 MiB: keep it off the event loop.
             key = await asyncio.to_thread(box.derive_room_key, canonical, passphrase)
+            was_in = book.find(canonical) is not None
             room = book.join_private(canonical, key)
+            await self._admit_joined(room, was_in)
         else:
             canonical = validate_room(name)
             existing = book.find(canonical)
@@ -611,12 +625,35 @@ class Node:
             if len(book.joined) >= limits.MAX_ROOMS:
                 raise UsageError(f"you are in {limits.MAX_ROOMS} rooms already")
             room = book.join_public(canonical)
-        self._running().history.room_changed(room.wire)
+            self._running().history.room_changed(room.wire)
         self._update_presence()
         self._offer_members(None)
         event = ev.Joined(room=room.name, private=room.kind == PRIVATE)
         self._emit(event)
         return event
+
+    async def _admit_joined(self, room: Room, was_in: bool) -> None:
+        """Announce a private room just joined and prove its passphrase to the peers that
+        announce it; UsageError (and not joined) if some answered and none accepted it."""
+        run = self._running()
+        run.history.room_changed(room.wire)
+        assert run.admissions is not None
+        verdict = run.admissions.joined(room.wire)
+        if verdict is None:
+            return  # nobody announces it: we are alone, the room starts with us
+        try:
+            await wait_verdict(verdict)
+        finally:
+            run.admissions.done(room.wire)
+        if verdict.admitted or not verdict.refused:
+            return  # a member accepted it, or nobody answered (older peers): joined
+        if not was_in and room.wire in run.book.joined:
+            run.book.leave(room.wire)
+            run.history.room_changed(room.wire)
+        raise UsageError(
+            f"passphrase not accepted: none of the {len(verdict.asked)} peer(s) announcing "
+            f"private room {room.name!r} accepted it (wrong passphrase?)"
+        )
 
     def leave(self, name: str) -> ev.Left:
         """Leave a room: its messages are no longer stored, shown or synced."""
@@ -875,7 +912,7 @@ class Node:
             raise UsageError("a private conversation has no member list")
         now = time.time()
         found: dict[str, ev.Member] = {}
-        for record in run.members.book.members(joined.wire, joined.kcv):
+        for record in run.members.book.members(joined.wire):
             found[record.author] = ev.Member(
                 peer_id=record.author,
                 nick=self._nicks.get(record.author, record.nick),
@@ -1028,6 +1065,8 @@ class Node:
             if self._run.private is not None:
                 self._run.private.peer_left(peer_id)
             self._run.history.peer_left(peer_id)
+            if self._run.admissions is not None:
+                self._run.admissions.peer_gone(peer_id)
             self._run.files.peer_left(peer_id)
             self._run.members.peer_left(peer_id)
             self._offer_members(None)
@@ -1081,6 +1120,10 @@ class Node:
         if isinstance(frame, m.NickChange):
             self._nick_changed(conn.session.peer_id or "", frame.nick)
             return
+        if isinstance(frame, m.Admit):
+            if self._run is not None and self._run.admissions is not None and self.config.chat:
+                self._run.admissions.frame(conn, frame)
+            return
         if isinstance(frame, m.Observed):
             self._running().contacts.observed(conn, frame)
             return
@@ -1098,14 +1141,20 @@ class Node:
             self._running().history.mesh_frame(conn, frame)
         else:
             book = self._running().book
-            before = dict(book.announced.get(conn.session.peer_id or "", {}))
+            peer_id = conn.session.peer_id or ""
+            # Presence records of a private room go only to peers admitted to it.
+            before = book.presence_view(peer_id)
+            before_all = dict(book.announced.get(peer_id, {}))
             self._running().history.sync_frame(conn, frame)
             if isinstance(frame, m.Rooms):
                 # Room files are asked of room members: this peer may be one now.
                 self._running().files.ask_peer(conn)
-                announced = book.announced.get(conn.session.peer_id or "", {})
-                self._room_members_changed(conn.session.peer_id or "", before, announced)
+                self._room_members_changed(peer_id, before_all, book.announced.get(peer_id, {}))
+                announced = book.presence_view(peer_id)
                 self._running().members.rooms_announced(conn, before, announced)
+                admissions = self._running().admissions
+                if admissions is not None:
+                    admissions.announced(peer_id)
                 mailbox = self._running().mailbox
                 if mailbox is not None:
                     mailbox.peer_rooms(conn.session.peer_id or "")
@@ -1113,11 +1162,8 @@ class Node:
     # --- private rooms: Megolm room keys (docs/protocol.md 27) -------------
 
     def _admitted(self, wire: str) -> set[str]:
-        """Return the peers admitted to private room wire: the one place that says who is.
-
-        Today's rule: connected, not blocked, announcing the room with our key check value.
-        (Branch `join` replaces it with RoomBook.admitted: peers that proved the passphrase.)
-        """
+        """Return the connected, unblocked peers admitted to private room wire (by PAKE,
+        section 28): the one place the room keys' sharing asks who is a member."""
         run = self._run
         if run is None:
             return set()
@@ -1160,21 +1206,34 @@ class Node:
     def _room_members_changed(
         self, peer_id: str, before: dict[str, bytes], announced: dict[str, bytes]
     ) -> None:
-        """A peer's rooms frame: share our key with a new member, rotate when one left."""
+        """A peer's rooms frame: rotate our room keys when a member left."""
         book = self._running().book
         if book.group is None or peer_id in book.blocked:
             return
         for room in list(book.joined.values()):
-            if room.kind != PRIVATE:
-                continue
-            # A member announces the room (with our key check value, or none at all once
-            # admission is by PAKE); one that stops announcing it left: we rotate.
-            was = before.get(room.wire, b"?") in (room.kcv, b"")
-            now = announced.get(room.wire, b"?") in (room.kcv, b"")
-            if was and not now:
+            # A member that stops announcing the room left it: we rotate. (A new member gets
+            # our key once admitted: on_admitted.)
+            if room.kind == PRIVATE and room.wire in before and room.wire not in announced:
                 book.group.member_left(room.wire, peer_id)
-            elif now and not was and peer_id in self._admitted(room.wire):
-                book.group.on_admitted(room.wire, peer_id)
+
+    def on_admitted(self, wire: str, peer_id: str) -> None:
+        """peer_id proved private room wire's passphrase to us (and we ours to it): from now
+        on the room's history, vectors, files, presence records and our room key go to it."""
+        run = self._running()
+        run.history.peer_admitted(peer_id, wire)
+        if run.book.group is not None and peer_id not in run.book.blocked:
+            run.book.group.on_admitted(wire, peer_id)  # our room key goes to the new member
+        conn = run.manager.peers.get(peer_id)
+        if conn is not None:
+            run.files.ask_peer(conn)
+            view = run.book.presence_view(peer_id)
+            before = {w: k for w, k in view.items() if w != wire}
+            run.members.rooms_announced(conn, before, view)
+
+    def _channel_of(self, peer_id: str) -> bytes | None:
+        """Return the Noise handshake hash of our connection to peer_id (None: none)."""
+        conn = self._running().manager.peers.get(peer_id)
+        return conn.session.handshake_hash if conn is not None else None
 
     # --- internals ------------------------------------------------------
 
@@ -1211,7 +1270,8 @@ class Node:
         run = self._run
         if run is None:
             return
-        rooms = [(r.wire, r.kcv) for r in run.book.joined.values() if r.kind != DM]
+        # No key check value: presence records travel far (docs/protocol.md section 28).
+        rooms = [(r.wire, b"") for r in run.book.joined.values() if r.kind != DM]
         run.members.set_own(self.nick, rooms, self._own_addresses())
 
     def _own_addresses(self) -> list[str]:
@@ -1252,7 +1312,7 @@ class Node:
             return  # without the mesh every peer floods every room: nobody to offer
         book, manager = run.book, run.manager
         lonely = {
-            (r.wire, r.kcv)
+            (r.wire, b"")
             for r in book.joined.values()
             if r.kind != DM and not any(book.shares_room(p, r.wire) for p in manager.peers)
         }

@@ -8,7 +8,9 @@ Private conversations: the wire name is `dm.` + a hash of both peer ids; a
 node holds the ones it takes part in.
 
 The book also tracks which rooms connected peers announced (for `/rooms` and
-for telling a wrong passphrase), and which peers are blocked or verified.
+for starting admissions), which peers proved a private room's passphrase to us
+(protocol/admit.py: only those get the room's history, vectors and files), and
+which peers are blocked or verified.
 
 At MAX_CONVERSATIONS, a message opening a new conversation replaces the
 stranger's conversation least recently active (hardening: a thousand throwaway
@@ -29,6 +31,7 @@ from chinwag.crypto.identity import Identity
 from chinwag.errors import LocalProtocolError, UsageError
 from chinwag.logonce import WarnOnce
 from chinwag.protocol import messages as m
+from chinwag.protocol.admit import Admission
 from chinwag.protocol.chat import ChatMessage
 from chinwag.protocol.kinds import RoomKind, room_kind
 from chinwag.protocol.names import DEFAULT_ROOM, is_valid_name
@@ -55,6 +58,7 @@ class Room:
 
     @property
     def kcv(self) -> bytes:
+        """Return the key check value (local use only: it never goes on the wire)."""
         return box.key_check(self.key) if self.key is not None else b""
 
 
@@ -78,8 +82,8 @@ class RoomBook:
         self._ours: set[str] = set()
         #: Conversation wires, least recently active first.
         self._dm_activity: dict[str, None] = {}
-        #: (peer, room) pairs whose wrong passphrase was reported already.
-        self._kcv_reported = WarnOnce(log)
+        #: Who proved which private room's passphrase to us (PAKE runs and their limits).
+        self.admission = Admission(self.me)
         self._warn = WarnOnce(log)
         #: Megolm sessions of private rooms (set by the node once built; docs/protocol.md 27).
         self.group: RoomKeys | None = None
@@ -113,7 +117,7 @@ class RoomBook:
         return room
 
     def join_private(self, name: str, key: bytes) -> Room:
-        """Join a private room; raise UsageError if peers hold it under another passphrase."""
+        """Join a private room (whether peers accept the passphrase is for the admission)."""
         wire = box.private_room_id(name)
         if any(r.name == name and r.kind != PRIVATE for r in self.joined.values()):
             raise UsageError(f"you are in the public room {name!r}: /leave it first")
@@ -122,14 +126,8 @@ class RoomBook:
             raise UsageError(
                 f"wrong passphrase for private room {name!r} (to change it: /leave {name} first)"
             )
-        kcv = box.key_check(key)
-        for peer_id, rooms in self.announced.items():
-            theirs = rooms.get(wire)
-            if theirs is not None and theirs != kcv:
-                raise UsageError(
-                    f"wrong passphrase for private room {name!r} "
-                    f"(peer {peer_id[:8]} is in it with another one)"
-                )
+        if existing is None:
+            self.admission.room_left(wire)  # a fresh key: earlier refusals say nothing of it
         room = Room(wire, name, PRIVATE, key)
         self._save(room)
         return room
@@ -152,6 +150,7 @@ class RoomBook:
         if room is None:
             raise UsageError(f"you are not in room {name!r}")
         del self.joined[room.wire]
+        self.admission.room_left(room.wire)
         self._dm_activity.pop(room.wire, None)
         self._ours.discard(room.wire)
         self.store.leave_room(room.wire)
@@ -223,10 +222,13 @@ class RoomBook:
         return None
 
     def holds_vector(self, wire: str, peer_id: str) -> bool:
-        """Return whether to sync room wire with peer_id (conversations: only the other party)."""
+        """Return whether to sync room wire with peer_id (conversations: only the other party;
+        private rooms: only peers admitted to it)."""
         room = self.holds(wire, peer_id)
         if room is None:
             return False
+        if room.kind == PRIVATE:
+            return self._admitted_log(peer_id, wire)
         if room.kind == DM:
             # The other party has messages of our conversation: hold it to receive them.
             return room.peer == peer_id and self.remember(room)
@@ -241,58 +243,84 @@ class RoomBook:
 
     def announcement(self) -> m.Rooms:
         """Return the rooms frame we send: public and private rooms, not conversations."""
+        # No key check value: it would let anyone test passphrases offline (section 28).
         return m.Rooms(
-            joined=[
-                m.RoomAnnounce(room=r.wire, kcv=r.kcv) for r in self.joined.values() if r.kind != DM
-            ]
+            joined=[m.RoomAnnounce(room=r.wire) for r in self.joined.values() if r.kind != DM]
         )
 
+    def admitted(self, wire: str) -> frozenset[str]:
+        """Return the connected peers that proved private room wire's passphrase to us."""
+        return self.admission.admitted(wire)
+
+    def _admitted_log(self, peer_id: str, wire: str) -> bool:
+        """Return whether peer_id is admitted to private room wire; log a refusal once."""
+        if self.admission.is_admitted(peer_id, wire):
+            return True
+        self._warn(
+            ("not admitted", peer_id, wire),
+            "not syncing private room %s with %s: not admitted",
+            self.display(wire),
+            peer_id[:8],
+        )
+        return False
+
     def peer_in(self, peer_id: str, wire: str) -> bool:
-        """Return whether a connected peer holds room wire (announced it, or is our DM party)."""
+        """Return whether a connected peer holds room wire (announced it, or is our DM party;
+        a private room: proved its passphrase to us)."""
         room = self.joined.get(wire)
         if room is not None and room.kind == DM:
             return room.peer == peer_id
+        if room is not None and room.kind == PRIVATE:
+            return self.admission.is_admitted(peer_id, wire)
         return wire in self.announced.get(peer_id, {})
 
     def shares_room(self, peer_id: str, name: str) -> bool:
         """Return whether a connected peer is in our joined room `name` (display or wire name).
 
-        For a private room the peer must have announced the same key check value.
-        (A peer can replay another's announcement: this keeps honest non-members
-        out, it does not prove membership; the room's messages stay encrypted.)
+        For a private room the peer must have proved the passphrase to us (admission).
         """
         room = self.find(name)
         if room is None:
             return False
         if room.kind == DM:
             return room.peer == peer_id
-        announced = self.announced.get(peer_id, {})
-        if room.wire not in announced:
-            return False
-        return room.kind != PRIVATE or announced[room.wire] == room.kcv
+        if room.kind == PRIVATE:
+            return self.admission.is_admitted(peer_id, room.wire)
+        return room.wire in self.announced.get(peer_id, {})
 
     def set_announced(self, peer_id: str, frame: m.Rooms) -> list[str]:
-        """Record a peer's rooms; return our private rooms it holds under another passphrase.
+        """Record a peer's rooms (a kcv it sends is ignored); return the wire names of our
+        private rooms it announces and is not admitted to (to start admissions with)."""
+        before = self.announced.get(peer_id, {})
+        now = self.announced[peer_id] = {a.room: b"" for a in frame.joined if is_valid_name(a.room)}
+        for wire in before:
+            if wire not in now:
+                self.admission.peer_dropped(peer_id, wire)
+        return self.to_admit(peer_id)
 
-        Each (peer, room) is returned once only (later repeats are logged at debug level):
-        a peer announcing again and again must not flood the user with the same alert.
-        """
-        self.announced[peer_id] = {a.room: a.kcv for a in frame.joined if is_valid_name(a.room)}
+    def to_admit(self, peer_id: str) -> list[str]:
+        """Return our private rooms peer_id announces and has not proved to us."""
+        announced = self.announced.get(peer_id, {})
         return [
-            r.name
+            r.wire
             for r in self.joined.values()
             if r.kind == PRIVATE
-            and self.announced[peer_id].get(r.wire, r.kcv) != r.kcv
-            and self._kcv_reported(
-                (peer_id, r.wire),
-                "peer %s holds private room %s under another passphrase",
-                peer_id[:8],
-                r.name,
-            )
+            and r.wire in announced
+            and not self.admission.is_admitted(peer_id, r.wire)
         ]
+
+    def presence_view(self, peer_id: str) -> dict[str, bytes]:
+        """Return the rooms of peer_id whose presence records it may get: what it announced,
+        less the private rooms it has not proved to us."""
+        return {
+            w: k
+            for w, k in self.announced.get(peer_id, {}).items()
+            if not w.startswith("p.") or self.admission.is_admitted(peer_id, w)
+        }
 
     def forget_peer(self, peer_id: str) -> None:
         self.announced.pop(peer_id, None)
+        self.admission.peer_closed(peer_id)
 
     def listing(self) -> list[tuple[str, int, bool]]:
         """Return (display name, members online including us, joined) of every known room."""

@@ -53,6 +53,7 @@ F = TypeVar(
     m.FileEnd,
     m.Presence,
     m.Observed,
+    m.Admit,
 )
 
 #: Capabilities announced in our hello (the node's own).
@@ -78,7 +79,7 @@ class HostilePeer:
         self.handshake: HandshakeComplete | None = None
         #: Frames received from the node, in order (pings are answered by the session).
         self.frames: list[
-            m.Chat | m.NickChange | m.SyncFrame | m.MeshFrame | m.FileFrame | m.Presence
+            m.Chat | m.NickChange | m.SyncFrame | m.MeshFrame | m.FileFrame | m.Presence | m.Admit
         ] = []
         #: How the connection ended: the node's goodbye, or eof / reset.
         self.closed: Closed | None = None

@@ -631,6 +631,18 @@ def test_unknown_frame_type_is_ignored_and_the_session_stays_open() -> None:
     assert p.b.state is State.OPEN
 
 
+def test_an_admit_frame_goes_up_and_both_sides_share_the_channel_binding() -> None:
+    """`admit` (docs/protocol.md section 28) is handed up, and the handshake hash it binds
+    to is the same on both ends of one connection."""
+    p = opened()
+    frame = m.Admit(room="p.abc", step=1, data=b"S" + bytes(32))
+    p.a.send_frame(frame)
+    p.shuttle(1.0)
+    assert p.take() == ([], [("frame", frame)])
+    assert p.a.handshake_hash == p.b.handshake_hash and len(p.a.handshake_hash) >= 32
+    assert opened().a.handshake_hash != p.a.handshake_hash
+
+
 def test_an_unknown_tag_is_reported_cut_to_32_characters() -> None:
     p = opened()
     p.a.send_encoded(encode_raw({"t": "y" * 1000}))
@@ -667,6 +679,19 @@ def test_unknown_fields_of_a_known_frame_are_ignored() -> None:
         encode_raw({"t": "rooms", "joined": 5}),
         encode_raw({"t": "rooms", "joined": [["dev", b"x" * 17]]}),  # kcv over 16 bytes
         encode_raw({"t": "rooms", "joined": [["r", b""]] * (limits.MAX_ROOMS + 1)}),
+        # `admit` (section 28): step 1 or 2 only, data bounded, room a valid name.
+        encode_raw({"t": "admit", "room": "p.x", "step": 3, "data": b"x"}),
+        encode_raw({"t": "admit", "room": "p.x", "step": 0, "data": b"x"}),
+        encode_raw(
+            {
+                "t": "admit",
+                "room": "p.x",
+                "step": 1,
+                "data": b"x" * (limits.ADMIT_MAX_DATA_BYTES + 1),
+            }
+        ),
+        encode_raw({"t": "admit", "room": "", "step": 1, "data": b"x"}),
+        encode_raw({"t": "admit", "room": "p.x", "step": 1}),
     ],
 )
 def test_malformed_frame_closes_with_malformed_frame(plaintext: bytes) -> None:

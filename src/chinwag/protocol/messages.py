@@ -137,7 +137,9 @@ class Floor(msgspec.Struct, frozen=True, tag_field="t", tag="floor"):
 
 
 class RoomAnnounce(msgspec.Struct, frozen=True, array_like=True):
-    """One room the sender has joined; `kcv` is the key check value of a private room."""
+    """One room the sender has joined; `kcv` is always sent empty (kept for compatibility:
+    a key check value let anyone test passphrases offline; members prove the passphrase
+    to each other with `admit`, docs/protocol.md section 28)."""
 
     room: Room
     kcv: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
@@ -147,6 +149,15 @@ class Rooms(msgspec.Struct, frozen=True, tag_field="t", tag="rooms"):
     """Every room the sender has joined (sent on connect and after each join or leave)."""
 
     joined: Annotated[list[RoomAnnounce], msgspec.Meta(max_length=limits.MAX_ROOMS)]
+
+
+class Admit(msgspec.Struct, frozen=True, tag_field="t", tag="admit"):
+    """One step of the passphrase proof between two members of a private room (section 28):
+    step 1 carries a SPAKE2 message, step 2 a key confirmation."""
+
+    room: Room
+    step: Annotated[int, msgspec.Meta(ge=1, le=2)]
+    data: Annotated[bytes, msgspec.Meta(max_length=limits.ADMIT_MAX_DATA_BYTES)]
 
 
 # --- presence (docs/protocol.md section 23) ----------------------------------
@@ -564,11 +575,14 @@ Frame = (
     | OlmKeyRequest
     | OlmKeys
     | PrivateMessage
+    | Admit
 )
 SyncFrame = Vector | Want | Floor | Rooms
 #: Frames a connection hands to the layers above it (history, mesh, files, members, mailbox);
 #: one name, so a new kind is added in one place.
-PeerFrame = Chat | NickChange | SyncFrame | MeshFrame | FileFrame | Presence | MailFrame | OlmFrame
+PeerFrame = (
+    Chat | NickChange | SyncFrame | MeshFrame | FileFrame | Presence | MailFrame | OlmFrame | Admit
+)
 KNOWN_TAGS: Final = frozenset(
     {"chat", "ping", "pong", "nick", "bye", "vec", "want", "floor", "rooms", "pres"}
     | {"fwho", "fhave", "fhreq", "fhash", "fget", "fdata", "fnak", "fend"}
@@ -577,6 +591,7 @@ KNOWN_TAGS: Final = frozenset(
     | {"obs", "pcon", "psync"}
     | {"mput", "mok", "mno", "mail", "mack"}
     | {"okreq", "okeys", "pm"}
+    | {"admit"}
 )
 
 

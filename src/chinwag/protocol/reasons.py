@@ -28,6 +28,8 @@ class Reason(enum.StrEnum):
     BAD_SIGNATURE = "bad_signature"
     EQUIVOCATION = "equivocation"
     SYNC_FLOOD = "sync_flood"
+    #: The peer tried to prove a private room's passphrase more often than ADMIT_* allow.
+    ADMIT_FLOOD = "admit_flood"
     #: The peer sent presence records faster than PRESENCE_PEER_* allows.
     PRESENCE_FLOOD = "presence_flood"
     #: The peer's mesh score fell below the close threshold (docs/mesh.md).
@@ -73,6 +75,7 @@ SENT: frozenset[Reason] = frozenset(
         Reason.BAD_SIGNATURE,
         Reason.EQUIVOCATION,
         Reason.SYNC_FLOOD,
+        Reason.ADMIT_FLOOD,
         Reason.PRESENCE_FLOOD,
         Reason.LOW_SCORE,
         Reason.MESH_FULL,

@@ -360,9 +360,18 @@ class Replica:
             dm = self.view.dm_peer(room)
             if dm is not None and dm != peer:
                 continue
+            if _members_only(room) and not self.view.peer_in(peer, room):
+                continue  # a private room: sent once the peer is admitted (peer_admitted)
             out.append(Send(peer, m.Vector(room=room, have=self.capped_vector(room))))
             self.vector_sent[(peer, room)] = now
         return out
+
+    def peer_admitted(self, peer: str, room: str, now: float) -> list[Action]:
+        """peer proved private room's passphrase: send it our vector of the room."""
+        if not self.view.joined(room) or not self.view.peer_in(peer, room):
+            return []
+        self.vector_sent[(peer, room)] = now
+        return [Send(peer, m.Vector(room=room, have=self.capped_vector(room)))]
 
     def peer_closed(self, peer: str) -> None:
         """A peer left: forget its budgets, claims and what its connection carried."""
@@ -780,6 +789,10 @@ class Replica:
             if dm not in self.view.peers():
                 return [], []
             return [Send(dm, frame)], [dm]
+        if _members_only(room):
+            # A private room's frames go only to peers admitted to it (docs/protocol.md 28).
+            members = [p for p in self.view.peers() if self.view.peer_in(p, room)]
+            return [Send(p, frame) for p in members], members
         return [Flood(frame)], list(self.view.peers())
 
     def send_vector(self, room: str, now: float) -> list[Action]:
@@ -898,3 +911,8 @@ class Replica:
             if budget.take(now):
                 out.append(Send(peer, frame))
         return out, len(targets)
+
+
+def _members_only(room: str) -> bool:
+    """Return whether room's sync frames go only to its admitted members (a private room)."""
+    return kind_of_wire(room) is RoomKind.PRIVATE

@@ -432,7 +432,8 @@ class Session:
             | m.Presence
             | m.ReachFrame
             | m.MailFrame
-            | m.OlmFrame,
+            | m.OlmFrame
+            | m.Admit,
         ):
             self._events.append(FrameReceived(frame))
         elif isinstance(frame, m.Ping):

@@ -1,0 +1,200 @@
+"""protocol/admit.py: members of a private room prove the passphrase to each other (SPAKE2).
+
+Two Admission machines back to back, frames carried by hand; randomness and time injected.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chinwag import limits
+from chinwag.crypto import box
+from chinwag.protocol import admit as ad
+from chinwag.protocol import messages as m
+from chinwag.protocol.reasons import Reason
+
+A = "a" * 52
+B = "b" * 52
+C = "c" * 52
+ROOM = "p." + "1" * 24
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+HH = b"h" * 32
+NOW = 1000.0
+
+
+def ent(n: int) -> bytes:
+    return bytes([n]) * 64
+
+
+def carry(
+    actions: list[ad.Action], to: ad.Admission, key: bytes | None, hh: bytes = HH, sender: str = ""
+) -> list[ad.Action]:
+    """Deliver the Send actions to `to` (from `sender`), return what `to` did."""
+    out: list[ad.Action] = []
+    for a in actions:
+        if isinstance(a, ad.Send):
+            out += to.received(sender, a.frame, key, hh, ent(9), NOW)
+    return out
+
+
+def run_pair(
+    key_a: bytes, key_b: bytes, hh_a: bytes = HH, hh_b: bytes = HH
+) -> tuple[ad.Admission, ad.Admission, list[ad.Action], list[ad.Action]]:
+    """A starts; frames go back and forth until quiet; return both machines and all actions."""
+    a, b = ad.Admission(A), ad.Admission(B)
+    all_a = a.start(B, ROOM, key_a, hh_a, ent(1), NOW)
+    all_b: list[ad.Action] = []
+    pending_a, who = all_a, "a"
+    for _ in range(6):
+        if who == "a":
+            got = carry(pending_a, b, key_b, hh_b, A)
+            all_b += got
+            pending_b, who = got, "b"
+        else:
+            got = carry(pending_b, a, key_a, hh_a, B)
+            all_a += got
+            pending_a, who = got, "a"
+    return a, b, all_a, all_b
+
+
+def kinds(actions: list[ad.Action]) -> list[str]:
+    return [f"send{a.frame.step}" if isinstance(a, ad.Send) else type(a).__name__ for a in actions]
+
+
+def test_same_key_admits_both_ways() -> None:
+    a, b, all_a, all_b = run_pair(KEY, KEY)
+    assert kinds(all_a) == ["send1", "send2", "Admitted"]
+    assert kinds(all_b) == ["send1", "send2", "Admitted"]
+    assert a.admitted(ROOM) == frozenset({B})
+    assert b.admitted(ROOM) == frozenset({A})
+    assert ad.Admitted(B, ROOM) in all_a and ad.Admitted(A, ROOM) in all_b
+
+
+def test_frames_carry_no_key_check_value_and_are_bounded() -> None:
+    _a, _b, all_a, all_b = run_pair(KEY, KEY)
+    kcv = box.key_check(KEY)
+    for x in all_a + all_b:
+        if isinstance(x, ad.Send):
+            assert len(x.frame.data) <= limits.ADMIT_MAX_DATA_BYTES
+            assert x.frame.room == ROOM
+            assert kcv not in x.frame.data and KEY not in x.frame.data
+
+
+def test_wrong_key_refused_both_sides() -> None:
+    a, b, all_a, all_b = run_pair(KEY, OTHER_KEY)
+    assert kinds(all_a) == ["send1", "send2", "Refused"]
+    assert kinds(all_b) == ["send1", "send2", "Refused"]
+    assert a.admitted(ROOM) == frozenset() and b.admitted(ROOM) == frozenset()
+
+
+def test_other_channel_binding_refused() -> None:
+    """A proof relayed from another connection (another handshake hash) does not admit."""
+    a, b, all_a, all_b = run_pair(KEY, KEY, hh_a=HH, hh_b=b"x" * 32)
+    assert "Admitted" not in kinds(all_a) + kinds(all_b)
+    assert a.admitted(ROOM) == frozenset() and b.admitted(ROOM) == frozenset()
+
+
+def test_simultaneous_start() -> None:
+    a, b = ad.Admission(A), ad.Admission(B)
+    sa = a.start(B, ROOM, KEY, HH, ent(1), NOW)
+    sb = b.start(A, ROOM, KEY, HH, ent(2), NOW)
+    ra = carry(sb, a, KEY, sender=B)
+    rb = carry(sa, b, KEY, sender=A)
+    assert kinds(ra) == ["send2"] and kinds(rb) == ["send2"]
+    assert kinds(carry(rb, a, KEY, sender=B)) == ["Admitted"]
+    assert kinds(carry(ra, b, KEY, sender=A)) == ["Admitted"]
+
+
+def test_non_member_gets_no_answer() -> None:
+    b = ad.Admission(B)
+    start = ad.Admission(A).start(B, ROOM, KEY, HH, ent(1), NOW)
+    assert carry(start, b, None, sender=A) == []
+
+
+def test_confirmation_without_pake_ignored() -> None:
+    b = ad.Admission(B)
+    assert b.received(A, m.Admit(room=ROOM, step=2, data=b"x" * 32), KEY, HH, ent(1), NOW) == []
+    assert b.admitted(ROOM) == frozenset()
+
+
+def test_garbage_pake_message_is_a_refusal_not_a_crash() -> None:
+    b = ad.Admission(B)
+    out = b.received(A, m.Admit(room=ROOM, step=1, data=b"\x00" * 33), KEY, HH, ent(1), NOW)
+    assert ad.Refused(A, ROOM) in out
+
+
+def test_peer_over_rate_is_disconnected() -> None:
+    b = ad.Admission(B)
+    for i in range(limits.ADMIT_PER_PEER):
+        start = ad.Admission(A).start(B, ROOM, OTHER_KEY, HH, ent(i), NOW + i)
+        out = carry(start, b, KEY, sender=A)
+        assert ad.Disconnect(A, Reason.ADMIT_FLOOD) not in out
+    start = ad.Admission(A).start(B, ROOM, OTHER_KEY, HH, ent(99), NOW + 10)
+    out = b.received(A, start[0].frame, KEY, HH, ent(1), NOW + 10)  # type: ignore[union-attr]
+    assert out == [ad.Disconnect(A, Reason.ADMIT_FLOOD)]
+    # A window later the peer may try again.
+    later = NOW + 10 + limits.ADMIT_WINDOW_S
+    out = b.received(A, start[0].frame, KEY, HH, ent(1), later)  # type: ignore[union-attr]
+    assert kinds(out) == ["send1", "send2"]
+
+
+def test_room_failures_bounded_across_peers() -> None:
+    b = ad.Admission(B)
+    for i in range(limits.ADMIT_FAILURES_PER_ROOM):
+        peer = f"{i:052d}"
+        a = ad.Admission(peer)
+        start = a.start(B, ROOM, OTHER_KEY, HH, ent(i), NOW)
+        got = carry(start, b, KEY, sender=peer)
+        back = carry(got, a, OTHER_KEY, sender=B)
+        assert ad.Refused(peer, ROOM) in carry(back, b, KEY, sender=peer)
+    fresh = ad.Admission(C)
+    start = fresh.start(B, ROOM, KEY, HH, ent(1), NOW + 1)
+    assert carry(start, b, KEY, sender=C) == []  # refused silently (logged once)
+    assert b.start(C, ROOM, KEY, HH, ent(1), NOW + 1) == []
+    # Once the window has passed, proofs run again.
+    later = NOW + limits.ADMIT_WINDOW_S + 1
+    got = [x for x in start if isinstance(x, ad.Send)]
+    assert kinds(b.received(C, got[0].frame, KEY, HH, ent(7), later)) == ["send1", "send2"]
+
+
+def test_backoff_after_failure() -> None:
+    a, _b, all_a, _ = run_pair(KEY, OTHER_KEY)
+    assert "Refused" in kinds(all_a)
+    assert a.start(B, ROOM, KEY, HH, ent(3), NOW + 1) == []
+    assert kinds(a.start(B, ROOM, KEY, HH, ent(3), NOW + limits.ADMIT_BACKOFF_S)) == ["send1"]
+    # A fresh key (the user joined again) starts at once.
+    a2, _b2, _, _ = run_pair(KEY, OTHER_KEY)
+    a2.room_left(ROOM)
+    assert kinds(a2.start(B, ROOM, KEY, HH, ent(3), NOW + 0.5)) == ["send1"]
+
+
+def test_unanswered_times_out() -> None:
+    a = ad.Admission(A)
+    a.start(B, ROOM, KEY, HH, ent(1), NOW)
+    assert a.get_timer() == NOW + limits.ADMIT_TIMEOUT_S
+    assert a.handle_timer(NOW + 1) == []
+    assert a.handle_timer(NOW + limits.ADMIT_TIMEOUT_S) == [ad.Unanswered(B, ROOM)]
+    assert a.get_timer() is None
+
+
+def test_peer_closed_and_dropped_forget_admission() -> None:
+    a, _b, _, _ = run_pair(KEY, KEY)
+    assert a.admitted(ROOM) == frozenset({B})
+    a.peer_dropped(B, ROOM)
+    assert a.admitted(ROOM) == frozenset()
+    a, _b, _, _ = run_pair(KEY, KEY)
+    a.peer_closed(B)
+    assert a.admitted(ROOM) == frozenset()
+
+
+def test_deterministic_with_injected_entropy() -> None:
+    x = ad.Admission(A).start(B, ROOM, KEY, HH, ent(5), NOW)
+    y = ad.Admission(A).start(B, ROOM, KEY, HH, ent(5), NOW)
+    assert x == y
+
+
+@pytest.mark.parametrize("step", [1, 2])
+def test_admit_frame_roundtrip(step: int) -> None:
+    f = m.Admit(room=ROOM, step=step, data=b"z" * 33)
+    assert m.decode_frame(m.encode(f)) == f
