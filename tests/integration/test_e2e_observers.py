@@ -114,12 +114,6 @@ async def connected_hostile(node: ChinwagProcess, peer: HostilePeer) -> None:
     await node.wait_for("peer_joined", timeout=PROMPT_S, from_start=True, peer_id=peer.peer_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 4, branch `join`: a private room's key check value and history go "
-    "to admitted members only (today both go to any peer that asks); the lead flips this "
-    "at merge",
-)
 async def test_a_non_member_sees_no_key_check_value_and_no_history(node: NodeFactory) -> None:
     """alice and bob share a private room with history; mallory, not a member, connects to
     alice: no announcement shows her the room's check value, and asking for its history

@@ -33,23 +33,19 @@ def connected(a: Node, b: Node) -> bool:
     )
 
 
-async def test_a_replayed_announcement_gets_room_keys_it_cannot_open(
+async def test_a_peer_announcing_the_room_without_its_passphrase_gets_no_room_key(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """mallory joined with a wrong passphrase but announces alice's key check value (a replay):
-    today's admission counts her in, so alice gives her room keys over Olm; they are sealed
-    under the passphrase key, so they open nothing and she reads nothing."""
+    """mallory joined alone with a wrong passphrase and announces the room: her passphrase
+    proof (section 28) fails, so alice never counts her in and gives her no room key, while
+    bob, who proved it, gets the key and reads."""
     a = make_node(tmp_path / "a", "alice")
     await a.start()
     await a.join("vault", PASS)
     wire = box.private_room_id("vault")
-    kcv = a._running().book.joined[wire].kcv
     mallory = make_node(tmp_path / "m", "mallory")
     await mallory.start()
     await mallory.join("vault", "a guess")
-    book = mallory._running().book
-    replayed = m.Rooms(joined=[m.RoomAnnounce(room=wire, kcv=kcv)])
-    book.announcement = lambda: replayed  # type: ignore[method-assign]
     seen: list[ev.NodeEvent] = []
     mallory.subscribe(seen.append)
     delivered: list[bytes] = []
@@ -57,20 +53,24 @@ async def test_a_replayed_announcement_gets_room_keys_it_cannot_open(
     assert private is not None
     handler = mallory._room_key_frame
     private.on(gk.RK, lambda peer, data: (delivered.append(data), handler(peer, data)))
+    b = make_node(tmp_path / "b", "bob", peers=[("127.0.0.1", a.port)])
+    b_seen: list[ev.NodeEvent] = []
+    b.subscribe(b_seen.append)
     try:
-        mallory._running().manager.add_manual_peer("127.0.0.1", a.port)
-        await until(lambda: connected(a, mallory), "connected")
-        await until(lambda: mallory.identity.peer_id in a._admitted(wire), "mallory admitted")
         with caplog.at_level(logging.WARNING):
-            await a.send("for members only", "vault")
-            await until(lambda: delivered, "a room key reaches mallory")
-            rk = gk.decode(delivered[0])
-            assert isinstance(rk, gk.RoomKey) and rk.author == a.identity.peer_id
-            with pytest.raises(group.GroupError):
-                group.Inbound.from_export(rk.key.decode("latin-1"))
-            await until(lambda: "another passphrase" in caplog.text, "mallory refuses the key")
+            mallory._running().manager.add_manual_peer("127.0.0.1", a.port)
+            await until(lambda: connected(a, mallory), "connected")
+            await until(lambda: "passphrase proof with" in caplog.text, "mallory's proof fails")
+        await b.start()
+        await b.join("vault", PASS)
+        await until(lambda: b.identity.peer_id in a._admitted(wire), "bob admitted")
+        await a.send("for members only", "vault")
+        await until(lambda: "for members only" in texts(b_seen), "bob reads it")
+        assert mallory.identity.peer_id not in a._admitted(wire)
+        assert delivered == []
         assert "for members only" not in texts(seen)
     finally:
+        await b.stop()
         await mallory.stop()
         await a.stop()
 

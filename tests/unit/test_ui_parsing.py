@@ -157,7 +157,8 @@ def test_unknown_command_name_is_truncated_in_the_error() -> None:
     line = msgspec.json.encode({"cmd": "x" * 10_000})
     message = error_of(line)
     assert "x" * 41 not in message
-    assert len(message) < 300
+    # The known commands are listed after the (truncated) name: the bound grows with them.
+    assert len(message) < 400
 
 
 @pytest.mark.parametrize("line", [b'{"cmd": "send"}', b'{"cmd": "nick"}'])
