@@ -99,6 +99,7 @@ class RoomKeys:
         The session's new state is saved before the message exists: a crash never makes
         us encrypt two messages at one Megolm index.
         """
+        self.expire()
         now = self._clock()
         out = self._outbound(wire)
         reason = (
