@@ -761,6 +761,33 @@ async def test_private_room_message_of_an_unknown_session_is_kept_until_its_key_
     assert message_count(store) == 2
 
 
+async def test_private_room_history_and_search_outlive_the_deleted_room_keys(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    """Inbound Megolm sessions are deleted after a window (forward secrecy): history and
+    search read the plaintext stored at receipt, also after a restart."""
+    node = make_node(ALICE)
+    node.book.join_private("secret", KEY)
+    alice = sender(ALICE, "alice")
+    text = "remember the alamo"
+    msg = alice.post(alice.book.join_private("secret", KEY), text)
+    give_keys(ALICE, node.book)
+    node.receive(ALICE, msg)
+    await turn()
+    assert node.book.group is not None
+    assert node.book.group._keys.expire_inbound(float("inf")) >= 1  # every key gone
+    assert node.book.group._keys.inbound_count() == 0
+    wire = box.private_room_id("secret")
+    assert [e.text for e in node.history.history(wire, 10).messages] == [text]
+    assert [e.text for e in node.history.search("alamo", 10).messages] == [text]
+    store, _book = reload(store)
+    try:
+        assert [r.text for r in store.history(wire, 10)] == [text]
+        assert [r.text for r in store.search("alamo", 10)] == [text]
+    finally:
+        store.close()
+
+
 # --- History: blocked authors ----------------------------------------------------------
 
 
