@@ -87,6 +87,8 @@ class RoomKeys:
         self._held_count = 0
         self._asked: dict[PendingKey, float] = {}
         self._rkq_window: dict[str, tuple[float, int]] = {}
+        #: Room -> authors whose presence record named it (bounded like the presence book).
+        self._presence_members: dict[str, set[str]] = {}
         self._warn = WarnOnce(log)
         self._last_expire = 0.0
         self.expire()
@@ -185,9 +187,24 @@ class RoomKeys:
         out.row = OutboundRow(r.room, r.sid, r.pickle, r.created, r.sent, True)
         self._keys.mark_left(wire)
 
+    def presence(self, wire: str, author: str, member: bool) -> None:
+        """author's signed presence record names private room wire (member) or no longer does.
+
+        A member we do not share a connection with leaves without a `rooms` frame to us:
+        its record, passed on by others, dropping the room counts as leaving (rotate).
+        """
+        seen = self._presence_members.setdefault(wire, set())
+        if member:
+            if len(seen) < limits.PRESENCE_MAX_PER_ROOM:
+                seen.add(author)
+        elif author in seen:
+            seen.discard(author)
+            self.member_left(wire, author)
+
     def forget_room(self, wire: str) -> None:
         """We left the room: drop our outbound session and what we keep for it."""
         self._out.pop(wire, None)
+        self._presence_members.pop(wire, None)
         self._keys.forget_room(wire)
         for key in [k for k in self._held if k[0] == wire]:
             self._drop_held(key)
