@@ -6,13 +6,13 @@ import logging
 from pathlib import Path
 
 import pytest
-from unit_support import ALICE, BOB, FakeConn, FakeManager
+from unit_support import ALICE, BOB, CAROL, FakeConn, FakeManager
 
 from chinwag import limits
 from chinwag.crypto import ratchet
 from chinwag.crypto.box import BadCiphertext
 from chinwag.crypto.identity import Identity
-from chinwag.private import CHAT, PrivateChannel, inner
+from chinwag.private import CHAT, PrivateChannel, TooLarge, inner
 from chinwag.protocol import messages as m
 from chinwag.protocol.reasons import Reason
 from chinwag.store.db import Store
@@ -211,6 +211,31 @@ def test_wrap_for_an_offline_peer_uses_its_signed_fallback_key(tmp_path: Path) -
     b = End(BOB, ALICE, tmp_path / "b.db", now)
     assert a.channel.learn_keys(BOB.peer_id, b.channel.published_keys())
     assert b.channel.learn_keys(ALICE.peer_id, a.channel.published_keys())
+    fallback = b.channel.published_keys().fb
     mail = a.channel.wrap(BOB.peer_id, b"mail")
     assert b.channel.unwrap(ALICE.peer_id, mail) == b"mail"
     assert not a.channel.learn_keys(ALICE.peer_id, b.channel.published_keys())
+    # A used fallback key is replaced (the old one still opens mail already on its way).
+    assert b.channel.published_keys().fb != fallback
+    late = End(CAROL, BOB, tmp_path / "c.db", now).channel
+    late.learn_keys(
+        BOB.peer_id,
+        m.OlmKeys(
+            ident=b.channel.account.identity_key,
+            fb=fallback,
+            sig=ratchet.sign_keys(BOB, b.channel.account.identity_key, fallback),
+        ),
+    )
+    assert b.channel.learn_keys(CAROL.peer_id, late.published_keys())
+    assert b.channel.unwrap(CAROL.peer_id, late.wrap(BOB.peer_id, b"late")) == b"late"
+
+
+def test_an_inner_frame_too_large_for_a_pm_is_not_sent(ends: tuple[End, End]) -> None:
+    a, _b = ends
+    a.conn.sent.clear()
+    with pytest.raises(TooLarge):
+        a.channel.wrap(BOB.peer_id, b"x" * (limits.PM_MAX_INNER_BYTES + 1))
+    a.channel.send(BOB.peer_id, b"x" * (limits.PM_MAX_INNER_BYTES + 1))
+    assert a.conn.sent == []
+    biggest = a.channel.wrap(BOB.peer_id, inner(CHAT, b"x" * (limits.PM_MAX_INNER_BYTES - 32)))
+    m.decode_frame(m.encode(m.PrivateMessage(d=biggest)))  # the receiver takes it

@@ -156,6 +156,11 @@ class OlmAccount:
         """Make a new fallback key (the previous one still opens sessions until the next)."""
         self._a.generate_fallback_key()  # type: ignore[attr-defined]
 
+    @property
+    def one_time_key_count(self) -> int:
+        """How many one-time keys we made that no session used yet."""
+        return len(self._a.one_time_keys)
+
     def take_one_time_key(self) -> bytes:
         """Make one fresh one-time key and return it (it opens one session, then is gone)."""
         # Keys are never marked published (vodozemac lists only unpublished ones, and the
