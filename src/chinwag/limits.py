@@ -755,5 +755,10 @@ MEGOLM_RKQ_FANOUT = 3
 #: Seconds before we ask again for the key of one (room, author, session): a message pushed
 #: again and again by sync does not turn into a flood of requests.
 MEGOLM_RKQ_RETRY_S = 30.0
+#: Seconds after our first request for a session's key from which a message of that session is
+#: stored unread (a placeholder text, filled in if its key comes later) instead of kept: sync
+#: would otherwise bring history no member can decrypt (keys past MEGOLM_KEEP_INBOUND_S) again
+#: every SYNC_INTERVAL_S for ever, and hold newer messages of its author behind it.
+MEGOLM_GIVE_UP_S = 120.0
 #: Characters of a session key (base64) in an `rk` frame (a session key has 306, an export 220).
 MEGOLM_MAX_KEY_CHARS = 512
