@@ -717,6 +717,9 @@ PM_MAX_BAD = 16
 #: One-time-key requests (`okreq`) a peer may make per minute: each makes a key we keep
 #: until used, so a flood of requests would churn our keys (answered with no key beyond).
 OLM_OTK_PER_PEER_PER_MIN = 6
+#: `okeys` frames we take from one peer per minute (one at the start, one per `okreq` of
+#: ours): each costs a signature check and a write, so a flood of them is dropped.
+OLM_KEYS_PER_PEER_PER_MIN = 20
 #: One-time keys we hand out per minute to all peers together (many peers flooding at once).
 OLM_OTK_PER_MIN = 60
 #: Olm sessions kept per peer (both ends starting one at once makes two; older ones go):

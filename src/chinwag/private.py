@@ -98,6 +98,8 @@ class PrivateChannel:
         self._bad: dict[str, int] = {}
         self._otk_times: dict[str, deque[float]] = {}
         self._otk_all: deque[float] = deque()
+        self._keys_times: dict[str, deque[float]] = {}
+        self._published: m.OlmKeys | None = None
         #: Called with a peer id when a session with it starts anew after one broke (the
         #: node sends its vectors so the author re-sends what did not arrive).
         self.on_session: Callable[[str], None] | None = None
@@ -113,7 +115,11 @@ class PrivateChannel:
     def published_keys(self) -> m.OlmKeys:
         """Return our signed Olm identity and fallback keys (no one-time key): for anyone."""
         ident, fb = self.account.identity_key, self.account.fallback_key
-        return m.OlmKeys(ident=ident, fb=fb, sig=ratchet.sign_keys(self.identity, ident, fb))
+        if self._published is None or self._published.fb != fb:
+            # Signed once per fallback key: an `okreq` flood costs no signatures.
+            sig = ratchet.sign_keys(self.identity, ident, fb)
+            self._published = m.OlmKeys(ident=ident, fb=fb, sig=sig)
+        return self._published
 
     def learn_keys(self, peer_id: str, keys: m.OlmKeys) -> bool:
         """Keep a peer's Olm keys if its identity signed them; return whether it did.
@@ -255,6 +261,7 @@ class PrivateChannel:
         self._repairing.discard(peer_id)
         self._bad.pop(peer_id, None)
         self._otk_times.pop(peer_id, None)
+        self._keys_times.pop(peer_id, None)
 
     def frame(self, conn: Link, frame: m.OlmFrame) -> None:
         """Handle an `okreq`, `okeys` or `pm` from a connected peer."""
@@ -308,6 +315,15 @@ class PrivateChannel:
         return m.OlmKeys(ident=keys.ident, fb=keys.fb, sig=keys.sig, otk=otk, re=True)
 
     def _keys_received(self, conn: Link, peer_id: str, keys: m.OlmKeys) -> None:
+        now = self._clock()
+        times = self._keys_times.setdefault(peer_id, deque())
+        while times and times[0] <= now - 60.0:
+            times.popleft()
+        if len(times) >= limits.OLM_KEYS_PER_PEER_PER_MIN:
+            # Each costs a signature check and a write: a flood of them is dropped.
+            _warn(("okeys", peer_id), "olm: %s sends its keys too often", peer_id[:8])
+            return
+        times.append(now)
         if not self.learn_keys(peer_id, keys):
             _warn(("keys", peer_id), "olm: %s sent keys it did not sign", peer_id[:8])
             conn.close(Reason.BAD_SIGNATURE)

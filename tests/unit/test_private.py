@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from unit_support import ALICE, BOB, CAROL, FakeConn, FakeManager
@@ -239,3 +240,24 @@ def test_an_inner_frame_too_large_for_a_pm_is_not_sent(ends: tuple[End, End]) ->
     assert a.conn.sent == []
     biggest = a.channel.wrap(BOB.peer_id, inner(CHAT, b"x" * (limits.PM_MAX_INNER_BYTES - 32)))
     m.decode_frame(m.encode(m.PrivateMessage(d=biggest)))  # the receiver takes it
+
+
+def test_a_flood_of_keys_frames_is_dropped_beyond_the_bound(ends: tuple[End, End]) -> None:
+    a, b = ends
+    keys = b.channel.published_keys()
+    assert b.channel.published_keys() is keys  # signed once
+    writes: list[str] = []
+    save = a.store.save_olm_peer
+
+    def counted(peer_id: str, *rest: Any) -> None:
+        writes.append(peer_id)
+        save(peer_id, *rest)
+
+    a.store.save_olm_peer = counted  # type: ignore[method-assign,assignment]
+    for _ in range(3 * limits.OLM_KEYS_PER_PEER_PER_MIN):
+        a.channel.frame(a.conn, keys)
+    assert len(writes) == limits.OLM_KEYS_PER_PEER_PER_MIN - 2  # two at the meeting
+    a.now[0] += 61
+    a.channel.frame(a.conn, keys)
+    assert len(writes) == limits.OLM_KEYS_PER_PEER_PER_MIN - 1
+    assert a.conn.closed is None
