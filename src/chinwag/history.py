@@ -45,6 +45,7 @@ from chinwag.protocol.mesh import Mesh, MeshAction, MeshClose, MeshDial, MeshSen
 from chinwag.protocol.reasons import Reason
 from chinwag.protocol.replica import Replica
 from chinwag.protocol.sync import PushRange, SyncState
+from chinwag.roomkeys import UNREADABLE
 from chinwag.rooms import DM, RoomBook
 from chinwag.store.db import Insert, NewMessage, Row, Store, StoreError
 
@@ -354,7 +355,9 @@ class History:
         try:
             text = self.book.plaintext(room, msg)
         except UnknownSession:
-            return self._await_key(conn, frame, msg)
+            text = self._await_key(conn, frame, msg)
+            if text is None:
+                return False  # kept until its key comes (or refused)
         if text is None or not self.book.remember(room):
             self._seen.add(msg.id)
             return False
@@ -370,10 +373,12 @@ class History:
         self._queue(_Pending(msg, conn, not frame.hist, verified, None, text))
         return True
 
-    def _await_key(self, conn: Link, frame: m.Chat, msg: ChatMessage) -> bool:
+    def _await_key(self, conn: Link, frame: m.Chat, msg: ChatMessage) -> str | None:
         """A private-room message whose Megolm key is not here yet: keep it (signature checked
-        first, so no forgery makes us ask for keys) until its key comes. Not marked seen: sync
-        brings it again if it is dropped from the bounded keep. Return False (not stored now)."""
+        first, so no forgery makes us ask for keys) until its key comes, and return None (not
+        stored now; not marked seen: sync brings it again if the bounded keep drops it).
+        Once its key was asked for in vain for MEGOLM_GIVE_UP_S, return the placeholder text
+        to store it with (its text is filled in if the key comes later)."""
         from_id = conn.peer_id or ""
         try:
             msg = open_message(frame.body, frame.sig, check_signature=True)
@@ -381,10 +386,10 @@ class History:
             log.warning("disconnecting %s: %s", from_id[:8], exc)
             self.mesh_invalid(from_id)
             conn.close(exc.code)
-            return False
-        if self.book.group is not None:
-            self.book.group.hold(conn, frame, msg)
-        return False
+            return None
+        if self.book.group is None or self.book.group.hold(conn, frame, msg):
+            return None
+        return UNREADABLE
 
     def _heard_again(self, via: str, frame: m.Chat, room: str, author: str, seq: int) -> None:
         """A copy of a message we hold or queued: the mesh scores the delivery (live only)."""

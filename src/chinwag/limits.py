@@ -720,6 +720,9 @@ PM_MAX_BAD = 16
 #: One-time-key requests (`okreq`) a peer may make per minute: each makes a key we keep
 #: until used, so a flood of requests would churn our keys (answered with no key beyond).
 OLM_OTK_PER_PEER_PER_MIN = 6
+#: `okeys` frames we take from one peer per minute (one at the start, one per `okreq` of
+#: ours): each costs a signature check and a write, so a flood of them is dropped.
+OLM_KEYS_PER_PEER_PER_MIN = 20
 #: One-time keys we hand out per minute to all peers together (many peers flooding at once).
 OLM_OTK_PER_MIN = 60
 #: Olm sessions kept per peer (both ends starting one at once makes two; older ones go):
@@ -758,6 +761,11 @@ MEGOLM_RKQ_FANOUT = 3
 #: Seconds before we ask again for the key of one (room, author, session): a message pushed
 #: again and again by sync does not turn into a flood of requests.
 MEGOLM_RKQ_RETRY_S = 30.0
+#: Seconds after our first request for a session's key from which a message of that session is
+#: stored unread (a placeholder text, filled in if its key comes later) instead of kept: sync
+#: would otherwise bring history no member can decrypt (keys past MEGOLM_KEEP_INBOUND_S) again
+#: every SYNC_INTERVAL_S for ever, and hold newer messages of its author behind it.
+MEGOLM_GIVE_UP_S = 120.0
 #: Characters of a session key (base64) in an `rk` frame (a session key has 306, an export 220).
 MEGOLM_MAX_KEY_CHARS = 512
 # --- keys: export/import and held private messages (issue 12 item 5) ---------------------

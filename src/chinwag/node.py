@@ -163,6 +163,8 @@ class _Running:
         await self.files.close()
         await self.history.close()
         await self.manager.close(reason)
+        if self.private is not None:
+            self.private.close()
         self.store.close()
 
 
@@ -1203,6 +1205,22 @@ class Node:
             if conn is not None:
                 conn.close(exc.code)
 
+    def _presence_rooms_changed(self, authors: frozenset[str]) -> None:
+        """Presence records changed: a member whose record drops a private room of ours left
+        it (also one we have no connection to); one that quit or expired did not."""
+        run = self._run
+        if run is None or run.book.group is None:
+            return
+        private = [r for r in run.book.joined.values() if r.kind == PRIVATE]
+        for author in authors:
+            record = run.members.get(author)
+            if record is None or record.gone or author == self.identity.peer_id:
+                continue
+            for room in private:
+                # With our kcv, or none (admission by PAKE sends no kcv, section 28).
+                member = record.in_room(room.wire, room.kcv) or record.in_room(room.wire)
+                run.book.group.presence(room.wire, author, member)
+
     def _room_members_changed(
         self, peer_id: str, before: dict[str, bytes], announced: dict[str, bytes]
     ) -> None:
@@ -1292,6 +1310,7 @@ class Node:
         return [f"[{h}]:{self.port}" if ":" in h else f"{h}:{self.port}" for h in hosts]
 
     def _members_changed(self, authors: frozenset[str]) -> None:
+        self._presence_rooms_changed(authors)
         self._offer_members(authors)
         mailbox = self._run.mailbox if self._run is not None else None
         if mailbox is not None:

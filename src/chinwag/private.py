@@ -19,6 +19,7 @@ authenticated connection (docs/protocol.md section 26):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -56,6 +57,10 @@ class NoKeys(ChinwagError):
     """We have no session with the peer and none of its Olm keys to start one."""
 
 
+class TooLarge(ChinwagError):
+    """An inner frame is over PM_MAX_INNER_BYTES."""
+
+
 def inner(kind: str, data: bytes) -> bytes:
     """Return the plaintext of a `pm` carrying data of this kind (see PrivateChannel.on)."""
     return m.encode(m.PrivateInner(kind=kind, data=data))
@@ -83,6 +88,8 @@ class PrivateChannel:
         else:
             self.account = ratchet.OlmAccount.from_pickle(saved, self._key)
         self._sessions: dict[str, list[ratchet.OlmSession]] = {}
+        #: Sessions that decrypted in this loop turn, saved at its end: (peer, id) -> session.
+        self._dirty: dict[tuple[str, str], tuple[str, ratchet.OlmSession]] = {}
         self._handlers: dict[str, Handler] = {}
         self._waiting: dict[str, deque[bytes]] = {}
         self._asked: set[str] = set()  # an okreq of ours is unanswered
@@ -91,6 +98,8 @@ class PrivateChannel:
         self._bad: dict[str, int] = {}
         self._otk_times: dict[str, deque[float]] = {}
         self._otk_all: deque[float] = deque()
+        self._keys_times: dict[str, deque[float]] = {}
+        self._published: m.OlmKeys | None = None
         #: Called with a peer id when a session with it starts anew after one broke (the
         #: node sends its vectors so the author re-sends what did not arrive).
         self.on_session: Callable[[str], None] | None = None
@@ -106,7 +115,11 @@ class PrivateChannel:
     def published_keys(self) -> m.OlmKeys:
         """Return our signed Olm identity and fallback keys (no one-time key): for anyone."""
         ident, fb = self.account.identity_key, self.account.fallback_key
-        return m.OlmKeys(ident=ident, fb=fb, sig=ratchet.sign_keys(self.identity, ident, fb))
+        if self._published is None or self._published.fb != fb:
+            # Signed once per fallback key: an `okreq` flood costs no signatures.
+            sig = ratchet.sign_keys(self.identity, ident, fb)
+            self._published = m.OlmKeys(ident=ident, fb=fb, sig=sig)
+        return self._published
 
     def learn_keys(self, peer_id: str, keys: m.OlmKeys) -> bool:
         """Keep a peer's Olm keys if its identity signed them; return whether it did.
@@ -142,6 +155,9 @@ class PrivateChannel:
         return self._wrap(peer_id, data, fresh=False)
 
     def _wrap(self, peer_id: str, data: bytes, fresh: bool) -> bytes:
+        if len(data) > limits.PM_MAX_INNER_BYTES:
+            # The receiver would refuse the frame (and close on us): never send it.
+            raise TooLarge(f"an inner frame of {len(data)} bytes does not fit in a pm")
         sessions = self._load(peer_id)
         drop: list[str] = []
         if sessions and not fresh:
@@ -223,6 +239,11 @@ class PrivateChannel:
         self._send(conn, peer_id, data)
         return True
 
+    def close(self) -> None:
+        """Save what decrypted in this loop turn (before the store closes)."""
+        if self._dirty:
+            self._flush()
+
     # --- the connection side --------------------------------------------------
 
     def peer_joined(self, conn: Link) -> None:
@@ -240,6 +261,7 @@ class PrivateChannel:
         self._repairing.discard(peer_id)
         self._bad.pop(peer_id, None)
         self._otk_times.pop(peer_id, None)
+        self._keys_times.pop(peer_id, None)
 
     def frame(self, conn: Link, frame: m.OlmFrame) -> None:
         """Handle an `okreq`, `okeys` or `pm` from a connected peer."""
@@ -293,6 +315,15 @@ class PrivateChannel:
         return m.OlmKeys(ident=keys.ident, fb=keys.fb, sig=keys.sig, otk=otk, re=True)
 
     def _keys_received(self, conn: Link, peer_id: str, keys: m.OlmKeys) -> None:
+        now = self._clock()
+        times = self._keys_times.setdefault(peer_id, deque())
+        while times and times[0] <= now - 60.0:
+            times.popleft()
+        if len(times) >= limits.OLM_KEYS_PER_PEER_PER_MIN:
+            # Each costs a signature check and a write: a flood of them is dropped.
+            _warn(("okeys", peer_id), "olm: %s sends its keys too often", peer_id[:8])
+            return
+        times.append(now)
         if not self.learn_keys(peer_id, keys):
             _warn(("keys", peer_id), "olm: %s sent keys it did not sign", peer_id[:8])
             conn.close(Reason.BAD_SIGNATURE)
@@ -377,11 +408,37 @@ class PrivateChannel:
         return sessions
 
     def _used(self, peer_id: str, session: ratchet.OlmSession) -> None:
+        """A session decrypted a message: it goes first, and is saved within this loop turn.
+
+        Saved with the turn's other decryptions in one transaction, like the messages they
+        carry (History commits those in the same turn): after a crash before it, the message
+        is not stored either, and the sender's re-send still decrypts (the chain only moves
+        forward from the saved state). Sending never waits: see `_save`.
+        """
         sessions = self._sessions.setdefault(peer_id, [])
         if sessions and sessions[0] is not session:
             sessions.remove(session)
             sessions.insert(0, session)
-        self._save(peer_id, session)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # unit tests without a loop
+            self._save(peer_id, session)
+            return
+        if not self._dirty:
+            loop.call_soon(self._flush)
+        self._dirty[(peer_id, session.session_id)] = (peer_id, session)
+
+    def _flush(self) -> None:
+        """Save the sessions that decrypted in this loop turn (one transaction)."""
+        dirty, self._dirty = self._dirty, {}
+        if not dirty:
+            return  # saved already (close(), or a send of the same session)
+        try:
+            self.store.save_olm_sessions(
+                [(p, s.session_id, s.pickle(self._key)) for p, s in dirty.values()], time.time()
+            )
+        except StoreError as exc:
+            log.error("olm: cannot save ratchets: %s", exc)
 
     def _save(
         self,
@@ -390,8 +447,9 @@ class PrivateChannel:
         account: bool = False,
         drop: list[str] | None = None,
     ) -> None:
-        """Persist a session's new state (and the account's) before anything is sent or shown:
-        a used message key must not come back after a restart."""
+        """Persist a session's new state (and the account's) now: before a message it
+        encrypted is sent, a message key is never used twice (not even after a crash)."""
+        self._dirty.pop((peer_id, session.session_id), None)
         self.store.save_olm(
             self.account.pickle(self._key) if account else None,
             peer_id,

@@ -29,6 +29,7 @@ from chinwag import limits
 from chinwag.crypto import group
 from chinwag.crypto.box import BadCiphertext
 from chinwag.crypto.identity import Identity
+from chinwag.errors import RemoteProtocolError
 from chinwag.logonce import WarnOnce
 from chinwag.net.link import Link
 from chinwag.protocol import groupkeys as gk
@@ -38,6 +39,10 @@ from chinwag.store.db import Store, StoreError
 from chinwag.store.groupkeys import GroupKeyStore, OutboundRow
 
 log = logging.getLogger(__name__)
+
+#: The text stored and shown for a private-room message no member gave the key of in
+#: MEGOLM_GIVE_UP_S (replaced by the real text if the key comes later).
+UNREADABLE = "(cannot decrypt this message: no member has given its key)"
 
 #: Seconds between two sweeps of expired inbound sessions.
 _EXPIRE_EVERY_S = 3600.0
@@ -86,7 +91,12 @@ class RoomKeys:
         self._held: dict[PendingKey, list[_Held]] = {}
         self._held_count = 0
         self._asked: dict[PendingKey, float] = {}
+        #: When we first asked for a session's key (bounded; kept when kept messages are
+        #: dropped, so a message brought again and again is stored unread in the end).
+        self._first_asked: dict[PendingKey, float] = {}
         self._rkq_window: dict[str, tuple[float, int]] = {}
+        #: Room -> authors whose presence record named it (bounded like the presence book).
+        self._presence_members: dict[str, set[str]] = {}
         self._warn = WarnOnce(log)
         self._last_expire = 0.0
         self.expire()
@@ -99,6 +109,7 @@ class RoomKeys:
         The session's new state is saved before the message exists: a crash never makes
         us encrypt two messages at one Megolm index.
         """
+        self.expire()
         now = self._clock()
         out = self._outbound(wire)
         reason = (
@@ -184,9 +195,24 @@ class RoomKeys:
         out.row = OutboundRow(r.room, r.sid, r.pickle, r.created, r.sent, True)
         self._keys.mark_left(wire)
 
+    def presence(self, wire: str, author: str, member: bool) -> None:
+        """author's signed presence record names private room wire (member) or no longer does.
+
+        A member we do not share a connection with leaves without a `rooms` frame to us:
+        its record, passed on by others, dropping the room counts as leaving (rotate).
+        """
+        seen = self._presence_members.setdefault(wire, set())
+        if member:
+            if len(seen) < limits.PRESENCE_MAX_PER_ROOM:
+                seen.add(author)
+        elif author in seen:
+            seen.discard(author)
+            self.member_left(wire, author)
+
     def forget_room(self, wire: str) -> None:
         """We left the room: drop our outbound session and what we keep for it."""
         self._out.pop(wire, None)
+        self._presence_members.pop(wire, None)
         self._keys.forget_room(wire)
         for key in [k for k in self._held if k[0] == wire]:
             self._drop_held(key)
@@ -226,14 +252,22 @@ class RoomKeys:
             limits.MEGOLM_MAX_INBOUND_PER_AUTHOR,
         )
 
-    def hold(self, conn: Link, frame: m.Chat, msg: ChatMessage) -> None:
-        """Keep a (signature-checked) message whose session key we lack, and ask for it."""
+    def hold(self, conn: Link, frame: m.Chat, msg: ChatMessage) -> bool:
+        """Keep a (signature-checked) message whose session key we lack, and ask for it.
+
+        False: its key was asked for MEGOLM_GIVE_UP_S ago and has not come; the caller
+        stores it with the text UNREADABLE (noted here: filled in if the key comes).
+        """
         body = msg.body
         try:
             sid, _raw = group.envelope(body.enc)
         except group.BadGroupMessage:
-            return
+            return True  # (cannot happen: it raised UnknownSession) nothing to keep
         key = (body.room, msg.author_id, sid)
+        first = self._first_asked.get(key)
+        if first is not None and abs(self._clock() - first) >= limits.MEGOLM_GIVE_UP_S:
+            self._keys.add_unread(msg.id, body.room, msg.author_id, sid)
+            return False
         held = self._held.setdefault(key, [])
         if any(h.msg.id == msg.id for h in held):
             held[:] = [h for h in held if h.msg.id != msg.id]  # the newest copy's connection
@@ -244,6 +278,7 @@ class RoomKeys:
         held.append(_Held(conn, frame, msg))
         self._held_count += 1
         self._request(key)
+        return True
 
     def _drop_oldest(self) -> None:
         oldest = next(iter(self._held))
@@ -263,6 +298,10 @@ class RoomKeys:
         if last is not None and abs(now - last) < limits.MEGOLM_RKQ_RETRY_S:
             return
         self._asked[key] = now
+        if key not in self._first_asked:
+            self._first_asked[key] = now
+            if len(self._first_asked) > limits.MEGOLM_MAX_PENDING_MSGS:
+                del self._first_asked[next(iter(self._first_asked))]
         room, author, sid = key
         members = self._admitted(room) - {self.me}
         targets = [author] if author in members else sorted(members)[: limits.MEGOLM_RKQ_FANOUT]
@@ -330,6 +369,19 @@ class RoomKeys:
         if held is None or inbound.first_known_index < held[1]:
             self._save_inbound(frame.room, frame.author, inbound, self._clock())
         self._release(key)
+        self._read_unread(key, inbound)
+
+    def _read_unread(self, key: PendingKey, inbound: group.Inbound) -> None:
+        """Fill in the text of messages of this session stored unread before its key came."""
+        room, author, _sid = key
+        for msg_id, raw_body in self._keys.unread(*key):
+            try:
+                body = m.decode_body(raw_body)
+                text, _index = inbound.open(body.enc, room, author, body.seq)
+            except (BadCiphertext, RemoteProtocolError):
+                continue
+            self._keys.read_at_last(msg_id, text)
+            log.info("room %s: a message stored unread (%s) is readable now", room, msg_id[:8])
 
     def _reads_held(self, key: PendingKey, inbound: group.Inbound) -> bool:
         for h in self._held.get(key, []):
@@ -345,6 +397,7 @@ class RoomKeys:
         held = self._held.pop(key, [])
         self._held_count -= len(held)
         self._asked.pop(key, None)
+        self._first_asked.pop(key, None)
         if self.retry is None:
             return
         for h in held:

@@ -11,7 +11,7 @@ from it_support import until
 
 from chinwag import events as ev
 from chinwag.crypto import box, group
-from chinwag.node import Node
+from chinwag.node import Node, NodeConfig
 from chinwag.private import inner
 from chinwag.protocol import groupkeys as gk
 from chinwag.protocol import messages as m
@@ -103,3 +103,73 @@ async def test_room_keys_from_a_non_member_are_refused_and_a_malformed_one_disco
     finally:
         await stranger.stop()
         await a.stop()
+
+
+def _line_node(tmp: Path, nick: str, peers: list[tuple[str, int]]) -> Node:
+    """A node without the gossip mesh: it dials only its --peer, so a line stays a line."""
+    config = NodeConfig(
+        data_dir=tmp / nick,
+        nick=nick,
+        port=0,
+        port_fallback=False,
+        bind="127.0.0.1",
+        peers=peers,
+        discovery=False,
+        downloads=tmp / nick / "downloads",
+        mesh=False,
+    )
+    return Node(config)
+
+
+def _outbound_sid(node: Node, wire: str) -> str | None:
+    row = (
+        node._running()
+        .store.db.execute("SELECT sid FROM megolm_outbound WHERE room=?", (wire,))
+        .fetchone()
+    )
+    return row[0] if row is not None else None
+
+
+async def test_a_member_beyond_another_leaves_and_is_seen_to_by_its_presence_record(
+    tmp_path: Path,
+) -> None:
+    """alice - bob - carol in a line, all in the room: carol has no connection to alice, so
+    only alice's presence record (passed on by bob) tells carol that alice left; carol's next
+    message uses a new session all the same."""
+    b = _line_node(tmp_path, "bob", [])
+    await b.start()
+    a = _line_node(tmp_path, "alice", [("127.0.0.1", b.port)])
+    c = _line_node(tmp_path, "carol", [("127.0.0.1", b.port)])
+    await a.start()
+    await c.start()
+    wire = box.private_room_id("vault")
+    got: list[str] = []
+    a.subscribe(lambda e: got.append(e.text) if isinstance(e, ev.Message) else None)
+    try:
+        await until(lambda: connected(a, b) and connected(c, b), "a line")
+        for n in (a, b, c):
+            await n.join("vault", PASS)
+        kcv = c._running().book.joined[wire].kcv
+
+        def alice_in() -> bool:
+            record = c._running().members.get(a.identity.peer_id)
+            return record is not None and record.in_room(wire, kcv)
+
+        await until(alice_in, "carol knows alice is a member")
+        await c.send("before", "vault")
+        await until(lambda: "before" in got, "alice reads carol (her key forwarded by bob)")
+        first = _outbound_sid(c, wire)
+        assert first is not None
+        assert a.identity.peer_id not in c._running().manager.peers  # never connected
+        a.leave("vault")
+
+        def alice_out() -> bool:
+            record = c._running().members.get(a.identity.peer_id)
+            return record is not None and not record.in_room(wire, kcv)
+
+        await until(alice_out, "carol sees alice's record without the room")
+        await c.send("after", "vault")
+        assert _outbound_sid(c, wire) != first
+    finally:
+        for n in (c, a, b):
+            await n.stop()

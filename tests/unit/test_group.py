@@ -151,3 +151,11 @@ def test_rotation_is_due_after_n_messages_after_some_time_and_after_a_leave() ->
 def test_inbound_sessions_expire_after_the_window() -> None:
     assert not group.inbound_expired(1000.0, 1000.0 + limits.MEGOLM_KEEP_INBOUND_S - 1)
     assert group.inbound_expired(1000.0, 1000.0 + limits.MEGOLM_KEEP_INBOUND_S)
+
+
+def test_the_longest_text_fits_the_chat_bodys_enc_bound() -> None:
+    out = group.Outbound.create()
+    author = "a" * 51 + "q"
+    text = "é" * (limits.MAX_TEXT_BYTES // 2)  # MAX_TEXT_BYTES of UTF-8
+    enc = out.seal("p." + "f" * 24, author, 2**63 - 1, text)
+    assert len(enc) <= limits.MAX_ENC_BYTES

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from unit_support import ALICE, BOB, CAROL, FakeConn, FakeManager
@@ -12,7 +13,7 @@ from chinwag import limits
 from chinwag.crypto import ratchet
 from chinwag.crypto.box import BadCiphertext
 from chinwag.crypto.identity import Identity
-from chinwag.private import CHAT, PrivateChannel, inner
+from chinwag.private import CHAT, PrivateChannel, TooLarge, inner
 from chinwag.protocol import messages as m
 from chinwag.protocol.reasons import Reason
 from chinwag.store.db import Store
@@ -228,3 +229,35 @@ def test_wrap_for_an_offline_peer_uses_its_signed_fallback_key(tmp_path: Path) -
     )
     assert b.channel.learn_keys(CAROL.peer_id, late.published_keys())
     assert b.channel.unwrap(CAROL.peer_id, late.wrap(BOB.peer_id, b"late")) == b"late"
+
+
+def test_an_inner_frame_too_large_for_a_pm_is_not_sent(ends: tuple[End, End]) -> None:
+    a, _b = ends
+    a.conn.sent.clear()
+    with pytest.raises(TooLarge):
+        a.channel.wrap(BOB.peer_id, b"x" * (limits.PM_MAX_INNER_BYTES + 1))
+    a.channel.send(BOB.peer_id, b"x" * (limits.PM_MAX_INNER_BYTES + 1))
+    assert a.conn.sent == []
+    biggest = a.channel.wrap(BOB.peer_id, inner(CHAT, b"x" * (limits.PM_MAX_INNER_BYTES - 32)))
+    m.decode_frame(m.encode(m.PrivateMessage(d=biggest)))  # the receiver takes it
+
+
+def test_a_flood_of_keys_frames_is_dropped_beyond_the_bound(ends: tuple[End, End]) -> None:
+    a, b = ends
+    keys = b.channel.published_keys()
+    assert b.channel.published_keys() is keys  # signed once
+    writes: list[str] = []
+    save = a.store.save_olm_peer
+
+    def counted(peer_id: str, *rest: Any) -> None:
+        writes.append(peer_id)
+        save(peer_id, *rest)
+
+    a.store.save_olm_peer = counted  # type: ignore[method-assign,assignment]
+    for _ in range(3 * limits.OLM_KEYS_PER_PEER_PER_MIN):
+        a.channel.frame(a.conn, keys)
+    assert len(writes) == limits.OLM_KEYS_PER_PEER_PER_MIN - 2  # two at the meeting
+    a.now[0] += 61
+    a.channel.frame(a.conn, keys)
+    assert len(writes) == limits.OLM_KEYS_PER_PEER_PER_MIN - 1
+    assert a.conn.closed is None

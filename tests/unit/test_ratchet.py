@@ -133,3 +133,17 @@ def test_padding_buckets() -> None:
 def test_unpad_refuses(data: bytes) -> None:
     with pytest.raises(r.RatchetError):
         r.unpad(data)
+
+
+def test_reordered_within_the_window_decrypts_beyond_it_is_refused_without_advancing() -> None:
+    _alice, _bob, a, b = _pair()
+    b.decrypt(a.encrypt(b"x"))
+    early = [a.encrypt(b"m%d" % i) for i in range(3)]
+    assert b.decrypt(early[2]) == b"m2"  # skipped keys of m0, m1 are kept (a small window)
+    assert b.decrypt(early[0]) == b"m0" and b.decrypt(early[1]) == b"m1"
+    held = a.encrypt(b"held back")
+    for _ in range(2100):  # beyond vodozemac's gap of 2000 message keys
+        a.encrypt(b"lost")
+    with pytest.raises(r.RatchetError):
+        b.decrypt(a.encrypt(b"far ahead"))
+    assert b.decrypt(held) == b"held back"  # the refusal moved nothing

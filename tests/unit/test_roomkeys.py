@@ -369,3 +369,17 @@ def _msg(author: Member, seq: int, enc: bytes) -> ChatMessage:
 def _chat(author: Member, seq: int, enc: bytes) -> m.Chat:
     msg = _msg(author, seq, enc)
     return m.Chat(body=msg.raw_body, sig=msg.sig)
+
+
+def test_a_presence_record_that_drops_the_room_counts_as_leaving(
+    members: dict[str, Member],
+) -> None:
+    """A member we have no connection to leaves: its record (passed on by others) drops
+    the room; the next message rotates. A record that never named the room changes nothing."""
+    a, b = members["a"], members["b"]
+    _seq, enc = b.write("x")
+    b.keys.presence(WIRE, MALLORY.peer_id, False)  # never a member: no rotation
+    b.keys.presence(WIRE, a.id, True)
+    assert sid_of(b.write("y")[1]) == sid_of(enc)
+    b.keys.presence(WIRE, a.id, False)
+    assert sid_of(b.write("z")[1]) != sid_of(enc)

@@ -31,7 +31,7 @@ from chinwag.protocol import messages as m
 from chinwag.protocol.admit import Admission
 from chinwag.protocol.chat import ChatMessage, make_message
 from chinwag.protocol.names import DEFAULT_ROOM, validate_room
-from chinwag.roomkeys import RoomKeys
+from chinwag.roomkeys import UNREADABLE, RoomKeys
 from chinwag.rooms import DM, PRIVATE, PUBLIC, Room, RoomBook
 from chinwag.store.db import Store
 
@@ -797,6 +797,60 @@ async def test_private_room_message_of_an_unknown_session_is_kept_until_its_key_
     shown = [e.text for e in node.events if isinstance(e, ev.Message)]
     assert sorted(shown) == ["and again", "before you had my key"]
     assert message_count(store) == 2
+
+
+async def test_private_room_history_and_search_outlive_the_deleted_room_keys(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    """Inbound Megolm sessions are deleted after a window (forward secrecy): history and
+    search read the plaintext stored at receipt, also after a restart."""
+    node = make_node(ALICE)
+    node.book.join_private("secret", KEY)
+    alice = sender(ALICE, "alice")
+    text = "remember the alamo"
+    msg = alice.post(alice.book.join_private("secret", KEY), text)
+    give_keys(ALICE, node.book)
+    node.receive(ALICE, msg)
+    await turn()
+    assert node.book.group is not None
+    assert node.book.group._keys.expire_inbound(float("inf")) >= 1  # every key gone
+    assert node.book.group._keys.inbound_count() == 0
+    wire = box.private_room_id("secret")
+    assert [e.text for e in node.history.history(wire, 10).messages] == [text]
+    assert [e.text for e in node.history.search("alamo", 10).messages] == [text]
+    store, _book = reload(store)
+    try:
+        assert [r.text for r in store.history(wire, 10)] == [text]
+        assert [r.text for r in store.search("alamo", 10)] == [text]
+    finally:
+        store.close()
+
+
+async def test_a_message_whose_key_never_comes_is_stored_unread_then_read_when_it_does(
+    make_node: Any, sender: Any, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sync brings history nobody holds keys for again and again: once its key was asked
+    for in vain for MEGOLM_GIVE_UP_S it is stored with a placeholder (so sync stops); its
+    text is filled in if the key comes after all."""
+    monkeypatch.setattr(limits, "MEGOLM_GIVE_UP_S", 0.0)
+    node = make_node(ALICE)
+    node.book.join_private("secret", KEY)
+    alice = sender(ALICE, "alice")
+    msg = alice.post(alice.book.join_private("secret", KEY), "lost in time")
+    node.receive(ALICE, msg, hist=True)
+    await turn()
+    assert message_count(store) == 0  # kept, its key asked for
+    node.receive(ALICE, msg, hist=True)  # sync brings it again: the wait is over
+    await turn()
+    wire = box.private_room_id("secret")
+    [row] = store.history(wire, 10)
+    assert row.text == UNREADABLE
+    assert node.history.sync.holds(wire, ALICE.peer_id, 1)  # sync stops bringing it
+    give_keys(ALICE, node.book)
+    await turn()
+    [row] = store.history(wire, 10)
+    assert row.text == "lost in time"
+    assert [e.text for e in node.history.search("lost in", 10).messages] == ["lost in time"]
 
 
 # --- History: blocked authors ----------------------------------------------------------

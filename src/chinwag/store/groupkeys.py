@@ -22,6 +22,10 @@ CREATE TABLE IF NOT EXISTS megolm_inbound(
     PRIMARY KEY(room, author, sid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS megolm_inbound_created ON megolm_inbound(created);
+CREATE TABLE IF NOT EXISTS megolm_unread(
+    id TEXT PRIMARY KEY, room TEXT NOT NULL, author TEXT NOT NULL, sid TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS megolm_unread_session ON megolm_unread(room, author, sid);
 """
 
 
@@ -106,3 +110,27 @@ class GroupKeyStore:
 
     def inbound_count(self) -> int:
         return int(self.store.db.execute("SELECT count(*) FROM megolm_inbound").fetchone()[0])
+
+    # --- messages stored unread (their key had not come) ----------------------------------
+
+    def add_unread(self, msg_id: str, room: str, author: str, sid: str) -> None:
+        with self.store._transaction():
+            self.store.db.execute(
+                "INSERT OR REPLACE INTO megolm_unread(id, room, author, sid) VALUES (?,?,?,?)",
+                (msg_id, room, author, sid),
+            )
+
+    def unread(self, room: str, author: str, sid: str) -> list[tuple[str, bytes]]:
+        """Return (id, signed body) of the stored messages of this session still unread."""
+        rows = self.store.db.execute(
+            "SELECT u.id, m.body FROM megolm_unread u JOIN messages m ON m.id = u.id"
+            " WHERE u.room=? AND u.author=? AND u.sid=?",
+            (room, author, sid),
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def read_at_last(self, msg_id: str, text: str) -> None:
+        """A stored unread message decrypted: its text replaces the placeholder."""
+        with self.store._transaction():
+            self.store.db.execute("UPDATE messages SET text=? WHERE id=?", (text, msg_id))
+            self.store.db.execute("DELETE FROM megolm_unread WHERE id=?", (msg_id,))
