@@ -507,7 +507,9 @@ class Mailbox:
         them any more), and it may now be a candidate holder."""
         self._seal_waiting()
         if self.outbox.pending and not self._closed:
-            self.outbox.members_met(self.book.announced.get(peer_id, {}))
+            # A private room counts only once the peer is admitted to it (a stranger that
+            # announces it carries nothing of it: our mail must not stop for it).
+            self.outbox.members_met(self.book.presence_view(peer_id))
             self._sync_saved()
             self._send_outbox()
 
