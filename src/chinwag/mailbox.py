@@ -276,7 +276,8 @@ class Mailbox:
         for peer in self.manager.peers:
             if peer in (to, self.me):
                 continue
-            announced = self.book.announced.get(peer, {})
+            # Private rooms only if admitted: a stranger announcing one must not attract mail.
+            announced = self.book.presence_view(peer)
             if peer in relays:
                 rank = 0
             elif rooms & announced.keys():

@@ -483,8 +483,8 @@ async def test_a_post_while_no_holder_is_connected_seals_nothing_until_one_conne
         blocked=set(),
         peer_in=lambda _p, _w: False,
         wires=lambda: ["club", "general"],
-        presence_view=lambda _p: {},
     )
+    book.presence_view = lambda p: book.announced.get(p, {})
     history: Any = SimpleNamespace(replica=SimpleNamespace(room_receipts=lambda _w: {}))
     mailbox = Mailbox(
         store,
@@ -609,7 +609,9 @@ async def test_a_stranger_announcing_a_private_room_does_not_stop_its_mail(
         await asyncio.sleep(0)
         stranger = _Conn(HOLDER.peer_id)
         manager.peers[HOLDER.peer_id] = stranger
-        book.set_announced(HOLDER.peer_id, m.Rooms(joined=[m.RoomAnnounce(room.wire)]))
+        # It shares general with us (a holder candidate) and names the private room.
+        joined = [m.RoomAnnounce("general"), m.RoomAnnounce(room.wire)]
+        book.set_announced(HOLDER.peer_id, m.Rooms(joined=joined))
         mailbox.peer_rooms(HOLDER.peer_id)
         puts = [f for f in stranger.sent if isinstance(f, m.MailPut)]
         assert sum(len(p.items) for p in puts) == 1, stranger.sent
