@@ -123,7 +123,8 @@ class _View:
         return self.book.peer_in(peer_id, room)
 
     def holds_vector(self, room: str, peer_id: str) -> bool:
-        return self.book.holds_vector(room, peer_id)
+        # A peer not connected: its receipt came by mail (nothing goes back to it).
+        return self.book.holds_vector(room, peer_id, peer_id in self.manager.peers)
 
     def saved_receipts(self, room: str) -> dict[str, dict[str, int]]:
         return self.store.peer_vectors(room)

@@ -325,7 +325,8 @@ class Mailbox:
         for peer in self.manager.peers:
             if peer in (to, self.me):
                 continue
-            announced = self.book.announced.get(peer, {})
+            # Private rooms only if admitted: a stranger announcing one must not attract mail.
+            announced = self.book.presence_view(peer)
             if peer in relays:
                 rank = 0
             elif rooms & announced.keys():
@@ -558,7 +559,9 @@ class Mailbox:
         them any more), and it may now be a candidate holder."""
         self._seal_waiting()
         if self.outbox.pending and not self._closed:
-            self.outbox.members_met(self.book.announced.get(peer_id, {}))
+            # A private room counts only once the peer is admitted to it (a stranger that
+            # announces it carries nothing of it: our mail must not stop for it).
+            self.outbox.members_met(self.book.presence_view(peer_id))
             self._sync_saved()
             self._send_outbox()
 

@@ -1247,6 +1247,8 @@ class Node:
             view = run.book.presence_view(peer_id)
             before = {w: k for w, k in view.items() if w != wire}
             run.members.rooms_announced(conn, before, view)
+        if run.mailbox is not None:
+            run.mailbox.peer_rooms(peer_id)  # a member now: it carries the room's messages
 
     def _channel_of(self, peer_id: str) -> bytes | None:
         """Return the Noise handshake hash of our connection to peer_id (None: none)."""

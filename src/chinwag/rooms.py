@@ -221,14 +221,15 @@ class RoomBook:
                 return room
         return None
 
-    def holds_vector(self, wire: str, peer_id: str) -> bool:
+    def holds_vector(self, wire: str, peer_id: str, connected: bool = True) -> bool:
         """Return whether to sync room wire with peer_id (conversations: only the other party;
-        private rooms: only peers admitted to it)."""
+        private rooms: only a connected peer admitted to it, or a receipt that came by mail
+        from a peer not connected: nothing is sent back to one, docs/protocol.md 28)."""
         room = self.holds(wire, peer_id)
         if room is None:
             return False
         if room.kind == PRIVATE:
-            return self._admitted_log(peer_id, wire)
+            return not connected or self._admitted_log(peer_id, wire)
         if room.kind == DM:
             # The other party has messages of our conversation: hold it to receive them.
             return room.peer == peer_id and self.remember(room)

@@ -6,6 +6,8 @@ Two Admission machines back to back, frames carried by hand; randomness and time
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chinwag import limits
 from chinwag.crypto import box
@@ -198,3 +200,31 @@ def test_deterministic_with_injected_entropy() -> None:
 def test_admit_frame_roundtrip(step: int) -> None:
     f = m.Admit(room=ROOM, step=step, data=b"z" * 33)
     assert m.decode_frame(m.encode(f)) == f
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([A, C]),
+            st.sampled_from([1, 2]),
+            st.one_of(
+                st.binary(max_size=limits.ADMIT_MAX_DATA_BYTES),
+                st.binary(min_size=32, max_size=32).map(lambda b: b"S" + b),
+            ),
+            st.floats(min_value=0, max_value=200),
+        ),
+        max_size=30,
+    )
+)
+def test_any_frames_yield_actions_never_another_exception(
+    frames: list[tuple[str, int, bytes, float]],
+) -> None:
+    """Hostile admit frames from two peers: only actions come out, state stays bounded."""
+    b = ad.Admission(B)
+    for peer, step, data, t in frames:
+        out = b.received(peer, m.Admit(room=ROOM, step=step, data=data), KEY, HH, ent(3), t)
+        assert all(isinstance(x, ad.Send | ad.Refused | ad.Disconnect) for x in out)
+        assert b.admitted(ROOM) == frozenset()  # nobody proves a key it does not hold
+        b.handle_timer(t)
+    assert len(b._runs) <= 2

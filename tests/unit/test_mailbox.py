@@ -499,6 +499,7 @@ async def test_a_post_while_no_holder_is_connected_seals_nothing_until_one_conne
         peer_in=lambda _p, _w: False,
         wires=lambda: ["club", "general"],
     )
+    book.presence_view = lambda p: book.announced.get(p, {})
     history: Any = SimpleNamespace(replica=SimpleNamespace(room_receipts=lambda _w: {}))
     mailbox = Mailbox(
         store,
@@ -635,3 +636,48 @@ def test_an_olm_item_is_unwrapped_only_after_its_signature_verifies() -> None:
     )
     assert len(largest.box) <= limits.MAILBOX_MAX_BOX_BYTES
     assert m.decode_frame(m.encode(m.MailPut(items=[largest]))) == m.MailPut(items=[largest])
+async def test_a_stranger_announcing_a_private_room_does_not_stop_its_mail(
+    store: Store,
+) -> None:
+    """Mail of a private room waits for a holder; a peer that announces the room's wire name
+    but is not admitted to it (docs/protocol.md section 28) does not carry the room's
+    messages, so the mail is not dropped as if a member had come: it goes out."""
+    import asyncio
+    from types import SimpleNamespace
+    from typing import Any
+
+    from chinwag.mailbox import Mailbox
+    from chinwag.rooms import RoomBook
+
+    book = RoomBook(store, AUTHOR)
+    book.load()
+    room = book.join_private("club", bytes(32))
+    members = [READER.peer_id]
+    manager: Any = SimpleNamespace(peers={})
+    history: Any = SimpleNamespace(replica=SimpleNamespace(room_receipts=lambda _w: {}))
+    mailbox = Mailbox(
+        store,
+        AUTHOR,
+        manager,
+        history,
+        book,
+        emit=lambda _e: None,
+        room_members=lambda _w: members,
+        clock=lambda: NOW,
+    )
+    mailbox.load()
+    try:
+        _clear, enc = book.seal(room, "for the members")
+        msg = make_message(AUTHOR, room.wire, "ann", int(NOW * 1000), 1, "", enc)
+        mailbox.own_room_committed(room.wire, msg)
+        await asyncio.sleep(0)
+        stranger = _Conn(HOLDER.peer_id)
+        manager.peers[HOLDER.peer_id] = stranger
+        # It shares general with us (a holder candidate) and names the private room.
+        joined = [m.RoomAnnounce("general"), m.RoomAnnounce(room.wire)]
+        book.set_announced(HOLDER.peer_id, m.Rooms(joined=joined))
+        mailbox.peer_rooms(HOLDER.peer_id)
+        puts = [f for f in stranger.sent if isinstance(f, m.MailPut)]
+        assert sum(len(p.items) for p in puts) == 1, stranger.sent
+    finally:
+        mailbox.close()

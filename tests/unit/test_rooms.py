@@ -304,6 +304,8 @@ def test_a_private_rooms_files_history_and_vectors_only_for_admitted_peers(store
     assert not book.shares_room(CAROL.peer_id, "secret")
     assert not book.peer_in(CAROL.peer_id, secret.wire)
     assert not book.holds_vector(secret.wire, CAROL.peer_id)
+    # A receipt that came by mail from a member not connected is heard (nothing goes back).
+    assert book.holds_vector(secret.wire, ALICE.peer_id, connected=False)
     assert not admit(book, BOB, secret.wire, OTHER_KEY)  # another passphrase
     assert admit(book, CAROL, secret.wire, KEY)
     assert book.admitted(secret.wire) == frozenset({CAROL.peer_id})
