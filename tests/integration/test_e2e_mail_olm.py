@@ -4,6 +4,7 @@ both databases, yields nothing once its reader has read it."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -65,13 +66,35 @@ async def test_held_mail_does_not_decrypt_with_both_identities_and_databases_onc
     b2 = node("bob", *hub, discovery=False, data_dir=b.data_dir)
     await b2.start()
     await got_dm(b2, own, to=b2)
-    for n in (b2, c):
-        assert await n.quit() == 0
+    # bob's receipt goes back to ann the same way, inside their session too.
+    [receipt] = await _until_held(c.data_dir, a.peer_id)
+    ann = Identity.from_seed(_seed(a.data_dir))
+    back = msgspec.msgpack.decode(box.open_sealed(ann, receipt.box), type=m.MailInner)
+    assert back.olm
+    assert await b2.quit() == 0
     # The thief: both identity seeds and both databases, after bob read it.
     dbs = [
         _copy_db(a.data_dir, tmp_path / "a-stolen.db"),
         _copy_db(b.data_dir, tmp_path / "b-stolen.db"),
     ]
     assert _attack([inside.frame], seeds, dbs) == []
-    for n in (a, b2, c):
+    a2 = node("ann", *hub, discovery=False, data_dir=a.data_dir)
+    await a2.start()
+    delivered = await a2.wait_for("delivered", timeout=PROMPT_S, from_start=True, id=own["id"])
+    assert delivered["count"] == 1, delivered
+    for n in (a2, c):
+        assert await n.quit() == 0
+    for n in (a, b2, a2, c):
         assert not stderr_has_traceback(n), n.stderr_tail()
+
+
+async def _until_held(data_dir: Path, reader: str) -> list[m.MailItem]:
+    """Wait until a running holder keeps an item for reader; return what it keeps."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PROMPT_S
+    while loop.time() < deadline:
+        held = _held(data_dir, reader)
+        if held:
+            return held
+        await asyncio.sleep(0.05)  # polling the holder's database: no event says it
+    raise AssertionError(f"nothing held for {reader[:8]}")
