@@ -156,6 +156,8 @@ class _Running:
         await self.files.close()
         await self.history.close()
         await self.manager.close(reason)
+        if self.private is not None:
+            self.private.close()
         self.store.close()
 
 

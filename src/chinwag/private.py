@@ -19,6 +19,7 @@ authenticated connection (docs/protocol.md section 26):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -83,6 +84,8 @@ class PrivateChannel:
         else:
             self.account = ratchet.OlmAccount.from_pickle(saved, self._key)
         self._sessions: dict[str, list[ratchet.OlmSession]] = {}
+        #: Sessions that decrypted in this loop turn, saved at its end: (peer, id) -> session.
+        self._dirty: dict[tuple[str, str], tuple[str, ratchet.OlmSession]] = {}
         self._handlers: dict[str, Handler] = {}
         self._waiting: dict[str, deque[bytes]] = {}
         self._asked: set[str] = set()  # an okreq of ours is unanswered
@@ -222,6 +225,11 @@ class PrivateChannel:
                 return True
         self._send(conn, peer_id, data)
         return True
+
+    def close(self) -> None:
+        """Save what decrypted in this loop turn (before the store closes)."""
+        if self._dirty:
+            self._flush()
 
     # --- the connection side --------------------------------------------------
 
@@ -377,11 +385,37 @@ class PrivateChannel:
         return sessions
 
     def _used(self, peer_id: str, session: ratchet.OlmSession) -> None:
+        """A session decrypted a message: it goes first, and is saved within this loop turn.
+
+        Saved with the turn's other decryptions in one transaction, like the messages they
+        carry (History commits those in the same turn): after a crash before it, the message
+        is not stored either, and the sender's re-send still decrypts (the chain only moves
+        forward from the saved state). Sending never waits: see `_save`.
+        """
         sessions = self._sessions.setdefault(peer_id, [])
         if sessions and sessions[0] is not session:
             sessions.remove(session)
             sessions.insert(0, session)
-        self._save(peer_id, session)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # unit tests without a loop
+            self._save(peer_id, session)
+            return
+        if not self._dirty:
+            loop.call_soon(self._flush)
+        self._dirty[(peer_id, session.session_id)] = (peer_id, session)
+
+    def _flush(self) -> None:
+        """Save the sessions that decrypted in this loop turn (one transaction)."""
+        dirty, self._dirty = self._dirty, {}
+        if not dirty:
+            return  # saved already (close(), or a send of the same session)
+        try:
+            self.store.save_olm_sessions(
+                [(p, s.session_id, s.pickle(self._key)) for p, s in dirty.values()], time.time()
+            )
+        except StoreError as exc:
+            log.error("olm: cannot save ratchets: %s", exc)
 
     def _save(
         self,
@@ -390,8 +424,9 @@ class PrivateChannel:
         account: bool = False,
         drop: list[str] | None = None,
     ) -> None:
-        """Persist a session's new state (and the account's) before anything is sent or shown:
-        a used message key must not come back after a restart."""
+        """Persist a session's new state (and the account's) now: before a message it
+        encrypted is sent, a message key is never used twice (not even after a crash)."""
+        self._dirty.pop((peer_id, session.session_id), None)
         self.store.save_olm(
             self.account.pickle(self._key) if account else None,
             peer_id,

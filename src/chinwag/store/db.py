@@ -778,14 +778,24 @@ class Store:
                 self.db.execute(
                     "INSERT OR REPLACE INTO olm_account(id, pickle) VALUES (1, ?)", (account,)
                 )
+            for sid, pickle in sessions:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO olm_sessions(peer_id, session_id, pickle, used)"
+                    " VALUES (?,?,?,?)",
+                    (peer_id, sid, pickle, used),
+                )
+            for sid in drop:
+                self.db.execute(
+                    "DELETE FROM olm_sessions WHERE peer_id=? AND session_id=?", (peer_id, sid)
+                )
+
+    def save_olm_sessions(self, rows: Iterable[tuple[str, str, str]], used: float) -> None:
+        """Save (peer id, session id, pickle) rows in one transaction."""
+        with self._transaction():
             self.db.executemany(
                 "INSERT OR REPLACE INTO olm_sessions(peer_id, session_id, pickle, used)"
                 " VALUES (?,?,?,?)",
-                [(peer_id, sid, pickle, used) for sid, pickle in sessions],
-            )
-            self.db.executemany(
-                "DELETE FROM olm_sessions WHERE peer_id=? AND session_id=?",
-                [(peer_id, sid) for sid in drop],
+                [(p, sid, pickle, used) for p, sid, pickle in rows],
             )
 
     def olm_sessions(self, peer_id: str) -> list[tuple[str, str]]:
