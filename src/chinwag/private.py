@@ -57,6 +57,10 @@ class NoKeys(ChinwagError):
     """We have no session with the peer and none of its Olm keys to start one."""
 
 
+class TooLarge(ChinwagError):
+    """An inner frame is over PM_MAX_INNER_BYTES."""
+
+
 def inner(kind: str, data: bytes) -> bytes:
     """Return the plaintext of a `pm` carrying data of this kind (see PrivateChannel.on)."""
     return m.encode(m.PrivateInner(kind=kind, data=data))
@@ -145,6 +149,9 @@ class PrivateChannel:
         return self._wrap(peer_id, data, fresh=False)
 
     def _wrap(self, peer_id: str, data: bytes, fresh: bool) -> bytes:
+        if len(data) > limits.PM_MAX_INNER_BYTES:
+            # The receiver would refuse the frame (and close on us): never send it.
+            raise TooLarge(f"an inner frame of {len(data)} bytes does not fit in a pm")
         sessions = self._load(peer_id)
         drop: list[str] = []
         if sessions and not fresh:

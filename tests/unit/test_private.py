@@ -12,7 +12,7 @@ from chinwag import limits
 from chinwag.crypto import ratchet
 from chinwag.crypto.box import BadCiphertext
 from chinwag.crypto.identity import Identity
-from chinwag.private import CHAT, PrivateChannel, inner
+from chinwag.private import CHAT, PrivateChannel, TooLarge, inner
 from chinwag.protocol import messages as m
 from chinwag.protocol.reasons import Reason
 from chinwag.store.db import Store
@@ -228,3 +228,14 @@ def test_wrap_for_an_offline_peer_uses_its_signed_fallback_key(tmp_path: Path) -
     )
     assert b.channel.learn_keys(CAROL.peer_id, late.published_keys())
     assert b.channel.unwrap(CAROL.peer_id, late.wrap(BOB.peer_id, b"late")) == b"late"
+
+
+def test_an_inner_frame_too_large_for_a_pm_is_not_sent(ends: tuple[End, End]) -> None:
+    a, _b = ends
+    a.conn.sent.clear()
+    with pytest.raises(TooLarge):
+        a.channel.wrap(BOB.peer_id, b"x" * (limits.PM_MAX_INNER_BYTES + 1))
+    a.channel.send(BOB.peer_id, b"x" * (limits.PM_MAX_INNER_BYTES + 1))
+    assert a.conn.sent == []
+    biggest = a.channel.wrap(BOB.peer_id, inner(CHAT, b"x" * (limits.PM_MAX_INNER_BYTES - 32)))
+    m.decode_frame(m.encode(m.PrivateMessage(d=biggest)))  # the receiver takes it
