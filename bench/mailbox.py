@@ -6,6 +6,10 @@ again and the bench times b's `ready` to b having printed N `dm` events from a.
 Prints mailbox_* figures (target: 1,000 delivered within 2 s, none lost or duplicated),
 and the time until a, started again while b is gone, has every message `delivered`
 through the receipt b mailed back via c.
+
+With `--met`, a and b meet first (b also dials a; one private message sets their Olm
+session up), so every item travels inside their ratchet (docs/protocol.md 24.1);
+without it they never meet and the items are sealed only.
 """
 
 from __future__ import annotations
@@ -25,18 +29,23 @@ from _bench_common import TimedProcess, emit, node_args, note, run, stop
 IDLE_GIVE_UP_S = 15.0
 
 
-async def measure(n: int, workdir: Path) -> None:
+async def measure(n: int, workdir: Path, met: bool = False) -> None:
     """Run the scenario with n messages and print its figures."""
     c = TimedProcess(workdir / "c", *node_args(), nick="c")
     await c.start()
     hub = ("--peer", f"127.0.0.1:{c.port}")
     a = TimedProcess(workdir / "a", *node_args(), *hub, nick="a")
-    b = TimedProcess(workdir / "b", *node_args(), *hub, nick="b")
+    await a.start()
+    meet = ("--peer", f"127.0.0.1:{a.port}") if met else ()
+    b = TimedProcess(workdir / "b", *node_args(), *hub, *meet, nick="b")
     procs: list[TimedProcess] = [c, a, b]
     try:
-        await asyncio.gather(a.start(), b.start())
+        await b.start()
         await asyncio.gather(a.wait_for_peers([c.peer_id]), b.wait_for_peers([c.peer_id]))
         b_id = b.peer_id
+        if met:
+            await a.send({"cmd": "dm", "to": b_id, "text": "hello"})
+            await b.wait_for("dm", timeout=IDLE_GIVE_UP_S, text="hello")
         await b.quit()
         await c.wait_for("peer_left", timeout=IDLE_GIVE_UP_S, from_start=True, peer_id=b_id)
 
@@ -87,7 +96,7 @@ async def measure(n: int, workdir: Path) -> None:
             except TimeoutError:
                 note(f"only {len(seen)} of {n} receipts reached a")
                 break
-            if int(ev["count"]) >= 1:  # type: ignore[call-overload]
+            if int(ev["count"]) >= 1 and ev["id"] in mailed:  # type: ignore[call-overload]
                 seen.add(str(ev["id"]))
         last = a2.events[-1]["_rx"] if seen else a_ready
         emit("mailbox_receipts", len(seen))
@@ -113,9 +122,10 @@ def main() -> None:
     """Parse options and run the benchmark."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=1_000, help="waiting messages (default 1000)")
+    ap.add_argument("--met", action="store_true", help="a and b meet first (Olm items)")
     opts = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="chinwag-bench-") as tmp:
-        run(lambda: measure(opts.n, Path(tmp)))
+        run(lambda: measure(opts.n, Path(tmp), opts.met))
 
 
 if __name__ == "__main__":

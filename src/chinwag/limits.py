@@ -596,7 +596,7 @@ MAILBOX_TTL_SKEW_S = 600
 #: MAX_ENC_BYTES of ciphertext, about 13 KB) padded to its 16 KiB bucket, plus the seal's 48;
 #: a bigger one is a malformed frame (stops one item from eating a mailbox's byte budget).
 #: An item inside the pair's Olm ratchet is a padded `pm` body (at most PM_MAX_BYTES) plus
-#: its author, signature and framing (108 bytes) and the seal's 48: hence 16 KiB + 256.
+#: its author, signature and framing (107 bytes) and the seal's 48: hence 16 KiB + 256.
 MAILBOX_MAX_BOX_BYTES = 16_384 + 256
 #: Bytes a sealed plaintext is padded up to, at least (then powers of two up to the max):
 #: the holder learns a size bucket, not the length of the text.

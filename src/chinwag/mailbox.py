@@ -2,7 +2,9 @@
 
 Three roles, one object per node:
 - author: a private message committed while its reader is not connected is
-  sealed to the reader and put (`mput`) to up to MAILBOX_HOLDERS connected
+  signed, put inside our Olm ratchet with the reader if we hold its keys (forward
+  secrecy: PrivateChannel.wrap), sealed to the reader with its author inside, and
+  put (`mput`) to up to MAILBOX_HOLDERS connected
   peers likely to meet it (its relays, then members of a room the reader is in,
   then peers sharing a room with us); a refusal (`mno`) sends it to the next;
   each acceptance (`mok`) is reported as `{"event":"mailed","id":..,"holders":n}`.

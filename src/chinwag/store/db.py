@@ -731,13 +731,18 @@ class Store:
     # --- mailboxes (issue 15 item 4, docs/dht.md "Mailboxes") ---------------
 
     def hold_mail(self, items: Iterable[tuple[bytes, str, str, int, int, bytes]]) -> None:
-        """Store held mail: (id, recipient, depositor tag, exp, size, item), one transaction."""
-        now = int(time.time())
+        """Store held mail: (id, recipient, depositor tag, exp, size, item), one transaction.
+
+        `received` is the arrival time in microseconds, one more per item of the batch, so
+        that mail_for hands items over in the order they were deposited: an author's items
+        share one Olm chain, which opens only a few messages out of order.
+        """
+        now = time.time_ns() // 1000
         with self._transaction():
             self.db.executemany(
                 "INSERT OR IGNORE INTO mailbox(id, recipient, sender, exp, received, size, item)"
                 " VALUES (?,?,?,?,?,?,?)",
-                [(i, r, s, e, now, z, b) for i, r, s, e, z, b in items],
+                [(i, r, s, e, now + k, z, b) for k, (i, r, s, e, z, b) in enumerate(items)],
             )
 
     def mail_known(self, mail_id: bytes) -> bool:
@@ -748,7 +753,7 @@ class Store:
         return False
 
     def mail_for(self, recipient: str) -> list[bytes]:
-        """Return the encoded items held for recipient, oldest first."""
+        """Return the encoded items held for recipient, in the order they were deposited."""
         rows = self.db.execute(
             "SELECT item FROM mailbox WHERE recipient=? ORDER BY received, id", (recipient,)
         ).fetchall()
