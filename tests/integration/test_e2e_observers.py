@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import msgspec
-import pytest
 from hostile_peer import HostilePeer
 from it_support import PROMPT_S, ChinwagProcess, NodeFactory, ask, connected
 

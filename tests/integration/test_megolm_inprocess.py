@@ -14,7 +14,6 @@ from chinwag.crypto import box, group
 from chinwag.node import Node, NodeConfig
 from chinwag.private import inner
 from chinwag.protocol import groupkeys as gk
-from chinwag.protocol import messages as m
 from node_support import make_node
 
 pytestmark = pytest.mark.timeout(60)

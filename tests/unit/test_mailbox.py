@@ -636,6 +636,8 @@ def test_an_olm_item_is_unwrapped_only_after_its_signature_verifies() -> None:
     )
     assert len(largest.box) <= limits.MAILBOX_MAX_BOX_BYTES
     assert m.decode_frame(m.encode(m.MailPut(items=[largest]))) == m.MailPut(items=[largest])
+
+
 async def test_a_stranger_announcing_a_private_room_does_not_stop_its_mail(
     store: Store,
 ) -> None:
