@@ -928,11 +928,6 @@ class Node:
         conn: PeerConnection,
         frame: m.PeerFrame | m.Observed,
     ) -> None:
-        if isinstance(frame, m.OlmFrame):
-            private = self._running().private
-            if private is not None and self.config.chat:
-                private.frame(conn, frame)
-            return
         if isinstance(frame, m.MailFrame):
             mailbox = self._running().mailbox
             if mailbox is not None:
@@ -966,6 +961,10 @@ class Node:
             self._running().history.chat_received(conn, frame, clear=True)
         elif isinstance(frame, m.MeshFrame):
             self._running().history.mesh_frame(conn, frame)
+        elif isinstance(frame, m.OlmFrame):
+            private = self._running().private
+            if private is not None and self.config.chat:
+                private.frame(conn, frame)
         else:
             book = self._running().book
             before = dict(book.announced.get(conn.session.peer_id or "", {}))
