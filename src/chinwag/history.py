@@ -40,7 +40,7 @@ from chinwag.logonce import WarnOnce
 from chinwag.protocol import messages as m
 from chinwag.protocol import replica as rp
 from chinwag.protocol.chat import ChatMessage, SeenSet, open_message
-from chinwag.protocol.kinds import RoomKind, kind_of_wire
+from chinwag.protocol.kinds import WIRE_PREFIX, RoomKind, kind_of_wire
 from chinwag.protocol.mesh import Mesh, MeshAction, MeshClose, MeshDial, MeshSend, MeshServe, MsgId
 from chinwag.protocol.reasons import Reason
 from chinwag.protocol.replica import Replica
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _warn_clear = WarnOnce(log)
+DM_PREFIX = WIRE_PREFIX[RoomKind.DM]
 
 Key = tuple[int, str, int]
 
@@ -301,7 +302,7 @@ class History:
             msg = open_message(frame.body, frame.sig, check_signature=False)
             body = msg.body
             author = msg.author_id
-            if clear and kind_of_wire(body.room) is RoomKind.DM:
+            if clear and body.room.startswith(DM_PREFIX):
                 why = "refusing a private message from %s in clear (not in a pm)"
                 _warn_clear(("clear-dm", from_id), why, from_id[:8])
                 return False

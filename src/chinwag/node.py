@@ -1099,11 +1099,6 @@ class Node:
         conn: PeerConnection,
         frame: m.PeerFrame | m.Observed,
     ) -> None:
-        if isinstance(frame, m.OlmFrame):
-            private = self._running().private
-            if private is not None and self.config.chat:
-                private.frame(conn, frame)
-            return
         if isinstance(frame, m.MailFrame):
             mailbox = self._running().mailbox
             if mailbox is not None:
@@ -1141,6 +1136,10 @@ class Node:
             self._running().history.chat_received(conn, frame, clear=True)
         elif isinstance(frame, m.MeshFrame):
             self._running().history.mesh_frame(conn, frame)
+        elif isinstance(frame, m.OlmFrame):
+            private = self._running().private
+            if private is not None and self.config.chat:
+                private.frame(conn, frame)
         else:
             book = self._running().book
             peer_id = conn.session.peer_id or ""
