@@ -148,11 +148,9 @@ async def test_a_member_beyond_another_leaves_and_is_seen_to_by_its_presence_rec
         await until(lambda: connected(a, b) and connected(c, b), "a line")
         for n in (a, b, c):
             await n.join("vault", PASS)
-        kcv = c._running().book.joined[wire].kcv
-
         def alice_in() -> bool:
             record = c._running().members.get(a.identity.peer_id)
-            return record is not None and record.in_room(wire, kcv)
+            return record is not None and record.in_room(wire)
 
         await until(alice_in, "carol knows alice is a member")
         await c.send("before", "vault")
@@ -164,7 +162,7 @@ async def test_a_member_beyond_another_leaves_and_is_seen_to_by_its_presence_rec
 
         def alice_out() -> bool:
             record = c._running().members.get(a.identity.peer_id)
-            return record is not None and not record.in_room(wire, kcv)
+            return record is not None and not record.in_room(wire)
 
         await until(alice_out, "carol sees alice's record without the room")
         await c.send("after", "vault")
