@@ -100,8 +100,9 @@ class PrivateChannel:
         self._otk_all: deque[float] = deque()
         self._keys_times: dict[str, deque[float]] = {}
         self._published: m.OlmKeys | None = None
-        #: Called with a peer id when a session with it starts anew after one broke (the
-        #: node sends its vectors so the author re-sends what did not arrive).
+        #: Called with a peer id when a new session with it starts on its side (a pre-key
+        #: message we accepted) or ours (a repair): the node re-syncs the conversation, so
+        #: what a broken session carried is re-sent under the new one.
         self.on_session: Callable[[str], None] | None = None
         #: Test hook: called with (peer id, pm data) for every `pm` sent or received.
         self.recorder: Callable[[str, bytes], None] | None = None
@@ -260,7 +261,7 @@ class PrivateChannel:
         self._asked.discard(peer_id)
         self._repairing.discard(peer_id)
         self._bad.pop(peer_id, None)
-        self._otk_times.pop(peer_id, None)
+        # _otk_times stays: reconnecting must not reset a peer's one-time-key budget.
         self._keys_times.pop(peer_id, None)
 
     def frame(self, conn: Link, frame: m.OlmFrame) -> None:
@@ -299,6 +300,8 @@ class PrivateChannel:
         keys = self.published_keys()
         now = self._clock()
         mine = self._otk_times.setdefault(peer_id, deque())
+        if len(self._otk_times) > limits.OLM_MAX_PEERS:
+            self._otk_times.pop(next(iter(self._otk_times)))
         for times in (mine, self._otk_all):
             while times and times[0] <= now - 60.0:
                 times.popleft()

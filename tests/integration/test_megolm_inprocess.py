@@ -148,6 +148,7 @@ async def test_a_member_beyond_another_leaves_and_is_seen_to_by_its_presence_rec
         await until(lambda: connected(a, b) and connected(c, b), "a line")
         for n in (a, b, c):
             await n.join("vault", PASS)
+
         def alice_in() -> bool:
             record = c._running().members.get(a.identity.peer_id)
             return record is not None and record.in_room(wire)

@@ -147,6 +147,13 @@ def test_a_flood_of_one_time_key_requests_is_bounded(ends: tuple[End, End]) -> N
     assert len(keys) == limits.OLM_OTK_PER_PEER_PER_MIN * 3
     # one went to bob at the meeting already
     assert sum(1 for k in keys if k.otk) == limits.OLM_OTK_PER_PEER_PER_MIN - 1
+    # Reconnecting does not reset the budget.
+    a.channel.peer_left(BOB.peer_id)
+    a.channel.peer_joined(a.conn)
+    a.conn.sent.clear()
+    a.channel.frame(a.conn, m.OlmKeyRequest())
+    (refused,) = a.conn.sent
+    assert isinstance(refused, m.OlmKeys) and refused.re and not refused.otk
     a.now[0] += 61
     a.conn.sent.clear()
     a.channel.frame(a.conn, m.OlmKeyRequest())
