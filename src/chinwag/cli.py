@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="export: overwrite FILE; import: replace the data dir's identity and store "
-        "(the old ones are kept as *.before-import-*)",
+        "(the old ones are kept as *.before-import-*); chat, web, relay: start on a data dir "
+        "that was exported (makes this copy the live one: never start the imported one)",
     )
     p.add_argument(
         "--log-level",
@@ -297,8 +298,8 @@ def _main(argv: list[str] | None) -> int:
         if not args.code:
             build_parser().error(f"usage: chinwag {args.command} FILE")
         return _move(args.command, data_dir, Path(args.code), args)
-    if args.force or args.passphrase_file is not None:
-        build_parser().error("--force and --passphrase-file go with export and import")
+    if args.passphrase_file is not None:
+        build_parser().error("--passphrase-file goes with export and import")
     if args.code is not None:
         build_parser().error(f"unexpected argument {args.code[:40]!r}")
     if args.command == "web":
@@ -456,7 +457,8 @@ def _move(command: str, data_dir: Path, path: Path, args: argparse.Namespace) ->
                 f"exported {done.nick or '?'} ({short_id(done.peer_id)}), store "
                 f"{done.db_bytes} bytes, to {path}. Import it elsewhere with "
                 "`chinwag import FILE`; from then on do not start chinwag on this data "
-                "directory again (the two copies would fork their sessions)"
+                "directory again (the two copies would fork their sessions): it refuses "
+                "to start there now, unless --force"
             )
         else:
             done = import_identity(data_dir, path, passphrase, args.force)
@@ -495,6 +497,7 @@ def _run(args: argparse.Namespace, data_dir: Path, mode: str) -> int:
         dht_bootstrap=list(args.dht_bootstrap) or default_bootstrap(),
         dht_private=args.dht_private,
         chat=mode != "relay",
+        force_exported=args.force,
     )
     web = _web_options(args, data_dir) if args.web else None
     try:

@@ -8,17 +8,21 @@ import json
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
+from chinwag import limits
 from chinwag.crypto.identity import BadIdentity, Identity
-from chinwag.errors import ChinwagError, DataDirLocked
+from chinwag.errors import ChinwagError, DataDirExported, DataDirLocked
 
 _SETTINGS = "settings.json"
 _KEY_FILE = "identity.key"
 _LOCK = "lock"
+#: Written by `chinwag export` once the archive is out: this copy is retired.
+EXPORTED_MARK = "exported"
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +140,57 @@ class DataDir:
                 os.ftruncate(self._lock_fd, 0)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def check_not_exported(self, force: bool) -> None:
+        """Raise DataDirExported if the directory carries the `exported` mark, unless force,
+        which removes the mark (this copy is the live one again). Call it under the lock.
+
+        Two running copies of one export fork the Olm and Megolm ratchets (the same message
+        keys encrypt different plaintexts; peers' sessions split), so the copy left behind
+        by `chinwag export` refuses to start until its owner says otherwise.
+        """
+        mark = self.path / EXPORTED_MARK
+        try:
+            with mark.open("rb") as f:
+                raw = f.read(limits.MAX_EXPORTED_MARK_BYTES)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ChinwagError(f"cannot read {mark}: {exc.strerror or exc}") from None
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            info = {}
+        when = info.get("exported") if isinstance(info, dict) else None
+        target = info.get("file") if isinstance(info, dict) else None
+        what = f"was exported{f' on {when}' if isinstance(when, str) else ''}"
+        what += f" to {target}" if isinstance(target, str) else ""
+        if not force:
+            raise DataDirExported(
+                f"data directory {self.path} {what}: the identity runs elsewhere now, and "
+                "two copies running would fork their encrypted sessions. If the export was "
+                "never imported (or that copy is gone for good), start again with --force "
+                "to make this copy the live one"
+            )
+        try:
+            mark.unlink()
+        except OSError as exc:
+            raise ChinwagError(f"cannot remove {mark}: {exc.strerror or exc}") from None
+        log.warning(
+            "data directory %s %s; started anyway (--force): this copy is the live one now, "
+            "never start the imported one",
+            self.path,
+            what,
+        )
+
+    def mark_exported(self, target: Path, peer_id: str) -> None:
+        """Write the `exported` mark (0600, fsynced): later starts refuse without --force."""
+        info = {
+            "exported": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "file": str(target.resolve()),
+            "peer_id": peer_id,
+        }
+        write_private(self.path / EXPORTED_MARK, json.dumps(info).encode("utf-8"))
 
     def load_settings(self) -> dict[str, Any]:
         """Return the saved settings (empty if none or unreadable)."""

@@ -26,3 +26,7 @@ class UsageError(ChinwagError):
 
 class DataDirLocked(ChinwagError):
     """Another chinwag process already uses this data directory."""
+
+
+class DataDirExported(ChinwagError):
+    """This data directory was exported (keymove.py): it must not run unless forced."""

@@ -9,7 +9,10 @@ exceed). Not moved: the web token, the DHT routing table, uploads (this machine'
 
 Export locks the data directory, so it refuses while chinwag runs there: a copy of a
 running node is stale at its next message (ratchets advance), and the point of a move
-is that the old copy stops. It copies the store with SQLite's backup API (consistent,
+is that the old copy stops. So once the archive is written, export retires the source:
+it writes the `exported` mark into the data directory, and a node refuses to start on a
+marked directory unless forced (DataDir.check_not_exported), since two running copies
+fork the Olm and Megolm ratchets. It copies the store with SQLite's backup API (consistent,
 also after a kill: it reads through the write-ahead log). Import decrypts and checks
 everything before it writes anything; it refuses to replace an identity or a store
 unless forced, and then keeps the old files as `*.before-import`.
@@ -32,7 +35,7 @@ import nacl.utils
 from chinwag import limits
 from chinwag.crypto import archive
 from chinwag.crypto.identity import BadIdentity, Identity
-from chinwag.datadir import DataDir, load_or_create_identity, write_private
+from chinwag.datadir import EXPORTED_MARK, DataDir, load_or_create_identity, write_private
 from chinwag.errors import UsageError
 from chinwag.store.db import APPLICATION_ID, SCHEMA_VERSION
 
@@ -104,10 +107,12 @@ def _rollback_mode(db: bytes) -> bytes:
 
 
 def export_identity(data_dir: Path, target: Path, passphrase: bytes, force: bool) -> Moved:
-    """Write the archive of data_dir to target (0600); raise ChinwagError if impossible.
+    """Write the archive of data_dir to target (0600), then retire data_dir (its `exported`
+    mark: nodes refuse to start there without --force); raise ChinwagError if impossible.
 
     Refuses while chinwag runs on data_dir (DataDirLocked), when it has no identity, or
-    when target exists and not force.
+    when target exists and not force. A retired data_dir may be exported again (the file
+    was lost, say): it is the same state, and the mark stays.
     """
     if not (data_dir / _KEY).exists():
         raise UsageError(f"{data_dir} has no chinwag identity to export")
@@ -141,6 +146,16 @@ def export_identity(data_dir: Path, target: Path, passphrase: bytes, force: bool
             write_private(target, sealed)
         except OSError as exc:
             raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
+        try:
+            # Still under the lock: no node can start between the copy and the mark.
+            datadir.mark_exported(target, identity.peer_id)
+        except OSError as exc:
+            # An archive without the mark would let both copies run: take it back.
+            with contextlib.suppress(OSError):
+                target.unlink()
+            raise UsageError(
+                f"cannot mark {data_dir} as exported ({exc.strerror or exc}); {target} was not kept"
+            ) from None
     finally:
         datadir.close()
     nick = moved.get("nick")
@@ -244,6 +259,10 @@ def _install(data_dir: Path, payload: _Payload, existing: list[str]) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in existing:
         os.replace(data_dir / name, data_dir / f"{name}.before-import-{stamp}")
+    mark = data_dir / EXPORTED_MARK
+    if mark.exists():
+        # The mark retired the old store; the imported one is the live copy (moving back).
+        os.replace(mark, data_dir / f"{EXPORTED_MARK}.before-import-{stamp}")
     for suffix in ("-wal", "-shm"):
         # The old store's log must not be replayed into the new one.
         side = data_dir / (_DB + suffix)

@@ -815,3 +815,7 @@ ADMIT_MAX_TRACKED = 4_096
 #: private rooms without being admitted (after a back-off, a full room window, a timeout):
 #: admission recovers by itself; each run is still bounded by the limits above.
 ADMIT_RETRY_S = 30.0
+# --- movefix: the "exported" mark on a data directory (review of issue 12, finding 7) -------
+#: Bytes of the `exported` mark read to word the refusal (its presence alone retires the
+#: directory): a mark replaced by a huge file cannot make every start read all of it.
+MAX_EXPORTED_MARK_BYTES = 4_096

@@ -111,6 +111,8 @@ class NodeConfig:
     dht_bootstrap: list[tuple[str, int]] = field(default_factory=list)
     #: Publish the record sealed under a blinded key (`--no-dht-private`: in the clear).
     dht_private: bool = True
+    #: Start even if `chinwag export` retired this data directory (`--force`; clears the mark).
+    force_exported: bool = False
 
     @property
     def meshed(self) -> bool:
@@ -220,6 +222,8 @@ class Node:
         history: History | None = None
         run: _Running | None = None
         try:
+            # Before the store or a socket: a retired copy must not advance its ratchets.
+            self.datadir.check_not_exported(self.config.force_exported)
             had_identity = (self.config.data_dir / "identity.key").exists()
             self.identity = load_or_create_identity(self.config.data_dir)
             settings = self.datadir.load_settings()

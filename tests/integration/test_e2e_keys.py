@@ -285,3 +285,48 @@ def test_export_asks_the_passphrase_twice_on_a_terminal(tmp_path: Path) -> None:
         ["import", str(out), "--data-dir", str(tmp_path / "b")], [PASSPHRASE]
     )
     assert status == 0 and "imported" in text, text
+
+
+async def test_an_exported_data_dir_refuses_to_run_until_forced(
+    node: NodeFactory, tmp_path: Path
+) -> None:
+    """Review finding 7: after `chinwag export` the source copy is retired. Started again
+    (real process) it refuses with status 1 and says why, before it opens the store or a
+    socket; `--force` starts it (warning) and clears the mark; the import is not marked."""
+    a = node("a", discovery=False)
+    await a.start()
+    await a.quit()
+    pp = tmp_path / "pp"
+    pp.write_text(PASSPHRASE + "\n")
+    archive = tmp_path / "a.chinwag"
+    status, _out, err = await run_cli(
+        "export", str(archive), "--data-dir", str(a.data_dir), "--passphrase-file", str(pp)
+    )
+    assert status == 0, err
+    db = a.data_dir / "chinwag.db"
+    before = (db.stat().st_mtime_ns, db.stat().st_size)
+    run = ["--json", "--data-dir", str(a.data_dir), "--bind", "127.0.0.1", "--port", "0"]
+    run += ["--no-discovery", "--no-dht"]
+    for argv in (run, ["web", *run, "--no-browser"], ["relay", *run[1:]]):
+        status, out, err = await run_cli(*argv, stdin=b'{"cmd": "quit"}\n', timeout=30)
+        assert status == 1, (argv, out, err)
+        assert f"data directory {a.data_dir} was exported on " in err, err
+        assert f"to {archive}" in err and "--force" in err, err
+        assert '"ready"' not in out, out
+    assert (db.stat().st_mtime_ns, db.stat().st_size) == before  # the store was not opened
+
+    moved = tmp_path / "a2"
+    status, _out, err = await run_cli(
+        "import", str(archive), "--data-dir", str(moved), "--passphrase-file", str(pp)
+    )
+    assert status == 0, err
+    assert not (moved / "exported").exists()
+
+    forced = node("a", "--force", discovery=False, data_dir=a.data_dir)
+    ready = await forced.start()
+    assert ready["peer_id"] == a.peer_id
+    await forced.quit()
+    assert "started anyway (--force)" in forced.stderr_path.read_text()
+    again = node("a", discovery=False, data_dir=a.data_dir)
+    assert (await again.start())["peer_id"] == a.peer_id
+    await again.quit()
