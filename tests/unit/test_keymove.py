@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from chinwag import limits
 from chinwag.crypto import archive
 from chinwag.datadir import DataDir, load_or_create_identity
-from chinwag.errors import DataDirLocked, UsageError
+from chinwag.errors import ChinwagError, DataDirExported, DataDirLocked, UsageError
 from chinwag.keymove import export_identity, import_identity
 from chinwag.store.db import Store
 
@@ -190,3 +191,77 @@ def test_export_copies_what_is_still_in_the_write_ahead_log(source: Path, tmp_pa
     finally:
         store.close()
         running.db.close()
+
+
+# --- the source copy is retired by its export (review finding 7) ------------------------
+
+
+def live(path: Path, force: bool = False) -> bool:
+    """Return whether a node may start on path (DataDir.check_not_exported under the lock)."""
+    d = DataDir(path)
+    d.open()
+    try:
+        d.check_not_exported(force)
+        return True
+    except DataDirExported:
+        return False
+    finally:
+        d.close()
+
+
+def test_export_retires_the_source_until_forced(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.chinwag"
+    done = export_identity(source, out, PP, force=False)
+    assert oct(os.stat(source / "exported").st_mode & 0o777) == "0o600"
+    d = DataDir(source)
+    d.open()
+    try:
+        said = rf"was exported on .* to {re.escape(str(out))}: .*--force"
+        with pytest.raises(DataDirExported, match=said):
+            d.check_not_exported(False)
+    finally:
+        d.close()
+    assert done.peer_id in (source / "exported").read_text()
+    # A retired directory may be exported again (the file was lost): still retired.
+    export_identity(source, out, PP, force=True)
+    assert not live(source)
+    assert live(source, force=True)  # the owner's decision: the mark is gone
+    assert not (source / "exported").exists() and live(source)
+
+
+def test_a_mark_that_is_not_ours_still_retires_the_directory(source: Path) -> None:
+    """Only its presence counts; its content only words the message (read up to a bound)."""
+    (source / "exported").write_bytes(b"\xff" * (limits.MAX_EXPORTED_MARK_BYTES * 4))
+    assert not live(source)
+
+
+def test_an_export_that_cannot_mark_the_source_keeps_no_file(source: Path, tmp_path: Path) -> None:
+    """No archive without the mark (else both copies could run), no mark without an archive
+    (else the only copy would refuse to start)."""
+    with pytest.raises(UsageError, match="cannot write"):
+        export_identity(source, tmp_path / "no such dir" / "x", PP, force=False)
+    assert live(source)
+    (source / "exported").mkdir()  # the mark cannot be written there
+    out = tmp_path / "x.chinwag"
+    with pytest.raises(UsageError, match=r"cannot mark .* was not kept"):
+        export_identity(source, out, PP, force=False)
+    assert not out.exists()
+    with pytest.raises(ChinwagError, match="cannot read"):
+        DataDir(source).check_not_exported(False)
+
+
+def test_moving_back_makes_the_old_directory_live_again(source: Path, tmp_path: Path) -> None:
+    """src -> dst, then dst -> src (import --force over the retired src): src runs, dst is
+    retired, the old mark is kept aside like the old store."""
+    export_identity(source, tmp_path / "there", PP, force=False)
+    dst = tmp_path / "dst"
+    import_identity(dst, tmp_path / "there", PP, force=False)
+    assert live(dst) and not live(source)
+    export_identity(dst, tmp_path / "back", PP, force=False)
+    import_identity(source, tmp_path / "back", PP, force=True)
+    assert live(source) and not live(dst)
+    assert (
+        [p.name for p in source.iterdir() if p.name.startswith("exported")]
+        == [p.name for p in source.iterdir() if p.name.startswith("exported.before-import-")]
+        != []
+    )
