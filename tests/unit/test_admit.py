@@ -349,3 +349,16 @@ def test_backoff_tables_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
             b.received(peer, m.Admit(ROOM, 2, b"w" * 32), KEY, HH, ent(9), t + 1)
         b.handle_timer(t + limits.ADMIT_TIMEOUT_S)
         assert len(b._streak) <= 8 and len(b._retry_at) <= 8
+
+
+def test_hanging_up_after_our_confirmation_keeps_the_guess(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guesser that closes right after reading our confirmation is counted and backed off."""
+    monkeypatch.setattr(limits, "ADMIT_FAILURES_PER_ROOM", 1)
+    b = ad.Admission(B)
+    g = "g" * 52
+    assert kinds(guess(b, g)) == ["send1", "send2"]
+    b.peer_closed(g)
+    assert guess(b, "x" * 52, NOW + 1) == []
+    monkeypatch.setattr(limits, "ADMIT_FAILURES_PER_ROOM", 5)
+    assert b.start(g, ROOM, KEY, HH, ent(1), NOW + 1) == []  # backed off
+    assert kinds(b.start(g, ROOM, KEY, HH, ent(1), NOW + limits.ADMIT_BACKOFF_S)) == ["send1"]
