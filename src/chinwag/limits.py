@@ -818,9 +818,9 @@ ADMIT_MAX_TRACKED = 4_096
 #: admission recovers by itself; each run is still bounded by the limits above.
 ADMIT_RETRY_S = 30.0
 # --- admitfix: guesses counted when we confirm, spared members, CPU (hostile review s5 #2, #6) --
-#: Runs (SPAKE2: ~10 ms of CPU on the event loop each) we open with peers never admitted to
-#: the room and not verified, all rooms together, per ADMIT_WINDOW_S; beyond it none is
-#: started or answered: fresh identities cannot keep the loop busy with key exchanges.
+#: Runs (SPAKE2: 10-15 ms of CPU on the event loop each, measured) we open with peers never
+#: admitted to the room and not verified, all rooms together, per ADMIT_WINDOW_S; beyond it
+#: none is started or answered: fresh identities cannot keep the loop busy with key exchanges.
 ADMIT_RUNS_PER_WINDOW = 120
 #: Peers remembered per private room as admitted before (under the current passphrase): they
 #: are exempt from the room's guess bound, so guessers cannot lock members out; the least
