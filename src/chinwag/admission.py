@@ -131,7 +131,8 @@ class Admissions:
         actions = self.machine.start(peer_id, wire, room.key, hh, os.urandom(ad.ENTROPY_BYTES), now)
         verdict = self._waits.get(wire)
         if not actions and verdict is not None and not self.machine.running(peer_id, wire):
-            # No run (back-off, or the room's failures are over their bound): no answer.
+            # No run (back-off, or the room's guesses or the runs with strangers over their
+            # bounds): no answer.
             if not self.machine.is_admitted(peer_id, wire):
                 verdict.unanswered.add(peer_id)
             else:

@@ -792,8 +792,10 @@ ADMIT_MAX_DATA_BYTES = 64
 #: Passphrase proofs one peer may start with us per room in ADMIT_WINDOW_S; one more and it
 #: is disconnected (ADMIT_FLOOD): each proof is one online guess of the passphrase.
 ADMIT_PER_PEER = 5
-#: Passphrase proofs per room (all peers together, failed ones) in ADMIT_WINDOW_S; beyond it
-#: further proofs are refused: fresh identities cannot multiply the online guessing rate.
+#: Guesses per room (runs we sent our confirmation in that did not end in admission, still
+#: running ones included; all peers together) in ADMIT_WINDOW_S; beyond it runs with peers not
+#: admitted before nor verified are refused: fresh identities cannot multiply the online
+#: guessing rate (and cannot lock members out: those are spared).
 ADMIT_FAILURES_PER_ROOM = 20
 #: Seconds of the sliding window of the two bounds above.
 ADMIT_WINDOW_S = 60.0
@@ -819,3 +821,13 @@ ADMIT_RETRY_S = 30.0
 #: Bytes of the `exported` mark read to word the refusal (its presence alone retires the
 #: directory): a mark replaced by a huge file cannot make every start read all of it.
 MAX_EXPORTED_MARK_BYTES = 4_096
+# --- admitfix: guesses counted when we confirm, spared members, CPU (hostile review s5 #2, #6) --
+#: Runs (SPAKE2: 10-15 ms of CPU on the event loop each, measured) we open with peers never
+#: admitted to the room and not verified, all rooms together, per ADMIT_WINDOW_S; beyond it
+#: none is started or answered: fresh identities cannot keep the loop busy with key exchanges.
+ADMIT_RUNS_PER_WINDOW = 120
+#: Peers remembered per private room as admitted before (under the current passphrase): they
+#: are exempt from the room's guess bound, so guessers cannot lock members out; the least
+#: recently admitted are forgotten beyond it (throwaway identities cannot grow it: each one
+#: here had to prove the passphrase).
+ADMIT_KNOWN_PER_ROOM = 1_024

@@ -83,7 +83,7 @@ class RoomBook:
         #: Conversation wires, least recently active first.
         self._dm_activity: dict[str, None] = {}
         #: Who proved which private room's passphrase to us (PAKE runs and their limits).
-        self.admission = Admission(self.me)
+        self.admission = Admission(self.me, lambda peer: peer in self.verified)
         self._warn = WarnOnce(log)
         #: Megolm sessions of private rooms (set by the node once built; docs/protocol.md 27).
         self.group: RoomKeys | None = None

@@ -230,3 +230,58 @@ async def test_guessing_beyond_the_rate_is_cut(node: NodeFactory) -> None:
     log = a.stderr_path.read_text()
     assert log.count("too many passphrase proofs") == 1, log
     assert not stderr_has_traceback(a)
+
+
+async def test_guesses_read_from_our_confirmation_are_counted_members_spared(
+    node: NodeFactory,
+) -> None:
+    """Hostile review s5 #2: fresh identities that read their answer from A's confirmation
+    and hang up without sending their own use up the room's guesses
+    (ADMIT_FAILURES_PER_ROOM): the next one gets no confirmation; junk step-1 frames close
+    the connection; B, admitted before, is still admitted when it joins again (it is
+    spared by the room's bound)."""
+    a, b = await start_pair(node)
+    await ask(a, {"cmd": "join", "room": "secret", "passphrase": "p1"}, "joined")
+    await ask(b, {"cmd": "join", "room": "secret", "passphrase": "p1"}, "joined")
+    wire = box.private_room_id("secret")
+    guess = box.derive_room_key("secret", "guess")
+
+    async def guesser() -> tuple[HostilePeer, ad.Send]:
+        peer = HostilePeer(rooms=())
+        await peer.connect(a.port)
+        await announce(peer, wire)
+        assert peer.session is not None
+        hh = peer.session.handshake_hash
+        [start] = ad.Admission(peer.peer_id).start(a.peer_id, wire, guess, hh, os.urandom(64), 0)
+        assert isinstance(start, ad.Send)
+        return peer, start
+
+    def confirmed(peer: HostilePeer) -> bool:
+        return any(isinstance(f, m.Admit) and f.step == ad.STEP_CONFIRM for f in peer.frames)
+
+    for _ in range(limits.ADMIT_FAILURES_PER_ROOM):
+        peer, start = await guesser()
+        peer.send_frames([start.frame])
+        async with asyncio.timeout(PROMPT_S):
+            while not confirmed(peer):
+                await peer.changed()
+        # It knows its answer; hanging up (or timing out) does not give the guess back.
+        await peer.close()
+    late, start = await guesser()
+    # The junk frame after the step 1 is handled after it: once it closed the connection,
+    # A has decided on the step 1.
+    late.send_frames([start.frame, m.Admit(room=wire, step=ad.STEP_PAKE, data=b"junk!")])
+    closed = await late.wait_closed()
+    assert closed.code == "malformed_frame", closed
+    assert not confirmed(late)
+    # B leaves and joins again: a new run, answered although the room's guesses are used up.
+    await ask(b, {"cmd": "leave", "room": "secret"}, "left")
+    await ask(b, {"cmd": "join", "room": "secret", "passphrase": "p1"}, "joined")
+    text = marker("still-member")
+    await a.say(text, room="secret")
+    await b.wait_for_message(text)
+    await late.close()
+    for n in (a, b):
+        assert await n.quit() == 0, n.stderr_tail()
+        assert not stderr_has_traceback(n)
+    assert "from new peers" in a.stderr_path.read_text()

@@ -120,10 +120,10 @@ def test_confirmation_without_pake_ignored() -> None:
     assert b.admitted(ROOM) == frozenset()
 
 
-def test_garbage_pake_message_is_a_refusal_not_a_crash() -> None:
+def test_garbage_pake_message_closes_not_crashes() -> None:
     b = ad.Admission(B)
     out = b.received(A, m.Admit(room=ROOM, step=1, data=b"\x00" * 33), KEY, HH, ent(1), NOW)
-    assert ad.Refused(A, ROOM) in out
+    assert out == [ad.Disconnect(A, Reason.MALFORMED_FRAME)]
 
 
 def test_peer_over_rate_is_disconnected() -> None:
@@ -228,3 +228,137 @@ def test_any_frames_yield_actions_never_another_exception(
         assert b.admitted(ROOM) == frozenset()  # nobody proves a key it does not hold
         b.handle_timer(t)
     assert len(b._runs) <= 2
+
+
+# --- hostile review of issue 12, findings 2 and 6 -----------------------------------------
+
+
+def guess(b: ad.Admission, peer: str, now: float = NOW, key: bytes = OTHER_KEY) -> list[ad.Action]:
+    """A fresh guesser sends b its step 1 (never its step 2); return what b did."""
+    start = ad.Admission(peer).start(B, ROOM, key, HH, ent(4), now)
+    frames = [a.frame for a in start if isinstance(a, ad.Send)]
+    return [x for f in frames for x in b.received(peer, f, KEY, HH, ent(9), now)]
+
+
+def test_a_run_we_confirmed_counts_as_a_guess_until_admitted() -> None:
+    """Finding 2a: a guesser reads its answer from our confirmation and never sends its own;
+    that run is counted (in flight and after its timeout), so fresh identities get at most
+    ADMIT_FAILURES_PER_ROOM answers per room per window."""
+    b = ad.Admission(B)
+    for i in range(limits.ADMIT_FAILURES_PER_ROOM):
+        assert kinds(guess(b, f"g{i:051d}")) == ["send1", "send2"]
+    assert guess(b, "x" * 52) == []  # the room's guesses are used up: no answer
+    assert b.start("y" * 52, ROOM, KEY, HH, ent(1), NOW) == []
+    # Timeouts do not give the guesses back, and the guesser is backed off.
+    assert len(b.handle_timer(NOW + limits.ADMIT_TIMEOUT_S)) == limits.ADMIT_FAILURES_PER_ROOM
+    assert guess(b, "x" * 52, NOW + limits.ADMIT_TIMEOUT_S) == []
+    assert b.start(f"g{0:051d}", ROOM, KEY, HH, ent(1), NOW + limits.ADMIT_TIMEOUT_S) == []
+    later = NOW + limits.ADMIT_WINDOW_S + 1
+    assert kinds(guess(b, "x" * 52, later)) == ["send1", "send2"]
+
+
+def test_admitted_runs_give_their_guess_back() -> None:
+    """Many members joining at once are all answered: a run that admits is no guess."""
+    b = ad.Admission(B)
+    for i in range(2 * limits.ADMIT_FAILURES_PER_ROOM):
+        peer = f"m{i:051d}"
+        a = ad.Admission(peer)
+        got = carry(a.start(B, ROOM, KEY, HH, ent(i + 10), NOW), b, KEY, sender=peer)
+        assert kinds(got) == ["send1", "send2"]
+        assert carry(carry(got, a, KEY, sender=B), b, KEY, sender=peer) == [ad.Admitted(peer, ROOM)]
+
+
+def test_junk_step_one_is_no_guess_and_locks_nobody_out() -> None:
+    """Finding 2b: malformed or reflected step-1 frames from throwaway identities close their
+    connection (malformed_frame) and do not count towards the room's guesses."""
+    b = ad.Admission(B)
+    junk = [b"\x00" * 33, b"S" + b"\xff" * 32, b"S" * 20]
+    for i in range(4):
+        peer = f"j{i:051d}"
+        for n in range(limits.ADMIT_PER_PEER):
+            frame = m.Admit(room=ROOM, step=1, data=junk[n % len(junk)])
+            out = b.received(peer, frame, KEY, HH, ent(9), NOW + n)
+            assert out == [ad.Disconnect(peer, Reason.MALFORMED_FRAME)]
+    # Our own step 1 reflected back is junk too.
+    own = b.start(C, ROOM, KEY, HH, ent(1), NOW)
+    assert carry(own, b, KEY, sender=C) == [ad.Disconnect(C, Reason.MALFORMED_FRAME)]
+    # A genuine member is still answered, and we still start runs for the room.
+    member = ad.Admission(A)
+    got = carry(member.start(B, ROOM, KEY, HH, ent(1), NOW + 5), b, KEY, sender=A)
+    assert kinds(got) == ["send1", "send2"]
+    assert kinds(b.start("d" * 52, ROOM, KEY, HH, ent(2), NOW + 5)) == ["send1"]
+
+
+def test_room_cap_spares_peers_admitted_before_and_verified_peers() -> None:
+    """Finding 2b: guessers who used up the room's guesses cannot keep out a member admitted
+    before (reconnecting: a new channel) or a verified peer."""
+    verified = "v" * 52
+    b = ad.Admission(B, trusted=lambda p: p == verified)
+    a = ad.Admission(A)
+    got = carry(a.start(B, ROOM, KEY, HH, ent(1), NOW), b, KEY, sender=A)
+    carry(carry(got, a, KEY, sender=B), b, KEY, sender=A)
+    assert b.is_admitted(A, ROOM)
+    b.peer_closed(A)
+    for i in range(limits.ADMIT_FAILURES_PER_ROOM):
+        guess(b, f"g{i:051d}", NOW + 1)
+    assert guess(b, "x" * 52, NOW + 2) == []
+    hh2 = b"k" * 32
+    again = ad.Admission(A)
+    got = carry(again.start(B, ROOM, KEY, hh2, ent(5), NOW + 2), b, KEY, hh2, sender=A)
+    assert kinds(got) == ["send1", "send2"]
+    assert carry(carry(got, again, KEY, hh2, sender=B), b, KEY, hh2, sender=A) == [
+        ad.Admitted(A, ROOM)
+    ]
+    b.peer_closed(A)
+    assert kinds(b.start(A, ROOM, KEY, HH, ent(6), NOW + 3)) == ["send1"]
+    assert kinds(b.start(verified, ROOM, KEY, HH, ent(7), NOW + 3)) == ["send1"]
+    assert kinds(guess(b, verified, NOW + 3, KEY)) == ["send2"]  # its run was open already
+    # A new passphrase (we join again) forgets who was admitted under the old one.
+    b.room_left(ROOM)
+    assert not b.spared(A, ROOM)
+    assert guess(b, A, NOW + 4, KEY) == []
+
+
+def test_runs_with_strangers_have_a_cpu_budget() -> None:
+    """Finding 6: each run costs ~10 ms of SPAKE2 on the loop; runs with peers never admitted
+    (and not verified) are bounded in all rooms together per window."""
+    b = ad.Admission(B)
+    rooms = [f"p.{i:024d}" for i in range(limits.ADMIT_RUNS_PER_WINDOW // 10 + 1)]
+    started = 0
+    for i in range(limits.ADMIT_RUNS_PER_WINDOW + 5):
+        peer = f"s{i:051d}"
+        started += len(b.start(peer, rooms[i % len(rooms)], KEY, HH, ent(1), NOW))
+    assert started == limits.ADMIT_RUNS_PER_WINDOW
+    assert b.get_timer() == NOW + limits.ADMIT_TIMEOUT_S
+    later = NOW + limits.ADMIT_WINDOW_S + 1
+    assert kinds(b.start("z" * 52, rooms[0], KEY, HH, ent(1), later)) == ["send1"]
+
+
+def test_backoff_tables_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 6: the failures in a row and back-offs of throwaway identities are pruned."""
+    monkeypatch.setattr(limits, "ADMIT_MAX_TRACKED", 8)
+    monkeypatch.setattr(limits, "ADMIT_FAILURES_PER_ROOM", 1_000)
+    b = ad.Admission(B)
+    for i in range(30):
+        t = NOW + i * (limits.ADMIT_BACKOFF_MAX_S + 1)
+        peer = f"f{i:051d}"
+        a = ad.Admission(peer)
+        got = carry(a.start(B, ROOM, OTHER_KEY, HH, ent(i + 10), t), b, KEY, sender=peer)
+        assert kinds(got) == ["send1", "send2"]
+        if i % 2:  # half send a wrong confirmation, half never answer
+            b.received(peer, m.Admit(ROOM, 2, b"w" * 32), KEY, HH, ent(9), t + 1)
+        b.handle_timer(t + limits.ADMIT_TIMEOUT_S)
+        assert len(b._streak) <= 8 and len(b._retry_at) <= 8
+
+
+def test_hanging_up_after_our_confirmation_keeps_the_guess(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guesser that closes right after reading our confirmation is counted and backed off."""
+    monkeypatch.setattr(limits, "ADMIT_FAILURES_PER_ROOM", 1)
+    b = ad.Admission(B)
+    g = "g" * 52
+    assert kinds(guess(b, g)) == ["send1", "send2"]
+    b.peer_closed(g)
+    assert guess(b, "x" * 52, NOW + 1) == []
+    monkeypatch.setattr(limits, "ADMIT_FAILURES_PER_ROOM", 5)
+    assert b.start(g, ROOM, KEY, HH, ent(1), NOW + 1) == []  # backed off
+    assert kinds(b.start(g, ROOM, KEY, HH, ent(1), NOW + limits.ADMIT_BACKOFF_S)) == ["send1"]

@@ -10,11 +10,17 @@ connection, then confirm the key both ways (docs/protocol.md section 28):
     step 2  BLAKE2b-256(key = SPAKE2 key, "chinwag/1 admit confirm" 0 sender id)
 
 A peer is admitted to the room once its confirmation checks; a wrong one is a refusal
-(one of us has another passphrase). A peer learns nothing from a run it cannot complete
-but whether its one guess was right: each run is an online guess, so runs are rate
-limited per peer (ADMIT_PER_PEER, over it: disconnected) and per room (failures,
-ADMIT_FAILURES_PER_ROOM), and we start one again with a peer that failed only after a
-back-off. Admission lasts as long as the connection (it is bound to its handshake).
+(one of us has another passphrase). Our confirmation tells the peer whether its one guess
+of the passphrase was right, whether or not it ever sends its own: so every run in which
+we sent ours counts as a guess from then on (running, timed out, closed, refused) unless
+it ends in admission. Guesses are bounded per peer (ADMIT_PER_PEER runs, over it:
+disconnected) and per room (ADMIT_FAILURES_PER_ROOM); the room's bound spares peers
+admitted to it before (under this passphrase) and verified peers, so guessers cannot lock
+members out. A step-1 message that is no valid SPAKE2 message is no guess (the sender
+learns nothing): its connection is closed. Runs with peers not spared cost CPU on the
+loop and are bounded in all (ADMIT_RUNS_PER_WINDOW); we start one again with a peer whose
+run was lost only after a back-off. Admission lasts as long as the connection (it is
+bound to its handshake).
 
 Pure: randomness (64 bytes per run) and time are passed in.
 """
@@ -25,6 +31,7 @@ import hashlib
 import hmac
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from spake2 import SPAKE2_Symmetric  # type: ignore[import-untyped]
@@ -108,12 +115,16 @@ def confirmation(shared: bytes, sender: str) -> bytes:
 class _Run:
     """One run with one peer for one room."""
 
-    __slots__ = ("pake", "shared", "started")
+    __slots__ = ("counted", "pake", "sent", "shared", "started")
 
     def __init__(self, pake: SPAKE2_Symmetric, started: float) -> None:
         self.pake = pake
         self.shared: bytes | None = None
         self.started = started
+        #: When our confirmation went out (set with shared): the peer knows its answer.
+        self.sent: float | None = None
+        #: Whether that confirmation is counted in the room's guesses (peer not spared).
+        self.counted = False
 
 
 def _entropy(data: bytes) -> object:
@@ -134,15 +145,23 @@ def _prune(times: deque[float], now: float) -> deque[float]:
 class Admission:
     """Runs, admissions and their rate limits for every (peer, private room) of one node."""
 
-    def __init__(self, me: str) -> None:
+    def __init__(self, me: str, trusted: Callable[[str], bool] | None = None) -> None:
+        """trusted(peer): whether the user verified peer (spared by the room's guess bound)."""
         self.me = me
+        self._trusted = trusted
         self._runs: dict[tuple[str, str], _Run] = {}
         self._admitted: dict[str, set[str]] = {}
         #: Runs each peer started with us per room (times, in the window).
         self._tries: dict[tuple[str, str], deque[float]] = {}
-        #: Failed runs per room (times, in the window).
-        self._failures: dict[str, deque[float]] = {}
-        #: Failures in a row with a peer per room, and when we may start again.
+        #: Guesses per room: when we confirmed to a peer not spared, not given back by an
+        #: admission (times, in the window).
+        self._guesses: dict[str, deque[float]] = {}
+        #: Peers admitted to a room before under its current key, least recent first.
+        self._known: dict[str, dict[str, None]] = {}
+        #: Runs opened with peers not spared, all rooms (times, in the window): CPU.
+        self._opened: deque[float] = deque()
+        #: Lost runs in a row with a peer per room, and when we may start again (bounded
+        #: like _tries; the two always hold the same keys).
         self._streak: dict[tuple[str, str], int] = {}
         self._retry_at: dict[tuple[str, str], float] = {}
         self._warn = WarnOnce(log)
@@ -159,18 +178,25 @@ class Admission:
     def running(self, peer: str, room: str) -> bool:
         return (peer, room) in self._runs
 
+    def spared(self, peer: str, room: str) -> bool:
+        """Return whether peer is exempt from the room's guess bound (admitted to it before
+        under this key, or verified): it cannot be locked out by guessers."""
+        if peer in self._known.get(room, ()):
+            return True
+        return self._trusted is not None and self._trusted(peer)
+
     # --- commands ------------------------------------------------------------
 
     def start(
         self, peer: str, room: str, key: bytes, handshake_hash: bytes, entropy: bytes, now: float
     ) -> list[Action]:
         """Start a run with peer for room (it announces it); nothing if one runs, if the peer
-        is admitted, during the back-off after a failure, or while the room's failures are
-        over their bound."""
+        is admitted, during the back-off after a lost run, or (peer not spared) while the
+        room's guesses or the runs with strangers are over their bounds."""
         ident = (peer, room)
         if ident in self._runs or self.is_admitted(peer, room):
             return []
-        if now < self._retry_at.get(ident, 0.0) or self._room_full(room, now):
+        if now < self._retry_at.get(ident, 0.0) or not self._may_open(peer, room, now):
             return []
         return [self._open(peer, room, key, handshake_hash, entropy, now)]
 
@@ -199,24 +225,33 @@ class Admission:
                 self._warn(
                     ("flood", peer), "disconnecting %s: too many passphrase proofs", peer[:8]
                 )
-                self._forget(ident)
+                self._end(ident, now)
                 return [Disconnect(peer, Reason.ADMIT_FLOOD)]
+            if len(frame.data) != PAKE_BYTES:
+                return self._malformed(ident, f"{len(frame.data)} bytes", now)
+            spared = self.spared(peer, room)
+            if not spared and self._room_full(room, now):
+                # Our confirmation would answer one more guess (also in a run we started).
+                self._end(ident, now)
+                return []
             out: list[Action] = []
             run = self._runs.get(ident)
             if run is None or run.shared is not None:
                 # The peer starts a (new) run: whatever it proved before no longer holds.
-                self._forget(ident)
-                if self._room_full(room, now):
+                self._end(ident, now)
+                if not self._may_open(peer, room, now):
                     return []
                 out.append(self._open(peer, room, key, handshake_hash, entropy, now))
                 run = self._runs[ident]
             try:
-                if len(frame.data) != PAKE_BYTES:
-                    raise ValueError(f"{len(frame.data)} bytes")
                 run.shared = bytes(run.pake.finish(frame.data))
             except _BAD_PAKE as exc:
-                log.debug("bad SPAKE2 message from %s: %s", peer[:8], type(exc).__name__)
-                return out + self._fail(ident, now)
+                # Not a guess (the sender learns nothing from it): a broken or reflected message.
+                return self._malformed(ident, type(exc).__name__, now)
+            run.sent = now
+            if not spared:
+                run.counted = True
+                _prune(self._guesses.setdefault(room, deque()), now).append(now)
             out.append(Send(peer, m.Admit(room, STEP_CONFIRM, confirmation(run.shared, self.me))))
             return out
         run = self._runs.get(ident)
@@ -226,27 +261,40 @@ class Admission:
         if not hmac.compare_digest(frame.data, confirmation(run.shared, peer)):
             return self._fail(ident, now)
         del self._runs[ident]
+        if run.counted and run.sent is not None:
+            # The guess was right: a member joining is no guess (the bound stays for others).
+            guesses = self._guesses.get(room)
+            if guesses is not None and run.sent in guesses:
+                guesses.remove(run.sent)
         self._streak.pop(ident, None)
         self._retry_at.pop(ident, None)
         self._admitted.setdefault(room, set()).add(peer)
+        known = self._known.setdefault(room, {})
+        known.pop(peer, None)
+        known[peer] = None
+        while len(known) > limits.ADMIT_KNOWN_PER_ROOM:
+            del known[next(iter(known))]
         return [Admitted(peer, room)]
 
     def peer_closed(self, peer: str) -> None:
-        """The connection to peer closed: its runs and admissions end (tries are kept)."""
+        """The connection to peer closed: its runs and admissions end (tries, guesses and
+        back-offs are kept: closing right after our confirmation is still a guess)."""
         for ident in [k for k in self._runs if k[0] == peer]:
-            del self._runs[ident]
+            self._end(ident, None)
         for peers in self._admitted.values():
             peers.discard(peer)
 
     def peer_dropped(self, peer: str, room: str) -> None:
         """peer no longer announces room."""
-        self._forget((peer, room))
+        self._end((peer, room), None)
 
     def room_left(self, room: str) -> None:
-        """We left room (or join it again with another passphrase): start afresh."""
+        """We left room (or join it again with another passphrase): start afresh (the guesses
+        stay counted; who was admitted under the old key is forgotten)."""
         for ident in [k for k in self._runs if k[1] == room]:
             del self._runs[ident]
         self._admitted.pop(room, None)
+        self._known.pop(room, None)
         for ident in [k for k in self._retry_at if k[1] == room]:
             del self._retry_at[ident]
             self._streak.pop(ident, None)
@@ -260,11 +308,11 @@ class Admission:
         return min(r.started for r in self._runs.values()) + limits.ADMIT_TIMEOUT_S
 
     def handle_timer(self, now: float) -> list[Action]:
-        """Drop the runs that waited ADMIT_TIMEOUT_S."""
+        """Drop the runs that waited ADMIT_TIMEOUT_S (one we confirmed stays a guess)."""
         out: list[Action] = []
         for ident, run in list(self._runs.items()):
             if now >= run.started + limits.ADMIT_TIMEOUT_S:
-                del self._runs[ident]
+                self._end(ident, now)
                 out.append(Unanswered(*ident))
         return out
 
@@ -282,30 +330,79 @@ class Admission:
         return Send(peer, m.Admit(room, STEP_PAKE, bytes(pake.start())))
 
     def _fail(self, ident: tuple[str, str], now: float) -> list[Action]:
+        """The peer's confirmation was wrong (the guess was counted when we sent ours)."""
         peer, room = ident
         self._runs.pop(ident, None)
-        _prune(self._failures.setdefault(room, deque()), now).append(now)
-        streak = self._streak[ident] = self._streak.get(ident, 0) + 1
-        backoff = min(limits.ADMIT_BACKOFF_MAX_S, limits.ADMIT_BACKOFF_S * 2 ** (streak - 1))
-        self._retry_at[ident] = now + backoff
+        self._back_off(ident, now)
         self._warn(("refused", peer, room), "passphrase proof with %s failed", peer[:8])
         return [Refused(peer, room)]
 
-    def _forget(self, ident: tuple[str, str]) -> None:
-        self._runs.pop(ident, None)
+    def _malformed(self, ident: tuple[str, str], why: str, now: float) -> list[Action]:
+        """A step 1 that is no SPAKE2 message (or ours reflected): close, count no guess."""
+        peer = ident[0]
+        self._end(ident, now)
+        self._warn(("bad pake", peer), "disconnecting %s: bad SPAKE2 message (%s)", peer[:8], why)
+        return [Disconnect(peer, Reason.MALFORMED_FRAME)]
+
+    def _end(self, ident: tuple[str, str], now: float | None) -> None:
+        """Drop a run and the peer's admission; a run we confirmed is lost: back off (now:
+        None when no clock is at hand, then the time of our confirmation)."""
+        run = self._runs.pop(ident, None)
+        if run is not None and run.sent is not None:
+            self._back_off(ident, run.sent if now is None else now)
         peers = self._admitted.get(ident[1])
         if peers is not None:
             peers.discard(ident[0])
 
+    def _back_off(self, ident: tuple[str, str], now: float) -> None:
+        streak = self._streak.pop(ident, 0) + 1
+        self._retry_at.pop(ident, None)
+        self._trim_backoff(now)
+        self._streak[ident] = streak
+        backoff = min(limits.ADMIT_BACKOFF_MAX_S, limits.ADMIT_BACKOFF_S * 2 ** (streak - 1))
+        self._retry_at[ident] = now + backoff
+
+    def _trim_backoff(self, now: float) -> None:
+        """Forget back-offs over a window old, then the oldest (throwaway identities each add
+        one): both tables stay within ADMIT_MAX_TRACKED."""
+        if len(self._retry_at) < limits.ADMIT_MAX_TRACKED:
+            return
+        for ident in [k for k, t in self._retry_at.items() if t <= now - limits.ADMIT_WINDOW_S]:
+            del self._retry_at[ident]
+            self._streak.pop(ident, None)
+        while len(self._retry_at) >= limits.ADMIT_MAX_TRACKED:
+            ident = next(iter(self._retry_at))
+            del self._retry_at[ident]
+            self._streak.pop(ident, None)
+
+    def _may_open(self, peer: str, room: str, now: float) -> bool:
+        """Return whether we may open a run with peer for room: always if it is spared, else
+        while the room's guesses and the runs with strangers are under their bounds (the
+        latter is charged here)."""
+        if self.spared(peer, room):
+            return True
+        if self._room_full(room, now):
+            return False
+        if len(_prune(self._opened, now)) >= limits.ADMIT_RUNS_PER_WINDOW:
+            self._warn(
+                ("busy",),
+                "refusing passphrase proofs with new peers: %d in %d s",
+                len(self._opened),
+                int(limits.ADMIT_WINDOW_S),
+            )
+            return False
+        self._opened.append(now)
+        return True
+
     def _room_full(self, room: str, now: float) -> bool:
-        failures = self._failures.get(room)
-        if failures is None or len(_prune(failures, now)) < limits.ADMIT_FAILURES_PER_ROOM:
+        guesses = self._guesses.get(room)
+        if guesses is None or len(_prune(guesses, now)) < limits.ADMIT_FAILURES_PER_ROOM:
             return False
         self._warn(
             ("room full", room),
-            "refusing passphrase proofs for %s: %d failed in %d s",
+            "refusing passphrase proofs for %s from new peers: %d guesses in %d s",
             room,
-            len(failures),
+            len(guesses),
             int(limits.ADMIT_WINDOW_S),
         )
         return True
