@@ -314,7 +314,12 @@ class PrivateChannel:
         mine.append(now)
         self._otk_all.append(now)
         otk = self.account.take_one_time_key()
-        self._save_account()
+        try:
+            self._save_account()
+        except StoreError as exc:  # ours, not the peer's
+            # An unsaved key would be gone after a restart: the fallback key opens the session.
+            log.error("olm: cannot save our account: %s", exc)
+            otk = b""
         return m.OlmKeys(ident=keys.ident, fb=keys.fb, sig=keys.sig, otk=otk, re=True)
 
     def _keys_received(self, conn: Link, peer_id: str, keys: m.OlmKeys) -> None:
@@ -327,7 +332,12 @@ class PrivateChannel:
             _warn(("okeys", peer_id), "olm: %s sends its keys too often", peer_id[:8])
             return
         times.append(now)
-        if not self.learn_keys(peer_id, keys):
+        try:
+            learned = self.learn_keys(peer_id, keys)
+        except StoreError as exc:  # ours, not the peer's
+            log.error("olm: cannot save the keys of %s: %s", peer_id[:8], exc)
+            return
+        if not learned:
             _warn(("keys", peer_id), "olm: %s sent keys it did not sign", peer_id[:8])
             conn.close(Reason.BAD_SIGNATURE)
             return

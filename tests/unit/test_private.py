@@ -16,7 +16,7 @@ from chinwag.crypto.identity import Identity
 from chinwag.private import CHAT, PrivateChannel, TooLarge, inner
 from chinwag.protocol import messages as m
 from chinwag.protocol.reasons import Reason
-from chinwag.store.db import Store
+from chinwag.store.db import Store, StoreError
 
 
 class End:
@@ -268,3 +268,25 @@ def test_a_flood_of_keys_frames_is_dropped_beyond_the_bound(ends: tuple[End, End
     a.channel.frame(a.conn, keys)
     assert len(writes) == limits.OLM_KEYS_PER_PEER_PER_MIN - 1
     assert a.conn.closed is None
+
+
+def test_store_errors_in_the_key_handlers_are_logged_not_raised(
+    ends: tuple[End, End], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 8: a failing store (ours) must not escape into the connection callback."""
+    a, b = ends
+
+    def broken(*_args: Any) -> None:
+        raise StoreError("disk full")
+
+    a.store.save_olm_peer = broken  # type: ignore[method-assign,assignment]
+    a.store.save_olm = broken  # type: ignore[method-assign,assignment]
+    a.conn.sent.clear()
+    caplog.set_level(logging.ERROR, "chinwag.private")
+    a.channel.frame(a.conn, b.channel.published_keys())  # learn_keys -> save_olm_peer
+    a.channel.frame(a.conn, m.OlmKeyRequest())  # _answer -> _save_account
+    (answer,) = a.conn.sent
+    # A one-time key we could not save would be gone after a restart: none is handed out.
+    assert isinstance(answer, m.OlmKeys) and answer.re and not answer.otk
+    assert a.conn.closed is None
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 2
