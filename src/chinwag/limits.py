@@ -728,11 +728,19 @@ OLM_OTK_PER_MIN = 60
 #: Olm sessions kept per peer (both ends starting one at once makes two; older ones go):
 #: bounds the sessions a peer's pre-key messages can make us store and try.
 OLM_MAX_SESSIONS_PER_PEER = 4
-#: Peers whose Olm keys and sessions we keep (the least recently used are forgotten first).
+#: Peers whose Olm keys and sessions we keep (the least recently used are forgotten first),
+#: not counting conversations, verified peers and contacts (never forgotten: bounded elsewhere).
 OLM_MAX_PEERS = 4_096
 #: Seconds between two session repairs (a new session after a message no session decrypts)
 #: towards one peer: a peer replaying old ciphertext cannot make us start sessions in a loop.
 OLM_REPAIR_INTERVAL_S = 10.0
+
+# --- olmfix: Olm state under hostile peers (findings 3, 4 of the issue-12 review) ---------
+
+#: Peers whose keys we keep although we share no session, conversation, verification or
+#: contact with them (any peer that connects sends its keys): throwaway identities churn
+#: only this quota, never a real contact's keys and sessions.
+OLM_MAX_STRANGER_KEYS = 256
 
 # --- megolm: private rooms with a group ratchet (crypto/group.py, roomkeys.py, protocol.md 27) ---
 

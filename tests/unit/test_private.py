@@ -290,3 +290,49 @@ def test_store_errors_in_the_key_handlers_are_logged_not_raised(
     assert isinstance(answer, m.OlmKeys) and answer.re and not answer.otk
     assert a.conn.closed is None
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 2
+
+
+def _keys_of(who: Identity) -> m.OlmKeys:
+    account = ratchet.OlmAccount.create()
+    ident, fb = account.identity_key, account.fallback_key
+    return m.OlmKeys(ident=ident, fb=fb, sig=ratchet.sign_keys(who, ident, fb))
+
+
+def test_strangers_keys_never_push_out_a_real_contacts_olm_state(
+    ends: tuple[End, End], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 4: throwaway peers sending `okeys` must not evict a conversation's ratchet."""
+    a, b = ends
+    a.channel.send(BOB.peer_id, inner(CHAT, b"hi bob"))
+    pump(a, b)
+    monkeypatch.setattr(limits, "OLM_MAX_PEERS", 8)
+    monkeypatch.setattr(limits, "OLM_MAX_STRANGER_KEYS", 4)
+    b.store.join_room("dm-wire", "@alice", "dm", None, ALICE.peer_id)  # a conversation
+    b.store.set_verified(CAROL.peer_id, "carol")  # verified, no session yet
+    assert b.channel.learn_keys(CAROL.peer_id, _keys_of(CAROL))
+    dave = Identity.generate()  # a room member: a session, no conversation
+    assert b.channel.learn_keys(dave.peer_id, _keys_of(dave))
+    b.store.save_olm(None, dave.peer_id, [("sid", "pickle")], [], 1.0)
+    strangers = [Identity.generate() for _ in range(20)]
+    for s in strangers:
+        assert b.channel.learn_keys(s.peer_id, _keys_of(s))
+    for kept in (ALICE.peer_id, CAROL.peer_id, dave.peer_id):
+        assert b.store.olm_peer(kept) is not None, kept
+    assert b.store.olm_sessions(ALICE.peer_id) and b.store.olm_sessions(dave.peer_id)
+    held = [s for s in strangers if b.store.olm_peer(s.peer_id) is not None]
+    assert held == strangers[-4:]  # their own quota, the most recent kept
+    # Alice's next message still opens (a fresh channel: nothing cached in memory).
+    b.channel = b.make()
+    a.channel.send(BOB.peer_id, inner(CHAT, b"still there"))
+    pump(a, b)
+    assert b.got == [b"hi bob", b"still there"]
+    # Beyond OLM_MAX_PEERS, peers with sessions but nothing else go, least recent first;
+    # a conversation's and a verified peer's state never does.
+    for s in strangers[:10]:
+        b.channel.learn_keys(s.peer_id, _keys_of(s))
+        b.store.save_olm(None, s.peer_id, [("sid", "pickle")], [], 2.0)
+    for kept in (ALICE.peer_id, CAROL.peer_id):
+        assert b.store.olm_peer(kept) is not None, kept
+    assert b.store.olm_peer(dave.peer_id) is None and not b.store.olm_sessions(dave.peer_id)
+    (count,) = b.store.db.execute("SELECT COUNT(*) FROM olm_peers").fetchone()
+    assert count == 2 + 8
