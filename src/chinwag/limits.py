@@ -741,6 +741,15 @@ OLM_REPAIR_INTERVAL_S = 10.0
 #: contact with them (any peer that connects sends its keys): throwaway identities churn
 #: only this quota, never a real contact's keys and sessions.
 OLM_MAX_STRANGER_KEYS = 256
+#: Seconds (of wall clock, while the node runs) a fallback key that opened a session stays
+#: current; then a new one is made and it stays usable one more period (vodozemac keeps the
+#: previous one). Not rotated on each use: any peer could then make two starts and break the
+#: mail on its way to us; rotated at all so that a thief of the account cannot redo a
+#: session started from it more than about two periods back (forward secrecy).
+OLM_FALLBACK_ROTATE_S = 24 * 3600
+#: Seconds between two new sessions a peer may start with us over a connection (pre-key
+#: `pm` frames of sessions we do not have): each costs a write and a re-sync push.
+OLM_INBOUND_SESSION_INTERVAL_S = 10.0
 
 # --- megolm: private rooms with a group ratchet (crypto/group.py, roomkeys.py, protocol.md 27) ---
 

@@ -848,13 +848,20 @@ class Store:
         sessions: Iterable[tuple[str, str]],
         drop: Iterable[str],
         used: float,
+        fallback: str | None = None,
     ) -> None:
-        """In one transaction: save the account (if given), peer_id's (session id, pickle)
-        pairs, and delete its sessions listed in drop."""
+        """In one transaction: save the account (if given), the state of its fallback key
+        (if given: see olm_fallback), peer_id's (session id, pickle) pairs, and delete its
+        sessions listed in drop."""
         with self._transaction():
             if account is not None:
                 self.db.execute(
                     "INSERT OR REPLACE INTO olm_account(id, pickle) VALUES (1, ?)", (account,)
+                )
+            if fallback is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('olm_fallback', ?)",
+                    (fallback,),
                 )
             for sid, pickle in sessions:
                 self.db.execute(
@@ -866,6 +873,11 @@ class Store:
                 self.db.execute(
                     "DELETE FROM olm_sessions WHERE peer_id=? AND session_id=?", (peer_id, sid)
                 )
+
+    def olm_fallback(self) -> str | None:
+        """Return the saved state of our fallback key (private.py's, opaque here), or None."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='olm_fallback'").fetchone()
+        return None if row is None else str(row[0])
 
     def save_olm_sessions(self, rows: Iterable[tuple[str, str, str]], used: float) -> None:
         """Save (peer id, session id, pickle) rows in one transaction."""
