@@ -9,7 +9,8 @@ authenticated connection (docs/protocol.md section 26):
   by its identity) and, without a session with the peer, an `okreq`: the answer's one-time
   key opens the first session (requests bounded per peer and per minute, OLM_OTK_*);
 - `wrap` / `unwrap` turn an inner frame into padded Olm bytes and back (also for mail:
-  without a one-time key a session starts from the peer's signed fallback key);
+  without a one-time key a session starts from the peer's signed fallback key; ours is
+  replaced on a timer once used, not on each use: OLM_FALLBACK_ROTATE_S, section 26.5);
 - `send` wraps and sends a `pm`; inner frames wait (bounded) while keys are on their way;
 - a received `pm` that does not decrypt is refused with a reason logged once, moves no
   ratchet, and after PM_MAX_BAD such the connection closes (`decrypt_failed`); one that no
@@ -146,6 +147,7 @@ class PrivateChannel:
         self.on_session: Callable[[str], None] | None = None
         #: Test hook: called with (peer id, pm data) for every `pm` sent or received.
         self.recorder: Callable[[str, bytes], None] | None = None
+        self._rotate_fallback()  # the node may have been stopped for longer than a period
 
     # --- the API for other parts --------------------------------------------
 
