@@ -723,7 +723,8 @@ OLM_OTK_PER_PEER_PER_MIN = 6
 #: `okeys` frames we take from one peer per minute (one at the start, one per `okreq` of
 #: ours): each costs a signature check and a write, so a flood of them is dropped.
 OLM_KEYS_PER_PEER_PER_MIN = 20
-#: One-time keys we hand out per minute to all peers together (many peers flooding at once).
+#: One-time keys we hand out per minute to all peers together (many peers flooding at once);
+#: a conversation, a verified peer or a contact gets one beyond it (its own bound above).
 OLM_OTK_PER_MIN = 60
 #: Olm sessions kept per peer (both ends starting one at once makes two; older ones go):
 #: bounds the sessions a peer's pre-key messages can make us store and try.

@@ -371,8 +371,11 @@ class PrivateChannel:
         for times in (mine, self._otk_all):
             while times and times[0] <= now - 60.0:
                 times.popleft()
-        if len(mine) >= limits.OLM_OTK_PER_PEER_PER_MIN or len(self._otk_all) >= (
-            limits.OLM_OTK_PER_MIN
+        if len(mine) >= limits.OLM_OTK_PER_PEER_PER_MIN or (
+            len(self._otk_all) >= limits.OLM_OTK_PER_MIN
+            # Strangers' requests use up the shared budget; a conversation, a verified peer
+            # or a contact (few: bounded elsewhere) keep theirs.
+            and not self._protected(peer_id)
         ):
             _warn(("otk", peer_id), "olm: %s asks too often for one-time keys", peer_id[:8])
             # An answer all the same: the fallback key still opens a session.
@@ -387,6 +390,13 @@ class PrivateChannel:
             log.error("olm: cannot save our account: %s", exc)
             otk = b""
         return m.OlmKeys(ident=keys.ident, fb=keys.fb, sig=keys.sig, otk=otk, re=True)
+
+    def _protected(self, peer_id: str) -> bool:
+        try:
+            return self.store.olm_protected(peer_id)
+        except StoreError as exc:  # ours, not the peer's
+            log.error("olm: cannot read the store: %s", exc)
+            return False
 
     def _keys_received(self, conn: Link, peer_id: str, keys: m.OlmKeys) -> None:
         now = self._clock()

@@ -415,3 +415,23 @@ def test_strangers_keys_never_push_out_a_real_contacts_olm_state(
     assert b.store.olm_peer(dave.peer_id) is None and not b.store.olm_sessions(dave.peer_id)
     (count,) = b.store.db.execute("SELECT COUNT(*) FROM olm_peers").fetchone()
     assert count == 2 + 8
+
+
+def test_throwaway_peers_using_up_the_one_time_keys_do_not_starve_a_conversation(
+    ends: tuple[End, End],
+) -> None:
+    """Finding 3: strangers' okreq floods exhaust OLM_OTK_PER_MIN; a peer we have a
+    conversation with (or a verified peer, a contact) still gets a one-time key."""
+    a, _b = ends
+    a.store.join_room("dm-wire", "@bob", "dm", None, BOB.peer_id)
+    for _ in range(limits.OLM_OTK_PER_MIN // limits.OLM_OTK_PER_PEER_PER_MIN):
+        conn = FakeConn(Identity.generate().peer_id)
+        for _ in range(limits.OLM_OTK_PER_PEER_PER_MIN):
+            a.channel.frame(conn, m.OlmKeyRequest())  # type: ignore[arg-type]
+    stranger = FakeConn(CAROL.peer_id)
+    a.channel.frame(stranger, m.OlmKeyRequest())  # type: ignore[arg-type]
+    assert [k.otk for k in stranger.sent if isinstance(k, m.OlmKeys)] == [b""]
+    a.conn.sent.clear()
+    a.channel.frame(a.conn, m.OlmKeyRequest())
+    (answer,) = a.conn.sent
+    assert isinstance(answer, m.OlmKeys) and answer.otk

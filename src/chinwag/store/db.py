@@ -926,6 +926,13 @@ class Store:
             self._evict_olm_peers(peer_id, "NOT " + _HAS_SESSION, limits.OLM_MAX_STRANGER_KEYS)
             self._evict_olm_peers(peer_id, "1", limits.OLM_MAX_PEERS)
 
+    def olm_protected(self, peer_id: str) -> bool:
+        """Return whether peer_id is a conversation, a verified peer or a contact of ours."""
+        row = self.db.execute(
+            f"SELECT 1 FROM (SELECT ? AS peer_id) WHERE {_OLM_PROTECTED}", (peer_id,)
+        ).fetchone()
+        return row is not None
+
     def _evict_olm_peers(self, saved: str, which: str, keep: int) -> None:
         """Forget unprotected Olm peers matching `which` beyond `keep`, least recent first
         (those without a session before the rest); never `saved`, the peer being saved."""
