@@ -723,16 +723,34 @@ OLM_OTK_PER_PEER_PER_MIN = 6
 #: `okeys` frames we take from one peer per minute (one at the start, one per `okreq` of
 #: ours): each costs a signature check and a write, so a flood of them is dropped.
 OLM_KEYS_PER_PEER_PER_MIN = 20
-#: One-time keys we hand out per minute to all peers together (many peers flooding at once).
+#: One-time keys we hand out per minute to all peers together (many peers flooding at once);
+#: a conversation, a verified peer or a contact gets one beyond it (its own bound above).
 OLM_OTK_PER_MIN = 60
 #: Olm sessions kept per peer (both ends starting one at once makes two; older ones go):
 #: bounds the sessions a peer's pre-key messages can make us store and try.
 OLM_MAX_SESSIONS_PER_PEER = 4
-#: Peers whose Olm keys and sessions we keep (the least recently used are forgotten first).
+#: Peers whose Olm keys and sessions we keep (the least recently used are forgotten first),
+#: not counting conversations, verified peers and contacts (never forgotten: bounded elsewhere).
 OLM_MAX_PEERS = 4_096
 #: Seconds between two session repairs (a new session after a message no session decrypts)
 #: towards one peer: a peer replaying old ciphertext cannot make us start sessions in a loop.
 OLM_REPAIR_INTERVAL_S = 10.0
+
+# --- olmfix: Olm state under hostile peers (findings 3, 4 of the issue-12 review) ---------
+
+#: Peers whose keys we keep although we share no session, conversation, verification or
+#: contact with them (any peer that connects sends its keys): throwaway identities churn
+#: only this quota, never a real contact's keys and sessions.
+OLM_MAX_STRANGER_KEYS = 256
+#: Seconds (of wall clock, while the node runs) a fallback key that opened a session stays
+#: current; then a new one is made and it stays usable one more period (vodozemac keeps the
+#: previous one). Not rotated on each use: any peer could then make two starts and break the
+#: mail on its way to us; rotated at all so that a thief of the account cannot redo a
+#: session started from it more than about two periods back (forward secrecy).
+OLM_FALLBACK_ROTATE_S = 24 * 3600
+#: Seconds between two new sessions a peer may start with us over a connection (pre-key
+#: `pm` frames of sessions we do not have): each costs a write and a re-sync push.
+OLM_INBOUND_SESSION_INTERVAL_S = 10.0
 
 # --- megolm: private rooms with a group ratchet (crypto/group.py, roomkeys.py, protocol.md 27) ---
 

@@ -9,7 +9,8 @@ authenticated connection (docs/protocol.md section 26):
   by its identity) and, without a session with the peer, an `okreq`: the answer's one-time
   key opens the first session (requests bounded per peer and per minute, OLM_OTK_*);
 - `wrap` / `unwrap` turn an inner frame into padded Olm bytes and back (also for mail:
-  without a one-time key a session starts from the peer's signed fallback key);
+  without a one-time key a session starts from the peer's signed fallback key; ours is
+  replaced on a timer once used, not on each use: OLM_FALLBACK_ROTATE_S, section 26.5);
 - `send` wraps and sends a `pm`; inner frames wait (bounded) while keys are on their way;
 - a received `pm` that does not decrypt is refused with a reason logged once, moves no
   ratchet, and after PM_MAX_BAD such the connection closes (`decrypt_failed`); one that no
@@ -24,6 +25,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import msgspec
 
@@ -61,6 +63,33 @@ class TooLarge(ChinwagError):
     """An inner frame is over PM_MAX_INNER_BYTES."""
 
 
+class SessionFlood(BadCiphertext):
+    """A peer starts new sessions faster than OLM_INBOUND_SESSION_INTERVAL_S allows."""
+
+
+@dataclass(slots=True)
+class _Fallback:
+    """Our current fallback key, since when (wall clock), and whether it and the previous
+    one opened a session (saved in the store with the account)."""
+
+    fb: bytes
+    made: float
+    used: bool
+    prev_used: bool
+
+    def encode(self) -> str:
+        return f"{self.fb.hex()} {self.made!r} {int(self.used)} {int(self.prev_used)}"
+
+    @classmethod
+    def decode(cls, raw: str | None) -> _Fallback | None:
+        """Parse encode()'s output; None if raw is None or not such (then start afresh)."""
+        try:
+            fb, made, used, prev = (raw or "").split()
+            return cls(bytes.fromhex(fb), float(made), used == "1", prev == "1")
+        except ValueError:
+            return None
+
+
 def inner(kind: str, data: bytes) -> bytes:
     """Return the plaintext of a `pm` carrying data of this kind (see PrivateChannel.on)."""
     return m.encode(m.PrivateInner(kind=kind, data=data))
@@ -75,11 +104,13 @@ class PrivateChannel:
         store: Store,
         links: Links,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.identity = identity
         self.store = store
         self.links = links
         self._clock = clock
+        self._wall = wall  # the fallback key's age: it must count across restarts
         self._key = ratchet.pickle_key(bytes(identity.signing_key))
         saved = store.olm_account()
         if saved is None:
@@ -87,6 +118,13 @@ class PrivateChannel:
             self._save_account()
         else:
             self.account = ratchet.OlmAccount.from_pickle(saved, self._key)
+        fallback = _Fallback.decode(store.olm_fallback())
+        if fallback is None or fallback.fb != self.account.fallback_key:
+            # A new account, or one saved before fallback keys had an age: the previous
+            # key of the latter may have opened sessions, so it goes at the next rotation.
+            fallback = _Fallback(self.account.fallback_key, wall(), False, saved is not None)
+            store.save_olm(None, "", [], [], time.time(), fallback=fallback.encode())
+        self._fallback = fallback
         self._sessions: dict[str, list[ratchet.OlmSession]] = {}
         #: Sessions that decrypted in this loop turn, saved at its end: (peer, id) -> session.
         self._dirty: dict[tuple[str, str], tuple[str, ratchet.OlmSession]] = {}
@@ -95,6 +133,9 @@ class PrivateChannel:
         self._asked: set[str] = set()  # an okreq of ours is unanswered
         self._repairing: set[str] = set()  # the next one-time key opens a repair session
         self._repaired: dict[str, float] = {}
+        self._inbound: dict[str, float] = {}  # when a peer last started a session with us
+        #: Peers whose new identity key dropped our sessions: their next session replaces one.
+        self._lost: dict[str, None] = {}
         self._bad: dict[str, int] = {}
         self._otk_times: dict[str, deque[float]] = {}
         self._otk_all: deque[float] = deque()
@@ -106,6 +147,7 @@ class PrivateChannel:
         self.on_session: Callable[[str], None] | None = None
         #: Test hook: called with (peer id, pm data) for every `pm` sent or received.
         self.recorder: Callable[[str, bytes], None] | None = None
+        self._rotate_fallback()  # the node may have been stopped for longer than a period
 
     # --- the API for other parts --------------------------------------------
 
@@ -115,6 +157,7 @@ class PrivateChannel:
 
     def published_keys(self) -> m.OlmKeys:
         """Return our signed Olm identity and fallback keys (no one-time key): for anyone."""
+        self._rotate_fallback()
         ident, fb = self.account.identity_key, self.account.fallback_key
         if self._published is None or self._published.fb != fb:
             # Signed once per fallback key: an `okreq` flood costs no signatures.
@@ -141,6 +184,9 @@ class PrivateChannel:
         if old is not None and old[0] != keys.ident:
             log.info("olm: %s has a new identity key: its old sessions are dropped", peer_id[:8])
             self._sessions.pop(peer_id, None)
+            self._lost[peer_id] = None
+            if len(self._lost) > limits.OLM_MAX_PEERS:
+                self._lost.pop(next(iter(self._lost)))
         return True
 
     def has_session(self, peer_id: str) -> bool:
@@ -181,6 +227,11 @@ class PrivateChannel:
     def unwrap(self, peer_id: str, data: bytes) -> bytes:
         """Decrypt what peer_id wrapped for us; raise BadCiphertext (a RatchetError) if it is
         replayed, forged, truncated or for no session of ours: no ratchet state changes then."""
+        return self._unwrap(peer_id, data, live=False)
+
+    def _unwrap(self, peer_id: str, data: bytes, live: bool) -> bytes:
+        """unwrap; live (a `pm` on a connection): raise SessionFlood for a new session
+        sooner than OLM_INBOUND_SESSION_INTERVAL_S after the peer's last one."""
         msg = ratchet.unpad(data)
         sessions = self._load(peer_id)
         if msg.kind == ratchet.PRE_KEY:
@@ -192,23 +243,38 @@ class PrivateChannel:
             keys = self.store.olm_peer(peer_id)
             if keys is None:
                 raise ratchet.StaleSession("a pre-key message from a peer whose keys we lack")
+            now = self._clock()
+            last = self._inbound.get(peer_id)
+            if live and last is not None and now - last < limits.OLM_INBOUND_SESSION_INTERVAL_S:
+                # Each costs a write and (replacing one) a re-sync: not in a loop. An honest
+                # peer's later message of that session still opens it; sync re-sends the rest.
+                raise SessionFlood("a new session too soon after the last one")
             unused = self.account.one_time_key_count
             try:
                 session, plain = self.account.inbound(keys[0], msg)
             except ratchet.RatchetError as exc:
                 # Forged, replayed, or made with a key we no longer have (we lost our state).
                 raise ratchet.StaleSession(str(exc)) from None
-            if self.account.one_time_key_count == unused:
-                # It started from our fallback key: make a new one, so that after the next
-                # such start the key that could redo this one is gone (forward secrecy).
-                self.account.rotate_fallback()
+            self._inbound.pop(peer_id, None)
+            self._inbound[peer_id] = now
+            if len(self._inbound) > limits.OLM_MAX_PEERS:
+                self._inbound.pop(next(iter(self._inbound)))
+            fallback = None
+            if self.account.one_time_key_count == unused and not self._fallback.used:
+                # It started from a fallback key: that key goes at the next rotation
+                # (section 26.5), not now (mail on its way from others needs it too).
+                self._fallback.used = True
+                fallback = self._fallback.encode()
+            replaced = bool(sessions) or peer_id in self._lost
+            self._lost.pop(peer_id, None)
             sessions.insert(0, session)
             drop = [s.session_id for s in sessions[limits.OLM_MAX_SESSIONS_PER_PEER :]]
             del sessions[limits.OLM_MAX_SESSIONS_PER_PEER :]
-            self._save(peer_id, session, account=True, drop=drop)
-            if self.on_session is not None:
-                # A new session: if the peer started anew (it lost ours), what we sent
-                # under the old one may be lost too; the node re-syncs the conversation.
+            self._save(peer_id, session, account=True, drop=drop, fallback=fallback)
+            if replaced and self.on_session is not None:
+                # A new session besides ours: if the peer started anew (it lost ours), what
+                # we sent under the old one may be lost too; the node re-syncs the
+                # conversation. A first session replaces nothing: no re-sync push.
                 self.on_session(peer_id)
             return plain
         for session in sessions:
@@ -305,8 +371,11 @@ class PrivateChannel:
         for times in (mine, self._otk_all):
             while times and times[0] <= now - 60.0:
                 times.popleft()
-        if len(mine) >= limits.OLM_OTK_PER_PEER_PER_MIN or len(self._otk_all) >= (
-            limits.OLM_OTK_PER_MIN
+        if len(mine) >= limits.OLM_OTK_PER_PEER_PER_MIN or (
+            len(self._otk_all) >= limits.OLM_OTK_PER_MIN
+            # Strangers' requests use up the shared budget; a conversation, a verified peer
+            # or a contact (few: bounded elsewhere) keep theirs.
+            and not self._protected(peer_id)
         ):
             _warn(("otk", peer_id), "olm: %s asks too often for one-time keys", peer_id[:8])
             # An answer all the same: the fallback key still opens a session.
@@ -314,8 +383,20 @@ class PrivateChannel:
         mine.append(now)
         self._otk_all.append(now)
         otk = self.account.take_one_time_key()
-        self._save_account()
+        try:
+            self._save_account()
+        except StoreError as exc:  # ours, not the peer's
+            # An unsaved key would be gone after a restart: the fallback key opens the session.
+            log.error("olm: cannot save our account: %s", exc)
+            otk = b""
         return m.OlmKeys(ident=keys.ident, fb=keys.fb, sig=keys.sig, otk=otk, re=True)
+
+    def _protected(self, peer_id: str) -> bool:
+        try:
+            return self.store.olm_protected(peer_id)
+        except StoreError as exc:  # ours, not the peer's
+            log.error("olm: cannot read the store: %s", exc)
+            return False
 
     def _keys_received(self, conn: Link, peer_id: str, keys: m.OlmKeys) -> None:
         now = self._clock()
@@ -327,7 +408,12 @@ class PrivateChannel:
             _warn(("okeys", peer_id), "olm: %s sends its keys too often", peer_id[:8])
             return
         times.append(now)
-        if not self.learn_keys(peer_id, keys):
+        try:
+            learned = self.learn_keys(peer_id, keys)
+        except StoreError as exc:  # ours, not the peer's
+            log.error("olm: cannot save the keys of %s: %s", peer_id[:8], exc)
+            return
+        if not learned:
             _warn(("keys", peer_id), "olm: %s sent keys it did not sign", peer_id[:8])
             conn.close(Reason.BAD_SIGNATURE)
             return
@@ -354,7 +440,7 @@ class PrivateChannel:
         if self.recorder is not None:
             self.recorder(peer_id, data)
         try:
-            plain = self.unwrap(peer_id, data)
+            plain = self._unwrap(peer_id, data, live=True)
             got = _inner_decoder.decode(plain)
         except ratchet.StaleSession as exc:
             self._refused(conn, peer_id, exc)
@@ -449,6 +535,7 @@ class PrivateChannel:
         session: ratchet.OlmSession,
         account: bool = False,
         drop: list[str] | None = None,
+        fallback: str | None = None,
     ) -> None:
         """Persist a session's new state (and the account's) now: before a message it
         encrypted is sent, a message key is never used twice (not even after a crash)."""
@@ -459,7 +546,27 @@ class PrivateChannel:
             [(session.session_id, session.pickle(self._key))],
             drop or [],
             time.time(),
+            fallback=fallback,
         )
+
+    def _rotate_fallback(self) -> None:
+        """Make a new fallback key once the current one is OLM_FALLBACK_ROTATE_S old, if it or
+        the previous one opened a session (an unused one stays: stale copies still work)."""
+        fallback = self._fallback
+        now = self._wall()
+        if now - fallback.made < limits.OLM_FALLBACK_ROTATE_S:
+            return
+        if not (fallback.used or fallback.prev_used):
+            return
+        self.account.rotate_fallback()  # vodozemac keeps the previous key, drops the one before
+        self._fallback = _Fallback(self.account.fallback_key, now, False, fallback.used)
+        log.info("olm: a new fallback key (the previous one opened sessions)")
+        try:
+            self.store.save_olm(
+                self.account.pickle(self._key), "", [], [], time.time(), self._fallback.encode()
+            )
+        except StoreError as exc:  # ours: saved with the account's next write
+            log.error("olm: cannot save our account: %s", exc)
 
     def _save_account(self) -> None:
         self.store.save_olm(self.account.pickle(self._key), "", [], [], time.time())

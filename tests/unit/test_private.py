@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from unit_support import ALICE, BOB, CAROL, FakeConn, FakeManager
+from unit_support import ALICE, BOB, CAROL, MALLORY, FakeConn, FakeManager
 
 from chinwag import limits
 from chinwag.crypto import ratchet
@@ -16,7 +16,7 @@ from chinwag.crypto.identity import Identity
 from chinwag.private import CHAT, PrivateChannel, TooLarge, inner
 from chinwag.protocol import messages as m
 from chinwag.protocol.reasons import Reason
-from chinwag.store.db import Store
+from chinwag.store.db import Store, StoreError
 
 
 class End:
@@ -34,7 +34,9 @@ class End:
         self.channel = self.make()
 
     def make(self) -> PrivateChannel:
-        ch = PrivateChannel(self.identity, self.store, self.links, lambda: self.now[0])
+        ch = PrivateChannel(
+            self.identity, self.store, self.links, lambda: self.now[0], lambda: self.now[0]
+        )
         ch.on(CHAT, lambda peer, data: self.got.append(data))
         ch.on_session = self.sessions.append
         return ch
@@ -219,23 +221,100 @@ def test_wrap_for_an_offline_peer_uses_its_signed_fallback_key(tmp_path: Path) -
     b = End(BOB, ALICE, tmp_path / "b.db", now)
     assert a.channel.learn_keys(BOB.peer_id, b.channel.published_keys())
     assert b.channel.learn_keys(ALICE.peer_id, a.channel.published_keys())
-    fallback = b.channel.published_keys().fb
     mail = a.channel.wrap(BOB.peer_id, b"mail")
     assert b.channel.unwrap(ALICE.peer_id, mail) == b"mail"
     assert not a.channel.learn_keys(ALICE.peer_id, b.channel.published_keys())
-    # A used fallback key is replaced (the old one still opens mail already on its way).
-    assert b.channel.published_keys().fb != fallback
-    late = End(CAROL, BOB, tmp_path / "c.db", now).channel
-    late.learn_keys(
-        BOB.peer_id,
-        m.OlmKeys(
-            ident=b.channel.account.identity_key,
-            fb=fallback,
-            sig=ratchet.sign_keys(BOB, b.channel.account.identity_key, fallback),
-        ),
-    )
-    assert b.channel.learn_keys(CAROL.peer_id, late.published_keys())
-    assert b.channel.unwrap(CAROL.peer_id, late.wrap(BOB.peer_id, b"late")) == b"late"
+
+
+def _first_mail(author: Identity, reader: End, fallback: bytes, path: Path) -> bytes:
+    """A first message from author to reader, started from reader's fallback key."""
+    end = End(author, reader.identity, path, reader.now)
+    ident = reader.channel.account.identity_key
+    sig = ratchet.sign_keys(reader.identity, ident, fallback)
+    assert end.channel.learn_keys(reader.identity.peer_id, m.OlmKeys(ident, fallback, sig))
+    assert reader.channel.learn_keys(author.peer_id, end.channel.published_keys())
+    return end.channel.wrap(reader.identity.peer_id, b"from " + author.peer_id[:4].encode())
+
+
+def test_a_fallback_key_opens_any_number_of_sessions_and_rotates_on_a_timer(
+    tmp_path: Path,
+) -> None:
+    """Finding 3: using the fallback key must not rotate it (mail from a third author was lost,
+    and any peer could make two starts to break mail on its way); a timer rotates it."""
+    now = [1000.0]
+    b = End(BOB, ALICE, tmp_path / "b.db", now)
+    fallback = b.channel.published_keys().fb
+    authors = [Identity.generate() for _ in range(5)]
+    mails = [_first_mail(x, b, fallback, tmp_path / f"{i}.db") for i, x in enumerate(authors)]
+    for x, mail in zip(authors, mails, strict=True):
+        assert b.channel.unwrap(x.peer_id, mail) == b"from " + x.peer_id[:4].encode()
+    assert b.channel.published_keys().fb == fallback  # used, not rotated
+    # Past the period, a used fallback key is replaced; it still opens mail on its way ...
+    now[0] += limits.OLM_FALLBACK_ROTATE_S
+    late = _first_mail(CAROL, b, fallback, tmp_path / "c.db")
+    second = b.channel.published_keys().fb
+    assert second != fallback
+    b.channel = b.make()  # (and the rotation survives a restart)
+    assert b.channel.published_keys().fb == second
+    assert b.channel.unwrap(CAROL.peer_id, late).startswith(b"from ")
+    # ... not sooner than a period later is it gone: a thief of the account cannot redo
+    # a session started from it (forward secrecy within two periods).
+    now[0] += limits.OLM_FALLBACK_ROTATE_S - 1
+    b.channel.published_keys()
+    assert b.channel.published_keys().fb == second
+    too_late = _first_mail(MALLORY, b, fallback, tmp_path / "m.db")
+    now[0] += 1
+    b.channel.published_keys()
+    assert b.channel.published_keys().fb not in (fallback, second)
+    with pytest.raises(BadCiphertext):
+        b.channel.unwrap(MALLORY.peer_id, too_late)
+
+
+def test_a_used_fallback_key_is_gone_two_periods_on_without_further_use(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    b = End(BOB, ALICE, tmp_path / "b.db", now)
+    fallback = b.channel.published_keys().fb
+    first = _first_mail(ALICE, b, fallback, tmp_path / "a.db")
+    recorded = _first_mail(CAROL, b, fallback, tmp_path / "c.db")  # a thief redoes this
+    assert b.channel.unwrap(ALICE.peer_id, first).startswith(b"from ")
+    now[0] += limits.OLM_FALLBACK_ROTATE_S
+    second = b.channel.published_keys().fb
+    now[0] += limits.OLM_FALLBACK_ROTATE_S  # the new key was never used: the old one goes
+    assert b.channel.published_keys().fb not in (fallback, second)
+    with pytest.raises(BadCiphertext):
+        b.channel.unwrap(CAROL.peer_id, recorded)
+
+
+def test_an_unused_fallback_key_is_not_rotated(tmp_path: Path) -> None:
+    now = [0.0]
+    b = End(BOB, ALICE, tmp_path / "b.db", now)
+    fallback = b.channel.published_keys().fb
+    now[0] += 10 * limits.OLM_FALLBACK_ROTATE_S
+    assert b.channel.published_keys().fb == fallback  # a stale copy of it still works
+
+
+def test_a_peer_cannot_make_new_sessions_in_a_loop(ends: tuple[End, End]) -> None:
+    """Finding 3: each new inbound session costs a write and a re-sync of the conversation:
+    at most one per OLM_INBOUND_SESSION_INTERVAL_S per peer, and a re-sync only when a new
+    session replaces one we had."""
+    a, b = ends
+    a.channel.send(BOB.peer_id, inner(CHAT, b"first"))
+    pump(a, b)
+    assert b.got == [b"first"] and b.sessions == []  # a first session replaces nothing
+    a.now[0] += limits.OLM_INBOUND_SESSION_INTERVAL_S
+    floods = [
+        a.channel._wrap(BOB.peer_id, inner(CHAT, b"new %d" % i), fresh=True) for i in range(5)
+    ]
+    for d in floods:
+        b.channel.frame(b.conn, m.PrivateMessage(d=d))
+    assert b.got == [b"first", b"new 0"]
+    assert b.sessions == [ALICE.peer_id]
+    a.now[0] += limits.OLM_INBOUND_SESSION_INTERVAL_S
+    b.channel.frame(b.conn, m.PrivateMessage(d=floods[-1]))
+    assert b.got == [b"first", b"new 0", b"new 4"]
+    assert b.conn.closed is None
 
 
 def test_an_inner_frame_too_large_for_a_pm_is_not_sent(ends: tuple[End, End]) -> None:
@@ -268,3 +347,91 @@ def test_a_flood_of_keys_frames_is_dropped_beyond_the_bound(ends: tuple[End, End
     a.channel.frame(a.conn, keys)
     assert len(writes) == limits.OLM_KEYS_PER_PEER_PER_MIN - 1
     assert a.conn.closed is None
+
+
+def test_store_errors_in_the_key_handlers_are_logged_not_raised(
+    ends: tuple[End, End], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 8: a failing store (ours) must not escape into the connection callback."""
+    a, b = ends
+
+    def broken(*_args: Any) -> None:
+        raise StoreError("disk full")
+
+    a.store.save_olm_peer = broken  # type: ignore[method-assign,assignment]
+    a.store.save_olm = broken  # type: ignore[method-assign,assignment]
+    a.conn.sent.clear()
+    caplog.set_level(logging.ERROR, "chinwag.private")
+    a.channel.frame(a.conn, b.channel.published_keys())  # learn_keys -> save_olm_peer
+    a.channel.frame(a.conn, m.OlmKeyRequest())  # _answer -> _save_account
+    (answer,) = a.conn.sent
+    # A one-time key we could not save would be gone after a restart: none is handed out.
+    assert isinstance(answer, m.OlmKeys) and answer.re and not answer.otk
+    assert a.conn.closed is None
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 2
+
+
+def _keys_of(who: Identity) -> m.OlmKeys:
+    account = ratchet.OlmAccount.create()
+    ident, fb = account.identity_key, account.fallback_key
+    return m.OlmKeys(ident=ident, fb=fb, sig=ratchet.sign_keys(who, ident, fb))
+
+
+def test_strangers_keys_never_push_out_a_real_contacts_olm_state(
+    ends: tuple[End, End], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 4: throwaway peers sending `okeys` must not evict a conversation's ratchet."""
+    a, b = ends
+    a.channel.send(BOB.peer_id, inner(CHAT, b"hi bob"))
+    pump(a, b)
+    monkeypatch.setattr(limits, "OLM_MAX_PEERS", 8)
+    monkeypatch.setattr(limits, "OLM_MAX_STRANGER_KEYS", 4)
+    b.store.join_room("dm-wire", "@alice", "dm", None, ALICE.peer_id)  # a conversation
+    b.store.set_verified(CAROL.peer_id, "carol")  # verified, no session yet
+    assert b.channel.learn_keys(CAROL.peer_id, _keys_of(CAROL))
+    dave = Identity.generate()  # a room member: a session, no conversation
+    assert b.channel.learn_keys(dave.peer_id, _keys_of(dave))
+    b.store.save_olm(None, dave.peer_id, [("sid", "pickle")], [], 1.0)
+    strangers = [Identity.generate() for _ in range(20)]
+    for s in strangers:
+        assert b.channel.learn_keys(s.peer_id, _keys_of(s))
+    for kept in (ALICE.peer_id, CAROL.peer_id, dave.peer_id):
+        assert b.store.olm_peer(kept) is not None, kept
+    assert b.store.olm_sessions(ALICE.peer_id) and b.store.olm_sessions(dave.peer_id)
+    held = [s for s in strangers if b.store.olm_peer(s.peer_id) is not None]
+    assert held == strangers[-4:]  # their own quota, the most recent kept
+    # Alice's next message still opens (a fresh channel: nothing cached in memory).
+    b.channel = b.make()
+    a.channel.send(BOB.peer_id, inner(CHAT, b"still there"))
+    pump(a, b)
+    assert b.got == [b"hi bob", b"still there"]
+    # Beyond OLM_MAX_PEERS, peers with sessions but nothing else go, least recent first;
+    # a conversation's and a verified peer's state never does.
+    for s in strangers[:10]:
+        b.channel.learn_keys(s.peer_id, _keys_of(s))
+        b.store.save_olm(None, s.peer_id, [("sid", "pickle")], [], 2.0)
+    for kept in (ALICE.peer_id, CAROL.peer_id):
+        assert b.store.olm_peer(kept) is not None, kept
+    assert b.store.olm_peer(dave.peer_id) is None and not b.store.olm_sessions(dave.peer_id)
+    (count,) = b.store.db.execute("SELECT COUNT(*) FROM olm_peers").fetchone()
+    assert count == 2 + 8
+
+
+def test_throwaway_peers_using_up_the_one_time_keys_do_not_starve_a_conversation(
+    ends: tuple[End, End],
+) -> None:
+    """Finding 3: strangers' okreq floods exhaust OLM_OTK_PER_MIN; a peer we have a
+    conversation with (or a verified peer, a contact) still gets a one-time key."""
+    a, _b = ends
+    a.store.join_room("dm-wire", "@bob", "dm", None, BOB.peer_id)
+    for _ in range(limits.OLM_OTK_PER_MIN // limits.OLM_OTK_PER_PEER_PER_MIN):
+        conn = FakeConn(Identity.generate().peer_id)
+        for _ in range(limits.OLM_OTK_PER_PEER_PER_MIN):
+            a.channel.frame(conn, m.OlmKeyRequest())  # type: ignore[arg-type]
+    stranger = FakeConn(CAROL.peer_id)
+    a.channel.frame(stranger, m.OlmKeyRequest())  # type: ignore[arg-type]
+    assert [k.otk for k in stranger.sent if isinstance(k, m.OlmKeys)] == [b""]
+    a.conn.sent.clear()
+    a.channel.frame(a.conn, m.OlmKeyRequest())
+    (answer,) = a.conn.sent
+    assert isinstance(answer, m.OlmKeys) and answer.otk

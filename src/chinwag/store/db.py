@@ -116,6 +116,15 @@ CREATE TABLE IF NOT EXISTS replaced_keys(
 
 _COLUMNS = "id, room, author, seq, ts, nick, text, late"
 
+#: Olm peers whose keys and sessions no bound forgets: a conversation (a DM room), a
+#: verified peer, a contact; strangers' keys must never push a real contact's ratchet out.
+_OLM_PROTECTED = (
+    "(peer_id IN (SELECT peer FROM rooms WHERE peer IS NOT NULL)"
+    " OR peer_id IN (SELECT peer_id FROM verified)"
+    " OR peer_id IN (SELECT peer_id FROM contacts))"
+)
+_HAS_SESSION = "EXISTS (SELECT 1 FROM olm_sessions s WHERE s.peer_id=olm_peers.peer_id)"
+
 
 class StoreError(ChinwagError):
     """The database cannot be used (corrupt, foreign, or unwritable)."""
@@ -839,13 +848,20 @@ class Store:
         sessions: Iterable[tuple[str, str]],
         drop: Iterable[str],
         used: float,
+        fallback: str | None = None,
     ) -> None:
-        """In one transaction: save the account (if given), peer_id's (session id, pickle)
-        pairs, and delete its sessions listed in drop."""
+        """In one transaction: save the account (if given), the state of its fallback key
+        (if given: see olm_fallback), peer_id's (session id, pickle) pairs, and delete its
+        sessions listed in drop."""
         with self._transaction():
             if account is not None:
                 self.db.execute(
                     "INSERT OR REPLACE INTO olm_account(id, pickle) VALUES (1, ?)", (account,)
+                )
+            if fallback is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('olm_fallback', ?)",
+                    (fallback,),
                 )
             for sid, pickle in sessions:
                 self.db.execute(
@@ -857,6 +873,11 @@ class Store:
                 self.db.execute(
                     "DELETE FROM olm_sessions WHERE peer_id=? AND session_id=?", (peer_id, sid)
                 )
+
+    def olm_fallback(self) -> str | None:
+        """Return the saved state of our fallback key (private.py's, opaque here), or None."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='olm_fallback'").fetchone()
+        return None if row is None else str(row[0])
 
     def save_olm_sessions(self, rows: Iterable[tuple[str, str, str]], used: float) -> None:
         """Save (peer id, session id, pickle) rows in one transaction."""
@@ -887,7 +908,10 @@ class Store:
     ) -> None:
         """Save a peer's Olm keys; a new identity key drops the sessions with the old one.
 
-        At OLM_MAX_PEERS the least recently used peer's keys and sessions go."""
+        Peers we have a conversation with, verified peers and contacts are never forgotten
+        here (other bounds keep them few). Of the rest, those we share no session with keep
+        at most OLM_MAX_STRANGER_KEYS, and all together OLM_MAX_PEERS; beyond, the least
+        recently used go (without a session first), keys and sessions."""
         with self._transaction():
             old = self.db.execute(
                 "SELECT ident FROM olm_peers WHERE peer_id=?", (peer_id,)
@@ -899,15 +923,31 @@ class Store:
                 " VALUES (?,?,?,?,?,?)",
                 (peer_id, ident, fb, sig, otk, used),
             )
-            (count,) = self.db.execute("SELECT COUNT(*) FROM olm_peers").fetchone()
-            if count > limits.OLM_MAX_PEERS:
-                gone = self.db.execute(
-                    "SELECT peer_id FROM olm_peers ORDER BY used LIMIT ?",
-                    (count - limits.OLM_MAX_PEERS,),
-                ).fetchall()
-                for (peer,) in gone:
-                    self.db.execute("DELETE FROM olm_peers WHERE peer_id=?", (peer,))
-                    self.db.execute("DELETE FROM olm_sessions WHERE peer_id=?", (peer,))
+            self._evict_olm_peers(peer_id, "NOT " + _HAS_SESSION, limits.OLM_MAX_STRANGER_KEYS)
+            self._evict_olm_peers(peer_id, "1", limits.OLM_MAX_PEERS)
+
+    def olm_protected(self, peer_id: str) -> bool:
+        """Return whether peer_id is a conversation, a verified peer or a contact of ours."""
+        row = self.db.execute(
+            f"SELECT 1 FROM (SELECT ? AS peer_id) WHERE {_OLM_PROTECTED}", (peer_id,)
+        ).fetchone()
+        return row is not None
+
+    def _evict_olm_peers(self, saved: str, which: str, keep: int) -> None:
+        """Forget unprotected Olm peers matching `which` beyond `keep`, least recent first
+        (those without a session before the rest); never `saved`, the peer being saved."""
+        unprotected = f"NOT {_OLM_PROTECTED} AND {which}"
+        (count,) = self.db.execute(f"SELECT COUNT(*) FROM olm_peers WHERE {unprotected}").fetchone()
+        if count <= keep:
+            return
+        gone = self.db.execute(
+            f"SELECT peer_id FROM olm_peers WHERE {unprotected} AND peer_id!=?"
+            f" ORDER BY {_HAS_SESSION}, used LIMIT ?",
+            (saved, count - keep),
+        ).fetchall()
+        for (peer,) in gone:
+            self.db.execute("DELETE FROM olm_peers WHERE peer_id=?", (peer,))
+            self.db.execute("DELETE FROM olm_sessions WHERE peer_id=?", (peer,))
 
     def olm_peer_otk_used(self, peer_id: str) -> None:
         """Forget peer_id's one-time key (it opened a session: it opens no other)."""
