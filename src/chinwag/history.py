@@ -335,6 +335,18 @@ class History:
             room = self.book.holds(body.room, author)
             if room is None and msg.id in self._seen:
                 return False  # relayed once already: never again (no storms)
+            if room is not None and not self.book.from_member(room, from_id, author):
+                # A stranger writing into a private room (its id is announced): neither
+                # kept nor stored nor relayed, no key asked for. Not marked seen: a member
+                # may bring it later (then its author is vouched for).
+                _warn_clear(
+                    ("not a member", from_id, body.room),
+                    "refusing a message in %s by %s from %s: not a member we know",
+                    room.name,
+                    author[:8],
+                    from_id[:8],
+                )
+                return False
             relay, verify_now = self.replica.must_verify(
                 from_id, author, not frame.hist, bool(body.enc)
             )

@@ -231,6 +231,10 @@ class RoomKeys:
         text, _index = inbound.open(enc, wire, author, seq)
         return text
 
+    def gave_key(self, wire: str, author: str) -> bool:
+        """Return whether author gave us a key of a session of its own in wire (is a member)."""
+        return author == self.me or self._keys.has_author(wire, author)
+
     def _inbound(self, wire: str, author: str, sid: str) -> group.Inbound | None:
         found = self._keys.inbound(wire, author, sid)
         if found is None:

@@ -781,7 +781,8 @@ async def test_private_room_message_of_an_unknown_session_is_kept_until_its_key_
 ) -> None:
     """Not dropped for good: kept, its key asked for (once), shown when the key arrives."""
     node = make_node(ALICE)
-    node.book.join_private("secret", KEY)
+    secret = node.book.join_private("secret", KEY)
+    assert admit(node.book, ALICE, secret.wire, KEY)  # a member (a stranger's is refused)
     alice = sender(ALICE, "alice")
     room = alice.book.join_private("secret", KEY)
     first = alice.post(room, "before you had my key")
@@ -836,7 +837,8 @@ async def test_a_message_whose_key_never_comes_is_stored_unread_then_read_when_i
     text is filled in if the key comes after all."""
     monkeypatch.setattr(limits, "MEGOLM_GIVE_UP_S", 0.0)
     node = make_node(ALICE)
-    node.book.join_private("secret", KEY)
+    secret = node.book.join_private("secret", KEY)
+    assert admit(node.book, ALICE, secret.wire, KEY)
     alice = sender(ALICE, "alice")
     msg = alice.post(alice.book.join_private("secret", KEY), "lost in time")
     node.receive(ALICE, msg, hist=True)
@@ -853,6 +855,42 @@ async def test_a_message_whose_key_never_comes_is_stored_unread_then_read_when_i
     [row] = store.history(wire, 10)
     assert row.text == "lost in time"
     assert [e.text for e in node.history.search("lost in", 10).messages] == ["lost in time"]
+
+
+async def test_a_private_room_takes_messages_from_members_only(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    """docs/protocol.md 27.4: a message of a private room is taken if it came from an
+    admitted peer (a member vouches for what it stores) or its author is a member we know
+    (admitted, or it gave us a key); a stranger's is neither kept, asked about nor stored."""
+    node = make_node(ALICE, BOB, CAROL)
+    secret = node.book.join_private("secret", KEY)
+    bob, mallory = sender(BOB, "bob"), sender(MALLORY, "mallory")
+    from_bob = bob.post(bob.book.join_private("secret", KEY), "bob writes")
+    junk = mallory.post(mallory.book.join_private("secret", KEY), "mallory writes")
+    for sent in KEYS_SENT.values():
+        sent.clear()
+    # Nobody admitted yet: mallory's own message, and bob's through carol, are refused.
+    node.receive(MALLORY, junk)
+    node.receive(CAROL, from_bob)
+    await turn()
+    assert node.book.group is not None and node.book.group._held_count == 0
+    assert KEYS_SENT.get(ME.peer_id, []) == []  # no key asked of anyone
+    # alice is admitted: her copies of anyone's messages are kept, their keys asked for.
+    assert admit(node.book, ALICE, secret.wire, KEY)
+    node.receive(ALICE, from_bob)
+    node.receive(ALICE, junk)  # (a member may pass on what it stored)
+    await turn()
+    assert node.book.group._held_count == 2
+    # bob gave us a key: his messages are taken from anyone now (they are signed).
+    assert bob.book.group is not None
+    bob.book.group.on_admitted(secret.wire, ME.peer_id)
+    assert give_keys(BOB, node.book) == 1
+    node.receive(CAROL, bob.post(bob.book.joined[secret.wire], "bob via carol"))
+    await turn()
+    await turn()
+    shown = [e.text for e in node.events if isinstance(e, ev.Message)]
+    assert sorted(shown) == ["bob via carol", "bob writes"]
 
 
 # --- History: blocked authors ----------------------------------------------------------

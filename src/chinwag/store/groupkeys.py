@@ -84,6 +84,13 @@ class GroupKeyStore:
         ).fetchone()
         return (r[0], r[1]) if r is not None else None
 
+    def has_author(self, room: str, author: str) -> bool:
+        """Return whether we hold any inbound session of author in room (it gave us a key)."""
+        r = self.store.db.execute(
+            "SELECT 1 FROM megolm_inbound WHERE room=? AND author=? LIMIT 1", (room, author)
+        ).fetchone()
+        return r is not None
+
     def save_inbound(
         self, room: str, author: str, sid: str, pickle: str, first_index: int, now: float, keep: int
     ) -> None:
