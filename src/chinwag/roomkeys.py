@@ -47,6 +47,9 @@ UNREADABLE = "(cannot decrypt this message: no member has given its key)"
 #: Seconds between two sweeps of expired inbound sessions.
 _EXPIRE_EVERY_S = 3600.0
 
+#: Messages stored unread that a forwarded key is tried on before it is refused.
+_UNREAD_TRIED = 8
+
 PendingKey = tuple[str, str, str]  # (room, author, session id)
 
 
@@ -95,6 +98,9 @@ class RoomKeys:
         #: dropped, so a message brought again and again is stored unread in the end).
         self._first_asked: dict[PendingKey, float] = {}
         self._rkq_window: dict[str, tuple[float, int]] = {}
+        #: Requests we sent per member, and in all, in the current MEGOLM_RKQ_WINDOW_S.
+        self._rkq_out: dict[str, tuple[float, int]] = {}
+        self._rkq_out_all: dict[str, tuple[float, int]] = {}
         #: Room -> authors whose presence record named it (bounded like the presence book).
         self._presence_members: dict[str, set[str]] = {}
         self._warn = WarnOnce(log)
@@ -183,7 +189,15 @@ class RoomKeys:
                 self._send(peer_id, key)
         for room, author, sid in list(self._held):
             if room == wire:
-                self._send(peer_id, gk.RoomKeyRequest(room=room, author=author, sid=sid))
+                self._ask(peer_id, gk.RoomKeyRequest(room=room, author=author, sid=sid))
+        # Keys we gave up waiting for: a new member may hold them (never asked for good).
+        try:
+            unread = self._keys.unread_sessions(wire, limits.MEGOLM_REASK_UNREAD)
+        except StoreError as exc:
+            log.warning("cannot list messages stored unread: %s", exc)
+            unread = []
+        for author, sid in unread:
+            self._ask(peer_id, gk.RoomKeyRequest(room=wire, author=author, sid=sid))
 
     def member_left(self, wire: str, peer_id: str) -> None:
         """peer_id left private room wire (or was blocked): our next message rotates."""
@@ -271,6 +285,7 @@ class RoomKeys:
         first = self._first_asked.get(key)
         if first is not None and abs(self._clock() - first) >= limits.MEGOLM_GIVE_UP_S:
             self._keys.add_unread(msg.id, body.room, msg.author_id, sid)
+            self._drop_held(key)  # stored now; its key is asked again of new members
             return False
         held = self._held.setdefault(key, [])
         if any(h.msg.id == msg.id for h in held):
@@ -301,17 +316,29 @@ class RoomKeys:
         last = self._asked.get(key)
         if last is not None and abs(now - last) < limits.MEGOLM_RKQ_RETRY_S:
             return
+        room, author, sid = key
+        members = self._admitted(room) - {self.me}
+        targets = [author] if author in members else sorted(members)[: limits.MEGOLM_RKQ_FANOUT]
+        frame = gk.RoomKeyRequest(room=room, author=author, sid=sid)
+        if not [peer for peer in targets if self._ask(peer, frame)]:
+            return  # nobody asked (none to ask, or over our bounds): the wait has not begun
         self._asked[key] = now
         if key not in self._first_asked:
             self._first_asked[key] = now
             if len(self._first_asked) > limits.MEGOLM_MAX_PENDING_MSGS:
                 del self._first_asked[next(iter(self._first_asked))]
-        room, author, sid = key
-        members = self._admitted(room) - {self.me}
-        targets = [author] if author in members else sorted(members)[: limits.MEGOLM_RKQ_FANOUT]
-        frame = gk.RoomKeyRequest(room=room, author=author, sid=sid)
-        for peer in targets:
-            self._send(peer, frame)
+
+    def _ask(self, peer_id: str, frame: gk.RoomKeyRequest) -> bool:
+        """Send an `rkq` within our bounds (per member and in all); return whether it went."""
+        now = self._clock()
+        if not _count(self._rkq_out_all, "", now, limits.MEGOLM_RKQ_OUT_PER_WINDOW):
+            self._warn("rkq out", "not asking for more room keys now: too many asked")
+            return False
+        if not _count(self._rkq_out, peer_id, now, limits.MEGOLM_RKQ_OUT_PER_PEER):
+            self._warn((peer_id, "rkq out"), "not asking %s for more room keys now", peer_id[:8])
+            return False
+        self._send(peer_id, frame)
+        return True
 
     # --- room-key frames ---------------------------------------------------------
 
@@ -361,7 +388,9 @@ class RoomKeys:
             self._warn((peer_id, "rk bad"), "refusing a room key from %s: %s", peer_id[:8], exc)
             return
         key = (frame.room, frame.author, inbound.session_id)
-        if frame.author != peer_id and not self._reads_held(key, inbound):
+        if frame.author != peer_id and not (
+            self._reads_held(key, inbound) or self._reads_unread(key, inbound)
+        ):
             # Only the author's own key is taken unasked; a forwarded one must prove itself.
             self._warn(
                 (peer_id, "rk fwd"),
@@ -386,6 +415,18 @@ class RoomKeys:
                 continue
             self._keys.read_at_last(msg_id, text)
             log.info("room %s: a message stored unread (%s) is readable now", room, msg_id[:8])
+
+    def _reads_unread(self, key: PendingKey, inbound: group.Inbound) -> bool:
+        """Return whether inbound opens a message of its session we stored unread."""
+        room, author, _sid = key
+        for _msg_id, raw_body in self._keys.unread(*key)[:_UNREAD_TRIED]:
+            try:
+                body = m.decode_body(raw_body)
+                inbound.open(body.enc, room, author, body.seq)
+            except (BadCiphertext, RemoteProtocolError):
+                continue
+            return True
+        return False
 
     def _reads_held(self, key: PendingKey, inbound: group.Inbound) -> bool:
         for h in self._held.get(key, []):
@@ -442,3 +483,19 @@ class RoomKeys:
             return
         if gone:
             log.info("deleted %d Megolm sessions older than the kept window", gone)
+
+
+def _count(table: dict[str, tuple[float, int]], key: str, now: float, cap: int) -> bool:
+    """Count one event of key in its MEGOLM_RKQ_WINDOW_S window; False (not counted) at cap.
+
+    At most MEGOLM_RKQ_PEERS keys are remembered (the oldest forgotten first).
+    """
+    start, count = table.get(key, (now, 0))
+    if abs(now - start) >= limits.MEGOLM_RKQ_WINDOW_S:
+        start, count = now, 0
+    if count >= cap:
+        return False
+    table[key] = (start, count + 1)
+    if len(table) > limits.MEGOLM_RKQ_PEERS:
+        del table[next(iter(table))]
+    return True

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from chinwag import limits
@@ -383,3 +384,39 @@ def test_a_presence_record_that_drops_the_room_counts_as_leaving(
     assert sid_of(b.write("y")[1]) == sid_of(enc)
     b.keys.presence(WIRE, a.id, False)
     assert sid_of(b.write("z")[1]) != sid_of(enc)
+
+
+def _junk(author: Member, seq: int) -> tuple[m.Chat, ChatMessage]:
+    """author's signed message under a made-up session id (nobody holds its key)."""
+    enc = msgspec.msgpack.encode([group.Outbound.create().session_id, b"\x03junk" * 5])
+    return _chat(author, seq, enc), _msg(author, seq, enc)
+
+
+def test_our_key_requests_are_bounded_per_member_and_in_all(
+    members: dict[str, Member], clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 1: junk session ids must not make us spend a member's answer budget (then our
+    genuine requests are ignored) nor make us an amplifier; a message whose request was not
+    sent has not started its give-up time."""
+    a, b = members["a"], members["b"]
+    a.out.clear()
+    assert limits.MEGOLM_RKQ_OUT_PER_PEER < limits.MEGOLM_RKQ_PER_WINDOW
+    for seq in range(1, limits.MEGOLM_RKQ_OUT_PER_PEER + 6):
+        assert a.keys.hold(_Conn(), *_junk(b, seq))
+    assert len(a.frames_to(b)) == limits.MEGOLM_RKQ_OUT_PER_PEER
+    # The last ones were not asked for: their wait has not begun, they are not given up.
+    monkeypatch.setattr(limits, "MEGOLM_GIVE_UP_S", 0.0)
+    last = limits.MEGOLM_RKQ_OUT_PER_PEER + 5
+    chat, msg = _junk(b, last)
+    key = (WIRE, b.id, group.envelope(msg.body.enc)[0])
+    assert a.keys.hold(_Conn(), chat, msg)
+    assert key not in a.keys._first_asked
+    clock.now += limits.MEGOLM_RKQ_WINDOW_S
+    a.keys.hold(_Conn(), *_junk(b, 99))
+    assert len(a.frames_to(b)) >= 1  # a new window: asking again
+    # In all: at most MEGOLM_RKQ_OUT_PER_WINDOW per window, whoever is asked.
+    clock.now += limits.MEGOLM_RKQ_WINDOW_S
+    monkeypatch.setattr(limits, "MEGOLM_RKQ_OUT_PER_WINDOW", 3)
+    for seq in range(200, 210):
+        a.keys.hold(_Conn(), *_junk(members["c"] if seq % 2 else b, seq))
+    assert len([to for to, _ in a.out]) == 3

@@ -27,6 +27,7 @@ from chinwag.errors import UsageError
 from chinwag.events import NodeEvent
 from chinwag.history import History
 from chinwag.protocol import admit as ad
+from chinwag.protocol import groupkeys as gk
 from chinwag.protocol import messages as m
 from chinwag.protocol.admit import Admission
 from chinwag.protocol.chat import ChatMessage, make_message
@@ -855,6 +856,40 @@ async def test_a_message_whose_key_never_comes_is_stored_unread_then_read_when_i
     [row] = store.history(wire, 10)
     assert row.text == "lost in time"
     assert [e.text for e in node.history.search("lost in", 10).messages] == ["lost in time"]
+
+
+async def test_a_key_given_up_on_is_asked_again_of_a_new_member_who_may_forward_it(
+    make_node: Any, sender: Any, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 1: giving up is not for good. A message stored unread has its key asked for
+    again of each member admitted later; that member's forward of the author's key is taken
+    (it reads the stored message) and the text is filled in."""
+    monkeypatch.setattr(limits, "MEGOLM_GIVE_UP_S", 0.0)
+    node = make_node(ALICE, CAROL)
+    secret = node.book.join_private("secret", KEY)
+    assert admit(node.book, ALICE, secret.wire, KEY)
+    alice = sender(ALICE, "alice")
+    msg = alice.post(alice.book.join_private("secret", KEY), "late but read")
+    node.receive(ALICE, msg, hist=True)
+    await turn()
+    node.receive(ALICE, msg, hist=True)
+    await turn()
+    [row] = store.history(secret.wire, 10)
+    assert row.text == UNREADABLE
+    node = make_node(ALICE, CAROL)  # a restart: nothing kept in memory
+    mine = KEYS_SENT[ME.peer_id]
+    mine.clear()
+    assert node.book.group is not None
+    node.book.group.on_admitted(secret.wire, CAROL.peer_id)  # carol is admitted later
+    asked = [gk.decode(inner) for to, inner in mine if to == CAROL.peer_id]
+    assert [type(f) for f in asked] == [gk.RoomKeyRequest]
+    # carol forwards alice's key (here: the one alice gave us, passed on by carol).
+    alices = [inner for to, inner in KEYS_SENT[ALICE.peer_id] if to == ME.peer_id]
+    assert alices
+    for inner in alices:
+        node.book.group.received(CAROL.peer_id, inner)
+    [row] = store.history(secret.wire, 10)
+    assert row.text == "late but read"
 
 
 async def test_a_private_room_takes_messages_from_members_only(

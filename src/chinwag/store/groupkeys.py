@@ -136,6 +136,13 @@ class GroupKeyStore:
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
 
+    def unread_sessions(self, room: str, limit: int) -> list[tuple[str, str]]:
+        """Return up to limit (author, session id) of room's messages stored unread."""
+        rows = self.store.db.execute(
+            "SELECT DISTINCT author, sid FROM megolm_unread WHERE room=? LIMIT ?", (room, limit)
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
     def read_at_last(self, msg_id: str, text: str) -> None:
         """A stored unread message decrypted: its text replaces the placeholder."""
         with self.store._transaction():
