@@ -14,6 +14,8 @@ asyncio timer for the replica's `get_timer()`. What the rules are:
   batches) and serves as its delivery receipt;
 - a gap (a held seq above a missing one) is reported and, if a push does not
   fill it soon, asked for with a Want;
+- a private room's message is taken only from a member: a peer admitted to
+  us, or an author we know as a member (docs/protocol.md 27.4);
 - bad input (a forged signature, a sync-request flood, an author's own
   equivocation) closes that peer's connection and stores nothing of it; a
   relayed second version of a message is dropped and its author flagged.

@@ -778,9 +778,10 @@ MEGOLM_RKQ_OUT_PER_PEER = 16
 #: Key requests we send in all per MEGOLM_RKQ_WINDOW_S: each costs an Olm encryption and a
 #: store write, so junk session ids cannot turn us into an amplifier.
 MEGOLM_RKQ_OUT_PER_WINDOW = 64
-#: Sessions of messages stored unread whose keys we ask a member for again when it is admitted
-#: (the newest first): a member who holds a key we gave up on can still give it, boundedly.
-MEGOLM_REASK_UNREAD = 32
+#: Sessions of messages stored unread whose keys we ask a member for again when it is admitted:
+#: a member who holds a key we gave up on can still give it, boundedly (well under
+#: MEGOLM_RKQ_OUT_PER_PEER, so requests for messages kept now still go).
+MEGOLM_REASK_UNREAD = 8
 #: Members per private room whose admission time we keep (a member gets no key of a session made
 #: before it was admitted): the oldest admissions are forgotten first, and a forgotten member
 #: counts as new when admitted again (it gets less, never more): bounded rows per room.
