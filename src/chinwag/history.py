@@ -14,6 +14,8 @@ asyncio timer for the replica's `get_timer()`. What the rules are:
   batches) and serves as its delivery receipt;
 - a gap (a held seq above a missing one) is reported and, if a push does not
   fill it soon, asked for with a Want;
+- a private room's message is taken only from a member: a peer admitted to
+  us, or an author we know as a member (docs/protocol.md 27.4);
 - bad input (a forged signature, a sync-request flood, an author's own
   equivocation) closes that peer's connection and stores nothing of it; a
   relayed second version of a message is dropped and its author flagged.
@@ -335,6 +337,18 @@ class History:
             room = self.book.holds(body.room, author)
             if room is None and msg.id in self._seen:
                 return False  # relayed once already: never again (no storms)
+            if room is not None and not self.book.from_member(room, from_id, author):
+                # A stranger writing into a private room (its id is announced): neither
+                # kept nor stored nor relayed, no key asked for. Not marked seen: a member
+                # may bring it later (then its author is vouched for).
+                _warn_clear(
+                    ("not a member", from_id, body.room),
+                    "refusing a message in %s by %s from %s: not a member we know",
+                    room.name,
+                    author[:8],
+                    from_id[:8],
+                )
+                return False
             relay, verify_now = self.replica.must_verify(
                 from_id, author, not frame.hist, bool(body.enc)
             )

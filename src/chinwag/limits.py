@@ -786,6 +786,28 @@ MEGOLM_RKQ_RETRY_S = 30.0
 MEGOLM_GIVE_UP_S = 120.0
 #: Characters of a session key (base64) in an `rk` frame (a session key has 306, an export 220).
 MEGOLM_MAX_KEY_CHARS = 512
+
+# --- roomfix: private rooms against strangers and leavers (review of issue 12, findings 1, 5) ---
+
+#: Key requests (`rkq`) we send to one member per MEGOLM_RKQ_WINDOW_S: half of what a member
+#: answers (MEGOLM_RKQ_PER_WINDOW), so messages under made-up session ids never use up our
+#: budget at a member and leave our genuine requests ignored.
+MEGOLM_RKQ_OUT_PER_PEER = 16
+#: Key requests we send in all per MEGOLM_RKQ_WINDOW_S: each costs an Olm encryption and a
+#: store write, so junk session ids cannot turn us into an amplifier.
+MEGOLM_RKQ_OUT_PER_WINDOW = 64
+#: Sessions of messages stored unread whose keys we ask a member for again when it is admitted:
+#: a member who holds a key we gave up on can still give it, boundedly (well under
+#: MEGOLM_RKQ_OUT_PER_PEER, so requests for messages kept now still go).
+MEGOLM_REASK_UNREAD = 8
+#: Members per private room whose admission time we keep (a member gets no key of a session made
+#: before it was admitted): the oldest admissions are forgotten first, and a forgotten member
+#: counts as new when admitted again (it gets less, never more): bounded rows per room.
+MEGOLM_MAX_MEMBERS_PER_ROOM = 4_096
+#: Seconds before its admission from which a member still gets a session whole (from its first
+#: message): members that joined at about the same time, or a message written while a join
+#: completes, stay readable; a re-admitted leaver reads at most this much from before.
+MEGOLM_ADMIT_GRACE_S = 120.0
 # --- keys: export/import and held private messages (issue 12 item 5) ---------------------
 
 #: Argon2id passes and bytes of memory an export file may ask for (libsodium's SENSITIVE

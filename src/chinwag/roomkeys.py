@@ -9,8 +9,13 @@ The I/O side of crypto/group.py (docs/protocol.md 27). What the rules are:
 - a new session is made when a member left (its `rooms` frame drops the room, or we block
   it), after MEGOLM_ROTATE_MSGS messages and after MEGOLM_ROTATE_S seconds: it is shared only
   with the members admitted then, so a member who left reads nothing written after;
+- a member admitted for the first time (or again after a leave or block we saw; the passphrase
+  never changes) gets our current session from its current index if it was made more than
+  MEGOLM_ADMIT_GRACE_S before, and `rkq` answers only for sessions that reached us after that:
+  it reads from its admission on (admission times in `megolm_members`);
 - a message of a session whose key we lack is kept (bounded) and its key asked for (`rkq`, to
-  its author if admitted, else to a few admitted members); it is read once the key comes;
+  its author if admitted, else to a few admitted members; bounded per member and in all); it
+  is read once the key comes, and one stored unread has its key asked again of new members;
 - a key from a peer that is not an admitted member is refused (logged once); a key forwarded
   by a member for another author's session is taken only if it reads a message we keep;
 - inbound sessions are deleted MEGOLM_KEEP_INBOUND_S after they came: history is stored as
@@ -46,6 +51,9 @@ UNREADABLE = "(cannot decrypt this message: no member has given its key)"
 
 #: Seconds between two sweeps of expired inbound sessions.
 _EXPIRE_EVERY_S = 3600.0
+
+#: Messages stored unread that a forwarded key is tried on before it is refused.
+_UNREAD_TRIED = 8
 
 PendingKey = tuple[str, str, str]  # (room, author, session id)
 
@@ -95,6 +103,9 @@ class RoomKeys:
         #: dropped, so a message brought again and again is stored unread in the end).
         self._first_asked: dict[PendingKey, float] = {}
         self._rkq_window: dict[str, tuple[float, int]] = {}
+        #: Requests we sent per member, and in all, in the current MEGOLM_RKQ_WINDOW_S.
+        self._rkq_out: dict[str, tuple[float, int]] = {}
+        self._rkq_out_all: dict[str, tuple[float, int]] = {}
         #: Room -> authors whose presence record named it (bounded like the presence book).
         self._presence_members: dict[str, set[str]] = {}
         self._warn = WarnOnce(log)
@@ -174,19 +185,52 @@ class RoomKeys:
 
     def on_admitted(self, wire: str, peer_id: str) -> None:
         """peer_id is an admitted member of wire now: give it our current key, ask it for
-        the keys of messages we keep."""
+        the keys of messages we keep.
+
+        A peer admitted for the first time (or again after it left or we blocked it) is a
+        member from now on: a session made more than MEGOLM_ADMIT_GRACE_S before it goes to
+        it from its current index (none of the messages written in it before), and it gets
+        no `rkq` answer for sessions that reached us earlier than that.
+        """
+        try:
+            since = self._since(wire, peer_id)
+        except StoreError as exc:  # ours: count it a member from now (it gets less)
+            log.error("cannot record a member of %s: %s", wire, exc)
+            since = self._clock()
         out = self._outbound(wire)
         if out is not None and not out.row.left:
-            own = self._inbound(wire, self.me, out.row.sid)
+            own: group.Inbound | None
+            if out.row.created >= since - limits.MEGOLM_ADMIT_GRACE_S:  # a member then
+                own = self._inbound(wire, self.me, out.row.sid)
+            else:
+                own = group.Inbound.from_key(out.session.session_key)
             key = self._key_frame(wire, self.me, own) if own is not None else None
             if key is not None:
                 self._send(peer_id, key)
         for room, author, sid in list(self._held):
             if room == wire:
-                self._send(peer_id, gk.RoomKeyRequest(room=room, author=author, sid=sid))
+                self._ask(peer_id, gk.RoomKeyRequest(room=room, author=author, sid=sid))
+        # Keys we gave up waiting for: a new member may hold them (never asked for good).
+        try:
+            unread = self._keys.unread_sessions(wire, limits.MEGOLM_REASK_UNREAD)
+        except StoreError as exc:
+            log.warning("cannot list messages stored unread: %s", exc)
+            unread = []
+        for author, sid in unread:
+            self._ask(peer_id, gk.RoomKeyRequest(room=wire, author=author, sid=sid))
+
+    def _since(self, wire: str, peer_id: str) -> float:
+        """Return since when peer_id is a member of wire (recorded now if it was not one)."""
+        since = self._keys.member_since(wire, peer_id)
+        if since is None:
+            since = self._clock()
+            self._keys.add_member(wire, peer_id, since, limits.MEGOLM_MAX_MEMBERS_PER_ROOM)
+        return since
 
     def member_left(self, wire: str, peer_id: str) -> None:
-        """peer_id left private room wire (or was blocked): our next message rotates."""
+        """peer_id left private room wire (or was blocked): our next message rotates, and
+        if it is admitted again it is a member from then on (on_admitted)."""
+        self._keys.drop_member(wire, peer_id)
         out = self._outbound(wire)
         if out is None or out.row.left:
             return
@@ -231,6 +275,10 @@ class RoomKeys:
         text, _index = inbound.open(enc, wire, author, seq)
         return text
 
+    def gave_key(self, wire: str, author: str) -> bool:
+        """Return whether author gave us a key of a session of its own in wire (is a member)."""
+        return author == self.me or self._keys.has_author(wire, author)
+
     def _inbound(self, wire: str, author: str, sid: str) -> group.Inbound | None:
         found = self._keys.inbound(wire, author, sid)
         if found is None:
@@ -267,6 +315,7 @@ class RoomKeys:
         first = self._first_asked.get(key)
         if first is not None and abs(self._clock() - first) >= limits.MEGOLM_GIVE_UP_S:
             self._keys.add_unread(msg.id, body.room, msg.author_id, sid)
+            self._drop_held(key)  # stored now; its key is asked again of new members
             return False
         held = self._held.setdefault(key, [])
         if any(h.msg.id == msg.id for h in held):
@@ -297,17 +346,29 @@ class RoomKeys:
         last = self._asked.get(key)
         if last is not None and abs(now - last) < limits.MEGOLM_RKQ_RETRY_S:
             return
+        room, author, sid = key
+        members = self._admitted(room) - {self.me}
+        targets = [author] if author in members else sorted(members)[: limits.MEGOLM_RKQ_FANOUT]
+        frame = gk.RoomKeyRequest(room=room, author=author, sid=sid)
+        if not [peer for peer in targets if self._ask(peer, frame)]:
+            return  # nobody asked (none to ask, or over our bounds): the wait has not begun
         self._asked[key] = now
         if key not in self._first_asked:
             self._first_asked[key] = now
             if len(self._first_asked) > limits.MEGOLM_MAX_PENDING_MSGS:
                 del self._first_asked[next(iter(self._first_asked))]
-        room, author, sid = key
-        members = self._admitted(room) - {self.me}
-        targets = [author] if author in members else sorted(members)[: limits.MEGOLM_RKQ_FANOUT]
-        frame = gk.RoomKeyRequest(room=room, author=author, sid=sid)
-        for peer in targets:
-            self._send(peer, frame)
+
+    def _ask(self, peer_id: str, frame: gk.RoomKeyRequest) -> bool:
+        """Send an `rkq` within our bounds (per member and in all); return whether it went."""
+        now = self._clock()
+        if not _count(self._rkq_out_all, "", now, limits.MEGOLM_RKQ_OUT_PER_WINDOW):
+            self._warn("rkq out", "not asking for more room keys now: too many asked")
+            return False
+        if not _count(self._rkq_out, peer_id, now, limits.MEGOLM_RKQ_OUT_PER_PEER):
+            self._warn((peer_id, "rkq out"), "not asking %s for more room keys now", peer_id[:8])
+            return False
+        self._send(peer_id, frame)
+        return True
 
     # --- room-key frames ---------------------------------------------------------
 
@@ -357,7 +418,9 @@ class RoomKeys:
             self._warn((peer_id, "rk bad"), "refusing a room key from %s: %s", peer_id[:8], exc)
             return
         key = (frame.room, frame.author, inbound.session_id)
-        if frame.author != peer_id and not self._reads_held(key, inbound):
+        if frame.author != peer_id and not (
+            self._reads_held(key, inbound) or self._reads_unread(key, inbound)
+        ):
             # Only the author's own key is taken unasked; a forwarded one must prove itself.
             self._warn(
                 (peer_id, "rk fwd"),
@@ -382,6 +445,18 @@ class RoomKeys:
                 continue
             self._keys.read_at_last(msg_id, text)
             log.info("room %s: a message stored unread (%s) is readable now", room, msg_id[:8])
+
+    def _reads_unread(self, key: PendingKey, inbound: group.Inbound) -> bool:
+        """Return whether inbound opens a message of its session we stored unread."""
+        room, author, _sid = key
+        for _msg_id, raw_body in self._keys.unread(*key)[:_UNREAD_TRIED]:
+            try:
+                body = m.decode_body(raw_body)
+                inbound.open(body.enc, room, author, body.seq)
+            except (BadCiphertext, RemoteProtocolError):
+                continue
+            return True
+        return False
 
     def _reads_held(self, key: PendingKey, inbound: group.Inbound) -> bool:
         for h in self._held.get(key, []):
@@ -416,6 +491,19 @@ class RoomKeys:
         self._rkq_window[peer_id] = (start, count + 1)
         if len(self._rkq_window) > limits.MEGOLM_RKQ_PEERS:
             del self._rkq_window[next(iter(self._rkq_window))]
+        since = self._keys.member_since(frame.room, peer_id)
+        made = self._keys.inbound_created(frame.room, frame.author, frame.sid)
+        if made is None:
+            return
+        if since is None or made < since - limits.MEGOLM_ADMIT_GRACE_S:
+            # It was no member (or had left) when that session reached us: no history.
+            self._warn(
+                (peer_id, frame.room, "rkq old"),
+                "not giving %s a room key of %s from before it was admitted",
+                peer_id[:8],
+                frame.room,
+            )
+            return
         inbound = self._inbound(frame.room, frame.author, frame.sid)
         if inbound is None:
             return
@@ -438,3 +526,19 @@ class RoomKeys:
             return
         if gone:
             log.info("deleted %d Megolm sessions older than the kept window", gone)
+
+
+def _count(table: dict[str, tuple[float, int]], key: str, now: float, cap: int) -> bool:
+    """Count one event of key in its MEGOLM_RKQ_WINDOW_S window; False (not counted) at cap.
+
+    At most MEGOLM_RKQ_PEERS keys are remembered (the oldest forgotten first).
+    """
+    start, count = table.get(key, (now, 0))
+    if abs(now - start) >= limits.MEGOLM_RKQ_WINDOW_S:
+        start, count = now, 0
+    if count >= cap:
+        return False
+    table[key] = (start, count + 1)
+    if len(table) > limits.MEGOLM_RKQ_PEERS:
+        del table[next(iter(table))]
+    return True

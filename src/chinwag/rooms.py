@@ -188,6 +188,20 @@ class RoomBook:
             return Room(wire, "@" + author[:8], DM, None, author)
         return None
 
+    def from_member(self, room: Room, via: str, author: str) -> bool:
+        """Return whether to take a message of private room `room` by author that came from
+        connected peer via (docs/protocol.md 27.4): via proved the passphrase to us (a member
+        stores only what passed this test), or author is a member we know: ourselves,
+        admitted to us now, or it gave us a key of its own. A signed presence record naming
+        the room does not count: anyone can name a room id it saw announced."""
+        if room.kind != PRIVATE or author == self.me:
+            return True
+        if via not in self.blocked and self.admission.is_admitted(via, room.wire):
+            return True
+        if self.admission.is_admitted(author, room.wire):
+            return True
+        return self.group is not None and self.group.gave_key(room.wire, author)
+
     def remember(self, room: Room) -> bool:
         """Save a conversation returned unsaved by holds() (and note it active).
 

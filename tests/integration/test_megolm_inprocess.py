@@ -4,16 +4,21 @@ SQLite, real Olm channels): the Megolm room-key rules of docs/protocol.md 27."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
+import msgspec
 import pytest
+from hostile_peer import HostilePeer
 from it_support import until
 
 from chinwag import events as ev
+from chinwag import limits
 from chinwag.crypto import box, group
 from chinwag.node import Node, NodeConfig
 from chinwag.private import inner
 from chinwag.protocol import groupkeys as gk
+from chinwag.protocol.chat import make_message
 from node_support import make_node
 
 pytestmark = pytest.mark.timeout(60)
@@ -171,3 +176,54 @@ async def test_a_member_beyond_another_leaves_and_is_seen_to_by_its_presence_rec
     finally:
         for n in (c, a, b):
             await n.stop()
+
+
+async def test_a_stranger_cannot_write_into_a_private_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 1 of the review: a connected peer that never proved the passphrase sends a
+    signed chat into the room (its id is broadcast) under a made-up Megolm session, twice
+    (the give-up time 0 stands in for two minutes passing). alice neither keeps it, nor asks
+    anyone for its key, nor stores or shows it (no "(cannot decrypt ...)" row)."""
+    monkeypatch.setattr(limits, "MEGOLM_GIVE_UP_S", 0.0)
+    a = make_node(tmp_path / "a", "alice")
+    await a.start()
+    await a.join("vault", PASS)
+    wire = box.private_room_id("vault")
+    seen: list[ev.NodeEvent] = []
+    a.subscribe(seen.append)
+    h = HostilePeer(rooms=(wire, "general"))
+    try:
+        await h.connect(a.port)
+        keys = a._running().book.group
+        assert keys is not None
+        asked: list[tuple[str, str]] = []
+        real_send = keys._send_inner
+
+        def spy(peer: str, kind: str, data: bytes) -> bool:
+            asked.append((peer, kind))
+            return real_send(peer, kind, data)
+
+        keys._send_inner = spy
+        fake = group.Outbound.create()
+        enc = msgspec.msgpack.encode([fake.session_id, b"\x03junk" * 5])
+        msg = make_message(h.identity, wire, "mallory", int(time.time() * 1000), 1, "", enc)
+        with caplog.at_level(logging.WARNING):
+            h.send_chat(msg)
+            h.send_chat(msg)
+            h.send_chat(h.message(1, "a marker in general"))  # after the two, on one connection
+            await until(lambda: "a marker in general" in texts(seen), "the marker shown")
+        stored = (
+            a._running()
+            .store.db.execute("SELECT author, text FROM messages WHERE room=?", (wire,))
+            .fetchall()
+        )
+        assert stored == []
+        assert not any(isinstance(e, ev.Message) and e.room == "vault" for e in seen)
+        assert keys._held_count == 0
+        assert asked == []
+        assert h.closed is None
+        assert "not a member" in caplog.text
+    finally:
+        await h.close()
+        await a.stop()

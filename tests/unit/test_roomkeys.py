@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from chinwag import limits
@@ -107,6 +108,8 @@ def members(tmp_path: Path, clock: Clock) -> Iterator[dict[str, Member]]:
     made = {n: Member(tmp_path, i, clock) for n, i in (("a", ALICE), ("b", BOB), ("c", CAROL))}
     for one in made.values():
         one.admitted = {o.id for o in made.values() if o is not one}
+        for other in one.admitted:  # as the node does once each proved the passphrase
+            one.keys.on_admitted(WIRE, other)
     yield made
     for one in made.values():
         one.store.close()
@@ -383,3 +386,120 @@ def test_a_presence_record_that_drops_the_room_counts_as_leaving(
     assert sid_of(b.write("y")[1]) == sid_of(enc)
     b.keys.presence(WIRE, a.id, False)
     assert sid_of(b.write("z")[1]) != sid_of(enc)
+
+
+def _junk(author: Member, seq: int) -> tuple[m.Chat, ChatMessage]:
+    """author's signed message under a made-up session id (nobody holds its key)."""
+    enc = msgspec.msgpack.encode([group.Outbound.create().session_id, b"\x03junk" * 5])
+    return _chat(author, seq, enc), _msg(author, seq, enc)
+
+
+def test_our_key_requests_are_bounded_per_member_and_in_all(
+    members: dict[str, Member], clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 1: junk session ids must not make us spend a member's answer budget (then our
+    genuine requests are ignored) nor make us an amplifier; a message whose request was not
+    sent has not started its give-up time."""
+    a, b = members["a"], members["b"]
+    a.out.clear()
+    assert limits.MEGOLM_RKQ_OUT_PER_PEER < limits.MEGOLM_RKQ_PER_WINDOW
+    for seq in range(1, limits.MEGOLM_RKQ_OUT_PER_PEER + 6):
+        assert a.keys.hold(_Conn(), *_junk(b, seq))
+    assert len(a.frames_to(b)) == limits.MEGOLM_RKQ_OUT_PER_PEER
+    # The last ones were not asked for: their wait has not begun, they are not given up.
+    monkeypatch.setattr(limits, "MEGOLM_GIVE_UP_S", 0.0)
+    last = limits.MEGOLM_RKQ_OUT_PER_PEER + 5
+    chat, msg = _junk(b, last)
+    key = (WIRE, b.id, group.envelope(msg.body.enc)[0])
+    assert a.keys.hold(_Conn(), chat, msg)
+    assert key not in a.keys._first_asked
+    clock.now += limits.MEGOLM_RKQ_WINDOW_S
+    a.keys.hold(_Conn(), *_junk(b, 99))
+    assert len(a.frames_to(b)) >= 1  # a new window: asking again
+    # In all: at most MEGOLM_RKQ_OUT_PER_WINDOW per window, whoever is asked.
+    clock.now += limits.MEGOLM_RKQ_WINDOW_S
+    monkeypatch.setattr(limits, "MEGOLM_RKQ_OUT_PER_WINDOW", 3)
+    for seq in range(200, 210):
+        a.keys.hold(_Conn(), *_junk(members["c"] if seq % 2 else b, seq))
+    assert len([to for to, _ in a.out]) == 3
+
+
+def _ask(asker: Member, of: Member, author: Member, enc: bytes) -> list[bytes]:
+    """asker sends of an `rkq` for author's session of enc; return what of answers it."""
+    of.keys.received(
+        asker.id, gk.encode(gk.RoomKeyRequest(room=WIRE, author=author.id, sid=sid_of(enc)))
+    )
+    return of.frames_to(asker)
+
+
+def test_a_new_member_gets_no_key_of_what_was_written_before_it_was_admitted(
+    tmp_path: Path, members: dict[str, Member], clock: Clock
+) -> None:
+    """Finding 5: dave proves the passphrase after b wrote: b gives it the current session
+    from its current index, and neither b nor a answers its requests for earlier sessions."""
+    a, b = members["a"], members["b"]
+    seq1, enc1 = b.write("before dave")
+    b.deliver(a)
+    clock.now += limits.MEGOLM_ADMIT_GRACE_S + 1
+    dave = Member(tmp_path, MALLORY, clock)
+    try:
+        for one in (a, b):
+            one.admitted.add(dave.id)
+            one.keys.on_admitted(WIRE, dave.id)
+            dave.admitted.add(one.id)
+        assert b.deliver(dave) == 1
+        with pytest.raises(group.UnknownSession):
+            dave.read(b, seq1, enc1)
+        seq2, enc2 = b.write("after dave")
+        assert sid_of(enc2) == sid_of(enc1)  # the same session: dave reads from now on
+        assert dave.read(b, seq2, enc2) == "after dave"
+        assert _ask(dave, b, b, enc1) == []
+        assert _ask(dave, a, b, enc1) == []
+        # A member all along asks and gets it.
+        assert len(_ask(members["c"], a, b, enc1)) == 1
+    finally:
+        dave.store.close()
+
+
+def test_a_leaver_admitted_again_reads_only_from_its_readmission(
+    members: dict[str, Member], clock: Clock
+) -> None:
+    """Finding 5: the passphrase does not change, so c proves it again after leaving; what
+    was written while it was away stays closed to it, also after b restarts."""
+    a, b, c = members["a"], members["b"], members["c"]
+    b.write("c is here")
+    b.deliver(c)
+    b.keys.member_left(WIRE, c.id)
+    b.admitted.discard(c.id)
+    seq2, enc2 = b.write("c is away")
+    b.frames_to(a)
+    clock.now += limits.MEGOLM_ADMIT_GRACE_S + 1
+    b.restart()
+    b.admitted.add(c.id)
+    b.keys.on_admitted(WIRE, c.id)
+    assert b.deliver(c) == 1
+    with pytest.raises(group.UnknownSession):
+        c.read(b, seq2, enc2)
+    assert _ask(c, b, b, enc2) == []
+    seq3, enc3 = b.write("c is back")
+    assert c.read(b, seq3, enc3) == "c is back"
+
+
+def test_a_member_admitted_just_after_a_message_still_reads_it(
+    tmp_path: Path, members: dict[str, Member], clock: Clock
+) -> None:
+    """Members that join at about the same time (or a message written while a join
+    completes): within MEGOLM_ADMIT_GRACE_S the session goes whole."""
+    b = members["b"]
+    seq, enc = b.write("just before eve")
+    clock.now += limits.MEGOLM_ADMIT_GRACE_S - 1
+    eve = Member(tmp_path, Identity.from_seed(b"e" * 32), clock)
+    try:
+        b.admitted.add(eve.id)
+        eve.admitted.add(b.id)
+        b.keys.on_admitted(WIRE, eve.id)
+        assert b.deliver(eve) == 1
+        assert eve.read(b, seq, enc) == "just before eve"
+        assert len(_ask(eve, b, b, enc)) == 1
+    finally:
+        eve.store.close()

@@ -27,6 +27,7 @@ from chinwag.errors import UsageError
 from chinwag.events import NodeEvent
 from chinwag.history import History
 from chinwag.protocol import admit as ad
+from chinwag.protocol import groupkeys as gk
 from chinwag.protocol import messages as m
 from chinwag.protocol.admit import Admission
 from chinwag.protocol.chat import ChatMessage, make_message
@@ -781,7 +782,8 @@ async def test_private_room_message_of_an_unknown_session_is_kept_until_its_key_
 ) -> None:
     """Not dropped for good: kept, its key asked for (once), shown when the key arrives."""
     node = make_node(ALICE)
-    node.book.join_private("secret", KEY)
+    secret = node.book.join_private("secret", KEY)
+    assert admit(node.book, ALICE, secret.wire, KEY)  # a member (a stranger's is refused)
     alice = sender(ALICE, "alice")
     room = alice.book.join_private("secret", KEY)
     first = alice.post(room, "before you had my key")
@@ -836,7 +838,8 @@ async def test_a_message_whose_key_never_comes_is_stored_unread_then_read_when_i
     text is filled in if the key comes after all."""
     monkeypatch.setattr(limits, "MEGOLM_GIVE_UP_S", 0.0)
     node = make_node(ALICE)
-    node.book.join_private("secret", KEY)
+    secret = node.book.join_private("secret", KEY)
+    assert admit(node.book, ALICE, secret.wire, KEY)
     alice = sender(ALICE, "alice")
     msg = alice.post(alice.book.join_private("secret", KEY), "lost in time")
     node.receive(ALICE, msg, hist=True)
@@ -853,6 +856,78 @@ async def test_a_message_whose_key_never_comes_is_stored_unread_then_read_when_i
     [row] = store.history(wire, 10)
     assert row.text == "lost in time"
     assert [e.text for e in node.history.search("lost in", 10).messages] == ["lost in time"]
+
+
+async def test_a_key_given_up_on_is_asked_again_of_a_new_member_who_may_forward_it(
+    make_node: Any, sender: Any, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 1: giving up is not for good. A message stored unread has its key asked for
+    again of each member admitted later; that member's forward of the author's key is taken
+    (it reads the stored message) and the text is filled in."""
+    monkeypatch.setattr(limits, "MEGOLM_GIVE_UP_S", 0.0)
+    node = make_node(ALICE, CAROL)
+    secret = node.book.join_private("secret", KEY)
+    assert admit(node.book, ALICE, secret.wire, KEY)
+    alice = sender(ALICE, "alice")
+    msg = alice.post(alice.book.join_private("secret", KEY), "late but read")
+    node.receive(ALICE, msg, hist=True)
+    await turn()
+    node.receive(ALICE, msg, hist=True)
+    await turn()
+    [row] = store.history(secret.wire, 10)
+    assert row.text == UNREADABLE
+    node = make_node(ALICE, CAROL)  # a restart: nothing kept in memory
+    mine = KEYS_SENT[ME.peer_id]
+    mine.clear()
+    assert node.book.group is not None
+    node.book.group.on_admitted(secret.wire, CAROL.peer_id)  # carol is admitted later
+    asked = [gk.decode(inner) for to, inner in mine if to == CAROL.peer_id]
+    assert [type(f) for f in asked] == [gk.RoomKeyRequest]
+    # carol forwards alice's key (here: the one alice gave us, passed on by carol).
+    alices = [inner for to, inner in KEYS_SENT[ALICE.peer_id] if to == ME.peer_id]
+    assert alices
+    for inner in alices:
+        node.book.group.received(CAROL.peer_id, inner)
+    [row] = store.history(secret.wire, 10)
+    assert row.text == "late but read"
+
+
+async def test_a_private_room_takes_messages_from_members_only(
+    make_node: Any, sender: Any, store: Store
+) -> None:
+    """docs/protocol.md 27.4: a message of a private room is taken if it came from an
+    admitted peer (a member vouches for what it stores) or its author is a member we know
+    (admitted, or it gave us a key); a stranger's is neither kept, asked about nor stored."""
+    node = make_node(ALICE, BOB, CAROL)
+    secret = node.book.join_private("secret", KEY)
+    bob, mallory = sender(BOB, "bob"), sender(MALLORY, "mallory")
+    b_room = bob.book.join_private("secret", KEY)
+    assert bob.book.group is not None
+    bob.book.group.on_admitted(secret.wire, ME.peer_id)  # we are a member for bob from now
+    from_bob = bob.post(b_room, "bob writes")
+    junk = mallory.post(mallory.book.join_private("secret", KEY), "mallory writes")
+    for sent in KEYS_SENT.values():
+        sent.clear()
+    # Nobody admitted yet: mallory's own message, and bob's through carol, are refused.
+    node.receive(MALLORY, junk)
+    node.receive(CAROL, from_bob)
+    await turn()
+    assert node.book.group is not None and node.book.group._held_count == 0
+    assert KEYS_SENT.get(ME.peer_id, []) == []  # no key asked of anyone
+    # alice is admitted: her copies of anyone's messages are kept, their keys asked for.
+    assert admit(node.book, ALICE, secret.wire, KEY)
+    node.receive(ALICE, from_bob)
+    node.receive(ALICE, junk)  # (a member may pass on what it stored)
+    await turn()
+    assert node.book.group._held_count == 2
+    # bob gave us a key: his messages are taken from anyone now (they are signed).
+    bob.book.group.on_admitted(secret.wire, ME.peer_id)  # (connected again)
+    assert give_keys(BOB, node.book) == 1
+    node.receive(CAROL, bob.post(b_room, "bob via carol"))
+    await turn()
+    await turn()
+    shown = [e.text for e in node.events if isinstance(e, ev.Message)]
+    assert sorted(shown) == ["bob via carol", "bob writes"]
 
 
 # --- History: blocked authors ----------------------------------------------------------
