@@ -804,10 +804,6 @@ MEGOLM_REASK_UNREAD = 8
 #: before it was admitted): the oldest admissions are forgotten first, and a forgotten member
 #: counts as new when admitted again (it gets less, never more): bounded rows per room.
 MEGOLM_MAX_MEMBERS_PER_ROOM = 4_096
-#: Seconds before its admission from which a member still gets a session whole (from its first
-#: message): members that joined at about the same time, or a message written while a join
-#: completes, stay readable; a re-admitted leaver reads at most this much from before.
-MEGOLM_ADMIT_GRACE_S = 120.0
 # --- keys: export/import and held private messages (issue 12 item 5) ---------------------
 
 #: Argon2id passes and bytes of memory an export file may ask for (libsodium's SENSITIVE

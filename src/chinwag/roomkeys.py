@@ -188,9 +188,8 @@ class RoomKeys:
         the keys of messages we keep.
 
         A peer admitted for the first time (or again after it left or we blocked it) is a
-        member from now on: a session made more than MEGOLM_ADMIT_GRACE_S before it goes to
-        it from its current index (none of the messages written in it before), and it gets
-        no `rkq` answer for sessions that reached us earlier than that.
+        member from now on: it gets our current session from its current index, never the
+        messages written in it before (nor, by `rkq`, sessions that reached us before).
         """
         try:
             since = self._since(wire, peer_id)
@@ -200,7 +199,7 @@ class RoomKeys:
         out = self._outbound(wire)
         if out is not None and not out.row.left:
             own: group.Inbound | None
-            if out.row.created >= since - limits.MEGOLM_ADMIT_GRACE_S:  # a member then
+            if out.row.created >= since:  # a member all along: from the first message
                 own = self._inbound(wire, self.me, out.row.sid)
             else:
                 own = group.Inbound.from_key(out.session.session_key)
@@ -495,7 +494,7 @@ class RoomKeys:
         made = self._keys.inbound_created(frame.room, frame.author, frame.sid)
         if made is None:
             return
-        if since is None or made < since - limits.MEGOLM_ADMIT_GRACE_S:
+        if since is None or made < since:
             # It was no member (or had left) when that session reached us: no history.
             self._warn(
                 (peer_id, frame.room, "rkq old"),
