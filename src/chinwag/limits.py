@@ -800,10 +800,7 @@ MEGOLM_RKQ_OUT_PER_WINDOW = 64
 #: a member who holds a key we gave up on can still give it, boundedly (well under
 #: MEGOLM_RKQ_OUT_PER_PEER, so requests for messages kept now still go).
 MEGOLM_REASK_UNREAD = 8
-#: Members per private room whose admission time we keep (a member gets no key of a session made
-#: before it was admitted): the oldest admissions are forgotten first, and a forgotten member
-#: counts as new when admitted again (it gets less, never more): bounded rows per room.
-MEGOLM_MAX_MEMBERS_PER_ROOM = 4_096
+
 # --- keys: export/import and held private messages (issue 12 item 5) ---------------------
 
 #: Argon2id passes and bytes of memory an export file may ask for (libsodium's SENSITIVE

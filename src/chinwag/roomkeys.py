@@ -185,24 +185,10 @@ class RoomKeys:
 
     def on_admitted(self, wire: str, peer_id: str) -> None:
         """peer_id is an admitted member of wire now: give it our current key, ask it for
-        the keys of messages we keep.
-
-        A peer admitted for the first time (or again after it left or we blocked it) is a
-        member from now on: it gets our current session from its current index, never the
-        messages written in it before (nor, by `rkq`, sessions that reached us before).
-        """
-        try:
-            since = self._since(wire, peer_id)
-        except StoreError as exc:  # ours: count it a member from now (it gets less)
-            log.error("cannot record a member of %s: %s", wire, exc)
-            since = self._clock()
+        the keys of messages we keep."""
         out = self._outbound(wire)
         if out is not None and not out.row.left:
-            own: group.Inbound | None
-            if out.row.created >= since:  # a member all along: from the first message
-                own = self._inbound(wire, self.me, out.row.sid)
-            else:
-                own = group.Inbound.from_key(out.session.session_key)
+            own = self._inbound(wire, self.me, out.row.sid)
             key = self._key_frame(wire, self.me, own) if own is not None else None
             if key is not None:
                 self._send(peer_id, key)
@@ -218,18 +204,8 @@ class RoomKeys:
         for author, sid in unread:
             self._ask(peer_id, gk.RoomKeyRequest(room=wire, author=author, sid=sid))
 
-    def _since(self, wire: str, peer_id: str) -> float:
-        """Return since when peer_id is a member of wire (recorded now if it was not one)."""
-        since = self._keys.member_since(wire, peer_id)
-        if since is None:
-            since = self._clock()
-            self._keys.add_member(wire, peer_id, since, limits.MEGOLM_MAX_MEMBERS_PER_ROOM)
-        return since
-
     def member_left(self, wire: str, peer_id: str) -> None:
-        """peer_id left private room wire (or was blocked): our next message rotates, and
-        if it is admitted again it is a member from then on (on_admitted)."""
-        self._keys.drop_member(wire, peer_id)
+        """peer_id left private room wire (or was blocked): our next message rotates."""
         out = self._outbound(wire)
         if out is None or out.row.left:
             return
@@ -490,19 +466,6 @@ class RoomKeys:
         self._rkq_window[peer_id] = (start, count + 1)
         if len(self._rkq_window) > limits.MEGOLM_RKQ_PEERS:
             del self._rkq_window[next(iter(self._rkq_window))]
-        since = self._keys.member_since(frame.room, peer_id)
-        made = self._keys.inbound_created(frame.room, frame.author, frame.sid)
-        if made is None:
-            return
-        if since is None or made < since:
-            # It was no member (or had left) when that session reached us: no history.
-            self._warn(
-                (peer_id, frame.room, "rkq old"),
-                "not giving %s a room key of %s from before it was admitted",
-                peer_id[:8],
-                frame.room,
-            )
-            return
         inbound = self._inbound(frame.room, frame.author, frame.sid)
         if inbound is None:
             return

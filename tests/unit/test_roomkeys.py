@@ -108,8 +108,6 @@ def members(tmp_path: Path, clock: Clock) -> Iterator[dict[str, Member]]:
     made = {n: Member(tmp_path, i, clock) for n, i in (("a", ALICE), ("b", BOB), ("c", CAROL))}
     for one in made.values():
         one.admitted = {o.id for o in made.values() if o is not one}
-        for other in one.admitted:  # as the node does once each proved the passphrase
-            one.keys.on_admitted(WIRE, other)
     yield made
     for one in made.values():
         one.store.close()
@@ -422,64 +420,3 @@ def test_our_key_requests_are_bounded_per_member_and_in_all(
     for seq in range(200, 210):
         a.keys.hold(_Conn(), *_junk(members["c"] if seq % 2 else b, seq))
     assert len([to for to, _ in a.out]) == 3
-
-
-def _ask(asker: Member, of: Member, author: Member, enc: bytes) -> list[bytes]:
-    """asker sends of an `rkq` for author's session of enc; return what of answers it."""
-    of.keys.received(
-        asker.id, gk.encode(gk.RoomKeyRequest(room=WIRE, author=author.id, sid=sid_of(enc)))
-    )
-    return of.frames_to(asker)
-
-
-def test_a_new_member_gets_no_key_of_what_was_written_before_it_was_admitted(
-    tmp_path: Path, members: dict[str, Member], clock: Clock
-) -> None:
-    """Finding 5: dave proves the passphrase after b wrote: b gives it the current session
-    from its current index, and neither b nor a answers its requests for earlier sessions."""
-    a, b = members["a"], members["b"]
-    seq1, enc1 = b.write("before dave")
-    b.deliver(a)
-    clock.now += 1
-    dave = Member(tmp_path, MALLORY, clock)
-    try:
-        for one in (a, b):
-            one.admitted.add(dave.id)
-            one.keys.on_admitted(WIRE, dave.id)
-            dave.admitted.add(one.id)
-        assert b.deliver(dave) == 1
-        with pytest.raises(group.UnknownSession):
-            dave.read(b, seq1, enc1)
-        seq2, enc2 = b.write("after dave")
-        assert sid_of(enc2) == sid_of(enc1)  # the same session: dave reads from now on
-        assert dave.read(b, seq2, enc2) == "after dave"
-        assert _ask(dave, b, b, enc1) == []
-        assert _ask(dave, a, b, enc1) == []
-        # A member all along asks and gets it.
-        assert len(_ask(members["c"], a, b, enc1)) == 1
-    finally:
-        dave.store.close()
-
-
-def test_a_leaver_admitted_again_reads_only_from_its_readmission(
-    members: dict[str, Member], clock: Clock
-) -> None:
-    """Finding 5: the passphrase does not change, so c proves it again after leaving; what
-    was written while it was away stays closed to it, also after b restarts."""
-    a, b, c = members["a"], members["b"], members["c"]
-    b.write("c is here")
-    b.deliver(c)
-    b.keys.member_left(WIRE, c.id)
-    b.admitted.discard(c.id)
-    seq2, enc2 = b.write("c is away")
-    b.frames_to(a)
-    clock.now += 1
-    b.restart()
-    b.admitted.add(c.id)
-    b.keys.on_admitted(WIRE, c.id)
-    assert b.deliver(c) == 1
-    with pytest.raises(group.UnknownSession):
-        c.read(b, seq2, enc2)
-    assert _ask(c, b, b, enc2) == []
-    seq3, enc3 = b.write("c is back")
-    assert c.read(b, seq3, enc3) == "c is back"

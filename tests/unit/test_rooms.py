@@ -901,10 +901,7 @@ async def test_a_private_room_takes_messages_from_members_only(
     node = make_node(ALICE, BOB, CAROL)
     secret = node.book.join_private("secret", KEY)
     bob, mallory = sender(BOB, "bob"), sender(MALLORY, "mallory")
-    b_room = bob.book.join_private("secret", KEY)
-    assert bob.book.group is not None
-    bob.book.group.on_admitted(secret.wire, ME.peer_id)  # we are a member for bob from now
-    from_bob = bob.post(b_room, "bob writes")
+    from_bob = bob.post(bob.book.join_private("secret", KEY), "bob writes")
     junk = mallory.post(mallory.book.join_private("secret", KEY), "mallory writes")
     for sent in KEYS_SENT.values():
         sent.clear()
@@ -921,9 +918,10 @@ async def test_a_private_room_takes_messages_from_members_only(
     await turn()
     assert node.book.group._held_count == 2
     # bob gave us a key: his messages are taken from anyone now (they are signed).
-    bob.book.group.on_admitted(secret.wire, ME.peer_id)  # (connected again)
+    assert bob.book.group is not None
+    bob.book.group.on_admitted(secret.wire, ME.peer_id)
     assert give_keys(BOB, node.book) == 1
-    node.receive(CAROL, bob.post(b_room, "bob via carol"))
+    node.receive(CAROL, bob.post(bob.book.joined[secret.wire], "bob via carol"))
     await turn()
     await turn()
     shown = [e.text for e in node.events if isinstance(e, ev.Message)]

@@ -26,9 +26,6 @@ CREATE TABLE IF NOT EXISTS megolm_unread(
     id TEXT PRIMARY KEY, room TEXT NOT NULL, author TEXT NOT NULL, sid TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS megolm_unread_session ON megolm_unread(room, author, sid);
-CREATE TABLE IF NOT EXISTS megolm_members(
-    room TEXT NOT NULL, peer TEXT NOT NULL, since REAL NOT NULL, PRIMARY KEY(room, peer)
-) WITHOUT ROWID;
 """
 
 
@@ -75,41 +72,9 @@ class GroupKeyStore:
             self.store.db.execute("UPDATE megolm_outbound SET left_since=1 WHERE room=?", (room,))
 
     def forget_room(self, room: str) -> None:
-        """We left the room: our outbound session and its members go (inbound sessions
-        expire as usual)."""
+        """We left the room: our outbound session goes (inbound ones expire as usual)."""
         with self.store._transaction():
             self.store.db.execute("DELETE FROM megolm_outbound WHERE room=?", (room,))
-            self.store.db.execute("DELETE FROM megolm_members WHERE room=?", (room,))
-
-    # --- members: since when a peer is one (it gets no key of a session made before) ------
-
-    def member_since(self, room: str, peer: str) -> float | None:
-        """Return when peer was (last) admitted to room by us, or None (not a member now)."""
-        r = self.store.db.execute(
-            "SELECT since FROM megolm_members WHERE room=? AND peer=?", (room, peer)
-        ).fetchone()
-        return float(r[0]) if r is not None else None
-
-    def add_member(self, room: str, peer: str, since: float, keep: int) -> None:
-        """Record peer as a member of room since `since`; keep only the `keep` newest."""
-        with self.store._transaction():
-            db = self.store.db
-            db.execute(
-                "INSERT OR REPLACE INTO megolm_members(room, peer, since) VALUES (?,?,?)",
-                (room, peer, since),
-            )
-            db.execute(
-                "DELETE FROM megolm_members WHERE room=? AND peer NOT IN ("
-                " SELECT peer FROM megolm_members WHERE room=? ORDER BY since DESC LIMIT ?)",
-                (room, room, keep),
-            )
-
-    def drop_member(self, room: str, peer: str) -> None:
-        """peer left room (or was blocked): admitted again, it is a member from then on."""
-        with self.store._transaction():
-            self.store.db.execute(
-                "DELETE FROM megolm_members WHERE room=? AND peer=?", (room, peer)
-            )
 
     def inbound(self, room: str, author: str, sid: str) -> tuple[str, int] | None:
         """Return (pickle, first index) of an inbound session, or None."""
@@ -118,14 +83,6 @@ class GroupKeyStore:
             (room, author, sid),
         ).fetchone()
         return (r[0], r[1]) if r is not None else None
-
-    def inbound_created(self, room: str, author: str, sid: str) -> float | None:
-        """Return when an inbound session reached us (for our own: when we made it)."""
-        r = self.store.db.execute(
-            "SELECT created FROM megolm_inbound WHERE room=? AND author=? AND sid=?",
-            (room, author, sid),
-        ).fetchone()
-        return float(r[0]) if r is not None else None
 
     def has_author(self, room: str, author: str) -> bool:
         """Return whether we hold any inbound session of author in room (it gave us a key)."""
