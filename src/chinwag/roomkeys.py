@@ -9,10 +9,9 @@ The I/O side of crypto/group.py (docs/protocol.md 27). What the rules are:
 - a new session is made when a member left (its `rooms` frame drops the room, or we block
   it), after MEGOLM_ROTATE_MSGS messages and after MEGOLM_ROTATE_S seconds: it is shared only
   with the members admitted then, so a member who left reads nothing written after;
-- a member admitted for the first time (or again after a leave or block we saw; the passphrase
-  never changes) gets our current session from its current index if it was made more than
-  MEGOLM_ADMIT_GRACE_S before, and `rkq` answers only for sessions that reached us after that:
-  it reads from its admission on (admission times in `megolm_members`);
+- the passphrase never changes, so whoever holds it is admitted (again) and gets our current
+  session from index 0, and the sessions other members still hold by `rkq`: the passphrase is
+  the membership (docs/rooms.md says how to shut someone out for good);
 - a message of a session whose key we lack is kept (bounded) and its key asked for (`rkq`, to
   its author if admitted, else to a few admitted members; bounded per member and in all); it
   is read once the key comes, and one stored unread has its key asked again of new members;
