@@ -194,3 +194,31 @@ async def until(cond: Callable[[], object], what: str, timeout: float = PROMPT_S
                 await asyncio.sleep(0.02)
     except TimeoutError:
         raise AssertionError(f"not within {timeout}s: {what}") from None
+
+
+async def start_pair(node: NodeFactory) -> tuple[ChinwagProcess, ChinwagProcess]:
+    """Node a listening, node b connected to it by --peer."""
+    a = node("alice", discovery=False)
+    await a.start()
+    b = node("bob", "--peer", f"127.0.0.1:{a.port}", discovery=False)
+    await b.start()
+    await connected(a, b)
+    return a, b
+
+
+async def start_triangle(
+    node: NodeFactory,
+) -> tuple[ChinwagProcess, ChinwagProcess, ChinwagProcess]:
+    """A - B - C (B listening, A and C dialling it), and A dials C too (--peer): with the
+    gossip mesh only a room's members carry it, so B, if not one of them, is a bystander
+    (docs/mesh.md)."""
+    b = node("bob", discovery=False)
+    await b.start()
+    c = node("carol", "--peer", f"127.0.0.1:{b.port}", discovery=False)
+    await c.start()
+    a = node(
+        "alice", "--peer", f"127.0.0.1:{b.port}", "--peer", f"127.0.0.1:{c.port}", discovery=False
+    )
+    await a.start()
+    await asyncio.gather(connected(a, b), connected(c, b), connected(a, c))
+    return a, b, c

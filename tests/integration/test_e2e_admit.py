@@ -13,7 +13,13 @@ import os
 import uuid
 
 from hostile_peer import HostilePeer
-from it_support import PROMPT_S, ChinwagProcess, NodeFactory, ask, connected, stderr_has_traceback
+from it_support import (
+    PROMPT_S,
+    NodeFactory,
+    ask,
+    start_pair,
+    stderr_has_traceback,
+)
 
 from chinwag import limits
 from chinwag.crypto import box
@@ -24,15 +30,6 @@ from chinwag.protocol.chat import open_message
 
 def marker(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex}"
-
-
-async def start_pair(node: NodeFactory) -> tuple[ChinwagProcess, ChinwagProcess]:
-    a = node("alice", discovery=False)
-    await a.start()
-    b = node("bob", "--peer", f"127.0.0.1:{a.port}", discovery=False)
-    await b.start()
-    await connected(a, b)
-    return a, b
 
 
 class Guesser:

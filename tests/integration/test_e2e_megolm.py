@@ -22,6 +22,7 @@ from it_support import (
     ask,
     ask_until,
     connected,
+    start_triangle,
     stderr_has_traceback,
     store_leaks,
 )
@@ -76,15 +77,7 @@ def assert_clean(*nodes: ChinwagProcess) -> None:
 async def test_three_members_one_leaves_and_the_next_session_is_not_its(
     node: NodeFactory,
 ) -> None:
-    b = node("bob", discovery=False)
-    await b.start()
-    c = node("carol", "--peer", f"127.0.0.1:{b.port}", discovery=False)
-    await c.start()
-    a = node(
-        "alice", "--peer", f"127.0.0.1:{b.port}", "--peer", f"127.0.0.1:{c.port}", discovery=False
-    )
-    await a.start()
-    await asyncio.gather(connected(a, b), connected(c, b), connected(a, c))
+    a, b, c = await start_triangle(node)
     for n in (a, b, c):
         await join_vault(n)
     await members_seen(b, 3)

@@ -24,6 +24,8 @@ from it_support import (
     connected,
     count,
     private_rooms_stored,
+    start_pair,
+    start_triangle,
     stderr_has_traceback,
     store_leaks,
 )
@@ -49,34 +51,6 @@ async def start_line(node: NodeFactory) -> tuple[ChinwagProcess, ChinwagProcess,
     await asyncio.gather(a.start(), c.start())
     await asyncio.gather(connected(a, b), connected(c, b))
     return a, b, c
-
-
-async def start_triangle(
-    node: NodeFactory,
-) -> tuple[ChinwagProcess, ChinwagProcess, ChinwagProcess]:
-    """A - B - C as in start_line, and A dials C too (--peer): with the gossip mesh only a
-    room's members carry it, so B, not one of them, is a bystander that must learn nothing
-    (docs/mesh.md)."""
-    b = node("bob", discovery=False)
-    await b.start()
-    c = node("carol", "--peer", f"127.0.0.1:{b.port}", discovery=False)
-    await c.start()
-    a = node(
-        "alice", "--peer", f"127.0.0.1:{b.port}", "--peer", f"127.0.0.1:{c.port}", discovery=False
-    )
-    await a.start()
-    await asyncio.gather(connected(a, b), connected(c, b), connected(a, c))
-    return a, b, c
-
-
-async def start_pair(node: NodeFactory) -> tuple[ChinwagProcess, ChinwagProcess]:
-    """Node a listening, node b connected to it by --peer."""
-    a = node("alice", discovery=False)
-    await a.start()
-    b = node("bob", "--peer", f"127.0.0.1:{a.port}", discovery=False)
-    await b.start()
-    await connected(a, b)
-    return a, b
 
 
 async def history(node: ChinwagProcess, room: str) -> Event:
