@@ -56,3 +56,40 @@ async def test_a_first_dm_to_a_far_offline_reader_goes_inside_olm(node: NodeFact
         assert await n.quit() == 0
     for n in (a, b, b2, c):
         assert not stderr_has_traceback(n), n.stderr_tail()
+
+
+async def test_keys_from_a_leave_and_from_the_mail_itself_suffice(node: NodeFactory) -> None:
+    """b leaves before a ever starts: a knows b only by b's signed leave (it carries b's
+    keys), and b, back, opens a's pre-key message with the keys sealed in the mail (it
+    never held a record of a's when the mail arrives)."""
+    c = node("carol", discovery=False)
+    await c.start()
+    hub = ("--peer", f"127.0.0.1:{c.port}")
+    b = node("bob", *hub, discovery=False)
+    await b.start()
+    await connected(b, c)
+    await ask_until(c, MEMBERS, "members", shows(b.peer_id, online=True, direct=True))
+    assert await b.quit() == 0
+    await ask_until(c, MEMBERS, "members", shows(b.peer_id, online=False))
+
+    a = node("ann", *hub, discovery=False)
+    await a.start()
+    await connected(a, c)
+    await ask_until(a, MEMBERS, "members", shows(b.peer_id, online=False))
+    secret = marker("after-leave")
+    own = await dm(a, b.peer_id, secret)
+    mailed = await a.wait_for("mailed", timeout=PROMPT_S, from_start=True, id=own["id"])
+    assert mailed["holders"] == 1, mailed
+    [item] = _held(c.data_dir, b.peer_id)
+    bob = Identity.from_seed(_seed(b.data_dir))
+    inside = msgspec.msgpack.decode(box.open_sealed(bob, item.box), type=m.MailInner)
+    assert inside.olm and ratchet.unpad(inside.frame).kind == ratchet.PRE_KEY
+    assert await a.quit() == 0  # its leave (and keys) reach c: b must not need them
+
+    b2 = node("bob", *hub, discovery=False, data_dir=b.data_dir)
+    await b2.start()
+    await got_dm(b2, own, to=b2)
+    for n in (b2, c):
+        assert await n.quit() == 0
+    for n in (a, b, b2, c):
+        assert not stderr_has_traceback(n), n.stderr_tail()

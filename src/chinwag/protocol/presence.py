@@ -339,7 +339,8 @@ class PresenceBook:
             gone,
             want.rooms,
             () if gone else want.addrs,
-            None if gone else want.okeys,
+            # A leave keeps our keys: mail to us while we are away is what they are for.
+            want.okeys,
         )
         self.own = record
         return [SaveSeq(seq), Forward(record)]
