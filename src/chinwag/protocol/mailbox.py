@@ -110,7 +110,13 @@ def make_item(
         inner = m.encode(
             m.MailInner(frm=identity.public, sig=sig, frame=body, olm=True, okeys=okeys)
         )
-        return m.MailItem(to=recipient_public, exp=exp, box=box.seal_to(recipient_public, inner))
+        sealed = box.seal_to(recipient_public, inner)
+        if okeys is not None and len(sealed) > limits.MAILBOX_MAX_BOX_BYTES:
+            # The largest bucket has no room for them (holders refuse bigger boxes): every
+            # item of that bucket goes without (the same size each time), as before them.
+            inner = m.encode(m.MailInner(frm=identity.public, sig=sig, frame=body, olm=True))
+            sealed = box.seal_to(recipient_public, inner)
+        return m.MailItem(to=recipient_public, exp=exp, box=sealed)
     frame_bytes = m.encode(frame)
     sig = identity.sign(signed_part(recipient_public, identity.public, exp, frame_bytes))
     # Without the (empty) pad's 2 bytes; the pad's own length prefix is 2, 3 or 5 bytes.
