@@ -208,6 +208,30 @@ class PresenceBody(msgspec.Struct, frozen=True, array_like=True):
     okeys: PublishedKeys | None = None
 
 
+class _PresenceBodyWithoutKeys(msgspec.Struct, frozen=True, array_like=True):
+    """PresenceBody without its optional last field: a record without keys is encoded as
+    before it existed (seven elements, no trailing nil; msgspec writes every field)."""
+
+    author: bytes
+    nick: str
+    seq: int
+    expires: int
+    gone: bool
+    rooms: list[RoomAnnounce]
+    addrs: list[str]
+
+
+def encode_presence(body: PresenceBody) -> bytes:
+    """Encode a presence record body (without `okeys` when it has none)."""
+    if body.okeys is not None:
+        return encode(body)
+    return encode(
+        _PresenceBodyWithoutKeys(
+            body.author, body.nick, body.seq, body.expires, body.gone, body.rooms, body.addrs
+        )
+    )
+
+
 # --- file transfer (docs/files.md) --------------------------------------------
 
 Fid = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]

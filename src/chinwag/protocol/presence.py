@@ -104,7 +104,7 @@ def make_record(
         addrs=list(addrs),
         okeys=okeys,
     )
-    raw = m.encode(body)
+    raw = m.encode_presence(body)
     signed = m.SignedPresence(body=raw, sig=identity.sign(m.PRESENCE_CONTEXT + raw))
     return _record(body, signed)
 
