@@ -408,3 +408,16 @@ def test_our_record_carries_our_keys_and_a_new_fallback_key_is_re_signed() -> No
     # A leave keeps them: peers that meet only our leave can still mail us in Olm.
     book.leave(NOW + 20)
     assert book.own.gone and book.own.okeys == newer
+
+
+def test_our_record_with_long_non_ascii_room_names_still_fits_its_byte_bound() -> None:
+    """32 rooms of 64 three-byte characters: over PRESENCE_MAX_BYTES (peers would cut us);
+    the last rooms are left out, the keys stay."""
+    book = PresenceBook(ME)
+    rooms = [(f"{i:02d}" + "\u4e00" * 62, b"") for i in range(limits.PRESENCE_MAX_ROOMS)]
+    book.set_own("me", rooms, ["10.0.0.9:1"], NOW, KEYS)
+    own = book.own
+    assert own is not None and len(own.signed.body) <= limits.PRESENCE_MAX_BYTES
+    assert own.okeys == KEYS and 0 < len(own.rooms) < limits.PRESENCE_MAX_ROOMS
+    wire = m.decode_frame(m.encode(frame(own)))
+    assert isinstance(wire, m.Presence) and open_record(wire.recs[0]) == own

@@ -329,19 +329,27 @@ class PresenceBook:
         self.last_seq = seq
         self._signed_now = now
         want = self._want
-        record = make_record(
-            self.identity,
-            want.nick,
-            seq,
-            # If an earlier run's seq is ahead of our clock, peers still take it: they drop
-            # records expiring far beyond their own clock.
-            min(seq // 1000, int(now)) + limits.PRESENCE_TTL_S,
-            gone,
-            want.rooms,
-            () if gone else want.addrs,
-            # A leave keeps our keys: mail to us while we are away is what they are for.
-            want.okeys,
-        )
+        rooms = want.rooms
+        while True:
+            record = make_record(
+                self.identity,
+                want.nick,
+                seq,
+                # If an earlier run's seq is ahead of our clock, peers still take it: they
+                # drop records expiring far beyond their own clock.
+                min(seq // 1000, int(now)) + limits.PRESENCE_TTL_S,
+                gone,
+                rooms,
+                () if gone else want.addrs,
+                # A leave keeps our keys: mail to us while we are away is what they are for.
+                want.okeys,
+            )
+            if len(record.signed.body) <= limits.PRESENCE_MAX_BYTES or not rooms:
+                break
+            # Long non-ASCII room names: peers would refuse the record as malformed (and
+            # cut us); the last rooms are left out instead.
+            self._warn("own_too_big", "presence: our record is too big: listing fewer rooms")
+            rooms = rooms[:-1]
         self.own = record
         return [SaveSeq(seq), Forward(record)]
 
