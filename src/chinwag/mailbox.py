@@ -250,6 +250,7 @@ class Mailbox:
                     frame,
                     exp,
                     wrap=lambda data: private.wrap(to, inner(MAIL_KIND, data)),
+                    okeys=private.presence_keys(),
                 )
             except (ChinwagError, StoreError) as exc:  # NoKeys: a reader we never met
                 log.info("mailbox: mail to %s without a ratchet: %s", to[:8], exc)
@@ -264,6 +265,11 @@ class Mailbox:
         if got.kind != MAIL_KIND:
             raise BadCiphertext(f"a {got.kind[:16]!r} frame inside mail")
         return got.data
+
+    def _learn(self, author: str, keys: m.PublishedKeys, signed_at: float) -> None:
+        """Keep the Olm keys a mailed item carries (if newer than ours: section 26.6)."""
+        if self.private is not None:
+            self.private.learn_published(author, keys, signed_at)
 
     def _queue(self, item: m.MailItem, msg_id: str | None, room: str | None = None) -> None:
         """Queue our item for holders (saved, then put, at the end of this loop turn)."""
@@ -442,7 +448,7 @@ class Mailbox:
         sender = public_from_peer_id(holder) if holder else None
         for item in frame.items:
             try:
-                opened = mb.open_item(self.identity, item, sender, self._unwrap)
+                opened = mb.open_item(self.identity, item, sender, self._unwrap, self._learn)
             except StoreError as exc:
                 # Ours: not acknowledged, so it comes again at the next connection.
                 log.warning("mailbox: cannot open mail (our store): %s", exc)

@@ -41,15 +41,21 @@ class Members:
         changed: Callable[[frozenset[str]], None] | None = None,
         clock: Callable[[], float] = time.time,
         invalid: Callable[[str], None] | None = None,
+        own_keys: Callable[[], m.PublishedKeys | None] = lambda: None,
+        learn_keys: Callable[[PresenceRecord], None] | None = None,
     ) -> None:
         """`invalid(peer_id)`: the peer sent forged, malformed or flooding presence (it is
-        disconnected; with the mesh it also loses score)."""
+        disconnected; with the mesh it also loses score); `own_keys()`: the Olm keys our
+        record carries (asked at each signing); `learn_keys(record)`: a taken record of
+        another author carries Olm keys (docs/protocol.md 23.1)."""
         self.book = PresenceBook(identity, last_seq=last_seq, keep=keep)
         self.manager = manager
         self._save_seq = save_seq
         self._changed = changed or (lambda _authors: None)
         self._invalid = invalid or (lambda _peer: None)
         self._clock = clock
+        self._own_keys = own_keys
+        self._learn_keys = learn_keys
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -60,7 +66,12 @@ class Members:
         """Say what our record holds (sent now, or within PRESENCE_OWN_MIN_GAP_S)."""
         if self._closed:
             return
-        self._run(self.book.set_own(nick, rooms, addrs, self._clock()), None)
+        self._run(self.book.set_own(nick, rooms, addrs, self._clock(), self._own_keys()), None)
+
+    def keys_changed(self) -> None:
+        """Our Olm keys changed (a new fallback key): our record is re-signed soon."""
+        if not self._closed:
+            self._run(self.book.set_keys(self._own_keys(), self._clock()), None)
 
     def leave(self) -> None:
         """Send our signed leave to every peer (before the goodbyes) and stop the timer."""
@@ -130,6 +141,10 @@ class Members:
         for action in actions:
             if isinstance(action, pr.Forward):
                 forwards.setdefault(action.exclude, []).append(action.record)
+                record = action.record
+                learn = self._learn_keys
+                if learn is not None and record.okeys is not None and record.author != self.book.me:
+                    learn(record)
             elif isinstance(action, pr.Disconnect):
                 self._invalid(action.peer)
                 target = conn if conn is not None and conn.peer_id == action.peer else None
@@ -165,4 +180,8 @@ class Members:
     def _fire(self) -> None:
         self._timer = None
         if not self._closed:
-            self._run(self.book.handle_timer(self._clock()), None)
+            now = self._clock()
+            # Our fallback key may have aged out since (it rotates when asked for): the
+            # refresh carries the current one.
+            actions = self.book.set_keys(self._own_keys(), now)
+            self._run(actions + self.book.handle_timer(now), None)

@@ -55,6 +55,7 @@ from chinwag.protocol.dhtrecord import DhtRecord
 from chinwag.protocol.discovery import encode_beacon
 from chinwag.protocol.names import DEFAULT_ROOM, validate_nick, validate_room, validate_text
 from chinwag.protocol.peers import SEEN, STRANGER, VERIFIED
+from chinwag.protocol.presence import PresenceRecord
 from chinwag.protocol.reasons import Reason
 from chinwag.protocol.session import Closed, LocalInfo
 from chinwag.protocol.transfer import OFFER_MARK, encode_offer
@@ -62,7 +63,7 @@ from chinwag.rendezvous import SEQ_SETTING as DHT_SEQ_SETTING
 from chinwag.rendezvous import Rendezvous
 from chinwag.roomkeys import RoomKeys
 from chinwag.rooms import DM, PRIVATE, Room, RoomBook
-from chinwag.store.db import HeldRow, Store
+from chinwag.store.db import HeldRow, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +307,8 @@ class Node:
                 self._presence_keep,
                 self._members_changed,
                 invalid=history.mesh_invalid,
+                own_keys=self._own_olm_keys,
+                learn_keys=self._learn_presence_keys,
             )
             run = self._run = _Running(store, manager, book, history, files, contacts, members)
             run.mailbox = Mailbox(
@@ -1268,7 +1271,25 @@ class Node:
         for kind in gk.KINDS:  # Megolm room keys of private rooms (section 27)
             private.on(kind, self._room_key_frame)
         private.on_session = run.history.resync
+        private.on_rotate = run.members.keys_changed
         return private
+
+    def _own_olm_keys(self) -> m.PublishedKeys | None:
+        """Return the Olm keys our presence record carries (none without private chat)."""
+        run = self._run
+        if run is None or run.private is None or not self.config.chat:
+            return None
+        return run.private.presence_keys()
+
+    def _learn_presence_keys(self, record: PresenceRecord) -> None:
+        """A presence record brought its author's Olm keys: keep them if newer (26.1)."""
+        run = self._run
+        if run is None or run.private is None or record.okeys is None or not self.config.chat:
+            return
+        try:
+            run.private.learn_published(record.author, record.okeys, record.signed_at)
+        except StoreError as exc:  # ours, not the author's
+            log.error("olm: cannot save the keys of %s: %s", record.author[:8], exc)
 
     def _private_chat(self, peer_id: str, data: bytes) -> None:
         """A chat frame from inside a peer's `pm`: a message of our conversation with it."""

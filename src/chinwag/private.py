@@ -145,6 +145,8 @@ class PrivateChannel:
         #: message we accepted) or ours (a repair): the node re-syncs the conversation, so
         #: what a broken session carried is re-sent under the new one.
         self.on_session: Callable[[str], None] | None = None
+        #: Called when our fallback key changed: the node re-signs our presence record.
+        self.on_rotate: Callable[[], None] | None = None
         #: Test hook: called with (peer id, pm data) for every `pm` sent or received.
         self.recorder: Callable[[str, bytes], None] | None = None
         self._rotate_fallback()  # the node may have been stopped for longer than a period
@@ -165,10 +167,38 @@ class PrivateChannel:
             self._published = m.OlmKeys(ident=ident, fb=fb, sig=sig)
         return self._published
 
-    def learn_keys(self, peer_id: str, keys: m.OlmKeys) -> bool:
+    def presence_keys(self) -> m.PublishedKeys:
+        """Return published_keys() as presence records and mail carry them (26.1)."""
+        keys = self.published_keys()
+        return m.PublishedKeys(ident=keys.ident, fb=keys.fb, sig=keys.sig)
+
+    def learn_published(self, peer_id: str, keys: m.PublishedKeys, signed_at: float) -> bool:
+        """Keep keys peer_id signed at signed_at (Unix s: a presence record's seq time, a
+        mail item's) unless what we hold is as new; return whether they are ours now.
+
+        Which wins: keys are saved with when they were signed (a record, mail) or received
+        (a connection, our clock); keys signed no later than that never replace them, so an
+        old record cannot undo what a connection told us. Badly signed keys are ignored
+        (logged once): the record or mail that carried them is not refused for it.
+        """
+        held = self.store.olm_peer(peer_id)
+        if held is not None and held[0] == keys.ident and held[1] == keys.fb:
+            return True  # the common case (every refresh of a record): no check, no write
+        learned = self.store.olm_peer_learned(peer_id) if held is not None else None
+        if learned is not None and signed_at <= learned:
+            log.debug("olm: keeping newer keys of %s than a copy signed earlier", peer_id[:8])
+            return False
+        olm = m.OlmKeys(ident=keys.ident, fb=keys.fb, sig=keys.sig)
+        if not self.learn_keys(peer_id, olm, at=min(signed_at, self._wall())):
+            _warn(("published", peer_id), "olm: %s published keys it did not sign", peer_id[:8])
+            return False
+        return True
+
+    def learn_keys(self, peer_id: str, keys: m.OlmKeys, at: float | None = None) -> bool:
         """Keep a peer's Olm keys if its identity signed them; return whether it did.
 
-        A new identity key (the peer lost its state) drops our sessions with the old one.
+        at: when they were signed or received (Unix s; default now). A new identity key
+        (the peer lost its state) drops our sessions with the old one.
         """
         try:
             public = public_from_peer_id(peer_id)
@@ -180,7 +210,8 @@ class PrivateChannel:
             return False
         old = self.store.olm_peer(peer_id)
         otk = keys.otk or (old[3] if old is not None and old[0] == keys.ident else b"")
-        self.store.save_olm_peer(peer_id, keys.ident, keys.fb, keys.sig, otk, time.time())
+        when = time.time() if at is None else at
+        self.store.save_olm_peer(peer_id, keys.ident, keys.fb, keys.sig, otk, when)
         if old is not None and old[0] != keys.ident:
             log.info("olm: %s has a new identity key: its old sessions are dropped", peer_id[:8])
             self._sessions.pop(peer_id, None)
@@ -567,6 +598,8 @@ class PrivateChannel:
             )
         except StoreError as exc:  # ours: saved with the account's next write
             log.error("olm: cannot save our account: %s", exc)
+        if self.on_rotate is not None:
+            self.on_rotate()  # peers far away learn the new key from our presence record
 
     def _save_account(self) -> None:
         self.store.save_olm(self.account.pickle(self._key), "", [], [], time.time())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -683,3 +684,40 @@ async def test_a_stranger_announcing_a_private_room_does_not_stop_its_mail(
         assert sum(len(p.items) for p in puts) == 1, stranger.sent
     finally:
         mailbox.close()
+
+
+def test_an_olm_item_carries_its_author_s_keys_to_learn_before_unwrapping() -> None:
+    """prekeys (docs/protocol.md 26.6): a reader that never met the author learns its keys
+    from the item (after the item's signature verified, before the ratchet); the largest
+    bucket has no room for them: every item of it goes without, within the box bound."""
+    keys = m.PublishedKeys(ident=b"i" * 32, fb=b"f" * 32, sig=b"s" * 64)
+    order: list[str] = []
+
+    def learn(author: str, got: m.PublishedKeys, signed_at: float) -> None:
+        assert (author, got, signed_at) == (AUTHOR.peer_id, keys, EXP - limits.MAILBOX_TTL_S)
+        order.append("learn")
+
+    def unwrap(_author: str, body: bytes) -> bytes:
+        order.append("unwrap")
+        return m.encode(chat("hi"))
+
+    def wrap(_data: bytes) -> bytes:
+        return bytes(256)
+
+    sealed = mb.make_item(AUTHOR, READER.public, chat("hi"), EXP, wrap=wrap, okeys=keys)
+    plain = mb.make_item(AUTHOR, READER.public, chat("hi"), EXP, wrap=wrap)
+    other = mb.make_item(AUTHOR, READER.public, chat("a"), EXP, wrap=wrap, okeys=keys)
+    assert len(sealed.box) == len(other.box) > len(plain.box)  # one size per bucket still
+    assert mb.open_item(READER, sealed, unwrap=unwrap, learn=learn).frame == chat("hi")
+    assert order == ["learn", "unwrap"]
+    # A forged item teaches nothing.
+    order.clear()
+    with pytest.raises(mb.MailDropped):
+        mb.open_item(READER, m.MailItem(sealed.to, sealed.exp + 1, sealed.box), unwrap, learn)
+    assert order == []
+    largest = mb.make_item(
+        AUTHOR, READER.public, chat(), EXP, wrap=lambda _d: bytes(limits.PM_MAX_BYTES), okeys=keys
+    )
+    assert len(largest.box) <= limits.MAILBOX_MAX_BOX_BYTES
+    inside = msgspec.msgpack.decode(box.open_sealed(READER, largest.box), type=m.MailInner)
+    assert inside.okeys is None

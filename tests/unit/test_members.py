@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 
-from unit_support import ALICE, BOB, ME, FakeConn, FakeManager
+import pytest
+from unit_support import ALICE, BOB, CAROL, ME, FakeConn, FakeManager
 
 from chinwag.crypto.identity import Identity
 from chinwag.members import Members
+from chinwag.private import PrivateChannel
 from chinwag.protocol import messages as m
 from chinwag.protocol.presence import make_record, open_record
 from chinwag.protocol.reasons import Reason
+from chinwag.store.db import Store
 
 NOW = 1_800_000_000.0
+KEYLESS = m.PublishedKeys(ident=bytes(32), fb=bytes(32), sig=bytes(64))
 
 
 def record_of(who: Identity, t: float = NOW) -> m.SignedPresence:
@@ -72,3 +78,51 @@ async def test_the_leave_goes_out_and_the_timer_stops() -> None:
     assert isinstance(frame, m.Presence) and open_record(frame.recs[0]).gone
     assert members._timer is None
     await asyncio.sleep(0)
+
+
+async def test_a_record_s_olm_keys_are_learned_and_bad_ones_ignored_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """prekeys (docs/protocol.md 23.1): a record's keys reach the ratchets; a record whose
+    keys its author did not sign is held and forwarded all the same, its keys ignored."""
+    manager = FakeManager()
+    relay, other = FakeConn(BOB.peer_id), FakeConn("q" * 51 + "a")
+    manager.peers = {relay.peer_id: relay, other.peer_id: other}
+    store = Store(tmp_path / "me.db")
+    private = PrivateChannel(ME, store, manager)
+    members = Members(
+        ME,
+        manager,
+        0,
+        lambda _s: None,
+        lambda _p: False,
+        clock=lambda: NOW,
+        own_keys=private.presence_keys,
+        learn_keys=lambda r: private.learn_published(r.author, r.okeys or KEYLESS, r.signed_at),
+    )
+    try:
+        members.set_own("me", [("general", b"")], [])
+        own = members.book.own
+        assert own is not None and own.okeys == private.presence_keys()
+        alice = PrivateChannel(ALICE, Store(tmp_path / "a.db"), FakeManager())
+        seq = int(NOW * 1000)
+        good = make_record(
+            ALICE, "n", seq, seq // 1000 + 600, False, [("general", b"")], [], alice.presence_keys()
+        )
+        members.frame(relay, m.Presence(recs=[good.signed]))
+        assert store.olm_peer(ALICE.peer_id) is not None
+        # Carol's record with keys signed by someone else: held and forwarded, keys ignored.
+        keys = alice.presence_keys()
+        with caplog.at_level(logging.WARNING):
+            for t in (NOW, NOW + 5):
+                bad = make_record(
+                    CAROL, "c", int(t * 1000), int(t) + 600, False, [("general", b"")], [], keys
+                )
+                members.frame(relay, m.Presence(recs=[bad.signed]))
+        assert relay.closed is None and members.online(CAROL.peer_id)
+        assert presences(manager)[-1] == ([CAROL.peer_id], frozenset({BOB.peer_id}))
+        assert store.olm_peer(CAROL.peer_id) is None
+        assert len([r for r in caplog.records if "did not sign" in r.getMessage()]) == 1
+    finally:
+        members.close()
+        store.close()

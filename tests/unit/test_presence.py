@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -344,3 +345,79 @@ def test_any_sequence_of_records_keeps_the_bounds(
             assert held.expires > now
         timer = book.get_timer()
         assert timer is None or timer > now
+
+
+# --- Olm keys in the record (prekeys: docs/protocol.md 23.1, 26.1) -----------------------
+
+KEYS = m.PublishedKeys(ident=b"i" * 32, fb=b"f" * 32, sig=b"s" * 64)
+
+
+class _LegacyBody(msgspec.Struct, frozen=True, array_like=True):
+    """A presence body as nodes before the `okeys` field encode and decode it."""
+
+    author: bytes
+    nick: str
+    seq: int
+    expires: int
+    gone: bool
+    rooms: list[m.RoomAnnounce]
+    addrs: list[str]
+
+
+def test_a_record_with_olm_keys_round_trips_and_one_without_still_decodes() -> None:
+    seq = int(NOW * 1000)
+    r = make_record(ALICE, "n", seq, seq // 1000 + TTL, False, [("general", b"")], [], KEYS)
+    wire = m.decode_frame(m.encode(frame(r)))
+    assert isinstance(wire, m.Presence)
+    back = open_record(wire.recs[0])
+    assert back == r and back.okeys == KEYS and verify_record(back)
+    assert open_record(rec(ALICE).signed).okeys is None
+    # An older node's record (no field at all) decodes, and ours decodes on an older node.
+    old = _LegacyBody(ALICE.public, "n", seq, seq // 1000 + TTL, False, [], [])
+    raw = m.encode(old)
+    signed = m.SignedPresence(body=raw, sig=ALICE.sign(m.PRESENCE_CONTEXT + raw))
+    assert open_record(signed).okeys is None and verify_record(open_record(signed))
+    legacy = msgspec.msgpack.decode(r.signed.body, type=_LegacyBody)
+    assert legacy.nick == "n"
+
+
+def test_the_largest_record_with_keys_stays_within_its_byte_bound() -> None:
+    body = m.PresenceBody(
+        author=ALICE.public,
+        nick="n" * limits.MAX_NICK_CHARS,
+        seq=2**64 - 1,
+        expires=2**64 - 1,
+        gone=False,
+        rooms=[
+            m.RoomAnnounce("r" * limits.MAX_ROOM_CHARS) for _ in range(limits.PRESENCE_MAX_ROOMS)
+        ],
+        addrs=["a" * limits.PRESENCE_MAX_ADDR_CHARS] * limits.PRESENCE_MAX_ADDRS,
+        okeys=KEYS,
+    )
+    assert len(m.encode(body)) <= limits.PRESENCE_MAX_BYTES
+
+
+def test_our_record_carries_our_keys_and_a_new_fallback_key_is_re_signed() -> None:
+    book = PresenceBook(ME)
+    book.set_own("me", [("general", b"")], [], NOW, KEYS)
+    assert book.own is not None and book.own.okeys == KEYS
+    assert book.set_keys(KEYS, NOW + 10) == []  # unchanged: nothing signed
+    newer = m.PublishedKeys(ident=KEYS.ident, fb=b"g" * 32, sig=KEYS.sig)
+    out = book.set_keys(newer, NOW + 10)
+    assert forwards(out) and book.own.okeys == newer
+    # A leave keeps them: peers that meet only our leave can still mail us in Olm.
+    book.leave(NOW + 20)
+    assert book.own.gone and book.own.okeys == newer
+
+
+def test_our_record_with_long_non_ascii_room_names_still_fits_its_byte_bound() -> None:
+    """32 rooms of 64 three-byte characters: over PRESENCE_MAX_BYTES (peers would cut us);
+    the last rooms are left out, the keys stay."""
+    book = PresenceBook(ME)
+    rooms = [(f"{i:02d}" + "\u4e00" * 62, b"") for i in range(limits.PRESENCE_MAX_ROOMS)]
+    book.set_own("me", rooms, ["10.0.0.9:1"], NOW, KEYS)
+    own = book.own
+    assert own is not None and len(own.signed.body) <= limits.PRESENCE_MAX_BYTES
+    assert own.okeys == KEYS and 0 < len(own.rooms) < limits.PRESENCE_MAX_ROOMS
+    wire = m.decode_frame(m.encode(frame(own)))
+    assert isinstance(wire, m.Presence) and open_record(wire.recs[0]) == own

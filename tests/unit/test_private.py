@@ -435,3 +435,69 @@ def test_throwaway_peers_using_up_the_one_time_keys_do_not_starve_a_conversation
     a.channel.frame(a.conn, m.OlmKeyRequest())
     (answer,) = a.conn.sent
     assert isinstance(answer, m.OlmKeys) and answer.otk
+
+
+# --- keys from presence records and mail (prekeys: docs/protocol.md 26.1, 26.6) -----------
+
+
+def _published(keys: m.OlmKeys) -> m.PublishedKeys:
+    return m.PublishedKeys(ident=keys.ident, fb=keys.fb, sig=keys.sig)
+
+
+def test_keys_from_a_record_start_a_session_from_the_fallback_key(tmp_path: Path) -> None:
+    now = [5000.0]
+    a = End(ALICE, BOB, tmp_path / "a.db", now)
+    b = End(BOB, ALICE, tmp_path / "b.db", now)
+    assert a.channel.learn_published(BOB.peer_id, b.channel.presence_keys(), 4990.0)
+    assert b.channel.learn_published(ALICE.peer_id, a.channel.presence_keys(), 4990.0)
+    mail = a.channel.wrap(BOB.peer_id, b"first")
+    assert ratchet.unpad(mail).kind == ratchet.PRE_KEY
+    assert b.channel.unwrap(ALICE.peer_id, mail) == b"first"
+
+
+def test_badly_signed_keys_in_a_record_are_ignored_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [5000.0]
+    a = End(ALICE, BOB, tmp_path / "a.db", now)
+    good = _published(_keys_of(BOB))
+    bad = m.PublishedKeys(ident=good.ident, fb=good.fb, sig=_keys_of(MALLORY).sig)
+    with caplog.at_level(logging.WARNING):
+        assert not a.channel.learn_published(BOB.peer_id, bad, 4990.0)
+        assert not a.channel.learn_published(BOB.peer_id, bad, 4991.0)
+    assert a.store.olm_peer(BOB.peer_id) is None
+    assert len([r for r in caplog.records if "did not sign" in r.getMessage()]) == 1
+
+
+def test_keys_from_a_connection_are_not_replaced_by_an_older_record(
+    ends: tuple[End, End],
+) -> None:
+    a, b = ends
+    direct = a.store.olm_peer(BOB.peer_id)
+    assert direct is not None
+    learned = a.store.olm_peer_learned(BOB.peer_id)
+    assert learned is not None
+    # A record Bob signed before we met, with keys of another account of his.
+    older = _published(_keys_of(BOB))
+    assert not a.channel.learn_published(BOB.peer_id, older, learned - 60)
+    assert a.store.olm_peer(BOB.peer_id) == direct
+    # The same keys again (every refresh of a record): nothing to do, nothing lost.
+    same = b.channel.presence_keys()
+    assert a.channel.learn_published(BOB.peer_id, same, learned - 60)
+    assert a.store.olm_peer(BOB.peer_id) == direct
+    # A record signed after we met (Bob's new fallback key, say) wins.
+    assert a.channel.learn_published(BOB.peer_id, older, learned + 60)
+    held = a.store.olm_peer(BOB.peer_id)
+    assert held is not None and held[:3] == (older.ident, older.fb, older.sig)
+
+
+def test_a_rotated_fallback_key_is_announced(tmp_path: Path) -> None:
+    now = [0.0]
+    a = End(ALICE, BOB, tmp_path / "a.db", now)
+    rotated: list[bytes] = []
+    a.channel.on_rotate = lambda: rotated.append(a.channel.presence_keys().fb)
+    a.channel._fallback.used = True  # a peer started a session from it
+    before = a.channel.presence_keys().fb
+    now[0] = limits.OLM_FALLBACK_ROTATE_S + 1.0
+    after = a.channel.presence_keys().fb
+    assert after != before and rotated == [after]

@@ -93,19 +93,30 @@ def make_item(
     frame: m.Chat | m.Vector,
     exp: int,
     wrap: Callable[[bytes], bytes] | None = None,
+    okeys: m.PublishedKeys | None = None,
 ) -> m.MailItem:
     """Sign frame for the recipient and seal it with its author and signature, padded to
     its size bucket: the item shows the reader and the expiry, not the author.
 
     wrap: puts the encoded frame inside the pair's Olm ratchet (forward secrecy); its
     output comes padded to a bucket, so it is sealed as it is (the box's size is then that
-    bucket plus a constant). Raises what wrap raises.
+    bucket plus a constant). okeys: our signed Olm keys, sealed with a wrapped frame (in
+    every one: the same size each time), so a reader that never met us can open a pre-key
+    message. Raises what wrap raises.
     """
     if wrap is not None:
         body = wrap(m.encode(frame))
         sig = identity.sign(signed_part(recipient_public, identity.public, exp, body))
-        inner = m.encode(m.MailInner(frm=identity.public, sig=sig, frame=body, olm=True))
-        return m.MailItem(to=recipient_public, exp=exp, box=box.seal_to(recipient_public, inner))
+        inner = m.encode(
+            m.MailInner(frm=identity.public, sig=sig, frame=body, olm=True, okeys=okeys)
+        )
+        sealed = box.seal_to(recipient_public, inner)
+        if okeys is not None and len(sealed) > limits.MAILBOX_MAX_BOX_BYTES:
+            # The largest bucket has no room for them (holders refuse bigger boxes): every
+            # item of that bucket goes without (the same size each time), as before them.
+            inner = m.encode(m.MailInner(frm=identity.public, sig=sig, frame=body, olm=True))
+            sealed = box.seal_to(recipient_public, inner)
+        return m.MailItem(to=recipient_public, exp=exp, box=sealed)
     frame_bytes = m.encode(frame)
     sig = identity.sign(signed_part(recipient_public, identity.public, exp, frame_bytes))
     # Without the (empty) pad's 2 bytes; the pad's own length prefix is 2, 3 or 5 bytes.
@@ -134,10 +145,13 @@ def open_item(
     item: m.MailItem,
     sender: bytes | None = None,
     unwrap: Callable[[str, bytes], bytes] | None = None,
+    learn: Callable[[str, m.PublishedKeys, float], object] | None = None,
 ) -> Opened:
     """Open an item delivered to us by sender (its public key); unwrap(author, body) takes
     the frame of an Olm item out of the pair's ratchet (raising BadCiphertext if it cannot:
-    replayed, forged or stale), after the author's signature verified.
+    replayed, forged or stale), after the author's signature verified; before it,
+    learn(author, keys, signed_at) is given the Olm keys the item carries (its author's
+    signature of them is learn's to check; signed_at: the item's expiry less its TTL).
 
     Raises RemoteProtocolError: malformed_frame if it is for another reader (the holder
     knows `to`) or if the sender signed it itself and its inside is bad (no holder keeps
@@ -150,7 +164,7 @@ def open_item(
     if item.to != identity.public:
         raise RemoteProtocolError("delivered mail for another peer", Reason.MALFORMED_FRAME)
     try:
-        return _open_inside(identity, item, unwrap)
+        return _open_inside(identity, item, unwrap, learn)
     except MailDropped as exc:
         if sender is not None and exc.frm == sender:
             raise RemoteProtocolError(
@@ -160,7 +174,10 @@ def open_item(
 
 
 def _open_inside(
-    identity: Identity, item: m.MailItem, unwrap: Callable[[str, bytes], bytes] | None
+    identity: Identity,
+    item: m.MailItem,
+    unwrap: Callable[[str, bytes], bytes] | None,
+    learn: Callable[[str, m.PublishedKeys, float], object] | None = None,
 ) -> Opened:
     ident = mail_id(item.box)
     try:
@@ -175,6 +192,9 @@ def _open_inside(
     if inner.olm:
         if unwrap is None:
             raise MailDropped("mail inside a ratchet we do not keep")
+        if learn is not None and inner.okeys is not None:
+            # A reader that never met its author needs its keys for a pre-key message.
+            learn(frm, inner.okeys, float(item.exp - limits.MAILBOX_TTL_S))
         try:
             # Only now, signature checked: junk never reaches the ratchet.
             encoded = unwrap(frm, inner.frame)

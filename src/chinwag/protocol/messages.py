@@ -180,6 +180,15 @@ class Presence(msgspec.Struct, frozen=True, tag_field="t", tag="pres"):
     ]
 
 
+class PublishedKeys(msgspec.Struct, frozen=True, array_like=True):
+    """An author's Olm identity and fallback keys and its identity's signature of them
+    (OLM_KEYS_CONTEXT + ident + fb), as carried in presence records and mail (26.1)."""
+
+    ident: Key32
+    fb: Key32
+    sig: Sig64
+
+
 class PresenceBody(msgspec.Struct, frozen=True, array_like=True):
     """The signed content of a presence record (see protocol/presence.py).
 
@@ -194,6 +203,33 @@ class PresenceBody(msgspec.Struct, frozen=True, array_like=True):
     gone: bool
     rooms: Annotated[list[RoomAnnounce], msgspec.Meta(max_length=limits.PRESENCE_MAX_ROOMS)]
     addrs: Annotated[list[PresenceAddr], msgspec.Meta(max_length=limits.PRESENCE_MAX_ADDRS)]
+    #: The author's signed Olm keys (docs/protocol.md 26.1): a first DM mailed to it while
+    #: it is offline starts a session from its fallback key. Optional (older records lack it).
+    okeys: PublishedKeys | None = None
+
+
+class _PresenceBodyWithoutKeys(msgspec.Struct, frozen=True, array_like=True):
+    """PresenceBody without its optional last field: a record without keys is encoded as
+    before it existed (seven elements, no trailing nil; msgspec writes every field)."""
+
+    author: bytes
+    nick: str
+    seq: int
+    expires: int
+    gone: bool
+    rooms: list[RoomAnnounce]
+    addrs: list[str]
+
+
+def encode_presence(body: PresenceBody) -> bytes:
+    """Encode a presence record body (without `okeys` when it has none)."""
+    if body.okeys is not None:
+        return encode(body)
+    return encode(
+        _PresenceBodyWithoutKeys(
+            body.author, body.nick, body.seq, body.expires, body.gone, body.rooms, body.addrs
+        )
+    )
 
 
 # --- file transfer (docs/files.md) --------------------------------------------
@@ -493,6 +529,9 @@ class MailInner(msgspec.Struct, frozen=True, array_like=True):
     frame: bytes
     olm: bool = False
     pad: bytes = b""
+    #: The author's signed Olm keys (an `olm` item): a reader that never met its author
+    #: can open a pre-key message all the same (docs/protocol.md 26.6).
+    okeys: PublishedKeys | None = None
 
 
 # --- private messages over Olm (docs/protocol.md section 26) ---------------------

@@ -66,6 +66,8 @@ class PresenceRecord:
     addrs: tuple[str, ...]
     #: The record as it travels (forwarded as is: only its author can sign it).
     signed: m.SignedPresence
+    #: The author's Olm keys as it signed them (their own signature not checked here).
+    okeys: m.PublishedKeys | None = None
 
     @property
     def signed_at(self) -> float:
@@ -89,6 +91,7 @@ def make_record(
     gone: bool,
     rooms: Iterable[RoomRef],
     addrs: Iterable[str],
+    okeys: m.PublishedKeys | None = None,
 ) -> PresenceRecord:
     """Build and sign a record by identity (inputs must be valid and within the bounds)."""
     body = m.PresenceBody(
@@ -99,8 +102,9 @@ def make_record(
         gone=gone,
         rooms=[m.RoomAnnounce(room=w, kcv=k) for w, k in rooms],
         addrs=list(addrs),
+        okeys=okeys,
     )
-    raw = m.encode(body)
+    raw = m.encode_presence(body)
     signed = m.SignedPresence(body=raw, sig=identity.sign(m.PRESENCE_CONTEXT + raw))
     return _record(body, signed)
 
@@ -157,6 +161,7 @@ def _record(body: m.PresenceBody, signed: m.SignedPresence) -> PresenceRecord:
         rooms=tuple((r.room, r.kcv) for r in body.rooms),
         addrs=tuple(body.addrs),
         signed=signed,
+        okeys=body.okeys,
     )
 
 
@@ -210,6 +215,7 @@ class _Own:
     nick: str
     rooms: tuple[RoomRef, ...]
     addrs: tuple[str, ...]
+    okeys: m.PublishedKeys | None = None
 
 
 class PresenceBook:
@@ -272,14 +278,30 @@ class PresenceBook:
     # --- our own record ---------------------------------------------------------------
 
     def set_own(
-        self, nick: str, rooms: Iterable[RoomRef], addrs: Iterable[str], now: float
+        self,
+        nick: str,
+        rooms: Iterable[RoomRef],
+        addrs: Iterable[str],
+        now: float,
+        okeys: m.PublishedKeys | None = None,
     ) -> list[Action]:
         """Say what our record holds: signed now, or at the end of the minimum gap."""
         want = _Own(
             nick,
             tuple(sorted(set(rooms)))[: limits.PRESENCE_MAX_ROOMS],
             tuple(dict.fromkeys(addrs))[: limits.PRESENCE_MAX_ADDRS],
+            okeys,
         )
+        return self._set_want(want, now)
+
+    def set_keys(self, okeys: m.PublishedKeys | None, now: float) -> list[Action]:
+        """Say which Olm keys our record carries (a new fallback key: re-signed soon)."""
+        if self._want is None or self._want.okeys == okeys:
+            return []
+        want = self._want
+        return self._set_want(_Own(want.nick, want.rooms, want.addrs, okeys), now)
+
+    def _set_want(self, want: _Own, now: float) -> list[Action]:
         if self._left or want == self._want:
             return []
         self._want = want
@@ -307,17 +329,27 @@ class PresenceBook:
         self.last_seq = seq
         self._signed_now = now
         want = self._want
-        record = make_record(
-            self.identity,
-            want.nick,
-            seq,
-            # If an earlier run's seq is ahead of our clock, peers still take it: they drop
-            # records expiring far beyond their own clock.
-            min(seq // 1000, int(now)) + limits.PRESENCE_TTL_S,
-            gone,
-            want.rooms,
-            () if gone else want.addrs,
-        )
+        rooms = want.rooms
+        while True:
+            record = make_record(
+                self.identity,
+                want.nick,
+                seq,
+                # If an earlier run's seq is ahead of our clock, peers still take it: they
+                # drop records expiring far beyond their own clock.
+                min(seq // 1000, int(now)) + limits.PRESENCE_TTL_S,
+                gone,
+                rooms,
+                () if gone else want.addrs,
+                # A leave keeps our keys: mail to us while we are away is what they are for.
+                want.okeys,
+            )
+            if len(record.signed.body) <= limits.PRESENCE_MAX_BYTES or not rooms:
+                break
+            # Long non-ASCII room names: peers would refuse the record as malformed (and
+            # cut us); the last rooms are left out instead.
+            self._warn("own_too_big", "presence: our record is too big: listing fewer rooms")
+            rooms = rooms[:-1]
         self.own = record
         return [SaveSeq(seq), Forward(record)]
 

@@ -903,6 +903,11 @@ class Store:
         ).fetchone()
         return None if row is None else (row[0], row[1], row[2], row[3])
 
+    def olm_peer_learned(self, peer_id: str) -> float | None:
+        """Return when peer_id's Olm keys were last saved (Unix seconds), or None."""
+        row = self.db.execute("SELECT used FROM olm_peers WHERE peer_id=?", (peer_id,)).fetchone()
+        return None if row is None else float(row[0])
+
     def save_olm_peer(
         self, peer_id: str, ident: bytes, fb: bytes, sig: bytes, otk: bytes, used: float
     ) -> None:
