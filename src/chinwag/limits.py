@@ -752,6 +752,14 @@ OLM_FALLBACK_ROTATE_S = 24 * 3600
 #: `pm` frames of sessions we do not have): each costs a write and a re-sync push.
 OLM_INBOUND_SESSION_INTERVAL_S = 10.0
 
+# --- prekeyfix: stale fallback keys, far peers' keys (findings 2-4 of the second review) ---
+
+#: Seconds after its author signed it (a record's, a mail's time; a connection's: when it
+#: came) we start or keep using a fallback key for a session that never had a reply: it is
+#: sure to live OLM_FALLBACK_ROTATE_S (26.5); the hour covers clock skew and mail in transit.
+#: Older, mail goes sealed only (no forward secrecy) rather than into a key the reader lost.
+OLM_FALLBACK_TRUST_S = OLM_FALLBACK_ROTATE_S - 3600
+
 # --- megolm: private rooms with a group ratchet (crypto/group.py, roomkeys.py, protocol.md 27) ---
 
 #: Messages one outbound Megolm session encrypts before a new one is made (Matrix's default):

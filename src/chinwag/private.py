@@ -218,7 +218,26 @@ class PrivateChannel:
             self._lost[peer_id] = None
             if len(self._lost) > limits.OLM_MAX_PEERS:
                 self._lost.pop(next(iter(self._lost)))
+        elif old is not None and old[1] != keys.fb:
+            self._drop_unanswered(peer_id)
         return True
+
+    def _drop_unanswered(self, peer_id: str) -> None:
+        """Drop our sessions with peer_id that never had a reply (they may rest on a
+        fallback key the peer has since let go: all their mail would be lost); the next
+        message starts one from the peer's current keys."""
+        sessions = self._load(peer_id)
+        gone = []
+        for session in sessions:
+            probe = ratchet.OlmSession.from_pickle(session.pickle(self._key), self._key)
+            if probe.encrypt(b"").kind == ratchet.PRE_KEY:  # a copy: the session is unmoved
+                gone.append(session)
+        if gone:
+            log.info("olm: %s has a new fallback key: unanswered sessions go", peer_id[:8])
+            for session in gone:
+                sessions.remove(session)
+                self._dirty.pop((peer_id, session.session_id), None)
+            self.store.save_olm(None, peer_id, [], [s.session_id for s in gone], time.time())
 
     def has_session(self, peer_id: str) -> bool:
         """Return whether we share a ratchet with peer_id."""
@@ -238,6 +257,10 @@ class PrivateChannel:
             raise TooLarge(f"an inner frame of {len(data)} bytes does not fit in a pm")
         sessions = self._load(peer_id)
         drop: list[str] = []
+        learned = self.store.olm_peer_learned(peer_id)
+        # A session that never had a reply opens at the peer only while the key it started
+        # from lives: past OLM_FALLBACK_TRUST_S its message would be refused (lost mail).
+        stale = learned is None or self._wall() - learned > limits.OLM_FALLBACK_TRUST_S
         if sessions and not fresh:
             session = sessions[0]
         else:
@@ -245,13 +268,19 @@ class PrivateChannel:
             if keys is None:
                 raise NoKeys(f"no olm keys of {peer_id[:8]}")
             ident, fb, _sig, otk = keys
+            if stale and not otk:
+                raise NoKeys(f"the fallback key of {peer_id[:8]} we hold may be gone")
             session = self.account.outbound(ident, otk or fb)
             if otk:
                 self.store.olm_peer_otk_used(peer_id)
             sessions.insert(0, session)
             drop = [s.session_id for s in sessions[limits.OLM_MAX_SESSIONS_PER_PEER :]]
             del sessions[limits.OLM_MAX_SESSIONS_PER_PEER :]
+            stale = False
         msg = session.encrypt(data)
+        if stale and msg.kind == ratchet.PRE_KEY:
+            # Never saved: the chain index skipped is harmless (the reader allows gaps).
+            raise NoKeys(f"our session with {peer_id[:8]} rests on keys that may be gone")
         self._save(peer_id, session, drop=drop)
         return ratchet.pad(msg)
 

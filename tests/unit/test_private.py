@@ -13,7 +13,7 @@ from chinwag import limits
 from chinwag.crypto import ratchet
 from chinwag.crypto.box import BadCiphertext
 from chinwag.crypto.identity import Identity
-from chinwag.private import CHAT, PrivateChannel, TooLarge, inner
+from chinwag.private import CHAT, NoKeys, PrivateChannel, TooLarge, inner
 from chinwag.protocol import messages as m
 from chinwag.protocol.reasons import Reason
 from chinwag.store.db import Store, StoreError
@@ -501,3 +501,49 @@ def test_a_rotated_fallback_key_is_announced(tmp_path: Path) -> None:
     now[0] = limits.OLM_FALLBACK_ROTATE_S + 1.0
     after = a.channel.presence_keys().fb
     assert after != before and rotated == [after]
+
+
+def _stale_fallback(tmp_path: Path) -> tuple[End, End, list[float]]:
+    """Alice holds bob's keys from an old record; carol used bob's fallback key; two
+    rotation periods pass (bob's key from that record is gone)."""
+    now = [1000.0]
+    b = End(BOB, ALICE, tmp_path / "b.db", now)
+    a = End(ALICE, BOB, tmp_path / "a.db", now)
+    assert a.channel.learn_published(BOB.peer_id, b.channel.presence_keys(), 999.0)
+    assert b.channel.learn_published(ALICE.peer_id, a.channel.presence_keys(), 999.0)
+    fb1 = b.channel.published_keys().fb
+    first = _first_mail(CAROL, b, fb1, tmp_path / "c.db")
+    assert b.channel.unwrap(CAROL.peer_id, first).startswith(b"from")
+    for _ in range(2):
+        now[0] += limits.OLM_FALLBACK_ROTATE_S
+        b.channel.published_keys()
+    assert b.channel.published_keys().fb != fb1
+    return a, b, now
+
+
+def test_keys_from_an_old_record_never_start_a_session_that_cannot_open(tmp_path: Path) -> None:
+    """Finding 2 of the second review: mail started from a fallback key signed longer ago
+    than it is sure to live was lost (refused at the reader); it is sealed only instead."""
+    a, _b, _now = _stale_fallback(tmp_path)
+    with pytest.raises(NoKeys):
+        a.channel.wrap(BOB.peer_id, b"mail")
+    assert not a.channel.has_session(BOB.peer_id)
+
+
+def test_a_pre_key_session_from_an_old_fallback_key_is_not_kept(tmp_path: Path) -> None:
+    """Finding 2: a session that never had a reply, started from a fallback key since
+    rotated away, was used for every later mail (all lost); a newer record mends it."""
+    a, b, now = _stale_fallback(tmp_path)
+    # alice started the session while the key still looked fresh (its record was recent)
+    a.channel.store.save_olm_peer(BOB.peer_id, *a.channel.store.olm_peer(BOB.peer_id), now[0])
+    lost = a.channel.wrap(BOB.peer_id, b"lost")
+    with pytest.raises(BadCiphertext):
+        b.channel.unwrap(ALICE.peer_id, lost)
+    # bob's next record (his current fallback key) replaces the dead session
+    now[0] += 60
+    assert a.channel.learn_published(BOB.peer_id, b.channel.presence_keys(), now[0])
+    assert b.channel.unwrap(ALICE.peer_id, a.channel.wrap(BOB.peer_id, b"next")) == b"next"
+    # without a newer record, the old session is no longer used once the key is old
+    now[0] += limits.OLM_FALLBACK_ROTATE_S
+    with pytest.raises(NoKeys):
+        a.channel.wrap(BOB.peer_id, b"later")
