@@ -759,6 +759,14 @@ OLM_INBOUND_SESSION_INTERVAL_S = 10.0
 #: sure to live OLM_FALLBACK_ROTATE_S (26.5); the hour covers clock skew and mail in transit.
 #: Older, mail goes sealed only (no forward secrecy) rather than into a key the reader lost.
 OLM_FALLBACK_TRUST_S = OLM_FALLBACK_ROTATE_S - 3600
+#: Peers new to us whose keys presence records may bring per minute (not counting
+#: conversations, verified peers, contacts): a burst of records from throwaway identities
+#: cannot churn OLM_MAX_STRANGER_KEYS faster than once per 16 min, while a far peer that
+#: keeps publishing is seen again (OLM_SEEN_REFRESH_S) and so is never the least recent.
+OLM_RECORD_NEW_KEYS_PER_MIN = 16
+#: Seconds between two writes of the time a peer's unchanged keys were seen again (the
+#: eviction order): every refresh of every record must not cost a write.
+OLM_SEEN_REFRESH_S = 300.0
 
 # --- megolm: private rooms with a group ratchet (crypto/group.py, roomkeys.py, protocol.md 27) ---
 

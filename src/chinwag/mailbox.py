@@ -269,7 +269,7 @@ class Mailbox:
     def _learn(self, author: str, keys: m.PublishedKeys, signed_at: float) -> None:
         """Keep the Olm keys a mailed item carries (if newer than ours: section 26.6)."""
         if self.private is not None:
-            self.private.learn_published(author, keys, signed_at)
+            self.private.learn_published(author, keys, signed_at, mailed=True)
 
     def _queue(self, item: m.MailItem, msg_id: str | None, room: str | None = None) -> None:
         """Queue our item for holders (saved, then put, at the end of this loop turn)."""

@@ -140,6 +140,7 @@ class PrivateChannel:
         self._otk_times: dict[str, deque[float]] = {}
         self._otk_all: deque[float] = deque()
         self._keys_times: dict[str, deque[float]] = {}
+        self._new_keys_times: deque[float] = deque()  # new peers' keys learned from records
         self._published: m.OlmKeys | None = None
         #: Called with a peer id when a new session with it starts on its side (a pre-key
         #: message we accepted) or ours (a repair): the node re-syncs the conversation, so
@@ -172,9 +173,15 @@ class PrivateChannel:
         keys = self.published_keys()
         return m.PublishedKeys(ident=keys.ident, fb=keys.fb, sig=keys.sig)
 
-    def learn_published(self, peer_id: str, keys: m.PublishedKeys, signed_at: float) -> bool:
+    def learn_published(
+        self, peer_id: str, keys: m.PublishedKeys, signed_at: float, mailed: bool = False
+    ) -> bool:
         """Keep keys peer_id signed at signed_at (Unix s: a presence record's seq time, a
         mail item's) unless what we hold is as new; return whether they are ours now.
+
+        A record of a peer whose keys we lack uses up OLM_RECORD_NEW_KEYS_PER_MIN (unless a
+        conversation, verified peer or contact): over it, the keys wait for its next record.
+        mailed: they came in mail to us (never skipped: the item needs them to open).
 
         Which wins: keys are saved with when they were signed (a record, mail) or received
         (a connection, our clock); keys signed no later than that never replace them, so an
@@ -183,7 +190,15 @@ class PrivateChannel:
         """
         held = self.store.olm_peer(peer_id)
         if held is not None and held[0] == keys.ident and held[1] == keys.fb:
-            return True  # the common case (every refresh of a record): no check, no write
+            # The common case (every refresh of a record): no check, at most one write per
+            # OLM_SEEN_REFRESH_S, so a far peer that keeps publishing is not evicted as old.
+            now = self._wall()
+            seen = self.store.olm_peer_seen(peer_id)
+            if seen is not None and now - seen >= limits.OLM_SEEN_REFRESH_S:
+                self.store.olm_peer_touch(peer_id, now)
+            return True
+        if held is None and not mailed and not self._new_keys_allowed(peer_id):
+            return False
         learned = self.store.olm_peer_learned(peer_id) if held is not None else None
         if learned is not None and signed_at <= learned:
             log.debug("olm: keeping newer keys of %s than a copy signed earlier", peer_id[:8])
@@ -211,7 +226,7 @@ class PrivateChannel:
         old = self.store.olm_peer(peer_id)
         otk = keys.otk or (old[3] if old is not None and old[0] == keys.ident else b"")
         when = time.time() if at is None else at
-        self.store.save_olm_peer(peer_id, keys.ident, keys.fb, keys.sig, otk, when)
+        self.store.save_olm_peer(peer_id, keys.ident, keys.fb, keys.sig, otk, when, self._wall())
         if old is not None and old[0] != keys.ident:
             log.info("olm: %s has a new identity key: its old sessions are dropped", peer_id[:8])
             self._sessions.pop(peer_id, None)
@@ -221,6 +236,21 @@ class PrivateChannel:
         elif old is not None and old[1] != keys.fb:
             self._drop_unanswered(peer_id)
         return True
+
+    def _new_keys_allowed(self, peer_id: str) -> bool:
+        """Whether a record may bring keys of a peer new to us now (OLM_RECORD_NEW_KEYS_PER_MIN:
+        a burst of records from throwaway identities must not evict far peers' keys)."""
+        now = self._clock()
+        times = self._new_keys_times
+        while times and times[0] <= now - 60.0:
+            times.popleft()
+        if len(times) < limits.OLM_RECORD_NEW_KEYS_PER_MIN:
+            times.append(now)
+            return True
+        if self._protected(peer_id):
+            return True
+        _warn(("newkeys",), "olm: too many new peers' keys in records: the rest wait")
+        return False
 
     def _drop_unanswered(self, peer_id: str) -> None:
         """Drop our sessions with peer_id that never had a reply (they may rest on a

@@ -547,3 +547,33 @@ def test_a_pre_key_session_from_an_old_fallback_key_is_not_kept(tmp_path: Path) 
     now[0] += limits.OLM_FALLBACK_ROTATE_S
     with pytest.raises(NoKeys):
         a.channel.wrap(BOB.peer_id, b"later")
+
+
+def _sybil_record(i: int) -> tuple[str, m.PublishedKeys]:
+    x = Identity.generate()
+    ident, fb = bytes(32), bytes([i + 1]) * 32
+    return x.peer_id, m.PublishedKeys(ident=ident, fb=fb, sig=ratchet.sign_keys(x, ident, fb))
+
+
+def test_records_of_throwaway_identities_do_not_evict_a_far_peer_s_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 3 of the second review: a burst of fresh records pushed out the keys of a far
+    peer that kept publishing the same keys (it looked oldest: never seen again)."""
+    monkeypatch.setattr(limits, "OLM_MAX_STRANGER_KEYS", 8)
+    monkeypatch.setattr(limits, "OLM_RECORD_NEW_KEYS_PER_MIN", 4)
+    now = [100000.0]
+    a = End(ALICE, BOB, tmp_path / "a.db", now)
+    b = End(BOB, ALICE, tmp_path / "b.db", now)
+    assert a.channel.learn_published(BOB.peer_id, b.channel.presence_keys(), now[0])
+    learned = 0
+    for burst in range(4):
+        for _ in range(5):  # bob's record, refreshed: same keys
+            now[0] += 200
+            assert a.channel.learn_published(BOB.peer_id, b.channel.presence_keys(), now[0])
+        for i in range(8):  # a burst of throwaway identities' records
+            peer, keys = _sybil_record(burst * 8 + i)
+            learned += a.channel.learn_published(peer, keys, now[0])
+        assert a.store.olm_peer(BOB.peer_id) is not None, burst
+    assert learned == 4 * 4
+    a.channel.wrap(BOB.peer_id, b"still there")

@@ -620,3 +620,25 @@ def test_a_refused_database_is_closed_again(
     for conn in opened:
         with pytest.raises(sqlite3.ProgrammingError):  # closed
             conn.execute("SELECT 1")
+
+
+def test_a_store_from_before_olm_peers_seen_opens_and_evicts_by_it(tmp_path: Path) -> None:
+    """olm_peers.seen (prekeyfix) is added to a store made without it."""
+    path = tmp_path / "old.db"
+    Store(path).close()
+    raw = sqlite3.connect(path)
+    raw.execute("DROP TABLE olm_peers")
+    raw.execute(
+        "CREATE TABLE olm_peers(peer_id TEXT PRIMARY KEY, ident BLOB NOT NULL, fb BLOB NOT NULL,"
+        " sig BLOB NOT NULL, otk BLOB NOT NULL, used REAL NOT NULL) WITHOUT ROWID"
+    )
+    raw.execute("INSERT INTO olm_peers VALUES ('p', x'01', x'02', x'03', x'', 5.0)")
+    raw.commit()
+    raw.close()
+    store = Store(path)
+    assert store.olm_peer_seen("p") == 0.0
+    store.olm_peer_touch("p", 7.0)
+    assert store.olm_peer_seen("p") == 7.0
+    store.save_olm_peer("q", b"\x01", b"\x02", b"\x03", b"", 9.0, 11.0)
+    assert store.olm_peer_seen("q") == 11.0
+    store.close()

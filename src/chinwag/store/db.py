@@ -103,7 +103,7 @@ CREATE TABLE IF NOT EXISTS olm_sessions(
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS olm_peers(
     peer_id TEXT PRIMARY KEY, ident BLOB NOT NULL, fb BLOB NOT NULL, sig BLOB NOT NULL,
-    otk BLOB NOT NULL, used REAL NOT NULL
+    otk BLOB NOT NULL, used REAL NOT NULL, seen REAL NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS held_dms(
     id INTEGER PRIMARY KEY AUTOINCREMENT, nick TEXT NOT NULL, old_peer TEXT NOT NULL,
@@ -308,6 +308,9 @@ class Store:
         for statement in _SCHEMA_ADDITIONS.split(";"):
             if statement.strip():
                 db.execute(statement)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(olm_peers)")}
+        if "seen" not in columns:  # a store from before olm_peers.seen (the LRU time)
+            db.execute("ALTER TABLE olm_peers ADD COLUMN seen REAL NOT NULL DEFAULT 0")
         # Touch every table so a damaged file fails now, with a clear error, not later.
         for table in ("messages", "floors", "peers", "peer_vectors", "rooms", "blocked"):
             db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
@@ -908,15 +911,35 @@ class Store:
         row = self.db.execute("SELECT used FROM olm_peers WHERE peer_id=?", (peer_id,)).fetchone()
         return None if row is None else float(row[0])
 
+    def olm_peer_seen(self, peer_id: str) -> float | None:
+        """Return when peer_id's Olm keys were last seen (our clock, Unix s), or None."""
+        row = self.db.execute("SELECT seen FROM olm_peers WHERE peer_id=?", (peer_id,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def olm_peer_touch(self, peer_id: str, seen: float) -> None:
+        """Note that peer_id's Olm keys were seen again at `seen` (the LRU time of eviction)."""
+        with self._transaction():
+            self.db.execute("UPDATE olm_peers SET seen=? WHERE peer_id=?", (seen, peer_id))
+
     def save_olm_peer(
-        self, peer_id: str, ident: bytes, fb: bytes, sig: bytes, otk: bytes, used: float
+        self,
+        peer_id: str,
+        ident: bytes,
+        fb: bytes,
+        sig: bytes,
+        otk: bytes,
+        used: float,
+        seen: float | None = None,
     ) -> None:
         """Save a peer's Olm keys; a new identity key drops the sessions with the old one.
+
+        used: when they were signed or received; seen: when we last saw them (our clock,
+        default used), by which the least recently seen are evicted.
 
         Peers we have a conversation with, verified peers and contacts are never forgotten
         here (other bounds keep them few). Of the rest, those we share no session with keep
         at most OLM_MAX_STRANGER_KEYS, and all together OLM_MAX_PEERS; beyond, the least
-        recently used go (without a session first), keys and sessions."""
+        recently seen go (without a session first), keys and sessions."""
         with self._transaction():
             old = self.db.execute(
                 "SELECT ident FROM olm_peers WHERE peer_id=?", (peer_id,)
@@ -924,9 +947,9 @@ class Store:
             if old is not None and old[0] != ident:
                 self.db.execute("DELETE FROM olm_sessions WHERE peer_id=?", (peer_id,))
             self.db.execute(
-                "INSERT OR REPLACE INTO olm_peers(peer_id, ident, fb, sig, otk, used)"
-                " VALUES (?,?,?,?,?,?)",
-                (peer_id, ident, fb, sig, otk, used),
+                "INSERT OR REPLACE INTO olm_peers(peer_id, ident, fb, sig, otk, used, seen)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (peer_id, ident, fb, sig, otk, used, used if seen is None else seen),
             )
             self._evict_olm_peers(peer_id, "NOT " + _HAS_SESSION, limits.OLM_MAX_STRANGER_KEYS)
             self._evict_olm_peers(peer_id, "1", limits.OLM_MAX_PEERS)
@@ -947,7 +970,7 @@ class Store:
             return
         gone = self.db.execute(
             f"SELECT peer_id FROM olm_peers WHERE {unprotected} AND peer_id!=?"
-            f" ORDER BY {_HAS_SESSION}, used LIMIT ?",
+            f" ORDER BY {_HAS_SESSION}, seen, used LIMIT ?",
             (saved, count - keep),
         ).fetchall()
         for (peer,) in gone:
