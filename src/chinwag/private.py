@@ -141,6 +141,7 @@ class PrivateChannel:
         self._otk_all: deque[float] = deque()
         self._keys_times: dict[str, deque[float]] = {}
         self._new_keys_times: deque[float] = deque()  # new peers' keys learned from records
+        self._keys_live: dict[str, float] = {}  # when a connection last brought a peer's keys
         self._published: m.OlmKeys | None = None
         #: Called with a peer id when a new session with it starts on its side (a pre-key
         #: message we accepted) or ours (a repair): the node re-syncs the conversation, so
@@ -199,6 +200,11 @@ class PrivateChannel:
             return True
         if held is None and not mailed and not self._new_keys_allowed(peer_id):
             return False
+        if held is not None and self._live_keys(peer_id):
+            # The two times below are two clocks (ours, the author's): keys a connection
+            # brought (now or within PRESENCE_TTL_S, a record's lifetime) always win.
+            log.debug("olm: keeping the keys of %s a connection brought", peer_id[:8])
+            return False
         learned = self.store.olm_peer_learned(peer_id) if held is not None else None
         if learned is not None and signed_at <= learned:
             log.debug("olm: keeping newer keys of %s than a copy signed earlier", peer_id[:8])
@@ -236,6 +242,15 @@ class PrivateChannel:
         elif old is not None and old[1] != keys.fb:
             self._drop_unanswered(peer_id)
         return True
+
+    def _live_keys(self, peer_id: str) -> bool:
+        """Whether peer_id is connected, or its keys came over a connection within
+        PRESENCE_TTL_S (a record or mail item signed before that may still be around)."""
+        conn = self.links.peers.get(peer_id)
+        if conn is not None and conn.is_open:
+            return True
+        got = self._keys_live.get(peer_id)
+        return got is not None and self._clock() - got < limits.PRESENCE_TTL_S
 
     def _new_keys_allowed(self, peer_id: str) -> bool:
         """Whether a record may bring keys of a peer new to us now (OLM_RECORD_NEW_KEYS_PER_MIN:
@@ -507,6 +522,10 @@ class PrivateChannel:
             _warn(("keys", peer_id), "olm: %s sent keys it did not sign", peer_id[:8])
             conn.close(Reason.BAD_SIGNATURE)
             return
+        self._keys_live.pop(peer_id, None)
+        self._keys_live[peer_id] = now
+        if len(self._keys_live) > limits.OLM_MAX_PEERS:
+            self._keys_live.pop(next(iter(self._keys_live)))
         if not keys.re:
             return  # the keys a peer sends at the start: our request's answer follows
         self._asked.discard(peer_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -485,7 +486,13 @@ def test_keys_from_a_connection_are_not_replaced_by_an_older_record(
     same = b.channel.presence_keys()
     assert a.channel.learn_published(BOB.peer_id, same, learned - 60)
     assert a.store.olm_peer(BOB.peer_id) == direct
-    # A record signed after we met (Bob's new fallback key, say) wins.
+    # A record signed after we met (Bob's new fallback key, say) wins, once the connection
+    # is gone and a record's lifetime passed (before, the clocks compared are two).
+    assert not a.channel.learn_published(BOB.peer_id, older, learned + 60)
+    a.conn.close(Reason.QUIT)
+    a.now[0] += limits.PRESENCE_TTL_S - 1
+    assert not a.channel.learn_published(BOB.peer_id, older, learned + 60)
+    a.now[0] += 1
     assert a.channel.learn_published(BOB.peer_id, older, learned + 60)
     held = a.store.olm_peer(BOB.peer_id)
     assert held is not None and held[:3] == (older.ident, older.fb, older.sig)
@@ -534,6 +541,7 @@ def test_a_pre_key_session_from_an_old_fallback_key_is_not_kept(tmp_path: Path) 
     """Finding 2: a session that never had a reply, started from a fallback key since
     rotated away, was used for every later mail (all lost); a newer record mends it."""
     a, b, now = _stale_fallback(tmp_path)
+    a.conn.close(Reason.QUIT)  # they never meet: only records and mail
     # alice started the session while the key still looked fresh (its record was recent)
     a.channel.store.save_olm_peer(BOB.peer_id, *a.channel.store.olm_peer(BOB.peer_id), now[0])
     lost = a.channel.wrap(BOB.peer_id, b"lost")
@@ -577,3 +585,22 @@ def test_records_of_throwaway_identities_do_not_evict_a_far_peer_s_keys(
         assert a.store.olm_peer(BOB.peer_id) is not None, burst
     assert learned == 4 * 4
     a.channel.wrap(BOB.peer_id, b"still there")
+
+
+def test_a_record_never_overrides_keys_a_live_connection_brought(ends: tuple[End, End]) -> None:
+    """Finding 4 of the second review: which keys are newer compared our clock (a
+    connection's) with the author's (a record's): an old record of a reinstalled peer, its
+    author's clock ahead, dropped the sessions of the live connection."""
+    a, b = ends
+    a.channel.send(BOB.peer_id, inner(CHAT, b"hi bob"))
+    pump(a, b)
+    assert b.got == [b"hi bob"] and a.channel.has_session(BOB.peer_id)
+    old_ident = ratchet.OlmAccount.create().identity_key  # bob's account before a reinstall
+    fb = bytes(32)
+    old = m.PublishedKeys(ident=old_ident, fb=fb, sig=ratchet.sign_keys(BOB, old_ident, fb))
+    ahead = time.time() + limits.PRESENCE_MAX_SKEW_S - 10  # bob's clock a little ahead
+    assert not a.channel.learn_published(BOB.peer_id, old, ahead)
+    assert a.channel.has_session(BOB.peer_id)
+    a.channel.send(BOB.peer_id, inner(CHAT, b"still"))
+    pump(a, b)
+    assert b.got == [b"hi bob", b"still"]
