@@ -292,20 +292,22 @@ class PrivateChannel:
         """Encrypt an inner frame (see `inner`) for peer_id alone: padded Olm bytes.
 
         Without a session one starts from the peer's one-time key, else its fallback key
-        (a pre-key message). Raise NoKeys if we know no key of the peer.
+        (a pre-key message). Raise NoKeys if we know no key of the peer, or (this is for
+        mail) only keys too old to be sure the peer still has them (OLM_FALLBACK_TRUST_S).
         """
-        return self._wrap(peer_id, data, fresh=False)
+        return self._wrap(peer_id, data, fresh=False, mail=True)
 
-    def _wrap(self, peer_id: str, data: bytes, fresh: bool) -> bytes:
+    def _wrap(self, peer_id: str, data: bytes, fresh: bool, mail: bool = False) -> bytes:
         if len(data) > limits.PM_MAX_INNER_BYTES:
             # The receiver would refuse the frame (and close on us): never send it.
             raise TooLarge(f"an inner frame of {len(data)} bytes does not fit in a pm")
         sessions = self._load(peer_id)
         drop: list[str] = []
-        learned = self.store.olm_peer_learned(peer_id)
+        learned = self.store.olm_peer_learned(peer_id) if mail else None
         # A session that never had a reply opens at the peer only while the key it started
         # from lives: past OLM_FALLBACK_TRUST_S its message would be refused (lost mail).
-        stale = learned is None or self._wall() - learned > limits.OLM_FALLBACK_TRUST_S
+        # Not so over a connection: the peer's refusal there starts a new session (26.4).
+        stale = learned is not None and self._wall() - learned > limits.OLM_FALLBACK_TRUST_S
         if sessions and not fresh:
             session = sessions[0]
         else:

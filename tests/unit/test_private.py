@@ -604,3 +604,18 @@ def test_a_record_never_overrides_keys_a_live_connection_brought(ends: tuple[End
     a.channel.send(BOB.peer_id, inner(CHAT, b"still"))
     pump(a, b)
     assert b.got == [b"hi bob", b"still"]
+
+
+def test_a_live_pm_goes_in_an_unanswered_session_however_old_the_keys(
+    ends: tuple[End, End],
+) -> None:
+    """The stale-key rule (finding 2) is for mail: over a connection a refusal repairs."""
+    a, b = ends
+    a.channel.send(BOB.peer_id, inner(CHAT, b"one"))
+    pump(a, b)
+    keys = a.store.olm_peer(BOB.peer_id)
+    assert keys is not None
+    a.store.save_olm_peer(BOB.peer_id, *keys, a.now[0] - 2 * limits.OLM_FALLBACK_ROTATE_S)
+    a.channel.send(BOB.peer_id, inner(CHAT, b"two"))
+    pump(a, b)
+    assert b.got == [b"one", b"two"]
