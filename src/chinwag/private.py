@@ -193,10 +193,11 @@ class PrivateChannel:
         if held is not None and held[0] == keys.ident and held[1] == keys.fb:
             # The common case (every refresh of a record): no check, at most one write per
             # OLM_SEEN_REFRESH_S, so a far peer that keeps publishing is not evicted as old.
+            # The later signing also vouches that the fallback key lives on (_wrap's rule).
             now = self._wall()
             seen = self.store.olm_peer_seen(peer_id)
             if seen is not None and now - seen >= limits.OLM_SEEN_REFRESH_S:
-                self.store.olm_peer_touch(peer_id, now)
+                self.store.olm_peer_touch(peer_id, now, min(signed_at, now))
             return True
         if held is None and not mailed and not self._new_keys_allowed(peer_id):
             return False

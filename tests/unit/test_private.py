@@ -619,3 +619,17 @@ def test_a_live_pm_goes_in_an_unanswered_session_however_old_the_keys(
     a.channel.send(BOB.peer_id, inner(CHAT, b"two"))
     pump(a, b)
     assert b.got == [b"one", b"two"]
+
+
+def test_a_fallback_key_republished_stays_fresh_for_mail(tmp_path: Path) -> None:
+    """The stale-key rule (finding 2) counts from the latest record with the same keys: an
+    unused fallback key is never replaced, and its author's records keep vouching for it."""
+    now = [1000.0]
+    a = End(ALICE, BOB, tmp_path / "a.db", now)
+    b = End(BOB, ALICE, tmp_path / "b.db", now)
+    a.conn.close(Reason.QUIT)
+    for _ in range(int(2 * limits.OLM_FALLBACK_ROTATE_S // limits.PRESENCE_REFRESH_S)):
+        assert a.channel.learn_published(BOB.peer_id, b.channel.presence_keys(), now[0])
+        now[0] += limits.PRESENCE_REFRESH_S
+    assert b.channel.learn_published(ALICE.peer_id, a.channel.presence_keys(), now[0])
+    assert b.channel.unwrap(ALICE.peer_id, a.channel.wrap(BOB.peer_id, b"mail")) == b"mail"

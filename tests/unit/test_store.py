@@ -637,8 +637,10 @@ def test_a_store_from_before_olm_peers_seen_opens_and_evicts_by_it(tmp_path: Pat
     raw.close()
     store = Store(path)
     assert store.olm_peer_seen("p") == 0.0
-    store.olm_peer_touch("p", 7.0)
-    assert store.olm_peer_seen("p") == 7.0
+    store.olm_peer_touch("p", 7.0, 6.0)
+    assert store.olm_peer_seen("p") == 7.0 and store.olm_peer_learned("p") == 6.0
+    store.olm_peer_touch("p", 8.0, 4.0)
+    assert store.olm_peer_seen("p") == 8.0 and store.olm_peer_learned("p") == 6.0
     store.save_olm_peer("q", b"\x01", b"\x02", b"\x03", b"", 9.0, 11.0)
     assert store.olm_peer_seen("q") == 11.0
     store.close()

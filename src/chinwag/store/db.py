@@ -916,10 +916,14 @@ class Store:
         row = self.db.execute("SELECT seen FROM olm_peers WHERE peer_id=?", (peer_id,)).fetchone()
         return None if row is None else float(row[0])
 
-    def olm_peer_touch(self, peer_id: str, seen: float) -> None:
-        """Note that peer_id's Olm keys were seen again at `seen` (the LRU time of eviction)."""
+    def olm_peer_touch(self, peer_id: str, seen: float, signed: float) -> None:
+        """Note that peer_id's Olm keys were seen again at `seen` (the LRU time of eviction),
+        signed again at `signed` (kept if later than the time held: olm_peer_learned)."""
         with self._transaction():
-            self.db.execute("UPDATE olm_peers SET seen=? WHERE peer_id=?", (seen, peer_id))
+            self.db.execute(
+                "UPDATE olm_peers SET seen=?, used=max(used, ?) WHERE peer_id=?",
+                (seen, signed, peer_id),
+            )
 
     def save_olm_peer(
         self,
