@@ -291,11 +291,15 @@ class History:
 
     # --- frames from peers ----------------------------------------------
 
-    def chat_received(self, conn: Link, frame: m.Chat, clear: bool = False) -> bool:
+    def chat_received(
+        self, conn: Link, frame: m.Chat, clear: bool = False, mailed: bool = False
+    ) -> bool:
         """Check a received message and queue it for the next commit.
 
         clear: the frame came as a plain `chat` frame, not inside a `pm`; a conversation's
         message never travels so (docs/protocol.md section 26) and is refused.
+        mailed: it came sealed in a mail item delivered by conn (section 24): conn passed on
+        a box it could not read, so it vouches for nothing (section 27.4).
         Return False if this copy will never be stored (refused: blocked, not ours, does
         not decrypt, not remembered, over the sender's budget, or invalid), else True.
         """
@@ -337,7 +341,10 @@ class History:
             room = self.book.holds(body.room, author)
             if room is None and msg.id in self._seen:
                 return False  # relayed once already: never again (no storms)
-            if room is not None and not self.book.from_member(room, from_id, author):
+            # A mail holder only passes on a sealed box: it took nothing, so only the
+            # author's own membership counts ("" is never admitted).
+            via = "" if mailed else from_id
+            if room is not None and not self.book.from_member(room, via, author):
                 # A stranger writing into a private room (its id is announced): neither
                 # kept nor stored nor relayed, no key asked for. Not marked seen: a member
                 # may bring it later (then its author is vouched for).

@@ -488,7 +488,7 @@ class Mailbox:
                     acks.append(opened.id)
                 continue
             if not self.history.chat_received(
-                conn, m.Chat(body=opened.frame.body, sig=opened.frame.sig, hist=True)
+                conn, m.Chat(body=opened.frame.body, sig=opened.frame.sig, hist=True), mailed=True
             ):
                 # Refused (does not decrypt, not remembered, over budget...): never stored
                 # from this copy, so the holders may forget it (else resent for 7 days).

@@ -18,6 +18,8 @@ from chinwag.crypto import box, group
 from chinwag.node import Node, NodeConfig
 from chinwag.private import inner
 from chinwag.protocol import groupkeys as gk
+from chinwag.protocol import mailbox as mb
+from chinwag.protocol import messages as m
 from chinwag.protocol.chat import make_message
 from node_support import make_node
 
@@ -226,4 +228,71 @@ async def test_a_stranger_cannot_write_into_a_private_room(
         assert "not a member" in caplog.text
     finally:
         await h.close()
+        await a.stop()
+
+
+async def test_a_stranger_cannot_mail_into_a_private_room_through_a_member(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 1 of the second review: mallory, never admitted, gives bob (a member, acting
+    as holder) mail for alice holding a chat she signed into the room under a made-up Megolm
+    session, twice (give-up time 0 stands in for two minutes). bob passes on a sealed box he
+    cannot read, so he vouches for nothing: alice neither keeps it, nor asks for its key, nor
+    stores or shows it; mallory's mail in general still arrives."""
+    monkeypatch.setattr(limits, "MEGOLM_GIVE_UP_S", 0.0)
+    a = make_node(tmp_path / "a", "alice")
+    await a.start()
+    await a.join("vault", PASS)
+    wire = box.private_room_id("vault")
+    b = make_node(tmp_path / "b", "bob", peers=[("127.0.0.1", a.port)])
+    await b.start()
+    await b.join("vault", PASS)
+    seen: list[ev.NodeEvent] = []
+    a.subscribe(seen.append)
+    h = HostilePeer(nick="mallory")
+    try:
+        await until(lambda: connected(a, b), "alice and bob connected")
+        await until(lambda: b.identity.peer_id in a._admitted(wire), "bob admitted")
+        keys = a._running().book.group
+        assert keys is not None
+        asked: list[tuple[str, str]] = []
+        real_send = keys._send_inner
+
+        def spy(peer: str, kind: str, data: bytes) -> bool:
+            asked.append((peer, kind))
+            return real_send(peer, kind, data)
+
+        keys._send_inner = spy
+        await h.connect(b.port)
+        fake = group.Outbound.create()
+        enc = msgspec.msgpack.encode([fake.session_id, b"\x03junk" * 5])
+        now = int(time.time())
+        msg = make_message(h.identity, wire, "mallory", now * 1000, 1, "", enc)
+        marker = h.message(1, "a marker in general")
+        bob_db = b._running().store.db
+        with caplog.at_level(logging.WARNING):
+            for chat in (msg, msg, marker):
+                frame = m.Chat(body=chat.raw_body, sig=chat.sig)
+                item = mb.make_item(h.identity, a.identity.public, frame, now + 600)
+                h.send_frames([m.MailPut(items=[item])])
+                await h.wait_frame(m.MailOk)
+                # One at a time: bob delivers it and alice acknowledges it (taken or not).
+                await until(
+                    lambda: bob_db.execute("SELECT COUNT(*) FROM mailbox").fetchone()[0] == 0,
+                    "bob's mailbox emptied by alice",
+                )
+            await until(lambda: "a marker in general" in texts(seen), "the marker shown")
+        stored = (
+            a._running()
+            .store.db.execute("SELECT author, text FROM messages WHERE room=?", (wire,))
+            .fetchall()
+        )
+        assert stored == []
+        assert not any(isinstance(e, ev.Message) and e.room == "vault" for e in seen)
+        assert keys._held_count == 0
+        assert [kind for _, kind in asked if kind == "rkq"] == []
+        assert "not a member" in caplog.text
+    finally:
+        await h.close()
+        await b.stop()
         await a.stop()
