@@ -10,7 +10,14 @@ import sqlite3
 from pathlib import Path
 
 import msgspec
-from it_support import PROMPT_S, NodeFactory, connected, stderr_has_traceback
+from it_support import (
+    PROMPT_S,
+    ChinwagProcess,
+    Event,
+    NodeFactory,
+    connected,
+    stderr_has_traceback,
+)
 from test_e2e_rooms import dm, got_dm, marker
 from test_olm_inprocess import _attack, _copy_db
 
@@ -34,6 +41,22 @@ def _seed(data_dir: Path) -> bytes:
     return (data_dir / "identity.key").read_bytes()
 
 
+def _open_as(reader_dir: Path, item: m.MailItem) -> m.MailInner:
+    """Open a held item with its reader's long-term key alone (what a thief of that key gets)."""
+    key = Identity.from_seed(_seed(reader_dir))
+    return msgspec.msgpack.decode(box.open_sealed(key, item.box), type=m.MailInner)
+
+
+async def _mailed_once(
+    author: ChinwagProcess, own: Event, holder: ChinwagProcess, reader: ChinwagProcess
+) -> m.MailInner:
+    """Wait until author's DM own went to one holder; return its item opened as _open_as does."""
+    mailed = await author.wait_for("mailed", timeout=PROMPT_S, from_start=True, id=own["id"])
+    assert mailed["holders"] == 1, mailed
+    [item] = _held(holder.data_dir, reader.peer_id)
+    return _open_as(reader.data_dir, item)
+
+
 async def test_held_mail_does_not_decrypt_with_both_identities_and_databases_once_read(
     node: NodeFactory, tmp_path: Path
 ) -> None:
@@ -51,12 +74,8 @@ async def test_held_mail_does_not_decrypt_with_both_identities_and_databases_onc
 
     secret = marker("held")
     own = await dm(a, b.peer_id, secret)
-    mailed = await a.wait_for("mailed", timeout=PROMPT_S, from_start=True, id=own["id"])
-    assert mailed["holders"] == 1, mailed
-    [item] = _held(c.data_dir, b.peer_id)
     # The seal is to bob's long-term key: what it holds must not yield to that key alone.
-    bob = Identity.from_seed(_seed(b.data_dir))
-    inside = msgspec.msgpack.decode(box.open_sealed(bob, item.box), type=m.MailInner)
+    inside = await _mailed_once(a, own, c, b)
     assert inside.olm and secret.encode() not in inside.frame
     # Positive control: bob's database as it is while the item waits opens it.
     snapshot = _copy_db(b.data_dir, tmp_path / "bob-then.db")
@@ -69,8 +88,7 @@ async def test_held_mail_does_not_decrypt_with_both_identities_and_databases_onc
     await got_dm(b2, own, to=b2)
     # bob's receipt goes back to ann the same way, inside their session too.
     [receipt] = await _until_held(c.data_dir, a.peer_id)
-    ann = Identity.from_seed(_seed(a.data_dir))
-    back = msgspec.msgpack.decode(box.open_sealed(ann, receipt.box), type=m.MailInner)
+    back = _open_as(a.data_dir, receipt)
     assert back.olm
     assert await b2.quit() == 0
     # The thief: both identity seeds and both databases, after bob read it.

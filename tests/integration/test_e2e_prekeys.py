@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import asyncio
 
-import msgspec
 from it_support import PROMPT_S, NodeFactory, ask_until, connected, stderr_has_traceback
-from test_e2e_mail_olm import _held, _seed
+from test_e2e_mail_olm import _mailed_once
 from test_e2e_members import MEMBERS, shows
 from test_e2e_rooms import dm, got_dm, marker
 
-from chinwag.crypto import box, ratchet
-from chinwag.crypto.identity import Identity
-from chinwag.protocol import messages as m
+from chinwag.crypto import ratchet
 
 
 async def test_a_first_dm_to_a_far_offline_reader_goes_inside_olm(node: NodeFactory) -> None:
@@ -37,11 +34,7 @@ async def test_a_first_dm_to_a_far_offline_reader_goes_inside_olm(node: NodeFact
 
     secret = marker("first")
     own = await dm(a, b.peer_id, secret)
-    mailed = await a.wait_for("mailed", timeout=PROMPT_S, from_start=True, id=own["id"])
-    assert mailed["holders"] == 1, mailed
-    [item] = _held(c.data_dir, b.peer_id)
-    bob = Identity.from_seed(_seed(b.data_dir))
-    inside = msgspec.msgpack.decode(box.open_sealed(bob, item.box), type=m.MailInner)
+    inside = await _mailed_once(a, own, c, b)
     # Inside b's Olm ratchet, started from its fallback key: b's long-term key alone
     # yields a pre-key message, not the frame.
     assert inside.olm and secret.encode() not in inside.frame, inside
@@ -78,11 +71,7 @@ async def test_keys_from_a_leave_and_from_the_mail_itself_suffice(node: NodeFact
     await ask_until(a, MEMBERS, "members", shows(b.peer_id, online=False))
     secret = marker("after-leave")
     own = await dm(a, b.peer_id, secret)
-    mailed = await a.wait_for("mailed", timeout=PROMPT_S, from_start=True, id=own["id"])
-    assert mailed["holders"] == 1, mailed
-    [item] = _held(c.data_dir, b.peer_id)
-    bob = Identity.from_seed(_seed(b.data_dir))
-    inside = msgspec.msgpack.decode(box.open_sealed(bob, item.box), type=m.MailInner)
+    inside = await _mailed_once(a, own, c, b)
     assert inside.olm and ratchet.unpad(inside.frame).kind == ratchet.PRE_KEY
     assert await a.quit() == 0  # its leave (and keys) reach c: b must not need them
 

@@ -21,6 +21,7 @@ from chinwag.protocol import groupkeys as gk
 from chinwag.protocol import mailbox as mb
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import make_message
+from chinwag.roomkeys import RoomKeys
 from node_support import make_node
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,6 +38,19 @@ def connected(a: Node, b: Node) -> bool:
         b.identity.peer_id in a._running().manager.peers
         and a.identity.peer_id in b._running().manager.peers
     )
+
+
+def spy_sends(keys: RoomKeys) -> list[tuple[str, str]]:
+    """Record (peer, kind) of every inner frame keys sends from now on (and still send it)."""
+    asked: list[tuple[str, str]] = []
+    real_send = keys._send_inner
+
+    def spy(peer: str, kind: str, data: bytes) -> bool:
+        asked.append((peer, kind))
+        return real_send(peer, kind, data)
+
+    keys._send_inner = spy  # type: ignore[method-assign]
+    return asked
 
 
 async def test_a_peer_announcing_the_room_without_its_passphrase_gets_no_room_key(
@@ -199,14 +213,7 @@ async def test_a_stranger_cannot_write_into_a_private_room(
         await h.connect(a.port)
         keys = a._running().book.group
         assert keys is not None
-        asked: list[tuple[str, str]] = []
-        real_send = keys._send_inner
-
-        def spy(peer: str, kind: str, data: bytes) -> bool:
-            asked.append((peer, kind))
-            return real_send(peer, kind, data)
-
-        keys._send_inner = spy
+        asked = spy_sends(keys)
         fake = group.Outbound.create()
         enc = msgspec.msgpack.encode([fake.session_id, b"\x03junk" * 5])
         msg = make_message(h.identity, wire, "mallory", int(time.time() * 1000), 1, "", enc)
@@ -255,14 +262,7 @@ async def test_a_stranger_cannot_mail_into_a_private_room_through_a_member(
         await until(lambda: b.identity.peer_id in a._admitted(wire), "bob admitted")
         keys = a._running().book.group
         assert keys is not None
-        asked: list[tuple[str, str]] = []
-        real_send = keys._send_inner
-
-        def spy(peer: str, kind: str, data: bytes) -> bool:
-            asked.append((peer, kind))
-            return real_send(peer, kind, data)
-
-        keys._send_inner = spy
+        asked = spy_sends(keys)
         await h.connect(b.port)
         fake = group.Outbound.create()
         enc = msgspec.msgpack.encode([fake.session_id, b"\x03junk" * 5])
