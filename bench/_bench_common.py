@@ -96,6 +96,21 @@ async def stop(*nodes: ChinwagProcess) -> None:
                 await n.kill()
 
 
+async def start_pair(workdir: Path) -> tuple[TimedProcess, TimedProcess]:
+    """Start A, then B dialling it (loopback, no discovery); return both once connected
+    (both stopped if that fails)."""
+    a = TimedProcess(workdir / "a", *node_args(), nick="a")
+    await a.start()
+    b = TimedProcess(workdir / "b", *node_args(), "--peer", f"127.0.0.1:{a.port}", nick="b")
+    try:
+        await b.start()
+        await asyncio.gather(a.wait_for_peers([b.peer_id]), b.wait_for_peers([a.peer_id]))
+    except BaseException:
+        await stop(a, b)
+        raise
+    return a, b
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     """The p-th percentile (0..100) by nearest rank of a non-empty sequence."""
     ordered = sorted(values)

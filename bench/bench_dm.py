@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench_common import TimedProcess, emit, node_args, note, percentile, run, stop
+from _bench_common import TimedProcess, emit, node_args, note, percentile, run, start_pair, stop
 
 #: Seconds to wait for the last messages after pacing ends.
 DRAIN_S = 10.0
@@ -68,13 +68,19 @@ async def arrivals(b: TimedProcess, sent: dict[str, float]) -> dict[str, float]:
     return got
 
 
+async def timed_dm(c: TimedProcess, a: TimedProcess, text: str) -> float:
+    """Milliseconds from writing C's dm command to A's `dm` event for it."""
+    assert c.proc is not None and c.proc.stdin is not None
+    start = time.perf_counter()
+    c.proc.stdin.write(json.dumps({"cmd": "dm", "to": a.peer_id, "text": text}).encode() + b"\n")
+    await c.proc.stdin.drain()
+    ev = await a.wait_for("dm", timeout=DRAIN_S, text=text)
+    return float((ev["_rx"] - start) * 1000)
+
+
 async def latency(rate: float, duration: float, workdir: Path) -> None:
-    a = TimedProcess(workdir / "a", *node_args(), nick="a")
-    await a.start()
-    b = TimedProcess(workdir / "b", *node_args(), "--peer", f"127.0.0.1:{a.port}", nick="b")
-    await b.start()
+    a, b = await start_pair(workdir)
     try:
-        await asyncio.gather(a.wait_for_peers([b.peer_id]), b.wait_for_peers([a.peer_id]))
         warm = await paced(a, b.peer_id, "w", int(rate), rate)
         await arrivals(b, warm)
         count = int(rate * duration)
@@ -105,24 +111,9 @@ async def first_dms(firsts: int, workdir: Path) -> None:
             await c.start()
             try:
                 await c.wait_for("peer_joined", timeout=DRAIN_S, peer_id=a.peer_id)
-                assert c.proc is not None and c.proc.stdin is not None
-                text = f"first-{i}"
-                start = time.perf_counter()
-                c.proc.stdin.write(
-                    json.dumps({"cmd": "dm", "to": a.peer_id, "text": text}).encode() + b"\n"
-                )
-                await c.proc.stdin.drain()
-                ev = await a.wait_for("dm", timeout=DRAIN_S, text=text)
-                times.append((ev["_rx"] - start) * 1000)
+                times.append(await timed_dm(c, a, f"first-{i}"))
                 # The second DM, on the session the first one set up.
-                text = f"second-{i}"
-                start = time.perf_counter()
-                c.proc.stdin.write(
-                    json.dumps({"cmd": "dm", "to": a.peer_id, "text": text}).encode() + b"\n"
-                )
-                await c.proc.stdin.drain()
-                ev = await a.wait_for("dm", timeout=DRAIN_S, text=text)
-                seconds.append((ev["_rx"] - start) * 1000)
+                seconds.append(await timed_dm(c, a, f"second-{i}"))
             finally:
                 await stop(c)
     finally:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench_common import TimedProcess, emit, node_args, note, percentile, run, stop
+from _bench_common import TimedProcess, emit, note, percentile, run, start_pair, stop
 
 #: Seconds to wait for the last messages after pacing ends.
 DRAIN_S = 10.0
@@ -44,12 +44,8 @@ async def paced_send(a: TimedProcess, prefix: str, count: int, rate: float) -> d
 
 async def measure(rate: float, duration: float, workdir: Path) -> None:
     """Start A and B, run a warm-up and a measured paced phase, print figures."""
-    a = TimedProcess(workdir / "a", *node_args(), nick="a")
-    await a.start()
-    b = TimedProcess(workdir / "b", *node_args(), "--peer", f"127.0.0.1:{a.port}", nick="b")
-    await b.start()
+    a, b = await start_pair(workdir)
     try:
-        await asyncio.gather(a.wait_for_peers([b.peer_id]), b.wait_for_peers([a.peer_id]))
         warm = await paced_send(a, "w", int(rate), rate)
         await b.wait_for_message(max(warm), timeout=DRAIN_S)
 

@@ -8,14 +8,13 @@ while. Prints throughput_* figures (target: >= 8,000 msg/s with nothing lost).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
 import tempfile
 import time
 from pathlib import Path
 
-from _bench_common import TimedProcess, emit, node_args, note, run, stop
+from _bench_common import emit, note, run, start_pair, stop
 
 #: Seconds without a new message at B after which the rest count as lost.
 IDLE_GIVE_UP_S = 10.0
@@ -23,12 +22,8 @@ IDLE_GIVE_UP_S = 10.0
 
 async def measure(n: int, workdir: Path) -> None:
     """Start A and B, pipe n sends into A, count arrivals at B, print figures."""
-    a = TimedProcess(workdir / "a", *node_args(), nick="a")
-    await a.start()
-    b = TimedProcess(workdir / "b", *node_args(), "--peer", f"127.0.0.1:{a.port}", nick="b")
-    await b.start()
+    a, b = await start_pair(workdir)
     try:
-        await asyncio.gather(a.wait_for_peers([b.peer_id]), b.wait_for_peers([a.peer_id]))
         await a.say("warm-up")
         await b.wait_for("message", text="warm-up")  # also moves B's cursor past it
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 
 import msgspec
 import pytest
@@ -13,6 +14,7 @@ from chinwag import limits
 from chinwag.crypto import box
 from chinwag.crypto.identity import Identity
 from chinwag.errors import RemoteProtocolError
+from chinwag.mailbox import Mailbox
 from chinwag.protocol import mailbox as mb
 from chinwag.protocol import messages as m
 from chinwag.protocol.chat import make_message
@@ -422,6 +424,23 @@ def test_a_refusal_that_changes_nothing_asks_for_no_new_plan() -> None:
     assert out.refused("h1", [ident], "full") is False  # a repeat
 
 
+def _author_mailbox(store: Store, manager: object, book: object, members: list[str]) -> Mailbox:
+    """AUTHOR's mailbox, loaded, over stand-in parts: room members as given, no receipts."""
+    history = SimpleNamespace(replica=SimpleNamespace(room_receipts=lambda _w: {}))
+    mailbox = Mailbox(
+        store,
+        AUTHOR,
+        manager,  # type: ignore[arg-type]
+        history,  # type: ignore[arg-type]
+        book,  # type: ignore[arg-type]
+        emit=lambda _e: None,
+        room_members=lambda _w: members,
+        clock=lambda: NOW,
+    )
+    mailbox.load()
+    return mailbox
+
+
 async def test_presence_changes_read_the_held_readers_from_memory_not_sqlite(
     store: Store,
 ) -> None:
@@ -480,7 +499,6 @@ async def test_a_post_while_no_holder_is_connected_seals_nothing_until_one_conne
     from types import SimpleNamespace
     from typing import Any
 
-    from chinwag.mailbox import Mailbox
     from chinwag.protocol.chat import make_message
 
     sealed: list[bytes] = []
@@ -501,18 +519,7 @@ async def test_a_post_while_no_holder_is_connected_seals_nothing_until_one_conne
         wires=lambda: ["club", "general"],
     )
     book.presence_view = lambda p: book.announced.get(p, {})
-    history: Any = SimpleNamespace(replica=SimpleNamespace(room_receipts=lambda _w: {}))
-    mailbox = Mailbox(
-        store,
-        AUTHOR,
-        manager,
-        history,
-        book,
-        emit=lambda _e: None,
-        room_members=lambda _w: members,
-        clock=lambda: NOW,
-    )
-    mailbox.load()
+    mailbox = _author_mailbox(store, manager, book, members)
     try:
         for seq in range(1, 4):  # alone in the room: three posts
             msg = make_message(AUTHOR, "club", "ann", int(NOW * 1000), seq, f"post {seq}")
@@ -649,7 +656,6 @@ async def test_a_stranger_announcing_a_private_room_does_not_stop_its_mail(
     from types import SimpleNamespace
     from typing import Any
 
-    from chinwag.mailbox import Mailbox
     from chinwag.rooms import RoomBook
 
     book = RoomBook(store, AUTHOR)
@@ -657,18 +663,7 @@ async def test_a_stranger_announcing_a_private_room_does_not_stop_its_mail(
     room = book.join_private("club", bytes(32))
     members = [READER.peer_id]
     manager: Any = SimpleNamespace(peers={})
-    history: Any = SimpleNamespace(replica=SimpleNamespace(room_receipts=lambda _w: {}))
-    mailbox = Mailbox(
-        store,
-        AUTHOR,
-        manager,
-        history,
-        book,
-        emit=lambda _e: None,
-        room_members=lambda _w: members,
-        clock=lambda: NOW,
-    )
-    mailbox.load()
+    mailbox = _author_mailbox(store, manager, book, members)
     try:
         enc = bytes(64)  # stands for the room's ciphertext: the mailbox never opens it
         msg = make_message(AUTHOR, room.wire, "ann", int(NOW * 1000), 1, "", enc)
