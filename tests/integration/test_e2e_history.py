@@ -27,6 +27,7 @@ from it_support import (
     connected,
     count,
     start_fails,
+    start_pair,
     stderr_has_traceback,
 )
 
@@ -127,16 +128,6 @@ def restart(node: NodeFactory, tmp_path: Path, name: str, *args: str) -> Chinwag
     return node(name, *args, discovery=False, data_dir=tmp_path / name)
 
 
-async def pair(node: NodeFactory) -> tuple[ChinwagProcess, ChinwagProcess]:
-    """Node a listening, node b connected to it by --peer."""
-    a = node("alice", discovery=False)
-    await a.start()
-    b = node("bob", "--peer", f"127.0.0.1:{a.port}", discovery=False)
-    await b.start()
-    await connected(a, b)
-    return a, b
-
-
 # --- restart, outbox, catch-up ----------------------------------------------
 
 
@@ -217,7 +208,7 @@ async def test_outbox_delivered_when_a_peer_appears(node: NodeFactory) -> None:
 
 async def test_catch_up_after_downtime(node: NodeFactory, tmp_path: Path) -> None:
     """A peer that was down gets exactly what it missed; both histories end identical."""
-    a, b = await pair(node)
+    a, b = await start_pair(node)
     await chat_works(a, b, text="before the outage")
     assert await b.quit() == 0
     await a.wait_for("peer_left", timeout=PROMPT_S, peer_id=b.peer_id)
@@ -393,7 +384,7 @@ async def test_forged_relayed_message_disconnects_and_is_never_stored(
     node: NodeFactory,
 ) -> None:
     """A relayed message with a broken signature closes the relay's connection; never shown."""
-    a, b = await pair(node)
+    a, b = await start_pair(node)
     victim = Identity.generate()
     forged = []
     for case in ("flipped sig", "altered text", "flipped sig as history"):
@@ -431,7 +422,7 @@ async def test_forged_relayed_message_disconnects_and_is_never_stored(
 
 async def test_burst_of_forgeries_in_one_write(node: NodeFactory) -> None:
     """Hundreds of forged messages in one write end in one clean disconnect; none is shown."""
-    a, b = await pair(node)
+    a, b = await start_pair(node)
     h = await hostile(a)
     victim = Identity.generate()
     frames = []
@@ -451,7 +442,7 @@ async def test_burst_of_forgeries_in_one_write(node: NodeFactory) -> None:
 
 async def test_equivocation_disconnects_and_keeps_the_first(node: NodeFactory) -> None:
     """Two different messages with one (author, room, seq): the first stays, the second never."""
-    a, b = await pair(node)
+    a, b = await start_pair(node)
     for how in ("one after the other", "in one write"):
         h = await hostile(a)
         first = h.message(1, f"x ({how})")
@@ -477,7 +468,7 @@ async def test_equivocation_disconnects_and_keeps_the_first(node: NodeFactory) -
 
 async def test_refused_equivocation_leaves_no_trace(node: NodeFactory) -> None:
     """A refused second version (dated in the future) does not make later messages late."""
-    a, b = await pair(node)
+    a, b = await start_pair(node)
     h = await hostile(a)
     first = h.message(1, "the real one")
     second = h.message(1, "from the future", ts_ms=int(time.time() * 1000) + 86_400_000)
@@ -491,7 +482,7 @@ async def test_refused_equivocation_leaves_no_trace(node: NodeFactory) -> None:
 
 async def test_sync_flood_disconnects(node: NodeFactory) -> None:
     """A peer sending thousands of vectors is cut off as a sync flood; the node chats on."""
-    a, b = await pair(node)
+    a, b = await start_pair(node)
     h = await hostile(a)
     # Well past the burst allowance (limits.SYNC_REQUESTS_BURST) in one go.
     flood = [m.Vector(room="general", have={}) for _ in range(int(limits.SYNC_REQUESTS_BURST) * 3)]
@@ -569,7 +560,7 @@ async def test_late_marking_after_partition(node: NodeFactory, tmp_path: Path) -
 
 async def test_search(node: NodeFactory) -> None:
     """search finds a message by a substring, case-insensitively, on both sides."""
-    a, b = await pair(node)
+    a, b = await start_pair(node)
     own = await chat_works(a, b, text="The Quick Brown Fox")
     await chat_works(b, a, text="a lazy dog")
     for n in (a, b):
@@ -584,7 +575,7 @@ async def test_search(node: NodeFactory) -> None:
 
 async def test_info_lists_the_holder_after_delivery(node: NodeFactory) -> None:
     """Once our message is reported delivered, info on it names the peer holding it."""
-    a, b = await pair(node)
+    a, b = await start_pair(node)
     own = await chat_works(a, b, text="who has this?")
     await a.wait_for("delivered", timeout=PROMPT_S, from_start=True, id=own["id"], count=1, of=1)
     info = await ask(a, {"cmd": "info", "id": own["id"]}, "info")
@@ -602,7 +593,7 @@ async def test_history_and_search_carry_delivery_counts_of_own_messages(
     node: NodeFactory,
 ) -> None:
     """Own messages in history/search answers carry delivered/of; others' and live ones do not."""
-    a, b = await pair(node)
+    a, b = await start_pair(node)
     own = await chat_works(a, b, text="counted mine")
     theirs = await chat_works(b, a, text="counted theirs")
     await a.send({"cmd": "dm", "to": b.peer_id, "text": "counted private"})

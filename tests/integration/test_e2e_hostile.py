@@ -20,6 +20,7 @@ from it_support import (
     chat_works,
     connected,
     count,
+    start_pair,
     stderr_has_traceback,
 )
 
@@ -63,19 +64,9 @@ async def assert_healthy(a: ChinwagProcess, b: ChinwagProcess, text: str) -> Non
         assert not stderr_has_traceback(n), n.stderr_tail()
 
 
-async def pair(node: NodeFactory) -> tuple[ChinwagProcess, ChinwagProcess]:
-    """A listening node a with a good peer b connected to it by --peer."""
-    a = node("alice", discovery=False)
-    await a.start()
-    b = node("bob", "--peer", f"127.0.0.1:{a.port}", discovery=False)
-    await b.start()
-    await connected(a, b)
-    return a, b
-
-
 async def test_garbage_bytes_on_tcp(node: NodeFactory) -> None:
     """Random bytes, zeros and a fake text protocol on the TCP port do not hurt the node."""
-    a, b = await pair(node)
+    a, b = await start_pair(node)
     rng = random.Random(1234)
     payloads = [
         rng.randbytes(4096),
@@ -133,7 +124,7 @@ async def test_half_open_connections_do_not_stall_a_good_peer(node: NodeFactory)
 
 async def test_huge_length_prefix(node: NodeFactory) -> None:
     """Length prefixes at and beyond every limit are refused without buffering the body."""
-    a, b = await pair(node)
+    a, b = await start_pair(node)
     assert a.proc is not None
     rss_before = rss_kb(a.proc.pid)
     prefixes = [b"\xff\xff", b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x00\x00"]
@@ -199,7 +190,7 @@ async def test_impossible_and_future_timestamps(node: NodeFactory) -> None:
     """A chat dated outside the accepted range closes its author's connection
     (`bad_timestamp`) and is dropped when relayed; one dated more than a day ahead is not
     accepted yet, without closing; none is ever shown."""
-    a, b = await pair(node)
+    a, b = await start_pair(node)
     h = HostilePeer()
     await h.connect(a.port, timeout=PROMPT_S)
     await a.wait_for_peers([h.peer_id], timeout=PROMPT_S)
