@@ -11,7 +11,7 @@ audited Rust implementation of Olm). docs/protocol.md section 26.
   the ratchet where it was.
 - Pickles (the state saved in the store) are encrypted with `pickle_key(seed)`, a key
   derived from the identity seed: whoever copies the database without the identity gets
-  nothing; with both (an export, branch `keys`) the sessions move along.
+  nothing; with both (`chinwag export`, keymove.py) the sessions move along.
 - `pad` / `unpad`: an Olm message as the bytes of a `pm` frame, padded to a power-of-two
   bucket (at least PM_MIN_BUCKET bytes) so its size tells little about the text.
 
