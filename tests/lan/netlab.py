@@ -160,6 +160,14 @@ class NetLab:
         for link in self._links(host, segment):
             ip("link", "set", link, "up", netns=self.switch_ns)
 
+    def throttle(self, host: str | Host, mbit: int) -> None:
+        """Limit what reaches a host to mbit Mbit/s (a token bucket on its bridge-side veths),
+        so a transfer lasts long enough for a test to act in its middle on any machine."""
+        for link in self._links(host, None):
+            bucket = ["tbf", "rate", f"{mbit}mbit", "burst", "1mb", "latency", "100ms"]
+            argv = [IP, "netns", "exec", self.switch_ns, "tc", "qdisc", "add", "dev", link, "root"]
+            subprocess.run([*argv, *bucket], check=True, capture_output=True, text=True, timeout=30)
+
     def exec_argv(self, host: str | Host, *argv: str) -> list[str]:
         """The argv that runs a command inside a host's namespace."""
         h = host if isinstance(host, Host) else self.hosts[host]

@@ -28,6 +28,8 @@ MB = 1_000_000
 SIZE = 200 * MB
 #: How long the cable stays unplugged: a few seconds, less than the keepalive's patience.
 CUT_S = 4.0
+#: Mbit/s that reach bob during the cut-cable tests (200 MB in about 2 s).
+THROTTLE_MBIT = 800
 #: Seconds for hashing and sending SIZE bytes, with the cut and TCP's retransmission backoff.
 TRANSFER_S = 40.0
 
@@ -67,6 +69,10 @@ async def test_transfer_survives_a_cut_cable(
     """Cut the receiver's link mid-transfer, then restore it: the file still arrives intact."""
     path, sha = source
     ha, hb = lab.add_host("a"), lab.add_host("b")
+    # At the LAN's full speed (400 MB/s here) the file can be done before the first progress
+    # event has reached the test and the cable is cut (seen once on an idle machine): at
+    # THROTTLE_MBIT it takes about 2 s, so the cut lands in its middle on any machine.
+    lab.throttle(hb, THROTTLE_MBIT)
     dl = tmp_path / "bob-downloads"
     a = node(ha, "alice")
     b = node(hb, "bob", "--downloads", str(dl))
