@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from chinwag import limits
@@ -141,6 +141,10 @@ class MeshServe:
 
 
 MeshAction = MeshSend | MeshDial | MeshClose | MeshServe
+
+#: What `received` answers for most copies (no targets, no actions): one shared immutable
+#: pair, not two new lists per duplicate.
+_NOTHING: tuple[Sequence[str], Sequence[MeshAction]] = ((), ())
 
 
 # --- per-peer state -------------------------------------------------------------
@@ -453,7 +457,7 @@ class Mesh:
 
     def received(
         self, peer: str, room: str, msg: MsgId, first: bool, now: float
-    ) -> tuple[list[str], list[MeshAction]]:
+    ) -> tuple[Sequence[str], Sequence[MeshAction]]:
         """A valid live message from peer: return (peers to forward it to, actions).
 
         first: it was new to us (stored just now); False for a duplicate (only scored).
@@ -474,7 +478,7 @@ class Mesh:
                 if first:
                     st.mesh_first += 1.0
         if not first:
-            return [], []
+            return _NOTHING
         self._note(room, msg, now)
         if self._wanted:
             self._wanted.pop(msg, None)

@@ -552,7 +552,7 @@ class Replica:
         out += actions
         if targets and relayable():
             self._note_sent(targets, room, author, seq)
-            out.append(Forward(chat, targets))
+            out.append(Forward(chat, list(targets)))
         return out
 
     def _to_party(self, dm: str, chat: m.Chat, room: str, author: str, seq: int) -> list[Action]:
@@ -569,20 +569,22 @@ class Replica:
         if self.router is None or self.view.dm_peer(room) is not None:
             return []
         _targets, actions = self.router.received(via, room, (room, author, seq), False, now)
-        return list(actions)
+        return list(actions) if actions else []
 
     def _note_sent(self, peer_ids: Iterable[str], room: str, author: str, seq: int) -> None:
         """Record that seq went live to these peers, if it extends what they hold without a hole."""
         vectors = self.room_receipts(room)
+        sent, peer_in = self.sent, self.view.peer_in  # once per copy per target: hoisted
         for peer_id in peer_ids:
-            if not self.view.peer_in(peer_id, room):
+            if not peer_in(peer_id, room):
                 continue  # it drops what it does not hold: nothing was carried
             key = (peer_id, room, author)
-            prev = self.sent.get(key)
+            prev = sent.get(key)
             if prev is None:
-                prev = vectors.get(peer_id, {}).get(author, 0)
+                held = vectors.get(peer_id)
+                prev = 0 if held is None else held.get(author, 0)
             if seq == prev + 1:
-                self.sent[key] = seq
+                sent[key] = seq
 
     def changed(self, touched: Iterable[tuple[str, str]], now: float) -> list[Action]:
         """The sync state of these (room, author) changed: check gaps, send vectors soon."""

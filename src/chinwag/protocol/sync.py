@@ -86,7 +86,16 @@ class SyncState:
         self._vectors: dict[str, dict[str, int]] = {}
 
     def author(self, room: str, author: str) -> AuthorState:
-        return self.rooms.setdefault(room, {}).setdefault(author, AuthorState())
+        """Return the state of author in room, created empty if new."""
+        # Looked up first: setdefault would build a throwaway dict and AuthorState per call
+        # (twice per message stored, the hot path).
+        authors = self.rooms.get(room)
+        if authors is None:
+            authors = self.rooms[room] = {}
+        state = authors.get(author)
+        if state is None:
+            state = authors[author] = AuthorState()
+        return state
 
     def load(self, room: str, author: str, base: int, seqs: list[int]) -> None:
         """Initialise one author's state from the seqs held (any order)."""
