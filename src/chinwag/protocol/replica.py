@@ -202,7 +202,8 @@ class Bucket:
 
     def take(self, now: float, cost: float = 1.0) -> bool:
         """Take cost tokens if there are enough; return whether it did."""
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        self.tokens = tokens if tokens < self.burst else self.burst
         self.stamp = now
         if self.tokens < cost:
             return False
@@ -244,10 +245,12 @@ class Replica:
         #: room -> peer -> its last vector (receipts); loaded from the view on first use.
         self.receipts: dict[str, dict[str, dict[str, int]]] = {}
         self._unsaved: dict[tuple[str, str], dict[str, int]] = {}
-        # (peer, room, author) -> seq up to which this connection has carried the
+        # peer -> room -> author -> seq up to which this connection has carried the
         # author's messages to the peer without a hole (live or pushed), so a
-        # push does not resend what is still in flight.
-        self.sent: dict[tuple[str, str, str], int] = {}
+        # push does not resend what is still in flight. (Nested, not keyed by a
+        # (peer, room, author) tuple: it is updated once per copy per target, and a
+        # tuple per update and per entry costs time and memory.)
+        self.sent: dict[str, dict[str, dict[str, int]]] = {}
         self.vector_sent: dict[tuple[str, str], float] = {}
         #: Connected peer -> when its connection opened.
         self.opened: dict[str, float] = {}
@@ -282,10 +285,16 @@ class Replica:
     def get_timer(self) -> float | None:
         """Return when `handle_timer` is next due, or None."""
         t = self.timers
-        due = [d for d in (t.vector, t.periodic, t.save, t.unsure) if d is not None]
+        # Plain comparisons, no list: the adapter asks after every message.
+        due = t.periodic
+        for d in (t.vector, t.save, t.unsure):
+            if d is not None and (due is None or d < due):
+                due = d
         if t.wants:
-            due.append(min(t.wants.values()))
-        return min(due) if due else None
+            d = min(t.wants.values())
+            if due is None or d < due:
+                due = d
+        return due
 
     def handle_timer(self, now: float) -> list[Action]:
         """Run every timer due at now."""
@@ -389,8 +398,7 @@ class Replica:
                 vectors[peer] = {a: h for a, h in have.items() if a in tracked or a == self.me}
         for sent in [k for k in self.vector_sent if k[0] == peer]:
             del self.vector_sent[sent]
-        for pushed in [k for k in self.sent if k[0] == peer]:
-            del self.sent[pushed]
+        self.sent.pop(peer, None)
 
     # --- messages -------------------------------------------------------
 
@@ -578,13 +586,18 @@ class Replica:
         for peer_id in peer_ids:
             if not peer_in(peer_id, room):
                 continue  # it drops what it does not hold: nothing was carried
-            key = (peer_id, room, author)
-            prev = sent.get(key)
+            rooms = sent.get(peer_id)
+            if rooms is None:
+                rooms = sent[peer_id] = {}
+            carried = rooms.get(room)
+            if carried is None:
+                carried = rooms[room] = {}
+            prev = carried.get(author)
             if prev is None:
                 held = vectors.get(peer_id)
                 prev = 0 if held is None else held.get(author, 0)
             if seq == prev + 1:
-                sent[key] = seq
+                carried[author] = seq
 
     def changed(self, touched: Iterable[tuple[str, str]], now: float) -> list[Action]:
         """The sync state of these (room, author) changed: check gaps, send vectors soon."""
@@ -752,7 +765,7 @@ class Replica:
         for r in plan:
             if r.floor is not None:
                 floors.append(m.Floor(room=room, author=r.author, seq=r.floor))
-            sent = self.sent.get((peer, room, r.author), 0)
+            sent = self.sent.get(peer, {}).get(room, {}).get(r.author, 0)
             lo = r.lo if r.resend else max(r.lo, sent + 1)
             if lo <= r.hi:
                 ranges.append((r.author, lo, r.hi))
@@ -766,8 +779,8 @@ class Replica:
 
     def pushed(self, peer: str, room: str, author: str, seq: int) -> None:
         """A push sent seq of author to peer."""
-        key = (peer, room, author)
-        self.sent[key] = max(self.sent.get(key, 0), seq)
+        carried = self.sent.setdefault(peer, {}).setdefault(room, {})
+        carried[author] = max(carried.get(author, 0), seq)
 
     # --- vectors and receipts -------------------------------------------
 
