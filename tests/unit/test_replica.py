@@ -123,6 +123,20 @@ def test_a_push_skips_what_the_connection_carried_unless_asked() -> None:
     assert r.push_ranges(BOB, ROOM, plan) == ([], [(ALICE, 1, 5)])
 
 
+def test_forget_sent_drops_what_one_room_carried_to_one_peer_only() -> None:
+    r = replica(BOB, CAROL)
+    for seq in range(1, 6):
+        r.accept(ROOM, ALICE, seq)
+        r.accept("other", ALICE, seq)
+    for peer, room in ((BOB, ROOM), (BOB, "other"), (CAROL, ROOM)):
+        r.pushed(peer, room, ALICE, 3)
+    r.forget_sent(BOB, ROOM)  # its ratchet broke: what went may not have arrived
+    plan = [PushRange(ALICE, 1, 5)]
+    assert r.push_ranges(BOB, ROOM, plan) == ([], [(ALICE, 1, 5)])
+    assert r.push_ranges(BOB, "other", plan) == ([], [(ALICE, 4, 5)])
+    assert r.push_ranges(CAROL, ROOM, plan) == ([], [(ALICE, 4, 5)])
+
+
 def test_a_gap_is_reported_asked_for_and_given_up() -> None:
     r = replica(BOB)
     r.accept(ROOM, ALICE, 1)

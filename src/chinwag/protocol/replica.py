@@ -774,8 +774,9 @@ class Replica:
     def forget_sent(self, peer: str, room: str) -> None:
         """Forget what went to peer in room on this connection: it may not have arrived
         (the pair's ratchet broke and started anew), so its next vector gets a full push."""
-        for key in [k for k in self.sent if k[0] == peer and k[1] == room]:
-            del self.sent[key]
+        rooms = self.sent.get(peer)
+        if rooms is not None:
+            rooms.pop(room, None)
 
     def pushed(self, peer: str, room: str, author: str, seq: int) -> None:
         """A push sent seq of author to peer."""
