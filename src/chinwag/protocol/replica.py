@@ -556,11 +556,11 @@ class Replica:
         out = self._maybe_settle(room) if author == self.me else []  # a peer gave back ours
         if dm is not None or not live:
             return out
-        targets, actions = router.received(via, room, (room, author, seq), True, now)
+        relay_to, actions = router.received(via, room, (room, author, seq), True, now)
         out += actions
-        if targets and relayable():
-            self._note_sent(targets, room, author, seq)
-            out.append(Forward(chat, list(targets)))
+        if relay_to and relayable():
+            self._note_sent(relay_to, room, author, seq)
+            out.append(Forward(chat, list(relay_to)))
         return out
 
     def _to_party(self, dm: str, chat: m.Chat, room: str, author: str, seq: int) -> list[Action]:
