@@ -72,6 +72,13 @@ class _Pending:
     done: asyncio.Future[ev.NodeEvent] | None
     #: The readable text (decrypted for private rooms and conversations).
     text: str
+    #: Links the copy crossed to reach us (0: our own): the relay count we pass it on with.
+    hops: int = 0
+
+
+def _relays(frame: m.Chat) -> int:
+    """Return the links a received copy crossed (its relays plus the last one), bounded."""
+    return min(frame.relays + 1, limits.MAX_RELAYS)
 
 
 def _chain(outer: asyncio.Future[ev.NodeEvent], inner: asyncio.Future[ev.NodeEvent]) -> None:
@@ -372,7 +379,7 @@ class History:
             # Not ours to store or show; pass live traffic on for those who hold it.
             self._seen.add(msg.id)
             if relay:
-                chat = m.Chat(body=msg.raw_body, sig=msg.sig)
+                chat = m.Chat(body=msg.raw_body, sig=msg.sig, relays=_relays(frame))
                 self._run(self.replica.pass_on(chat, from_id, author, body.room))
             return False
         try:
@@ -393,7 +400,7 @@ class History:
             self._mesh_carry(
                 self.mesh.dont_want(from_id, body.room, (body.room, author, body.seq), now)
             )
-        self._queue(_Pending(msg, conn, not frame.hist, verified, None, text))
+        self._queue(_Pending(msg, conn, not frame.hist, verified, None, text, _relays(frame)))
         return True
 
     def _await_key(self, conn: Link, frame: m.Chat, msg: ChatMessage) -> str | None:
@@ -545,9 +552,10 @@ class History:
         for room, ranges in by_room.items():
             rows = self.store.push_batch(room, ranges, (-1, "", -1), len(ranges))
             bad = self._verify_unverified(room, rows)
-            for msg_id, _ts, _author, _seq, body, sig, _verified in rows:
+            for msg_id, _ts, author, seq, body, sig, _verified in rows:
                 if msg_id not in bad:
-                    conn.send_encoded(m.encode(m.Chat(body=body, sig=sig)))
+                    relays = self.mesh.hops((room, author, seq)) if self.mesh is not None else 0
+                    conn.send_encoded(m.encode(m.Chat(body=body, sig=sig, relays=relays)))
 
     # --- the replica's actions --------------------------------------------
 
@@ -818,7 +826,7 @@ class History:
                 log.warning("cannot note %s's nick: %s", row.author[:8], exc)
         self._seen.add(msg.id)
         actions = self.replica.accept(row.room, row.author, row.seq)
-        chat = m.Chat(body=msg.raw_body, sig=msg.sig)
+        chat = m.Chat(body=msg.raw_body, sig=msg.sig, relays=item.hops)
         if item.conn is None:
             # Ours: on the wire first, then echoed locally (peers' latency matters more).
             now = self._loop.time()

@@ -505,6 +505,12 @@ MESH_D_SCORE = 4
 MESH_D_OUT = 2
 #: Non-mesh room peers that get IHAVE gossip at each heartbeat.
 MESH_D_LAZY = 6
+#: Links from its author within which a live copy is pushed on eagerly: a copy that came over
+#: this many is only announced (IHAVE), so no first copy takes a longer path than this while a
+#: shorter one exists (docs/mesh.md, "A hop limit").
+MESH_MAX_HOPS = 8
+#: Largest relay count a chat frame may carry (a hint outside the signature; one byte).
+MAX_RELAYS = 255
 #: Seconds between heartbeats (mesh maintenance, gossip, score decay).
 MESH_HEARTBEAT_S = 1.0
 #: Heartbeats a message id stays in the gossip history (mcache: ids only, per room).

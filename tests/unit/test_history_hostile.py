@@ -125,6 +125,28 @@ async def test_an_honest_floor_takes_effect_when_its_push_arrives(node: Node) ->
     assert not node.of(ev.Gap) or node.of(ev.GapFilled)
 
 
+async def test_a_relayed_copy_counts_one_relay_more_and_ours_none(node: Node) -> None:
+    """The relay count is outside the signature: a hint the next node trusts as far as it
+    goes (a relay that lies can only make a copy travel further or stop, as a silent one)."""
+    alice, _bob = node.peer(ALICE), node.peer(BOB)
+    node.history.chat_received(
+        alice, m.Chat(body=chat(CAROL, 1, "hi").raw_body, sig=chat(CAROL, 1, "hi").sig, relays=2)
+    )
+    node.history.chat_received(
+        alice,
+        m.Chat(
+            body=chat(CAROL, 2, "top").raw_body,
+            sig=chat(CAROL, 2, "top").sig,
+            relays=limits.MAX_RELAYS,
+        ),
+    )
+    await turn()
+    assert [(f.relays, exclude) for f, exclude in node.manager.chats()] == [
+        (3, frozenset({ALICE.peer_id, CAROL.peer_id})),
+        (limits.MAX_RELAYS, frozenset({ALICE.peer_id, CAROL.peer_id})),
+    ]
+
+
 # --- 2. a want storm cannot cut honest links ------------------------------------
 
 

@@ -29,6 +29,8 @@ class RecordingMesh:
         self.calls: list[tuple[Any, ...]] = []
         self.next: list[MeshAction] = []
         self.timer: float | None = None
+        #: What hops() answers: the links a message's first copy crossed to reach us.
+        self.hop_counts: dict[Any, int] = {}
 
     def _answer(self) -> list[MeshAction]:
         out, self.next = self.next, []
@@ -76,6 +78,9 @@ class RecordingMesh:
 
     def get_timer(self) -> float | None:
         return self.timer
+
+    def hops(self, msg: Any) -> int:
+        return self.hop_counts.get(msg, 0)
 
     def handle_timer(self, now: float) -> list[MeshAction]:
         self.calls.append(("handle_timer",))
@@ -170,11 +175,13 @@ async def test_serve_sends_stored_messages_as_live_chats(node: Node) -> None:
     node.store.insert_messages([new(BOB, 1, "one"), new(BOB, 2, "two")])
     conn = node.peer(ALICE.peer_id)
     node.mesh.next = [MeshServe(ALICE.peer_id, [(ROOM, BOB.peer_id, 2), (ROOM, BOB.peer_id, 9)])]
+    node.mesh.hop_counts[(ROOM, BOB.peer_id, 2)] = 3  # our copy came over three links
     node.history.mesh_frame(conn, m.IWant(room=ROOM, ids=[(BOB.peer_id, 2)]))
     [sent] = conn.sent
     assert isinstance(sent, bytes)
     frame = m.decode_frame(sent)
-    assert frame == m.Chat(body=chat(BOB, 2, "two").raw_body, sig=chat(BOB, 2, "two").sig)
+    two = chat(BOB, 2, "two")
+    assert frame == m.Chat(body=two.raw_body, sig=two.sig, relays=3)
 
 
 async def test_mesh_close_closes_with_its_reason(node: Node) -> None:

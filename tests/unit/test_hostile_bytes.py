@@ -93,6 +93,9 @@ MALFORMED = {
     "rooms kcv 17 bytes": b"\x82\xa1t\xa5rooms\xa6joined\x91\x92\xa3dev\xc4\x11" + b"x" * 17,
     "tag not a string": b"\x81\xa1t\x05",
     "not msgpack": b"\xc1",
+    "chat relays past a byte": b"\x84\xa1t\xa4chat\xa4body\xc4\x01x\xa3sig\xc4\x40"
+    + b"s" * 64
+    + b"\xa6relays\xcd\x01\x00",
 }
 
 

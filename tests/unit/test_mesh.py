@@ -225,6 +225,30 @@ def test_publish_and_received_go_to_the_mesh_minus_sender_author_and_idontwant()
     assert Node(params=MeshParams(idontwant=False)).mesh.dont_want(sender, ROOM, msg, 0.0) == []
 
 
+def test_a_copy_that_crossed_max_hops_links_is_announced_not_pushed() -> None:
+    node, lazy = _lazy_setup()
+    mesh = sorted(node.mesh.mesh_peers(ROOM))
+    near, far = (ROOM, AUTHOR, 1), (ROOM, AUTHOR, 2)
+    node.held.update((near, far))
+    limit = limits.MESH_MAX_HOPS
+    targets, _ = node.mesh.received(mesh[0], ROOM, near, True, 0.1, limit - 1)
+    assert list(targets) == mesh[1:]
+    assert tuple(map(list, node.mesh.received(mesh[0], ROOM, far, True, 0.1, limit))) == ([], [])
+    # Kept for gossip all the same, with the hops a copy we serve says it crossed.
+    assert (node.mesh.hops(near), node.mesh.hops(far), node.mesh.hops((ROOM, AUTHOR, 3))) == (
+        limit - 1,
+        limit,
+        0,
+    )
+    assert sends(node.beat(), m.IHave)[lazy] == m.IHave(room=ROOM, ids=[(AUTHOR, 1), (AUTHOR, 2)])
+    # No limit: pushed whatever the hops.
+    free = Node(params=MeshParams(max_hops=0))
+    free.connect(*peers(3))
+    free.mesh.join(ROOM, 0.0)
+    first = sorted(free.mesh.mesh_peers(ROOM))[0]
+    assert free.mesh.received(first, ROOM, far, True, 0.1, 100)[0]
+
+
 def test_our_message_goes_to_a_new_peer_before_its_rooms_frame_but_not_after_it_left() -> None:
     """Posted in the moment after a connect, before the peer said its rooms: it still goes
     live (left to sync it would arrive seconds later, after newer ones)."""

@@ -109,6 +109,17 @@ def test_a_mesh_that_forwards_nothing_leaves_delivery_to_sync(
     assert starved["latency_p99_ms"] > normal["latency_p99_ms"]
 
 
+def test_the_hop_limit_shortens_first_copies_and_gossip_brings_the_rest() -> None:
+    """The copies' relay counts reach the real mesh: pushed no further than max_hops links,
+    the rest of the room is reached by IHAVE/IWANT (slower, fewer duplicates)."""
+    free = Sim(Params(nodes=300, messages=20, seed=6, max_hops=0)).run()
+    limited = Sim(Params(nodes=300, messages=20, seed=6, max_hops=3)).run()
+    assert free["delivery_ratio"] == limited["delivery_ratio"] == 1.0
+    assert free["hops_p99"] > limited["hops_p99"]
+    assert free["duplicates_per_node_per_message"] > limited["duplicates_per_node_per_message"]
+    assert free["latency_p99_ms"] < limited["latency_p99_ms"]
+
+
 @pytest.mark.parametrize(
     ("flags", "complaint"),
     [
@@ -124,6 +135,7 @@ def test_a_mesh_that_forwards_nothing_leaves_delivery_to_sync(
         (["--latency", "fast"], "--latency"),
         (["--partition", "-5"], "--partition"),
         (["--latency-model", "moon"], "--latency-model"),
+        (["--max-hops", "-1"], "--max-hops"),
         (["--bogus"], "unrecognized arguments"),
     ],
 )

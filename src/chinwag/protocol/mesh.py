@@ -63,6 +63,8 @@ class MeshParams:
     d_out: int = limits.MESH_D_OUT
     d_lazy: int = limits.MESH_D_LAZY
     heartbeat_s: float = limits.MESH_HEARTBEAT_S
+    #: A first copy that crossed this many links is announced, not pushed (0: no limit).
+    max_hops: int = limits.MESH_MAX_HOPS
     history_len: int = limits.MESH_HISTORY_LEN
     history_gossip: int = limits.MESH_HISTORY_GOSSIP
     prune_backoff_s: int = limits.MESH_PRUNE_BACKOFF_S
@@ -262,8 +264,9 @@ class Mesh:
         self._targets: dict[str, list[tuple[str, _Peer]]] = {}
         #: Joined room -> cached mesh peers that push to us (not choked by us): IDONTWANT to them.
         self._feeds: dict[str, list[str]] = {}
-        #: Joined room -> message ids first seen per heartbeat, newest last (the mcache).
-        self._history: dict[str, deque[tuple[int, dict[MsgId, None]]]] = {}
+        #: Joined room -> message ids first seen per heartbeat, newest last (the mcache),
+        #: each with the links its first copy crossed to reach us (0: our own).
+        self._history: dict[str, deque[tuple[int, dict[MsgId, int]]]] = {}
         #: Joined room -> ids in its history (all windows).
         self._history_ids: dict[str, int] = {}
         #: Ids in some history window -> when first seen.
@@ -456,12 +459,14 @@ class Mesh:
         return self.rng.sample(pool, min(self.params.d, len(pool)))
 
     def received(
-        self, peer: str, room: str, msg: MsgId, first: bool, now: float
+        self, peer: str, room: str, msg: MsgId, first: bool, now: float, hops: int = 1
     ) -> tuple[Sequence[str], Sequence[MeshAction]]:
         """A valid live message from peer: return (peers to forward it to, actions).
 
         first: it was new to us (stored just now); False for a duplicate (only scored).
-        The targets skip the sender, the author and peers that said IDONTWANT.
+        hops: the links this copy crossed to reach us; at max_hops it is not pushed on
+        (only announced). The targets skip the sender, the author and peers that said
+        IDONTWANT.
         """
         p = self._peers.get(peer)
         if room not in self._joined:
@@ -479,9 +484,11 @@ class Mesh:
                     st.mesh_first += 1.0
         if not first:
             return _NOTHING
-        self._note(room, msg, now)
+        self._note(room, msg, now, hops)
         if self._wanted:
             self._wanted.pop(msg, None)
+        if 0 < self.params.max_hops <= hops:
+            return _NOTHING
         author = msg[1]
         targets = [
             pid
@@ -609,6 +616,17 @@ class Mesh:
             s -= prm.w7 * excess**2
         return s
 
+    def hops(self, msg: MsgId) -> int:
+        """Return the links msg's first copy crossed to reach us, as long as it is in the
+        gossip history (0: ours, or forgotten): the relay count of a copy we serve."""
+        windows = self._history.get(msg[0])
+        if windows is not None:
+            for _label, window in windows:
+                hops = window.get(msg)
+                if hops is not None:
+                    return hops
+        return 0
+
     def recent(self, msg: MsgId, now: float) -> bool:
         """Return whether msg went through us less than MESH_IN_FLIGHT_S ago (may be in flight)."""
         seen = self._seen_at.get(msg)
@@ -642,8 +660,8 @@ class Mesh:
 
     # --- internals: messages ------------------------------------------------------
 
-    def _note(self, room: str, msg: MsgId, now: float) -> None:
-        """Remember a first-seen id in the gossip history (bounded per room)."""
+    def _note(self, room: str, msg: MsgId, now: float, hops: int = 0) -> None:
+        """Remember a first-seen id and its hops in the gossip history (bounded per room)."""
         if msg in self._seen_at:
             return
         if msg[1] != self.me:
@@ -653,7 +671,7 @@ class Mesh:
         if self._history_ids[room] >= limits.MESH_MAX_HISTORY_IDS:
             return  # a very fast room: the rest is not gossiped (sync repairs it)
         self._history_ids[room] += 1
-        self._history[room][-1][1][msg] = None
+        self._history[room][-1][1][msg] = hops
         self._seen_at[msg] = now
 
     def _changed(self, room: str) -> None:

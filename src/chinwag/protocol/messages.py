@@ -76,12 +76,16 @@ class Chat(msgspec.Struct, frozen=True, tag_field="t", tag="chat", omit_defaults
     """A signed group message: `body` is an encoded ChatBody, `sig` its author's signature.
 
     `hist` marks a message sent by history sync rather than live: it is stored
-    and shown but not relayed (peers get history from their own sync).
+    and shown but not relayed (peers get history from their own sync). `relays`
+    counts the nodes that passed this copy on before its sender sent it (0: from
+    its author); outside the signature, so only a hint: the mesh relays a copy
+    eagerly only within limits.MESH_MAX_HOPS links of its author (docs/mesh.md).
     """
 
     body: Annotated[bytes, msgspec.Meta(max_length=limits.MAX_FRAME)]
     sig: Sig64
     hist: bool = False
+    relays: Annotated[int, msgspec.Meta(ge=0, le=limits.MAX_RELAYS)] = 0
 
 
 class Ping(msgspec.Struct, frozen=True, tag_field="t", tag="ping"):

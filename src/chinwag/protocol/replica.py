@@ -509,6 +509,7 @@ class Replica:
 
         Ours goes to every peer; a live one from a peer is relayed to the others
         (never back to its sender or author) if relayable() (its signature checks).
+        chat is the frame to pass on: its `relays` is one more than the copy we got.
         With a router, the mesh's targets replace "every peer" (see `_route`).
         """
         if self.router is not None:
@@ -556,7 +557,8 @@ class Replica:
         out = self._maybe_settle(room) if author == self.me else []  # a peer gave back ours
         if dm is not None or not live:
             return out
-        relay_to, actions = router.received(via, room, (room, author, seq), True, now)
+        # chat is the copy to pass on: its relay count is the links ours crossed.
+        relay_to, actions = router.received(via, room, (room, author, seq), True, now, chat.relays)
         out += actions
         if relay_to and relayable():
             self._note_sent(relay_to, room, author, seq)

@@ -140,6 +140,13 @@ def parser() -> argparse.ArgumentParser:
         help="no IDONTWANT on a new copy (the simulator forwards at once, so a forwarded "
         "copy says nearly the same; halves the events; history.py sends it)",
     )
+    ap.add_argument(
+        "--max-hops",
+        type=_count,
+        default=d.max_hops,
+        help="links after which a copy is only announced, not pushed (0: no limit; "
+        f"default {d.max_hops}, limits.MESH_MAX_HOPS)",
+    )
     ap.add_argument("--seed", type=int, default=d.seed, help="random seed (same seed, same run)")
     ap.add_argument("--plot", metavar="DIR", help="write PNG plots here (needs chinwag[sim])")
     return ap
@@ -164,6 +171,7 @@ def params_from(args: argparse.Namespace) -> Params:
         warmup_s=args.warmup,
         drain_s=args.drain,
         idontwant=not args.no_idontwant,
+        max_hops=args.max_hops,
     )
 
 

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from chinwag.limits import MAX_PEERS
+from chinwag.limits import MAX_PEERS, MAX_RELAYS, MESH_MAX_HOPS
 from chinwag.protocol import messages as m
 from chinwag.protocol import replica as rp
 from chinwag.protocol.mesh import (
@@ -108,6 +108,8 @@ class Params:
     drain_s: float = 60.0
     #: Send IDONTWANT on a new live copy, as history.py does (off: a faster run, see docs).
     idontwant: bool = True
+    #: Links after which a live copy is announced, not pushed (MeshParams.max_hops; 0: none).
+    max_hops: int = MESH_MAX_HOPS
 
 
 def _true() -> bool:
@@ -205,10 +207,11 @@ class Sim:
             for node in self.nodes:
                 node.x = rnd()
                 node.y = rnd()
-        # The messages: author index, seq, live chat, history chat, wire bytes, publish tick.
+        # The messages: author index, seq, live chats (by relay count), history chat, wire
+        # bytes, publish tick.
         self.msg_author: list[int] = []
         self.msg_seq: list[int] = []
-        self.msg_chat: list[m.Chat] = []
+        self.msg_chat: list[list[m.Chat]] = []
         self.msg_hist: list[m.Chat] = []
         self.msg_tick: list[int] = []
         self.msg_id: list[MsgId] = []
@@ -280,7 +283,12 @@ class Sim:
         def have(msg: MsgId) -> bool:
             return sync.holds(*msg)  # as history.py answers the mesh
 
-        node.mesh = Mesh(node.name, mesh_rng, have, MeshParams(idontwant=self.p.idontwant))
+        node.mesh = Mesh(
+            node.name,
+            mesh_rng,
+            have,
+            MeshParams(idontwant=self.p.idontwant, max_hops=self.p.max_hops),
+        )
         node.replica = Replica(node.name, _View(node), sync, (), node.mesh)
         node.replica.start(self.now)
         node.up = True
@@ -533,15 +541,15 @@ class Sim:
         hist = m.Chat(body=body, sig=bytes(64), hist=True)
         self.msg_author.append(author.idx)
         self.msg_seq.append(seq)
-        self.msg_chat.append(chat)
+        self.msg_chat.append([chat])
         self.msg_hist.append(hist)
         self.msg_tick.append(self.tick)
         self.msg_id.append((ROOM, author.name, seq))
         self.msg_by_key[(author.name, seq)] = k
         self.chat_msg[id(chat)] = k
         self.chat_msg[id(hist)] = k
-        if not self.msg_bytes:
-            self.msg_bytes = len(m.encode(chat)) + FRAME_OVERHEAD
+        if not self.msg_bytes:  # as relayed (most copies are): the relay count is a byte more
+            self.msg_bytes = len(m.encode(self._chat(k, 1))) + FRAME_OVERHEAD
         self.target += self.p.nodes - 1
         author.store[k] = 1
         rep = author.replica
@@ -551,9 +559,19 @@ class Sim:
         self._do(author, out)
         self._rearm(author)
 
+    def _chat(self, k: int, relays: int) -> m.Chat:
+        """Return live message k as a copy that passed through `relays` nodes (made once)."""
+        chats = self.msg_chat[k]
+        while len(chats) <= relays:
+            chat = m.Chat(body=chats[0].body, sig=chats[0].sig, relays=len(chats))
+            self.chat_msg[id(chat)] = k
+            chats.append(chat)
+        return chats[relays]
+
     def _committed(self, node: Node, k: int, via: str | None, live: bool) -> list[Any]:
         """Tell the replica message k is committed (it asks its mesh whom to forward it to)."""
-        chat = self.msg_chat[k] if live else self.msg_hist[k]
+        # node.store[k] is 1 + the links our copy crossed: the relays of the copy we pass on.
+        chat = self._chat(k, min(node.store[k] - 1, MAX_RELAYS)) if live else self.msg_hist[k]
         _room, author, seq = self.msg_id[k]
         return list(node.replica.committed(chat, ROOM, author, seq, via, live, _true, self.now))
 
