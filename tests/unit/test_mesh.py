@@ -660,6 +660,29 @@ def test_mesh_peers_most_often_second_are_choked_down_to_choke_keep_and_owe_no_q
     assert len(unchoked) == 2 and set(unchoked) <= set(slow[1:])
 
 
+def test_a_feed_whose_first_copies_reach_the_hop_limit_is_choked_first() -> None:
+    """Its copies go no further, so they count as second: a peer that always comes first but
+    says its copies crossed the limit (a long chain, or a lie that would starve the peers we
+    push to) is choked, and the honest feeds that come after it keep pushing."""
+    node = Node()
+    liar, honest = pid(1), peers(4, start=10)
+    node.connect(liar, *honest)
+    node.mesh.join(ROOM, 0.0)
+    chokes: list[str] = []
+    for seq in range(1, 101):
+        msg, t = (ROOM, AUTHOR, seq), seq / 10
+        targets, _ = node.mesh.received(liar, ROOM, msg, True, t, limits.MESH_MAX_HOPS)
+        assert not targets
+        for p in honest:
+            node.mesh.received(p, ROOM, msg, False, t)
+        if seq % 10 == 0:
+            chokes += list(sends(node.beat(), m.Choke))
+    assert chokes[0] == liar and len(chokes) == 2
+    # Three honest feeds still push to us (IDONTWANT goes to them): the liar is not one.
+    feeds = set(sends(node.mesh.dont_want(None, ROOM, (ROOM, AUTHOR, 999), node.now), m.IDontWant))
+    assert len(feeds) == 3 and liar not in feeds
+
+
 def test_a_peer_that_chokes_us_gets_no_pushes_but_an_ihave_each_heartbeat() -> None:
     node = Node()
     ps = peers(4)

@@ -471,23 +471,26 @@ class Mesh:
         p = self._peers.get(peer)
         if room not in self._joined:
             return [], []
+        # A first copy at the hop limit goes no further: it does not count as first for its
+        # sender (a feed of long chains, or one that lies about relays, gets choked).
+        last = first and 0 < self.params.max_hops <= hops
         if p is not None and msg[1] != peer:
             # Scored only as a forwarder: its own messages prove nothing about forwarding.
             st = p.stats.get(room)
             if st is None:
                 st = p.stats[room] = _Stats()
-            if first:
+            if first and not last:
                 st.first += 1.0
             if st.mesh_since is not None and (first or msg in self._seen_at):
                 st.deliveries += 1.0
-                if first:
+                if first and not last:
                     st.mesh_first += 1.0
         if not first:
             return _NOTHING
         self._note(room, msg, now, hops)
         if self._wanted:
             self._wanted.pop(msg, None)
-        if 0 < self.params.max_hops <= hops:
+        if last:
             return _NOTHING
         author = msg[1]
         targets = [
