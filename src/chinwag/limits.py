@@ -511,6 +511,11 @@ MESH_D_LAZY = 6
 MESH_MAX_HOPS = 8
 #: Largest relay count a chat frame may carry (a hint outside the signature; one byte).
 MAX_RELAYS = 255
+#: Mesh peers of a room kept pushing to us (the rest are choked: they announce by IHAVE).
+#: Duplicates grow with it (about one per pushing peer), the hop depth of the eager graph
+#: shrinks: 4 keeps first copies within the hop limit with 1.9 duplicates per node per message
+#: at 10,000 nodes (3 left 1% of them to gossip: docs/mesh.md, "A hop limit").
+MESH_CHOKE_KEEP = 4
 #: Seconds between heartbeats (mesh maintenance, gossip, score decay).
 MESH_HEARTBEAT_S = 1.0
 #: Heartbeats a message id stays in the gossip history (mcache: ids only, per room).

@@ -75,7 +75,7 @@ class MeshParams:
     #: Episub choking: mesh peers whose copies nearly always come second are asked (CHOKE)
     #: to announce by IHAVE instead of pushing, keeping choke_keep pushing peers per room.
     choke: bool = True
-    choke_keep: int = 3
+    choke_keep: int = limits.MESH_CHOKE_KEEP
     #: Deliveries (decayed) a mesh peer needs before it may be choked (no choice on noise).
     choke_min_samples: float = 10.0
     # --- scoring (docs/mesh.md, "Scoring") ---
