@@ -240,7 +240,15 @@ def test_a_copy_that_crossed_max_hops_links_is_announced_not_pushed() -> None:
         limit,
         0,
     )
-    assert sends(node.beat(), m.IHave)[lazy] == m.IHave(room=ROOM, ids=[(AUTHOR, 1), (AUTHOR, 2)])
+    ihave = sends(node.beat(), m.IHave)
+    assert ihave[lazy] == m.IHave(room=ROOM, ids=[(AUTHOR, 1), (AUTHOR, 2)])
+    # The mesh peers we push to count on us: the held-back copy is announced to them (once).
+    held = m.IHave(room=ROOM, ids=[(AUTHOR, 2)])
+    assert {p: f for p, f in ihave.items() if p != lazy} == {p: held for p in mesh}
+    assert node.mesh.frame(mesh[1], m.IWant(room=ROOM, ids=[(AUTHOR, 2)]), node.now) == [
+        MeshServe(mesh[1], [far])
+    ]
+    assert set(sends(node.beat(), m.IHave)) == {lazy}
     # No limit: pushed whatever the hops.
     free = Node(params=MeshParams(max_hops=0))
     free.connect(*peers(3))

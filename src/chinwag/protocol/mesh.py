@@ -269,6 +269,9 @@ class Mesh:
         self._history: dict[str, deque[tuple[int, dict[MsgId, int]]]] = {}
         #: Joined room -> ids in its history (all windows).
         self._history_ids: dict[str, int] = {}
+        #: Joined room -> ids the hop limit kept us from pushing since the last heartbeat:
+        #: announced then to the mesh peers we push to (they expect them from us).
+        self._held: dict[str, dict[MsgId, None]] = {}
         #: Ids in some history window -> when first seen.
         self._seen_at: dict[MsgId, float] = {}
         #: Joined room -> messages it carried (decayed): the base of the P3 quota.
@@ -372,6 +375,7 @@ class Mesh:
         }
         self._history[room] = deque([(self._heartbeats, {})])
         self._history_ids[room] = 0
+        self._held[room] = {}
         self._activity[room] = 0.0
         self._arm(now)
         return self._graft_more(room, now, self.params.d)
@@ -386,6 +390,7 @@ class Mesh:
         self._changed(room)
         self._activity.pop(room)
         self._history_ids.pop(room)
+        self._held.pop(room, None)
         for _label, window in self._history.pop(room):
             for mid in window:
                 self._seen_at.pop(mid, None)
@@ -491,6 +496,9 @@ class Mesh:
         if self._wanted:
             self._wanted.pop(msg, None)
         if last:
+            held = self._held[room]
+            if len(held) < limits.MESH_MAX_IHAVE_IDS:
+                held[msg] = None
             return _NOTHING
         author = msg[1]
         targets = [
@@ -579,6 +587,7 @@ class Mesh:
             if self.params.choke:
                 out += self._choke(room, now)
             out += self._gossip(room, scores)
+            out += self._announce_held(room)
             window = self._history[room]
             window.append((self._heartbeats, {}))
             while len(window) > self.params.history_len:
@@ -1011,6 +1020,25 @@ class Mesh:
         for pid in targets:
             # Remembered by window, not by id: the windows from `oldest` on, as they are now.
             self._peers[pid].announced.append((self._heartbeats, room, oldest))
+            out.append(MeshSend(pid, frame))
+        return out
+
+    def _announce_held(self, room: str) -> list[MeshAction]:
+        """IHAVE what the hop limit kept us from pushing, to the mesh peers we push to.
+
+        They count on our pushes and get no other IHAVE from us: where every feed of a
+        node held a message back, only this (or sync, seconds later) brings it.
+        """
+        held = self._held[room]
+        if not held:
+            return []
+        self._held[room] = {}
+        # Since the last heartbeat: all in the newest window (served when asked for).
+        newest = self._history[room][-1][0]
+        frame = m.IHave(room=room, ids=[(a, s) for _r, a, s in held])
+        out: list[MeshAction] = []
+        for pid, p in self._room_targets(room):
+            p.announced.append((self._heartbeats, room, newest))
             out.append(MeshSend(pid, frame))
         return out
 
