@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -198,4 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip freeing every node's objects one by one at exit (10 s at 10,000 nodes): the
+    # figures are printed and flushed, and the simulator holds no file or socket.
+    os._exit(code)
