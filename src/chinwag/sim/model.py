@@ -548,7 +548,7 @@ class Sim:
         self.msg_by_key[(author.name, seq)] = k
         self.chat_msg[id(chat)] = k
         self.chat_msg[id(hist)] = k
-        if not self.msg_bytes:  # as relayed (most copies are): the relay count is a byte more
+        if not self.msg_bytes:  # as relayed (most copies are): `relays` takes 8 bytes more
             self.msg_bytes = len(m.encode(self._chat(k, 1))) + FRAME_OVERHEAD
         self.target += self.p.nodes - 1
         author.store[k] = 1
