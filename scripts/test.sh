@@ -18,7 +18,11 @@ echo "== mypy"
 .venv/bin/mypy
 
 echo "== pytest (in a fresh network namespace)"
-inner='ip link set lo up && exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"'
+# Ephemeral ports start above chinwag's fixed defaults (47474-47480) in the test namespace:
+# otherwise a test's outgoing connection now and then takes one of them, and a test of what
+# happens when a default port is taken by us finds it taken by that connection already.
+ports='{ echo "49152 60999" > /proc/sys/net/ipv4/ip_local_port_range; } 2>/dev/null || true'
+inner="ip link set lo up && { $ports; } && exec .venv/bin/python -m pytest -q -p no:cacheprovider \"\$@\""
 if [ "$(id -u)" = 0 ]; then
     exec unshare -n bash -c "$inner" bash "$@"
 elif unshare -rn true 2>/dev/null; then

@@ -104,6 +104,9 @@ async def test_a_taken_default_port_falls_back_and_a_taken_explicit_port_fails(
 ) -> None:
     require_isolation()
     with socket.socket() as taken:
+        # A connection of an earlier test may have left the port in TIME_WAIT; listening
+        # still excludes chinwag's bind (scripts/test.sh also keeps ephemeral ports above it).
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", limits.WEB_DEFAULT_PORT))
         taken.listen()
         node = ChinwagProcess(tmp_path / "a", *ARGS[:-2], nick="a")  # default --web-port
