@@ -257,6 +257,21 @@ def test_a_copy_that_crossed_max_hops_links_is_announced_not_pushed() -> None:
     assert free.mesh.received(first, ROOM, far, True, 0.1, 100)[0]
 
 
+def test_a_held_back_id_the_history_could_not_keep_is_not_announced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Announced, it could not be served: the honest peer asking for it would be penalised."""
+    monkeypatch.setattr(limits, "MESH_MAX_HISTORY_IDS", 1)
+    node, lazy = _lazy_setup()
+    mesh = sorted(node.mesh.mesh_peers(ROOM))
+    for seq in (1, 2):  # the second does not fit in the history
+        node.mesh.received(mesh[0], ROOM, (ROOM, AUTHOR, seq), True, 0.1, limits.MESH_MAX_HOPS)
+    ihave = sends(node.beat(), m.IHave)
+    assert {p: f for p, f in ihave.items() if p != lazy} == {
+        p: m.IHave(room=ROOM, ids=[(AUTHOR, 1)]) for p in mesh
+    }
+
+
 def test_our_message_goes_to_a_new_peer_before_its_rooms_frame_but_not_after_it_left() -> None:
     """Posted in the moment after a connect, before the peer said its rooms: it still goes
     live (left to sync it would arrive seconds later, after newer ones)."""

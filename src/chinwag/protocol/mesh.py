@@ -269,9 +269,6 @@ class Mesh:
         self._history: dict[str, deque[tuple[int, dict[MsgId, int]]]] = {}
         #: Joined room -> ids in its history (all windows).
         self._history_ids: dict[str, int] = {}
-        #: Joined room -> ids the hop limit kept us from pushing since the last heartbeat:
-        #: announced then to the mesh peers we push to (they expect them from us).
-        self._held: dict[str, dict[MsgId, None]] = {}
         #: Ids in some history window -> when first seen.
         self._seen_at: dict[MsgId, float] = {}
         #: Joined room -> messages it carried (decayed): the base of the P3 quota.
@@ -375,7 +372,6 @@ class Mesh:
         }
         self._history[room] = deque([(self._heartbeats, {})])
         self._history_ids[room] = 0
-        self._held[room] = {}
         self._activity[room] = 0.0
         self._arm(now)
         return self._graft_more(room, now, self.params.d)
@@ -390,7 +386,6 @@ class Mesh:
         self._changed(room)
         self._activity.pop(room)
         self._history_ids.pop(room)
-        self._held.pop(room, None)
         for _label, window in self._history.pop(room):
             for mid in window:
                 self._seen_at.pop(mid, None)
@@ -496,10 +491,7 @@ class Mesh:
         if self._wanted:
             self._wanted.pop(msg, None)
         if last:
-            held = self._held[room]
-            if len(held) < limits.MESH_MAX_IHAVE_IDS:
-                held[msg] = None
-            return _NOTHING
+            return _NOTHING  # announced to the peers we push to at the heartbeat
         author = msg[1]
         targets = [
             pid
@@ -1029,13 +1021,16 @@ class Mesh:
         They count on our pushes and get no other IHAVE from us: where every feed of a
         node held a message back, only this (or sync, seconds later) brings it.
         """
-        held = self._held[room]
+        limit = self.params.max_hops
+        if limit <= 0:
+            return []
+        # Since the last heartbeat: the newest window, which keeps each id's hops (only what
+        # is in the history can be served when asked for).
+        newest, window = self._history[room][-1]
+        held = [(a, s) for (_r, a, s), hops in window.items() if hops >= limit]
         if not held:
             return []
-        self._held[room] = {}
-        # Since the last heartbeat: all in the newest window (served when asked for).
-        newest = self._history[room][-1][0]
-        frame = m.IHave(room=room, ids=[(a, s) for _r, a, s in held])
+        frame = m.IHave(room=room, ids=held[: limits.MESH_MAX_IHAVE_IDS])
         out: list[MeshAction] = []
         for pid, p in self._room_targets(room):
             p.announced.append((self._heartbeats, room, newest))
